@@ -1,0 +1,30 @@
+# `make run` and `make test` set everything up themselves (a .venv in this folder).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROMPT ?= The following is a transcript of an interview with a lighthouse keeper.\n\nInterviewer: How long have you kept this light?\nKeeper:
+
+.PHONY: run test test-fast bench clean
+
+$(BIN)/simlab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU torch from the wheel on this machine first, so nothing pulls a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/simlab
+	printf '$(PROMPT)' | $(BIN)/simlab generate --max-tokens 80 --stop '\nInterviewer:'
+
+test: $(BIN)/simlab
+	$(BIN)/pytest -m 'slow or not slow'
+
+test-fast: $(BIN)/simlab
+	$(BIN)/pytest
+
+bench: $(BIN)/simlab
+	$(BIN)/python benchmarks/bench_decode.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,203 @@
+"""Command line: `simlab generate`, `simlab models`. Turns domain errors into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from simlab.errors import SimlabError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command and how to get help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", "-m", help="'embedded' (default), a Hugging Face id, a folder or a .gguf file")
+    group.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto")
+    group.add_argument("--offline", action="store_true", default=None,
+                       help="never download; use only local files and the Hugging Face cache")
+    group.add_argument("--allow-pickle", action="store_true", default=None,
+                       help="allow pickle (.bin) weights, which can run code when loaded")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="run model code shipped with a hub model (only for sources you trust)")
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    group.add_argument("--top-k", type=int, default=0, help="0 = off")
+    group.add_argument("--top-p", type=float, default=0.95, help="1 = off (default 0.95)")
+    group.add_argument("--min-p", type=float, default=0.0, help="0 = off")
+    group.add_argument("--typical-p", type=float, default=1.0, help="1 = off")
+    group.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    group.add_argument("--max-tokens", type=int, default=128, help="new tokens per branch (default 128)")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="stop at this text (repeatable; \\n is a newline)")
+    group.add_argument("--seed", type=int, help="seed of branch 1; branch i uses seed+i-1 (default random)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="simlab", description="A terminal lab for simulator-style prompting.")
+    from simlab import __version__
+
+    parser.add_argument("--version", action="version", version=f"simlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    gen = commands.add_parser("generate", help="continue a prompt (streamed), or N branches of it")
+    gen.add_argument("prompt", nargs="?", help="the text to continue (default: read from stdin)")
+    gen.add_argument("-n", type=int, default=1, help="number of sibling continuations (default 1)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object with tokens and log-probabilities")
+    _add_sampling_flags(gen)
+    _add_model_flags(gen)
+    gen.set_defaults(run=cmd_generate)
+
+    models = commands.add_parser("models", help="list the models available here and what is cached")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.add_argument("--load", metavar="SPEC", help="load this model and describe it")
+    _add_model_flags(models)
+    models.set_defaults(run=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except SimlabError as exc:
+        print(f"simlab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\nsimlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+
+
+def _settings(args: argparse.Namespace):
+    from simlab.config import load_settings, validate_device
+
+    if args.device is not None:
+        validate_device(args.device)
+    return load_settings(model=args.model, device=args.device, dtype=args.dtype,
+                         offline=args.offline, allow_pickle=args.allow_pickle)
+
+
+def _load(args: argparse.Namespace, spec: str | None = None):
+    from simlab.models import load_model
+
+    settings = _settings(args)
+    return load_model(spec or settings.model, settings, trust_remote_code=args.trust_remote_code,
+                      progress=lambda message: print(message, file=sys.stderr, flush=True))
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if sys.stdin.isatty():
+        raise SimlabError("simlab generate: no prompt; give one as an argument or pipe it on stdin")
+    return sys.stdin.read()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from simlab.sampling import SamplingParams
+
+    params = SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_tokens, seed=args.seed,
+        stop=tuple(s.encode().decode("unicode_escape") if "\\" in s else s for s in args.stop),
+    )  # validated before the model is loaded, so a bad flag costs no waiting
+    if args.n < 1:
+        raise SimlabError(f"simlab generate: -n {args.n} is invalid; use 1 or more")
+    prompt = _read_prompt(args)
+    from simlab.engine import Engine
+    from simlab.render import print_completions, print_stats, stream_to
+
+    loaded = _load(args)
+    engine = Engine(loaded)
+    run = engine.start(prompt, params, n=args.n)
+    out = sys.stdout
+    live = args.n == 1 and not args.json
+    if live and out.isatty():
+        out.write(f"\x1b[2m{prompt}\x1b[0m" if _color() else prompt)
+    try:
+        for delta in run:
+            if live:
+                stream_to(out, delta.text)
+    except KeyboardInterrupt:
+        run.interrupt()
+    if args.json:
+        json.dump(_run_json(loaded.info, prompt, run), out, ensure_ascii=False)
+        out.write("\n")
+    elif live:
+        out.write("\n")
+    else:
+        print_completions(out, run.completions, color=_color() and out.isatty())
+    print_stats(sys.stderr, run)
+    return EXIT_INTERRUPTED if run.interrupted else 0
+
+
+def _color() -> bool:
+    import os
+
+    return "NO_COLOR" not in os.environ
+
+
+def _run_json(info, prompt: str, run) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "model": info.as_dict(),
+        "params": asdict(run.params),
+        "prompt": prompt,
+        "prompt_tokens": len(run.prompt_ids),
+        "stats": {**asdict(run.stats), "tokens_per_second": run.stats.tokens_per_second},
+        "completions": [
+            {
+                "index": c.index, "seed": c.seed, "text": c.text, "finish_reason": c.finish_reason,
+                "stop_string": c.stop_string, "truncated_to_context": c.truncated_to_context,
+                "tokens": [
+                    {"id": t.id, "text": t.text, "logprob": t.logprob,
+                     "top": [{"id": i, "text": s, "logprob": lp} for i, s, lp in t.top]}
+                    for t in c.tokens
+                ],
+            }
+            for c in run.completions
+        ],
+    }
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from simlab.catalog import list_models
+
+    if args.load:
+        info = _load(args, args.load).info
+        if args.json:
+            print(json.dumps(info.as_dict(), indent=2))
+        else:
+            for key, value in info.as_dict().items():
+                print(f"{key:>14}: {value}")
+        return 0
+    settings = _settings(args)
+    rows = list_models(settings)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['spec']:<44} {row['kind']:<9} {row['state']}")
+    return 0

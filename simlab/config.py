@@ -1,0 +1,118 @@
+"""Settings: defaults < config file ($SIMLAB_HOME/config.yaml) < environment (SIMLAB_*) < flags.
+
+All state lives under one directory, SIMLAB_HOME, so tests redirect everything with one setenv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from simlab.errors import ConfigError
+
+DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def simlab_home() -> Path:
+    """The user's simlab directory: $SIMLAB_HOME, else the platform's user data directory."""
+    env = os.environ.get("SIMLAB_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("simlab", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "embedded"
+    device: str = "auto"
+    dtype: str = "auto"
+    offline: bool = False
+    allow_pickle: bool = False
+    sessions_dir: str = "sessions"
+
+    @property
+    def home(self) -> Path:
+        return simlab_home()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def __post_init__(self) -> None:
+        validate_device(self.device)
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+def validate_device(device: str) -> None:
+    """Accept auto/cpu/mps/cuda/cuda:N; anything else is a ConfigError."""
+    if device in ("auto", "cpu", "mps", "cuda"):
+        return
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return
+    raise ConfigError(f"device {device!r} is not valid; use {DEVICES_HELP}")
+
+
+_ENV = {
+    "model": "SIMLAB_MODEL",
+    "device": "SIMLAB_DEVICE",
+    "dtype": "SIMLAB_DTYPE",
+    "offline": "SIMLAB_OFFLINE",
+    "sessions_dir": "SIMLAB_SESSIONS",
+}
+
+
+def _coerce(name: str, value: object, kind: type, where: str) -> object:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{where}: {name} must be a string, not {type(value).__name__}")
+    return str(value)
+
+
+def load_settings(**flags: object) -> Settings:
+    """Merge the layers; flags that are None are treated as not given."""
+    kinds = {f.name: (bool if f.type in ("bool", bool) else str) for f in fields(Settings)}
+    values: dict[str, object] = {}
+    path = simlab_home() / "config.yaml"
+    if path.exists():
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML; fix or delete the file") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        for key, value in data.items():
+            if key not in kinds:
+                raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(kinds)}")
+            values[key] = _coerce(key, value, kinds[key], str(path))
+    for name, var in _ENV.items():
+        if var in os.environ:
+            values[name] = _coerce(name, os.environ[var], kinds[name], f"environment {var}")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        values["offline"] = True
+    for name, value in flags.items():
+        if name not in kinds:
+            raise TypeError(f"unknown setting {name}")
+        if value is not None:
+            values[name] = value
+    try:
+        return dataclasses.replace(Settings(), **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (set in {path}, the environment or a flag)") from None

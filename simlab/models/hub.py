@@ -1,0 +1,204 @@
+"""Loading through transformers' from_pretrained: local folders and Hugging Face hub ids.
+
+Safe by default: safetensors only (pickle weights can run code when unpickled, so they need
+--allow-pickle), and remote code only with --trust-remote-code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from simlab.errors import ModelUnavailableError, UnknownModelError
+from simlab.models import LoadedModel, ModelInfo
+from simlab.models.device import dtype_name
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
+
+
+def _quiet_transformers() -> None:
+    # The hub's safetensors-conversion bot would open a pull request over the network; never here.
+    os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+
+
+def folder_weights(folder: Path) -> str:
+    """'safetensors' or 'pickle'; raises when the folder holds no weights at all."""
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return "safetensors"
+    if any(n.endswith(_PICKLE_SUFFIXES) for n in names):
+        return "pickle"
+    if "config.json" not in names:
+        raise UnknownModelError(f"model folder {folder}: no config.json; is this a transformers model folder?")
+    raise ModelUnavailableError(f"model folder {folder}: no weight files (*.safetensors) in it")
+
+
+def _pickle_refused(where: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"{where} has only pickle weights (.bin), which can run code when loaded; "
+        "pass --allow-pickle if you trust its source"
+    )
+
+
+def folder_revision(folder: Path) -> str:
+    """The hub commit for a hub-cache snapshot, else a fingerprint of config and weight files."""
+    match = _SNAPSHOT.search(str(folder.resolve()))
+    if match:
+        return match.group(1)
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.exists():
+        digest.update(config.read_bytes())
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".safetensors",) + _PICKLE_SUFFIXES:
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return "local-" + digest.hexdigest()[:12]
+
+
+def load_folder(
+    folder: Path,
+    *,
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    revision: str | None = None,
+    from_cache: bool = False,
+    name: str | None = None,
+) -> LoadedModel:
+    """Load a model folder (config.json, weights, tokenizer files)."""
+    kind = folder_weights(folder)
+    if kind == "pickle" and not allow_pickle:
+        raise _pickle_refused(f"model folder {folder}")
+    return _from_pretrained(
+        str(folder), spec=spec, device=device, dtype=dtype, offline=True,
+        use_safetensors=(kind == "safetensors"), trust_remote_code=trust_remote_code,
+        revision=revision or folder_revision(folder), name=name or folder.name,
+        from_cache=from_cache,
+    )
+
+
+def load_hub(
+    model_id: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+) -> LoadedModel:
+    """Load a hub id through the Hugging Face cache (HF_HOME), downloading unless offline."""
+    return _from_pretrained(
+        model_id, spec=model_id, device=device, dtype=dtype, offline=offline,
+        use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code,
+        revision=None, name=model_id, from_cache=False,
+    )
+
+
+def _hub_error(spec: str, exc: BaseException, offline: bool) -> Exception:
+    text = str(exc)
+    if "not a valid model identifier" in text or "Repository Not Found" in text:
+        return UnknownModelError(
+            f"model {spec!r}: no such model on the Hugging Face hub (check the spelling; "
+            "for a gated or private model run `hf auth login`)"
+        )
+    if "does not appear to have a file named" in text and "safetensors" in text:
+        return _pickle_refused(f"model {spec!r}")
+    if offline or "offline" in text.lower() or "couldn't connect" in text or "cached files" in text:
+        home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        return ModelUnavailableError(
+            f"model {spec!r} is not in the Hugging Face cache ({home}) and cannot be downloaded "
+            "(offline or no network); download it once with network, or pass a local folder"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return ModelUnavailableError(f"model {spec!r} could not be loaded: {first}")
+
+
+def _from_pretrained(
+    source: str,
+    *,
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool,
+    use_safetensors: bool | None,
+    trust_remote_code: bool,
+    revision: str | None,
+    name: str,
+    from_cache: bool,
+) -> LoadedModel:
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common = {"local_files_only": offline, "trust_remote_code": trust_remote_code}
+    if Path(source).is_dir():  # loading a local folder takes seconds; a bar is noise
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=use_safetensors,
+            device_map=str(device) if device.type == "cuda" else None, **common,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if Path(source).is_dir():
+            raise ModelUnavailableError(
+                f"model folder {source} could not be loaded ({str(exc).strip().splitlines()[0][:200]}); "
+                "check that it is a complete causal-LM folder, or delete and re-create it"
+            ) from None
+        raise _hub_error(spec, exc, offline) from None
+    if device.type != "cuda":
+        model.to(device)
+    model.eval().requires_grad_(False)
+    if revision is None:
+        revision = _hub_commit(source) or "unknown"
+    info = describe(model, spec=spec, name=name, revision=revision, source=source, from_cache=from_cache)
+    return LoadedModel(model, tokenizer, info)
+
+
+def _hub_commit(model_id: str) -> str | None:
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(model_id, "config.json", local_files_only=True)
+    except OSError:
+        return None
+    match = _SNAPSHOT.search(str(path)) if path else None
+    return match.group(1) if match else None
+
+
+def describe(model, *, spec: str, name: str, revision: str, source: str, from_cache: bool) -> ModelInfo:
+    """Summarise a loaded model's shape, place and provenance."""
+    config = model.config.get_text_config()
+    context = next(
+        (getattr(config, key) for key in ("max_position_embeddings", "n_positions", "n_ctx")
+         if isinstance(getattr(config, key, None), int)),
+        2048,
+    )
+    parameter = next(model.parameters())
+    return ModelInfo(
+        spec=spec,
+        name=name,
+        revision=revision,
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        layers=int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)),
+        hidden_size=int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)),
+        vocab_size=int(config.vocab_size),
+        context_length=int(context),
+        device=str(parameter.device),
+        dtype=dtype_name(parameter.dtype),
+        parameters=sum(p.numel() for p in model.parameters()),
+        source=source,
+        from_cache=from_cache,
+    )
