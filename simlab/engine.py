@@ -101,6 +101,17 @@ class Engine:
             )
         return Run(self, ids, params, n, max_new=min(params.max_new_tokens, room))
 
+    def score(self, ids: Sequence[int]) -> list[float]:
+        """Teacher-forced log-probability of each token after the first, given those before it."""
+        ids = list(ids)
+        if len(ids) > self.info.context_length:
+            raise ContextLengthError(f"{len(ids)} tokens do not fit in {self.info.context_length}")
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :-1]  # (T-1, V)
+            logprobs = logits.float().log_softmax(dim=-1)
+            targets = torch.tensor(ids[1:], device=self.device).unsqueeze(-1)  # (T-1, 1)
+            return logprobs.gather(-1, targets).squeeze(-1).tolist()
+
     def generate(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1) -> list[Completion]:
         """Decode to the end and return the completions."""
         run = self.start(prompt, params, n)

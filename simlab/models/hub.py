@@ -140,7 +140,10 @@ def _from_pretrained(
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    common = {"local_files_only": offline, "trust_remote_code": trust_remote_code}
+    from simlab.catalog import hf_cache_dir
+
+    # cache_dir is resolved per call: huggingface_hub reads HF_HOME only once, at import.
+    common = {"local_files_only": offline, "trust_remote_code": trust_remote_code, "cache_dir": str(hf_cache_dir())}
     if Path(source).is_dir():  # loading a local folder takes seconds; a bar is noise
         from transformers.utils import logging as hf_logging
 
@@ -151,7 +154,7 @@ def _from_pretrained(
             source, dtype=dtype, use_safetensors=use_safetensors,
             device_map=str(device) if device.type == "cuda" else None, **common,
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure here is about the files; say which
         if Path(source).is_dir():
             raise ModelUnavailableError(
                 f"model folder {source} could not be loaded ({str(exc).strip().splitlines()[0][:200]}); "
@@ -162,16 +165,16 @@ def _from_pretrained(
         model.to(device)
     model.eval().requires_grad_(False)
     if revision is None:
-        revision = _hub_commit(source) or "unknown"
+        revision = _hub_commit(source, common["cache_dir"]) or "unknown"
     info = describe(model, spec=spec, name=name, revision=revision, source=source, from_cache=from_cache)
     return LoadedModel(model, tokenizer, info)
 
 
-def _hub_commit(model_id: str) -> str | None:
+def _hub_commit(model_id: str, cache_dir: str) -> str | None:
     from transformers.utils import cached_file
 
     try:
-        path = cached_file(model_id, "config.json", local_files_only=True)
+        path = cached_file(model_id, "config.json", local_files_only=True, cache_dir=cache_dir)
     except OSError:
         return None
     match = _SNAPSHOT.search(str(path)) if path else None

@@ -1,0 +1,61 @@
+"""The real embedded model (Gemma 3 270M base): slow, and run in CI by `make test`."""
+
+import random
+
+import pytest
+import torch
+
+from simlab.config import Settings
+from simlab.models import load_model
+from simlab.sampling import SamplingParams
+
+pytestmark = pytest.mark.slow
+
+
+def test_it_loads_from_the_cache(embedded, monkeypatch):
+    from conftest import _REAL_HOME
+
+    if _REAL_HOME:
+        monkeypatch.setenv("SIMLAB_HOME", _REAL_HOME)
+    else:
+        monkeypatch.delenv("SIMLAB_HOME")
+    again = load_model("embedded", Settings(device="cpu"))
+    assert again.info.from_cache
+    assert again.info.architecture == "Gemma3ForCausalLM" and again.info.layers == 18
+    assert again.info.revision == embedded.info.revision and len(again.info.revision) == 64
+    assert again.info.vocab_size == 262144 and again.info.context_length == 32768
+
+
+def test_coherent_text_scores_far_above_the_same_words_shuffled(embedded_engine):
+    sentence = "The cat sat on the mat and looked out of the window at the rain falling on the garden."
+    words = sentence.split()
+    coherent = sum(embedded_engine.score(embedded_engine.encode(sentence)))
+    shuffled_scores = []
+    for seed in range(3):
+        shuffled = words[:]
+        random.Random(seed).shuffle(shuffled)
+        shuffled_scores.append(sum(embedded_engine.score(embedded_engine.encode(" ".join(shuffled)))))
+    assert coherent > max(shuffled_scores) + 20  # nats: e^20 times more likely at least
+
+
+def test_greedy_arithmetic_answer_mentions_4(embedded_engine):
+    [c] = embedded_engine.generate("Q: What is 2+2?\nA:", SamplingParams(temperature=0, max_new_tokens=8,
+                                                                        stop=("\n",)))
+    assert "4" in c.text
+
+
+def test_greedy_matches_transformers_generate_on_the_real_model(embedded, embedded_engine):
+    ids = embedded_engine.encode("The history of the lighthouse begins")
+    reference = embedded.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=20,
+                                        attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    [c] = embedded_engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=20))
+    assert c.token_ids == reference[0, len(ids):].tolist()[: len(c.token_ids)]
+
+
+def test_sampled_siblings_equal_their_seeds_alone_on_the_real_model(embedded_engine):
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=12, seed=500)
+    prompt = "Interviewer: What did you see that night?\nWitness:"
+    together = embedded_engine.generate(prompt, params, n=3)
+    [alone] = embedded_engine.generate(prompt, params.with_overrides(seed=502))
+    assert together[2].token_ids == alone.token_ids
+    assert all(c.text.strip() for c in together)
