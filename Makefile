@@ -15,7 +15,7 @@ $(BIN)/simlab: pyproject.toml
 	touch $@
 
 run: $(BIN)/simlab
-	printf '$(PROMPT)' | $(BIN)/simlab generate --max-tokens 80 --stop '\nInterviewer:'
+	@printf '$(PROMPT)' | $(BIN)/simlab generate --max-tokens 80 --stop '\nInterviewer:'
 
 test: $(BIN)/simlab
 	$(BIN)/pytest -m 'slow or not slow'

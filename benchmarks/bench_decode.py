@@ -1,0 +1,83 @@
+"""Decode speed of simlab's engine against transformers' own `generate`, in one process.
+
+Same model (the embedded Gemma 3 270M unless --model), same prompt, same sampling
+(temperature 0.8, top-p 0.95), 64 new tokens, no early stop; n=1 and n=4 branches.
+Runs alternate between the two so that machine noise hits both; the median of --repeats is used.
+
+    python benchmarks/bench_decode.py [--model SPEC] [--repeats 3] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from transformers import GenerationConfig
+
+from simlab.config import load_settings
+from simlab.engine import Engine
+from simlab.models import load_model
+from simlab.sampling import SamplingParams
+
+PROMPT = ("The following is a transcript of an interview with a lighthouse keeper.\n\n"
+          "Interviewer: How long have you kept this light?\nKeeper:")
+
+
+def time_simlab(engine: Engine, ids: list[int], n: int, tokens: int, seed: int) -> float:
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=tokens, seed=seed)
+    started = time.perf_counter()
+    completions = engine.generate(ids, params, n=n)
+    elapsed = time.perf_counter() - started
+    assert all(len(c.tokens) == tokens for c in completions)
+    return n * tokens / elapsed
+
+
+def time_generate(model, ids: list[int], n: int, tokens: int, seed: int) -> float:
+    config = GenerationConfig(do_sample=True, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=tokens,
+                              num_return_sequences=n, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(seed)
+    prompt = torch.tensor([ids])
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+    elapsed = time.perf_counter() - started
+    assert out.shape == (n, len(ids) + tokens)
+    return n * tokens / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    loaded = load_model(args.model, load_settings(device=args.device, dtype=args.dtype),
+                        progress=lambda m: print(m, file=sys.stderr))
+    engine = Engine(loaded)
+    engine.eos_ids = frozenset()  # both sides decode exactly --tokens tokens
+    ids = engine.encode(PROMPT)
+    info = loaded.info
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"model: {info.name} ({info.parameters / 1e6:.0f}M params), {info.device}, {info.dtype}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"prompt {len(ids)} tokens, {args.tokens} new tokens, temperature 0.8, top-p 0.95, "
+          f"median of {args.repeats}")
+    time_simlab(engine, ids, 1, 4, 0)  # warm-up both paths
+    time_generate(loaded.model, ids, 1, 4, 0)
+    print(f"{'n':>3} {'simlab tok/s':>13} {'generate tok/s':>15} {'ratio':>7}")
+    for n in (1, 4):
+        ours, theirs = [], []
+        for r in range(args.repeats):
+            ours.append(time_simlab(engine, ids, n, args.tokens, r))
+            theirs.append(time_generate(loaded.model, ids, n, args.tokens, r))
+        a, b = statistics.median(ours), statistics.median(theirs)
+        print(f"{n:>3} {a:>13.1f} {b:>15.1f} {a / b:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
