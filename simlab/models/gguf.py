@@ -94,7 +94,7 @@ def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
         (out / MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
         discard(folder)  # a half-written earlier attempt, if any
         os.replace(out, folder)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a file transformers cannot convert, or a full disk
         raise ModelUnavailableError(
             f"converting {spec} failed ({exc}); check free disk space under {folder.parent} and retry"
         ) from None
