@@ -1,0 +1,354 @@
+"""Sessions on disk: one append-only JSON Lines file per session, fsynced record by record.
+
+Line 1 is a header (`{"type": "session", "schema": N, ...}`); every later line is one change:
+a node, a tag, a hide/restore, or a cursor move. Loading replays the lines into a Tree. A torn
+or garbage line is reported with its line number and skipped, and the file is never rewritten
+to "repair" it; the next append starts on a fresh line. One process writes a session at a time
+(an advisory lock); others may open it read-only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from simlab.errors import SimlabError
+from simlab.tree import Node, Tree, TreeError
+
+SCHEMA = 1
+# Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SUFFIX = ".jsonl"
+
+
+class SessionError(SimlabError):
+    """A session that cannot be opened, named or written as asked."""
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    name: str
+    nodes: int
+    modified: float
+    first_text: str
+    problems: int
+
+
+def check_name(name: str) -> str:
+    """Session names are plain file names: no '/', no '..', no NUL, no leading dot."""
+    if not _NAME.match(name) or ".." in name or name.endswith(SUFFIX):
+        raise SessionError(
+            f"session name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+            "(up to 100, starting with a letter or digit)"
+        )
+    return name
+
+
+class Session:
+    """A tree bound to its file: each change is appended and fsynced before the method returns."""
+
+    def __init__(self, name: str, path: Path, tree: Tree, problems: list[str], handle=None):
+        self.name = name
+        self.path = path
+        self.tree = tree
+        self.problems = problems
+        self._handle = handle  # None when read-only
+
+    @property
+    def read_only(self) -> bool:
+        return self._handle is None
+
+    # -- writes ----------------------------------------------------------------------------
+    def _append(self, record: dict[str, Any]) -> None:
+        if self._handle is None:
+            raise SessionError(f"session {self.name!r} is open read-only; nothing was saved")
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        self._handle.write(line.encode("utf-8"))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def add(self, node: Node) -> Node:
+        self._check_writable()
+        node = self.tree.add(node)
+        self._append({"type": "node", "node": node.to_record()})
+        return node
+
+    def add_child(self, parent: str | None, role: str, text: str, **fields: Any) -> Node:
+        from simlab.tree import new_id
+
+        return self.add(Node(id=fields.pop("id", None) or new_id(), parent=parent, role=role, text=text, **fields))
+
+    def edit(self, node_id: str, text: str) -> Node:
+        self._check_writable()
+        node = self.tree.edit(node_id, text)
+        self._append({"type": "node", "node": node.to_record()})
+        return node
+
+    def set_tag(self, node_id: str, tag: str, on: bool = True) -> Node:
+        self._check_writable()
+        node = self.tree.set_tag(node_id, tag, on)
+        self._append({"type": "tag", "id": node.id, "tag": tag, "on": on})
+        return node
+
+    def set_hidden(self, node_id: str, hidden: bool = True) -> Node:
+        self._check_writable()
+        node = self.tree.set_hidden(node_id, hidden)
+        self._append({"type": "hide", "id": node.id, "hidden": hidden})
+        return node
+
+    def goto(self, node_id: str) -> Node:
+        node = self.tree.goto(node_id)
+        self._record_cursor()
+        return node
+
+    def move(self, where: str) -> Node:
+        node = self.tree.move(where)
+        self._record_cursor()
+        return node
+
+    def _record_cursor(self) -> None:
+        if self._handle is not None:  # a read-only viewer may still move around
+            self._append({"type": "cursor", "id": self.tree.cursor})
+
+    def _check_writable(self) -> None:
+        if self._handle is None:
+            raise SessionError(f"session {self.name!r} is open read-only; nothing was saved")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SessionStore:
+    """The sessions folder."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    def path(self, name: str) -> Path:
+        path = (self.folder / (check_name(name) + SUFFIX))
+        if path.resolve().parent != self.folder.resolve():
+            raise SessionError(f"session name {name!r} would leave the sessions folder {self.folder}")
+        return path
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def new_name(self) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name, k = stamp, 1
+        while self.exists(name):
+            k += 1
+            name = f"{stamp}-{k}"
+        return name
+
+    def create(self, name: str | None = None, **header: Any) -> Session:
+        """A new, empty session open for writing."""
+        name = name or self.new_name()
+        path = self.path(name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:
+            raise SessionError(f"session {name!r} already exists in {self.folder}; pick another name") from None
+        except OSError as exc:
+            raise SessionError(f"cannot create session {name!r} in {self.folder}: {exc.strerror}") from None
+        handle = os.fdopen(fd, "ab")
+        _lock(handle, name)
+        session = Session(name, path, Tree(), [], handle)
+        session._append({"type": "session", "schema": SCHEMA, "name": name, "created": time.time(), **header})
+        _fsync_dir(self.folder)
+        return session
+
+    def open(self, name: str, read_only: bool = False) -> Session:
+        """Load a session; for writing unless read_only. Problems found are in session.problems."""
+        path = self.path(name)
+        if not path.exists():
+            raise SessionError(f"no session {name!r} in {self.folder} (see `simlab sessions list`)")
+        handle = None
+        if not read_only:
+            try:
+                handle = open(path, "ab")
+            except OSError as exc:
+                raise SessionError(f"cannot open session {name!r} for writing: {exc.strerror}; "
+                                   "open it read-only") from None
+            _lock(handle, name)
+        try:
+            tree, problems = load_tree(path)
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            raise
+        if handle is not None and path.stat().st_size and not _ends_with_newline(path):
+            handle.write(b"\n")  # a torn last line stays as it is; new records start after it
+            handle.flush()
+            os.fsync(handle.fileno())
+        return Session(name, path, tree, problems, handle)
+
+    def list(self) -> list[SessionSummary]:
+        out = []
+        if not self.folder.is_dir():
+            return out
+        for path in sorted(self.folder.glob("*" + SUFFIX)):
+            name = path.name[: -len(SUFFIX)]
+            try:
+                tree, problems = load_tree(path)
+            except SessionError:
+                out.append(SessionSummary(name, 0, path.stat().st_mtime, "(unreadable)", 1))
+                continue
+            first = next((n.text for n in tree.nodes.values() if n.role == "user"), "")
+            out.append(SessionSummary(name, len(tree.nodes), path.stat().st_mtime, first, len(problems)))
+        return out
+
+    def remove(self, name: str) -> None:
+        path = self.path(name)
+        if not path.exists():
+            raise SessionError(f"no session {name!r} in {self.folder}")
+        with open(path, "ab") as handle:
+            _lock(handle, name)  # never delete a session another process is writing
+            path.unlink()
+
+    def compact(self, name: str) -> int:
+        """Rewrite a session as its current state (a new file renamed over the old); returns bytes saved."""
+        with self.open(name) as session:
+            before = session.path.stat().st_size
+            tmp = session.path.with_name(f".{session.path.name}.compact-{os.getpid()}")
+            with open(tmp, "wb") as out:
+                for record in state_records(session):
+                    out.write((json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, session.path)
+            _fsync_dir(self.folder)
+            return before - session.path.stat().st_size
+
+
+def state_records(session: Session) -> list[dict[str, Any]]:
+    """Header, every node in parent-first order with its current tags and visibility, and the cursor."""
+    tree = session.tree
+    records: list[dict[str, Any]] = [{"type": "session", "schema": SCHEMA, "name": session.name,
+                                      "created": time.time()}]
+    stack = [n.id for n in reversed(tree.roots)]
+    while stack:
+        node = tree.nodes[stack.pop()]
+        records.append({"type": "node", "node": node.to_record()})
+        stack.extend(n.id for n in reversed(tree.children(node.id, include_hidden=True)))
+    if tree.cursor:
+        records.append({"type": "cursor", "id": tree.cursor})
+    return records
+
+
+def load_tree(path: Path) -> tuple[Tree, list[str]]:
+    """Replay a session file into a Tree; returns it with the problems found (line by line)."""
+    tree = Tree()
+    problems: list[str] = []
+    pending: list[tuple[int, Node]] = []  # nodes whose parent was not (yet) there
+    schema = None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SessionError(f"cannot read session file {path}: {exc.strerror}") from None
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            problems.append(f"{where}: unreadable line skipped (a torn write or garbage)")
+            continue
+        if schema is None:
+            if record.get("type") != "session" or not isinstance(record.get("schema"), int):
+                raise SessionError(f"{where}: not a simlab session file (no session header on its first line)")
+            schema = record["schema"]
+            if schema > SCHEMA:
+                raise SessionError(f"{path}: written by a newer simlab (schema {schema}, this one reads up to "
+                                   f"{SCHEMA}); upgrade simlab to open it. The file was not changed.")
+            continue
+        for version in range(schema, SCHEMA):
+            record = MIGRATIONS[version](record)
+        try:
+            _apply(tree, record, pending, lineno)
+        except (TreeError, TypeError, ValueError, KeyError) as exc:
+            problems.append(f"{where}: record skipped ({exc})")
+    if schema is None:
+        raise SessionError(f"{path}: empty or not a simlab session file")
+    while pending:  # a parent may have been written after its child (imports); then orphans
+        progressed = False
+        for item in list(pending):
+            lineno, node = item
+            if node.parent in tree.nodes:
+                tree.add(node)
+                pending.remove(item)
+                progressed = True
+        if not progressed:
+            for lineno, node in pending:
+                problems.append(f"{path}:{lineno}: node {node.id[:8]} refers to missing parent "
+                                f"{str(node.parent)[:8]}; kept as a separate root")
+                tree.add_orphan(node)
+            pending = []
+    if tree.cursor is not None and tree.cursor not in tree.nodes:
+        tree.cursor = None
+    if tree.cursor is None and tree.nodes:
+        tree.cursor = tree.leaf(tree.roots[0].id).id if tree.roots else None
+    return tree, problems
+
+
+def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> None:
+    kind = record.get("type")
+    if kind == "node":
+        node = Node.from_record(record["node"])
+        if node.parent is not None and node.parent not in tree.nodes:
+            pending.append((lineno, node))
+        else:
+            tree.add(node)
+    elif kind == "tag":
+        tree.set_tag(record["id"], str(record["tag"]), bool(record.get("on", True)))
+    elif kind == "hide":
+        tree.set_hidden(record["id"], bool(record.get("hidden", True)))
+    elif kind == "cursor":
+        tree.cursor = record["id"] if record["id"] in tree.nodes else tree.cursor
+    else:
+        raise ValueError(f"unknown record type {kind!r}")
+
+
+def _lock(handle, name: str) -> None:
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SessionError(
+            f"session {name!r} is open for writing in another simlab process; "
+            "close it there, or open this one read-only"
+        ) from None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

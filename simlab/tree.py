@@ -1,0 +1,234 @@
+"""Session trees: immutable nodes, a cursor, and the operations of a branching transcript. No I/O.
+
+A path from a root to a node is a transcript. Edits add a sibling (the original stays), deletes
+only hide, and tags are kept per node; every change is a small record a store can append.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterable
+
+ROLES = ("frame", "user", "model", "note")
+ORIGINS = ("typed", "sampled", "edited", "replayed", "imported")
+
+
+class TreeError(ValueError):
+    """An operation that names a node the tree does not have, or breaks the tree's shape."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Node:
+    """One turn (or the frame) with how it came to be. Never changed in place."""
+
+    id: str
+    parent: str | None
+    role: str
+    text: str
+    speaker: str | None = None
+    origin: str = "typed"
+    created: float = field(default_factory=time.time)
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    top: tuple[tuple[tuple[int, str, float], ...], ...] = ()  # per token: (id, text, logprob) alternatives
+    params: dict[str, Any] | None = None  # sampling parameters of a sampled node
+    seed: int | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    model_revision: str | None = None
+    persona: str | None = None
+    edited_from: str | None = None
+    tags: frozenset[str] = frozenset()
+    hidden: bool = False
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise TreeError(f"node {self.id}: role {self.role!r} is not one of {', '.join(ROLES)}")
+        if self.origin not in ORIGINS:
+            raise TreeError(f"node {self.id}: origin {self.origin!r} is not one of {', '.join(ORIGINS)}")
+        if self.token_ids and self.logprobs and len(self.token_ids) != len(self.logprobs):
+            raise TreeError(f"node {self.id}: {len(self.token_ids)} tokens but {len(self.logprobs)} logprobs")
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict; empty optional fields are left out to keep files small."""
+        record = asdict(self)
+        record["tags"] = sorted(self.tags)
+        record["top"] = [[list(alt) for alt in alts] for alts in self.top]
+        defaults = {"token_ids": (), "logprobs": (), "top": [], "tags": [], "hidden": False}
+        return {k: v for k, v in record.items()
+                if (v is not None or k == "parent") and not (k in defaults and (v == defaults[k] or v == list(defaults[k])))}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Node":
+        """The inverse of to_record; raises TreeError/TypeError/ValueError on a malformed record."""
+        data = dict(record)
+        data.setdefault("parent", None)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TreeError(f"unknown node field(s) {', '.join(sorted(unknown))}")
+        for key, kind in (("id", str), ("role", str), ("text", str)):
+            if not isinstance(data.get(key), kind):
+                raise TreeError(f"node field {key!r} must be a {kind.__name__}")
+        if data.get("parent") is not None and not isinstance(data["parent"], str):
+            raise TreeError("node field 'parent' must be a string or null")
+        data["token_ids"] = tuple(int(t) for t in data.get("token_ids", ()))
+        data["logprobs"] = tuple(float(x) for x in data.get("logprobs", ()))
+        data["top"] = tuple(tuple((int(i), str(s), float(lp)) for i, s, lp in alts) for alts in data.get("top", ()))
+        data["tags"] = frozenset(str(t) for t in data.get("tags", ()))
+        return cls(**data)
+
+
+class Tree:
+    """Nodes by id, children in creation order, and a cursor (the node the user is at)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self._children: dict[str | None, list[str]] = {None: []}
+        self.cursor: str | None = None
+        self.orphans: list[str] = []  # nodes whose parent is missing, kept as extra roots
+
+    # -- building --------------------------------------------------------------------------
+    def add(self, node: Node) -> Node:
+        """Insert a node; its parent must exist (or be None for a root)."""
+        if node.id in self.nodes:
+            raise TreeError(f"node {node.id} already exists")
+        parent = node.parent
+        if parent is not None and parent not in self.nodes:
+            raise TreeError(f"node {node.id}: parent {parent} is not in the tree")
+        self.nodes[node.id] = node
+        self._children.setdefault(parent, []).append(node.id)
+        self._children.setdefault(node.id, [])
+        return node
+
+    def add_orphan(self, node: Node) -> Node:
+        """Keep a node whose parent is missing as an extra root (it is not dropped)."""
+        self.orphans.append(node.id)
+        return self.add(replace(node, parent=None))
+
+    def add_child(self, parent: str | None, role: str, text: str, **fields: Any) -> Node:
+        return self.add(Node(id=fields.pop("id", None) or new_id(), parent=parent, role=role, text=text, **fields))
+
+    def add_siblings(self, parent: str | None, role: str, texts: Iterable[str], **fields: Any) -> list[Node]:
+        return [self.add_child(parent, role, text, **fields) for text in texts]
+
+    def edit(self, node_id: str, text: str) -> Node:
+        """A sibling carrying the new text (origin 'edited'); the original stays as it was."""
+        old = self.get(node_id)
+        return self.add(replace(old, id=new_id(), text=text, origin="edited", edited_from=old.id,
+                                created=time.time(), token_ids=(), logprobs=(), top=(), tags=frozenset()))
+
+    def set_tag(self, node_id: str, tag: str, on: bool = True) -> Node:
+        node = self.get(node_id)
+        tags = node.tags | {tag} if on else node.tags - {tag}
+        return self._replace(replace(node, tags=frozenset(tags)))
+
+    def set_hidden(self, node_id: str, hidden: bool = True) -> Node:
+        """Soft delete (or restore): hidden nodes and their subtrees are skipped in views."""
+        return self._replace(replace(self.get(node_id), hidden=hidden))
+
+    def _replace(self, node: Node) -> Node:
+        self.nodes[node.id] = node
+        return node
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, node_id: str) -> Node:
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise TreeError(f"no node {node_id!r} in this session") from None
+
+    def resolve(self, prefix: str) -> Node:
+        """A node by id or unique id prefix (as shown, 8 characters)."""
+        if prefix in self.nodes:
+            return self.nodes[prefix]
+        matches = [n for n in self.nodes if n.startswith(prefix)] if prefix else []
+        if len(matches) == 1:
+            return self.nodes[matches[0]]
+        if not matches:
+            raise TreeError(f"no node {prefix!r} in this session")
+        raise TreeError(f"node id {prefix!r} is ambiguous ({len(matches)} nodes); give more characters")
+
+    @property
+    def roots(self) -> list[Node]:
+        return [self.nodes[i] for i in self._children[None]]
+
+    def children(self, node_id: str | None, include_hidden: bool = False) -> list[Node]:
+        nodes = [self.nodes[i] for i in self._children.get(node_id, [])]
+        return nodes if include_hidden else [n for n in nodes if not n.hidden]
+
+    def siblings(self, node_id: str, include_hidden: bool = False) -> list[Node]:
+        """The node and its siblings, in creation order."""
+        node = self.get(node_id)
+        return self.children(node.parent, include_hidden) if not node.hidden else [node]
+
+    def path(self, node_id: str) -> list[Node]:
+        """Root first, ending at node_id."""
+        out, seen = [], set()
+        current: str | None = node_id
+        while current is not None:
+            if current in seen:
+                raise TreeError(f"the parents of node {node_id} form a cycle")
+            seen.add(current)
+            node = self.get(current)
+            out.append(node)
+            current = node.parent
+        return out[::-1]
+
+    def leaf(self, node_id: str) -> Node:
+        """Follow the most recent visible child down from a node."""
+        node = self.get(node_id)
+        while kids := self.children(node.id):
+            node = kids[-1]
+        return node
+
+    # -- cursor ----------------------------------------------------------------------------
+    def goto(self, node_id: str) -> Node:
+        node = self.resolve(node_id)
+        self.cursor = node.id
+        return node
+
+    def move(self, where: str) -> Node:
+        """Move the cursor: 'parent', 'child' (latest), 'prev' or 'next' sibling. Raises at an edge."""
+        if self.cursor is None:
+            raise TreeError("the session is empty")
+        node = self.get(self.cursor)
+        if where == "parent":
+            if node.parent is None:
+                raise TreeError("already at the root")
+            target = self.get(node.parent)
+        elif where == "child":
+            kids = self.children(node.id)
+            if not kids:
+                raise TreeError("no replies below this node")
+            target = kids[-1]
+        elif where in ("prev", "next"):
+            sibs = self.siblings(node.id)
+            at = [s.id for s in sibs].index(node.id)
+            step = -1 if where == "prev" else 1
+            if not 0 <= at + step < len(sibs):
+                raise TreeError(f"no {'previous' if step < 0 else 'next'} sibling")
+            target = sibs[at + step]
+        else:
+            raise ValueError(f"unknown move {where!r}")
+        self.cursor = target.id
+        return target
+
+
+def render_turn(node: Node, turn_template: str = "{speaker}: {text}\n") -> str:
+    """A node's text as it appears in the transcript: the frame as is, turns through the template."""
+    if node.role == "frame" or node.speaker is None:
+        return node.text
+    if node.role == "note":
+        return ""
+    return turn_template.format(speaker=node.speaker, text=node.text)
+
+
+def render_path(path: list[Node], turn_template: str = "{speaker}: {text}\n") -> str:
+    """The transcript a path stands for (notes are for the user, not the model)."""
+    return "".join(render_turn(node, turn_template) for node in path)
