@@ -1,4 +1,7 @@
-"""Command line: `simlab generate`, `simlab models`. Turns domain errors into one line and exit 2."""
+"""Command line: `simlab generate`, `simlab models`, sessions and replay (in cli_sessions).
+
+The only place, with the REPL, that turns domain errors into one line and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--load", metavar="SPEC", help="load this model and describe it")
     _add_model_flags(models)
     models.set_defaults(run=cmd_models)
+
+    from simlab.cli_sessions import add_commands
+
+    add_commands(commands, _Parser, _add_model_flags)
     return parser
 
 

@@ -11,11 +11,13 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
+from simlab.errors import SimlabError
+
 ROLES = ("frame", "user", "model", "note")
 ORIGINS = ("typed", "sampled", "edited", "replayed", "imported")
 
 
-class TreeError(ValueError):
+class TreeError(SimlabError, ValueError):
     """An operation that names a node the tree does not have, or breaks the tree's shape."""
 
 
@@ -60,9 +62,14 @@ class Node:
         record = asdict(self)
         record["tags"] = sorted(self.tags)
         record["top"] = [[list(alt) for alt in alts] for alts in self.top]
-        defaults = {"token_ids": (), "logprobs": (), "top": [], "tags": [], "hidden": False}
-        return {k: v for k, v in record.items()
-                if (v is not None or k == "parent") and not (k in defaults and (v == defaults[k] or v == list(defaults[k])))}
+        def empty(key: str, value: Any) -> bool:
+            if key == "parent":
+                return False  # None is meaningful: a root
+            if key in ("token_ids", "logprobs", "top", "tags"):
+                return len(value) == 0
+            return value is None or (key == "hidden" and value is False)
+
+        return {k: v for k, v in record.items() if not empty(k, v)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Node":
