@@ -134,7 +134,7 @@ def test_replay_reproduces_every_reply_exactly(capsys, store, tiny_engine):
     assert len(store.open("chat", read_only=True).tree.nodes) == len(session.tree.nodes)
 
 
-def test_replay_shows_the_first_differing_token(capsys, store, tiny_engine:
+def test_replay_shows_the_first_differing_token(capsys, store, tiny_engine):
     chat(tiny_engine, store)
     lines = (store.folder / "chat.jsonl").read_text().splitlines()
     for i, line in enumerate(lines):  # corrupt the third token of the first reply, as a bad cache would
@@ -148,7 +148,7 @@ def test_replay_shows_the_first_differing_token(capsys, store, tiny_engine:
     assert code == 1 and "differs at token 2" in out and "reproduced 0/1 replies exactly" in out
 
 
-def test_replay_with_overrides_adds_a_branch_and_compare_shows_both(capsys, store, tiny_engine:
+def test_replay_with_overrides_adds_a_branch_and_compare_shows_both(capsys, store, tiny_engine):
     session = chat(tiny_engine, store)
     before = set(session.tree.nodes)
     old_leaf = session.tree.cursor
