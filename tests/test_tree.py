@@ -76,4 +76,7 @@ def test_record_round_trip_keeps_every_field():
                 token_ids=(1, 2), logprobs=(-0.5, -1.0), top=(((1, "h", -0.5),), ((2, "i", -1.0),)),
                 params={"temperature": 0.8}, seed=3, finish_reason="stop", model="embedded",
                 model_revision="abc", persona="interview", tags=frozenset({"bookmark"}))
-    assert Node.from_record(node.to_record()) == node
+    back = Node.from_record(node.to_record())
+    assert back.to_record() == node.to_record()
+    assert back.token_ids == node.token_ids and back.tags == node.tags and back.params == node.params
+    assert [list(alt) for alts in back.top for alt in alts] == [[1, "h", -0.5], [2, "i", -1.0]]
