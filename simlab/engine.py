@@ -148,10 +148,13 @@ class Run:
                 completion.finish_reason = "interrupted"
 
     def __iter__(self) -> Iterator[Delta]:
+        started = time.perf_counter()
         try:
             yield from self._decode()
         except KeyboardInterrupt:
             self.interrupt()
+        finally:  # also when stopped early: the stats cover what was decoded
+            self.stats.decode_seconds = time.perf_counter() - started - self.stats.prefill_seconds
 
     def _decode(self) -> Iterator[Delta]:
         engine, params = self.engine, self.params
@@ -220,7 +223,6 @@ class Run:
                 if context is not None:
                     context = torch.cat([context, picked.unsqueeze(-1)], dim=-1)
                 logits = model(input_ids=picked.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
-        self.stats.decode_seconds = time.perf_counter() - started - self.stats.prefill_seconds
 
 
 def _token_info(tokenizer, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]) -> TokenInfo:
