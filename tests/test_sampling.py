@@ -25,7 +25,7 @@ def scores(seed: int, batch: int = 2, vocab: int = 10, scale: float = 3.0) -> to
 IDS = torch.tensor([[1, 3, 3, 7], [0, 2, 9, 9]])
 
 
-def same_filter(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+def assert_same_filter(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
     finite = ~torch.isinf(theirs)
     assert torch.allclose(ours[finite], theirs[finite])
@@ -51,23 +51,23 @@ def test_temperature_matches_transformers(seed, t):
 @pytest.mark.parametrize("k", [1, 3, 9])
 def test_top_k_matches_transformers(seed, k):
     x = scores(seed)
-    same_filter(sampling.apply_top_k(x, k), TopKLogitsWarper(k)(IDS, x.clone()))
+    assert_same_filter(sampling.apply_top_k(x, k), TopKLogitsWarper(k)(IDS, x.clone()))
 
 
 @pytest.mark.parametrize("seed", range(40))
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.95, 0.999])
 def test_top_p_matches_transformers(seed, p):
     x = scores(seed)
-    same_filter(sampling.apply_top_p(x, p), TopPLogitsWarper(p)(IDS, x.clone()))
+    assert_same_filter(sampling.apply_top_p(x, p), TopPLogitsWarper(p)(IDS, x.clone()))
 
 
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("p", [0.5, 0.95])
-def test_top_p_prefilter_and_full_sort_agree_on_a_large_vocabulary(seed, p, monkeypatch):
+def test_top_p_prefilter_and_full_sort_agree_on_a_large_vocabulary(seed, p):
     # Flat logits put the nucleus beyond the prefilter (full sort); peaked ones keep it inside.
     for scale in (0.5, 6.0):
         x = scores(seed, batch=3, vocab=5000, scale=scale)
-        same_filter(sampling.apply_top_p(x, p), TopPLogitsWarper(p)(IDS, x.clone()))
+        assert_same_filter(sampling.apply_top_p(x, p), TopPLogitsWarper(p)(IDS, x.clone()))
 
 
 def test_top_p_prefilter_is_really_used_when_mass_is_concentrated(monkeypatch):
@@ -81,14 +81,14 @@ def test_top_p_prefilter_is_really_used_when_mass_is_concentrated(monkeypatch):
 @pytest.mark.parametrize("min_p", [0.05, 0.2, 0.6])
 def test_min_p_matches_transformers(seed, min_p):
     x = scores(seed)
-    same_filter(sampling.apply_min_p(x, min_p), MinPLogitsWarper(min_p)(IDS, x.clone()))
+    assert_same_filter(sampling.apply_min_p(x, min_p), MinPLogitsWarper(min_p)(IDS, x.clone()))
 
 
 @pytest.mark.parametrize("seed", range(20))
 @pytest.mark.parametrize("mass", [0.2, 0.6, 0.9])
 def test_typical_p_matches_transformers(seed, mass):
     x = scores(seed)
-    same_filter(sampling.apply_typical_p(x, mass), TypicalLogitsWarper(mass)(IDS, x.clone()))
+    assert_same_filter(sampling.apply_typical_p(x, mass), TypicalLogitsWarper(mass)(IDS, x.clone()))
 
 
 def test_steps_do_not_modify_their_input():
@@ -109,7 +109,7 @@ def test_chain_matches_transformers_chain_in_order():
         theirs = x.clone()
         for step in chain:
             theirs = step(IDS, theirs)
-        same_filter(sampling.process_logits(x, IDS, params), theirs)
+        assert_same_filter(sampling.process_logits(x, IDS, params), theirs)
 
 
 def test_greedy_skips_filters_but_applies_repetition_penalty():
