@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from simlab.errors import SimlabError
-from simlab.tree import Node, Tree, TreeError
+from simlab.tree import Node, Tree, TreeError, make_node
 
 SCHEMA = 1
 # Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
@@ -69,8 +69,7 @@ class Session:
 
     # -- writes ----------------------------------------------------------------------------
     def _append(self, record: dict[str, Any]) -> None:
-        if self._handle is None:
-            raise SessionError(f"session {self.name!r} is open read-only; nothing was saved")
+        self._check_writable()
         self._handle.write(orjson.dumps(record) + b"\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -82,9 +81,7 @@ class Session:
         return node
 
     def add_child(self, parent: str | None, role: str, text: str, **fields: Any) -> Node:
-        from simlab.tree import new_id
-
-        return self.add(Node(id=fields.pop("id", None) or new_id(), parent=parent, role=role, text=text, **fields))
+        return self.add(make_node(parent, role, text, **fields))
 
     def edit(self, node_id: str, text: str) -> Node:
         self._check_writable()

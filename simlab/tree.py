@@ -25,6 +25,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def make_node(parent: str | None, role: str, text: str, **fields: Any) -> "Node":
+    """A new node with a fresh id (unless one is given)."""
+    return Node(id=fields.pop("id", None) or new_id(), parent=parent, role=role, text=text, **fields)
+
+
 @dataclass(frozen=True)
 class Node:
     """One turn (or the frame) with how it came to be. Never changed in place."""
@@ -124,7 +129,7 @@ class Tree:
         return self.add(replace(node, parent=None))
 
     def add_child(self, parent: str | None, role: str, text: str, **fields: Any) -> Node:
-        return self.add(Node(id=fields.pop("id", None) or new_id(), parent=parent, role=role, text=text, **fields))
+        return self.add(make_node(parent, role, text, **fields))
 
     def add_siblings(self, parent: str | None, role: str, texts: Iterable[str], **fields: Any) -> list[Node]:
         return [self.add_child(parent, role, text, **fields) for text in texts]
