@@ -47,6 +47,7 @@ def add_commands(commands, parser_class, add_model_flags) -> None:
     replay.add_argument("id")
     replay.add_argument("--node", help="replay the path to this node (default: the cursor)")
     group = replay.add_argument_group("overrides (any of them makes a new branch)")
+    group.add_argument("--persona", help="replay the path's user turns under this persona (name or YAML file)")
     group.add_argument("--temperature", "-t", type=float)
     group.add_argument("--top-k", type=int)
     group.add_argument("--top-p", type=float)
@@ -148,8 +149,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     names = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "max_new_tokens", "seed")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    persona = None
+    if args.persona is not None:
+        from simlab.persona import find
+
+        persona = find(args.persona)  # a bad persona fails before the model loads
     store = _store(args)
-    changing = bool(overrides) or args.model is not None
+    changing = bool(overrides) or args.model is not None or persona is not None
     session = store.open(args.id, read_only=not changing)
     _warn(session.problems)
     with session:
@@ -182,7 +188,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 print(f"note: the stored replies came from model revision(s) {', '.join(sorted(map(str, revisions)))}, "
                       f"this is {engine.info.revision}")
             return 0 if same == len(checks) else 1
-        added = replay_branch(engine, session, path, overrides)
+        added = replay_branch(engine, session, path, overrides, persona=persona)
         print(f"new branch of {len(added)} node(s) ending at {added[-1].id[:8]}; compare with: "
               f"simlab sessions show {session.name} --compare {target[:8]} {added[-1].id[:8]}")
         for node in added:

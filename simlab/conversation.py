@@ -1,27 +1,79 @@
-"""From a path in a session tree to the model's next turn, and from sampled completions to nodes.
+"""From a persona and a path in a session tree to the model's next turn, and back to nodes.
 
-The prompt for a reply is the path's transcript followed by the replying speaker's label
-("Bot:"); the reply's stop string is by default the next user label on a new line. Sampled text
-usually begins with the space after the label; that one space belongs to the turn template, so it
-is not stored in the node's text.
+Simulator mode: the prompt is the path's transcript (the frame, then each turn through the
+persona's turn template) followed by the replying speaker's label ("Guest:"). The label's trailing
+space is left for the model to write, since BPE vocabularies attach it to the next word; that
+space belongs to the turn template, so it is not stored in the node's text. Chat mode: the frame
+becomes the system message and the turns go through the model's own chat template.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 from simlab.engine import Completion, Engine
-from simlab.sampling import SamplingParams
-from simlab.store import Session
+from simlab.errors import SimlabError
+from simlab.params import SamplingParams
+from simlab.persona import Framing, Persona
+from simlab.store import Session, SessionStore
 from simlab.tree import Node, render_path
 
 
-def reply_prompt(session: Session, parent_id: str, speaker: str) -> str:
-    return render_path(session.tree.path(parent_id)) + f"{speaker}:"
+def framing_of(path: list[Node]) -> Framing:
+    """The framing the path's frame node recorded (the plain default for frames without one)."""
+    root = path[0] if path else None
+    return Framing.from_dict(root.framing if root is not None and root.role == "frame" else None)
 
 
-def reply_text(generated: str) -> str:
-    return generated[1:] if generated.startswith(" ") else generated
+def add_frame(session: Session, persona: Persona) -> Node:
+    """A new root: the persona's rendered frame, then its greeting(s) as model turns.
+
+    Returns the node to continue from (the first greeting, or the frame)."""
+    frame = session.add_child(None, "frame", persona.render_frame(), persona=persona.name,
+                              framing=Framing.of(persona).to_dict())
+    greetings = [session.add_child(frame.id, "model", text, speaker=persona.model, persona=persona.name)
+                 for text in persona.greetings()]
+    return greetings[0] if greetings else frame
+
+
+def start_session(store: SessionStore, persona: Persona, name: str | None = None) -> Session:
+    session = store.create(name, persona=persona.name)
+    session.goto(add_frame(session, persona).id)
+    return session
+
+
+def reply_prompt(path: list[Node], speaker: str, tokenizer: Any = None) -> str | list[int]:
+    """What the model reads before replying as `speaker` after `path`: text, or ids in chat mode."""
+    framing = framing_of(path)
+    if framing.mode == "chat":
+        return chat_prompt_ids(path, speaker, tokenizer)
+    return render_path(path) + framing.label("model", speaker)
+
+
+def chat_prompt_ids(path: list[Node], speaker: str, tokenizer: Any) -> list[int]:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise SimlabError("this persona is in chat mode but the model has no chat template; "
+                          "use an instruct model or set `mode: simulator` in the persona")
+    messages = []
+    for node in path:
+        if node.role == "frame" and node.text.strip():
+            messages.append({"role": "system", "content": node.text})
+        elif node.role in ("user", "model"):
+            role = "assistant" if node.speaker == speaker else "user"
+            messages.append({"role": role, "content": node.text})
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def reply_text(generated: str, framing: Framing) -> str:
+    """A reply's text as stored: without the label's trailing space the model wrote, and without
+    trailing whitespace (the turn template writes the turn's end)."""
+    lead = framing.lead() if framing.mode == "simulator" else ""
+    text = generated[len(lead):] if lead and generated.startswith(lead) else generated
+    return text.rstrip()
 
 
 def node_fields(completion: Completion, params: SamplingParams, engine: Engine) -> dict:
@@ -50,9 +102,12 @@ def sample_replies(
     persona: str | None = None,
 ) -> list[Node]:
     """Sample n sibling replies under parent_id and save each as a node."""
-    completions = engine.generate(reply_prompt(session, parent_id, speaker), params, n=n)
+    path = session.tree.path(parent_id)
+    framing = framing_of(path)
+    completions = engine.generate(reply_prompt(path, speaker, engine.tokenizer), params, n=n)
     return [
-        session.add_child(parent_id, "model", reply_text(c.text), speaker=speaker, origin=origin,
-                          persona=persona, **node_fields(c, params, engine))
+        session.add_child(parent_id, "model", reply_text(c.text, framing), speaker=speaker, origin=origin,
+                          persona=persona if persona is not None else path[0].persona,
+                          **node_fields(c, params, engine))
         for c in completions
     ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from simlab.store import Session, SessionError, SessionStore, state_records
-from simlab.tree import Node, Tree, TreeError, render_turn
+from simlab.tree import Node, Tree, TreeError, render_turn, turn_template_of
 
 LOOM_ROOT_ID = "simlab-synthetic-root"
 
@@ -58,7 +58,7 @@ def to_loom(session: Session) -> dict[str, Any]:
     """The session as a Loom JSON tree (one root; several roots hang under a synthetic one)."""
     tree = session.tree
 
-    def convert(node: Node) -> dict[str, Any]:
+    def convert(node: Node, template: str) -> dict[str, Any]:
         tags = sorted(node.tags | ({"archived"} if node.hidden else set()))
         meta: dict[str, Any] = {
             "creation_timestamp": node.created,
@@ -80,16 +80,16 @@ def to_loom(session: Session) -> dict[str, Any]:
             }
         return {
             "id": node.id,
-            "text": render_turn(node),
+            "text": render_turn(node, template),
             "parent_id": node.parent,
             "open": True,
             "visited": True,
             "tags": tags,
             "meta": meta,
-            "children": [convert(c) for c in tree.children(node.id, include_hidden=True)],
+            "children": [convert(c, template) for c in tree.children(node.id, include_hidden=True)],
         }
 
-    roots = [convert(r) for r in tree.roots]
+    roots = [convert(r, turn_template_of([r])) for r in tree.roots]
     if len(roots) == 1:
         root = roots[0]
     else:

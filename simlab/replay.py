@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from simlab.conversation import node_fields, reply_prompt, reply_text
+from simlab.conversation import add_frame, framing_of, node_fields, reply_prompt, reply_text
 from simlab.engine import Engine
 from simlab.errors import SimlabError
-from simlab.sampling import SamplingParams
+from simlab.params import SamplingParams
+from simlab.persona import Persona
 from simlab.store import Session
 from simlab.tree import Node
 
@@ -39,7 +40,8 @@ def check_path(engine: Engine, session: Session, path: list[Node]) -> list[Reply
     checks = []
     for node in model_replies(path):
         params = params_of(node, {})
-        [c] = engine.generate(reply_prompt(session, node.parent, node.speaker), params)
+        prompt = reply_prompt(session.tree.path(node.parent), node.speaker, engine.tokenizer)
+        [c] = engine.generate(prompt, params)
         if c.token_ids == list(node.token_ids):
             checks.append(ReplyCheck(node, True))
             continue
@@ -54,27 +56,44 @@ def check_path(engine: Engine, session: Session, path: list[Node]) -> list[Reply
     return checks
 
 
-def replay_branch(engine: Engine, session: Session, path: list[Node], overrides: dict) -> list[Node]:
+def replay_branch(engine: Engine, session: Session, path: list[Node], overrides: dict,
+                  persona: Persona | None = None) -> list[Node]:
     """Re-sample the path's replies under overrides as a new branch beside the original one.
 
-    The branch forks at the first sampled reply: each later user turn is copied (origin
-    'replayed') under the new reply before it, and each reply is sampled anew.
+    Without a persona the branch forks at the first sampled reply: each later user turn is copied
+    (origin 'replayed') under the new reply before it, and each reply is sampled anew with its own
+    seed. With a persona the branch is a new root: that persona's frame and greeting, then the
+    path's turns spoken by its labels, each reply sampled with the original seed and parameters
+    but the new persona's stop strings, so only the framing changes.
     """
     replies = model_replies(path)
-    if not replies:
-        raise SimlabError("this path has no sampled replies to replay; pick a node below a reply with --node")
-    start = path.index(replies[0])
-    parent = replies[0].parent
+    if persona is None:
+        if not replies:
+            raise SimlabError("this path has no sampled replies to replay; pick a node below a reply with --node")
+        start = path.index(replies[0])
+        parent = replies[0].parent
+        turns = path[start:]
+    else:
+        turns = [n for n in path if n.role != "frame"]
+        if turns and turns[0].role == "model" and turns[0].params is None and path[0].role == "frame":
+            turns = turns[1:]  # the old persona's greeting; the new frame brings its own
+        if not turns:
+            raise SimlabError("this path has no turns to replay under another persona; pick a deeper node")
+        parent = add_frame(session, persona).id
+        overrides = {**overrides, "stop": persona.stop_strings}
+    framing = framing_of(session.tree.path(parent))
+    speaker = {"user": framing.user, "model": framing.model} if persona is not None else {}
     added = []
-    for node in path[start:]:
+    for node in turns:
+        who = speaker.get(node.role, node.speaker)
+        name = persona.name if persona is not None else node.persona
         if node.role == "model" and node.params is not None:
             params = params_of(node, overrides)
-            [c] = engine.generate(reply_prompt(session, parent, node.speaker), params)
-            new = session.add_child(parent, "model", reply_text(c.text), speaker=node.speaker,
-                                    origin="replayed", persona=node.persona, **node_fields(c, params, engine))
+            [c] = engine.generate(reply_prompt(session.tree.path(parent), who, engine.tokenizer), params)
+            new = session.add_child(parent, "model", reply_text(c.text, framing), speaker=who,
+                                    origin="replayed", persona=name, **node_fields(c, params, engine))
         else:
-            new = session.add_child(parent, node.role, node.text, speaker=node.speaker, origin="replayed",
-                                    persona=node.persona)
+            new = session.add_child(parent, node.role, node.text, speaker=who, origin="replayed", persona=name)
         added.append(new)
         parent = new.id
     session.goto(added[-1].id)

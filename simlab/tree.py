@@ -50,6 +50,7 @@ class Node:
     model: str | None = None
     model_revision: str | None = None
     persona: str | None = None
+    framing: dict[str, Any] | None = None  # on a frame node: how its turns are written (persona.Framing)
     edited_from: str | None = None
     tags: frozenset[str] = frozenset()
     hidden: bool = False
@@ -237,15 +238,27 @@ class Tree:
         return target
 
 
-def render_turn(node: Node, turn_template: str = "{speaker}: {text}\n") -> str:
-    """A node's text as it appears in the transcript: the frame as is, turns through the template."""
+DEFAULT_TURN = "{speaker}: {text}\n"
+
+
+def render_turn(node: Node, turn_template: str | dict[str, str] = DEFAULT_TURN) -> str:
+    """A node's text as it appears in the transcript: the frame as is, turns through the template
+    (one for every turn, or one per role)."""
     if node.role == "frame" or node.speaker is None:
         return node.text
     if node.role == "note":
         return ""
-    return turn_template.format(speaker=node.speaker, text=node.text)
+    template = turn_template.get(node.role, DEFAULT_TURN) if isinstance(turn_template, dict) else turn_template
+    return template.replace("{speaker}", node.speaker).replace("{text}", node.text)
 
 
-def render_path(path: list[Node], turn_template: str = "{speaker}: {text}\n") -> str:
+def turn_template_of(path: list[Node]) -> str | dict[str, str]:
+    """The turn template the path's frame asks for (the default when it names none)."""
+    framing = path[0].framing if path and path[0].role == "frame" else None
+    return (framing or {}).get("turn_template") or DEFAULT_TURN
+
+
+def render_path(path: list[Node]) -> str:
     """The transcript a path stands for (notes are for the user, not the model)."""
-    return "".join(render_turn(node, turn_template) for node in path)
+    template = turn_template_of(path)
+    return "".join(render_turn(node, template) for node in path)
