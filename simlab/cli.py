@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from simlab.cli_sessions import add_commands
 
     add_commands(commands, _Parser, _add_model_flags)
+    from simlab.cli_personas import add_commands as add_persona_commands
+
+    add_persona_commands(commands, _Parser)
     return parser
 
 
