@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PROMPT ?= The following is a transcript of an interview with a lighthouse keeper.\n\nInterviewer: How long have you kept this light?\nKeeper:
+
 
 .PHONY: run test test-fast bench clean
 
@@ -15,7 +15,7 @@ $(BIN)/simlab: pyproject.toml
 	touch $@
 
 run: $(BIN)/simlab
-	@printf '$(PROMPT)' | $(BIN)/simlab generate --max-tokens 80 --stop '\nInterviewer:'
+	$(BIN)/simlab chat
 
 test: $(BIN)/simlab
 	$(BIN)/pytest -m 'slow or not slow'

@@ -1,4 +1,4 @@
-"""Command line: `simlab generate`, `simlab models`, sessions and replay (in cli_sessions).
+"""Command line: `simlab generate`, `simlab models`; chat, sessions, replay and personas in cli_*.
 
 The only place, with the REPL, that turns domain errors into one line and exit code 2.
 """
@@ -77,15 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     from simlab.cli_personas import add_commands as add_persona_commands
 
     add_persona_commands(commands, _Parser)
+    from simlab.cli_chat import add_command as add_chat_command
+
+    add_chat_command(commands, _add_model_flags)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # bare `simlab` is `simlab chat`
+        args = parser.parse_args(["chat"])
     try:
         return args.run(args)
     except SimlabError as exc:

@@ -34,6 +34,7 @@ class Settings:
     offline: bool = False
     allow_pickle: bool = False
     sessions_dir: str = "sessions"
+    persona: str = "interview"  # the chat's persona when none is given
 
     @property
     def home(self) -> Path:
@@ -64,6 +65,7 @@ _ENV = {
     "dtype": "SIMLAB_DTYPE",
     "offline": "SIMLAB_OFFLINE",
     "sessions_dir": "SIMLAB_SESSIONS",
+    "persona": "SIMLAB_PERSONA",
 }
 
 

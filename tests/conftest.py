@@ -25,7 +25,8 @@ def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own simlab home and never reaches the network."""
     home = tmp_path / "simlab-home"
     monkeypatch.setenv("SIMLAB_HOME", str(home))
-    for var in ("SIMLAB_MODEL", "SIMLAB_DEVICE", "SIMLAB_DTYPE", "SIMLAB_OFFLINE", "SIMLAB_SESSIONS"):
+    for var in ("SIMLAB_MODEL", "SIMLAB_DEVICE", "SIMLAB_DTYPE", "SIMLAB_OFFLINE", "SIMLAB_SESSIONS",
+                "SIMLAB_PERSONA"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))

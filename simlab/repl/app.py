@@ -1,0 +1,163 @@
+"""The terminal side of the REPL: a prompt-toolkit prompt with history, completion, key bindings and
+a bottom toolbar; or, when stdin is not a terminal, one user turn (or command) per input line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterable, TextIO
+
+from simlab.errors import SimlabError
+from simlab.repl.chat import Chat, edit_in_editor, pick_editor
+from simlab.repl.commands import COMMANDS, Context, Quit, handle
+
+
+def toolbar_text(chat: Chat) -> str:
+    info, p = chat.engine.info, chat.params
+    try:
+        depth, i, n = chat.position()
+        where = f"depth {depth} · {i}/{n}"
+    except SimlabError:
+        where = "empty"
+    seed = "random" if chat.seed is None else str(chat.seed)
+    last = (f" · {chat.last.tokens_per_second:.1f} tok/s · first token {chat.last.first_token_ms:.0f} ms"
+            if chat.last else "")
+    return (f" {info.name} · {info.device} · {chat._persona_name()} · T {p.temperature} top-p {p.top_p} "
+            f"seed {seed} · {where}{last} ")
+
+
+def banner(chat: Chat, resumed: bool, out: TextIO) -> None:
+    info = chat.engine.info
+    state = "resumed" if resumed else "new"
+    out.write(chat.style.dim(f"simlab · {info.name} on {info.device} ({info.dtype}) · persona "
+                             f"{chat._persona_name()} · session {chat.session.name} ({state}) in "
+                             f"{chat.store.folder} · /help for commands") + "\n")
+    out.flush()
+
+
+def _completer(chat: Chat):
+    from prompt_toolkit.completion import Completer, Completion
+
+    class SlashCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            text = document.text_before_cursor
+            if not text.startswith("/") or text.startswith("//"):
+                return
+            if " " not in text:
+                for name, command in COMMANDS.items():
+                    if name.startswith(text[1:]):
+                        yield Completion("/" + name, start_position=-len(text), display_meta=command.help)
+                return
+            name, _, arg = text[1:].partition(" ")
+            if " " in arg:
+                return
+            if name == "persona":
+                from simlab.persona import library
+
+                options = list(library())
+            elif name == "set":
+                from simlab.repl.chat import SETTABLE
+
+                options = list(SETTABLE)
+            elif name in ("load",):
+                options = [s.name for s in chat.store.list()]
+            elif name == "export":
+                options = ["md"]
+            else:
+                return
+            for option in options:
+                if option.startswith(arg):
+                    yield Completion(option, start_position=-len(arg))
+
+    return SlashCompleter()
+
+
+def _bindings():
+    from prompt_toolkit.key_binding import KeyBindings
+
+    keys = KeyBindings()
+
+    def command(line: str):
+        def run(event) -> None:
+            event.app.exit(result=line)
+        return run
+
+    # Alt+arrow arrives as Escape followed by the arrow in most terminals
+    keys.add("escape", "left")(command("/prev"))
+    keys.add("escape", "right")(command("/next"))
+    keys.add("escape", "up")(command("/up"))
+    keys.add("escape", "down")(command("/down"))
+
+    @keys.add("escape", "enter")
+    def _newline(event) -> None:
+        event.current_buffer.insert_text("\n")
+
+    @keys.add("c-c")
+    def _interrupt(event) -> None:
+        if event.current_buffer.text:
+            event.current_buffer.reset()
+        else:
+            event.app.exit(exception=EOFError())
+
+    return keys
+
+
+def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, input=None, output=None) -> int:
+    """The REPL on a terminal (or on prompt-toolkit's pipe input, for tests). Returns the exit code."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    if history is not None:
+        try:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            store = FileHistory(str(history))
+        except OSError:
+            store = InMemoryHistory()
+    else:
+        store = InMemoryHistory()
+    prompt = PromptSession(history=store, completer=_completer(chat), key_bindings=_bindings(),
+                           bottom_toolbar=lambda: toolbar_text(chat), complete_while_typing=False,
+                           input=input, output=output)
+
+    def ask(message: str, default: str) -> str:
+        return prompt.prompt(message, default=default)
+
+    ctx = Context(ask=ask, edit=edit_in_editor if pick_editor() else None)
+    banner(chat, resumed, chat.err)
+    chat.show_path(last=None if not resumed else 4)
+    while True:
+        try:
+            line = prompt.prompt(f"{chat.framing.user}> ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line.strip():
+            continue
+        try:
+            handle(chat, line, ctx)
+        except Quit:
+            break
+        except SimlabError as exc:
+            chat.note(f"simlab: {exc}")
+        except KeyboardInterrupt:
+            chat.note("(interrupted)")
+    chat.note(f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
+              f"resume with: simlab chat --resume {chat.session.name}")
+    return 0
+
+
+def run_script(chat: Chat, lines: Iterable[str]) -> int:
+    """One user turn or command per line; replies to stdout, everything else to stderr.
+    Returns 2 when a line was a bad command (the rest still runs), else 0."""
+    bad = False
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        try:
+            handle(chat, line, Context())
+        except Quit:
+            break
+        except SimlabError as exc:
+            print(f"simlab: {exc}", file=sys.stderr)
+            bad = True
+    return 2 if bad else 0

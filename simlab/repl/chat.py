@@ -1,0 +1,413 @@
+"""The lab's state and what each REPL action does to it, with no terminal library in sight.
+
+A `Chat` holds the engine, the open session (its cursor is where the user is in the tree), the
+persona and the sampling settings. Every action writes what the user should see to `out`, and
+every reply is saved as a node the moment it is complete, so nothing finished can be lost.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import TextIO
+
+from simlab.conversation import (add_frame, framing_of, node_fields, reply_prompt, reply_text, start_session)
+from simlab.engine import Engine, Run, RunStats
+from simlab.errors import SimlabError
+from simlab.params import SamplingParams
+from simlab.persona import Framing, Persona
+from simlab.store import Session, SessionStore
+from simlab.tree import Node, TreeError, render_path
+from simlab.treeview import Style
+
+SETTABLE = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "typical_p": float,
+            "repetition_penalty": float, "max_tokens": int, "stop": str}
+
+
+@dataclass
+class LastReply:
+    stats: RunStats
+    tokens_per_second: float
+    first_token_ms: float
+
+
+class Chat:
+    def __init__(self, engine: Engine, store: SessionStore, session: Session, persona: Persona,
+                 params: SamplingParams, out: TextIO, color: bool = False, err: TextIO | None = None):
+        self.engine = engine
+        self.store = store
+        self.session = session
+        self.persona = persona
+        self.params = params.with_overrides(seed=None)
+        self.seed = params.seed  # the next reply's seed (then +1 per reply); None: a fresh random one
+        self.out = out
+        self.err = err or out
+        self.style = Style(color)
+        self.last: LastReply | None = None
+        self.batch: list[str] = []  # ids of the last /n alternatives, for /pick
+
+    @classmethod
+    def new(cls, engine: Engine, store: SessionStore, persona: Persona, params: SamplingParams, out: TextIO,
+            **kwargs) -> "Chat":
+        return cls(engine, store, start_session(store, persona), persona, params, out, **kwargs)
+
+    # -- where we are --------------------------------------------------------------------------
+    @property
+    def tree(self):
+        return self.session.tree
+
+    @property
+    def cursor(self) -> Node:
+        if self.tree.cursor is None:
+            raise SimlabError("the session is empty")
+        return self.tree.get(self.tree.cursor)
+
+    def path(self) -> list[Node]:
+        return self.tree.path(self.tree.cursor) if self.tree.cursor else []
+
+    @property
+    def framing(self) -> Framing:
+        path = self.path()
+        return framing_of(path) if path else Framing.of(self.persona)
+
+    def position(self) -> tuple[int, int, int]:
+        """(depth, sibling index from 1, number of siblings) of the cursor."""
+        node = self.cursor
+        siblings = self.tree.siblings(node.id)
+        ids = [s.id for s in siblings]
+        return len(self.path()) - 1, (ids.index(node.id) + 1 if node.id in ids else 1), len(siblings)
+
+    # -- output -------------------------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        self.err.write(self.style.dim(text) + "\n")
+        self.err.flush()
+
+    def show_turn(self, node: Node) -> None:
+        """A node as the transcript shows it, with its place among its siblings."""
+        if node.role == "frame":
+            self.say(self.style.dim(node.text.rstrip("\n")))
+            return
+        siblings = self.tree.siblings(node.id)
+        where = ""
+        if len(siblings) > 1:
+            where = self.style.dim(f" [{[s.id for s in siblings].index(node.id) + 1}/{len(siblings)}]")
+        self.say(self._label(node) + " " + node.text + where)
+
+    def _label(self, node: Node) -> str:
+        code = "1;32" if node.role == "model" else "1;34"
+        return self.style.wrap(code, f"{node.speaker or node.role}:")
+
+    def show_path(self, last: int | None = None) -> None:
+        path = self.path()
+        for node in path[-last:] if last else path:
+            self.show_turn(node)
+
+    # -- turns and replies --------------------------------------------------------------------
+    def user_turn(self, text: str) -> list[Node]:
+        """Add the user's turn under the cursor and stream the model's reply to it."""
+        if not text.strip():
+            return []
+        user = self.session.add_child(self.tree.cursor, "user", text, speaker=self.framing.user,
+                                      persona=self._persona_name())
+        self.session.goto(user.id)
+        return self.reply(user.id)
+
+    def reply(self, parent_id: str, n: int = 1) -> list[Node]:
+        """Sample n replies under parent_id (streamed when n == 1), save them, move to the first."""
+        path = self.tree.path(parent_id)
+        framing = framing_of(path)
+        speaker = framing.model
+        params = self._next_params(n)
+        run = self.engine.start(reply_prompt(path, speaker, self.engine.tokenizer), params, n=n)
+        self._stream(run, speaker, live=n == 1)
+        nodes = []
+        for completion in run.completions:
+            if not completion.tokens:
+                continue  # interrupted before its first token: nothing to keep
+            nodes.append(self.session.add_child(
+                parent_id, "model", reply_text(completion.text, framing), speaker=speaker, origin="sampled",
+                persona=self._persona_name(), **node_fields(completion, params, self.engine)))
+        self._remember(run)
+        if not nodes:
+            self.note("(interrupted before the first token; nothing saved)")
+            return []
+        self.session.goto(nodes[0].id)
+        self.batch = [node.id for node in nodes] if n > 1 else []
+        if n > 1:
+            for i, node in enumerate(nodes, 1):
+                self.say(self.style.wrap("1", f"[{i}]") + " " + self._label(node) + " " + node.text +
+                         self.style.dim(f"  (seed {node.seed}, {node.finish_reason})"))
+            self.note(f"{len(nodes)} alternatives saved; at [1]. /pick I to take another, /next /prev to step.")
+        elif nodes[0].finish_reason == "interrupted":
+            self.note("(interrupted: the partial reply is saved)")
+        return nodes
+
+    def _stream(self, run: Run, speaker: str, live: bool) -> None:
+        if live:
+            self.out.write(self.style.wrap("1;32", self.framing_label(speaker)))
+            self.out.flush()
+        try:
+            for delta in run:
+                if live and delta.text:
+                    self.out.write(delta.text)
+                    self.out.flush()
+        except KeyboardInterrupt:  # Ctrl-C while our loop (not the engine's) held control
+            run.interrupt()
+        if live:
+            self.out.write("\n")
+            self.out.flush()
+
+    def framing_label(self, speaker: str) -> str:
+        framing = self.framing
+        label = framing.label("model", speaker) if framing.mode == "simulator" else f"{speaker}:"
+        return label if label else ""
+
+    def _next_params(self, n: int) -> SamplingParams:
+        seed = self.seed if self.seed is not None else random.randrange(2**31)
+        if self.seed is not None:
+            self.seed += n
+        return self.params.with_overrides(seed=seed)
+
+    def _remember(self, run: Run) -> None:
+        stats = run.stats
+        self.last = LastReply(stats, stats.tokens_per_second, stats.first_token_seconds * 1000)
+
+    def _persona_name(self) -> str | None:
+        path = self.path()
+        return path[0].persona if path else self.persona.name
+
+    def regen(self) -> list[Node]:
+        """A new sibling of the current reply (or a first reply to the current user turn)."""
+        node = self.cursor
+        if node.role == "model":
+            return self.reply(node.parent)
+        if node.role == "user":
+            return self.reply(node.id)
+        raise SimlabError("/regen needs a reply or a user turn under the cursor")
+
+    def alternatives(self, k: int) -> list[Node]:
+        """k replies sampled as one batch, beside the current reply (or under the current turn)."""
+        if k < 1 or k > 64:
+            raise SimlabError(f"/n {k}: use a number from 1 to 64")
+        node = self.cursor
+        parent = node.parent if node.role == "model" else node.id
+        if node.role not in ("model", "user"):
+            raise SimlabError("/n needs a reply or a user turn under the cursor")
+        return self.reply(parent, n=k)
+
+    def pick(self, i: int) -> Node:
+        choices = self.batch or [s.id for s in self.tree.siblings(self.cursor.id)]
+        if not 1 <= i <= len(choices):
+            raise SimlabError(f"/pick {i}: choose 1 to {len(choices)}")
+        node = self.session.goto(choices[i - 1])
+        self.show_turn(node)
+        return node
+
+    def continue_reply(self) -> Node:
+        """Extend the current reply: a sibling holding the old text plus what the model adds."""
+        node = self.cursor
+        if node.role != "model":
+            raise SimlabError("/continue needs a model reply under the cursor")
+        path = self.tree.path(node.parent)
+        framing = framing_of(path)
+        prompt = reply_prompt(path, node.speaker, self.engine.tokenizer)
+        if isinstance(prompt, str):
+            prompt += framing.lead() + node.text
+        else:
+            prompt = prompt + self.engine.tokenizer.encode(node.text, add_special_tokens=False)
+        params = self._next_params(1)
+        run = self.engine.start(prompt, params)
+        self.out.write(self._label(node) + " " + node.text)
+        self.out.flush()
+        try:
+            for delta in run:
+                self.out.write(delta.text)
+                self.out.flush()
+        except KeyboardInterrupt:
+            run.interrupt()
+        self.out.write("\n")
+        [c] = run.completions
+        self._remember(run)
+        fields = node_fields(c, params, self.engine)
+        # a composite of two samplings: keep its tokens, but it is not one reproducible draw
+        fields.update(params=None, seed=None, token_ids=node.token_ids + fields["token_ids"],
+                      logprobs=node.logprobs + fields["logprobs"], top=node.top + fields["top"])
+        if not node.token_ids:
+            fields.update(token_ids=(), logprobs=(), top=())
+        new = self.session.add_child(node.parent, "model", (node.text + c.text).rstrip(), speaker=node.speaker,
+                                     origin="sampled", persona=node.persona, edited_from=node.id,
+                                     tags=frozenset({"continued"}), **fields)
+        self.session.goto(new.id)
+        return new
+
+    # -- the tree -----------------------------------------------------------------------------
+    def move(self, where: str) -> Node:
+        try:
+            node = self.session.move(where)
+        except TreeError as exc:
+            raise SimlabError(str(exc)) from None
+        self.show_turn(node)
+        return node
+
+    def goto(self, prefix: str) -> Node:
+        node = self.session.goto(self.tree.resolve(prefix).id)
+        self.batch = []
+        self.show_path(last=3)
+        return node
+
+    def edit(self, text: str) -> Node:
+        node = self.cursor
+        if node.role not in ("model", "user"):
+            raise SimlabError("/edit works on a reply or a user turn; move to one first")
+        if text == node.text:
+            raise SimlabError("/edit: the text is unchanged; nothing saved")
+        new = self.session.edit(node.id, text)
+        self.session.goto(new.id)
+        self.show_turn(new)
+        return new
+
+    def bookmark(self) -> bool:
+        node = self.cursor
+        on = "bookmark" not in node.tags
+        self.session.set_tag(node.id, "bookmark", on)
+        self.note(f"{'bookmarked' if on else 'bookmark removed from'} {node.id[:8]}")
+        return on
+
+    def switch_persona(self, persona: Persona) -> list[Node]:
+        """This path's user turns replayed under another persona, as a new branch (a new root)."""
+        from simlab.replay import replay_branch
+
+        turns = [n for n in self.path() if n.role == "user"]
+        self.persona = persona
+        if not turns:
+            start = add_frame(self.session, persona)
+            self.session.goto(start.id)
+            self.show_path()
+            return [start]
+        self.note(f"replaying {len(turns)} user turn(s) under {persona.name} ...")
+        added = replay_branch(self.engine, self.session, self.path(), {}, persona=persona)
+        self.show_path()
+        return added
+
+    def load(self, name: str) -> None:
+        other = self.store.open(name)
+        self.session.close()
+        self.session = other
+        for problem in other.problems:
+            self.note(f"warning: {problem}")
+        self.batch = []
+        self.show_path()
+
+    # -- settings -----------------------------------------------------------------------------
+    def set(self, key: str, value: str) -> None:
+        key = key.replace("-", "_")
+        if key in ("max_new_tokens",):
+            key = "max_tokens"
+        if key not in SETTABLE:
+            raise SimlabError(f"/set {key}: unknown setting; use one of {', '.join(SETTABLE)}")
+        if key == "stop":
+            stops = self.framing.stops() if value == "default" else tuple(
+                s.encode().decode("unicode_escape") for s in value.split("|") if s)
+            self.params = self.params.with_overrides(stop=stops)
+            self.note(f"stop = {list(stops)}")
+            return
+        try:
+            number = SETTABLE[key](value)
+        except ValueError:
+            raise SimlabError(f"/set {key} {value}: not a {SETTABLE[key].__name__}") from None
+        field = "max_new_tokens" if key == "max_tokens" else key
+        self.params = self.params.with_overrides(**{field: number})
+        self.note(f"{key} = {number}")
+
+    def set_seed(self, value: str) -> None:
+        if value in ("random", "none", "off"):
+            self.seed = None
+            self.note("seed: a fresh random seed for each reply")
+            return
+        try:
+            seed = int(value)
+        except ValueError:
+            raise SimlabError(f"/seed {value}: give a whole number, or 'random'") from None
+        self.params.with_overrides(seed=seed)  # validates the range
+        self.seed = seed
+        self.note(f"seed = {seed} (the next reply; then +1 per reply)")
+
+    # -- reports ------------------------------------------------------------------------------
+    def info_lines(self) -> list[str]:
+        info, node = self.engine.info, self.cursor
+        depth, i, n = self.position()
+        lines = [
+            f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
+            f"device    {info.device} {info.dtype}",
+            f"persona   {self._persona_name()} ({self.framing.mode}; {self.framing.user} / {self.framing.model})",
+            f"session   {self.session.name} ({len(self.tree.nodes)} nodes) in {self.store.folder}",
+            f"sampling  {self._params_text()}",
+            f"node      {node.id[:8]} {node.role} depth {depth} sibling {i}/{n} origin {node.origin}"
+            + (f" seed {node.seed}" if node.seed is not None else "")
+            + (f" finish {node.finish_reason}" if node.finish_reason else ""),
+        ]
+        if self.last:
+            lines.append(f"last      {self.last.tokens_per_second:.1f} tok/s, first token {self.last.first_token_ms:.0f} ms")
+        return lines
+
+    def _params_text(self) -> str:
+        p = self.params
+        seed = "random" if self.seed is None else str(self.seed)
+        return (f"temperature {p.temperature} top_p {p.top_p} top_k {p.top_k} min_p {p.min_p} "
+                f"typical_p {p.typical_p} repetition_penalty {p.repetition_penalty} "
+                f"max_tokens {p.max_new_tokens} seed {seed} stop {list(p.stop)}")
+
+    def token_lines(self) -> list[str]:
+        """The current reply, each token coloured by its probability, then each token's alternatives."""
+        import math
+
+        node = self.cursor
+        if node.role != "model" or not node.token_ids:
+            raise SimlabError("/tokens needs a sampled reply under the cursor")
+        texts = [self.engine.tokenizer.decode([t]) for t in node.token_ids]
+        pieces = []
+        for text, lp in zip(texts, node.logprobs):
+            p = math.exp(lp)
+            code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
+            pieces.append(self.style.wrap(code, text) if self.style.color else f"[{text}|{p:.2f}]")
+        lines = ["".join(pieces), ""]
+        for k, (text, lp, alts) in enumerate(zip(texts, node.logprobs, node.top)):
+            others = "  ".join(f"{alt[1]!r} {math.exp(alt[2]):.2f}" for alt in alts)
+            lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
+        return lines
+
+    def transcript(self) -> str:
+        return render_path(self.path())
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def pick_editor() -> str | None:
+    return os.environ.get("VISUAL") or os.environ.get("EDITOR")
+
+
+def edit_in_editor(text: str) -> str:
+    """Edit text in $VISUAL/$EDITOR; returns the saved text without its final newline."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    editor = pick_editor()
+    with tempfile.NamedTemporaryFile("w+", suffix=".txt", delete=False, encoding="utf-8") as handle:
+        handle.write(text)
+        name = handle.name
+    try:
+        result = subprocess.run([*shlex.split(editor), name])
+        if result.returncode != 0:
+            raise SimlabError(f"the editor {editor!r} exited with {result.returncode}; nothing saved")
+        with open(name, encoding="utf-8") as handle:
+            edited = handle.read()
+    finally:
+        os.unlink(name)
+    return edited[:-1] if edited.endswith("\n") else edited
