@@ -78,6 +78,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
             session = start_session(store, persona, args.session)
         chat = Chat(engine, store, session, persona, params, out=sys.stdout, color=color, err=sys.stderr)
+        if chat.framing.mode == "simulator" and getattr(engine.tokenizer, "chat_template", None):
+            chat.note(f"note: {engine.info.name} has a chat template; --mode chat (or `mode: chat` in a persona) "
+                      "uses it instead of the simulator transcript")
         for problem in session.problems:
             chat.note(f"simlab: warning: {problem}")
         if interactive:

@@ -71,7 +71,9 @@ def chat_prompt_ids(path: list[Node], speaker: str, tokenizer: Any) -> list[int]
 def reply_text(generated: str, framing: Framing) -> str:
     """A reply's text as stored: without the label's trailing space the model wrote, and without
     trailing whitespace (the turn template writes the turn's end)."""
-    lead = framing.lead() if framing.mode == "simulator" else ""
+    if framing.mode == "chat":
+        return generated.strip()
+    lead = framing.lead()
     text = generated[len(lead):] if lead and generated.startswith(lead) else generated
     return text.rstrip()
 

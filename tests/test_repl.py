@@ -155,3 +155,67 @@ def test_bad_flags_fail_before_the_model_loads(tmp_path, capsys):
     assert main(["chat", "--session", "../out", "--sessions-dir", str(tmp_path)]) == 2
     assert main(["chat", "--top-p", "3", "--sessions-dir", str(tmp_path)]) == 2
     assert "top_p=3.0 is invalid" in capsys.readouterr().err
+
+
+def test_keys_alt_arrows_multiline_and_ctrl_c_at_an_empty_prompt(tiny_engine, store):
+    chat = new_chat(tiny_engine, store)
+    # a two-line turn (Esc Enter), then /n 2, then Alt+Left (previous sibling), Alt+Up (parent),
+    # then Ctrl-C with text typed (clears it), then Ctrl-C at the empty prompt (leaves)
+    keys = "line one\x1b\rline two\r" "/n 2\r" "\x1b\x1b[D" "\x1b\x1b[A" "half typed\x03" "\x03"
+    assert drive(chat, keys) == 0
+    user = next(n for n in chat.tree.nodes.values() if n.role == "user")
+    assert user.text == "line one\nline two"
+    replies = chat.tree.children(user.id)
+    assert len(replies) == 3 and chat.tree.cursor == user.id  # Alt+Left went 2 -> 1, Alt+Up to the turn
+    assert not any(n.text == "half typed" for n in chat.tree.nodes.values())
+    assert "saved: session" in chat.out.getvalue()
+
+
+def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
+    from simlab.repl.app import toolbar_text
+
+    chat = new_chat(tiny_engine, store)
+    chat.user_turn("hi")
+    chat.alternatives(2)
+    text = toolbar_text(chat)
+    assert "tiny-gpt2" in text and "cpu" in text and "tiny" in text and "T 1.0 top-p 1.0" in text
+    assert "seed 10" in text and "depth 3 · 2/3" in text and "tok/s" in text and "first token" in text
+
+
+def test_edit_in_the_editor(tiny_engine, store, tmp_path, monkeypatch):
+    from simlab.repl.chat import edit_in_editor
+    from simlab.repl.commands import Context
+
+    editor = tmp_path / "ed.sh"
+    editor.write_text("#!/bin/sh\nprintf 'rewritten by the editor\\n' > \"$1\"\n")
+    editor.chmod(0o755)
+    monkeypatch.setenv("EDITOR", str(editor))
+    monkeypatch.delenv("VISUAL", raising=False)
+    chat = new_chat(tiny_engine, store)
+    [reply] = chat.user_turn("hi")
+    handle(chat, "/edit", Context(edit=edit_in_editor))
+    assert chat.cursor.text == "rewritten by the editor" and chat.cursor.edited_from == reply.id
+
+
+def test_chat_mode_goes_through_the_models_chat_template(tiny_engine, store):
+    template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tokenizer = tiny_engine.tokenizer
+    old = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:
+        persona = Persona(name="c", frame="Be brief.", mode="chat", sampling={"max_tokens": 4})
+        chat = Chat.new(tiny_engine, store, persona, persona.sampling_params(seed=1), io.StringIO())
+        [reply] = chat.user_turn("hello")
+        from simlab.conversation import reply_prompt
+
+        ids = reply_prompt(chat.tree.path(reply.parent), "Assistant", tokenizer)
+        assert tokenizer.decode(ids) == "<|system|>Be brief.\n<|user|>hello\n<|assistant|>"
+        assert len(reply.token_ids) == 4 and reply.text == reply.text.strip()
+        assert reply.text and tokenizer.decode(list(reply.token_ids)).strip().startswith(reply.text)
+    finally:
+        tokenizer.chat_template = old
+    plain = Chat.new(tiny_engine, store, Persona(name="c2", frame="x", mode="chat"), PERSONA.sampling_params(),
+                     io.StringIO())
+    with pytest.raises(SimlabError, match="no chat template"):
+        plain.user_turn("hello")

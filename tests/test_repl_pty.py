@@ -89,6 +89,7 @@ def test_type_stream_branch_quit_resume_and_interrupt(tmp_path, long_tiny):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+    assert "tell me everything" in (tmp_path / "home" / "history").read_text()  # input history, in the home
     records = [json.loads(x) for x in (tmp_path / "s" / "pty.jsonl").read_text().splitlines()]
     cut = [r["node"] for r in records if r["type"] == "node" and r["node"].get("finish_reason") == "interrupted"]
     assert len(cut) == 1 and 0 < len(cut[0]["token_ids"]) < 4000 and cut[0]["text"]
