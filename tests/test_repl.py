@@ -83,7 +83,7 @@ def test_edit_continue_tokens_and_moves(tiny_engine, store):
     assert edited.parent == reply.parent and edited.origin == "edited" and edited.edited_from == reply.id
     chat.move("prev")
     longer = chat.continue_reply()
-    assert longer.text.startswith(reply.text) and len(longer.token_ids) > len(reply.token_ids)
+    assert longer.text.startswith(reply.text) and longer.token_ids and longer.edited_from == reply.id
     assert longer.params is None and "continued" in longer.tags  # not one reproducible draw
     lines = chat.token_lines()
     assert len(lines) == 2 + len(longer.token_ids) and "[" in lines[0]  # no colour: [token|p]

@@ -124,7 +124,7 @@ class Chat:
         speaker = framing.model
         params = self._next_params(n)
         run = self.engine.start(reply_prompt(path, speaker, self.engine.tokenizer), params, n=n)
-        self._stream(run, speaker, live=n == 1)
+        self._stream(run, self._head(speaker) if n == 1 else None)
         nodes = []
         for completion in run.completions:
             if not completion.tokens:
@@ -147,25 +147,26 @@ class Chat:
             self.note("(interrupted: the partial reply is saved)")
         return nodes
 
-    def _stream(self, run: Run, speaker: str, live: bool) -> None:
-        if live:
-            self.out.write(self.style.wrap("1;32", self.framing_label(speaker)))
+    def _stream(self, run: Run, head: str | None) -> None:
+        """Decode the run; with a head, print it and then the text as it comes."""
+        if head is not None:
+            self.out.write(head)
             self.out.flush()
         try:
             for delta in run:
-                if live and delta.text:
+                if head is not None and delta.text:
                     self.out.write(delta.text)
                     self.out.flush()
         except KeyboardInterrupt:  # Ctrl-C while our loop (not the engine's) held control
             run.interrupt()
-        if live:
+        if head is not None:
             self.out.write("\n")
             self.out.flush()
 
-    def framing_label(self, speaker: str) -> str:
+    def _head(self, speaker: str) -> str:
         framing = self.framing
         label = framing.label("model", speaker) if framing.mode == "simulator" else f"{speaker}:"
-        return label if label else ""
+        return self.style.wrap("1;32", label) if label else ""
 
     def _next_params(self, n: int) -> SamplingParams:
         seed = self.seed if self.seed is not None else random.randrange(2**31)
@@ -222,23 +223,13 @@ class Chat:
             prompt = prompt + self.engine.tokenizer.encode(node.text, add_special_tokens=False)
         params = self._next_params(1)
         run = self.engine.start(prompt, params)
-        self.out.write(self._label(node) + " " + node.text)
-        self.out.flush()
-        try:
-            for delta in run:
-                self.out.write(delta.text)
-                self.out.flush()
-        except KeyboardInterrupt:
-            run.interrupt()
-        self.out.write("\n")
+        self._stream(run, self._label(node) + " " + node.text)
         [c] = run.completions
         self._remember(run)
         fields = node_fields(c, params, self.engine)
-        # a composite of two samplings: keep its tokens, but it is not one reproducible draw
-        fields.update(params=None, seed=None, token_ids=node.token_ids + fields["token_ids"],
-                      logprobs=node.logprobs + fields["logprobs"], top=node.top + fields["top"])
-        if not node.token_ids:
-            fields.update(token_ids=(), logprobs=(), top=())
+        # Two samplings joined: the tokens and log-probabilities are the continuation's, and without
+        # one (params, seed) that draws the whole text, replay copies it rather than re-sampling it.
+        fields.update(params=None, seed=None)
         new = self.session.add_child(node.parent, "model", (node.text + c.text).rstrip(), speaker=node.speaker,
                                      origin="sampled", persona=node.persona, edited_from=node.id,
                                      tags=frozenset({"continued"}), **fields)
@@ -376,6 +367,8 @@ class Chat:
             code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
             pieces.append(self.style.wrap(code, text) if self.style.color else f"[{text}|{p:.2f}]")
         lines = ["".join(pieces), ""]
+        if "continued" in node.tags:
+            lines[1] = self.style.dim("(a continued reply: these are the continuation's tokens)")
         for k, (text, lp, alts) in enumerate(zip(texts, node.logprobs, node.top)):
             others = "  ".join(f"{alt[1]!r} {math.exp(alt[2]):.2f}" for alt in alts)
             lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
