@@ -26,6 +26,7 @@ test-fast: $(BIN)/simlab
 bench: $(BIN)/simlab
 	$(BIN)/python benchmarks/bench_decode.py
 	$(BIN)/python benchmarks/bench_sessions.py
+	$(BIN)/python benchmarks/bench_compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

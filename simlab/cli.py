@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from simlab.cli_chat import add_command as add_chat_command
 
     add_chat_command(commands, _add_model_flags)
+    from simlab.cli_compare import add_command as add_compare_command
+
+    add_compare_command(commands, _add_model_flags)
     return parser
 
 

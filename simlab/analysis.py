@@ -1,0 +1,193 @@
+"""What a sweep says: per-variant metrics with bootstrap intervals, differences against the first
+variant, cross log-probabilities (teacher-forced) and divergences of next-token distributions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Callable
+
+from simlab.compare import Spec, Variant, VariantRun
+from simlab.metrics import Estimate, bootstrap_difference, bootstrap_mean, distinct_n, jsd, kl, self_bleu, words
+from simlab.persona import Framing
+from simlab.tree import Tree
+
+METRICS = {  # key: (label, what it means)
+    "length": ("length", "reply length in tokens"),
+    "distinct_1": ("distinct-1", "unique words / words, within a sample's replies"),
+    "distinct_2": ("distinct-2", "unique word pairs / word pairs, within a sample's replies"),
+    "self_bleu": ("self-BLEU", "BLEU-4 of a reply against the variant's other replies (high: samples alike)"),
+    "logprob": ("logprob", "mean token log-probability under the generating model (nats)"),
+    "stop_rate": ("stop", "share of replies that ended at a stop string"),
+    "length_rate": ("cut", "share of replies cut at max tokens"),
+    "eos_rate": ("eos", "share of replies that ended with end-of-text"),
+}
+
+
+@dataclass
+class VariantStats:
+    name: str
+    persona: str
+    model: str
+    samples: int
+    values: dict[str, list[float]]
+    estimates: dict[str, Estimate]
+    texts: list[list[tuple[int | None, str]]]  # per turn: (seed, text) of each sample
+
+
+@dataclass
+class Analysis:
+    spec: Spec
+    variants: list[VariantStats]
+    differences: dict[str, dict[str, Estimate]]  # variant -> metric -> (variant - baseline)
+    cross_logprob: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # replies of a, under b
+    divergence: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def sample_values(run: VariantRun) -> dict[str, list[float]]:
+    """Each metric's value for each complete sample of one variant."""
+    samples = run.samples
+    turns = len(samples[0]) if samples else 0
+    bleu_by_turn = [self_bleu([words(s[t].text) for s in samples]) for t in range(turns)]
+    values: dict[str, list[float]] = {k: [] for k in METRICS}
+    for i, replies in enumerate(samples):
+        tokens = [lp for r in replies for lp in r.logprobs]
+        text = words(" ".join(r.text for r in replies))
+        values["length"].append(sum(len(r.token_ids) for r in replies) / len(replies))
+        values["distinct_1"].append(distinct_n(text, 1))
+        values["distinct_2"].append(distinct_n(text, 2))
+        values["self_bleu"].append(sum(b[i] for b in bleu_by_turn) / turns if len(samples) > 1 else math.nan)
+        values["logprob"].append(sum(tokens) / len(tokens) if tokens else math.nan)
+        for reason in ("stop", "length", "eos"):
+            values[f"{reason}_rate"].append(sum(r.finish_reason == reason for r in replies) / len(replies))
+    return {k: [v for v in vs if not math.isnan(v)] for k, vs in values.items()}
+
+
+def analyse(spec: Spec, runs: list[VariantRun], engine_for: Callable[[str | None], Any] | None = None,
+            seed: int = 0) -> Analysis:
+    stats = []
+    for run in runs:
+        values = sample_values(run)
+        texts = [[(s[t].seed, s[t].text) for s in run.samples] for t in range(len(spec.turns))]
+        stats.append(VariantStats(run.variant.name, run.variant.persona.name, run.variant.model or spec.model or
+                                  "default", len(run.samples), values,
+                                  {k: bootstrap_mean(v, seed=seed) for k, v in values.items()}, texts))
+    base = stats[0]
+    differences = {s.name: {k: bootstrap_difference(base.values[k], s.values[k], seed=seed) for k in METRICS}
+                   for s in stats[1:]}
+    analysis = Analysis(spec, stats, differences)
+    if engine_for is not None:
+        _cross_logprob(analysis, runs, engine_for, seed)
+        _divergence(analysis, engine_for)
+    return analysis
+
+
+# -- teacher-forced cross log-probability ----------------------------------------------------
+
+def render_under(variant: Variant, turns: list[str], replies: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """A sample's turns and replies as variant's document; returns the text and the replies' spans."""
+    persona = variant.persona
+    framing = Framing.of(persona)
+    text = persona.render_frame()
+    greetings = persona.greetings()
+    if greetings:
+        text += framing.turn("model", framing.model, greetings[0])
+    head = framing.template("model").split("{text}")[0].replace("{speaker}", framing.model)
+    spans = []
+    for user_text, reply in zip(turns, replies):
+        text += framing.turn("user", framing.user, user_text)
+        start = len(text) + len(head)
+        spans.append((start, start + len(reply)))
+        text += framing.turn("model", framing.model, reply)
+    return text, spans
+
+
+def score_spans(engine, text: str, spans: list[tuple[int, int]]) -> float | None:
+    """Mean log-probability of the tokens overlapping the spans, each given all text before it."""
+    import torch
+
+    encoded = engine.tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+    if len(ids) > engine.info.context_length:
+        return None
+    picks = [j for j in range(1, len(ids))
+             if any(offsets[j][1] > a and offsets[j][0] < b for a, b in spans) and offsets[j][1] > offsets[j][0]]
+    if not picks:
+        return None
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids], device=engine.device)).logits[0]  # (T, V)
+        logprobs = logits.float().log_softmax(dim=-1)
+        rows = torch.tensor([j - 1 for j in picks], device=engine.device)
+        targets = torch.tensor([ids[j] for j in picks], device=engine.device)
+        return float(logprobs[rows, targets].mean())
+
+
+def _cross_logprob(analysis: Analysis, runs: list[VariantRun], engine_for, seed: int) -> None:
+    spec = analysis.spec
+    if any(run.variant.persona.mode == "chat" for run in runs):
+        analysis.notes.append("cross log-probability skipped: a chat-mode variant has no plain transcript to score")
+        return
+    for source in runs:
+        row = {}
+        for frame in runs:
+            engine = engine_for(frame.variant.model or spec.model)
+            scores = []
+            for sample in source.samples:
+                text, spans = render_under(frame.variant, list(spec.turns), [r.text for r in sample])
+                score = score_spans(engine, text, spans)
+                if score is not None:
+                    scores.append(score)
+            row[frame.variant.name] = bootstrap_mean(scores, seed=seed)
+        analysis.cross_logprob[source.variant.name] = row
+    if len({r.variant.model or spec.model for r in runs}) > 1:
+        analysis.notes.append("variants use different models: each column is scored by its own variant's "
+                              "model and tokenizer, so columns are not comparable token for token")
+
+
+# -- next-token distributions at the first reply ---------------------------------------------
+
+def first_prompt(variant: Variant, turn: str, tokenizer) -> str | list[int]:
+    from simlab.conversation import reply_prompt
+
+    persona = variant.persona
+    tree = Tree()
+    parent = tree.add_child(None, "frame", persona.render_frame(), framing=Framing.of(persona).to_dict())
+    greetings = persona.greetings()
+    if greetings:
+        parent = tree.add_child(parent.id, "model", greetings[0], speaker=persona.model)
+    user = tree.add_child(parent.id, "user", turn, speaker=persona.user)
+    return reply_prompt(tree.path(user.id), persona.model, tokenizer)
+
+
+def next_token_distribution(engine, prompt: str | list[int]):
+    import torch
+
+    ids = engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    ids = ids[-engine.info.context_length:]
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids], device=engine.device), logits_to_keep=1).logits[0, -1]
+        return logits.double().softmax(dim=-1).cpu().numpy()
+
+
+def _divergence(analysis: Analysis, engine_for) -> None:
+    spec = analysis.spec
+    by_model: dict[str | None, list[Variant]] = {}
+    for variant in spec.variants:
+        by_model.setdefault(variant.model or spec.model, []).append(variant)
+    dists, tops = {}, {}
+    for model, variants in by_model.items():
+        engine = engine_for(model)
+        for v in variants:
+            p = next_token_distribution(engine, first_prompt(v, spec.turns[0], engine.tokenizer))
+            dists[v.name] = (model, p)
+            best = p.argsort()[::-1][:5]
+            tops[v.name] = [(engine.tokenizer.decode([int(i)]), float(p[i])) for i in best]
+    for a, b in combinations([v.name for v in spec.variants], 2):
+        (model_a, p), (model_b, q) = dists[a], dists[b]
+        if model_a != model_b:
+            analysis.notes.append(f"no divergence for {a} vs {b}: different models, different vocabularies")
+            continue
+        analysis.divergence.append({"a": a, "b": b, "kl_ab": kl(p, q), "kl_ba": kl(q, p), "jsd_bits": jsd(p, q),
+                                    "top_a": tops[a], "top_b": tops[b]})

@@ -1,0 +1,144 @@
+"""`simlab compare SPEC.yaml` or `simlab compare --personas a,b --turn "..."`: run a sweep, report it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from simlab.errors import SimlabError
+
+
+def add_command(commands, add_model_flags) -> None:
+    cmp = commands.add_parser("compare", help="sample persona variants on the same turns and compare them")
+    cmp.add_argument("spec", nargs="?", help="a compare spec (YAML); or use --personas and --turn")
+    cmp.add_argument("--personas", help="comma-separated persona names or files, one variant each")
+    cmp.add_argument("--turn", action="append", help="a scripted user turn (repeatable, in order)")
+    cmp.add_argument("--samples", type=int, help="samples per variant (default 8)")
+    cmp.add_argument("--seed", type=int, help="base seed (default 0)")
+    cmp.add_argument("--name", help="the sweep's name: session compare-NAME and report files NAME.*")
+    cmp.add_argument("--report-dir", default="reports", help="where NAME.md and NAME.html go (default ./reports)")
+    cmp.add_argument("--json", action="store_true", help="print the analysis as JSON instead of the table")
+    cmp.add_argument("--sessions-dir", help="the sessions folder (default ./sessions, or SIMLAB_SESSIONS)")
+    group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
+    group.add_argument("--temperature", "-t", type=float)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--min-p", type=float)
+    group.add_argument("--typical-p", type=float)
+    group.add_argument("--repetition-penalty", type=float)
+    group.add_argument("--max-tokens", type=int)
+    add_model_flags(cmp)
+    cmp.set_defaults(run=cmd_compare)
+
+
+def spec_from_args(args: argparse.Namespace):
+    from simlab.compare import build_spec
+    from simlab.persona import read_yaml
+
+    if args.spec:
+        path = Path(args.spec)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SimlabError(f"{path}: cannot read the compare spec ({exc.strerror or exc})") from None
+        data, lines = read_yaml(text, str(path))
+        source, default_name = str(path), path.stem
+        if not isinstance(data, dict):
+            data = {"": data}  # build_spec names the problem
+    else:
+        if not args.personas or not args.turn:
+            raise SimlabError("simlab compare: give a spec file, or --personas a,b and at least one --turn")
+        data, lines = {"variants": [p.strip() for p in args.personas.split(",") if p.strip()]}, {}
+        data["turns"] = args.turn
+        source, default_name = "command line", "-".join(Path(v).stem for v in data["variants"])[:60]
+    if args.spec and args.turn:
+        data["turns"] = args.turn
+    if args.model:
+        data["model"] = args.model  # the flag wins over the spec's default model
+    for key in ("samples", "seed", "name"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "min_p", "typical_p",
+                                              "repetition_penalty", "max_tokens") if getattr(args, k) is not None}
+    if sampling:
+        data["sampling"] = {**(data.get("sampling") or {}), **sampling}
+    return build_spec(data, source, lines, default_name=default_name)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from simlab.analysis import analyse
+    from simlab.compare import Progress, SweepInterrupted, run_sweep
+    from simlab.config import load_settings
+    from simlab.report import as_json, html_report, markdown, terminal
+    from simlab.store import SessionStore, check_name
+
+    spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
+    settings = load_settings(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
+                             allow_pickle=args.allow_pickle)
+    store = SessionStore(Path(args.sessions_dir or settings.sessions_dir))
+    name = check_name(f"compare-{spec.name}")
+    session = store.open(name) if store.exists(name) else store.create(name, compare=spec.name)
+    engines: dict = {}
+
+    def engine_for(model: str | None):
+        key = model or settings.model
+        if key not in engines:
+            from simlab.engine import Engine
+            from simlab.models import load_model
+
+            engines[key] = Engine(load_model(key, settings, trust_remote_code=args.trust_remote_code,
+                                             progress=lambda m: print(m, file=sys.stderr, flush=True)))
+        return engines[key]
+
+    total = len(spec.variants) * spec.samples * len(spec.turns)
+    progress = Progress(total=total, report=_progress_printer(sys.stderr))
+    with session:
+        try:
+            runs = run_sweep(spec, session, engine_for, progress)
+        except SweepInterrupted as exc:
+            print(f"\nsimlab compare: {exc} ({progress.done}/{total} samples done)", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print(f"\nsimlab compare: interrupted; {progress.done}/{total} samples are saved, "
+                  "run the same command again to resume", file=sys.stderr)
+            return 130
+        sys.stderr.write("\n" if sys.stderr.isatty() else "")
+        print("scoring: cross log-probabilities and next-token divergences ...", file=sys.stderr, flush=True)
+        analysis = analyse(spec, runs, engine_for, seed=spec.seed)
+    folder = Path(args.report_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{spec.name}.md").write_text(markdown(analysis), encoding="utf-8")
+        (folder / f"{spec.name}.html").write_text(html_report(analysis), encoding="utf-8")
+    except OSError as exc:
+        raise SimlabError(f"cannot write the report in {folder}: {exc.strerror}; the samples are saved in "
+                          f"session {name}") from None
+    if args.json:
+        json.dump(as_json(analysis), sys.stdout, indent=1, ensure_ascii=False, allow_nan=True)
+        print()
+    else:
+        sys.stdout.write(terminal(analysis))
+    print(f"report: {folder / (spec.name + '.md')}, {folder / (spec.name + '.html')}; samples in session {name}",
+          file=sys.stderr)
+    return 0
+
+
+def _progress_printer(stream):
+    tty = stream.isatty()
+    shown = {"last": -1}
+
+    def show(p, what: str) -> None:
+        left = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
+        eta = f"{left:.0f} s left" if left == left else "..."
+        bar = "#" * int(24 * p.done / max(p.total, 1))
+        line = f"[{bar:<24}] {p.done}/{p.total} samples · {p.rate:.2f}/s · {eta} · {what}"
+        if tty:
+            stream.write("\r\x1b[2K" + line)
+            stream.flush()
+        elif p.done == p.total or p.done * 10 // max(p.total, 1) != shown["last"]:
+            shown["last"] = p.done * 10 // max(p.total, 1)
+            print(line, file=stream, flush=True)
+
+    return show
