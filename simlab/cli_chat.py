@@ -55,6 +55,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             raise SimlabError("simlab chat: --resume continues a session as it was; drop --persona/--session/"
                               "--mode (use /persona NAME inside to branch under another persona)")
         session = store.open(_last(store) if args.resume == LAST else args.resume)
+        if session.tree.cursor is None and session.tree.roots:
+            session.goto(session.tree.leaf(session.tree.roots[0].id).id)
         persona = _persona_of(session)
     else:
         persona = find(args.persona or settings.persona)

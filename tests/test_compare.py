@@ -85,6 +85,7 @@ def test_sweep_spec_to_tree_to_report_with_resume(tmp_path, personas, tiny_engin
             for i, sample in enumerate(run.samples):
                 assert [r.seed for r in sample] == [seed_of(spec, 0, i), seed_of(spec, 1, i)]
                 assert tree.get(tree.get(sample[1].parent).parent).id == sample[0].id  # turn 2 under reply 1
+        assert tree.cursor == runs[0].samples[0][-1].id  # where `simlab chat --resume` opens
         b_run = runs[1]
         path = tree.path(b_run.samples[0][1].id)
         assert [n.speaker for n in path[1:]] == ["A", "Q", "A", "Q", "A"]  # greeting, then the turns
