@@ -237,7 +237,7 @@ def run_sweep(spec: Spec, session: Session, engine_for: Callable[[str | None], A
                 progress.advance(1, f"{variant.name}: turn {t + 1}")
         runs.append(VariantRun(variant, root, _complete_samples(session, spec, start)))
     first = next((run.samples[0][-1] for run in runs if run.samples), None)
-    if first is not None and session.tree.cursor is None:
+    if first is not None and session.tree.cursor != first.id:
         session.goto(first.id)  # `simlab chat --resume` opens the first sample
     return runs
 
