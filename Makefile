@@ -27,6 +27,7 @@ bench: $(BIN)/simlab
 	$(BIN)/python benchmarks/bench_decode.py
 	$(BIN)/python benchmarks/bench_sessions.py
 	$(BIN)/python benchmarks/bench_compare.py
+	$(BIN)/python benchmarks/bench_trace.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

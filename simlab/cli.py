@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object with tokens and log-probabilities")
     _add_sampling_flags(gen)
     _add_model_flags(gen)
+    from simlab.trace_options import add_flags
+
+    add_flags(gen)
+    gen.add_argument_group("residual-stream trace").add_argument(
+        "--trace-dir", default="traces", help="where generate writes trace files (default ./traces)")
     gen.set_defaults(run=cmd_generate)
 
     models = commands.add_parser("models", help="list the models available here and what is cached")
@@ -83,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     from simlab.cli_compare import add_command as add_compare_command
 
     add_compare_command(commands, _add_model_flags)
+    from simlab.cli_trace import add_command as add_trace_command
+
+    add_trace_command(commands, _Parser, _add_model_flags)
     return parser
 
 
@@ -139,13 +147,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )  # validated before the model is loaded, so a bad flag costs no waiting
     if args.n < 1:
         raise SimlabError(f"simlab generate: -n {args.n} is invalid; use 1 or more")
+    from simlab.trace_options import config_from, make_tracer
+
+    trace_config = config_from(args)
     prompt = _read_prompt(args)
     from simlab.engine import Engine
     from simlab.render import print_completions, print_stats, stream_to
 
     loaded = _load(args)
     engine = Engine(loaded)
-    run = engine.start(prompt, params, n=args.n)
+    tracer = make_tracer(trace_config, say=lambda m: print(m, file=sys.stderr))
+    recorder = tracer.recorder(engine) if tracer else None
+    run = engine.start(prompt, params, n=args.n, recorder=recorder)
     out = sys.stdout
     live = args.n == 1 and not args.json
     if live and out.isatty():
@@ -164,7 +177,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print_completions(out, run.completions, color=_color() and out.isatty())
     print_stats(sys.stderr, run)
+    if recorder is not None:
+        _save_generate_traces(args, tracer, recorder, engine, run)
     return EXIT_INTERRUPTED if run.interrupted else 0
+
+
+def _save_generate_traces(args, tracer, recorder, engine, run) -> None:
+    import time
+    from pathlib import Path
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for c in run.completions:
+        if c.tokens:
+            path = Path(args.trace_dir) / f"generate-{stamp}-{c.index + 1}.safetensors"
+            tracer.save(path, recorder, c.index, engine, run.prompt_ids, c)
+            print(f"trace: {path} (simlab trace show {path})", file=sys.stderr)
 
 
 def _color() -> bool:

@@ -31,6 +31,9 @@ def add_command(commands, add_model_flags) -> None:
     group.add_argument("--max-tokens", type=int, dest="max_new_tokens")
     group.add_argument("--seed", type=int, help="seed of the first reply; +1 for each reply after it")
     add_model_flags(chat)
+    from simlab.trace_options import add_flags
+
+    add_flags(chat)
     chat.set_defaults(run=cmd_chat)
 
 
@@ -66,6 +69,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             raise SimlabError(f"simlab chat: session {args.session!r} exists; resume it with --resume "
                               f"{args.session}, or pick another name")
         store.path(args.session or store.new_name())  # a bad name fails now
+    from simlab.trace_options import config_from, make_tracer
+
+    trace_config = config_from(args)
+    tracer = make_tracer(trace_config, say=lambda m: print(m, file=sys.stderr))
     try:
         framing_stops = _stops(session, persona)
         params = persona.sampling_params(stop=framing_stops, **overrides)
@@ -79,7 +86,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             from simlab.conversation import start_session
 
             session = start_session(store, persona, args.session)
-        chat = Chat(engine, store, session, persona, params, out=sys.stdout, color=color, err=sys.stderr)
+        chat = Chat(engine, store, session, persona, params, out=sys.stdout, color=color, err=sys.stderr,
+                    tracer=tracer)
         if chat.framing.mode == "simulator" and getattr(engine.tokenizer, "chat_template", None):
             chat.note(f"note: {engine.info.name} has a chat template; --mode chat (or `mode: chat` in a persona) "
                       "uses it instead of the simulator transcript")

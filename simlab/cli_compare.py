@@ -30,6 +30,9 @@ def add_command(commands, add_model_flags) -> None:
     group.add_argument("--repetition-penalty", type=float)
     group.add_argument("--max-tokens", type=int)
     add_model_flags(cmp)
+    from simlab.trace_options import add_flags
+
+    add_flags(cmp)
     cmp.set_defaults(run=cmd_compare)
 
 
@@ -74,7 +77,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from simlab.report import as_json, html_report, markdown, terminal
     from simlab.store import SessionStore, check_name
 
+    from simlab.trace_options import config_from, make_tracer
+
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
+    trace_config = config_from(args)
+    tracer = make_tracer(trace_config, say=lambda m: print(m, file=sys.stderr))
     settings = load_settings(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
                              allow_pickle=args.allow_pickle)
     store = SessionStore(Path(args.sessions_dir or settings.sessions_dir))
@@ -96,7 +103,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     progress = Progress(total=total, report=_progress_printer(sys.stderr))
     with session:
         try:
-            runs = run_sweep(spec, session, engine_for, progress)
+            runs = run_sweep(spec, session, engine_for, progress, tracer=tracer)
         except SweepInterrupted as exc:
             print(f"\nsimlab compare: {exc} ({progress.done}/{total} samples done)", file=sys.stderr)
             return 130

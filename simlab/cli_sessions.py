@@ -57,6 +57,9 @@ def add_commands(commands, parser_class, add_model_flags) -> None:
     group.add_argument("--max-tokens", type=int, dest="max_new_tokens")
     group.add_argument("--seed", type=int)
     add_model_flags(replay)
+    from simlab.trace_options import add_flags
+
+    add_flags(replay)
     replay.set_defaults(run=cmd_replay)
 
 
@@ -149,6 +152,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     names = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "max_new_tokens", "seed")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    from simlab.trace_options import config_from, make_tracer
+
+    trace_config = config_from(args)
+    tracer = make_tracer(trace_config, say=lambda m: print(m, file=sys.stderr))
     persona = None
     if args.persona is not None:
         from simlab.persona import find
@@ -176,7 +183,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         engine = Engine(_load(args, spec))
         if not changing:
-            checks = check_path(engine, session, path)
+            checks = check_path(engine, session, path, tracer=tracer)
             for check in checks:
                 if not check.reproduced:
                     print(f"{check.node.id[:8]} differs at token {check.first_difference}: "
@@ -188,7 +195,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 print(f"note: the stored replies came from model revision(s) {', '.join(sorted(map(str, revisions)))}, "
                       f"this is {engine.info.revision}")
             return 0 if same == len(checks) else 1
-        added = replay_branch(engine, session, path, overrides, persona=persona)
+        added = replay_branch(engine, session, path, overrides, persona=persona, tracer=tracer)
         print(f"new branch of {len(added)} node(s) ending at {added[-1].id[:8]}; compare with: "
               f"simlab sessions show {session.name} --compare {target[:8]} {added[-1].id[:8]}")
         for node in added:

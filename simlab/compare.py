@@ -201,7 +201,7 @@ def seed_of(spec: Spec, turn: int, sample: int) -> int:
 
 
 def run_sweep(spec: Spec, session: Session, engine_for: Callable[[str | None], Any],
-              progress: Progress | None = None) -> list[VariantRun]:
+              progress: Progress | None = None, tracer=None) -> list[VariantRun]:
     """Sample whatever the session does not hold yet; return every variant's complete samples."""
     progress = progress or Progress(total=len(spec.variants) * spec.samples * len(spec.turns))
     runs = []
@@ -217,7 +217,8 @@ def run_sweep(spec: Spec, session: Session, engine_for: Callable[[str | None], A
                 missing = [i for i in range(spec.samples) if seed_of(spec, 0, i) not in have]
                 progress.advance(spec.samples - len(missing), f"{variant.name}: turn 1 (saved)", sampled=False)
                 for group in _runs_of(missing):
-                    for node in _sample(engine, session, user, variant, seed_of(spec, 0, group[0]), len(group)):
+                    for node in _sample(engine, session, user, variant, seed_of(spec, 0, group[0]), len(group),
+                                        tracer):
                         have[node.seed] = node
                     progress.advance(len(group), f"{variant.name}: turn 1")
                 heads = [have.get(seed_of(spec, 0, i)) for i in range(spec.samples)]
@@ -232,7 +233,7 @@ def run_sweep(spec: Spec, session: Session, engine_for: Callable[[str | None], A
                     heads[i] = found[0]
                     progress.advance(1, f"{variant.name}: turn {t + 1} (saved)", sampled=False)
                     continue
-                nodes = _sample(engine, session, user, variant, seed, 1)
+                nodes = _sample(engine, session, user, variant, seed, 1, tracer)
                 heads[i] = nodes[0] if nodes else None
                 progress.advance(1, f"{variant.name}: turn {t + 1}")
         runs.append(VariantRun(variant, root, _complete_samples(session, spec, start)))
@@ -273,16 +274,26 @@ def _runs_of(indices: list[int]) -> list[list[int]]:
     return groups
 
 
-def _sample(engine, session: Session, user: Node, variant: Variant, seed: int, n: int) -> list[Node]:
+def _sample(engine, session: Session, user: Node, variant: Variant, seed: int, n: int, tracer=None) -> list[Node]:
     path = session.tree.path(user.id)
     framing = framing_of(path)
     params = variant.params.with_overrides(seed=seed)
-    run = engine.start(reply_prompt(path, framing.model, engine.tokenizer), params, n=n)
+    recorder = tracer.recorder(engine) if tracer else None
+    run = engine.start(reply_prompt(path, framing.model, engine.tokenizer), params, n=n, recorder=recorder)
     for _ in run:
         pass
-    nodes = [session.add_child(user.id, "model", reply_text(c.text, framing), speaker=framing.model,
-                               origin="sampled", persona=variant.persona.name, **node_fields(c, params, engine))
-             for c in run.completions if c.finish_reason != "interrupted"]
+    nodes = []
+    for c in run.completions:
+        if c.finish_reason == "interrupted":
+            continue
+        node = session.add_child(user.id, "model", reply_text(c.text, framing), speaker=framing.model,
+                                 origin="sampled", persona=variant.persona.name, **node_fields(c, params, engine))
+        if recorder is not None:
+            from simlab.trace import node_trace_path
+
+            tracer.save(node_trace_path(session.path, node.id), recorder, c.index, engine, run.prompt_ids, c,
+                        session=session.name, node=node.id, variant=variant.name)
+        nodes.append(node)
     if run.interrupted:
         raise SweepInterrupted("interrupted; finished samples are saved, run the same command again to resume")
     return nodes

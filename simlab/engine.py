@@ -8,6 +8,7 @@ with the top alternatives, and stop strings matched on decoded text across token
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class Engine:
         """Prompt text to ids, with the BOS token when the tokenizer adds one by default."""
         return list(self.tokenizer(text)["input_ids"])
 
-    def start(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1) -> "Run":
+    def start(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder=None) -> "Run":
         """Validate and prepare a run; iterate it to decode."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -99,7 +100,7 @@ class Engine:
                 f"the prompt is {len(ids)} tokens but {self.info.name} reads at most "
                 f"{self.info.context_length}; shorten it"
             )
-        return Run(self, ids, params, n, max_new=min(params.max_new_tokens, room))
+        return Run(self, ids, params, n, max_new=min(params.max_new_tokens, room), recorder=recorder)
 
     def score(self, ids: Sequence[int]) -> list[float]:
         """Teacher-forced log-probability of each token after the first, given those before it."""
@@ -112,9 +113,10 @@ class Engine:
             targets = torch.tensor(ids[1:], device=self.device).unsqueeze(-1)  # (T-1, 1)
             return logprobs.gather(-1, targets).squeeze(-1).tolist()
 
-    def generate(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1) -> list[Completion]:
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1,
+                 recorder=None) -> list[Completion]:
         """Decode to the end and return the completions."""
-        run = self.start(prompt, params, n)
+        run = self.start(prompt, params, n, recorder=recorder)
         for _ in run:
             pass
         return run.completions
@@ -123,8 +125,10 @@ class Engine:
 class Run:
     """One prefill and the lockstep decode of its branches; iterate for Deltas."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, n: int, max_new: int):
+    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, n: int, max_new: int,
+                 recorder=None):
         self.engine = engine
+        self.recorder = recorder  # a trace.Recorder: reads the residual stream of these same passes
         self.prompt_ids = prompt_ids
         self.params = params
         base = params.seed if params.seed is not None else random.randrange(2**31)
@@ -169,10 +173,13 @@ class Run:
         if params.repetition_penalty != 1.0:
             context = torch.tensor([self.prompt_ids] * n, device=device)  # (n, T)
         started = time.perf_counter()
-        with torch.inference_mode():
+        recorder = self.recorder
+        with torch.inference_mode(), (recorder.attached() if recorder else contextlib.nullcontext()):
             cache = DynamicCache(config=model.config)
             prompt = torch.tensor([self.prompt_ids], device=device)  # (1, T)
             logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            if recorder:
+                recorder.prefill_done(n, len(self.prompt_ids))
             if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
                 cache.batch_repeat_interleave(n)
                 logits = logits.expand(n, -1)  # (n, V)
@@ -223,6 +230,8 @@ class Run:
                 if context is not None:
                     context = torch.cat([context, picked.unsqueeze(-1)], dim=-1)
                 logits = model(input_ids=picked.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
+                if recorder:
+                    recorder.step_done(active)
 
 
 def _token_info(tokenizer, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]) -> TokenInfo:

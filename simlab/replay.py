@@ -35,15 +35,34 @@ def model_replies(path: list[Node]) -> list[Node]:
     return [n for n in path if n.role == "model" and n.params is not None]
 
 
-def check_path(engine: Engine, session: Session, path: list[Node]) -> list[ReplyCheck]:
-    """Regenerate each sampled reply on the path with its own params and seed; compare token ids."""
+def _one(engine: Engine, prompt, params: SamplingParams, tracer):
+    """One completion, with the recorder that traced it (or None)."""
+    recorder = tracer.recorder(engine) if tracer else None
+    run = engine.start(prompt, params, recorder=recorder)
+    for _ in run:
+        pass
+    return run.completions[0], run, recorder
+
+
+def _save_trace(tracer, recorder, run, engine, session: Session, node: Node) -> None:
+    if recorder is not None:
+        from simlab.trace import node_trace_path
+
+        tracer.save(node_trace_path(session.path, node.id), recorder, 0, engine, run.prompt_ids,
+                    run.completions[0], session=session.name, node=node.id)
+
+
+def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) -> list[ReplyCheck]:
+    """Regenerate each sampled reply on the path with its own params and seed; compare token ids.
+    With a tracer, a reply reproduced exactly gets the trace of its regeneration."""
     checks = []
     for node in model_replies(path):
         params = params_of(node, {})
         prompt = reply_prompt(session.tree.path(node.parent), node.speaker, engine.tokenizer)
-        [c] = engine.generate(prompt, params)
+        c, run, recorder = _one(engine, prompt, params, tracer)
         if c.token_ids == list(node.token_ids):
             checks.append(ReplyCheck(node, True))
+            _save_trace(tracer, recorder, run, engine, session, node)
             continue
         k = next((i for i, (a, b) in enumerate(zip(c.token_ids, node.token_ids)) if a != b),
                  min(len(c.token_ids), len(node.token_ids)))
@@ -57,7 +76,7 @@ def check_path(engine: Engine, session: Session, path: list[Node]) -> list[Reply
 
 
 def replay_branch(engine: Engine, session: Session, path: list[Node], overrides: dict,
-                  persona: Persona | None = None) -> list[Node]:
+                  persona: Persona | None = None, tracer=None) -> list[Node]:
     """Re-sample the path's replies under overrides as a new branch beside the original one.
 
     Without a persona the branch forks at the first sampled reply: each later user turn is copied
@@ -89,9 +108,11 @@ def replay_branch(engine: Engine, session: Session, path: list[Node], overrides:
         name = persona.name if persona is not None else node.persona
         if node.role == "model" and node.params is not None:
             params = params_of(node, overrides)
-            [c] = engine.generate(reply_prompt(session.tree.path(parent), who, engine.tokenizer), params)
+            prompt = reply_prompt(session.tree.path(parent), who, engine.tokenizer)
+            c, run, recorder = _one(engine, prompt, params, tracer)
             new = session.add_child(parent, "model", reply_text(c.text, framing), speaker=who,
                                     origin="replayed", persona=name, **node_fields(c, params, engine))
+            _save_trace(tracer, recorder, run, engine, session, new)
         else:
             new = session.add_child(parent, node.role, node.text, speaker=who, origin="replayed", persona=name)
         added.append(new)

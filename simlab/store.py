@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import shutil
 
 import orjson
 import re
@@ -222,6 +223,9 @@ class SessionStore:
         with open(path, "ab") as handle:
             _lock(handle, name)  # never delete a session another process is writing
             path.unlink()
+        traces = path.with_name(name + ".traces")  # residual-stream traces of its nodes (simlab.trace)
+        if traces.is_dir():
+            shutil.rmtree(traces)
 
     def compact(self, name: str) -> int:
         """Rewrite a session as its current state (a new file renamed over the old); returns bytes saved."""

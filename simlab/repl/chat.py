@@ -34,7 +34,8 @@ class LastReply:
 
 class Chat:
     def __init__(self, engine: Engine, store: SessionStore, session: Session, persona: Persona,
-                 params: SamplingParams, out: TextIO, color: bool = False, err: TextIO | None = None):
+                 params: SamplingParams, out: TextIO, color: bool = False, err: TextIO | None = None,
+                 tracer=None):
         self.engine = engine
         self.store = store
         self.session = session
@@ -46,6 +47,7 @@ class Chat:
         self.style = Style(color)
         self.last: LastReply | None = None
         self.batch: list[str] = []  # ids of the last /n alternatives, for /pick
+        self.tracer = tracer  # a trace.Tracer while the residual stream is recorded
 
     @classmethod
     def new(cls, engine: Engine, store: SessionStore, persona: Persona, params: SamplingParams, out: TextIO,
@@ -123,7 +125,8 @@ class Chat:
         framing = framing_of(path)
         speaker = framing.model
         params = self._next_params(n)
-        run = self.engine.start(reply_prompt(path, speaker, self.engine.tokenizer), params, n=n)
+        recorder = self.tracer.recorder(self.engine) if self.tracer else None
+        run = self.engine.start(reply_prompt(path, speaker, self.engine.tokenizer), params, n=n, recorder=recorder)
         self._stream(run, self._head(speaker) if n == 1 else None)
         nodes = []
         for completion in run.completions:
@@ -132,6 +135,8 @@ class Chat:
             nodes.append(self.session.add_child(
                 parent_id, "model", reply_text(completion.text, framing), speaker=speaker, origin="sampled",
                 persona=self._persona_name(), **node_fields(completion, params, self.engine)))
+            if recorder is not None:
+                self._save_trace(recorder, run, completion, nodes[-1])
         self._remember(run)
         if not nodes:
             self.note("(interrupted before the first token; nothing saved)")
@@ -167,6 +172,29 @@ class Chat:
         framing = self.framing
         label = framing.label("model", speaker) if framing.mode == "simulator" else f"{speaker}:"
         return self.style.wrap("1;32", label) if label else ""
+
+    def _save_trace(self, recorder, run: Run, completion, node: Node) -> None:
+        from simlab.trace import node_trace_path
+
+        try:
+            self.tracer.save(node_trace_path(self.session.path, node.id), recorder, completion.index, self.engine,
+                             run.prompt_ids, completion, session=self.session.name, node=node.id)
+        except OSError as exc:
+            self.note(f"simlab: could not save the trace of {node.id[:8]}: {exc.strerror}; the reply is saved")
+
+    def set_trace(self, value: str) -> None:
+        from simlab.trace import Tracer
+        from simlab.trace_options import TraceConfig
+
+        if value not in ("on", "off", ""):
+            raise SimlabError("usage: /trace on|off")
+        if value == "off":
+            self.tracer = None
+        elif value == "on" and self.tracer is None:
+            self.tracer = Tracer(TraceConfig(), say=self.note)
+        state = "on" if self.tracer else "off"
+        where = f" (files in {self.session.path.name[:-6]}.traces/)" if self.tracer else ""
+        self.note(f"trace {state}{where}")
 
     def _next_params(self, n: int) -> SamplingParams:
         seed = self.seed if self.seed is not None else random.randrange(2**31)
@@ -281,7 +309,7 @@ class Chat:
             self.show_path()
             return [start]
         self.note(f"replaying {len(turns)} user turn(s) under {persona.name} ...")
-        added = replay_branch(self.engine, self.session, self.path(), {}, persona=persona)
+        added = replay_branch(self.engine, self.session, self.path(), {}, persona=persona, tracer=self.tracer)
         self.show_path()
         return added
 

@@ -155,6 +155,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             lambda chat, rest, ctx: [chat.say(line) for line in chat.info_lines()]),
     Command("transcript", "", "the exact text the model reads for the current path",
             lambda chat, rest, ctx: chat.say(chat.transcript())),
+    Command("trace", "on|off", "record the residual stream of each reply (see `simlab trace show`)",
+            lambda chat, rest, ctx: chat.set_trace(rest.strip())),
     Command("quit", "", "leave (everything is already saved)", _quit),
 ]}
 
