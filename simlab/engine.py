@@ -9,6 +9,7 @@ with the top alternatives, and stop strings matched on decoded text across token
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Delta:
 @dataclass
 class RunStats:
     prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV came from the previous run
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
     first_token_seconds: float = 0.0  # from start to the first sampled token
@@ -73,15 +75,61 @@ class RunStats:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
+class PrefixCache:
+    """The KV cache of the last run's tokens, kept so the next prompt that starts the same way
+    (the next turn of a chat, a sibling of a reply) prefills only what is new."""
+
+    MIN_REUSE = 8  # tokens; below this a fresh prefill costs as little as the bookkeeping
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.cache = None
+
+    def take(self, ids: list[int]):
+        """(cache holding ids[:k], k) for the longest usable shared prefix, or (None, 0)."""
+        cache, kept, self.cache, self.ids = self.cache, self.ids, None, []  # the run owns it now
+        if cache is None:
+            return None, 0
+        common = 0
+        for a, b in zip(kept, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # at least one token must go through the model for logits
+        if common < self.MIN_REUSE:
+            return None, 0
+        if len(kept) > common:
+            cache.crop(common - len(kept))  # a negative count: the tokens to drop
+        return cache, common
+
+    def keep(self, ids: list[int], cache) -> None:
+        self.ids, self.cache = list(ids), cache
+
+    def clear(self) -> None:
+        self.ids, self.cache = [], None
+
+
+def new_cache(model):
+    """A DynamicCache whose sliding-window layers keep their past, so it can be cropped back."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer in getattr(cache, "layers", []):
+        if hasattr(layer, "activate_past_recording"):
+            layer.activate_past_recording()
+    return cache
+
+
 class Engine:
     """Samples continuations from a loaded model."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, reuse_prefix: bool = True):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.info = loaded.info
         self.device = next(self.model.parameters()).device
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.prefix = PrefixCache() if reuse_prefix else None
 
     def encode(self, text: str) -> list[int]:
         """Prompt text to ids, with the BOS token when the tokenizer adds one by default."""
@@ -163,7 +211,6 @@ class Run:
     def _decode(self) -> Iterator[Delta]:
         engine, params = self.engine, self.params
         model, device = engine.model, engine.device
-        from transformers import DynamicCache
 
         n = len(self.completions)
         generators = [torch.Generator(device=device).manual_seed(s) for s in self._seeds]
@@ -175,63 +222,80 @@ class Run:
         started = time.perf_counter()
         recorder = self.recorder
         with torch.inference_mode(), (recorder.attached() if recorder else contextlib.nullcontext()):
-            cache = DynamicCache(config=model.config)
-            prompt = torch.tensor([self.prompt_ids], device=device)  # (1, T)
+            cache, start = None, 0
+            if engine.prefix is not None and not (recorder and recorder.config.prompt):
+                cache, start = engine.prefix.take(self.prompt_ids)
+            if cache is None:
+                cache, start = new_cache(model), 0
+            self.stats.reused_tokens = start
+            prompt = torch.tensor([self.prompt_ids[start:]], device=device)  # (1, T - start)
             logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
             if recorder:
                 recorder.prefill_done(n, len(self.prompt_ids))
+            fed = list(self.prompt_ids)  # the tokens the cache holds (for n == 1)
             if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
+                if engine.prefix is not None:
+                    engine.prefix.keep(self.prompt_ids, copy.deepcopy(cache))
                 cache.batch_repeat_interleave(n)
                 logits = logits.expand(n, -1)  # (n, V)
             self.stats.prefill_seconds = time.perf_counter() - started
-            for step in range(self.max_new):
-                if self._stop_requested:
-                    return
-                logits = logits.float()
-                logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
-                processed = process_logits(logits, context, params)
-                picked = sample(processed, [generators[b] for b in active], params.greedy)  # (B,)
-                top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
-                chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
-                if step == 0:
-                    self.stats.first_token_seconds = time.perf_counter() - started
-                still = []
-                for row, branch in enumerate(active):
-                    token = _token_info(engine.tokenizer, int(picked[row]), float(chosen[row]),
-                                        top.indices[row].tolist(), top.values[row].tolist())
-                    completion = self.completions[branch]
-                    completion.tokens.append(token)
-                    self.stats.generated_tokens += 1
-                    if token.id in engine.eos_ids:
-                        completion.finish_reason = "eos"
-                        text = trackers[branch].finish()
-                    else:
-                        text = trackers[branch].add(token.id)
-                        if trackers[branch].stop_string is not None:
-                            completion.finish_reason = "stop"
-                            completion.stop_string = trackers[branch].stop_string
-                        elif step == self.max_new - 1:
-                            completion.finish_reason = "length"
-                            completion.truncated_to_context = self.clipped
-                            text += trackers[branch].finish()
-                    completion.text += text
-                    if completion.finish_reason is None:
-                        still.append(row)
-                    yield Delta(branch, text, token)
-                if not still or step == self.max_new - 1:
-                    break
-                if len(still) < len(active):  # drop finished branches from the batch and its cache
-                    rows = torch.tensor(still, device=device)
-                    cache.batch_select_indices(rows)
-                    picked = picked[rows]
+            consistent = True
+            try:
+                for step in range(self.max_new):
+                    if self._stop_requested:
+                        return
+                    logits = logits.float()
+                    logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
+                    processed = process_logits(logits, context, params)
+                    picked = sample(processed, [generators[b] for b in active], params.greedy)  # (B,)
+                    top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
+                    chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
+                    if step == 0:
+                        self.stats.first_token_seconds = time.perf_counter() - started
+                    still = []
+                    for row, branch in enumerate(active):
+                        token = _token_info(engine.tokenizer, int(picked[row]), float(chosen[row]),
+                                            top.indices[row].tolist(), top.values[row].tolist())
+                        completion = self.completions[branch]
+                        completion.tokens.append(token)
+                        self.stats.generated_tokens += 1
+                        if token.id in engine.eos_ids:
+                            completion.finish_reason = "eos"
+                            text = trackers[branch].finish()
+                        else:
+                            text = trackers[branch].add(token.id)
+                            if trackers[branch].stop_string is not None:
+                                completion.finish_reason = "stop"
+                                completion.stop_string = trackers[branch].stop_string
+                            elif step == self.max_new - 1:
+                                completion.finish_reason = "length"
+                                completion.truncated_to_context = self.clipped
+                                text += trackers[branch].finish()
+                        completion.text += text
+                        if completion.finish_reason is None:
+                            still.append(row)
+                        yield Delta(branch, text, token)
+                    if not still or step == self.max_new - 1:
+                        break
+                    if len(still) < len(active):  # drop finished branches from the batch and its cache
+                        rows = torch.tensor(still, device=device)
+                        cache.batch_select_indices(rows)
+                        picked = picked[rows]
+                        if context is not None:
+                            context = context[rows]
+                        active = [active[r] for r in still]
                     if context is not None:
-                        context = context[rows]
-                    active = [active[r] for r in still]
-                if context is not None:
-                    context = torch.cat([context, picked.unsqueeze(-1)], dim=-1)
-                logits = model(input_ids=picked.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
-                if recorder:
-                    recorder.step_done(active)
+                        context = torch.cat([context, picked.unsqueeze(-1)], dim=-1)
+                    consistent = False  # an interrupt inside the forward pass leaves the cache half-updated
+                    logits = model(input_ids=picked.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
+                    if n == 1:
+                        fed.append(int(picked[0]))
+                    consistent = True
+                    if recorder:
+                        recorder.step_done(active)
+            finally:
+                if n == 1 and consistent and engine.prefix is not None:
+                    engine.prefix.keep(fed, cache)  # the next turn of this path prefills only what is new
 
 
 def _token_info(tokenizer, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]) -> TokenInfo:

@@ -13,27 +13,7 @@ from simlab.models import load_model
 from simlab.params import SamplingParams
 from simlab.trace import Recorder, TraceConfig, TraceError, find_architecture, load, manifest, save
 from simlab.trace_options import parse_layers
-
-
-def tiny_llama_style(folder, kind: str, tokenizer_dir):
-    """A 3-layer Llama or Gemma 3 (with final logit softcapping) with random weights, saved to disk."""
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)
-    torch.manual_seed(3)
-    if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=8, final_logit_softcapping=3.0,
-                                                   sliding_window=8, layer_types=["sliding_attention",
-                                                                                  "full_attention",
-                                                                                  "sliding_attention"]))
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from conftest import tiny_llama_style
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama", "gemma3"])
