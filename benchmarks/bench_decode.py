@@ -48,6 +48,18 @@ def time_generate(model, ids: list[int], n: int, tokens: int, seed: int) -> floa
     return n * tokens / elapsed
 
 
+def copy_bandwidth() -> float:
+    """Bytes per second that one large tensor copy moves (best of 5): the memory roof for decoding."""
+    source = torch.empty(256 * 2**20, dtype=torch.uint8).fill_(1)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return source.numel() / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
@@ -77,6 +89,13 @@ def main() -> None:
             theirs.append(time_generate(loaded.model, ids, n, args.tokens, r))
         a, b = statistics.median(ours), statistics.median(theirs)
         print(f"{n:>3} {a:>13.1f} {b:>15.1f} {a / b:>6.2f}x")
+        if n == 1:
+            single = a
+    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    bandwidth = copy_bandwidth()
+    roof = bandwidth / weights
+    print(f"memory roof: {weights / 2**20:.0f} MiB of weights read per token at {bandwidth / 1e9:.1f} GB/s "
+          f"(one tensor copy) = {roof:.1f} tok/s; simlab n=1 reaches {single / roof:.0%} of it")
 
 
 if __name__ == "__main__":

@@ -181,6 +181,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not args.model and len(specs) > 1:
             print(f"simlab: note: replies on this path came from {', '.join(specs)}; replaying with {spec}",
                   file=sys.stderr)
+        dtypes = sorted({n.dtype for n in replies if n.dtype})
+        if args.dtype is None and dtypes:
+            args.dtype = dtypes[0]  # the dtype the replies were sampled in, or they cannot reproduce
         engine = Engine(_load(args, spec))
         if not changing:
             checks = check_path(engine, session, path, tracer=tracer)

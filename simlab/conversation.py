@@ -90,6 +90,7 @@ def node_fields(completion: Completion, params: SamplingParams, engine: Engine) 
         "finish_reason": completion.finish_reason,
         "model": engine.info.spec,
         "model_revision": engine.info.revision,
+        "dtype": engine.info.dtype,
     }
 
 

@@ -49,6 +49,7 @@ class Node:
     finish_reason: str | None = None
     model: str | None = None
     model_revision: str | None = None
+    dtype: str | None = None  # the weights' dtype when sampled (bfloat16 and float32 draw differently)
     persona: str | None = None
     framing: dict[str, Any] | None = None  # on a frame node: how its turns are written (persona.Framing)
     edited_from: str | None = None

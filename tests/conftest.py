@@ -90,7 +90,7 @@ def tiny(tiny_dir):
     from simlab.config import Settings
     from simlab.models import load_model
 
-    return load_model(str(tiny_dir), Settings(device="cpu"))
+    return load_model(str(tiny_dir), Settings(device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +111,7 @@ def embedded():
             patch.setenv("SIMLAB_HOME", _REAL_HOME)
         else:
             patch.delenv("SIMLAB_HOME", raising=False)
-        return load_model("embedded", Settings(device="cpu"), progress=print)
+        return load_model("embedded", Settings(device="cpu", dtype="float32"), progress=print)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,16 @@ def test_it_loads_from_the_cache(embedded, monkeypatch):
     assert again.info.architecture == "Gemma3ForCausalLM" and again.info.layers == 18
     assert again.info.revision == embedded.info.revision and len(again.info.revision) == 64
     assert again.info.vocab_size == 262144 and again.info.context_length == 32768
+    from simlab.engine import Engine
+    from simlab.models.device import cpu_prefers_bfloat16
+
+    # dtype auto: bfloat16 where this CPU measured it faster; siblings still equal branches alone
+    assert again.info.dtype == ("bfloat16" if cpu_prefers_bfloat16() else "float32")
+    engine = Engine(again, reuse_prefix=False)
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=12, seed=21)
+    batch = engine.generate("Interviewer: Where were you born?\nGuest:", params, n=2)
+    [alone] = engine.generate("Interviewer: Where were you born?\nGuest:", params.with_overrides(seed=22))
+    assert alone.token_ids == batch[1].token_ids
 
 
 def test_coherent_text_scores_far_above_the_same_words_shuffled(embedded_engine):

@@ -30,8 +30,22 @@ def test_device_auto_is_cpu_here_and_dtype_follows():
     device = pick_device("auto")
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert device.type == expected
-    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert pick_dtype("float16", torch.device("cpu")) == torch.float16
+
+
+def test_cpu_dtype_auto_is_measured_once_and_cached(isolated_home, monkeypatch):
+    import json
+
+    from simlab.models import device as dev
+
+    choice = pick_dtype("auto", torch.device("cpu"))
+    assert choice in (torch.float32, torch.bfloat16)
+    [(key, entry)] = json.loads((isolated_home / "cpu-dtype.json").read_text()).items()
+    assert "torch" in key and set(entry["seconds"]) == {"float32", "bfloat16"}
+    assert entry["bfloat16"] == (choice == torch.bfloat16)
+    assert entry["bfloat16"] == (entry["seconds"]["bfloat16"] < 0.75 * entry["seconds"]["float32"])
+    monkeypatch.setattr(dev.torch.nn.functional, "linear", None)  # a second call must not measure again
+    assert pick_dtype("auto", torch.device("cpu")) == choice
 
 
 def test_dtype_override_is_applied(tiny_dir):
@@ -59,7 +73,7 @@ def test_pickle_weights_are_refused_without_the_flag(pickle_only):
 
 
 def test_pickle_weights_load_with_the_flag(pickle_only, tiny):
-    loaded = load_model(str(pickle_only), Settings(device="cpu", allow_pickle=True))
+    loaded = load_model(str(pickle_only), Settings(device="cpu", dtype="float32", allow_pickle=True))
     for (name, a), b in zip(loaded.model.state_dict().items(), tiny.model.state_dict().values()):
         assert torch.equal(a, b), name
 

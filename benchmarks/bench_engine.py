@@ -1,0 +1,98 @@
+"""The engine's costs that a chat feels, each measured as a ratio in one run:
+
+- N sibling replies after one prefill against one reply (wall time, same tokens per branch);
+- time to first token at turn 20 of a chat against turn 1 (the KV cache of the path is kept);
+- peak resident memory of the `simlab chat` process on the model (scripted, three turns).
+
+    python benchmarks/bench_engine.py [--model SPEC] [--dtype auto] [--turns 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from simlab.config import load_settings
+from simlab.engine import Engine
+from simlab.models import load_model
+from simlab.params import SamplingParams
+from simlab.persona import find
+from simlab.repl.chat import Chat
+from simlab.store import SessionStore
+
+PROMPT = ("The following is a transcript of an interview with a lighthouse keeper.\n\n"
+          "Interviewer: How long have you kept this light?\nKeeper:")
+
+
+def wall(engine: Engine, n: int, tokens: int, seed: int) -> float:
+    engine.prefix.clear()  # each measurement prefills its prompt
+    started = time.perf_counter()
+    engine.generate(PROMPT, SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=tokens, seed=seed), n=n)
+    return time.perf_counter() - started
+
+
+def ttft_by_turn(engine: Engine, turns: int) -> list[float]:
+    persona = find("interview")
+    with tempfile.TemporaryDirectory() as folder:
+        out = io.StringIO()
+        chat = Chat.new(engine, SessionStore(folder), persona, persona.sampling_params(seed=5, max_new_tokens=24),
+                        out, err=out)
+        firsts = []
+        for k in range(turns):
+            chat.user_turn(f"Tell me about the year {1950 + k}.")
+            firsts.append(chat.last.first_token_ms)
+        chat.close()
+    return firsts
+
+
+def peak_memory(model: str, dtype: str) -> float:
+    """Max RSS (MiB) of a scripted `simlab chat` child process."""
+    with tempfile.TemporaryDirectory() as folder:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run([sys.executable, "-m", "simlab", "chat", "--model", model, "--dtype", dtype,
+                        "--sessions-dir", folder, "--max-tokens", "16", "--seed", "1"],
+                       input="Hello.\nWhere do you live?\nWhy?\n", capture_output=True, text=True, check=True,
+                       env={**os.environ})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(after, before) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    engine = Engine(load_model(args.model, load_settings(dtype=args.dtype), progress=lambda m: print(m, file=sys.stderr)))
+    engine.eos_ids = frozenset()
+    info = engine.info
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"model: {info.name}, {info.device}, {info.dtype}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    wall(engine, 1, 4, 0)
+    rows = []
+    for n in (1, 2, 4, 8):
+        rows.append((n, statistics.median(wall(engine, n, args.tokens, r) for r in range(3))))
+    one = rows[0][1]
+    print(f"siblings ({args.tokens} tokens each, median of 3): " + ", ".join(
+        f"N={n} {t:.2f} s ({t / one:.2f}x N=1)" for n, t in rows))
+    engine.eos_ids = Engine(load_model(args.model, load_settings(dtype=args.dtype))).eos_ids
+    firsts = ttft_by_turn(engine, args.turns)
+    first, last = statistics.median(firsts[:2]), statistics.median(firsts[-2:])
+    print(f"time to first token: turn 1-2 {first:.0f} ms, turn {args.turns - 1}-{args.turns} {last:.0f} ms: "
+          f"{last / first:.2f}x (target <= 1.3x); per turn: {', '.join(f'{x:.0f}' for x in firsts)}")
+    print(f"peak memory of `simlab chat` ({info.dtype}): {peak_memory(args.model, info.dtype):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
