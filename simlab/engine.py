@@ -247,7 +247,7 @@ class Run:
                     logits = logits.float()
                     logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
                     processed = process_logits(logits, context, params)
-                    picked = sample(processed, [generators[b] for b in active], params.greedy)  # (B,)
+                    picked = sample(processed, [generators[b] for b in active], params.greedy, params.sampler)  # (B,)
                     top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
                     chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
                     if step == 0:

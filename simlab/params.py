@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields, replace
 
 from simlab.errors import SamplingError
 
+SAMPLERS = ("cdf", "multinomial")
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -21,6 +23,10 @@ class SamplingParams:
     max_new_tokens: int = 128
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # How a token is drawn from the filtered distribution: "cdf" (one uniform per token, over the
+    # tokens the filters kept) or "multinomial" (torch.multinomial over the whole vocabulary, what
+    # nodes sampled before simlab 0.2 used; replay picks it for them so they still reproduce).
+    sampler: str = "cdf"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -41,6 +47,8 @@ class SamplingParams:
         for name, ok, expected in checks:
             if not ok:
                 raise SamplingError(f"{name}={getattr(self, name)!r} is invalid: use {expected}")
+        if self.sampler not in SAMPLERS:
+            raise SamplingError(f"sampler={self.sampler!r} is invalid: use {' or '.join(SAMPLERS)}")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise SamplingError(f"stop={list(self.stop)!r} is invalid: stop strings must be non-empty text")
 

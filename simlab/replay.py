@@ -26,6 +26,7 @@ def params_of(node: Node, overrides: dict) -> SamplingParams:
     known = {f.name for f in fields(SamplingParams)}
     stored = {k: v for k, v in (node.params or {}).items() if k in known}
     stored["seed"] = node.seed
+    stored.setdefault("sampler", "multinomial")  # nodes from before the sampler was recorded
     if "stop" in stored:
         stored["stop"] = tuple(stored["stop"])
     return SamplingParams(**{**stored, **overrides})

@@ -107,10 +107,24 @@ def process_logits(logits: torch.Tensor, context: torch.Tensor | None, params: S
     return apply_typical_p(logits, params.typical_p)
 
 
-def sample(logits: torch.Tensor, generators: Sequence[torch.Generator] | None, greedy: bool) -> torch.Tensor:
-    """One token per row (B,): argmax when greedy, else a draw from each row's own generator."""
+def sample(logits: torch.Tensor, generators: Sequence[torch.Generator] | None, greedy: bool,
+           method: str = "cdf") -> torch.Tensor:
+    """One token per row (B,): argmax when greedy, else a draw from each row's own generator.
+
+    "cdf" draws one uniform per row and finds it in the cumulative distribution of the tokens the
+    filters kept (in vocabulary order), so its cost follows the kept set, not the vocabulary;
+    "multinomial" is torch.multinomial over the whole vocabulary (~7 ms a row at 262k tokens).
+    """
     if greedy:
         return logits.argmax(dim=-1)
     probs = logits.float().softmax(dim=-1)  # (B, V)
-    picks = [torch.multinomial(row, 1, generator=gen) for row, gen in zip(probs, generators)]
+    if method == "multinomial":
+        return torch.cat([torch.multinomial(row, 1, generator=gen) for row, gen in zip(probs, generators)])
+    picks = []
+    for row, gen in zip(probs, generators):
+        kept = row.nonzero().squeeze(-1)  # (K,) ascending ids
+        cdf = row[kept].double().cumsum(0)  # (K,)
+        u = torch.rand(1, generator=gen, dtype=torch.float64, device=row.device) * cdf[-1]
+        index = torch.searchsorted(cdf, u, right=True).clamp(max=len(kept) - 1)
+        picks.append(kept[index])
     return torch.cat(picks)

@@ -151,3 +151,46 @@ def test_with_overrides_rejects_unknown_names():
     with pytest.raises(SamplingError, match="unknown sampling parameter 'temp'"):
         SamplingParams().with_overrides(temp=1.0)
     assert SamplingParams().with_overrides(top_p=0.5).top_p == 0.5
+
+
+def test_the_cdf_sampler_draws_from_the_filtered_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 12) * 2
+    params = SamplingParams(temperature=0.9, top_p=0.9)
+    processed = sampling.process_logits(logits, None, params)
+    probs = processed.softmax(-1)[0]
+    gen = torch.Generator().manual_seed(11)
+    draws = 20000
+    counts = torch.zeros(12)
+    for _ in range(draws):
+        counts[int(sampling.sample(processed, [gen], greedy=False, method="cdf"))] += 1
+    assert counts[probs == 0].sum() == 0  # never a filtered token
+    kept = probs > 0
+    expected = probs[kept] * draws
+    chi2 = float(((counts[kept] - expected) ** 2 / expected).sum())
+    assert chi2 < 30  # kept tokens <= 12: the 99.9% quantile of chi-square with 11 dof is ~31
+
+
+def test_the_cdf_sampler_is_one_uniform_per_row_and_reproducible():
+    logits = torch.randn(3, 50)
+    picks = [sampling.sample(logits, [torch.Generator().manual_seed(s) for s in (1, 2, 3)], greedy=False)
+             for _ in range(2)]
+    assert picks[0].tolist() == picks[1].tolist()
+    alone = sampling.sample(logits[1:2], [torch.Generator().manual_seed(2)], greedy=False)
+    assert int(alone) == int(picks[0][1])  # a row's draw does not depend on the other rows
+    gen = torch.Generator().manual_seed(4)
+    sampling.sample(logits[:1], [gen], greedy=False)
+    fresh = torch.Generator().manual_seed(4)
+    torch.rand(1, generator=fresh, dtype=torch.float64)
+    assert torch.equal(gen.get_state(), fresh.get_state())  # exactly one draw consumed
+
+
+def test_nodes_sampled_before_the_sampler_was_recorded_replay_with_multinomial():
+    from simlab.replay import params_of
+    from simlab.tree import make_node
+
+    old = make_node("p", "model", "x", params={"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 5}, seed=3)
+    new = make_node("p", "model", "x", params={"temperature": 0.8, "sampler": "cdf"}, seed=3)
+    assert params_of(old, {}).sampler == "multinomial" and params_of(new, {}).sampler == "cdf"
+    with pytest.raises(Exception, match="sampler='dice' is invalid"):
+        SamplingParams(sampler="dice")
