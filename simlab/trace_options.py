@@ -53,6 +53,8 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 def add_flags(parser) -> None:
     group = parser.add_argument_group("residual-stream trace")
     group.add_argument("--trace", action="store_true", help="record the residual stream of each reply")
+    group.add_argument("--trace-points", metavar="LIST", default="embed,blocks,norm",
+                       help="what to record: any of embed (input to block 0), blocks, norm (final norm output)")
     group.add_argument("--trace-layers", metavar="LIST", help="blocks to record: all (default) or e.g. 0,4,8-11")
     group.add_argument("--trace-prompt", action="store_true", help="also record every prompt position")
     group.add_argument("--trace-dtype", choices=["bfloat16", "float16"], default="bfloat16")
@@ -61,7 +63,13 @@ def add_flags(parser) -> None:
 def config_from(args) -> TraceConfig | None:
     if not getattr(args, "trace", False):
         return None
-    return TraceConfig(layers=parse_layers(args.trace_layers), prompt=args.trace_prompt, dtype=args.trace_dtype)
+    points = {p.strip() for p in (args.trace_points or "").split(",") if p.strip()}
+    unknown = points - {"embed", "blocks", "norm"}
+    if unknown or not points:
+        raise TraceError(f"--trace-points {args.trace_points!r}: use any of embed, blocks, norm (comma-separated)")
+    layers = parse_layers(args.trace_layers) if "blocks" in points else ()
+    return TraceConfig(embed="embed" in points, layers=layers, norm="norm" in points, prompt=args.trace_prompt,
+                       dtype=args.trace_dtype)
 
 
 def make_tracer(config: TraceConfig | None, say):

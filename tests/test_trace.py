@@ -178,3 +178,22 @@ def test_the_embedded_model_traced_and_read_through_its_own_lens(embedded, embed
     model_probs = out.logits[0, positions].float().softmax(-1)
     assert (lens_probs - model_probs).abs().max() < 0.02  # bfloat16 storage, same distribution
     assert lens_probs.argmax(-1).tolist() == model_probs.argmax(-1).tolist()
+
+
+def test_trace_flags_choose_points_layers_positions_and_dtype():
+    import argparse
+
+    from simlab.trace_options import add_flags, config_from
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    assert config_from(parser.parse_args([])) is None
+    config = config_from(parser.parse_args(["--trace", "--trace-points", "blocks,norm", "--trace-layers", "0-1",
+                                            "--trace-prompt", "--trace-dtype", "float16"]))
+    assert (config.embed, config.layers, config.norm, config.prompt, config.dtype) == (False, (0, 1), True, True,
+                                                                                         "float16")
+    assert config.points(4) == ["block.0", "block.1", "norm"]
+    only_embed = config_from(parser.parse_args(["--trace", "--trace-points", "embed"]))
+    assert only_embed.points(4) == ["embed"]
+    with pytest.raises(TraceError, match="use any of embed, blocks, norm"):
+        config_from(parser.parse_args(["--trace", "--trace-points", "attn"]))
