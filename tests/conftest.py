@@ -33,7 +33,7 @@ def isolated_home(tmp_path, monkeypatch):
     return home
 
 
-def build_tiny_gpt2(folder: Path, *, seed: int = 0, n_positions: int = 128) -> Path:
+def build_tiny_gpt2(folder: Path, *, seed: int = 0, n_positions: int = 128, with_eos: bool = True) -> Path:
     """A 2-layer GPT-2 with random weights and a byte-level BPE tokenizer, saved like a hub model."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -45,11 +45,13 @@ def build_tiny_gpt2(folder: Path, *, seed: int = 0, n_positions: int = 128) -> P
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>")
+    special = "<|endoftext|>" if with_eos else None  # without: a reply can only end at a stop or the limit
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=special, bos_token=special)
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=bpe.get_vocab_size(), n_positions=n_positions, n_embd=32, n_layer=2,
                         n_head=2, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if not with_eos:
+        config.bos_token_id = config.eos_token_id = None
     model = GPT2LMHeadModel(config).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)

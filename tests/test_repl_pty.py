@@ -20,7 +20,7 @@ def long_tiny(tmp_path_factory):
     """The tiny GPT-2 with room for thousands of tokens, so a reply lasts long enough to interrupt."""
     from conftest import build_tiny_gpt2
 
-    return build_tiny_gpt2(tmp_path_factory.mktemp("long-tiny"), n_positions=4200)
+    return build_tiny_gpt2(tmp_path_factory.mktemp("long-tiny"), n_positions=4200, with_eos=False)
 
 
 def spawn(tmp_path, model, *extra):
@@ -77,6 +77,7 @@ def test_type_stream_branch_quit_resume_and_interrupt(tmp_path, long_tiny):
     after = tree_lines(command(child, "/tree"))
     assert after == before  # the same tree, the same cursor
     command(child, "/set max_tokens 4000")
+    command(child, "/set stop ~~never~~")  # with no end-of-text token either, only Ctrl-C ends this reply
     child.sendline("tell me everything")
     child.expect_exact("Bot:")
     child.expect(r"\S{20}")  # streaming has begun
