@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -74,29 +75,34 @@ def cmd_chat(args: argparse.Namespace) -> int:
     trace_config = config_from(args)
     tracer = make_tracer(trace_config, say=lambda m: print(m, file=sys.stderr))
     try:
-        framing_stops = _stops(session, persona)
-        params = persona.sampling_params(stop=framing_stops, **overrides)
-        engine = _engine(args, settings, session)
-        from simlab.repl.app import run_interactive, run_script
+        params = persona.sampling_params(stop=_stops(session, persona), **overrides)
+        from simlab.models import classify_spec
+        from simlab.repl.app import banner, run_interactive, run_script
         from simlab.repl.chat import Chat
 
+        spec = _model_spec(args, settings, session)
+        classify_spec(spec)  # a spec that names nothing fails now, not after the prompt is up
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
-        color = interactive and "NO_COLOR" not in __import__("os").environ
+        color = interactive and "NO_COLOR" not in os.environ
+        if interactive:  # the prompt comes up at once; the model loads while the user types
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1, thread_name_prefix="simlab-load")
+            engine = pool.submit(_engine, args, settings, spec, quiet=True)
+            pool.shutdown(wait=False)
+        else:
+            engine = _engine(args, settings, spec)
         if session is None:
             from simlab.conversation import start_session
 
             session = start_session(store, persona, args.session)
         chat = Chat(engine, store, session, persona, params, out=sys.stdout, color=color, err=sys.stderr,
                     tracer=tracer)
-        if chat.framing.mode == "simulator" and getattr(engine.tokenizer, "chat_template", None):
-            chat.note(f"note: {engine.info.name} has a chat template; --mode chat (or `mode: chat` in a persona) "
-                      "uses it instead of the simulator transcript")
         for problem in session.problems:
             chat.note(f"simlab: warning: {problem}")
         if interactive:
-            return run_interactive(chat, resumed=args.resume is not None, history=simlab_home() / "history")
-        from simlab.repl.app import banner
-
+            return run_interactive(chat, resumed=args.resume is not None, history=simlab_home() / "history",
+                                   model=spec)
         banner(chat, args.resume is not None, sys.stderr)
         return run_script(chat, sys.stdin)
     finally:
@@ -141,14 +147,17 @@ def _stops(session, persona) -> tuple[str, ...]:
     return framing_of(session.tree.path(session.tree.cursor)).stops()
 
 
-def _engine(args, settings, session):
+def _model_spec(args, settings, session) -> str:
+    if args.model is None and session is not None:  # resume with the model that wrote the replies
+        recorded = [n.model for n in session.tree.nodes.values() if n.model]
+        if recorded:
+            return recorded[-1]
+    return args.model or settings.model
+
+
+def _engine(args, settings, spec: str, quiet: bool = False):
     from simlab.engine import Engine
     from simlab.models import load_model
 
-    spec = args.model
-    if spec is None and session is not None:  # resume with the model that wrote the replies
-        recorded = [n.model for n in session.tree.nodes.values() if n.model]
-        spec = recorded[-1] if recorded else None
-    loaded = load_model(spec or settings.model, settings, trust_remote_code=args.trust_remote_code,
-                        progress=lambda message: print(message, file=sys.stderr, flush=True))
-    return Engine(loaded)
+    say = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    return Engine(load_model(spec, settings, trust_remote_code=args.trust_remote_code, progress=say))

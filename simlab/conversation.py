@@ -10,14 +10,16 @@ becomes the system message and the turns go through the model's own chat templat
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from simlab.engine import Completion, Engine
 from simlab.errors import SimlabError
 from simlab.params import SamplingParams
 from simlab.persona import Framing, Persona
 from simlab.store import Session, SessionStore
 from simlab.tree import Node, render_path
+
+if TYPE_CHECKING:  # the REPL starts before torch is imported
+    from simlab.engine import Completion, Engine
 
 
 def framing_of(path: list[Node]) -> Framing:

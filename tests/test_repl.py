@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from simlab.conversation import start_session
 from simlab.persona import Persona
 from simlab.repl.chat import Chat
 from simlab.repl.commands import handle
@@ -219,3 +220,33 @@ def test_chat_mode_goes_through_the_models_chat_template(tiny_engine, store):
                      io.StringIO())
     with pytest.raises(SimlabError, match="no chat template"):
         plain.user_turn("hello")
+
+
+def test_the_prompt_comes_up_while_the_model_loads_in_the_background(tiny_engine, store):
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from simlab.errors import UnknownModelError
+    from simlab.repl.app import toolbar_text
+
+    future: Future = Future()
+    out = io.StringIO()
+    chat = Chat(future, store, start_session(store, PERSONA), PERSONA, PERSONA.sampling_params(seed=7), out, err=out)
+    assert not chat.engine_ready and "loading the model" in toolbar_text(chat)
+    def finish_loading():  # the model is ready only once the first reply had to wait for it
+        deadline = time.monotonic() + 30
+        while "still loading" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        future.set_result(tiny_engine)
+
+    threading.Thread(target=finish_loading, daemon=True).start()
+    assert drive(chat, "hello\r/quit\r") == 0
+    assert "still loading" in out.getvalue() and chat.engine_ready
+    assert [n.role for n in chat.path()] == ["frame", "model", "user", "model"]
+
+    failing: Future = Future()
+    failing.set_exception(UnknownModelError("model 'x': no such model folder"))
+    out = io.StringIO()
+    chat = Chat(failing, store, chat.session, PERSONA, PERSONA.sampling_params(), out, err=out)
+    assert drive(chat, "hello\r") == 2 and "no such model folder" in out.getvalue()

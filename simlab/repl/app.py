@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Iterable, TextIO
 
 from simlab.errors import SimlabError
-from simlab.repl.chat import Chat, edit_in_editor, pick_editor
+from simlab.repl.chat import Chat, ModelFailed, edit_in_editor, pick_editor
 from simlab.repl.commands import COMMANDS, Context, Quit, handle
 
 
 def toolbar_text(chat: Chat) -> str:
-    info, p = chat.engine.info, chat.params
+    p = chat.params
+    if not chat.engine_ready:
+        return f" loading the model… · {chat._persona_name()} · T {p.temperature} top-p {p.top_p} "
+    info = chat.engine.info
     try:
         depth, i, n = chat.position()
         where = f"depth {depth} · {i}/{n}"
@@ -26,10 +29,14 @@ def toolbar_text(chat: Chat) -> str:
             f"seed {seed} · {where}{last} ")
 
 
-def banner(chat: Chat, resumed: bool, out: TextIO) -> None:
-    info = chat.engine.info
+def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:
     state = "resumed" if resumed else "new"
-    out.write(chat.style.dim(f"simlab · {info.name} on {info.device} ({info.dtype}) · persona "
+    if chat.engine_ready:
+        info = chat.engine.info
+        where = f"{info.name} on {info.device} ({info.dtype})"
+    else:
+        where = f"{model} (loading in the background; type away)"
+    out.write(chat.style.dim(f"simlab · {where} · persona "
                              f"{chat._persona_name()} · session {chat.session.name} ({state}) in "
                              f"{chat.store.folder} · /help for commands") + "\n")
     out.flush()
@@ -102,7 +109,8 @@ def _bindings():
     return keys
 
 
-def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, input=None, output=None) -> int:
+def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, input=None, output=None,
+                    model: str = "the model") -> int:
     """The REPL on a terminal (or on prompt-toolkit's pipe input, for tests). Returns the exit code."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -123,7 +131,7 @@ def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, inpu
         return prompt.prompt(message, default=default)
 
     ctx = Context(ask=ask, edit=edit_in_editor if pick_editor() else None)
-    banner(chat, resumed, chat.err)
+    banner(chat, resumed, chat.err, model)
     chat.show_path(last=None if not resumed else 4)
     while True:
         try:
@@ -136,6 +144,9 @@ def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, inpu
             handle(chat, line, ctx)
         except Quit:
             break
+        except ModelFailed as exc:
+            chat.note(f"simlab: {exc}")
+            return 2
         except SimlabError as exc:
             chat.note(f"simlab: {exc}")
         except KeyboardInterrupt:

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from simlab.conversation import (add_frame, framing_of, node_fields, reply_prompt, reply_text, start_session)
-from simlab.engine import Engine, Run, RunStats
 from simlab.errors import SimlabError
 from simlab.params import SamplingParams
 from simlab.persona import Framing, Persona
 from simlab.store import Session, SessionStore
 from simlab.tree import Node, TreeError, render_path
 from simlab.treeview import Style
+
+if TYPE_CHECKING:  # the prompt comes up while the model (and torch) still load
+    from simlab.engine import Engine, Run, RunStats
+
+
+class ModelFailed(SimlabError):
+    """The model loading in the background could not be loaded; the REPL cannot go on."""
 
 SETTABLE = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "typical_p": float,
             "repetition_penalty": float, "max_tokens": int, "stop": str}
@@ -33,10 +40,13 @@ class LastReply:
 
 
 class Chat:
-    def __init__(self, engine: Engine, store: SessionStore, session: Session, persona: Persona,
+    def __init__(self, engine: "Engine | Future", store: SessionStore, session: Session, persona: Persona,
                  params: SamplingParams, out: TextIO, color: bool = False, err: TextIO | None = None,
                  tracer=None):
-        self.engine = engine
+        self._engine = None
+        self._loading = engine if isinstance(engine, Future) else None
+        if self._loading is None:
+            self._engine = engine
         self.store = store
         self.session = session
         self.persona = persona
@@ -48,11 +58,36 @@ class Chat:
         self.last: LastReply | None = None
         self.batch: list[str] = []  # ids of the last /n alternatives, for /pick
         self.tracer = tracer  # a trace.Tracer while the residual stream is recorded
+        if self._engine is not None:
+            self._first_use_notes()
 
     @classmethod
     def new(cls, engine: Engine, store: SessionStore, persona: Persona, params: SamplingParams, out: TextIO,
             **kwargs) -> "Chat":
         return cls(engine, store, start_session(store, persona), persona, params, out, **kwargs)
+
+    @property
+    def engine(self) -> "Engine":
+        """The engine; while it loads in the background, the first use waits for it."""
+        if self._engine is None:
+            if not self._loading.done():
+                self.note("(the model is still loading; the reply starts when it is ready)")
+            try:
+                self._engine = self._loading.result()
+            except SimlabError as exc:
+                raise ModelFailed(str(exc)) from None
+            self._first_use_notes()
+        return self._engine
+
+    def _first_use_notes(self) -> None:
+        tokenizer = self._engine.tokenizer
+        if self.framing.mode == "simulator" and getattr(tokenizer, "chat_template", None):
+            self.note(f"note: {self._engine.info.name} has a chat template; --mode chat (or `mode: chat` in a "
+                      "persona) uses it instead of the simulator transcript")
+
+    @property
+    def engine_ready(self) -> bool:
+        return self._engine is not None or (self._loading.done() and self._loading.exception() is None)
 
     # -- where we are --------------------------------------------------------------------------
     @property
