@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from simlab.cli_flags import add_sampling_overrides, overrides_of
 from simlab.errors import SimlabError
 
 LAST = "@last"
@@ -23,22 +24,13 @@ def add_command(commands, add_model_flags) -> None:
                       help="simulator: continue the persona's transcript (base models, default); "
                            "chat: the model's chat template (instruct models)")
     group = chat.add_argument_group("sampling (default: the persona's)")
-    group.add_argument("--temperature", "-t", type=float)
-    group.add_argument("--top-k", type=int)
-    group.add_argument("--top-p", type=float)
-    group.add_argument("--min-p", type=float)
-    group.add_argument("--typical-p", type=float)
-    group.add_argument("--repetition-penalty", type=float)
-    group.add_argument("--max-tokens", type=int, dest="max_new_tokens")
+    add_sampling_overrides(group)
     group.add_argument("--seed", type=int, help="seed of the first reply; +1 for each reply after it")
     add_model_flags(chat)
     from simlab.trace_options import add_flags
 
     add_flags(chat)
     chat.set_defaults(run=cmd_chat)
-
-
-SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "max_new_tokens", "seed")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -51,7 +43,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings = load_settings(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
                              allow_pickle=args.allow_pickle)
     store = SessionStore(Path(args.sessions_dir or settings.sessions_dir))
-    overrides = {k: getattr(args, k) for k in SAMPLING if getattr(args, k, None) is not None}
+    overrides = overrides_of(args) | ({"seed": args.seed} if args.seed is not None else {})
     # everything the user typed is checked before the model loads
     session = None
     if args.resume is not None:

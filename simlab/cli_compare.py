@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from simlab.cli_flags import add_sampling_overrides, overrides_of
 from simlab.errors import SimlabError
 
 
@@ -22,13 +23,7 @@ def add_command(commands, add_model_flags) -> None:
     cmp.add_argument("--json", action="store_true", help="print the analysis as JSON instead of the table")
     cmp.add_argument("--sessions-dir", help="the sessions folder (default ./sessions, or SIMLAB_SESSIONS)")
     group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
-    group.add_argument("--temperature", "-t", type=float)
-    group.add_argument("--top-k", type=int)
-    group.add_argument("--top-p", type=float)
-    group.add_argument("--min-p", type=float)
-    group.add_argument("--typical-p", type=float)
-    group.add_argument("--repetition-penalty", type=float)
-    group.add_argument("--max-tokens", type=int)
+    add_sampling_overrides(group)
     add_model_flags(cmp)
     from simlab.trace_options import add_flags
 
@@ -63,8 +58,10 @@ def spec_from_args(args: argparse.Namespace):
     for key in ("samples", "seed", "name"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
-    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "min_p", "typical_p",
-                                              "repetition_penalty", "max_tokens") if getattr(args, k) is not None}
+    from simlab.persona import SAMPLING_KEYS
+
+    spec_key = {field: key for key, field in SAMPLING_KEYS.items()}  # max_new_tokens -> max_tokens
+    sampling = {spec_key[k]: v for k, v in overrides_of(args).items()}
     if sampling:
         data["sampling"] = {**(data.get("sampling") or {}), **sampling}
     return build_spec(data, source, lines, default_name=default_name)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from simlab.cli_flags import add_sampling_overrides, overrides_of
 from simlab.errors import SimlabError
 
 
@@ -48,13 +49,7 @@ def add_commands(commands, parser_class, add_model_flags) -> None:
     replay.add_argument("--node", help="replay the path to this node (default: the cursor)")
     group = replay.add_argument_group("overrides (any of them makes a new branch)")
     group.add_argument("--persona", help="replay the path's user turns under this persona (name or YAML file)")
-    group.add_argument("--temperature", "-t", type=float)
-    group.add_argument("--top-k", type=int)
-    group.add_argument("--top-p", type=float)
-    group.add_argument("--min-p", type=float)
-    group.add_argument("--typical-p", type=float)
-    group.add_argument("--repetition-penalty", type=float)
-    group.add_argument("--max-tokens", type=int, dest="max_new_tokens")
+    add_sampling_overrides(group)
     group.add_argument("--seed", type=int)
     add_model_flags(replay)
     from simlab.trace_options import add_flags
@@ -150,8 +145,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from simlab.engine import Engine
     from simlab.replay import check_path, model_replies, params_of, replay_branch
 
-    names = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "max_new_tokens", "seed")
-    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    overrides = overrides_of(args) | ({"seed": args.seed} if args.seed is not None else {})
     from simlab.trace_options import config_from, make_tracer
 
     trace_config = config_from(args)
