@@ -100,6 +100,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     finally:
         if session is not None:
             session.close()
+            if args.resume is None and not any(n.role == "user" for n in session.tree.nodes.values()):
+                store.remove(session.name)  # nothing was typed: do not leave an empty session behind
 
 
 def _last(store) -> str:

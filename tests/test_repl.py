@@ -250,3 +250,14 @@ def test_the_prompt_comes_up_while_the_model_loads_in_the_background(tiny_engine
     out = io.StringIO()
     chat = Chat(failing, store, chat.session, PERSONA, PERSONA.sampling_params(), out, err=out)
     assert drive(chat, "hello\r") == 2 and "no such model folder" in out.getvalue()
+
+
+def test_a_chat_where_nothing_was_typed_leaves_no_session(tiny_dir, tmp_path):
+    persona = tmp_path / "p.yaml"
+    persona.write_text("name: p\nframe: \"A chat.\\n\\n\"\ngreeting: Hi.\n")
+    for stdin, kept in (("", 0), ("hello\n", 1)):
+        result = subprocess.run([sys.executable, "-m", "simlab", "chat", "--model", str(tiny_dir), "--max-tokens", "3",
+                                 "--persona", str(persona), "--sessions-dir", str(tmp_path / "s")],
+                                input=stdin, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert len(list((tmp_path / "s").glob("*.jsonl"))) == kept
