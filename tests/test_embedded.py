@@ -34,6 +34,11 @@ def test_it_loads_from_the_cache(embedded, monkeypatch):
     batch = engine.generate("Interviewer: Where were you born?\nGuest:", params, n=2)
     [alone] = engine.generate("Interviewer: Where were you born?\nGuest:", params.with_overrides(seed=22))
     assert alone.token_ids == batch[1].token_ids
+    if again.info.dtype != "float32":  # the cast model is kept beside the float32 cache, and used next time
+        third = load_model("embedded", Settings(device="cpu"))
+        assert third.info.source.endswith(again.info.dtype) and third.info.revision == again.info.revision
+        for (name, a), b in zip(third.model.state_dict().items(), again.model.state_dict().values()):
+            assert torch.equal(a, b), name
 
 
 def test_coherent_text_scores_far_above_the_same_words_shuffled(embedded_engine):

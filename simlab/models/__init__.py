@@ -82,7 +82,7 @@ def load_model(
 ) -> LoadedModel:
     """Load the model a spec names, on the settings' device and dtype."""
     from simlab.models import gguf, hub
-    from simlab.models.device import pick_device, pick_dtype
+    from simlab.models.device import dtype_name, pick_device, pick_dtype
 
     say = progress or (lambda message: None)
     kind = classify_spec(spec)
@@ -92,11 +92,16 @@ def load_model(
         name = "gemma-3-270m (embedded)" if kind == "embedded" else Path(spec).name
         for attempt in (1, 2):
             folder, revision, from_cache = gguf.cached_conversion(spec, settings, say)
+            wanted = dtype_name(dtype)
+            variant = gguf.dtype_variant(folder, wanted) if wanted != "float32" else None
             try:
-                return hub.load_folder(
-                    folder, spec=spec, device=device, dtype=dtype, allow_pickle=False,
+                loaded = hub.load_folder(
+                    variant or folder, spec=spec, device=device, dtype=dtype, allow_pickle=False,
                     trust_remote_code=False, revision=revision, from_cache=from_cache, name=name,
                 )
+                if wanted != "float32" and variant is None:
+                    gguf.save_variant(loaded.model, folder, wanted, say)
+                return loaded
             except (ModelUnavailableError, UnknownModelError):
                 if not from_cache or attempt == 2:
                     raise

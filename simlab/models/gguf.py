@@ -181,3 +181,31 @@ def stage(what: str, say: Callable[[str], None]) -> Iterator[None]:
             ticker.join()
             sys.stderr.write("\r\x1b[K")
         say(f"  {what}: done in {time.monotonic() - started:.1f} s")
+
+
+def dtype_variant(folder: Path, dtype: str) -> Path | None:
+    """The cache converted to `dtype` (beside the float32 one, inside its folder), if complete."""
+    variant = folder / dtype
+    marker = read_marker(variant)
+    return variant if marker and marker.get("format") == CACHE_FORMAT and marker.get("dtype") == dtype else None
+
+
+def save_variant(model, folder: Path, dtype: str, say: Callable[[str], None]) -> None:
+    """Keep the loaded model in its dtype so later starts read half the bytes and skip the cast.
+
+    Written to a temporary folder and renamed; a failure (a full disk, say) only costs the speed-up."""
+    work = folder / f".{dtype}-{os.getpid()}"
+    discard(work)
+    try:
+        work.mkdir()
+        model.save_pretrained(work)
+        for name in os.listdir(folder):
+            if name.startswith("tokenizer") or name == "special_tokens_map.json":
+                shutil.copy2(folder / name, work / name)
+        record = {**(read_marker(folder) or {}), "dtype": dtype}
+        (work / MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        discard(folder / dtype)
+        os.rename(work, folder / dtype)
+        say(f"Kept a {dtype} copy of the model cache for faster starts ({folder / dtype}).")
+    except OSError:
+        discard(work)
