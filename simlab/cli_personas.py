@@ -63,7 +63,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from simlab.persona import find, to_yaml
+    from simlab.persona import find
+    from simlab.persona_yaml import to_yaml
 
     persona = find(args.name)
     print(f"# {persona.name}: from {persona.source}")
@@ -111,7 +112,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from simlab.persona import template
+    from simlab.persona_yaml import template
 
     path = _target(args.name, args.output, force=False)
     _write(path, template(args.name, str(path)))
@@ -120,7 +121,8 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from simlab.persona import load_file, to_yaml
+    from simlab.persona import load_file
+    from simlab.persona_yaml import to_yaml
     from simlab.persona_import import import_file
 
     persona, fmt = import_file(args.file, name=args.name)

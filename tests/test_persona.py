@@ -6,8 +6,9 @@ import textwrap
 import pytest
 
 from simlab.conversation import add_frame, reply_prompt, reply_text, sample_replies, start_session
-from simlab.persona import (Framing, Persona, PersonaError, find, from_dict, library, load_file,
-                            read_yaml, shipped_dir, template, to_yaml)
+from simlab.persona import (Framing, Persona, PersonaError, find, from_dict, library, load_file, read_yaml,
+                            shipped_dir)
+from simlab.persona_yaml import template, to_yaml
 from simlab.store import SessionStore
 
 GOOD = textwrap.dedent("""\

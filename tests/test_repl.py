@@ -86,7 +86,9 @@ def test_edit_continue_tokens_and_moves(tiny_engine, store):
     longer = chat.continue_reply()
     assert longer.text.startswith(reply.text) and longer.token_ids and longer.edited_from == reply.id
     assert longer.params is None and "continued" in longer.tags  # not one reproducible draw
-    lines = chat.token_lines()
+    from simlab.repl.views import token_lines
+
+    lines = token_lines(chat)
     assert len(lines) == 2 + len(longer.token_ids) and "[" in lines[0]  # no colour: [token|p]
     with pytest.raises(SimlabError, match="no next sibling"):
         handle(chat, "/next")

@@ -391,52 +391,6 @@ class Chat:
         self.seed = seed
         self.note(f"seed = {seed} (the next reply; then +1 per reply)")
 
-    # -- reports ------------------------------------------------------------------------------
-    def info_lines(self) -> list[str]:
-        info, node = self.engine.info, self.cursor
-        depth, i, n = self.position()
-        lines = [
-            f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
-            f"device    {info.device} {info.dtype}",
-            f"persona   {self._persona_name()} ({self.framing.mode}; {self.framing.user} / {self.framing.model})",
-            f"session   {self.session.name} ({len(self.tree.nodes)} nodes) in {self.store.folder}",
-            f"sampling  {self._params_text()}",
-            f"node      {node.id[:8]} {node.role} depth {depth} sibling {i}/{n} origin {node.origin}"
-            + (f" seed {node.seed}" if node.seed is not None else "")
-            + (f" finish {node.finish_reason}" if node.finish_reason else ""),
-        ]
-        if self.last:
-            lines.append(f"last      {self.last.tokens_per_second:.1f} tok/s, first token {self.last.first_token_ms:.0f} ms")
-        return lines
-
-    def _params_text(self) -> str:
-        p = self.params
-        seed = "random" if self.seed is None else str(self.seed)
-        return (f"temperature {p.temperature} top_p {p.top_p} top_k {p.top_k} min_p {p.min_p} "
-                f"typical_p {p.typical_p} repetition_penalty {p.repetition_penalty} "
-                f"max_tokens {p.max_new_tokens} seed {seed} stop {list(p.stop)}")
-
-    def token_lines(self) -> list[str]:
-        """The current reply, each token coloured by its probability, then each token's alternatives."""
-        import math
-
-        node = self.cursor
-        if node.role != "model" or not node.token_ids:
-            raise SimlabError("/tokens needs a sampled reply under the cursor")
-        texts = [self.engine.tokenizer.decode([t]) for t in node.token_ids]
-        pieces = []
-        for text, lp in zip(texts, node.logprobs):
-            p = math.exp(lp)
-            code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
-            pieces.append(self.style.wrap(code, text) if self.style.color else f"[{text}|{p:.2f}]")
-        lines = ["".join(pieces), ""]
-        if "continued" in node.tags:
-            lines[1] = self.style.dim("(a continued reply: these are the continuation's tokens)")
-        for k, (text, lp, alts) in enumerate(zip(texts, node.logprobs, node.top)):
-            others = "  ".join(f"{alt[1]!r} {math.exp(alt[2]):.2f}" for alt in alts)
-            lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
-        return lines
-
     def transcript(self) -> str:
         return render_path(self.path())
 

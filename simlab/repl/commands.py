@@ -10,6 +10,7 @@ from typing import Callable
 
 from simlab.errors import SimlabError
 from simlab.repl.chat import SETTABLE, Chat
+from simlab.repl.views import info_lines, params_text, token_lines
 
 
 class Quit(Exception):
@@ -57,7 +58,7 @@ def _help(chat: Chat, rest: str, ctx: Context) -> None:
 def _set(chat: Chat, rest: str, ctx: Context) -> None:
     key, _, value = rest.strip().partition(" ")
     if not key:
-        chat.say(chat._params_text())
+        chat.say(params_text(chat))
         return
     if not value.strip():
         raise SimlabError(f"usage: /set KEY VALUE, KEY one of {', '.join(SETTABLE)}")
@@ -145,14 +146,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             _edit),
     Command("continue", "", "extend the current reply", lambda chat, rest, ctx: chat.continue_reply()),
     Command("tokens", "", "the current reply's tokens by probability, with alternatives",
-            lambda chat, rest, ctx: [chat.say(line) for line in chat.token_lines()]),
+            lambda chat, rest, ctx: [chat.say(line) for line in token_lines(chat)]),
     Command("persona", "NAME", "replay this path's user turns under another persona, as a new branch", _persona),
     Command("bookmark", "", "bookmark the current turn (again to remove)", lambda chat, rest, ctx: chat.bookmark()),
     Command("export", "md [FILE]", "the current path as Markdown (printed, or written to FILE)", _export),
     Command("sessions", "", "the saved sessions", _sessions),
     Command("load", "ID", "open another saved session", lambda chat, rest, ctx: chat.load(_one(rest, "/load ID"))),
     Command("info", "", "model, device, persona, session, sampling, current node",
-            lambda chat, rest, ctx: [chat.say(line) for line in chat.info_lines()]),
+            lambda chat, rest, ctx: [chat.say(line) for line in info_lines(chat)]),
     Command("transcript", "", "the exact text the model reads for the current path",
             lambda chat, rest, ctx: chat.say(chat.transcript())),
     Command("trace", "on|off", "record the residual stream of each reply (see `simlab trace show`)",

@@ -1,0 +1,55 @@
+"""What the REPL's report commands print: /info, /set with no arguments, /tokens."""
+
+from __future__ import annotations
+
+import math
+
+from simlab.errors import SimlabError
+from simlab.repl.chat import Chat
+
+
+def info_lines(chat: Chat) -> list[str]:
+    info, node = chat.engine.info, chat.cursor
+    depth, i, n = chat.position()
+    lines = [
+        f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
+        f"device    {info.device} {info.dtype}",
+        f"persona   {chat._persona_name()} ({chat.framing.mode}; {chat.framing.user} / {chat.framing.model})",
+        f"session   {chat.session.name} ({len(chat.tree.nodes)} nodes) in {chat.store.folder}",
+        f"sampling  {params_text(chat)}",
+        f"node      {node.id[:8]} {node.role} depth {depth} sibling {i}/{n} origin {node.origin}"
+        + (f" seed {node.seed}" if node.seed is not None else "")
+        + (f" finish {node.finish_reason}" if node.finish_reason else ""),
+    ]
+    if chat.last:
+        lines.append(f"last      {chat.last.tokens_per_second:.1f} tok/s, first token {chat.last.first_token_ms:.0f} ms")
+    return lines
+
+
+def params_text(chat: Chat) -> str:
+    p = chat.params
+    seed = "random" if chat.seed is None else str(chat.seed)
+    return (f"temperature {p.temperature} top_p {p.top_p} top_k {p.top_k} min_p {p.min_p} "
+            f"typical_p {p.typical_p} repetition_penalty {p.repetition_penalty} "
+            f"max_tokens {p.max_new_tokens} seed {seed} stop {list(p.stop)}")
+
+
+def token_lines(chat: Chat) -> list[str]:
+    """The current reply, each token coloured by its probability, then each token's alternatives."""
+    node = chat.cursor
+    if node.role != "model" or not node.token_ids:
+        raise SimlabError("/tokens needs a sampled reply under the cursor")
+    texts = [chat.engine.tokenizer.decode([t]) for t in node.token_ids]
+    pieces = []
+    for text, lp in zip(texts, node.logprobs):
+        p = math.exp(lp)
+        code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
+        pieces.append(chat.style.wrap(code, text) if chat.style.color else f"[{text}|{p:.2f}]")
+    lines = ["".join(pieces), ""]
+    if "continued" in node.tags:
+        lines[1] = chat.style.dim("(a continued reply: these are the continuation's tokens)")
+    for k, (text, lp, alts) in enumerate(zip(texts, node.logprobs, node.top)):
+        others = "  ".join(f"{alt[1]!r} {math.exp(alt[2]):.2f}" for alt in alts)
+        lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
+    return lines
+
