@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     from simlab.cli_trace import add_command as add_trace_command
 
     add_trace_command(commands, _Parser, _add_model_flags)
+    doctor = commands.add_parser("doctor", help="what this installation has, and whether each part works")
+    doctor.add_argument("--load", action="store_true", help="also load the model and generate three tokens")
+    doctor.add_argument("--sessions-dir", help="the sessions folder to check (default ./sessions)")
+    _add_model_flags(doctor)
+    doctor.set_defaults(run=cmd_doctor)
     return parser
 
 
@@ -222,6 +227,19 @@ def _run_json(info, prompt: str, run) -> dict:
             for c in run.completions
         ],
     }
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from simlab.doctor import checks, report
+
+    settings = _settings(args)
+    if args.sessions_dir:
+        settings = replace(settings, sessions_dir=args.sessions_dir)
+    rows = checks(settings, load=args.load, say=lambda m: print(m, file=sys.stderr, flush=True))
+    print(report(rows))
+    return 1 if any(status == "fail" for status, _, _ in rows) else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
