@@ -11,7 +11,6 @@ from typing import Any, Callable
 from simlab.compare import Spec, Variant, VariantRun
 from simlab.metrics import Estimate, bootstrap_difference, bootstrap_mean, distinct_n, jsd, kl, self_bleu, words
 from simlab.persona import Framing
-from simlab.tree import Tree
 
 METRICS = {  # key: (label, what it means)
     "length": ("length", "reply length in tokens"),
@@ -106,8 +105,6 @@ def render_under(variant: Variant, turns: list[str], replies: list[str]) -> tupl
 
 def score_spans(engine, text: str, spans: list[tuple[int, int]]) -> float | None:
     """Mean log-probability of the tokens overlapping the spans, each given all text before it."""
-    import torch
-
     encoded = engine.tokenizer(text, return_offsets_mapping=True)
     ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
     if len(ids) > engine.info.context_length:
@@ -116,12 +113,8 @@ def score_spans(engine, text: str, spans: list[tuple[int, int]]) -> float | None
              if any(offsets[j][1] > a and offsets[j][0] < b for a, b in spans) and offsets[j][1] > offsets[j][0]]
     if not picks:
         return None
-    with torch.inference_mode():
-        logits = engine.model(input_ids=torch.tensor([ids], device=engine.device)).logits[0]  # (T, V)
-        logprobs = logits.float().log_softmax(dim=-1)
-        rows = torch.tensor([j - 1 for j in picks], device=engine.device)
-        targets = torch.tensor([ids[j] for j in picks], device=engine.device)
-        return float(logprobs[rows, targets].mean())
+    scores = engine.score(ids)  # scores[j - 1]: token j given the tokens before it
+    return sum(scores[j - 1] for j in picks) / len(picks)
 
 
 def _cross_logprob(analysis: Analysis, runs: list[VariantRun], engine_for, seed: int) -> None:
@@ -149,16 +142,9 @@ def _cross_logprob(analysis: Analysis, runs: list[VariantRun], engine_for, seed:
 # -- next-token distributions at the first reply ---------------------------------------------
 
 def first_prompt(variant: Variant, turn: str, tokenizer) -> str | list[int]:
-    from simlab.conversation import reply_prompt
+    from simlab.conversation import exchange_path, reply_prompt
 
-    persona = variant.persona
-    tree = Tree()
-    parent = tree.add_child(None, "frame", persona.render_frame(), framing=Framing.of(persona).to_dict())
-    greetings = persona.greetings()
-    if greetings:
-        parent = tree.add_child(parent.id, "model", greetings[0], speaker=persona.model)
-    user = tree.add_child(parent.id, "user", turn, speaker=persona.user)
-    return reply_prompt(tree.path(user.id), persona.model, tokenizer)
+    return reply_prompt(exchange_path(variant.persona, turn), variant.persona.model, tokenizer)
 
 
 def next_token_distribution(engine, prompt: str | list[int]):

@@ -137,22 +137,14 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from simlab.conversation import reply_prompt
-    from simlab.persona import Framing, find
-    from simlab.tree import Tree
+    from simlab.conversation import exchange_path, reply_prompt
+    from simlab.persona import find
 
     persona = find(args.name)
     turn = args.turn if args.turn is not None else (persona.fill(persona.sample_turn) or "Hello.")
-    tree = Tree()
-    frame = tree.add_child(None, "frame", persona.render_frame(), framing=Framing.of(persona).to_dict())
-    parent = frame
-    greetings = persona.greetings()
-    if greetings:
-        parent = tree.add_child(parent.id, "model", greetings[0], speaker=persona.model)
-    user = tree.add_child(parent.id, "user", turn, speaker=persona.user)
-    path = tree.path(user.id)
+    path = exchange_path(persona, turn)
     if persona.mode == "chat":
-        messages = [{"role": "system", "content": frame.text}] + [
+        messages = [{"role": "system", "content": path[0].text}] + [
             {"role": "assistant" if n.role == "model" else "user", "content": n.text} for n in path[1:]]
         print(json.dumps(messages, indent=2, ensure_ascii=False))
         print("(chat mode: these messages go through the model's own chat template)", file=sys.stderr)

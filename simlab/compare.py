@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from simlab.conversation import add_frame, framing_of, node_fields, reply_prompt, reply_text
+from simlab.conversation import add_frame, add_reply, framing_of, reply_prompt
 from simlab.errors import SamplingError, SimlabError
 from simlab.params import SamplingParams
 from simlab.persona import SAMPLING_KEYS, Persona, PersonaError, find, read_yaml
@@ -286,13 +286,9 @@ def _sample(engine, session: Session, user: Node, variant: Variant, seed: int, n
     for c in run.completions:
         if c.finish_reason == "interrupted":
             continue
-        node = session.add_child(user.id, "model", reply_text(c.text, framing), speaker=framing.model,
-                                 origin="sampled", persona=variant.persona.name, **node_fields(c, params, engine))
+        node = add_reply(session, user.id, c, params, engine, framing, framing.model, persona=variant.persona.name)
         if recorder is not None:
-            from simlab.trace import node_trace_path
-
-            tracer.save(node_trace_path(session.path, node.id), recorder, c.index, engine, run.prompt_ids, c,
-                        session=session.name, node=node.id, variant=variant.name)
+            tracer.save_node(session, node.id, recorder, run, c, variant=variant.name)
         nodes.append(node)
     if run.interrupted:
         raise SweepInterrupted("interrupted; finished samples are saved, run the same command again to resume")

@@ -96,6 +96,26 @@ def node_fields(completion: Completion, params: SamplingParams, engine: Engine) 
     }
 
 
+def add_reply(session: Session, parent_id: str, completion: Completion, params: SamplingParams, engine: Engine,
+              framing: Framing, speaker: str, origin: str = "sampled", persona: str | None = None) -> Node:
+    """Save one sampled completion as a model node under parent_id."""
+    return session.add_child(parent_id, "model", reply_text(completion.text, framing), speaker=speaker,
+                             origin=origin, persona=persona, **node_fields(completion, params, engine))
+
+
+def exchange_path(persona: Persona, turn: str) -> list[Node]:
+    """An unsaved path: the persona's frame, its first greeting, and one user turn (for previews)."""
+    from simlab.tree import Tree
+
+    tree = Tree()
+    parent = tree.add_child(None, "frame", persona.render_frame(), framing=Framing.of(persona).to_dict())
+    greetings = persona.greetings()
+    if greetings:
+        parent = tree.add_child(parent.id, "model", greetings[0], speaker=persona.model)
+    user = tree.add_child(parent.id, "user", turn, speaker=persona.user)
+    return tree.path(user.id)
+
+
 def sample_replies(
     engine: Engine,
     session: Session,
@@ -110,9 +130,5 @@ def sample_replies(
     path = session.tree.path(parent_id)
     framing = framing_of(path)
     completions = engine.generate(reply_prompt(path, speaker, engine.tokenizer), params, n=n)
-    return [
-        session.add_child(parent_id, "model", reply_text(c.text, framing), speaker=speaker, origin=origin,
-                          persona=persona if persona is not None else path[0].persona,
-                          **node_fields(c, params, engine))
-        for c in completions
-    ]
+    persona = persona if persona is not None else path[0].persona
+    return [add_reply(session, parent_id, c, params, engine, framing, speaker, origin, persona) for c in completions]

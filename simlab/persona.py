@@ -309,9 +309,6 @@ def user_dir() -> Path:
     return simlab_home() / "personas"
 
 
-DEFAULT_PERSONA = "interview"
-
-
 def library() -> dict[str, Path]:
     """Persona name -> file; the simlab home's personas override shipped ones of the same name."""
     found: dict[str, Path] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from simlab.conversation import add_frame, framing_of, node_fields, reply_prompt, reply_text
+from simlab.conversation import add_frame, add_reply, framing_of, reply_prompt
 from simlab.engine import Engine
 from simlab.errors import SimlabError
 from simlab.params import SamplingParams
@@ -45,12 +45,9 @@ def _one(engine: Engine, prompt, params: SamplingParams, tracer):
     return run.completions[0], run, recorder
 
 
-def _save_trace(tracer, recorder, run, engine, session: Session, node: Node) -> None:
+def _save_trace(tracer, recorder, run, session: Session, node: Node) -> None:
     if recorder is not None:
-        from simlab.trace import node_trace_path
-
-        tracer.save(node_trace_path(session.path, node.id), recorder, 0, engine, run.prompt_ids,
-                    run.completions[0], session=session.name, node=node.id)
+        tracer.save_node(session, node.id, recorder, run, run.completions[0])
 
 
 def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) -> list[ReplyCheck]:
@@ -63,7 +60,7 @@ def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) 
         c, run, recorder = _one(engine, prompt, params, tracer)
         if c.token_ids == list(node.token_ids):
             checks.append(ReplyCheck(node, True))
-            _save_trace(tracer, recorder, run, engine, session, node)
+            _save_trace(tracer, recorder, run, session, node)
             continue
         k = next((i for i, (a, b) in enumerate(zip(c.token_ids, node.token_ids)) if a != b),
                  min(len(c.token_ids), len(node.token_ids)))
@@ -111,9 +108,8 @@ def replay_branch(engine: Engine, session: Session, path: list[Node], overrides:
             params = params_of(node, overrides)
             prompt = reply_prompt(session.tree.path(parent), who, engine.tokenizer)
             c, run, recorder = _one(engine, prompt, params, tracer)
-            new = session.add_child(parent, "model", reply_text(c.text, framing), speaker=who,
-                                    origin="replayed", persona=name, **node_fields(c, params, engine))
-            _save_trace(tracer, recorder, run, engine, session, new)
+            new = add_reply(session, parent, c, params, engine, framing, who, "replayed", name)
+            _save_trace(tracer, recorder, run, session, new)
         else:
             new = session.add_child(parent, node.role, node.text, speaker=who, origin="replayed", persona=name)
         added.append(new)

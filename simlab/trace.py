@@ -229,3 +229,8 @@ class Tracer:
         info = manifest(recorder, engine.info, prompt_ids, completion.token_ids, positions,
                         seed=completion.seed, finish_reason=completion.finish_reason, **extra)
         return save(path, tensors, info)
+
+    def save_node(self, session, node_id: str, recorder: Recorder, run, completion, **extra: Any) -> Path:
+        """The trace of one reply of `run`, beside its session."""
+        return self.save(node_trace_path(session.path, node_id), recorder, completion.index, run.engine,
+                         run.prompt_ids, completion, session=session.name, node=node_id, **extra)

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from simlab.conversation import (add_frame, framing_of, node_fields, reply_prompt, reply_text, start_session)
+from simlab.conversation import add_frame, add_reply, framing_of, node_fields, reply_prompt, start_session
 from simlab.errors import SimlabError
 from simlab.params import SamplingParams
 from simlab.persona import Framing, Persona
@@ -167,9 +167,8 @@ class Chat:
         for completion in run.completions:
             if not completion.tokens:
                 continue  # interrupted before its first token: nothing to keep
-            nodes.append(self.session.add_child(
-                parent_id, "model", reply_text(completion.text, framing), speaker=speaker, origin="sampled",
-                persona=self._persona_name(), **node_fields(completion, params, self.engine)))
+            nodes.append(add_reply(self.session, parent_id, completion, params, self.engine, framing, speaker,
+                                   persona=self._persona_name()))
             if recorder is not None:
                 self._save_trace(recorder, run, completion, nodes[-1])
         self._remember(run)
@@ -209,11 +208,8 @@ class Chat:
         return self.style.wrap("1;32", label) if label else ""
 
     def _save_trace(self, recorder, run: Run, completion, node: Node) -> None:
-        from simlab.trace import node_trace_path
-
         try:
-            self.tracer.save(node_trace_path(self.session.path, node.id), recorder, completion.index, self.engine,
-                             run.prompt_ids, completion, session=self.session.name, node=node.id)
+            self.tracer.save_node(self.session, node.id, recorder, run, completion)
         except OSError as exc:
             self.note(f"simlab: could not save the trace of {node.id[:8]}: {exc.strerror}; the reply is saved")
 
