@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from simlab.conversation import add_frame, add_reply, framing_of, reply_prompt
+from simlab.conversation import add_frame, add_reply, fit_prompt, framing_of
 from simlab.errors import SamplingError, SimlabError
 from simlab.params import SamplingParams
 from simlab.persona import SAMPLING_KEYS, Persona, PersonaError, find, read_yaml
@@ -279,14 +279,16 @@ def _sample(engine, session: Session, user: Node, variant: Variant, seed: int, n
     framing = framing_of(path)
     params = variant.params.with_overrides(seed=seed)
     recorder = tracer.recorder(engine) if tracer else None
-    run = engine.start(reply_prompt(path, framing.model, engine.tokenizer), params, n=n, recorder=recorder)
+    fit = fit_prompt(path, framing.model, engine, params.max_new_tokens)
+    run = engine.start(fit.ids, params, n=n, recorder=recorder)
     for _ in run:
         pass
     nodes = []
     for c in run.completions:
         if c.finish_reason == "interrupted":
             continue
-        node = add_reply(session, user.id, c, params, engine, framing, framing.model, persona=variant.persona.name)
+        node = add_reply(session, user.id, c, params, engine, framing, framing.model, persona=variant.persona.name,
+                         window=fit.window)
         if recorder is not None:
             tracer.save_node(session, node.id, recorder, run, c, variant=variant.name)
         nodes.append(node)

@@ -9,7 +9,7 @@ becomes the system message and the turns go through the model's own chat templat
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from simlab.errors import SimlabError
@@ -53,6 +53,66 @@ def reply_prompt(path: list[Node], speaker: str, tokenizer: Any = None) -> str |
     return render_path(path) + framing.label("model", speaker)
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """A reply's prompt as token ids, and the part of the path it reads."""
+
+    ids: list[int]
+    path: list[Node]  # the frame, then the turns that fit
+    window: dict[str, Any] | None = None  # set when older turns were left out (recorded on the reply)
+
+
+def windowed(path: list[Node], first: str) -> list[Node]:
+    """The path as the model reads it from turn `first` on: the frame, then that turn and later ones."""
+    at = next((i for i, node in enumerate(path) if node.id == first), None)
+    if at is None:
+        raise SimlabError(f"the context window starts at node {first[:8]}, which is not on this path")
+    head = path[:1] if path and path[0].role == "frame" else []
+    return head + path[max(at, len(head)):]
+
+
+def fit_prompt(path: list[Node], speaker: str, engine: Engine, max_new_tokens: int) -> Fitted:
+    """The prompt for the next reply, sliding the window at turn boundaries when it outgrows the context.
+
+    The frame always stays. While the whole transcript and max_new_tokens fit, nothing is left out.
+    Once they do not, the oldest turns go, a quarter of the context more than needed, so that the
+    window moves seldom and the turns after its start keep their cached keys and values; a window
+    recorded earlier on the path is kept while it fits. If even the frame and the last turn leave
+    less than max_new_tokens, the engine clips the reply to the room there is.
+    """
+    head = path[:1] if path and path[0].role == "frame" else []
+    turns = path[len(head):]
+    limit = engine.info.context_length
+
+    def ids_for(k: int) -> list[int]:
+        prompt = reply_prompt(head + turns[k:], speaker, engine.tokenizer)
+        return engine.encode(prompt) if isinstance(prompt, str) else prompt
+
+    def fitted(k: int, ids: list[int]) -> Fitted:
+        window = {"from": turns[k].id, "dropped": k, "prompt_tokens": len(ids)} if k else None
+        return Fitted(ids, head + turns[k:], window)
+
+    earlier = next((n.window["from"] for n in reversed(path) if n.window and "from" in n.window), None)
+    start = next((i for i, n in enumerate(turns) if n.id == earlier), 0)
+    ids = ids_for(start)
+    if len(ids) + max_new_tokens <= limit or start >= len(turns) - 1:
+        return fitted(start, ids)
+    for budget in (limit - max_new_tokens - limit // 4, limit - max_new_tokens):
+        lo, hi = start + 1, len(turns) - 1  # find the fewest turns to leave out
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            mid_ids = ids_for(mid)
+            if len(mid_ids) <= budget:
+                best, hi = (mid, mid_ids), mid - 1
+            else:
+                lo = mid + 1
+        if best is not None:
+            return fitted(*best)
+    last = len(turns) - 1
+    return fitted(last, ids_for(last))
+
+
 def chat_prompt_ids(path: list[Node], speaker: str, tokenizer: Any) -> list[int]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise SimlabError("this persona is in chat mode but the model has no chat template; "
@@ -80,9 +140,11 @@ def reply_text(generated: str, framing: Framing) -> str:
     return text.rstrip()
 
 
-def node_fields(completion: Completion, params: SamplingParams, engine: Engine) -> dict:
+def node_fields(completion: Completion, params: SamplingParams, engine: Engine,
+                window: dict[str, Any] | None = None) -> dict:
     """What a sampled node records about how it was made."""
     return {
+        "window": window,
         "token_ids": tuple(completion.token_ids),
         "logprobs": tuple(t.logprob for t in completion.tokens),
         "top": tuple(t.top for t in completion.tokens),
@@ -97,10 +159,11 @@ def node_fields(completion: Completion, params: SamplingParams, engine: Engine) 
 
 
 def add_reply(session: Session, parent_id: str, completion: Completion, params: SamplingParams, engine: Engine,
-              framing: Framing, speaker: str, origin: str = "sampled", persona: str | None = None) -> Node:
-    """Save one sampled completion as a model node under parent_id."""
+              framing: Framing, speaker: str, origin: str = "sampled", persona: str | None = None,
+              window: dict[str, Any] | None = None) -> Node:
+    """Save one sampled completion as a model node under parent_id (with the context window it read)."""
     return session.add_child(parent_id, "model", reply_text(completion.text, framing), speaker=speaker,
-                             origin=origin, persona=persona, **node_fields(completion, params, engine))
+                             origin=origin, persona=persona, **node_fields(completion, params, engine, window))
 
 
 def exchange_path(persona: Persona, turn: str) -> list[Node]:
@@ -129,6 +192,8 @@ def sample_replies(
     """Sample n sibling replies under parent_id and save each as a node."""
     path = session.tree.path(parent_id)
     framing = framing_of(path)
-    completions = engine.generate(reply_prompt(path, speaker, engine.tokenizer), params, n=n)
+    fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
+    completions = engine.generate(fit.ids, params, n=n)
     persona = persona if persona is not None else path[0].persona
-    return [add_reply(session, parent_id, c, params, engine, framing, speaker, origin, persona) for c in completions]
+    return [add_reply(session, parent_id, c, params, engine, framing, speaker, origin, persona, fit.window)
+            for c in completions]

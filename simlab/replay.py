@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from simlab.conversation import add_frame, add_reply, framing_of, reply_prompt
+from simlab.conversation import add_frame, add_reply, fit_prompt, framing_of, reply_prompt, windowed
 from simlab.engine import Engine
 from simlab.errors import SimlabError
 from simlab.params import SamplingParams
@@ -56,7 +56,10 @@ def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) 
     checks = []
     for node in model_replies(path):
         params = params_of(node, {})
-        prompt = reply_prompt(session.tree.path(node.parent), node.speaker, engine.tokenizer)
+        path_before = session.tree.path(node.parent)
+        if node.window:  # read what the reply read
+            path_before = windowed(path_before, node.window.get("from", ""))
+        prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
         c, run, recorder = _one(engine, prompt, params, tracer)
         if c.token_ids == list(node.token_ids):
             checks.append(ReplyCheck(node, True))
@@ -106,9 +109,9 @@ def replay_branch(engine: Engine, session: Session, path: list[Node], overrides:
         name = persona.name if persona is not None else node.persona
         if node.role == "model" and node.params is not None:
             params = params_of(node, overrides)
-            prompt = reply_prompt(session.tree.path(parent), who, engine.tokenizer)
-            c, run, recorder = _one(engine, prompt, params, tracer)
-            new = add_reply(session, parent, c, params, engine, framing, who, "replayed", name)
+            fit = fit_prompt(session.tree.path(parent), who, engine, params.max_new_tokens)
+            c, run, recorder = _one(engine, fit.ids, params, tracer)
+            new = add_reply(session, parent, c, params, engine, framing, who, "replayed", name, fit.window)
             _save_trace(tracer, recorder, run, session, new)
         else:
             new = session.add_child(parent, node.role, node.text, speaker=who, origin="replayed", persona=name)

@@ -52,6 +52,9 @@ class Node:
     dtype: str | None = None  # the weights' dtype when sampled (bfloat16 and float32 draw differently)
     persona: str | None = None
     framing: dict[str, Any] | None = None  # on a frame node: how its turns are written (persona.Framing)
+    # On a reply whose transcript outgrew the context: {"from": first turn the model read, "dropped":
+    # turns left out after the frame, "prompt_tokens": what it read} (conversation.fit_prompt).
+    window: dict[str, Any] | None = None
     edited_from: str | None = None
     tags: frozenset[str] = frozenset()
     hidden: bool = False

@@ -13,7 +13,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from simlab.conversation import add_frame, add_reply, framing_of, node_fields, reply_prompt, start_session
+from simlab.conversation import (Fitted, add_frame, add_reply, fit_prompt, framing_of, node_fields, reply_prompt,
+                                 start_session)
 from simlab.errors import SimlabError
 from simlab.params import SamplingParams
 from simlab.persona import Framing, Persona
@@ -58,6 +59,7 @@ class Chat:
         self.last: LastReply | None = None
         self.batch: list[str] = []  # ids of the last /n alternatives, for /pick
         self.tracer = tracer  # a trace.Tracer while the residual stream is recorded
+        self._window_noted = False  # the context window note is shown once
         if self._engine is not None:
             self._first_use_notes()
 
@@ -161,14 +163,15 @@ class Chat:
         speaker = framing.model
         params = self._next_params(n)
         recorder = self.tracer.recorder(self.engine) if self.tracer else None
-        run = self.engine.start(reply_prompt(path, speaker, self.engine.tokenizer), params, n=n, recorder=recorder)
+        fit = self._fit(path, speaker, params.max_new_tokens)
+        run = self.engine.start(fit.ids, params, n=n, recorder=recorder)
         self._stream(run, self._head(speaker) if n == 1 else None)
         nodes = []
         for completion in run.completions:
             if not completion.tokens:
                 continue  # interrupted before its first token: nothing to keep
             nodes.append(add_reply(self.session, parent_id, completion, params, self.engine, framing, speaker,
-                                   persona=self._persona_name()))
+                                   persona=self._persona_name(), window=fit.window))
             if recorder is not None:
                 self._save_trace(recorder, run, completion, nodes[-1])
         self._remember(run)
@@ -185,6 +188,17 @@ class Chat:
         elif nodes[0].finish_reason == "interrupted":
             self.note("(interrupted: the partial reply is saved)")
         return nodes
+
+    def _fit(self, path: list[Node], speaker: str, max_new_tokens: int) -> Fitted:
+        """The reply's prompt; the first time older turns are left out, say so."""
+        fit = fit_prompt(path, speaker, self.engine, max_new_tokens)
+        if fit.window and not self._window_noted:
+            self._window_noted = True
+            kept = sum(1 for node in fit.path if node.role in ("user", "model"))
+            self.note(f"(the conversation is longer than {self.engine.info.name}'s context of "
+                      f"{self.engine.info.context_length} tokens: the model now reads the frame and the last "
+                      f"{kept} turns; the session keeps them all, and each reply records its window)")
+        return fit
 
     def _stream(self, run: Run, head: str | None) -> None:
         """Decode the run; with a head, print it and then the text as it comes."""
@@ -275,17 +289,19 @@ class Chat:
             raise SimlabError("/continue needs a model reply under the cursor")
         path = self.tree.path(node.parent)
         framing = framing_of(path)
-        prompt = reply_prompt(path, node.speaker, self.engine.tokenizer)
+        params = self._next_params(1)
+        done = len(self.engine.tokenizer.encode(node.text, add_special_tokens=False))
+        fit = self._fit(path, node.speaker, params.max_new_tokens + done)
+        prompt = reply_prompt(fit.path, node.speaker, self.engine.tokenizer)
         if isinstance(prompt, str):
             prompt += framing.lead() + node.text
         else:
             prompt = prompt + self.engine.tokenizer.encode(node.text, add_special_tokens=False)
-        params = self._next_params(1)
         run = self.engine.start(prompt, params)
         self._stream(run, self._label(node) + " " + node.text)
         [c] = run.completions
         self._remember(run)
-        fields = node_fields(c, params, self.engine)
+        fields = node_fields(c, params, self.engine, fit.window)
         # Two samplings joined: the tokens and log-probabilities are the continuation's, and without
         # one (params, seed) that draws the whole text, replay copies it rather than re-sampling it.
         fields.update(params=None, seed=None)
