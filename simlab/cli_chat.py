@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from simlab.cli_flags import add_sampling_overrides, overrides_of
@@ -38,7 +41,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from simlab.config import load_settings, simlab_home
     from simlab.persona import find
-    from simlab.store import SessionStore
+    from simlab.store import SessionStore, SessionWriteError
 
     settings = load_settings(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
                              allow_pickle=args.allow_pickle)
@@ -50,7 +53,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if args.persona or args.session or args.mode:
             raise SimlabError("simlab chat: --resume continues a session as it was; drop --persona/--session/"
                               "--mode (use /persona NAME inside to branch under another persona)")
-        session = store.open(_last(store) if args.resume == LAST else args.resume)
+        name = _last(store) if args.resume == LAST else args.resume
+        try:
+            session = store.open(name)
+        except SessionWriteError:  # a read-only folder: read it, and go on in memory
+            session = store.open(name, read_only=True)
+            session.in_memory = True
         if session.tree.cursor is None and session.tree.roots:
             session.goto(session.tree.leaf(session.tree.roots[0].id).id)
         persona = _persona_of(session)
@@ -87,21 +95,73 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if session is None:
             from simlab.conversation import start_session
 
-            session = start_session(store, persona, args.session)
+            try:
+                session = start_session(store, persona, args.session)
+            except SessionWriteError:  # a full disk or read-only folder: chat anyway, in memory
+                session = start_session(store, persona, args.session, in_memory=True)
         chat = Chat(engine, store, session, persona, params, out=sys.stdout, color=color, err=sys.stderr,
                     tracer=tracer)
         for problem in session.problems:
             chat.note(f"simlab: warning: {problem}")
-        if interactive:
-            return run_interactive(chat, resumed=args.resume is not None, history=simlab_home() / "history",
-                                   model=spec)
-        banner(chat, args.resume is not None, sys.stderr)
-        return run_script(chat, sys.stdin)
+        with _signals_end(chat):
+            if interactive:
+                code = run_interactive(chat, resumed=args.resume is not None, history=simlab_home() / "history",
+                                       model=spec)
+            else:
+                banner(chat, args.resume is not None, sys.stderr)
+                code = run_script(chat, sys.stdin)
+        if session.unsaved:
+            _rescue(session)
+            return 1
+        return code
     finally:
         if session is not None:
             session.close()
-            if args.resume is None and not any(n.role == "user" for n in session.tree.nodes.values()):
+            typed = any(n.role == "user" for n in session.tree.nodes.values())
+            if args.resume is None and not typed and not session.in_memory:
                 store.remove(session.name)  # nothing was typed: do not leave an empty session behind
+
+
+@contextlib.contextmanager
+def _signals_end(chat):
+    """SIGTERM and SIGHUP end the REPL like /quit: a reply being decoded stops and is saved as
+    interrupted, then the session closes; the exit code is 128 + the signal."""
+    def stop(signum, frame) -> None:
+        chat.stopping = signum
+        if chat.interruptible:  # never in the middle of saving a node
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _rescue(session) -> None:
+    """Write a session with changes the disk did not take where it can go, and say where."""
+    import tempfile
+
+    from simlab.config import simlab_home
+    from simlab.store import SessionWriteError
+
+    if session.safe_to_close:  # exported after its last change
+        print(f"simlab: session {session.name!r} was not saved in {session.path.parent}; "
+              "your last /export has all of it", file=sys.stderr)
+        return
+    name = f"{session.name}-rescued-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    for folder in (simlab_home() / "rescue", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = session.export(folder / name)
+        except (OSError, SessionWriteError):
+            continue
+        print(f"simlab: {len(session.unsaved)} change(s) could not be saved in {session.path.parent}; the whole "
+              f"session is in {path}; `simlab sessions import {path}` brings it back", file=sys.stderr)
+        return
+    print(f"simlab: {len(session.unsaved)} change(s) of session {session.name!r} could not be saved anywhere "
+          "(the disk refused every write)", file=sys.stderr)
 
 
 def _last(store) -> str:

@@ -33,15 +33,11 @@ def add_command(commands, add_model_flags) -> None:
 
 def spec_from_args(args: argparse.Namespace):
     from simlab.compare import build_spec
-    from simlab.persona import read_yaml
+    from simlab.persona import read_file
 
     if args.spec:
         path = Path(args.spec)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SimlabError(f"{path}: cannot read the compare spec ({exc.strerror or exc})") from None
-        data, lines = read_yaml(text, str(path))
+        data, lines = read_file(path, "a compare spec")
         source, default_name = str(path), path.stem
         if not isinstance(data, dict):
             data = {"": data}  # build_spec names the problem

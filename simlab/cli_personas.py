@@ -92,7 +92,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _target(name: str, output: str | None, force: bool) -> Path:
     from simlab.persona import NAME, PersonaError, user_dir
 
-    if output is None and not NAME.match(name):
+    if output is None and not NAME.fullmatch(name):
         raise PersonaError(f"{name!r} is not a usable persona name: use letters, digits, '-', '_' or '.'")
     path = Path(output) if output else user_dir() / f"{name}.yaml"
     if path.exists() and not force:

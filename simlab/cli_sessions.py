@@ -34,7 +34,7 @@ def add_commands(commands, parser_class, add_model_flags) -> None:
     export.add_argument("--format", choices=["md", "yaml", "loom"], default="md")
     export.add_argument("--node", help="for md: the path to this node (default: the cursor)")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
-    imp = with_dir(sub.add_parser("import", help="import a Loom JSON tree or a simlab YAML export"))
+    imp = with_dir(sub.add_parser("import", help="import a Loom JSON tree, a simlab YAML export or a session .jsonl file"))
     imp.add_argument("file")
     imp.add_argument("--name", help="session name (default: from the file name)")
     rm = with_dir(sub.add_parser("rm", help="delete a session file"))
@@ -96,6 +96,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         from simlab.exchange import import_file
 
         session = import_file(store, Path(args.file), args.name)
+        _warn(session.problems)
         print(f"imported {len(session.tree.nodes)} nodes as session {session.name!r}")
         return 0
     if action == "rm":

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from simlab.conversation import add_frame, add_reply, fit_prompt, framing_of
 from simlab.errors import SamplingError, SimlabError
 from simlab.params import SamplingParams
-from simlab.persona import SAMPLING_KEYS, Persona, PersonaError, find, read_yaml
+from simlab.persona import SAMPLING_KEYS, Persona, PersonaError, find, read_file
 from simlab.store import Session
 from simlab.tree import Node
 
@@ -146,11 +146,7 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
 def load_spec(path: Path | str) -> Spec:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the compare spec ({exc.strerror or exc})") from None
-    try:
-        data, lines = read_yaml(text, str(path))
+        data, lines = read_file(path, "a compare spec")
     except PersonaError as exc:
         raise SpecError(str(exc)) from None
     return build_spec(data, str(path), lines, default_name=path.stem)

@@ -90,14 +90,12 @@ def load_settings(**flags: object) -> Settings:
     values: dict[str, object] = {}
     path = simlab_home() / "config.yaml"
     if path.exists():
-        import yaml
+        from simlab import safe_yaml
 
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: not valid YAML; fix or delete the file") from None
+            data = safe_yaml.compose_and_load(safe_yaml.read_text(path, "a config file"), str(path))[0] or {}
+        except safe_yaml.BadInput as exc:
+            raise ConfigError(f"{exc} (or delete the file)") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
         for key, value in data.items():

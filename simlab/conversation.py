@@ -39,8 +39,8 @@ def add_frame(session: Session, persona: Persona) -> Node:
     return greetings[0] if greetings else frame
 
 
-def start_session(store: SessionStore, persona: Persona, name: str | None = None) -> Session:
-    session = store.create(name, persona=persona.name)
+def start_session(store: SessionStore, persona: Persona, name: str | None = None, in_memory: bool = False) -> Session:
+    session = (store.create_in_memory if in_memory else store.create)(name, persona=persona.name)
     session.goto(add_frame(session, persona).id)
     return session
 
@@ -66,7 +66,7 @@ def windowed(path: list[Node], first: str) -> list[Node]:
     """The path as the model reads it from turn `first` on: the frame, then that turn and later ones."""
     at = next((i for i, node in enumerate(path) if node.id == first), None)
     if at is None:
-        raise SimlabError(f"the context window starts at node {first[:8]}, which is not on this path")
+        raise SimlabError(f"the context window starts at node {str(first)[:8]}, which is not on this path")
     head = path[:1] if path and path[0].role == "frame" else []
     return head + path[max(at, len(head)):]
 

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simlab.store import Session, SessionError, SessionStore, state_records
+from simlab.store import Session, SessionError, SessionStore, load_tree, state_records
 from simlab.tree import Node, Tree, TreeError, render_turn, turn_template_of
 
 LOOM_ROOT_ID = "simlab-synthetic-root"
+IMPORT_LIMIT = 256 * 1024 * 1024  # a Loom or simlab export; a 10,000-node session is ~15 MB
 
 
 def to_markdown(session: Session, node_id: str | None = None) -> str:
@@ -188,25 +189,35 @@ def yaml_to_tree(data: dict, where: str) -> Tree:
 
 def import_file(store: SessionStore, path: Path, name: str | None = None) -> Session:
     """Import a Loom JSON tree or a simlab YAML/JSON export as a new session."""
-    import yaml
+    from simlab import safe_yaml
 
     where = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SessionError(f"cannot read {where}: {exc}") from None
+        text = safe_yaml.read_text(path, "a session export", limit=IMPORT_LIMIT)
+    except safe_yaml.BadInput as exc:
+        raise SessionError(str(exc)) from None
+    if text.startswith('{"type":"session"'):  # a session file (`/export jsonl`, or one copied out of a folder)
+        tree, problems = load_tree(path)
+        return _store_tree(store, tree, name or _name_from(path, store), problems)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise SessionError(f"{where}: nested too deeply to read") from None
     except ValueError:
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
+            data = safe_yaml.compose_and_load(text, where)[0]
+        except safe_yaml.BadInput:
             raise SessionError(f"{where}: neither JSON nor YAML; expected a Loom tree or a simlab export") from None
     if isinstance(data, dict) and "simlab_session" in data:
         tree = yaml_to_tree(data, where)
     else:
         tree = loom_to_tree(data, where)
-    session = store.create(name or _name_from(path, store))
+    return _store_tree(store, tree, name or _name_from(path, store))
+
+
+def _store_tree(store: SessionStore, tree: Tree, name: str, problems: list[str] = ()) -> Session:
+    session = store.create(name)
+    session.problems = list(problems)
     with session:
         order = []
         stack = [r.id for r in reversed(tree.roots)]

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from simlab import safe_yaml
 from simlab.errors import SamplingError, SimlabError
 from simlab.params import SamplingParams
 
@@ -164,29 +165,27 @@ def _line_map(node: yaml.Node, prefix: tuple = (), depth: int = 0) -> dict[tuple
 
 
 def read_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
-    """Safe-load YAML; errors name the file and line."""
+    """Safe-load YAML (bounded: see safe_yaml); errors name the file and line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise PersonaError(f"{where}: invalid YAML: {exc.problem or exc.context}; fix the syntax there") from None
-    except yaml.YAMLError as exc:
-        raise PersonaError(f"{source}: invalid YAML: {exc}") from None
+        data, node = safe_yaml.compose_and_load(text, source)
+    except safe_yaml.BadInput as exc:
+        raise PersonaError(str(exc)) from None
     return data, (_line_map(node) if node is not None else {})
+
+
+def read_file(path: Path, what: str) -> tuple[Any, dict[tuple, int]]:
+    """read_yaml of a file, refusing one too large to be what it claims to be."""
+    try:
+        text = safe_yaml.read_text(path, what)
+    except safe_yaml.BadInput as exc:
+        raise PersonaError(str(exc)) from None
+    return read_yaml(text, str(path))
 
 
 def load_file(path: Path | str) -> Persona:
     """A persona from a YAML (or JSON) file, validated; the file name is its default name."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PersonaError(f"{path}: no such persona file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PersonaError(f"{path}: cannot read it ({exc})") from None
-    data, lines = read_yaml(text, str(path))
+    data, lines = read_file(path, "a persona")
     return from_dict(data, source=str(path), lines=lines, default_name=path.stem)
 
 
@@ -225,7 +224,7 @@ def from_dict(data: Any, source: str = "<persona>", lines: dict[tuple, int] | No
             raise fail("version", "must be text")
         values["version"] = str(data["version"])
     values.setdefault("name", default_name or "")
-    if not NAME.match(values["name"]):
+    if not NAME.fullmatch(values["name"]):
         raise fail("name", f"{values['name']!r} is not a usable name: use letters, digits, '-', '_' or '.' "
                            "(up to 64, starting with a letter or digit)")
     if "frame" not in values:

@@ -16,20 +16,22 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from simlab import safe_yaml
 from simlab.persona import NAME, PLACEHOLDER, Persona, PersonaError, from_dict, read_yaml
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TAVERN_V1 = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
 KNOWN_MACROS = {"char", "user", "original"}
+CARD_LIMIT = 64 * 1024 * 1024  # a PNG card carries its picture
 
 
 def import_file(path: Path | str, name: str | None = None) -> tuple[Persona, str]:
     """Read a character file of any supported format; returns the persona and the format's name."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PersonaError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        raw = safe_yaml.read_bytes(path, "a character card", CARD_LIMIT)
+    except safe_yaml.BadInput as exc:
+        raise PersonaError(str(exc)) from None
     if raw.startswith(PNG_SIGNATURE):
         data = card_from_png(raw, str(path))
     else:
@@ -52,6 +54,8 @@ def _parse_text(text: str, where: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise PersonaError(f"{where}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise PersonaError(f"{where}: nested too deeply to read") from None
     data, _ = read_yaml(text, where)
     return data
 
@@ -59,7 +63,7 @@ def _parse_text(text: str, where: str) -> Any:
 def slug(name: str, where: str) -> str:
     """A persona name from a character name ("Dr. Who?" -> "dr.-who")."""
     out = re.sub(r"[^A-Za-z0-9_.-]+", "-", name.strip()).strip("-._").lower()[:64]
-    if not NAME.match(out):
+    if not NAME.fullmatch(out):
         raise PersonaError(f"{where}: cannot make a persona name from {name!r}; give one with --name")
     return out
 
@@ -235,18 +239,27 @@ def png_text_chunks(raw: bytes, where: str) -> dict[str, str]:
                 chunks[key.decode("latin-1")] = value.decode("latin-1")
             elif kind == b"zTXt":
                 key, _, rest = body.partition(b"\0")
-                chunks[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+                chunks[key.decode("latin-1")] = _inflate(rest[1:], where).decode("latin-1")
             elif kind == b"iTXt":
                 key, _, rest = body.partition(b"\0")
                 compressed, rest = rest[0], rest[2:]
                 _lang, _, rest = rest.partition(b"\0")
                 _translated, _, value = rest.partition(b"\0")
-                chunks[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+                chunks[key.decode("latin-1")] = (_inflate(value, where) if compressed else value).decode("utf-8")
         except (zlib.error, UnicodeDecodeError, IndexError):
             raise PersonaError(f"{where}: a {kind.decode('latin-1')} text chunk is corrupt") from None
         if kind == b"IEND":
             break
     return chunks
+
+
+def _inflate(data: bytes, where: str) -> bytes:
+    """zlib-decompress a text chunk, refusing a decompression bomb."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, CARD_LIMIT)
+    if inflater.unconsumed_tail:
+        raise PersonaError(f"{where}: a compressed text chunk inflates past {CARD_LIMIT // 2**20} MB; not a card")
+    return out
 
 
 def card_from_png(raw: bytes, where: str) -> Any:
@@ -257,6 +270,8 @@ def card_from_png(raw: bytes, where: str) -> Any:
         raise PersonaError(f"{where}: this PNG holds no character card (no 'chara' or 'ccv3' text chunk)")
     try:
         return json.loads(base64.b64decode(chunks[key], validate=False).decode("utf-8"))
+    except RecursionError:
+        raise PersonaError(f"{where}: the PNG's '{key}' card is nested too deeply to read") from None
     except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PersonaError(f"{where}: the PNG's '{key}' chunk is not base64 JSON ({exc})") from None
 

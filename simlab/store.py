@@ -9,17 +9,19 @@ to "repair" it; the next append starts on a fresh line. One process writes a ses
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import os
-import shutil
-
-import orjson
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import orjson
 
 from simlab.errors import SimlabError
 from simlab.tree import Node, Tree, TreeError, make_node
@@ -38,6 +40,10 @@ class SessionError(SimlabError):
     """A session that cannot be opened, named or written as asked."""
 
 
+class SessionWriteError(SessionError):
+    """The disk refused a write (full, read-only, permissions): what is in memory is still whole."""
+
+
 @dataclass(frozen=True)
 class SessionSummary:
     name: str
@@ -49,7 +55,7 @@ class SessionSummary:
 
 def check_name(name: str) -> str:
     """Session names are plain file names: no '/', no '..', no NUL, no leading dot."""
-    if not _NAME.match(name) or ".." in name or name.endswith(SUFFIX):
+    if not _NAME.fullmatch(name) or ".." in name or name.endswith(SUFFIX):
         raise SessionError(
             f"session name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
             "(up to 100, starting with a letter or digit)"
@@ -58,25 +64,81 @@ def check_name(name: str) -> str:
 
 
 class Session:
-    """A tree bound to its file: each change is appended and fsynced before the method returns."""
+    """A tree bound to its file: each change is appended and fsynced before the method returns.
 
-    def __init__(self, name: str, path: Path, tree: Tree, problems: list[str], handle=None):
+    When the disk refuses a write, the change stays in memory (`unsaved`) and the error is raised,
+    unless `on_save_problem` is set: then it is told, and the session goes on in memory, writing
+    the backlog with the next change once the disk takes it again. A session that could not be
+    created on disk at all (`in_memory`) keeps everything in `unsaved`; `export` writes it anywhere.
+    """
+
+    def __init__(self, name: str, path: Path, tree: Tree, problems: list[str], handle=None,
+                 in_memory: bool = False):
         self.name = name
         self.path = path
         self.tree = tree
         self.problems = problems
-        self._handle = handle  # None when read-only
+        self._handle = handle  # None when read-only (or in memory)
+        self.in_memory = in_memory
+        self.unsaved: list[bytes] = []  # records the disk has not taken yet, oldest first
+        self.on_save_problem: Callable[[str], None] | None = None
+        self._torn = False  # a failed write may have left part of a line: start the next on a new one
+        self.exported_changes: int | None = None  # len(unsaved) when the whole session was last exported
+
+    @property
+    def safe_to_close(self) -> bool:
+        """Everything is on disk, or was exported since the last change."""
+        return not self.unsaved or self.exported_changes == len(self.unsaved)
 
     @property
     def read_only(self) -> bool:
-        return self._handle is None
+        return self._handle is None and not self.in_memory
 
     # -- writes ----------------------------------------------------------------------------
     def _append(self, record: dict[str, Any]) -> None:
         self._check_writable()
-        self._handle.write(orjson.dumps(record) + b"\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        self.unsaved.append(orjson.dumps(record) + b"\n")
+        if self.in_memory:
+            return
+        backlog = len(self.unsaved)
+        data = (b"\n" if self._torn else b"") + b"".join(self.unsaved)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._handle.fileno(), view):]
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            self._torn = True
+            message = (f"cannot save session {self.name!r} to {self.path}: {exc.strerror}; "
+                       f"{len(self.unsaved)} change(s) kept in memory")
+            if self.on_save_problem is None:
+                raise SessionWriteError(message) from None
+            self.on_save_problem(message)
+            return
+        self.unsaved.clear()
+        if self._torn:
+            self._torn = False
+            if self.on_save_problem is not None:
+                self.on_save_problem(f"session {self.name!r} is saved again ({backlog} change(s) written)")
+
+    def export(self, target: Path) -> Path:
+        """The whole session as a session file at target (written beside it, then renamed into place):
+        open it with `simlab sessions import`, or copy it into a sessions folder."""
+        target = Path(target).expanduser()
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as out:
+                for record in state_records(self):
+                    out.write(orjson.dumps(record) + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+            self.exported_changes = len(self.unsaved)
+        except (OSError, ValueError) as exc:
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(tmp)
+            raise SessionWriteError(f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}") from None
+        return target
 
     def add(self, node: Node) -> Node:
         self._check_writable()
@@ -116,7 +178,7 @@ class Session:
         return node
 
     def _record_cursor(self) -> None:
-        if self._handle is not None:  # a read-only viewer may still move around
+        if not self.read_only:  # a read-only viewer may still move around
             self._append({"type": "cursor", "id": self.tree.cursor})
 
     def _check_writable(self) -> None:
@@ -163,18 +225,32 @@ class SessionStore:
         """A new, empty session open for writing."""
         name = name or self.new_name()
         path = self.path(name)
-        self.folder.mkdir(parents=True, exist_ok=True)
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         except FileExistsError:
             raise SessionError(f"session {name!r} already exists in {self.folder}; pick another name") from None
         except OSError as exc:
-            raise SessionError(f"cannot create session {name!r} in {self.folder}: {exc.strerror}") from None
+            raise SessionWriteError(f"cannot create session {name!r} in {self.folder}: {exc.strerror}") from None
         handle = os.fdopen(fd, "ab")
         _lock(handle, name)
         session = Session(name, path, Tree(), [], handle)
+        try:
+            session._append({"type": "session", "schema": SCHEMA, "name": name, "created": time.time(), **header})
+            _fsync_dir(self.folder)
+        except (SessionWriteError, OSError) as exc:
+            session.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise SessionWriteError(f"cannot create session {name!r} in {self.folder}: "
+                                    f"{getattr(exc, 'strerror', None) or exc}") from None
+        return session
+
+    def create_in_memory(self, name: str | None = None, **header: Any) -> Session:
+        """A new session that lives in memory only (the folder cannot take it); see Session.export."""
+        name = name or self.new_name()
+        session = Session(name, self.path(name), Tree(), [], in_memory=True)
         session._append({"type": "session", "schema": SCHEMA, "name": name, "created": time.time(), **header})
-        _fsync_dir(self.folder)
         return session
 
     def open(self, name: str, read_only: bool = False) -> Session:
@@ -187,8 +263,8 @@ class SessionStore:
             try:
                 handle = open(path, "ab")
             except OSError as exc:
-                raise SessionError(f"cannot open session {name!r} for writing: {exc.strerror}; "
-                                   "open it read-only") from None
+                raise SessionWriteError(f"cannot open session {name!r} for writing: {exc.strerror}; "
+                                        "open it read-only") from None
             _lock(handle, name)
         try:
             tree, problems = load_tree(path)
@@ -295,6 +371,8 @@ def _load_tree(path: Path) -> tuple[Tree, list[str]]:
             if record.get("type") != "session" or not isinstance(record.get("schema"), int):
                 raise SessionError(f"{where}: not a simlab session file (no session header on its first line)")
             schema = record["schema"]
+            if schema < 1:
+                raise SessionError(f"{where}: schema {schema} is not a simlab session schema (1 to {SCHEMA})")
             if schema > SCHEMA:
                 raise SessionError(f"{path}: written by a newer simlab (schema {schema}, this one reads up to "
                                    f"{SCHEMA}); upgrade simlab to open it. The file was not changed.")
@@ -307,25 +385,55 @@ def _load_tree(path: Path) -> tuple[Tree, list[str]]:
             problems.append(f"{where}: record skipped ({exc})")
     if schema is None:
         raise SessionError(f"{path}: empty or not a simlab session file")
-    while pending:  # a parent may have been written after its child (imports); then orphans
-        progressed = False
-        for item in list(pending):
-            lineno, node = item
-            if node.parent in tree.nodes:
-                tree.add(node)
-                pending.remove(item)
-                progressed = True
-        if not progressed:
-            for lineno, node in pending:
-                problems.append(f"{path}:{lineno}: node {node.id[:8]} refers to missing parent "
-                                f"{str(node.parent)[:8]}; kept as a separate root")
-                tree.add_orphan(node)
-            pending = []
+    _place_pending(tree, pending, problems, path)
     if tree.cursor is not None and tree.cursor not in tree.nodes:
         tree.cursor = None
     if tree.cursor is None and tree.nodes:
         tree.cursor = tree.leaf(tree.roots[0].id).id if tree.roots else None
     return tree, problems
+
+
+def _place_pending(tree: Tree, pending: list[tuple[int, Node]], problems: list[str], path: Path) -> None:
+    """Add nodes whose parent came later in the file (imports write children first), in linear time;
+    a node whose parent never came, or whose parents form a cycle, is kept as a separate root."""
+    waiting: dict[str, list[tuple[int, Node]]] = {}
+    for item in pending:
+        waiting.setdefault(item[1].parent, []).append(item)
+
+    def add_with_descendants(lineno: int, node: Node, orphan: str | None) -> None:
+        queue = [(lineno, node, orphan)]
+        while queue:
+            lineno, node, orphan = queue.pop()
+            try:
+                if orphan is None:
+                    tree.add(node)
+                else:
+                    problems.append(f"{path}:{lineno}: node {node.id[:8]} {orphan}; kept as a separate root")
+                    tree.add_orphan(node)
+            except TreeError as exc:  # e.g. an id used twice
+                problems.append(f"{path}:{lineno}: record skipped ({exc})")
+                continue
+            queue.extend((ln, child, None) for ln, child in reversed(waiting.pop(node.id, [])))
+
+    for node_id in [n for n in waiting if n in tree.nodes]:
+        for lineno, node in waiting.pop(node_id, []):
+            add_with_descendants(lineno, node, None)
+    waiting_ids = {node.id for items in waiting.values() for _, node in items}
+    for parent in [p for p in waiting if p not in waiting_ids]:  # parents that never came
+        for lineno, node in waiting.pop(parent, []):
+            add_with_descendants(lineno, node, f"refers to missing parent {str(parent)[:8]}")
+    by_id = {node.id: (lineno, node) for items in waiting.values() for lineno, node in items}
+    while waiting:  # what is left hangs off cycles of parent links: break each cycle at a node on it
+        node = waiting[next(iter(waiting))][0][1]
+        seen = set()
+        while node.id not in seen:  # walk up until the walk repeats: that node is on the cycle
+            seen.add(node.id)
+            node = by_id[node.parent][1]
+        items = waiting[node.parent]
+        lineno, node = items.pop(next(i for i, (_, n) in enumerate(items) if n.id == node.id))
+        if not items:
+            del waiting[node.parent]
+        add_with_descendants(lineno, node, "is in a cycle of parent links")
 
 
 def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> None:

@@ -10,8 +10,10 @@ last); with `prompt` on, every prompt position is kept too. Hooks exist only ins
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,8 +203,14 @@ def trace_dir(session_path: Path) -> Path:
     return session_path.with_name(session_path.name[: -len(session_path.suffix)] + ".traces")
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
 def node_trace_path(session_path: Path, node_id: str) -> Path:
-    return trace_dir(session_path) / f"{node_id}.safetensors"
+    """The node's trace file; an id that is not a plain file name (an imported file may hold any
+    string, "../x" included) is named by its hash instead."""
+    name = node_id if _SAFE_ID.fullmatch(node_id) else "id-" + hashlib.sha256(node_id.encode()).hexdigest()[:32]
+    return trace_dir(session_path) / f"{name}.safetensors"
 
 
 class Tracer:

@@ -92,8 +92,11 @@ class Node:
         for key, kind in (("id", str), ("role", str), ("text", str)):
             if not isinstance(data.get(key), kind):
                 raise TreeError(f"node field {key!r} must be a {kind.__name__}")
-        if data.get("parent") is not None and not isinstance(data["parent"], str):
-            raise TreeError("node field 'parent' must be a string or null")
+        for key, kinds in _OPTIONAL_TYPES.items():
+            value = data.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                raise TreeError(f"node field {key!r} must be {names} or null, not {type(value).__name__}")
         # map() keeps the per-element work in C: a 10,000-node session holds ~10^6 alternatives.
         data["token_ids"] = tuple(map(int, data.get("token_ids", ())))
         data["logprobs"] = tuple(map(float, data.get("logprobs", ())))
@@ -104,6 +107,14 @@ class Node:
             raise TreeError("node field 'top' must hold [id, text, logprob] triples")
         data["tags"] = frozenset(map(str, data.get("tags", ())))
         return cls(**data)
+
+
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "parent": (str,), "speaker": (str,), "origin": (str,), "created": (int, float), "params": (dict,),
+    "seed": (int,), "finish_reason": (str,), "model": (str,), "model_revision": (str,), "dtype": (str,),
+    "persona": (str,), "framing": (dict,), "window": (dict,), "edited_from": (str,), "hidden": (bool,),
+    "token_ids": (list, tuple), "logprobs": (list, tuple), "top": (list, tuple), "tags": (list, tuple),
+}
 
 
 class Tree:
@@ -130,8 +141,9 @@ class Tree:
 
     def add_orphan(self, node: Node) -> Node:
         """Keep a node whose parent is missing as an extra root (it is not dropped)."""
+        added = self.add(replace(node, parent=None))
         self.orphans.append(node.id)
-        return self.add(replace(node, parent=None))
+        return added
 
     def add_child(self, parent: str | None, role: str, text: str, **fields: Any) -> Node:
         return self.add(make_node(parent, role, text, **fields))

@@ -90,7 +90,7 @@ def test_bad_config_file_is_reported_with_its_path(capsys, isolated_home):
     isolated_home.mkdir(parents=True, exist_ok=True)
     (isolated_home / "config.yaml").write_text("model: [unclosed\n")
     code, _, err = run_cli(capsys, "models")
-    assert code == 2 and "config.yaml line" in err and "not valid YAML" in err
+    assert code == 2 and "config.yaml:2: invalid YAML" in err and "delete the file" in err
 
 
 def test_unknown_config_key_is_reported(capsys, isolated_home):

@@ -25,8 +25,9 @@ def toolbar_text(chat: Chat) -> str:
     seed = "random" if chat.seed is None else str(chat.seed)
     last = (f" · {chat.last.tokens_per_second:.1f} tok/s · first token {chat.last.first_token_ms:.0f} ms"
             if chat.last else "")
+    unsaved = f" · NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""
     return (f" {info.name} · {info.device} · {chat._persona_name()} · T {p.temperature} top-p {p.top_p} "
-            f"seed {seed} · {where}{last} ")
+            f"seed {seed} · {where}{last}{unsaved} ")
 
 
 def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:
@@ -69,7 +70,7 @@ def _completer(chat: Chat):
             elif name in ("load",):
                 options = [s.name for s in chat.store.list()]
             elif name == "export":
-                options = ["md"]
+                options = ["md", "yaml", "loom", "jsonl"]
             else:
                 return
             for option in options:
@@ -133,11 +134,14 @@ def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, inpu
     ctx = Context(ask=ask, edit=edit_in_editor if pick_editor() else None)
     banner(chat, resumed, chat.err, model)
     chat.show_path(last=None if not resumed else 4)
-    while True:
+    while chat.stopping is None:
+        chat.interruptible = True
         try:
             line = prompt.prompt(f"{chat.framing.user}> ")
         except (EOFError, KeyboardInterrupt):
             break
+        finally:
+            chat.interruptible = False
         if not line.strip():
             continue
         try:
@@ -150,17 +154,34 @@ def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, inpu
         except SimlabError as exc:
             chat.note(f"simlab: {exc}")
         except KeyboardInterrupt:
-            chat.note("(interrupted)")
-    chat.note(f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
-              f"resume with: simlab chat --resume {chat.session.name}")
-    return 0
+            if chat.stopping is None:
+                chat.note("(interrupted)")
+    return farewell(chat)
+
+
+def farewell(chat: Chat) -> int:
+    """The closing line; the exit code (128 + the signal when one ended the REPL)."""
+    if not chat.session.unsaved:  # else cli_chat says where the unsaved changes went
+        chat.note(f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
+                  f"resume with: simlab chat --resume {chat.session.name}")
+    return 128 + chat.stopping if chat.stopping is not None else 0
 
 
 def run_script(chat: Chat, lines: Iterable[str]) -> int:
     """One user turn or command per line; replies to stdout, everything else to stderr.
     Returns 2 when a line was a bad command (the rest still runs), else 0."""
     bad = False
-    for raw in lines:
+    lines = iter(lines)
+    while chat.stopping is None:
+        chat.interruptible = True  # a signal may end the wait for the next line
+        try:
+            raw = next(lines, None)
+        except KeyboardInterrupt:
+            break
+        finally:
+            chat.interruptible = False
+        if raw is None:
+            break
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
@@ -171,4 +192,9 @@ def run_script(chat: Chat, lines: Iterable[str]) -> int:
         except SimlabError as exc:
             print(f"simlab: {exc}", file=sys.stderr)
             bad = True
+        except KeyboardInterrupt:
+            if chat.stopping is None:
+                raise
+    if chat.stopping is not None:
+        return farewell(chat)
     return 2 if bad else 0

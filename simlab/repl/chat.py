@@ -7,6 +7,8 @@ every reply is saved as a node the moment it is complete, so nothing finished ca
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 from concurrent.futures import Future
@@ -60,6 +62,11 @@ class Chat:
         self.batch: list[str] = []  # ids of the last /n alternatives, for /pick
         self.tracer = tracer  # a trace.Tracer while the residual stream is recorded
         self._window_noted = False  # the context window note is shown once
+        self._save_failing = False
+        self.broken_pipe = False  # stdout was closed under a reply: the reply is saved, then the REPL ends
+        self.stopping: int | None = None  # the signal (SIGTERM, SIGHUP) that asked the REPL to end
+        self.interruptible = False  # True while a signal may cut in (at the prompt, while decoding)
+        self._watch(session)
         if self._engine is not None:
             self._first_use_notes()
 
@@ -74,10 +81,13 @@ class Chat:
         if self._engine is None:
             if not self._loading.done():
                 self.note("(the model is still loading; the reply starts when it is ready)")
+            self.interruptible = True
             try:
                 self._engine = self._loading.result()
             except SimlabError as exc:
                 raise ModelFailed(str(exc)) from None
+            finally:
+                self.interruptible = False
             self._first_use_notes()
         return self._engine
 
@@ -117,14 +127,59 @@ class Chat:
         ids = [s.id for s in siblings]
         return len(self.path()) - 1, (ids.index(node.id) + 1 if node.id in ids else 1), len(siblings)
 
+    # -- saving -------------------------------------------------------------------------------
+    def _watch(self, session: Session) -> None:
+        session.on_save_problem = self._save_problem
+        if session.in_memory:
+            self.note(f"simlab: the sessions folder {self.store.folder} cannot take session {session.name!r}; "
+                      "the conversation is kept in memory: /export jsonl FILE writes it elsewhere")
+
+    def _save_problem(self, message: str) -> None:
+        """The session's file refused a write (or took the backlog again): say so once per change of state."""
+        saved_again = not self.session.unsaved
+        if saved_again:
+            self._save_failing = False
+            self.note(f"simlab: {message}")
+        elif not self._save_failing:
+            self._save_failing = True
+            self.note(f"simlab: {message}; the conversation goes on in memory and is written when the disk "
+                      "takes it again; /export jsonl FILE writes the whole session elsewhere now")
+
+    def export(self, fmt: str, target: str) -> None:
+        """The session (md: the current path) written to a file, or printed."""
+        from pathlib import Path
+
+        from simlab.exchange import to_loom, to_markdown, to_yaml
+
+        if fmt == "jsonl":
+            if not target:
+                raise SimlabError("usage: /export jsonl FILE (a session file: `simlab sessions import FILE`)")
+            path = self.session.export(Path(target))
+            self.note(f"wrote {path} ({len(self.tree.nodes)} nodes; `simlab sessions import {path}` opens it)")
+            return
+        writers = {"md": lambda: to_markdown(self.session), "yaml": lambda: to_yaml(self.session),
+                   "loom": lambda: json.dumps(to_loom(self.session), ensure_ascii=False, indent=1)}
+        if fmt not in writers:
+            raise SimlabError("usage: /export md|yaml|loom|jsonl [FILE]")
+        text = writers[fmt]()
+        if not target:
+            self.say(text)
+            return
+        path = Path(target).expanduser()
+        try:
+            path.write_text(text, encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            raise SimlabError(f"/export: cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if fmt != "md":
+            self.session.exported_changes = len(self.session.unsaved)
+        self.note(f"wrote {path}")
+
     # -- output -------------------------------------------------------------------------------
     def say(self, text: str = "") -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
+        _write(self.out, text + "\n")
 
     def note(self, text: str) -> None:
-        self.err.write(self.style.dim(text) + "\n")
-        self.err.flush()
+        _write(self.err, self.style.dim(text) + "\n")
 
     def show_turn(self, node: Node) -> None:
         """A node as the transcript shows it, with its place among its siblings."""
@@ -175,6 +230,8 @@ class Chat:
             if recorder is not None:
                 self._save_trace(recorder, run, completion, nodes[-1])
         self._remember(run)
+        if self.broken_pipe:  # saved; now the reader is gone
+            raise BrokenPipeError()
         if not nodes:
             self.note("(interrupted before the first token; nothing saved)")
             return []
@@ -201,20 +258,28 @@ class Chat:
         return fit
 
     def _stream(self, run: Run, head: str | None) -> None:
-        """Decode the run; with a head, print it and then the text as it comes."""
-        if head is not None:
-            self.out.write(head)
-            self.out.flush()
+        """Decode the run; with a head, print it and then the text as it comes. Ctrl-C, SIGTERM and
+        SIGHUP (see cli_chat) interrupt it; so does output that cannot be written (a closed pipe or
+        terminal): the partial reply is then saved as interrupted."""
         try:
-            for delta in run:
-                if head is not None and delta.text:
-                    self.out.write(delta.text)
-                    self.out.flush()
+            if head is not None:
+                _write(self.out, head)
+            self.interruptible = True
+            try:
+                for delta in run:
+                    if self.stopping is not None:
+                        run.interrupt()
+                    if head is not None and delta.text:
+                        _write(self.out, delta.text)
+            finally:
+                self.interruptible = False
+            if head is not None:
+                _write(self.out, "\n")
         except KeyboardInterrupt:  # Ctrl-C while our loop (not the engine's) held control
             run.interrupt()
-        if head is not None:
-            self.out.write("\n")
-            self.out.flush()
+        except BrokenPipeError:
+            run.interrupt()
+            self.broken_pipe = True
 
     def _head(self, speaker: str) -> str:
         framing = self.framing
@@ -309,6 +374,8 @@ class Chat:
                                      origin="sampled", persona=node.persona, edited_from=node.id,
                                      tags=frozenset({"continued"}), **fields)
         self.session.goto(new.id)
+        if self.broken_pipe:
+            raise BrokenPipeError()
         return new
 
     # -- the tree -----------------------------------------------------------------------------
@@ -361,9 +428,13 @@ class Chat:
         return added
 
     def load(self, name: str) -> None:
+        if not self.session.safe_to_close:
+            raise SimlabError(f"/load: session {self.session.name!r} has {len(self.session.unsaved)} change(s) "
+                              "not on disk; /export jsonl FILE first")
         other = self.store.open(name)
         self.session.close()
         self.session = other
+        self._watch(other)
         for problem in other.problems:
             self.note(f"warning: {problem}")
         self.batch = []
@@ -412,6 +483,16 @@ class Chat:
 
 def pick_editor() -> str | None:
     return os.environ.get("VISUAL") or os.environ.get("EDITOR")
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write and flush; a terminal that hung up (EIO) is ignored: what matters then is saving."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
 
 
 def edit_in_editor(text: str) -> str:

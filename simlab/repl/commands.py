@@ -92,23 +92,8 @@ def _tree(chat: Chat, rest: str, ctx: Context) -> None:
 
 
 def _export(chat: Chat, rest: str, ctx: Context) -> None:
-    from pathlib import Path
-
-    from simlab.exchange import to_markdown
-
     fmt, _, target = rest.strip().partition(" ")
-    if fmt != "md":
-        raise SimlabError("usage: /export md [FILE]")
-    text = to_markdown(chat.session)
-    if target.strip():
-        path = Path(target.strip()).expanduser()
-        try:
-            path.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise SimlabError(f"/export: cannot write {path}: {exc.strerror}") from None
-        chat.note(f"wrote {path}")
-    else:
-        chat.say(text)
+    chat.export(fmt, target.strip())
 
 
 def _sessions(chat: Chat, rest: str, ctx: Context) -> None:
@@ -149,7 +134,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             lambda chat, rest, ctx: [chat.say(line) for line in token_lines(chat)]),
     Command("persona", "NAME", "replay this path's user turns under another persona, as a new branch", _persona),
     Command("bookmark", "", "bookmark the current turn (again to remove)", lambda chat, rest, ctx: chat.bookmark()),
-    Command("export", "md [FILE]", "the current path as Markdown (printed, or written to FILE)", _export),
+    Command("export", "md|yaml|loom|jsonl [FILE]",
+            "md: the current path as Markdown; yaml, loom: the whole tree; jsonl FILE: a session file", _export),
     Command("sessions", "", "the saved sessions", _sessions),
     Command("load", "ID", "open another saved session", lambda chat, rest, ctx: chat.load(_one(rest, "/load ID"))),
     Command("info", "", "model, device, persona, session, sampling, current node",
