@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from simlab.errors import SimlabError
+from simlab.errors import ContextLengthError, SimlabError
 from simlab.params import SamplingParams
 from simlab.persona import Framing, Persona
 from simlab.store import Session, SessionStore
@@ -110,7 +110,12 @@ def fit_prompt(path: list[Node], speaker: str, engine: Engine, max_new_tokens: i
         if best is not None:
             return fitted(*best)
     last = len(turns) - 1
-    return fitted(last, ids_for(last))
+    ids = ids_for(last)
+    if len(ids) >= limit:
+        raise ContextLengthError(
+            f"the frame and the last turn alone are {len(ids)} tokens but {engine.info.name} reads at most "
+            f"{limit}; shorten the turn, or use a persona with a shorter frame or a model with a longer context")
+    return fitted(last, ids)
 
 
 def chat_prompt_ids(path: list[Node], speaker: str, tokenizer: Any) -> list[int]:

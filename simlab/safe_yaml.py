@@ -84,7 +84,10 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 def compose_and_load(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     """Parse YAML (JSON is YAML) once: the data and its node tree (for line numbers)."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # reads the whole stream: a NUL or other control character fails here
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -94,12 +97,19 @@ def compose_and_load(text: str, source: str) -> tuple[Any, yaml.Node | None]:
             raise BadInput(f"{source}: the YAML expands to more than {MAX_NODES:,} values through its aliases "
                            "(an alias bomb?); write the values out")
         return loader.construct_document(node), node
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        tag = getattr(exc, "problem", "") or ""
+        tag = tag[tag.find("'"):] if "'" in tag else "a tag"
+        raise BadInput(f"{where}: YAML tag {tag} is not allowed; simlab reads plain YAML (no tags that build "
+                       "objects): remove it") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         raise BadInput(f"{where}: invalid YAML: {exc.problem or exc.context}; fix the syntax there") from None
     except yaml.YAMLError as exc:
-        raise BadInput(f"{source}: invalid YAML: {exc}") from None
+        raise BadInput(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise BadInput(f"{source}: nested too deeply to read") from None
     finally:

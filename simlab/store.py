@@ -182,7 +182,7 @@ class Session:
             self._append({"type": "cursor", "id": self.tree.cursor})
 
     def _check_writable(self) -> None:
-        if self._handle is None:
+        if self.read_only:
             raise SessionError(f"session {self.name!r} is open read-only; nothing was saved")
 
     def close(self) -> None:
@@ -438,6 +438,11 @@ def _place_pending(tree: Tree, pending: list[tuple[int, Node]], problems: list[s
 
 def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> None:
     kind = record.get("type")
+    fields = {"node": ("node", dict), "tag": ("id", str), "hide": ("id", str), "cursor": ("id", str)}
+    if kind in fields:
+        key, want = fields[kind]
+        if not isinstance(record.get(key), want):
+            raise ValueError(f"a {kind} record needs {key!r} as a {'JSON object' if want is dict else 'string'}")
     if kind == "node":
         node = Node.from_record(record["node"])
         if node.parent is not None and node.parent not in tree.nodes:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from itertools import chain
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterable, Sequence
 
 from simlab.errors import SimlabError
@@ -84,7 +85,8 @@ class Node:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Node":
         """The inverse of to_record; raises TreeError/TypeError/ValueError on a malformed record."""
-        data = dict(record)
+        # null for a field that is never null (created, origin, tags, ...) means "not given"
+        data = {k: v for k, v in record.items() if v is not None or k in _NULLABLE}
         data.setdefault("parent", None)
         unknown = data.keys() - cls.__dataclass_fields__.keys()
         if unknown:
@@ -103,8 +105,10 @@ class Node:
         # Alternatives stay as parsed ([id, text, logprob] lists): converting ~10^6 of them
         # would double the load time of a large session, and nothing changes them.
         data["top"] = tuple(data.get("top", ()))
-        if any(len(alt) != 3 for alts in data["top"][:1] for alt in alts):
-            raise TreeError("node field 'top' must hold [id, text, logprob] triples")
+        top = data["top"]  # checked in C-level passes (a Python loop here would add a third to the load)
+        flat = list(chain.from_iterable(top)) if top and set(map(type, top)) == _LIST else None
+        if top and (flat is None or flat and (set(map(type, flat)) != _LIST or set(map(len, flat)) != _THREE)):
+            raise TreeError("node field 'top' must hold, per token, a list of [id, text, logprob] triples")
         data["tags"] = frozenset(map(str, data.get("tags", ())))
         return cls(**data)
 
@@ -115,6 +119,10 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "persona": (str,), "framing": (dict,), "window": (dict,), "edited_from": (str,), "hidden": (bool,),
     "token_ids": (list, tuple), "logprobs": (list, tuple), "top": (list, tuple), "tags": (list, tuple),
 }
+
+
+_LIST, _THREE = {list}, {3}
+_NULLABLE = {"parent"} | {f.name for f in fields(Node) if f.default is None}
 
 
 class Tree:

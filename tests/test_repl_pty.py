@@ -94,3 +94,42 @@ def test_type_stream_branch_quit_resume_and_interrupt(tmp_path, long_tiny):
     records = [json.loads(x) for x in (tmp_path / "s" / "pty.jsonl").read_text().splitlines()]
     cut = [r["node"] for r in records if r["type"] == "node" and r["node"].get("finish_reason") == "interrupted"]
     assert len(cut) == 1 and 0 < len(cut[0]["token_ids"]) < 4000 and cut[0]["text"]
+
+
+def session_nodes(path: Path) -> list[dict]:
+    return [r["node"] for r in map(json.loads, path.read_text().splitlines()) if r["type"] == "node"]
+
+
+@pytest.mark.skipif(not SIMLAB.exists(), reason="the simlab command is not installed in this environment")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_signal_mid_reply_saves_the_partial_reply_and_exits(tmp_path, long_tiny, signal_name):
+    import signal
+
+    child = spawn(tmp_path, long_tiny, "--max-tokens", "4000")
+    command(child, "/set stop ~~never~~")
+    child.sendline("tell me everything")
+    child.expect_exact("Bot:")
+    child.expect(r"\S{20}")  # streaming has begun
+    child.kill(getattr(signal, signal_name))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.signalstatus is None and child.exitstatus == 128 + getattr(signal, signal_name)
+    assert "Traceback" not in child.before
+    nodes = session_nodes(tmp_path / "s" / "pty.jsonl")
+    [cut] = [n for n in nodes if n.get("finish_reason") == "interrupted"]
+    assert 0 < len(cut["token_ids"]) < 4000 and cut["text"]
+    assert any(n["text"] == "tell me everything" for n in nodes)
+
+
+@pytest.mark.skipif(not SIMLAB.exists(), reason="the simlab command is not installed in this environment")
+def test_sigterm_at_the_prompt_ends_cleanly(tmp_path, long_tiny):
+    import signal
+
+    child = spawn(tmp_path, long_tiny)
+    command(child, "hello")
+    child.kill(signal.SIGTERM)
+    child.expect("resume with: simlab chat --resume pty")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 128 + signal.SIGTERM
+    assert [n["role"] for n in session_nodes(tmp_path / "s" / "pty.jsonl")] == ["frame", "model", "user", "model"]

@@ -252,9 +252,10 @@ class Chat:
         if fit.window and not self._window_noted:
             self._window_noted = True
             kept = sum(1 for node in fit.path if node.role in ("user", "model"))
+            turns = "turn" if kept == 1 else f"{kept} turns"
             self.note(f"(the conversation is longer than {self.engine.info.name}'s context of "
                       f"{self.engine.info.context_length} tokens: the model now reads the frame and the last "
-                      f"{kept} turns; the session keeps them all, and each reply records its window)")
+                      f"{turns}; the session keeps them all, and each reply records its window)")
         return fit
 
     def _stream(self, run: Run, head: str | None) -> None:
