@@ -45,6 +45,15 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
 
+def reply_tokens(node) -> float:
+    """A reply's length in tokens; a server's reply has no ids, but logprobs or its usage count tell."""
+    if node.token_ids or node.logprobs:
+        return len(node.token_ids) or len(node.logprobs)
+    backend = node.backend or {}
+    count = (backend.get("usage") or {}).get("completion_tokens")
+    return count if isinstance(count, int) and "choice" not in backend else math.nan
+
+
 def sample_values(run: VariantRun) -> dict[str, list[float]]:
     """Each metric's value for each complete sample of one variant."""
     samples = run.samples
@@ -54,7 +63,7 @@ def sample_values(run: VariantRun) -> dict[str, list[float]]:
     for i, replies in enumerate(samples):
         tokens = [lp for r in replies for lp in r.logprobs]
         text = words(" ".join(r.text for r in replies))
-        values["length"].append(sum(len(r.token_ids) for r in replies) / len(replies))
+        values["length"].append(sum(reply_tokens(r) for r in replies) / len(replies))
         values["distinct_1"].append(distinct_n(text, 1))
         values["distinct_2"].append(distinct_n(text, 2))
         values["self_bleu"].append(sum(b[i] for b in bleu_by_turn) / turns if len(samples) > 1 else math.nan)
@@ -78,8 +87,13 @@ def analyse(spec: Spec, runs: list[VariantRun], engine_for: Callable[[str | None
                    for s in stats[1:]}
     analysis = Analysis(spec, stats, differences)
     if engine_for is not None:
-        _cross_logprob(analysis, runs, engine_for, seed)
-        _divergence(analysis, engine_for)
+        models = {v.model or spec.model for v in spec.variants}
+        if any(engine_for(model).model is None for model in models):
+            analysis.notes.append("cross log-probabilities and next-token divergences need a local model (the "
+                                  "weights themselves); skipped for this server-backed sweep")
+        else:
+            _cross_logprob(analysis, runs, engine_for, seed)
+            _divergence(analysis, engine_for)
     return analysis
 
 

@@ -34,6 +34,12 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="allow pickle (.bin) weights, which can run code when loaded")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="run model code shipped with a hub model (only for sources you trust)")
+    group.add_argument("--backend", choices=["local", "openai"],
+                       help="local (default): the model runs here; openai: an OpenAI-compatible server "
+                            "(vLLM, llama.cpp, TGI, transformers serve) at --base-url")
+    group.add_argument("--base-url", help="the server's /v1 root, e.g. http://127.0.0.1:8000/v1")
+    group.add_argument("--api-key-env", metavar="VAR",
+                       help="environment variable holding the server's API key (default SIMLAB_API_KEY)")
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -121,16 +127,23 @@ def _settings(args: argparse.Namespace):
 
     if args.device is not None:
         validate_device(args.device)
-    return load_settings(model=args.model, device=args.device, dtype=args.dtype,
-                         offline=args.offline, allow_pickle=args.allow_pickle)
+    return load_settings(**settings_flags(args))
+
+
+def settings_flags(args: argparse.Namespace) -> dict:
+    """The model flags as load_settings takes them."""
+    return dict(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
+                allow_pickle=args.allow_pickle, backend=args.backend, base_url=args.base_url,
+                api_key_env=args.api_key_env)
 
 
 def _load(args: argparse.Namespace, spec: str | None = None):
-    from simlab.models import load_model
+    """The engine (local or remote) for the model flags."""
+    from simlab.backends import open_engine
 
     settings = _settings(args)
-    return load_model(spec or settings.model, settings, trust_remote_code=args.trust_remote_code,
-                      progress=lambda message: print(message, file=sys.stderr, flush=True))
+    return open_engine(settings, spec, trust_remote_code=args.trust_remote_code,
+                       progress=lambda message: print(message, file=sys.stderr, flush=True))
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
@@ -156,12 +169,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     trace_config = config_from(args)
     prompt = _read_prompt(args)
-    from simlab.engine import Engine
     from simlab.render import print_completions, print_stats, stream_to
 
-    loaded = _load(args)
-    engine = Engine(loaded)
     tracer = make_tracer(trace_config, say=lambda m: print(m, file=sys.stderr))
+    if tracer is not None and args.backend == "openai":
+        from simlab.remote import needs_local
+
+        raise needs_local("--trace (the residual stream)")
+    engine = _load(args)
     recorder = tracer.recorder(engine) if tracer else None
     run = engine.start(prompt, params, n=args.n, recorder=recorder)
     out = sys.stdout
@@ -175,7 +190,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         run.interrupt()
     if args.json:
-        json.dump(_run_json(loaded.info, prompt, run), out, ensure_ascii=False)
+        json.dump(_run_json(engine.info, prompt, run), out, ensure_ascii=False)
         out.write("\n")
     elif live:
         out.write("\n")
@@ -218,6 +233,7 @@ def _run_json(info, prompt: str, run) -> dict:
             {
                 "index": c.index, "seed": c.seed, "text": c.text, "finish_reason": c.finish_reason,
                 "stop_string": c.stop_string, "truncated_to_context": c.truncated_to_context,
+                **({"server": c.server} if c.server else {}),
                 "tokens": [
                     {"id": t.id, "text": t.text, "logprob": t.logprob,
                      "top": [{"id": i, "text": s, "logprob": lp} for i, s, lp in t.top]}

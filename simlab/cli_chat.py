@@ -43,8 +43,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from simlab.persona import find
     from simlab.store import SessionStore, SessionWriteError
 
-    settings = load_settings(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
-                             allow_pickle=args.allow_pickle)
+    from simlab.cli import settings_flags
+
+    settings = load_settings(**settings_flags(args))
     store = SessionStore(Path(args.sessions_dir or settings.sessions_dir))
     overrides = overrides_of(args) | ({"seed": args.seed} if args.seed is not None else {})
     # everything the user typed is checked before the model loads
@@ -81,7 +82,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         from simlab.repl.chat import Chat
 
         spec = _model_spec(args, settings, session)
-        classify_spec(spec)  # a spec that names nothing fails now, not after the prompt is up
+        if settings.backend == "local":
+            classify_spec(spec)  # a spec that names nothing fails now, not after the prompt is up
+        elif tracer is not None:
+            from simlab.remote import needs_local
+
+            raise needs_local("--trace (the residual stream)")
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
         color = interactive and "NO_COLOR" not in os.environ
         if interactive:  # the prompt comes up at once; the model loads while the user types
@@ -210,8 +216,7 @@ def _model_spec(args, settings, session) -> str:
 
 
 def _engine(args, settings, spec: str, quiet: bool = False):
-    from simlab.engine import Engine
-    from simlab.models import load_model
+    from simlab.backends import open_engine
 
     say = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    return Engine(load_model(spec, settings, trust_remote_code=args.trust_remote_code, progress=say))
+    return open_engine(settings, spec, trust_remote_code=args.trust_remote_code, progress=say)

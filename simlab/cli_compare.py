@@ -75,8 +75,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
     trace_config = config_from(args)
     tracer = make_tracer(trace_config, say=lambda m: print(m, file=sys.stderr))
-    settings = load_settings(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
-                             allow_pickle=args.allow_pickle)
+    from simlab.cli import settings_flags
+
+    settings = load_settings(**settings_flags(args))
+    if tracer is not None and settings.backend == "openai":
+        from simlab.remote import needs_local
+
+        raise needs_local("--trace (the residual stream)")
     store = SessionStore(Path(args.sessions_dir or settings.sessions_dir))
     name = check_name(f"compare-{spec.name}")
     session = store.open(name) if store.exists(name) else store.create(name, compare=spec.name)
@@ -85,11 +90,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     def engine_for(model: str | None):
         key = model or settings.model
         if key not in engines:
-            from simlab.engine import Engine
-            from simlab.models import load_model
+            from simlab.backends import open_engine
 
-            engines[key] = Engine(load_model(key, settings, trust_remote_code=args.trust_remote_code,
-                                             progress=lambda m: print(m, file=sys.stderr, flush=True)))
+            engines[key] = open_engine(settings, key, trust_remote_code=args.trust_remote_code,
+                                       progress=lambda m: print(m, file=sys.stderr, flush=True))
         return engines[key]
 
     total = len(spec.variants) * spec.samples * len(spec.turns)

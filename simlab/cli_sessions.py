@@ -142,8 +142,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from simlab.backends import is_remote
     from simlab.cli import _load
-    from simlab.engine import Engine
     from simlab.replay import check_path, model_replies, params_of, replay_branch
 
     overrides = overrides_of(args) | ({"seed": args.seed} if args.seed is not None else {})
@@ -179,12 +179,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dtypes = sorted({n.dtype for n in replies if n.dtype})
         if args.dtype is None and dtypes:
             args.dtype = dtypes[0]  # the dtype the replies were sampled in, or they cannot reproduce
-        engine = Engine(_load(args, spec))
+        engine = _load(args, spec)
+        served = sorted({n.backend["base_url"] for n in replies if n.backend and "base_url" in n.backend})
+        if served or is_remote(engine):
+            print("simlab: note: " + (f"these replies came from a server ({', '.join(served)}); " if served else "")
+                  + "a server reproduces a reply only if it honours the seed and decodes deterministically, "
+                  "which vLLM, llama.cpp and transformers serve do not promise (batching changes the numbers)",
+                  file=sys.stderr)
         if not changing:
             checks = check_path(engine, session, path, tracer=tracer)
             for check in checks:
                 if not check.reproduced:
-                    print(f"{check.node.id[:8]} differs at token {check.first_difference}: "
+                    print(f"{check.node.id[:8]} differs at {check.unit} {check.first_difference}: "
                           f"stored {check.expected!r}, replayed {check.got!r}")
             same = sum(c.reproduced for c in checks)
             revisions = {n.model_revision for n in replies} - {engine.info.revision}

@@ -64,6 +64,10 @@ def _show(args: argparse.Namespace) -> int:
     path, label = _resolve(args, args.session, args.node)
     tensors, info = load(path)
     loaded = _load(args, args.model or info["model"])
+    if loaded.model is None:
+        from simlab.remote import needs_local
+
+        raise needs_local("the logit lens")
     if loaded.info.revision != info["revision"]:
         print(f"simlab: note: traced with revision {info['revision'][:12]}, reading with "
               f"{loaded.info.revision[:12]}", file=sys.stderr)

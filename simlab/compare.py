@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from simlab.conversation import add_frame, add_reply, fit_prompt, framing_of
 from simlab.errors import SamplingError, SimlabError
@@ -205,33 +205,31 @@ def run_sweep(spec: Spec, session: Session, engine_for: Callable[[str | None], A
         engine = engine_for(variant.model or spec.model)
         progress.clock()
         root, start = _variant_root(session, spec, variant, engine.info.revision)
-        heads: list[Node | None] = [None] * spec.samples  # each sample's latest node
+        heads: list[Node | None] = [start] * spec.samples  # each sample's latest node
         for t, turn in enumerate(spec.turns):
-            if t == 0:
-                user = _user(session, start, turn, variant)
-                have = {n.seed: n for n in session.tree.children(user.id) if n.role == "model"}
-                missing = [i for i in range(spec.samples) if seed_of(spec, 0, i) not in have]
-                progress.advance(spec.samples - len(missing), f"{variant.name}: turn 1 (saved)", sampled=False)
-                for group in _runs_of(missing):
-                    for node in _sample(engine, session, user, variant, seed_of(spec, 0, group[0]), len(group),
-                                        tracer):
-                        have[node.seed] = node
-                    progress.advance(len(group), f"{variant.name}: turn 1")
-                heads = [have.get(seed_of(spec, 0, i)) for i in range(spec.samples)]
-                continue
+            jobs: list[tuple[int, Node]] = []  # (sample, its user turn) still without a reply
             for i, head in enumerate(heads):
                 if head is None:
                     continue
                 user = _user(session, head, turn, variant)
                 seed = seed_of(spec, t, i)
                 found = [n for n in session.tree.children(user.id) if n.role == "model" and n.seed == seed]
+                heads[i] = found[0] if found else None
                 if found:
-                    heads[i] = found[0]
                     progress.advance(1, f"{variant.name}: turn {t + 1} (saved)", sampled=False)
-                    continue
-                nodes = _sample(engine, session, user, variant, seed, 1, tracer)
-                heads[i] = nodes[0] if nodes else None
-                progress.advance(1, f"{variant.name}: turn {t + 1}")
+                else:
+                    jobs.append((i, user))
+            what = f"{variant.name}: turn {t + 1}"
+            if engine.model is None:  # a server: samples in flight at once, each its own request
+                for i, node in _sample_remote(engine, session, variant, spec, t, jobs, progress, what):
+                    heads[i] = node
+                continue
+            for group in _runs_of([i for i, _ in jobs]) if t == 0 else [[i] for i, _ in jobs]:
+                user = dict(jobs)[group[0]]  # the first turn's user node is shared; later ones are per sample
+                nodes = _sample(engine, session, user, variant, seed_of(spec, t, group[0]), len(group), tracer)
+                for i, node in zip(group, nodes):
+                    heads[i] = node
+                progress.advance(len(group), what)
         runs.append(VariantRun(variant, root, _complete_samples(session, spec, start)))
     first = next((run.samples[0][-1] for run in runs if run.samples), None)
     if first is not None and session.tree.cursor != first.id:
@@ -276,7 +274,7 @@ def _sample(engine, session: Session, user: Node, variant: Variant, seed: int, n
     params = variant.params.with_overrides(seed=seed)
     recorder = tracer.recorder(engine) if tracer else None
     fit = fit_prompt(path, framing.model, engine, params.max_new_tokens)
-    run = engine.start(fit.ids, params, n=n, recorder=recorder)
+    run = engine.start(fit.prompt, params, n=n, recorder=recorder)
     for _ in run:
         pass
     nodes = []
@@ -291,6 +289,38 @@ def _sample(engine, session: Session, user: Node, variant: Variant, seed: int, n
     if run.interrupted:
         raise SweepInterrupted("interrupted; finished samples are saved, run the same command again to resume")
     return nodes
+
+
+def _sample_remote(engine, session: Session, variant: Variant, spec: Spec, t: int, jobs: list[tuple[int, Node]],
+                   progress: Progress, what: str) -> Iterator[tuple[int, Node]]:
+    """One request per sample, at most `concurrency` in flight; each reply is saved (in this thread) as
+    it arrives, so an interruption or a failed request keeps every finished sample and a rerun asks
+    only for the rest. Transient failures were already retried by the client."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def ask(i: int, user: Node):
+        path = session.tree.path(user.id)
+        params = variant.params.with_overrides(seed=seed_of(spec, t, i))
+        prompt = fit_prompt(path, framing_of(path).model, engine, params.max_new_tokens)
+        return i, user, params, prompt, engine.generate(prompt.prompt, params, n=1)[0]
+
+    pool = ThreadPoolExecutor(max(1, engine.config.concurrency), thread_name_prefix="simlab-request")
+    pending = {pool.submit(ask, i, user) for i, user in jobs}
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i, user, params, fit, completion = future.result()
+                if completion.finish_reason == "interrupted":
+                    raise SweepInterrupted(f"a reply was cut short ({completion.server or 'no answer'}); finished "
+                                           "samples are saved, run the same command again to resume")
+                framing = framing_of(session.tree.path(user.id))
+                node = add_reply(session, user.id, completion, params, engine, framing, framing.model,
+                                 persona=variant.persona.name, window=fit.window)
+                progress.advance(1, what)
+                yield i, node
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _complete_samples(session: Session, spec: Spec, start: Node) -> list[list[Node]]:

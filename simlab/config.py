@@ -35,6 +35,9 @@ class Settings:
     allow_pickle: bool = False
     sessions_dir: str = "sessions"
     persona: str = "interview"  # the chat's persona when none is given
+    backend: str = "local"  # or "openai": an OpenAI-compatible server at base_url (simlab.remote)
+    base_url: str = ""
+    api_key_env: str = "SIMLAB_API_KEY"  # the variable holding the server's API key (never stored)
 
     @property
     def home(self) -> Path:
@@ -48,6 +51,10 @@ class Settings:
         validate_device(self.device)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigError("backend openai needs the server's URL: --base-url http://HOST:PORT/v1")
 
 
 def validate_device(device: str) -> None:
@@ -59,7 +66,10 @@ def validate_device(device: str) -> None:
     raise ConfigError(f"device {device!r} is not valid; use {DEVICES_HELP}")
 
 
+BACKENDS = ("local", "openai")
 _ENV = {
+    "backend": "SIMLAB_BACKEND",
+    "base_url": "SIMLAB_BASE_URL",
     "model": "SIMLAB_MODEL",
     "device": "SIMLAB_DEVICE",
     "dtype": "SIMLAB_DTYPE",

@@ -57,7 +57,7 @@ def reply_prompt(path: list[Node], speaker: str, tokenizer: Any = None) -> str |
 class Fitted:
     """A reply's prompt as token ids, and the part of the path it reads."""
 
-    ids: list[int]
+    prompt: list[int] | str  # token ids; text for a server (its tokenizer is not here)
     path: list[Node]  # the frame, then the turns that fit
     window: dict[str, Any] | None = None  # set when older turns were left out (recorded on the reply)
 
@@ -80,6 +80,8 @@ def fit_prompt(path: list[Node], speaker: str, engine: Engine, max_new_tokens: i
     recorded earlier on the path is kept while it fits. If even the frame and the last turn leave
     less than max_new_tokens, the engine clips the reply to the room there is.
     """
+    if engine.tokenizer is None:  # a server: it counts the tokens, and says when they do not fit
+        return Fitted(reply_prompt(path, speaker, None), path)
     head = path[:1] if path and path[0].role == "frame" else []
     turns = path[len(head):]
     limit = engine.info.context_length
@@ -147,10 +149,19 @@ def reply_text(generated: str, framing: Framing) -> str:
 
 def node_fields(completion: Completion, params: SamplingParams, engine: Engine,
                 window: dict[str, Any] | None = None) -> dict:
-    """What a sampled node records about how it was made."""
+    """What a sampled node records about how it was made (a server's reply: no token ids, and where
+    it came from; never the API key)."""
+    remote = engine.model is None
+    backend = None
+    if remote:
+        backend = {"kind": "openai", "base_url": engine.config.base_url, **(completion.server or {}),
+                   "honoured": dict(engine.honoured)}
+        if completion.tokens:  # token texts (a server gives no ids), for /tokens
+            backend["tokens"] = [t.text for t in completion.tokens]
     return {
         "window": window,
-        "token_ids": tuple(completion.token_ids),
+        "backend": backend,
+        "token_ids": () if remote else tuple(completion.token_ids),
         "logprobs": tuple(t.logprob for t in completion.tokens),
         "top": tuple(t.top for t in completion.tokens),
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()
@@ -158,8 +169,8 @@ def node_fields(completion: Completion, params: SamplingParams, engine: Engine,
         "seed": completion.seed,
         "finish_reason": completion.finish_reason,
         "model": engine.info.spec,
-        "model_revision": engine.info.revision,
-        "dtype": engine.info.dtype,
+        "model_revision": engine.info.revision or None,
+        "dtype": None if remote else engine.info.dtype,
     }
 
 
@@ -198,7 +209,7 @@ def sample_replies(
     path = session.tree.path(parent_id)
     framing = framing_of(path)
     fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
-    completions = engine.generate(fit.ids, params, n=n)
+    completions = engine.generate(fit.prompt, params, n=n)
     persona = persona if persona is not None else path[0].persona
     return [add_reply(session, parent_id, c, params, engine, framing, speaker, origin, persona, fit.window)
             for c in completions]

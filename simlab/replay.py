@@ -17,9 +17,10 @@ from simlab.tree import Node
 class ReplyCheck:
     node: Node
     reproduced: bool
-    first_difference: int | None = None  # token index
+    first_difference: int | None = None  # token index (character index for a server's reply)
     expected: str | None = None
     got: str | None = None
+    unit: str = "token"
 
 
 def params_of(node: Node, overrides: dict) -> SamplingParams:
@@ -61,6 +62,15 @@ def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) 
             path_before = windowed(path_before, node.window.get("from", ""))
         prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
         c, run, recorder = _one(engine, prompt, params, tracer)
+        if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: ids unknown, compare text
+            if c.text.rstrip() == node.text:
+                checks.append(ReplyCheck(node, True))
+            else:
+                k = next((i for i, (a, b) in enumerate(zip(c.text, node.text)) if a != b),
+                         min(len(c.text), len(node.text)))
+                checks.append(ReplyCheck(node, False, k, node.text[k:k + 12] or "(end)", c.text[k:k + 12] or "(end)",
+                                         unit="character"))
+            continue
         if c.token_ids == list(node.token_ids):
             checks.append(ReplyCheck(node, True))
             _save_trace(tracer, recorder, run, session, node)
@@ -110,7 +120,7 @@ def replay_branch(engine: Engine, session: Session, path: list[Node], overrides:
         if node.role == "model" and node.params is not None:
             params = params_of(node, overrides)
             fit = fit_prompt(session.tree.path(parent), who, engine, params.max_new_tokens)
-            c, run, recorder = _one(engine, fit.ids, params, tracer)
+            c, run, recorder = _one(engine, fit.prompt, params, tracer)
             new = add_reply(session, parent, c, params, engine, framing, who, "replayed", name, fit.window)
             _save_trace(tracer, recorder, run, session, new)
         else:

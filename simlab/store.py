@@ -30,7 +30,7 @@ SCHEMA = 3
 # Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: lambda record: record,  # 2 added the optional `framing` of frame nodes; 1 files render as before
-    2: lambda record: record,  # 3 added the optional context `window` of replies
+    2: lambda record: record,  # 3 added the optional context `window` and `backend` of replies
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SUFFIX = ".jsonl"

@@ -62,18 +62,59 @@ class TextTracker:
         return piece
 
     def _find_stop(self, text: str) -> tuple[int, str] | None:
-        # Only text not yet released can hold a new match (released text held no stop prefix).
-        start = max(0, self._released - max(len(s) for s in self._stops))
-        hits = [(text.find(s, start), s) for s in self._stops]
-        hits = [(at, s) for at, s in hits if at >= 0]
-        return min(hits) if hits else None
+        return find_stop(text, self._stops, self._released)
 
     def _pending_stop_prefix(self, text: str) -> int:
-        """Length of the longest tail of text that is a proper prefix of some stop string."""
-        longest = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(text)), longest, -1):
-                if text.endswith(stop[:size]):
-                    longest = size
-                    break
-        return longest
+        return pending_stop_prefix(text, self._stops)
+
+
+class TextStops:
+    """Stop strings on text that arrives in pieces (a server's stream): release what cannot be the
+    start of a stop string, and cut at the first one. A server may not honour `stop` itself."""
+
+    def __init__(self, stops: Sequence[str]):
+        self._stops = tuple(s for s in stops if s)
+        self.text = ""
+        self._released = 0
+        self.stop_string: str | None = None
+
+    def add(self, piece: str) -> str:
+        if self.stop_string is not None:
+            return ""
+        self.text += piece
+        if not self._stops:
+            return self._release(len(self.text))
+        hit = find_stop(self.text, self._stops, self._released)
+        if hit is not None:
+            at, self.stop_string = hit
+            self.text = self.text[:at]
+            return self._release(at)
+        return self._release(len(self.text) - pending_stop_prefix(self.text, self._stops))
+
+    def finish(self) -> str:
+        return self._release(len(self.text))
+
+    def _release(self, upto: int) -> str:
+        piece = self.text[self._released:upto] if upto > self._released else ""
+        self._released = max(self._released, upto)
+        return piece
+
+
+def find_stop(text: str, stops: Sequence[str], released: int) -> tuple[int, str] | None:
+    """(index, stop) of the first stop string in text; only text not yet released can hold a new
+    match (released text held no stop prefix)."""
+    start = max(0, released - max(len(s) for s in stops))
+    hits = [(text.find(s, start), s) for s in stops]
+    hits = [(at, s) for at, s in hits if at >= 0]
+    return min(hits) if hits else None
+
+
+def pending_stop_prefix(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of text that is a proper prefix of some stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest

@@ -56,6 +56,8 @@ class Node:
     # On a reply whose transcript outgrew the context: {"from": first turn the model read, "dropped":
     # turns left out after the frame, "prompt_tokens": what it read} (conversation.fit_prompt).
     window: dict[str, Any] | None = None
+    # On a reply from a server (simlab.remote): its URL, the model it reported, what it honoured.
+    backend: dict[str, Any] | None = None
     edited_from: str | None = None
     tags: frozenset[str] = frozenset()
     hidden: bool = False
@@ -116,7 +118,7 @@ class Node:
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "parent": (str,), "speaker": (str,), "origin": (str,), "created": (int, float), "params": (dict,),
     "seed": (int,), "finish_reason": (str,), "model": (str,), "model_revision": (str,), "dtype": (str,),
-    "persona": (str,), "framing": (dict,), "window": (dict,), "edited_from": (str,), "hidden": (bool,),
+    "persona": (str,), "framing": (dict,), "window": (dict,), "backend": (dict,), "edited_from": (str,), "hidden": (bool,),
     "token_ids": (list, tuple), "logprobs": (list, tuple), "top": (list, tuple), "tags": (list, tuple),
 }
 

@@ -64,7 +64,7 @@ def test_a_long_chat_slides_at_turn_boundaries_keeping_the_frame(short_engine, t
         assert window["prompt_tokens"] + 8 <= CONTEXT  # room for the whole reply
         assert len(reply.token_ids) == 8
         fit = fit_prompt(path, "Bot", short_engine, 8)
-        assert fit.ids[:len(frame_ids)] == frame_ids
+        assert fit.prompt[:len(frame_ids)] == frame_ids
     # the window moves seldom: several replies in a row read from the same first turn
     starts = [r.window["from"] for r in windowed_replies]
     assert len(set(starts)) < len(starts)

@@ -219,17 +219,19 @@ class Chat:
         params = self._next_params(n)
         recorder = self.tracer.recorder(self.engine) if self.tracer else None
         fit = self._fit(path, speaker, params.max_new_tokens)
-        run = self.engine.start(fit.ids, params, n=n, recorder=recorder)
+        run = self.engine.start(fit.prompt, params, n=n, recorder=recorder)
         self._stream(run, self._head(speaker) if n == 1 else None)
         nodes = []
         for completion in run.completions:
-            if not completion.tokens:
+            if not completion.tokens and not completion.text:
                 continue  # interrupted before its first token: nothing to keep
             nodes.append(add_reply(self.session, parent_id, completion, params, self.engine, framing, speaker,
                                    persona=self._persona_name(), window=fit.window))
             if recorder is not None:
                 self._save_trace(recorder, run, completion, nodes[-1])
         self._remember(run)
+        if getattr(run, "problem", None):  # a server's stream cut mid-reply
+            self.note(f"simlab: {run.problem}")
         if self.broken_pipe:  # saved; now the reader is gone
             raise BrokenPipeError()
         if not nodes:
@@ -302,6 +304,10 @@ class Chat:
         if value == "off":
             self.tracer = None
         elif value == "on" and self.tracer is None:
+            if self.engine.model is None:
+                from simlab.remote import needs_local
+
+                raise needs_local("/trace (the residual stream)")
             self.tracer = Tracer(TraceConfig(), say=self.note)
         state = "on" if self.tracer else "off"
         where = f" (files in {self.session.path.name[:-6]}.traces/)" if self.tracer else ""
@@ -356,7 +362,8 @@ class Chat:
         path = self.tree.path(node.parent)
         framing = framing_of(path)
         params = self._next_params(1)
-        done = len(self.engine.tokenizer.encode(node.text, add_special_tokens=False))
+        tokenizer = self.engine.tokenizer
+        done = len(tokenizer.encode(node.text, add_special_tokens=False)) if tokenizer is not None else 0
         fit = self._fit(path, node.speaker, params.max_new_tokens + done)
         prompt = reply_prompt(fit.path, node.speaker, self.engine.tokenizer)
         if isinstance(prompt, str):

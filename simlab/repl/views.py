@@ -37,9 +37,13 @@ def params_text(chat: Chat) -> str:
 def token_lines(chat: Chat) -> list[str]:
     """The current reply, each token coloured by its probability, then each token's alternatives."""
     node = chat.cursor
-    if node.role != "model" or not node.token_ids:
+    served = (node.backend or {}).get("tokens")
+    if node.role == "model" and node.backend and not served:
+        raise SimlabError("no log-probabilities from this server for this reply (it ignored `logprobs`); "
+                          "/tokens has nothing to show")
+    if node.role != "model" or not (node.token_ids or served):
         raise SimlabError("/tokens needs a sampled reply under the cursor")
-    texts = [chat.engine.tokenizer.decode([t]) for t in node.token_ids]
+    texts = served or [chat.engine.tokenizer.decode([t]) for t in node.token_ids]
     pieces = []
     for text, lp in zip(texts, node.logprobs):
         p = math.exp(lp)

@@ -1,0 +1,463 @@
+"""A remote backend: an OpenAI-compatible server's legacy /v1/completions (vLLM, llama.cpp's server,
+text-generation-inference, `transformers serve`), in the shape of a local Engine.
+
+The rendered simulator prompt goes as is (not chat messages), so base models and exact framing
+work. Servers differ in what they honour; the backend looks at what came back instead of assuming:
+fewer choices than `n` means further requests (one per sibling, seed + i, as a local run does);
+no `logprobs` means none are recorded. Stop strings are also matched here, on the streamed text.
+No torch: a remote session runs without it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from simlab.errors import SimlabError
+from simlab.params import SamplingParams
+from simlab.results import Completion, Delta, RunStats, TokenInfo
+from simlab.textstream import TextStops
+
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+UNKNOWN_CONTEXT = 10**9  # a server that does not say: prompts are not windowed here, the server decides
+
+
+class RemoteError(SimlabError):
+    """The server could not be reached, refused the request, or answered something unreadable."""
+
+
+class NeedsLocalModel(SimlabError):
+    """A feature that reads the model itself (residual stream, teacher-forced scoring)."""
+
+
+def needs_local(what: str) -> NeedsLocalModel:
+    return NeedsLocalModel(f"{what} needs a local model (the weights themselves); run it without "
+                           "--backend openai, or on a model folder")
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    base_url: str
+    model: str | None = None  # None: the server's only model
+    api_key_env: str = "SIMLAB_API_KEY"  # the key is read from this variable, never stored
+    timeout: float = 120.0  # seconds to connect, and between two pieces of an answer
+    retries: int = 3  # transient failures (refused connection, 429, 5xx) before the first byte
+    concurrency: int = 4  # requests in flight at once for siblings a server does not batch
+
+
+@dataclass
+class RemoteInfo:
+    """What ModelInfo says of a local model, as far as a server tells it."""
+
+    spec: str
+    name: str
+    revision: str
+    context_length: int
+    device: str
+    dtype: str = "server"
+    architecture: str = "remote"
+    source: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Client:
+    """JSON over HTTP(S) with retries, timeouts and one-line errors (stdlib only)."""
+
+    def __init__(self, config: RemoteConfig):
+        url = urllib.parse.urlsplit(config.base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise RemoteError(f"--base-url {config.base_url!r}: give an http(s) URL such as "
+                              "http://127.0.0.1:8000/v1")
+        self.config = config
+        self.url = url
+        self.prefix = url.path if url.path.endswith("/v1") else url.path + "/v1"
+        self.where = config.base_url
+
+    def _connection(self) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
+        return kind(self.url.hostname, self.url.port, timeout=self.config.timeout)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        key = os.environ.get(self.config.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def open(self, method: str, path: str, body: dict | None = None) -> http.client.HTTPResponse:
+        """The response of a successful request (status < 400), after retrying transient failures."""
+        data = json.dumps(body).encode() if body is not None else None
+        delay = 0.5
+        for attempt in range(self.config.retries + 1):
+            last = attempt == self.config.retries
+            connection = self._connection()
+            try:
+                connection.request(method, self.prefix + path, body=data, headers=self._headers())
+                response = connection.getresponse()
+            except (ConnectionRefusedError, ConnectionResetError, socket.gaierror) as exc:
+                connection.close()
+                if last:
+                    if isinstance(exc, socket.gaierror):
+                        reason = f"unknown host {self.url.hostname!r}"
+                    else:
+                        reason = exc.strerror or type(exc).__name__
+                    raise RemoteError(f"cannot reach the server at {self.where} ({reason}, "
+                                      f"{attempt + 1} attempts); is it running?") from None
+            except (TimeoutError, socket.timeout):
+                connection.close()
+                raise RemoteError(f"the server at {self.where} did not answer within {self.config.timeout:.0f} s; "
+                                  "check it, or raise --timeout") from None
+            except OSError as exc:
+                connection.close()
+                raise RemoteError(f"cannot talk to the server at {self.where}: {exc}") from None
+            else:
+                if response.status < 400:
+                    return response
+                detail = _error_detail(response.read(4096))
+                connection.close()
+                if response.status not in RETRY_STATUS or last:
+                    raise RemoteError(f"the server at {self.where} answered HTTP {response.status}"
+                                      f"{': ' + detail if detail else ''}{_hint(response.status)}")
+            time.sleep(delay * (1 + random.random() / 2))
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def get_json(self, path: str) -> Any:
+        response = self.open("GET", path)
+        return _parse(response.read(), self.where)
+
+    def post_json(self, path: str, body: dict) -> Any:
+        response = self.open("POST", path, body)
+        try:
+            raw = response.read()
+        except (TimeoutError, socket.timeout):
+            raise RemoteError(f"the server at {self.where} stopped answering for {self.config.timeout:.0f} s") \
+                from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise RemoteError(f"the answer from {self.where} was cut off ({exc})") from None
+        return _parse(raw, self.where)
+
+
+def _hint(status: int) -> str:
+    return {401: " (set the key in the variable --api-key-env names)", 403: " (is the API key right?)",
+            404: " (is --base-url the /v1 root, and --model a model the server serves?)"}.get(status, "")
+
+
+def _error_detail(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return " ".join(raw.decode("utf-8", "replace").split())[:200]
+    error = data.get("error", data.get("detail", data)) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        error = error.get("message", error)
+    return " ".join(str(error).split())[:200]
+
+
+def _parse(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise RemoteError(f"the server at {where} answered something that is not JSON "
+                          f"({raw[:60]!r}); is it an OpenAI-compatible server?") from None
+
+
+class RemoteEngine:
+    """An Engine's interface over /v1/completions. There is no tokenizer and no model here."""
+
+    tokenizer = None
+    model = None
+
+    def __init__(self, config: RemoteConfig):
+        self.config = config
+        self.client = Client(config)
+        models = self._models()
+        name = config.model or self._only_model(models)
+        served = {m.get("id") for m in models if isinstance(m, dict)}
+        if served and name not in served:
+            raise RemoteError(f"the server at {config.base_url} does not serve {name!r}; it serves: "
+                              f"{', '.join(sorted(str(s) for s in served))}")
+        entry = next((m for m in models if isinstance(m, dict) and m.get("id") == name), {})
+        context = entry.get("max_model_len") or entry.get("context_length") or UNKNOWN_CONTEXT
+        self.info = RemoteInfo(spec=name, name=name, revision=str(entry.get("root") or ""), context_length=int(context),
+                               device=config.base_url, source=config.base_url)
+        self.honoured: dict[str, bool] = {}  # what this server was seen to honour: n, logprobs
+
+    def _models(self) -> list:
+        data = self.client.get_json("/models")
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            raise RemoteError(f"the server at {self.config.base_url} answered /v1/models without a 'data' list; "
+                              "is it an OpenAI-compatible server?")
+        return models
+
+    def _only_model(self, models: list) -> str:
+        ids = [m.get("id") for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if len(ids) == 1:
+            return ids[0]
+        raise RemoteError(f"give --model: the server at {self.config.base_url} serves "
+                          f"{', '.join(ids) if ids else 'no model it names'}")
+
+    # -- the Engine interface --------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        raise needs_local("counting tokens")
+
+    def score(self, ids: Sequence[int]) -> list[float]:
+        raise needs_local("teacher-forced scoring (cross log-probability)")
+
+    def start(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder=None) -> "RemoteRun":
+        if recorder is not None:
+            raise needs_local("recording the residual stream")
+        if not isinstance(prompt, str):
+            raise needs_local("a prompt in token ids (chat mode through the model's chat template)")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return RemoteRun(self, prompt, params, n)
+
+    def generate(self, prompt: str, params: SamplingParams, n: int = 1, recorder=None) -> list[Completion]:
+        run = self.start(prompt, params, n, recorder)
+        for _ in run:
+            pass
+        return run.completions
+
+    # -- requests --------------------------------------------------------------------------
+    def body(self, prompt: str, params: SamplingParams, n: int, seed: int | None, stream: bool) -> dict:
+        body: dict[str, Any] = {"model": self.info.name, "prompt": prompt, "max_tokens": params.max_new_tokens,
+                                "n": n, "stream": stream, "logprobs": 5}
+        if params.greedy:
+            body["temperature"] = 0.0
+        else:
+            body.update(temperature=params.temperature, top_p=params.top_p)
+            if params.top_k:
+                body["top_k"] = params.top_k  # vLLM and llama.cpp read it; others ignore it
+            if params.min_p:
+                body["min_p"] = params.min_p
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = params.repetition_penalty
+        if seed is not None:
+            body["seed"] = seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+
+class RemoteRun:
+    """One request (streamed when n == 1), or several when the server ignores n; iterate for Deltas.
+
+    A stream cut mid-reply leaves the partial text with finish reason 'interrupted' and the reason
+    in `problem`; a failure before any text is a RemoteError."""
+
+    def __init__(self, engine: RemoteEngine, prompt: str, params: SamplingParams, n: int):
+        self.engine = engine
+        self.prompt = prompt
+        self.params = params
+        base = params.seed if params.seed is not None else random.randrange(2**31)
+        self._seed = None if params.greedy else base
+        self.completions = [Completion(index=i, seed=None if params.greedy else base + i) for i in range(n)]
+        self.stats = RunStats()
+        self.prompt_ids: list[int] = []  # the server tokenizes; its count is in stats.prompt_tokens
+        self.problem: str | None = None
+        self._stop_requested = False
+        self._response = None
+
+    @property
+    def interrupted(self) -> bool:
+        return any(c.finish_reason == "interrupted" for c in self.completions)
+
+    def interrupt(self) -> None:
+        self._stop_requested = True
+        for completion in self.completions:
+            if completion.finish_reason is None:
+                completion.finish_reason = "interrupted"
+
+    def __iter__(self) -> Iterator[Delta]:
+        started = time.perf_counter()
+        try:
+            if len(self.completions) == 1:
+                yield from self._stream()
+            else:
+                self._batch()
+        except KeyboardInterrupt:
+            self.interrupt()
+        finally:
+            if self._response is not None:
+                self._response.close()
+            self.stats.decode_seconds = time.perf_counter() - started
+            usage = (self.completions[0].server or {}).get("usage") or {}
+            self.stats.prompt_tokens = usage.get("prompt_tokens", 0)
+
+    # -- one streamed reply ------------------------------------------------------------------
+    def _stream(self) -> Iterator[Delta]:
+        engine, completion = self.engine, self.completions[0]
+        stops = TextStops(self.params.stop)
+        started = time.perf_counter()
+        self._response = engine.client.open("POST", "/completions",
+                                            engine.body(self.prompt, self.params, 1, self._seed, stream=True))
+        reason = None
+        try:
+            for event in _sse_events(self._response, engine.client.where):
+                if self._stop_requested:
+                    break
+                if "error" in event:
+                    raise RemoteError(f"the server reported an error mid-reply: {_error_detail(json.dumps(event['error']).encode())}")
+                _note_server(completion, event)
+                for choice in event.get("choices") or []:
+                    if not isinstance(choice, dict):
+                        continue
+                    piece = choice.get("text") or ""
+                    tokens = _tokens(choice.get("logprobs"))
+                    if tokens:
+                        engine.honoured["logprobs"] = True
+                        completion.tokens.extend(tokens)
+                    if piece and not self.stats.first_token_seconds:
+                        self.stats.first_token_seconds = time.perf_counter() - started
+                    shown = stops.add(piece)
+                    self.stats.generated_tokens += max(1, len(tokens)) if piece else 0
+                    if shown:
+                        completion.text += shown
+                        yield Delta(0, shown, tokens[-1] if tokens else None)
+                    if choice.get("finish_reason"):
+                        reason = _finish(choice)
+                if stops.stop_string is not None:
+                    break
+        except RemoteError as exc:
+            if not completion.text and not stops.text:
+                raise
+            self.problem = str(exc)
+            reason = "interrupted"
+        if self._stop_requested:
+            reason = "interrupted"
+        rest = stops.finish() if stops.stop_string is None else ""
+        if rest:
+            completion.text += rest
+            yield Delta(0, rest, None)
+        if stops.stop_string is not None:
+            completion.stop_string, reason = stops.stop_string, "stop"
+        if reason is None:  # the stream ended without saying how: cut short
+            self.problem = self.problem or f"the stream from {engine.client.where} ended before the reply did"
+            reason = "interrupted"
+        completion.finish_reason = completion.finish_reason or reason
+
+    # -- n replies ---------------------------------------------------------------------------
+    def _batch(self) -> None:
+        """n in one request; if the server answers fewer choices, one request per missing sibling."""
+        engine, n = self.engine, len(self.completions)
+        started = time.perf_counter()
+        data = engine.client.post_json("/completions", engine.body(self.prompt, self.params, n, self._seed, False))
+        choices = _choices(data, engine.client.where)
+        engine.honoured["n"] = len(choices) >= n
+        self.stats.first_token_seconds = time.perf_counter() - started
+        if len(choices) >= n:
+            for completion, choice in zip(self.completions, sorted(choices, key=lambda c: c.get("index", 0))):
+                completion.seed = self._seed  # one request: its seed, and the choice index
+                self._fill(completion, choice, data, choice_index=choice.get("index"))
+            return
+        self._fill(self.completions[0], choices[0], data)
+        with ThreadPoolExecutor(max(1, min(engine.config.concurrency, n - 1))) as pool:
+            answers = list(pool.map(self._one, self.completions[1:]))
+        for completion, (choice, data) in zip(self.completions[1:], answers):
+            self._fill(completion, choice, data)
+
+    def _one(self, completion: Completion) -> tuple[dict, dict]:
+        engine = self.engine
+        data = engine.client.post_json("/completions",
+                                       engine.body(self.prompt, self.params, 1, completion.seed, False))
+        return _choices(data, engine.client.where)[0], data
+
+    def _fill(self, completion: Completion, choice: dict, data: dict, choice_index: int | None = None) -> None:
+        stops = TextStops(self.params.stop)
+        completion.text = stops.add(str(choice.get("text") or "")) + stops.finish()
+        completion.tokens = _tokens(choice.get("logprobs"))
+        if completion.tokens:
+            self.engine.honoured["logprobs"] = True
+        completion.finish_reason = "stop" if stops.stop_string else _finish(choice)
+        completion.stop_string = stops.stop_string
+        _note_server(completion, data)
+        if choice_index is not None:
+            completion.server["choice"] = choice_index
+        self.stats.generated_tokens += len(completion.tokens) or len(completion.text.split())
+
+
+def _choices(data: Any, where: str) -> list[dict]:
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+        raise RemoteError(f"the server at {where} answered without choices; is it an OpenAI-compatible "
+                          "/v1/completions endpoint?")
+    return choices
+
+
+def _finish(choice: dict) -> str:
+    reason = choice.get("finish_reason")
+    if reason == "length":
+        return "length"
+    if reason == "stop":  # vLLM says which: a stop string, or None for the end-of-text token
+        return "eos" if "stop_reason" in choice and not isinstance(choice["stop_reason"], str) else "stop"
+    return "stop" if reason else "interrupted"
+
+
+def _note_server(completion: Completion, data: dict) -> None:
+    """What the server said about itself: the model name it used, its fingerprint, token counts."""
+    server = completion.server or {}
+    for key in ("model", "system_fingerprint"):
+        if isinstance(data.get(key), str):
+            server[key] = data[key]
+    if isinstance(data.get("usage"), dict):
+        server["usage"] = {k: v for k, v in data["usage"].items() if isinstance(v, int)}
+    completion.server = server
+
+
+def _tokens(logprobs: Any) -> list[TokenInfo]:
+    """Tokens from the legacy completions logprobs object (tokens, token_logprobs, top_logprobs).
+    Servers give token text, not ids: ids are -1."""
+    if not isinstance(logprobs, dict) or not isinstance(logprobs.get("tokens"), list):
+        return []
+    texts = logprobs["tokens"]
+    values = logprobs.get("token_logprobs")
+    if not isinstance(values, list) or len(values) != len(texts) or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return []  # partial or missing log-probabilities are not recorded at all
+    tops = logprobs.get("top_logprobs")
+    tops = tops if isinstance(tops, list) and len(tops) == len(texts) else [None] * len(texts)
+    out = []
+    for text, value, top in zip(texts, values, tops):
+        pairs = [(str(t), float(lp)) for t, lp in top.items() if isinstance(lp, (int, float))] \
+            if isinstance(top, dict) else []
+        alts = tuple((-1, t, lp) for t, lp in sorted(pairs, key=lambda kv: -kv[1]))
+        out.append(TokenInfo(-1, str(text), float(value), alts))
+    return out
+
+
+def _sse_events(response, where: str) -> Iterator[dict]:
+    """The JSON events of a server-sent event stream, until [DONE]."""
+    while True:
+        try:
+            raw = response.readline()
+        except (TimeoutError, socket.timeout):
+            raise RemoteError(f"the server at {where} went silent mid-reply") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise RemoteError(f"the stream from {where} was cut ({type(exc).__name__})") from None
+        if not raw:
+            return
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise RemoteError(f"the server at {where} sent a stream event that is not JSON ({payload[:60]!r})") \
+                from None
+        if isinstance(event, dict):
+            yield event
