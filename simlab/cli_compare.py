@@ -78,6 +78,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from simlab.cli import settings_flags
 
     settings = load_settings(**settings_flags(args))
+    if spec.base_url and args.backend is None and args.base_url is None:
+        from dataclasses import replace
+
+        settings = replace(settings, backend="openai", base_url=spec.base_url)
     if tracer is not None and settings.backend == "openai":
         from simlab.remote import needs_local
 

@@ -57,9 +57,10 @@ class Spec:
     samples: int = 8
     seed: int = 0
     model: str | None = None
+    base_url: str | None = None  # sample from this OpenAI-compatible server (simlab.remote)
 
 
-SPEC_KEYS = {"name", "turns", "variants", "samples", "seed", "sampling", "model"}
+SPEC_KEYS = {"name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url"}
 VARIANT_KEYS = {"name", "persona", "frame", "sampling", "model"}
 
 
@@ -108,6 +109,9 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise SpecError(f"{where('model')}: model: must be a model spec (text)")
+    base_url = data.get("base_url")
+    if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+        raise SpecError(f"{where('base_url')}: base_url: must be a server's http(s) URL, e.g. http://host:8000/v1")
     common = _sampling(data.get("sampling"), f"{where('sampling')}")
     raw_variants = data.get("variants")
     if not isinstance(raw_variants, list) or not raw_variants:
@@ -140,7 +144,7 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
     name = data.get("name", default_name)
     if not isinstance(name, str):
         raise SpecError(f"{where('name')}: name: must be text")
-    return Spec(name, tuple(turns), tuple(variants), samples, seed, model)
+    return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url)
 
 
 def load_spec(path: Path | str) -> Spec:

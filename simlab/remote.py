@@ -116,7 +116,7 @@ class Client:
             except (TimeoutError, socket.timeout):
                 connection.close()
                 raise RemoteError(f"the server at {self.where} did not answer within {self.config.timeout:.0f} s; "
-                                  "check it, or raise --timeout") from None
+                                  "is it overloaded, or is the model still loading?") from None
             except OSError as exc:
                 connection.close()
                 raise RemoteError(f"cannot talk to the server at {self.where}: {exc}") from None
