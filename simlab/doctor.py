@@ -62,13 +62,21 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
     offline = settings.offline or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
     out.append(("ok", "network", "offline: only local files and the Hugging Face cache" if offline
                 else "hub downloads allowed (HF_HUB_OFFLINE=1 or --offline to forbid)"))
+    if settings.backend == "openai":
+        from simlab.backends import open_engine
+        from simlab.errors import SimlabError
+
+        try:
+            engine = open_engine(settings)
+            out.append(("ok", "server", f"{settings.base_url} serves {engine.info.name}"))
+        except SimlabError as exc:
+            out.append(("fail", "server", str(exc)))
     if load:
         try:
-            from simlab.engine import Engine
-            from simlab.models import load_model
+            from simlab.backends import open_engine
             from simlab.params import SamplingParams
 
-            engine = Engine(load_model(settings.model, settings, progress=say))
+            engine = open_engine(settings, progress=say)
             [c] = engine.generate("The capital of France is", SamplingParams(temperature=0, max_new_tokens=3))
             out.append(("ok", "generation", f"{engine.info.name}: {c.text!r} "
                                             f"({engine.info.device}, {engine.info.dtype})"))

@@ -296,3 +296,11 @@ def test_a_server_that_never_answers_times_out_in_one_line():
         assert time.perf_counter() - started < 10
     finally:
         silent.close()
+
+
+def test_doctor_checks_the_server(capsys, server):
+    url, model = server
+    code, out, _ = run(capsys, "doctor", *remote_flags(server))
+    assert f"ok    server           {url} serves {model}" in out
+    code, out, _ = run(capsys, "doctor", "--backend", "openai", "--base-url", f"http://127.0.0.1:{free_port()}/v1")
+    assert code == 1 and "FAIL  server" in out and "cannot reach the server" in out
