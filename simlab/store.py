@@ -101,13 +101,17 @@ class Session:
         if self.in_memory:
             return
         backlog = len(self.unsaved)
-        data = (b"\n" if self._torn else b"") + b"".join(self.unsaved)
+        lead = b"\n" if self._torn else b""
+        view, written = memoryview(lead + b"".join(self.unsaved)), 0
         try:
-            view = memoryview(data)
             while view:
-                view = view[os.write(self._handle.fileno(), view):]
+                count = os.write(self._handle.fileno(), view)
+                view, written = view[count:], written + count
             os.fsync(self._handle.fileno())
         except OSError as exc:
+            written -= len(lead)
+            while self.unsaved and written >= len(self.unsaved[0]):  # records that made it whole
+                written -= len(self.unsaved.pop(0))
             self._torn = True
             message = (f"cannot save session {self.name!r} to {self.path}: {exc.strerror}; "
                        f"{len(self.unsaved)} change(s) kept in memory")

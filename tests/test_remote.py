@@ -235,21 +235,37 @@ def test_a_server_that_answers_badly_is_one_line(capsys, mode, needle):
 
 
 def test_a_server_killed_mid_stream_leaves_an_interrupted_partial_reply(tmp_path):
+    """Through the REPL's own reply path: the partial reply is saved as an interrupted node."""
+    import io
+
+    from simlab.persona import Persona
+    from simlab.repl.chat import Chat
+    from simlab.store import SessionStore
+
     if not SERVE.exists():
         pytest.skip("the transformers command is not installed here")
     folder = sampling_model(tmp_path / "long", n_positions=4200, with_eos=False)
     process, url = start_server(folder, tmp_path)
+
+    class KillsTheServer(io.StringIO):
+        def write(self, text):
+            if len(self.getvalue()) > 60 and process.poll() is None:
+                process.kill()  # the stream is cut while the reply is being written
+            return super().write(text)
+
     try:
         engine = RemoteEngine(RemoteConfig(url, timeout=20))
-        run = engine.start("A long story:", SamplingParams(max_new_tokens=4000, seed=1))
-        seen = ""
-        for delta in run:
-            seen += delta.text
-            if len(seen) > 20 and process.poll() is None:
-                process.kill()
-        [c] = run.completions
-        assert c.finish_reason == "interrupted" and c.text == seen and len(seen) > 20
-        assert run.problem and ("cut" in run.problem or "ended before" in run.problem)
+        persona = Persona(name="p", frame="A long story.\n\n", user="User", model="Teller",
+                          sampling={"max_tokens": 4000}, stop=("~~never~~",))
+        out = KillsTheServer()
+        chat = Chat.new(engine, SessionStore(tmp_path / "s"), persona, persona.sampling_params(seed=1), out, err=out)
+        [reply] = chat.user_turn("Tell me everything.")
+        assert reply.finish_reason == "interrupted" and len(reply.text) > 20
+        assert reply.backend["base_url"] == url
+        assert "the stream from" in out.getvalue() or "cut" in out.getvalue()
+        chat.session.close()
+        reopened = SessionStore(tmp_path / "s").open(chat.session.name, read_only=True)
+        assert reopened.tree.get(reply.id).text == reply.text
     finally:
         process.kill()
         process.wait()
