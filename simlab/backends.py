@@ -25,5 +25,18 @@ def open_engine(settings: Settings, spec: str | None = None, trust_remote_code: 
     return Engine(load_model(spec, settings, trust_remote_code=trust_remote_code, progress=progress))
 
 
+def recorded_server(settings: Settings, nodes, backend_flag: str | None) -> Settings:
+    """Settings pointing at the server the nodes' replies came from, when nothing says otherwise
+    (no --backend, and the settings are local): a resumed chat or a replay goes back to it."""
+    if backend_flag is not None or settings.backend != "local":
+        return settings
+    urls = [n.backend["base_url"] for n in nodes if n.backend and isinstance(n.backend.get("base_url"), str)]
+    if not urls:
+        return settings
+    from dataclasses import replace
+
+    return replace(settings, backend="openai", base_url=urls[-1])
+
+
 def is_remote(engine) -> bool:
     return getattr(engine, "model", None) is None

@@ -81,6 +81,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         from simlab.repl.app import banner, run_interactive, run_script
         from simlab.repl.chat import Chat
 
+        if session is not None:
+            from simlab.backends import recorded_server
+
+            settings = recorded_server(settings, session.tree.nodes.values(), args.backend)
         spec = _model_spec(args, settings, session)
         if settings.backend == "local":
             classify_spec(spec)  # a spec that names nothing fails now, not after the prompt is up

@@ -179,6 +179,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dtypes = sorted({n.dtype for n in replies if n.dtype})
         if args.dtype is None and dtypes:
             args.dtype = dtypes[0]  # the dtype the replies were sampled in, or they cannot reproduce
+        from simlab.backends import recorded_server
+        from simlab.cli import _settings
+
+        server = recorded_server(_settings(args), replies, args.backend)
+        args.backend, args.base_url = server.backend, server.base_url or args.base_url
         engine = _load(args, spec)
         served = sorted({n.backend["base_url"] for n in replies if n.backend and "base_url" in n.backend})
         if served or is_remote(engine):

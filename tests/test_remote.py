@@ -150,11 +150,19 @@ def test_chat_through_the_server_records_it_and_never_the_key(tmp_path, server):
         assert reply["model"] == model and "token_ids" not in reply and "dtype" not in reply
     assert [r["seed"] for r in replies] == [3, 4, 5, 6]
 
-    replay = subprocess.run([sys.executable, "-m", "simlab", "replay", "remote", "--backend", "openai",
-                             "--base-url", url, "--sessions-dir", str(tmp_path / "s")],
+    # no --backend: the replies say which server they came from
+    replay = subprocess.run([sys.executable, "-m", "simlab", "replay", "remote", "--sessions-dir", str(tmp_path / "s")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert "these replies came from a server" in replay.stderr and "do not promise" in replay.stderr
     assert "replies exactly" in replay.stdout and "Traceback" not in replay.stderr
+
+    resumed = subprocess.run([sys.executable, "-m", "simlab", "chat", "--resume", "remote", "--sessions-dir",
+                              str(tmp_path / "s")], input="one more\n", capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    last = [r["node"] for r in map(json.loads, (tmp_path / "s" / "remote.jsonl").read_text().splitlines())
+            if r["type"] == "node"][-1]
+    assert last["backend"]["base_url"] == url  # the resumed chat went back to the server
 
 
 def test_compare_fans_out_and_never_double_counts(capsys, tmp_path, server):
