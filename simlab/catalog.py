@@ -34,7 +34,7 @@ def list_models(settings: Settings) -> list[dict]:
     rows = []
     embedded = gguf.cache_folder("embedded", settings)
     state = (f"converted, {_human(_size(embedded))} at {embedded}" if gguf.read_marker(embedded)
-             else "not converted yet (the first start converts it, about a minute)")
+             else "not converted yet (the first start converts it, under a minute)")
     rows.append({"spec": "embedded", "kind": "embedded", "state": "default; " + state, "path": str(embedded)})
     if settings.models_dir.is_dir():
         for folder in sorted(settings.models_dir.glob("gguf-*")):

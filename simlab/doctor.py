@@ -58,7 +58,7 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
         extra = f"; also kept in {', '.join(variants)}" if variants else ""
         out.append(("ok", "embedded model", f"converted at {folder}{extra}"))
     else:
-        out.append(("warn", "embedded model", "not converted yet: the first `simlab` converts it (about a minute)"))
+        out.append(("warn", "embedded model", "not converted yet: the first `simlab` converts it (under a minute)"))
     offline = settings.offline or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
     out.append(("ok", "network", "offline: only local files and the Hugging Face cache" if offline
                 else "hub downloads allowed (HF_HUB_OFFLINE=1 or --offline to forbid)"))
