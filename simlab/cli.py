@@ -6,8 +6,11 @@ The only place, with the REPL, that turns domain errors into one line and exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from simlab.errors import SimlabError
@@ -111,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # bare `simlab` is `simlab chat`
         args = parser.parse_args(["chat"])
     try:
-        return args.run(args)
+        with _signals_interrupt():
+            return args.run(args)
     except SimlabError as exc:
         print(f"simlab: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -120,6 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM and SIGHUP stop a command as Ctrl-C does: generate keeps what it wrote, compare keeps
+    every finished sample (rerun to resume); the chat REPL handles them itself (cli_chat)."""
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _settings(args: argparse.Namespace):

@@ -170,3 +170,35 @@ def test_two_shipped_personas_on_the_embedded_model(tmp_path, embedded_engine):
     cross = analysis.cross_logprob
     assert all(-20 < cross[a][b].mean < 0 for a in cross for b in cross[a])
     assert "interview" in terminal(analysis) and html_report(analysis).count("<svg") == 8
+
+
+def test_sigterm_stops_a_sweep_that_a_rerun_resumes(tmp_path, personas, tiny_dir):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = spec_file(tmp_path, personas, samples=60)
+    argv = [sys.executable, "-m", "simlab", "compare", str(spec), "--model", str(tiny_dir), "--sessions-dir",
+            str(tmp_path / "s"), "--report-dir", str(tmp_path / "r"), "--max-tokens", "12"]
+    env = {**os.environ, "SIMLAB_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    for line in child.stderr:  # progress lines, one per tenth (stderr is not a terminal)
+        if "samples" in line and not line.startswith("[" + " " * 24):
+            break
+    time.sleep(0.5)
+    child.send_signal(signal.SIGTERM)
+    rest = child.stderr.read()
+    assert child.wait(timeout=120) == 130 and "Traceback" not in rest
+    assert "run the same command again to resume" in rest
+    [session] = (tmp_path / "s").glob("compare-*.jsonl")
+    before = sum(r["type"] == "node" and r["node"].get("origin") == "sampled"
+                 for r in map(json.loads, session.read_text().splitlines()))
+    assert 0 < before < 3 * 60 * 2
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    seeds = [(r["node"]["parent"], r["node"]["seed"]) for r in map(json.loads, session.read_text().splitlines())
+             if r["type"] == "node" and r["node"].get("origin") == "sampled"]
+    assert len(seeds) == len(set(seeds)) == 3 * 60 * 2  # 3 variants x 60 samples x 2 turns, each once: nothing lost, nothing twice
