@@ -98,6 +98,7 @@ def load_model(
                 loaded = hub.load_folder(
                     variant or folder, spec=spec, device=device, dtype=dtype, allow_pickle=False,
                     trust_remote_code=False, revision=revision, from_cache=from_cache, name=name,
+                    own_cache=kind == "embedded",  # a tokenizer we know; other GGUFs go through AutoTokenizer
                 )
                 if wanted != "float32" and variant is None:
                     gguf.save_variant(loaded.model, folder, wanted, say)
