@@ -126,22 +126,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-@contextlib.contextmanager
 def _signals_interrupt():
     """SIGTERM and SIGHUP stop a command as Ctrl-C does: generate keeps what it wrote, compare keeps
     every finished sample (rerun to resume); the chat REPL handles them itself (cli_chat)."""
     def interrupt(signum, frame) -> None:
         raise KeyboardInterrupt
 
+    return on_end_signals(interrupt)
+
+
+@contextlib.contextmanager
+def on_end_signals(handler):
+    """Run handler(signum, frame) on SIGTERM and SIGHUP inside the block (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _settings(args: argparse.Namespace):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -132,21 +130,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 store.remove(session.name)  # nothing was typed: do not leave an empty session behind
 
 
-@contextlib.contextmanager
 def _signals_end(chat):
     """SIGTERM and SIGHUP end the REPL like /quit: a reply being decoded stops and is saved as
     interrupted, then the session closes; the exit code is 128 + the signal."""
+    from simlab.cli import on_end_signals
+
     def stop(signum, frame) -> None:
         chat.stopping = signum
         if chat.interruptible:  # never in the middle of saving a node
             raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return on_end_signals(stop)
 
 
 def _rescue(session) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
 import time
 from typing import Iterator, Sequence
 
@@ -18,7 +17,7 @@ import torch
 
 from simlab.errors import ContextLengthError
 from simlab.models import LoadedModel
-from simlab.results import Completion, Delta, RunStats, TokenInfo
+from simlab.results import Completion, Delta, RunControl, RunStats, TokenInfo
 from simlab.sampling import SamplingParams, process_logits, sample
 from simlab.textstream import TextTracker
 
@@ -122,34 +121,19 @@ class Engine:
         return run.completions
 
 
-class Run:
+class Run(RunControl):
     """One prefill and the lockstep decode of its branches; iterate for Deltas."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, n: int, max_new: int,
                  recorder=None):
+        super().__init__(params, n)
         self.engine = engine
         self.recorder = recorder  # a trace.Recorder: reads the residual stream of these same passes
         self.prompt_ids = prompt_ids
-        self.params = params
-        base = params.seed if params.seed is not None else random.randrange(2**31)
-        seeds = [base + i for i in range(n)]
-        self.completions = [Completion(index=i, seed=None if params.greedy else s) for i, s in enumerate(seeds)]
         self.max_new = max_new
         self.clipped = max_new < params.max_new_tokens
         self.stats = RunStats(prompt_tokens=len(prompt_ids))
-        self._seeds = seeds
-        self._stop_requested = False
-
-    @property
-    def interrupted(self) -> bool:
-        return any(c.finish_reason == "interrupted" for c in self.completions)
-
-    def interrupt(self) -> None:
-        """Stop decoding; unfinished branches keep their text with finish reason 'interrupted'."""
-        self._stop_requested = True
-        for completion in self.completions:
-            if completion.finish_reason is None:
-                completion.finish_reason = "interrupted"
+        self._seeds = [self.base_seed + i for i in range(n)]
 
     def __iter__(self) -> Iterator[Delta]:
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 from simlab.errors import SimlabError
 from simlab.params import SamplingParams
-from simlab.results import Completion, Delta, RunStats, TokenInfo
+from simlab.results import Completion, Delta, RunControl, RunStats, TokenInfo
 from simlab.textstream import TextStops
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -251,7 +251,7 @@ class RemoteEngine:
         return body
 
 
-class RemoteRun:
+class RemoteRun(RunControl):
     """One request (streamed when n == 1), or several when the server ignores n; iterate for Deltas.
 
     A stream cut mid-reply leaves the partial text with finish reason 'interrupted' and the reason
@@ -259,26 +259,13 @@ class RemoteRun:
 
     def __init__(self, engine: RemoteEngine, prompt: str, params: SamplingParams, n: int):
         self.engine = engine
+        super().__init__(params, n)
         self.prompt = prompt
-        self.params = params
-        base = params.seed if params.seed is not None else random.randrange(2**31)
-        self._seed = None if params.greedy else base
-        self.completions = [Completion(index=i, seed=None if params.greedy else base + i) for i in range(n)]
+        self._seed = None if params.greedy else self.base_seed
         self.stats = RunStats()
         self.prompt_ids: list[int] = []  # the server tokenizes; its count is in stats.prompt_tokens
         self.problem: str | None = None
-        self._stop_requested = False
         self._response = None
-
-    @property
-    def interrupted(self) -> bool:
-        return any(c.finish_reason == "interrupted" for c in self.completions)
-
-    def interrupt(self) -> None:
-        self._stop_requested = True
-        for completion in self.completions:
-            if completion.finish_reason is None:
-                completion.finish_reason = "interrupted"
 
     def __iter__(self) -> Iterator[Delta]:
         started = time.perf_counter()

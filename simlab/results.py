@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,3 +56,26 @@ class RunStats:
     @property
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+class RunControl:
+    """What a local and a remote run share: one completion per branch, branch i seeded seed+i (a
+    fresh random seed when none is given), and stopping early."""
+
+    def __init__(self, params, n: int):
+        self.params = params
+        self.base_seed = params.seed if params.seed is not None else random.randrange(2**31)
+        self.completions = [Completion(index=i, seed=None if params.greedy else self.base_seed + i)
+                            for i in range(n)]
+        self._stop_requested = False
+
+    @property
+    def interrupted(self) -> bool:
+        return any(c.finish_reason == "interrupted" for c in self.completions)
+
+    def interrupt(self) -> None:
+        """Stop; unfinished branches keep their text with finish reason 'interrupted'."""
+        self._stop_requested = True
+        for completion in self.completions:
+            if completion.finish_reason is None:
+                completion.finish_reason = "interrupted"

@@ -22,7 +22,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def one_line_error(code, err, *needles):
+def assert_one_line_error(code, err, *needles):
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     for needle in needles:
@@ -42,7 +42,7 @@ def test_yaml_tags_never_construct_objects(capsys, tmp_path, payload):
     path = tmp_path / "evil.yaml"
     path.write_text("name: evil\nspeakers: {user: A, model: B}\ngreeting: hi\n" + payload.format(marker=marker))
     code, _, err = run(capsys, "personas", "show", path)
-    one_line_error(code, err, "evil.yaml:4", "is not allowed")
+    assert_one_line_error(code, err, "evil.yaml:4", "is not allowed")
     assert not marker.exists()
 
 
@@ -58,7 +58,7 @@ def test_an_alias_bomb_is_refused_quickly(capsys, tmp_path):
     path.write_text(billion_laughs())
     started = time.perf_counter()
     code, _, err = run(capsys, "personas", "show", path)
-    one_line_error(code, err, "bomb.yaml", "alias")
+    assert_one_line_error(code, err, "bomb.yaml", "alias")
     assert time.perf_counter() - started < 10  # it was not expanded
 
 
@@ -77,7 +77,7 @@ def test_a_50_mb_field_is_refused_before_parsing(capsys, tmp_path):
         f.write("\"\n")
     started = time.perf_counter()
     code, _, err = run(capsys, "personas", "show", path)
-    one_line_error(code, err, "huge.yaml", "50.0 MB", "larger than")
+    assert_one_line_error(code, err, "huge.yaml", "50.0 MB", "larger than")
     assert time.perf_counter() - started < 5
 
 
@@ -91,21 +91,21 @@ def test_malformed_persona_files(capsys, tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     code, _, err = run(capsys, "personas", "show", path)
-    one_line_error(code, err, "bad.yaml", needle)
+    assert_one_line_error(code, err, "bad.yaml", needle)
 
 
 def test_a_hostile_config_file_is_one_line(capsys, isolated_home):
     isolated_home.mkdir(parents=True, exist_ok=True)
     (isolated_home / "config.yaml").write_text(billion_laughs().replace("extensions:", "model:"))
     code, _, err = run(capsys, "models")
-    one_line_error(code, err, "config.yaml", "alias", "delete the file")
+    assert_one_line_error(code, err, "config.yaml", "alias", "delete the file")
 
 
 def test_a_hostile_compare_spec_is_one_line(capsys, tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("turns: !!python/object/apply:os.getcwd []\n")
     code, _, err = run(capsys, "compare", path)
-    one_line_error(code, err, "spec.yaml:1", "tag")
+    assert_one_line_error(code, err, "spec.yaml:1", "tag")
 
 
 # -- character cards -------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def test_bad_cards_are_one_line(capsys, tmp_path, isolated_home, name, content, 
     path = tmp_path / name
     path.write_bytes(content)
     code, _, err = run(capsys, "personas", "import", path)
-    one_line_error(code, err, name, needle)
+    assert_one_line_error(code, err, name, needle)
     assert not (isolated_home / "personas").exists() or not list((isolated_home / "personas").iterdir())
 
 
@@ -239,7 +239,7 @@ def test_huge_lines_are_reported_and_the_rest_loads(capsys, store):
 def test_bad_headers_are_one_line(capsys, store, first_line, needle):
     before = write_session(store, "hdr", [first_line, node("a", role="frame")])
     code, _, err = run(capsys, "sessions", "show", "hdr", "--sessions-dir", store.folder)
-    one_line_error(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert store.path("hdr").read_bytes() == before
 
 
@@ -261,7 +261,7 @@ def test_bad_imports_are_one_line_and_nothing_is_created(capsys, store, tmp_path
     path = tmp_path / "in.json"
     path.write_text(content)
     code, _, err = run(capsys, "sessions", "import", path, "--sessions-dir", store.folder)
-    one_line_error(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert not store.folder.exists() or not list(store.folder.iterdir())
 
 
@@ -282,20 +282,20 @@ def test_bad_session_names_are_refused(capsys, store, name):
     for argv in (["sessions", "show", name], ["sessions", "rm", name], ["chat", "--session", name],
                  ["replay", name]):
         code, _, err = run(capsys, *argv, "--sessions-dir", store.folder)
-        one_line_error(code, err, "not allowed")
+        assert_one_line_error(code, err, "not allowed")
     assert not store.folder.exists() or not list(store.folder.iterdir())
 
 
 @pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "a\x00b", "ok\n", ".hidden"])
 def test_bad_persona_names_are_refused(capsys, isolated_home, name):
     code, _, err = run(capsys, "personas", "new", name)
-    one_line_error(code, err)
+    assert_one_line_error(code, err)
     assert not (isolated_home / "personas").exists() or not list((isolated_home / "personas").iterdir())
 
 
 def test_a_persona_path_with_a_nul_byte_is_one_line(capsys):
     code, _, err = run(capsys, "personas", "show", "./a\x00b.yaml")
-    one_line_error(code, err, "cannot read it")
+    assert_one_line_error(code, err, "cannot read it")
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -332,4 +332,4 @@ def test_pickle_only_folders_are_refused_everywhere(capsys, tmp_path, tiny_dir):
     torch.save(AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict(), folder / "pytorch_model.bin")
     for argv in (["generate", "Hello", "--model", folder], ["models", "--load", folder]):
         code, _, err = run(capsys, *argv)
-        one_line_error(code, err, "pickle", "--allow-pickle")
+        assert_one_line_error(code, err, "pickle", "--allow-pickle")
