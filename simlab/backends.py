@@ -18,7 +18,7 @@ def open_engine(settings: Settings, spec: str | None = None, trust_remote_code: 
         from simlab.remote import RemoteConfig, RemoteEngine
 
         return RemoteEngine(RemoteConfig(settings.base_url, None if spec == EMBEDDED else spec,
-                                         api_key_env=settings.api_key_env))
+                                         api_key_env=settings.api_key_env, concurrency=int(settings.concurrency)))
     from simlab.engine import Engine
     from simlab.models import load_model
 

@@ -43,6 +43,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-url", help="the server's /v1 root, e.g. http://127.0.0.1:8000/v1")
     group.add_argument("--api-key-env", metavar="VAR",
                        help="environment variable holding the server's API key (default SIMLAB_API_KEY)")
+    group.add_argument("--concurrency", metavar="N",
+                       help="requests in flight at once to a server (default 4; 1 makes seeds repeat on "
+                            "servers that share one random generator, such as transformers serve)")
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +164,7 @@ def settings_flags(args: argparse.Namespace) -> dict:
     """The model flags as load_settings takes them."""
     return dict(model=args.model, device=args.device, dtype=args.dtype, offline=args.offline,
                 allow_pickle=args.allow_pickle, backend=args.backend, base_url=args.base_url,
-                api_key_env=args.api_key_env)
+                api_key_env=args.api_key_env, concurrency=args.concurrency)
 
 
 def _load(args: argparse.Namespace, spec: str | None = None):

@@ -38,6 +38,7 @@ class Settings:
     backend: str = "local"  # or "openai": an OpenAI-compatible server at base_url (simlab.remote)
     base_url: str = ""
     api_key_env: str = "SIMLAB_API_KEY"  # the variable holding the server's API key (never stored)
+    concurrency: str = "4"  # requests in flight at once to a server
 
     @property
     def home(self) -> Path:
@@ -53,6 +54,8 @@ class Settings:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if not self.concurrency.isdigit() or not 1 <= int(self.concurrency) <= 256:
+            raise ConfigError(f"concurrency {self.concurrency!r} is not valid; use a whole number from 1 to 256")
         if self.backend == "openai" and not self.base_url:
             raise ConfigError("backend openai needs the server's URL: --base-url http://HOST:PORT/v1")
 
@@ -70,6 +73,7 @@ BACKENDS = ("local", "openai")
 _ENV = {
     "backend": "SIMLAB_BACKEND",
     "base_url": "SIMLAB_BASE_URL",
+    "concurrency": "SIMLAB_CONCURRENCY",
     "model": "SIMLAB_MODEL",
     "device": "SIMLAB_DEVICE",
     "dtype": "SIMLAB_DTYPE",

@@ -328,3 +328,16 @@ def test_doctor_checks_the_server(capsys, server):
     assert f"ok    server           {url} serves {model}" in out
     code, out, _ = run(capsys, "doctor", "--backend", "openai", "--base-url", f"http://127.0.0.1:{free_port()}/v1")
     assert code == 1 and "FAIL  server" in out and "cannot reach the server" in out
+
+
+def test_one_request_at_a_time_makes_every_sibling_repeat(capsys, server):
+    common = ["generate", "Once upon a time", *remote_flags(server), "--max-tokens", "10", "--concurrency", "1"]
+    code, out, err = run(capsys, *common, "-n", "3", "--seed", "20", "--json")
+    assert code == 0, err
+    siblings = json.loads(out)["completions"]
+    assert [c["seed"] for c in siblings] == [20, 21, 22]
+    for c in siblings:  # each as it would be alone (this server drops a broken last character when streaming)
+        _, alone, _ = run(capsys, *common, "--seed", str(c["seed"]))
+        assert alone.rstrip("\n").rstrip("\ufffd") == c["text"].rstrip("\ufffd")
+    code, _, err = run(capsys, *common, "--concurrency", "0")
+    assert code == 2 and "concurrency '0' is not valid" in err
