@@ -363,13 +363,10 @@ class Chat:
         framing = framing_of(path)
         params = self._next_params(1)
         tokenizer = self.engine.tokenizer
-        done = len(tokenizer.encode(node.text, add_special_tokens=False)) if tokenizer is not None else 0
-        fit = self._fit(path, node.speaker, params.max_new_tokens + done)
-        prompt = reply_prompt(fit.path, node.speaker, self.engine.tokenizer)
-        if isinstance(prompt, str):
-            prompt += framing.lead() + node.text
-        else:
-            prompt = prompt + self.engine.tokenizer.encode(node.text, add_special_tokens=False)
+        written = tokenizer.encode(node.text, add_special_tokens=False) if tokenizer is not None else []
+        fit = self._fit(path, node.speaker, params.max_new_tokens + len(written))
+        prompt = reply_prompt(fit.path, node.speaker, tokenizer)
+        prompt = prompt + framing.lead() + node.text if isinstance(prompt, str) else prompt + written
         run = self.engine.start(prompt, params)
         self._stream(run, self._label(node) + " " + node.text)
         [c] = run.completions
