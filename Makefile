@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 
-.PHONY: run test test-fast bench clean
+.PHONY: run test test-fast lint bench clean
 
 $(BIN)/simlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,18 @@ $(BIN)/simlab: pyproject.toml
 run: $(BIN)/simlab
 	$(BIN)/simlab chat
 
+# Every tier (unit, model, slow, hostile), then the house rules: ruff and the import layers.
 test: $(BIN)/simlab
 	$(BIN)/pytest -m 'slow or not slow'
+	$(MAKE) --no-print-directory lint
 
 test-fast: $(BIN)/simlab
 	$(BIN)/pytest
+
+lint: $(BIN)/simlab
+	$(BIN)/ruff check simlab tests benchmarks
+	$(BIN)/ruff format --check simlab tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 bench: $(BIN)/simlab
 	$(BIN)/python benchmarks/bench_decode.py

@@ -17,11 +17,12 @@ import time
 import torch
 
 import simlab.compare as compare
-from simlab.compare import build_spec, run_sweep
+from simlab.compare.spec import build_spec
+from simlab.compare.sweep import run_sweep
 from simlab.config import load_settings
-from simlab.engine import Engine
-from simlab.models import load_model
-from simlab.store import SessionStore
+from simlab.engine.local import Engine
+from simlab.models.load import load_model
+from simlab.session.store import SessionStore
 
 
 def sweep(spec, engine, batch: int) -> tuple[float, list[list[int]]]:
@@ -41,16 +42,31 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
     engine = Engine(load_model(args.model, load_settings(), progress=lambda m: print(m, file=sys.stderr)))
-    spec = build_spec({"turns": ["What is the strangest thing you have seen?"], "samples": args.samples,
-                       "seed": 11, "sampling": {"max_tokens": args.tokens},
-                       "variants": ["interview", "stage-play"]}, "benchmark")
+    spec = build_spec(
+        {
+            "turns": ["What is the strangest thing you have seen?"],
+            "samples": args.samples,
+            "seed": 11,
+            "sampling": {"max_tokens": args.tokens},
+            "variants": ["interview", "stage-play"],
+        },
+        "benchmark",
+    )
     info = engine.info
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"model: {info.name}, {info.device}, {info.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; 2 variants x {args.samples} samples, up to {args.tokens} tokens")
+    print(
+        f"model: {info.name}, {info.device}, {info.dtype}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; 2 variants x {args.samples} samples, up to {args.tokens} tokens"
+    )
     batch = compare.MAX_BATCH
-    sweep(build_spec({"turns": ["hi"], "samples": 1, "variants": ["interview"],
-                      "sampling": {"max_tokens": 2}}, "warm-up"), engine, 1)
+    sweep(
+        build_spec(
+            {"turns": ["hi"], "samples": 1, "variants": ["interview"], "sampling": {"max_tokens": 2}},
+            "warm-up",
+        ),
+        engine,
+        1,
+    )
     batched, a = sweep(spec, engine, batch)
     alone, b = sweep(spec, engine, 1)
     assert a == b, "batched and one-at-a-time samples differ"

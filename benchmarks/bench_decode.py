@@ -18,12 +18,14 @@ import torch
 from transformers import GenerationConfig
 
 from simlab.config import load_settings
-from simlab.engine import Engine
-from simlab.models import load_model
-from simlab.sampling import SamplingParams
+from simlab.engine.local import Engine
+from simlab.engine.params import SamplingParams
+from simlab.models.load import load_model
 
-PROMPT = ("The following is a transcript of an interview with a lighthouse keeper.\n\n"
-          "Interviewer: How long have you kept this light?\nKeeper:")
+PROMPT = (
+    "The following is a transcript of an interview with a lighthouse keeper.\n\n"
+    "Interviewer: How long have you kept this light?\nKeeper:"
+)
 
 
 def time_simlab(engine: Engine, ids: list[int], n: int, tokens: int, seed: int) -> float:
@@ -36,8 +38,16 @@ def time_simlab(engine: Engine, ids: list[int], n: int, tokens: int, seed: int) 
 
 
 def time_generate(model, ids: list[int], n: int, tokens: int, seed: int) -> float:
-    config = GenerationConfig(do_sample=True, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=tokens,
-                              num_return_sequences=n, eos_token_id=None, pad_token_id=0)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=0.8,
+        top_p=0.95,
+        top_k=0,
+        max_new_tokens=tokens,
+        num_return_sequences=n,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     prompt = torch.tensor([ids])
     started = time.perf_counter()
@@ -68,17 +78,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
-    loaded = load_model(args.model, load_settings(device=args.device, dtype=args.dtype),
-                        progress=lambda m: print(m, file=sys.stderr))
+    loaded = load_model(
+        args.model,
+        load_settings(device=args.device, dtype=args.dtype),
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     engine = Engine(loaded)
     engine.eos_ids = frozenset()  # both sides decode exactly --tokens tokens
     ids = engine.encode(PROMPT)
     info = loaded.info
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"model: {info.name} ({info.parameters / 1e6:.0f}M params), {info.device}, {info.dtype}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"prompt {len(ids)} tokens, {args.tokens} new tokens, temperature 0.8, top-p 0.95, "
-          f"median of {args.repeats}")
+    print(
+        f"model: {info.name} ({info.parameters / 1e6:.0f}M params), {info.device}, {info.dtype}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"prompt {len(ids)} tokens, {args.tokens} new tokens, temperature 0.8, top-p 0.95, "
+        f"median of {args.repeats}"
+    )
     time_simlab(engine, ids, 1, 4, 0)  # warm-up both paths
     time_generate(loaded.model, ids, 1, 4, 0)
     print(f"{'n':>3} {'simlab tok/s':>13} {'generate tok/s':>15} {'ratio':>7}")
@@ -94,8 +111,10 @@ def main() -> None:
     weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     bandwidth = copy_bandwidth()
     roof = bandwidth / weights
-    print(f"memory roof: {weights / 2**20:.0f} MiB of weights read per token at {bandwidth / 1e9:.1f} GB/s "
-          f"(one tensor copy) = {roof:.1f} tok/s; simlab n=1 reaches {single / roof:.0%} of it")
+    print(
+        f"memory roof: {weights / 2**20:.0f} MiB of weights read per token at {bandwidth / 1e9:.1f} GB/s "
+        f"(one tensor copy) = {roof:.1f} tok/s; simlab n=1 reaches {single / roof:.0%} of it"
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from simlab.store import SessionStore, load_tree
-from simlab.tree import Node, new_id
+from simlab.session.journal import load_tree
+from simlab.session.store import SessionStore
+from simlab.session.tree import Node, new_id
 
 
 def reply_fields(k: int) -> dict:
@@ -27,7 +28,10 @@ def reply_fields(k: int) -> dict:
         "logprobs": tuple(-0.5 for _ in range(tokens)),
         "top": tuple(tuple((j, f"tok{j}", -1.0) for j in range(5)) for _ in range(tokens)),
         "params": {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128, "stop": ["\nUser:"]},
-        "seed": k, "finish_reason": "stop", "model": "embedded", "model_revision": "a5fd3b62230a",
+        "seed": k,
+        "finish_reason": "stop",
+        "model": "embedded",
+        "model_revision": "a5fd3b62230a",
     }
 
 
@@ -48,8 +52,9 @@ def run(args: argparse.Namespace, folder: Path) -> None:
             if k % 2 == 0:
                 node = session.add_child(parent, "user", f"user turn {k} " * 5, speaker="User")
             else:  # replies branch: every fourth one is a sibling of the previous
-                node = session.add_child(parent, "model", f"reply {k} " * 12, speaker="Bot",
-                                         origin="sampled", **reply_fields(k))
+                node = session.add_child(
+                    parent, "model", f"reply {k} " * 12, speaker="Bot", origin="sampled", **reply_fields(k)
+                )
             parent = node.id if k % 4 != 3 else parent
     path = store.path("big")
     size = path.stat().st_size
@@ -70,8 +75,15 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     synced = []
     parent = tree.cursor
     for k in range(args.appends):
-        node = Node(id=new_id(), parent=parent, role="model", text="a reply " * 12, speaker="Bot",
-                    origin="sampled", **reply_fields(k))
+        node = Node(
+            id=new_id(),
+            parent=parent,
+            role="model",
+            text="a reply " * 12,
+            speaker="Bot",
+            origin="sampled",
+            **reply_fields(k),
+        )
         started = time.perf_counter()
         session.add(node)
         synced.append(time.perf_counter() - started)
@@ -80,8 +92,17 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     unsynced = []
     with open(folder / "plain.jsonl", "ab") as handle:
         for k in range(args.appends):
-            line = json.dumps({"type": "node", "node": Node(id=new_id(), parent=None, role="model", text="a reply",
-                                                            **reply_fields(k)).to_record()}) + "\n"
+            line = (
+                json.dumps(
+                    {
+                        "type": "node",
+                        "node": Node(
+                            id=new_id(), parent=None, role="model", text="a reply", **reply_fields(k)
+                        ).to_record(),
+                    }
+                )
+                + "\n"
+            )
             started = time.perf_counter()
             handle.write(line.encode())
             handle.flush()
@@ -91,11 +112,17 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     append, plain = statistics.median(synced), statistics.median(unsynced)
     p95 = sorted(synced)[int(0.95 * len(synced))]
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"session: {args.nodes} nodes (replies with 24 tokens, top-5 alternatives each), {size / 1e6:.1f} MB")
-    print(f"load:   {load * 1000:7.1f} ms (median of 5)   json.loads of the lines alone {parse * 1000:.1f} ms "
-          f"-> {load / parse:.2f}x parsing   target <= 1000 ms")
-    print(f"append: {append * 1000:7.2f} ms median, {p95 * 1000:.2f} ms p95 (fsynced)   unsynced write "
-          f"{plain * 1000:.3f} ms -> fsync is {append / plain:.0f}x   target <= 5 ms")
+    print(
+        f"session: {args.nodes} nodes (replies with 24 tokens, top-5 alternatives each), {size / 1e6:.1f} MB"
+    )
+    print(
+        f"load:   {load * 1000:7.1f} ms (median of 5)   json.loads of the lines alone {parse * 1000:.1f} ms "
+        f"-> {load / parse:.2f}x parsing   target <= 1000 ms"
+    )
+    print(
+        f"append: {append * 1000:7.2f} ms median, {p95 * 1000:.2f} ms p95 (fsynced)   unsynced write "
+        f"{plain * 1000:.3f} ms -> fsync is {append / plain:.0f}x   target <= 5 ms"
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,16 @@ import time
 import torch
 
 from simlab.config import load_settings
-from simlab.engine import Engine
-from simlab.models import load_model
-from simlab.params import SamplingParams
-from simlab.trace import Recorder, TraceConfig
+from simlab.engine.local import Engine
+from simlab.engine.params import SamplingParams
+from simlab.models.load import load_model
+from simlab.trace.config import TraceConfig
+from simlab.trace.record import Recorder
 
-PROMPT = ("The following is a transcript of an interview with a lighthouse keeper.\n\n"
-          "Interviewer: How long have you kept this light?\nKeeper:")
+PROMPT = (
+    "The following is a transcript of an interview with a lighthouse keeper.\n\n"
+    "Interviewer: How long have you kept this light?\nKeeper:"
+)
 
 
 def rate(engine: Engine, tokens: int, seed: int, traced: bool) -> float:
@@ -48,16 +51,20 @@ def main() -> None:
     info = engine.info
     per_token = Recorder(engine.model, TraceConfig()).bytes_per_token()
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"model: {info.name}, {info.device}, {info.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.tokens} tokens, median of {args.repeats}")
+    print(
+        f"model: {info.name}, {info.device}, {info.dtype}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.tokens} tokens, median of {args.repeats}"
+    )
     rate(engine, 4, 0, False), rate(engine, 4, 0, True)  # warm-up
     plain, traced = [], []
     for r in range(args.repeats):
         plain.append(rate(engine, args.tokens, r, False))
         traced.append(rate(engine, args.tokens, r, True))
     a, b = statistics.median(plain), statistics.median(traced)
-    print(f"untraced {a:.2f} tok/s, traced (all {info.layers + 2} points, bfloat16) {b:.2f} tok/s: "
-          f"traced/untraced {b / a:.1%} (target >= 85%)")
+    print(
+        f"untraced {a:.2f} tok/s, traced (all {info.layers + 2} points, bfloat16) {b:.2f} tok/s: "
+        f"traced/untraced {b / a:.1%} (target >= 85%)"
+    )
     print(f"trace size: {per_token:,} bytes per token ({per_token / 1024:.1f} KiB)")
 
 

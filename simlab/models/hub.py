@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from simlab.errors import ModelUnavailableError, UnknownModelError
-from simlab.models import LoadedModel, ModelInfo
 from simlab.models.device import dtype_name
+from simlab.models.info import LoadedModel, ModelInfo, hf_cache_dir
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     # The hub's safetensors-conversion bot would open a pull request over the network; never here.
     os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
     from transformers.utils import logging
@@ -37,7 +37,9 @@ def folder_weights(folder: Path) -> str:
     if any(n.endswith(_PICKLE_SUFFIXES) for n in names):
         return "pickle"
     if "config.json" not in names:
-        raise UnknownModelError(f"model folder {folder}: no config.json; is this a transformers model folder?")
+        raise UnknownModelError(
+            f"model folder {folder}: no config.json; is this a transformers model folder?"
+        )
     raise ModelUnavailableError(f"model folder {folder}: no weight files (*.safetensors) in it")
 
 
@@ -83,10 +85,17 @@ def load_folder(
     if kind == "pickle" and not allow_pickle:
         raise _pickle_refused(f"model folder {folder}")
     return _from_pretrained(
-        str(folder), spec=spec, device=device, dtype=dtype, offline=True,
-        use_safetensors=(kind == "safetensors"), trust_remote_code=trust_remote_code,
-        revision=revision or folder_revision(folder), name=name or folder.name,
-        from_cache=from_cache, own_cache=own_cache,
+        str(folder),
+        spec=spec,
+        device=device,
+        dtype=dtype,
+        offline=True,
+        use_safetensors=(kind == "safetensors"),
+        trust_remote_code=trust_remote_code,
+        revision=revision or folder_revision(folder),
+        name=name or folder.name,
+        from_cache=from_cache,
+        own_cache=own_cache,
     )
 
 
@@ -101,9 +110,16 @@ def load_hub(
 ) -> LoadedModel:
     """Load a hub id through the Hugging Face cache (HF_HOME), downloading unless offline."""
     return _from_pretrained(
-        model_id, spec=model_id, device=device, dtype=dtype, offline=offline,
-        use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code,
-        revision=None, name=model_id, from_cache=False,
+        model_id,
+        spec=model_id,
+        device=device,
+        dtype=dtype,
+        offline=offline,
+        use_safetensors=None if allow_pickle else True,
+        trust_remote_code=trust_remote_code,
+        revision=None,
+        name=model_id,
+        from_cache=False,
     )
 
 
@@ -140,22 +156,29 @@ def _from_pretrained(
     from_cache: bool,
     own_cache: bool = False,
 ) -> LoadedModel:
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from simlab.catalog import hf_cache_dir
-
     # cache_dir is resolved per call: huggingface_hub reads HF_HOME only once, at import.
-    common = {"local_files_only": offline, "trust_remote_code": trust_remote_code, "cache_dir": str(hf_cache_dir())}
+    common = {
+        "local_files_only": offline,
+        "trust_remote_code": trust_remote_code,
+        "cache_dir": str(hf_cache_dir()),
+    }
     if Path(source).is_dir():  # loading a local folder takes seconds; a bar is noise
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     try:
-        tokenizer = _own_tokenizer(Path(source)) if own_cache else AutoTokenizer.from_pretrained(source, **common)
+        tokenizer = (
+            _own_tokenizer(Path(source)) if own_cache else AutoTokenizer.from_pretrained(source, **common)
+        )
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=use_safetensors,
-            device_map=str(device) if device.type == "cuda" else None, **common,
+            source,
+            dtype=dtype,
+            use_safetensors=use_safetensors,
+            device_map=str(device) if device.type == "cuda" else None,
+            **common,
         )
     except Exception as exc:  # noqa: BLE001 - any failure here is about the files; say which
         if Path(source).is_dir():
@@ -183,9 +206,19 @@ def _own_tokenizer(folder: Path):
     from transformers import PreTrainedTokenizerFast
 
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    keep = ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token", "chat_template", "model_max_length")
-    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
-                                   **{k: config[k] for k in keep if config.get(k) is not None})
+    keep = (
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "pad_token",
+        "mask_token",
+        "chat_template",
+        "model_max_length",
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(folder / "tokenizer.json"),
+        **{k: config[k] for k in keep if config.get(k) is not None},
+    )
 
 
 def _hub_commit(model_id: str, cache_dir: str) -> str | None:
@@ -203,8 +236,11 @@ def describe(model, *, spec: str, name: str, revision: str, source: str, from_ca
     """Summarise a loaded model's shape, place and provenance."""
     config = model.config.get_text_config()
     context = next(
-        (getattr(config, key) for key in ("max_position_embeddings", "n_positions", "n_ctx")
-         if isinstance(getattr(config, key, None), int)),
+        (
+            getattr(config, key)
+            for key in ("max_position_embeddings", "n_positions", "n_ctx")
+            if isinstance(getattr(config, key, None), int)
+        ),
         2048,
     )
     parameter = next(model.parameters())

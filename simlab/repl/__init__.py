@@ -1,1 +1,2 @@
-"""The chat REPL: `chat` (state and actions), `commands` (slash commands), `app` (the terminal)."""
+"""The chat REPL: its state and the chat's own actions (state), slash commands (commands), what the
+report commands print (views), and the terminal (app)."""

@@ -3,19 +3,25 @@ a bottom toolbar; or, when stdin is not a terminal, one user turn (or command) p
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
-from simlab.errors import SimlabError
-from simlab.repl.chat import Chat, ModelFailed, edit_in_editor, pick_editor
+from simlab.errors import ModelFailed, SimlabError
+from simlab.persona.library import library
 from simlab.repl.commands import COMMANDS, Context, Quit, handle
+from simlab.repl.state import SETTABLE, Chat
 
 
 def toolbar_text(chat: Chat) -> str:
     p = chat.params
     if not chat.engine_ready:
-        return f" loading the model… · {chat._persona_name()} · T {p.temperature} top-p {p.top_p} "
+        return f" loading the model… · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
     info = chat.engine.info
     try:
         depth, i, n = chat.position()
@@ -23,11 +29,16 @@ def toolbar_text(chat: Chat) -> str:
     except SimlabError:
         where = "empty"
     seed = "random" if chat.seed is None else str(chat.seed)
-    last = (f" · {chat.last.tokens_per_second:.1f} tok/s · first token {chat.last.first_token_ms:.0f} ms"
-            if chat.last else "")
+    last = (
+        f" · {chat.last.tokens_per_second:.1f} tok/s · first token {chat.last.first_token_ms:.0f} ms"
+        if chat.last
+        else ""
+    )
     unsaved = f" · NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""
-    return (f" {info.name} · {info.device} · {chat._persona_name()} · T {p.temperature} top-p {p.top_p} "
-            f"seed {seed} · {where}{last}{unsaved} ")
+    return (
+        f" {info.name} · {info.device} · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
+        f"seed {seed} · {where}{last}{unsaved} "
+    )
 
 
 def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:
@@ -37,9 +48,14 @@ def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> 
         where = f"{info.name} on {info.device} ({info.dtype})"
     else:
         where = f"{model} (loading in the background; type away)"
-    out.write(chat.style.dim(f"simlab · {where} · persona "
-                             f"{chat._persona_name()} · session {chat.session.name} ({state}) in "
-                             f"{chat.store.folder} · /help for commands") + "\n")
+    out.write(
+        chat.style.dim(
+            f"simlab · {where} · persona "
+            f"{chat.persona_name()} · session {chat.session.name} ({state}) in "
+            f"{chat.store.folder} · /help for commands"
+        )
+        + "\n"
+    )
     out.flush()
 
 
@@ -60,12 +76,8 @@ def _completer(chat: Chat):
             if " " in arg:
                 return
             if name == "persona":
-                from simlab.persona import library
-
                 options = list(library())
             elif name == "set":
-                from simlab.repl.chat import SETTABLE
-
                 options = list(SETTABLE)
             elif name in ("load",):
                 options = [s.name for s in chat.store.list()]
@@ -88,6 +100,7 @@ def _bindings():
     def command(line: str):
         def run(event) -> None:
             event.app.exit(result=line)
+
         return run
 
     # Alt+arrow arrives as Escape followed by the arrow in most terminals
@@ -110,8 +123,9 @@ def _bindings():
     return keys
 
 
-def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, input=None, output=None,
-                    model: str = "the model") -> int:
+def run_interactive(
+    chat: Chat, resumed: bool, history: Path | None = None, input=None, output=None, model: str = "the model"
+) -> int:
     """The REPL on a terminal (or on prompt-toolkit's pipe input, for tests). Returns the exit code."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -124,9 +138,15 @@ def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, inpu
             store = InMemoryHistory()
     else:
         store = InMemoryHistory()
-    prompt = PromptSession(history=store, completer=_completer(chat), key_bindings=_bindings(),
-                           bottom_toolbar=lambda: toolbar_text(chat), complete_while_typing=False,
-                           input=input, output=output)
+    prompt = PromptSession(
+        history=store,
+        completer=_completer(chat),
+        key_bindings=_bindings(),
+        bottom_toolbar=lambda: toolbar_text(chat),
+        complete_while_typing=False,
+        input=input,
+        output=output,
+    )
 
     def ask(message: str, default: str) -> str:
         return prompt.prompt(message, default=default)
@@ -161,9 +181,11 @@ def run_interactive(chat: Chat, resumed: bool, history: Path | None = None, inpu
 
 def farewell(chat: Chat) -> int:
     """The closing line; the exit code (128 + the signal when one ended the REPL)."""
-    if not chat.session.unsaved:  # else cli_chat says where the unsaved changes went
-        chat.note(f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
-                  f"resume with: simlab chat --resume {chat.session.name}")
+    if not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
+        chat.note(
+            f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
+            f"resume with: simlab chat --resume {chat.session.name}"
+        )
     return 128 + chat.stopping if chat.stopping is not None else 0
 
 
@@ -198,3 +220,24 @@ def run_script(chat: Chat, lines: Iterable[str]) -> int:
     if chat.stopping is not None:
         return farewell(chat)
     return 2 if bad else 0
+
+
+def pick_editor() -> str | None:
+    return os.environ.get("VISUAL") or os.environ.get("EDITOR")
+
+
+def edit_in_editor(text: str) -> str:
+    """Edit text in $VISUAL/$EDITOR; returns the saved text without its final newline."""
+    editor = pick_editor()
+    with tempfile.NamedTemporaryFile("w+", suffix=".txt", delete=False, encoding="utf-8") as handle:
+        handle.write(text)
+        name = handle.name
+    try:
+        result = subprocess.run([*shlex.split(editor), name])
+        if result.returncode != 0:
+            raise SimlabError(f"the editor {editor!r} exited with {result.returncode}; nothing saved")
+        with open(name, encoding="utf-8") as handle:
+            edited = handle.read()
+    finally:
+        os.unlink(name)
+    return edited[:-1] if edited.endswith("\n") else edited

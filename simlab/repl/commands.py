@@ -1,16 +1,26 @@
-"""Slash commands: one table of names, arguments and help, and the dispatch of a typed line.
+"""Slash commands: one table of names, arguments and help, the handlers that are not the chat itself
+(settings, the tree, sessions, exports), and the dispatch of a typed line.
 
 A line that starts with "/" is a command and is never sent to the model; "//text" sends "/text".
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
-from simlab.errors import SimlabError
-from simlab.repl.chat import SETTABLE, Chat
+from simlab.engine.params import decode_escapes, parse_setting
+from simlab.errors import SimlabError, needs_local
+from simlab.persona.library import find
+from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.views import info_lines, params_text, token_lines
+from simlab.replay import replay_branch
+from simlab.session import formats
+from simlab.session.views import render_tree
+from simlab.trace.config import TraceConfig
+from simlab.turns import add_frame
 
 
 class Quit(Exception):
@@ -22,7 +32,7 @@ class Command:
     name: str
     args: str
     help: str
-    run: Callable[[Chat, str, "Context"], None]  # (chat, the text after the name, context)
+    run: Callable[[Chat, str, Context], None]  # (chat, the text after the name, context)
 
 
 @dataclass
@@ -55,14 +65,85 @@ def _help(chat: Chat, rest: str, ctx: Context) -> None:
     chat.say("  Ctrl-C stops a reply (and quits at an empty prompt), Ctrl-D quits. //text sends /text.")
 
 
+# -- settings ---------------------------------------------------------------------------------
+
+
 def _set(chat: Chat, rest: str, ctx: Context) -> None:
+    """`/set KEY VALUE`: a sampling knob, or the stop strings (a|b, or 'default')."""
     key, _, value = rest.strip().partition(" ")
+    value = value.strip()
     if not key:
         chat.say(params_text(chat))
         return
-    if not value.strip():
+    if not value:
         raise SimlabError(f"usage: /set KEY VALUE, KEY one of {', '.join(SETTABLE)}")
-    chat.set(key, value.strip())
+    if key == "stop":
+        stops = (
+            chat.framing.stops()
+            if value == "default"
+            else tuple(decode_escapes(s) for s in value.split("|") if s)
+        )
+        chat.params = chat.params.with_overrides(stop=stops)
+        chat.note(f"stop = {list(stops)}")
+        return
+    field, number = parse_setting(key, value)
+    chat.params = chat.params.with_overrides(**{field: number})
+    chat.note(f"{key.replace('-', '_').replace('max_new_tokens', 'max_tokens')} = {number}")
+
+
+def _seed(chat: Chat, rest: str, ctx: Context) -> None:
+    value = _one(rest, "/seed N|random")
+    if value in ("random", "none", "off"):
+        chat.seeds.next = None
+        chat.note("seed: a fresh random seed for each reply")
+        return
+    try:
+        seed = int(value)
+    except ValueError:
+        raise SimlabError(f"/seed {value}: give a whole number, or 'random'") from None
+    chat.params.with_overrides(seed=seed)  # validates the range
+    chat.seeds.next = seed
+    chat.note(f"seed = {seed} (the next reply; then +1 per reply)")
+
+
+def _trace(chat: Chat, rest: str, ctx: Context) -> None:
+    value = rest.strip()
+    if value not in ("on", "off", ""):
+        raise SimlabError("usage: /trace on|off")
+    if value == "off":
+        chat.tracer = None
+    elif value == "on" and chat.tracer is None:
+        if not chat.engine.capabilities.can_trace:
+            raise needs_local("/trace (the residual stream)")
+        from simlab.trace.record import Tracer
+
+        chat.tracer = Tracer(TraceConfig(), say=chat.note)
+    where = f" (files in {chat.session.path.name[:-6]}.traces/)" if chat.tracer else ""
+    chat.note(f"trace {'on' if chat.tracer else 'off'}{where}")
+
+
+# -- the tree ---------------------------------------------------------------------------------
+
+
+def _pick(chat: Chat, rest: str, ctx: Context) -> None:
+    i = _int(rest, "/pick I")
+    choices = chat.batch or [s.id for s in chat.tree.siblings(chat.cursor.id)]
+    if not 1 <= i <= len(choices):
+        raise SimlabError(f"/pick {i}: choose 1 to {len(choices)}")
+    chat.show_turn(chat.session.goto(choices[i - 1]))
+
+
+def _goto(chat: Chat, rest: str, ctx: Context) -> None:
+    chat.session.goto(chat.tree.resolve(_one(rest, "/goto ID")).id)
+    chat.batch = []
+    chat.show_path(last=3)
+
+
+def _bookmark(chat: Chat, rest: str, ctx: Context) -> None:
+    node = chat.cursor
+    on = "bookmark" not in node.tags
+    chat.session.set_tag(node.id, "bookmark", on)
+    chat.note(f"{'bookmarked' if on else 'bookmark removed from'} {node.id[:8]}")
 
 
 def _edit(chat: Chat, rest: str, ctx: Context) -> None:
@@ -79,73 +160,143 @@ def _edit(chat: Chat, rest: str, ctx: Context) -> None:
 
 
 def _persona(chat: Chat, rest: str, ctx: Context) -> None:
-    from simlab.persona import find
-
-    chat.switch_persona(find(_one(rest, "/persona NAME (see `simlab personas list`)")))
+    """This path's user turns replayed under another persona, as a new branch (a new root)."""
+    persona = find(_one(rest, "/persona NAME (see `simlab personas list`)"))
+    turns = [n for n in chat.path() if n.role == "user"]
+    chat.persona = persona
+    if not turns:
+        chat.session.goto(add_frame(chat.session, persona).id)
+    else:
+        chat.note(f"replaying {len(turns)} user turn(s) under {persona.name} ...")
+        replay_branch(chat.engine, chat.session, chat.path(), {}, persona=persona, tracer=chat.tracer)
+    chat.show_path()
 
 
 def _tree(chat: Chat, rest: str, ctx: Context) -> None:
-    from simlab.treeview import render_tree
-
     for line in render_tree(chat.tree, chat.style, show_hidden=rest.strip() == "all"):
         chat.say(line)
 
 
+# -- sessions ---------------------------------------------------------------------------------
+
+
 def _export(chat: Chat, rest: str, ctx: Context) -> None:
+    """The session (md: the current path) written to a file, or printed."""
     fmt, _, target = rest.strip().partition(" ")
-    chat.export(fmt, target.strip())
+    target = target.strip()
+    if fmt == "jsonl":
+        if not target:
+            raise SimlabError("usage: /export jsonl FILE (a session file: `simlab sessions import FILE`)")
+        path = chat.session.export(Path(target))
+        chat.note(f"wrote {path} ({len(chat.tree.nodes)} nodes; `simlab sessions import {path}` opens it)")
+        return
+    if fmt not in formats.FORMATS:
+        raise SimlabError("usage: /export md|yaml|loom|jsonl [FILE]")
+    text = formats.render(chat.session, fmt)
+    if not target:
+        chat.say(text.rstrip("\n") if fmt == "loom" else text)
+        return
+    path = formats.write_text(Path(target), text, "/export")
+    if fmt != "md":
+        chat.session.exported_changes = len(chat.session.unsaved)
+    chat.note(f"wrote {path}")
 
 
 def _sessions(chat: Chat, rest: str, ctx: Context) -> None:
-    import time
-
     for s in chat.store.list():
         mark = "*" if s.name == chat.session.name else " "
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.modified))
         chat.say(f"{mark} {s.name:<24} {s.nodes:>5} nodes  {when}  {' '.join(s.first_text.split())[:50]}")
 
 
+def _load(chat: Chat, rest: str, ctx: Context) -> None:
+    name = _one(rest, "/load ID")
+    if not chat.session.safe_to_close:
+        raise SimlabError(
+            f"/load: session {chat.session.name!r} has {len(chat.session.unsaved)} change(s) "
+            "not on disk; /export jsonl FILE first"
+        )
+    chat.open_session(chat.store.open(name))
+    for problem in chat.session.problems:
+        chat.note(f"warning: {problem}")
+    chat.show_path()
+
+
 def _quit(chat: Chat, rest: str, ctx: Context) -> None:
     raise Quit()
 
 
-COMMANDS: dict[str, Command] = {c.name: c for c in [
-    Command("help", "", "this list", _help),
-    Command("set", "KEY VALUE", f"set a sampling parameter ({', '.join(SETTABLE)}; stop: a|b or 'default')",
-            _set),
-    Command("seed", "N|random", "seed of the next reply (then +1 per reply)",
-            lambda chat, rest, ctx: chat.set_seed(_one(rest, "/seed N|random"))),
-    Command("regen", "", "a new reply beside the current one", lambda chat, rest, ctx: chat.regen()),
-    Command("n", "K", "K alternative replies sampled as one batch, numbered",
-            lambda chat, rest, ctx: chat.alternatives(_int(rest, "/n K"))),
-    Command("pick", "I", "go to alternative I of the last /n (or sibling I)",
-            lambda chat, rest, ctx: chat.pick(_int(rest, "/pick I"))),
-    Command("prev", "", "the previous sibling", lambda chat, rest, ctx: chat.move("prev")),
-    Command("next", "", "the next sibling", lambda chat, rest, ctx: chat.move("next")),
-    Command("up", "", "the parent turn", lambda chat, rest, ctx: chat.move("parent")),
-    Command("down", "", "the latest child turn", lambda chat, rest, ctx: chat.move("child")),
-    Command("tree", "[all]", "the whole tree, current path marked ('all': with deleted nodes)", _tree),
-    Command("goto", "ID", "jump to a node (an id prefix is enough)",
-            lambda chat, rest, ctx: chat.goto(_one(rest, "/goto ID"))),
-    Command("edit", "[TEXT]", "edit the current turn (in $EDITOR, inline, or TEXT); the edit is a sibling",
-            _edit),
-    Command("continue", "", "extend the current reply", lambda chat, rest, ctx: chat.continue_reply()),
-    Command("tokens", "", "the current reply's tokens by probability, with alternatives",
-            lambda chat, rest, ctx: [chat.say(line) for line in token_lines(chat)]),
-    Command("persona", "NAME", "replay this path's user turns under another persona, as a new branch", _persona),
-    Command("bookmark", "", "bookmark the current turn (again to remove)", lambda chat, rest, ctx: chat.bookmark()),
-    Command("export", "md|yaml|loom|jsonl [FILE]",
-            "md: the current path as Markdown; yaml, loom: the whole tree; jsonl FILE: a session file", _export),
-    Command("sessions", "", "the saved sessions", _sessions),
-    Command("load", "ID", "open another saved session", lambda chat, rest, ctx: chat.load(_one(rest, "/load ID"))),
-    Command("info", "", "model, device, persona, session, sampling, current node",
-            lambda chat, rest, ctx: [chat.say(line) for line in info_lines(chat)]),
-    Command("transcript", "", "the exact text the model reads for the current path",
-            lambda chat, rest, ctx: chat.say(chat.transcript())),
-    Command("trace", "on|off", "record the residual stream of each reply (see `simlab trace show`)",
-            lambda chat, rest, ctx: chat.set_trace(rest.strip())),
-    Command("quit", "", "leave (everything is already saved)", _quit),
-]}
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in [
+        Command("help", "", "this list", _help),
+        Command(
+            "set",
+            "KEY VALUE",
+            f"set a sampling parameter ({', '.join(SETTABLE)}; stop: a|b or 'default')",
+            _set,
+        ),
+        Command("seed", "N|random", "seed of the next reply (then +1 per reply)", _seed),
+        Command("regen", "", "a new reply beside the current one", lambda chat, rest, ctx: chat.regen()),
+        Command(
+            "n",
+            "K",
+            "K alternative replies sampled as one batch, numbered",
+            lambda chat, rest, ctx: chat.alternatives(_int(rest, "/n K")),
+        ),
+        Command("pick", "I", "go to alternative I of the last /n (or sibling I)", _pick),
+        Command("prev", "", "the previous sibling", lambda chat, rest, ctx: chat.move("prev")),
+        Command("next", "", "the next sibling", lambda chat, rest, ctx: chat.move("next")),
+        Command("up", "", "the parent turn", lambda chat, rest, ctx: chat.move("parent")),
+        Command("down", "", "the latest child turn", lambda chat, rest, ctx: chat.move("child")),
+        Command("tree", "[all]", "the whole tree, current path marked ('all': with deleted nodes)", _tree),
+        Command("goto", "ID", "jump to a node (an id prefix is enough)", _goto),
+        Command(
+            "edit",
+            "[TEXT]",
+            "edit the current turn (in $EDITOR, inline, or TEXT); the edit is a sibling",
+            _edit,
+        ),
+        Command("continue", "", "extend the current reply", lambda chat, rest, ctx: chat.continue_reply()),
+        Command(
+            "tokens",
+            "",
+            "the current reply's tokens by probability, with alternatives",
+            lambda chat, rest, ctx: [chat.say(line) for line in token_lines(chat)],
+        ),
+        Command(
+            "persona",
+            "NAME",
+            "replay this path's user turns under another persona, as a new branch",
+            _persona,
+        ),
+        Command("bookmark", "", "bookmark the current turn (again to remove)", _bookmark),
+        Command(
+            "export",
+            "md|yaml|loom|jsonl [FILE]",
+            "md: the current path as Markdown; yaml, loom: the whole tree; jsonl FILE: a session file",
+            _export,
+        ),
+        Command("sessions", "", "the saved sessions", _sessions),
+        Command("load", "ID", "open another saved session", _load),
+        Command(
+            "info",
+            "",
+            "model, device, persona, session, sampling, current node",
+            lambda chat, rest, ctx: [chat.say(line) for line in info_lines(chat)],
+        ),
+        Command(
+            "transcript",
+            "",
+            "the exact text the model reads for the current path",
+            lambda chat, rest, ctx: chat.say(chat.transcript()),
+        ),
+        Command(
+            "trace", "on|off", "record the residual stream of each reply (see `simlab trace show`)", _trace
+        ),
+        Command("quit", "", "leave (everything is already saved)", _quit),
+    ]
+}
 
 
 def handle(chat: Chat, line: str, ctx: Context | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from simlab.errors import SimlabError
-from simlab.repl.chat import Chat
+from simlab.repl.state import Chat
 
 
 def info_lines(chat: Chat) -> list[str]:
@@ -14,7 +14,7 @@ def info_lines(chat: Chat) -> list[str]:
     lines = [
         f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
         f"device    {info.device} {info.dtype}",
-        f"persona   {chat._persona_name()} ({chat.framing.mode}; {chat.framing.user} / {chat.framing.model})",
+        f"persona   {chat.persona_name()} ({chat.framing.mode}; {chat.framing.user} / {chat.framing.model})",
         f"session   {chat.session.name} ({len(chat.tree.nodes)} nodes) in {chat.store.folder}",
         f"sampling  {params_text(chat)}",
         f"node      {node.id[:8]} {node.role} depth {depth} sibling {i}/{n} origin {node.origin}"
@@ -22,16 +22,16 @@ def info_lines(chat: Chat) -> list[str]:
         + (f" finish {node.finish_reason}" if node.finish_reason else ""),
     ]
     if chat.last:
-        lines.append(f"last      {chat.last.tokens_per_second:.1f} tok/s, first token {chat.last.first_token_ms:.0f} ms")
+        last = chat.last
+        lines.append(
+            f"last      {last.tokens_per_second:.1f} tok/s, first token {last.first_token_ms:.0f} ms"
+        )
     return lines
 
 
 def params_text(chat: Chat) -> str:
-    p = chat.params
     seed = "random" if chat.seed is None else str(chat.seed)
-    return (f"temperature {p.temperature} top_p {p.top_p} top_k {p.top_k} min_p {p.min_p} "
-            f"typical_p {p.typical_p} repetition_penalty {p.repetition_penalty} "
-            f"max_tokens {p.max_new_tokens} seed {seed} stop {list(p.stop)}")
+    return f"{chat.params.describe()} seed {seed} stop {list(chat.params.stop)}"
 
 
 def token_lines(chat: Chat) -> list[str]:
@@ -39,8 +39,10 @@ def token_lines(chat: Chat) -> list[str]:
     node = chat.cursor
     served = (node.backend or {}).get("tokens")
     if node.role == "model" and node.backend and not served:
-        raise SimlabError("no log-probabilities from this server for this reply (it ignored `logprobs`); "
-                          "/tokens has nothing to show")
+        raise SimlabError(
+            "no log-probabilities from this server for this reply (it ignored `logprobs`); "
+            "/tokens has nothing to show"
+        )
     if node.role != "model" or not (node.token_ids or served):
         raise SimlabError("/tokens needs a sampled reply under the cursor")
     texts = served or [chat.engine.tokenizer.decode([t]) for t in node.token_ids]
@@ -56,4 +58,3 @@ def token_lines(chat: Chat) -> list[str]:
         others = "  ".join(f"{alt[1]!r} {math.exp(alt[2]):.2f}" for alt in alts)
         lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
     return lines
-

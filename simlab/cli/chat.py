@@ -1,0 +1,266 @@
+"""`simlab chat` (and bare `simlab`): open the REPL on a new or resumed session."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from simlab.cli.common import (
+    add_model_flags,
+    add_sampling_flags,
+    add_sessions_dir,
+    add_trace_flags,
+    color_on,
+    load_engine,
+    make_tracer,
+    on_end_signals,
+    open_store,
+    sampling_overrides,
+    say,
+    settings_flags,
+    trace_config,
+)
+from simlab.config import load_settings, simlab_home
+from simlab.engine.open import recorded_server
+from simlab.errors import PersonaError, SessionWriteError, SimlabError, needs_local
+from simlab.frame.render import framing_of
+from simlab.models.load import classify_spec
+from simlab.persona.library import find
+from simlab.persona.schema import Persona
+from simlab.repl.app import banner, run_interactive, run_script
+from simlab.repl.state import Chat
+from simlab.session.store import Session, SessionStore
+from simlab.trace.files import remove_session
+from simlab.turns import start_session
+
+LAST = "@last"
+
+
+def add_command(commands) -> None:
+    chat = commands.add_parser("chat", help="talk with a simulated interlocutor (the default command)")
+    chat.add_argument(
+        "--persona", "-p", help="persona name or YAML file (default: interview, or SIMLAB_PERSONA)"
+    )
+    chat.add_argument(
+        "--resume",
+        "-r",
+        nargs="?",
+        const=LAST,
+        metavar="ID",
+        help="continue a saved session (default: the most recent one)",
+    )
+    chat.add_argument("--session", help="name for a new session (default: the date and time)")
+    add_sessions_dir(chat)
+    chat.add_argument(
+        "--mode",
+        choices=["simulator", "chat"],
+        help="simulator: continue the persona's transcript (base models, default); "
+        "chat: the model's chat template (instruct models)",
+    )
+    group = chat.add_argument_group("sampling (default: the persona's)")
+    add_sampling_flags(group, defaults=False)
+    group.add_argument("--seed", type=int, help="seed of the first reply; +1 for each reply after it")
+    add_model_flags(chat)
+    add_trace_flags(chat)
+    chat.set_defaults(run=cmd_chat)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    settings = load_settings(**settings_flags(args))
+    store = open_store(args, settings)
+    # everything the user typed is checked before the model loads
+    session = _resumed(args, store) if args.resume is not None else None
+    persona = _persona_of(session) if session is not None else _new_persona(args, settings, store)
+    tracer = make_tracer(trace_config(args))
+    try:
+        params = persona.sampling_params(stop=_stops(session, persona), **_overrides(args))
+        if session is not None:
+            settings = recorded_server(settings, session.tree.nodes.values(), args.backend)
+        spec = _model_spec(args, settings, session)
+        if settings.backend == "local":
+            classify_spec(spec)  # a spec that names nothing fails now, not after the prompt is up
+        elif tracer is not None:
+            raise needs_local("--trace (the residual stream)")
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        engine = _start_engine(args, settings, spec, background=interactive)
+        if session is None:
+            session = _new_session(store, persona, args.session)
+        chat = Chat(
+            engine,
+            store,
+            session,
+            persona,
+            params,
+            out=sys.stdout,
+            color=interactive and color_on(),
+            err=sys.stderr,
+            tracer=tracer,
+        )
+        return _run(chat, args, interactive, spec)
+    finally:
+        if session is not None:
+            _close(args, store, session)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return sampling_overrides(args) | ({"seed": args.seed} if args.seed is not None else {})
+
+
+def _resumed(args: argparse.Namespace, store: SessionStore) -> Session:
+    if args.persona or args.session or args.mode:
+        raise SimlabError(
+            "simlab chat: --resume continues a session as it was; drop --persona/--session/"
+            "--mode (use /persona NAME inside to branch under another persona)"
+        )
+    name = _last(store) if args.resume == LAST else args.resume
+    try:
+        session = store.open(name)
+    except SessionWriteError:  # a read-only folder: read it, and go on in memory
+        session = store.open(name, read_only=True)
+        session.in_memory = True
+    if session.tree.cursor is None and session.tree.roots:
+        session.goto(session.tree.leaf(session.tree.roots[0].id).id)
+    return session
+
+
+def _new_persona(args: argparse.Namespace, settings, store: SessionStore) -> Persona:
+    persona = find(args.persona or settings.persona)
+    if args.mode:
+        persona = replace(persona, mode=args.mode)
+    if args.session and store.exists(args.session):
+        raise SimlabError(
+            f"simlab chat: session {args.session!r} exists; resume it with --resume "
+            f"{args.session}, or pick another name"
+        )
+    store.path(args.session or store.new_name())  # a bad name fails now
+    return persona
+
+
+def _start_engine(args: argparse.Namespace, settings, spec: str, background: bool):
+    """The engine; in a terminal it loads in the background, so the prompt comes up at once."""
+    if not background:
+        return load_engine(args, settings, spec)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="simlab-load")
+    engine = pool.submit(load_engine, args, settings, spec, quiet=True)
+    pool.shutdown(wait=False)
+    return engine
+
+
+def _new_session(store: SessionStore, persona: Persona, name: str | None) -> Session:
+    try:
+        return start_session(store, persona, name)
+    except SessionWriteError:  # a full disk or read-only folder: chat anyway, in memory
+        return start_session(store, persona, name, in_memory=True)
+
+
+def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> int:
+    for problem in chat.session.problems:
+        chat.note(f"simlab: warning: {problem}")
+    with _signals_end(chat):
+        if interactive:
+            code = run_interactive(
+                chat, resumed=args.resume is not None, history=simlab_home() / "history", model=spec
+            )
+        else:
+            banner(chat, args.resume is not None, sys.stderr)
+            code = run_script(chat, sys.stdin)
+    if chat.session.unsaved:
+        _rescue(chat.session)
+        return 1
+    return code
+
+
+def _close(args: argparse.Namespace, store: SessionStore, session: Session) -> None:
+    session.close()
+    typed = any(n.role == "user" for n in session.tree.nodes.values())
+    if args.resume is None and not typed and not session.in_memory:
+        remove_session(store, session.name)  # nothing was typed: do not leave an empty session behind
+
+
+def _signals_end(chat: Chat):
+    """SIGTERM and SIGHUP end the REPL like /quit: a reply being decoded stops and is saved as
+    interrupted, then the session closes; the exit code is 128 + the signal."""
+
+    def stop(signum, frame) -> None:
+        chat.stopping = signum
+        if chat.interruptible:  # never in the middle of saving a node
+            raise KeyboardInterrupt
+
+    return on_end_signals(stop)
+
+
+def _rescue(session: Session) -> None:
+    """Write a session with changes the disk did not take where it can go, and say where."""
+    if session.safe_to_close:  # exported after its last change
+        say(
+            f"simlab: session {session.name!r} was not saved in {session.path.parent}; "
+            "your last /export has all of it"
+        )
+        return
+    name = f"{session.name}-rescued-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    for folder in (simlab_home() / "rescue", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = session.export(folder / name)
+        except (OSError, SessionWriteError):
+            continue
+        say(
+            f"simlab: {len(session.unsaved)} change(s) could not be saved in {session.path.parent}; "
+            f"the whole session is in {path}; `simlab sessions import {path}` brings it back"
+        )
+        return
+    say(
+        f"simlab: {len(session.unsaved)} change(s) of session {session.name!r} could not be saved anywhere "
+        "(the disk refused every write)"
+    )
+
+
+def _last(store: SessionStore) -> str:
+    sessions = sorted(store.list(), key=lambda s: s.modified)
+    if not sessions:
+        raise SimlabError(f"no saved sessions in {store.folder} to resume; start one with `simlab chat`")
+    return sessions[-1].name
+
+
+def _persona_of(session: Session) -> Persona:
+    """The persona a session was started with: from the library if it is there, else rebuilt from the
+    framing the session recorded (the rendering always follows the recorded framing)."""
+    roots = session.tree.roots
+    if not roots:
+        raise SimlabError(f"session {session.name!r} is empty; start a new one with `simlab chat`")
+    path = session.tree.path(session.tree.cursor) if session.tree.cursor else [roots[0]]
+    root = path[0]
+    framing = framing_of(path)
+    try:
+        if root.persona:
+            return find(root.persona)
+    except PersonaError:
+        pass
+    return Persona(
+        name=root.persona or "session",
+        frame=root.text if root.role == "frame" else "",
+        user=framing.user,
+        model=framing.model,
+        turn_template=framing.turn_template,
+        mode=framing.mode,
+        stop=framing.stop,
+    )
+
+
+def _stops(session: Session | None, persona: Persona) -> tuple[str, ...]:
+    if session is None or session.tree.cursor is None:
+        return persona.stop_strings
+    return framing_of(session.tree.path(session.tree.cursor)).stops()
+
+
+def _model_spec(args: argparse.Namespace, settings, session: Session | None) -> str:
+    if args.model is None and session is not None:  # resume with the model that wrote the replies
+        recorded = [n.model for n in session.tree.nodes.values() if n.model]
+        if recorded:
+            return recorded[-1]
+    return args.model or settings.model

@@ -1,0 +1,159 @@
+"""`simlab compare SPEC.yaml` or `simlab compare --personas a,b --turn "..."`: run a sweep, report it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from simlab.cli.common import (
+    add_model_flags,
+    add_sampling_flags,
+    add_sessions_dir,
+    add_trace_flags,
+    load_engine,
+    make_tracer,
+    open_store,
+    sampling_overrides,
+    say,
+    settings_of,
+    trace_config,
+)
+from simlab.compare.spec import build_spec, read_spec
+from simlab.engine.params import BY_FIELD
+from simlab.errors import EXIT_INTERRUPTED, SimlabError, SweepInterrupted
+from simlab.session.store import check_name
+
+
+def add_command(commands) -> None:
+    cmp = commands.add_parser("compare", help="sample persona variants on the same turns and compare them")
+    cmp.add_argument("spec", nargs="?", help="a compare spec (YAML); or use --personas and --turn")
+    cmp.add_argument("--personas", help="comma-separated persona names or files, one variant each")
+    cmp.add_argument("--turn", action="append", help="a scripted user turn (repeatable, in order)")
+    cmp.add_argument("--samples", type=int, help="samples per variant (default 8)")
+    cmp.add_argument("--seed", type=int, help="base seed (default 0)")
+    cmp.add_argument("--name", help="the sweep's name: session compare-NAME and report files NAME.*")
+    cmp.add_argument(
+        "--report-dir", default="reports", help="where NAME.md and NAME.html go (default ./reports)"
+    )
+    cmp.add_argument("--json", action="store_true", help="print the analysis as JSON instead of the table")
+    add_sessions_dir(cmp)
+    group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
+    add_sampling_flags(group, defaults=False)
+    add_model_flags(cmp)
+    add_trace_flags(cmp)
+    cmp.set_defaults(run=cmd_compare)
+
+
+def spec_from_args(args: argparse.Namespace):
+    if args.spec:
+        path = Path(args.spec)
+        data, lines = read_spec(path)
+        source, default_name = str(path), path.stem
+        if not isinstance(data, dict):
+            data = {"": data}  # build_spec names the problem
+    else:
+        if not args.personas or not args.turn:
+            raise SimlabError("simlab compare: give a spec file, or --personas a,b and at least one --turn")
+        data, lines = {"variants": [p.strip() for p in args.personas.split(",") if p.strip()]}, {}
+        data["turns"] = args.turn
+        source, default_name = "command line", "-".join(Path(v).stem for v in data["variants"])[:60]
+    if args.spec and args.turn:
+        data["turns"] = args.turn
+    if args.model:
+        data["model"] = args.model  # the flag wins over the spec's default model
+    for key in ("samples", "seed", "name"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    sampling = {
+        BY_FIELD[k].key: v for k, v in sampling_overrides(args).items()
+    }  # max_new_tokens -> max_tokens
+    if sampling:
+        data["sampling"] = {**(data.get("sampling") or {}), **sampling}
+    return build_spec(data, source, lines, default_name=default_name)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from simlab.compare.stats import analyse  # numpy: only when a sweep runs
+    from simlab.compare.sweep import Progress, run_sweep
+
+    spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
+    settings = settings_of(args)
+    if spec.base_url and args.backend is None and args.base_url is None:
+        settings = replace(settings, backend="openai", base_url=spec.base_url)
+    tracer = make_tracer(trace_config(args), settings)
+    store = open_store(args, settings)
+    name = check_name(f"compare-{spec.name}")
+    session = store.open(name) if store.exists(name) else store.create(name, compare=spec.name)
+    engines: dict = {}
+
+    def engine_for(model: str | None):
+        key = model or settings.model
+        if key not in engines:
+            engines[key] = load_engine(args, settings, key)
+        return engines[key]
+
+    total = len(spec.variants) * spec.samples * len(spec.turns)
+    progress = Progress(total=total, report=_progress_printer(sys.stderr))
+    with session:
+        try:
+            runs = run_sweep(spec, session, engine_for, progress, tracer=tracer)
+        except SweepInterrupted as exc:
+            say(f"\nsimlab compare: {exc} ({progress.done}/{total} samples done)")
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            say(
+                f"\nsimlab compare: interrupted; {progress.done}/{total} samples are saved, "
+                "run the same command again to resume"
+            )
+            return EXIT_INTERRUPTED
+        sys.stderr.write("\n" if sys.stderr.isatty() else "")
+        say("scoring: cross log-probabilities and next-token divergences ...")
+        analysis = analyse(spec, runs, engine_for, seed=spec.seed)
+    _write_reports(args, spec, analysis, name)
+    return 0
+
+
+def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) -> None:
+    from simlab.compare.report import as_json, html_report, markdown, terminal
+
+    folder = Path(args.report_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{spec.name}.md").write_text(markdown(analysis), encoding="utf-8")
+        (folder / f"{spec.name}.html").write_text(html_report(analysis), encoding="utf-8")
+    except OSError as exc:
+        raise SimlabError(
+            f"cannot write the report in {folder}: {exc.strerror}; the samples are saved in "
+            f"session {session_name}"
+        ) from None
+    if args.json:
+        json.dump(as_json(analysis), sys.stdout, indent=1, ensure_ascii=False, allow_nan=True)
+        print()
+    else:
+        sys.stdout.write(terminal(analysis))
+    say(
+        f"report: {folder / (spec.name + '.md')}, {folder / (spec.name + '.html')}; samples in session "
+        f"{session_name}"
+    )
+
+
+def _progress_printer(stream):
+    tty = stream.isatty()
+    shown = {"last": -1}
+
+    def show(p, what: str) -> None:
+        left = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
+        eta = f"{left:.0f} s left" if left == left else "..."
+        bar = "#" * int(24 * p.done / max(p.total, 1))
+        line = f"[{bar:<24}] {p.done}/{p.total} samples · {p.rate:.2f}/s · {eta} · {what}"
+        if tty:
+            stream.write("\r\x1b[2K" + line)
+            stream.flush()
+        elif p.done == p.total or p.done * 10 // max(p.total, 1) != shown["last"]:
+            shown["last"] = p.done * 10 // max(p.total, 1)
+            print(line, file=stream, flush=True)
+
+    return show

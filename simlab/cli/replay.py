@@ -1,0 +1,114 @@
+"""`simlab replay`: re-run a saved path, to check it reproduces or, with any override, as a new branch."""
+
+from __future__ import annotations
+
+import argparse
+
+from simlab.cli.common import (
+    add_model_flags,
+    add_sampling_flags,
+    add_sessions_dir,
+    add_trace_flags,
+    load_engine,
+    make_tracer,
+    open_store,
+    sampling_overrides,
+    say,
+    settings_of,
+    trace_config,
+    warn,
+)
+from simlab.engine.open import recorded_server
+from simlab.errors import SimlabError
+from simlab.persona.library import find
+from simlab.replay import check_path, model_replies, params_of, replay_branch
+
+
+def add_command(commands) -> None:
+    replay = add_sessions_dir(
+        commands.add_parser("replay", help="re-run a saved path: check it reproduces, or re-sample it")
+    )
+    replay.add_argument("id")
+    replay.add_argument("--node", help="replay the path to this node (default: the cursor)")
+    group = replay.add_argument_group("overrides (any of them makes a new branch)")
+    group.add_argument(
+        "--persona", help="replay the path's user turns under this persona (name or YAML file)"
+    )
+    add_sampling_flags(group, defaults=False)
+    group.add_argument("--seed", type=int)
+    add_model_flags(replay)
+    add_trace_flags(replay)
+    replay.set_defaults(run=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    overrides = sampling_overrides(args) | ({"seed": args.seed} if args.seed is not None else {})
+    tracer = make_tracer(trace_config(args))
+    persona = find(args.persona) if args.persona is not None else None  # fails before the model loads
+    changing = bool(overrides) or args.model is not None or persona is not None
+    session = open_store(args).open(args.id, read_only=not changing)
+    warn(session.problems)
+    with session:
+        tree = session.tree
+        target = tree.resolve(args.node).id if args.node else tree.cursor
+        if target is None:
+            raise SimlabError(f"session {args.id!r} is empty; nothing to replay")
+        path = tree.path(target)
+        replies = model_replies(path)
+        if not replies:
+            raise SimlabError(f"the path to {target[:8]} has no sampled replies to replay")
+        for node in replies:
+            params_of(node, overrides)  # a bad override fails before the model loads
+        engine = _engine_for(args, replies)
+        if not changing:
+            return _check(engine, session, path, replies, tracer)
+        added = replay_branch(engine, session, path, overrides, persona=persona, tracer=tracer)
+        print(
+            f"new branch of {len(added)} node(s) ending at {added[-1].id[:8]}; compare with: "
+            f"simlab sessions show {session.name} --compare {target[:8]} {added[-1].id[:8]}"
+        )
+        for node in added:
+            print(f"  {node.speaker or node.role}: {' '.join(node.text.split())[:100]}")
+        return 0
+
+
+def _engine_for(args: argparse.Namespace, replies):
+    """The engine the replies came from, unless the flags say otherwise: their model, dtype and server."""
+    specs = sorted({n.model for n in replies if n.model})
+    spec = args.model or (specs[0] if specs else None)
+    if not args.model and len(specs) > 1:
+        say(f"simlab: note: replies on this path came from {', '.join(specs)}; replaying with {spec}")
+    dtypes = sorted({n.dtype for n in replies if n.dtype})
+    if args.dtype is None and dtypes:
+        args.dtype = dtypes[0]  # the dtype the replies were sampled in, or they cannot reproduce
+    server = recorded_server(settings_of(args), replies, args.backend)
+    args.backend, args.base_url = server.backend, server.base_url or args.base_url
+    engine = load_engine(args, spec=spec)
+    served = sorted({n.backend["base_url"] for n in replies if n.backend and "base_url" in n.backend})
+    if served or not engine.capabilities.local:
+        say(
+            "simlab: note: "
+            + (f"these replies came from a server ({', '.join(served)}); " if served else "")
+            + "a server reproduces a reply only if it honours the seed and decodes deterministically, "
+            "which vLLM, llama.cpp and transformers serve do not promise (batching changes the numbers)"
+        )
+    return engine
+
+
+def _check(engine, session, path, replies, tracer) -> int:
+    checks = check_path(engine, session, path, tracer=tracer)
+    for check in checks:
+        if not check.reproduced:
+            print(
+                f"{check.node.id[:8]} differs at {check.unit} {check.first_difference}: "
+                f"stored {check.expected!r}, replayed {check.got!r}"
+            )
+    same = sum(c.reproduced for c in checks)
+    revisions = {n.model_revision for n in replies} - {engine.info.revision}
+    print(f"reproduced {same}/{len(checks)} replies exactly")
+    if revisions:
+        print(
+            f"note: the stored replies came from model revision(s) {', '.join(sorted(map(str, revisions)))}, "
+            f"this is {engine.info.revision}"
+        )
+    return 0 if same == len(checks) else 1

@@ -1,0 +1,124 @@
+"""`simlab sessions list|show|export|import|rm|compact`: saved sessions from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from simlab.cli.common import Parser, add_sessions_dir, color_on, open_store, say, warn
+from simlab.session import formats
+from simlab.session.store import SessionStore
+from simlab.session.views import Style, render_compare, render_transcript, render_tree
+from simlab.trace.files import remove_session
+
+
+def add_command(commands) -> None:
+    sessions = commands.add_parser("sessions", help="list, show, export, import and remove saved sessions")
+    sub = sessions.add_subparsers(
+        dest="sessions_command", metavar="ACTION", parser_class=Parser, required=True
+    )
+    add_sessions_dir(sub.add_parser("list", help="the saved sessions")).add_argument(
+        "--json", action="store_true"
+    )
+    show = add_sessions_dir(
+        sub.add_parser("show", help="a session's transcript, tree, or two branches side by side")
+    )
+    show.add_argument("id")
+    show.add_argument("--tree", action="store_true", help="the whole tree, current path highlighted")
+    show.add_argument("--node", help="show the path to this node (default: the cursor)")
+    show.add_argument("--compare", nargs=2, metavar=("NODE_A", "NODE_B"), help="two branches side by side")
+    show.add_argument("--all", action="store_true", help="include deleted (hidden) nodes in --tree")
+    export = add_sessions_dir(sub.add_parser("export", help="write a session as Markdown, YAML or Loom JSON"))
+    export.add_argument("id")
+    export.add_argument("--format", choices=["md", "yaml", "loom"], default="md")
+    export.add_argument("--node", help="for md: the path to this node (default: the cursor)")
+    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    imp = add_sessions_dir(
+        sub.add_parser(
+            "import", help="import a Loom JSON tree, a simlab YAML export or a session .jsonl file"
+        )
+    )
+    imp.add_argument("file")
+    imp.add_argument("--name", help="session name (default: from the file name)")
+    add_sessions_dir(sub.add_parser("rm", help="delete a session file")).add_argument("id")
+    add_sessions_dir(
+        sub.add_parser("compact", help="rewrite a session file as its current state")
+    ).add_argument("id")
+    sessions.set_defaults(run=cmd_sessions)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    actions = {
+        "list": _list,
+        "import": _import,
+        "rm": _remove,
+        "compact": _compact,
+        "export": _export,
+        "show": _show,
+    }
+    return actions[args.sessions_command](args, open_store(args))
+
+
+def _list(args: argparse.Namespace, store: SessionStore) -> int:
+    rows = store.list()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no sessions in {store.folder}")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.modified))
+        flag = f"  ({r.problems} problem(s))" if r.problems else ""
+        print(f"{r.name:<28} {when}  {r.nodes:>5} nodes  {' '.join(r.first_text.split())[:40]}{flag}")
+    return 0
+
+
+def _import(args: argparse.Namespace, store: SessionStore) -> int:
+    session = formats.import_file(store, Path(args.file), args.name)
+    warn(session.problems)
+    print(f"imported {len(session.tree.nodes)} nodes as session {session.name!r}")
+    return 0
+
+
+def _remove(args: argparse.Namespace, store: SessionStore) -> int:
+    remove_session(store, args.id)
+    print(f"removed session {args.id!r}")
+    return 0
+
+
+def _compact(args: argparse.Namespace, store: SessionStore) -> int:
+    saved = store.compact(args.id)
+    print(f"compacted {args.id!r}: {saved} bytes saved")
+    return 0
+
+
+def _export(args: argparse.Namespace, store: SessionStore) -> int:
+    session = store.open(args.id, read_only=True)
+    warn(session.problems)
+    text = formats.render(session, args.format, args.node)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        say(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _show(args: argparse.Namespace, store: SessionStore) -> int:
+    session = store.open(args.id, read_only=True)
+    warn(session.problems)
+    tree, style = session.tree, Style(color_on())
+    if args.compare:
+        a, b = (tree.resolve(x).id for x in args.compare)
+        lines = render_compare(tree, a, b, style)
+    elif args.tree:
+        lines = render_tree(tree, style, show_hidden=args.all)
+    elif tree.cursor is None and not args.node:
+        lines = ["(empty session)"]
+    else:
+        lines = render_transcript(tree, tree.resolve(args.node).id if args.node else tree.cursor, style)
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,246 @@
+"""A sweep's analysis as a terminal table, a Markdown file, a self-contained HTML page, or JSON."""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from typing import Any
+
+from simlab.compare.metrics import Estimate
+from simlab.compare.stats import METRICS, Analysis
+
+
+def _fmt(e: Estimate, digits: int = 2) -> str:
+    if e.n == 0 or math.isnan(e.mean):
+        return "–"
+    if e.n == 1:
+        return f"{e.mean:.{digits}f}"
+    return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def _diff(e: Estimate, digits: int = 2) -> str:
+    if e.n == 0 or math.isnan(e.mean):
+        return "–"
+    mark = " *" if e.excludes_zero else ""
+    return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]{mark}"
+
+
+def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table in the report."""
+    out = []
+    header = ["variant", "n"] + [METRICS[k][0] for k in METRICS]
+    rows = [[v.name, str(v.samples)] + [_fmt(v.estimates[k]) for k in METRICS] for v in a.variants]
+    out.append(("Per variant: mean [95% bootstrap interval] over samples", header, rows))
+    if a.differences:
+        base = a.variants[0].name
+        rows = [[name, "–"] + [_diff(d[k]) for k in METRICS] for name, d in a.differences.items()]
+        out.append((f"Difference from {base} (* interval excludes zero)", header, rows))
+    if a.cross_logprob:
+        names = [v.name for v in a.variants]
+        rows = [[src] + [_fmt(a.cross_logprob[src][frame]) for frame in names] for src in names]
+        out.append(
+            (
+                "Cross log-probability: replies of each row, teacher-forced under each column's frame "
+                "(mean nats per token)",
+                ["replies of \\ frame"] + names,
+                rows,
+            )
+        )
+    if a.divergence:
+        rows = [
+            [d["a"], d["b"], f"{d['kl_ab']:.3f}", f"{d['kl_ba']:.3f}", f"{d['jsd_bits']:.3f}"]
+            for d in a.divergence
+        ]
+        out.append(
+            (
+                "Next-token distributions at the first reply (temperature 1)",
+                ["A", "B", "KL(A||B) nats", "KL(B||A) nats", "JSD bits"],
+                rows,
+            )
+        )
+    return out
+
+
+def terminal(a: Analysis) -> str:
+    lines = [
+        f"compare {a.spec.name}: {len(a.variants)} variants x {a.spec.samples} samples x "
+        f"{len(a.spec.turns)} turn(s), seed {a.spec.seed}",
+        "",
+    ]
+    for title, header, rows in tables(a):
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines.append(title)
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.append("")
+    for d in a.divergence:
+        lines.append(
+            f"most likely first tokens: {d['a']}: {_tops(d['top_a'])} | {d['b']}: {_tops(d['top_b'])}"
+        )
+    lines += [f"note: {n}" for n in a.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _tops(tops) -> str:
+    return ", ".join(f"{t!r} {p:.2f}" for t, p in tops)
+
+
+def markdown(a: Analysis) -> str:
+    lines = [
+        f"# Compare: {a.spec.name}",
+        "",
+        f"{len(a.variants)} variants × {a.spec.samples} samples × {len(a.spec.turns)} turn(s), "
+        f"base seed {a.spec.seed}. Generated {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+    ]
+    lines += ["Metrics: " + "; ".join(f"**{label}**: {what}" for label, what in METRICS.values()) + ".", ""]
+    for title, header, rows in tables(a):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        lines.append("")
+    lines += [f"> {n}" for n in a.notes]
+    for t, turn in enumerate(a.spec.turns):
+        lines += [f"## Turn {t + 1}: {turn}", ""]
+        for v in a.variants:
+            lines += [f"### {v.name}", ""]
+            lines += [
+                f"{i + 1}. *(seed {seed})* {' '.join(text.split())}"
+                for i, (seed, text) in enumerate(v.texts[t])
+            ]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def as_json(a: Analysis) -> dict[str, Any]:
+    return {
+        "name": a.spec.name,
+        "turns": list(a.spec.turns),
+        "samples": a.spec.samples,
+        "seed": a.spec.seed,
+        "metrics": {k: {"label": label, "meaning": what} for k, (label, what) in METRICS.items()},
+        "variants": [
+            {
+                "name": v.name,
+                "persona": v.persona,
+                "model": v.model,
+                "samples": v.samples,
+                "metrics": {k: e.as_dict() for k, e in v.estimates.items()},
+                "values": v.values,
+                "replies": [[{"seed": s, "text": t} for s, t in turn] for turn in v.texts],
+            }
+            for v in a.variants
+        ],
+        "differences": {
+            name: {k: {**e.as_dict(), "excludes_zero": e.excludes_zero} for k, e in d.items()}
+            for name, d in a.differences.items()
+        },
+        "cross_logprob": {
+            src: {frame: e.as_dict() for frame, e in row.items()} for src, row in a.cross_logprob.items()
+        },
+        "divergence": a.divergence,
+        "notes": a.notes,
+    }
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f4f4f4}.sig{font-weight:bold;color:#b00}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.plot{border:1px solid #eee;padding:6px}
+.samples td{max-width:420px;white-space:pre-wrap}.seed{color:#888;font-size:12px}
+.note{color:#555;font-style:italic}
+"""
+
+
+def _plot(a: Analysis, key: str) -> str:
+    """Per variant: each sample's value as a dot, the mean as a bar and its interval as a line."""
+    label, what = METRICS[key]
+    all_values = [x for v in a.variants for x in v.values[key]]
+    if not all_values:
+        return ""
+    lo, hi = min(all_values), max(all_values)
+    if hi == lo:
+        lo, hi = lo - 1, hi + 1
+    width, row, left = 360, 26, 110
+    height = row * len(a.variants) + 30
+
+    def x(value: float) -> float:
+        return left + (value - lo) / (hi - lo) * (width - left - 10)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(label)}">',
+        f"<title>{html.escape(label)}: {html.escape(what)}</title>",
+    ]
+    for i, v in enumerate(a.variants):
+        y = 20 + i * row
+        color = COLORS[i % len(COLORS)]
+        parts.append(f'<text x="4" y="{y + 4}" font-size="11">{html.escape(v.name[:16])}</text>')
+        for value in v.values[key]:
+            parts.append(f'<circle cx="{x(value):.1f}" cy="{y}" r="3" fill="{color}" fill-opacity="0.45"/>')
+        e = v.estimates[key]
+        if e.n:
+            parts.append(
+                f'<line x1="{x(e.low):.1f}" x2="{x(e.high):.1f}" y1="{y + 7}" y2="{y + 7}" '
+                f'stroke="{color}" stroke-width="2"/>'
+            )
+            parts.append(
+                f'<rect x="{x(e.mean) - 1.5:.1f}" y="{y - 8}" width="3" height="19" fill="{color}"/>'
+            )
+    parts.append(f'<text x="{left}" y="{height - 4}" font-size="10">{lo:.3g}</text>')
+    parts.append(f'<text x="{width - 10}" y="{height - 4}" font-size="10" text-anchor="end">{hi:.3g}</text>')
+    parts.append("</svg>")
+    return f'<div class="plot"><b>{html.escape(label)}</b><br>{"".join(parts)}</div>'
+
+
+def html_report(a: Analysis) -> str:
+    esc = html.escape
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>simlab compare: {esc(a.spec.name)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Compare: {esc(a.spec.name)}</h1>",
+        f"<p>{len(a.variants)} variants × {a.spec.samples} samples × {len(a.spec.turns)} turn(s), base seed "
+        f"{a.spec.seed}. Intervals are 95% bootstrap intervals over samples; "
+        "<span class='sig'>bold red</span> differences exclude zero.</p>",
+    ]
+    for title, header, rows in tables(a):
+        out.append(
+            f"<h2>{esc(title)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
+        )
+        for r in rows:
+            cells = "".join(
+                f"<td class='sig'>{esc(c)}</td>" if c.endswith(" *") else f"<td>{esc(c)}</td>" for c in r
+            )
+            out.append(f"<tr>{cells}</tr>")
+        out.append("</table>")
+    out += [f"<p class='note'>{esc(n)}</p>" for n in a.notes]
+    out.append("<h2>Distributions</h2><div class='plots'>" + "".join(_plot(a, k) for k in METRICS) + "</div>")
+    out.append(
+        "<dl>"
+        + "".join(f"<dt>{esc(label)}</dt><dd>{esc(what)}</dd>" for label, what in METRICS.values())
+        + "</dl>"
+    )
+    for t, turn in enumerate(a.spec.turns):
+        out.append(
+            f"<h2>Turn {t + 1}: {esc(turn)}</h2><table class='samples'><tr><th>#</th>"
+            + "".join(f"<th>{esc(v.name)}</th>" for v in a.variants)
+            + "</tr>"
+        )
+        for i in range(max((len(v.texts[t]) for v in a.variants), default=0)):
+            cells = []
+            for v in a.variants:
+                if i < len(v.texts[t]):
+                    seed, text = v.texts[t][i]
+                    cells.append(f"<td><span class='seed'>seed {seed}</span><br>{esc(text)}</td>")
+                else:
+                    cells.append("<td></td>")
+            out.append(f"<tr><td>{i + 1}</td>{''.join(cells)}</tr>")
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)

@@ -1,0 +1,151 @@
+"""A compare spec: scripted user turns, variants (a persona, optionally with its frame, sampling or
+model overridden), samples per variant and a base seed; validated with file, line and key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from simlab.engine.params import BY_KEY, SamplingParams
+from simlab.errors import PersonaError, SamplingError, SpecError
+from simlab.persona.library import find
+from simlab.persona.schema import Persona, read_file
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    persona: Persona
+    params: SamplingParams  # seed unset: the sweep seeds each sample
+    model: str | None = None
+
+    def fingerprint(self, spec: Spec, model_revision: str) -> str:
+        """What the samples depend on (the model by its revision, however it was named); a changed
+        variant gets a fresh subtree and the old one stays."""
+        data = {
+            "frame": self.persona.render_frame(),
+            "greetings": self.persona.greetings(),
+            "framing": self.persona.framing().to_dict(),
+            "params": self.params.__dict__,
+            "model": model_revision,
+            "turns": spec.turns,
+            "seed": spec.seed,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    turns: tuple[str, ...]
+    variants: tuple[Variant, ...]
+    samples: int = 8
+    seed: int = 0
+    model: str | None = None
+    base_url: str | None = None  # sample from this OpenAI-compatible server (simlab.engine.remote)
+
+
+SPEC_KEYS = {"name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url"}
+VARIANT_KEYS = {"name", "persona", "frame", "sampling", "model"}
+
+
+def _sampling(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: sampling must be a mapping of {', '.join([*BY_KEY, 'stop'])}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "stop":
+            if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
+                raise SpecError(f"{where}: sampling.stop must be a list of non-empty texts")
+            out["stop"] = tuple(value)
+        elif key in BY_KEY:
+            out[BY_KEY[key].field] = value
+        else:
+            raise SpecError(f"{where}: sampling.{key}: unknown; use {', '.join([*BY_KEY, 'stop'])}")
+    return out
+
+
+def build_spec(data: Any, source: str, lines: dict | None = None, default_name: str = "compare") -> Spec:
+    """Validate a parsed spec; errors name the file, line and key."""
+    lines = lines or {}
+
+    def where(*key: Any) -> str:
+        line = lines.get(tuple(str(k) for k in key)) or lines.get((str(key[0]),)) if key else None
+        return f"{source}:{line}" if line else source
+
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a compare spec is a mapping with turns and variants")
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise SpecError(f"{where(key)}: {key}: unknown key; use {', '.join(sorted(SPEC_KEYS))}")
+    turns = data.get("turns")
+    if isinstance(turns, str):
+        turns = [turns]
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise SpecError(f"{where('turns')}: turns: give the scripted user turns as a list of texts")
+    samples, seed = data.get("samples", 8), data.get("seed", 0)
+    for key, value, low in (("samples", samples, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SpecError(f"{where(key)}: {key}: must be a whole number >= {low}")
+    if samples > 10_000:
+        raise SpecError(f"{where('samples')}: samples: at most 10000 per variant")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise SpecError(f"{where('model')}: model: must be a model spec (text)")
+    base_url = data.get("base_url")
+    if base_url is not None and not (
+        isinstance(base_url, str) and base_url.startswith(("http://", "https://"))
+    ):
+        raise SpecError(
+            f"{where('base_url')}: base_url: must be a server's http(s) URL, e.g. http://host:8000/v1"
+        )
+    common = _sampling(data.get("sampling"), f"{where('sampling')}")
+    raw_variants = data.get("variants")
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise SpecError(f"{where('variants')}: variants: give a list, each with at least a persona")
+    variants: list[Variant] = []
+    for k, raw in enumerate(raw_variants):
+        here = f"{where('variants')} (variant {k + 1})"
+        if isinstance(raw, str):
+            raw = {"persona": raw}
+        if not isinstance(raw, dict) or not isinstance(raw.get("persona"), str):
+            raise SpecError(f"{here}: each variant needs `persona: NAME` (or is just a persona name)")
+        unknown = set(raw) - VARIANT_KEYS
+        if unknown:
+            raise SpecError(
+                f"{here}: unknown key {sorted(unknown)[0]!r}; use {', '.join(sorted(VARIANT_KEYS))}"
+            )
+        persona = find(raw["persona"])
+        if "frame" in raw:
+            if not isinstance(raw["frame"], str):
+                raise SpecError(f"{here}: frame: must be text")
+            persona = replace(persona, frame=raw["frame"])
+        name = raw.get("name", persona.name)
+        if not isinstance(name, str) or not name.strip() or any(v.name == name for v in variants):
+            raise SpecError(
+                f"{here}: name {name!r} is missing or used twice; give each variant its own name:"
+            )
+        if raw.get("model") is not None and not isinstance(raw["model"], str):
+            raise SpecError(f"{here}: model: must be a model spec (text)")
+        try:
+            params = persona.sampling_params(**{**common, **_sampling(raw.get("sampling"), here)})
+        except (SamplingError, TypeError) as exc:
+            raise SpecError(f"{here}: {exc}") from None
+        variants.append(Variant(name, persona, params, raw.get("model")))
+    name = data.get("name", default_name)
+    if not isinstance(name, str):
+        raise SpecError(f"{where('name')}: name: must be text")
+    return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url)
+
+
+def read_spec(path: Path | str) -> tuple[Any, dict]:
+    """A spec file's parsed data and the line of each key (for messages)."""
+    try:
+        return read_file(Path(path), "a compare spec")
+    except PersonaError as exc:
+        raise SpecError(str(exc)) from None

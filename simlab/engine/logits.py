@@ -1,0 +1,133 @@
+"""The pure logits steps that apply sampling parameters (defined in simlab.engine.params).
+
+Each step is ``(logits, ...) -> logits`` over a (B, V) tensor, never changes its input in place,
+and has the semantics of the transformers logits processor of the same name. They run in the
+order transformers uses: repetition penalty, temperature, top-k, top-p, min-p, typical-p.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from simlab.engine.params import SamplingParams
+
+# top-p looks for its nucleus among this many best tokens first, and sorts the whole
+# vocabulary only when they do not hold enough mass (the full sort is ~30 ms at 262k tokens).
+_NUCLEUS_PREFILTER = 1024
+
+
+def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Divide positive (multiply negative) logits of tokens already in context (B, T) by penalty."""
+    if penalty == 1.0:
+        return logits
+    seen = logits.gather(-1, context)  # (B, T)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return logits.scatter(-1, context, seen)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k best tokens (and any tied with the k-th)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of best tokens whose mass reaches p (the token crossing p is kept)."""
+    if p >= 1.0:
+        return logits
+    vocab = logits.shape[-1]
+    k = min(_NUCLEUS_PREFILTER, vocab)
+    log_total = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
+    best, best_ids = torch.topk(logits, k, dim=-1)  # (B, k), descending
+    best_probs = (best - log_total).exp()
+    if k < vocab and bool((best_probs.sum(-1) < p).any()):
+        return _top_p_full_sort(logits, p)
+    # A token is dropped when the mass of the tokens ranked above it already reaches p,
+    # i.e. when the ascending cumulative mass up to it is <= 1 - p (transformers' rule).
+    mass_above = best_probs.cumsum(-1) - best_probs  # (B, k)
+    drop = mass_above >= p
+    drop[..., 0] = False
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, best_ids, ~drop)
+    return logits.masked_fill(~keep, -math.inf)
+
+
+def _top_p_full_sort(logits: torch.Tensor, p: float) -> torch.Tensor:
+    sorted_logits, sorted_ids = torch.sort(logits, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= (1 - p)
+    drop_sorted[..., -1:] = False
+    drop = drop_sorted.scatter(-1, sorted_ids, drop_sorted)
+    return logits.masked_fill(drop, -math.inf)
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens less likely than min_p times the best token's probability."""
+    if min_p <= 0.0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(probs < threshold, -math.inf)
+
+
+def apply_typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling: keep tokens whose surprise is closest to the entropy, up to `mass`."""
+    if mass >= 1.0:
+        return logits
+    logp = logits.log_softmax(dim=-1)
+    entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)  # (B, 1)
+    shifted = (-logp - entropy).abs()
+    sorted_shifted, sorted_ids = torch.sort(shifted, descending=False)
+    cumulative = logits.gather(-1, sorted_ids).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=-1).clamp(max=logits.shape[-1] - 1)  # (B,)
+    drop_sorted = sorted_shifted > sorted_shifted.gather(-1, last.unsqueeze(-1))
+    drop_sorted[..., :1] = False
+    drop = drop_sorted.scatter(-1, sorted_ids, drop_sorted)
+    return logits.masked_fill(drop, -math.inf)
+
+
+def process_logits(
+    logits: torch.Tensor, context: torch.Tensor | None, params: SamplingParams
+) -> torch.Tensor:
+    """All filters in transformers' order; `context` (B, T) is needed only for the repetition penalty."""
+    if params.repetition_penalty != 1.0 and context is not None:
+        logits = apply_repetition_penalty(logits, context, params.repetition_penalty)
+    if params.greedy:
+        return logits
+    logits = apply_temperature(logits, params.temperature)
+    logits = apply_top_k(logits, params.top_k)
+    logits = apply_top_p(logits, params.top_p)
+    logits = apply_min_p(logits, params.min_p)
+    return apply_typical_p(logits, params.typical_p)
+
+
+def sample(
+    logits: torch.Tensor, generators: Sequence[torch.Generator] | None, greedy: bool, method: str = "cdf"
+) -> torch.Tensor:
+    """One token per row (B,): argmax when greedy, else a draw from each row's own generator.
+
+    "cdf" draws one uniform per row and finds it in the cumulative distribution of the tokens the
+    filters kept (in vocabulary order), so its cost follows the kept set, not the vocabulary;
+    "multinomial" is torch.multinomial over the whole vocabulary (~7 ms a row at 262k tokens).
+    """
+    if greedy:
+        return logits.argmax(dim=-1)
+    probs = logits.float().softmax(dim=-1)  # (B, V)
+    if method == "multinomial":
+        return torch.cat([torch.multinomial(row, 1, generator=gen) for row, gen in zip(probs, generators)])
+    picks = []
+    for row, gen in zip(probs, generators):
+        kept = row.nonzero().squeeze(-1)  # (K,) ascending ids
+        cdf = row[kept].double().cumsum(0)  # (K,)
+        u = torch.rand(1, generator=gen, dtype=torch.float64, device=row.device) * cdf[-1]
+        index = torch.searchsorted(cdf, u, right=True).clamp(max=len(kept) - 1)
+        picks.append(kept[index])
+    return torch.cat(picks)

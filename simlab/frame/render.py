@@ -1,0 +1,102 @@
+"""A path of turns -> the exact text (or chat messages) the model reads; a sampled reply -> a turn's text.
+
+Simulator mode: the prompt is the path's transcript (the frame, then each turn through the framing's
+turn template) followed by the replying speaker's label ("Guest:"). The label's trailing space is left
+for the model to write, since BPE vocabularies attach it to the next word; that space belongs to the
+turn template, so it is not stored in the node's text. Chat mode: the frame becomes the system message
+and the turns go through the model's own chat template.
+
+A path is any sequence of nodes with `role`, `speaker`, `text` (and `framing` on a frame node):
+session.tree.Node, which this module does not need to import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from simlab.errors import SimlabError
+from simlab.frame.framing import Framing
+
+
+def framing_of(path: Sequence[Any]) -> Framing:
+    """The framing the path's frame node recorded (the plain default for frames without one)."""
+    root = path[0] if path else None
+    return Framing.from_dict(root.framing if root is not None and root.role == "frame" else None)
+
+
+def render_node(node: Any, framing: Framing) -> str:
+    """A node's text as it appears in the transcript: the frame (and any turn without a speaker) as
+    it is, a note as nothing (notes are for the user), a turn through its role's template."""
+    if node.role == "frame" or node.speaker is None:
+        return node.text
+    if node.role == "note":
+        return ""
+    return framing.turn(node.role, node.speaker, node.text)
+
+
+def render_spans(path: Sequence[Any]) -> tuple[str, list[tuple[int, int]]]:
+    """The transcript a path stands for, and where each node's own text lies in it."""
+    framing = framing_of(path)
+    parts, spans, at = [], [], 0
+    for node in path:
+        piece = render_node(node, framing)
+        if node.role in ("user", "model") and node.speaker is not None:
+            start = at + len(framing.head(node.role, node.speaker))
+        else:
+            start = at
+        spans.append((start, start + (len(node.text) if piece else 0)))
+        parts.append(piece)
+        at += len(piece)
+    return "".join(parts), spans
+
+
+def render_path(path: Sequence[Any]) -> str:
+    """The transcript a path stands for."""
+    framing = framing_of(path)
+    return "".join(render_node(node, framing) for node in path)
+
+
+def chat_messages(path: Sequence[Any], speaker: str) -> list[dict[str, str]]:
+    """A path as chat messages: the frame is the system message, `speaker`'s turns the assistant's."""
+    messages = []
+    for node in path:
+        if node.role == "frame" and node.text.strip():
+            messages.append({"role": "system", "content": node.text})
+        elif node.role in ("user", "model"):
+            messages.append(
+                {"role": "assistant" if node.speaker == speaker else "user", "content": node.text}
+            )
+    return messages
+
+
+def chat_prompt_ids(path: Sequence[Any], speaker: str, tokenizer: Any) -> list[int]:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise SimlabError(
+            "this persona is in chat mode but the model has no chat template; "
+            "use an instruct model or set `mode: simulator` in the persona"
+        )
+    ids = tokenizer.apply_chat_template(
+        chat_messages(path, speaker), add_generation_prompt=True, tokenize=True
+    )
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def reply_prompt(path: Sequence[Any], speaker: str, tokenizer: Any = None) -> str | list[int]:
+    """What the model reads before replying as `speaker` after `path`: text, or ids in chat mode."""
+    framing = framing_of(path)
+    if framing.mode == "chat":
+        return chat_prompt_ids(path, speaker, tokenizer)
+    return render_path(path) + framing.label("model", speaker)
+
+
+def reply_text(generated: str, framing: Framing) -> str:
+    """A reply's text as stored: without the label's trailing space the model wrote, and without
+    trailing whitespace (the turn template writes the turn's end)."""
+    if framing.mode == "chat":
+        return generated.strip()
+    lead = framing.lead()
+    text = generated[len(lead) :] if lead and generated.startswith(lead) else generated
+    return text.rstrip()

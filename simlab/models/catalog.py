@@ -1,0 +1,66 @@
+"""What models are available here: the embedded one, converted GGUF caches, the Hugging Face cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simlab.config import Settings
+from simlab.models.info import hf_cache_dir
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def list_models(settings: Settings) -> list[dict]:
+    """One row per model: spec to pass to --model, kind, and its local state. Imports no torch."""
+    from simlab.models import gguf
+
+    rows = []
+    embedded = gguf.cache_folder("embedded", settings)
+    state = (
+        f"converted, {_human(_size(embedded))} at {embedded}"
+        if gguf.read_marker(embedded)
+        else "not converted yet (the first start converts it, under a minute)"
+    )
+    rows.append({"spec": "embedded", "kind": "embedded", "state": "default; " + state, "path": str(embedded)})
+    if settings.models_dir.is_dir():
+        for folder in sorted(settings.models_dir.glob("gguf-*")):
+            marker = gguf.read_marker(folder)
+            if marker:
+                rows.append(
+                    {
+                        "spec": marker["source"],
+                        "kind": "gguf",
+                        "state": f"converted, {_human(_size(folder))}",
+                        "path": str(folder),
+                    }
+                )
+    hub = hf_cache_dir()
+    if hub.is_dir():
+        for repo in sorted(hub.glob("models--*")):
+            snapshots = list((repo / "snapshots").glob("*/config.json"))
+            if not snapshots:
+                continue
+            files = {p.name for p in snapshots[0].parent.iterdir()}
+            safe = any(
+                name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in files
+            )
+            rows.append(
+                {
+                    "spec": repo.name.removeprefix("models--").replace("--", "/"),
+                    "kind": "hf-cache",
+                    "state": f"{_human(_size(repo))}, "
+                    + ("safetensors" if safe else "pickle only (needs --allow-pickle)"),
+                    "path": str(repo),
+                }
+            )
+    return rows

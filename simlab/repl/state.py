@@ -1,0 +1,374 @@
+"""The REPL's state, and each action as a few lines over the layers below, with no terminal library here.
+
+A `Chat` holds the engine (loading in the background at first), the open session (its cursor is where
+the user is in the tree), the persona, the sampling settings and the next seed. Sampling and saving
+go through simlab.turns, exports through session.formats, settings through the knob table; every
+reply is saved as a node the moment it is complete, so nothing finished can be lost.
+"""
+
+from __future__ import annotations
+
+import errno
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TextIO
+
+from simlab.engine.params import BY_KEY, SamplingParams, SeedCounter
+from simlab.engine.protocol import Engine
+from simlab.engine.results import RunStats
+from simlab.errors import ModelFailed, SimlabError, TreeError
+from simlab.frame.framing import Framing
+from simlab.frame.render import framing_of, render_path
+from simlab.frame.window import Fitted
+from simlab.persona.schema import Persona
+from simlab.session.store import Session, SessionStore
+from simlab.session.tree import Node
+from simlab.session.views import Style
+from simlab.turns import Replies, start_continuation, start_replies, start_session
+
+SETTABLE = (*BY_KEY, "stop")  # what /set takes: every sampling knob by its user key, and the stops
+
+
+@dataclass
+class LastReply:
+    stats: RunStats
+    tokens_per_second: float
+    first_token_ms: float
+
+
+class Chat:
+    def __init__(
+        self,
+        engine: Engine | Future,
+        store: SessionStore,
+        session: Session,
+        persona: Persona,
+        params: SamplingParams,
+        out: TextIO,
+        color: bool = False,
+        err: TextIO | None = None,
+        tracer=None,
+    ):
+        self._engine = None if isinstance(engine, Future) else engine
+        self._loading = engine if isinstance(engine, Future) else None
+        self.store = store
+        self.session = session
+        self.persona = persona
+        self.params = params.with_overrides(seed=None)
+        self.seeds = SeedCounter(params.seed)  # the next reply's seed, then +1 per reply
+        self.out = out
+        self.err = err or out
+        self.style = Style(color)
+        self.last: LastReply | None = None
+        self.batch: list[str] = []  # ids of the last /n alternatives, for /pick
+        self.tracer = tracer  # a trace.record.Tracer while the residual stream is recorded
+        self._window_noted = False  # the context window note is shown once
+        self._save_failing = False
+        self.broken_pipe = False  # stdout was closed under a reply: the reply is saved, then the REPL ends
+        self.stopping: int | None = None  # the signal (SIGTERM, SIGHUP) that asked the REPL to end
+        self.interruptible = False  # True while a signal may cut in (at the prompt, while decoding)
+        self._watch(session)
+        if self._engine is not None:
+            self._first_use_notes()
+
+    @classmethod
+    def new(
+        cls,
+        engine: Engine,
+        store: SessionStore,
+        persona: Persona,
+        params: SamplingParams,
+        out: TextIO,
+        **kwargs,
+    ) -> Chat:
+        return cls(engine, store, start_session(store, persona), persona, params, out, **kwargs)
+
+    @property
+    def seed(self) -> int | None:
+        return self.seeds.next
+
+    @property
+    def engine(self) -> Engine:
+        """The engine; while it loads in the background, the first use waits for it."""
+        if self._engine is None:
+            if not self._loading.done():
+                self.note("(the model is still loading; the reply starts when it is ready)")
+            self.interruptible = True
+            try:
+                self._engine = self._loading.result()
+            except SimlabError as exc:
+                raise ModelFailed(str(exc)) from None
+            finally:
+                self.interruptible = False
+            self._first_use_notes()
+        return self._engine
+
+    def _first_use_notes(self) -> None:
+        if self.framing.mode == "simulator" and getattr(self._engine.tokenizer, "chat_template", None):
+            self.note(
+                f"note: {self._engine.info.name} has a chat template; --mode chat (or `mode: chat` in a "
+                "persona) uses it instead of the simulator transcript"
+            )
+
+    @property
+    def engine_ready(self) -> bool:
+        return self._engine is not None or (self._loading.done() and self._loading.exception() is None)
+
+    # -- where we are --------------------------------------------------------------------------
+    @property
+    def tree(self):
+        return self.session.tree
+
+    @property
+    def cursor(self) -> Node:
+        if self.tree.cursor is None:
+            raise SimlabError("the session is empty")
+        return self.tree.get(self.tree.cursor)
+
+    def path(self) -> list[Node]:
+        return self.tree.path(self.tree.cursor) if self.tree.cursor else []
+
+    @property
+    def framing(self) -> Framing:
+        path = self.path()
+        return framing_of(path) if path else self.persona.framing()
+
+    def persona_name(self) -> str | None:
+        path = self.path()
+        return path[0].persona if path else self.persona.name
+
+    def position(self) -> tuple[int, int, int]:
+        """(depth, sibling index from 1, number of siblings) of the cursor."""
+        node = self.cursor
+        ids = [s.id for s in self.tree.siblings(node.id)]
+        return len(self.path()) - 1, (ids.index(node.id) + 1 if node.id in ids else 1), len(ids)
+
+    def transcript(self) -> str:
+        return render_path(self.path())
+
+    # -- output -------------------------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        _write(self.out, text + "\n")
+
+    def note(self, text: str) -> None:
+        _write(self.err, self.style.dim(text) + "\n")
+
+    def label(self, node: Node) -> str:
+        return self.style.wrap("1;32" if node.role == "model" else "1;34", f"{node.speaker or node.role}:")
+
+    def show_turn(self, node: Node) -> None:
+        """A node as the transcript shows it, with its place among its siblings."""
+        if node.role == "frame":
+            self.say(self.style.dim(node.text.rstrip("\n")))
+            return
+        siblings = [s.id for s in self.tree.siblings(node.id)]
+        where = (
+            self.style.dim(f" [{siblings.index(node.id) + 1}/{len(siblings)}]") if len(siblings) > 1 else ""
+        )
+        self.say(self.label(node) + " " + node.text + where)
+
+    def show_path(self, last: int | None = None) -> None:
+        path = self.path()
+        for node in path[-last:] if last else path:
+            self.show_turn(node)
+
+    # -- saving -------------------------------------------------------------------------------
+    def _watch(self, session: Session) -> None:
+        session.on_save_problem = self._save_problem
+        if session.in_memory:
+            self.note(
+                f"simlab: the sessions folder {self.store.folder} cannot take session {session.name!r}; "
+                "the conversation is kept in memory: /export jsonl FILE writes it elsewhere"
+            )
+
+    def _save_problem(self, message: str) -> None:
+        """The session's file refused a write (or took the backlog again): say so once per change of state."""
+        if not self.session.unsaved:
+            self._save_failing = False
+            self.note(f"simlab: {message}")
+        elif not self._save_failing:
+            self._save_failing = True
+            self.note(
+                f"simlab: {message}; the conversation goes on in memory and is written when the disk "
+                "takes it again; /export jsonl FILE writes the whole session elsewhere now"
+            )
+
+    # -- turns and replies --------------------------------------------------------------------
+    def user_turn(self, text: str) -> list[Node]:
+        """Add the user's turn under the cursor and stream the model's reply to it."""
+        if not text.strip():
+            return []
+        user = self.session.add_child(
+            self.tree.cursor, "user", text, speaker=self.framing.user, persona=self.persona_name()
+        )
+        self.session.goto(user.id)
+        return self.reply(user.id)
+
+    def reply(self, parent_id: str, n: int = 1) -> list[Node]:
+        """Sample n replies under parent_id (streamed when n == 1), save them, move to the first."""
+        params = self.params.with_overrides(seed=self.seeds.take(n))
+        replies = start_replies(
+            self.engine,
+            self.session,
+            parent_id,
+            params,
+            n,
+            persona=self.persona_name(),
+            tracer=self.tracer,
+            on_fit=self._note_window,
+        )
+        nodes = self._finish(replies, self._head(replies.speaker) if n == 1 else None)
+        self._check_pipe()
+        if not nodes:
+            self.note("(interrupted before the first token; nothing saved)")
+            return []
+        self.session.goto(nodes[0].id)
+        self.batch = [node.id for node in nodes] if n > 1 else []
+        if n > 1:
+            for i, node in enumerate(nodes, 1):
+                self.say(
+                    self.style.wrap("1", f"[{i}]")
+                    + " "
+                    + self.label(node)
+                    + " "
+                    + node.text
+                    + self.style.dim(f"  (seed {node.seed}, {node.finish_reason})")
+                )
+            self.note(
+                f"{len(nodes)} alternatives saved; at [1]. /pick I to take another, /next /prev to step."
+            )
+        elif nodes[0].finish_reason == "interrupted":
+            self.note("(interrupted: the partial reply is saved)")
+        return nodes
+
+    def continue_reply(self) -> Node:
+        """Extend the current reply: a sibling holding the old text plus what the model adds."""
+        node = self.cursor
+        if node.role != "model":
+            raise SimlabError("/continue needs a model reply under the cursor")
+        params = self.params.with_overrides(seed=self.seeds.take(1))
+        replies = start_continuation(self.engine, self.session, node, params, on_fit=self._note_window)
+        [new] = self._finish(replies, self.label(node) + " " + node.text, keep=lambda c: True)
+        self.session.goto(new.id)
+        self._check_pipe()
+        return new
+
+    def _finish(self, replies: Replies, head: str | None, keep=None) -> list[Node]:
+        """Decode (streaming after head), save what came, and say what went wrong on the way."""
+        self._stream(replies, head)
+        nodes = replies.save(**({"keep": keep} if keep else {}), on_trace_error=self._trace_failed)
+        stats = replies.run.stats
+        self.last = LastReply(stats, stats.tokens_per_second, stats.first_token_seconds * 1000)
+        if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply
+            self.note(f"simlab: {replies.run.problem}")
+        return nodes
+
+    def _check_pipe(self) -> None:
+        if self.broken_pipe:  # saved; now the reader is gone
+            raise BrokenPipeError()
+
+    def _stream(self, replies: Replies, head: str | None) -> None:
+        """Decode; with a head, print it and then the text as it comes. Ctrl-C, SIGTERM and SIGHUP
+        (see cli.chat) interrupt it; so does output that cannot be written (a closed pipe or
+        terminal): the partial reply is then saved as interrupted."""
+
+        def show(delta) -> bool:
+            if head is not None and delta.text and not self.broken_pipe:
+                try:
+                    _write(self.out, delta.text)
+                except BrokenPipeError:
+                    self.broken_pipe = True
+            return self.stopping is not None or self.broken_pipe
+
+        try:
+            if head is not None:
+                _write(self.out, head)
+            self.interruptible = True
+            try:
+                replies.decode(show)
+            finally:
+                self.interruptible = False
+            if head is not None and not self.broken_pipe:
+                _write(self.out, "\n")
+        except KeyboardInterrupt:  # Ctrl-C while our code (not the engine's) held control
+            replies.run.interrupt()
+        except BrokenPipeError:
+            replies.run.interrupt()
+            self.broken_pipe = True
+
+    def _head(self, speaker: str) -> str:
+        framing = self.framing
+        label = framing.label("model", speaker) if framing.mode == "simulator" else f"{speaker}:"
+        return self.style.wrap("1;32", label) if label else ""
+
+    def _note_window(self, fit: Fitted) -> None:
+        """The first time older turns are left out of what the model reads, say so."""
+        if fit.window and not self._window_noted:
+            self._window_noted = True
+            kept = sum(1 for node in fit.path if node.role in ("user", "model"))
+            turns = "turn" if kept == 1 else f"{kept} turns"
+            info = self.engine.info
+            self.note(
+                f"(the conversation is longer than {info.name}'s context of {info.context_length} tokens: "
+                f"the model now reads the frame and the last {turns}; the session keeps them all, and "
+                "each reply records its window)"
+            )
+
+    def _trace_failed(self, node: Node, exc: OSError) -> None:
+        self.note(f"simlab: could not save the trace of {node.id[:8]}: {exc.strerror}; the reply is saved")
+
+    def regen(self) -> list[Node]:
+        """A new sibling of the current reply (or a first reply to the current user turn)."""
+        node = self.cursor
+        if node.role not in ("model", "user"):
+            raise SimlabError("/regen needs a reply or a user turn under the cursor")
+        return self.reply(node.parent if node.role == "model" else node.id)
+
+    def alternatives(self, k: int) -> list[Node]:
+        """k replies sampled as one batch, beside the current reply (or under the current turn)."""
+        if k < 1 or k > 64:
+            raise SimlabError(f"/n {k}: use a number from 1 to 64")
+        node = self.cursor
+        if node.role not in ("model", "user"):
+            raise SimlabError("/n needs a reply or a user turn under the cursor")
+        return self.reply(node.parent if node.role == "model" else node.id, n=k)
+
+    # -- the tree -----------------------------------------------------------------------------
+    def move(self, where: str) -> Node:
+        try:
+            node = self.session.move(where)
+        except TreeError as exc:
+            raise SimlabError(str(exc)) from None
+        self.show_turn(node)
+        return node
+
+    def edit(self, text: str) -> Node:
+        node = self.cursor
+        if node.role not in ("model", "user"):
+            raise SimlabError("/edit works on a reply or a user turn; move to one first")
+        if text == node.text:
+            raise SimlabError("/edit: the text is unchanged; nothing saved")
+        new = self.session.edit(node.id, text)
+        self.session.goto(new.id)
+        self.show_turn(new)
+        return new
+
+    def open_session(self, other: Session) -> None:
+        """Go on in another session (the current one is closed)."""
+        self.session.close()
+        self.session = other
+        self._watch(other)
+        self.batch = []
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write and flush; a terminal that hung up (EIO) is ignored: what matters then is saving."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise

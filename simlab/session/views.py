@@ -1,0 +1,115 @@
+"""Terminal views of a session: the tree (current path highlighted), a path, two branches side by side."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+from simlab.session.tree import Node, Tree
+
+
+class Style:
+    """ANSI styling, or plain markers when colour is off (NO_COLOR or not a terminal)."""
+
+    def __init__(self, color: bool):
+        self.color = color
+
+    def wrap(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
+
+    def dim(self, text: str) -> str:
+        return self.wrap("2", text)
+
+    def current(self, text: str) -> str:
+        return self.wrap("1;36", text)
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
+
+
+def _label(node: Node) -> str:
+    if node.role == "frame":
+        return "frame"
+    return f"{node.speaker}:" if node.speaker else node.role
+
+
+def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden: bool = False) -> list[str]:
+    """One line per node: id, sibling position, marks (★ bookmark, ✓ canonical), speaker, text."""
+    width = width or shutil.get_terminal_size((100, 20)).columns
+    on_path = {n.id for n in tree.path(tree.cursor)} if tree.cursor else set()
+    lines: list[str] = []
+
+    def walk(node: Node, prefix: str, last: bool, is_root: bool) -> None:
+        siblings = tree.children(node.parent, include_hidden=show_hidden) if not is_root else tree.roots
+        branch = "" if is_root else ("└─ " if last else "├─ ")
+        position = (
+            f"[{[s.id for s in siblings].index(node.id) + 1}/{len(siblings)}] " if len(siblings) > 1 else ""
+        )
+        marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
+        marks += "✗" if node.hidden else ""
+        cursor = " ◀" if node.id == tree.cursor else ""
+        head = f"{node.id[:8]} {position}{marks + ' ' if marks else ''}{_label(node)} "
+        room = width - len(prefix) - len(branch) - len(head) - len(cursor) - 1
+        text = head + _one_line(node.text, room - 2) + cursor
+        if node.id in on_path:  # the current path: coloured, or marked when colour is off
+            text = style.current(text) if style.color else "» " + text
+        elif node.hidden:
+            text = style.dim(text)
+        lines.append(style.dim(prefix + branch) + text)
+        kids = tree.children(node.id, include_hidden=show_hidden)
+        child_prefix = prefix + ("" if is_root else ("   " if last else "│  "))
+        for i, kid in enumerate(kids):
+            walk(kid, child_prefix, i == len(kids) - 1, False)
+
+    for root in tree.roots:
+        walk(root, "", True, True)
+    return lines
+
+
+def render_transcript(tree: Tree, node_id: str, style: Style) -> list[str]:
+    """A path as the conversation reads, with each node's short id in the margin."""
+    lines = []
+    for node in tree.path(node_id):
+        margin = style.dim(node.id[:8] + " ")
+        if node.role == "frame":
+            lines += [margin + style.dim("[frame]")] + [
+                "         " + ln for ln in node.text.rstrip("\n").split("\n")
+            ]
+        else:
+            lines.append(margin + f"{_label(node)} {node.text.strip()}")
+    return lines
+
+
+def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None = None) -> list[str]:
+    """The shared part once, then the two branches after they part, in two columns."""
+    width = width or shutil.get_terminal_size((100, 20)).columns
+    path_a, path_b = tree.path(a), tree.path(b)
+    shared = 0
+    while shared < min(len(path_a), len(path_b)) and path_a[shared].id == path_b[shared].id:
+        shared += 1
+    lines = [
+        style.dim(
+            f"shared: {shared} node(s), up to {path_a[shared - 1].id[:8]}" if shared else "no shared history"
+        )
+    ]
+    if shared:
+        last = path_a[shared - 1]
+        lines.append(style.dim(f"  … {_label(last)} {_one_line(last.text, width - 20)}"))
+    col = max(20, (width - 3) // 2)
+
+    def column(nodes: list[Node], title: str) -> list[str]:
+        out = [title]
+        for node in nodes:
+            extra = f" (seed {node.seed}, {node.persona or 'no persona'})" if node.role == "model" else ""
+            out += textwrap.wrap(f"{_label(node)} {node.text.strip()}{extra}", col) or [""]
+        return out
+
+    left = column(path_a[shared:], f"A {path_a[-1].id[:8]}")
+    right = column(path_b[shared:], f"B {path_b[-1].id[:8]}")
+    for k in range(max(len(left), len(right))):
+        l_text = left[k] if k < len(left) else ""
+        r_text = right[k] if k < len(right) else ""
+        lines.append(f"{l_text:<{col}} │ {r_text}")
+    return lines

@@ -1,0 +1,248 @@
+"""The one place replies are sampled under a node and saved: the REPL, replay and compare all come here.
+
+`start_replies` fits the prompt to the context and starts the run; the caller decodes it (streaming
+each delta through a callback, as simonw/llm's chat loop takes `prompt_callback`), then `save` keeps
+each completion as a model node with everything needed to reproduce it, and its trace. Also here:
+starting a session from a persona, and an unsaved path for previews.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from simlab.engine.params import SamplingParams
+from simlab.engine.protocol import Engine, Run
+from simlab.engine.results import Completion, Delta
+from simlab.frame.framing import Framing
+from simlab.frame.render import framing_of, reply_prompt, reply_text
+from simlab.frame.window import Fitted, fit_prompt
+from simlab.persona.schema import Persona
+from simlab.session.store import Session, SessionStore
+from simlab.session.tree import Node, Tree
+
+DeltaCallback = Callable[[Delta], bool | None]  # returns True to stop the run
+FRAME_PERSONA: Any = object()  # a reply's persona by default: the one its path's frame was made with
+
+
+def add_frame(session: Session, persona: Persona) -> Node:
+    """A new root: the persona's rendered frame, then its greeting(s) as model turns.
+
+    Returns the node to continue from (the first greeting, or the frame)."""
+    frame = session.add_child(
+        None, "frame", persona.render_frame(), persona=persona.name, framing=persona.framing().to_dict()
+    )
+    greetings = [
+        session.add_child(frame.id, "model", text, speaker=persona.model, persona=persona.name)
+        for text in persona.greetings()
+    ]
+    return greetings[0] if greetings else frame
+
+
+def start_session(
+    store: SessionStore, persona: Persona, name: str | None = None, in_memory: bool = False
+) -> Session:
+    session = (store.create_in_memory if in_memory else store.create)(name, persona=persona.name)
+    session.goto(add_frame(session, persona).id)
+    return session
+
+
+def unsaved_path(persona: Persona, exchanges: Iterable[tuple[str, str | None]]) -> list[Node]:
+    """A path that is not saved anywhere: the persona's frame, its first greeting, then each (user turn,
+    reply) exchange (a reply of None ends the path at the user turn). For previews and scoring."""
+    tree = Tree()
+    parent = tree.add_child(None, "frame", persona.render_frame(), framing=persona.framing().to_dict())
+    greetings = persona.greetings()
+    if greetings:
+        parent = tree.add_child(parent.id, "model", greetings[0], speaker=persona.model)
+    for turn, reply in exchanges:
+        parent = tree.add_child(parent.id, "user", turn, speaker=persona.user)
+        if reply is not None:
+            parent = tree.add_child(parent.id, "model", reply, speaker=persona.model)
+    return tree.path(parent.id)
+
+
+def node_fields(
+    completion: Completion,
+    params: SamplingParams | None,
+    engine: Engine,
+    window: dict[str, Any] | None = None,
+) -> dict:
+    """What a sampled node records about how it was made (a server's reply: no token ids, and where
+    it came from; never the API key)."""
+    local = engine.capabilities.local
+    return {
+        "window": window,
+        "backend": engine.provenance(completion),
+        "token_ids": tuple(completion.token_ids) if engine.capabilities.token_ids else (),
+        "logprobs": tuple(t.logprob for t in completion.tokens),
+        "top": tuple(t.top for t in completion.tokens),
+        "params": params.as_record() if params is not None else None,
+        "seed": completion.seed if params is not None else None,
+        "finish_reason": completion.finish_reason,
+        "model": engine.info.spec,
+        "model_revision": engine.info.revision or None,
+        "dtype": engine.info.dtype if local else None,
+    }
+
+
+def has_output(completion: Completion) -> bool:
+    """A completion worth keeping: interrupted before its first token, it has nothing."""
+    return bool(completion.tokens or completion.text)
+
+
+@dataclass
+class Replies:
+    """Replies being sampled under a node: the run, and what saving them needs."""
+
+    session: Session
+    parent_id: str
+    engine: Engine
+    params: SamplingParams
+    fit: Fitted
+    framing: Framing
+    speaker: str
+    origin: str
+    persona: str | None
+    run: Run
+    tracer: Any = None
+    recorder: Any = None
+    continues: Node | None = None  # /continue: the reply this run extends
+    nodes: list[Node] = field(default_factory=list)
+
+    def decode(self, on_delta: DeltaCallback | None = None) -> None:
+        """Decode to the end, handing each delta to on_delta (True from it stops the run); Ctrl-C
+        stops it too. Stopped branches keep their text, finish reason 'interrupted'."""
+        try:
+            for delta in self.run:
+                if on_delta is not None and on_delta(delta):
+                    self.run.interrupt()
+        except KeyboardInterrupt:  # raised in on_delta: the engine catches its own
+            self.run.interrupt()
+
+    def save(
+        self,
+        keep: Callable[[Completion], bool] = has_output,
+        on_trace_error: Callable[[Node, OSError], None] | None = None,
+        **trace_extra: Any,
+    ) -> list[Node]:
+        """Each kept completion as a model node under the parent (with the window it read), and its trace."""
+        for completion in self.run.completions:
+            if keep(completion):
+                self.nodes.append(self._save_one(completion))
+                self._save_trace(completion, self.nodes[-1], on_trace_error, trace_extra)
+        return self.nodes
+
+    def _save_one(self, completion: Completion) -> Node:
+        if self.continues is None:
+            return self.session.add_child(
+                self.parent_id,
+                "model",
+                reply_text(completion.text, self.framing),
+                speaker=self.speaker,
+                origin=self.origin,
+                persona=self.persona,
+                **node_fields(completion, self.params, self.engine, self.fit.window),
+            )
+        # Two samplings joined: the tokens and log-probabilities are the continuation's, and without
+        # one (params, seed) that draws the whole text, replay copies it rather than re-sampling it.
+        node = self.continues
+        return self.session.add_child(
+            node.parent,
+            "model",
+            (node.text + completion.text).rstrip(),
+            speaker=node.speaker,
+            origin="sampled",
+            persona=node.persona,
+            edited_from=node.id,
+            tags=frozenset({"continued"}),
+            **node_fields(completion, None, self.engine, self.fit.window),
+        )
+
+    def _save_trace(self, completion: Completion, node: Node, on_error, extra: dict[str, Any]) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.tracer.save_node(self.session, node.id, self.recorder, self.run, completion, **extra)
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(node, exc)
+
+
+def start_replies(
+    engine: Engine,
+    session: Session,
+    parent_id: str,
+    params: SamplingParams,
+    n: int = 1,
+    *,
+    speaker: str | None = None,
+    origin: str = "sampled",
+    persona: str | None = FRAME_PERSONA,
+    tracer: Any = None,
+    on_fit: Callable[[Fitted], None] | None = None,
+) -> Replies:
+    """Fit the prompt for replies under parent_id and start sampling n of them (siblings, one batch)."""
+    path = session.tree.path(parent_id)
+    framing = framing_of(path)
+    speaker = speaker or framing.model
+    fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
+    if on_fit is not None:
+        on_fit(fit)
+    recorder = tracer.recorder(engine) if tracer else None
+    run = engine.start(fit.prompt, params, n=n, recorder=recorder)
+    persona = path[0].persona if persona is FRAME_PERSONA else persona
+    return Replies(
+        session, parent_id, engine, params, fit, framing, speaker, origin, persona, run, tracer, recorder
+    )
+
+
+def start_continuation(
+    engine: Engine,
+    session: Session,
+    node: Node,
+    params: SamplingParams,
+    on_fit: Callable[[Fitted], None] | None = None,
+) -> Replies:
+    """Start extending a saved reply: the model reads the reply so far and writes on."""
+    path = session.tree.path(node.parent)
+    framing = framing_of(path)
+    tokenizer = engine.tokenizer
+    written = tokenizer.encode(node.text, add_special_tokens=False) if tokenizer is not None else []
+    fit = fit_prompt(path, node.speaker, engine, params.max_new_tokens + len(written))
+    if on_fit is not None:
+        on_fit(fit)
+    prompt = reply_prompt(fit.path, node.speaker, tokenizer)
+    prompt = prompt + framing.lead() + node.text if isinstance(prompt, str) else prompt + written
+    run = engine.start(prompt, params)
+    return Replies(
+        session,
+        node.parent,
+        engine,
+        params,
+        fit,
+        framing,
+        node.speaker,
+        "sampled",
+        node.persona,
+        run,
+        continues=node,
+    )
+
+
+def sample_replies(
+    engine: Engine,
+    session: Session,
+    parent_id: str,
+    params: SamplingParams,
+    n: int = 1,
+    *,
+    keep: Callable[[Completion], bool] = has_output,
+    **options: Any,
+) -> list[Node]:
+    """Sample n sibling replies under parent_id to the end and save each as a node."""
+    replies = start_replies(engine, session, parent_id, params, n, **options)
+    replies.decode()
+    return replies.save(keep)

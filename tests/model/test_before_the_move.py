@@ -1,0 +1,81 @@
+"""A session written by simlab before the one-house move (f1b0cb4) still loads, exports, checks and
+replays byte for byte: tests/fixtures/before-the-move/ holds the file, and what that simlab made of it."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny_gpt2
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "before-the-move"
+REVISION = "local-582ed962ae2a"  # the fixture model's folder when the fixture was made
+
+
+@pytest.fixture(scope="module")
+def fixture_engine(tmp_path_factory):
+    """The tiny GPT-2 the fixture was sampled from (160-token context, no EOS), rebuilt from its seed."""
+    from simlab.config import Settings
+    from simlab.engine.local import Engine
+    from simlab.models.load import load_model
+
+    folder = build_tiny_gpt2(tmp_path_factory.mktemp("fixture-gpt2"), n_positions=160, with_eos=False)
+    return Engine(load_model(str(folder), Settings(device="cpu", dtype="float32")))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    shutil.copy(FIXTURE / "session.jsonl", tmp_path / "session.jsonl")
+    return tmp_path
+
+
+def normalised(raw: bytes, model: str, revision: str) -> bytes:
+    """The bytes with node ids numbered by first appearance, creation times zeroed and the model's
+    folder (a temporary path) and revision (its files' times) named: the rest must match byte for byte."""
+    names: dict[bytes, bytes] = {}
+    raw = re.sub(rb'"created":[0-9.e+-]+', b'"created":0', raw)
+    raw = raw.replace(json.dumps(model).encode(), b'"MODEL"').replace(json.dumps(revision).encode(), b'"REV"')
+    return re.sub(rb"\b[0-9a-f]{32}\b", lambda m: names.setdefault(m.group(0), b"id%d" % len(names)), raw)
+
+
+def test_the_file_opens_for_writing_and_closes_unchanged(folder):
+    from simlab.session.store import SessionStore
+
+    before = (folder / "session.jsonl").read_bytes()
+    with SessionStore(folder).open("session") as session:
+        assert not session.problems and len(session.tree.nodes) == 22
+    assert (folder / "session.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("fmt", ["md", "yaml", "loom"])
+def test_exports_are_byte_identical(folder, fmt, capsys):
+    from simlab.cli.main import main
+
+    assert main(["sessions", "export", "session", "--format", fmt, "--sessions-dir", str(folder)]) == 0
+    assert capsys.readouterr().out == (FIXTURE / f"export.{fmt}").read_text(encoding="utf-8")
+
+
+def test_every_path_checks_as_it_did(folder, fixture_engine):
+    from simlab.replay import check_path
+    from simlab.session.store import SessionStore
+
+    session = SessionStore(folder).open("session", read_only=True)
+    tree = session.tree
+    leaves = [n for n in tree.nodes.values() if not tree.children(n.id, include_hidden=True)]
+    checks = [c for leaf in leaves for c in check_path(fixture_engine, session, tree.path(leaf.id))]
+    rows = sorted({(c.node.id, c.reproduced, c.first_difference) for c in checks})
+    assert [list(r) for r in rows] == json.loads((FIXTURE / "checks.json").read_text())
+
+
+def test_a_replayed_branch_writes_the_same_records(folder, fixture_engine):
+    from simlab.replay import replay_branch
+    from simlab.session.store import SessionStore
+
+    before = (folder / "session.jsonl").read_bytes()
+    with SessionStore(folder).open("session") as session:
+        replay_branch(fixture_engine, session, session.tree.path(session.tree.cursor), {"temperature": 0.7})
+    added = (folder / "session.jsonl").read_bytes()[len(before) :]
+    expected = (FIXTURE / "replayed.jsonl").read_bytes()
+    info = fixture_engine.info
+    assert normalised(added, info.spec, info.revision) == normalised(expected, "/tmp/fixture-gpt2", REVISION)

@@ -1,0 +1,257 @@
+"""Compare sweeps on the tiny GPT-2: spec validation, spec -> tree -> report, resume, HTML and JSON."""
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from simlab.cli.main import main
+from simlab.compare.spec import build_spec, read_spec
+from simlab.compare.stats import analyse
+from simlab.compare.sweep import Progress, run_sweep, seed_of
+from simlab.errors import SpecError
+from simlab.session.store import SessionStore
+
+
+@pytest.fixture
+def personas(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text('name: a\nframe: "A chat.\\n\\n"\nspeakers: {user: User, model: Bot}\n')
+    b = tmp_path / "b.yaml"
+    b.write_text('name: b\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\ngreeting: Ask.\n')
+    return a, b
+
+
+def spec_file(tmp_path, personas, samples=3, turns=("hello", "and then?")):
+    a, b = personas
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "turns": list(turns),
+                "samples": samples,
+                "seed": 40,
+                "sampling": {"max_tokens": 5, "temperature": 1.0},
+                "variants": [
+                    {"persona": str(a)},
+                    {"persona": str(b)},
+                    {"persona": str(a), "name": "a-cold", "sampling": {"temperature": 0.3}},
+                ],
+            }
+        )
+    )
+    return path
+
+
+def load_spec(path):
+    data, lines = read_spec(path)
+    return build_spec(data, str(path), lines, default_name=path.stem)
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"variants": ["interview"]}, "turns: give the scripted user turns"),
+        ({"turns": ["x"], "variants": []}, "variants: give a list"),
+        ({"turns": ["x"], "variants": ["interview", "interview"]}, "used twice"),
+        ({"turns": ["x"], "variants": ["nobody"]}, "unknown persona 'nobody'"),
+        ({"turns": ["x"], "variants": [{"persona": "interview", "colour": 1}]}, "unknown key 'colour'"),
+        ({"turns": ["x"], "variants": ["interview"], "samples": 0}, "samples: must be a whole number >= 1"),
+        ({"turns": ["x"], "variants": ["interview"], "sampling": {"top_p": 9}}, "top_p=9 is invalid"),
+        ({"turns": ["x"], "variants": ["interview"], "sampling": {"warmth": 1}}, "sampling.warmth: unknown"),
+        ({"turns": ["x"], "variants": ["interview"], "temperature": 1}, "temperature: unknown key"),
+    ],
+)
+def test_bad_specs_are_one_clear_line(data, expected):
+    with pytest.raises((SpecError, Exception)) as caught:
+        build_spec(data, "spec.yaml")
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_yaml_error_names_the_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("turns: [hi]\nvariants:\n  - persona: interview\n   bad: indent\n")
+    with pytest.raises(Exception, match=r"s\.yaml:4: invalid YAML"):
+        load_spec(path)
+
+
+def test_sweep_spec_to_tree_to_report_with_resume(tmp_path, personas, tiny_engine, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(spec_file(tmp_path, personas))
+    store = SessionStore(tmp_path / "sessions")
+    engines = lambda model: tiny_engine  # noqa: E731 (every variant on the tiny model)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt_after_four(progress, what):
+        if progress.sampled >= 4:
+            raise Stop()
+
+    with store.create("compare-sweep") as session:
+        with pytest.raises(Stop):
+            run_sweep(spec, session, engines, Progress(total=18, report=interrupt_after_four))
+    first_seeds = [n.seed for n in store.open("compare-sweep", read_only=True).tree.nodes.values() if n.seed]
+    assert 4 <= len(first_seeds) < 18
+    with store.open("compare-sweep") as session:
+        progress = Progress(total=18)
+        runs = run_sweep(spec, session, engines, progress)
+        assert progress.done == 18 and progress.sampled == 18 - len(first_seeds)  # nothing redone
+        tree = session.tree
+        models = [n for n in tree.nodes.values() if n.role == "model" and n.seed is not None]
+        assert len(models) == 18 and len({(n.persona, n.seed, n.params["temperature"]) for n in models}) == 18
+        assert len(tree.roots) == 3 and all(any(t.startswith("variant:") for t in r.tags) for r in tree.roots)
+        for run in runs:
+            assert len(run.samples) == 3
+            for i, sample in enumerate(run.samples):
+                assert [r.seed for r in sample] == [seed_of(spec, 0, i), seed_of(spec, 1, i)]
+                assert tree.get(tree.get(sample[1].parent).parent).id == sample[0].id  # turn 2 under reply 1
+        assert tree.cursor == runs[0].samples[0][-1].id  # where `simlab chat --resume` opens
+        b_run = runs[1]
+        path = tree.path(b_run.samples[0][1].id)
+        assert [n.speaker for n in path[1:]] == ["A", "Q", "A", "Q", "A"]  # greeting, then the turns
+    # the CLI on the same spec finds every sample done, and reports on them
+    capsys.readouterr()
+    code = main(["compare", str(tmp_path / "sweep.yaml"), "--model", str(tiny_engine.info.spec), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [len(v["replies"][1]) for v in json.loads(out)["variants"]] == [3, 3, 3]
+    again = store.open("compare-sweep", read_only=True).tree
+    assert len(again.nodes) == len(tree.nodes)
+
+
+def test_report_files_hold_every_sample(tmp_path, personas, tiny_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        [
+            "compare",
+            str(spec_file(tmp_path, personas, samples=4)),
+            "--model",
+            str(tiny_dir),
+            "--report-dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (
+        "Per variant" in out
+        and "Difference from a" in out
+        and "JSD bits" in out
+        and "Cross log-probability" in out
+    )
+    html_text = (tmp_path / "out" / "sweep.html").read_text()
+    texts = []
+
+    class Cells(HTMLParser):
+        def handle_data(self, data):
+            texts.append(data)
+
+    Cells().feed(html_text)
+    body = "".join(texts)
+    tree = SessionStore(tmp_path / "sessions").open("compare-sweep", read_only=True).tree
+    samples = [n.text for n in tree.nodes.values() if n.role == "model" and n.seed is not None]
+    assert len(samples) == 24 and all(s in body for s in samples)
+    assert html_text.count("<svg") == 8 and "http" not in html_text.replace("http://www.w3.org/2000/svg", "")
+    md = (tmp_path / "out" / "sweep.md").read_text()
+    assert "## Turn 2: and then?" in md and md.count("*(seed ") == 24
+
+
+def test_json_and_the_flags_form(tmp_path, personas, tiny_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = personas
+    code = main(
+        [
+            "compare",
+            "--personas",
+            f"{a},{b}",
+            "--turn",
+            "hi",
+            "--samples",
+            "3",
+            "--max-tokens",
+            "4",
+            "--model",
+            str(tiny_dir),
+            "--json",
+            "--name",
+            "quick",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    assert [v["name"] for v in data["variants"]] == ["a", "b"] and data["samples"] == 3
+    for v in data["variants"]:
+        assert len(v["replies"][0]) == 3 and len(v["values"]["length"]) == 3
+        m = v["metrics"]["length"]
+        assert m["low"] <= m["mean"] <= m["high"]
+    assert set(data["cross_logprob"]["a"]) == {"a", "b"} and data["divergence"][0]["jsd_bits"] >= 0
+    assert "excludes_zero" in data["differences"]["b"]["length"]
+    assert (tmp_path / "reports" / "quick.html").exists()
+    code = main(["compare", "--personas", str(a)])
+    assert code == 2 and "--turn" in capsys.readouterr().err
+
+
+def test_metrics_from_a_sweep_agree_with_the_nodes(tmp_path, personas, tiny_engine):
+    spec = load_spec(spec_file(tmp_path, personas, samples=3, turns=("hello",)))
+    with SessionStore(tmp_path / "s").create("x") as session:
+        runs = run_sweep(spec, session, lambda m: tiny_engine)
+    analysis = analyse(spec, runs)
+    stats = analysis.variants[0]
+    lengths = [len(s[0].token_ids) for s in runs[0].samples]
+    assert stats.values["length"] == lengths
+    assert stats.estimates["length"].mean == pytest.approx(sum(lengths) / 3)
+    assert all(v == 1.0 for v in stats.values["length_rate"])  # 5 tokens of a random model: cut at max
+
+
+def test_sigterm_stops_a_sweep_that_a_rerun_resumes(tmp_path, personas, tiny_dir):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = spec_file(tmp_path, personas, samples=60)
+    argv = [
+        sys.executable,
+        "-m",
+        "simlab",
+        "compare",
+        str(spec),
+        "--model",
+        str(tiny_dir),
+        "--sessions-dir",
+        str(tmp_path / "s"),
+        "--report-dir",
+        str(tmp_path / "r"),
+        "--max-tokens",
+        "12",
+    ]
+    env = {**os.environ, "SIMLAB_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    for line in child.stderr:  # progress lines, one per tenth (stderr is not a terminal)
+        if "samples" in line and not line.startswith("[" + " " * 24):
+            break
+    time.sleep(0.5)
+    child.send_signal(signal.SIGTERM)
+    rest = child.stderr.read()
+    assert child.wait(timeout=120) == 130 and "Traceback" not in rest
+    assert "run the same command again to resume" in rest
+    [session] = (tmp_path / "s").glob("compare-*.jsonl")
+    before = sum(
+        r["type"] == "node" and r["node"].get("origin") == "sampled"
+        for r in map(json.loads, session.read_text().splitlines())
+    )
+    assert 0 < before < 3 * 60 * 2
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    seeds = [
+        (r["node"]["parent"], r["node"]["seed"])
+        for r in map(json.loads, session.read_text().splitlines())
+        if r["type"] == "node" and r["node"].get("origin") == "sampled"
+    ]
+    assert (
+        len(seeds) == len(set(seeds)) == 3 * 60 * 2
+    )  # 3 variants x 60 samples x 2 turns, each once: nothing lost, nothing twice

@@ -1,0 +1,34 @@
+"""`simlab doctor`: one line per part of the installation, and an exit code that says if one fails."""
+
+from simlab.cli.main import main
+
+
+def test_doctor_reports_each_part_and_loads_a_model(capsys, tmp_path, tiny_dir, isolated_home):
+    code = main(["doctor", "--model", str(tiny_dir), "--load", "--sessions-dir", str(tmp_path / "s")])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = {line[6:22].strip(): line for line in out.splitlines()}
+    assert lines["torch"].startswith("ok") and lines["transformers"].startswith("ok")
+    assert "cpu" in lines["device"]
+    assert lines["simlab home"].startswith("ok") and str(isolated_home) in lines["simlab home"]
+    assert lines["sessions folder"].startswith("ok") and "writable" in lines["sessions folder"]
+    assert (
+        lines["embedded model"].startswith("warn") and "not converted yet" in lines["embedded model"]
+    )  # a fresh home
+    assert lines["generation"].startswith("ok") and "tiny-gpt2" in lines["generation"]
+    assert "offline" in lines["network"]  # HF_HUB_OFFLINE=1 in the tests
+
+
+def test_a_sessions_folder_that_cannot_be_written_is_a_warning(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # even root cannot make a folder inside a file
+    assert main(["doctor", "--sessions-dir", str(blocker / "sessions")]) == 0
+    out = capsys.readouterr().out
+    assert "warn  sessions folder" in out and "use --sessions-dir or SIMLAB_SESSIONS" in out
+
+
+def test_a_model_that_cannot_load_fails_the_doctor(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["doctor", "--model", str(empty), "--load"]) == 1
+    assert "FAIL  generation" in capsys.readouterr().out

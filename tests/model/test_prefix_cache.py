@@ -1,0 +1,67 @@
+"""The KV cache kept between runs: a prompt that extends (or shares a prefix with) the last run's
+tokens prefills only what is new, and gives the same tokens and log-probabilities as a fresh prefill."""
+
+import pytest
+from conftest import tiny_llama_style
+
+from simlab.config import Settings
+from simlab.engine.local import Engine
+from simlab.engine.params import SamplingParams
+from simlab.models.load import load_model
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gemma3"])
+def loaded(request, tiny_dir, tmp_path_factory):
+    folder = (
+        tiny_dir
+        if request.param == "gpt2"
+        else tiny_llama_style(tmp_path_factory.mktemp("g3"), "gemma3", tiny_dir)
+    )  # sliding window 8: the turns outgrow it
+    return load_model(str(folder), Settings(device="cpu", dtype="float32"))
+
+
+def chat_turns(engine, turns=4):
+    """A chat as the REPL runs it: each prompt is the last prompt, the reply, and a new turn."""
+    params = SamplingParams(temperature=1.0, max_new_tokens=5, seed=9)
+    prompt, results = "User: hello there, tell me about the quick brown fox\nBot:", []
+    for k in range(turns):
+        run = engine.start(prompt, params.with_overrides(seed=9 + k))
+        for _ in run:
+            pass
+        [c] = run.completions
+        results.append(
+            (c.token_ids, [t.logprob for t in c.tokens], run.stats.reused_tokens, len(run.prompt_ids))
+        )
+        prompt = prompt + c.text + f"\nUser: more {k}\nBot:"
+    return results
+
+
+def test_later_turns_prefill_only_the_new_tokens_and_match_a_fresh_prefill(loaded):
+    reused = chat_turns(Engine(loaded))
+    fresh = chat_turns(Engine(loaded, reuse_prefix=False))
+    for (ids_a, lp_a, _reuse, _length), (ids_b, lp_b, no_reuse, _) in zip(reused, fresh):
+        assert ids_a == ids_b and lp_a == pytest.approx(lp_b, abs=1e-4)
+        assert no_reuse == 0
+    assert reused[0][2] == 0 and all(r[2] >= 8 for r in reused[1:])  # turn 2 on: the earlier turns are reused
+    assert all(r[3] - r[2] < 30 for r in reused[1:])  # the reply and the new turn: ~20 tokens
+
+
+def test_a_sibling_after_a_batch_reuses_the_shared_prompt(loaded):
+    engine = Engine(loaded)
+    prompt = "User: tell me a story about a fox\nBot:"
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, seed=3)
+    batch = engine.generate(prompt, params, n=3)
+    run = engine.start(prompt, params.with_overrides(seed=3))  # /regen of branch 1
+    for _ in run:
+        pass
+    assert run.stats.reused_tokens == len(run.prompt_ids) - 1
+    assert run.completions[0].token_ids == batch[0].token_ids
+
+
+def test_an_unrelated_prompt_starts_fresh(loaded):
+    engine = Engine(loaded)
+    engine.generate("User: hello there, how are you\nBot:", SamplingParams(max_new_tokens=3, seed=1))
+    run = engine.start("Completely different text here", SamplingParams(max_new_tokens=3, seed=1))
+    for _ in run:
+        pass
+    assert run.stats.reused_tokens == 0

@@ -1,0 +1,335 @@
+"""The chat REPL driven for real: prompt-toolkit's pipe input on the tiny GPT-2, and scripted stdin."""
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from simlab.errors import SimlabError
+from simlab.persona.schema import Persona
+from simlab.repl.commands import handle
+from simlab.repl.state import Chat
+from simlab.session.store import SessionStore
+from simlab.turns import start_session
+
+PERSONA = Persona(
+    name="tiny",
+    frame="A chat.\n\n",
+    user="User",
+    model="Bot",
+    greeting="Hi.",
+    sampling={"max_tokens": 6, "temperature": 1.0},
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SessionStore(tmp_path / "sessions")
+
+
+def new_chat(tiny_engine, store, seed=7, out=None):
+    out = out or io.StringIO()
+    return Chat.new(tiny_engine, store, PERSONA, PERSONA.sampling_params(seed=seed), out, err=out)
+
+
+def drive(chat, keys: str) -> int:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from simlab.repl.app import run_interactive
+
+    with create_pipe_input() as pipe:
+        pipe.send_text(keys)
+        return run_interactive(chat, resumed=False, input=pipe, output=DummyOutput())
+
+
+def test_a_scripted_session_through_the_real_prompt(tiny_engine, store):
+    chat = new_chat(tiny_engine, store)
+    keys = (
+        "hello there\r"
+        "/n 3\r"
+        "/next\r"
+        "/bogus\r"
+        "/pick 1\r"
+        "/bookmark\r"
+        "/up\r"
+        "/regen\r"
+        "/set temperature 0.5\r"
+        "/seed 100\r"
+        "second turn\r"
+        "/tree\r"
+        "/quit\r"
+    )
+    assert drive(chat, keys) == 0
+    out = chat.out.getvalue()
+    tree = chat.tree
+    frame = tree.roots[0]
+    [greeting] = tree.children(frame.id)
+    [user] = tree.children(greeting.id)
+    replies = tree.children(user.id)
+    # one streamed reply, three alternatives from /n, one from /regen after /up
+    assert [r.origin for r in replies] == ["sampled"] * 5 and user.text == "hello there"
+    assert [r.seed for r in replies] == [7, 8, 9, 10, 11]  # +1 per reply, the batch took three
+    assert "[1] Bot:" in out and "[3] Bot:" in out and "unknown command /bogus" in out
+    assert "bookmark" in replies[1].tags  # /pick 1 went to the batch's first, which was bookmarked
+    second = next(n for n in tree.nodes.values() if n.text == "second turn")
+    assert second.parent == replies[4].id  # /regen moved the cursor to the new reply
+    [last] = tree.children(second.id)
+    assert last.seed == 100 and last.params["temperature"] == 0.5
+    assert tree.cursor == last.id and "◀" in out  # /tree printed, the cursor marked
+    chat.close()
+    reloaded = SessionStore(store.folder).open(chat.session.name, read_only=True)
+    assert set(reloaded.tree.nodes) == set(tree.nodes) and reloaded.tree.cursor == last.id
+    assert reloaded.tree.get(replies[1].id).tags == frozenset({"bookmark"})
+
+
+def test_unknown_commands_never_reach_the_model(tiny_engine, store):
+    chat = new_chat(tiny_engine, store)
+    before = len(chat.tree.nodes)
+    for line in ("/nope", "/", "/regenerate"):
+        with pytest.raises(SimlabError, match="unknown command"):
+            handle(chat, line)
+    assert len(chat.tree.nodes) == before
+    handle(chat, "//not a command")
+    assert any(n.text == "/not a command" and n.role == "user" for n in chat.tree.nodes.values())
+
+
+def test_edit_continue_tokens_and_moves(tiny_engine, store):
+    chat = new_chat(tiny_engine, store)
+    [reply] = chat.user_turn("hi")
+    edited = chat.edit("my own words")
+    assert edited.parent == reply.parent and edited.origin == "edited" and edited.edited_from == reply.id
+    chat.move("prev")
+    longer = chat.continue_reply()
+    assert longer.text.startswith(reply.text) and longer.token_ids and longer.edited_from == reply.id
+    assert longer.params is None and "continued" in longer.tags  # not one reproducible draw
+    from simlab.repl.views import token_lines
+
+    lines = token_lines(chat)
+    assert len(lines) == 2 + len(longer.token_ids) and "[" in lines[0]  # no colour: [token|p]
+    with pytest.raises(SimlabError, match="no next sibling"):
+        handle(chat, "/next")
+    with pytest.raises(SimlabError, match="top_p=7.0 is invalid"):
+        handle(chat, "/set top_p 7")
+    with pytest.raises(SimlabError, match="unknown setting"):
+        handle(chat, "/set warmth 3")
+    handle(chat, "/set stop END|\\n\\n")
+    assert chat.params.stop == ("END", "\n\n")
+    handle(chat, "/set stop default")
+    assert chat.params.stop == ("\nUser:", "\nBot:")
+
+
+def test_persona_switch_replays_the_user_turns_as_a_new_root(tiny_engine, store, tmp_path):
+    chat = new_chat(tiny_engine, store)
+    chat.user_turn("one")
+    chat.user_turn("two")
+    other = tmp_path / "other.yaml"
+    other.write_text('name: other\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\n')
+    handle(chat, f"/persona {other}")
+    assert len(chat.tree.roots) == 2
+    path = chat.path()
+    assert [(n.role, n.speaker, n.text if n.role == "user" else "") for n in path] == [
+        ("frame", None, ""),
+        ("user", "Q", "one"),
+        ("model", "A", ""),
+        ("user", "Q", "two"),
+        ("model", "A", ""),
+    ]
+    assert chat.framing.user == "Q" and chat.transcript().startswith("Q and A.\n\nQ: one\nA:")
+
+
+def test_export_sessions_load_and_info(tiny_engine, store, tmp_path):
+    first = new_chat(tiny_engine, store)
+    first.user_turn("hello")
+    name = first.session.name
+    first.close()
+    chat = new_chat(tiny_engine, store)
+    handle(chat, f"/export md {tmp_path / 'x.md'}")
+    assert "**Bot:** Hi." in (tmp_path / "x.md").read_text()
+    handle(chat, "/sessions")
+    handle(chat, f"/load {name}")
+    assert chat.session.name == name and chat.cursor.role == "model"
+    handle(chat, "/info")
+    out = chat.out.getvalue()
+    assert f"session   {name}" in out and "sampling  temperature 1.0" in out
+
+
+def test_scripted_stdin_prints_each_reply(tiny_dir, tmp_path, isolated_home):
+    persona = tmp_path / "p.yaml"
+    persona.write_text(
+        'name: p\nframe: "A chat.\\n\\n"\nspeakers: {user: User, model: Bot}\nsampling: {max_tokens: 5}\n'
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simlab",
+            "chat",
+            "--model",
+            str(tiny_dir),
+            "--persona",
+            str(persona),
+            "--sessions-dir",
+            str(tmp_path / "s"),
+            "--session",
+            "scripted",
+            "--seed",
+            "3",
+        ],
+        input="first\n/bogus\nsecond\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr  # the bad command is reported; the rest still ran
+    assert result.stdout.count("Bot:") == 2 and "unknown command /bogus" in result.stderr
+    lines = [json.loads(x) for x in (tmp_path / "s" / "scripted.jsonl").read_text().splitlines()]
+    nodes = [x["node"] for x in lines if x["type"] == "node"]
+    assert [n["role"] for n in nodes] == ["frame", "user", "model", "user", "model"]
+    assert [n.get("seed") for n in nodes if n["role"] == "model"] == [3, 4]
+
+
+def test_bad_flags_fail_before_the_model_loads(tmp_path, capsys):
+    from simlab.cli.main import main
+
+    assert main(["chat", "--persona", "nobody", "--sessions-dir", str(tmp_path)]) == 2
+    assert "unknown persona 'nobody'" in capsys.readouterr().err
+    assert main(["chat", "--resume", "missing", "--sessions-dir", str(tmp_path)]) == 2
+    assert "no session 'missing'" in capsys.readouterr().err
+    assert main(["chat", "--session", "../out", "--sessions-dir", str(tmp_path)]) == 2
+    assert main(["chat", "--top-p", "3", "--sessions-dir", str(tmp_path)]) == 2
+    assert "top_p=3.0 is invalid" in capsys.readouterr().err
+
+
+def test_keys_alt_arrows_multiline_and_ctrl_c_at_an_empty_prompt(tiny_engine, store):
+    chat = new_chat(tiny_engine, store)
+    # a two-line turn (Esc Enter), then /n 2, then Alt+Left (previous sibling), Alt+Up (parent),
+    # then Ctrl-C with text typed (clears it), then Ctrl-C at the empty prompt (leaves)
+    keys = "line one\x1b\rline two\r/n 2\r\x1b\x1b[D\x1b\x1b[Ahalf typed\x03\x03"
+    assert drive(chat, keys) == 0
+    user = next(n for n in chat.tree.nodes.values() if n.role == "user")
+    assert user.text == "line one\nline two"
+    replies = chat.tree.children(user.id)
+    assert len(replies) == 3 and chat.tree.cursor == user.id  # Alt+Left went 2 -> 1, Alt+Up to the turn
+    assert not any(n.text == "half typed" for n in chat.tree.nodes.values())
+    assert "saved: session" in chat.out.getvalue()
+
+
+def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
+    from simlab.repl.app import toolbar_text
+
+    chat = new_chat(tiny_engine, store)
+    chat.user_turn("hi")
+    chat.alternatives(2)
+    text = toolbar_text(chat)
+    assert "tiny-gpt2" in text and "cpu" in text and "tiny" in text and "T 1.0 top-p 0.95" in text
+    assert "seed 10" in text and "depth 3 · 2/3" in text and "tok/s" in text and "first token" in text
+
+
+def test_edit_in_the_editor(tiny_engine, store, tmp_path, monkeypatch):
+    from simlab.repl.app import edit_in_editor
+    from simlab.repl.commands import Context
+
+    editor = tmp_path / "ed.sh"
+    editor.write_text("#!/bin/sh\nprintf 'rewritten by the editor\\n' > \"$1\"\n")
+    editor.chmod(0o755)
+    monkeypatch.setenv("EDITOR", str(editor))
+    monkeypatch.delenv("VISUAL", raising=False)
+    chat = new_chat(tiny_engine, store)
+    [reply] = chat.user_turn("hi")
+    handle(chat, "/edit", Context(edit=edit_in_editor))
+    assert chat.cursor.text == "rewritten by the editor" and chat.cursor.edited_from == reply.id
+
+
+def test_chat_mode_goes_through_the_models_chat_template(tiny_engine, store):
+    template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    tokenizer = tiny_engine.tokenizer
+    old = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:
+        persona = Persona(name="c", frame="Be brief.", mode="chat", sampling={"max_tokens": 4})
+        chat = Chat.new(tiny_engine, store, persona, persona.sampling_params(seed=1), io.StringIO())
+        [reply] = chat.user_turn("hello")
+        from simlab.frame.render import reply_prompt
+
+        ids = reply_prompt(chat.tree.path(reply.parent), "Assistant", tokenizer)
+        assert tokenizer.decode(ids) == "<|system|>Be brief.\n<|user|>hello\n<|assistant|>"
+        assert len(reply.token_ids) == 4 and reply.text == reply.text.strip()
+        assert reply.text and tokenizer.decode(list(reply.token_ids)).strip().startswith(reply.text)
+    finally:
+        tokenizer.chat_template = old
+    plain = Chat.new(
+        tiny_engine,
+        store,
+        Persona(name="c2", frame="x", mode="chat"),
+        PERSONA.sampling_params(),
+        io.StringIO(),
+    )
+    with pytest.raises(SimlabError, match="no chat template"):
+        plain.user_turn("hello")
+
+
+def test_the_prompt_comes_up_while_the_model_loads_in_the_background(tiny_engine, store):
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from simlab.errors import UnknownModelError
+    from simlab.repl.app import toolbar_text
+
+    future: Future = Future()
+    out = io.StringIO()
+    chat = Chat(
+        future, store, start_session(store, PERSONA), PERSONA, PERSONA.sampling_params(seed=7), out, err=out
+    )
+    assert not chat.engine_ready and "loading the model" in toolbar_text(chat)
+
+    def finish_loading():  # the model is ready only once the first reply had to wait for it
+        deadline = time.monotonic() + 30
+        while "still loading" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        future.set_result(tiny_engine)
+
+    threading.Thread(target=finish_loading, daemon=True).start()
+    assert drive(chat, "hello\r/quit\r") == 0
+    assert "still loading" in out.getvalue() and chat.engine_ready
+    assert [n.role for n in chat.path()] == ["frame", "model", "user", "model"]
+
+    failing: Future = Future()
+    failing.set_exception(UnknownModelError("model 'x': no such model folder"))
+    out = io.StringIO()
+    chat = Chat(failing, store, chat.session, PERSONA, PERSONA.sampling_params(), out, err=out)
+    assert drive(chat, "hello\r") == 2 and "no such model folder" in out.getvalue()
+
+
+def test_a_chat_where_nothing_was_typed_leaves_no_session(tiny_dir, tmp_path):
+    persona = tmp_path / "p.yaml"
+    persona.write_text('name: p\nframe: "A chat.\\n\\n"\ngreeting: Hi.\n')
+    for stdin, kept in (("", 0), ("hello\n", 1)):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simlab",
+                "chat",
+                "--model",
+                str(tiny_dir),
+                "--max-tokens",
+                "3",
+                "--persona",
+                str(persona),
+                "--sessions-dir",
+                str(tmp_path / "s"),
+            ],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert len(list((tmp_path / "s").glob("*.jsonl"))) == kept

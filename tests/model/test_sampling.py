@@ -1,0 +1,216 @@
+"""Each sampling step against the transformers logits processor it mirrors, on hand-made tensors."""
+
+import math
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+from simlab.engine import logits as sampling
+from simlab.engine.params import SamplingParams
+from simlab.errors import SamplingError
+
+
+def scores(seed: int, batch: int = 2, vocab: int = 10, scale: float = 3.0) -> torch.Tensor:
+    return torch.randn(batch, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+IDS = torch.tensor([[1, 3, 3, 7], [0, 2, 9, 9]])
+
+
+def assert_same_filter(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    finite = ~torch.isinf(theirs)
+    assert torch.allclose(ours[finite], theirs[finite])
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("penalty", [0.7, 1.3, 2.0])
+def test_repetition_penalty_matches_transformers(seed, penalty):
+    x = scores(seed)
+    theirs = RepetitionPenaltyLogitsProcessor(penalty)(IDS, x.clone())
+    ours = sampling.apply_repetition_penalty(x, IDS, penalty)
+    assert torch.allclose(ours, theirs)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("t", [0.3, 0.8, 1.7])
+def test_temperature_matches_transformers(seed, t):
+    x = scores(seed)
+    assert torch.allclose(sampling.apply_temperature(x, t), TemperatureLogitsWarper(t)(IDS, x.clone()))
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("k", [1, 3, 9])
+def test_top_k_matches_transformers(seed, k):
+    x = scores(seed)
+    assert_same_filter(sampling.apply_top_k(x, k), TopKLogitsWarper(k)(IDS, x.clone()))
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.95, 0.999])
+def test_top_p_matches_transformers(seed, p):
+    x = scores(seed)
+    assert_same_filter(sampling.apply_top_p(x, p), TopPLogitsWarper(p)(IDS, x.clone()))
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("p", [0.5, 0.95])
+def test_top_p_prefilter_and_full_sort_agree_on_a_large_vocabulary(seed, p):
+    # Flat logits put the nucleus beyond the prefilter (full sort); peaked ones keep it inside.
+    for scale in (0.5, 6.0):
+        x = scores(seed, batch=3, vocab=5000, scale=scale)
+        assert_same_filter(sampling.apply_top_p(x, p), TopPLogitsWarper(p)(IDS, x.clone()))
+
+
+def test_top_p_prefilter_is_really_used_when_mass_is_concentrated(monkeypatch):
+    x = scores(0, batch=2, vocab=5000, scale=8.0)
+    monkeypatch.setattr(sampling, "_top_p_full_sort", lambda *a: pytest.fail("full sort not needed here"))
+    kept = ~torch.isinf(sampling.apply_top_p(x, 0.9))
+    assert 1 <= kept.sum(-1).max() < 1024
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("min_p", [0.05, 0.2, 0.6])
+def test_min_p_matches_transformers(seed, min_p):
+    x = scores(seed)
+    assert_same_filter(sampling.apply_min_p(x, min_p), MinPLogitsWarper(min_p)(IDS, x.clone()))
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("mass", [0.2, 0.6, 0.9])
+def test_typical_p_matches_transformers(seed, mass):
+    x = scores(seed)
+    assert_same_filter(sampling.apply_typical_p(x, mass), TypicalLogitsWarper(mass)(IDS, x.clone()))
+
+
+def test_steps_do_not_modify_their_input():
+    x = scores(3)
+    before = x.clone()
+    params = SamplingParams(
+        temperature=0.7, top_k=5, top_p=0.8, min_p=0.1, typical_p=0.9, repetition_penalty=1.2
+    )
+    out = sampling.process_logits(x, IDS, params)
+    assert torch.equal(x, before)
+    assert torch.isinf(out).any()
+
+
+def test_chain_matches_transformers_chain_in_order():
+    params = SamplingParams(temperature=0.7, top_k=6, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    chain = [
+        RepetitionPenaltyLogitsProcessor(1.3),
+        TemperatureLogitsWarper(0.7),
+        TopKLogitsWarper(6),
+        TopPLogitsWarper(0.9),
+        MinPLogitsWarper(0.05),
+    ]
+    for seed in range(20):
+        x = scores(seed)
+        theirs = x.clone()
+        for step in chain:
+            theirs = step(IDS, theirs)
+        assert_same_filter(sampling.process_logits(x, IDS, params), theirs)
+
+
+def test_greedy_skips_filters_but_applies_repetition_penalty():
+    x = torch.tensor([[5.0, 4.9, 0.0]])
+    params = SamplingParams(temperature=0, repetition_penalty=2.0)
+    picked = sampling.sample(sampling.process_logits(x, torch.tensor([[0]]), params), None, greedy=True)
+    assert picked.tolist() == [1]
+
+
+def test_sample_uses_each_rows_own_generator():
+    x = torch.zeros(2, 1000)
+    gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
+    a, b = sampling.sample(x, gens, greedy=False).tolist()
+    assert a == b
+    again = sampling.sample(x[:1], [torch.Generator().manual_seed(5)], greedy=False).tolist()
+    assert again == [a]
+
+
+def test_sample_never_picks_filtered_tokens():
+    x = torch.tensor([[0.0, -math.inf, 1.0, -math.inf]])
+    gen = torch.Generator().manual_seed(0)
+    picks = {int(sampling.sample(x, [gen], greedy=False)) for _ in range(200)}
+    assert picks == {0, 2}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": -1},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"top_k": -2},
+        {"min_p": 1.0},
+        {"typical_p": 0},
+        {"repetition_penalty": 0},
+        {"max_new_tokens": 0},
+        {"seed": -1},
+        {"stop": ("",)},
+        {"temperature": float("nan")},
+    ],
+)
+def test_invalid_params_name_the_value_and_the_fix(bad):
+    with pytest.raises(SamplingError) as info:
+        SamplingParams(**bad)
+    name = next(iter(bad))
+    assert name in str(info.value) and ("use" in str(info.value) or "must" in str(info.value))
+
+
+def test_with_overrides_rejects_unknown_names():
+    with pytest.raises(SamplingError, match="unknown sampling parameter 'temp'"):
+        SamplingParams().with_overrides(temp=1.0)
+    assert SamplingParams().with_overrides(top_p=0.5).top_p == 0.5
+
+
+def test_the_cdf_sampler_draws_from_the_filtered_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 12) * 2
+    params = SamplingParams(temperature=0.9, top_p=0.9)
+    processed = sampling.process_logits(logits, None, params)
+    probs = processed.softmax(-1)[0]
+    gen = torch.Generator().manual_seed(11)
+    draws = 20000
+    counts = torch.zeros(12)
+    for _ in range(draws):
+        counts[int(sampling.sample(processed, [gen], greedy=False, method="cdf"))] += 1
+    assert counts[probs == 0].sum() == 0  # never a filtered token
+    kept = probs > 0
+    expected = probs[kept] * draws
+    chi2 = float(((counts[kept] - expected) ** 2 / expected).sum())
+    assert chi2 < 30  # kept tokens <= 12: the 99.9% quantile of chi-square with 11 dof is ~31
+
+
+def test_the_cdf_sampler_is_one_uniform_per_row_and_reproducible():
+    logits = torch.randn(3, 50)
+    picks = [
+        sampling.sample(logits, [torch.Generator().manual_seed(s) for s in (1, 2, 3)], greedy=False)
+        for _ in range(2)
+    ]
+    assert picks[0].tolist() == picks[1].tolist()
+    alone = sampling.sample(logits[1:2], [torch.Generator().manual_seed(2)], greedy=False)
+    assert int(alone) == int(picks[0][1])  # a row's draw does not depend on the other rows
+    gen = torch.Generator().manual_seed(4)
+    sampling.sample(logits[:1], [gen], greedy=False)
+    fresh = torch.Generator().manual_seed(4)
+    torch.rand(1, generator=fresh, dtype=torch.float64)
+    assert torch.equal(gen.get_state(), fresh.get_state())  # exactly one draw consumed
+
+
+def test_nodes_sampled_before_the_sampler_was_recorded_replay_with_multinomial():
+    from simlab.replay import params_of
+    from simlab.session.tree import make_node
+
+    old = make_node("p", "model", "x", params={"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 5}, seed=3)
+    new = make_node("p", "model", "x", params={"temperature": 0.8, "sampler": "cdf"}, seed=3)
+    assert params_of(old, {}).sampler == "multinomial" and params_of(new, {}).sampler == "cdf"
+    with pytest.raises(Exception, match="sampler='dice' is invalid"):
+        SamplingParams(sampler="dice")

@@ -1,0 +1,113 @@
+"""The real embedded model (Gemma 3 270M base): slow, and run in CI by `make test`."""
+
+import random
+
+import pytest
+import torch
+
+from simlab.config import Settings
+from simlab.engine.params import SamplingParams
+from simlab.models.load import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_it_loads_from_the_cache(embedded, monkeypatch):
+    from conftest import _REAL_HOME
+
+    if _REAL_HOME:
+        monkeypatch.setenv("SIMLAB_HOME", _REAL_HOME)
+    else:
+        monkeypatch.delenv("SIMLAB_HOME")
+    again = load_model("embedded", Settings(device="cpu"))
+    assert again.info.from_cache
+    assert again.info.architecture == "Gemma3ForCausalLM" and again.info.layers == 18
+    assert again.info.revision == embedded.info.revision and len(again.info.revision) == 64
+    assert again.info.vocab_size == 262144 and again.info.context_length == 32768
+    from simlab.engine.local import Engine
+    from simlab.models.device import cpu_prefers_bfloat16
+
+    # dtype auto: bfloat16 where this CPU measured it faster; siblings still equal branches alone
+    assert again.info.dtype == ("bfloat16" if cpu_prefers_bfloat16() else "float32")
+    engine = Engine(again, reuse_prefix=False)
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=12, seed=21)
+    batch = engine.generate("Interviewer: Where were you born?\nGuest:", params, n=2)
+    [alone] = engine.generate("Interviewer: Where were you born?\nGuest:", params.with_overrides(seed=22))
+    assert alone.token_ids == batch[1].token_ids
+    if again.info.dtype != "float32":  # the cast model is kept beside the float32 cache, and used next time
+        third = load_model("embedded", Settings(device="cpu"))
+        assert third.info.source.endswith(again.info.dtype) and third.info.revision == again.info.revision
+        for (name, a), b in zip(third.model.state_dict().items(), again.model.state_dict().values()):
+            assert torch.equal(a, b), name
+
+
+def test_coherent_text_scores_far_above_the_same_words_shuffled(embedded_engine):
+    sentence = "The cat sat on the mat and looked out of the window at the rain falling on the garden."
+    words = sentence.split()
+    coherent = sum(embedded_engine.score(embedded_engine.encode(sentence)))
+    shuffled_scores = []
+    for seed in range(3):
+        shuffled = words[:]
+        random.Random(seed).shuffle(shuffled)
+        shuffled_scores.append(sum(embedded_engine.score(embedded_engine.encode(" ".join(shuffled)))))
+    assert coherent > max(shuffled_scores) + 20  # nats: e^20 times more likely at least
+
+
+def test_greedy_arithmetic_answer_mentions_4(embedded_engine):
+    [c] = embedded_engine.generate(
+        "Q: What is 2+2?\nA:", SamplingParams(temperature=0, max_new_tokens=8, stop=("\n",))
+    )
+    assert "4" in c.text
+
+
+def test_greedy_matches_transformers_generate_on_the_real_model(embedded, embedded_engine):
+    ids = embedded_engine.encode("The history of the lighthouse begins")
+    reference = embedded.model.generate(
+        torch.tensor([ids]),
+        do_sample=False,
+        max_new_tokens=20,
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+    )
+    [c] = embedded_engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=20))
+    assert c.token_ids == reference[0, len(ids) :].tolist()[: len(c.token_ids)]
+
+
+def test_sampled_siblings_equal_their_seeds_alone_on_the_real_model(embedded_engine):
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=12, seed=500)
+    prompt = "Interviewer: What did you see that night?\nWitness:"
+    together = embedded_engine.generate(prompt, params, n=3)
+    [alone] = embedded_engine.generate(prompt, params.with_overrides(seed=502))
+    assert together[2].token_ids == alone.token_ids
+    assert all(c.text.strip() for c in together)
+
+
+def test_the_fast_tokenizer_of_the_cache_is_autotokenizer_exactly(embedded):
+    """simlab reads the embedded cache's tokenizer.json directly (2.5 s instead of 5.4 s); it must be
+    the tokenizer AutoTokenizer builds, token for token, both ways."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    ours = embedded.tokenizer
+    reference = AutoTokenizer.from_pretrained(embedded.info.source)
+    assert type(ours) is not type(reference)  # the fast path was taken (AutoTokenizer makes a GemmaTokenizer)
+    rng = random.Random(0)
+    alphabet = "abc XYZ\n\t.,;:!?'\"<>{}[]()éü日本🐙0123456789_-"
+    texts = ["Hello world", "  spaces\n\nnewlines\t tabs  ", "<bos> <eos> <unk> <start_of_turn>user", "", " "]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(1000)]
+    for text in texts:
+        ids = reference(text)["input_ids"]
+        assert ours(text)["input_ids"] == ids, text
+        assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False)
+        assert ours.decode(ids) == reference.decode(ids)
+        assert ours.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
+    for attr in (
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "unk_token_id",
+        "all_special_ids",
+        "chat_template",
+    ):
+        assert getattr(ours, attr) == getattr(reference, attr), attr
+    assert len(ours) == len(reference)

@@ -1,0 +1,137 @@
+"""The REPL's logic on the scripted FakeEngine, driven for real through prompt-toolkit's pipe input and
+as a script: exact transcripts, and the rows it stores. No torch."""
+
+import io
+
+import pytest
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from simlab.errors import SimlabError
+from simlab.persona.schema import Persona
+from simlab.repl.app import run_interactive, run_script
+from simlab.repl.commands import handle
+from simlab.repl.state import Chat
+from simlab.session.store import SessionStore
+
+PERSONA = Persona(
+    name="duo",
+    frame="Two people talk.\n\n",
+    user="Ann",
+    model="Bo",
+    greeting="Hi.",
+    sampling={"max_tokens": 30, "temperature": 0.9},
+)
+
+
+def new_chat(engine, store, seed=7):
+    out = io.StringIO()
+    return Chat.new(engine, store, PERSONA, PERSONA.sampling_params(seed=seed), out, err=out)
+
+
+def test_a_session_through_the_real_prompt_gives_this_exact_transcript(fake_engine, store):
+    chat = new_chat(fake_engine.enqueue([" Fine.\nAnn:", " One", " Two", " Three", " Later."]), store)
+    with create_pipe_input() as pipe:
+        pipe.send_text("how are you\r/n 3\r/pick 2\r/bookmark\r/seed 100\rand later?\r/quit\r")
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    out = chat.out.getvalue()
+    transcript = out[out.index("Two people talk.") : out.index("saved: session")]
+    assert transcript == (
+        "Two people talk.\n"
+        "Bo: Hi.\n"
+        "Bo: Fine.\n"
+        "[1] Bo: One  (seed 8, eos)\n"
+        "[2] Bo: Two  (seed 9, eos)\n"
+        "[3] Bo: Three  (seed 10, eos)\n"
+        "3 alternatives saved; at [1]. /pick I to take another, /next /prev to step.\n"
+        "Bo: Two [3/4]\n"
+        f"bookmarked {chat.path()[3].id[:8]}\n"
+        "seed = 100 (the next reply; then +1 per reply)\n"
+        "Bo: Later.\n"
+    )
+    rows = [(n.role, n.text, n.seed, sorted(n.tags)) for n in chat.path()]
+    assert rows == [
+        ("frame", "Two people talk.\n\n", None, []),
+        ("model", "Hi.", None, []),
+        ("user", "how are you", None, []),
+        ("model", "Two", 9, ["bookmark"]),
+        ("user", "and later?", None, []),
+        ("model", "Later.", 100, []),
+    ]
+    reloaded = SessionStore(store.folder).open(chat.session.name, read_only=True)
+    assert reloaded.tree.cursor == chat.tree.cursor and len(reloaded.tree.nodes) == len(chat.tree.nodes)
+    assert fake_engine.prompts[-1].endswith("Ann: how are you\nBo: Two\nAnn: and later?\nBo:")
+
+
+def test_settings_seeds_and_stops_go_into_the_next_reply(fake_engine, store):
+    chat = new_chat(fake_engine, store, seed=3)
+    handle(chat, "/set temperature 0.4")
+    handle(chat, "/set max_tokens 5")
+    handle(chat, "/set stop END|\\n\\nÉtienne:")
+    [reply] = chat.user_turn("go")
+    assert reply.params["temperature"] == 0.4 and reply.params["max_new_tokens"] == 5
+    assert reply.params["stop"] == ["END", "\n\nÉtienne:"] and reply.seed == 3
+    assert reply.text == "reply" and reply.finish_reason == "length"  # "reply 3" cut at 5 tokens
+    with pytest.raises(SimlabError, match="top_p=7.0 is invalid"):
+        handle(chat, "/set top_p 7")
+    with pytest.raises(SimlabError, match="unknown setting"):
+        handle(chat, "/set warmth 3")
+    handle(chat, "/set stop default")
+    assert chat.params.stop == ("\nAnn:", "\nBo:")
+    handle(chat, "/seed random")
+    [other] = chat.user_turn("again")
+    assert other.seed is not None and other.seed != 4 and other.text == "reply"
+
+
+def test_regen_continue_edit_and_moves(fake_engine, store):
+    chat = new_chat(fake_engine.enqueue([" A", " B", " and more"]), store)
+    [first] = chat.user_turn("x")
+    [second] = chat.regen()
+    assert second.parent == first.parent and second.seed == first.seed + 1
+    longer = chat.continue_reply()
+    assert longer.text == "B and more" and longer.edited_from == second.id and "continued" in longer.tags
+    edited = chat.edit("my words")
+    assert edited.origin == "edited" and edited.parent == first.parent
+    chat.move("prev")
+    assert chat.cursor.id == longer.id
+    with pytest.raises(SimlabError, match="unchanged"):
+        chat.edit(chat.cursor.text)
+
+
+def test_a_script_runs_every_line_and_a_bad_command_exits_2(fake_engine, store, capsys):
+    chat = new_chat(fake_engine.enqueue([" Yes."]), store)
+    code = run_script(chat, ["hello\n", "/nope\n", "/transcript\n"])
+    assert code == 2
+    assert "unknown command /nope" in capsys.readouterr().err
+    out = chat.out.getvalue()
+    assert "Bo: Yes.\n" in out and "Two people talk.\n\nBo: Hi.\nAnn: hello\nBo: Yes.\n" in out
+
+
+def test_persona_switch_replays_the_user_turns_as_a_new_root(fake_engine, store, tmp_path):
+    chat = new_chat(fake_engine, store)
+    chat.user_turn("one")
+    chat.user_turn("two")
+    other = tmp_path / "other.yaml"
+    other.write_text('name: other\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\n')
+    handle(chat, f"/persona {other}")
+    assert len(chat.tree.roots) == 2
+    path = chat.path()
+    assert [(n.role, n.speaker, n.text) for n in path] == [
+        ("frame", None, "Q and A.\n\n"),
+        ("user", "Q", "one"),
+        ("model", "A", "reply 7"),
+        ("user", "Q", "two"),
+        ("model", "A", "reply 8"),
+    ]  # the original seeds, the new framing
+    assert chat.transcript().startswith("Q and A.\n\nQ: one\nA: reply 7\n")
+
+
+def test_a_window_slides_when_the_chat_outgrows_the_context(store):
+    from conftest import FakeEngine
+
+    engine = FakeEngine(context_length=120)
+    chat = new_chat(engine, store)
+    replies = [r for i in range(6) for r in chat.user_turn(f"turn {i} with some words")]
+    assert replies[0].window is None and replies[-1].window is not None
+    assert "is longer than fake-model's context of 120 tokens" in chat.out.getvalue()
+    assert engine.prompts[-1].startswith("Two people talk.\n\n") and "turn 0" not in engine.prompts[-1]
