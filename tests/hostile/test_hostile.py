@@ -12,7 +12,6 @@ import pytest
 from conftest import run_cli
 
 from simlab.persona.cards import PNG_SIGNATURE
-from simlab.session.store import SessionStore
 
 
 def assert_one_line_error(code, err, *needles):
@@ -161,11 +160,6 @@ def node(node_id, parent=None, role="user", text="t", **extra):
     return json.dumps(
         {"type": "node", "node": {"id": node_id, "parent": parent, "role": role, "text": text, **extra}}
     )
-
-
-@pytest.fixture
-def store(tmp_path):
-    return SessionStore(tmp_path / "sessions")
 
 
 def write_session(store, name, lines) -> bytes:

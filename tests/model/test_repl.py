@@ -24,11 +24,6 @@ PERSONA = Persona(
 )
 
 
-@pytest.fixture
-def store(tmp_path):
-    return SessionStore(tmp_path / "sessions")
-
-
 def new_chat(tiny_engine, store, seed=7, out=None):
     out = out or io.StringIO()
     return Chat.new(tiny_engine, store, PERSONA, PERSONA.sampling_params(seed=seed), out, err=out)

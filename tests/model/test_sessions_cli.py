@@ -8,14 +8,12 @@ from conftest import run_cli
 
 from simlab.engine.params import SamplingParams
 from simlab.session.formats import import_file, to_loom
-from simlab.session.store import SessionStore
 from simlab.turns import sample_replies
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default sessions folder is ./sessions
-    return SessionStore(tmp_path / "sessions")
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default sessions folder is ./sessions, the conftest's store
 
 
 def chat(engine, store, name="chat", turns=2, n=2):

@@ -11,12 +11,6 @@ import time
 import pytest
 
 from simlab.errors import SessionError
-from simlab.session.store import SessionStore
-
-
-@pytest.fixture
-def store(tmp_path):
-    return SessionStore(tmp_path / "sessions")
 
 
 def build(session, turns=3):
