@@ -107,7 +107,8 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(**sampling_overrides(args), seed=args.seed, stop=stops)
 
 
-def add_trace_flags(parser: argparse.ArgumentParser) -> None:
+def add_trace_flags(parser: argparse.ArgumentParser):
+    """The --trace flags, in their own group (returned, for a command's own trace flags)."""
     group = parser.add_argument_group("residual-stream trace")
     group.add_argument("--trace", action="store_true", help="record the residual stream of each reply")
     group.add_argument(
@@ -121,6 +122,7 @@ def add_trace_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--trace-prompt", action="store_true", help="also record every prompt position")
     group.add_argument("--trace-dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    return group
 
 
 def trace_config(args: argparse.Namespace) -> TraceConfig | None:

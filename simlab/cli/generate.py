@@ -43,8 +43,7 @@ def add_command(commands) -> None:
     )
     group.add_argument("--seed", type=int, help="seed of branch 1; branch i uses seed+i-1 (default random)")
     add_model_flags(gen)
-    add_trace_flags(gen)
-    gen.add_argument_group("residual-stream trace").add_argument(
+    add_trace_flags(gen).add_argument(
         "--trace-dir", default="traces", help="where generate writes trace files (default ./traces)"
     )
     gen.set_defaults(run=cmd_generate)

@@ -97,7 +97,8 @@ def markdown(a: Analysis) -> str:
     ]
     lines += ["Metrics: " + "; ".join(f"**{label}**: {what}" for label, what in METRICS.values()) + ".", ""]
     for title, header, rows in tables(a):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        cells = [h.replace("|", "\\|") for h in header]
+        lines += [f"## {title}", "", "| " + " | ".join(cells) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         lines.append("")
     lines += [f"> {n}" for n in a.notes]

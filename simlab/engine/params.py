@@ -107,7 +107,7 @@ class SamplingParams:
         for knob in KNOBS:
             value = getattr(self, knob.field)
             if not knob.valid(value):
-                raise SamplingError(f"{knob.field}={value!r} is invalid: use {knob.rule}")
+                raise SamplingError(f"{knob.key}={value!r} is invalid: use {knob.rule}")
         if not (self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63)):
             raise SamplingError(f"seed={self.seed!r} is invalid: use an integer in [0, 2**63)")
         if self.sampler not in SAMPLERS:
@@ -152,7 +152,7 @@ def from_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SamplingError(f"{where}{key}: must be a number")
         if not knob.valid(value):
-            raise SamplingError(f"{where}{key}: {knob.field}={value!r} is invalid: use {knob.rule}")
+            raise SamplingError(f"{where}{key}: {key}={value!r} is invalid: use {knob.rule}")
         out[knob.field] = value
     return out
 

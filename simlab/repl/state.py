@@ -24,7 +24,7 @@ from simlab.persona.schema import Persona
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
 from simlab.session.views import Style
-from simlab.turns import Replies, start_continuation, start_replies, start_session
+from simlab.turns import Replies, has_output, start_continuation, start_replies, start_session
 
 SETTABLE = (*BY_KEY, "stop")  # what /set takes: every sampling knob by its user key, and the stops
 
@@ -253,10 +253,10 @@ class Chat:
         self._check_pipe()
         return new
 
-    def _finish(self, replies: Replies, head: str | None, keep=None) -> list[Node]:
+    def _finish(self, replies: Replies, head: str | None, keep=has_output) -> list[Node]:
         """Decode (streaming after head), save what came, and say what went wrong on the way."""
         self._stream(replies, head)
-        nodes = replies.save(**({"keep": keep} if keep else {}), on_trace_error=self._trace_failed)
+        nodes = replies.save(keep, on_trace_error=self._trace_failed)
         stats = replies.run.stats
         self.last = LastReply(stats, stats.tokens_per_second, stats.first_token_seconds * 1000)
         if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply
