@@ -14,6 +14,7 @@ from simlab.errors import BadInput, ConfigError
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+WEIGHTS = ("auto", "float", "int8", "int4")  # auto: float (int8/int4 are weight-only, on the CPU)
 
 
 def simlab_home() -> Path:
@@ -31,6 +32,7 @@ class Settings:
     model: str = "embedded"
     device: str = "auto"
     dtype: str = "auto"
+    weights: str = "auto"
     offline: bool = False
     allow_pickle: bool = False
     sessions_dir: str = "sessions"
@@ -52,6 +54,8 @@ class Settings:
         validate_device(self.device)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.weights not in WEIGHTS:
+            raise ConfigError(f"weights {self.weights!r} is not one of {', '.join(WEIGHTS)}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not self.concurrency.isdigit() or not 1 <= int(self.concurrency) <= 256:
@@ -79,6 +83,7 @@ _ENV = {
     "model": "SIMLAB_MODEL",
     "device": "SIMLAB_DEVICE",
     "dtype": "SIMLAB_DTYPE",
+    "weights": "SIMLAB_WEIGHTS",
     "offline": "SIMLAB_OFFLINE",
     "sessions_dir": "SIMLAB_SESSIONS",
     "persona": "SIMLAB_PERSONA",

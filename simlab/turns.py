@@ -84,6 +84,7 @@ def node_fields(
         "model": engine.info.spec,
         "model_revision": engine.info.revision or None,
         "dtype": engine.info.dtype if local else None,
+        "weights": None if not local or engine.info.weights == "float" else engine.info.weights,
     }
 
 

@@ -233,6 +233,7 @@ class FakeInfo:
     context_length: int = 4096
     device: str = "cpu"
     dtype: str = "float32"
+    weights: str = "float"
     architecture: str = "fake"
 
     def as_dict(self) -> dict:

@@ -49,6 +49,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto")
     group.add_argument(
+        "--weights",
+        choices=["auto", "float", "int8", "int4"],
+        help="how the linear layers keep their weights: float (auto), or int8/int4 weight-only on the CPU",
+    )
+    group.add_argument(
         "--offline",
         action="store_true",
         default=None,
@@ -152,6 +157,7 @@ def settings_flags(args: argparse.Namespace) -> dict:
         model=args.model,
         device=args.device,
         dtype=args.dtype,
+        weights=args.weights,
         offline=args.offline,
         allow_pickle=args.allow_pickle,
         backend=args.backend,

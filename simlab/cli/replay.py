@@ -81,6 +81,8 @@ def _engine_for(args: argparse.Namespace, replies):
     dtypes = sorted({n.dtype for n in replies if n.dtype})
     if args.dtype is None and dtypes:
         args.dtype = dtypes[0]  # the dtype the replies were sampled in, or they cannot reproduce
+    if args.weights is None:  # and their weights: int8 and int4 draw differently from float
+        args.weights = sorted({n.weights or "float" for n in replies if n.params is not None})[0]
     server = recorded_server(settings_of(args), replies, args.backend)
     args.backend, args.base_url = server.backend, server.base_url or args.base_url
     engine = load_engine(args, spec=spec)

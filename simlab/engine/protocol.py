@@ -38,6 +38,7 @@ class Info(Protocol):
     context_length: int
     device: str
     dtype: str
+    weights: str  # float, int8, int4 (models.quant); a server's are its own
     architecture: str
 
     def as_dict(self) -> dict[str, Any]: ...

@@ -48,6 +48,7 @@ class RemoteInfo:
     context_length: int
     device: str
     dtype: str = "server"
+    weights: str = "server"
     architecture: str = "remote"
     source: str = ""
 

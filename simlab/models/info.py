@@ -24,6 +24,7 @@ class ModelInfo:
     parameters: int
     source: str  # where the weights were read from
     from_cache: bool = False  # True when a GGUF was not converted in this call
+    weights: str = "float"  # how the linear layers hold their weights: float, int8 or int4 (models.quant)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -7,8 +7,11 @@ Face hub id loaded with ``from_pretrained``.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from simlab.config import Settings
@@ -53,11 +56,57 @@ def load_model(
     trust_remote_code: bool = False,
     progress: Progress | None = None,
 ) -> LoadedModel:
-    """Load the model a spec names, on the settings' device and dtype."""
+    """Load the model a spec names, on the settings' device and dtype, with its weights as asked."""
+    weights = "float" if settings.weights == "auto" else settings.weights
+    if weights != "float" and settings.device not in ("auto", "cpu"):
+        raise ModelUnavailableError(
+            f"--weights {weights} runs on the CPU (torch's weight-only kernels); use --weights float "
+            f"on {settings.device}"
+        )
+    loaded = _load(spec, settings, trust_remote_code, progress or (lambda message: None))
+    if weights == "float":
+        return loaded
+    if loaded.info.device != "cpu":
+        raise ModelUnavailableError(
+            f"--weights {weights} runs on the CPU; this model loaded on {loaded.info.device}"
+        )
+    return _with_weights(loaded, weights, settings, progress or (lambda message: None))
+
+
+def _with_weights(loaded: LoadedModel, weights: str, settings: Settings, say: Progress) -> LoadedModel:
+    """The model with int8/int4 linear layers, quantized once and then read from a cache (keyed by the
+    model's revision and dtype, so a replay gets the very same weights)."""
+    from safetensors.torch import load_file, save_file
+
+    from simlab.models import quant
+
+    info = loaded.info
+    key = hashlib.sha256(f"{info.revision}:{info.dtype}:{weights}".encode()).hexdigest()[:16]
+    path = settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
+    try:
+        stored = load_file(str(path)) if path.exists() else None
+    except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not reported
+        stored = None
+    if stored is None:
+        say(f"Quantizing {info.name} to {weights} (once; cached in {path.parent})")
+    if weights == "int4":
+        say(
+            "note: int4 is round-to-nearest in groups of 32; it moves the model's log-probabilities "
+            "noticeably (see the README's --weights figures): for throughput, not faithful samples"
+        )
+    tensors = quant.quantize(loaded.model, weights, stored)
+    if stored is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
+        os.replace(partial, path)
+    return LoadedModel(loaded.model, loaded.tokenizer, replace(info, weights=weights))
+
+
+def _load(spec: str, settings: Settings, trust_remote_code: bool, say: Progress) -> LoadedModel:
     from simlab.models import gguf, hub
     from simlab.models.device import dtype_name, pick_device, pick_dtype
 
-    say = progress or (lambda message: None)
     kind = classify_spec(spec)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)

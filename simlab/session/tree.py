@@ -48,6 +48,9 @@ class Node:
     model: str | None = None
     model_revision: str | None = None
     dtype: str | None = None  # the weights' dtype when sampled (bfloat16 and float32 draw differently)
+    weights: str | None = (
+        None  # int8 or int4 when the linear layers were quantized (models.quant); None: float
+    )
     persona: str | None = None
     framing: dict[str, Any] | None = None  # on a frame node: how its turns are written (frame.framing)
     # On a reply whose transcript outgrew the context: {"from": first turn the model read, "dropped":
@@ -128,6 +131,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "model_revision": (str,),
     "dtype": (str,),
+    "weights": (str,),
     "persona": (str,),
     "framing": (dict,),
     "window": (dict,),

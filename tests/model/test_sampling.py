@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
 )
 
 from simlab.engine import logits as sampling
-from simlab.engine.params import SamplingParams
+from simlab.engine.params import BY_FIELD, SamplingParams
 from simlab.errors import SamplingError
 
 
@@ -162,6 +162,7 @@ def test_invalid_params_name_the_value_and_the_fix(bad):
     with pytest.raises(SamplingError) as info:
         SamplingParams(**bad)
     name = next(iter(bad))
+    name = BY_FIELD[name].key if name in BY_FIELD else name  # as users write it: max_new_tokens -> max_tokens
     assert name in str(info.value) and ("use" in str(info.value) or "must" in str(info.value))
 
 
