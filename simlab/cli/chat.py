@@ -27,8 +27,7 @@ from simlab.cli.common import (
 )
 from simlab.config import load_settings, simlab_home
 from simlab.engine.open import recorded_server
-from simlab.errors import PersonaError, SessionWriteError, SimlabError, needs_local
-from simlab.frame.render import framing_of
+from simlab.errors import SessionWriteError, SimlabError, needs_local
 from simlab.models.load import classify_spec
 from simlab.persona.library import find
 from simlab.persona.schema import Persona
@@ -36,7 +35,7 @@ from simlab.repl.app import banner, run_interactive, run_script
 from simlab.repl.state import Chat
 from simlab.session.store import Session, SessionStore
 from simlab.trace.files import remove_session
-from simlab.turns import start_session
+from simlab.turns import persona_of, start_session, stops_of, untouched
 
 LAST = "@last"
 
@@ -75,10 +74,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     store = open_store(args, settings)
     # everything the user typed is checked before the model loads
     session = _resumed(args, store) if args.resume is not None else None
-    persona = _persona_of(session) if session is not None else _new_persona(args, settings, store)
+    persona = persona_of(session) if session is not None else _new_persona(args, settings, store)
     tracer = make_tracer(trace_config(args))
     try:
-        params = persona.sampling_params(stop=_stops(session, persona), **_overrides(args))
+        params = persona.sampling_params(stop=stops_of(session, persona), **_overrides(args))
         if session is not None:
             settings = recorded_server(settings, session.tree.nodes.values(), args.backend)
         spec = _model_spec(args, settings, session)
@@ -100,6 +99,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             color=interactive and color_on(),
             err=sys.stderr,
             tracer=tracer,
+            user_set=sampling_overrides(args),
         )
         return _run(chat, args, interactive, spec)
     finally:
@@ -177,9 +177,8 @@ def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> 
 
 def _close(args: argparse.Namespace, store: SessionStore, session: Session) -> None:
     session.close()
-    typed = any(n.role == "user" for n in session.tree.nodes.values())
-    if args.resume is None and not typed and not session.in_memory:
-        remove_session(store, session.name)  # nothing was typed: do not leave an empty session behind
+    if args.resume is None and args.session is None and not session.in_memory and untouched(session):
+        remove_session(store, session.name)  # nothing but its frame: do not leave an empty session behind
 
 
 def _signals_end(chat: Chat):
@@ -225,37 +224,6 @@ def _last(store: SessionStore) -> str:
     if not sessions:
         raise SimlabError(f"no saved sessions in {store.folder} to resume; start one with `simlab chat`")
     return sessions[-1].name
-
-
-def _persona_of(session: Session) -> Persona:
-    """The persona a session was started with: from the library if it is there, else rebuilt from the
-    framing the session recorded (the rendering always follows the recorded framing)."""
-    roots = session.tree.roots
-    if not roots:
-        raise SimlabError(f"session {session.name!r} is empty; start a new one with `simlab chat`")
-    path = session.tree.path(session.tree.cursor) if session.tree.cursor else [roots[0]]
-    root = path[0]
-    framing = framing_of(path)
-    try:
-        if root.persona:
-            return find(root.persona)
-    except PersonaError:
-        pass
-    return Persona(
-        name=root.persona or "session",
-        frame=root.text if root.role == "frame" else "",
-        user=framing.user,
-        model=framing.model,
-        turn_template=framing.turn_template,
-        mode=framing.mode,
-        stop=framing.stop,
-    )
-
-
-def _stops(session: Session | None, persona: Persona) -> tuple[str, ...]:
-    if session is None or session.tree.cursor is None:
-        return persona.stop_strings
-    return framing_of(session.tree.path(session.tree.cursor)).stops()
 
 
 def _model_spec(args: argparse.Namespace, settings, session: Session | None) -> str:

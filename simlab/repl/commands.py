@@ -84,10 +84,15 @@ def _set(chat: Chat, rest: str, ctx: Context) -> None:
             else tuple(decode_escapes(s) for s in value.split("|") if s)
         )
         chat.params = chat.params.with_overrides(stop=stops)
+        if value == "default":
+            chat.user_set.pop("stop", None)
+        else:
+            chat.user_set["stop"] = stops
         chat.note(f"stop = {list(stops)}")
         return
     field, number = parse_setting(key, value)
     chat.params = chat.params.with_overrides(**{field: number})
+    chat.user_set[field] = number
     chat.note(f"{key.replace('-', '_').replace('max_new_tokens', 'max_tokens')} = {number}")
 
 
@@ -147,15 +152,21 @@ def _bookmark(chat: Chat, rest: str, ctx: Context) -> None:
 
 
 def _edit(chat: Chat, rest: str, ctx: Context) -> None:
+    """The current turn edited as TEXT, in $EDITOR, or at an `edit>` prompt; Ctrl-C, Ctrl-D or an
+    emptied text cancels it and saves nothing."""
     node = chat.cursor
     if rest.strip():
         text = rest.strip()
-    elif ctx.edit is not None:
-        text = ctx.edit(node.text)
-    elif ctx.ask is not None:
-        text = ctx.ask("edit> ", node.text)
-    else:
+    elif ctx.edit is None and ctx.ask is None:
         raise SimlabError("usage: /edit NEW TEXT (no editor or terminal to edit in)")
+    else:
+        try:
+            text = ctx.edit(node.text) if ctx.edit is not None else ctx.ask("edit> ", node.text)
+        except (EOFError, KeyboardInterrupt):
+            text = ""
+    if not text.strip():
+        chat.note("(edit cancelled; nothing saved)")
+        return
     chat.edit(text)
 
 
@@ -163,7 +174,7 @@ def _persona(chat: Chat, rest: str, ctx: Context) -> None:
     """This path's user turns replayed under another persona, as a new branch (a new root)."""
     persona = find(_one(rest, "/persona NAME (see `simlab personas list`)"))
     turns = [n for n in chat.path() if n.role == "user"]
-    chat.persona = persona
+    chat.apply_persona(persona, persona.stop_strings)
     if not turns:
         chat.session.goto(add_frame(chat.session, persona).id)
     else:

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TextIO
 
-from simlab.engine.params import BY_KEY, SamplingParams, SeedCounter
+from simlab.engine.params import BY_FIELD, BY_KEY, SamplingParams, SeedCounter
 from simlab.engine.protocol import Engine
 from simlab.engine.results import RunStats
 from simlab.errors import ModelFailed, SimlabError, TreeError
@@ -24,7 +24,15 @@ from simlab.persona.schema import Persona
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
 from simlab.session.views import Style
-from simlab.turns import Replies, has_output, start_continuation, start_replies, start_session
+from simlab.turns import (
+    Replies,
+    has_output,
+    persona_of,
+    start_continuation,
+    start_replies,
+    start_session,
+    stops_of,
+)
 
 SETTABLE = (*BY_KEY, "stop")  # what /set takes: every sampling knob by its user key, and the stops
 
@@ -48,6 +56,7 @@ class Chat:
         color: bool = False,
         err: TextIO | None = None,
         tracer=None,
+        user_set: dict | None = None,
     ):
         self._engine = None if isinstance(engine, Future) else engine
         self._loading = engine if isinstance(engine, Future) else None
@@ -55,6 +64,8 @@ class Chat:
         self.session = session
         self.persona = persona
         self.params = params.with_overrides(seed=None)
+        # what the user chose (flags, /set) by SamplingParams field: kept when the persona changes
+        self.user_set: dict = dict(user_set or {})
         self.seeds = SeedCounter(params.seed)  # the next reply's seed, then +1 per reply
         self.out = out
         self.err = err or out
@@ -354,11 +365,23 @@ class Chat:
         return new
 
     def open_session(self, other: Session) -> None:
-        """Go on in another session (the current one is closed)."""
+        """Go on in another session (the current one is closed), under its own persona and stops."""
         self.session.close()
         self.session = other
         self._watch(other)
         self.batch = []
+        persona = persona_of(other)
+        self.apply_persona(persona, stops_of(other, persona))
+
+    def apply_persona(self, persona: Persona, stops: tuple[str, ...]) -> None:
+        """Sample as `persona` does (its defaults and stops), keeping only what the user set."""
+        self.persona = persona
+        self.params = persona.sampling_params(**{"stop": stops, **self.user_set}).with_overrides(seed=None)
+        kept = ", ".join(f"{BY_FIELD[k].key if k in BY_FIELD else k}={v!r}" for k, v in self.user_set.items())
+        self.note(
+            f"persona {persona.name}: its sampling and stops apply"
+            + (f"; kept yours: {kept}" if kept else "")
+        )
 
     def close(self) -> None:
         self.session.close()

@@ -148,7 +148,7 @@ def test_export_sessions_load_and_info(tiny_engine, store, tmp_path):
     assert chat.session.name == name and chat.cursor.role == "model"
     handle(chat, "/info")
     out = chat.out.getvalue()
-    assert f"session   {name}" in out and "sampling  temperature 1.0" in out
+    assert f"session   {name}" in out and "sampling  temperature 0.8" in out  # its persona: the defaults
 
 
 def test_scripted_stdin_prints_each_reply(tiny_dir, tmp_path, isolated_home):

@@ -135,3 +135,55 @@ def test_a_window_slides_when_the_chat_outgrows_the_context(store):
     assert replies[0].window is None and replies[-1].window is not None
     assert "is longer than fake-model's context of 120 tokens" in chat.out.getvalue()
     assert engine.prompts[-1].startswith("Two people talk.\n\n") and "turn 0" not in engine.prompts[-1]
+
+
+def persona_file(tmp_path, name, user, model, temperature):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f'name: {name}\nframe: "{name}.\\n\\n"\nspeakers: {{user: {user}, model: {model}}}\n'
+        f"sampling: {{temperature: {temperature}, max_tokens: 9}}\n"
+    )
+    return path
+
+
+def test_a_persona_switch_applies_its_stops_and_defaults_keeping_what_was_set(fake_engine, store, tmp_path):
+    chat = new_chat(fake_engine, store)
+    chat.user_turn("one")
+    handle(chat, "/set top_k 5")
+    handle(chat, f"/persona {persona_file(tmp_path, 'play', 'HAMLET', 'GHOST', 0.3)}")
+    assert chat.params.stop == ("\nHAMLET:", "\nGHOST:") and chat.params.temperature == 0.3
+    assert chat.params.top_k == 5 and chat.params.max_new_tokens == 9
+    assert "persona play: its sampling and stops apply; kept yours: top_k=5" in chat.out.getvalue()
+    [reply] = chat.user_turn("two")
+    assert reply.params["stop"] == ["\nHAMLET:", "\nGHOST:"] and reply.params["temperature"] == 0.3
+
+
+def test_loading_a_session_applies_its_personas_stops(fake_engine, store, tmp_path):
+    other = Persona(name="other", frame="Q and A.\n\n", user="Q", model="A", sampling={"temperature": 0.2})
+    chat = new_chat(fake_engine, store)
+    first = Chat.new(fake_engine, store, other, other.sampling_params(seed=1), io.StringIO())
+    first.user_turn("hello")
+    name = first.session.name
+    first.close()
+    handle(chat, "/set stop \\n\\nÉtienne:")
+    handle(chat, f"/load {name}")
+    assert chat.params.stop == ("\n\nÉtienne:",)  # set by the user: kept, and said so
+    handle(chat, "/set stop default")
+    assert chat.params.stop == ("\nQ:", "\nA:") and chat.params.temperature == 0.8  # no file: the defaults
+    assert chat.persona.user == "Q"
+
+
+@pytest.mark.parametrize(
+    "keys",
+    ["\x03\x03", "\x03\x04", "\x03\r"],
+    ids=["ctrl-c-twice", "cleared-then-ctrl-d", "cleared-then-enter"],
+)
+def test_cancelling_an_inline_edit_saves_nothing_and_the_repl_goes_on(fake_engine, store, keys):
+    chat = new_chat(fake_engine, store)
+    [reply] = chat.user_turn("hi")
+    before = len(chat.tree.nodes)
+    with create_pipe_input() as pipe:
+        pipe.send_text("/edit\r" + keys + "/quit\r")
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    assert len(chat.tree.nodes) == before and chat.cursor.id == reply.id
+    assert "(edit cancelled; nothing saved)" in chat.out.getvalue()
