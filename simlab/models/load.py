@@ -7,6 +7,7 @@ Face hub id loaded with ``from_pretrained``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -68,7 +69,8 @@ def load_model(
         return loaded
     if loaded.info.device != "cpu":
         raise ModelUnavailableError(
-            f"--weights {weights} runs on the CPU; this model loaded on {loaded.info.device}"
+            f"--weights {weights} runs on the CPU; this model loaded on {loaded.info.device}: "
+            "add --device cpu, or use --weights float"
         )
     return _with_weights(loaded, weights, settings, progress or (lambda message: None))
 
@@ -96,10 +98,15 @@ def _with_weights(loaded: LoadedModel, weights: str, settings: Settings, say: Pr
         )
     tensors = quant.quantize(loaded.model, weights, stored)
     if stored is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
-        os.replace(partial, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
+            os.replace(partial, path)
+        except OSError as exc:  # the cache only saves time: go on without it
+            say(f"note: could not cache the {weights} weights in {path.parent} ({exc.strerror or exc})")
+            with contextlib.suppress(OSError):
+                partial.unlink()
     return LoadedModel(loaded.model, loaded.tokenizer, replace(info, weights=weights))
 
 
