@@ -132,7 +132,7 @@ def _trace(chat: Chat, rest: str, ctx: Context) -> None:
 
 def _pick(chat: Chat, rest: str, ctx: Context) -> None:
     i = _int(rest, "/pick I")
-    choices = chat.batch or [s.id for s in chat.tree.siblings(chat.cursor.id)]
+    choices = [s.id for s in chat.tree.siblings(chat.cursor.id)]
     if not 1 <= i <= len(choices):
         raise SimlabError(f"/pick {i}: choose 1 to {len(choices)}")
     chat.show_turn(chat.session.goto(choices[i - 1]))
@@ -140,7 +140,6 @@ def _pick(chat: Chat, rest: str, ctx: Context) -> None:
 
 def _goto(chat: Chat, rest: str, ctx: Context) -> None:
     chat.session.goto(chat.tree.resolve(_one(rest, "/goto ID")).id)
-    chat.batch = []
     chat.show_path(last=3)
 
 
@@ -149,6 +148,29 @@ def _bookmark(chat: Chat, rest: str, ctx: Context) -> None:
     on = "bookmark" not in node.tags
     chat.session.set_tag(node.id, "bookmark", on)
     chat.note(f"{'bookmarked' if on else 'bookmark removed from'} {node.id[:8]}")
+
+
+def _canonical(chat: Chat, rest: str, ctx: Context) -> None:
+    node = chat.cursor
+    on = "canonical" not in node.tags
+    chat.session.set_tag(node.id, "canonical", on)
+    chat.note(f"{'marked' if on else 'unmarked'} {node.id[:8]} canonical")
+
+
+def _hide(chat: Chat, rest: str, ctx: Context) -> None:
+    """Soft-delete the current turn and what grows under it; the cursor goes to its parent."""
+    node = chat.cursor
+    if node.parent is None:
+        raise SimlabError("/hide: the frame cannot be hidden; /hide a turn below it")
+    chat.session.set_hidden(node.id, True)
+    chat.session.goto(node.parent)
+    chat.note(f"hid {node.id[:8]} (and its branch); /tree all shows it, /unhide {node.id[:8]} brings it back")
+
+
+def _unhide(chat: Chat, rest: str, ctx: Context) -> None:
+    node = chat.tree.resolve(_one(rest, "/unhide ID (see /tree all)"))
+    chat.session.set_hidden(node.id, False)
+    chat.note(f"{node.id[:8]} is visible again")
 
 
 def _edit(chat: Chat, rest: str, ctx: Context) -> None:
@@ -282,6 +304,12 @@ COMMANDS: dict[str, Command] = {
             _persona,
         ),
         Command("bookmark", "", "bookmark the current turn (again to remove)", _bookmark),
+        Command("canonical", "", "mark the current turn canonical, ✓ (again to remove)", _canonical),
+        Command("hide", "", "hide the current turn and its branch (soft delete; /tree all shows it)", _hide),
+        Command("unhide", "ID", "show a hidden turn again", _unhide),
+        Command(
+            "path", "", "the current path again, from the frame", lambda chat, rest, ctx: chat.show_path()
+        ),
         Command(
             "export",
             "md|yaml|loom|jsonl [FILE]",

@@ -71,7 +71,6 @@ class Chat:
         self.err = err or out
         self.style = Style(color)
         self.last: LastReply | None = None
-        self.batch: list[str] = []  # ids of the last /n alternatives, for /pick
         self.tracer = tracer  # a trace.record.Tracer while the residual stream is recorded
         self._window_noted = False  # the context window note is shown once
         self._save_failing = False
@@ -167,6 +166,11 @@ class Chat:
     def label(self, node: Node) -> str:
         return self.style.wrap("1;32" if node.role == "model" else "1;34", f"{node.speaker or node.role}:")
 
+    def place(self, node: Node) -> str:
+        """A node's position among its siblings, as the toolbar, /tree and /pick count: "2/4"."""
+        siblings = [s.id for s in self.tree.siblings(node.id)]
+        return f"{siblings.index(node.id) + 1}/{len(siblings)}"
+
     def show_turn(self, node: Node) -> None:
         """A node as the transcript shows it, with its place among its siblings."""
         if node.role == "frame":
@@ -234,19 +238,15 @@ class Chat:
             self.note("(interrupted before the first token; nothing saved)")
             return []
         self.session.goto(nodes[0].id)
-        self.batch = [node.id for node in nodes] if n > 1 else []
         if n > 1:
-            for i, node in enumerate(nodes, 1):
+            for node in nodes:
+                about = self.style.dim(f"(seed {node.seed}, {node.finish_reason})")
                 self.say(
-                    self.style.wrap("1", f"[{i}]")
-                    + " "
-                    + self.label(node)
-                    + " "
-                    + node.text
-                    + self.style.dim(f"  (seed {node.seed}, {node.finish_reason})")
+                    f"{self.style.wrap('1', f'[{self.place(node)}]')} {self.label(node)} {node.text} {about}"
                 )
             self.note(
-                f"{len(nodes)} alternatives saved; at [1]. /pick I to take another, /next /prev to step."
+                f"{len(nodes)} alternatives saved; at [{self.place(nodes[0])}]. /pick I goes to sibling I, "
+                "/next /prev step."
             )
         elif nodes[0].finish_reason == "interrupted":
             self.note("(interrupted: the partial reply is saved)")
@@ -369,7 +369,6 @@ class Chat:
         self.session.close()
         self.session = other
         self._watch(other)
-        self.batch = []
         persona = persona_of(other)
         self.apply_persona(persona, stops_of(other, persona))
 

@@ -111,6 +111,8 @@ def _load_tree(path: Path) -> tuple[Tree, list[str]]:
         tree.cursor = None
     if tree.cursor is None and tree.nodes:
         tree.cursor = tree.leaf(tree.roots[0].id).id if tree.roots else None
+    if tree.cursor is not None:
+        tree.remember(tree.cursor)  # moving down retraces the path the session was left on
     return tree, problems
 
 

@@ -157,6 +157,7 @@ class Tree:
         self._children: dict[str | None, list[str]] = {None: []}
         self.cursor: str | None = None
         self.orphans: list[str] = []  # nodes whose parent is missing, kept as extra roots
+        self.visited: dict[str, str] = {}  # node id -> the child last visited below it (for "child" moves)
 
     # -- building --------------------------------------------------------------------------
     def add(self, node: Node) -> Node:
@@ -266,10 +267,21 @@ class Tree:
     def goto(self, node_id: str) -> Node:
         node = self.resolve(node_id)
         self.cursor = node.id
+        self.remember(node.id)
         return node
 
+    def remember(self, node_id: str) -> None:
+        """Note the path to node_id as the last visited one, so moving to a child retraces it."""
+        node = self.nodes.get(node_id)
+        seen = set()
+        while node is not None and node.parent is not None and node.id not in seen:
+            seen.add(node.id)
+            self.visited[node.parent] = node.id
+            node = self.nodes.get(node.parent)
+
     def move(self, where: str) -> Node:
-        """Move the cursor: 'parent', 'child' (latest), 'prev' or 'next' sibling. Raises at an edge."""
+        """Move the cursor: 'parent', 'child' (the one last visited, else the latest), 'prev' or 'next'
+        sibling. Raises at an edge."""
         if self.cursor is None:
             raise TreeError("the session is empty")
         node = self.get(self.cursor)
@@ -281,7 +293,8 @@ class Tree:
             kids = self.children(node.id)
             if not kids:
                 raise TreeError("no replies below this node")
-            target = kids[-1]
+            last = self.visited.get(node.id)
+            target = next((kid for kid in kids if kid.id == last), kids[-1])
         elif where in ("prev", "next"):
             sibs = self.siblings(node.id)
             at = [s.id for s in sibs].index(node.id)
@@ -292,4 +305,5 @@ class Tree:
         else:
             raise ValueError(f"unknown move {where!r}")
         self.cursor = target.id
+        self.remember(target.id)
         return target

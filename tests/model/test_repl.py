@@ -47,7 +47,7 @@ def test_a_scripted_session_through_the_real_prompt(tiny_engine, store):
         "/n 3\r"
         "/next\r"
         "/bogus\r"
-        "/pick 1\r"
+        "/pick 2\r"
         "/bookmark\r"
         "/up\r"
         "/regen\r"
@@ -67,8 +67,8 @@ def test_a_scripted_session_through_the_real_prompt(tiny_engine, store):
     # one streamed reply, three alternatives from /n, one from /regen after /up
     assert [r.origin for r in replies] == ["sampled"] * 5 and user.text == "hello there"
     assert [r.seed for r in replies] == [7, 8, 9, 10, 11]  # +1 per reply, the batch took three
-    assert "[1] Bot:" in out and "[3] Bot:" in out and "unknown command /bogus" in out
-    assert "bookmark" in replies[1].tags  # /pick 1 went to the batch's first, which was bookmarked
+    assert "[2/4] Bot:" in out and "[4/4] Bot:" in out and "unknown command /bogus" in out
+    assert "bookmark" in replies[1].tags  # /pick 2: the second sibling, the batch's first
     second = next(n for n in tree.nodes.values() if n.text == "second turn")
     assert second.parent == replies[4].id  # /regen moved the cursor to the new reply
     [last] = tree.children(second.id)

@@ -69,7 +69,7 @@ def test_type_stream_branch_quit_resume_and_interrupt(tmp_path, long_tiny):
     out = command(child, "hello")
     assert "Bot:" in out
     out = command(child, "/n 3")
-    assert "[3] Bot:" in out and "3 alternatives saved" in out
+    assert "[4/4] Bot:" in out and "3 alternatives saved" in out
     out = command(child, "/next")
     assert "[3/4]" in out
     before = tree_lines(command(child, "/tree"))

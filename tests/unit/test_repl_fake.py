@@ -32,7 +32,7 @@ def new_chat(engine, store, seed=7):
 def test_a_session_through_the_real_prompt_gives_this_exact_transcript(fake_engine, store):
     chat = new_chat(fake_engine.enqueue([" Fine.\nAnn:", " One", " Two", " Three", " Later."]), store)
     with create_pipe_input() as pipe:
-        pipe.send_text("how are you\r/n 3\r/pick 2\r/bookmark\r/seed 100\rand later?\r/quit\r")
+        pipe.send_text("how are you\r/n 3\r/pick 3\r/bookmark\r/seed 100\rand later?\r/quit\r")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
     out = chat.out.getvalue()
     transcript = out[out.index("Two people talk.") : out.index("saved: session")]
@@ -40,10 +40,10 @@ def test_a_session_through_the_real_prompt_gives_this_exact_transcript(fake_engi
         "Two people talk.\n"
         "Bo: Hi.\n"
         "Bo: Fine.\n"
-        "[1] Bo: One  (seed 8, eos)\n"
-        "[2] Bo: Two  (seed 9, eos)\n"
-        "[3] Bo: Three  (seed 10, eos)\n"
-        "3 alternatives saved; at [1]. /pick I to take another, /next /prev to step.\n"
+        "[2/4] Bo: One (seed 8, eos)\n"
+        "[3/4] Bo: Two (seed 9, eos)\n"
+        "[4/4] Bo: Three (seed 10, eos)\n"
+        "3 alternatives saved; at [2/4]. /pick I goes to sibling I, /next /prev step.\n"
         "Bo: Two [3/4]\n"
         f"bookmarked {chat.path()[3].id[:8]}\n"
         "seed = 100 (the next reply; then +1 per reply)\n"
@@ -187,3 +187,38 @@ def test_cancelling_an_inline_edit_saves_nothing_and_the_repl_goes_on(fake_engin
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
     assert len(chat.tree.nodes) == before and chat.cursor.id == reply.id
     assert "(edit cancelled; nothing saved)" in chat.out.getvalue()
+
+
+def test_down_retraces_the_last_visited_child_and_survives_a_reload(fake_engine, store):
+    chat = new_chat(fake_engine, store)
+    [first] = chat.user_turn("x")
+    chat.alternatives(2)  # the cursor is on the second sibling now
+    handle(chat, "/pick 1")
+    handle(chat, "/up")
+    handle(chat, "/down")
+    assert chat.cursor.id == first.id  # not the latest child: the one we came from
+    chat.close()
+    reloaded = SessionStore(store.folder).open(chat.session.name)
+    reloaded.move("parent")
+    assert reloaded.move("child").id == first.id
+
+
+def test_hide_unhide_canonical_and_path(fake_engine, store):
+    chat = new_chat(fake_engine, store)
+    [reply] = chat.user_turn("x")
+    handle(chat, "/canonical")
+    assert "canonical" in chat.tree.get(reply.id).tags
+    handle(chat, "/hide")
+    assert chat.tree.get(reply.id).hidden and chat.cursor.id == reply.parent
+    assert reply.id not in [n.id for n in chat.tree.children(reply.parent)]
+    handle(chat, f"/unhide {reply.id[:8]}")
+    assert not chat.tree.get(reply.id).hidden
+    chat.out.seek(0)
+    chat.out.truncate()
+    handle(chat, "/path")
+    assert chat.out.getvalue() == "Two people talk.\nBo: Hi.\nAnn: x\n"  # /unhide does not move the cursor
+    with pytest.raises(SimlabError, match="frame cannot be hidden"):
+        handle(chat, f"/goto {chat.tree.roots[0].id[:8]}")
+        handle(chat, "/hide")
+    reloaded = SessionStore(store.folder).open(chat.session.name, read_only=True)
+    assert "canonical" in reloaded.tree.get(reply.id).tags and not reloaded.tree.get(reply.id).hidden
