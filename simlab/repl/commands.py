@@ -143,18 +143,16 @@ def _goto(chat: Chat, rest: str, ctx: Context) -> None:
     chat.show_path(last=3)
 
 
-def _bookmark(chat: Chat, rest: str, ctx: Context) -> None:
-    node = chat.cursor
-    on = "bookmark" not in node.tags
-    chat.session.set_tag(node.id, "bookmark", on)
-    chat.note(f"{'bookmarked' if on else 'bookmark removed from'} {node.id[:8]}")
+def _toggle(tag: str, added: str, removed: str) -> Callable[[Chat, str, Context], None]:
+    """A command that puts `tag` on the current turn, or takes it off again."""
 
+    def run(chat: Chat, rest: str, ctx: Context) -> None:
+        node = chat.cursor
+        on = tag not in node.tags
+        chat.session.set_tag(node.id, tag, on)
+        chat.note(f"{added if on else removed} {node.id[:8]}")
 
-def _canonical(chat: Chat, rest: str, ctx: Context) -> None:
-    node = chat.cursor
-    on = "canonical" not in node.tags
-    chat.session.set_tag(node.id, "canonical", on)
-    chat.note(f"{'marked' if on else 'unmarked'} {node.id[:8]} canonical")
+    return run
 
 
 def _hide(chat: Chat, rest: str, ctx: Context) -> None:
@@ -303,8 +301,18 @@ COMMANDS: dict[str, Command] = {
             "replay this path's user turns under another persona, as a new branch",
             _persona,
         ),
-        Command("bookmark", "", "bookmark the current turn (again to remove)", _bookmark),
-        Command("canonical", "", "mark the current turn canonical, ✓ (again to remove)", _canonical),
+        Command(
+            "bookmark",
+            "",
+            "bookmark the current turn (again to remove)",
+            _toggle("bookmark", "bookmarked", "bookmark removed from"),
+        ),
+        Command(
+            "canonical",
+            "",
+            "mark the current turn canonical, ✓ (again to remove)",
+            _toggle("canonical", "marked canonical:", "canonical mark removed from"),
+        ),
         Command("hide", "", "hide the current turn and its branch (soft delete; /tree all shows it)", _hide),
         Command("unhide", "ID", "show a hidden turn again", _unhide),
         Command(
