@@ -366,10 +366,14 @@ class Chat:
 
     def open_session(self, other: Session) -> None:
         """Go on in another session (the current one is closed), under its own persona and stops."""
+        try:
+            persona = persona_of(other)  # an empty session is refused before anything changes
+        except SimlabError:
+            other.close()
+            raise
         self.session.close()
         self.session = other
         self._watch(other)
-        persona = persona_of(other)
         self.apply_persona(persona, stops_of(other, persona))
 
     def apply_persona(self, persona: Persona, stops: tuple[str, ...]) -> None:

@@ -222,3 +222,13 @@ def test_hide_unhide_canonical_and_path(fake_engine, store):
         handle(chat, "/hide")
     reloaded = SessionStore(store.folder).open(chat.session.name, read_only=True)
     assert "canonical" in reloaded.tree.get(reply.id).tags and not reloaded.tree.get(reply.id).hidden
+
+
+def test_loading_an_empty_session_changes_nothing(fake_engine, store):
+    chat = new_chat(fake_engine, store)
+    store.create("hollow").close()
+    with pytest.raises(SimlabError, match="session 'hollow' is empty"):
+        handle(chat, "/load hollow")
+    assert chat.session.name != "hollow" and not chat.session.read_only
+    [reply] = chat.user_turn("still here")  # the current session still takes writes
+    store.open("hollow").close()  # and the empty one was not left locked
