@@ -92,7 +92,9 @@ def quantize(model: torch.nn.Module, weights: str, stored: dict[str, torch.Tenso
     back as `stored` (from a cache), the layers are rebuilt from them instead of quantized again."""
     if weights == "float":
         return {}
-    _untie_unembedding(model)
+    # Replacing the unembedding module unties it from the embedding, which stays an exact lookup;
+    # the config says so, so that nothing ties them again.
+    model.config.tie_word_embeddings = False
     out: dict[str, torch.Tensor] = {}
     for path, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
@@ -115,15 +117,3 @@ def _stored_layer(stored: dict[str, torch.Tensor], key: str, bias) -> torch.nn.M
     if f"{key}.weight_int8" in stored:
         return Int8Linear(stored[f"{key}.weight_int8"], stored[f"{key}.scale"], bias)
     return None
-
-
-def _untie_unembedding(model: torch.nn.Module) -> None:
-    """Give the unembedding its own weight, so quantizing it leaves the embedding (a lookup) exact."""
-    head = model.get_output_embeddings()
-    if isinstance(head, torch.nn.Linear) and head.weight is model.get_input_embeddings().weight:
-        untied = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
-        untied.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-        if head.bias is not None:
-            untied.bias = head.bias
-        model.set_output_embeddings(untied)
-        model.config.tie_word_embeddings = False
