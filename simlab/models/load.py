@@ -58,7 +58,14 @@ def load_model(
     progress: Progress | None = None,
 ) -> LoadedModel:
     """Load the model a spec names, on the settings' device and dtype, with its weights as asked."""
-    weights = "float" if settings.weights == "auto" else settings.weights
+    weights = settings.weights
+    if weights == "auto":
+        weights = "gguf" if _auto_gguf(spec, settings) else "float"
+    if weights == "gguf" and classify_spec(spec) not in ("embedded", "gguf"):
+        raise ModelUnavailableError(
+            f"--weights gguf reads a GGUF file's own quantization; {spec!r} is not a GGUF: "
+            "use --weights int8 or int4 (or float)"
+        )
     if weights != "float" and settings.device not in ("auto", "cpu"):
         raise ModelUnavailableError(
             f"--weights {weights} runs on the CPU (torch's weight-only kernels); use --weights float "
@@ -68,14 +75,28 @@ def load_model(
     if weights == "float":
         return loaded
     if loaded.info.device != "cpu":
+        if settings.weights == "auto":
+            return loaded
         raise ModelUnavailableError(
             f"--weights {weights} runs on the CPU; this model loaded on {loaded.info.device}: "
             "add --device cpu, or use --weights float"
         )
-    return _with_weights(loaded, weights, settings, progress or (lambda message: None))
+    return _with_weights(spec, loaded, weights, settings, progress or (lambda message: None))
 
 
-def _with_weights(loaded: LoadedModel, weights: str, settings: Settings, say: Progress) -> LoadedModel:
+def _auto_gguf(spec: str, settings: Settings) -> bool:
+    """`--weights auto`: a GGUF decodes from its own quantization on the CPU; other models stay float."""
+    if settings.device not in ("auto", "cpu"):
+        return False
+    try:
+        return classify_spec(spec) in ("embedded", "gguf")
+    except UnknownModelError:
+        return False
+
+
+def _with_weights(
+    spec: str, loaded: LoadedModel, weights: str, settings: Settings, say: Progress
+) -> LoadedModel:
     """The model with int8/int4 linear layers, quantized once and then read from a cache (keyed by the
     model's revision and dtype, so a replay gets the very same weights)."""
     from safetensors.torch import load_file, save_file
@@ -90,13 +111,27 @@ def _with_weights(loaded: LoadedModel, weights: str, settings: Settings, say: Pr
     except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not reported
         stored = None
     if stored is None:
-        say(f"Quantizing {info.name} to {weights} (once; cached in {path.parent})")
+        what = "its GGUF's own int4 groups" if weights == "gguf" else weights
+        say(f"Converting {info.name} to {what} (once; cached in {path.parent})")
     if weights == "int4":
         say(
             "note: int4 is round-to-nearest in groups of 32; it moves the model's log-probabilities "
             "noticeably (see the README's --weights figures): for throughput, not faithful samples"
         )
-    tensors = quant.quantize(loaded.model, weights, stored)
+    if weights == "gguf" and stored is None:
+        from simlab.models import gguf, gguf_groups
+
+        with gguf.source_file(spec) as source:
+            tensors_by_module = gguf_groups.by_module(source, loaded.model)
+            tensors = quant.quantize(
+                loaded.model,
+                weights,
+                groups_of=lambda key: (
+                    gguf_groups.read(tensors_by_module[key]) if key in tensors_by_module else None
+                ),
+            )
+    else:
+        tensors = quant.quantize(loaded.model, weights, stored)
     if stored is None:
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         try:

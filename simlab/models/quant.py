@@ -9,9 +9,11 @@ bfloat16 (the kernels' fast path) and come back in the model's dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-WEIGHTS = ("float", "int8", "int4")
+WEIGHTS = ("float", "int8", "int4", "gguf")
 GROUP = 32  # int4: one scale and offset per 32 weights along the input dimension
 INNER_K_TILES = 2
 
@@ -50,14 +52,19 @@ class Int8Linear(torch.nn.Module):
 
 
 class Int4Linear(torch.nn.Module):
-    """y = x W^T + b with W as 4-bit codes q in 0..15 per group of 32 inputs: w = (q - 8) * scale + zero."""
+    """y = x W^T + b with W as 4-bit codes q in 0..15 per group of 32 inputs: w = (q - 8) * scale + zero.
 
-    def __init__(self, packed: torch.Tensor, scale_zero: torch.Tensor, bias: torch.Tensor | None):
+    With `parts` = 2, W is the sum of two such tensors laid side by side along the input (the low and
+    the high 4 bits of 5- to 8-bit codes), and the input is repeated to meet both: one kernel call."""
+
+    def __init__(self, packed: torch.Tensor, scale_zero: torch.Tensor, bias: torch.Tensor | None, parts=1):
         super().__init__()
-        self.register_buffer("packed", packed)  # (N, K/2) codes in the kernel's layout
-        self.register_buffer("scale_zero", scale_zero.to(torch.bfloat16).contiguous())  # (K/G, N, 2)
+        self.register_buffer("packed", packed)  # (N, parts*K/2) codes in the kernel's layout
+        self.register_buffer("scale_zero", scale_zero.to(torch.bfloat16).contiguous())  # (parts*K/G, N, 2)
+        self.register_buffer("parts", torch.tensor(int(parts)))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.out_features = scale_zero.shape[1]
+        self._parts = int(parts)
 
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> Int4Linear:
@@ -73,8 +80,34 @@ class Int4Linear(torch.nn.Module):
         )
         return cls(packed, torch.stack([scale.t(), zero.t()], dim=-1), bias)
 
+    @classmethod
+    def of_groups(cls, groups, bias: torch.Tensor | None) -> Int4Linear:
+        """From a GGUF tensor's own groups (`models.gguf_groups`), codes as they are. The kernel keeps
+        scales in bfloat16, so each scale is rounded once and every zero is chosen as an exact multiple
+        of it: for symmetric formats the result is the file's tensor with bfloat16 scales, exactly."""
+        exact = torch.from_numpy(groups.scale)  # (N, K/G)
+        scale = exact.to(torch.bfloat16).float()
+        codes = torch.from_numpy(groups.codes).to(torch.int32)  # (N, K)
+        if groups.bits <= 4 and groups.bias is not None:
+            parts = [(codes, scale, (8 - groups.bias) * scale)]
+        elif groups.bits <= 4:  # the zero from the exact scale: the error is (q - 8) times the scale's
+            parts = [(codes, scale, 8 * exact + torch.from_numpy(groups.offset))]
+        else:  # u = 16h + l: (l - 8) s + zl + (h - 8) 16s + zh = s u - bias s when zl + zh = (136 - bias) s
+            high_zero = 0 if groups.bias == 128 else 128
+            parts = [
+                (codes & 15, scale, (136 - groups.bias - high_zero) * scale),
+                (codes >> 4, 16 * scale, high_zero * scale),
+            ]
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            torch.cat([c for c, _, _ in parts], dim=1).contiguous(), INNER_K_TILES
+        )
+        scale_zero = torch.cat([torch.stack([s.t(), z.t()], dim=-1) for _, s, z in parts], dim=0)
+        return cls(packed, scale_zero, bias, parts=len(parts))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # (M, K)
+        if self._parts > 1:
+            rows = rows.repeat(1, self._parts)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scale_zero)  # (M, N)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
@@ -86,10 +119,21 @@ class Int4Linear(torch.nn.Module):
         return k % GROUP == 0 and k % (16 * INNER_K_TILES) == 0 and n % 8 == 0
 
 
-def quantize(model: torch.nn.Module, weights: str, stored: dict[str, torch.Tensor] | None = None) -> dict:
+def quantize(
+    model: torch.nn.Module,
+    weights: str,
+    stored: dict[str, torch.Tensor] | None = None,
+    groups_of: Callable[[str], object] | None = None,
+) -> dict:
     """Replace the model's linear layers (and its unembedding) by `weights` ones, in place. Layers the
     int4 kernel cannot take (shapes) become int8. Returns the quantized tensors by name; given them
-    back as `stored` (from a cache), the layers are rebuilt from them instead of quantized again."""
+    back as `stored` (from a cache), the layers are rebuilt from them instead of quantized again.
+
+    `gguf` takes each layer's codes from its GGUF file, through `groups_of(module name)`
+    (`models.gguf_groups.Groups`, or None): a layer whose file format is not read that way (Q6_K's
+    groups of 16, say), or whose codes do not give the loaded weight back, becomes int8. No layer stays
+    float: torch's float matrix product sums a one-row product in another order than a batch's rows,
+    and siblings must equal their seeds sampled alone; the two kernels compute each row alone."""
     if weights == "float":
         return {}
     # Replacing the unembedding module unties it from the embedding, which stays an exact lookup;
@@ -103,6 +147,8 @@ def quantize(model: torch.nn.Module, weights: str, stored: dict[str, torch.Tenso
                 continue
             key, bias = f"{path}.{name}".lstrip("."), getattr(child, "bias", None)
             layer = _stored_layer(stored, key, bias) if stored else None
+            if layer is None and weights == "gguf" and groups_of and not stored:
+                layer = _from_file(groups_of(key), weight, bias)
             if layer is None:
                 use4 = weights == "int4" and Int4Linear.fits(weight)
                 layer = (Int4Linear if use4 else Int8Linear).of(weight, bias)
@@ -111,9 +157,24 @@ def quantize(model: torch.nn.Module, weights: str, stored: dict[str, torch.Tenso
     return out
 
 
+def _from_file(groups, weight: torch.Tensor, bias) -> Int4Linear | None:
+    """The file's own codes as an int4 layer, if they fit the kernel and give back the loaded weight
+    (some architectures' loaders permute rows; those layers stay float). Checked on a few rows."""
+    if groups is None or groups.codes.shape != tuple(weight.shape) or not Int4Linear.fits(weight):
+        return None
+    rows = list(range(min(16, weight.shape[0]))) + [weight.shape[0] - 1]
+    codes = torch.from_numpy(groups.codes[rows]).float().unflatten(-1, (-1, GROUP))
+    values = codes * torch.from_numpy(groups.scale[rows]).unsqueeze(-1)
+    values = (values + torch.from_numpy(groups.offset[rows]).unsqueeze(-1)).flatten(-2)
+    if not torch.allclose(values, weight[rows].float(), rtol=2**-7, atol=1e-6):
+        return None
+    return Int4Linear.of_groups(groups, bias)
+
+
 def _stored_layer(stored: dict[str, torch.Tensor], key: str, bias) -> torch.nn.Module | None:
     if f"{key}.packed" in stored:
-        return Int4Linear(stored[f"{key}.packed"], stored[f"{key}.scale_zero"], bias)
+        parts = int(stored.get(f"{key}.parts", torch.tensor(1)))
+        return Int4Linear(stored[f"{key}.packed"], stored[f"{key}.scale_zero"], bias, parts)
     if f"{key}.weight_int8" in stored:
         return Int8Linear(stored[f"{key}.weight_int8"], stored[f"{key}.scale"], bias)
     return None

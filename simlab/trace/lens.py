@@ -23,8 +23,8 @@ class Lens:
     @torch.inference_mode()
     def logits(self, resid: torch.Tensor, normed: bool) -> torch.Tensor:
         """(P, d) -> (P, V) float32; `normed` residuals (the final norm's output) skip the norm."""
-        weight = next(self.arch.unembed.parameters())
-        x = resid.to(device=weight.device, dtype=weight.dtype)
+        weight = next(self.model.parameters())  # the residual stream's device and dtype (the unembedding
+        x = resid.to(device=weight.device, dtype=weight.dtype)  # may hold int8/int4 buffers only)
         if not normed:
             x = self.arch.norm(x)
         logits = self.arch.unembed(x).float()
@@ -37,7 +37,7 @@ class Lens:
         """On this very model: hidden_states[-1] is the final norm's output (so it must not be normed
         again), norm(last block) equals it, and the lens reproduces the model's logits from it."""
         device = next(self.model.parameters()).device
-        vocab = self.arch.unembed.weight.shape[0]
+        vocab = self.model.get_input_embeddings().weight.shape[0]
         ids = torch.arange(1, 7, device=device).clamp(max=vocab - 1).unsqueeze(0)  # (1, 6)
         raw = {}
         handle = self.arch.blocks[-1].register_forward_hook(

@@ -97,6 +97,7 @@ class Recorder:
         self.points = config.points(self.arch.layers)
         self.dtype = DTYPES[config.dtype]
         self._latest: dict[str, torch.Tensor] = {}
+        self._prompt_passes: dict[str, list[torch.Tensor]] | None = None  # while the prompt goes in
         self.branches: list[BranchTrace] = []
         self._shared: dict[str, torch.Tensor] = {}
         self._shared_positions: list[int] = []
@@ -114,6 +115,8 @@ class Recorder:
                 value = output if output is not None else args[0]
                 value = value[0] if isinstance(value, tuple) else value
                 self._latest[name] = value.detach()
+                if self._prompt_passes is not None:
+                    self._prompt_passes.setdefault(name, []).append(value.detach())
 
             return hook
 
@@ -131,10 +134,19 @@ class Recorder:
                 handle.remove()
             self._latest.clear()
 
+    def prefill_started(self) -> None:
+        """The prompt goes in now, in one or more forward passes (batch 1)."""
+        self._prompt_passes = {}
+
     def prefill_done(self, n: int, prompt_length: int) -> None:
-        """After the prompt's forward pass (batch 1): keep its last position, or all of it."""
+        """After the prompt's forward passes: keep its last position, or all of it."""
+        passes, self._prompt_passes = self._prompt_passes or {}, None
+        whole = {
+            name: torch.cat(passes[name], dim=1) if name in passes else self._latest[name]
+            for name in self.points
+        }
         keep = slice(None) if self.config.prompt else slice(-1, None)
-        self._shared = {name: self._latest[name][0, keep].to(self.dtype) for name in self.points}  # (T', d)
+        self._shared = {name: whole[name][0, keep].to(self.dtype) for name in self.points}  # (T', d)
         first = 0 if self.config.prompt else prompt_length - 1
         self._shared_positions = list(range(first, prompt_length))
         self.branches = [BranchTrace({name: [] for name in self.points}) for _ in range(n)]

@@ -1,5 +1,9 @@
 """A session written by simlab before the one-house move (f1b0cb4) still loads, exports, checks and
-replays byte for byte: tests/fixtures/before-the-move/ holds the file, and what that simlab made of it."""
+replays byte for byte: tests/fixtures/before-the-move/ holds the file, and what that simlab made of it.
+
+replayed.jsonl was made again once since, when a prompt's last token started going through the model
+alone (engine.local._prefill): the same tokens, and each reply's first log-probability moved in its
+last bits (e.g. -5.908044338 -> -5.908043861)."""
 
 import json
 import re

@@ -48,7 +48,7 @@ def test_quantized_models_stay_close_to_float(kind, weights, tolerance, tiny_dir
     with torch.inference_mode():
         got = model(input_ids=ids).logits.log_softmax(-1)
     layers = [m for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
-    assert layers and len(stored) == 2 * len(layers)
+    assert layers and len(stored) == sum(len(list(m.buffers())) for m in layers)
     assert any(isinstance(m, Int4Linear) for m in layers) == (weights == "int4")
     assert torch.equal(model.get_input_embeddings().weight, embedding)  # the lookup stays exact
     kl = (got.exp() * (got - reference)).sum(-1)  # of the next-token distributions
@@ -60,7 +60,7 @@ def test_a_reload_reads_the_cache_and_decodes_the_same_tokens(llama_dir):
     settings = load_settings(device="cpu", dtype="bfloat16", weights="int4")
     first = Engine(load_model(str(llama_dir), settings, progress=notes.append))
     second = Engine(load_model(str(llama_dir), settings, progress=notes.append))
-    assert sum("Quantizing" in n for n in notes) == 1 and first.info.weights == "int4"
+    assert sum("Converting" in n for n in notes) == 1 and first.info.weights == "int4"
     params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=4)
     [a] = first.generate("hello there", params)
     [b] = second.generate("hello there", params)
@@ -96,3 +96,10 @@ def test_weights_are_a_setting_with_one_line_errors(capsys, monkeypatch, tiny_di
     argv = ["generate", "x", "--model", tiny_dir, "--weights", "int4", "--device", "cuda:0"]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and "runs on the CPU" in err
+
+
+def test_gguf_weights_need_a_gguf_and_auto_keeps_other_models_float(tiny_dir, capsys):
+    assert load_model(str(tiny_dir), Settings(device="cpu", weights="auto")).info.weights == "float"
+    code, out, err = run_cli(capsys, "generate", "hi", "--model", tiny_dir, "--weights", "gguf")
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1
+    assert "--weights gguf reads a GGUF file's own quantization" in err and "int8 or int4" in err

@@ -111,3 +111,25 @@ def test_the_fast_tokenizer_of_the_cache_is_autotokenizer_exactly(embedded):
     ):
         assert getattr(ours, attr) == getattr(reference, attr), attr
     assert len(ours) == len(reference)
+
+
+def test_auto_decodes_from_the_ggufs_own_quantization_and_stays_with_the_float_model(
+    embedded, embedded_engine
+):
+    """`--weights auto` on the CPU takes the GGUF's own codes (no second rounding): the model moves
+    from the dequantized float32 one by what bfloat16 activations alone cost (~0.03 nats/token)."""
+    from pathlib import Path
+
+    from simlab.engine.local import Engine
+    from simlab.models.quant import Int4Linear, Int8Linear
+
+    assert embedded.info.weights == "gguf"
+    int4 = [m for m in embedded.model.modules() if isinstance(m, Int4Linear)]
+    int8 = [m for m in embedded.model.modules() if isinstance(m, Int8Linear)]
+    assert len(int4) == 18 * 6 + 9 + 1  # q k v o gate up, the 9 Q4_K down projections, the unembedding
+    assert len(int8) == 9  # the 9 Q6_K down projections (groups of 16: not the int4 kernel's 32)
+    float32 = Engine(load_model("embedded", Settings(device="cpu", dtype="float32", weights="float")))
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    ids = float32.encode(text)[:600]
+    a, b = float32.score(ids), embedded_engine.score(ids)
+    assert sum(abs(x - y) for x, y in zip(a, b)) / len(a) < 0.05

@@ -29,9 +29,10 @@ def test_the_embedded_model_traced_and_read_through_its_own_lens(embedded, embed
     ids = embedded_engine.encode(prompt) + c.token_ids
     with torch.inference_mode():
         out = embedded.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-    torch.testing.assert_close(
-        tensors["block.9"].float(), out.hidden_states[10][0, positions], atol=0.5, rtol=2e-2
-    )
+    # the traced passes (prompt, then a token at a time) against one pass over it all: the model's
+    # int4 kernels take bfloat16 activations, so the two differ by bfloat16 noise, not more
+    traced, whole = tensors["block.9"].float(), out.hidden_states[10][0, positions].float()
+    assert ((traced - whole).norm(dim=-1) / whole.norm(dim=-1)).max() < 0.02
     lens_probs = lens.logits(tensors["norm"], normed=True).softmax(-1)
     model_probs = out.logits[0, positions].float().softmax(-1)
     assert (lens_probs - model_probs).abs().max() < 0.02  # bfloat16 storage, same distribution

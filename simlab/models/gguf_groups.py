@@ -1,0 +1,115 @@
+"""A GGUF tensor's own quantization as groups of 32 integer codes: w = scale * code + offset.
+
+Every format read here stores its weights that way (one scale and one offset per 32 weights, codes
+of 4 to 8 bits), so the codes and the two per-group numbers are taken from the file's blocks as
+they are, never re-rounded: `models.quant` hands them to torch's int4 kernel. The codes are read
+back from `gguf`'s own dequantization (``round((w - offset) / scale)``) and checked to give it
+back, so no bit layout is decoded twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GROUP = 32
+
+
+@dataclass
+class Groups:
+    """A (rows, cols) tensor as codes in 0..2**bits-1 with one scale and offset per 32 columns."""
+
+    codes: np.ndarray  # (rows, cols) uint8
+    scale: np.ndarray  # (rows, cols / 32) float32
+    offset: np.ndarray  # (rows, cols / 32) float32
+    bits: int
+    bias: int | None  # offset == -bias * scale in every group (symmetric formats), else None
+
+
+def _half(blocks: np.ndarray, at: int) -> np.ndarray:
+    return blocks[:, at : at + 2].copy().view(np.float16).astype(np.float32)[:, 0]
+
+
+def _k_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's per-32 scale d*sc and offset -dmin*m, as (blocks, 8) each."""
+    from gguf.quants import Q4_K
+
+    sc, m = Q4_K.get_scale_min(blocks[:, 4:16].copy())
+    return _half(blocks, 0)[:, None] * sc.astype(np.float32), -_half(blocks, 2)[:, None] * m.astype(
+        np.float32
+    )
+
+
+def _symmetric(bits: int):
+    """One float16 d per 32 weights: w = d * (code - 2**(bits-1)); Q8_0's signed q is code - 128."""
+
+    def scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = _half(blocks, 0)[:, None]
+        return d, -(2 ** (bits - 1)) * d
+
+    return scales
+
+
+def _with_min(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_1: w = d * code + m."""
+    return _half(blocks, 0)[:, None], _half(blocks, 2)[:, None]
+
+
+# format name -> (bits per code, per-block (scale, offset) reader, symmetric bias or None)
+FORMATS = {
+    "Q4_0": (4, _symmetric(4), 8),
+    "Q5_0": (5, _symmetric(5), 16),
+    "Q8_0": (8, _symmetric(8), 128),
+    "Q4_1": (4, _with_min, None),
+    "Q4_K": (4, _k_scales, None),
+}
+
+
+def read(tensor) -> Groups | None:
+    """The groups of a `gguf.ReaderTensor`, or None when its format is not one read here."""
+    from gguf.quants import dequantize
+
+    name = tensor.tensor_type.name
+    if name not in FORMATS:
+        return None
+    bits, scales_of, bias = FORMATS[name]
+    cols, rows = (int(n) for n in tensor.shape)  # GGUF lists the fastest-varying dimension first
+    if cols % GROUP:
+        return None
+    raw = np.asarray(tensor.data)
+    blocks = np.ascontiguousarray(raw).reshape(rows * cols // _block_size(name), -1)
+    scale, offset = scales_of(blocks)  # (blocks, groups per block)
+    scale = np.broadcast_to(scale, offset.shape).copy().reshape(rows, cols // GROUP)
+    offset = offset.reshape(rows, cols // GROUP)
+    values = dequantize(raw, tensor.tensor_type).reshape(rows, cols // GROUP, GROUP)
+    safe = np.where(scale == 0, 1, scale)[..., None]
+    codes = np.rint((values - offset[..., None]) / safe).clip(0, 2**bits - 1)
+    back = (scale[..., None] * codes.astype(np.float32) + offset[..., None]).astype(np.float32)
+    if not np.allclose(back, values, rtol=1e-6, atol=1e-7):
+        return None  # a layout this reading does not know; the caller keeps the float weights
+    return Groups(codes.reshape(rows, cols).astype(np.uint8), scale, offset, bits, bias)
+
+
+def _block_size(name: str) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType[name]][0]
+
+
+def by_module(path, model) -> dict[str, object]:
+    """The file's quantized tensors by the name of the model's linear module that holds them
+    (`lm_head` reads `token_embd` when the file has no separate output matrix, as tied models do)."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+    names = get_gguf_hf_weights_map(model, TensorProcessor())
+    out = {
+        hf[: -len(".weight")]: tensors[name]
+        for name, hf in names.items()
+        if name in tensors and hf.endswith(".weight")
+    }
+    if "output.weight" not in tensors and "token_embd.weight" in tensors:
+        out["lm_head"] = tensors["token_embd.weight"]
+    return out
