@@ -223,18 +223,25 @@ def anchor_llama(args, engine: Engine, ids: list[int]) -> None:
 
 STARTUP = {
     "simlab": (
-        "import time, resource; t = time.perf_counter()\n"
+        "import time; t = time.perf_counter()\n"
         "from simlab.config import load_settings\nfrom simlab.models.load import load_model\n"
         "from simlab.engine.local import Engine\n"
         "Engine(load_model({model!r}, load_settings()))\n"
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(time.perf_counter() - t, peak())"
     ),
     "llama.cpp": (
-        "import time, resource; t = time.perf_counter()\nimport llama_cpp\n"
+        "import time; t = time.perf_counter()\nimport llama_cpp\n"
         "llama_cpp.Llama({path!r}, n_ctx=2048, n_threads={threads}, verbose=False)\n"
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(time.perf_counter() - t, peak())"
     ),
 }
+# ru_maxrss survives exec (a child of this big process would report its size): read VmHWM instead
+PEAK = (
+    "def peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1])\n"
+)
 
 
 def startup(args) -> None:
@@ -246,7 +253,7 @@ def startup(args) -> None:
             or subprocess.run([sys.executable, "-c", "import llama_cpp"], capture_output=True).returncode
         ):
             continue
-        script = code.format(model=args.model, path=str(path), threads=torch.get_num_threads())
+        script = PEAK + code.format(model=args.model, path=str(path), threads=torch.get_num_threads())
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         seconds, rss = out.stdout.split()[-2:]
         print(
@@ -265,7 +272,12 @@ def main() -> None:
     parser.add_argument(
         "--weights", default="gguf,int8,int4", help="weight formats to compare with float (or '')"
     )
+    parser.add_argument("--startup-only", action="store_true", help="only start-up time and peak RSS")
     args = parser.parse_args()
+    if args.startup_only:
+        print(cpu_line())
+        startup(args)
+        return
     loaded = load_model(
         args.model,
         load_settings(device=args.device, dtype=args.dtype, weights="float"),

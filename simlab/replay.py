@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from simlab.engine.params import SamplingParams
+from simlab.engine.prefix import unpack
 from simlab.engine.protocol import Engine
 from simlab.errors import SimlabError
 from simlab.frame.render import framing_of, reply_prompt
@@ -40,10 +41,10 @@ def model_replies(path: list[Node]) -> list[Node]:
     return [n for n in path if n.role == "model" and n.params is not None]
 
 
-def _one(engine: Engine, prompt, params: SamplingParams, tracer):
+def _one(engine: Engine, prompt, params: SamplingParams, tracer, passes=None):
     """One completion, with the recorder that traced it (or None)."""
     recorder = tracer.recorder(engine) if tracer else None
-    run = engine.start(prompt, params, recorder=recorder)
+    run = engine.start(prompt, params, recorder=recorder, passes=passes)
     for _ in run:
         pass
     return run.completions[0], run, recorder
@@ -59,7 +60,10 @@ def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) 
         if node.window:  # read what the reply read
             path_before = windowed(path_before, node.window.get("from", ""))
         prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
-        c, run, recorder = _one(engine, prompt, params, tracer)
+        # fed as the reply's prompt was (engine.prefix): the same passes give the same last bits
+        c, run, recorder = _one(
+            engine, prompt, params, tracer, unpack(node.prefill) if node.prefill else None
+        )
         if (
             not node.token_ids or c.token_ids and c.token_ids[0] < 0
         ):  # a server's reply: ids unknown, compare text

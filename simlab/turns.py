@@ -138,6 +138,7 @@ def node_fields(
         "model_revision": engine.info.revision or None,
         "dtype": engine.info.dtype if local else None,
         "weights": None if not local or engine.info.weights == "float" else engine.info.weights,
+        "prefill": tuple(completion.prefill) if local else (),
     }
 
 

@@ -264,7 +264,7 @@ class FakeEngine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
-    def start(self, prompt, params, n: int = 1, recorder=None):
+    def start(self, prompt, params, n: int = 1, recorder=None, passes=None):
         from simlab.errors import ContextLengthError, needs_local
 
         if recorder is not None:
@@ -278,7 +278,7 @@ class FakeEngine:
         self.prompts.append(self.tokenizer.decode(ids))  # as text, whichever way it came
         return FakeRun(self, ids, params, n)
 
-    def generate(self, prompt, params, n: int = 1, recorder=None):
+    def generate(self, prompt, params, n: int = 1, recorder=None, passes=None):
         from simlab.engine.protocol import drain
 
         return drain(self.start(prompt, params, n, recorder))

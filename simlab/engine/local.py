@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from simlab.engine import prefix as prefixes
 from simlab.engine.logits import process_logits, sample
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import LOCAL, drain
@@ -26,70 +27,36 @@ from simlab.models.info import LoadedModel
 TOP_ALTERNATIVES = 5
 
 
-class PrefixCache:
-    """The KV cache of the last run's tokens, kept so the next prompt that starts the same way
-    (the next turn of a chat, a sibling of a reply) prefills only what is new."""
-
-    MIN_REUSE = 8  # tokens; below this a fresh prefill costs as little as the bookkeeping
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.cache = None
-
-    def take(self, ids: list[int]):
-        """(cache holding ids[:k], k) for the longest usable shared prefix, or (None, 0)."""
-        cache, kept, self.cache, self.ids = self.cache, self.ids, None, []  # the run owns it now
-        if cache is None:
-            return None, 0
-        common = 0
-        for a, b in zip(kept, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # at least one token must go through the model for logits
-        if common < self.MIN_REUSE:
-            return None, 0
-        if len(kept) > common:
-            cache.crop(common - len(kept))  # a negative count: the tokens to drop
-        return cache, common
-
-    def keep(self, ids: list[int], cache) -> None:
-        self.ids, self.cache = list(ids), cache
-
-    def clear(self) -> None:
-        self.ids, self.cache = [], None
-
-
-def new_cache(model):
-    """A DynamicCache whose sliding-window layers keep their past, so it can be cropped back."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    for layer in getattr(cache, "layers", []):
-        if hasattr(layer, "activate_past_recording"):
-            layer.activate_past_recording()
-    return cache
-
-
 class Engine:
     """Samples continuations from a loaded model (the Engine Protocol of simlab.engine.protocol)."""
 
     capabilities = LOCAL
 
-    def __init__(self, loaded: LoadedModel, reuse_prefix: bool = True):
+    def __init__(self, loaded: LoadedModel, reuse_prefix: bool = True, prefix_dir=None):
+        """`prefix_dir`: where the KV caches of prompts' first chunks are kept between processes
+        (engine.prefix.DiskPrefixes); None keeps nothing on disk."""
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.info = loaded.info
         self.device = next(self.model.parameters()).device
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
-        self.prefix = PrefixCache() if reuse_prefix else None
+        self.prefix = prefixes.PrefixCache() if reuse_prefix else None
+        self.disk = prefixes.DiskPrefixes(prefix_dir) if reuse_prefix and prefix_dir else None
 
     def encode(self, text: str) -> list[int]:
         """Prompt text to ids, with the BOS token when the tokenizer adds one by default."""
         return list(self.tokenizer(text)["input_ids"])
 
-    def start(self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder=None) -> Run:
-        """Validate and prepare a run; iterate it to decode."""
+    def start(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams,
+        n: int = 1,
+        recorder=None,
+        passes: Sequence[int] | None = None,
+    ) -> Run:
+        """Validate and prepare a run; iterate it to decode. `passes`: how a recorded reply fed its
+        prompt (Completion.prefill unpacked), to feed it the same way (engine.prefix)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -101,7 +68,9 @@ class Engine:
                 f"the prompt is {len(ids)} tokens but {self.info.name} reads at most "
                 f"{self.info.context_length}; shorten it"
             )
-        return Run(self, ids, params, n, max_new=min(params.max_new_tokens, room), recorder=recorder)
+        run = Run(self, ids, params, n, max_new=min(params.max_new_tokens, room), recorder=recorder)
+        run.wanted = prefixes.usable(list(passes) if passes else None, len(ids))
+        return run
 
     def score(self, ids: Sequence[int]) -> list[float]:
         """Teacher-forced log-probability of each token after the first, given those before it."""
@@ -133,10 +102,15 @@ class Engine:
         return None  # a local reply: its model, revision and dtype say where it came from
 
     def generate(
-        self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder=None
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams,
+        n: int = 1,
+        recorder=None,
+        passes: Sequence[int] | None = None,
     ) -> list[Completion]:
         """Decode to the end and return the completions."""
-        return drain(self.start(prompt, params, n, recorder=recorder))
+        return drain(self.start(prompt, params, n, recorder=recorder, passes=passes))
 
 
 class Run(RunControl):
@@ -158,6 +132,8 @@ class Run(RunControl):
         self.max_new = max_new
         self.clipped = max_new < params.max_new_tokens
         self.stats = RunStats(prompt_tokens=len(prompt_ids))
+        self.wanted: list[int] | None = None  # the passes to feed the prompt in (a replay's)
+        self.passes: list[int] = []  # the passes it was fed in
 
     def __iter__(self) -> Iterator[Delta]:
         started = time.perf_counter()
@@ -167,6 +143,21 @@ class Run(RunControl):
             self.interrupt()
         finally:  # also when stopped early: the stats cover what was decoded
             self.stats.decode_seconds = time.perf_counter() - started - self.stats.prefill_seconds
+
+    def _reused(self, model):
+        """(cache, tokens it holds, their passes): the last run's, or kept on disk, or a new one."""
+        engine, recorder = self.engine, self.recorder
+        if not (recorder and recorder.config.prompt):  # a trace of the whole prompt feeds all of it
+            for store in (engine.prefix, engine.disk):
+                if store is None:
+                    continue
+                if store is engine.disk:
+                    cache, start, done = store.take(model, self.prompt_ids, self.wanted)
+                else:
+                    cache, start, done = store.take(self.prompt_ids, self.wanted)
+                if cache is not None:
+                    return cache, start, done
+        return prefixes.new_cache(model), 0, []
 
     def _decode(self) -> Iterator[Delta]:
         engine, params = self.engine, self.params
@@ -182,21 +173,21 @@ class Run(RunControl):
         started = time.perf_counter()
         recorder = self.recorder
         with torch.inference_mode(), recorder.attached() if recorder else contextlib.nullcontext():
-            cache, start = None, 0
-            if engine.prefix is not None and not (recorder and recorder.config.prompt):
-                cache, start = engine.prefix.take(self.prompt_ids)
-            if cache is None:
-                cache, start = new_cache(model), 0
+            cache, start, done = self._reused(model)
             self.stats.reused_tokens = start
+            todo = self.wanted[len(done) :] if self.wanted else prefixes.plan(start, len(self.prompt_ids))
             if recorder:
                 recorder.prefill_started()
-            logits = _prefill(model, cache, self.prompt_ids[start:], device)
+            logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, engine.disk)
+            self.passes = done + todo
+            for completion in self.completions:
+                completion.prefill = tuple(prefixes.pack(self.passes))
             if recorder:
                 recorder.prefill_done(n, len(self.prompt_ids))
             fed = list(self.prompt_ids)  # the tokens the cache holds (for n == 1)
             if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
                 if engine.prefix is not None:
-                    engine.prefix.keep(self.prompt_ids, copy.deepcopy(cache))
+                    engine.prefix.keep(self.prompt_ids, copy.deepcopy(cache), self.passes)
                 cache.batch_repeat_interleave(n)
                 logits = logits.expand(n, -1)  # (n, V)
             self.stats.prefill_seconds = time.perf_counter() - started
@@ -265,23 +256,8 @@ class Run(RunControl):
                         recorder.step_done(active)
             finally:
                 if n == 1 and consistent and engine.prefix is not None:
-                    engine.prefix.keep(fed, cache)  # the next turn of this path prefills only what is new
-
-
-def _prefill(model, cache, ids: list[int], device):
-    """Feed the prompt's new tokens; the logits of its last token, (1, V).
-
-    The last token always goes through alone. torch's attention and float products sum in an order
-    that depends on how many tokens a pass holds, so a prompt's last logits computed inside one long
-    pass differ in the last bits from the same logits computed after a reused prefix; sampled from,
-    such bits can pick another token. Fed alone, they are the same whether the prefix was reused
-    (a sibling sampled later, the next turn) or not (a replay)."""
-    if len(ids) > 1:
-        model(
-            input_ids=torch.tensor([ids[:-1]], device=device), cache=cache, use_cache=True, logits_to_keep=1
-        )
-    last = torch.tensor([ids[-1:]], device=device)
-    return model(input_ids=last, cache=cache, use_cache=True).logits[:, -1, :]
+                    fed_passes = self.passes + [1] * (len(fed) - len(self.prompt_ids))
+                    engine.prefix.keep(fed, cache, fed_passes)  # the next turn feeds only what is new
 
 
 def _token_info(

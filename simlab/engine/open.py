@@ -33,7 +33,19 @@ def open_engine(
     from simlab.engine.local import Engine
     from simlab.models.load import load_model
 
-    return Engine(load_model(spec, settings, trust_remote_code=trust_remote_code, progress=progress))
+    loaded = load_model(spec, settings, trust_remote_code=trust_remote_code, progress=progress)
+    return Engine(loaded, prefix_dir=prefix_folder(settings, loaded.info))
+
+
+def prefix_folder(settings: Settings, info):
+    """Where this model's prompt chunks are kept on disk (engine.prefix.DiskPrefixes): one folder per
+    revision, weights, dtype and device, since each computes other bits; None without a revision."""
+    import hashlib
+
+    if not info.revision:
+        return None
+    key = f"{info.revision}:{info.weights}:{info.dtype}:{info.device}"
+    return settings.models_dir / "prefixes" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def recorded_server(settings: Settings, nodes, backend_flag: str | None) -> Settings:

@@ -68,11 +68,21 @@ class Engine(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def start(
-        self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder: Any = None
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams,
+        n: int = 1,
+        recorder: Any = None,
+        passes: Sequence[int] | None = None,  # a local engine: how to feed the prompt (engine.prefix)
     ) -> Run: ...
 
     def generate(
-        self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder: Any = None
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams,
+        n: int = 1,
+        recorder: Any = None,
+        passes: Sequence[int] | None = None,
     ) -> list[Completion]: ...
 
     def score(self, ids: Sequence[int]) -> list[float]: ...

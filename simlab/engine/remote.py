@@ -114,8 +114,9 @@ class RemoteEngine:
         raise needs_local("teacher-forced scoring (cross log-probability)")
 
     def start(
-        self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder=None
+        self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder=None, passes=None
     ) -> RemoteRun:
+        """`passes` is the local engine's; a server feeds the prompt its own way."""
         if recorder is not None:
             raise needs_local("recording the residual stream")
         if not isinstance(prompt, str):
@@ -124,7 +125,9 @@ class RemoteEngine:
             raise ValueError(f"n must be >= 1, got {n}")
         return RemoteRun(self, prompt, params, n)
 
-    def generate(self, prompt: str, params: SamplingParams, n: int = 1, recorder=None) -> list[Completion]:
+    def generate(
+        self, prompt: str, params: SamplingParams, n: int = 1, recorder=None, passes=None
+    ) -> list[Completion]:
         return drain(self.start(prompt, params, n, recorder))
 
     def next_token_probs(self, prompt):

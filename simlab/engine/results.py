@@ -30,6 +30,7 @@ class Completion:
     stop_string: str | None = None
     truncated_to_context: bool = False
     server: dict[str, Any] | None = None  # a remote backend: what the server reported (simlab.engine.remote)
+    prefill: tuple[int, ...] = ()  # a local run: the passes its prompt went in (engine.prefix.pack)
 
     @property
     def token_ids(self) -> list[int]:

@@ -14,7 +14,7 @@ def info_lines(chat: Chat) -> list[str]:
     lines = [
         f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
         f"device    {info.device} {info.dtype}"
-        + (f" weights {info.weights}" if info.weights in ("int8", "int4") else ""),
+        + (f" weights {info.weights}" if info.weights != "float" else ""),
         f"persona   {chat.persona_name()} ({chat.framing.mode}; {chat.framing.user} / {chat.framing.model})",
         f"session   {chat.session.name} ({len(chat.tree.nodes)} nodes) in {chat.store.folder}",
         f"sampling  {params_text(chat)}",

@@ -19,12 +19,13 @@ import orjson
 from simlab.errors import SessionError, TreeError
 from simlab.session.tree import Node, Tree
 
-SCHEMA = 4
+SCHEMA = 5
 # Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: lambda record: record,  # 2 added the optional `framing` of frame nodes; 1 files render as before
     2: lambda record: record,  # 3 added the optional context `window` and `backend` of replies
     3: lambda record: record,  # 4 added the optional `weights` (int8/int4) of replies
+    4: lambda record: record,  # 5 added the optional `prefill` (the passes a reply's prompt went in)
 }
 
 

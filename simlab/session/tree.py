@@ -51,6 +51,9 @@ class Node:
     weights: str | None = (
         None  # int8 or int4 when the linear layers were quantized (models.quant); None: float
     )
+    # How the prompt of a local reply went into the model: pass lengths, -k for k one-token passes
+    # (engine.prefix); a replay feeds it the same way, so the last bits of the logits agree.
+    prefill: tuple[int, ...] = ()
     persona: str | None = None
     framing: dict[str, Any] | None = None  # on a frame node: how its turns are written (frame.framing)
     # On a reply whose transcript outgrew the context: {"from": first turn the model read, "dropped":
@@ -79,7 +82,7 @@ class Node:
         def empty(key: str, value: Any) -> bool:
             if key == "parent":
                 return False  # None is meaningful: a root
-            if key in ("token_ids", "logprobs", "top", "tags"):
+            if key in ("token_ids", "logprobs", "top", "tags", "prefill"):
                 return len(value) == 0
             return value is None or (key == "hidden" and value is False)
 
@@ -107,6 +110,10 @@ class Node:
         # map() keeps the per-element work in C: a 10,000-node session holds ~10^6 alternatives.
         data["token_ids"] = tuple(map(int, data.get("token_ids", ())))
         data["logprobs"] = tuple(map(float, data.get("logprobs", ())))
+        prefill = data.get("prefill") or ()
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in prefill):
+            raise TreeError("node field 'prefill' must be a list of whole numbers")
+        data["prefill"] = tuple(prefill)
         # Alternatives stay as parsed ([id, text, logprob] lists): converting ~10^6 of them
         # would double the load time of a large session, and nothing changes them.
         data["top"] = tuple(data.get("top", ()))
@@ -141,6 +148,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "token_ids": (list, tuple),
     "logprobs": (list, tuple),
     "top": (list, tuple),
+    "prefill": (list, tuple),
     "tags": (list, tuple),
 }
 

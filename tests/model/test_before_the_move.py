@@ -3,7 +3,8 @@ replays byte for byte: tests/fixtures/before-the-move/ holds the file, and what 
 
 replayed.jsonl was made again once since, when a prompt's last token started going through the model
 alone (engine.local._prefill): the same tokens, and each reply's first log-probability moved in its
-last bits (e.g. -5.908044338 -> -5.908043861)."""
+last bits (e.g. -5.908044338 -> -5.908043861); and again when replies began to record those passes
+(`prefill`), so a replay feeds a prompt as the reply's own run did."""
 
 import json
 import re

@@ -65,3 +65,57 @@ def test_an_unrelated_prompt_starts_fresh(loaded):
     for _ in run:
         pass
     assert run.stats.reused_tokens == 0
+
+
+def run_of(engine, prompt, params, passes=None):
+    run = engine.start(prompt, params, passes=passes)
+    for _ in run:
+        pass
+    return run
+
+
+def test_a_replay_given_the_recorded_passes_gives_the_very_same_bits(loaded):
+    """Turn after turn with the cache reused, each reply records its passes; a fresh engine fed the
+    same passes gives the same tokens and log-probabilities to the last bit, not just close."""
+    from simlab.engine.prefix import pack, unpack
+
+    engine, fresh = Engine(loaded), Engine(loaded, reuse_prefix=False)
+    params = SamplingParams(temperature=1.0, max_new_tokens=5)
+    prompt = "User: hello there, tell me about the quick brown fox\nBot:"
+    for k in range(4):
+        run = run_of(engine, prompt, params.with_overrides(seed=40 + k))
+        [c] = run.completions
+        assert c.prefill == tuple(pack(run.passes)) and sum(run.passes) == len(run.prompt_ids)
+        again = run_of(fresh, prompt, params.with_overrides(seed=40 + k), passes=unpack(list(c.prefill)))
+        assert again.passes == run.passes and again.stats.reused_tokens == 0
+        [d] = again.completions
+        assert d.token_ids == c.token_ids and [t.logprob for t in d.tokens] == [t.logprob for t in c.tokens]
+        prompt = prompt + c.text + f"\nUser: more {k}\nBot:"
+    assert run.stats.reused_tokens > 0 and len(run.passes) > 3  # the last turn did reuse earlier passes
+
+
+def test_whole_chunks_of_a_prompt_are_kept_on_disk_for_the_next_engine(loaded, tmp_path):
+    from simlab.engine.prefix import CHUNK
+
+    probe = Engine(loaded, reuse_prefix=False)
+    frame = "A talk. "
+    while len(probe.encode(frame)) < CHUNK + 4:  # one whole chunk and a little: fits a 128-token context
+        frame += "A talk. "
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, seed=5)
+    first = run_of(Engine(loaded, prefix_dir=tmp_path), frame + "User: hi\nBot:", params)
+    assert first.stats.reused_tokens == 0 and first.passes[0] == CHUNK
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert len(files) == (len(first.prompt_ids) - 1) // CHUNK >= 1
+    # another process, another chat with the same frame: the shared chunks come from the disk
+    second = Engine(loaded, prefix_dir=tmp_path)
+    other = run_of(second, frame + "User: yo\nBot:", params)
+    shared = next(i for i, (a, b) in enumerate(zip(first.prompt_ids, other.prompt_ids)) if a != b)
+    assert other.stats.reused_tokens == shared // CHUNK * CHUNK > 0
+    alone = run_of(Engine(loaded, reuse_prefix=False), frame + "User: yo\nBot:", params)
+    [a], [b] = other.completions, alone.completions
+    assert a.token_ids == b.token_ids and [t.logprob for t in a.tokens] == [t.logprob for t in b.tokens]
+    # a damaged file ends the chain there: the prompt is fed again, nothing fails
+    for path in tmp_path.glob("*.safetensors"):
+        path.write_bytes(b"not a tensor file")
+    third = run_of(Engine(loaded, prefix_dir=tmp_path), frame + "User: hi\nBot:", params)
+    assert third.stats.reused_tokens == 0 and third.completions[0].token_ids == first.completions[0].token_ids

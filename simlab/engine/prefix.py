@@ -1,0 +1,215 @@
+"""Prompt prefixes whose KV cache is kept: in memory for the next run (the next turn, a sibling), on
+disk for the next chat (a persona's frame), with the passes that built them.
+
+A prompt goes into the model in passes, and how it is cut changes the last bits of what comes out:
+torch's attention and float products sum in an order that depends on how many tokens a pass
+holds. So a run records its passes (the lengths, in order), a reused cache is only ever cut where a
+pass ended, and a replay given the recorded passes builds the very same cache, reused or not.
+
+A fresh prompt goes in as whole CHUNKs from its start, then the rest but its last token, then that
+token alone. Chunks end at the same places in every prompt, so two prompts that share their first
+CHUNK tokens (two chats with one persona) share those passes, and the disk keeps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+CHUNK = 64  # tokens per pass at the start of a fresh prompt
+MIN_REUSE = 8  # tokens; below this a fresh prefill costs as little as the bookkeeping
+
+
+def plan(start: int, total: int) -> list[int]:
+    """The passes that feed tokens start..total-1 after a cache holding the first `start`."""
+    passes: list[int] = []
+    at = start
+    if start % CHUNK == 0:
+        while at + CHUNK <= total - 1:
+            passes.append(CHUNK)
+            at += CHUNK
+    if total - 1 > at:
+        passes.append(total - 1 - at)
+    return [*passes, 1]
+
+
+def pack(passes: list[int]) -> list[int]:
+    """For a node's record: a run of k one-token passes (decoded tokens) becomes -k."""
+    out: list[int] = []
+    for length in passes:
+        if length == 1 and out and out[-1] < 0:
+            out[-1] -= 1
+        else:
+            out.append(-1 if length == 1 else length)
+    return out
+
+
+def unpack(packed) -> list[int] | None:
+    """A node's record back to pass lengths; None for anything that is not one."""
+    if not isinstance(packed, (list, tuple)) or not all(isinstance(p, int) and p != 0 for p in packed):
+        return None
+    return [length for p in packed for length in ([p] if p > 0 else [1] * -p)]
+
+
+def usable(wanted: list[int] | None, total: int) -> list[int] | None:
+    """Recorded passes that can feed a prompt of `total` tokens (they sum to it, the last alone)."""
+    if wanted and sum(wanted) == total and wanted[-1] == 1 and min(wanted) > 0:
+        return list(wanted)
+    return None
+
+
+def shared_passes(have: list[int], common: int, wanted: list[int] | None) -> int:
+    """How many of the cached passes a prompt sharing `common` tokens can keep: whole passes only,
+    and, when the passes are prescribed, only those that match them one for one."""
+    kept = at = 0
+    for i, length in enumerate(have):
+        if at + length > common or (wanted is not None and (i >= len(wanted) or wanted[i] != length)):
+            break
+        at += length
+        kept = i + 1
+    return kept
+
+
+def new_cache(model):
+    """A DynamicCache whose sliding-window layers keep their past, so it can be cropped back."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer in getattr(cache, "layers", []):
+        if hasattr(layer, "activate_past_recording"):
+            layer.activate_past_recording()
+    return cache
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """The KV cache of the last run's tokens, kept so the next prompt that starts the same way
+    (the next turn of a chat, a sibling of a reply) feeds only what is new."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.passes: list[int] = []
+        self.cache = None
+
+    def take(self, ids: list[int], wanted: list[int] | None = None):
+        """(cache, tokens it holds, their passes) for the longest usable shared prefix, or (None, 0, [])."""
+        cache, kept, passes = self.cache, self.ids, self.passes
+        self.clear()  # the run owns it now
+        if cache is None:
+            return None, 0, []
+        common = min(_common(kept, ids), len(ids) - 1)  # one token at least goes through for logits
+        count = shared_passes(passes, common, wanted)
+        at = sum(passes[:count])
+        if at < MIN_REUSE:
+            return None, 0, []
+        if len(kept) > at:
+            cache.crop(at - len(kept))  # a negative count: the tokens to drop
+        return cache, at, passes[:count]
+
+    def keep(self, ids: list[int], cache, passes: list[int]) -> None:
+        self.ids, self.cache, self.passes = list(ids), cache, list(passes)
+
+    def clear(self) -> None:
+        self.ids, self.cache, self.passes = [], None, []
+
+
+class DiskPrefixes:
+    """The caches of the whole CHUNKs at the start of fresh prompts, one small safetensors file per
+    chunk, named by the tokens up to its end, in a folder of their own per model (revision, weights,
+    dtype). A prompt reads the chain of chunks it starts with; the newest MAX_FILES chunks are kept."""
+
+    MAX_FILES = 256
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, ids: list[int]) -> Path:
+        digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:32]
+        return self.folder / f"{digest}-{len(ids)}.safetensors"
+
+    def take(self, model, ids: list[int], wanted: list[int] | None):
+        """(cache, tokens, passes) for the longest chain of kept chunks the prompt starts with."""
+        from safetensors.torch import load_file
+
+        chunks = (len(ids) - 1) // CHUNK
+        if wanted is not None:
+            chunks = min(chunks, next((i for i, p in enumerate(wanted) if p != CHUNK), len(wanted)))
+        device = str(next(model.parameters()).device)
+        parts = []
+        for k in range(1, chunks + 1):
+            path = self._path(ids[: k * CHUNK])
+            try:
+                parts.append(load_file(str(path), device=device))
+            except Exception:  # noqa: BLE001 - absent, damaged or foreign: the chain ends here
+                break
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        if not parts:
+            return None, 0, []
+        cache = new_cache(model)
+        try:
+            for part in parts:
+                for i, layer in enumerate(cache.layers):
+                    layer.update(part[f"{i}.keys"], part[f"{i}.values"])
+        except (KeyError, RuntimeError):  # files of another model shape: ignore them
+            return None, 0, []
+        return cache, len(parts) * CHUNK, [CHUNK] * len(parts)
+
+    def keep(self, ids: list[int], cache) -> None:
+        """Save the last CHUNK positions of the cache, which holds exactly `ids`."""
+        from safetensors.torch import save_file
+
+        path = self._path(ids)
+        if path.exists():
+            return
+        tensors = {}
+        for i, layer in enumerate(cache.layers):
+            if type(layer).__name__ not in ("DynamicLayer", "DynamicSlidingWindowLayer"):
+                return  # a cache this file format does not describe
+            if layer.keys is None or layer.keys.shape[-2] != len(ids) or layer.keys.shape[0] != 1:
+                return
+            tensors[f"{i}.keys"] = layer.keys[:, :, -CHUNK:].contiguous()
+            tensors[f"{i}.values"] = layer.values[:, :, -CHUNK:].contiguous()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
+            save_file(tensors, str(partial))
+            os.replace(partial, path)
+            self._prune()
+        except OSError:  # a full or read-only disk: the next chat prefills again, that is all
+            return
+
+    def _prune(self) -> None:
+        files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[self.MAX_FILES :]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def feed(model, cache, ids: list[int], done: list[int], passes: list[int], disk: DiskPrefixes | None):
+    """Feed the prompt's tokens after those of the `done` passes, in `passes`; the logits of the last
+    token, (1, V). Whole chunks fed from the prompt's start go to the disk as they complete."""
+    import torch
+
+    device = next(model.parameters()).device
+    at = sum(done)
+    aligned = all(p == CHUNK for p in done)
+    logits = None
+    for length in passes:
+        chunk = torch.tensor([ids[at : at + length]], device=device)
+        logits = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        at += length
+        aligned = aligned and length == CHUNK
+        if disk is not None and aligned:
+            disk.keep(ids[:at], cache)
+    return logits

@@ -1,0 +1,46 @@
+"""How a prompt is cut into passes (engine.prefix): the plan, its record on a node, and which passes
+of a kept cache a new prompt may reuse. No torch here."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from simlab.engine.prefix import CHUNK, pack, plan, shared_passes, unpack, usable
+
+
+def test_a_fresh_prompt_goes_in_as_whole_chunks_then_the_rest_then_its_last_token_alone():
+    assert plan(0, 1) == [1]
+    assert plan(0, 10) == [9, 1]
+    assert plan(0, CHUNK + 1) == [CHUNK, 1]
+    assert plan(0, 2 * CHUNK + 5) == [CHUNK, CHUNK, 4, 1]
+    assert plan(CHUNK, 2 * CHUNK + 5) == [CHUNK, 4, 1]  # after a kept chunk, the chunks go on
+    assert plan(70, 100) == [29, 1]  # after a reused turn: the new tokens, then the last alone
+
+
+@given(st.integers(0, 500), st.integers(1, 500))
+def test_a_plan_feeds_every_token_once_and_the_last_alone(start, extra):
+    total = start + extra
+    passes = plan(start, total)
+    assert sum(passes) == total - start and passes[-1] == 1 and min(passes) > 0
+
+
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=40))
+def test_the_record_gives_back_the_passes(passes):
+    assert unpack(pack(passes)) == passes
+    assert len(pack([64, 3, 1] + [1] * 200)) == 3  # a reply's decoded tokens take one number
+
+
+def test_records_that_are_not_passes_are_ignored():
+    assert unpack("64,1") is None and unpack([64, 0]) is None and unpack([1.5]) is None
+    assert usable([9, 1], 10) == [9, 1]
+    assert usable([9, 1], 11) is None  # another prompt: fed the default way
+    assert usable([10], 10) is None  # the last token must go alone
+
+
+def test_a_kept_cache_is_reused_up_to_a_pass_end_within_the_shared_tokens():
+    have = [CHUNK, 20, 1, 1, 1]  # a fresh prompt of CHUNK + 21 tokens, then two decoded tokens
+    assert shared_passes(have, CHUNK + 23, None) == 5  # the next turn: everything
+    assert shared_passes(have, CHUNK + 10, None) == 1  # an edit inside the second pass: the chunk only
+    assert shared_passes(have, CHUNK - 1, None) == 0
+    # a replay that prescribes its passes keeps only the passes that match them one for one
+    assert shared_passes(have, CHUNK + 23, [CHUNK, 20, 1, 5, 1]) == 3
+    assert shared_passes(have, CHUNK + 23, [CHUNK + 20, 1]) == 0
