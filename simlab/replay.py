@@ -50,11 +50,17 @@ def _one(engine: Engine, prompt, params: SamplingParams, tracer, passes=None):
     return run.completions[0], run, recorder
 
 
-def check_path(engine: Engine, session: Session, path: list[Node], tracer=None) -> list[ReplyCheck]:
+def check_path(
+    engine: Engine, session: Session, path: list[Node], tracer=None, progress=None
+) -> list[ReplyCheck]:
     """Regenerate each sampled reply on the path with its own params and seed; compare token ids.
-    With a tracer, a reply reproduced exactly gets the trace of its regeneration."""
+    With a tracer, a reply reproduced exactly gets the trace of its regeneration. `progress(k, n)`
+    is told before each reply."""
     checks = []
-    for node in model_replies(path):
+    replies = model_replies(path)
+    for k, node in enumerate(replies, 1):
+        if progress is not None:
+            progress(k, len(replies))
         params = params_of(node, {})
         path_before = session.tree.path(node.parent)
         if node.window:  # read what the reply read

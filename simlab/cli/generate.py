@@ -52,7 +52,7 @@ def add_command(commands) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     params = sampling_params(args)  # validated before the model is loaded, so a bad flag costs no waiting
     if args.n < 1:
-        raise SimlabError(f"simlab generate: -n {args.n} is invalid; use 1 or more")
+        raise SimlabError(f"generate: -n {args.n} is invalid; use 1 or more")
     settings = settings_of(args)
     tracer = make_tracer(trace_config(args), settings)
     prompt = _read_prompt(args)
@@ -87,7 +87,7 @@ def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None:
         return args.prompt
     if sys.stdin.isatty():
-        raise SimlabError("simlab generate: no prompt; give one as an argument or pipe it on stdin")
+        raise SimlabError("generate: no prompt; give one as an argument or pipe it on stdin")
     return sys.stdin.read()
 
 

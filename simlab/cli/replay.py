@@ -59,6 +59,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise SimlabError(f"the path to {target[:8]} has no sampled replies to replay")
         for node in replies:
             params_of(node, overrides)  # a bad override fails before the model loads
+        say(f"simlab: loading the model to re-run the path's {len(replies)} sampled reply(s)")
         engine = _engine_for(args, replies)
         if not changing:
             return _check(engine, session, path, replies, tracer)
@@ -98,7 +99,13 @@ def _engine_for(args: argparse.Namespace, replies):
 
 
 def _check(engine, session, path, replies, tracer) -> int:
-    checks = check_path(engine, session, path, tracer=tracer)
+    checks = check_path(
+        engine,
+        session,
+        path,
+        tracer=tracer,
+        progress=lambda k, n: say(f"simlab: re-running reply {k}/{n} ..."),
+    )
     for check in checks:
         if not check.reproduced:
             print(

@@ -63,8 +63,8 @@ def load_model(
         weights = "gguf" if _auto_gguf(spec, settings) else "float"
     if weights == "gguf" and classify_spec(spec) not in ("embedded", "gguf"):
         raise ModelUnavailableError(
-            f"--weights gguf reads a GGUF file's own quantization; {spec!r} is not a GGUF: "
-            "use --weights int8 or int4 (or float)"
+            f"weights gguf (--weights, SIMLAB_WEIGHTS or the config file) reads a GGUF file's own "
+            f"quantization; {spec!r} is not a GGUF: use int8 or int4 (or float)"
         )
     if weights != "float" and settings.device not in ("auto", "cpu"):
         raise ModelUnavailableError(
@@ -121,7 +121,10 @@ def _with_weights(
     if weights == "gguf" and stored is None:
         from simlab.models import gguf, gguf_groups
 
-        with gguf.source_file(spec) as source:
+        with (
+            gguf.source_file(spec) as source,
+            gguf.stage("reading the GGUF's own codes into int4 groups", say),
+        ):
             tensors_by_module = gguf_groups.by_module(source, loaded.model)
             tensors = quant.quantize(
                 loaded.model,

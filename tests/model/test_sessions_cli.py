@@ -143,9 +143,12 @@ def test_rm_and_unknown_session(capsys, store, tiny_engine):
 
 def test_replay_reproduces_every_reply_exactly(capsys, store, tiny_engine):
     session = chat(tiny_engine, store)  # replies record the model spec, which replay loads again
-    code, out, _ = run_cli(capsys, "replay", "chat")
+    code, out, err = run_cli(capsys, "replay", "chat")
     assert code == 0 and "reproduced 2/2 replies exactly" in out
     assert len(store.open("chat", read_only=True).tree.nodes) == len(session.tree.nodes)
+    # no silent wait: the model's load and each reply are announced on stderr
+    assert "loading the model to re-run the path's 2 sampled reply(s)" in err
+    assert "re-running reply 1/2" in err and "re-running reply 2/2" in err
 
 
 def test_replay_shows_the_first_differing_token(capsys, store, tiny_engine):

@@ -102,4 +102,5 @@ def test_gguf_weights_need_a_gguf_and_auto_keeps_other_models_float(tiny_dir, ca
     assert load_model(str(tiny_dir), Settings(device="cpu", weights="auto")).info.weights == "float"
     code, out, err = run_cli(capsys, "generate", "hi", "--model", tiny_dir, "--weights", "gguf")
     assert code == 2 and not out and len(err.strip().splitlines()) == 1
-    assert "--weights gguf reads a GGUF file's own quantization" in err and "int8 or int4" in err
+    assert "weights gguf (--weights, SIMLAB_WEIGHTS or the config file) reads a GGUF" in err
+    assert "use int8 or int4" in err
