@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,6 +71,16 @@ def time_generate(model, ids: list[int], n: int, tokens: int, seed: int) -> floa
     return n * tokens / elapsed
 
 
+def alternating(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Medians of `repeats` runs of each (called with the run's seed), alternating so that machine
+    noise hits both."""
+    a, b = [], []
+    for r in range(repeats):
+        a.append(ours(seed=r))
+        b.append(theirs(seed=r))
+    return statistics.median(a), statistics.median(b)
+
+
 GREEDY_PROMPTS = ["The capital of France is", "Q: What is 2+2?\nA:", PROMPT]
 
 
@@ -112,11 +123,11 @@ def compare_weights(args, float_engine: Engine, ids: list[int]) -> None:
         engine.eos_ids = frozenset()
         time_simlab(engine, ids, 1, 4, 0)
         for n in (1, 4):
-            ours, base = [], []
-            for r in range(args.repeats):
-                ours.append(time_simlab(engine, ids, n, args.tokens, r))
-                base.append(time_simlab(float_engine, ids, n, args.tokens, r))
-            a, b = statistics.median(ours), statistics.median(base)
+            a, b = alternating(
+                partial(time_simlab, engine, ids, n, args.tokens),
+                partial(time_simlab, float_engine, ids, n, args.tokens),
+                args.repeats,
+            )
             print(f"{weights:>8} {n:>3} {a:>8.1f} {b:>12.1f} {a / b:>6.2f}x")
         delta, same, runs = quality(reference, engine)
         print(
@@ -212,11 +223,11 @@ def anchor_llama(args, engine: Engine, ids: list[int]) -> None:
         f"  (simlab weights {engine.info.weights})"
     )
     for n in (1, 4):
-        ours, theirs = [], []
-        for r in range(args.repeats):
-            ours.append(time_simlab(engine, ids, n, args.tokens, r))
-            theirs.append(time_llama(llm, ids, n, args.tokens, r))
-        a, b = statistics.median(ours), statistics.median(theirs)
+        a, b = alternating(
+            partial(time_simlab, engine, ids, n, args.tokens),
+            partial(time_llama, llm, ids, n, args.tokens),
+            args.repeats,
+        )
         print(f"{n:>3} {a:>13.1f} {b:>16.1f} {a / b:>6.2f}x")
     del llm
 
@@ -301,11 +312,11 @@ def main() -> None:
     time_generate(loaded.model, ids, 1, 4, 0)
     print(f"{'n':>3} {'simlab tok/s':>13} {'generate tok/s':>15} {'ratio':>7}")
     for n in (1, 4):
-        ours, theirs = [], []
-        for r in range(args.repeats):
-            ours.append(time_simlab(engine, ids, n, args.tokens, r))
-            theirs.append(time_generate(loaded.model, ids, n, args.tokens, r))
-        a, b = statistics.median(ours), statistics.median(theirs)
+        a, b = alternating(
+            partial(time_simlab, engine, ids, n, args.tokens),
+            partial(time_generate, loaded.model, ids, n, args.tokens),
+            args.repeats,
+        )
         print(f"{n:>3} {a:>13.1f} {b:>15.1f} {a / b:>6.2f}x")
         if n == 1:
             single = a

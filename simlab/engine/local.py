@@ -41,7 +41,7 @@ class Engine:
         self.device = next(self.model.parameters()).device
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.prefix = prefixes.PrefixCache() if reuse_prefix else None
-        self.disk = prefixes.DiskPrefixes(prefix_dir) if reuse_prefix and prefix_dir else None
+        self.disk = prefixes.DiskPrefixes(prefix_dir, self.model) if reuse_prefix and prefix_dir else None
 
     def encode(self, text: str) -> list[int]:
         """Prompt text to ids, with the BOS token when the tokenizer adds one by default."""
@@ -149,12 +149,7 @@ class Run(RunControl):
         engine, recorder = self.engine, self.recorder
         if not (recorder and recorder.config.prompt):  # a trace of the whole prompt feeds all of it
             for store in (engine.prefix, engine.disk):
-                if store is None:
-                    continue
-                if store is engine.disk:
-                    cache, start, done = store.take(model, self.prompt_ids, self.wanted)
-                else:
-                    cache, start, done = store.take(self.prompt_ids, self.wanted)
+                cache, start, done = store.take(self.prompt_ids, self.wanted) if store else (None, 0, [])
                 if cache is not None:
                     return cache, start, done
         return prefixes.new_cache(model), 0, []

@@ -130,21 +130,22 @@ class DiskPrefixes:
 
     MAX_FILES = 256
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, model):
         self.folder = folder
+        self.model = model
 
     def _path(self, ids: list[int]) -> Path:
         digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:32]
         return self.folder / f"{digest}-{len(ids)}.safetensors"
 
-    def take(self, model, ids: list[int], wanted: list[int] | None):
+    def take(self, ids: list[int], wanted: list[int] | None = None):
         """(cache, tokens, passes) for the longest chain of kept chunks the prompt starts with."""
         from safetensors.torch import load_file
 
         chunks = (len(ids) - 1) // CHUNK
         if wanted is not None:
             chunks = min(chunks, next((i for i, p in enumerate(wanted) if p != CHUNK), len(wanted)))
-        device = str(next(model.parameters()).device)
+        device = str(next(self.model.parameters()).device)
         parts = []
         for k in range(1, chunks + 1):
             path = self._path(ids[: k * CHUNK])
@@ -156,7 +157,7 @@ class DiskPrefixes:
                 os.utime(path)
         if not parts:
             return None, 0, []
-        cache = new_cache(model)
+        cache = new_cache(self.model)
         try:
             for part in parts:
                 for i, layer in enumerate(cache.layers):
