@@ -7,7 +7,11 @@ stop string, which is held until it either completes the stop string or cannot.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
+
+import regex
 
 # Decoding a few prompt tokens before the new ones keeps tokenizers that treat the first token
 # specially (SentencePiece's leading space) from changing the text of the continuation.
@@ -101,20 +105,61 @@ class TextStops:
 
 
 def find_stop(text: str, stops: Sequence[str], released: int) -> tuple[int, str] | None:
-    """(index, stop) of the first stop string in text; only text not yet released can hold a new
-    match (released text held no stop prefix)."""
+    """(index, the text that stopped it) of the first stop string, or speaker-label variant, in text;
+    only text not yet released can hold a new match (released text held no stop prefix)."""
     start = max(0, released - max(len(s) for s in stops))
     hits = [(text.find(s, start), s) for s in stops]
     hits = [(at, s) for at, s in hits if at >= 0]
+    for pattern in label_variants(tuple(stops)):
+        found = pattern.search(text, max(0, released - _LINE))
+        if found:
+            hits.append((found.start(), found.group()))
     return min(hits) if hits else None
 
 
 def pending_stop_prefix(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest tail of text that is a proper prefix of some stop string."""
+    """Length of the longest tail of text that is a proper prefix of some stop string (or could
+    still become a speaker-label variant)."""
     longest = 0
     for stop in stops:
         for size in range(min(len(stop) - 1, len(text)), longest, -1):
             if text.endswith(stop[:size]):
                 longest = size
                 break
+    variants = label_variants(tuple(stops))
+    if variants:
+        at = text.find("\n", max(0, len(text) - _LINE))
+        while 0 <= at and len(text) - at > longest:
+            if any(p.match(text, at, partial=True) for p in variants):
+                return len(text) - at
+            at = text.find("\n", at + 1)
     return longest
+
+
+_LINE = 64  # the longest line start a speaker-label variant spans
+_STOP_LABEL = re.compile(r"\n([^\W\d_][^\n]{0,39}?)([:.]?)")
+
+
+@functools.lru_cache(maxsize=64)
+def label_variants(stops: tuple[str, ...]) -> tuple[regex.Pattern, ...]:
+    """What else ends a reply besides a stop string that is a speaker's label on a new line
+    ("\nDr. Okafor:", "\nKEEPER."): the name alone on its line ("\nKEEPER\n"); any case of an
+    all-caps name ("\nKeeper."); and for a name of several words, one or two other words before its
+    last word ("\nMaya Okafor:", "\nOkafor:" for "\nDr. Okafor:"). The reply ends where that line
+    starts."""
+    patterns = []
+    for stop in stops:
+        label = _STOP_LABEL.fullmatch(stop)
+        if not label:
+            continue
+        name, mark = label.groups()
+        alternatives = [regex.escape(name) + r"[ \t]*\n"]
+        caps = name.isupper()
+        if caps:
+            alternatives.append(regex.escape(name + mark))
+        last = name.split()[-1]
+        if mark and len(name.split()) > 1 and last.isalpha() and len(last) >= 3:
+            alternatives.append(r"(?:[^\W\d_][\w.'-]* ){0,2}" + regex.escape(last + mark))
+        flags = regex.IGNORECASE if caps else 0
+        patterns.append(regex.compile(r"\n(?:" + "|".join(alternatives) + ")", flags))
+    return tuple(patterns)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import termios
+import threading
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -114,11 +118,11 @@ def _bindings():
         event.current_buffer.insert_text("\n")
 
     @keys.add("c-c")
-    def _interrupt(event) -> None:
+    def _interrupt(event) -> None:  # clears the line; at an empty line, says how to leave
         if event.current_buffer.text:
             event.current_buffer.reset()
         else:
-            event.app.exit(exception=EOFError())
+            event.app.exit(exception=KeyboardInterrupt())
 
     return keys
 
@@ -157,15 +161,20 @@ def run_interactive(
     while chat.stopping is None:
         chat.interruptible = True
         try:
-            line = prompt.prompt(f"{chat.framing.user}> ")
-        except (EOFError, KeyboardInterrupt):
+            line = prompt.prompt(_prompt_text(chat))
+        except EOFError:
             break
+        except KeyboardInterrupt:
+            if chat.stopping is None:
+                chat.note("(Ctrl-D or /quit leaves; everything is saved)")
+            continue
         finally:
             chat.interruptible = False
         if not line.strip():
             continue
         try:
-            handle(chat, line, ctx)
+            with _while_working(chat):
+                handle(chat, line, ctx)
         except Quit:
             break
         except ModelFailed as exc:
@@ -177,6 +186,49 @@ def run_interactive(
             if chat.stopping is None:
                 chat.note("(interrupted)")
     return farewell(chat)
+
+
+def _prompt_text(chat: Chat) -> str:
+    """The user's turn starts as the transcript writes it ("INSPECTOR. ", "> "), else "Name> "."""
+    framing = chat.framing
+    head = framing.head("user", framing.user)
+    return head if head.strip() and "\n" not in head else f"{framing.user}> "
+
+
+@contextmanager
+def _while_working(chat: Chat):
+    """While a command runs: Ctrl-C stops the reply being decoded and nothing else (a second one
+    while the reply is saved is ignored, never ending the REPL), and keys typed are not echoed into
+    the streamed text (nor is ^C); they wait for the next prompt."""
+    def on_sigint(signum, frame) -> None:
+        if chat.interruptible:
+            raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    fd, attrs = _no_echo()
+    try:
+        yield
+    finally:
+        if attrs is not None:
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _no_echo():
+    """Turn off the terminal's echo of typed keys (and of ^C); returns what restores it."""
+    try:
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd):
+            return None, None
+        attrs = termios.tcgetattr(fd)
+        quiet = list(attrs)
+        quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        return fd, attrs
+    except (OSError, ValueError, termios.error):
+        return None, None
 
 
 def farewell(chat: Chat) -> int:

@@ -62,7 +62,8 @@ def _help(chat: Chat, rest: str, ctx: Context) -> None:
     for c in COMMANDS.values():
         chat.say(f"  {f'/{c.name} {c.args}':<{width}}  {c.help}")
     chat.say("  Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line,")
-    chat.say("  Ctrl-C stops a reply (and quits at an empty prompt), Ctrl-D quits. //text sends /text.")
+    chat.say("  Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or /quit")
+    chat.say("  leaves. //text sends /text.")
 
 
 # -- settings ---------------------------------------------------------------------------------

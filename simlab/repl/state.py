@@ -8,7 +8,6 @@ reply is saved as a node the moment it is complete, so nothing finished can be l
 
 from __future__ import annotations
 
-import errno
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TextIO
@@ -24,6 +23,7 @@ from simlab.persona.schema import Persona
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
 from simlab.session.views import Style
+from simlab.repl.screen import Screen, write
 from simlab.turns import (
     Replies,
     has_output,
@@ -44,7 +44,7 @@ class LastReply:
     first_token_ms: float
 
 
-class Chat:
+class Chat(Screen):
     def __init__(
         self,
         engine: Engine | Future,
@@ -156,37 +156,6 @@ class Chat:
     def transcript(self) -> str:
         return render_path(self.path())
 
-    # -- output -------------------------------------------------------------------------------
-    def say(self, text: str = "") -> None:
-        _write(self.out, text + "\n")
-
-    def note(self, text: str) -> None:
-        _write(self.err, self.style.dim(text) + "\n")
-
-    def label(self, node: Node) -> str:
-        return self.style.wrap("1;32" if node.role == "model" else "1;34", f"{node.speaker or node.role}:")
-
-    def place(self, node: Node) -> str:
-        """A node's position among its siblings, as the toolbar, /tree and /pick count: "2/4"."""
-        siblings = [s.id for s in self.tree.siblings(node.id)]
-        return f"{siblings.index(node.id) + 1}/{len(siblings)}"
-
-    def show_turn(self, node: Node) -> None:
-        """A node as the transcript shows it, with its place among its siblings."""
-        if node.role == "frame":
-            self.say(self.style.dim(node.text.rstrip("\n")))
-            return
-        siblings = [s.id for s in self.tree.siblings(node.id)]
-        where = (
-            self.style.dim(f" [{siblings.index(node.id) + 1}/{len(siblings)}]") if len(siblings) > 1 else ""
-        )
-        self.say(self.label(node) + " " + node.text + where)
-
-    def show_path(self, last: int | None = None) -> None:
-        path = self.path()
-        for node in path[-last:] if last else path:
-            self.show_turn(node)
-
     # -- saving -------------------------------------------------------------------------------
     def _watch(self, session: Session) -> None:
         session.on_save_problem = self._save_problem
@@ -242,7 +211,7 @@ class Chat:
             for node in nodes:
                 about = self.style.dim(f"(seed {node.seed}, {node.finish_reason})")
                 self.say(
-                    f"{self.style.wrap('1', f'[{self.place(node)}]')} {self.label(node)} {node.text} {about}"
+                    f"{self.style.wrap('1', f'[{self.place(node)}]')} {self.turn_text(node)} {about}"
                 )
             self.note(
                 f"{len(nodes)} alternatives saved; at [{self.place(nodes[0])}]. /pick I goes to sibling I, "
@@ -259,7 +228,7 @@ class Chat:
             raise SimlabError("/continue needs a model reply under the cursor")
         params = self.params.with_overrides(seed=self.seeds.take(1))
         replies = start_continuation(self.engine, self.session, node, params, on_fit=self._note_window)
-        [new] = self._finish(replies, self.label(node) + " " + node.text, keep=lambda c: True)
+        [new] = self._finish(replies, self.head(node.role, node.speaker) + node.text, keep=lambda c: True)
         self.session.goto(new.id)
         self._check_pipe()
         return new
@@ -283,24 +252,30 @@ class Chat:
         (see cli.chat) interrupt it; so does output that cannot be written (a closed pipe or
         terminal): the partial reply is then saved as interrupted."""
 
+        held = [""]  # trailing white space, shown only once more text follows (a reply is stored stripped)
+
         def show(delta) -> bool:
             if head is not None and delta.text and not self.broken_pipe:
+                text = held[0] + delta.text
+                shown = text.rstrip()
+                held[0] = text[len(shown) :]
                 try:
-                    _write(self.out, delta.text)
+                    write(self.out, shown)
                 except BrokenPipeError:
                     self.broken_pipe = True
             return self.stopping is not None or self.broken_pipe
 
         try:
             if head is not None:
-                _write(self.out, head)
+                write(self.out, head)
             self.interruptible = True
             try:
                 replies.decode(show)
             finally:
                 self.interruptible = False
             if head is not None and not self.broken_pipe:
-                _write(self.out, "\n")
+                reasons = [c.finish_reason for c in replies.run.completions if c.tokens or c.text]
+                write(self.out, (self.style.dim(f" [{reasons[0]}]") if reasons else "") + "\n")
         except KeyboardInterrupt:  # Ctrl-C while our code (not the engine's) held control
             replies.run.interrupt()
         except BrokenPipeError:
@@ -308,9 +283,11 @@ class Chat:
             self.broken_pipe = True
 
     def _head(self, speaker: str) -> str:
+        """What a streamed reply is printed after: the label the prompt ends with (the model writes
+        the space after it in simulator mode; in chat mode its text starts without one)."""
         framing = self.framing
-        label = framing.label("model", speaker) if framing.mode == "simulator" else f"{speaker}:"
-        return self.style.wrap("1;32", label) if label else ""
+        head = self.head("model", speaker, framing)
+        return head.rstrip(" ") if framing.mode == "simulator" else head
 
     def _note_window(self, fit: Fitted) -> None:
         """The first time older turns are left out of what the model reads, say so."""
@@ -389,12 +366,3 @@ class Chat:
     def close(self) -> None:
         self.session.close()
 
-
-def _write(stream: TextIO, text: str) -> None:
-    """Write and flush; a terminal that hung up (EIO) is ignored: what matters then is saving."""
-    try:
-        stream.write(text)
-        stream.flush()
-    except OSError as exc:
-        if exc.errno != errno.EIO:
-            raise

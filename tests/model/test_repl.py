@@ -201,15 +201,16 @@ def test_bad_flags_fail_before_the_model_loads(tmp_path, capsys):
 def test_keys_alt_arrows_multiline_and_ctrl_c_at_an_empty_prompt(tiny_engine, store):
     chat = new_chat(tiny_engine, store)
     # a two-line turn (Esc Enter), then /n 2, then Alt+Left (previous sibling), Alt+Up (parent),
-    # then Ctrl-C with text typed (clears it), then Ctrl-C at the empty prompt (leaves)
-    keys = "line one\x1b\rline two\r/n 2\r\x1b\x1b[D\x1b\x1b[Ahalf typed\x03\x03"
+    # then Ctrl-C with text typed (clears it), then Ctrl-C at the empty prompt (says how to leave),
+    # then Ctrl-D (leaves)
+    keys = "line one\x1b\rline two\r/n 2\r\x1b\x1b[D\x1b\x1b[Ahalf typed\x03\x03\x04"
     assert drive(chat, keys) == 0
     user = next(n for n in chat.tree.nodes.values() if n.role == "user")
     assert user.text == "line one\nline two"
     replies = chat.tree.children(user.id)
     assert len(replies) == 3 and chat.tree.cursor == user.id  # Alt+Left went 2 -> 1, Alt+Up to the turn
     assert not any(n.text == "half typed" for n in chat.tree.nodes.values())
-    assert "saved: session" in chat.out.getvalue()
+    assert "(Ctrl-D or /quit leaves; everything is saved)\nsaved: session" in chat.out.getvalue()
 
 
 def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):

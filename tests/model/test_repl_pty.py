@@ -48,7 +48,7 @@ def wait_for_prompt(child) -> str:
     """Wait for a fresh prompt (each starts by enabling bracketed paste; redraws while typing do not)."""
     child.expect_exact("\x1b[?2004h")
     printed = child.before
-    child.expect_exact("User>")
+    child.expect_exact("User:")
     return printed
 
 
@@ -88,9 +88,14 @@ def test_type_stream_branch_quit_resume_and_interrupt(tmp_path, long_tiny):
     child.sendline("tell me everything")
     child.expect_exact("Bot:")
     child.expect(r"\S{20}")  # streaming has begun
+    child.send("typed ahead")  # not echoed into the reply
     child.sendintr()
+    child.sendintr()  # a second Ctrl-C while the reply is saved: ignored, never the end of the REPL
     child.expect_exact("(interrupted: the partial reply is saved)")
+    streamed = child.before
+    assert "^C" not in streamed and "typed ahead" not in streamed
     wait_for_prompt(child)
+    child.sendcontrol("u")  # the typed-ahead keys wait at the prompt; clear them
     info = command(child, "/info")  # the REPL goes on
     assert "finish interrupted" in info
     child.sendcontrol("d")

@@ -39,15 +39,15 @@ def test_a_session_through_the_real_prompt_gives_this_exact_transcript(fake_engi
     assert transcript == (
         "Two people talk.\n"
         "Bo: Hi.\n"
-        "Bo: Fine.\n"
+        "Bo: Fine. [stop]\n"
         "[2/4] Bo: One (seed 8, eos)\n"
         "[3/4] Bo: Two (seed 9, eos)\n"
         "[4/4] Bo: Three (seed 10, eos)\n"
         "3 alternatives saved; at [2/4]. /pick I goes to sibling I, /next /prev step.\n"
-        "Bo: Two [3/4]\n"
+        "Bo: Two [eos] [3/4]\n"
         f"bookmarked {chat.path()[3].id[:8]}\n"
         "seed = 100 (the next reply; then +1 per reply)\n"
-        "Bo: Later.\n"
+        "Bo: Later. [eos]\n"
     )
     rows = [(n.role, n.text, n.seed, sorted(n.tags)) for n in chat.path()]
     assert rows == [
@@ -232,3 +232,54 @@ def test_loading_an_empty_session_changes_nothing(fake_engine, store):
     assert chat.session.name != "hollow" and not chat.session.read_only
     [reply] = chat.user_turn("still here")  # the current session still takes writes
     store.open("hollow").close()  # and the empty one was not left locked
+
+
+PLAY = Persona(
+    name="lamp",
+    frame="THE LAST LAMP\n\n",
+    user="INSPECTOR",
+    model="KEEPER",
+    turn_template="{speaker}. {text}\n\n",
+    greeting="Shut the door.",
+)
+ADVENTURE = Persona(
+    name="cave",
+    frame="Cave.\n\n",
+    user="Player",
+    model="Narrator",
+    turn_template={"user": "> {text}\n", "model": "{text}\n\n"},
+    stop=("\n>",),
+)
+
+
+@pytest.mark.parametrize(
+    "persona, reply, expected",
+    [
+        (PLAY, " Aye.\n\nINSPECTOR.", "KEEPER. Shut the door.\nINSPECTOR. news\nKEEPER. Aye. [stop]\n"),
+        (ADVENTURE, "Dark here.\n>", "> news\nDark here. [stop]\n"),
+    ],
+    ids=["stage-play", "text-adventure"],
+)
+def test_the_screen_shows_each_turn_as_the_template_renders_it_live_and_on_resume(
+    fake_engine, store, persona, reply, expected
+):
+    out = io.StringIO()
+    chat = Chat.new(fake_engine.enqueue([reply]), store, persona, persona.sampling_params(seed=1), out)
+    with create_pipe_input() as pipe:
+        pipe.send_text("news\r/quit\r")
+        run_interactive(chat, resumed=False, input=pipe, output=DummyOutput())
+    shown = out.getvalue()
+    assert expected.splitlines()[-1] + "\n" in shown and "Player:" not in shown and "KEEPER:" not in shown
+    resumed = Chat(fake_engine, store, chat.session, persona, persona.sampling_params(), io.StringIO())
+    resumed.show_path()
+    assert resumed.out.getvalue().endswith(expected)
+
+
+def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_the_repl_goes_on(fake_engine, store):
+    chat = new_chat(fake_engine.enqueue([" Yes."]), store)
+    with create_pipe_input() as pipe:
+        pipe.send_text("\x03hello\r\x04")
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    out = chat.out.getvalue()
+    assert "(Ctrl-D or /quit leaves; everything is saved)" in out
+    assert out.index("leaves;") < out.index("Bo: Yes. [eos]") < out.index("saved: session")
