@@ -200,6 +200,7 @@ def _while_working(chat: Chat):
     """While a command runs: Ctrl-C stops the reply being decoded and nothing else (a second one
     while the reply is saved is ignored, never ending the REPL), and keys typed are not echoed into
     the streamed text (nor is ^C); they wait for the next prompt."""
+
     def on_sigint(signum, frame) -> None:
         if chat.interruptible:
             raise KeyboardInterrupt

@@ -40,7 +40,8 @@ class Screen:
             return ""
         raw = framing.head(role, speaker)
         bare = raw.rstrip(" ")
-        return (self.style.wrap(LABEL_COLOUR.get(role, "1"), bare) if bare.strip() else bare) + raw[len(bare) :]
+        shown = self.style.wrap(LABEL_COLOUR.get(role, "1"), bare) if bare.strip() else bare
+        return shown + raw[len(bare) :]
 
     def turn_text(self, node: Node) -> str:
         """A turn as the model reads it, without the template's closing line ends."""

@@ -20,10 +20,10 @@ from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
 from simlab.frame.window import Fitted
 from simlab.persona.schema import Persona
+from simlab.repl.screen import Screen, write
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
 from simlab.session.views import Style
-from simlab.repl.screen import Screen, write
 from simlab.turns import (
     Replies,
     has_output,
@@ -210,9 +210,7 @@ class Chat(Screen):
         if n > 1:
             for node in nodes:
                 about = self.style.dim(f"(seed {node.seed}, {node.finish_reason})")
-                self.say(
-                    f"{self.style.wrap('1', f'[{self.place(node)}]')} {self.turn_text(node)} {about}"
-                )
+                self.say(f"{self.style.wrap('1', f'[{self.place(node)}]')} {self.turn_text(node)} {about}")
             self.note(
                 f"{len(nodes)} alternatives saved; at [{self.place(nodes[0])}]. /pick I goes to sibling I, "
                 "/next /prev step."
@@ -365,4 +363,3 @@ class Chat(Screen):
 
     def close(self) -> None:
         self.session.close()
-

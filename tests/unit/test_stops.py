@@ -54,7 +54,12 @@ def test_a_line_start_that_may_still_become_a_label_is_held_back_and_nothing_els
 def test_the_repl_stops_a_reply_at_a_variant_label(fake_engine, store):
     persona = Persona(name="iv", frame="An interview.\n\n", user="Interviewer", model="Dr. Okafor")
     out = io.StringIO()
-    chat = Chat.new(fake_engine.enqueue([" Fine.\nMaya Okafor: and more"]), store, persona,
-                    persona.sampling_params(seed=1), out)
+    chat = Chat.new(
+        fake_engine.enqueue([" Fine.\nMaya Okafor: and more"]),
+        store,
+        persona,
+        persona.sampling_params(seed=1),
+        out,
+    )
     [reply] = chat.user_turn("how are you?")
     assert reply.text == "Fine." and reply.finish_reason == "stop"
