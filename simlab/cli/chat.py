@@ -27,6 +27,7 @@ from simlab.cli.common import (
 )
 from simlab.config import load_settings, simlab_home
 from simlab.engine.open import recorded_server
+from simlab.engine.params import BY_FIELD, SamplingParams
 from simlab.errors import SessionWriteError, SimlabError, needs_local
 from simlab.models.load import classify_spec
 from simlab.persona.library import find
@@ -76,8 +77,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     session = _resumed(args, store) if args.resume is not None else None
     persona = persona_of(session) if session is not None else _new_persona(args, settings, store)
     tracer = make_tracer(trace_config(args))
+    chosen = _chosen(args, session)
     try:
-        params = persona.sampling_params(stop=stops_of(session, persona), **_overrides(args))
+        params = persona.sampling_params(**{"stop": stops_of(session, persona), **chosen})
         if session is not None:
             settings = recorded_server(settings, session.tree.nodes.values(), args.backend)
         spec = _model_spec(args, settings, session)
@@ -99,16 +101,35 @@ def cmd_chat(args: argparse.Namespace) -> int:
             color=interactive and color_on(),
             err=sys.stderr,
             tracer=tracer,
-            user_set=sampling_overrides(args),
+            user_set={k: v for k, v in chosen.items() if k != "seed"},
         )
+        if args.resume is not None and session.tree.settings:
+            kept = ", ".join(
+                f"{BY_FIELD[k].key if k in BY_FIELD else k}={v!r}" for k, v in chosen.items() if v is not None
+            )
+            chat.note(f"your settings go on: {kept} (a flag, /set or /seed changes them)")
         return _run(chat, args, interactive, spec)
     finally:
         if session is not None:
             _close(args, store, session)
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    return sampling_overrides(args) | ({"seed": args.seed} if args.seed is not None else {})
+def _chosen(args: argparse.Namespace, session: Session | None) -> dict:
+    """What the user chose: a resumed session's /set and /seed, then the flags on top."""
+    chosen = {}
+    recorded = session.tree.settings if session is not None else {}
+    if recorded:
+        try:
+            chosen = {k: tuple(v) if k == "stop" else v for k, v in dict(recorded.get("set") or {}).items()}
+            chosen["seed"] = recorded.get("seed")
+            SamplingParams(**chosen)
+        except (SimlabError, TypeError, ValueError):
+            say(f"simlab: warning: session {session.name!r} holds unusable settings {recorded}; ignored")
+            chosen = {}
+    chosen |= sampling_overrides(args)
+    if args.seed is not None:
+        chosen["seed"] = args.seed
+    return chosen
 
 
 def _resumed(args: argparse.Namespace, store: SessionStore) -> Session:
@@ -169,6 +190,7 @@ def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> 
         else:
             banner(chat, args.resume is not None, sys.stderr)
             code = run_script(chat, sys.stdin)
+    chat.remember()
     if chat.session.unsaved:
         _rescue(chat.session)
         return 1

@@ -90,10 +90,12 @@ def _set(chat: Chat, rest: str, ctx: Context) -> None:
         else:
             chat.user_set["stop"] = stops
         chat.note(f"stop = {list(stops)}")
+        chat.remember()
         return
     field, number = parse_setting(key, value)
     chat.params = chat.params.with_overrides(**{field: number})
     chat.user_set[field] = number
+    chat.remember()
     chat.note(f"{key.replace('-', '_').replace('max_new_tokens', 'max_tokens')} = {number}")
 
 
@@ -101,6 +103,7 @@ def _seed(chat: Chat, rest: str, ctx: Context) -> None:
     value = _one(rest, "/seed N|random")
     if value in ("random", "none", "off"):
         chat.seeds.next = None
+        chat.remember()
         chat.note("seed: a fresh random seed for each reply")
         return
     try:
@@ -109,6 +112,7 @@ def _seed(chat: Chat, rest: str, ctx: Context) -> None:
         raise SimlabError(f"/seed {value}: give a whole number, or 'random'") from None
     chat.params.with_overrides(seed=seed)  # validates the range
     chat.seeds.next = seed
+    chat.remember()
     chat.note(f"seed = {seed} (the next reply; then +1 per reply)")
 
 

@@ -361,5 +361,12 @@ class Chat(Screen):
             + (f"; kept yours: {kept}" if kept else "")
         )
 
+    def remember(self) -> None:
+        """Keep what the user chose (flags, /set, /seed) on the session: --resume goes on with it."""
+        chosen = {k: list(v) if isinstance(v, tuple) else v for k, v in self.user_set.items()}
+        seed = self.seeds.next
+        self.session.save_settings({"set": chosen, "seed": seed} if chosen or seed is not None else {})
+
     def close(self) -> None:
+        self.remember()
         self.session.close()

@@ -1,7 +1,7 @@
 """The session file format: one JSON Lines record per change, and how a file becomes a Tree.
 
 Line 1 is a header (`{"type": "session", "schema": N, ...}`); every later line is one change:
-a node, a tag, a hide/restore, or a cursor move. Loading replays the lines into a Tree. A torn
+a node, a tag, a hide/restore, a cursor move, or the chat's settings (what `/set` and `/seed` chose). Loading replays the lines into a Tree. A torn
 or garbage line is reported with its line number and skipped, never "repaired"; records from older
 schemas are upgraded on the way in by numbered, append-only migrations.
 """
@@ -19,13 +19,14 @@ import orjson
 from simlab.errors import SessionError, TreeError
 from simlab.session.tree import Node, Tree
 
-SCHEMA = 5
+SCHEMA = 6
 # Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: lambda record: record,  # 2 added the optional `framing` of frame nodes; 1 files render as before
     2: lambda record: record,  # 3 added the optional context `window` and `backend` of replies
     3: lambda record: record,  # 4 added the optional `weights` (int8/int4) of replies
     4: lambda record: record,  # 5 added the optional `prefill` (the passes a reply's prompt went in)
+    5: lambda record: record,  # 6 added `settings` records (the REPL's /set and /seed, kept on resume)
 }
 
 
@@ -49,6 +50,8 @@ def state_records(name: str, tree: Tree) -> list[dict[str, Any]]:
         stack.extend(n.id for n in reversed(tree.children(node.id, include_hidden=True)))
     if tree.cursor:
         records.append({"type": "cursor", "id": tree.cursor})
+    if tree.settings:
+        records.append({"type": "settings", "settings": tree.settings})
     return records
 
 
@@ -162,7 +165,13 @@ def _place_pending(tree: Tree, pending: list[tuple[int, Node]], problems: list[s
 
 def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> None:
     kind = record.get("type")
-    fields = {"node": ("node", dict), "tag": ("id", str), "hide": ("id", str), "cursor": ("id", str)}
+    fields = {
+        "node": ("node", dict),
+        "tag": ("id", str),
+        "hide": ("id", str),
+        "cursor": ("id", str),
+        "settings": ("settings", dict),
+    }
     if kind in fields:
         key, want = fields[kind]
         if not isinstance(record.get(key), want):
@@ -181,5 +190,7 @@ def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> No
         tree.set_hidden(record["id"], bool(record.get("hidden", True)))
     elif kind == "cursor":
         tree.cursor = record["id"] if record["id"] in tree.nodes else tree.cursor
+    elif kind == "settings":
+        tree.settings = record["settings"]
     else:
         raise ValueError(f"unknown record type {kind!r}")

@@ -157,6 +157,12 @@ class Session:
         self._append({"type": "hide", "id": node.id, "hidden": hidden})
         return node
 
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        """The chat's settings (what the user chose with flags, /set and /seed), for the next resume."""
+        if settings != self.tree.settings and not self.read_only:
+            self._append({"type": "settings", "settings": settings})
+            self.tree.settings = settings
+
     def goto(self, node_id: str) -> Node:
         node = self.tree.goto(node_id)
         self._record_cursor()

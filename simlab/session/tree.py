@@ -166,6 +166,7 @@ class Tree:
         self.cursor: str | None = None
         self.orphans: list[str] = []  # nodes whose parent is missing, kept as extra roots
         self.visited: dict[str, str] = {}  # node id -> the child last visited below it (for "child" moves)
+        self.settings: dict = {}  # what the user chose for the chat ({"set": {field: value}, "seed": N})
 
     # -- building --------------------------------------------------------------------------
     def add(self, node: Node) -> Node:

@@ -64,3 +64,35 @@ def test_stop_strings_keep_non_ascii_characters(capsys, tiny_dir):
     )
     assert code == 0, err
     assert json.loads(out)["params"]["stop"] == ["\nÉtienne:", "naïve\tcafé"]
+
+
+def test_set_and_seed_survive_a_resume_and_flags_still_win(chat, tmp_path):
+    code, _, err = chat("/set temperature 0.3\n/set stop END|\\nÉtienne:\n/seed 50\nhi\nagain\n/quit\n")
+    assert code == 0, err
+    [name] = sessions(tmp_path)
+    code, out, err = chat("/info\nonce more\n/quit\n", "--resume", name)
+    assert code == 0, err
+    assert "your settings go on: max_tokens=4, temperature=0.3, stop=('END', '\\nÉtienne:'), seed=52" in err
+    assert "temperature 0.3" in out and "seed 52" in out
+    store = SessionStore(tmp_path / "s")
+    replies = [n for n in store.open(name, read_only=True).tree.nodes.values() if n.seed is not None]
+    assert sorted(n.seed for n in replies) == [50, 51, 52]  # the counter goes on where it stopped
+    last = max(replies, key=lambda n: n.seed)
+    assert last.params["temperature"] == 0.3 and last.params["stop"] == ["END", "\nÉtienne:"]
+    code, _, err = chat("again\n/quit\n", "--resume", name, "--temperature", "0.9", "--seed", "7")
+    tree = store.open(name, read_only=True).tree
+    newest = [n for n in tree.nodes.values() if n.seed == 7]
+    assert code == 0 and len(newest) == 1 and newest[0].params["temperature"] == 0.9
+    assert tree.settings["set"]["temperature"] == 0.9 and tree.settings["seed"] == 8
+
+
+def test_a_session_with_unusable_settings_resumes_with_a_warning(chat, tmp_path):
+    code, _, _ = chat("hi\n/quit\n")
+    [name] = sessions(tmp_path)
+    path = tmp_path / "s" / f"{name}.jsonl"
+    with path.open("a") as handle:
+        handle.write(
+            json.dumps({"type": "settings", "settings": {"set": {"temperature": -4}, "seed": 1}}) + "\n"
+        )
+    code, _, err = chat("/quit\n", "--resume", name)
+    assert code == 0 and "holds unusable settings" in err
