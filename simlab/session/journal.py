@@ -1,7 +1,8 @@
 """The session file format: one JSON Lines record per change, and how a file becomes a Tree.
 
 Line 1 is a header (`{"type": "session", "schema": N, ...}`); every later line is one change:
-a node, a tag, a hide/restore, a cursor move, or the chat's settings (what `/set` and `/seed` chose). Loading replays the lines into a Tree. A torn
+a node, a tag, a hide/restore, a cursor move, or the chat's settings (what `/set` and `/seed`
+chose). Loading replays the lines into a Tree. A torn
 or garbage line is reported with its line number and skipped, never "repaired"; records from older
 schemas are upgraded on the way in by numbered, append-only migrations.
 """
