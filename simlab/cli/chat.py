@@ -88,7 +88,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         elif tracer is not None:
             raise needs_local("--trace (the residual stream)")
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
-        engine = _start_engine(args, settings, spec, background=interactive)
+        chat_mode = persona.mode == "chat" and settings.backend == "local"
+        engine = _start_engine(args, settings, spec, background=interactive and not chat_mode)
+        if chat_mode:
+            _needs_template(engine, args)
         if session is None:
             session = _new_session(store, persona, args.session)
         chat = Chat(
@@ -130,6 +133,17 @@ def _chosen(args: argparse.Namespace, session: Session | None) -> dict:
     if args.seed is not None:
         chosen["seed"] = args.seed
     return chosen
+
+
+def _needs_template(engine, args: argparse.Namespace) -> None:
+    """Chat mode renders turns with the model's chat template: a model without one fails now."""
+    if not getattr(engine.tokenizer, "chat_template", None):
+        how = "--mode chat" if args.mode == "chat" else "this persona's `mode: chat`"
+        raise SimlabError(
+            f"simlab chat: {how} needs a model with a chat template, and {engine.info.name} has none; "
+            "drop it (simulator mode continues the transcript, for base models) or pick an instruct "
+            "model with --model"
+        )
 
 
 def _resumed(args: argparse.Namespace, store: SessionStore) -> Session:

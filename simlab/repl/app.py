@@ -152,6 +152,9 @@ def run_interactive(
         output=output,
     )
 
+    if not chat.engine_ready:  # the toolbar says "loading" until the model is there: redraw it then
+        chat.on_loaded(lambda: prompt.app.invalidate())
+
     def ask(message: str, default: str) -> str:
         return prompt.prompt(message, default=default)
 

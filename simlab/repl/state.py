@@ -113,6 +113,11 @@ class Chat(Screen):
             self._first_use_notes()
         return self._engine
 
+    def on_loaded(self, callback) -> None:
+        """Call back (from the loading thread) when the model has loaded."""
+        if self._loading is not None:
+            self._loading.add_done_callback(lambda future: callback())
+
     def _first_use_notes(self) -> None:
         if self.framing.mode == "simulator" and getattr(self._engine.tokenizer, "chat_template", None):
             self.note(
@@ -337,6 +342,8 @@ class Chat(Screen):
         new = self.session.edit(node.id, text)
         self.session.goto(new.id)
         self.show_turn(new)
+        if new.role == "user":  # an edited question gets its answer, as a new turn would
+            self.reply(new.id)
         return new
 
     def open_session(self, other: Session) -> None:

@@ -96,3 +96,12 @@ def test_a_session_with_unusable_settings_resumes_with_a_warning(chat, tmp_path)
         )
     code, _, err = chat("/quit\n", "--resume", name)
     assert code == 0 and "holds unusable settings" in err
+
+
+def test_mode_chat_on_a_model_without_a_chat_template_fails_at_start_up(chat, tmp_path):
+    code, out, err = chat("hello\n/quit\n", "--mode", "chat")
+    assert code == 2 and out == ""
+    assert (
+        err.strip().splitlines()[-1].startswith("simlab: simlab chat: --mode chat needs a model with a chat")
+    )
+    assert "Traceback" not in err and sessions(tmp_path) == []

@@ -283,3 +283,41 @@ def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_the_repl_goes_on(fake_e
     out = chat.out.getvalue()
     assert "(Ctrl-D or /quit leaves; everything is saved)" in out
     assert out.index("leaves;") < out.index("Bo: Yes. [eos]") < out.index("saved: session")
+
+
+def test_editing_a_user_turn_answers_it_as_a_new_turn_would(fake_engine, store):
+    chat = new_chat(fake_engine.enqueue([" First.", " Second."]), store)
+    [first] = chat.user_turn("how are you")
+    handle(chat, "/up")
+    handle(chat, "/edit how have you been")
+    edited = chat.tree.get(chat.cursor.parent)
+    assert edited.text == "how have you been" and edited.origin == "edited"
+    assert chat.cursor.role == "model" and chat.cursor.text == "Second." and chat.cursor.parent == edited.id
+    assert "Bo: Second. [eos]\n" in chat.out.getvalue()
+
+
+def test_the_toolbar_is_redrawn_when_the_model_finishes_loading(fake_engine, store, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    import simlab.repl.app as app
+
+    loading: Future = Future()
+    chat = Chat(loading, store, store.create("l"), PERSONA, PERSONA.sampling_params(), io.StringIO())
+    drawn: list[tuple[float, str]] = []
+    monkeypatch.setattr(app, "toolbar_text", lambda c: drawn.append((time.monotonic(), "x")) or "x")
+    sent: list[float] = []
+    with create_pipe_input() as pipe:
+
+        def later() -> None:
+            time.sleep(0.5)
+            loading.set_result(fake_engine)
+            time.sleep(0.5)
+            sent.append(time.monotonic())
+            pipe.send_text("/quit\r")
+
+        threading.Thread(target=later).start()
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    loaded_draws = [t for t, _ in drawn if t < sent[0]]
+    assert len(loaded_draws) >= 2  # the first prompt, then the redraw the loaded model asked for
