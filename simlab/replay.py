@@ -8,7 +8,7 @@ from simlab.engine.params import SamplingParams
 from simlab.engine.prefix import unpack
 from simlab.engine.protocol import Engine
 from simlab.errors import SimlabError
-from simlab.frame.render import framing_of, reply_prompt
+from simlab.frame.render import framing_of, reply_prompt, reply_text
 from simlab.frame.window import windowed
 from simlab.persona.schema import Persona
 from simlab.session.store import Session
@@ -24,6 +24,7 @@ class ReplyCheck:
     expected: str | None = None
     got: str | None = None
     unit: str = "token"
+    not_replayable: str | None = None  # why this reply on the path cannot be re-run
 
 
 def params_of(node: Node, overrides: dict) -> SamplingParams:
@@ -53,64 +54,73 @@ def _one(engine: Engine, prompt, params: SamplingParams, tracer, passes=None):
 def check_path(
     engine: Engine, session: Session, path: list[Node], tracer=None, progress=None
 ) -> list[ReplyCheck]:
-    """Regenerate each sampled reply on the path with its own params and seed; compare token ids.
-    With a tracer, a reply reproduced exactly gets the trace of its regeneration. `progress(k, n)`
-    is told before each reply."""
+    """Regenerate each sampled reply on the path with its own params and seed and compare: token ids
+    (a server's reply: its text); an interrupted reply over the part it stored. Replies that cannot be
+    re-run (continued, edited) are listed with why. With a tracer, a reply reproduced exactly gets
+    the trace of its regeneration. `progress(k, n)` is told before each reply."""
     checks = []
-    replies = model_replies(path)
+    replies = [n for n in model_replies(path) if not not_replayable(n)]
+    for node in path:
+        why = not_replayable(node)
+        if why:
+            checks.append(ReplyCheck(node, False, not_replayable=why))
     for k, node in enumerate(replies, 1):
         if progress is not None:
             progress(k, len(replies))
-        params = params_of(node, {})
-        path_before = session.tree.path(node.parent)
-        if node.window:  # read what the reply read
-            path_before = windowed(path_before, node.window.get("from", ""))
-        prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
-        # fed as the reply's prompt was (engine.prefix): the same passes give the same last bits
-        c, run, recorder = _one(
-            engine, prompt, params, tracer, unpack(node.prefill) if node.prefill else None
+        checks.append(_check_one(engine, session, node, tracer))
+    order = {node.id: i for i, node in enumerate(path)}
+    return sorted(checks, key=lambda c: order[c.node.id])
+
+
+def not_replayable(node: Node) -> str | None:
+    """Why a reply on a path cannot be re-run (None: it can, or it is not a reply)."""
+    if node.role != "model":
+        return None
+    if "continued" in node.tags:
+        return "extended with /continue: two samplings joined, the continuation's seed is not recorded"
+    if node.origin == "edited":
+        return "edited by hand: the text is yours, not the model's"
+    return None
+
+
+def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyCheck:
+    cut = node.finish_reason == "interrupted"
+    params = params_of(node, {"max_new_tokens": len(node.token_ids)} if cut and node.token_ids else {})
+    path_before = session.tree.path(node.parent)
+    if node.window:  # read what the reply read
+        path_before = windowed(path_before, node.window.get("from", ""))
+    prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
+    # fed as the reply's prompt was (engine.prefix): the same passes give the same last bits
+    c, run, recorder = _one(engine, prompt, params, tracer, unpack(node.prefill) if node.prefill else None)
+    if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: compare text
+        # stored without the label's space; a character cut at the last token (U+FFFD) is a
+        # decoding artefact that a server shows or drops depending on streaming, not text
+        got = reply_text(c.text, framing_of(path_before)).rstrip("\ufffd")
+        stored = node.text.rstrip("\ufffd")
+        if got == stored or cut and got.startswith(stored):
+            return ReplyCheck(node, True)
+        k = next((i for i, (a, b) in enumerate(zip(got, stored)) if a != b), min(len(got), len(stored)))
+        return ReplyCheck(
+            node, False, k, stored[k : k + 12] or "(end)", got[k : k + 12] or "(end)", unit="character"
         )
-        if (
-            not node.token_ids or c.token_ids and c.token_ids[0] < 0
-        ):  # a server's reply: ids unknown, compare text
-            if c.text.rstrip() == node.text:
-                checks.append(ReplyCheck(node, True))
-            else:
-                k = next(
-                    (i for i, (a, b) in enumerate(zip(c.text, node.text)) if a != b),
-                    min(len(c.text), len(node.text)),
-                )
-                checks.append(
-                    ReplyCheck(
-                        node,
-                        False,
-                        k,
-                        node.text[k : k + 12] or "(end)",
-                        c.text[k : k + 12] or "(end)",
-                        unit="character",
-                    )
-                )
-            continue
-        if c.token_ids == list(node.token_ids):
-            checks.append(ReplyCheck(node, True))
-            if recorder is not None:
-                tracer.save_node(session, node.id, recorder, run, c)
-            continue
-        k = next(
-            (i for i, (a, b) in enumerate(zip(c.token_ids, node.token_ids)) if a != b),
-            min(len(c.token_ids), len(node.token_ids)),
-        )
-        decode = engine.tokenizer.decode
-        checks.append(
-            ReplyCheck(
-                node,
-                False,
-                k,
-                expected=decode([node.token_ids[k]]) if k < len(node.token_ids) else "(end)",
-                got=decode([c.token_ids[k]]) if k < len(c.token_ids) else "(end)",
-            )
-        )
-    return checks
+    if c.token_ids[: len(node.token_ids)] == list(node.token_ids) and (
+        cut or len(c.token_ids) == len(node.token_ids)
+    ):
+        if recorder is not None and not cut:
+            tracer.save_node(session, node.id, recorder, run, c)
+        return ReplyCheck(node, True)
+    k = next(
+        (i for i, (a, b) in enumerate(zip(c.token_ids, node.token_ids)) if a != b),
+        min(len(c.token_ids), len(node.token_ids)),
+    )
+    decode = engine.tokenizer.decode
+    return ReplyCheck(
+        node,
+        False,
+        k,
+        expected=decode([node.token_ids[k]]) if k < len(node.token_ids) else "(end)",
+        got=decode([c.token_ids[k]]) if k < len(c.token_ids) else "(end)",
+    )
 
 
 def replay_branch(
@@ -120,6 +130,7 @@ def replay_branch(
     overrides: dict,
     persona: Persona | None = None,
     tracer=None,
+    progress=None,
 ) -> list[Node]:
     """Re-sample the path's replies under overrides as a new branch beside the original one.
 
@@ -149,7 +160,10 @@ def replay_branch(
     framing = framing_of(session.tree.path(parent))
     speaker = {"user": framing.user, "model": framing.model} if persona is not None else {}
     added = []
+    sampled = [n for n in turns if n.role == "model" and n.params is not None]
     for node in turns:
+        if progress is not None and node in sampled:
+            progress(sampled.index(node) + 1, len(sampled))
         who = speaker.get(node.role, node.speaker)
         name = persona.name if persona is not None else node.persona
         if node.role == "model" and node.params is not None:

@@ -24,6 +24,7 @@ from simlab.cli.common import (
 from simlab.compare.spec import build_spec, read_spec
 from simlab.engine.params import BY_FIELD
 from simlab.errors import EXIT_INTERRUPTED, SimlabError, SweepInterrupted
+from simlab.repl.progress import Waiting
 from simlab.session.store import check_name
 
 
@@ -96,20 +97,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return engines[key]
 
     total = len(spec.variants) * spec.samples * len(spec.turns)
-    progress = Progress(total=total, report=_progress_printer(sys.stderr))
+    wait = Waiting("sampling", total, unit="samples")
+    progress = Progress(total=total, report=lambda p, what: wait.advance(p.done - wait.done, what))
     with session:
         try:
-            runs = run_sweep(spec, session, engine_for, progress, tracer=tracer)
+            with wait:
+                runs = run_sweep(spec, session, engine_for, progress, tracer=tracer)
         except SweepInterrupted as exc:
-            say(f"\nsimlab compare: {exc} ({progress.done}/{total} samples done)")
+            say(f"simlab compare: {exc} ({progress.done}/{total} samples done)")
             return EXIT_INTERRUPTED
         except KeyboardInterrupt:
             say(
-                f"\nsimlab compare: interrupted; {progress.done}/{total} samples are saved, "
+                f"simlab compare: interrupted; {progress.done}/{total} samples are saved, "
                 "run the same command again to resume"
             )
             return EXIT_INTERRUPTED
-        sys.stderr.write("\n" if sys.stderr.isatty() else "")
         say("scoring: cross log-probabilities and next-token divergences ...")
         analysis = analyse(spec, runs, engine_for, seed=spec.seed)
     _write_reports(args, spec, analysis, name)
@@ -138,22 +140,3 @@ def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) 
         f"report: {folder / (spec.name + '.md')}, {folder / (spec.name + '.html')}; samples in session "
         f"{session_name}"
     )
-
-
-def _progress_printer(stream):
-    tty = stream.isatty()
-    shown = {"last": -1}
-
-    def show(p, what: str) -> None:
-        left = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
-        eta = f"{left:.0f} s left" if left == left else "..."
-        bar = "#" * int(24 * p.done / max(p.total, 1))
-        line = f"[{bar:<24}] {p.done}/{p.total} samples · {p.rate:.2f}/s · {eta} · {what}"
-        if tty:
-            stream.write("\r\x1b[2K" + line)
-            stream.flush()
-        elif p.done == p.total or p.done * 10 // max(p.total, 1) != shown["last"]:
-            shown["last"] = p.done * 10 // max(p.total, 1)
-            print(line, file=stream, flush=True)
-
-    return show

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
@@ -23,6 +24,7 @@ from simlab.cli.common import (
     trace_config,
 )
 from simlab.errors import EXIT_INTERRUPTED, SimlabError
+from simlab.repl.progress import Waiting
 
 
 def add_command(commands) -> None:
@@ -63,11 +65,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     live = args.n == 1 and not args.json
     if live and out.isatty():
         out.write(f"\x1b[2m{prompt}\x1b[0m" if color_on(out) else prompt)
+    wait = Waiting("sampling", args.n) if not live else nullcontext()
     try:
-        for delta in run:
-            if live and delta.text:
-                out.write(delta.text)
-                out.flush()
+        with wait:
+            for delta in run:
+                if live and delta.text:
+                    out.write(delta.text)
+                    out.flush()
+                elif not live:
+                    wait.token(1 if delta.token is not None else 0)
+                    wait.advance(sum(c.finish_reason is not None for c in run.completions) - wait.done)
+            if not live:
+                wait.advance(args.n - wait.done)
     except KeyboardInterrupt:
         run.interrupt()
     if args.json:

@@ -21,6 +21,7 @@ from simlab.cli.common import (
 from simlab.engine.open import recorded_server
 from simlab.errors import SimlabError
 from simlab.persona.library import find
+from simlab.repl.progress import Waiting
 from simlab.replay import check_path, model_replies, params_of, replay_branch
 
 
@@ -99,25 +100,34 @@ def _engine_for(args: argparse.Namespace, replies):
 
 
 def _check(engine, session, path, replies, tracer) -> int:
-    checks = check_path(
-        engine,
-        session,
-        path,
-        tracer=tracer,
-        progress=lambda k, n: say(f"simlab: re-running reply {k}/{n} ..."),
-    )
+    with Waiting("re-running replies", len(replies)) as wait:
+        checks = check_path(
+            engine,
+            session,
+            path,
+            tracer=tracer,
+            progress=lambda k, n: wait.advance(1 if k > 1 else 0),
+        )
+        wait.advance(1)
     for check in checks:
-        if not check.reproduced:
+        if check.not_replayable:
+            print(f"{check.node.id[:8]} not replayable: {check.not_replayable}")
+        elif not check.reproduced:
             print(
                 f"{check.node.id[:8]} differs at {check.unit} {check.first_difference}: "
                 f"stored {check.expected!r}, replayed {check.got!r}"
             )
-    same = sum(c.reproduced for c in checks)
-    revisions = {n.model_revision for n in replies} - {engine.info.revision}
-    print(f"reproduced {same}/{len(checks)} replies exactly")
+    rerun = [c for c in checks if not c.not_replayable]
+    same = sum(c.reproduced for c in rerun)
+    revisions = {n.model_revision for n in replies if n.model_revision} - {engine.info.revision}
+    skipped = len(checks) - len(rerun)
+    print(
+        f"reproduced {same}/{len(rerun)} replies exactly"
+        + (f"; {skipped} not replayable (listed above)" if skipped else "")
+    )
     if revisions:
         print(
             f"note: the stored replies came from model revision(s) {', '.join(sorted(map(str, revisions)))}, "
             f"this is {engine.info.revision}"
         )
-    return 0 if same == len(checks) else 1
+    return 0 if same == len(rerun) else 1

@@ -47,7 +47,24 @@ def add_command(commands) -> None:
     add_sessions_dir(
         sub.add_parser("compact", help="rewrite a session file as its current state")
     ).add_argument("id")
+    for verb, what in MARKS.items():
+        mark = add_sessions_dir(sub.add_parser(verb, help=what[0]))
+        mark.add_argument("id", help="the session")
+        mark.add_argument(
+            "node", nargs="+", help="node ids (a prefix is enough; see `sessions show ID --tree`)"
+        )
     sessions.set_defaults(run=cmd_sessions)
+
+
+# verb: (help, what it changes, its value)
+MARKS = {
+    "hide": ("hide nodes and their branches (soft delete; `show --tree --all` shows them)", "hidden", True),
+    "unhide": ("show hidden nodes again", "hidden", False),
+    "bookmark": ("bookmark nodes (★)", "bookmark", True),
+    "unbookmark": ("remove bookmarks", "bookmark", False),
+    "canonical": ("mark nodes canonical (✓)", "canonical", True),
+    "uncanonical": ("remove the canonical mark", "canonical", False),
+}
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -59,7 +76,25 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         "export": _export,
         "show": _show,
     }
+    actions.update({verb: _mark for verb in MARKS})
     return actions[args.sessions_command](args, open_store(args))
+
+
+def _mark(args: argparse.Namespace, store: SessionStore) -> int:
+    """Hide, unhide, bookmark or mark canonical: every node is found before anything is written."""
+    _, what, on = MARKS[args.sessions_command]
+    with store.open(args.id) as session:
+        nodes = [session.tree.resolve(prefix) for prefix in args.node]
+        for node in nodes:
+            if what == "hidden":
+                session.set_hidden(node.id, on)
+                cursor_path = session.tree.path(session.tree.cursor) if session.tree.cursor else []
+                if on and node.parent and node.id in {n.id for n in cursor_path}:  # resume where it shows
+                    session.goto(node.parent)
+            else:
+                session.set_tag(node.id, what, on)
+            say(f"{args.sessions_command}: {node.id[:8]} {node.speaker or node.role}: {node.text[:50]!r}")
+    return 0
 
 
 def _list(args: argparse.Namespace, store: SessionStore) -> int:

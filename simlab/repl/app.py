@@ -131,27 +131,7 @@ def run_interactive(
     chat: Chat, resumed: bool, history: Path | None = None, input=None, output=None, model: str = "the model"
 ) -> int:
     """The REPL on a terminal (or on prompt-toolkit's pipe input, for tests). Returns the exit code."""
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
-
-    if history is not None:
-        try:
-            history.parent.mkdir(parents=True, exist_ok=True)
-            store = FileHistory(str(history))
-        except OSError:
-            store = InMemoryHistory()
-    else:
-        store = InMemoryHistory()
-    prompt = PromptSession(
-        history=store,
-        completer=_completer(chat),
-        key_bindings=_bindings(),
-        bottom_toolbar=lambda: toolbar_text(chat),
-        complete_while_typing=False,
-        input=input,
-        output=output,
-    )
-
+    prompt = _prompt_session(chat, history, input, output)
     if not chat.engine_ready:  # the toolbar says "loading" until the model is there: redraw it then
         chat.on_loaded(lambda: prompt.app.invalidate())
 
@@ -191,6 +171,30 @@ def run_interactive(
     return farewell(chat)
 
 
+def _prompt_session(chat: Chat, history: Path | None, input, output):
+    """prompt-toolkit's prompt with the input history (in memory when its file cannot be written),
+    slash-command completion, the key bindings and the toolbar."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    store = InMemoryHistory()
+    if history is not None:
+        try:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            store = FileHistory(str(history))
+        except OSError:
+            pass
+    return PromptSession(
+        history=store,
+        completer=_completer(chat),
+        key_bindings=_bindings(),
+        bottom_toolbar=lambda: toolbar_text(chat),
+        complete_while_typing=False,
+        input=input,
+        output=output,
+    )
+
+
 def _prompt_text(chat: Chat) -> str:
     """The user's turn starts as the transcript writes it ("INSPECTOR. ", "> "), else "Name> "."""
     framing = chat.framing
@@ -207,6 +211,9 @@ def _while_working(chat: Chat):
     def on_sigint(signum, frame) -> None:
         if chat.interruptible:
             raise KeyboardInterrupt
+        chat.cancel_requested = True  # work made of steps (a replay) stops at the next one
+
+    chat.cancel_requested = False
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if main else None

@@ -14,6 +14,7 @@ from pathlib import Path
 from simlab.engine.params import decode_escapes, parse_setting
 from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
+from simlab.repl.progress import Waiting
 from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.views import info_lines, params_text, token_lines
 from simlab.replay import replay_branch
@@ -204,8 +205,28 @@ def _persona(chat: Chat, rest: str, ctx: Context) -> None:
         chat.session.goto(add_frame(chat.session, persona).id)
     else:
         chat.note(f"replaying {len(turns)} user turn(s) under {persona.name} ...")
-        replay_branch(chat.engine, chat.session, chat.path(), {}, persona=persona, tracer=chat.tracer)
+        engine = chat.engine  # (waits for the model first, if it is still loading)
+        sampled = [n for n in chat.path() if n.role == "model" and n.params is not None]
+        with Waiting(f"replies under {persona.name}", len(sampled), stream=chat.err) as wait:
+            replay_branch(
+                engine,
+                chat.session,
+                chat.path(),
+                {},
+                persona=persona,
+                tracer=chat.tracer,
+                progress=lambda k, n: _step(chat, wait, k),
+            )
+            wait.advance(1)
     chat.show_path()
+
+
+def _step(chat: Chat, wait: Waiting, k: int) -> None:
+    """Between the replies of a replay: count one, or stop here if Ctrl-C asked (what is sampled
+    so far stays in the new branch)."""
+    if chat.cancel_requested:
+        raise KeyboardInterrupt
+    wait.advance(1 if k > 1 else 0)
 
 
 def _tree(chat: Chat, rest: str, ctx: Context) -> None:

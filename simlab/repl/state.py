@@ -9,17 +9,19 @@ reply is saved as a node the moment it is complete, so nothing finished can be l
 from __future__ import annotations
 
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TextIO
 
 from simlab.engine.params import BY_FIELD, BY_KEY, SamplingParams, SeedCounter
 from simlab.engine.protocol import Engine
-from simlab.engine.results import RunStats
+from simlab.engine.results import Delta, RunStats
 from simlab.errors import ModelFailed, SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
 from simlab.frame.window import Fitted
 from simlab.persona.schema import Persona
+from simlab.repl.progress import Waiting
 from simlab.repl.screen import Screen, write
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
@@ -77,6 +79,7 @@ class Chat(Screen):
         self.broken_pipe = False  # stdout was closed under a reply: the reply is saved, then the REPL ends
         self.stopping: int | None = None  # the signal (SIGTERM, SIGHUP) that asked the REPL to end
         self.interruptible = False  # True while a signal may cut in (at the prompt, while decoding)
+        self.cancel_requested = False  # Ctrl-C came while it could not cut in: stop at the next step
         self._watch(session)
         if self._engine is not None:
             self._first_use_notes()
@@ -256,8 +259,13 @@ class Chat(Screen):
         terminal): the partial reply is then saved as interrupted."""
 
         held = [""]  # trailing white space, shown only once more text follows (a reply is stored stripped)
+        branches = len(replies.run.completions)
+        wait = Waiting("sampling", branches, stream=self.err) if head is None else None
 
         def show(delta) -> bool:
+            if wait is not None:
+                wait.token(1 if delta.token is not None else 0)
+                wait.advance(sum(c.finish_reason is not None for c in replies.run.completions) - wait.done)
             if head is not None and delta.text and not self.broken_pipe:
                 text = held[0] + delta.text
                 shown = text.rstrip()
@@ -273,7 +281,9 @@ class Chat(Screen):
                 write(self.out, head)
             self.interruptible = True
             try:
-                replies.decode(show)
+                with wait or nullcontext():
+                    replies.decode(show)
+                    show(Delta(0, "", None))  # the last branch's end
             finally:
                 self.interruptible = False
             if head is not None and not self.broken_pipe:

@@ -148,7 +148,7 @@ def test_replay_reproduces_every_reply_exactly(capsys, store, tiny_engine):
     assert len(store.open("chat", read_only=True).tree.nodes) == len(session.tree.nodes)
     # no silent wait: the model's load and each reply are announced on stderr
     assert "loading the model to re-run the path's 2 sampled reply(s)" in err
-    assert "re-running reply 1/2" in err and "re-running reply 2/2" in err
+    assert "re-running replies: 1/2 replies" in err and "re-running replies: 2/2 replies" in err
 
 
 def test_replay_shows_the_first_differing_token(capsys, store, tiny_engine):

@@ -2,6 +2,7 @@
 as a script: exact transcripts, and the rows it stores. No torch."""
 
 import io
+import re
 
 import pytest
 from prompt_toolkit.input import create_pipe_input
@@ -35,6 +36,9 @@ def test_a_session_through_the_real_prompt_gives_this_exact_transcript(fake_engi
         pipe.send_text("how are you\r/n 3\r/pick 3\r/bookmark\r/seed 100\rand later?\r/quit\r")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
     out = chat.out.getvalue()
+    waits = re.findall(r"simlab: sampling: (\d)/3 replies · [\d.]+ tok/s\n", out)
+    assert waits == ["1", "2", "3"]  # a progress line per finished reply (a live bar on a terminal)
+    out = re.sub(r"simlab: sampling: .*\n", "", out)
     transcript = out[out.index("Two people talk.") : out.index("saved: session")]
     assert transcript == (
         "Two people talk.\n"

@@ -1,6 +1,9 @@
 """Replay and compare logic on the scripted FakeEngine (no torch): what they sample, with which seeds,
 what they save, and that a rerun of a sweep samples only what is missing."""
 
+import tempfile
+from pathlib import Path
+
 import pytest
 from conftest import FakeEngine
 
@@ -10,6 +13,7 @@ from simlab.compare.sweep import STRIDE, run_sweep, seed_of
 from simlab.errors import SimlabError
 from simlab.persona.schema import Persona
 from simlab.replay import check_path, model_replies, replay_branch
+from simlab.session.store import SessionStore
 from simlab.turns import sample_replies, start_session
 
 PERSONA = Persona(
@@ -37,13 +41,41 @@ def test_a_deterministic_engine_reproduces_every_reply(session, fake_engine):
     path = session.tree.path(session.tree.cursor)
     checks = check_path(fake_engine, session, path)
     assert [c.reproduced for c in checks] == [True, True]
-    edited = session.edit(path[-1].id, "changed")  # an edit keeps its params: it no longer reproduces
+    edited = session.edit(path[-1].id, "changed")  # the user's text: listed, not counted as a difference
     [_, last] = check_path(fake_engine, session, session.tree.path(edited.id))
-    assert not last.reproduced and (last.unit, last.first_difference, last.expected) == (
-        "character",
-        0,
-        "changed",
-    )
+    assert not last.reproduced and last.not_replayable.startswith("edited by hand")
+
+
+def test_replay_lists_a_continued_reply_and_checks_an_interrupted_one_over_its_stored_part(store):
+    from simlab.turns import start_continuation, start_replies
+
+    engine = FakeEngine().enqueue([" The whole reply is long.", " And more.", " The whole reply is long."])
+    with start_session(store, PERSONA, "cut") as s:
+        user = s.add_child(s.tree.cursor, "user", "talk", speaker="Ann", persona="duo")
+        replies = start_replies(engine, s, user.id, PERSONA.sampling_params(seed=3))
+        seen = []
+        replies.decode(lambda delta: seen.append(delta) or len(seen) >= 9)  # Ctrl-C after 9 tokens
+        [cut] = replies.save()
+        assert cut.finish_reason == "interrupted" and cut.text == "The whol"
+        more = start_continuation(engine, s, cut, PERSONA.sampling_params(seed=4))
+        more.decode()
+        [continued] = more.save(keep=lambda c: True)
+        checks = check_path(engine, s, s.tree.path(cut.id))
+        assert [(c.node.id, c.reproduced) for c in checks] == [(cut.id, True)]
+        assert engine.prompts[-1].endswith("Ann: talk\nBo:")
+        [listed] = check_path(engine, s, s.tree.path(continued.id))
+        assert listed.not_replayable.startswith("extended with /continue")
+
+
+def test_a_servers_reply_is_compared_without_the_labels_space():
+    engine = FakeEngine(local=False).enqueue([" This is a bit.", " This is a bit."])
+    store = SessionStore(Path(tempfile.mkdtemp()))
+    with start_session(store, PERSONA, "srv") as s:
+        user = s.add_child(s.tree.cursor, "user", "talk", speaker="Ann", persona="duo")
+        [reply] = sample_replies(engine, s, user.id, PERSONA.sampling_params(seed=3))
+        assert reply.text == "This is a bit." and not reply.token_ids
+        [check] = check_path(engine, s, s.tree.path(reply.id))
+        assert check.reproduced, check
 
 
 def test_a_replay_with_overrides_forks_at_the_first_reply(session, fake_engine):

@@ -1,0 +1,92 @@
+"""One progress line for every wait that has no streamed text: K siblings, a persona's replay, a
+session's replay, `generate -n`, a compare sweep. On a terminal it is rich's live progress line
+(what, k/n, a bar, tokens/s, time left), gone when the wait ends; elsewhere (a pipe, a log) a plain
+line each time a step completes, at most one per tenth of the total."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Waiting:
+    """`with Waiting("/n 4", total=4, unit="replies") as wait: ... wait.token() ... wait.advance()`"""
+
+    def __init__(self, what: str, total: int, unit: str = "replies", stream: TextIO | None = None):
+        self.what = what
+        self.total = max(total, 1)
+        self.unit = unit
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.tokens = 0
+        self.started = time.monotonic()
+        self._shown_tenth = -1
+        self._live = None
+        self._task = None
+
+    @property
+    def rate(self) -> float:
+        """Steps per second so far."""
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.tokens / elapsed if elapsed > 0 else 0.0
+
+    def __enter__(self) -> Waiting:
+        if _is_terminal(self.stream):
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._live = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TextColumn("{task.fields[speed]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+            self._task = self._live.add_task(self.what, total=self.total, speed="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def token(self, count: int = 1) -> None:
+        """Tokens arrived (shown as tokens/s)."""
+        self.tokens += count
+        if self._live is not None:
+            self._live.update(self._task, speed=f"· {self.tokens_per_second:.1f} tok/s")
+
+    def advance(self, count: int = 1, what: str | None = None) -> None:
+        """Steps completed (what: a new description, e.g. the reply being worked on)."""
+        if count <= 0 and what is None:
+            return
+        self.done = min(self.total, self.done + count)
+        if what is not None:
+            self.what = what
+        if self._live is not None:
+            self._live.update(self._task, completed=self.done, description=self.what)
+            return
+        tenth = self.done * 10 // self.total
+        if tenth != self._shown_tenth or self.done == self.total:
+            self._shown_tenth = tenth
+            speed = f" · {self.tokens_per_second:.1f} tok/s" if self.tokens else ""
+            self.stream.write(f"simlab: {self.what}: {self.done}/{self.total} {self.unit}{speed}\n")
+            self.stream.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
