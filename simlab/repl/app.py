@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,11 @@ from simlab.repl.commands import COMMANDS, Context, Quit, handle
 from simlab.repl.state import SETTABLE, Chat
 
 
-def toolbar_text(chat: Chat) -> str:
+def toolbar_text(chat: Chat, width: int | None = None) -> str:
+    """One line: where we are, the model, the sampling, the last reply's speed and context; the
+    least needed parts go first when the terminal is narrow (80 columns keeps the first six)."""
     p = chat.params
+    width = width or shutil.get_terminal_size((80, 24)).columns
     if not chat.engine_ready:
         return f" loading the model… · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
     info = chat.engine.info
@@ -33,16 +37,22 @@ def toolbar_text(chat: Chat) -> str:
     except SimlabError:
         where = "empty"
     seed = "random" if chat.seed is None else str(chat.seed)
-    last = (
-        f" · {chat.last.tokens_per_second:.1f} tok/s · first token {chat.last.first_token_ms:.0f} ms"
-        if chat.last
-        else ""
-    )
-    unsaved = f" · NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""
-    return (
-        f" {info.name} · {info.device} · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
-        f"seed {seed} · {where}{last}{unsaved} "
-    )
+    last = chat.last
+    parts = [  # (priority: lower stays longer, text)
+        (0, f"NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""),
+        (2, info.name),
+        (6, info.device),
+        (4, chat.persona_name() or ""),
+        (1, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
+        (0, where),
+        (3, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
+        (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),
+        (5, f"context {last.context_used}/{info.context_length}" if last else ""),
+    ]
+    parts = [(rank, text) for rank, text in parts if text]
+    while len(parts) > 1 and len(" · ".join(t for _, t in parts)) + 2 > width:
+        parts.remove(max(parts, key=lambda part: part[0]))
+    return " " + " · ".join(t for _, t in parts) + " "
 
 
 def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:

@@ -6,6 +6,7 @@ A line that starts with "/" is a command and is never sent to the model; "//text
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -385,7 +386,8 @@ def handle(chat: Chat, line: str, ctx: Context | None = None) -> None:
     name, rest = (parts + ["", ""])[:2] if parts else ("", "")
     command = COMMANDS.get(name.lower())
     if command is None:
-        close = [c for c in COMMANDS if c.startswith(name.lower()[:2])] if name else []
+        close = difflib.get_close_matches(name.lower(), list(COMMANDS), n=1, cutoff=0.6) if name else []
+        close = close or ([c for c in COMMANDS if c.startswith(name.lower()[:2])] if name else [])
         hint = f" (did you mean /{close[0]}?)" if close else ""
         raise SimlabError(f"unknown command /{name}{hint}; /help lists them. Nothing was sent to the model.")
     command.run(chat, rest, ctx)

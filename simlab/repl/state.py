@@ -44,6 +44,7 @@ class LastReply:
     stats: RunStats
     tokens_per_second: float
     first_token_ms: float
+    context_used: int = 0  # tokens the model held at the end: the prompt it read and the longest reply
 
 
 class Chat(Screen):
@@ -244,7 +245,10 @@ class Chat(Screen):
         self._stream(replies, head)
         nodes = replies.save(keep, on_trace_error=self._trace_failed)
         stats = replies.run.stats
-        self.last = LastReply(stats, stats.tokens_per_second, stats.first_token_seconds * 1000)
+        longest = max((len(c.tokens) for c in replies.run.completions), default=0)
+        self.last = LastReply(
+            stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
+        )
         if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply
             self.note(f"simlab: {replies.run.problem}")
         return nodes

@@ -27,6 +27,10 @@ def info_lines(chat: Chat) -> list[str]:
         lines.append(
             f"last      {last.tokens_per_second:.1f} tok/s, first token {last.first_token_ms:.0f} ms"
         )
+        share = last.context_used / info.context_length if info.context_length else 0
+        lines.append(
+            f"context   {last.context_used} of {info.context_length} tokens ({share:.0%}) at the last reply"
+        )
     return lines
 
 

@@ -11,6 +11,7 @@ from simlab.errors import SimlabError
 from simlab.persona.schema import Persona
 from simlab.repl.commands import handle
 from simlab.repl.state import Chat
+from simlab.repl.views import info_lines
 from simlab.session.store import SessionStore
 from simlab.turns import start_session
 
@@ -219,9 +220,14 @@ def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
     chat = new_chat(tiny_engine, store)
     chat.user_turn("hi")
     chat.alternatives(2)
-    text = toolbar_text(chat)
+    text = toolbar_text(chat, width=200)
     assert "tiny-gpt2" in text and "cpu" in text and "tiny" in text and "T 1.0 top-p 0.95" in text
     assert "seed 10" in text and "depth 3 · 2/3" in text and "tok/s" in text and "first token" in text
+    assert f"context {chat.last.context_used}/128" in text and chat.last.context_used > 20
+    narrow = toolbar_text(chat, width=80)
+    assert len(narrow) <= 80 and "depth 3 · 2/3" in narrow and "seed 10" in narrow and "tiny-gpt2" in narrow
+    info = "\n".join(info_lines(chat))
+    assert f"context   {chat.last.context_used} of 128 tokens" in info
 
 
 def test_edit_in_the_editor(tiny_engine, store, tmp_path, monkeypatch):

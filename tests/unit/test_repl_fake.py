@@ -325,3 +325,11 @@ def test_the_toolbar_is_redrawn_when_the_model_finishes_loading(fake_engine, sto
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
     loaded_draws = [t for t, _ in drawn if t < sent[0]]
     assert len(loaded_draws) >= 2  # the first prompt, then the redraw the loaded model asked for
+
+
+@pytest.mark.parametrize("typo, meant", [("hlep", "help"), ("tokns", "tokens"), ("cannonical", "canonical")])
+def test_a_mistyped_command_gets_a_suggestion_and_reaches_no_model(fake_engine, store, typo, meant):
+    chat = new_chat(fake_engine, store)
+    with pytest.raises(SimlabError, match=rf"unknown command /{typo} \(did you mean /{meant}\?\)"):
+        handle(chat, f"/{typo}")
+    assert fake_engine.prompts == []
