@@ -85,11 +85,17 @@ def not_replayable(node: Node) -> str | None:
 
 def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyCheck:
     cut = node.finish_reason == "interrupted"
-    params = params_of(node, {"max_new_tokens": len(node.token_ids)} if cut and node.token_ids else {})
+    given = node.forced["tokens"] if node.forced else 0  # /fork: tokens chosen, not sampled
+    sampled = tuple(node.token_ids[given:])
+    params = params_of(node, {"max_new_tokens": len(sampled)} if cut and sampled else {})
     path_before = session.tree.path(node.parent)
     if node.window:  # read what the reply read
         path_before = windowed(path_before, node.window.get("from", ""))
     prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
+    if given:
+        prompt = (engine.encode(prompt) if isinstance(prompt, str) else list(prompt)) + list(
+            node.token_ids[:given]
+        )
     # fed as the reply's prompt was (engine.prefix): the same passes give the same last bits
     c, run, recorder = _one(engine, prompt, params, tracer, unpack(node.prefill) if node.prefill else None)
     if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: compare text
@@ -103,22 +109,20 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
         return ReplyCheck(
             node, False, k, stored[k : k + 12] or "(end)", got[k : k + 12] or "(end)", unit="character"
         )
-    if c.token_ids[: len(node.token_ids)] == list(node.token_ids) and (
-        cut or len(c.token_ids) == len(node.token_ids)
-    ):
-        if recorder is not None and not cut:
+    if c.token_ids[: len(sampled)] == list(sampled) and (cut or len(c.token_ids) == len(sampled)):
+        if recorder is not None and not cut and not given:
             tracer.save_node(session, node.id, recorder, run, c)
         return ReplyCheck(node, True)
     k = next(
-        (i for i, (a, b) in enumerate(zip(c.token_ids, node.token_ids)) if a != b),
-        min(len(c.token_ids), len(node.token_ids)),
+        (i for i, (a, b) in enumerate(zip(c.token_ids, sampled)) if a != b),
+        min(len(c.token_ids), len(sampled)),
     )
     decode = engine.tokenizer.decode
     return ReplyCheck(
         node,
         False,
-        k,
-        expected=decode([node.token_ids[k]]) if k < len(node.token_ids) else "(end)",
+        given + k,
+        expected=decode([sampled[k]]) if k < len(sampled) else "(end)",
         got=decode([c.token_ids[k]]) if k < len(c.token_ids) else "(end)",
     )
 

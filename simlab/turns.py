@@ -164,6 +164,7 @@ class Replies:
     tracer: Any = None
     recorder: Any = None
     continues: Node | None = None  # /continue: the reply this run extends
+    forces: Forced | None = None  # /fork: the tokens the reply starts with, chosen, not sampled
     nodes: list[Node] = field(default_factory=list)
 
     def decode(self, on_delta: DeltaCallback | None = None) -> None:
@@ -190,6 +191,8 @@ class Replies:
         return self.nodes
 
     def _save_one(self, completion: Completion) -> Node:
+        if self.forces is not None:
+            return self._save_forced(completion)
         if self.continues is None:
             return self.session.add_child(
                 self.parent_id,
@@ -213,6 +216,31 @@ class Replies:
             edited_from=node.id,
             tags=frozenset({"continued"}),
             **node_fields(completion, None, self.engine, self.fit.window),
+        )
+
+    def _save_forced(self, completion: Completion) -> Node:
+        """The forced tokens and the sampled rest as one reply beside the one it branched from;
+        params and seed draw the rest, so replay re-runs it after the forced tokens."""
+        forced = self.forces
+        fields = node_fields(completion, self.params, self.engine, self.fit.window)
+        fields["token_ids"] = tuple(t.id for t in forced.tokens) + fields["token_ids"]
+        fields["logprobs"] = tuple(t.logprob for t in forced.tokens) + fields["logprobs"]
+        fields["top"] = tuple(t.top for t in forced.tokens) + fields["top"]
+        return self.session.add_child(
+            self.parent_id,
+            "model",
+            reply_text(forced.text + completion.text, self.framing),
+            speaker=self.speaker,
+            persona=self.persona,
+            edited_from=forced.source.id,
+            forced={
+                "from": forced.source.id,
+                "at": forced.at,
+                "tokens": len(forced.tokens),
+                "choice": forced.choice,
+            },
+            tags=frozenset({"forked"}),
+            **fields,
         )
 
     def _save_trace(self, completion: Completion, node: Node, on_error, extra: dict[str, Any]) -> None:
@@ -284,6 +312,56 @@ def start_continuation(
         node.persona,
         run,
         continues=node,
+    )
+
+
+@dataclass(frozen=True)
+class Forced:
+    """A reply's first tokens given rather than sampled (/fork): the sampled reply's tokens before
+    position `at`, then the chosen one(s), teacher-forced so they carry log-probabilities."""
+
+    source: Node
+    at: int
+    tokens: list  # TokenInfo
+    text: str
+    choice: str  # "alternative 2", or "typed"
+
+
+def start_fork(
+    engine: Engine,
+    session: Session,
+    node: Node,
+    at: int,
+    chosen: list[int],
+    choice: str,
+    params: SamplingParams,
+    on_fit: Callable[[Fitted], None] | None = None,
+) -> Replies:
+    """Branch a sampled reply at token `at`: its tokens before it, then `chosen` (ids) instead of
+    what was sampled there, and the model writes on from those as a new sibling."""
+    path = session.tree.path(node.parent)
+    framing = framing_of(path)
+    forced_ids = list(node.token_ids[:at]) + list(chosen)
+    fit = fit_prompt(path, node.speaker, engine, params.max_new_tokens + len(forced_ids))
+    if on_fit is not None:
+        on_fit(fit)
+    prompt = fit.prompt
+    prompt_ids = engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    tokens = engine.score_tokens(prompt_ids + forced_ids, len(prompt_ids))
+    text = engine.tokenizer.decode(forced_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    run = engine.start(prompt_ids + forced_ids, params)
+    return Replies(
+        session,
+        node.parent,
+        engine,
+        params,
+        fit,
+        framing,
+        node.speaker,
+        "sampled",
+        node.persona,
+        run,
+        forces=Forced(node, at, tokens, text, choice),
     )
 
 

@@ -288,6 +288,13 @@ class FakeEngine:
 
         raise needs_local("teacher-forced scoring")
 
+    def score_tokens(self, ids, start: int):
+        from simlab.errors import needs_local
+
+        if not self.capabilities.local:
+            raise needs_local("teacher-forced scoring")
+        return [TokenInfo(i, chr(i), -0.5, ((i, chr(i), -0.5),)) for i in list(ids)[max(start, 1) :]]
+
     def provenance(self, completion):
         return None if self.capabilities.local else {"kind": "fake", "base_url": "fake://server"}
 

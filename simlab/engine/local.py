@@ -83,6 +83,25 @@ class Engine:
             targets = torch.tensor(ids[1:], device=self.device).unsqueeze(-1)  # (T-1, 1)
             return logprobs.gather(-1, targets).squeeze(-1).tolist()
 
+    def score_tokens(self, ids: Sequence[int], start: int) -> list[TokenInfo]:
+        """Teacher-forced: each token from `start` on with its log-probability given those before it
+        and the model's best alternatives there, as a sampled reply records them."""
+        ids = list(ids)
+        if len(ids) > self.info.context_length:
+            raise ContextLengthError(f"{len(ids)} tokens do not fit in {self.info.context_length}")
+        start = max(start, 1)
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, start - 1 : -1]
+            logprobs = logits.float().log_softmax(dim=-1)
+            chosen = logprobs.gather(-1, torch.tensor(ids[start:], device=self.device).unsqueeze(-1))
+            top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
+        return [
+            _token_info(self.tokenizer, t, lp, i, v)
+            for t, lp, i, v in zip(
+                ids[start:], chosen.squeeze(-1).tolist(), top.indices.tolist(), top.values.tolist()
+            )
+        ]
+
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and the character span of each in text (for scoring parts of a text)."""
         encoded = self.tokenizer(text, return_offsets_mapping=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from simlab.engine.params import SamplingParams
-from simlab.engine.results import Completion, Delta, RunStats
+from simlab.engine.results import Completion, Delta, RunStats, TokenInfo
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,10 @@ class Engine(Protocol):
     ) -> list[Completion]: ...
 
     def score(self, ids: Sequence[int]) -> list[float]: ...
+
+    def score_tokens(self, ids: Sequence[int], start: int) -> list[TokenInfo]:
+        """Teacher-forced tokens from `start` on: log-probabilities and alternatives (local only)."""
+        ...
 
     def provenance(self, completion: Completion) -> dict[str, Any] | None:
         """What a saved reply records about where it came from (a server's URL; None when local)."""

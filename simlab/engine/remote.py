@@ -113,6 +113,9 @@ class RemoteEngine:
     def score(self, ids: Sequence[int]) -> list[float]:
         raise needs_local("teacher-forced scoring (cross log-probability)")
 
+    def score_tokens(self, ids: Sequence[int], start: int) -> list[TokenInfo]:
+        raise needs_local("teacher-forced scoring (/tokens on typed text, /fork)")
+
     def start(
         self, prompt: str | Sequence[int], params: SamplingParams, n: int = 1, recorder=None, passes=None
     ) -> RemoteRun:

@@ -17,7 +17,8 @@ from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
 from simlab.repl.progress import Waiting
 from simlab.repl.state import SETTABLE, Chat
-from simlab.repl.views import info_lines, params_text, token_lines
+from simlab.repl.tokens import fork, token_lines
+from simlab.repl.views import info_lines, params_text
 from simlab.replay import replay_branch
 from simlab.session import formats
 from simlab.session.views import render_tree
@@ -319,8 +320,14 @@ COMMANDS: dict[str, Command] = {
         Command(
             "tokens",
             "",
-            "the current reply's tokens by probability, with alternatives",
+            "the current turn's tokens by probability, with alternatives (typed text: scored)",
             lambda chat, rest, ctx: [chat.say(line) for line in token_lines(chat)],
+        ),
+        Command(
+            "fork",
+            "POS [ALT|'TEXT']",
+            "branch the reply at token POS with alternative ALT (or your text); the model writes on",
+            lambda chat, rest, ctx: fork(chat, rest),
         ),
         Command(
             "persona",

@@ -8,6 +8,7 @@ import errno
 from typing import TextIO
 
 from simlab.frame.framing import Framing
+from simlab.frame.window import Fitted
 from simlab.session.tree import Node
 from simlab.session.views import Style
 
@@ -20,6 +21,8 @@ class Screen:
     out: TextIO
     err: TextIO
     style: Style
+    _save_failing: bool
+    _window_noted: bool
 
     def say(self, text: str = "") -> None:
         write(self.out, text + "\n")
@@ -68,6 +71,35 @@ class Screen:
         path = self.path()
         for node in path[-last:] if last else path:
             self.show_turn(node)
+
+    # -- notes on what happened under the conversation ------------------------------------------
+    def _save_problem(self, message: str) -> None:
+        """The session's file refused a write (or took the backlog again): say so once per change of state."""
+        if not self.session.unsaved:
+            self._save_failing = False
+            self.note(f"simlab: {message}")
+        elif not self._save_failing:
+            self._save_failing = True
+            self.note(
+                f"simlab: {message}; the conversation goes on in memory and is written when the disk "
+                "takes it again; /export jsonl FILE writes the whole session elsewhere now"
+            )
+
+    def _note_window(self, fit: Fitted) -> None:
+        """The first time older turns are left out of what the model reads, say so."""
+        if fit.window and not self._window_noted:
+            self._window_noted = True
+            kept = sum(1 for node in fit.path if node.role in ("user", "model"))
+            turns = "turn" if kept == 1 else f"{kept} turns"
+            info = self.engine.info
+            self.note(
+                f"(the conversation is longer than {info.name}'s context of {info.context_length} tokens: "
+                f"the model now reads the frame and the last {turns}; the session keeps them all, and "
+                "each reply records its window)"
+            )
+
+    def _trace_failed(self, node: Node, exc: OSError) -> None:
+        self.note(f"simlab: could not save the trace of {node.id[:8]}: {exc.strerror}; the reply is saved")
 
 
 def write(stream: TextIO, text: str) -> None:

@@ -19,7 +19,6 @@ from simlab.engine.results import Delta, RunStats
 from simlab.errors import ModelFailed, SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
-from simlab.frame.window import Fitted
 from simlab.persona.schema import Persona
 from simlab.repl.progress import Waiting
 from simlab.repl.screen import Screen, write
@@ -31,6 +30,7 @@ from simlab.turns import (
     has_output,
     persona_of,
     start_continuation,
+    start_fork,
     start_replies,
     start_session,
     stops_of,
@@ -174,18 +174,6 @@ class Chat(Screen):
                 "the conversation is kept in memory: /export jsonl FILE writes it elsewhere"
             )
 
-    def _save_problem(self, message: str) -> None:
-        """The session's file refused a write (or took the backlog again): say so once per change of state."""
-        if not self.session.unsaved:
-            self._save_failing = False
-            self.note(f"simlab: {message}")
-        elif not self._save_failing:
-            self._save_failing = True
-            self.note(
-                f"simlab: {message}; the conversation goes on in memory and is written when the disk "
-                "takes it again; /export jsonl FILE writes the whole session elsewhere now"
-            )
-
     # -- turns and replies --------------------------------------------------------------------
     def user_turn(self, text: str) -> list[Node]:
         """Add the user's turn under the cursor and stream the model's reply to it."""
@@ -306,21 +294,15 @@ class Chat(Screen):
         head = self.head("model", speaker, framing)
         return head.rstrip(" ") if framing.mode == "simulator" else head
 
-    def _note_window(self, fit: Fitted) -> None:
-        """The first time older turns are left out of what the model reads, say so."""
-        if fit.window and not self._window_noted:
-            self._window_noted = True
-            kept = sum(1 for node in fit.path if node.role in ("user", "model"))
-            turns = "turn" if kept == 1 else f"{kept} turns"
-            info = self.engine.info
-            self.note(
-                f"(the conversation is longer than {info.name}'s context of {info.context_length} tokens: "
-                f"the model now reads the frame and the last {turns}; the session keeps them all, and "
-                "each reply records its window)"
-            )
-
-    def _trace_failed(self, node: Node, exc: OSError) -> None:
-        self.note(f"simlab: could not save the trace of {node.id[:8]}: {exc.strerror}; the reply is saved")
+    def fork(self, at: int, chosen: list[int], choice: str) -> Node:
+        """The current reply branched at token `at`: `chosen` there, then the model writes on."""
+        node = self.cursor
+        params = self.params.with_overrides(seed=self.seeds.take(1))
+        replies = start_fork(self.engine, self.session, node, at, chosen, choice, params, self._note_window)
+        [new] = self._finish(replies, self._head(node.speaker) + replies.forces.text, keep=lambda c: True)
+        self.session.goto(new.id)
+        self._check_pipe()
+        return new
 
     def regen(self) -> list[Node]:
         """A new sibling of the current reply (or a first reply to the current user turn)."""

@@ -1,10 +1,7 @@
-"""What the REPL's report commands print: /info, /set with no arguments, /tokens."""
+"""What the REPL's report commands print: /info, /set with no arguments."""
 
 from __future__ import annotations
 
-import math
-
-from simlab.errors import SimlabError
 from simlab.repl.state import Chat
 
 
@@ -37,29 +34,3 @@ def info_lines(chat: Chat) -> list[str]:
 def params_text(chat: Chat) -> str:
     seed = "random" if chat.seed is None else str(chat.seed)
     return f"{chat.params.describe()} seed {seed} stop {list(chat.params.stop)}"
-
-
-def token_lines(chat: Chat) -> list[str]:
-    """The current reply, each token coloured by its probability, then each token's alternatives."""
-    node = chat.cursor
-    served = (node.backend or {}).get("tokens")
-    if node.role == "model" and node.backend and not served:
-        raise SimlabError(
-            "no log-probabilities from this server for this reply (it ignored `logprobs`); "
-            "/tokens has nothing to show"
-        )
-    if node.role != "model" or not (node.token_ids or served):
-        raise SimlabError("/tokens needs a sampled reply under the cursor")
-    texts = served or [chat.engine.tokenizer.decode([t]) for t in node.token_ids]
-    pieces = []
-    for text, lp in zip(texts, node.logprobs):
-        p = math.exp(lp)
-        code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
-        pieces.append(chat.style.wrap(code, text) if chat.style.color else f"[{text}|{p:.2f}]")
-    lines = ["".join(pieces), ""]
-    if "continued" in node.tags:
-        lines[1] = chat.style.dim("(a continued reply: these are the continuation's tokens)")
-    for k, (text, lp, alts) in enumerate(zip(texts, node.logprobs, node.top)):
-        others = "  ".join(f"{alt[1]!r} {math.exp(alt[2]):.2f}" for alt in alts)
-        lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
-    return lines

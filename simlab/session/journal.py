@@ -27,7 +27,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     2: lambda record: record,  # 3 added the optional context `window` and `backend` of replies
     3: lambda record: record,  # 4 added the optional `weights` (int8/int4) of replies
     4: lambda record: record,  # 5 added the optional `prefill` (the passes a reply's prompt went in)
-    5: lambda record: record,  # 6 added `settings` records (the REPL's /set and /seed, kept on resume)
+    5: lambda record: record,  # 6 added `settings` records (/set and /seed) and replies' `forced` (/fork)
 }
 
 

@@ -62,6 +62,9 @@ class Node:
     # On a reply from a server (simlab.engine.remote): its URL, the model it reported, what it honoured.
     backend: dict[str, Any] | None = None
     edited_from: str | None = None
+    # On a reply branched at a token (/fork): {"from": the reply, "at": token position, "tokens": how
+    # many of token_ids were forced (the rest were sampled with params and seed), "choice": which}.
+    forced: dict[str, Any] | None = None
     tags: frozenset[str] = frozenset()
     hidden: bool = False
 
@@ -144,6 +147,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "window": (dict,),
     "backend": (dict,),
     "edited_from": (str,),
+    "forced": (dict,),
     "hidden": (bool,),
     "token_ids": (list, tuple),
     "logprobs": (list, tuple),

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -101,7 +102,7 @@ def test_edit_continue_tokens_and_moves(tiny_engine, store):
     longer = chat.continue_reply()
     assert longer.text.startswith(reply.text) and longer.token_ids and longer.edited_from == reply.id
     assert longer.params is None and "continued" in longer.tags  # not one reproducible draw
-    from simlab.repl.views import token_lines
+    from simlab.repl.tokens import token_lines
 
     lines = token_lines(chat)
     assert len(lines) == 2 + len(longer.token_ids) and "[" in lines[0]  # no colour: [token|p]
@@ -335,3 +336,39 @@ def test_a_chat_where_nothing_was_typed_leaves_no_session(tiny_dir, tmp_path):
         )
         assert result.returncode == 0, result.stderr
         assert len(list((tmp_path / "s").glob("*.jsonl"))) == kept
+
+
+def test_tokens_scores_typed_text_and_fork_branches_a_reply_at_a_token(tiny_engine, store):
+    from simlab.repl.tokens import token_lines
+    from simlab.replay import check_path
+
+    chat = new_chat(tiny_engine, store)
+    chat.user_turn("the cat sat on the mat")
+    reply = chat.cursor
+    handle(chat, "/up")
+    lines = token_lines(chat)  # the user's own words, teacher-forced
+    assert "scored by the model" in lines[1]
+    pieces = re.findall(r"\[(.*?)\|([\d.]+)\]", lines[0])  # no colour: [token|p]
+    assert "".join(text for text, _ in pieces).strip() == "the cat sat on the mat"
+    assert all(0 <= float(p) <= 1 for _, p in pieces) and len(lines) == 2 + len(pieces)
+    handle(chat, "/down")
+    assert chat.cursor.id == reply.id and len(reply.token_ids) >= 4
+    handle(chat, "/fork 2")  # the likeliest alternative at token 2 that was not sampled
+    forked = chat.cursor
+    assert forked.parent == reply.parent and forked.forced["at"] == 2 and forked.forced["tokens"] == 3
+    assert forked.token_ids[:2] == reply.token_ids[:2] and forked.token_ids[2] != reply.token_ids[2]
+    best_other = next(a for a in reply.top[2] if a[0] != reply.token_ids[2])
+    assert forked.token_ids[2] == best_other[0] and forked.forced["choice"].startswith("alternative")
+    assert "forked" in forked.tags and forked.edited_from == reply.id and forked.seed is not None
+    chat.session.goto(reply.id)
+    handle(chat, "/fork 1 ' dog'")  # text of one's own at token 1
+    typed = chat.cursor
+    assert typed.forced["choice"] == "typed" and typed.token_ids[:1] == reply.token_ids[:1]
+    assert tiny_engine.tokenizer.decode(typed.token_ids[1 : typed.forced["tokens"]]) == " dog"
+    assert "branched" in chat.out.getvalue()
+    # replay knows what was given and what was sampled: both re-run exactly
+    for node in (forked, typed):
+        [check] = check_path(tiny_engine, chat.session, chat.tree.path(node.id))
+        assert check.node.id == node.id and check.reproduced, check
+    with pytest.raises(SimlabError, match="this reply has tokens 0 to"):
+        handle(chat, "/fork 999")

@@ -1,0 +1,98 @@
+"""/tokens and /fork: a turn's tokens coloured by probability with the model's alternatives (a
+sampled reply's as recorded; typed or edited text teacher-forced through the model), and Loom's
+counterfactual: branch a reply at a token, with an alternative or text of your own there."""
+
+from __future__ import annotations
+
+import math
+
+from simlab.engine.results import TokenInfo
+from simlab.errors import SimlabError
+from simlab.frame.render import render_spans
+from simlab.repl.state import Chat
+
+
+def token_lines(chat: Chat) -> list[str]:
+    """The current turn, each token coloured by its probability, then each token's alternatives
+    (numbered as /fork POS ALT takes them)."""
+    node = chat.cursor
+    served = (node.backend or {}).get("tokens")
+    if node.role == "model" and node.backend and not served:
+        raise SimlabError(
+            "no log-probabilities from this server for this reply (it ignored `logprobs`); "
+            "/tokens has nothing to show"
+        )
+    lines = ["", ""]
+    if node.role == "model" and (node.token_ids or served):
+        texts = served or [chat.engine.tokenizer.decode([t]) for t in node.token_ids]
+        rows = list(zip(texts, node.logprobs, node.top))
+        if "continued" in node.tags:
+            lines[1] = chat.style.dim("(a continued reply: these are the continuation's tokens)")
+        elif node.forced:
+            lines[1] = chat.style.dim(
+                f"(branched at token {node.forced['at']}: the first {node.forced['tokens']} were given, "
+                "the rest sampled)"
+            )
+    else:
+        rows = [(t.text, t.logprob, t.top) for t in scored(chat, node)]
+        lines[1] = chat.style.dim("(text you typed or edited, scored by the model: how surprising it is)")
+    pieces = []
+    for text, lp, _ in rows:
+        p = math.exp(lp)
+        code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
+        pieces.append(chat.style.wrap(code, text) if chat.style.color else f"[{text}|{p:.2f}]")
+    lines[0] = "".join(pieces)
+    for k, (text, lp, alts) in enumerate(rows):
+        others = "  ".join(f"{i}:{alt[1]!r} {math.exp(alt[2]):.2f}" for i, alt in enumerate(alts, 1))
+        lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
+    return lines
+
+
+def scored(chat: Chat, node) -> list[TokenInfo]:
+    """A turn's own tokens as the model reads them in its transcript, teacher-forced."""
+    if node.role not in ("user", "model") or not node.text:
+        raise SimlabError("/tokens needs a reply or a user turn under the cursor")
+    engine = chat.engine
+    if chat.framing.mode != "simulator" or not hasattr(engine, "encode_with_offsets"):
+        raise SimlabError("/tokens on typed text needs a local model in simulator mode")
+    transcript, spans = render_spans(chat.path())
+    start, end = spans[-1]
+    ids, offsets = engine.encode_with_offsets(transcript[:end])
+    first = next((i for i, (a, b) in enumerate(offsets) if b > start and b > a), len(ids))
+    if first == 0 or first >= len(ids):
+        raise SimlabError("/tokens: this turn has no tokens of its own to score")
+    if len(ids) > engine.info.context_length:
+        raise SimlabError("/tokens: the path up to this turn is longer than the model's context")
+    return engine.score_tokens(ids, first)
+
+
+def fork(chat: Chat, rest: str) -> None:
+    """`/fork POS [ALT]`: the current reply branched at token POS (as /tokens numbers them), with
+    alternative ALT there (a number from /tokens, default the likeliest one not sampled) or text
+    you type; the model writes on from it as a new sibling."""
+    node = chat.cursor
+    if node.role != "model" or not node.token_ids:
+        raise SimlabError("/fork needs a sampled reply from a local model under the cursor (see /tokens)")
+    pos_text, _, alt = rest.strip().partition(" ")
+    try:
+        at = int(pos_text)
+    except ValueError:
+        raise SimlabError("usage: /fork POS [ALT|TEXT] (POS: a token position from /tokens)") from None
+    if not 0 <= at < len(node.token_ids):
+        raise SimlabError(f"/fork {at}: this reply has tokens 0 to {len(node.token_ids) - 1}")
+    alts = [a for a in node.top[at]]
+    alt = alt.strip()
+    if not alt:
+        others = [a for a in alts if a[0] != node.token_ids[at]]
+        if not others:
+            raise SimlabError(f"/fork {at}: no recorded alternative there; give one: /fork {at} TEXT")
+        chosen, choice = [others[0][0]], f"alternative {alts.index(others[0]) + 1}"
+    elif alt.isdigit():
+        if not 1 <= int(alt) <= len(alts):
+            raise SimlabError(f"/fork {at} {alt}: token {at} has alternatives 1 to {len(alts)}")
+        chosen, choice = [alts[int(alt) - 1][0]], f"alternative {alt}"
+    else:
+        text = alt[1:-1] if len(alt) > 1 and alt[0] == alt[-1] and alt[0] in "'\"" else alt  # 'quoted'
+        chosen, choice = chat.engine.tokenizer.encode(text, add_special_tokens=False), "typed"
+    new = chat.fork(at, chosen, choice)
+    chat.note(f"branched {node.id[:8]} at token {at} ({choice}): {new.id[:8]} [{chat.place(new)}]")
