@@ -40,6 +40,9 @@ def add_command(commands) -> None:
         "--report-dir", default="reports", help="where NAME.md and NAME.html go (default ./reports)"
     )
     cmp.add_argument("--json", action="store_true", help="print the analysis as JSON instead of the table")
+    cmp.add_argument(
+        "--wide", action="store_true", help="tables on one line per row (default: fit 80 columns)"
+    )
     add_sessions_dir(cmp)
     group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
     add_sampling_flags(group, defaults=False)
@@ -135,7 +138,7 @@ def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) 
         json.dump(as_json(analysis), sys.stdout, indent=1, ensure_ascii=False, allow_nan=True)
         print()
     else:
-        sys.stdout.write(terminal(analysis))
+        sys.stdout.write(terminal(analysis, width=None if args.wide else 80))
     say(
         f"report: {folder / (spec.name + '.md')}, {folder / (spec.name + '.html')}; samples in session "
         f"{session_name}"

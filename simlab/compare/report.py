@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 import time
 from typing import Any
 
@@ -62,7 +63,9 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
-def terminal(a: Analysis) -> str:
+def terminal(a: Analysis, width: int | None = 80) -> str:
+    """The tables, the first tokens, one sample per variant; a table wider than `width` is cut into
+    column groups that fit, each led by the variant names (None: one line per row, however wide)."""
     lines = [
         f"compare {a.spec.name}: {len(a.variants)} variants x {a.spec.samples} samples x "
         f"{len(a.spec.turns)} turn(s), seed {a.spec.seed}",
@@ -70,17 +73,48 @@ def terminal(a: Analysis) -> str:
     ]
     for title, header, rows in tables(a):
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines.append(title)
-        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        lines.append("")
-    for d in a.divergence:
-        lines.append(
-            f"most likely first tokens: {d['a']}: {_tops(d['top_a'])} | {d['b']}: {_tops(d['top_b'])}"
-        )
-    lines += [f"note: {n}" for n in a.notes]
+        lines += textwrap.wrap(title, width) if width else [title]
+        for group in _column_groups(widths, width):
+            lines.append("  ".join(header[i].ljust(widths[i]) for i in group))
+            lines.append("  ".join("-" * widths[i] for i in group))
+            lines += ["  ".join(r[i].ljust(widths[i]) for i in group).rstrip() for r in rows]
+            lines.append("")
+    for line in _first_tokens(a):
+        lines += textwrap.wrap(line, width, subsequent_indent="    ") if width else [line]
+    lines += ["", f"One sample per variant (turn {len(a.spec.turns)}; all of them are in the reports):"]
+    for v in a.variants:
+        if v.texts and v.texts[-1]:
+            seed, text, finish = v.texts[-1][0]
+            lines += textwrap.wrap(
+                f"{v.name} (seed {seed}, {finish}): {' '.join(text.split())}",
+                width=width or 80,
+                subsequent_indent="    ",
+                max_lines=4,
+            )
+    for n in a.notes:
+        lines += textwrap.wrap(f"note: {n}", width, subsequent_indent="    ") if width else [f"note: {n}"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _column_groups(widths: list[int], width: int | None) -> list[list[int]]:
+    """Column indices in groups that fit the width, each starting with column 0 (the names)."""
+    if width is None or sum(widths) + 2 * (len(widths) - 1) <= width:
+        return [list(range(len(widths)))]
+    groups, current = [], [0]
+    for i in range(1, len(widths)):
+        if len(current) > 1 and sum(widths[j] + 2 for j in current) + widths[i] > width:
+            groups.append(current)
+            current = [0]
+        current.append(i)
+    return [*groups, current]
+
+
+def _first_tokens(a: Analysis) -> list[str]:
+    """The most likely first tokens of the reply under each variant's frame, per compared pair."""
+    return [
+        f"most likely first tokens: {d['a']}: {_tops(d['top_a'])} | {d['b']}: {_tops(d['top_b'])}"
+        for d in a.divergence
+    ]
 
 
 def _tops(tops) -> str:
@@ -102,13 +136,16 @@ def markdown(a: Analysis) -> str:
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         lines.append("")
     lines += [f"> {n}" for n in a.notes]
+    first = _first_tokens(a)
+    if first:
+        lines += ["## Most likely first tokens", "", *[f"- {line.split(': ', 1)[1]}" for line in first], ""]
     for t, turn in enumerate(a.spec.turns):
         lines += [f"## Turn {t + 1}: {turn}", ""]
         for v in a.variants:
             lines += [f"### {v.name}", ""]
             lines += [
-                f"{i + 1}. *(seed {seed})* {' '.join(text.split())}"
-                for i, (seed, text) in enumerate(v.texts[t])
+                f"{i + 1}. *(seed {seed}, {finish})* {' '.join(text.split())}"
+                for i, (seed, text, finish) in enumerate(v.texts[t])
             ]
             lines.append("")
     return "\n".join(lines)
@@ -129,7 +166,9 @@ def as_json(a: Analysis) -> dict[str, Any]:
                 "samples": v.samples,
                 "metrics": {k: e.as_dict() for k, e in v.estimates.items()},
                 "values": v.values,
-                "replies": [[{"seed": s, "text": t} for s, t in turn] for turn in v.texts],
+                "replies": [
+                    [{"seed": s, "text": t, "finish_reason": f} for s, t, f in turn] for turn in v.texts
+                ],
             }
             for v in a.variants
         ],
@@ -221,6 +260,13 @@ def html_report(a: Analysis) -> str:
             out.append(f"<tr>{cells}</tr>")
         out.append("</table>")
     out += [f"<p class='note'>{esc(n)}</p>" for n in a.notes]
+    first = _first_tokens(a)
+    if first:
+        out.append(
+            "<h2>Most likely first tokens</h2><ul>"
+            + "".join(f"<li>{esc(line.split(': ', 1)[1])}</li>" for line in first)
+            + "</ul>"
+        )
     out.append("<h2>Distributions</h2><div class='plots'>" + "".join(_plot(a, k) for k in METRICS) + "</div>")
     out.append(
         "<dl>"
@@ -237,8 +283,10 @@ def html_report(a: Analysis) -> str:
             cells = []
             for v in a.variants:
                 if i < len(v.texts[t]):
-                    seed, text = v.texts[t][i]
-                    cells.append(f"<td><span class='seed'>seed {seed}</span><br>{esc(text)}</td>")
+                    seed, text, finish = v.texts[t][i]
+                    cells.append(
+                        f"<td><span class='seed'>seed {seed} · {esc(str(finish))}</span><br>{esc(text)}</td>"
+                    )
                 else:
                     cells.append("<td></td>")
             out.append(f"<tr><td>{i + 1}</td>{''.join(cells)}</tr>")

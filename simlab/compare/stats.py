@@ -44,7 +44,9 @@ class VariantStats:
     samples: int
     values: dict[str, list[float]]
     estimates: dict[str, Estimate]
-    texts: list[list[tuple[int | None, str]]]  # per turn: (seed, text) of each sample
+    texts: list[
+        list[tuple[int | None, str, str | None]]
+    ]  # per turn: (seed, text, finish reason) of each sample
 
 
 @dataclass
@@ -91,7 +93,9 @@ def analyse(
     stats = []
     for run in runs:
         values = sample_values(run)
-        texts = [[(s[t].seed, s[t].text) for s in run.samples] for t in range(len(spec.turns))]
+        texts = [
+            [(s[t].seed, s[t].text, s[t].finish_reason) for s in run.samples] for t in range(len(spec.turns))
+        ]
         stats.append(
             VariantStats(
                 run.variant.name,

@@ -1,6 +1,7 @@
 """Compare sweeps on the tiny GPT-2: spec validation, spec -> tree -> report, resume, HTML and JSON."""
 
 import json
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -155,6 +156,11 @@ def test_report_files_hold_every_sample(tmp_path, personas, tiny_dir, capsys, mo
     assert html_text.count("<svg") == 8 and "http" not in html_text.replace("http://www.w3.org/2000/svg", "")
     md = (tmp_path / "out" / "sweep.md").read_text()
     assert "## Turn 2: and then?" in md and md.count("*(seed ") == 24
+    assert re.search(r"\*\(seed \d+, (length|stop|eos)\)\*", md)  # each sample with its finish reason
+    assert "## Most likely first tokens" in md and "<h2>Most likely first tokens</h2>" in html_text
+    assert re.search(r"seed \d+ · (length|stop|eos)", html_text)
+    assert max(map(len, out.splitlines())) <= 80  # the terminal tables fit 80 columns
+    assert "One sample per variant" in out and out.count("(seed ") == 3  # one per variant
 
 
 def test_json_and_the_flags_form(tmp_path, personas, tiny_dir, capsys, monkeypatch):
