@@ -53,7 +53,7 @@ def _resolve(args, session_name: str, node: str | None) -> tuple[Path, str]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from simlab.trace.lens import Lens, color, residual_norms, top_tokens, write_png
+    from simlab.trace.lens import Lens, heatmap_png, residual_norms, top_tokens
     from simlab.trace.record import load
 
     path, label = _resolve(args, args.session, args.node)
@@ -99,18 +99,19 @@ def _show(args: argparse.Namespace) -> int:
     for name in points:
         print(f"{name:<10}" + " ".join(f"{x:8.1f}" for x in norms[name][: len(known)]))
     if args.png:
-        grid = [[color(tops[name][2][j]) for j in range(len(known))] for name in points]
-        write_png(args.png, grid)
+        values = [[tops[name][2][j] for j in range(len(known))] for name in points]
+        columns = [f"{j} {decode([known[j]])!r}"[:18] for j in range(len(known))]
+        heatmap_png(args.png, values, points, columns, f"logit lens of {label}: {info['model_name']}")
         print(
-            f"wrote {args.png}: rows {points[0]} (top) to {points[-1]} (bottom), columns positions "
-            "left to right, colour = probability of the chosen token (dark 0 .. yellow 1)",
+            f"wrote {args.png}: layers {points[0]} (top) to {points[-1]} (bottom) by positions, "
+            "colour = probability of the chosen token (colour bar 0..1)",
             file=sys.stderr,
         )
     return 0
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from simlab.trace.lens import bars, diff_rows, write_png
+    from simlab.trace.lens import bars_png, diff_rows
     from simlab.trace.record import load
 
     path_a, label_a = _resolve(args, args.session, args.node_a)
@@ -134,7 +135,7 @@ def _diff(args: argparse.Namespace) -> int:
         bar = "#" * int(round(dist * 40))
         print(f"{name:<10} {dist:>9.4f} {gap:>9.2f} {na:>9.2f} {nb:>9.2f}  {bar}")
     if args.png:
-        write_png(args.png, bars([r[1] for r in rows]), cell=14)
+        bars_png(args.png, [r[1] for r in rows], points, f"{label_a} vs {label_b}")
         print(
             f"wrote {args.png}: one bar per point, {points[0]} (left) to {points[-1]} (right), height = "
             "cosine distance",

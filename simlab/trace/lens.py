@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from simlab.errors import TraceError
@@ -94,48 +92,46 @@ def diff_rows(
     return rows
 
 
-# -- PNG without a plotting library ---------------------------------------------------------------
-
-VIRIDIS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+# -- PNG figures (matplotlib, imported only when one is written) ---------------------------------
 
 
-def color(value: float) -> tuple[int, int, int]:
-    if value != value:  # NaN
-        return (200, 200, 200)
-    value = min(max(value, 0.0), 1.0) * (len(VIRIDIS) - 1)
-    i = min(int(value), len(VIRIDIS) - 2)
-    f = value - i
-    return tuple(int(a + (b - a) * f) for a, b in zip(VIRIDIS[i], VIRIDIS[i + 1]))
+def heatmap_png(path, values: list[list[float]], rows: list[str], columns: list[str], title: str) -> None:
+    """A layers x positions heatmap with labelled axes and a colour bar."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(columns) + 2), max(3.0, 0.3 * len(rows) + 1.5)))
+    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("position (the token that came next)")
+    ax.set_ylabel("layer (residual stream point)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="probability of the chosen token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def write_png(path, grid: list[list[tuple[int, int, int]]], cell: int = 12) -> None:
-    """Each grid entry a cell x cell block of its colour."""
-    import struct
-    import zlib
-
-    rows = []
-    for line in grid:
-        pixels = b"".join(bytes(c) * cell for c in line)
-        rows += [b"\x00" + pixels] * cell
-    height, width = len(grid) * cell, (len(grid[0]) if grid else 0) * cell
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    data = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
-        + chunk(b"IEND", b"")
-    )
-    with open(path, "wb") as handle:
-        handle.write(data)
+def bars_png(path, values: list[float], labels: list[str], title: str) -> None:
+    """One bar per residual point, labelled, with the value axis named."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(values) + 2), 3.5))
+    ax.bar(range(len(values)), values, color="#21918c")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("layer (residual stream point)")
+    ax.set_ylabel("cosine distance")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def bars(values: list[float], height: int = 10) -> list[list[tuple[int, int, int]]]:
-    """A bar chart as a grid: one column per value, scaled to the largest."""
-    top = max((v for v in values if not math.isnan(v)), default=1.0) or 1.0
-    grid = []
-    for level in range(height, 0, -1):
-        grid.append([color(0.75) if v / top * height >= level - 0.5 else (255, 255, 255) for v in values])
-    return grid
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    # a token in a script the font lacks is drawn as a box; that is no reason to warn on the terminal
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+
+    return plt

@@ -228,3 +228,21 @@ def test_trace_flags_choose_points_layers_positions_and_dtype():
     assert only_embed.points(4) == ["embed"]
     with pytest.raises(TraceError, match="use any of embed, blocks, norm"):
         trace_config(parser.parse_args(["--trace", "--trace-points", "attn"]))
+
+
+def test_trace_figures_have_axes_labels_and_a_colour_bar(tmp_path):
+    import matplotlib
+
+    from simlab.trace.lens import bars_png, heatmap_png
+
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text in the SVG, so it can be read back
+    heatmap_png(
+        tmp_path / "h.svg", [[0.1, 0.9], [0.5, 0.2]], ["embed", "block.0"], ["0 ' a'", "1 ' b'"], "lens"
+    )
+    svg = (tmp_path / "h.svg").read_text()
+    for text in ("layer (residual stream point)", "position (the token that came next)", "block.0", "' b'"):
+        assert text in svg
+    assert "probability of the chosen token" in svg and "1.0" in svg  # the colour bar, 0..1
+    bars_png(tmp_path / "d.png", [0.1, 0.3], ["embed", "block.0"], "a vs b")
+    head = (tmp_path / "d.png").read_bytes()[:24]
+    assert head.startswith(b"\x89PNG") and int.from_bytes(head[16:20], "big") >= 600  # a real figure
