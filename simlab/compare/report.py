@@ -199,44 +199,64 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}.sig{font-weight:bold;c
 
 
 def _plot(a: Analysis, key: str) -> str:
-    """Per variant: each sample's value as a dot, the mean as a bar and its interval as a line."""
+    """Per variant: each sample's value as a dot, the mean as a bar and its interval as a line, on an
+    axis with five labelled ticks; a rate (every value 0 or 1) as a bar of its mean with its interval;
+    a metric with one value everywhere as that value, not a plot."""
     label, what = METRICS[key]
-    all_values = [x for v in a.variants for x in v.values[key]]
+    all_values = [x for v in a.variants for x in v.values[key] if x == x]
     if not all_values:
         return ""
+    head = f'<div class="plot"><b>{html.escape(label)}</b><br>'
     lo, hi = min(all_values), max(all_values)
     if hi == lo:
-        lo, hi = lo - 1, hi + 1
+        return head + f"<p class='note'>every sample of every variant: {lo:.3g}</p></div>"
+    rate = set(all_values) <= {0.0, 1.0}
+    if rate:
+        lo, hi = 0.0, 1.0
     width, row, left = 360, 26, 110
-    height = row * len(a.variants) + 30
+    height = row * len(a.variants) + 40
 
     def x(value: float) -> float:
-        return left + (value - lo) / (hi - lo) * (width - left - 10)
+        return left + (value - lo) / (hi - lo) * (width - left - 14)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
         f'aria-label="{html.escape(label)}">',
         f"<title>{html.escape(label)}: {html.escape(what)}</title>",
     ]
+    axis = height - 22
+    for k in range(5):  # ticks and light grid lines
+        value = lo + (hi - lo) * k / 4
+        parts.append(f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="8" y2="{axis}" stroke="#eee"/>')
+        parts.append(
+            f'<text x="{x(value):.1f}" y="{axis + 14}" font-size="10" text-anchor="middle">{value:.3g}</text>'
+        )
     for i, v in enumerate(a.variants):
         y = 20 + i * row
         color = COLORS[i % len(COLORS)]
         parts.append(f'<text x="4" y="{y + 4}" font-size="11">{html.escape(v.name[:16])}</text>')
-        for value in v.values[key]:
-            parts.append(f'<circle cx="{x(value):.1f}" cy="{y}" r="3" fill="{color}" fill-opacity="0.45"/>')
         e = v.estimates[key]
+        if rate and e.n:
+            parts.append(
+                f'<rect x="{x(0):.1f}" y="{y - 7}" width="{x(e.mean) - x(0):.1f}" height="14" '
+                f'fill="{color}" fill-opacity="0.6"/>'
+            )
+        elif not rate:
+            for value in v.values[key]:
+                parts.append(
+                    f'<circle cx="{x(value):.1f}" cy="{y}" r="3" fill="{color}" fill-opacity="0.45"/>'
+                )
         if e.n:
             parts.append(
-                f'<line x1="{x(e.low):.1f}" x2="{x(e.high):.1f}" y1="{y + 7}" y2="{y + 7}" '
+                f'<line x1="{x(e.low):.1f}" x2="{x(e.high):.1f}" y1="{y + 9}" y2="{y + 9}" '
                 f'stroke="{color}" stroke-width="2"/>'
             )
-            parts.append(
-                f'<rect x="{x(e.mean) - 1.5:.1f}" y="{y - 8}" width="3" height="19" fill="{color}"/>'
-            )
-    parts.append(f'<text x="{left}" y="{height - 4}" font-size="10">{lo:.3g}</text>')
-    parts.append(f'<text x="{width - 10}" y="{height - 4}" font-size="10" text-anchor="end">{hi:.3g}</text>')
+            if not rate:
+                parts.append(
+                    f'<rect x="{x(e.mean) - 1.5:.1f}" y="{y - 8}" width="3" height="19" fill="{color}"/>'
+                )
     parts.append("</svg>")
-    return f'<div class="plot"><b>{html.escape(label)}</b><br>{"".join(parts)}</div>'
+    return head + "".join(parts) + "</div>"
 
 
 def html_report(a: Analysis) -> str:

@@ -153,7 +153,8 @@ def test_report_files_hold_every_sample(tmp_path, personas, tiny_dir, capsys, mo
     tree = SessionStore(tmp_path / "sessions").open("compare-sweep", read_only=True).tree
     samples = [n.text for n in tree.nodes.values() if n.role == "model" and n.seed is not None]
     assert len(samples) == 24 and all(s in body for s in samples)
-    assert html_text.count("<svg") == 8 and "http" not in html_text.replace("http://www.w3.org/2000/svg", "")
+    plots = html_text.count("<svg") + html_text.count("every sample of every variant:")
+    assert plots == 8 and "http" not in html_text.replace("http://www.w3.org/2000/svg", "")
     md = (tmp_path / "out" / "sweep.md").read_text()
     assert "## Turn 2: and then?" in md and md.count("*(seed ") == 24
     assert re.search(r"\*\(seed \d+, (length|stop|eos)\)\*", md)  # each sample with its finish reason
