@@ -7,20 +7,18 @@ A line that starts with "/" is a command and is never sent to the model; "//text
 from __future__ import annotations
 
 import difflib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from simlab.engine.params import decode_escapes, parse_setting
 from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
 from simlab.repl.progress import Waiting
+from simlab.repl.saved import export, load, sessions
 from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.tokens import fork, token_lines
 from simlab.repl.views import info_lines, params_text
 from simlab.replay import replay_branch
-from simlab.session import formats
 from simlab.session.views import render_tree
 from simlab.trace.config import TraceConfig
 from simlab.turns import add_frame
@@ -236,51 +234,6 @@ def _tree(chat: Chat, rest: str, ctx: Context) -> None:
         chat.say(line)
 
 
-# -- sessions ---------------------------------------------------------------------------------
-
-
-def _export(chat: Chat, rest: str, ctx: Context) -> None:
-    """The session (md: the current path) written to a file, or printed."""
-    fmt, _, target = rest.strip().partition(" ")
-    target = target.strip()
-    if fmt == "jsonl":
-        if not target:
-            raise SimlabError("usage: /export jsonl FILE (a session file: `simlab sessions import FILE`)")
-        path = chat.session.export(Path(target))
-        chat.note(f"wrote {path} ({len(chat.tree.nodes)} nodes; `simlab sessions import {path}` opens it)")
-        return
-    if fmt not in formats.FORMATS:
-        raise SimlabError("usage: /export md|yaml|loom|jsonl [FILE]")
-    text = formats.render(chat.session, fmt)
-    if not target:
-        chat.say(text.rstrip("\n") if fmt == "loom" else text)
-        return
-    path = formats.write_text(Path(target), text, "/export")
-    if fmt != "md":
-        chat.session.exported_changes = len(chat.session.unsaved)
-    chat.note(f"wrote {path}")
-
-
-def _sessions(chat: Chat, rest: str, ctx: Context) -> None:
-    for s in chat.store.list():
-        mark = "*" if s.name == chat.session.name else " "
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.modified))
-        chat.say(f"{mark} {s.name:<24} {s.nodes:>5} nodes  {when}  {' '.join(s.first_text.split())[:50]}")
-
-
-def _load(chat: Chat, rest: str, ctx: Context) -> None:
-    name = _one(rest, "/load ID")
-    if not chat.session.safe_to_close:
-        raise SimlabError(
-            f"/load: session {chat.session.name!r} has {len(chat.session.unsaved)} change(s) "
-            "not on disk; /export jsonl FILE first"
-        )
-    chat.open_session(chat.store.open(name))
-    for problem in chat.session.problems:
-        chat.note(f"warning: {problem}")
-    chat.show_path()
-
-
 def _quit(chat: Chat, rest: str, ctx: Context) -> None:
     raise Quit()
 
@@ -356,10 +309,10 @@ COMMANDS: dict[str, Command] = {
             "export",
             "md|yaml|loom|jsonl [FILE]",
             "md: the current path as Markdown; yaml, loom: the whole tree; jsonl FILE: a session file",
-            _export,
+            export,
         ),
-        Command("sessions", "", "the saved sessions", _sessions),
-        Command("load", "ID", "open another saved session", _load),
+        Command("sessions", "", "the saved sessions", sessions),
+        Command("load", "ID", "open another saved session", load),
         Command(
             "info",
             "",

@@ -145,7 +145,10 @@ def test_export_sessions_load_and_info(tiny_engine, store, tmp_path):
     chat = new_chat(tiny_engine, store)
     handle(chat, f"/export md {tmp_path / 'x.md'}")
     assert "**Bot:** Hi." in (tmp_path / "x.md").read_text()
+    store.create("a-session-with-a-long-first-line").close()
     handle(chat, "/sessions")
+    listed = [line for line in chat.out.getvalue().splitlines() if " nodes  " in line]
+    assert len(listed) == 3 and all(len(line) <= 80 for line in listed)  # cut to the terminal's width
     handle(chat, f"/load {name}")
     assert chat.session.name == name and chat.cursor.role == "model"
     handle(chat, "/info")
