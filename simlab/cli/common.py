@@ -22,7 +22,12 @@ from simlab.trace.config import TraceConfig, from_flags
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the command and how to get help."""
+    """argparse, but a usage error is one line naming the command and how to get help, and a flag is
+    only ever its whole name (`--mode` is not taken as an abbreviation of `--model`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -121,8 +121,10 @@ def _check(engine, session, path, replies, tracer) -> int:
     same = sum(c.reproduced for c in rerun)
     revisions = {n.model_revision for n in replies if n.model_revision} - {engine.info.revision}
     skipped = len(checks) - len(rerun)
+    cut = sum(c.node.finish_reason == "interrupted" for c in rerun)
     print(
         f"reproduced {same}/{len(rerun)} replies exactly"
+        + (f" ({cut} interrupted: checked over the part they stored)" if cut else "")
         + (f"; {skipped} not replayable (listed above)" if skipped else "")
     )
     if revisions:

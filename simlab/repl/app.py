@@ -25,7 +25,8 @@ from simlab.repl.state import SETTABLE, Chat
 
 def toolbar_text(chat: Chat, width: int | None = None) -> str:
     """One line: where we are, the model, the sampling, the last reply's speed and context; the
-    least needed parts go first when the terminal is narrow (80 columns keeps the first six)."""
+    least needed parts go first when the terminal is narrow: first token, device, speed, model,
+    persona; the position, the context used and the sampling stay."""
     p = chat.params
     width = width or shutil.get_terminal_size((80, 24)).columns
     if not chat.engine_ready:
@@ -40,14 +41,14 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
     last = chat.last
     parts = [  # (priority: lower stays longer, text)
         (0, f"NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""),
-        (2, info.name),
+        (4, info.name),
         (6, info.device),
-        (4, chat.persona_name() or ""),
-        (1, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
+        (3, chat.persona_name() or ""),
+        (2, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
         (0, where),
-        (3, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
+        (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
         (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),
-        (5, f"context {last.context_used}/{info.context_length}" if last else ""),
+        (1, f"context {last.context_used}/{info.context_length}" if last else ""),
     ]
     parts = [(rank, text) for rank, text in parts if text]
     while len(parts) > 1 and len(" · ".join(t for _, t in parts)) + 2 > width:

@@ -36,16 +36,35 @@ def token_lines(chat: Chat) -> list[str]:
     else:
         rows = [(t.text, t.logprob, t.top) for t in scored(chat, node)]
         lines[1] = chat.style.dim("(text you typed or edited, scored by the model: how surprising it is)")
+    kept = _in_reply(chat, node, [text for text, _, _ in rows])
     pieces = []
-    for text, lp, _ in rows:
+    for k, (text, lp, _) in enumerate(rows):
         p = math.exp(lp)
         code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
-        pieces.append(chat.style.wrap(code, text) if chat.style.color else f"[{text}|{p:.2f}]")
+        piece = chat.style.wrap(code, text) if chat.style.color else f"[{text}|{p:.2f}]"
+        pieces.append(piece if k < kept else chat.style.dim(piece if chat.style.color else f"({text!r})"))
     lines[0] = "".join(pieces)
     for k, (text, lp, alts) in enumerate(rows):
         others = "  ".join(f"{i}:{alt[1]!r} {math.exp(alt[2]):.2f}" for i, alt in enumerate(alts, 1))
-        lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}")
+        after = "   (stop string: ended the reply, not in its text)" if k >= kept else ""
+        lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}{after}")
     return lines
+
+
+def _in_reply(chat: Chat, node, texts: list[str]) -> int:
+    """How many of a sampled reply's tokens spell its stored text; the rest spelled the stop string
+    (or white space the turn template writes), which the reply does not keep."""
+    if node.role != "model" or "continued" in node.tags:
+        return len(texts)
+    lead = chat.framing.lead() if chat.framing.mode == "simulator" else ""
+    full = "".join(texts)
+    end = (len(lead) if full.startswith(lead) else 0) + len(node.text)
+    at = 0
+    for k, text in enumerate(texts):
+        if at >= end:
+            return k
+        at += len(text)
+    return len(texts)
 
 
 def scored(chat: Chat, node) -> list[TokenInfo]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
+from simlab.frame.framing import Framing
 from simlab.session.tree import Node, Tree
 
 
@@ -29,10 +30,15 @@ def _one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
 
 
-def _label(node: Node) -> str:
+def _label(node: Node, framing: Framing | None = None) -> str:
+    """How the node's turn is headed: as its framing's template writes it ("KEEPER.", ">"), else
+    "Speaker:" (also for templates that write no label at all, so a tree line says who speaks)."""
     if node.role == "frame":
         return "frame"
-    return f"{node.speaker}:" if node.speaker else node.role
+    if not node.speaker:
+        return node.role
+    head = framing.head(node.role, node.speaker).strip() if framing is not None else ""
+    return head if head and "\n" not in head else f"{node.speaker}:"
 
 
 def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden: bool = False) -> list[str]:
@@ -41,7 +47,7 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
     on_path = {n.id for n in tree.path(tree.cursor)} if tree.cursor else set()
     lines: list[str] = []
 
-    def walk(node: Node, prefix: str, last: bool, is_root: bool) -> None:
+    def walk(node: Node, prefix: str, last: bool, is_root: bool, framing: Framing | None) -> None:
         siblings = tree.children(node.parent, include_hidden=show_hidden) if not is_root else tree.roots
         branch = "" if is_root else ("└─ " if last else "├─ ")
         position = (
@@ -50,7 +56,7 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
         marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
         marks += "✗" if node.hidden else ""
         cursor = " ◀" if node.id == tree.cursor else ""
-        head = f"{node.id[:8]} {position}{marks + ' ' if marks else ''}{_label(node)} "
+        head = f"{node.id[:8]} {position}{marks + ' ' if marks else ''}{_label(node, framing)} "
         room = width - len(prefix) - len(branch) - len(head) - len(cursor) - 1
         text = head + _one_line(node.text, room - 2) + cursor
         if node.id in on_path:  # the current path: coloured, or marked when colour is off
@@ -61,10 +67,10 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
         kids = tree.children(node.id, include_hidden=show_hidden)
         child_prefix = prefix + ("" if is_root else ("   " if last else "│  "))
         for i, kid in enumerate(kids):
-            walk(kid, child_prefix, i == len(kids) - 1, False)
+            walk(kid, child_prefix, i == len(kids) - 1, False, framing)
 
     for root in tree.roots:
-        walk(root, "", True, True)
+        walk(root, "", True, True, Framing.from_dict(root.framing) if root.role == "frame" else None)
     return lines
 
 

@@ -228,8 +228,9 @@ def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
     assert "tiny-gpt2" in text and "cpu" in text and "tiny" in text and "T 1.0 top-p 0.95" in text
     assert "seed 10" in text and "depth 3 · 2/3" in text and "tok/s" in text and "first token" in text
     assert f"context {chat.last.context_used}/128" in text and chat.last.context_used > 20
-    narrow = toolbar_text(chat, width=80)
-    assert len(narrow) <= 80 and "depth 3 · 2/3" in narrow and "seed 10" in narrow and "tiny-gpt2" in narrow
+    narrow = toolbar_text(chat, width=60)
+    assert len(narrow) <= 60 and "depth 3 · 2/3" in narrow and "seed 10" in narrow and "context" in narrow
+    assert "first token" not in narrow and "cpu" not in narrow
     info = "\n".join(info_lines(chat))
     assert f"context   {chat.last.context_used} of 128 tokens" in info
 

@@ -277,6 +277,10 @@ def test_the_screen_shows_each_turn_as_the_template_renders_it_live_and_on_resum
     resumed = Chat(fake_engine, store, chat.session, persona, persona.sampling_params(), io.StringIO())
     resumed.show_path()
     assert resumed.out.getvalue().endswith(expected)
+    handle(resumed, "/tree")  # the tree heads turns as the template does too
+    tree = resumed.out.getvalue().split(expected, 1)[1]
+    heads = ["INSPECTOR. news", "KEEPER. Aye."] if persona is PLAY else ["> news", "Narrator: Dark here."]
+    assert all(head in tree for head in heads), tree
 
 
 def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_the_repl_goes_on(fake_engine, store):
@@ -333,3 +337,17 @@ def test_a_mistyped_command_gets_a_suggestion_and_reaches_no_model(fake_engine, 
     with pytest.raises(SimlabError, match=rf"unknown command /{typo} \(did you mean /{meant}\?\)"):
         handle(chat, f"/{typo}")
     assert fake_engine.prompts == []
+
+
+def test_tokens_marks_the_stop_string_that_ended_a_reply(fake_engine, store):
+    from simlab.repl.tokens import token_lines
+
+    chat = new_chat(fake_engine.enqueue([" Fine.\nAnn:"]), store)
+    [reply] = chat.user_turn("how are you")
+    assert reply.text == "Fine." and len(reply.token_ids) == len(" Fine.\nAnn:")
+    lines = token_lines(chat)
+    assert lines[0] == "[ |0.61][F|0.61][i|0.61][n|0.61][e|0.61][.|0.61]('\\n')('A')('n')('n')(':')"
+    marked = [line for line in lines[2:] if "stop string" in line]
+    assert len(marked) == len("\nAnn:") and all(
+        line.split()[1] in ("'\\n'", "'A'", "'n'", "':'") for line in marked
+    )
