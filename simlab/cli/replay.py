@@ -57,7 +57,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         path = tree.path(target)
         replies = model_replies(path)
         if not replies:
-            raise SimlabError(f"the path to {target[:8]} has no sampled replies to replay")
+            raise SimlabError(f"the path to {session.tree.short(target)} has no sampled replies to replay")
         for node in replies:
             params_of(node, overrides)  # a bad override fails before the model loads
         say(f"simlab: loading the model to re-run the path's {len(replies)} sampled reply(s)")
@@ -65,9 +65,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not changing:
             return _check(engine, session, path, replies, tracer)
         added = replay_branch(engine, session, path, overrides, persona=persona, tracer=tracer)
+        end, start = tree.short(added[-1].id), tree.short(target)
         print(
-            f"new branch of {len(added)} node(s) ending at {added[-1].id[:8]}; compare with: "
-            f"simlab sessions show {session.name} --compare {target[:8]} {added[-1].id[:8]}"
+            f"new branch of {len(added)} node(s) ending at {end}; compare with: "
+            f"simlab sessions show {session.name} --compare {start} {end}"
         )
         for node in added:
             print(f"  {node.speaker or node.role}: {' '.join(node.text.split())[:100]}")
@@ -111,10 +112,10 @@ def _check(engine, session, path, replies, tracer) -> int:
         wait.advance(1)
     for check in checks:
         if check.not_replayable:
-            print(f"{check.node.id[:8]} not replayable: {check.not_replayable}")
+            print(f"{session.tree.short(check.node.id)} not replayable: {check.not_replayable}")
         elif not check.reproduced:
             print(
-                f"{check.node.id[:8]} differs at {check.unit} {check.first_difference}: "
+                f"{session.tree.short(check.node.id)} differs at {check.unit} {check.first_difference}: "
                 f"stored {check.expected!r}, replayed {check.got!r}"
             )
     rerun = [c for c in checks if not c.not_replayable]

@@ -93,7 +93,10 @@ def _mark(args: argparse.Namespace, store: SessionStore) -> int:
                     session.goto(node.parent)
             else:
                 session.set_tag(node.id, what, on)
-            say(f"{args.sessions_command}: {node.id[:8]} {node.speaker or node.role}: {node.text[:50]!r}")
+            say(
+                f"{args.sessions_command}: {session.tree.short(node.id)} "
+                f"{node.speaker or node.role}: {node.text[:50]!r}"
+            )
     return 0
 
 

@@ -156,7 +156,7 @@ def _toggle(tag: str, added: str, removed: str) -> Callable[[Chat, str, Context]
         node = chat.cursor
         on = tag not in node.tags
         chat.session.set_tag(node.id, tag, on)
-        chat.note(f"{added if on else removed} {node.id[:8]}")
+        chat.note(f"{added if on else removed} {chat.tree.short(node.id)}")
 
     return run
 
@@ -168,13 +168,14 @@ def _hide(chat: Chat, rest: str, ctx: Context) -> None:
         raise SimlabError("/hide: the frame cannot be hidden; /hide a turn below it")
     chat.session.set_hidden(node.id, True)
     chat.session.goto(node.parent)
-    chat.note(f"hid {node.id[:8]} (and its branch); /tree all shows it, /unhide {node.id[:8]} brings it back")
+    short = chat.tree.short(node.id)
+    chat.note(f"hid {short} (and its branch); /tree all shows it, /unhide {short} brings it back")
 
 
 def _unhide(chat: Chat, rest: str, ctx: Context) -> None:
     node = chat.tree.resolve(_one(rest, "/unhide ID (see /tree all)"))
     chat.session.set_hidden(node.id, False)
-    chat.note(f"{node.id[:8]} is visible again")
+    chat.note(f"{chat.tree.short(node.id)} is visible again")
 
 
 def _edit(chat: Chat, rest: str, ctx: Context) -> None:

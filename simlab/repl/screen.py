@@ -99,7 +99,10 @@ class Screen:
             )
 
     def _trace_failed(self, node: Node, exc: OSError) -> None:
-        self.note(f"simlab: could not save the trace of {node.id[:8]}: {exc.strerror}; the reply is saved")
+        self.note(
+            f"simlab: could not save the trace of {self.tree.short(node.id)}: {exc.strerror}; "
+            "the reply is saved"
+        )
 
 
 def write(stream: TextIO, text: str) -> None:

@@ -114,4 +114,7 @@ def fork(chat: Chat, rest: str) -> None:
         text = alt[1:-1] if len(alt) > 1 and alt[0] == alt[-1] and alt[0] in "'\"" else alt  # 'quoted'
         chosen, choice = chat.engine.tokenizer.encode(text, add_special_tokens=False), "typed"
     new = chat.fork(at, chosen, choice)
-    chat.note(f"branched {node.id[:8]} at token {at} ({choice}): {new.id[:8]} [{chat.place(new)}]")
+    chat.note(
+        f"branched {chat.tree.short(node.id)} at token {at} ({choice}): "
+        f"{chat.tree.short(new.id)} [{chat.place(new)}]"
+    )

@@ -15,7 +15,7 @@ def info_lines(chat: Chat) -> list[str]:
         f"persona   {chat.persona_name()} ({chat.framing.mode}; {chat.framing.user} / {chat.framing.model})",
         f"session   {chat.session.name} ({len(chat.tree.nodes)} nodes) in {chat.store.folder}",
         f"sampling  {params_text(chat)}",
-        f"node      {node.id[:8]} {node.role} depth {depth} sibling {i}/{n} origin {node.origin}"
+        f"node      {chat.tree.short(node.id)} {node.role} depth {depth} sibling {i}/{n} origin {node.origin}"
         + (f" seed {node.seed}" if node.seed is not None else "")
         + (f" finish {node.finish_reason}" if node.finish_reason else ""),
     ]

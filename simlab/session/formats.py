@@ -8,19 +8,17 @@ so a tree survives simlab -> Loom -> simlab exactly, while Loom shows the same d
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from simlab import safe_yaml
 from simlab.errors import BadInput, SessionError, SimlabError, TreeError
-from simlab.frame.framing import Framing
-from simlab.frame.render import framing_of, render_node
+from simlab.frame.render import render_path
+from simlab.session import loom
 from simlab.session.journal import load_tree, state_records
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node, Tree
 
-LOOM_ROOT_ID = "simlab-synthetic-root"
 IMPORT_LIMIT = 256 * 1024 * 1024  # a Loom or simlab export; a 10,000-node session is ~15 MB
 
 
@@ -35,6 +33,8 @@ def to_markdown(session: Session, node_id: str | None = None) -> str:
     lines = [f"# {session.name}", ""]
     if models:
         lines += [f"*Replies by {', '.join(models)}.*", ""]
+    if not any(n.speaker for n in path):  # a Loom document: one flowing text, not turns
+        return "\n".join(lines) + render_path(path).rstrip("\n") + "\n"
     for node in path:
         if node.role == "frame":
             lines += ["```text", node.text.rstrip("\n"), "```", ""]
@@ -61,77 +61,8 @@ def to_yaml(session: Session) -> str:
 
 
 def to_loom(session: Session) -> dict[str, Any]:
-    """The session as a Loom JSON tree (one root; several roots hang under a synthetic one)."""
-    tree = session.tree
-
-    def convert(node: Node, framing: Framing) -> dict[str, Any]:
-        tags = sorted(node.tags | ({"archived"} if node.hidden else set()))
-        meta: dict[str, Any] = {
-            "creation_timestamp": node.created,
-            "source": "AI" if node.role == "model" else "prompt",
-            "modified": node.origin == "edited",
-            "origin": node.origin,
-            "simlab": {k: v for k, v in node.to_record().items() if k != "parent"},
-        }
-        if node.token_ids:
-            meta["generation"] = {
-                "text": node.text,
-                "model": node.model,
-                "finish_reason": node.finish_reason,
-                "logprobs": {
-                    "tokens": [alts[0][1] if alts else "" for alts in node.top] or None,
-                    "token_logprobs": list(node.logprobs),
-                    "top_logprobs": [{t: lp for _, t, lp in alts} for alts in node.top],
-                },
-            }
-        return {
-            "id": node.id,
-            "text": render_node(node, framing),
-            "parent_id": node.parent,
-            "open": True,
-            "visited": True,
-            "tags": tags,
-            "meta": meta,
-            "children": [convert(c, framing) for c in tree.children(node.id, include_hidden=True)],
-        }
-
-    roots = [convert(r, framing_of([r])) for r in tree.roots]
-    if len(roots) == 1:
-        root = roots[0]
-    else:
-        root = {
-            "id": LOOM_ROOT_ID,
-            "text": "",
-            "parent_id": None,
-            "open": True,
-            "visited": True,
-            "tags": [],
-            "meta": {"source": "prompt"},
-            "children": roots,
-        }
-        for child in roots:
-            child["parent_id"] = LOOM_ROOT_ID
-    canonical = [n.id for n in tree.nodes.values() if "canonical" in n.tags]
-    return {
-        "root": root,
-        "chapters": {},
-        "canonical": canonical,
-        "memories": {},
-        "summaries": {},
-        "model_responses": {},
-        "generation_settings": {},
-        "tags": {
-            "bookmark": {
-                "name": "bookmark",
-                "scope": "node",
-                "hide": False,
-                "show_only": False,
-                "toggle_key": "b",
-                "icon": "star",
-            }
-        },
-        "selected_node_id": tree.cursor,
-    }
+    """The session as a Loom JSON tree (session.loom)."""
+    return loom.to_loom(session.tree)
 
 
 FORMATS = ("md", "yaml", "loom")
@@ -158,65 +89,6 @@ def write_text(path: Path, text: str, what: str) -> Path:
     return path
 
 
-def loom_to_tree(data: Any, where: str) -> Tree:
-    """Build a Tree from Loom JSON; a wrong shape is a SessionError naming the place."""
-    if not isinstance(data, dict) or not isinstance(data.get("root"), dict):
-        raise SessionError(f"{where}: not a Loom tree (expected an object with a 'root' node)")
-    tree = Tree()
-    canonical = set(data.get("canonical") or []) if isinstance(data.get("canonical"), list) else set()
-    stack: list[tuple[dict, str | None, str]] = [(data["root"], None, "root")]
-    while stack:
-        raw, parent, at = stack.pop()
-        if not isinstance(raw, dict) or not isinstance(raw.get("text", ""), str):
-            raise SessionError(f"{where}: Loom node at {at} is not an object with a text string")
-        children = raw.get("children", [])
-        if not isinstance(children, list):
-            raise SessionError(f"{where}: Loom node at {at}: 'children' must be a list")
-        node_id = str(raw.get("id") or "")
-        if node_id == LOOM_ROOT_ID:
-            stack.extend((c, None, f"{at}.children[{i}]") for i, c in reversed(list(enumerate(children))))
-            continue
-        node = _loom_node(raw, parent, canonical, at, where)
-        if node.id in tree.nodes:
-            raise SessionError(f"{where}: Loom node id {node.id} appears twice (at {at})")
-        tree.add(node)
-        stack.extend((c, node.id, f"{at}.children[{i}]") for i, c in reversed(list(enumerate(children))))
-    selected = data.get("selected_node_id")
-    if isinstance(selected, str) and selected in tree.nodes:
-        tree.cursor = selected
-    elif tree.nodes:
-        tree.cursor = tree.leaf(tree.roots[0].id).id
-    return tree
-
-
-def _loom_node(raw: dict, parent: str | None, canonical: set, at: str, where: str) -> Node:
-    meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
-    tags = {str(t) for t in raw.get("tags") or [] if isinstance(t, str)}
-    if raw.get("id") in canonical:
-        tags.add("canonical")
-    hidden = "archived" in tags
-    tags.discard("archived")
-    try:
-        if isinstance(meta.get("simlab"), dict):
-            record = dict(meta["simlab"], parent=parent, tags=sorted(tags), hidden=hidden)
-            record.setdefault("id", str(raw.get("id")))
-            return Node.from_record(record)
-        generation = meta.get("generation") if isinstance(meta.get("generation"), dict) else {}
-        return Node(
-            id=str(raw.get("id") or "") or f"loom-{at}",
-            parent=parent,
-            role="frame" if parent is None else ("model" if meta.get("source") == "AI" else "user"),
-            text=raw.get("text", ""),
-            origin="imported",
-            created=float(meta.get("creation_timestamp") or time.time()),
-            model=generation.get("model") if isinstance(generation.get("model"), str) else None,
-            tags=frozenset(tags),
-            hidden=hidden,
-        )
-    except (TreeError, TypeError, ValueError) as exc:
-        raise SessionError(f"{where}: Loom node at {at} is malformed ({exc})") from None
-
-
 def yaml_to_tree(data: dict, where: str) -> Tree:
     tree = Tree()
     nodes = data.get("nodes")
@@ -239,6 +111,7 @@ def import_file(store: SessionStore, path: Path, name: str | None = None) -> Ses
         text = safe_yaml.read_text(path, "a session export", limit=IMPORT_LIMIT)
     except BadInput as exc:
         raise SessionError(str(exc)) from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write: still JSON
     if text.startswith(
         '{"type":"session"'
     ):  # a session file (`/export jsonl`, or one copied out of a folder)
@@ -258,7 +131,7 @@ def import_file(store: SessionStore, path: Path, name: str | None = None) -> Ses
     if isinstance(data, dict) and "simlab_session" in data:
         tree = yaml_to_tree(data, where)
     else:
-        tree = loom_to_tree(data, where)
+        tree = loom.loom_to_tree(data, where)
     return _store_tree(store, tree, name or _name_from(path, store))
 
 

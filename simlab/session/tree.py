@@ -6,6 +6,7 @@ only hide, and tags are kept per node; every change is a small record a store ca
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ class Node:
     text: str
     speaker: str | None = None
     origin: str = "typed"
-    created: float = field(default_factory=time.time)
+    created: float | None = field(default_factory=time.time)  # None: unknown (an imported file had none)
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[float, ...] = ()
     top: tuple[Sequence[Sequence], ...] = ()  # per token: (id, text, logprob) of the best alternatives
@@ -65,6 +66,9 @@ class Node:
     # On a reply branched at a token (/fork): {"from": the reply, "at": token position, "tokens": how
     # many of token_ids were forced (the rest were sampled with params and seed), "choice": which}.
     forced: dict[str, Any] | None = None
+    # On a node read from a Loom file (session.loom): what the file held that simlab does not use,
+    # written back on export as it came.
+    loom: dict[str, Any] | None = None
     tags: frozenset[str] = frozenset()
     hidden: bool = False
 
@@ -83,8 +87,8 @@ class Node:
         record["top"] = [[list(alt) for alt in alts] for alts in self.top]
 
         def empty(key: str, value: Any) -> bool:
-            if key == "parent":
-                return False  # None is meaningful: a root
+            if key in ("parent", "created"):
+                return False  # None is meaningful: a root; a time not known
             if key in ("token_ids", "logprobs", "top", "tags", "prefill"):
                 return len(value) == 0
             return value is None or (key == "hidden" and value is False)
@@ -148,6 +152,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "backend": (dict,),
     "edited_from": (str,),
     "forced": (dict,),
+    "loom": (dict,),
     "hidden": (bool,),
     "token_ids": (list, tuple),
     "logprobs": (list, tuple),
@@ -158,7 +163,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
 
 
 _LIST, _THREE = {list}, {3}
-_NULLABLE = {"parent"} | {f.name for f in fields(Node) if f.default is None}
+_NULLABLE = {"parent", "created"} | {f.name for f in fields(Node) if f.default is None}
 
 
 class Tree:
@@ -171,6 +176,7 @@ class Tree:
         self.orphans: list[str] = []  # nodes whose parent is missing, kept as extra roots
         self.visited: dict[str, str] = {}  # node id -> the child last visited below it (for "child" moves)
         self.settings: dict = {}  # what the user chose for the chat ({"set": {field: value}, "seed": N})
+        self._short: tuple[int, dict[str, str]] = (-1, {})
 
     # -- building --------------------------------------------------------------------------
     def add(self, node: Node) -> Node:
@@ -209,6 +215,7 @@ class Tree:
                 logprobs=(),
                 top=(),
                 tags=frozenset(),
+                loom=_edited_loom(old.loom),
             )
         )
 
@@ -226,6 +233,20 @@ class Tree:
         return node
 
     # -- reading ---------------------------------------------------------------------------
+    def short(self, node_id: str, least: int = 8) -> str:
+        """The shortest prefix of a node's id (at least `least` characters) that names it alone in
+        this tree, as git abbreviates commits; /goto, --node and the rest take it back."""
+        if self._short[0] != len(self.nodes):  # nodes are only ever added: their count dates the table
+            ids = sorted(self.nodes)
+            table = {}
+            for i, this in enumerate(ids):
+                need = least
+                for other in ids[max(0, i - 1) : i] + ids[i + 1 : i + 2]:
+                    need = max(need, len(os.path.commonprefix([this, other])) + 1)
+                table[this] = this[:need]
+            self._short = (len(self.nodes), table)
+        return self._short[1].get(node_id, node_id[:least])
+
     def get(self, node_id: str) -> Node:
         try:
             return self.nodes[node_id]
@@ -320,3 +341,16 @@ class Tree:
         self.cursor = target.id
         self.remember(target.id)
         return target
+
+
+def _edited_loom(loom: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An edited copy of a node from a Loom file keeps the file's other keys (its chapter, frame,
+    ...), but not what described how the old text was generated, and says it was modified."""
+    if not loom or "keys" not in loom:
+        return None
+    keys = {k: v for k, v in loom["keys"].items() if k != "generation"}
+    meta = dict(keys.get("meta") or {}) if isinstance(keys.get("meta"), dict) else {}
+    meta.pop("generation", None)
+    meta["modified"] = True
+    meta["creation_timestamp"] = time.strftime("%Y-%m-%d-%H.%M.%S")  # pyloom's format, as Loom's own edits
+    return {**{k: v for k, v in loom.items() if k != "file"}, "keys": {**keys, "meta": meta}}

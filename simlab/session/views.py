@@ -56,7 +56,7 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
         marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
         marks += "✗" if node.hidden else ""
         cursor = " ◀" if node.id == tree.cursor else ""
-        head = f"{node.id[:8]} {position}{marks + ' ' if marks else ''}{_label(node, framing)} "
+        head = f"{tree.short(node.id)} {position}{marks + ' ' if marks else ''}{_label(node, framing)} "
         room = width - len(prefix) - len(branch) - len(head) - len(cursor) - 1
         text = head + _one_line(node.text, room - 2) + cursor
         if node.id in on_path:  # the current path: coloured, or marked when colour is off
@@ -78,7 +78,7 @@ def render_transcript(tree: Tree, node_id: str, style: Style) -> list[str]:
     """A path as the conversation reads, with each node's short id in the margin."""
     lines = []
     for node in tree.path(node_id):
-        margin = style.dim(node.id[:8] + " ")
+        margin = style.dim(tree.short(node.id) + " ")
         if node.role == "frame":
             lines += [margin + style.dim("[frame]")] + [
                 "         " + ln for ln in node.text.rstrip("\n").split("\n")
@@ -97,7 +97,9 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
         shared += 1
     lines = [
         style.dim(
-            f"shared: {shared} node(s), up to {path_a[shared - 1].id[:8]}" if shared else "no shared history"
+            f"shared: {shared} node(s), up to {tree.short(path_a[shared - 1].id)}"
+            if shared
+            else "no shared history"
         )
     ]
     if shared:
@@ -112,8 +114,8 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
             out += textwrap.wrap(f"{_label(node)} {node.text.strip()}{extra}", col) or [""]
         return out
 
-    left = column(path_a[shared:], f"A {path_a[-1].id[:8]}")
-    right = column(path_b[shared:], f"B {path_b[-1].id[:8]}")
+    left = column(path_a[shared:], f"A {tree.short(path_a[-1].id)}")
+    right = column(path_b[shared:], f"B {tree.short(path_b[-1].id)}")
     for k in range(max(len(left), len(right))):
         l_text = left[k] if k < len(left) else ""
         r_text = right[k] if k < len(right) else ""

@@ -35,6 +35,18 @@ def folder(tmp_path):
     return tmp_path
 
 
+@pytest.fixture
+def utc(monkeypatch):
+    """Loom's creation_timestamp is written in local time, as pyloom writes it: fix the zone."""
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
 def normalised(raw: bytes, model: str, revision: str) -> bytes:
     """The bytes with node ids numbered by first appearance, creation times zeroed and the model's
     folder (a temporary path) and revision (its files' times) named: the rest must match byte for byte."""
@@ -54,7 +66,7 @@ def test_the_file_opens_for_writing_and_closes_unchanged(folder):
 
 
 @pytest.mark.parametrize("fmt", ["md", "yaml", "loom"])
-def test_exports_are_byte_identical(folder, fmt, capsys):
+def test_exports_are_byte_identical(folder, fmt, capsys, utc):
     from simlab.cli.main import main
 
     assert main(["sessions", "export", "session", "--format", fmt, "--sessions-dir", str(folder)]) == 0

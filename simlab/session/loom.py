@@ -1,0 +1,301 @@
+"""Loom's JSON trees (socketteer/loom, "pyloom"), read as pyloom reads them and written so pyloom
+opens them, with nothing of the file lost on the way through simlab.
+
+pyloom keeps a nested tree: `root` with `children`, each node `id`, `text`, `parent_id`, `tags`,
+`meta` (`creation_timestamp` as "%Y-%m-%d-%H.%M.%S", `source` prompt/AI/mixed, `generation` with the
+API's per-token logprobs, `modified`) and whatever else the version that wrote it kept (`open`,
+`visited`, `mutable`, `chapter_id`, `frame`, `multimedia`, `text_attributes`, ...); at the top the
+tree's own `tags` table, `chapters`, settings blocks, `model_responses`, `canonical` and
+`selected_node_id`. It also opens a bare "simple tree" (`{"text", "children"}` with no `root`) and
+a bare list of them (under an empty root), and older files mark nodes with `"bookmark": true`,
+`"archived": true`, `"canonical": true` instead of tags.
+
+simlab uses the text, the tree, the tags (archived = hidden), the timestamps and the generation's
+logprobs; every other key of a node is kept on the node (`Node.loom`), the file's top-level keys on
+its first root (under "file"), and both are written back as they came. A node simlab made itself
+carries its own record in `meta.simlab`, so simlab -> Loom -> simlab is exact too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from simlab.errors import SessionError, TreeError
+from simlab.frame.framing import Framing
+from simlab.frame.render import framing_of, render_node
+from simlab.session.tree import Node, Tree
+
+LOOM_ROOT_ID = "simlab-synthetic-root"
+PYLOOM_TIME = "%Y-%m-%d-%H.%M.%S"  # pyloom's util.timestamp()
+OLD_ATTRIBUTES = ("bookmark", "archived", "canonical")  # pyloom's turn_attributes_into_tags
+USED = ("id", "parent_id", "text", "children", "tags", *OLD_ATTRIBUTES)  # keys simlab reads itself
+# Node.loom of an imported node: {"keys": the node's other keys as they came, "parent_key": whether it
+# wrote parent_id, "tag_order": its tags list, "old": its old-style attributes, "file": on the first
+# root, the file's own top-level keys}
+FILE_USED = ("root", "canonical", "selected_node_id")
+# pyloom's DEFAULT_TAGS: written when the file had no table of its own; icons are pyloom's files
+DEFAULT_TAGS = {
+    "bookmark": {
+        "name": "bookmark",
+        "scope": "node",
+        "hide": False,
+        "show_only": False,
+        "toggle_key": "b",
+        "icon": "bookmark-black",
+    },
+    "canonical": {
+        "name": "canonical",
+        "scope": "ancestry",
+        "hide": False,
+        "show_only": False,
+        "toggle_key": "*",
+        "icon": "book-white",
+    },
+    "archived": {
+        "name": "archived",
+        "scope": "node",
+        "hide": True,
+        "show_only": False,
+        "toggle_key": "!",
+        "icon": "archive-yellow",
+    },
+}
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def loom_to_tree(data: Any, where: str) -> Tree:
+    """A Tree from any shape pyloom opens; a wrong shape is a SessionError naming the place."""
+    data = _as_tree_file(data, where)
+    tree = Tree()
+    canonical = set(data.get("canonical") or []) if isinstance(data.get("canonical"), list) else set()
+    stack: list[tuple[Any, str | None, str]] = [(data["root"], None, "root")]
+    while stack:
+        raw, parent, at = stack.pop()
+        if not isinstance(raw, dict) or not isinstance(raw.get("text", ""), str):
+            raise SessionError(f"{where}: Loom node at {at} is not an object with a text string")
+        children = raw.get("children", [])
+        if not isinstance(children, list):
+            raise SessionError(f"{where}: Loom node at {at}: 'children' must be a list")
+        if raw.get("id") == LOOM_ROOT_ID:  # simlab's own root above several roots, or a bare list
+            stack.extend((c, None, f"{at}.children[{i}]") for i, c in reversed(list(enumerate(children))))
+            continue
+        node = _node(raw, parent, canonical, at, where)
+        if node.id in tree.nodes:
+            raise SessionError(f"{where}: Loom node id {node.id} appears twice (at {at})")
+        tree.add(node)
+        stack.extend((c, node.id, f"{at}.children[{i}]") for i, c in reversed(list(enumerate(children))))
+    if not tree.roots:
+        raise SessionError(f"{where}: the Loom tree has no nodes")
+    extra = {k: v for k, v in data.items() if k not in FILE_USED}
+    if extra:
+        first = tree.roots[0]
+        tree._replace(_with_loom(first, {**(first.loom or {}), "file": extra}))
+    selected = data.get("selected_node_id")
+    tree.cursor = (
+        selected if isinstance(selected, str) and selected in tree.nodes else tree.leaf(tree.roots[0].id).id
+    )
+    return tree
+
+
+def _as_tree_file(data: Any, where: str) -> dict:
+    """{"root": ...} as pyloom's load_tree_data makes it: a simple tree becomes the root, a bare list
+    the children of an empty root."""
+    if isinstance(data, list) and data and all(isinstance(n, dict) and "text" in n for n in data):
+        return {"root": {"id": LOOM_ROOT_ID, "text": "", "children": data}}
+    if isinstance(data, dict) and "root" not in data and isinstance(data.get("text"), str):
+        return {"root": data}
+    if not isinstance(data, dict) or not isinstance(data.get("root"), dict):
+        raise SessionError(
+            f"{where}: not a Loom tree (expected an object with a 'root' node, a node with 'text' "
+            "and 'children', or a list of them)"
+        )
+    return data
+
+
+def _node(raw: dict, parent: str | None, canonical: set, at: str, where: str) -> Node:
+    meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
+    tags = (
+        [str(t) for t in raw.get("tags") or [] if isinstance(t, str)]
+        if isinstance(raw.get("tags"), list)
+        else []
+    )
+    tags += [name for name in OLD_ATTRIBUTES if raw.get(name) is True and name not in tags]
+    listed_only = raw.get("id") in canonical and "canonical" not in tags  # the file's canonical list
+    if listed_only:
+        tags.append("canonical")
+    hidden = "archived" in tags
+    try:
+        if isinstance(meta.get("simlab"), dict):  # a node simlab wrote: its own record
+            record = dict(meta["simlab"], parent=parent, tags=sorted(set(tags) - {"archived"}), hidden=hidden)
+            record.setdefault("id", str(raw.get("id")))
+            return Node.from_record(record)
+        node_id = str(raw.get("id") or "") or uuid.uuid4().hex
+        loom: dict[str, Any] = {"keys": {k: v for k, v in raw.items() if k not in USED}}
+        loom["parent_key"] = "parent_id" in raw
+        if listed_only:
+            loom["canonical_listed"] = True
+        if isinstance(raw.get("tags"), list):
+            loom["tag_order"] = [t for t in raw["tags"] if isinstance(t, str)]
+        if any(name in raw for name in OLD_ATTRIBUTES):
+            loom["old"] = [name for name in OLD_ATTRIBUTES if name in raw]
+        return Node(
+            id=node_id,
+            parent=parent,
+            role="frame" if parent is None else ("model" if meta.get("source") == "AI" else "user"),
+            text=raw.get("text", ""),
+            origin="imported",
+            created=parse_time(meta.get("creation_timestamp")),
+            model=_text(meta.get("generation"), "model"),
+            tags=frozenset(set(tags) - {"archived"}),
+            hidden=hidden,
+            loom=loom,
+            **_logprobs(meta.get("generation"), raw.get("text", "")),
+        )
+    except (TreeError, TypeError, ValueError) as exc:
+        raise SessionError(f"{where}: Loom node at {at} is malformed ({exc})") from None
+
+
+def parse_time(value: Any) -> float | None:
+    """pyloom's "2021-09-15-13.02.19" (local time), an ISO string, or epoch seconds; None when
+    there is none or it cannot be read (unknown, not the import time)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    for parse in (lambda v: datetime.strptime(v, PYLOOM_TIME), datetime.fromisoformat):
+        try:
+            return parse(value.strip()).timestamp()
+        except ValueError:
+            continue
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _text(data: Any, key: str) -> str | None:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _logprobs(generation: Any, text: str) -> dict[str, Any]:
+    """An OpenAI-style `logprobs` block ({tokens, token_logprobs, top_logprobs}) whose tokens spell the
+    node's text: the node's per-token log-probabilities and alternatives, for /tokens."""
+    block = generation.get("logprobs") if isinstance(generation, dict) else None
+    if not isinstance(block, dict):
+        return {}
+    tokens, values = block.get("tokens"), block.get("token_logprobs")
+    if (
+        not isinstance(tokens, list)
+        or not isinstance(values, list)
+        or len(tokens) != len(values)
+        or not tokens
+    ):
+        return {}
+    if not all(isinstance(t, str) for t in tokens) or "".join(tokens) != text:
+        return {}  # edited after it was generated, or a different text: not this node's tokens
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return {}
+    tops = block.get("top_logprobs") if isinstance(block.get("top_logprobs"), list) else []
+    top = []
+    for i in range(len(tokens)):
+        alts = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        ranked = sorted(
+            (
+                (t, float(lp))
+                for t, lp in alts.items()
+                if isinstance(lp, (int, float)) and not isinstance(lp, bool)
+            ),
+            key=lambda a: -a[1],
+        )
+        top.append(tuple((-1, t, lp) for t, lp in ranked))
+    return {
+        "logprobs": tuple(float(v) for v in values),
+        "top": tuple(top),
+        "backend": {"kind": "loom", "tokens": list(tokens)},
+    }
+
+
+def _with_loom(node: Node, loom: dict | None) -> Node:
+    return replace(node, loom=loom)
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def to_loom(tree: Tree) -> dict[str, Any]:
+    """The tree as a Loom JSON file (one root; several roots hang under a synthetic one)."""
+    roots = [_write(tree, r, framing_of([r])) for r in tree.roots]
+    if len(roots) == 1:
+        root = roots[0]
+    else:
+        root = {"id": LOOM_ROOT_ID, "text": "", "parent_id": None, "open": True, "visited": True}
+        root |= {"tags": [], "meta": {"source": "prompt"}, "children": roots}
+        for child in roots:
+            child["parent_id"] = LOOM_ROOT_ID
+    first = tree.roots[0] if tree.roots else None
+    saved = dict((first.loom or {}).get("file") or {}) if first is not None else {}
+    out: dict[str, Any] = {"root": root}
+    out |= {"chapters": {}, "memories": {}, "summaries": {}, "model_responses": {}} if not saved else {}
+    out |= saved
+    out.setdefault("tags", DEFAULT_TAGS)
+    out["canonical"] = [n.id for n in tree.nodes.values() if "canonical" in n.tags]
+    out["selected_node_id"] = tree.cursor
+    return out
+
+
+def _write(tree: Tree, node: Node, framing: Framing) -> dict[str, Any]:
+    loom = node.loom or {}
+    order, old = loom.get("tag_order"), loom.get("old")
+    tags = set(node.tags) | ({"archived"} if node.hidden else set())
+    if loom.get("canonical_listed"):
+        tags.discard("canonical")  # the file kept it in its top-level list, which still says so
+    out: dict[str, Any] = {"id": node.id, "text": render_node(node, framing)}
+    native = "keys" not in loom  # made by simlab, not read from a Loom file
+    if native or loom.get("parent_key") or node.parent is not None:
+        out["parent_id"] = node.parent
+    if order is not None or old is None:
+        out["tags"] = [t for t in (order or []) if t in tags] + sorted(tags - set(order or []))
+    else:  # an old file's attributes, as it wrote them
+        out |= {name: name in tags for name in old}
+        extra = sorted(tags - set(old))
+        if extra:
+            out["tags"] = extra
+    if native:  # simlab's own node: what Loom shows, and simlab's record to come back
+        out |= {"open": True, "visited": True, "meta": _meta(node)}
+    out |= loom.get("keys") or {}
+    out["children"] = [_write(tree, c, framing) for c in tree.children(node.id, include_hidden=True)]
+    return out
+
+
+def _meta(node: Node) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "creation_timestamp": time.strftime(PYLOOM_TIME, time.localtime(node.created))
+        if node.created is not None
+        else None,
+        "source": "AI" if node.role == "model" else "prompt",
+        "modified": node.origin == "edited",
+        "origin": node.origin,
+        "simlab": {k: v for k, v in node.to_record().items() if k != "parent"},
+    }
+    if node.token_ids or node.logprobs:
+        texts = [alts[0][1] if alts else "" for alts in node.top]
+        meta["generation"] = {
+            "text": node.text,
+            "model": node.model,
+            "finish_reason": node.finish_reason,
+            "logprobs": {
+                "tokens": (node.backend or {}).get("tokens") or texts,
+                "token_logprobs": list(node.logprobs),
+                "top_logprobs": [{t: lp for _, t, lp in alts} for alts in node.top],
+            },
+        }
+    return meta
