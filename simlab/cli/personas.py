@@ -12,10 +12,11 @@ from pathlib import Path
 from simlab.cli.common import Parser, say
 from simlab.errors import PersonaError, SimlabError
 from simlab.frame.render import chat_messages, reply_prompt
-from simlab.persona.cards import import_file
+from simlab.persona.cards import Notes, import_file
 from simlab.persona.library import find, library, shipped_dir, user_dir
 from simlab.persona.schema import NAME, load_file
 from simlab.persona.writer import template, to_yaml
+from simlab.safe_yaml import MAX_BYTES
 from simlab.turns import unsaved_path
 
 
@@ -120,12 +121,23 @@ def _target(name: str, output: str | None, force: bool) -> Path:
     return path
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str, check=None) -> None:
+    """Write atomically with ordinary permissions (mkstemp makes 0600); `check(tmp)` runs on the
+    written file before it takes the name, and a failure leaves nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        if check is not None:
+            check(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -136,15 +148,46 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    persona, fmt = import_file(args.file, name=args.name)
+    notes = Notes()
+    persona, fmt = import_file(args.file, name=args.name, notes=notes)
     path = _target(persona.name, args.output, args.force)
+    book = _lorebook_aside(persona, path)
     text = f"# imported from {Path(args.file).name} ({fmt}) by simlab personas import\n" + to_yaml(persona)
-    _write(path, text)
-    load_file(path)  # what was written loads back
+    if len(text.encode("utf-8")) > MAX_BYTES:
+        raise PersonaError(
+            f"{args.file}: the persona would be {len(text.encode()) // 2**20} MB, over the "
+            f"{MAX_BYTES // 2**20} MB a persona may be; nothing written"
+        )
+    if book is not None:
+        _write(book[0], book[1])
+    try:
+        _write(path, text, check=load_file)  # what is written loads back, or is not written
+    except BaseException:
+        if book is not None:
+            book[0].unlink(missing_ok=True)
+        raise
+    for warning in notes.warnings:
+        say(f"simlab: warning: {warning}")
     unused = persona.extensions.get("simlab_import", {}).get("unused", {})
     kept = f"; kept unused field(s) under extensions: {', '.join(sorted(unused))}" if unused else ""
-    print(f"imported {fmt} character as persona {persona.name!r} -> {path}{kept}")
+    aside = f"; its lorebook is in {book[0].name} beside it" if book is not None else ""
+    print(f"imported {fmt} character as persona {persona.name!r} -> {path}{kept}{aside}")
     return 0
+
+
+def _lorebook_aside(persona, path: Path) -> tuple[Path, str] | None:
+    """A card's lorebook (character_book) goes into a JSON file beside the persona when keeping it
+    inline would make the persona too big to read; the persona names the file."""
+    unused = persona.extensions.get("simlab_import", {}).get("unused", {})
+    book = unused.get("character_book")
+    if book is None:
+        return None
+    text = json.dumps(book, ensure_ascii=False)
+    if len(text.encode("utf-8")) < MAX_BYTES // 4:
+        return None
+    target = path.with_name(path.stem + ".lorebook.json")
+    unused["character_book"] = {"simlab_file": target.name}
+    return target, text
 
 
 def _render(args: argparse.Namespace) -> int:

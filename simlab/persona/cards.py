@@ -7,27 +7,23 @@ under `extensions.simlab_import.unused`, so the card can be rebuilt from the per
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 from simlab import safe_yaml
 from simlab.errors import BadInput, PersonaError
+from simlab.persona.png import CARD_LIMIT, PNG_SIGNATURE, card_from_png
 from simlab.persona.schema import NAME, PLACEHOLDER, Persona, from_dict, read_yaml
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TAVERN_V1 = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
-KNOWN_MACROS = {"char", "user", "original"}
-CARD_LIMIT = 64 * 1024 * 1024  # a PNG card carries its picture
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def import_file(path: Path | str, name: str | None = None) -> tuple[Persona, str]:
-    """Read a character file of any supported format; returns the persona and the format's name."""
+def import_file(path: Path | str, name: str | None = None, notes: Notes | None = None) -> tuple[Persona, str]:
+    """Read a character file of any supported format; returns the persona and the format's name
+    (what the import has to say about the card goes into `notes`)."""
     path = Path(path)
     try:
         raw = safe_yaml.read_bytes(path, "a character card", CARD_LIMIT)
@@ -45,7 +41,11 @@ def import_file(path: Path | str, name: str | None = None) -> tuple[Persona, str
         raise PersonaError(
             f"{path}: a character file must hold an object (mapping), not {type(data).__name__}"
         )
-    fmt, mapping = convert(data, str(path))
+    fmt, mapping = convert(data, str(path), notes)
+    if not mapping.get("name"):  # SillyTavern takes a card with an empty name; so do we, named
+        if not name:
+            raise PersonaError(f"{path}: name: the card has no character name; give one with --name")
+        mapping["speakers"]["model"] = name
     mapping["name"] = name or slug(mapping.get("name") or path.stem, str(path))
     return from_dict(mapping, source=str(path)), fmt
 
@@ -82,31 +82,61 @@ def detect(data: dict[str, Any]) -> str:
         return "tavern-v2"
     if "char_name" in data or "char_persona" in data:
         return "pygmalion"
+    if (
+        "instruction_template" in data
+        or "turn_template" in data
+        or "### Instruction:" in str(data.get("context"))
+    ):
+        return "instruction-template"
     if "first_mes" in data or "mes_example" in data:
         return "tavern-v1"
     if "context" in data or "your_name" in data:
         return "textgen"
+    if isinstance(data.get("name"), str) and "description" in data:
+        return "tavern-v1"  # SillyTavern imports a card of just a name and a description
     return "unknown"
 
 
-def convert(data: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+def convert(data: dict[str, Any], where: str, notes: Notes | None = None) -> tuple[str, dict[str, Any]]:
+    notes = notes if notes is not None else Notes()
+    data = _clean(data)
     fmt = detect(data)
     if fmt in ("tavern-v2", "tavern-v3"):
         card = data.get("data")
         if not isinstance(card, dict):
             raise PersonaError(f"{where}: a {fmt} card needs a 'data' object")
         outer = {k: v for k, v in data.items() if k != "data"}
-        return fmt, _from_tavern(card, where, fmt, outer)
-    if fmt == "tavern-v1":
-        return fmt, _from_tavern(data, where, fmt, {})
-    if fmt == "pygmalion":
-        return fmt, _from_pygmalion(data, where)
-    if fmt == "textgen":
-        return fmt, _from_textgen(data, where)
-    raise PersonaError(
-        f"{where}: not a character format simlab knows (text-generation-webui, Pygmalion, "
-        "Tavern V1/V2/V3); for a simlab persona use `simlab personas validate`"
-    )
+        mapping = _from_tavern(card, where, fmt, outer, notes)
+    elif fmt == "tavern-v1":
+        mapping = _from_tavern(data, where, fmt, {}, notes)
+    elif fmt == "pygmalion":
+        mapping = _from_pygmalion(data, where, notes)
+    elif fmt == "textgen":
+        mapping = _from_textgen(data, where, notes)
+    elif fmt == "instruction-template":
+        raise PersonaError(
+            f"{where}: this is a text-generation-webui instruction template (how an instruct model's "
+            "turns are formatted), not a character; there is nobody to import"
+        )
+    else:
+        raise PersonaError(
+            f"{where}: not a character format simlab knows (text-generation-webui, Pygmalion, "
+            "Tavern V1/V2/V3); for a simlab persona use `simlab personas validate`"
+        )
+    if notes.names:  # macros kept as literal text: the persona allows them as such
+        mapping.setdefault("extensions", {}).setdefault("simlab_import", {})["literal_macros"] = notes.names
+    return fmt, mapping
+
+
+def _clean(value: Any) -> Any:
+    """A lone surrogate (half of a truncated emoji, "\\ud83d" in the JSON) is not text: U+FFFD."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _text(card: dict[str, Any], key: str, where: str) -> str:
@@ -125,18 +155,52 @@ def _texts(card: dict[str, Any], key: str, where: str) -> list[str]:
     return value
 
 
-def _placeholders(text: str, key: str, where: str) -> str:
-    """The formats' <BOT>/<USER> become {{char}}/{{user}}; macros simlab cannot honour are errors."""
-    text = re.sub(r"<BOT>", "{{char}}", text, flags=re.IGNORECASE)
+def _placeholders(text: str, key: str, where: str, notes: Notes | None = None) -> str:
+    """A card's macros as the Character Card V3 spec and SillyTavern treat them: <BOT>, <CHAR> and
+    <USER> (any case) are {{char}} and {{user}}; {{original}}, {{// ...}}, {{comment: ...}} and
+    {{hidden_key: ...}} become nothing; {{reverse:A}} is A reversed; {{random:...}}, {{pick:...}},
+    {{roll:...}} and any other macro stay as literal text, with one warning each (in `notes`)."""
+    text = re.sub(r"<(BOT|CHAR)>", "{{char}}", text, flags=re.IGNORECASE)
     text = re.sub(r"<USER>", "{{user}}", text, flags=re.IGNORECASE)
-    text = re.sub(r"\{\{\s*original\s*\}\}", "", text, flags=re.IGNORECASE)  # V2: "the default prompt"
-    for match in re.finditer(r"\{\{([^}]*)\}\}", text):
-        if match.group(1).strip().lower() not in KNOWN_MACROS:
-            raise PersonaError(
-                f"{where}: {key}: the macro {match.group(0)} has no simlab equivalent "
-                "(only {{char}} and {{user}}); edit the card and import it again"
-            )
-    return text
+
+    def macro(match: re.Match) -> str:
+        body = match.group(1)
+        name, _, arg = body.partition(":")
+        name = name.strip().lower()
+        if name in ("char", "user"):
+            return "{{" + name + "}}"
+        if name in ("original", "comment", "hidden_key") or body.lstrip().startswith("//"):
+            return ""
+        if name == "reverse" and arg:
+            return arg[::-1]
+        if notes is not None:
+            notes.literal(match.group(0), key)
+        return match.group(0)
+
+    return re.sub(r"\{\{(.*?)\}\}", macro, text, flags=re.DOTALL)
+
+
+class Notes:
+    """What an import says about the card: macros left as literal text (SillyTavern leaves unknown
+    ones as they are; {{random}}, {{pick}} and {{roll}} would draw anew per message, which a
+    replayable session cannot), one warning per macro."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.names: list[str] = []
+
+    def literal(self, macro: str, key: str) -> None:
+        name = re.sub(r"[:\s].*", "", macro[2:-2].strip(), flags=re.DOTALL)
+        if PLACEHOLDER.fullmatch(macro) and name not in self.names:
+            self.names.append(name)
+        what = (
+            "is drawn anew per message in SillyTavern"
+            if name.lower() in ("random", "pick", "roll")
+            else "has no simlab equivalent"
+        )
+        line = f"{key}: the macro {macro[:60]} {what}; kept as literal text"
+        if line not in self.warnings:
+            self.warnings.append(line)
 
 
 def _frame(parts: list[tuple[str, str]]) -> str:
@@ -145,7 +209,9 @@ def _frame(parts: list[tuple[str, str]]) -> str:
     return "\n\n".join(lines).rstrip("\n") + "\n\n"
 
 
-def _from_tavern(card: dict[str, Any], where: str, fmt: str, outer: dict[str, Any]) -> dict[str, Any]:
+def _from_tavern(
+    card: dict[str, Any], where: str, fmt: str, outer: dict[str, Any], notes: Notes
+) -> dict[str, Any]:
     used = {
         "name",
         "description",
@@ -160,9 +226,10 @@ def _from_tavern(card: dict[str, Any], where: str, fmt: str, outer: dict[str, An
         "creator",
         "character_version",
         "extensions",
+        "nickname",
     }
     fields = {
-        key: _placeholders(_text(card, src, where), src, where)
+        key: _placeholders(_text(card, src, where), src, where, notes)
         for key, src in (
             ("description", "description"),
             ("personality", "personality"),
@@ -184,34 +251,39 @@ def _from_tavern(card: dict[str, Any], where: str, fmt: str, outer: dict[str, An
         raise PersonaError(f"{where}: extensions: must be an object")
     unused = {k: v for k, v in card.items() if k not in used}
     name = _text(card, "name", where).strip()
-    if not name:
-        raise PersonaError(f"{where}: name: the card has no character name")
+    nickname = _text(card, "nickname", where).strip()  # V3: what {{char}} says in the prompt
+    version = card.get("character_version")
     mapping = {
         "name": name,
-        "speakers": {"user": "User", "model": name},
+        "speakers": {"user": "User", "model": nickname or name},
         "frame": _frame([(label, key) for label, key in parts if fields[key].strip()]),
-        "greeting": _placeholders(_text(card, "first_mes", where), "first_mes", where),
+        "greeting": _placeholders(_text(card, "first_mes", where), "first_mes", where, notes),
         "alternate_greetings": [
-            _placeholders(g, "alternate_greetings", where) for g in _texts(card, "alternate_greetings", where)
+            _placeholders(g, "alternate_greetings", where, notes)
+            for g in _texts(card, "alternate_greetings", where)
         ],
         "tags": [str(t) for t in _texts(card, "tags", where)],
         "creator": _text(card, "creator", where),
-        "version": _text(card, "character_version", where),
+        "version": str(version)
+        if isinstance(version, (int, float)) and not isinstance(version, bool)
+        else _text(card, "character_version", where),
         **fields,
         "extensions": {**extensions, "simlab_import": {"format": fmt, "unused": {**unused, **outer}}},
     }
     return _drop_empty(mapping)
 
 
-def _from_pygmalion(card: dict[str, Any], where: str) -> dict[str, Any]:
+def _from_pygmalion(card: dict[str, Any], where: str, notes: Notes) -> dict[str, Any]:
     used = {"char_name", "char_persona", "world_scenario", "char_greeting", "example_dialogue"}
     name = _text(card, "char_name", where).strip()
     if not name:
         raise PersonaError(f"{where}: char_name: the character has no name")
     fields = {
-        "personality": _placeholders(_text(card, "char_persona", where), "char_persona", where),
-        "scenario": _placeholders(_text(card, "world_scenario", where), "world_scenario", where),
-        "example_dialogue": _placeholders(_text(card, "example_dialogue", where), "example_dialogue", where),
+        "personality": _placeholders(_text(card, "char_persona", where), "char_persona", where, notes),
+        "scenario": _placeholders(_text(card, "world_scenario", where), "world_scenario", where, notes),
+        "example_dialogue": _placeholders(
+            _text(card, "example_dialogue", where), "example_dialogue", where, notes
+        ),
     }
     parts = [
         ("{{{{char}}}}'s Persona: {}", "personality"),
@@ -223,7 +295,7 @@ def _from_pygmalion(card: dict[str, Any], where: str) -> dict[str, Any]:
             "name": name,
             "speakers": {"user": "You", "model": name},
             "frame": _frame([(label, key) for label, key in parts if fields[key].strip()]),
-            "greeting": _placeholders(_text(card, "char_greeting", where), "char_greeting", where),
+            "greeting": _placeholders(_text(card, "char_greeting", where), "char_greeting", where, notes),
             **fields,
             "extensions": {
                 "simlab_import": {
@@ -235,22 +307,20 @@ def _from_pygmalion(card: dict[str, Any], where: str) -> dict[str, Any]:
     )
 
 
-def _from_textgen(card: dict[str, Any], where: str) -> dict[str, Any]:
+def _from_textgen(card: dict[str, Any], where: str, notes: Notes) -> dict[str, Any]:
     used = {"name", "your_name", "context", "greeting", "example_dialogue"}
     name = _text(card, "name", where).strip()
     if not name:
         raise PersonaError(f"{where}: name: the character has no name")
-    context = _placeholders(_text(card, "context", where), "context", where)
-    examples = _placeholders(_text(card, "example_dialogue", where), "example_dialogue", where)
-    if PLACEHOLDER.search(context.replace("{{char}}", "").replace("{{user}}", "")):
-        raise PersonaError(f"{where}: context: holds a placeholder other than {{{{char}}}} and {{{{user}}}}")
+    context = _placeholders(_text(card, "context", where), "context", where, notes)
+    examples = _placeholders(_text(card, "example_dialogue", where), "example_dialogue", where, notes)
     frame = context.rstrip("\n") + ("\n\n{{example_dialogue}}" if examples.strip() else "")
     return _drop_empty(
         {
             "name": name,
             "speakers": {"user": _text(card, "your_name", where).strip() or "You", "model": name},
             "frame": frame.rstrip("\n") + "\n\n",
-            "greeting": _placeholders(_text(card, "greeting", where), "greeting", where),
+            "greeting": _placeholders(_text(card, "greeting", where), "greeting", where, notes),
             "example_dialogue": examples,
             "extensions": {
                 "simlab_import": {
@@ -268,65 +338,3 @@ def _drop_empty(mapping: dict[str, Any]) -> dict[str, Any]:
     if unused and not unused.get("unused"):
         unused.pop("unused")
     return out
-
-
-# -- PNG cards --------------------------------------------------------------------------------
-
-
-def png_text_chunks(raw: bytes, where: str) -> dict[str, str]:
-    """keyword -> text of a PNG's tEXt, zTXt and iTXt chunks."""
-    if not raw.startswith(PNG_SIGNATURE):
-        raise PersonaError(f"{where}: not a PNG file")
-    chunks: dict[str, str] = {}
-    pos = len(PNG_SIGNATURE)
-    while pos + 8 <= len(raw):
-        length, kind = struct.unpack(">I4s", raw[pos : pos + 8])
-        body = raw[pos + 8 : pos + 8 + length]
-        if len(body) < length:
-            raise PersonaError(f"{where}: the PNG is truncated inside a {kind.decode('latin-1')} chunk")
-        pos += 12 + length
-        try:
-            if kind == b"tEXt":
-                key, _, value = body.partition(b"\0")
-                chunks[key.decode("latin-1")] = value.decode("latin-1")
-            elif kind == b"zTXt":
-                key, _, rest = body.partition(b"\0")
-                chunks[key.decode("latin-1")] = _inflate(rest[1:], where).decode("latin-1")
-            elif kind == b"iTXt":
-                key, _, rest = body.partition(b"\0")
-                compressed, rest = rest[0], rest[2:]
-                _lang, _, rest = rest.partition(b"\0")
-                _translated, _, value = rest.partition(b"\0")
-                chunks[key.decode("latin-1")] = (_inflate(value, where) if compressed else value).decode(
-                    "utf-8"
-                )
-        except (zlib.error, UnicodeDecodeError, IndexError):
-            raise PersonaError(f"{where}: a {kind.decode('latin-1')} text chunk is corrupt") from None
-        if kind == b"IEND":
-            break
-    return chunks
-
-
-def _inflate(data: bytes, where: str) -> bytes:
-    """zlib-decompress a text chunk, refusing a decompression bomb."""
-    inflater = zlib.decompressobj()
-    out = inflater.decompress(data, CARD_LIMIT)
-    if inflater.unconsumed_tail:
-        raise PersonaError(
-            f"{where}: a compressed text chunk inflates past {CARD_LIMIT // 2**20} MB; not a card"
-        )
-    return out
-
-
-def card_from_png(raw: bytes, where: str) -> Any:
-    """The card JSON in a PNG: a `ccv3` chunk (V3) is preferred over `chara` (V1/V2)."""
-    chunks = png_text_chunks(raw, where)
-    key = "ccv3" if "ccv3" in chunks else "chara" if "chara" in chunks else None
-    if key is None:
-        raise PersonaError(f"{where}: this PNG holds no character card (no 'chara' or 'ccv3' text chunk)")
-    try:
-        return json.loads(base64.b64decode(chunks[key], validate=False).decode("utf-8"))
-    except RecursionError:
-        raise PersonaError(f"{where}: the PNG's '{key}' card is nested too deeply to read") from None
-    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PersonaError(f"{where}: the PNG's '{key}' chunk is not base64 JSON ({exc})") from None

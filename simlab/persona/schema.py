@@ -235,9 +235,12 @@ def from_dict(
         except SamplingError as exc:
             raise fail(("sampling", str(key)), str(exc).split(": ", 1)[1]) from None
     values["sampling"] = dict(sampling)
+    imported = (values.get("extensions") or {}).get("simlab_import") or {}
+    literal = [m.lower() for m in imported.get("literal_macros") or [] if isinstance(m, str)]
     for key in ("frame", *TEXT_FIELDS, "greeting", "post_history_instructions"):
         for match in PLACEHOLDER.finditer(values.get(key, "")):
             allowed = ("char", "user", *TEXT_FIELDS) if key == "frame" else ("char", "user")
+            allowed += tuple(literal)  # a card's macros simlab keeps as literal text
             if match.group(1).lower() not in allowed:
                 raise fail(
                     key,

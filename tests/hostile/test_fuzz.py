@@ -1,5 +1,6 @@
 """Property-based fuzzing (hypothesis) of what reads untrusted input: the session loader, the persona
-loader, and the stop-string matcher. Runs in CI: 5,000 cases in all, about a minute here."""
+loader, the character-card and Loom importers, and the stop-string matcher. Runs in CI: 5,800 cases
+in all, about a minute and a half here."""
 
 import json
 import string
@@ -252,3 +253,80 @@ def test_the_stop_matcher_releases_exactly_the_text_before_the_first_stop(tokeni
         assert before.stop_string is None
     else:
         assert released == text and not any(s in text for s in stops)
+
+
+# -- the character card and Loom importers -------------------------------------------------------
+
+card_text = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0xDFFF), max_size=30),
+    st.sampled_from(
+        ["{{char}}", "<BOT>", "{{random:a,b}}", "{{// x}}", "{{reverse:ab}}", "{{x_1}}", "\ud83d"]
+    ),
+)
+CARD_KEYS = [
+    "name",
+    "description",
+    "personality",
+    "scenario",
+    "first_mes",
+    "mes_example",
+    "creator",
+    "character_version",
+    "nickname",
+    "alternate_greetings",
+    "tags",
+    "system_prompt",
+    "context",
+]
+
+
+@settings(FUZZ, max_examples=400)
+@given(
+    card=st.dictionaries(st.sampled_from(CARD_KEYS), card_text, max_size=8),
+    wrapped=st.booleans(),
+)
+def test_the_card_importer_gives_a_persona_that_renders_or_one_line(card, wrapped):
+    from simlab.persona.cards import convert
+
+    data = {"spec": "chara_card_v2", "data": card} if wrapped else card
+    try:
+        _, mapping = convert(data, "card.json")
+        mapping["name"] = "fuzzed"
+        persona = from_dict(mapping, source="card.json")
+    except SimlabError as exc:
+        assert "\n" not in str(exc)
+        return
+    persona.render_frame().encode("utf-8")  # no lone surrogate survives
+    for greeting in persona.greetings():
+        greeting.encode("utf-8")
+    from_dict(yaml.safe_load(to_yaml(persona)), source="back")  # what the import writes loads back
+
+
+loom_node = st.recursive(
+    st.fixed_dictionaries(
+        {"text": st.text(max_size=10)}, optional={"id": st.text(max_size=4), "meta": json_value}
+    ),
+    lambda inner: st.fixed_dictionaries(
+        {"text": st.text(max_size=10), "children": st.lists(inner, max_size=3)},
+        optional={"tags": json_value, "bookmark": json_value, "chapter_id": json_value},
+    ),
+    max_leaves=10,
+)
+
+
+@settings(FUZZ, max_examples=400)
+@given(
+    shape=st.one_of(loom_node, st.lists(loom_node, max_size=3), st.fixed_dictionaries({"root": loom_node}))
+)
+def test_the_loom_importer_gives_a_tree_that_exports_or_one_line(shape):
+    from simlab.session.loom import loom_to_tree, to_loom
+
+    try:
+        tree = loom_to_tree(shape, "tree.json")
+    except SessionError as exc:
+        assert "\n" not in str(exc)
+        return
+    json.dumps(to_loom(tree))  # what it writes is JSON again
+    assert all(tree.path(n)[0].parent is None for n in tree.nodes)

@@ -104,9 +104,9 @@ def test_tavern_v3_in_a_png_ccv3_chunk_wins_over_chara(tmp_path):
     body = b"ccv3\0" + base64.b64encode(json.dumps(v3).encode())
     chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
     persona, fmt = import_file(write(tmp_path, "card.png", raw[:iend] + chunk + raw[iend:]))
-    assert fmt == "tavern-v3" and persona.model == "Vell Three"
+    assert fmt == "tavern-v3" and persona.model == "V"  # V3: the nickname is {{char}} in the prompt
     unused = persona.extensions["simlab_import"]["unused"]
-    assert unused["nickname"] == "V" and unused["group_only_greetings"] == ["All hands!"]
+    assert "nickname" not in unused and unused["group_only_greetings"] == ["All hands!"]
     assert unused["assets"][0]["uri"] == "ccdefault:" and unused["creation_date"] == 1700000000
 
 
@@ -179,19 +179,127 @@ def test_text_generation_webui_character(tmp_path, suffix, dump):
         ('{"name": "x", "first_mes": 3}', r"first_mes: must be text, not int"),
         ('{"spec": "chara_card_v2", "data": []}', r"a tavern-v2 card needs a 'data' object"),
         (
-            '{"name": "x", "first_mes": "{{random:a,b}}"}',
-            r"first_mes: the macro \{\{random:a,b\}\} has no simlab",
-        ),
-        (
             '{"name": "x", "first_mes": "hi", "alternate_greetings": "no"}',
             r"alternate_greetings: must be a list",
         ),
         ('{"name": ', r"x\.json:1: invalid JSON"),
         ("[1, 2]", r"must hold an object"),
-        ('{"name": "", "first_mes": "hi"}', r"name: the card has no character name"),
+        ('{"name": "", "first_mes": "hi"}', r"name: the card has no character name; give one with --name"),
+        (
+            '{"name": "Alpaca", "instruction_template": "x"}',
+            r"instruction template \(how .*\), not a character",
+        ),
+        ('{"context": "### Instruction:\\n", "name": "### Response:"}', r"instruction template"),
     ],
 )
 def test_bad_character_files_give_one_clear_line(tmp_path, content, expected):
     with pytest.raises(PersonaError, match=expected) as caught:
         import_file(write(tmp_path, "x.json", content))
     assert "\n" not in str(caught.value)
+
+
+def test_card_macros_as_the_v3_spec_and_sillytavern_treat_them(tmp_path):
+    from simlab.persona.cards import Notes
+
+    card = {
+        "spec": "chara_card_v3",
+        "spec_version": "3.0",
+        "data": {
+            "name": "Mira",
+            "description": "{{// a note for the author}}<CHAR> keeps bees."
+            "{{comment: hidden}}{{hidden_key:bees}}",
+            "personality": "{{reverse:olleh}}, says <char> to <user>",
+            "first_mes": "Hello {{random_user_1}}! {{random:a,b}}",
+            "mes_example": "<START>\n{{user}}: hi\n{{char}}: {{roll:d6}}",
+            "creator": None,
+            "tags": None,
+            "character_version": 2,
+        },
+    }
+    notes = Notes()
+    persona, fmt = import_file(write(tmp_path, "mira.json", json.dumps(card)), notes=notes)
+    assert fmt == "tavern-v3" and persona.description == "{{char}} keeps bees."
+    assert persona.personality == "hello, says {{char}} to {{user}}" and persona.version == "2"
+    assert persona.greetings() == [
+        "Hello {{random_user_1}}! {{random:a,b}}"
+    ]  # literal, as SillyTavern leaves it
+    assert "Mira keeps bees." in persona.render_frame() and "{{roll:d6}}" in persona.render_frame()
+    assert len(notes.warnings) == 3 and any(
+        "random_user_1" in w and "kept as literal" in w for w in notes.warnings
+    )
+    assert any("{{random:a,b}} is drawn anew per message" in w for w in notes.warnings)
+
+
+def test_sillytavern_leniency_and_what_it_refuses(tmp_path):
+    persona, fmt = import_file(write(tmp_path, "v1.json", '{"name": "Bo", "description": "A sailor."}'))
+    assert fmt == "tavern-v1" and persona.description == "A sailor."
+    empty = {"spec": "chara_card_v2", "data": {"name": "", "first_mes": "hi"}}
+    persona, _ = import_file(write(tmp_path, "e.json", json.dumps(empty)), name="rescued")
+    assert persona.name == "rescued" and persona.model == "rescued"
+    broken = '{"name": "Em", "first_mes": "smile \\ud83d", "description": "x"}'  # a truncated emoji
+    persona, _ = import_file(write(tmp_path, "s.json", broken))
+    assert persona.greetings() == ["smile \ufffd"]
+    persona.render_frame().encode("utf-8")  # renders and writes without a surrogate error
+
+
+def test_png_text_chunks_as_sillytavern_reads_them(tmp_path):
+    first = png_with_card({"name": "First", "first_mes": "a"}, "chara")
+    iend = first.rindex(b"IEND") - 4
+    body = b"Chara\0" + base64.b64encode(json.dumps({"name": "Second", "first_mes": "b"}).encode())
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    persona, _ = import_file(write(tmp_path, "two.png", first[:iend] + chunk + first[iend:]))
+    assert persona.model == "First"  # the first chara chunk wins; keywords in any case are the same
+
+
+def test_the_import_command_writes_ordinary_files_puts_a_big_lorebook_aside_and_leaves_nothing_on_failure(
+    tmp_path, capsys
+):
+    import os
+    import stat
+
+    from conftest import run_cli
+
+    from simlab.persona.library import find, user_dir
+
+    entries = [{"keys": [f"k{i}"], "content": "lore " * 120, "enabled": True} for i in range(2500)]
+    card = {
+        "spec": "chara_card_v2",
+        "data": {
+            "name": "Big",
+            "first_mes": "Hi {{random_user_1}}.",
+            "character_book": {"name": "world", "entries": entries},
+        },
+    }
+    path = write(tmp_path, "big.json", json.dumps(card))
+    assert path.stat().st_size > 1_000_000
+    code, out, err = run_cli(capsys, "personas", "import", str(path))
+    assert code == 0 and "its lorebook is in big.lorebook.json beside it" in out
+    assert "warning: first_mes: the macro {{random_user_1}} has no simlab equivalent" in err
+    persona_file, book = user_dir() / "big.yaml", user_dir() / "big.lorebook.json"
+    assert persona_file.stat().st_size < 100_000 and len(json.loads(book.read_text())["entries"]) == 2500
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(persona_file.stat().st_mode) == 0o666 & ~umask
+    assert find("big").greetings() == ["Hi {{random_user_1}}."]
+    before = sorted(p.name for p in user_dir().iterdir())
+    huge = write(tmp_path, "huge.json", json.dumps({"name": "Huge", "description": "x" * 5_000_000}))
+    code, _, err = run_cli(capsys, "personas", "import", str(huge))
+    assert code == 2 and "over the 4 MB a persona may be; nothing written" in err
+    assert sorted(p.name for p in user_dir().iterdir()) == before  # refused: nothing left behind
+
+
+def test_a_persona_that_would_not_load_back_is_not_written(tmp_path, capsys, monkeypatch):
+    from conftest import run_cli
+
+    import simlab.cli.personas as cli
+    from simlab.persona.library import user_dir
+
+    def refuse(path):
+        raise PersonaError(f"{path}: does not load")
+
+    monkeypatch.setattr(cli, "load_file", refuse)
+    code, _, err = run_cli(
+        capsys, "personas", "import", str(write(tmp_path, "c.json", '{"name": "C", "first_mes": "x"}'))
+    )
+    assert code == 2 and "does not load" in err
+    assert not user_dir().exists() or list(user_dir().iterdir()) == []
