@@ -17,6 +17,9 @@ class Framing:
     turn_template: str | dict[str, str] = DEFAULT_TURN  # or one per role: {user: ..., model: ...}
     mode: str = "simulator"
     stop: tuple[str, ...] | None = None  # None: either speaker's label on a new line
+    # text the model reads after the conversation (depth 0: just before the reply; depth N: before
+    # the last N turns), {{char}}/{{user}} filled: a card's post-history instructions, depth prompt
+    inserts: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Framing:
@@ -24,6 +27,7 @@ class Framing:
         data = dict(data or {})
         if data.get("stop") is not None:
             data["stop"] = tuple(data["stop"])
+        data["inserts"] = tuple((str(t), int(d)) for t, d in data.get("inserts") or ())
         if not data.get("turn_template"):
             data.pop("turn_template", None)
         known = {f.name for f in fields(cls)}
@@ -36,7 +40,7 @@ class Framing:
             "turn_template": self.turn_template,
             "mode": self.mode,
             "stop": list(self.stop) if self.stop is not None else None,
-        }
+        } | ({"inserts": [[t, d] for t, d in self.inserts]} if self.inserts else {})
 
     def template(self, role: str) -> str:
         """The turn template of a role ("user" or "model"): one for both, or one each."""
@@ -60,6 +64,12 @@ class Framing:
         """The spaces label() removed, which a reply starts with and its stored text does not."""
         head = self.template("model").split("{text}")[0]
         return head[len(head.rstrip(" ")) :]
+
+    def insert_text(self, text: str) -> str:
+        """An insert as the model reads it: {{char}} and {{user}} are the speaker labels, on a line
+        of its own."""
+        text = text.replace("{{char}}", self.model).replace("{{user}}", self.user)
+        return text.rstrip("\n") + "\n"
 
     def default_stops(self) -> tuple[str, ...]:
         """Either speaker's label on a new line: the next user turn, or the model running on

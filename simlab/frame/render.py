@@ -59,7 +59,7 @@ def render_path(path: Sequence[Any]) -> str:
 
 def chat_messages(path: Sequence[Any], speaker: str) -> list[dict[str, str]]:
     """A path as chat messages: the frame is the system message, `speaker`'s turns the assistant's."""
-    messages = []
+    messages: list[dict[str, str]] = []
     for node in path:
         if node.role == "frame" and node.text.strip():
             messages.append({"role": "system", "content": node.text})
@@ -67,6 +67,11 @@ def chat_messages(path: Sequence[Any], speaker: str) -> list[dict[str, str]]:
             messages.append(
                 {"role": "assistant" if node.speaker == speaker else "user", "content": node.text}
             )
+    framing = framing_of(path)
+    first_turn = 1 if messages and messages[0]["role"] == "system" else 0
+    for text, depth in sorted(framing.inserts, key=lambda insert: -insert[1]):
+        at = max(first_turn, len(messages) - depth)
+        messages.insert(at, {"role": "system", "content": framing.insert_text(text).rstrip("\n")})
     return messages
 
 
@@ -89,7 +94,15 @@ def reply_prompt(path: Sequence[Any], speaker: str, tokenizer: Any = None) -> st
     framing = framing_of(path)
     if framing.mode == "chat":
         return chat_prompt_ids(path, speaker, tokenizer)
-    return render_path(path) + framing.label("model", speaker)
+    if not framing.inserts:
+        return render_path(path) + framing.label("model", speaker)
+    pieces = [render_node(node, framing) for node in path]
+    turns = [i for i, node in enumerate(path) if node.role in ("user", "model")]
+    for text, depth in sorted(framing.inserts, key=lambda insert: -insert[1]):
+        at = turns[-depth] if 0 < depth <= len(turns) else (len(pieces) if depth == 0 else 1)
+        pieces.insert(at, framing.insert_text(text))
+        turns = [t + 1 if t >= at else t for t in turns]
+    return "".join(pieces) + framing.label("model", speaker)
 
 
 def reply_text(generated: str, framing: Framing) -> str:

@@ -105,7 +105,9 @@ def convert(data: dict[str, Any], where: str, notes: Notes | None = None) -> tup
         card = data.get("data")
         if not isinstance(card, dict):
             raise PersonaError(f"{where}: a {fmt} card needs a 'data' object")
-        outer = {k: v for k, v in data.items() if k != "data"}
+        # a V2/V3 card repeats the V1 fields at its root for old readers: those are the card's own
+        # fields (used from `data`), not unused ones, unless they say something else
+        outer = {k: v for k, v in data.items() if k != "data" and not (k in TAVERN_V1 and card.get(k) == v)}
         mapping = _from_tavern(card, where, fmt, outer, notes)
     elif fmt == "tavern-v1":
         mapping = _from_tavern(data, where, fmt, {}, notes)
@@ -253,9 +255,16 @@ def _from_tavern(
     name = _text(card, "name", where).strip()
     nickname = _text(card, "nickname", where).strip()  # V3: what {{char}} says in the prompt
     version = card.get("character_version")
+    depth = extensions.get("depth_prompt") if isinstance(extensions.get("depth_prompt"), dict) else {}
+    inserts = []
+    if isinstance(depth.get("prompt"), str) and depth["prompt"].strip():  # SillyTavern's character note
+        level = depth.get("depth", 4)
+        level = level if isinstance(level, int) and not isinstance(level, bool) and level >= 0 else 4
+        inserts.append({"text": _placeholders(depth["prompt"], "depth_prompt", where, notes), "depth": level})
     mapping = {
         "name": name,
         "speakers": {"user": "User", "model": nickname or name},
+        "inserts": inserts,
         "frame": _frame([(label, key) for label, key in parts if fields[key].strip()]),
         "greeting": _placeholders(_text(card, "first_mes", where), "first_mes", where, notes),
         "alternate_greetings": [

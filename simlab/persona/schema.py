@@ -47,7 +47,9 @@ class Persona:
     personality: str = ""
     scenario: str = ""
     system_prompt: str = ""
-    post_history_instructions: str = ""
+    post_history_instructions: str = ""  # read after the conversation, just before each reply
+    # more text read after the conversation: (text, depth), depth N = before the last N turns
+    inserts: tuple[tuple[str, int], ...] = ()
     creator: str = ""
     version: str = ""
     extensions: dict[str, Any] = field(default_factory=dict)
@@ -77,7 +79,8 @@ class Persona:
 
     def framing(self) -> Framing:
         """How this persona's transcripts are written and where its replies end."""
-        return Framing(self.user, self.model, self.turn_template, self.mode, self.stop)
+        after = ((self.post_history_instructions, 0),) if self.post_history_instructions.strip() else ()
+        return Framing(self.user, self.model, self.turn_template, self.mode, self.stop, after + self.inserts)
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -221,6 +224,8 @@ def from_dict(
         values["turn_template"] = dict(template)
     else:
         values["turn_template"] = _check_template(template, "turn_template", fail)
+    if "inserts" in data:
+        values["inserts"] = _inserts(data["inserts"], fail)
     for key in ("extensions",):
         if key in data:
             if not isinstance(data[key], dict):
@@ -237,8 +242,12 @@ def from_dict(
     values["sampling"] = dict(sampling)
     imported = (values.get("extensions") or {}).get("simlab_import") or {}
     literal = [m.lower() for m in imported.get("literal_macros") or [] if isinstance(m, str)]
-    for key in ("frame", *TEXT_FIELDS, "greeting", "post_history_instructions"):
-        for match in PLACEHOLDER.finditer(values.get(key, "")):
+    texts = {
+        key: values.get(key, "") for key in ("frame", *TEXT_FIELDS, "greeting", "post_history_instructions")
+    }
+    texts |= {f"inserts[{i + 1}]": text for i, (text, _) in enumerate(values.get("inserts", ()))}
+    for key, text in texts.items():
+        for match in PLACEHOLDER.finditer(text):
             allowed = ("char", "user", *TEXT_FIELDS) if key == "frame" else ("char", "user")
             allowed += tuple(literal)  # a card's macros simlab keeps as literal text
             if match.group(1).lower() not in allowed:
@@ -248,6 +257,27 @@ def from_dict(
                     f"{', '.join('{{' + a + '}}' for a in allowed)}",
                 )
     return Persona(source=source, **values)
+
+
+def _inserts(items: Any, fail) -> tuple[tuple[str, int], ...]:
+    """`inserts: [{text: ..., depth: N}]`: text read after the conversation, N turns from its end."""
+    if not isinstance(items, list):
+        raise fail("inserts", "must be a list of {text, depth} mappings")
+    out = []
+    for i, item in enumerate(items):
+        if (
+            not isinstance(item, dict)
+            or set(item) - {"text", "depth"}
+            or not isinstance(item.get("text"), str)
+        ):
+            raise fail("inserts", f"item {i + 1} must be a mapping with text (and depth)")
+        depth = item.get("depth", 0)
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
+            raise fail(
+                "inserts", f"item {i + 1}: depth must be a whole number from 0 (just before the reply)"
+            )
+        out.append((item["text"], depth))
+    return tuple(out)
 
 
 def _check_template(template: Any, key: tuple | str, fail) -> str:

@@ -48,12 +48,15 @@ def to_yaml(persona: Persona) -> str:
         "scenario",
         "system_prompt",
         "post_history_instructions",
+        "inserts",
         "creator",
         "version",
         "extensions",
     ):
         value = getattr(persona, key)
-        if value != getattr(default, key):
+        if key == "inserts" and value:
+            data[key] = [{"text": text, "depth": depth} for text, depth in value]
+        elif value != getattr(default, key):
             data[key] = list(value) if isinstance(value, tuple) else value
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 

@@ -194,3 +194,26 @@ def test_greetings_become_model_turns_and_alternates_siblings(tmp_path):
     with store.create("g") as s:
         first = add_frame(s, persona)
         assert first.text == "Hi Ann." and [n.text for n in s.tree.siblings(first.id)] == ["Hi Ann.", "Yo."]
+
+
+def test_inserts_are_read_after_the_conversation_and_survive_the_writer():
+    import yaml as _yaml
+
+    from simlab.errors import PersonaError as _PersonaError
+    from simlab.frame.render import reply_prompt
+    from simlab.persona.schema import from_dict as _from_dict
+    from simlab.persona.writer import to_yaml as _to_yaml
+    from simlab.turns import unsaved_path
+
+    data = {
+        "name": "ins",
+        "frame": "A talk.\n\n",
+        "speakers": {"user": "Q", "model": "A"},
+        "inserts": [{"text": "[{{char}} answers briefly]", "depth": 0}],
+    }
+    persona = _from_dict(data)
+    prompt = reply_prompt(unsaved_path(persona, [("why?", None)]), persona.model)
+    assert prompt == "A talk.\n\nQ: why?\n[A answers briefly]\nA:"
+    assert _from_dict(_yaml.safe_load(_to_yaml(persona))) == persona
+    with pytest.raises(_PersonaError, match="inserts: item 1: depth must be a whole number"):
+        _from_dict({**data, "inserts": [{"text": "x", "depth": -1}]})

@@ -303,3 +303,33 @@ def test_a_persona_that_would_not_load_back_is_not_written(tmp_path, capsys, mon
     )
     assert code == 2 and "does not load" in err
     assert not user_dir().exists() or list(user_dir().iterdir()) == []
+
+
+def test_post_history_instructions_and_the_depth_prompt_reach_the_prompt_where_sillytavern_puts_them(
+    tmp_path,
+):
+    from simlab.frame.render import chat_messages, reply_prompt
+    from simlab.turns import unsaved_path
+
+    card = {
+        "spec": "chara_card_v2",
+        "name": "Nell",
+        "description": "Nell keeps a lighthouse.",
+        "data": {
+            "name": "Nell",
+            "description": "Nell keeps a lighthouse.",
+            "first_mes": "Evening.",
+            "post_history_instructions": "Stay in character as {{char}}.",
+            "extensions": {"depth_prompt": {"prompt": "{{char}} is tired.", "depth": 2, "role": "system"}},
+        },
+    }
+    persona, _ = import_file(write(tmp_path, "nell.json", json.dumps(card)))
+    unused = persona.extensions["simlab_import"].get("unused", {})
+    assert "name" not in unused and "description" not in unused  # the V1 mirrors are used, not unused
+    path = unsaved_path(persona, [("one", "uno"), ("two", None)])
+    prompt = reply_prompt(path, persona.model)
+    assert prompt.endswith("User: two\nStay in character as Nell.\nNell:")
+    assert "User: one\nNell is tired.\nNell: uno\nUser: two\n" in prompt  # before the last two turns
+    messages = chat_messages(path, persona.model)
+    assert messages[-1] == {"role": "system", "content": "Stay in character as Nell."}
+    assert messages[-4] == {"role": "system", "content": "Nell is tired."}
