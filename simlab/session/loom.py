@@ -72,6 +72,7 @@ DEFAULT_TAGS = {
 def loom_to_tree(data: Any, where: str) -> Tree:
     """A Tree from any shape pyloom opens; a wrong shape is a SessionError naming the place."""
     data = _as_tree_file(data, where)
+    extra = {k: v for k, v in data.items() if k not in FILE_USED}  # kept on the first root
     tree = Tree()
     canonical = set(data.get("canonical") or []) if isinstance(data.get("canonical"), list) else set()
     stack: list[tuple[Any, str | None, str]] = [(data["root"], None, "root")]
@@ -86,16 +87,14 @@ def loom_to_tree(data: Any, where: str) -> Tree:
             stack.extend((c, None, f"{at}.children[{i}]") for i, c in reversed(list(enumerate(children))))
             continue
         node = _node(raw, parent, canonical, at, where)
+        if extra and not tree.roots and parent is None:
+            node = replace(node, loom={**(node.loom or {}), "file": extra})
         if node.id in tree.nodes:
             raise SessionError(f"{where}: Loom node id {node.id} appears twice (at {at})")
         tree.add(node)
         stack.extend((c, node.id, f"{at}.children[{i}]") for i, c in reversed(list(enumerate(children))))
     if not tree.roots:
         raise SessionError(f"{where}: the Loom tree has no nodes")
-    extra = {k: v for k, v in data.items() if k not in FILE_USED}
-    if extra:
-        first = tree.roots[0]
-        tree._replace(_with_loom(first, {**(first.loom or {}), "file": extra}))
     selected = data.get("selected_node_id")
     tree.cursor = (
         selected if isinstance(selected, str) and selected in tree.nodes else tree.leaf(tree.roots[0].id).id
@@ -222,10 +221,6 @@ def _logprobs(generation: Any, text: str) -> dict[str, Any]:
         "top": tuple(top),
         "backend": {"kind": "loom", "tokens": list(tokens)},
     }
-
-
-def _with_loom(node: Node, loom: dict | None) -> Node:
-    return replace(node, loom=loom)
 
 
 # -- writing --------------------------------------------------------------------------------------
