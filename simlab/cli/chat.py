@@ -264,7 +264,8 @@ def _last(store: SessionStore) -> str:
 
 def _model_spec(args: argparse.Namespace, settings, session: Session | None) -> str:
     if args.model is None and session is not None:  # resume with the model that wrote the replies
-        recorded = [n.model for n in session.tree.nodes.values() if n.model]
+        # replies simlab sampled (an imported Loom node names its API model, e.g. "davinci": not a spec)
+        recorded = [n.model for n in session.tree.nodes.values() if n.model and n.params is not None]
         if recorded:
             return recorded[-1]
     return args.model or settings.model

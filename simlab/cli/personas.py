@@ -155,7 +155,7 @@ def _import(args: argparse.Namespace) -> int:
     text = f"# imported from {Path(args.file).name} ({fmt}) by simlab personas import\n" + to_yaml(persona)
     if len(text.encode("utf-8")) > MAX_BYTES:
         raise PersonaError(
-            f"{args.file}: the persona would be {len(text.encode()) // 2**20} MB, over the "
+            f"{args.file}: the persona would be {len(text.encode()) / 2**20:.1f} MB, over the "
             f"{MAX_BYTES // 2**20} MB a persona may be; nothing written"
         )
     if book is not None:

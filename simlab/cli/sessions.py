@@ -117,7 +117,8 @@ def _list(args: argparse.Namespace, store: SessionStore) -> int:
 def _import(args: argparse.Namespace, store: SessionStore) -> int:
     session = formats.import_file(store, Path(args.file), args.name)
     warn(session.problems)
-    print(f"imported {len(session.tree.nodes)} nodes as session {session.name!r}")
+    count = len(session.tree.nodes)
+    print(f"imported {count} node{'' if count == 1 else 's'} as session {session.name!r}")
     return 0
 
 
@@ -138,8 +139,8 @@ def _export(args: argparse.Namespace, store: SessionStore) -> int:
     warn(session.problems)
     text = formats.render(session, args.format, args.node)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        say(f"wrote {args.output}")
+        path = formats.write_text(Path(args.output), text, "sessions export")
+        say(f"wrote {path}")
     else:
         sys.stdout.write(text)
     return 0

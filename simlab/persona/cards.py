@@ -228,8 +228,9 @@ def _from_tavern(
         "creator",
         "character_version",
         "extensions",
-        "nickname",
     }
+    if fmt == "tavern-v3":
+        used.add("nickname")
     fields = {
         key: _placeholders(_text(card, src, where), src, where, notes)
         for key, src in (
@@ -253,7 +254,8 @@ def _from_tavern(
         raise PersonaError(f"{where}: extensions: must be an object")
     unused = {k: v for k, v in card.items() if k not in used}
     name = _text(card, "name", where).strip()
-    nickname = _text(card, "nickname", where).strip()  # V3: what {{char}} says in the prompt
+    # V3: the nickname is what {{char}} says in the prompt (V2 has none: it stays unused there)
+    nickname = _text(card, "nickname", where).strip() if fmt == "tavern-v3" else ""
     version = card.get("character_version")
     depth = extensions.get("depth_prompt") if isinstance(extensions.get("depth_prompt"), dict) else {}
     inserts = []
@@ -277,7 +279,14 @@ def _from_tavern(
         if isinstance(version, (int, float)) and not isinstance(version, bool)
         else _text(card, "character_version", where),
         **fields,
-        "extensions": {**extensions, "simlab_import": {"format": fmt, "unused": {**unused, **outer}}},
+        "extensions": {
+            **extensions,
+            "simlab_import": {
+                "format": fmt,
+                **({"card_name": name} if name else {}),  # the display name, whatever the label
+                "unused": {**unused, **outer},
+            },
+        },
     }
     return _drop_empty(mapping)
 

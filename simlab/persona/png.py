@@ -71,5 +71,5 @@ def card_from_png(raw: bytes, where: str) -> Any:
         return json.loads(base64.b64decode(chunks[key], validate=False).decode("utf-8"))
     except RecursionError:
         raise PersonaError(f"{where}: the PNG's '{key}' card is nested too deeply to read") from None
-    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:  # ValueError: non-ASCII base64
         raise PersonaError(f"{where}: the PNG's '{key}' chunk is not base64 JSON ({exc})") from None

@@ -51,6 +51,13 @@ def _one(rest: str, usage: str) -> str:
     return args[0]
 
 
+def _at_most_one(rest: str, usage: str) -> str | None:
+    args = rest.split()
+    if len(args) > 1:
+        raise SimlabError(f"usage: {usage}")
+    return args[0] if args else None
+
+
 def _int(rest: str, usage: str) -> int:
     try:
         return int(_one(rest, usage))
@@ -273,9 +280,11 @@ COMMANDS: dict[str, Command] = {
         Command("continue", "", "extend the current reply", lambda chat, rest, ctx: chat.continue_reply()),
         Command(
             "tokens",
-            "",
-            "the current turn's tokens by probability, with alternatives (typed text: scored)",
-            lambda chat, rest, ctx: [chat.say(line) for line in token_lines(chat)],
+            "[ID]",
+            "a turn's tokens by probability, with alternatives (typed text: scored)",
+            lambda chat, rest, ctx: [
+                chat.say(line) for line in token_lines(chat, _at_most_one(rest, "/tokens [ID]"))
+            ],
         ),
         Command(
             "fork",

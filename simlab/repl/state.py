@@ -154,7 +154,7 @@ class Chat(Screen):
 
     def persona_name(self) -> str | None:
         path = self.path()
-        return path[0].persona if path else self.persona.name
+        return (path[0].persona if path else None) or self.persona.name
 
     def position(self) -> tuple[int, int, int]:
         """(depth, sibling index from 1, number of siblings) of the cursor."""

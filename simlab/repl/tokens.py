@@ -12,10 +12,10 @@ from simlab.frame.render import render_spans
 from simlab.repl.state import Chat
 
 
-def token_lines(chat: Chat) -> list[str]:
-    """The current turn, each token coloured by its probability, then each token's alternatives
-    (numbered as /fork POS ALT takes them)."""
-    node = chat.cursor
+def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
+    """A turn (the current one, or node_id), each token coloured by its probability, then each
+    token's alternatives (numbered as /fork POS ALT takes them)."""
+    node = chat.tree.resolve(node_id) if node_id else chat.cursor
     served = (node.backend or {}).get("tokens")
     if node.role == "model" and node.backend and not served:
         raise SimlabError(
@@ -34,6 +34,10 @@ def token_lines(chat: Chat) -> list[str]:
                 "the rest sampled)"
             )
     else:
+        if node.id != chat.cursor.id:
+            raise SimlabError(
+                "/tokens ID shows a sampled reply's tokens; to score typed text, /goto it first"
+            )
         rows = [(t.text, t.logprob, t.top) for t in scored(chat, node)]
         lines[1] = chat.style.dim("(text you typed or edited, scored by the model: how surprising it is)")
     kept = _in_reply(chat, node, [text for text, _, _ in rows])

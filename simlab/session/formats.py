@@ -29,12 +29,14 @@ def to_markdown(session: Session, node_id: str | None = None) -> str:
     if target is None:
         return f"# {session.name}\n\n(empty session)\n"
     path = tree.path(tree.resolve(target).id)
-    models = sorted({f"{n.model} ({(n.model_revision or '?')[:12]})" for n in path if n.model})
+    models = sorted(
+        {f"{n.model} ({n.model_revision[:12]})" if n.model_revision else n.model for n in path if n.model}
+    )
     lines = [f"# {session.name}", ""]
     if models:
         lines += [f"*Replies by {', '.join(models)}.*", ""]
     if not any(n.speaker for n in path):  # a Loom document: one flowing text, not turns
-        return "\n".join(lines) + render_path(path).rstrip("\n") + "\n"
+        return "\n".join(lines) + "\n" + render_path(path).rstrip("\n") + "\n"
     for node in path:
         if node.role == "frame":
             lines += ["```text", node.text.rstrip("\n"), "```", ""]

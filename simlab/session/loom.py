@@ -73,6 +73,8 @@ def loom_to_tree(data: Any, where: str) -> Tree:
     """A Tree from any shape pyloom opens; a wrong shape is a SessionError naming the place."""
     data = _as_tree_file(data, where)
     extra = {k: v for k, v in data.items() if k not in FILE_USED}  # kept on the first root
+    if extra or "canonical" in data:
+        extra |= {"$order": list(data), "$canonical": data.get("canonical")}
     tree = Tree()
     canonical = set(data.get("canonical") or []) if isinstance(data.get("canonical"), list) else set()
     stack: list[tuple[Any, str | None, str]] = [(data["root"], None, "root")]
@@ -96,9 +98,12 @@ def loom_to_tree(data: Any, where: str) -> Tree:
     if not tree.roots:
         raise SessionError(f"{where}: the Loom tree has no nodes")
     selected = data.get("selected_node_id")
-    tree.cursor = (
+    cursor = (
         selected if isinstance(selected, str) and selected in tree.nodes else tree.leaf(tree.roots[0].id).id
     )
+    path = tree.path(cursor)
+    hidden = next((i for i, node in enumerate(path) if node.hidden), None)
+    tree.cursor = path[hidden - 1].id if hidden else cursor  # an archived node: where it hangs, seen
     return tree
 
 
@@ -136,6 +141,7 @@ def _node(raw: dict, parent: str | None, canonical: set, at: str, where: str) ->
             return Node.from_record(record)
         node_id = str(raw.get("id") or "") or uuid.uuid4().hex
         loom: dict[str, Any] = {"keys": {k: v for k, v in raw.items() if k not in USED}}
+        loom["order"] = list(raw)  # the node's keys in the file's order, to write them back so
         loom["parent_key"] = "parent_id" in raw
         if listed_only:
             loom["canonical_listed"] = True
@@ -232,19 +238,35 @@ def to_loom(tree: Tree) -> dict[str, Any]:
     if len(roots) == 1:
         root = roots[0]
     else:
-        root = {"id": LOOM_ROOT_ID, "text": "", "parent_id": None, "open": True, "visited": True}
-        root |= {"tags": [], "meta": {"source": "prompt"}, "children": roots}
+        # pyloom's own empty root (EMPTY_TREE: immutable, visited), so pyloom adds no second one
+        root = {"id": LOOM_ROOT_ID, "text": "", "mutable": False, "visited": True, "children": roots}
         for child in roots:
             child["parent_id"] = LOOM_ROOT_ID
     first = tree.roots[0] if tree.roots else None
     saved = dict((first.loom or {}).get("file") or {}) if first is not None else {}
+    order, listed = saved.pop("$order", None), saved.pop("$canonical", None)
+    imported = first is not None and "keys" in (first.loom or {})
     out: dict[str, Any] = {"root": root}
-    out |= {"chapters": {}, "memories": {}, "summaries": {}, "model_responses": {}} if not saved else {}
+    if not imported and not saved:  # simlab's own tree: the blocks pyloom writes
+        out |= {"chapters": {}, "memories": {}, "summaries": {}, "model_responses": {}}
     out |= saved
     out.setdefault("tags", DEFAULT_TAGS)
-    out["canonical"] = [n.id for n in tree.nodes.values() if "canonical" in n.tags]
+    canonical = [n.id for n in tree.nodes.values() if "canonical" in n.tags]
+    if isinstance(listed, list):  # the file's list, in its order, ids it names that simlab lacks too
+        known = [i for i in listed if not isinstance(i, str) or i not in tree.nodes or i in canonical]
+        canonical = known + [i for i in canonical if i not in known]
+    out["canonical"] = canonical
     out["selected_node_id"] = tree.cursor
-    return out
+    return _ordered(out, order)
+
+
+def _ordered(mapping: dict[str, Any], order: list | None) -> dict[str, Any]:
+    """The keys in the order a file had them (new ones after)."""
+    if not order:
+        return mapping
+    return {k: mapping[k] for k in order if k in mapping} | {
+        k: v for k, v in mapping.items() if k not in order
+    }
 
 
 def _write(tree: Tree, node: Node, framing: Framing) -> dict[str, Any]:
@@ -253,13 +275,15 @@ def _write(tree: Tree, node: Node, framing: Framing) -> dict[str, Any]:
     tags = set(node.tags) | ({"archived"} if node.hidden else set())
     if loom.get("canonical_listed"):
         tags.discard("canonical")  # the file kept it in its top-level list, which still says so
-    out: dict[str, Any] = {"id": node.id, "text": render_node(node, framing)}
     native = "keys" not in loom  # made by simlab, not read from a Loom file
+    out: dict[str, Any] = {"id": node.id}
+    if native or "text" in loom.get("order", ("text",)) or node.text:
+        out["text"] = render_node(node, framing)
     if native or loom.get("parent_key") or node.parent is not None:
         out["parent_id"] = node.parent
-    if order is not None or old is None:
+    if order is not None or (old is None and (native or tags)):
         out["tags"] = [t for t in (order or []) if t in tags] + sorted(tags - set(order or []))
-    else:  # an old file's attributes, as it wrote them
+    elif old is not None:  # an old file's attributes, as it wrote them
         out |= {name: name in tags for name in old}
         extra = sorted(tags - set(old))
         if extra:
@@ -268,7 +292,7 @@ def _write(tree: Tree, node: Node, framing: Framing) -> dict[str, Any]:
         out |= {"open": True, "visited": True, "meta": _meta(node)}
     out |= loom.get("keys") or {}
     out["children"] = [_write(tree, c, framing) for c in tree.children(node.id, include_hidden=True)]
-    return out
+    return _ordered(out, loom.get("order"))
 
 
 def _meta(node: Node) -> dict[str, Any]:

@@ -89,7 +89,20 @@ def test_a_pyloom_tree_comes_back_from_simlab_with_nothing_lost(store, tmp_path)
     original = pyloom_file()
     session = import_json(store, tmp_path, original)
     back = json.loads(render(session, "loom"))
-    assert back == pyloom_file()
+    assert json.dumps(back) == json.dumps(original)  # the same keys, values and even key order
+
+
+def test_a_sparse_loom_file_gets_nothing_it_did_not_have(store, tmp_path):
+    sparse = {
+        "root": {"id": "r", "children": [{"id": "c", "text": " one", "children": []}]},
+        "canonical": ["c", "not-a-node"],
+    }
+    back = json.loads(render(import_json(store, tmp_path, sparse, "sparse"), "loom"))
+    expected = copy.deepcopy(sparse)
+    expected["root"]["children"][0]["parent_id"] = "r"  # documented additions: parent_id below the
+    expected["tags"] = DEFAULT_TAGS  # root, pyloom's tag table, and the cursor
+    expected["selected_node_id"] = "c"
+    assert back == expected and list(back)[:2] == ["root", "canonical"]
 
 
 def test_what_simlab_uses_from_a_pyloom_node(store, tmp_path):
@@ -195,3 +208,10 @@ def test_ids_print_as_their_shortest_unique_prefix(store, tmp_path, capsys):
         capsys, "sessions", "show", "prefix", "--node", "00000000-0000-0011", "--sessions-dir", store.folder
     )
     assert code == 0 and " 11" in out, err
+
+
+def test_a_selected_archived_node_leaves_the_cursor_where_it_can_be_seen(store, tmp_path):
+    data = pyloom_file()
+    data["selected_node_id"] = "af00"  # under the archived crow
+    tree = import_json(store, tmp_path, data, "hiddencursor").tree
+    assert tree.cursor == "7a3b" and not tree.get(tree.cursor).hidden

@@ -107,6 +107,10 @@ def test_tavern_v3_in_a_png_ccv3_chunk_wins_over_chara(tmp_path):
     assert fmt == "tavern-v3" and persona.model == "V"  # V3: the nickname is {{char}} in the prompt
     unused = persona.extensions["simlab_import"]["unused"]
     assert "nickname" not in unused and unused["group_only_greetings"] == ["All hands!"]
+    assert persona.extensions["simlab_import"]["card_name"] == "Vell Three"  # the display name is kept
+    v2 = {"spec": "chara_card_v2", "data": {"name": "Ann Lee", "nickname": "Annie", "first_mes": "Hi."}}
+    persona, _ = import_file(write(tmp_path, "v2.json", json.dumps(v2)))
+    assert persona.model == "Ann Lee" and persona.extensions["simlab_import"]["unused"]["nickname"] == "Annie"
     assert unused["assets"][0]["uri"] == "ccdefault:" and unused["creation_date"] == 1700000000
 
 

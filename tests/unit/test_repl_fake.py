@@ -351,3 +351,17 @@ def test_tokens_marks_the_stop_string_that_ended_a_reply(fake_engine, store):
     assert len(marked) == len("\nAnn:") and all(
         line.split()[1] in ("'\\n'", "'A'", "'n'", "':'") for line in marked
     )
+
+
+def test_tokens_takes_a_node_id(fake_engine, store):
+    chat = new_chat(fake_engine.enqueue([" One.", " Two."]), store)
+    [first] = chat.user_turn("a")
+    chat.user_turn("b")
+    chat.out.seek(0)
+    chat.out.truncate()
+    handle(chat, f"/tokens {chat.tree.short(first.id)}")
+    assert chat.out.getvalue().startswith("[ |0.61][O|0.61][n|0.61][e|0.61][.|0.61]\n")
+    with pytest.raises(SimlabError, match=r"usage: /tokens \[ID\]"):
+        handle(chat, "/tokens a b")
+    with pytest.raises(SimlabError, match="no node 'zzzz'"):
+        handle(chat, "/tokens zzzz")
