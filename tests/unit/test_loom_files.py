@@ -215,3 +215,15 @@ def test_a_selected_archived_node_leaves_the_cursor_where_it_can_be_seen(store, 
     data["selected_node_id"] = "af00"  # under the archived crow
     tree = import_json(store, tmp_path, data, "hiddencursor").tree
     assert tree.cursor == "7a3b" and not tree.get(tree.cursor).hidden
+
+
+def test_resuming_an_imported_loom_session_does_not_load_its_api_model(store, tmp_path):
+    import argparse
+
+    from simlab.cli.chat import _model_spec
+    from simlab.config import load_settings
+
+    session = import_json(store, tmp_path, pyloom_file(), "resume")
+    assert any(n.model == "davinci-002" for n in session.tree.nodes.values())
+    settings = load_settings()
+    assert _model_spec(argparse.Namespace(model=None), settings, session) == settings.model
