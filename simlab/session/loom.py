@@ -76,7 +76,8 @@ def loom_to_tree(data: Any, where: str) -> Tree:
     if extra or "canonical" in data:
         extra |= {"$order": list(data), "$canonical": data.get("canonical")}
     tree = Tree()
-    canonical = set(data.get("canonical") or []) if isinstance(data.get("canonical"), list) else set()
+    listed = data.get("canonical") if isinstance(data.get("canonical"), list) else []
+    canonical = {i for i in listed if isinstance(i, str)}
     stack: list[tuple[Any, str | None, str]] = [(data["root"], None, "root")]
     while stack:
         raw, parent, at = stack.pop()
@@ -130,7 +131,8 @@ def _node(raw: dict, parent: str | None, canonical: set, at: str, where: str) ->
         else []
     )
     tags += [name for name in OLD_ATTRIBUTES if raw.get(name) is True and name not in tags]
-    listed_only = raw.get("id") in canonical and "canonical" not in tags  # the file's canonical list
+    # canonical by the file's top-level list only (older pyloom), not by a tag
+    listed_only = isinstance(raw.get("id"), str) and raw["id"] in canonical and "canonical" not in tags
     if listed_only:
         tags.append("canonical")
     hidden = "archived" in tags
@@ -141,7 +143,7 @@ def _node(raw: dict, parent: str | None, canonical: set, at: str, where: str) ->
             return Node.from_record(record)
         node_id = str(raw.get("id") or "") or uuid.uuid4().hex
         loom: dict[str, Any] = {"keys": {k: v for k, v in raw.items() if k not in USED}}
-        loom["order"] = list(raw)  # the node's keys in the file's order, to write them back so
+        loom["order"] = list(raw)  # the node's keys in the file's order: export writes them so
         loom["parent_key"] = "parent_id" in raw
         if listed_only:
             loom["canonical_listed"] = True

@@ -306,7 +306,8 @@ def test_the_card_importer_gives_a_persona_that_renders_or_one_line(card, wrappe
 
 loom_node = st.recursive(
     st.fixed_dictionaries(
-        {"text": st.text(max_size=10)}, optional={"id": st.text(max_size=4), "meta": json_value}
+        {"text": st.text(max_size=10)},
+        optional={"id": st.one_of(st.text(max_size=4), json_value), "meta": json_value},
     ),
     lambda inner: st.fixed_dictionaries(
         {"text": st.text(max_size=10), "children": st.lists(inner, max_size=3)},
@@ -318,7 +319,13 @@ loom_node = st.recursive(
 
 @settings(FUZZ, max_examples=400)
 @given(
-    shape=st.one_of(loom_node, st.lists(loom_node, max_size=3), st.fixed_dictionaries({"root": loom_node}))
+    shape=st.one_of(
+        loom_node,
+        st.lists(loom_node, max_size=3),
+        st.fixed_dictionaries(
+            {"root": loom_node}, optional={"canonical": json_value, "selected_node_id": json_value}
+        ),
+    )
 )
 def test_the_loom_importer_gives_a_tree_that_exports_or_one_line(shape):
     from simlab.session.loom import loom_to_tree, to_loom
