@@ -291,7 +291,11 @@ class SessionStore:
             except SessionError:
                 out.append(SessionSummary(name, 0, path.stat().st_mtime, "(unreadable)", 1))
                 continue
-            first = next((n.text for n in tree.nodes.values() if n.role == "user"), "")
+            # the first thing the user said, not hidden (a Loom document, with no user turns: its first text)
+            shown = [n for n in tree.nodes.values() if not n.hidden and n.text.strip()]
+            first = next((n.text for n in shown if n.role == "user"), "") or next(
+                (n.text for n in shown if n.role != "frame"), ""
+            )
             out.append(SessionSummary(name, len(tree.nodes), path.stat().st_mtime, first, len(problems)))
         return out
 

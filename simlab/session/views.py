@@ -110,7 +110,8 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
     def column(nodes: list[Node], title: str) -> list[str]:
         out = [title]
         for node in nodes:
-            extra = f" (seed {node.seed}, {node.persona or 'no persona'})" if node.role == "model" else ""
+            about = [f"seed {node.seed}" if node.seed is not None else "", node.persona or ""]
+            extra = f" ({', '.join(a for a in about if a)})" if node.role == "model" and any(about) else ""
             out += textwrap.wrap(f"{_label(node)} {node.text.strip()}{extra}", col) or [""]
         return out
 

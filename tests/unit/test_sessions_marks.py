@@ -34,3 +34,12 @@ def test_marks_from_the_command_line(capsys, store, fake_engine):
     assert not SessionStore(store.folder).open("marked", read_only=True).tree.get(second.id).hidden
     code, _, err = run_cli(capsys, "sessions", "hide", "marked", "zzzz", *folder)
     assert code == 2 and "no node 'zzzz'" in err and "Traceback" not in err
+
+
+def test_the_session_list_previews_what_is_not_hidden(store, fake_engine):
+    with start_session(store, PERSONA, "preview") as s:
+        first = s.add_child(s.tree.cursor, "user", "pruned away", speaker="Ann")
+        s.add_child(s.tree.cursor, "user", "kept", speaker="Ann")
+        s.set_hidden(first.id)
+    [summary] = [r for r in SessionStore(store.folder).list() if r.name == "preview"]
+    assert summary.first_text == "kept"
