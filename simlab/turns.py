@@ -299,7 +299,11 @@ def start_continuation(
         on_fit(fit)
     prompt = reply_prompt(fit.path, node.speaker, tokenizer)
     prompt = prompt + framing.lead() + node.text if isinstance(prompt, str) else prompt + written
-    run = engine.start(prompt, params)
+    return _beside(node, engine, session, params, fit, framing, engine.start(prompt, params), continues=node)
+
+
+def _beside(node: Node, engine, session, params, fit, framing, run, **extra: Any) -> Replies:
+    """Replies saved as siblings of `node`, spoken as it was (its speaker, its persona)."""
     return Replies(
         session,
         node.parent,
@@ -311,7 +315,7 @@ def start_continuation(
         "sampled",
         node.persona,
         run,
-        continues=node,
+        **extra,
     )
 
 
@@ -350,18 +354,8 @@ def start_fork(
     tokens = engine.score_tokens(prompt_ids + forced_ids, len(prompt_ids))
     text = engine.tokenizer.decode(forced_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     run = engine.start(prompt_ids + forced_ids, params)
-    return Replies(
-        session,
-        node.parent,
-        engine,
-        params,
-        fit,
-        framing,
-        node.speaker,
-        "sampled",
-        node.persona,
-        run,
-        forces=Forced(node, at, tokens, text, choice),
+    return _beside(
+        node, engine, session, params, fit, framing, run, forces=Forced(node, at, tokens, text, choice)
     )
 
 

@@ -73,10 +73,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     out.write(delta.text)
                     out.flush()
                 elif not live:
-                    wait.token(1 if delta.token is not None else 0)
-                    wait.advance(sum(c.finish_reason is not None for c in run.completions) - wait.done)
+                    wait.follow(delta, run.completions)
             if not live:
-                wait.advance(args.n - wait.done)
+                wait.follow(None, run.completions)
     except KeyboardInterrupt:
         run.interrupt()
     if args.json:

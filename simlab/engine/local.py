@@ -72,34 +72,31 @@ class Engine:
         run.wanted = prefixes.usable(list(passes) if passes else None, len(ids))
         return run
 
-    def score(self, ids: Sequence[int]) -> list[float]:
-        """Teacher-forced log-probability of each token after the first, given those before it."""
-        ids = list(ids)
+    def _forced(self, ids: list[int], start: int):
+        """One teacher-forced pass: the log-distributions at the positions that predict ids[start:]
+        (start >= 1), (T - start, V), and the log-probability of each of those tokens, (T - start,)."""
         if len(ids) > self.info.context_length:
             raise ContextLengthError(f"{len(ids)} tokens do not fit in {self.info.context_length}")
+        logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, start - 1 : -1]
+        logprobs = logits.float().log_softmax(dim=-1)
+        targets = torch.tensor(ids[start:], device=self.device).unsqueeze(-1)
+        return logprobs, logprobs.gather(-1, targets).squeeze(-1)
+
+    def score(self, ids: Sequence[int]) -> list[float]:
+        """Teacher-forced log-probability of each token after the first, given those before it."""
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :-1]  # (T-1, V)
-            logprobs = logits.float().log_softmax(dim=-1)
-            targets = torch.tensor(ids[1:], device=self.device).unsqueeze(-1)  # (T-1, 1)
-            return logprobs.gather(-1, targets).squeeze(-1).tolist()
+            return self._forced(list(ids), 1)[1].tolist()
 
     def score_tokens(self, ids: Sequence[int], start: int) -> list[TokenInfo]:
         """Teacher-forced: each token from `start` on with its log-probability given those before it
         and the model's best alternatives there, as a sampled reply records them."""
-        ids = list(ids)
-        if len(ids) > self.info.context_length:
-            raise ContextLengthError(f"{len(ids)} tokens do not fit in {self.info.context_length}")
-        start = max(start, 1)
+        ids, start = list(ids), max(start, 1)
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, start - 1 : -1]
-            logprobs = logits.float().log_softmax(dim=-1)
-            chosen = logprobs.gather(-1, torch.tensor(ids[start:], device=self.device).unsqueeze(-1))
+            logprobs, chosen = self._forced(ids, start)
             top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
         return [
             _token_info(self.tokenizer, t, lp, i, v)
-            for t, lp, i, v in zip(
-                ids[start:], chosen.squeeze(-1).tolist(), top.indices.tolist(), top.values.tolist()
-            )
+            for t, lp, i, v in zip(ids[start:], chosen.tolist(), top.indices.tolist(), top.values.tolist())
         ]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:

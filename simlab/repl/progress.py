@@ -67,6 +67,11 @@ class Waiting:
         if self._live is not None:
             self._live.update(self._task, speed=f"· {self.tokens_per_second:.1f} tok/s")
 
+    def follow(self, delta, completions) -> None:
+        """A run's delta arrived: count its token, and the branches that have ended by now."""
+        self.token(1 if delta is not None and delta.token is not None else 0)
+        self.advance(sum(c.finish_reason is not None for c in completions) - self.done)
+
     def advance(self, count: int = 1, what: str | None = None) -> None:
         """Steps completed (what: a new description, e.g. the reply being worked on)."""
         if count <= 0 and what is None:

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from simlab.engine.params import BY_FIELD, BY_KEY, SamplingParams, SeedCounter
 from simlab.engine.protocol import Engine
-from simlab.engine.results import Delta, RunStats
+from simlab.engine.results import RunStats
 from simlab.errors import ModelFailed, SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
@@ -256,8 +256,7 @@ class Chat(Screen):
 
         def show(delta) -> bool:
             if wait is not None:
-                wait.token(1 if delta.token is not None else 0)
-                wait.advance(sum(c.finish_reason is not None for c in replies.run.completions) - wait.done)
+                wait.follow(delta, replies.run.completions)
             if head is not None and delta.text and not self.broken_pipe:
                 text = held[0] + delta.text
                 shown = text.rstrip()
@@ -275,7 +274,8 @@ class Chat(Screen):
             try:
                 with wait or nullcontext():
                     replies.decode(show)
-                    show(Delta(0, "", None))  # the last branch's end
+                    if wait is not None:
+                        wait.follow(None, replies.run.completions)  # the last branch's end
             finally:
                 self.interruptible = False
             if head is not None and not self.broken_pipe:
