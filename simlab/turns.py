@@ -142,6 +142,11 @@ def node_fields(
     }
 
 
+def _joined(text: str, framing: Framing) -> str:
+    """A continued reply's text: a document keeps its white space (its pieces join into one text)."""
+    return text if framing.mode == "document" else text.rstrip()
+
+
 def has_output(completion: Completion) -> bool:
     """A completion worth keeping: interrupted before its first token, it has nothing."""
     return bool(completion.tokens or completion.text)
@@ -157,7 +162,7 @@ class Replies:
     params: SamplingParams
     fit: Fitted
     framing: Framing
-    speaker: str
+    speaker: str | None  # None: a document's continuation
     origin: str
     persona: str | None
     run: Run
@@ -209,7 +214,7 @@ class Replies:
         return self.session.add_child(
             node.parent,
             "model",
-            (node.text + completion.text).rstrip(),
+            _joined(node.text + completion.text, self.framing),
             speaker=node.speaker,
             origin="sampled",
             persona=node.persona,
@@ -270,7 +275,7 @@ def start_replies(
     """Fit the prompt for replies under parent_id and start sampling n of them (siblings, one batch)."""
     path = session.tree.path(parent_id)
     framing = framing_of(path)
-    speaker = speaker or framing.model
+    speaker = speaker or (None if framing.mode == "document" else framing.model)
     fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
     if on_fit is not None:
         on_fit(fit)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-MODES = ("simulator", "chat")
+# document: no speakers; the path is one text and every reply a raw continuation of it (Loom)
+MODES = ("simulator", "chat", "document")
 DEFAULT_TURN = "{speaker}: {text}\n"
 
 
@@ -62,6 +63,8 @@ class Framing:
 
     def lead(self) -> str:
         """The spaces label() removed, which a reply starts with and its stored text does not."""
+        if self.mode == "document":
+            return ""
         head = self.template("model").split("{text}")[0]
         return head[len(head.rstrip(" ")) :]
 
@@ -73,7 +76,10 @@ class Framing:
 
     def default_stops(self) -> tuple[str, ...]:
         """Either speaker's label on a new line: the next user turn, or the model running on
-        into a second turn of its own (a bare new line when user turns have no label)."""
+        into a second turn of its own (a bare new line when user turns have no label); a document
+        has none (its continuations end at max tokens, as Loom's do)."""
+        if self.mode == "document":
+            return ()
         labels = [self.label("user", self.user).strip(), self.label("model", self.model).strip()]
         return tuple(dict.fromkeys("\n" + label for label in labels if label)) or ("\n",)
 

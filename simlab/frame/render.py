@@ -20,9 +20,17 @@ from simlab.frame.framing import Framing
 
 
 def framing_of(path: Sequence[Any]) -> Framing:
-    """The framing the path's frame node recorded (the plain default for frames without one)."""
+    """The framing the path's frame node recorded; a frame without one (a Loom tree) heads a document
+    while no turn on the path has a speaker, else the plain default."""
     root = path[0] if path else None
-    return Framing.from_dict(root.framing if root is not None and root.role == "frame" else None)
+    recorded = root.framing if root is not None and root.role == "frame" else None
+    if recorded is None and root is not None and not any(node.speaker for node in path):
+        return Framing(mode="document")
+    return Framing.from_dict(recorded)
+
+
+def is_document(path: Sequence[Any]) -> bool:
+    return framing_of(path).mode == "document"
 
 
 def render_node(node: Any, framing: Framing) -> str:
@@ -89,9 +97,12 @@ def chat_prompt_ids(path: Sequence[Any], speaker: str, tokenizer: Any) -> list[i
     return list(ids)
 
 
-def reply_prompt(path: Sequence[Any], speaker: str, tokenizer: Any = None) -> str | list[int]:
-    """What the model reads before replying as `speaker` after `path`: text, or ids in chat mode."""
+def reply_prompt(path: Sequence[Any], speaker: str | None, tokenizer: Any = None) -> str | list[int]:
+    """What the model reads before replying as `speaker` after `path`: text, or ids in chat mode; a
+    document's continuation reads the document as it is."""
     framing = framing_of(path)
+    if framing.mode == "document":
+        return render_path(path)
     if framing.mode == "chat":
         return chat_prompt_ids(path, speaker, tokenizer)
     if not framing.inserts:
@@ -107,7 +118,10 @@ def reply_prompt(path: Sequence[Any], speaker: str, tokenizer: Any = None) -> st
 
 def reply_text(generated: str, framing: Framing) -> str:
     """A reply's text as stored: without the label's trailing space the model wrote, and without
-    trailing whitespace (the turn template writes the turn's end)."""
+    trailing whitespace (the turn template writes the turn's end). A document's continuation is kept
+    as the model wrote it: the document is the concatenation of its pieces."""
+    if framing.mode == "document":
+        return generated
     if framing.mode == "chat":
         return generated.strip()
     lead = framing.lead()

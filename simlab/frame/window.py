@@ -29,7 +29,7 @@ def windowed(path: Sequence[Any], first: str) -> list[Any]:
     return head + path[max(at, len(head)) :]
 
 
-def fit_prompt(path: list[Any], speaker: str, engine: Any, max_new_tokens: int) -> Fitted:
+def fit_prompt(path: list[Any], speaker: str | None, engine: Any, max_new_tokens: int) -> Fitted:
     """The prompt for the next reply, sliding the window at turn boundaries when it outgrows the context.
 
     The frame always stays. While the whole transcript and max_new_tokens fit, nothing is left out.

@@ -207,8 +207,11 @@ def _prompt_session(chat: Chat, history: Path | None, input, output):
 
 
 def _prompt_text(chat: Chat) -> str:
-    """The user's turn starts as the transcript writes it ("INSPECTOR. ", "> "), else "Name> "."""
+    """The user's turn starts as the transcript writes it ("INSPECTOR. ", "> "), else "Name> "; in
+    a document, what is typed is text that continues it."""
     framing = chat.framing
+    if framing.mode == "document":
+        return "+ "
     head = framing.head("user", framing.user)
     return head if head.strip() and "\n" not in head else f"{framing.user}> "
 

@@ -152,6 +152,11 @@ class Chat(Screen):
         path = self.path()
         return framing_of(path) if path else self.persona.framing()
 
+    def speaker(self, role: str) -> str | None:
+        """Who speaks a new turn of `role`: the framing's label, or no one in a document."""
+        framing = self.framing
+        return None if framing.mode == "document" else getattr(framing, role)
+
     def persona_name(self) -> str | None:
         path = self.path()
         return (path[0].persona if path else None) or self.persona.name
@@ -180,7 +185,7 @@ class Chat(Screen):
         if not text.strip():
             return []
         user = self.session.add_child(
-            self.tree.cursor, "user", text, speaker=self.framing.user, persona=self.persona_name()
+            self.tree.cursor, "user", text, speaker=self.speaker("user"), persona=self.persona_name()
         )
         self.session.goto(user.id)
         return self.reply(user.id)

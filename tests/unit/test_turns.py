@@ -119,3 +119,36 @@ def test_an_unsaved_path_is_the_frame_greeting_and_exchanges():
         ("user", "Ann", "two"),
     ]
     assert path[0].framing == PERSONA.framing().to_dict()
+
+
+def test_a_document_continues_its_text_as_it_is_and_keeps_every_character(store, fake_engine):
+    """A Loom tree (a frame without framing, pieces without speakers): the prompt is the document,
+    no label, no stop string, and each continuation is stored as the model wrote it."""
+    from simlab.frame.render import framing_of, render_path
+
+    with store.create("doc") as session:
+        root = session.add_child(None, "frame", "Once upon a time")
+        typed = session.add_child(root.id, "user", ", in a valley,")
+        assert framing_of(session.tree.path(typed.id)).mode == "document"
+        fake_engine.enqueue([" there lived\nUser: a fox.\n", " a river ran"])
+        params = PERSONA.sampling_params(seed=3, max_new_tokens=30).with_overrides(stop=())
+        first, second = sample_replies(fake_engine, session, typed.id, params, 2)
+        assert fake_engine.prompts == ["Once upon a time, in a valley,"]
+        assert (first.text, first.speaker, first.finish_reason) == (" there lived\nUser: a fox.\n", None, "eos")
+        assert second.text == " a river ran"
+        assert render_path(session.tree.path(first.id)) == "Once upon a time, in a valley, there lived\nUser: a fox.\n"
+        fake_engine.enqueue([" Then"])
+        more = start_continuation(fake_engine, session, first, params)
+        more.decode()
+        [joined] = more.save()
+        assert joined.text == " there lived\nUser: a fox.\n Then"
+        assert fake_engine.prompts[-1] == "Once upon a time, in a valley, there lived\nUser: a fox.\n"
+
+
+def test_a_turn_with_a_speaker_keeps_a_frame_without_framing_a_transcript(store, fake_engine):
+    from simlab.frame.render import framing_of
+
+    with store.create("old") as session:
+        root = session.add_child(None, "frame", "A talk.\n")
+        user = session.add_child(root.id, "user", "hi", speaker="User")
+        assert framing_of(session.tree.path(user.id)).mode == "simulator"
