@@ -35,8 +35,9 @@ def add_frame(session: Session, persona: Persona) -> Node:
     frame = session.add_child(
         None, "frame", persona.render_frame(), persona=persona.name, framing=persona.framing().to_dict()
     )
+    speaker = None if persona.mode == "document" else persona.model  # a document's text goes on
     greetings = [
-        session.add_child(frame.id, "model", text, speaker=persona.model, persona=persona.name)
+        session.add_child(frame.id, "model", text, speaker=speaker, persona=persona.name)
         for text in persona.greetings()
     ]
     return greetings[0] if greetings else frame

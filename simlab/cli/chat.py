@@ -33,6 +33,7 @@ from simlab.models.load import classify_spec
 from simlab.persona.library import find
 from simlab.persona.schema import Persona
 from simlab.repl.app import banner, run_interactive, run_script
+from simlab.repl.loom_app import run_loom
 from simlab.repl.state import Chat
 from simlab.session.store import Session, SessionStore
 from simlab.trace.files import remove_session
@@ -164,7 +165,10 @@ def _resumed(args: argparse.Namespace, store: SessionStore) -> Session:
 
 
 def _new_persona(args: argparse.Namespace, settings, store: SessionStore) -> Persona:
-    persona = find(args.persona or settings.persona)
+    if getattr(args, "loom", False) and not args.persona:  # a new document: its text, or empty
+        persona = Persona(name="document", frame=args.text or "", mode="document")
+    else:
+        persona = find(args.persona or settings.persona)
     if args.mode:
         persona = replace(persona, mode=args.mode)
     if args.session and store.exists(args.session):
@@ -197,7 +201,10 @@ def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> 
     for problem in chat.session.problems:
         chat.note(f"simlab: warning: {problem}")
     with _signals_end(chat):
-        if interactive:
+        if interactive and getattr(args, "loom", False):
+            run_loom(chat, children=args.children)
+            code = 0
+        elif interactive:
             code = run_interactive(
                 chat, resumed=args.resume is not None, history=simlab_home() / "history", model=spec
             )

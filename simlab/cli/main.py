@@ -7,11 +7,22 @@ import sys
 from collections.abc import Sequence
 
 from simlab import __version__
-from simlab.cli import chat, compare, doctor, generate, models, personas, replay, sessions, trace
+from simlab.cli import chat, compare, doctor, generate, loom, models, personas, replay, sessions, trace
 from simlab.cli.common import Parser, signals_interrupt
 from simlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SimlabError
 
-COMMANDS = (generate, models, sessions, replay, personas, chat, compare, trace, doctor)  # the order of --help
+COMMANDS = (
+    generate,
+    models,
+    sessions,
+    replay,
+    personas,
+    chat,
+    loom,
+    compare,
+    trace,
+    doctor,
+)  # the order of --help
 
 
 def build_parser() -> Parser:

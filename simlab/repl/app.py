@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,39 +20,7 @@ from simlab.errors import ModelFailed, SimlabError
 from simlab.persona.library import library
 from simlab.repl.commands import COMMANDS, Context, Quit, handle
 from simlab.repl.state import SETTABLE, Chat
-
-
-def toolbar_text(chat: Chat, width: int | None = None) -> str:
-    """One line: where we are, the model, the sampling, the last reply's speed and context; the
-    least needed parts go first when the terminal is narrow: first token, device, speed, model,
-    persona; the position, the context used and the sampling stay."""
-    p = chat.params
-    width = width or shutil.get_terminal_size((80, 24)).columns
-    if not chat.engine_ready:
-        return f" loading the model… · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
-    info = chat.engine.info
-    try:
-        depth, i, n = chat.position()
-        where = f"depth {depth} · {i}/{n}"
-    except SimlabError:
-        where = "empty"
-    seed = "random" if chat.seed is None else str(chat.seed)
-    last = chat.last
-    parts = [  # (priority: lower stays longer, text)
-        (0, f"NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""),
-        (4, info.name),
-        (6, info.device),
-        (3, chat.persona_name() or ""),
-        (2, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
-        (0, where),
-        (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
-        (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),
-        (1, f"context {last.context_used}/{info.context_length}" if last else ""),
-    ]
-    parts = [(rank, text) for rank, text in parts if text]
-    while len(parts) > 1 and len(" · ".join(t for _, t in parts)) + 2 > width:
-        parts.remove(max(parts, key=lambda part: part[0]))
-    return " " + " · ".join(t for _, t in parts) + " "
+from simlab.repl.views import toolbar_text
 
 
 def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:
@@ -149,7 +116,12 @@ def run_interactive(
     def ask(message: str, default: str) -> str:
         return prompt.prompt(message, default=default)
 
-    ctx = Context(ask=ask, edit=edit_in_editor if pick_editor() else None)
+    def loom() -> None:
+        from simlab.repl.loom_app import run_loom  # the full-screen app loads only when asked for
+
+        run_loom(chat, input=input, output=output)
+
+    ctx = Context(ask=ask, edit=edit_in_editor if pick_editor() else None, loom=loom)
     banner(chat, resumed, chat.err, model)
     chat.show_path(last=None if not resumed else 4)
     while chat.stopping is None:

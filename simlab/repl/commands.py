@@ -42,6 +42,7 @@ class Context:
 
     ask: Callable[[str, str], str] | None = None  # (prompt, default) -> text, or None when scripted
     edit: Callable[[str], str] | None = None  # $EDITOR, when there is one
+    loom: Callable[[], None] | None = None  # the full-screen tree editor, on a terminal
 
 
 def _one(rest: str, usage: str) -> str:
@@ -242,6 +243,13 @@ def _tree(chat: Chat, rest: str, ctx: Context) -> None:
         chat.say(line)
 
 
+def _loom(chat: Chat, rest: str, ctx: Context) -> None:
+    if ctx.loom is None:
+        raise SimlabError("/loom is full-screen and needs a terminal; `simlab loom SESSION` opens it there")
+    ctx.loom()
+    chat.show_path(last=4)
+
+
 def _quit(chat: Chat, rest: str, ctx: Context) -> None:
     raise Quit()
 
@@ -338,6 +346,7 @@ COMMANDS: dict[str, Command] = {
         Command(
             "trace", "on|off", "record the residual stream of each reply (see `simlab trace show`)", _trace
         ),
+        Command("loom", "", "this session in the full-screen tree editor (q comes back here)", _loom),
         Command("quit", "", "leave (everything is already saved)", _quit),
     ]
 }

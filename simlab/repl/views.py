@@ -1,7 +1,10 @@
-"""What the REPL's report commands print: /info, /set with no arguments."""
+"""What the REPL's report commands print (/info, /set with no arguments) and its status line."""
 
 from __future__ import annotations
 
+import shutil
+
+from simlab.errors import SimlabError
 from simlab.repl.state import Chat
 
 
@@ -34,3 +37,36 @@ def info_lines(chat: Chat) -> list[str]:
 def params_text(chat: Chat) -> str:
     seed = "random" if chat.seed is None else str(chat.seed)
     return f"{chat.params.describe()} seed {seed} stop {list(chat.params.stop)}"
+
+
+def toolbar_text(chat: Chat, width: int | None = None) -> str:
+    """One line: where we are, the model, the sampling, the last reply's speed and context; the
+    least needed parts go first when the terminal is narrow: first token, device, speed, model,
+    persona; the position, the context used and the sampling stay."""
+    p = chat.params
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    if not chat.engine_ready:
+        return f" loading the model… · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
+    info = chat.engine.info
+    try:
+        depth, i, n = chat.position()
+        where = f"depth {depth} · {i}/{n}"
+    except SimlabError:
+        where = "empty"
+    seed = "random" if chat.seed is None else str(chat.seed)
+    last = chat.last
+    parts = [  # (priority: lower stays longer, text)
+        (0, f"NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""),
+        (4, info.name),
+        (6, info.device),
+        (3, chat.persona_name() or ""),
+        (2, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
+        (0, where),
+        (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
+        (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),
+        (1, f"context {last.context_used}/{info.context_length}" if last else ""),
+    ]
+    parts = [(rank, text) for rank, text in parts if text]
+    while len(parts) > 1 and len(" · ".join(t for _, t in parts)) + 2 > width:
+        parts.remove(max(parts, key=lambda part: part[0]))
+    return " " + " · ".join(t for _, t in parts) + " "

@@ -134,9 +134,16 @@ def test_a_document_continues_its_text_as_it_is_and_keeps_every_character(store,
         params = PERSONA.sampling_params(seed=3, max_new_tokens=30).with_overrides(stop=())
         first, second = sample_replies(fake_engine, session, typed.id, params, 2)
         assert fake_engine.prompts == ["Once upon a time, in a valley,"]
-        assert (first.text, first.speaker, first.finish_reason) == (" there lived\nUser: a fox.\n", None, "eos")
+        assert (first.text, first.speaker, first.finish_reason) == (
+            " there lived\nUser: a fox.\n",
+            None,
+            "eos",
+        )
         assert second.text == " a river ran"
-        assert render_path(session.tree.path(first.id)) == "Once upon a time, in a valley, there lived\nUser: a fox.\n"
+        assert (
+            render_path(session.tree.path(first.id))
+            == "Once upon a time, in a valley, there lived\nUser: a fox.\n"
+        )
         fake_engine.enqueue([" Then"])
         more = start_continuation(fake_engine, session, first, params)
         more.decode()

@@ -1,0 +1,50 @@
+"""`simlab loom`: the full-screen tree editor on a saved session, or on a new document."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simlab.cli.chat import cmd_chat
+from simlab.cli.common import add_model_flags, add_sampling_flags, add_sessions_dir, add_trace_flags
+from simlab.errors import SimlabError
+
+
+def add_command(commands) -> None:
+    loom = commands.add_parser(
+        "loom",
+        help="the full-screen tree editor (as Loom): a session, or a new document to continue",
+        description="Open a saved session (chat or Loom document) or start a new document, full screen: "
+        "the tree, the current branch as one text, continuations sampled at the cursor. ? lists the keys.",
+    )
+    loom.add_argument("name", nargs="?", metavar="SESSION", help="a saved session (default: a new document)")
+    loom.add_argument("--persona", "-p", help="a new document opens with this persona's frame")
+    loom.add_argument("--text", help="a new document's opening text")
+    loom.add_argument("--session", help="name for a new document's session (default: the date and time)")
+    loom.add_argument(
+        "--children", "-n", type=int, default=3, metavar="N", help="continuations g samples (default 3)"
+    )
+    add_sessions_dir(loom)
+    group = loom.add_argument_group("sampling (default: the persona's)")
+    add_sampling_flags(group, defaults=False)
+    group.add_argument("--seed", type=int, help="seed of the first continuation; +1 for each after it")
+    add_model_flags(loom)
+    add_trace_flags(loom)
+    loom.set_defaults(run=cmd_loom)
+
+
+def cmd_loom(args: argparse.Namespace) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise SimlabError(
+            "simlab loom is full-screen and needs a terminal; `simlab sessions export NAME --format html` "
+            "shows a session without one"
+        )
+    if not 1 <= args.children <= 16:
+        raise SimlabError(f"simlab loom: --children {args.children}: use a number from 1 to 16")
+    if args.name is not None and (args.persona or args.text is not None or args.session):
+        raise SimlabError(
+            "simlab loom: SESSION opens a saved session as it is; drop --persona/--text/--session"
+        )
+    args.resume, args.loom = args.name, True
+    args.mode = None if args.name is not None else "document"
+    return cmd_chat(args)

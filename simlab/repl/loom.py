@@ -1,0 +1,353 @@
+"""The state of `simlab loom`, the full-screen tree editor, and what its panes show, with no terminal
+library here: panes are lists of (style, text[, mouse handler]) fragments, which prompt-toolkit draws.
+
+A `Loom` sits on a `Chat` (the engine, the session, the sampling settings and seeds), so the REPL,
+`replay`, `compare` and the Loom export see the same tree: every action is a record in the session
+file the moment it is done. Sampling runs in a worker thread; its text streams into `streams`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simlab.errors import SimlabError, TreeError
+from simlab.frame.render import render_spans
+from simlab.repl.commands import Context, Quit, handle
+from simlab.repl.state import Chat
+from simlab.repl.tokens import fork
+from simlab.session import shape
+from simlab.session.tree import Node
+from simlab.turns import start_replies
+
+PREVIEW = 60  # characters of a node's text in the tree and the sibling list
+
+
+@dataclass
+class Piece:
+    """One token (or word, for text without tokens) of the current node, as the document shows it."""
+
+    text: str
+    start: int  # where it starts in the node's text
+    logprob: float | None = None
+    top: tuple = ()
+    index: int | None = None  # the token's number (as /fork takes it), None for a word
+
+
+class Loom:
+    def __init__(self, chat: Chat, children: int = 3, invalidate: Callable[[], None] | None = None):
+        self.chat = chat
+        self.children = children  # how many continuations `g` samples
+        self.invalidate = invalidate or (lambda: None)
+        self.collapsed: set[str] = set()
+        self.show_hidden = False
+        self.token_view = False
+        self.token_at = 0  # the token cursor, an index into pieces()
+        self.message = ""  # one line: what the last action did
+        self.output = ""  # what the last /command wrote
+        self.streams: list[str] = []  # continuations being sampled, as they come
+        self.busy: str | None = None  # what the worker is doing
+        self.worker: threading.Thread | None = None
+        self._run = None
+        self.quit = False
+
+    # -- where we are ----------------------------------------------------------------------------
+    @property
+    def tree(self):
+        return self.chat.tree
+
+    @property
+    def node(self) -> Node:
+        return self.chat.cursor
+
+    def say(self, text: str) -> None:
+        self.message = text
+        self.invalidate()
+
+    def move(self, where: str) -> None:
+        try:
+            self.chat.session.move(where)
+            self.token_at = 0
+        except TreeError as exc:
+            self.say(str(exc))
+
+    def goto(self, node_id: str) -> None:
+        self.chat.session.goto(node_id)
+        self.token_at = 0
+        self.invalidate()
+
+    # -- the worker --------------------------------------------------------------------------------
+    def _start(self, what: str, job: Callable[[], str | None]) -> bool:
+        """Run job in the worker thread (one at a time); its return is the message shown after."""
+        if self.busy:
+            self.say(f"still {self.busy}; Ctrl-C stops it")
+            return False
+        self.busy = what
+        self.invalidate()
+
+        def work() -> None:
+            message = None
+            try:
+                message = job()
+            except Quit:
+                self.quit = True
+            except SimlabError as exc:
+                message = str(exc)
+            except Exception as exc:  # noqa: BLE001 -- shown in the status line, the app goes on
+                message = f"simlab: {type(exc).__name__}: {exc}"
+            finally:
+                self.busy, self._run = None, None
+                self.streams = []
+            self.say(message or "")
+
+        self.worker = threading.Thread(target=work, name="simlab-loom", daemon=True)
+        self.worker.start()
+        return True
+
+    def stop(self) -> bool:
+        """Ctrl-C: stop the sampling in progress (what came is saved); False when nothing runs."""
+        run = self._run
+        if run is None:
+            return False
+        run.interrupt()
+        return True
+
+    def wait(self, timeout: float = 60) -> None:
+        if self.worker is not None:
+            self.worker.join(timeout)
+
+    # -- sampling ----------------------------------------------------------------------------------
+    def generate(self) -> bool:
+        """`children` continuations at the cursor, streamed (a reply in a chat: its alternatives)."""
+        node = self.node
+        document = self.chat.framing.mode == "document"
+        parent = node.parent if not document and node.role == "model" else node.id
+        k = self.children
+        return self._start(f"sampling {k}", lambda: self._sample(parent, k))
+
+    def _sample(self, parent: str, k: int) -> str:
+        chat = self.chat
+        params = chat.params.with_overrides(seed=chat.seeds.take(k))
+        replies = start_replies(chat.engine, chat.session, parent, params, k, persona=chat.persona_name())
+        self._run = replies.run
+        self.streams = [""] * k
+
+        def show(delta) -> None:
+            self.streams[delta.branch] += delta.text
+            self.invalidate()
+
+        replies.decode(show)
+        nodes = replies.save()
+        if not nodes:
+            return "stopped before the first token; nothing saved"
+        chat.session.goto(nodes[0].id)
+        stats = replies.run.stats
+        return f"{len(nodes)} saved ({stats.tokens_per_second:.1f} tok/s); ↑↓ chooses among them"
+
+    def fork_here(self, alternative: int | None = None) -> bool:
+        """Loom's counterfactual: the reply again from the token under the cursor, with an alternative."""
+        piece = self.pieces()[self.token_at] if self.token_view and self.pieces() else None
+        if piece is None or piece.index is None:
+            self.say("f forks at a sampled token: press t for the token view and move to one")
+            return False
+        rest = f"{piece.index}" + (f" {alternative}" if alternative else "")
+        return self.command(f"/fork {rest}", lambda: fork(self.chat, rest))
+
+    def command(self, line: str, job: Callable[[], None] | None = None) -> bool:
+        """A REPL slash command, run in the worker with what it writes kept for the output pane."""
+        chat = self.chat
+
+        def run() -> str | None:
+            out, kept = io.StringIO(), (chat.out, chat.err)
+            chat.out, chat.err = out, out
+            try:
+                job() if job is not None else handle(chat, line, Context())
+            finally:
+                chat.out, chat.err = kept
+                self.output = out.getvalue().rstrip("\n")
+            return None if self.output else f"{line}: done"
+
+        return self._start(line, run)
+
+    # -- editing the tree --------------------------------------------------------------------------
+    def write_child(self, text: str) -> None:
+        """Text of your own under the cursor (in a chat: a user turn)."""
+        if text:
+            node = self.chat.session.add_child(
+                self.node.id,
+                "user",
+                text,
+                speaker=self.chat.speaker("user"),
+                persona=self.chat.persona_name(),
+            )
+            self.goto(node.id)
+
+    def edit(self, text: str) -> None:
+        node = self.node
+        if node.role == "frame" and self.chat.framing.mode != "document":
+            self.say("the frame belongs to the persona; edit a turn")
+        elif text != node.text:
+            new = self.chat.session.edit(node.id, text)
+            self.goto(new.id)
+            self.say("edited: a sibling of the old text, which stays in the tree")
+
+    def split(self) -> None:
+        pieces = self.pieces()
+        if not self.token_view or not 0 < self.token_at < len(pieces):
+            self.say("s splits before the token under the cursor: press t, move right of the first token")
+            return
+        piece = pieces[self.token_at]
+        try:
+            first, rest = shape.split(self.chat.session, self.node.id, piece.start, piece.index)
+        except TreeError as exc:
+            return self.say(str(exc))
+        self.goto(rest.id)
+        self.token_view = False
+        self.say("split in two (the old node is hidden; H shows it)")
+
+    def merge(self) -> None:
+        try:
+            merged = shape.merge(self.chat.session, self.node.id)
+        except TreeError as exc:
+            return self.say(str(exc))
+        self.goto(merged.id)
+        self.say("merged with its child (the old nodes are hidden; H shows them)")
+
+    def toggle(self, tag: str) -> None:
+        node = self.node
+        if node.role == "frame":
+            return self.say("mark a turn or a continuation, not the frame")
+        on = tag not in node.tags
+        self.chat.session.set_tag(node.id, tag, on)
+        self.say(f"{tag} {'set' if on else 'removed'}")
+
+    def hide(self) -> None:
+        node = self.node
+        if node.role == "frame":
+            return self.say("the frame cannot be hidden")
+        self.chat.session.set_hidden(node.id, not node.hidden)
+        if not node.hidden and not self.show_hidden:
+            self.move("parent")
+        self.say("hidden (H shows hidden nodes; ! again unhides)" if not node.hidden else "shown again")
+
+    # -- what the panes show -----------------------------------------------------------------------
+    def pieces(self) -> list[Piece]:
+        """The current node's tokens (with probabilities) when its tokens spell its text, else words."""
+        node = self.node
+        texts = self._token_texts(node)
+        if texts:
+            joined = "".join(texts)
+            lead = len(joined) - len(joined.lstrip(" ")) if not node.text.startswith(" ") else 0
+            if joined[lead:].startswith(node.text) or node.text.startswith(joined[lead:]):
+                out, at = [], -lead
+                for k, text in enumerate(texts):
+                    if at >= len(node.text):
+                        break
+                    out.append(Piece(text, max(at, 0), node.logprobs[k], node.top[k], k))
+                    at += len(text)
+                return out
+        return [Piece(m.group(), m.start()) for m in re.finditer(r"\s*\S+|\s+", node.text)]
+
+    def _token_texts(self, node: Node) -> list[str]:
+        served = (node.backend or {}).get("tokens")
+        if served:
+            return list(served)
+        if not node.token_ids or len(node.logprobs) != len(node.token_ids):
+            return []
+        if self.chat.engine_ready:
+            return [self.chat.engine.tokenizer.decode([t]) for t in node.token_ids]
+        known = {alt[0]: alt[1] for top in node.top for alt in top}
+        texts = [known.get(t) for t in node.token_ids]
+        return [] if None in texts else texts  # type: ignore[return-value]
+
+    def tree_lines(self) -> list[tuple[str, list]]:
+        """(node id, fragments) per visible line: depth, fold mark, marks, a preview of the text."""
+        on_path = {n.id for n in self.chat.path()}
+        lines: list[tuple[str, list]] = []
+        stack = [(root, 0) for root in reversed(self.tree.roots) if self.show_hidden or not root.hidden]
+        while stack:
+            node, depth = stack.pop()
+            kids = self.tree.children(node.id, include_hidden=self.show_hidden)
+            fold = "▸" if kids and node.id in self.collapsed else "▾" if kids else "·"
+            marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
+            style = (
+                "class:cursor" if node.id == self.tree.cursor else "class:path" if node.id in on_path else ""
+            )
+            if node.hidden:
+                style += " class:hidden"
+            text = _preview(node.text) or "(empty)"
+            lines.append(
+                (
+                    node.id,
+                    [
+                        ("class:fold", "  " * min(depth, 12) + fold + " "),
+                        ("class:mark", marks),
+                        (style, text),
+                    ],
+                )
+            )
+            if node.id not in self.collapsed:
+                stack.extend((kid, depth + 1) for kid in reversed(kids))
+        return lines
+
+    def document(self) -> list[tuple[str, str]]:
+        """The current branch as one text; the current node's part marked, or its tokens coloured."""
+        path = self.chat.path()
+        text, spans = render_spans(path)
+        start, end = spans[-1] if spans else (len(text), len(text))
+        out = [("class:before", text[:start])]
+        if self.token_view:
+            for k, piece in enumerate(self.pieces()):
+                shown = self.node.text[piece.start : piece.start + len(piece.text)] or piece.text
+                style = _probability_style(piece.logprob) + (
+                    " class:token-cursor" if k == self.token_at else ""
+                )
+                out.append((style, shown))
+            covered = sum(len(p.text) for p in self.pieces())
+            out.append(("class:current", text[start + min(covered, end - start) : end]))
+        else:
+            out.append(("class:current", text[start:end]))
+        out.append(("class:before", text[end:]))
+        return out
+
+    def token_line(self) -> str:
+        """The token under the cursor: its probability and the alternatives (f forks with one)."""
+        pieces = self.pieces()
+        if not self.token_view or not pieces:
+            return ""
+        piece = pieces[min(self.token_at, len(pieces) - 1)]
+        if piece.logprob is None:
+            return f"word {self.token_at + 1}/{len(pieces)} {piece.text!r} (typed text: no probabilities)"
+        alts = "  ".join(f"{i}:{a[1]!r} {math.exp(a[2]):.2f}" for i, a in enumerate(piece.top, 1))
+        return (
+            f"token {piece.index} {piece.text!r} p={math.exp(piece.logprob):.2f}   {alts}   (f or 1-9 forks)"
+        )
+
+    def sibling_lines(self) -> list[tuple[str, str]]:
+        """The continuations being sampled, or the current node's siblings (the current one marked)."""
+        if self.streams:
+            return [("", f"{i + 1}. {_preview(text)}") for i, text in enumerate(self.streams)]
+        node = self.node
+        siblings = self.tree.siblings(node.id, include_hidden=self.show_hidden) if node.parent else [node]
+        if len(siblings) < 2:
+            return []
+        return [
+            ("class:cursor" if s.id == node.id else "", f"{i + 1}. {_preview(s.text)}")
+            for i, s in enumerate(siblings)
+        ]
+
+
+def _preview(text: str) -> str:
+    flat = text.replace("\n", "⏎")
+    return flat[:PREVIEW] + ("…" if len(flat) > PREVIEW else "")
+
+
+def _probability_style(logprob: float | None) -> str:
+    if logprob is None:
+        return "class:current"
+    p = math.exp(logprob)
+    return "class:p-high" if p >= 0.5 else "class:p-mid" if p >= 0.1 else "class:p-low"

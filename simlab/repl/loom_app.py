@@ -1,0 +1,301 @@
+"""`simlab loom`: the full-screen prompt-toolkit application over a `repl.loom.Loom`.
+
+The tree on the left (folds, the current path in bold, ★ bookmark, ✓ canonical, hidden nodes
+dimmed when shown), the current branch as one text on the right (the current node's part marked,
+or its tokens coloured by probability), the continuations being sampled or the siblings below,
+then a line for the token under the cursor or what the last action did, and the status line.
+"""
+
+from __future__ import annotations
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.data_structures import Point
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.layout import (
+    BufferControl,
+    ConditionalContainer,
+    Dimension,
+    Float,
+    FloatContainer,
+    FormattedTextControl,
+    HSplit,
+    Layout,
+    VSplit,
+    Window,
+)
+from prompt_toolkit.mouse_events import MouseEventType
+from prompt_toolkit.styles import Style
+from prompt_toolkit.widgets import Frame, TextArea
+
+from simlab.repl.loom import Loom
+from simlab.repl.state import Chat
+from simlab.repl.views import toolbar_text
+
+HELP = """\
+ ← h  parent          → l  child (the one last visited)     ↑ k / ↓ j  previous / next sibling
+ g    sample N continuations at the cursor (a chat reply: its alternatives)   + / -  N
+ a    write text of your own under the cursor      e  edit the current node (a sibling; Ctrl-S saves)
+ t    token view: colours by probability; ← → move between tokens; f or 1-9 fork there
+ s    split before the token under the cursor      m  merge the node with its only child
+ b    bookmark ★     *  canonical ✓     !  hide / unhide     H  show hidden nodes     space  fold
+ /    a REPL command (/set temperature 0.7, /seed 5, /tokens, /export loom FILE, /help ...)
+ Ctrl-C  stop sampling (what came is saved)     q  quit (everything is saved as you go)
+ Mouse: click a node in the tree to go there.                         ? or Esc closes this help"""
+
+STYLE = {
+    "cursor": "reverse",
+    "path": "bold",
+    "hidden": "fg:#888888 italic",
+    "fold": "fg:#888888",
+    "mark": "fg:ansiyellow",
+    "before": "",
+    "current": "underline",
+    "p-high": "fg:ansigreen",
+    "p-mid": "fg:ansiyellow",
+    "p-low": "fg:ansired underline",
+    "token-cursor": "reverse",
+    "status": "reverse",
+    "info": "italic",
+}
+
+
+class LoomApp:
+    def __init__(self, loom: Loom, input=None, output=None):
+        self.loom = loom
+        self.editing: str | None = None  # "edit" or "write" while the editor is open
+        self.help = False
+        self.commanding = False
+        self.editor = TextArea(multiline=True, wrap_lines=True, scrollbar=True)
+        self.command_line = Buffer(multiline=False, accept_handler=self._run_command)
+        self.app = Application(
+            layout=Layout(self._layout()),
+            key_bindings=self._bindings(),
+            style=Style.from_dict(STYLE),
+            full_screen=True,
+            mouse_support=True,
+            input=input,
+            output=output,
+        )
+        loom.invalidate = self._changed
+
+    def _changed(self) -> None:
+        app = self.app
+        if self.loom.quit and app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.exit() if not app.is_done else None)
+        app.invalidate()
+
+    # -- panes ---------------------------------------------------------------------------------
+    def _tree(self):
+        loom, out = self.loom, []
+        for node_id, fragments in loom.tree_lines():
+            handler = self._clicked(node_id)
+            out.extend((style, text, handler) for style, text in fragments)
+            out.append(("", "\n"))
+        return out
+
+    def _clicked(self, node_id: str):
+        def handler(event) -> None:
+            if event.event_type == MouseEventType.MOUSE_UP:
+                self.loom.goto(node_id)
+
+        return handler
+
+    def _tree_cursor(self) -> Point:
+        ids = [node_id for node_id, _ in self.loom.tree_lines()]
+        cursor = self.loom.tree.cursor
+        return Point(0, ids.index(cursor) if cursor in ids else 0)
+
+    def _document_cursor(self) -> Point:
+        """The current node's start (or the token cursor's), so the text pane scrolls to it."""
+        before = "".join(text for style, text in self.loom.document()[:1])
+        return Point(len(before) - (before.rfind("\n") + 1), before.count("\n"))
+
+    def _status(self) -> str:
+        loom = self.loom
+        busy = f" · {loom.busy}…" if loom.busy else ""
+        return (
+            toolbar_text(loom.chat, self.app.output.get_size().columns - len(busy) - 12) + busy + "  ? help"
+        )
+
+    def _layout(self):
+        loom = self.loom
+        tree = Window(
+            FormattedTextControl(self._tree, get_cursor_position=self._tree_cursor, show_cursor=False),
+            width=Dimension(preferred=30, max=44),
+            wrap_lines=False,
+        )
+        document = Window(
+            FormattedTextControl(loom.document, get_cursor_position=self._document_cursor, show_cursor=False),
+            wrap_lines=True,
+        )
+        siblings = ConditionalContainer(
+            Window(FormattedTextControl(loom.sibling_lines), height=Dimension(max=6)),
+            Condition(lambda: bool(loom.sibling_lines())),
+        )
+        output = ConditionalContainer(
+            Window(FormattedTextControl(lambda: loom.output), height=Dimension(max=8), wrap_lines=True),
+            Condition(lambda: bool(loom.output)),
+        )
+        body = HSplit(
+            [
+                VSplit([tree, Window(width=1, char="│", style="class:fold"), document]),
+                Window(height=1, char="─", style="class:fold"),
+                siblings,
+                output,
+                Window(
+                    FormattedTextControl(lambda: loom.token_line() or loom.message),
+                    height=1,
+                    style="class:info",
+                ),
+                Window(FormattedTextControl(self._status), height=1, style="class:status"),
+                ConditionalContainer(
+                    VSplit(
+                        [Window(FormattedTextControl("/"), width=1), Window(BufferControl(self.command_line))]
+                    ),
+                    Condition(lambda: self.commanding),
+                ),
+            ]
+        )
+        editor = Frame(self.editor, title=lambda: f"{self.editing}: Ctrl-S saves, Esc cancels")
+        help_box = Frame(Window(FormattedTextControl(HELP)), title="simlab loom keys")
+        return FloatContainer(
+            body,
+            floats=[
+                Float(
+                    ConditionalContainer(editor, Condition(lambda: self.editing is not None)),
+                    top=2,
+                    bottom=4,
+                    left=4,
+                    right=4,
+                ),
+                Float(ConditionalContainer(help_box, Condition(lambda: self.help))),
+            ],
+        )
+
+    # -- keys ----------------------------------------------------------------------------------
+    def _bindings(self) -> KeyBindings:
+        kb, loom = KeyBindings(), self.loom
+        browsing = Condition(lambda: self.editing is None and not self.commanding and not self.help)
+        tokens = browsing & Condition(lambda: loom.token_view)
+        plain = browsing & Condition(lambda: not loom.token_view)
+
+        def key(*keys, filter=browsing):
+            return kb.add(*keys, filter=filter)
+
+        for keys, where in (
+            (("left",), "parent"),
+            (("h",), "parent"),
+            (("right",), "child"),
+            (("l",), "child"),
+        ):
+            key(*keys, filter=plain)(lambda e, w=where: loom.move(w))
+        for keys, where in ((("up",), "prev"), (("k",), "prev"), (("down",), "next"), (("j",), "next")):
+            key(*keys)(lambda e, w=where: loom.move(w))
+        key("left", filter=tokens)(lambda e: self._step_token(-1))
+        key("right", filter=tokens)(lambda e: self._step_token(1))
+        key("g")(lambda e: loom.generate())
+        key("+")(lambda e: self._children(1))
+        key("-")(lambda e: self._children(-1))
+        key("t")(lambda e: self._tokens())
+        key("f", filter=tokens)(lambda e: loom.fork_here())
+        for digit in "123456789":
+            key(digit, filter=tokens)(lambda e, d=int(digit): loom.fork_here(d))
+        key("s")(lambda e: loom.split())
+        key("m")(lambda e: loom.merge())
+        key("b")(lambda e: loom.toggle("bookmark"))
+        key("*")(lambda e: loom.toggle("canonical"))
+        key("!")(lambda e: loom.hide())
+        key("H")(lambda e: self._show_hidden())
+        key("space")(lambda e: self._fold())
+        key("e")(lambda e: self._open_editor("edit", loom.node.text))
+        key("a")(lambda e: self._open_editor("write", ""))
+        key("/")(lambda e: self._command_mode())
+        key("?")(lambda e: setattr(self, "help", True))
+        key("q")(lambda e: self._quit())
+        kb.add("c-d", filter=browsing)(lambda e: self._quit())
+        kb.add("c-c")(lambda e: self._interrupt())
+        kb.add("escape", filter=Condition(lambda: self.help))(lambda e: setattr(self, "help", False))
+        for close in ("?", "q", "enter"):
+            kb.add(close, filter=Condition(lambda: self.help))(lambda e: setattr(self, "help", False))
+        kb.add("escape", filter=browsing)(lambda e: setattr(loom, "output", ""))
+        editing = Condition(lambda: self.editing is not None)
+        kb.add("c-s", filter=editing)(lambda e: self._save_editor())
+        kb.add("escape", filter=editing)(lambda e: self._close_editor())
+        commanding = Condition(lambda: self.commanding)
+        kb.add("escape", filter=commanding)(lambda e: self._command_mode(False))
+        kb.add("c-c", filter=commanding)(lambda e: self._command_mode(False))
+        return kb
+
+    def _step_token(self, by: int) -> None:
+        loom = self.loom
+        loom.token_at = max(0, min(loom.token_at + by, len(loom.pieces()) - 1))
+
+    def _children(self, by: int) -> None:
+        self.loom.children = max(1, min(self.loom.children + by, 16))
+        self.loom.say(f"g samples {self.loom.children} continuations")
+
+    def _tokens(self) -> None:
+        loom = self.loom
+        loom.token_view = not loom.token_view
+        loom.token_at = 0
+        loom.say("token view: ← → move, f or 1-9 fork, s split, t leaves" if loom.token_view else "")
+
+    def _show_hidden(self) -> None:
+        self.loom.show_hidden = not self.loom.show_hidden
+        self.loom.say("hidden nodes shown (dimmed)" if self.loom.show_hidden else "hidden nodes left out")
+
+    def _fold(self) -> None:
+        node = self.loom.tree.cursor
+        self.loom.collapsed ^= {node}
+
+    def _open_editor(self, what: str, text: str) -> None:
+        self.editing = what
+        self.editor.text = text
+        self.app.layout.focus(self.editor)
+
+    def _save_editor(self) -> None:
+        what, text = self.editing, self.editor.text
+        self._close_editor()
+        self.loom.edit(text) if what == "edit" else self.loom.write_child(text)
+
+    def _close_editor(self) -> None:
+        self.editing = None
+        self.app.layout.focus_last()
+
+    def _command_mode(self, on: bool = True) -> None:
+        self.commanding = on
+        self.command_line.reset()
+        if on:
+            self.app.layout.focus(self.command_line)
+        else:
+            self.app.layout.focus_last()
+
+    def _run_command(self, buffer: Buffer) -> bool:
+        line = "/" + buffer.text.lstrip("/")
+        self._command_mode(False)
+        if line.strip() != "/":
+            self.loom.command(line)
+        return False
+
+    def _interrupt(self) -> None:
+        if not self.loom.stop():
+            self.loom.say("nothing is running; q quits (everything is saved)")
+
+    def _quit(self) -> None:
+        self.loom.stop()
+        self.loom.wait()
+        self.app.exit()
+
+    def run(self) -> None:
+        self.app.run()
+
+
+def run_loom(chat: Chat, children: int = 3, input=None, output=None) -> Loom:
+    """Open the full-screen editor on the chat's session until the user quits; returns its state."""
+    loom = Loom(chat, children)
+    LoomApp(loom, input=input, output=output).run()
+    loom.stop()
+    loom.wait()
+    return loom

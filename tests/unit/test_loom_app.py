@@ -1,0 +1,118 @@
+"""`simlab loom`'s full-screen app through prompt-toolkit's pipe input at 80x24, on the scripted
+FakeEngine: each key's effect is checked in the session file, and reopening restores tree and cursor."""
+
+import io
+import json
+import threading
+import time
+
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output.vt100 import Vt100_Output
+
+from simlab.persona.schema import Persona
+from simlab.repl.loom import Loom
+from simlab.repl.loom_app import LoomApp
+from simlab.repl.state import Chat
+from simlab.turns import start_session
+
+DOCUMENT = Persona(
+    name="document", frame="The lighthouse stood", mode="document", sampling={"max_tokens": 40}
+)
+
+
+def records(store, name):
+    return [json.loads(line) for line in store.path(name).read_text().splitlines()]
+
+
+def drive(loom: Loom, steps, size=Size(rows=24, columns=80)) -> str:
+    """Run the app in this thread; a helper thread types `steps` (text, or a callable to wait on)."""
+    screen = io.StringIO()
+    with create_pipe_input() as keys:
+        app = LoomApp(loom, input=keys, output=Vt100_Output(screen, lambda: size, term="xterm"))
+
+        def typist() -> None:
+            for step in steps:
+                if callable(step):
+                    deadline = time.monotonic() + 20
+                    while not step() and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    assert step(), f"waited in vain for {step}"
+                else:
+                    keys.send_text(step)
+                    time.sleep(0.15)  # one key press at a time, as a person types
+
+        helper = threading.Thread(target=typist, daemon=True)
+        helper.start()
+        app.run()
+        helper.join(5)
+    loom.wait()
+    return screen.getvalue()
+
+
+def idle(loom):
+    return lambda: loom.busy is None
+
+
+def test_generate_pick_edit_mark_hide_quit_and_reopen(fake_engine, store):
+    session = start_session(store, DOCUMENT, "doc")
+    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    loom = Loom(chat, children=3)
+    fake_engine.enqueue([" tall", " on a rock", " alone"])
+    screen = drive(
+        loom, ["g", idle(loom), "j", "e", "\x1b[F", " and white", "\x13", "b", "*", "k", "!", "?", "q", "q"]
+    )
+    nodes = {r["node"]["id"]: r["node"] for r in records(store, "doc") if r["type"] == "node"}
+    frame = next(n for n in nodes.values() if n["role"] == "frame")
+    sampled = [n for n in nodes.values() if n.get("origin") == "sampled"]
+    assert sorted((n["seed"], n["text"]) for n in sampled) == [(5, " tall"), (6, " on a rock"), (7, " alone")]
+    assert all(n["parent"] == frame["id"] and "speaker" not in n for n in sampled)
+    assert fake_engine.prompts == ["The lighthouse stood"]  # the document itself, no label
+    [edited] = [n for n in nodes.values() if n.get("origin") == "edited"]
+    assert edited["text"] == " on a rock and white" and nodes[edited["edited_from"]]["seed"] == 6
+    marks = [(r["id"], r["tag"]) for r in records(store, "doc") if r["type"] == "tag"]
+    assert marks == [(edited["id"], "bookmark"), (edited["id"], "canonical")]
+    hidden = [r["id"] for r in records(store, "doc") if r["type"] == "hide"]
+    assert len(hidden) == 1 and nodes[hidden[0]]["seed"] == 7  # k: the sibling before the edit (the last)
+    assert "simlab loom keys" in screen  # the help overlay was drawn
+    cursor = [r["id"] for r in records(store, "doc") if r["type"] == "cursor"][-1]
+    session.close()
+
+    reopened = store.open("doc")
+    assert reopened.tree.cursor == cursor == frame["id"]  # hiding the node went to its parent
+    assert reopened.tree.get(edited["id"]).tags == {"bookmark", "canonical"}
+    reopened.close()
+
+
+def test_write_split_merge_and_a_command(fake_engine, store):
+    session = start_session(store, DOCUMENT, "doc")
+    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=1), io.StringIO())
+    loom = Loom(chat, children=1)
+    fake_engine.enqueue([" on the cliff"])
+    steps = [
+        "a",
+        " at dusk",
+        "\x13",
+        "g",
+        idle(loom),
+        "t",
+        "\x1b[C",
+        "\x1b[C",
+        "s",
+        "h",
+        "m",
+        "/",
+        "seed 40\r",
+        idle(loom),
+        "q",
+    ]
+    drive(loom, steps)
+    tree = chat.tree
+    path = [n.text for n in chat.path()]
+    assert "".join(path) == "The lighthouse stood at dusk on the cliff"
+    merged = chat.cursor  # split " on the cliff" before token 2, then merged back into one node
+    assert merged.text == " on the cliff" and merged.origin == "edited" and len(merged.token_ids) == 13
+    split_parts = [n for n in tree.nodes.values() if n.origin == "edited" and n.id != merged.id]
+    assert sorted(n.text for n in split_parts) == [" o", "n the cliff"]
+    assert all(n.hidden for n in split_parts if n.text == " o")
+    assert chat.seed == 40 and "seed" in loom.output
