@@ -237,6 +237,7 @@ class Replies:
             "model",
             reply_text(forced.text + completion.text, self.framing),
             speaker=self.speaker,
+            origin="sampled",  # the part after the forced tokens is a draw (params, seed)
             persona=self.persona,
             edited_from=forced.source.id,
             forced={

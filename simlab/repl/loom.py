@@ -330,13 +330,13 @@ class Loom:
     def sibling_lines(self) -> list[tuple[str, str]]:
         """The continuations being sampled, or the current node's siblings (the current one marked)."""
         if self.streams:
-            return [("", f"{i + 1}. {_preview(text)}") for i, text in enumerate(self.streams)]
+            return [("", f"{i + 1}. {_preview(text)}\n") for i, text in enumerate(self.streams)]
         node = self.node
         siblings = self.tree.siblings(node.id, include_hidden=self.show_hidden) if node.parent else [node]
         if len(siblings) < 2:
             return []
         return [
-            ("class:cursor" if s.id == node.id else "", f"{i + 1}. {_preview(s.text)}")
+            ("class:cursor" if s.id == node.id else "", f"{i + 1}. {_preview(s.text)}\n")
             for i, s in enumerate(siblings)
         ]
 

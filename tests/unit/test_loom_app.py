@@ -116,3 +116,47 @@ def test_write_split_merge_and_a_command(fake_engine, store):
     assert sorted(n.text for n in split_parts) == [" o", "n the cliff"]
     assert all(n.hidden for n in split_parts if n.text == " o")
     assert chat.seed == 40 and "seed" in loom.output
+
+
+def test_loom_from_the_chat_repl_works_on_the_same_session_and_comes_back(fake_engine, store):
+    from prompt_toolkit.output import DummyOutput
+
+    from simlab.repl.app import run_interactive
+
+    persona = Persona(name="duo", frame="Two talk.\n\n", user="Ann", model="Bo", sampling={"max_tokens": 20})
+    chat = Chat(
+        fake_engine,
+        store,
+        start_session(store, persona, "duo"),
+        persona,
+        persona.sampling_params(seed=2),
+        io.StringIO(),
+    )
+    fake_engine.enqueue([" Fine."])
+    with create_pipe_input() as keys:
+        for text in ("hello\r", "/loom\r", "b", "q", "/quit\r"):
+            keys.send_text(text)
+        assert run_interactive(chat, resumed=False, input=keys, output=DummyOutput()) == 0
+    [reply] = [n for n in chat.tree.nodes.values() if n.role == "model"]
+    assert (reply.text, reply.speaker) == ("Fine.", "Bo")
+    assert [n.text for n in chat.tree.nodes.values() if "bookmark" in n.tags] == ["Fine."]
+
+
+def test_g_in_a_chat_samples_replies_to_a_turn_and_alternatives_beside_a_reply(fake_engine, store):
+    persona = Persona(name="duo", frame="Two talk.\n\n", user="Ann", model="Bo", sampling={"max_tokens": 20})
+    session = start_session(store, persona, "duo")
+    chat = Chat(fake_engine, store, session, persona, persona.sampling_params(seed=2), io.StringIO())
+    loom = Loom(chat, children=2)
+    loom.write_child("hello")
+    user = chat.cursor
+    assert (user.role, user.speaker) == ("user", "Ann")
+    fake_engine.enqueue([" One.\nAnn: x", " Two.", " Three."])
+    loom.generate()
+    loom.wait()
+    assert [n.text for n in chat.tree.children(user.id)] == ["One.", "Two."]  # stop strings still end a turn
+    assert fake_engine.prompts[-1] == "Two talk.\n\nAnn: hello\nBo:"
+    loom.children = 1
+    loom.generate()
+    loom.wait()
+    assert [n.text for n in chat.tree.children(user.id)] == ["One.", "Two.", "Three."]
+    assert loom.message.startswith("1 saved") and chat.cursor.text == "Three."

@@ -1,0 +1,117 @@
+"""`simlab loom` in a real pseudo-terminal at 80x24, read through a terminal emulator (pyte): open a
+new document, sample 3 continuations, pick one, fork it at a token, edit, hide, bookmark, quit,
+reopen: the same tree and cursor; resized, it redraws to the new size."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+pyte = pytest.importorskip("pyte")
+
+SIMLAB = Path(sys.executable).parent / "simlab"
+
+
+class Terminal:
+    def __init__(self, child, rows=24, cols=80):
+        self.child, self.screen = child, pyte.Screen(cols, rows)
+        self.stream = pyte.Stream(self.screen)
+
+    def read(self) -> None:
+        while True:
+            try:
+                self.stream.feed(self.child.read_nonblocking(65536, timeout=0.1))
+            except pexpect.TIMEOUT:
+                return
+
+    def text(self) -> str:
+        self.read()
+        return "\n".join(self.screen.display)
+
+    def wait(self, what, timeout=60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.text()
+            if what(shown) if callable(what) else what in shown:
+                return shown
+        raise AssertionError(f"never shown: {what!r}; the screen:\n{self.text()}")
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            self.child.send(key)
+            time.sleep(0.2)
+            self.read()
+
+
+def spawn(tmp_path, model, *args, rows=24, cols=80):
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "TERM": "xterm",
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+        "SIMLAB_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    argv = ["loom", *args, "--model", str(model), "--sessions-dir", str(tmp_path / "s")]
+    child = pexpect.spawn(str(SIMLAB), argv, env=env, encoding="utf-8", timeout=60, dimensions=(rows, cols))
+    return Terminal(child, rows, cols)
+
+
+def records(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "s" / "tale.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.skipif(not SIMLAB.exists(), reason="the simlab command is not installed in this environment")
+def test_a_document_grows_branches_and_comes_back_as_it_was(tmp_path, tiny_dir):
+    term = spawn(
+        tmp_path,
+        tiny_dir,
+        "--text",
+        "Once upon a time",
+        "--session",
+        "tale",
+        "--seed",
+        "3",
+        "--max-tokens",
+        "6",
+    )
+    first = term.wait("? help")
+    assert "Once upon a time" in first and len(first.splitlines()) == 24
+    term.keys("g")
+    shown = term.wait("3 saved")
+    assert all(f"{i}. " in shown for i in (1, 2, 3))  # the sibling list
+    term.keys("j", "t", "\x1b[C")  # the second continuation; the token view on its token 1
+    assert "token 1 " in term.wait("token 1 ")
+    term.keys("f")
+    term.wait("branched")
+    term.keys("t", "e", "\x1b[F", " THE END", "\x13")
+    term.wait("edited")
+    term.keys("b", "k", "!")
+    term.wait("hidden")
+    term.child.setwinsize(30, 100)
+    term.screen.resize(30, 100)
+    resized = term.wait(lambda s: len(s.splitlines()) == 30 and "? help" in s.splitlines()[-1])
+    assert "Once upon a time" in resized
+    term.keys("q")
+    term.child.expect(pexpect.EOF)
+
+    saved = records(tmp_path)
+    nodes = {r["node"]["id"]: r["node"] for r in saved if r["type"] == "node"}
+    sampled = [n for n in nodes.values() if n.get("origin") == "sampled"]
+    assert len(sampled) == 4 and [n for n in sampled if n.get("forced")]  # 3 continuations and the fork
+    [edited] = [n for n in nodes.values() if n.get("origin") == "edited"]
+    assert edited["text"].endswith(" THE END")
+    assert [r["tag"] for r in saved if r["type"] == "tag"] == ["bookmark"]
+    assert len([r for r in saved if r["type"] == "hide"]) == 1
+    cursor = [r["id"] for r in saved if r["type"] == "cursor"][-1]
+
+    again = spawn(tmp_path, tiny_dir, "tale")
+    reopened = again.wait("? help")
+    assert nodes[cursor]["text"].replace("\n", "⏎")[:20] in reopened  # the cursor's node, in the tree
+    again.keys("q")
+    again.child.expect(pexpect.EOF)
+    assert [r["id"] for r in records(tmp_path) if r["type"] == "cursor"][-1] == cursor
