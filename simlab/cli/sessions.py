@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from simlab.cli.common import Parser, add_sessions_dir, color_on, open_store, say, warn
+from simlab.errors import TraceError
 from simlab.session import formats
 from simlab.session.store import SessionStore
 from simlab.session.views import Style, render_compare, render_transcript, render_tree
-from simlab.trace.files import remove_session
+from simlab.trace.files import node_trace_path, remove_session
 
 
 def add_command(commands) -> None:
@@ -31,9 +32,11 @@ def add_command(commands) -> None:
     show.add_argument("--node", help="show the path to this node (default: the cursor)")
     show.add_argument("--compare", nargs=2, metavar=("NODE_A", "NODE_B"), help="two branches side by side")
     show.add_argument("--all", action="store_true", help="include deleted (hidden) nodes in --tree")
-    export = add_sessions_dir(sub.add_parser("export", help="write a session as Markdown, YAML or Loom JSON"))
+    export = add_sessions_dir(
+        sub.add_parser("export", help="write a session as Markdown, YAML, Loom JSON or one HTML page")
+    )
     export.add_argument("id")
-    export.add_argument("--format", choices=["md", "yaml", "loom"], default="md")
+    export.add_argument("--format", choices=["md", "yaml", "loom", "html"], default="md")
     export.add_argument("--node", help="for md: the path to this node (default: the cursor)")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
     imp = add_sessions_dir(
@@ -137,13 +140,31 @@ def _compact(args: argparse.Namespace, store: SessionStore) -> int:
 def _export(args: argparse.Namespace, store: SessionStore) -> int:
     session = store.open(args.id, read_only=True)
     warn(session.problems)
-    text = formats.render(session, args.format, args.node)
+    heatmaps = _heatmaps(session) if args.format == "html" else None
+    text = formats.render(session, args.format, args.node, heatmaps)
     if args.output:
         path = formats.write_text(Path(args.output), text, "sessions export")
         say(f"wrote {path}")
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _heatmaps(session) -> dict[str, dict]:
+    """The residual-norm heatmap of each node with a trace (torch loads only when there is one)."""
+    traced = {n.id: node_trace_path(session.path, n.id) for n in session.tree.nodes.values()}
+    traced = {node_id: path for node_id, path in traced.items() if path.exists()}
+    if not traced:
+        return {}
+    from simlab.trace.lens import norm_heatmap
+
+    out = {}
+    for node_id, path in traced.items():
+        try:
+            out[node_id] = norm_heatmap(path)
+        except TraceError as exc:
+            say(f"simlab: warning: {exc}; the page shows that node without its trace")
+    return out
 
 
 def _show(args: argparse.Namespace, store: SessionStore) -> int:

@@ -15,6 +15,7 @@ from simlab import safe_yaml
 from simlab.errors import BadInput, SessionError, SimlabError, TreeError
 from simlab.frame.render import render_path
 from simlab.session import loom
+from simlab.session.html import to_html
 from simlab.session.journal import load_tree, state_records
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node, Tree
@@ -67,11 +68,14 @@ def to_loom(session: Session) -> dict[str, Any]:
     return loom.to_loom(session.tree)
 
 
-FORMATS = ("md", "yaml", "loom")
+FORMATS = ("md", "yaml", "loom", "html")
 
 
-def render(session: Session, fmt: str, node_id: str | None = None) -> str:
-    """The session as text: md (the path to node_id, default the cursor), yaml or loom (the whole tree)."""
+def render(session: Session, fmt: str, node_id: str | None = None, heatmaps: dict | None = None) -> str:
+    """The session as text: md (the path to node_id, default the cursor), yaml, loom or html (the
+    whole tree; html with the traced nodes' `heatmaps`)."""
+    if fmt == "html":
+        return to_html(session, heatmaps)
     if fmt == "md":
         return to_markdown(session, node_id)
     if fmt == "yaml":

@@ -82,6 +82,23 @@ def residual_norms(tensors: dict[str, torch.Tensor], points: list[str]) -> dict[
     return {name: tensors[name].float().norm(dim=-1).tolist() for name in points}
 
 
+def norm_heatmap(path) -> dict:
+    """A trace file as a heatmap of residual norms (rows: capture points, columns: positions), for
+    `sessions export --format html`; no model needed."""
+    from simlab.trace.record import load
+
+    tensors, info = load(path)
+    points = [p["name"] for p in info["points"] if p["name"] in tensors]
+    norms = residual_norms(tensors, points)
+    return {
+        "title": f"L2 norm of the residual stream ({info.get('model_name', '?')}, {info.get('dtype', '?')}): "
+        "rows are capture points, columns the positions read; darker is larger, per row",
+        "rows": points,
+        "columns": [str(p) for p in info["positions"]],
+        "values": [[round(v, 3) for v in norms[name]] for name in points],
+    }
+
+
 def diff_rows(
     a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], index_a: int, index_b: int, points: list[str]
 ) -> list[tuple[str, float, float, float, float]]:

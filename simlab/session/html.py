@@ -1,0 +1,120 @@
+"""A session as one self-contained HTML page, for sharing with someone who does not run simlab.
+
+The page holds the whole tree as JSON and a small script (no network resources): the tree as an
+outline (bookmarks ★, canonical ✓, hidden nodes behind a switch), the selected path as one text as
+the model read it, the selected node's tokens coloured by probability with the alternatives on
+hover, its siblings side by side, its metadata (seed, sampling, model, finish reason), and a heatmap
+of its residual stream where it has a trace. The address's #fragment is the selected node.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any
+
+from simlab.frame.render import framing_of, render_node
+from simlab.session.html_page import PAGE
+from simlab.session.store import Session
+from simlab.session.tree import Node
+
+
+def token_spans(node: Node, lead: str) -> list[dict[str, Any]] | None:
+    """The node's text cut at its tokens: [{text, p, alts: [[text, p], ...]}], or None when its
+    tokens do not spell its text. A token whose own text is not recorded (sampled outside the
+    recorded alternatives) is joined with its unknown neighbours into one piece with no probability."""
+    if not node.logprobs or len(node.top) != len(node.logprobs):
+        return None
+    served = (node.backend or {}).get("tokens")
+    texts: list[str | None] = list(served) if served else []
+    if not texts:
+        for k, alts in enumerate(node.top):
+            wanted = node.token_ids[k] if k < len(node.token_ids) else None
+            texts.append(next((a[1] for a in alts if a[0] == wanted), None))
+    text = node.text
+    first = texts[0] if texts else None  # the label's space is the first token's, when the model wrote it
+    at = (
+        -len(lead)
+        if lead and first is not None and first.startswith(lead) and not text.startswith(lead)
+        else 0
+    )
+    pieces: list[dict[str, Any]] = []
+    pending: list[int] = []
+    for k, piece in enumerate(texts):
+        if piece is None:
+            pending.append(k)
+            continue
+        if pending:  # the unknown tokens end where this one's text is next found
+            where = text.find(piece, max(at, 0))
+            if where < 0:
+                return None
+            pieces.append({"text": text[max(at, 0) : where], "p": None, "alts": []})
+            pending, at = [], where
+        elif text[max(at, 0) : at + len(piece)] != piece[max(-at, 0) :]:
+            return None
+        shown = text[max(at, 0) : at + len(piece)]
+        alts = [[a[1], round(math.exp(a[2]), 4)] for a in node.top[k]]
+        pieces.append({"text": shown, "p": round(math.exp(node.logprobs[k]), 4), "alts": alts})
+        at += len(piece)
+        if at >= len(text):
+            break
+    if pending or at < len(text):
+        pieces.append({"text": text[max(at, 0) :], "p": None, "alts": []})
+    return [p for p in pieces if p["text"]]
+
+
+def page_data(session: Session, heatmaps: dict[str, dict] | None = None) -> dict[str, Any]:
+    """What the page's script reads: every node with its rendered surroundings and its metadata."""
+    tree = session.tree
+    nodes = []
+    for node in tree.nodes.values():
+        framing = framing_of(tree.path(node.id))
+        piece = render_node(node, framing)
+        spoken = node.role in ("user", "model") and node.speaker is not None
+        start = len(framing.head(node.role, node.speaker)) if spoken else 0
+        lead = framing.lead() if node.role == "model" and framing.mode == "simulator" else ""
+        nodes.append(
+            {
+                "id": node.id,
+                "short": tree.short(node.id),
+                "parent": node.parent,
+                "role": node.role,
+                "speaker": node.speaker,
+                "before": piece[:start],
+                "text": node.text if piece else "",  # a note is not in the text the model reads
+                "after": piece[start + len(node.text) :],
+                "hidden": node.hidden,
+                "tags": sorted(node.tags),
+                "tokens": token_spans(node, lead),
+                "meta": _meta(node),
+                "heatmap": (heatmaps or {}).get(node.id),
+            }
+        )
+    return {"name": session.name, "cursor": tree.cursor, "roots": [r.id for r in tree.roots], "nodes": nodes}
+
+
+def _meta(node: Node) -> dict[str, Any]:
+    meta = {
+        "origin": node.origin,
+        "seed": node.seed,
+        "finish reason": node.finish_reason,
+        "model": node.model,
+        "revision": node.model_revision,
+        "weights": node.weights or node.dtype,
+        "persona": node.persona,
+        "created": node.created,
+        "sampling": node.params,
+        "forked": node.forced,
+        "edited from": node.edited_from,
+        "tokens": len(node.token_ids) or len(node.logprobs) or None,
+    }
+    return {k: v for k, v in meta.items() if v not in (None, {}, ())}
+
+
+def to_html(session: Session, heatmaps: dict[str, dict] | None = None) -> str:
+    """The page: the template with the session's data in a JSON script element (`<` escaped, so no
+    text in a node can close the element or start markup)."""
+    data = json.dumps(page_data(session, heatmaps), ensure_ascii=False, default=str)
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return PAGE.replace("{{TITLE}}", html.escape(session.name)).replace("{{DATA}}", data)
