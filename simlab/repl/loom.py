@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from simlab.errors import SimlabError, TreeError
 from simlab.frame.render import render_spans
 from simlab.repl.commands import Context, Quit, handle
-from simlab.repl.state import Chat
+from simlab.repl.state import Chat, LastReply
 from simlab.repl.tokens import fork
 from simlab.session import shape
 from simlab.session.tree import Node
@@ -146,6 +146,10 @@ class Loom:
             return "stopped before the first token; nothing saved"
         chat.session.goto(nodes[0].id)
         stats = replies.run.stats
+        longest = max(len(c.tokens) for c in replies.run.completions)
+        chat.last = LastReply(
+            stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
+        )
         return f"{len(nodes)} saved ({stats.tokens_per_second:.1f} tok/s); ↑↓ chooses among them"
 
     def fork_here(self, alternative: int | None = None) -> bool:
