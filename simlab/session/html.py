@@ -17,50 +17,27 @@ from typing import Any
 from simlab.frame.render import framing_of, render_node
 from simlab.session.html_page import PAGE
 from simlab.session.store import Session
+from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
 
 
 def token_spans(node: Node, lead: str) -> list[dict[str, Any]] | None:
-    """The node's text cut at its tokens: [{text, p, alts: [[text, p], ...]}], or None when its
-    tokens do not spell its text. A token whose own text is not recorded (sampled outside the
-    recorded alternatives) is joined with its unknown neighbours into one piece with no probability."""
-    if not node.logprobs or len(node.top) != len(node.logprobs):
+    """The node's text cut at its tokens for the page: [{text, p, alts: [[text, p], ...]}], or None
+    when its tokens do not spell its text. Tokens whose own text is not recorded (sampled outside
+    the recorded alternatives) make one piece with no probability; the stop string's tokens none."""
+    parts = token_parts(node, lead)
+    if parts is None:
         return None
-    served = (node.backend or {}).get("tokens")
-    texts: list[str | None] = list(served) if served else []
-    if not texts:
-        for k, alts in enumerate(node.top):
-            wanted = node.token_ids[k] if k < len(node.token_ids) else None
-            texts.append(next((a[1] for a in alts if a[0] == wanted), None))
-    text = node.text
-    first = texts[0] if texts else None  # the label's space is the first token's, when the model wrote it
-    at = (
-        -len(lead)
-        if lead and first is not None and first.startswith(lead) and not text.startswith(lead)
-        else 0
-    )
     pieces: list[dict[str, Any]] = []
-    pending: list[int] = []
-    for k, piece in enumerate(texts):
-        if piece is None:
-            pending.append(k)
-            continue
-        if pending:  # the unknown tokens end where this one's text is next found
-            where = text.find(piece, max(at, 0))
-            if where < 0:
-                return None
-            pieces.append({"text": text[max(at, 0) : where], "p": None, "alts": []})
-            pending, at = [], where
-        elif text[max(at, 0) : at + len(piece)] != piece[max(-at, 0) :]:
-            return None
-        shown = text[max(at, 0) : at + len(piece)]
-        alts = [[a[1], round(math.exp(a[2]), 4)] for a in node.top[k]]
-        pieces.append({"text": shown, "p": round(math.exp(node.logprobs[k]), 4), "alts": alts})
-        at += len(piece)
-        if at >= len(text):
-            break
-    if pending or at < len(text):
-        pieces.append({"text": text[max(at, 0) :], "p": None, "alts": []})
+    for k, (part, known) in enumerate(parts):
+        if not known:
+            if pieces and pieces[-1]["p"] is None:
+                pieces[-1]["text"] += part
+            else:
+                pieces.append({"text": part, "p": None, "alts": []})
+        elif part:
+            alts = [[a[1], round(math.exp(a[2]), 4)] for a in node.top[k]]
+            pieces.append({"text": part, "p": round(math.exp(node.logprobs[k]), 4), "alts": alts})
     return [p for p in pieces if p["text"]]
 
 

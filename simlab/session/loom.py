@@ -27,6 +27,7 @@ from typing import Any
 from simlab.errors import SessionError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_node
+from simlab.session.tokens import token_parts
 from simlab.session.tree import Node, Tree
 
 LOOM_ROOT_ID = "simlab-synthetic-root"
@@ -291,13 +292,13 @@ def _write(tree: Tree, node: Node, framing: Framing) -> dict[str, Any]:
         if extra:
             out["tags"] = extra
     if native:  # simlab's own node: what Loom shows, and simlab's record to come back
-        out |= {"open": True, "visited": True, "meta": _meta(node)}
+        out |= {"open": True, "visited": True, "meta": _meta(node, framing)}
     out |= loom.get("keys") or {}
     out["children"] = [_write(tree, c, framing) for c in tree.children(node.id, include_hidden=True)]
     return _ordered(out, loom.get("order"))
 
 
-def _meta(node: Node) -> dict[str, Any]:
+def _meta(node: Node, framing: Framing) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "creation_timestamp": time.strftime(PYLOOM_TIME, time.localtime(node.created))
         if node.created is not None
@@ -308,7 +309,9 @@ def _meta(node: Node) -> dict[str, Any]:
         "simlab": {k: v for k, v in node.to_record().items() if k != "parent"},
     }
     if node.token_ids or node.logprobs:
-        texts = [alts[0][1] if alts else "" for alts in node.top]
+        lead = framing.lead() if node.role == "model" and framing.mode == "simulator" else ""
+        parts = token_parts(node, lead)  # each token's part of the text, so the tokens spell it
+        texts = [part for part, _ in parts] if parts else [alts[0][1] if alts else "" for alts in node.top]
         meta["generation"] = {
             "text": node.text,
             "model": node.model,

@@ -34,3 +34,19 @@ def test_tokens_that_do_not_spell_the_text_give_none_and_the_page_shows_plain_te
 def test_a_first_token_without_the_label_space_starts_at_the_text():
     n = node("Aye", [1, 2], [((1, "A", -0.1),), ((2, "ye", -0.2),)])
     assert [s["text"] for s in token_spans(n, " ")] == ["A", "ye"]
+
+
+def test_tokens_past_the_text_spelled_the_stop_string_and_have_no_part():
+    from simlab.session.tokens import token_parts
+
+    tops = [((1, " Aye", -0.1),), ((2, ".\n", -0.2),), ((3, "Ann", -0.3),), ((4, ":", -0.1),)]
+    n = node("Aye.", [1, 2, 3, 4], tops)
+    assert token_parts(n, " ") == [("Aye", True), (".", True), ("", True), ("", True)]
+    assert [s["text"] for s in token_spans(n, " ")] == ["Aye", "."]
+    tops[1] = ((9, "?", -0.2),)
+    assert token_parts(node("Aye, you.", [1, 2, 3, 4], tops), " ") is None  # "Ann" is not in the text
+    assert token_parts(node("Aye, you.", [1, 2, 7], tops[:2] + [((5, "x", -1.0),)]), " ") == [
+        ("Aye", True),
+        (", you.", False),
+        ("", False),
+    ]
