@@ -21,6 +21,7 @@ from simlab.repl.commands import Context, Quit, handle
 from simlab.repl.state import Chat, LastReply
 from simlab.repl.tokens import fork
 from simlab.session import shape
+from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
 from simlab.turns import start_replies
 
@@ -238,37 +239,45 @@ class Loom:
             self.move("parent")
         self.say("hidden (H shows hidden nodes; ! again unhides)" if not node.hidden else "shown again")
 
-    # -- what the panes show -----------------------------------------------------------------------
+    # -- what the panes show (read under the session's lock: the worker adds nodes meanwhile) ------
     def pieces(self) -> list[Piece]:
-        """The current node's tokens (with probabilities) when its tokens spell its text, else words."""
-        node = self.node
-        texts = self._token_texts(node)
-        if texts:
-            joined = "".join(texts)
-            lead = len(joined) - len(joined.lstrip(" ")) if not node.text.startswith(" ") else 0
-            if joined[lead:].startswith(node.text) or node.text.startswith(joined[lead:]):
-                out, at = [], -lead
-                for k, text in enumerate(texts):
-                    if at >= len(node.text):
-                        break
-                    out.append(Piece(text, max(at, 0), node.logprobs[k], node.top[k], k))
-                    at += len(text)
-                return out
-        return [Piece(m.group(), m.start()) for m in re.finditer(r"\s*\S+|\s+", node.text)]
-
-    def _token_texts(self, node: Node) -> list[str]:
-        served = (node.backend or {}).get("tokens")
-        if served:
-            return list(served)
-        if not node.token_ids or len(node.logprobs) != len(node.token_ids):
-            return []
-        if self.chat.engine_ready:
-            return [self.chat.engine.tokenizer.decode([t]) for t in node.token_ids]
-        known = {alt[0]: alt[1] for top in node.top for alt in top}
-        texts = [known.get(t) for t in node.token_ids]
-        return [] if None in texts else texts  # type: ignore[return-value]
+        with self.chat.session.lock:
+            return self._pieces()
 
     def tree_lines(self) -> list[tuple[str, list]]:
+        with self.chat.session.lock:
+            return self._tree_lines()
+
+    def document(self) -> list[tuple[str, str]]:
+        with self.chat.session.lock:
+            return self._document()
+
+    def sibling_lines(self) -> list[tuple[str, str]]:
+        with self.chat.session.lock:
+            return self._sibling_lines()
+
+    def _pieces(self) -> list[Piece]:
+        """The current node's tokens (with probabilities) when its tokens spell its text, else words."""
+        node = self.node
+        framing = self.chat.framing
+        lead = framing.lead() if node.role == "model" and framing.mode == "simulator" else ""
+        parts = token_parts(node, lead, self._decoded(node))
+        if parts:
+            out, at = [], 0
+            for k, (part, _) in enumerate(parts):
+                if part:  # the stop string's tokens have no part of the text
+                    out.append(Piece(part, at, node.logprobs[k], node.top[k], k))
+                at += len(part)
+            return out
+        return [Piece(m.group(), m.start()) for m in re.finditer(r"\s*\S+|\s+", node.text)]
+
+    def _decoded(self, node: Node) -> list[str] | None:
+        """Each token's text from the model's tokenizer, once it has loaded (else the alternatives')."""
+        if not node.token_ids or node.backend or not self.chat.engine_ready:
+            return None
+        return [self.chat.engine.tokenizer.decode([t]) for t in node.token_ids]
+
+    def _tree_lines(self) -> list[tuple[str, list]]:
         """(node id, fragments) per visible line: depth, fold mark, marks, a preview of the text."""
         on_path = {n.id for n in self.chat.path()}
         lines: list[tuple[str, list]] = []
@@ -298,7 +307,7 @@ class Loom:
                 stack.extend((kid, depth + 1) for kid in reversed(kids))
         return lines
 
-    def document(self) -> list[tuple[str, str]]:
+    def _document(self) -> list[tuple[str, str]]:
         """The current branch as one text; the current node's part marked, or its tokens coloured."""
         path = self.chat.path()
         text, spans = render_spans(path)
@@ -331,7 +340,7 @@ class Loom:
             f"token {piece.index} {piece.text!r} p={math.exp(piece.logprob):.2f}   {alts}   (f or 1-9 forks)"
         )
 
-    def sibling_lines(self) -> list[tuple[str, str]]:
+    def _sibling_lines(self) -> list[tuple[str, str]]:
         """The continuations being sampled, or the current node's siblings (the current one marked)."""
         if self.streams:
             return [("", f"{i + 1}. {_preview(text)}\n") for i, text in enumerate(self.streams)]

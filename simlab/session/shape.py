@@ -21,6 +21,11 @@ from simlab.session.tree import Node, new_id
 def split(session: Session, node_id: str, at_char: int, at_token: int | None = None) -> tuple[Node, Node]:
     """Node -> its first `at_char` characters, with the rest as their child; returns (first, rest).
     At a token boundary (`at_token`), each part keeps its own tokens and log-probabilities."""
+    with session.lock:  # one reshape at a time, whole
+        return _split(session, node_id, at_char, at_token)
+
+
+def _split(session: Session, node_id: str, at_char: int, at_token: int | None) -> tuple[Node, Node]:
     node = session.tree.get(node_id)
     if node.role not in ("user", "model"):
         raise TreeError("split works on a turn or a piece of the document, not the frame")
@@ -36,6 +41,11 @@ def split(session: Session, node_id: str, at_char: int, at_token: int | None = N
 
 def merge(session: Session, node_id: str) -> Node:
     """Node and its only child as one node; returns it (the child's children are copied under it)."""
+    with session.lock:
+        return _merge(session, node_id)
+
+
+def _merge(session: Session, node_id: str) -> Node:
     node = session.tree.get(node_id)
     children = session.tree.children(node_id)
     if len(children) != 1:

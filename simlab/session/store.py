@@ -11,6 +11,7 @@ import fcntl
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ class Session:
         self.on_save_problem: Callable[[str], None] | None = None
         self._torn = False  # a failed write may have left part of a line: start the next on a new one
         self.exported_changes: int | None = None  # len(unsaved) when the whole session was last exported
+        # one change at a time: `simlab loom` samples in a worker thread while keys move the cursor
+        self.lock = threading.RLock()
 
     @property
     def safe_to_close(self) -> bool:
@@ -78,36 +81,39 @@ class Session:
 
     # -- writes ----------------------------------------------------------------------------
     def _append(self, record: dict[str, Any]) -> None:
-        self._check_writable()
-        self.unsaved.append(encode(record))
-        if self.in_memory:
-            return
-        backlog = len(self.unsaved)
-        lead = b"\n" if self._torn else b""
-        view, written = memoryview(lead + b"".join(self.unsaved)), 0
-        try:
-            while view:
-                count = os.write(self._handle.fileno(), view)
-                view, written = view[count:], written + count
-            os.fsync(self._handle.fileno())
-        except OSError as exc:
-            written -= len(lead)
-            while self.unsaved and written >= len(self.unsaved[0]):  # records that made it whole
-                written -= len(self.unsaved.pop(0))
-            self._torn = True
-            message = (
-                f"cannot save session {self.name!r} to {self.path}: {exc.strerror}; "
-                f"{len(self.unsaved)} change(s) kept in memory"
-            )
-            if self.on_save_problem is None:
-                raise SessionWriteError(message) from None
-            self.on_save_problem(message)
-            return
-        self.unsaved.clear()
-        if self._torn:
-            self._torn = False
-            if self.on_save_problem is not None:
-                self.on_save_problem(f"session {self.name!r} is saved again ({backlog} change(s) written)")
+        with self.lock:
+            self._check_writable()
+            self.unsaved.append(encode(record))
+            if self.in_memory:
+                return
+            backlog = len(self.unsaved)
+            lead = b"\n" if self._torn else b""
+            view, written = memoryview(lead + b"".join(self.unsaved)), 0
+            try:
+                while view:
+                    count = os.write(self._handle.fileno(), view)
+                    view, written = view[count:], written + count
+                os.fsync(self._handle.fileno())
+            except OSError as exc:
+                written -= len(lead)
+                while self.unsaved and written >= len(self.unsaved[0]):  # records that made it whole
+                    written -= len(self.unsaved.pop(0))
+                self._torn = True
+                message = (
+                    f"cannot save session {self.name!r} to {self.path}: {exc.strerror}; "
+                    f"{len(self.unsaved)} change(s) kept in memory"
+                )
+                if self.on_save_problem is None:
+                    raise SessionWriteError(message) from None
+                self.on_save_problem(message)
+                return
+            self.unsaved.clear()
+            if self._torn:
+                self._torn = False
+                if self.on_save_problem is not None:
+                    self.on_save_problem(
+                        f"session {self.name!r} is saved again ({backlog} change(s) written)"
+                    )
 
     def export(self, target: Path) -> Path:
         """The whole session as a session file at target (written beside it, then renamed into place):
@@ -131,31 +137,35 @@ class Session:
         return target
 
     def add(self, node: Node) -> Node:
-        self._check_writable()
-        node = self.tree.add(node)
-        self._append({"type": "node", "node": node.to_record()})
-        return node
+        with self.lock:
+            self._check_writable()
+            node = self.tree.add(node)
+            self._append({"type": "node", "node": node.to_record()})
+            return node
 
     def add_child(self, parent: str | None, role: str, text: str, **fields: Any) -> Node:
         return self.add(make_node(parent, role, text, **fields))
 
     def edit(self, node_id: str, text: str) -> Node:
-        self._check_writable()
-        node = self.tree.edit(node_id, text)
-        self._append({"type": "node", "node": node.to_record()})
-        return node
+        with self.lock:
+            self._check_writable()
+            node = self.tree.edit(node_id, text)
+            self._append({"type": "node", "node": node.to_record()})
+            return node
 
     def set_tag(self, node_id: str, tag: str, on: bool = True) -> Node:
-        self._check_writable()
-        node = self.tree.set_tag(node_id, tag, on)
-        self._append({"type": "tag", "id": node.id, "tag": tag, "on": on})
-        return node
+        with self.lock:
+            self._check_writable()
+            node = self.tree.set_tag(node_id, tag, on)
+            self._append({"type": "tag", "id": node.id, "tag": tag, "on": on})
+            return node
 
     def set_hidden(self, node_id: str, hidden: bool = True) -> Node:
-        self._check_writable()
-        node = self.tree.set_hidden(node_id, hidden)
-        self._append({"type": "hide", "id": node.id, "hidden": hidden})
-        return node
+        with self.lock:
+            self._check_writable()
+            node = self.tree.set_hidden(node_id, hidden)
+            self._append({"type": "hide", "id": node.id, "hidden": hidden})
+            return node
 
     def save_settings(self, settings: dict[str, Any]) -> None:
         """The chat's settings (what the user chose with flags, /set and /seed), for the next resume."""
@@ -164,14 +174,16 @@ class Session:
             self.tree.settings = settings
 
     def goto(self, node_id: str) -> Node:
-        node = self.tree.goto(node_id)
-        self._record_cursor()
-        return node
+        with self.lock:
+            node = self.tree.goto(node_id)
+            self._record_cursor()
+            return node
 
     def move(self, where: str) -> Node:
-        node = self.tree.move(where)
-        self._record_cursor()
-        return node
+        with self.lock:
+            node = self.tree.move(where)
+            self._record_cursor()
+            return node
 
     def _record_cursor(self) -> None:
         if not self.read_only:  # a read-only viewer may still move around

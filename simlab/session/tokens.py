@@ -11,14 +11,16 @@ from __future__ import annotations
 from simlab.session.tree import Node
 
 
-def token_parts(node: Node, lead: str = "") -> list[tuple[str, bool]] | None:
+def token_parts(
+    node: Node, lead: str = "", decoded: list[str] | None = None
+) -> list[tuple[str, bool]] | None:
     """Per token: its part of the node's text (the parts spell the text exactly), and whether that
     is the token's own recorded text. A run of tokens whose text is not recorded shares the gap up
     to the next known token: all of it on the run's first, "" on the others. None when the recorded
-    texts do not fit the node's text (an edited node, say)."""
+    texts do not fit the node's text (an edited node, say). `decoded`: the texts a tokenizer gives."""
     if not node.logprobs or len(node.top) != len(node.logprobs):
         return None
-    served = (node.backend or {}).get("tokens")
+    served = decoded or (node.backend or {}).get("tokens")
     texts: list[str | None] = list(served) if served else []
     if not texts:
         for k, alts in enumerate(node.top):
