@@ -107,7 +107,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             tracer=tracer,
             user_set={k: v for k, v in chosen.items() if k != "seed"},
         )
-        if args.resume is not None and session.tree.settings:
+        if args.resume is not None and session.tree.settings and not getattr(args, "loom", False):
             kept = ", ".join(
                 f"{BY_FIELD[k].key if k in BY_FIELD else k}={v!r}" for k, v in chosen.items() if v is not None
             )

@@ -23,6 +23,7 @@ from simlab.repl.tokens import fork
 from simlab.session import shape
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
+from simlab.session.views import Style
 from simlab.turns import start_replies
 
 PREVIEW = 60  # characters of a node's text in the tree and the sibling list
@@ -55,6 +56,7 @@ class Loom:
         self.worker: threading.Thread | None = None
         self._run = None
         self.quit = False
+        self.width = 80  # the terminal's columns, as the app last drew them
 
     # -- where we are ----------------------------------------------------------------------------
     @property
@@ -75,6 +77,13 @@ class Loom:
             self.token_at = 0
         except TreeError as exc:
             self.say(str(exc))
+
+    def leave_hidden(self) -> None:
+        """With hidden nodes left out, a cursor on one (or under one) goes up to where it hangs."""
+        path = self.chat.path()
+        first = next((i for i, node in enumerate(path) if node.hidden), None)
+        if first is not None and not self.show_hidden:
+            self.goto(path[first].parent if first else path[0].id)
 
     def goto(self, node_id: str) -> None:
         self.chat.session.goto(node_id)
@@ -147,11 +156,13 @@ class Loom:
             return "stopped before the first token; nothing saved"
         chat.session.goto(nodes[0].id)
         stats = replies.run.stats
+        cut = sum(n.finish_reason == "interrupted" for n in nodes)
         longest = max(len(c.tokens) for c in replies.run.completions)
         chat.last = LastReply(
             stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
         )
-        return f"{len(nodes)} saved ({stats.tokens_per_second:.1f} tok/s); ↑↓ chooses among them"
+        stopped = f"stopped: {cut} interrupted, " if cut else ""
+        return f"{stopped}{len(nodes)} saved ({stats.tokens_per_second:.1f} tok/s); ↑↓ chooses among them"
 
     def fork_here(self, alternative: int | None = None) -> bool:
         """Loom's counterfactual: the reply again from the token under the cursor, with an alternative."""
@@ -167,12 +178,12 @@ class Loom:
         chat = self.chat
 
         def run() -> str | None:
-            out, kept = io.StringIO(), (chat.out, chat.err)
-            chat.out, chat.err = out, out
+            out, kept = io.StringIO(), (chat.out, chat.err, chat.style)
+            chat.out, chat.err, chat.style = out, out, Style(False)  # the pane draws its own styles
             try:
                 job() if job is not None else handle(chat, line, Context())
             finally:
-                chat.out, chat.err = kept
+                chat.out, chat.err, chat.style = kept
                 self.output = out.getvalue().rstrip("\n")
             return None if self.output else f"{line}: done"
 
@@ -292,7 +303,8 @@ class Loom:
             )
             if node.hidden:
                 style += " class:hidden"
-            text = _preview(node.text) or "(empty)"
+            said = f"{node.speaker}: " if node.speaker and node.role in ("user", "model") else ""
+            text = said + (_preview(node.text, self.width) or "(empty)")
             lines.append(
                 (
                     node.id,
@@ -334,7 +346,7 @@ class Loom:
             return ""
         piece = pieces[min(self.token_at, len(pieces) - 1)]
         if piece.logprob is None:
-            return f"word {self.token_at + 1}/{len(pieces)} {piece.text!r} (typed text: no probabilities)"
+            return f"word {self.token_at + 1}/{len(pieces)} {piece.text!r} (no probabilities recorded here)"
         alts = "  ".join(f"{i}:{a[1]!r} {math.exp(a[2]):.2f}" for i, a in enumerate(piece.top, 1))
         return (
             f"token {piece.index} {piece.text!r} p={math.exp(piece.logprob):.2f}   {alts}   (f or 1-9 forks)"
@@ -343,20 +355,24 @@ class Loom:
     def _sibling_lines(self) -> list[tuple[str, str]]:
         """The continuations being sampled, or the current node's siblings (the current one marked)."""
         if self.streams:
-            return [("", f"{i + 1}. {_preview(text)}\n") for i, text in enumerate(self.streams)]
+            wide = max(20, self.width - 6)
+            return [("", f"{i + 1}. {_preview(text, wide)}\n") for i, text in enumerate(self.streams)]
         node = self.node
         siblings = self.tree.siblings(node.id, include_hidden=self.show_hidden) if node.parent else [node]
         if len(siblings) < 2:
             return []
         return [
-            ("class:cursor" if s.id == node.id else "", f"{i + 1}. {_preview(s.text)}\n")
+            (
+                "class:cursor" if s.id == node.id else "",
+                f"{i + 1}. {_preview(s.text, max(20, self.width - 6))}\n",
+            )
             for i, s in enumerate(siblings)
         ]
 
 
-def _preview(text: str) -> str:
+def _preview(text: str, width: int = PREVIEW) -> str:
     flat = text.replace("\n", "⏎")
-    return flat[:PREVIEW] + ("…" if len(flat) > PREVIEW else "")
+    return flat[:width] + ("…" if len(flat) > width else "")
 
 
 def _probability_style(logprob: float | None) -> str:

@@ -8,6 +8,8 @@ then a line for the token under the cursor or what the last action did, and the 
 
 from __future__ import annotations
 
+import re
+
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.data_structures import Point
@@ -27,6 +29,7 @@ from prompt_toolkit.layout import (
 )
 from prompt_toolkit.mouse_events import MouseEventType
 from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import get_cwidth
 from prompt_toolkit.widgets import Frame, TextArea
 
 from simlab.repl.loom import Loom
@@ -34,15 +37,20 @@ from simlab.repl.state import Chat
 from simlab.repl.views import toolbar_text
 
 HELP = """\
- ← h  parent          → l  child (the one last visited)     ↑ k / ↓ j  previous / next sibling
- g    sample N continuations at the cursor (a chat reply: its alternatives)   + / -  N
- a    write text of your own under the cursor      e  edit the current node (a sibling; Ctrl-S saves)
- t    token view: colours by probability; ← → move between tokens; f or 1-9 fork there
- s    split before the token under the cursor      m  merge the node with its only child
- b    bookmark ★     *  canonical ✓     !  hide / unhide     H  show hidden nodes     space  fold
- /    a REPL command (/set temperature 0.7, /seed 5, /tokens, /export loom FILE, /help ...)
- Ctrl-C  stop sampling (what came is saved)     q  quit (everything is saved as you go)
- Mouse: click a node in the tree to go there.                         ? or Esc closes this help"""
+ ← h / → l   parent / child (the one last visited)
+ ↑ k / ↓ j   previous / next sibling
+ g           sample N continuations at the cursor (on a chat reply: its
+             alternatives);  + / -  change N
+ a           write text of your own under the cursor
+ e           edit the current node (a new sibling; Ctrl-S saves, Esc cancels)
+ t           token view: colours by probability; ← → move between tokens
+ f, 1-9      fork at the token under the cursor with an alternative
+ s / m       split before that token / merge with the only child
+ b  *  !     bookmark ★, canonical ✓, hide/unhide;  H  show hidden nodes
+ space       fold the subtree;  mouse: click a node in the tree to go there
+ /           a REPL command: /set temperature 0.7, /seed 5, /export loom F
+ Ctrl-C      stop sampling (what came is saved)
+ q           quit (everything is saved as you go);  ? or Esc closes this"""
 
 STYLE = {
     "cursor": "reverse",
@@ -59,6 +67,45 @@ STYLE = {
     "status": "reverse",
     "info": "italic",
 }
+
+
+def word_wrap(fragments: list, width: int, cursor_style: str) -> list:
+    """The fragments with a line break before each word that would cross `width` (the spaces before
+    it dropped: they are only shown), and prompt-toolkit's cursor marker before the first fragment
+    whose style has `cursor_style`, so the window scrolls to it. Longer words wrap where they must."""
+    flat = [(style, ch) for style, text, *_ in fragments for ch in text]
+    text = "".join(ch for _, ch in flat)
+    breaks: dict[int, int] = {}  # where a break starts -> where the next line starts
+    col = 0
+    for m in re.finditer(r"\n|[^\S\n]+|\S+", text):
+        piece = m.group()
+        if piece == "\n":
+            col = 0
+            continue
+        w = sum(get_cwidth(c) for c in piece)
+        if not piece.isspace() and col + w > width and col > 0:
+            j = m.start()
+            while j > 0 and text[j - 1] in " \t" and j - 1 not in breaks:
+                j -= 1
+            breaks[j], col = m.start(), 0
+        col = col + w if piece.isspace() or col + w <= width else (col + w) % max(width, 1)
+    out: list = []
+    i, marked = 0, False
+    while i < len(flat):
+        if i in breaks:
+            out.append(("", "\n"))
+            i = breaks[i]
+            continue
+        style, ch = flat[i]
+        if not marked and cursor_style in style:
+            out.append(("[SetCursorPosition]", ""))
+            marked = True
+        if out and out[-1][0] == style:
+            out[-1] = (style, out[-1][1] + ch)
+        else:
+            out.append((style, ch))
+        i += 1
+    return out
 
 
 class LoomApp:
@@ -78,6 +125,8 @@ class LoomApp:
             input=input,
             output=output,
         )
+        self.app.ttimeoutlen = 0.05  # Esc alone closes at once (no escape sequence follows)
+        self.app.timeoutlen = 0.3
         loom.invalidate = self._changed
 
     def _changed(self) -> None:
@@ -107,10 +156,22 @@ class LoomApp:
         cursor = self.loom.tree.cursor
         return Point(0, ids.index(cursor) if cursor in ids else 0)
 
-    def _document_cursor(self) -> Point:
-        """The current node's start (or the token cursor's), so the text pane scrolls to it."""
-        before = "".join(text for style, text in self.loom.document()[:1])
-        return Point(len(before) - (before.rfind("\n") + 1), before.count("\n"))
+    def _sibling_cursor(self) -> Point:
+        lines = self.loom.sibling_lines()
+        current = next((i for i, (style, _) in enumerate(lines) if "cursor" in style), len(lines) - 1)
+        return Point(0, max(current, 0))
+
+    def _columns(self) -> int:
+        return self.app.output.get_size().columns
+
+    def _tree_width(self) -> int:
+        return max(24, min(self._columns() // 3, 60))
+
+    def _document(self) -> list:
+        loom = self.loom
+        loom.width = self._columns()
+        width = max(10, self._columns() - self._tree_width() - 1)
+        return word_wrap(loom.document(), width, "token-cursor" if loom.token_view else "current")
 
     def _status(self) -> str:
         loom = self.loom
@@ -123,15 +184,17 @@ class LoomApp:
         loom = self.loom
         tree = Window(
             FormattedTextControl(self._tree, get_cursor_position=self._tree_cursor, show_cursor=False),
-            width=Dimension(preferred=30, max=44),
+            width=lambda: Dimension.exact(self._tree_width()),
             wrap_lines=False,
         )
-        document = Window(
-            FormattedTextControl(loom.document, get_cursor_position=self._document_cursor, show_cursor=False),
-            wrap_lines=True,
-        )
+        document = Window(FormattedTextControl(self._document, show_cursor=False), wrap_lines=True)
         siblings = ConditionalContainer(
-            Window(FormattedTextControl(loom.sibling_lines), height=Dimension(max=6)),
+            Window(
+                FormattedTextControl(
+                    loom.sibling_lines, get_cursor_position=self._sibling_cursor, show_cursor=False
+                ),
+                height=lambda: Dimension.exact(min(6, max(1, len(loom.sibling_lines())))),
+            ),
             Condition(lambda: bool(loom.sibling_lines())),
         )
         output = ConditionalContainer(
@@ -145,9 +208,13 @@ class LoomApp:
                 siblings,
                 output,
                 Window(
-                    FormattedTextControl(lambda: loom.token_line() or loom.message),
-                    height=1,
-                    style="class:info",
+                    FormattedTextControl(lambda: loom.message),
+                    height=Dimension(min=1, max=2),
+                    wrap_lines=True,
+                ),
+                ConditionalContainer(
+                    Window(FormattedTextControl(loom.token_line), height=1, style="class:info"),
+                    Condition(lambda: loom.token_view),
                 ),
                 Window(FormattedTextControl(self._status), height=1, style="class:status"),
                 ConditionalContainer(
@@ -244,6 +311,7 @@ class LoomApp:
 
     def _show_hidden(self) -> None:
         self.loom.show_hidden = not self.loom.show_hidden
+        self.loom.leave_hidden()
         self.loom.say("hidden nodes shown (dimmed)" if self.loom.show_hidden else "hidden nodes left out")
 
     def _fold(self) -> None:

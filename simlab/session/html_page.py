@@ -60,7 +60,7 @@ PAGE = r"""<!DOCTYPE html>
   <div id="text" aria-label="the selected path as the model reads it"></div>
   <p class="note" id="legend">Underline colour: the probability the model gave each token of the selected
     node (green likely, red unlikely); hover a token for the alternatives. Click any part to select it.</p>
-  <h2>Siblings</h2><div id="siblings"></div>
+  <h2 id="siblings-head">Siblings</h2><div id="siblings"></div>
   <h2>Node</h2><table id="meta"></table>
   <div id="trace"></div>
 </main>
@@ -109,7 +109,8 @@ function drawTree() {
       a.title = `${n.short} ${n.role}${n.speaker ? " " + n.speaker : ""}`;
       const marks = (n.tags.includes("bookmark") ? "★" : "") + (n.tags.includes("canonical") ? "✓" : "");
       if (marks) a.append(el("span", marks, "marks"));
-      a.append(document.createTextNode(preview(n)));
+      const said = n.speaker && (n.role === "user" || n.role === "model") ? n.speaker + ": " : "";
+      a.append(document.createTextNode(said + preview(n)));
       a.classList.toggle("on-path", onPath.has(n.id));
       a.classList.toggle("selected", n.id === selected);
       a.classList.toggle("hidden", n.hidden);
@@ -155,6 +156,8 @@ function drawSiblings(n) {
   const box = document.getElementById("siblings");
   box.replaceChildren();
   const siblings = (kids.get(n.parent) || []).filter(s => visible(s) || s.id === n.id);
+  document.getElementById("siblings-head").hidden = siblings.length < 2;
+  if (siblings.length < 2) return;
   for (const s of siblings) {
     const d = el("div", s.text || "(empty)", s.id === n.id ? "current" : "");
     d.dataset.id = s.id;
@@ -213,6 +216,7 @@ function select(id) {
   if (n.hidden && !showHidden.checked) showHidden.checked = true;
   drawTree();
   drawText(pathTo(id));
+  document.getElementById("legend").hidden = !n.tokens;
   drawSiblings(n);
   drawMeta(n);
   drawTrace(n);

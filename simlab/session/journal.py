@@ -190,7 +190,9 @@ def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> No
     elif kind == "hide":
         tree.set_hidden(record["id"], bool(record.get("hidden", True)))
     elif kind == "cursor":
-        tree.cursor = record["id"] if record["id"] in tree.nodes else tree.cursor
+        if record["id"] in tree.nodes:
+            tree.cursor = record["id"]
+            tree.remember(record["id"])  # each visit, in order: a child is the one last visited
     elif kind == "settings":
         tree.settings = record["settings"]
     else:

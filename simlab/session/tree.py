@@ -326,7 +326,7 @@ class Tree:
         elif where == "child":
             kids = self.children(node.id)
             if not kids:
-                raise TreeError("no replies below this node")
+                raise TreeError("nothing below this node")
             last = self.visited.get(node.id)
             target = next((kid for kid in kids if kid.id == last), kids[-1])
         elif where in ("prev", "next"):

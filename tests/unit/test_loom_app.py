@@ -160,3 +160,37 @@ def test_g_in_a_chat_samples_replies_to_a_turn_and_alternatives_beside_a_reply(f
     loom.wait()
     assert [n.text for n in chat.tree.children(user.id)] == ["One.", "Two.", "Three."]
     assert loom.message.startswith("1 saved") and chat.cursor.text == "Three."
+
+
+def test_the_text_wraps_between_words_and_marks_where_the_window_scrolls_to():
+    from simlab.repl.loom_app import word_wrap
+
+    fragments = [
+        ("class:before", "The keeper wrote in his log"),
+        ("class:current", " that night: the wind rose"),
+    ]
+    wrapped = word_wrap(fragments, 12, "current")
+    text = "".join(text for style, text in wrapped)
+    assert text.split("\n") == ["The keeper", "wrote in his", "log that", "night: the", "wind rose"]
+    marker = [style for style, _ in wrapped].index("[SetCursorPosition]")
+    assert wrapped[marker + 1][0] == "class:current"
+    assert (
+        "".join(t for _, t in word_wrap([("", "a\nbb " + "x" * 30)], 10, "current")) == "a\nbb\n" + "x" * 30
+    )
+
+
+def test_leaving_hidden_nodes_out_moves_a_cursor_on_one_to_where_it_hangs(fake_engine, store):
+    session = start_session(store, DOCUMENT, "doc")
+    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    loom = Loom(chat)
+    loom.write_child(" one")
+    first = chat.cursor
+    loom.write_child(" two")
+    second = chat.cursor
+    loom.show_hidden = True
+    chat.session.set_hidden(first.id)
+    loom.leave_hidden()
+    assert chat.cursor.id == second.id  # hidden nodes shown: it stays, under the hidden one
+    loom.show_hidden = False
+    loom.leave_hidden()
+    assert chat.cursor.id == first.parent
