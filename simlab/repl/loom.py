@@ -121,10 +121,11 @@ class Loom:
     def stop(self) -> bool:
         """Ctrl-C: stop the sampling in progress (what came is saved); False when nothing runs."""
         run = self._run
-        if run is None:
-            return False
-        run.interrupt()
-        return True
+        if run is not None:
+            run.interrupt()
+        elif self.busy:  # a /command: the reply it streams stops at its next token
+            self.chat.cancel_requested = True
+        return run is not None or self.busy is not None
 
     def wait(self, timeout: float = 60) -> None:
         if self.worker is not None:
@@ -180,6 +181,7 @@ class Loom:
         def run() -> str | None:
             out, kept = io.StringIO(), (chat.out, chat.err, chat.style)
             chat.out, chat.err, chat.style = out, out, Style(False)  # the pane draws its own styles
+            chat.cancel_requested = False
             try:
                 job() if job is not None else handle(chat, line, Context())
             finally:

@@ -270,7 +270,7 @@ class Chat(Screen):
                     write(self.out, shown)
                 except BrokenPipeError:
                     self.broken_pipe = True
-            return self.stopping is not None or self.broken_pipe
+            return self.stopping is not None or self.broken_pipe or self.cancel_requested
 
         try:
             if head is not None:
