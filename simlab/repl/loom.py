@@ -72,11 +72,26 @@ class Loom:
         self.invalidate()
 
     def move(self, where: str) -> None:
-        try:
-            self.chat.session.move(where)
-            self.token_at = 0
-        except TreeError as exc:
-            self.say(str(exc))
+        """parent, child or a sibling, among the nodes the tree pane shows (hidden ones too with H)."""
+        if where == "parent" or not self.show_hidden:
+            try:
+                self.chat.session.move(where)
+                self.token_at = 0
+            except TreeError as exc:
+                self.say(str(exc))
+            return
+        node, tree = self.node, self.tree
+        if where == "child":
+            kids = tree.children(node.id, include_hidden=True)
+            last = tree.visited.get(node.id)
+            target = next((k for k in kids if k.id == last), kids[-1] if kids else None)
+        else:
+            siblings = tree.children(node.parent, include_hidden=True)
+            at = [s.id for s in siblings].index(node.id) + (1 if where == "next" else -1)
+            target = siblings[at] if 0 <= at < len(siblings) else None
+        if target is None:
+            return self.say("nothing below this node" if where == "child" else f"no {where} sibling")
+        self.goto(target.id)
 
     def leave_hidden(self) -> None:
         """With hidden nodes left out, a cursor on one (or under one) goes up to where it hangs."""
@@ -304,7 +319,7 @@ class Loom:
                 "class:cursor" if node.id == self.tree.cursor else "class:path" if node.id in on_path else ""
             )
             if node.hidden:
-                style += " class:hidden"
+                style += " class:hidden-node"
             said = f"{node.speaker}: " if node.speaker and node.role in ("user", "model") else ""
             text = said + (_preview(node.text, self.width) or "(empty)")
             lines.append(
@@ -360,7 +375,7 @@ class Loom:
             wide = max(20, self.width - 6)
             return [("", f"{i + 1}. {_preview(text, wide)}\n") for i, text in enumerate(self.streams)]
         node = self.node
-        siblings = self.tree.siblings(node.id, include_hidden=self.show_hidden) if node.parent else [node]
+        siblings = self.tree.children(node.parent, include_hidden=self.show_hidden) if node.parent else [node]
         if len(siblings) < 2:
             return []
         return [

@@ -55,7 +55,7 @@ HELP = """\
 STYLE = {
     "cursor": "reverse",
     "path": "bold",
-    "hidden": "fg:#888888 italic",
+    "hidden-node": "fg:#888888 italic",  # not "hidden": prompt-toolkit draws that class concealed
     "fold": "fg:#888888",
     "mark": "fg:ansiyellow",
     "before": "",
@@ -117,7 +117,7 @@ class LoomApp:
         self.editor = TextArea(multiline=True, wrap_lines=True, scrollbar=True)
         self.command_line = Buffer(multiline=False, accept_handler=self._run_command)
         self.app = Application(
-            layout=Layout(self._layout()),
+            layout=self._make_layout(),
             key_bindings=self._bindings(),
             style=Style.from_dict(STYLE),
             full_screen=True,
@@ -126,7 +126,7 @@ class LoomApp:
             output=output,
         )
         self.app.ttimeoutlen = 0.05  # Esc alone closes at once (no escape sequence follows)
-        self.app.timeoutlen = 0.3
+        self.app.timeoutlen = 0.05  # Esc then a key is two keys, not Alt-key, unless typed as one
         loom.invalidate = self._changed
 
     def _changed(self) -> None:
@@ -180,6 +180,10 @@ class LoomApp:
             toolbar_text(loom.chat, self.app.output.get_size().columns - len(busy) - 12) + busy + "  ? help"
         )
 
+    def _make_layout(self) -> Layout:
+        container = self._layout()
+        return Layout(container, focused_element=self.document_window)
+
     def _layout(self):
         loom = self.loom
         tree = Window(
@@ -187,7 +191,11 @@ class LoomApp:
             width=lambda: Dimension.exact(self._tree_width()),
             wrap_lines=False,
         )
-        document = Window(FormattedTextControl(self._document, show_cursor=False), wrap_lines=True)
+        # focused while browsing, so no text buffer's bindings make Esc the start of Alt-something
+        document = Window(
+            FormattedTextControl(self._document, show_cursor=False, focusable=True), wrap_lines=True
+        )
+        self.document_window = document
         siblings = ConditionalContainer(
             Window(
                 FormattedTextControl(
@@ -283,9 +291,7 @@ class LoomApp:
         key("q")(lambda e: self._quit())
         kb.add("c-d", filter=browsing)(lambda e: self._quit())
         kb.add("c-c")(lambda e: self._interrupt())
-        kb.add("escape", filter=Condition(lambda: self.help))(lambda e: setattr(self, "help", False))
-        for close in ("?", "q", "enter"):
-            kb.add(close, filter=Condition(lambda: self.help))(lambda e: setattr(self, "help", False))
+        kb.add("<any>", filter=Condition(lambda: self.help))(lambda e: setattr(self, "help", False))
         kb.add("escape", filter=browsing)(lambda e: setattr(loom, "output", ""))
         editing = Condition(lambda: self.editing is not None)
         kb.add("c-s", filter=editing)(lambda e: self._save_editor())
@@ -330,7 +336,7 @@ class LoomApp:
 
     def _close_editor(self) -> None:
         self.editing = None
-        self.app.layout.focus_last()
+        self.app.layout.focus(self.document_window)
 
     def _command_mode(self, on: bool = True) -> None:
         self.commanding = on
@@ -338,7 +344,7 @@ class LoomApp:
         if on:
             self.app.layout.focus(self.command_line)
         else:
-            self.app.layout.focus_last()
+            self.app.layout.focus(self.document_window)
 
     def _run_command(self, buffer: Buffer) -> bool:
         line = "/" + buffer.text.lstrip("/")

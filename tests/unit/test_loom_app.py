@@ -194,3 +194,27 @@ def test_leaving_hidden_nodes_out_moves_a_cursor_on_one_to_where_it_hangs(fake_e
     loom.show_hidden = False
     loom.leave_hidden()
     assert chat.cursor.id == first.parent
+
+
+def test_with_hidden_nodes_shown_siblings_and_children_include_them(fake_engine, store):
+    session = start_session(store, DOCUMENT, "doc")
+    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    loom = Loom(chat)
+    texts = []
+    for text in (" a", " b", " c"):
+        loom.goto(chat.path()[0].id)
+        loom.write_child(text)
+        texts.append(chat.cursor)
+    chat.session.set_hidden(texts[1].id)
+    loom.move("prev")
+    assert chat.cursor.id == texts[0].id  # hidden nodes left out: " b" is skipped
+    loom.show_hidden = True
+    loom.move("next")
+    assert chat.cursor.id == texts[1].id and [s for _, s in loom.sibling_lines()][1].startswith("2.  b")
+    loom.move("next")
+    assert chat.cursor.id == texts[2].id
+    loom.move("next")
+    assert loom.message == "no next sibling"
+    from simlab.repl.loom_app import STYLE
+
+    assert "hidden" not in STYLE  # prompt-toolkit conceals a class named so; hidden nodes are dimmed
