@@ -233,21 +233,17 @@ class LoomApp:
                 ),
             ]
         )
+        return FloatContainer(body, floats=self._overlays())
+
+    def _overlays(self) -> list[Float]:
+        """The editor (e, a) and the help (?), drawn over the panes while open."""
         editor = Frame(self.editor, title=lambda: f"{self.editing}: Ctrl-S saves, Esc cancels")
         help_box = Frame(Window(FormattedTextControl(HELP)), title="simlab loom keys")
-        return FloatContainer(
-            body,
-            floats=[
-                Float(
-                    ConditionalContainer(editor, Condition(lambda: self.editing is not None)),
-                    top=2,
-                    bottom=4,
-                    left=4,
-                    right=4,
-                ),
-                Float(ConditionalContainer(help_box, Condition(lambda: self.help))),
-            ],
-        )
+        editing = ConditionalContainer(editor, Condition(lambda: self.editing is not None))
+        return [
+            Float(editing, top=2, bottom=4, left=4, right=4),
+            Float(ConditionalContainer(help_box, Condition(lambda: self.help))),
+        ]
 
     # -- keys ----------------------------------------------------------------------------------
     def _bindings(self) -> KeyBindings:
