@@ -46,6 +46,19 @@ def run_cli(capsys, *argv, stdin: str | None = None, monkeypatch=None) -> tuple[
     return code, out, err
 
 
+def pty_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of `simlab` in a pseudo-terminal: no colour, no cursor-position queries, its own
+    home under tmp_path, nothing from the hub."""
+    return {
+        **os.environ,
+        "NO_COLOR": "1",
+        "TERM": "xterm",
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+        "SIMLAB_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
 @pytest.fixture
 def store(tmp_path):
     """An empty sessions folder."""

@@ -11,10 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from simlab.cli.common import (
-    add_model_flags,
-    add_sampling_flags,
+    add_session_flags,
     add_sessions_dir,
-    add_trace_flags,
     color_on,
     load_engine,
     make_tracer,
@@ -63,11 +61,7 @@ def add_command(commands) -> None:
         help="simulator: continue the persona's transcript (base models, default); "
         "chat: the model's chat template (instruct models)",
     )
-    group = chat.add_argument_group("sampling (default: the persona's)")
-    add_sampling_flags(group, defaults=False)
-    group.add_argument("--seed", type=int, help="seed of the first reply; +1 for each reply after it")
-    add_model_flags(chat)
-    add_trace_flags(chat)
+    add_session_flags(chat, seed_help="seed of the first reply; +1 for each reply after it")
     chat.set_defaults(run=cmd_chat)
 
 

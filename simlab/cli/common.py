@@ -118,6 +118,15 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(**sampling_overrides(args), seed=args.seed, stop=stops)
 
 
+def add_session_flags(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """What `chat` and `loom` both take: sampling over the persona's, the first seed, model, trace."""
+    group = parser.add_argument_group("sampling (default: the persona's)")
+    add_sampling_flags(group, defaults=False)
+    group.add_argument("--seed", type=int, help=seed_help)
+    add_model_flags(parser)
+    add_trace_flags(parser)
+
+
 def add_trace_flags(parser: argparse.ArgumentParser):
     """The --trace flags, in their own group (returned, for a command's own trace flags)."""
     group = parser.add_argument_group("residual-stream trace")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from simlab.cli.chat import cmd_chat
-from simlab.cli.common import add_model_flags, add_sampling_flags, add_sessions_dir, add_trace_flags
+from simlab.cli.common import add_session_flags, add_sessions_dir
 from simlab.errors import SimlabError
 
 
@@ -25,11 +25,7 @@ def add_command(commands) -> None:
         "--children", "-n", type=int, default=3, metavar="N", help="continuations g samples (default 3)"
     )
     add_sessions_dir(loom)
-    group = loom.add_argument_group("sampling (default: the persona's)")
-    add_sampling_flags(group, defaults=False)
-    group.add_argument("--seed", type=int, help="seed of the first continuation; +1 for each after it")
-    add_model_flags(loom)
-    add_trace_flags(loom)
+    add_session_flags(loom, seed_help="seed of the first continuation; +1 for each after it")
     loom.set_defaults(run=cmd_loom)
 
 

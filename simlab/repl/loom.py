@@ -73,25 +73,11 @@ class Loom:
 
     def move(self, where: str) -> None:
         """parent, child or a sibling, among the nodes the tree pane shows (hidden ones too with H)."""
-        if where == "parent" or not self.show_hidden:
-            try:
-                self.chat.session.move(where)
-                self.token_at = 0
-            except TreeError as exc:
-                self.say(str(exc))
-            return
-        node, tree = self.node, self.tree
-        if where == "child":
-            kids = tree.children(node.id, include_hidden=True)
-            last = tree.visited.get(node.id)
-            target = next((k for k in kids if k.id == last), kids[-1] if kids else None)
-        else:
-            siblings = tree.children(node.parent, include_hidden=True)
-            at = [s.id for s in siblings].index(node.id) + (1 if where == "next" else -1)
-            target = siblings[at] if 0 <= at < len(siblings) else None
-        if target is None:
-            return self.say("nothing below this node" if where == "child" else f"no {where} sibling")
-        self.goto(target.id)
+        try:
+            self.chat.session.move(where, include_hidden=self.show_hidden)
+            self.token_at = 0
+        except TreeError as exc:
+            self.say(str(exc))
 
     def leave_hidden(self) -> None:
         """With hidden nodes left out, a cursor on one (or under one) goes up to where it hangs."""

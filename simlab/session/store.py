@@ -179,9 +179,9 @@ class Session:
             self._record_cursor()
             return node
 
-    def move(self, where: str) -> Node:
+    def move(self, where: str, include_hidden: bool = False) -> Node:
         with self.lock:
-            node = self.tree.move(where)
+            node = self.tree.move(where, include_hidden)
             self._record_cursor()
             return node
 

@@ -313,9 +313,9 @@ class Tree:
             self.visited[node.parent] = node.id
             node = self.nodes.get(node.parent)
 
-    def move(self, where: str) -> Node:
+    def move(self, where: str, include_hidden: bool = False) -> Node:
         """Move the cursor: 'parent', 'child' (the one last visited, else the latest), 'prev' or 'next'
-        sibling. Raises at an edge."""
+        sibling, among visible nodes (hidden ones too with include_hidden). Raises at an edge."""
         if self.cursor is None:
             raise TreeError("the session is empty")
         node = self.get(self.cursor)
@@ -324,13 +324,13 @@ class Tree:
                 raise TreeError("already at the root")
             target = self.get(node.parent)
         elif where == "child":
-            kids = self.children(node.id)
+            kids = self.children(node.id, include_hidden)
             if not kids:
                 raise TreeError("nothing below this node")
             last = self.visited.get(node.id)
             target = next((kid for kid in kids if kid.id == last), kids[-1])
         elif where in ("prev", "next"):
-            sibs = self.siblings(node.id)
+            sibs = self.children(node.parent, True) if include_hidden else self.siblings(node.id)
             at = [s.id for s in sibs].index(node.id)
             step = -1 if where == "prev" else 1
             if not 0 <= at + step < len(sibs):

@@ -3,12 +3,12 @@ new document, sample 3 continuations, pick one, fork it at a token, edit, hide, 
 reopen: the same tree and cursor; resized, it redraws to the new size."""
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import pty_env
 
 pexpect = pytest.importorskip("pexpect")
 pyte = pytest.importorskip("pyte")
@@ -48,14 +48,7 @@ class Terminal:
 
 
 def spawn(tmp_path, model, *args, rows=24, cols=80):
-    env = {
-        **os.environ,
-        "NO_COLOR": "1",
-        "TERM": "xterm",
-        "PROMPT_TOOLKIT_NO_CPR": "1",
-        "SIMLAB_HOME": str(tmp_path / "home"),
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = pty_env(tmp_path)
     argv = ["loom", *args, "--model", str(model), "--sessions-dir", str(tmp_path / "s")]
     child = pexpect.spawn(str(SIMLAB), argv, env=env, encoding="utf-8", timeout=60, dimensions=(rows, cols))
     return Terminal(child, rows, cols)

@@ -1,12 +1,12 @@
 """The installed `simlab` command in a pseudo-terminal: type, stream, branch, quit, resume, Ctrl-C."""
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import pty_env
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -28,14 +28,7 @@ def spawn(tmp_path, model, *extra):
         'name: p\nframe: "A chat.\\n\\n"\nspeakers: {user: User, model: Bot}\n'
         "greeting: Hello.\nsampling: {max_tokens: 6}\n"
     )
-    env = {
-        **os.environ,
-        "NO_COLOR": "1",
-        "TERM": "xterm",
-        "PROMPT_TOOLKIT_NO_CPR": "1",
-        "SIMLAB_HOME": str(tmp_path / "home"),
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = pty_env(tmp_path)
     args = ["chat", "--model", str(model), "--sessions-dir", str(tmp_path / "s"), *extra]
     if "--resume" not in extra:
         args += ["--persona", str(persona), "--session", "pty", "--seed", "1"]
