@@ -41,6 +41,8 @@ class Settings:
     base_url: str = ""
     api_key_env: str = "SIMLAB_API_KEY"  # the variable holding the server's API key (never stored)
     concurrency: str = "4"  # requests in flight at once to a server
+    tokenizer: str = "auto"  # what counts a server's tokens (engine.tokenizers.choose)
+    context: str = ""  # a server's context in tokens, when it does not say ("": ask it)
 
     @property
     def home(self) -> Path:
@@ -62,6 +64,12 @@ class Settings:
             raise ConfigError(
                 f"concurrency {self.concurrency!r} is not valid; use a whole number from 1 to 256"
             )
+        if self.context and (not self.context.isdigit() or int(self.context) < 16):
+            raise ConfigError(f"context {self.context!r} is not valid; give the server's context in tokens")
+        if not self.tokenizer.strip():
+            raise ConfigError(
+                "tokenizer is empty; use auto, server, tiktoken, none, or a tokenizer id/folder"
+            )
         if self.backend == "openai" and not self.base_url:
             raise ConfigError("backend openai needs the server's URL: --base-url http://HOST:PORT/v1")
 
@@ -80,6 +88,8 @@ _ENV = {
     "backend": "SIMLAB_BACKEND",
     "base_url": "SIMLAB_BASE_URL",
     "concurrency": "SIMLAB_CONCURRENCY",
+    "tokenizer": "SIMLAB_TOKENIZER",
+    "context": "SIMLAB_CONTEXT",
     "model": "SIMLAB_MODEL",
     "device": "SIMLAB_DEVICE",
     "dtype": "SIMLAB_DTYPE",

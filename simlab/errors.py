@@ -60,6 +60,14 @@ class RemoteError(SimlabError):
     """The server could not be reached, refused the request, or answered something unreadable."""
 
 
+class ContextRefused(RemoteError):
+    """The server refused a prompt as longer than its context; `limit` is its context when it said."""
+
+    def __init__(self, message: str, limit: int | None = None):
+        super().__init__(message)
+        self.limit = limit
+
+
 class NeedsLocalModel(SimlabError):
     """A feature that reads the model itself (residual stream, teacher-forced scoring)."""
 

@@ -15,11 +15,10 @@ from typing import Any
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import Engine, Run
 from simlab.engine.results import Completion, Delta
-from simlab.errors import PersonaError, SimlabError
+from simlab.errors import ContextRefused
 from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, reply_prompt, reply_text
 from simlab.frame.window import Fitted, fit_prompt
-from simlab.persona.library import find
 from simlab.persona.schema import Persona
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node, Tree
@@ -49,57 +48,6 @@ def start_session(
     session = (store.create_in_memory if in_memory else store.create)(name, persona=persona.name)
     session.goto(add_frame(session, persona).id)
     return session
-
-
-def persona_of(session: Session) -> Persona:
-    """The persona a session was started with: from the library if it is there, else rebuilt from the
-    framing the session recorded (the rendering always follows the recorded framing)."""
-    roots = session.tree.roots
-    if not roots:
-        raise SimlabError(f"session {session.name!r} is empty; start a new one with `simlab chat`")
-    path = session.tree.path(session.tree.cursor) if session.tree.cursor else [roots[0]]
-    root = path[0]
-    framing = framing_of(path)
-    try:
-        if root.persona:
-            return find(root.persona)
-    except PersonaError:
-        pass
-    return Persona(
-        name=root.persona or "session",
-        frame=root.text if root.role == "frame" else "",
-        user=framing.user,
-        model=framing.model,
-        turn_template=framing.turn_template,
-        mode=framing.mode,
-        stop=framing.stop,
-    )
-
-
-def stops_of(session: Session | None, persona: Persona) -> tuple[str, ...]:
-    """Where replies end: as the session's current path was framed, else as the persona says."""
-    if session is None or session.tree.cursor is None:
-        return persona.stop_strings
-    return framing_of(session.tree.path(session.tree.cursor)).stops()
-
-
-def untouched(session: Session) -> bool:
-    """Nothing in the session but what starting it wrote: one frame and its greetings, unmarked (no
-    reply sampled, nothing typed, edited, tagged or hidden)."""
-    tree = session.tree
-    if len(tree.roots) != 1:
-        return False
-    frame = tree.roots[0]
-    for node in tree.nodes.values():
-        greeting = (
-            node.role == "model"
-            and node.parent == frame.id
-            and node.params is None
-            and node.origin == "typed"
-        )
-        if not (node is frame or greeting) or node.tags or node.hidden:
-            return False
-    return True
 
 
 def unsaved_path(persona: Persona, exchanges: Iterable[tuple[str, str | None]]) -> list[Node]:
@@ -172,10 +120,24 @@ class Replies:
     continues: Node | None = None  # /continue: the reply this run extends
     forces: Forced | None = None  # /fork: the tokens the reply starts with, chosen, not sampled
     nodes: list[Node] = field(default_factory=list)
+    restart: Callable[[], tuple[Fitted, Run]] | None = None  # fit and start again (a refused prompt)
 
     def decode(self, on_delta: DeltaCallback | None = None) -> None:
         """Decode to the end, handing each delta to on_delta (True from it stops the run); Ctrl-C
-        stops it too. Stopped branches keep their text, finish reason 'interrupted'."""
+        stops it too. Stopped branches keep their text, finish reason 'interrupted'.
+
+        A server that refuses the prompt as over its context, naming its context, teaches the
+        engine that context: the window slides to fit it and the run starts again, once."""
+        try:
+            self._decode(on_delta)
+        except ContextRefused as exc:
+            if self.restart is None:
+                raise
+            self.engine.learn_context(exc)  # raises again, saying what would help, if it learns nothing
+            self.fit, self.run = self.restart()
+            self._decode(on_delta)
+
+    def _decode(self, on_delta: DeltaCallback | None) -> None:
         try:
             for delta in self.run:
                 if on_delta is not None and on_delta(delta):
@@ -278,14 +240,30 @@ def start_replies(
     path = session.tree.path(parent_id)
     framing = framing_of(path)
     speaker = speaker or (None if framing.mode == "document" else framing.model)
-    fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
-    if on_fit is not None:
-        on_fit(fit)
     recorder = tracer.recorder(engine) if tracer else None
-    run = engine.start(fit.prompt, params, n=n, recorder=recorder)
+
+    def begin() -> tuple[Fitted, Run]:
+        fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
+        if on_fit is not None:
+            on_fit(fit)
+        return fit, engine.start(fit.prompt, params, n=n, recorder=recorder)
+
+    fit, run = begin()
     persona = path[0].persona if persona is FRAME_PERSONA else persona
     return Replies(
-        session, parent_id, engine, params, fit, framing, speaker, origin, persona, run, tracer, recorder
+        session,
+        parent_id,
+        engine,
+        params,
+        fit,
+        framing,
+        speaker,
+        origin,
+        persona,
+        run,
+        tracer,
+        recorder,
+        restart=begin,
     )
 
 

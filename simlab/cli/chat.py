@@ -33,9 +33,10 @@ from simlab.persona.schema import Persona
 from simlab.repl.app import banner, run_interactive, run_script
 from simlab.repl.loom_app import run_loom
 from simlab.repl.state import Chat
+from simlab.session.started import persona_of, stops_of, untouched
 from simlab.session.store import Session, SessionStore
 from simlab.trace.files import remove_session
-from simlab.turns import persona_of, start_session, stops_of, untouched
+from simlab.turns import start_session
 
 LAST = "@last"
 

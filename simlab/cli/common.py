@@ -94,6 +94,17 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="requests in flight at once to a server (default 4; 1 makes seeds repeat on "
         "servers that share one random generator, such as transformers serve)",
     )
+    group.add_argument(
+        "--tokenizer",
+        metavar="WHICH",
+        help="what counts a server's tokens: auto (default: the server's /tokenize, else tiktoken for "
+        "an OpenAI model name), server, tiktoken[:ENCODING], none, or a Hugging Face tokenizer id or folder",
+    )
+    group.add_argument(
+        "--context",
+        metavar="N",
+        help="a server's context in tokens, when it does not say (the conversation slides to fit it)",
+    )
 
 
 def add_sampling_flags(group, defaults: bool) -> None:
@@ -179,6 +190,8 @@ def settings_flags(args: argparse.Namespace) -> dict:
         base_url=args.base_url,
         api_key_env=args.api_key_env,
         concurrency=args.concurrency,
+        tokenizer=getattr(args, "tokenizer", None),
+        context=getattr(args, "context", None),
     )
 
 

@@ -76,11 +76,30 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
         try:
             engine = open_engine(settings)
             out.append(("ok", "server", f"{settings.base_url} serves {engine.info.name}"))
+            out += _server_tokens(engine)
         except SimlabError as exc:
             out.append(("fail", "server", str(exc)))
     if load:
         out.append(_generation(settings, say))
     return out
+
+
+def _server_tokens(engine) -> list[Check]:
+    """What counts the server's tokens and what its context is (engine.tokenizers)."""
+    info, tried = engine.info, "; ".join(engine.tokenizer_tried)
+    if engine.tokenizer is None:
+        tokens = ("warn", "tokens", f"not counted here ({tried or 'none found'}); give --tokenizer ID|FOLDER")
+    else:
+        tokens = ("ok", "tokens", f"counted by {info.tokenizer}" + (f" ({tried})" if tried else ""))
+    if info.context_from:
+        context = ("ok", "context", f"{info.context_length} tokens (from {info.context_from})")
+    else:
+        context = (
+            "warn",
+            "context",
+            "the server does not say; give --context N so the chat slides before it",
+        )
+    return [tokens, context]
 
 
 def _device(settings) -> Check:

@@ -7,7 +7,19 @@ import sys
 from collections.abc import Sequence
 
 from simlab import __version__
-from simlab.cli import chat, compare, doctor, generate, loom, models, personas, replay, sessions, trace
+from simlab.cli import (
+    chat,
+    compare,
+    doctor,
+    generate,
+    loom,
+    models,
+    personas,
+    replay,
+    sessions,
+    tokens,
+    trace,
+)
 from simlab.cli.common import Parser, signals_interrupt
 from simlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SimlabError
 
@@ -21,6 +33,7 @@ COMMANDS = (
     loom,
     compare,
     trace,
+    tokens,
     doctor,
 )  # the order of --help
 

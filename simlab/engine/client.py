@@ -1,4 +1,5 @@
-"""JSON and server-sent events over HTTP(S), with retries, timeouts and one-line errors (stdlib only)."""
+"""JSON and server-sent events over HTTP(S), with retries, timeouts and one-line errors (stdlib only),
+and what a /v1/completions answer says (choices, finish reasons, usage, log-probabilities)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from simlab.errors import RemoteError
+from simlab.engine.results import Completion, TokenInfo
+from simlab.errors import ContextRefused, RemoteError
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -29,6 +32,7 @@ class Client:
         self.config = config
         self.url = url
         self.prefix = url.path if url.path.endswith("/v1") else url.path + "/v1"
+        self.root = self.prefix[: -len("/v1")]  # where vLLM and llama.cpp serve /tokenize
         self.where = config.base_url
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -42,15 +46,26 @@ class Client:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def open(self, method: str, path: str, body: dict | None = None) -> http.client.HTTPResponse:
-        """The response of a successful request (status < 400), after retrying transient failures."""
+    def open(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        *,
+        root: bool = False,
+        retries: int | None = None,
+    ) -> http.client.HTTPResponse:
+        """The response of a successful request (status < 400), after retrying transient failures.
+        `root`: the path is under the server's root, not its /v1."""
         data = json.dumps(body).encode() if body is not None else None
         delay = 0.5
-        for attempt in range(self.config.retries + 1):
-            last = attempt == self.config.retries
+        retries = self.config.retries if retries is None else retries
+        for attempt in range(retries + 1):
+            last = attempt == retries
             connection = self._connection()
             try:
-                connection.request(method, self.prefix + path, body=data, headers=self._headers())
+                where = (self.root if root else self.prefix) + path
+                connection.request(method, where, body=data, headers=self._headers())
                 response = connection.getresponse()
             except (ConnectionRefusedError, ConnectionResetError, socket.gaierror) as exc:
                 connection.close()
@@ -75,13 +90,20 @@ class Client:
             else:
                 if response.status < 400:
                     return response
-                detail = error_detail(response.read(4096))
+                raw = response.read(4096)
+                detail = error_detail(raw)
                 connection.close()
                 if response.status not in RETRY_STATUS or last:
-                    raise RemoteError(
+                    message = (
                         f"the server at {self.where} answered HTTP {response.status}"
                         f"{': ' + detail if detail else ''}{hint(response.status)}"
                     )
+                    limit = context_limit(raw, detail)
+                    if limit is not False:
+                        raise ContextRefused(message, limit)
+                    error = RemoteError(message)
+                    error.status = response.status
+                    raise error
             time.sleep(delay * (1 + random.random() / 2))
             delay *= 2
         raise AssertionError("unreachable")
@@ -90,8 +112,8 @@ class Client:
         response = self.open("GET", path)
         return parse_json(response.read(), self.where)
 
-    def post_json(self, path: str, body: dict) -> Any:
-        response = self.open("POST", path, body)
+    def post_json(self, path: str, body: dict, **how: Any) -> Any:
+        response = self.open("POST", path, body, **how)
         try:
             raw = response.read()
         except TimeoutError:
@@ -120,6 +142,29 @@ def error_detail(raw: bytes) -> str:
     if isinstance(error, dict):
         error = error.get("message", error)
     return " ".join(str(error).split())[:200]
+
+
+CONTEXT_SAID = re.compile(
+    r"maximum context length is (\d+)|context (?:size|length|window)[^0-9]{0,40}(\d+)|must be <= (\d+)", re.I
+)
+CONTEXT_WORDS = re.compile(r"context (length|size|window)|exceed_context|too long|must be <=", re.I)
+
+
+def context_limit(raw: bytes, detail: str) -> int | None | bool:
+    """A refusal for a prompt over the context: the limit the server named (llama.cpp's `n_ctx`,
+    vLLM's and OpenAI's 'maximum context length is N'), None if it named none; False: another error."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+        n_ctx = error.get("n_ctx")
+        return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+    if not CONTEXT_WORDS.search(detail):
+        return False
+    said = CONTEXT_SAID.search(detail)
+    return int(next(g for g in said.groups() if g)) if said else None
 
 
 def parse_json(raw: bytes, where: str) -> Any:
@@ -157,3 +202,60 @@ def sse_events(response, where: str) -> Iterator[dict]:
             ) from None
         if isinstance(event, dict):
             yield event
+
+
+def choices_of(data: Any, where: str) -> list[dict]:
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+        raise RemoteError(
+            f"the server at {where} answered without choices; is it an OpenAI-compatible "
+            "/v1/completions endpoint?"
+        )
+    return choices
+
+
+def finish_of(choice: dict) -> str:
+    reason = choice.get("finish_reason")
+    if reason == "length":
+        return "length"
+    if reason == "stop":  # vLLM says which: a stop string, or None for the end-of-text token
+        return "eos" if "stop_reason" in choice and not isinstance(choice["stop_reason"], str) else "stop"
+    return "stop" if reason else "interrupted"
+
+
+def note_server(completion: Completion, data: dict) -> None:
+    """What the server said about itself: the model name it used, its fingerprint, token counts."""
+    server = completion.server or {}
+    for key in ("model", "system_fingerprint"):
+        if isinstance(data.get(key), str):
+            server[key] = data[key]
+    if isinstance(data.get("usage"), dict):
+        server["usage"] = {k: v for k, v in data["usage"].items() if isinstance(v, int)}
+    completion.server = server
+
+
+def served_tokens(logprobs: Any) -> list[TokenInfo]:
+    """Tokens from the legacy completions logprobs object (tokens, token_logprobs, top_logprobs).
+    Servers give token text, not ids: ids are -1."""
+    if not isinstance(logprobs, dict) or not isinstance(logprobs.get("tokens"), list):
+        return []
+    texts = logprobs["tokens"]
+    values = logprobs.get("token_logprobs")
+    if (
+        not isinstance(values, list)
+        or len(values) != len(texts)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
+        return []  # partial or missing log-probabilities are not recorded at all
+    tops = logprobs.get("top_logprobs")
+    tops = tops if isinstance(tops, list) and len(tops) == len(texts) else [None] * len(texts)
+    out = []
+    for text, value, top in zip(texts, values, tops):
+        pairs = (
+            [(str(t), float(lp)) for t, lp in top.items() if isinstance(lp, (int, float))]
+            if isinstance(top, dict)
+            else []
+        )
+        alts = tuple((-1, t, lp) for t, lp in sorted(pairs, key=lambda kv: -kv[1]))
+        out.append(TokenInfo(-1, str(text), float(value), alts))
+    return out

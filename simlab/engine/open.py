@@ -22,13 +22,22 @@ def open_engine(
     if settings.backend == "openai":
         from simlab.engine.remote import RemoteConfig, RemoteEngine
 
+        def load_hf(name: str):
+            from simlab.models.load import load_tokenizer
+
+            return load_tokenizer(name, settings, trust_remote_code=trust_remote_code, progress=progress)
+
         return RemoteEngine(
             RemoteConfig(
                 settings.base_url,
                 None if spec == EMBEDDED else spec,
                 api_key_env=settings.api_key_env,
                 concurrency=int(settings.concurrency),
-            )
+                tokenizer=settings.tokenizer,
+                context=int(settings.context) if settings.context else None,
+                offline=settings.offline,
+            ),
+            load_hf=load_hf,
         )
     from simlab.engine.local import Engine
     from simlab.models.load import load_model

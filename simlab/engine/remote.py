@@ -17,15 +17,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from simlab.engine.client import Client, error_detail, sse_events
+from simlab.engine.client import (
+    Client,
+    choices_of,
+    error_detail,
+    finish_of,
+    note_server,
+    served_tokens,
+    sse_events,
+)
 from simlab.engine.params import BY_FIELD, SamplingParams
 from simlab.engine.protocol import Capabilities, drain
 from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo
 from simlab.engine.textstream import TextStops
-from simlab.errors import RemoteError, needs_local
+from simlab.engine.tokenizers import choose
+from simlab.errors import ContextRefused, RemoteError, SimlabError, needs_local
 
 SERVER_EXTRAS = [BY_FIELD[name] for name in ("top_k", "min_p", "repetition_penalty")]
 UNKNOWN_CONTEXT = 10**9  # a server that does not say: prompts are not windowed here, the server decides
+OPENAI_CONTEXTS = {"davinci-002": 16384, "babbage-002": 16384, "gpt-3.5-turbo-instruct": 4096}
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,9 @@ class RemoteConfig:
     timeout: float = 120.0  # seconds to connect, and between two pieces of an answer
     retries: int = 3  # transient failures (refused connection, 429, 5xx) before the first byte
     concurrency: int = 4  # requests in flight at once for siblings a server does not batch
+    tokenizer: str = "auto"  # engine.tokenizers.choose: auto, server, tiktoken[:NAME], none, or an HF one
+    context: int | None = None  # the server's context in tokens, when it does not say (--context)
+    offline: bool = False  # tiktoken's and Hugging Face's files: from their caches only
 
 
 @dataclass
@@ -51,17 +64,20 @@ class RemoteInfo:
     weights: str = "server"
     architecture: str = "remote"
     source: str = ""
+    tokenizer: str = "none"  # what counts its tokens here (engine.tokenizers), and where
+    context_from: str = ""  # where context_length came from; "" when the server did not say
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 class RemoteEngine:
-    """The Engine Protocol over /v1/completions. There is no tokenizer and no model here."""
+    """The Engine Protocol over /v1/completions. No model here; a tokenizer when one is found
+    (engine.tokenizers): then prompts are counted and windowed here, before the server refuses."""
 
     tokenizer = None
 
-    def __init__(self, config: RemoteConfig):
+    def __init__(self, config: RemoteConfig, load_hf=None):
         self.config = config
         self.capabilities = Capabilities(
             local=False, can_score=False, can_trace=False, token_ids=False, concurrency=config.concurrency
@@ -76,16 +92,53 @@ class RemoteEngine:
                 f"{', '.join(sorted(str(s) for s in served))}"
             )
         entry = next((m for m in models if isinstance(m, dict) and m.get("id") == name), {})
-        context = entry.get("max_model_len") or entry.get("context_length") or UNKNOWN_CONTEXT
+        self.tokenizer, self.tokenizer_tried = choose(
+            config.tokenizer, model=name, client=self.client, offline=config.offline, load_hf=load_hf
+        )
+        context, said = self._context(entry, name)
         self.info = RemoteInfo(
             spec=name,
             name=name,
             revision=str(entry.get("root") or ""),
-            context_length=int(context),
+            context_length=context,
             device=config.base_url,
             source=config.base_url,
+            tokenizer=self.tokenizer.source if self.tokenizer is not None else "none",
+            context_from=said,
         )
         self.honoured: dict[str, bool] = {}  # what this server was seen to honour: n, logprobs
+
+    def _context(self, entry: dict, name: str) -> tuple[int, str]:
+        """The server's context in tokens and who said so: --context, /v1/models (vLLM's
+        max_model_len, llama.cpp's meta.n_ctx), vLLM's /tokenize, OpenAI's published figure."""
+        meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        said = [
+            (self.config.context, "--context"),
+            (entry.get("max_model_len"), "/v1/models"),
+            (meta.get("n_ctx"), "/v1/models"),
+            (entry.get("context_length") or entry.get("context_window"), "/v1/models"),
+            (getattr(self.tokenizer, "context", None), "/tokenize"),
+            (OPENAI_CONTEXTS.get(name), "OpenAI's model page"),
+        ]
+        for value, where in said:
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, where
+        return UNKNOWN_CONTEXT, ""
+
+    def learn_context(self, refused: ContextRefused) -> None:
+        """The server refused a prompt and named its context: window by it from now on. When that
+        changes nothing (no tokenizer here, no limit named, or one already known), the refusal
+        again, saying what would help."""
+        limit = refused.limit
+        if self.tokenizer is None or not limit or limit >= self.info.context_length:
+            hint = (
+                "; give its context with --context N and a tokenizer (--tokenizer) so that the "
+                "conversation slides to fit"
+                if self.tokenizer is None or not limit
+                else ""
+            )
+            raise ContextRefused(f"{refused}{hint}", limit) from None
+        self.info.context_length, self.info.context_from = limit, "the server's refusal"
 
     def _models(self) -> list:
         data = self.client.get_json("/models")
@@ -108,7 +161,10 @@ class RemoteEngine:
 
     # -- the Engine interface --------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        raise needs_local("counting tokens")
+        """The prompt's tokens as the server counts them (its special tokens included)."""
+        if self.tokenizer is None:
+            raise needs_local("counting tokens (or a tokenizer: --tokenizer)")
+        return self.tokenizer.encode(text, add_special_tokens=True)
 
     def score(self, ids: Sequence[int]) -> list[float]:
         raise needs_local("teacher-forced scoring (cross log-probability)")
@@ -205,7 +261,14 @@ class RemoteRun(RunControl):
                 self._response.close()
             self.stats.decode_seconds = time.perf_counter() - started
             usage = (self.completions[0].server or {}).get("usage") or {}
-            self.stats.prompt_tokens = usage.get("prompt_tokens", 0)
+            self.stats.prompt_tokens = usage.get("prompt_tokens") or self._counted()
+
+    def _counted(self) -> int:
+        """The prompt's tokens by the tokenizer here, when the server did not report them."""
+        try:
+            return len(self.engine.encode(self.prompt)) if self.engine.tokenizer is not None else 0
+        except SimlabError:
+            return 0
 
     # -- one streamed reply ------------------------------------------------------------------
     def _stream(self) -> Iterator[Delta]:
@@ -223,12 +286,12 @@ class RemoteRun(RunControl):
                 if "error" in event:
                     detail = error_detail(json.dumps(event["error"]).encode())
                     raise RemoteError(f"the server reported an error mid-reply: {detail}")
-                _note_server(completion, event)
+                note_server(completion, event)
                 for choice in event.get("choices") or []:
                     if not isinstance(choice, dict):
                         continue
                     piece = choice.get("text") or ""
-                    tokens = _tokens(choice.get("logprobs"))
+                    tokens = served_tokens(choice.get("logprobs"))
                     if tokens:
                         engine.honoured["logprobs"] = True
                         completion.tokens.extend(tokens)
@@ -240,7 +303,7 @@ class RemoteRun(RunControl):
                         completion.text += shown
                         yield Delta(0, shown, tokens[-1] if tokens else None)
                     if choice.get("finish_reason"):
-                        reason = _finish(choice)
+                        reason = finish_of(choice)
                 if stops.stop_string is not None:
                     break
         except RemoteError as exc:
@@ -269,7 +332,7 @@ class RemoteRun(RunControl):
         data = engine.client.post_json(
             "/completions", engine.body(self.prompt, self.params, n, self._seed, False)
         )
-        choices = _choices(data, engine.client.where)
+        choices = choices_of(data, engine.client.where)
         engine.honoured["n"] = len(choices) >= n
         self.stats.first_token_seconds = time.perf_counter() - started
         if len(choices) >= n:
@@ -288,76 +351,19 @@ class RemoteRun(RunControl):
         data = engine.client.post_json(
             "/completions", engine.body(self.prompt, self.params, 1, completion.seed, False)
         )
-        return _choices(data, engine.client.where)[0], data
+        return choices_of(data, engine.client.where)[0], data
 
     def _fill(
         self, completion: Completion, choice: dict, data: dict, choice_index: int | None = None
     ) -> None:
         stops = TextStops(self.params.stop)
         completion.text = stops.add(str(choice.get("text") or "")) + stops.finish()
-        completion.tokens = _tokens(choice.get("logprobs"))
+        completion.tokens = served_tokens(choice.get("logprobs"))
         if completion.tokens:
             self.engine.honoured["logprobs"] = True
-        completion.finish_reason = "stop" if stops.stop_string else _finish(choice)
+        completion.finish_reason = "stop" if stops.stop_string else finish_of(choice)
         completion.stop_string = stops.stop_string
-        _note_server(completion, data)
+        note_server(completion, data)
         if choice_index is not None:
             completion.server["choice"] = choice_index
         self.stats.generated_tokens += len(completion.tokens) or len(completion.text.split())
-
-
-def _choices(data: Any, where: str) -> list[dict]:
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
-        raise RemoteError(
-            f"the server at {where} answered without choices; is it an OpenAI-compatible "
-            "/v1/completions endpoint?"
-        )
-    return choices
-
-
-def _finish(choice: dict) -> str:
-    reason = choice.get("finish_reason")
-    if reason == "length":
-        return "length"
-    if reason == "stop":  # vLLM says which: a stop string, or None for the end-of-text token
-        return "eos" if "stop_reason" in choice and not isinstance(choice["stop_reason"], str) else "stop"
-    return "stop" if reason else "interrupted"
-
-
-def _note_server(completion: Completion, data: dict) -> None:
-    """What the server said about itself: the model name it used, its fingerprint, token counts."""
-    server = completion.server or {}
-    for key in ("model", "system_fingerprint"):
-        if isinstance(data.get(key), str):
-            server[key] = data[key]
-    if isinstance(data.get("usage"), dict):
-        server["usage"] = {k: v for k, v in data["usage"].items() if isinstance(v, int)}
-    completion.server = server
-
-
-def _tokens(logprobs: Any) -> list[TokenInfo]:
-    """Tokens from the legacy completions logprobs object (tokens, token_logprobs, top_logprobs).
-    Servers give token text, not ids: ids are -1."""
-    if not isinstance(logprobs, dict) or not isinstance(logprobs.get("tokens"), list):
-        return []
-    texts = logprobs["tokens"]
-    values = logprobs.get("token_logprobs")
-    if (
-        not isinstance(values, list)
-        or len(values) != len(texts)
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    ):
-        return []  # partial or missing log-probabilities are not recorded at all
-    tops = logprobs.get("top_logprobs")
-    tops = tops if isinstance(tops, list) and len(tops) == len(texts) else [None] * len(texts)
-    out = []
-    for text, value, top in zip(texts, values, tops):
-        pairs = (
-            [(str(t), float(lp)) for t, lp in top.items() if isinstance(lp, (int, float))]
-            if isinstance(top, dict)
-            else []
-        )
-        alts = tuple((-1, t, lp) for t, lp in sorted(pairs, key=lambda kv: -kv[1]))
-        out.append(TokenInfo(-1, str(text), float(value), alts))
-    return out

@@ -15,9 +15,10 @@ from simlab.frame.render import reply_prompt
 class Fitted:
     """A reply's prompt as token ids, and the part of the path it reads."""
 
-    prompt: list[int] | str  # token ids; text for a server (its tokenizer is not here)
+    prompt: list[int] | str  # token ids; text for a server (it tokenizes the text itself)
     path: list[Any]  # the frame, then the turns that fit (session.tree.Node)
     window: dict[str, Any] | None = None  # set when older turns were left out (recorded on the reply)
+    tokens: int | None = None  # the prompt's length in tokens; None: nothing here counts them
 
 
 def windowed(path: Sequence[Any], first: str) -> list[Any]:
@@ -38,11 +39,12 @@ def fit_prompt(path: list[Any], speaker: str | None, engine: Any, max_new_tokens
     recorded earlier on the path is kept while it fits. If even the frame and the last turn leave
     less than max_new_tokens, the engine clips the reply to the room there is.
     """
-    if engine.tokenizer is None:  # a server: it counts the tokens, and says when they do not fit
+    if engine.tokenizer is None:  # a server without a tokenizer here: it says when they do not fit
         return Fitted(reply_prompt(path, speaker, None), path)
     head = path[:1] if path and path[0].role == "frame" else []
     turns = path[len(head) :]
     limit = engine.info.context_length
+    as_text = not engine.capabilities.token_ids  # a server reads text, counted by its tokenizer
 
     def ids_for(k: int) -> list[int]:
         prompt = reply_prompt(head + turns[k:], speaker, engine.tokenizer)
@@ -50,7 +52,8 @@ def fit_prompt(path: list[Any], speaker: str | None, engine: Any, max_new_tokens
 
     def fitted(k: int, ids: list[int]) -> Fitted:
         window = {"from": turns[k].id, "dropped": k, "prompt_tokens": len(ids)} if k else None
-        return Fitted(ids, head + turns[k:], window)
+        prompt = reply_prompt(head + turns[k:], speaker, None) if as_text else ids
+        return Fitted(prompt, head + turns[k:], window, len(ids))
 
     earlier = next((n.window["from"] for n in reversed(path) if n.window and "from" in n.window), None)
     start = next((i for i, n in enumerate(turns) if n.id == earlier), 0)

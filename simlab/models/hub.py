@@ -196,6 +196,32 @@ def _from_pretrained(
     return LoadedModel(model, tokenizer, info)
 
 
+def load_tokenizer(
+    source: str, *, spec: str, offline: bool, trust_remote_code: bool, own_cache: bool = False
+):
+    """A model's tokenizer alone (no weights): a folder, or a hub id through the Hugging Face cache,
+    downloading unless offline. For token counts (`--tokenizer`, `simlab tokens`)."""
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    if own_cache:
+        return _own_tokenizer(Path(source))
+    try:
+        return AutoTokenizer.from_pretrained(
+            source,
+            local_files_only=offline,
+            trust_remote_code=trust_remote_code,
+            cache_dir=str(hf_cache_dir()),
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure here is about the files; say which
+        if Path(source).is_dir():
+            raise ModelUnavailableError(
+                f"tokenizer folder {source} could not be read ({str(exc).strip().splitlines()[0][:200]}); "
+                "it needs tokenizer.json or the tokenizer files of a Hugging Face model"
+            ) from None
+        raise _hub_error(spec, exc, offline) from None
+
+
 def _own_tokenizer(folder: Path):
     """The tokenizer of a folder simlab converted, from tokenizer.json and its special tokens.
 

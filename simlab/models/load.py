@@ -84,6 +84,23 @@ def load_model(
     return _with_weights(spec, loaded, weights, settings, progress or (lambda message: None))
 
 
+def load_tokenizer(spec: str, settings: Settings, *, trust_remote_code: bool = False, progress=None):
+    """The tokenizer of the model a spec names, without its weights (the embedded model and other
+    GGUFs go through their converted cache, made once)."""
+    from simlab.models import gguf, hub
+
+    kind = classify_spec(spec)
+    if kind in ("embedded", "gguf"):
+        folder, _, _ = gguf.cached_conversion(spec, settings, progress or (lambda _: None))
+        return hub.load_tokenizer(
+            str(folder), spec=spec, offline=True, trust_remote_code=False, own_cache=kind == "embedded"
+        )
+    source = str(Path(spec).expanduser()) if kind == "folder" else spec
+    return hub.load_tokenizer(
+        source, spec=spec, offline=settings.offline, trust_remote_code=trust_remote_code
+    )
+
+
 def _auto_gguf(spec: str, settings: Settings) -> bool:
     """`--weights auto`: a GGUF decodes from its own quantization on the CPU; other models stay float."""
     if settings.device not in ("auto", "cpu"):

@@ -159,10 +159,7 @@ class Loom:
         chat.session.goto(nodes[0].id)
         stats = replies.run.stats
         cut = sum(n.finish_reason == "interrupted" for n in nodes)
-        longest = max(len(c.tokens) for c in replies.run.completions)
-        chat.last = LastReply(
-            stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
-        )
+        chat.last = LastReply.of(replies)
         stopped = f"stopped: {cut} interrupted, " if cut else ""
         return f"{stopped}{len(nodes)} saved ({stats.tokens_per_second:.1f} tok/s); ↑↓ chooses among them"
 

@@ -22,18 +22,17 @@ from simlab.frame.render import framing_of, render_path
 from simlab.persona.schema import Persona
 from simlab.repl.progress import Waiting
 from simlab.repl.screen import Screen, write
+from simlab.session.started import persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
 from simlab.session.views import Style
 from simlab.turns import (
     Replies,
     has_output,
-    persona_of,
     start_continuation,
     start_fork,
     start_replies,
     start_session,
-    stops_of,
 )
 
 SETTABLE = (*BY_KEY, "stop")  # what /set takes: every sampling knob by its user key, and the stops
@@ -45,6 +44,24 @@ class LastReply:
     tokens_per_second: float
     first_token_ms: float
     context_used: int = 0  # tokens the model held at the end: the prompt it read and the longest reply
+
+    @classmethod
+    def of(cls, replies: Replies) -> LastReply:
+        """A finished run's figures; a server's replies without tokens are counted by its tokenizer."""
+        stats, tokenizer = replies.run.stats, replies.engine.tokenizer
+
+        def length(c) -> int:
+            if c.tokens or tokenizer is None or replies.engine.capabilities.token_ids or not c.text:
+                return len(c.tokens)
+            try:
+                return len(tokenizer.encode(c.text, add_special_tokens=False))
+            except SimlabError:  # the server's /tokenize failed now: the reply is saved all the same
+                return 0
+
+        longest = max((length(c) for c in replies.run.completions), default=0)
+        return cls(
+            stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
+        )
 
 
 class Chat(Screen):
@@ -237,11 +254,7 @@ class Chat(Screen):
         """Decode (streaming after head), save what came, and say what went wrong on the way."""
         self._stream(replies, head)
         nodes = replies.save(keep, on_trace_error=self._trace_failed)
-        stats = replies.run.stats
-        longest = max((len(c.tokens) for c in replies.run.completions), default=0)
-        self.last = LastReply(
-            stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
-        )
+        self.last = LastReply.of(replies)
         if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply
             self.note(f"simlab: {replies.run.problem}")
         return nodes

@@ -17,10 +17,13 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
     token's alternatives (numbered as /fork POS ALT takes them)."""
     node = chat.tree.resolve(node_id) if node_id else chat.cursor
     served = (node.backend or {}).get("tokens")
+    counts_here = not chat.engine.capabilities.local and chat.engine.tokenizer is not None
+    if counts_here and not served and node.role in ("user", "model") and node.text:
+        return boundary_lines(chat, node)
     if node.role == "model" and node.backend and not served:
         raise SimlabError(
-            "no log-probabilities from this server for this reply (it ignored `logprobs`); "
-            "/tokens has nothing to show"
+            "no log-probabilities from this server for this reply (it ignored `logprobs`), and "
+            "nothing here counts its tokens (give --tokenizer); /tokens has nothing to show"
         )
     lines = ["", ""]
     if node.role == "model" and (node.token_ids or served):
@@ -52,6 +55,23 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
         others = "  ".join(f"{i}:{alt[1]!r} {math.exp(alt[2]):.2f}" for i, alt in enumerate(alts, 1))
         after = "   (stop string: ended the reply, not in its text)" if k >= kept else ""
         lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}{after}")
+    return lines
+
+
+def boundary_lines(chat: Chat, node) -> list[str]:
+    """A turn's token boundaries by the tokenizer that counts the server's tokens, without
+    probabilities (the server gave none): the text with its tokens told apart, then each token."""
+    tokenizer = chat.engine.tokenizer
+    pieces = tokenizer.pieces(node.text)
+    shades = ("36", "35") if chat.style.color else None  # neighbours in two colours
+    line = "".join(
+        chat.style.wrap(shades[k % 2], p.text) if shades else f"[{p.text}]" for k, p in enumerate(pieces)
+    )
+    lines = [
+        line,
+        chat.style.dim(f"({len(pieces)} tokens by {tokenizer.source}: boundaries, no probabilities)"),
+    ]
+    lines += [f"{k:>4} {p.text!r:<16} id {p.id}" for k, p in enumerate(pieces)]
     return lines
 
 

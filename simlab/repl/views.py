@@ -22,16 +22,49 @@ def info_lines(chat: Chat) -> list[str]:
         + (f" seed {node.seed}" if node.seed is not None else "")
         + (f" finish {node.finish_reason}" if node.finish_reason else ""),
     ]
+    if not chat.engine.capabilities.local:
+        lines += server_lines(chat.engine)
     if chat.last:
         last = chat.last
         lines.append(
             f"last      {last.tokens_per_second:.1f} tok/s, first token {last.first_token_ms:.0f} ms"
         )
-        share = last.context_used / info.context_length if info.context_length else 0
-        lines.append(
-            f"context   {last.context_used} of {info.context_length} tokens ({share:.0%}) at the last reply"
-        )
+        if context_known(info):
+            share = last.context_used / info.context_length
+            used = f"{last.context_used} of {info.context_length} tokens"
+            lines.append(f"context   {used} ({share:.0%}) at the last reply")
+        elif last.context_used:
+            lines.append(
+                f"context   {last.context_used} tokens at the last reply (the server's context: unknown)"
+            )
     return lines
+
+
+def context_known(info) -> bool:
+    """Whether the engine knows its context (a server that does not say leaves it unknown)."""
+    return bool(info.context_length) and getattr(info, "context_from", None) != ""
+
+
+def server_lines(engine) -> list[str]:
+    """What counts a server's tokens, what was tried first, and where its context came from."""
+    info = engine.info
+    tried = "; ".join(getattr(engine, "tokenizer_tried", []))
+    if engine.tokenizer is None:
+        tokens = f"tokens    not counted here ({tried or 'none found'}); give --tokenizer to count them"
+    else:
+        tokens = f"tokens    counted by {info.tokenizer}" + (f" ({tried})" if tried else "")
+    context = (
+        f"{info.context_length} tokens (from {info.context_from})"
+        if context_known(info)
+        else "unknown: the server did not say (give --context N)"
+    )
+    return [tokens, f"context   {context}"]
+
+
+def context_text(used: int, info) -> str:
+    if context_known(info):
+        return f"context {used}/{info.context_length}"
+    return f"context {used}/?" if used else ""
 
 
 def params_text(chat: Chat) -> str:
@@ -67,7 +100,7 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
         (0, where),
         (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
         (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),
-        (1, f"context {last.context_used}/{info.context_length}" if last else ""),
+        (1, context_text(last.context_used, info) if last else ""),
     ]
     parts = [(rank, text) for rank, text in parts if text]
     while len(parts) > 1 and len(" · ".join(t for _, t in parts)) + 2 > width:

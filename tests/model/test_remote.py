@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny_gpt2, run_cli
 
+from simlab.engine.client import served_tokens as _tokens
 from simlab.engine.params import SamplingParams
-from simlab.engine.remote import RemoteConfig, RemoteEngine, _tokens
+from simlab.engine.remote import RemoteConfig, RemoteEngine
 from simlab.errors import RemoteError
 
 pytest.importorskip("fastapi")

@@ -1,0 +1,148 @@
+"""A test server with a real tokenizer: `/v1/models`, `/v1/completions` (streamed or not) and
+`/tokenize`/`/detokenize` as vLLM documents them (model, prompt, add_special_tokens -> tokens,
+count, max_model_len) or as llama.cpp's server has them (content, add_special, with_pieces ->
+tokens as ids or {id, piece}), or none. It refuses prompts over its context as each does:
+vLLM's "maximum context length is N tokens", llama.cpp's exceed_context_size_error with n_ctx."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class TokenizeServer:
+    def __init__(self, tokenizer, flavour: str = "vllm", context: int = 64, advertise: bool = True):
+        self.tokenizer, self.flavour, self.context, self.advertise = tokenizer, flavour, context, advertise
+        self.prompts: list[str] = []  # every completion prompt it accepted
+        self.refused = 0
+        self.calls: dict[str, int] = {}
+        self.reply = " Fine, thanks.\n"
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.count(self.path)
+                if self.path == "/v1/models":
+                    entry = {"id": "tiny", "object": "model"}
+                    if owner.advertise and owner.flavour == "vllm":
+                        entry["max_model_len"] = owner.context
+                    if owner.advertise and owner.flavour == "llamacpp":
+                        entry["meta"] = {"n_ctx": owner.context, "n_ctx_train": 8192}
+                    return self.answer(200, {"object": "list", "data": [entry]})
+                return self.answer(404, {"error": "not found"})
+
+            def do_POST(self):
+                owner.count(self.path)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/v1/completions":
+                    return owner.complete(self, body)
+                if self.path in ("/tokenize", "/detokenize") and owner.flavour in ("vllm", "llamacpp"):
+                    return self.answer(200, owner.tokenize(self.path, body))
+                return self.answer(404, {"detail": "Not Found"})
+
+            def answer(self, status, data, stream=None):
+                raw = json.dumps(data).encode() if stream is None else stream
+                self.send_response(status)
+                self.send_header(
+                    "Content-Type", "application/json" if stream is None else "text/event-stream"
+                )
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> TokenizeServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def count(self, path: str) -> None:
+        self.calls[path] = self.calls.get(path, 0) + 1
+
+    def ids(self, text: str, special: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def tokenize(self, path: str, body: dict) -> dict:
+        tok = self.tokenizer
+        if self.flavour == "vllm":
+            if path == "/detokenize":
+                return {"prompt": tok.decode(body["tokens"])}
+            ids = self.ids(body.get("prompt", ""), body.get("add_special_tokens", True))
+            return {"tokens": ids, "count": len(ids), "max_model_len": self.context}
+        if path == "/detokenize":
+            return {"content": tok.decode(body.get("tokens", []))}
+        if "content" not in body:
+            return {"tokens": []}
+        ids = self.ids(body["content"], body.get("add_special", False))
+        if not body.get("with_pieces"):
+            return {"tokens": ids}
+        out = []
+        for i in ids:
+            piece = bytes(_byte_level(tok.convert_ids_to_tokens(i)))
+            try:
+                out.append({"id": i, "piece": piece.decode("utf-8")})
+            except UnicodeDecodeError:
+                out.append({"id": i, "piece": list(piece)})
+        return {"tokens": out}
+
+    def complete(self, handler, body: dict) -> None:
+        prompt, limit = body["prompt"], self.context
+        used = len(self.ids(prompt, True))
+        wanted = used + int(body.get("max_tokens", 16))
+        if wanted > limit:
+            self.refused += 1
+            if self.flavour == "llamacpp":
+                error = {
+                    "error": {
+                        "code": 400,
+                        "message": "the request exceeds the available context size, try increasing it",
+                        "type": "exceed_context_size_error",
+                        "n_prompt_tokens": used,
+                        "n_ctx": limit,
+                    }
+                }
+            else:
+                error = {
+                    "object": "error",
+                    "message": f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {wanted} tokens ({used} in the messages, {wanted - used} in the "
+                    "completion). Please reduce the length of the messages or completion.",
+                    "type": "BadRequestError",
+                    "code": 400,
+                }
+            return handler.answer(400, error)
+        self.prompts.append(prompt)
+        usage = {"prompt_tokens": used, "completion_tokens": 4, "total_tokens": used + 4}
+        if self.flavour == "llamacpp":
+            usage = {}  # some servers report no usage: the tokenizer here counts the prompt
+        choice = {"index": 0, "text": self.reply, "finish_reason": "stop", "logprobs": None}
+        if not body.get("stream"):
+            return handler.answer(
+                200, {"object": "text_completion", "model": "tiny", "choices": [choice], "usage": usage}
+            )
+        events = [
+            {"choices": [{"index": 0, "text": self.reply, "finish_reason": None}], "model": "tiny"},
+            {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}], "model": "tiny", "usage": usage},
+        ]
+        raw = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        handler.answer(200, None, stream=raw.encode())
+
+
+def _byte_level(token: str) -> list[int]:
+    """A byte-level BPE token's bytes (GPT-2's printable stand-ins for bytes)."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    table, n = {chr(b): b for b in printable}, 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + n)] = b
+            n += 1
+    return [table[c] for c in token]
