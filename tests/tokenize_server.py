@@ -121,7 +121,8 @@ class TokenizeServer:
                 }
             return handler.answer(400, error)
         self.prompts.append(prompt)
-        usage = {"prompt_tokens": used, "completion_tokens": 4, "total_tokens": used + 4}
+        made = len(self.ids(self.reply, False))
+        usage = {"prompt_tokens": used, "completion_tokens": made, "total_tokens": used + made}
         if self.flavour == "llamacpp":
             usage = {}  # some servers report no usage: the tokenizer here counts the prompt
         choice = {"index": 0, "text": self.reply, "finish_reason": "stop", "logprobs": None}

@@ -164,6 +164,7 @@ def as_json(a: Analysis) -> dict[str, Any]:
                 "persona": v.persona,
                 "model": v.model,
                 "samples": v.samples,
+                "prompt_tokens": v.prompt_tokens,
                 "metrics": {k: e.as_dict() for k, e in v.estimates.items()},
                 "values": v.values,
                 "replies": [

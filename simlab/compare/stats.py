@@ -47,6 +47,7 @@ class VariantStats:
     texts: list[
         list[tuple[int | None, str, str | None]]
     ]  # per turn: (seed, text, finish reason) of each sample
+    prompt_tokens: int | None = None  # the first reply's prompt (frame, greeting, first turn), when counted
 
 
 @dataclass
@@ -65,7 +66,10 @@ def reply_tokens(node) -> float:
         return len(node.token_ids) or len(node.logprobs)
     backend = node.backend or {}
     count = (backend.get("usage") or {}).get("completion_tokens")
-    return count if isinstance(count, int) and "choice" not in backend else math.nan
+    if isinstance(count, int) and "choice" not in backend:
+        return count
+    counted = backend.get("reply_tokens")  # by the tokenizer that counts the server's tokens here
+    return counted if isinstance(counted, int) and counted > 0 else math.nan
 
 
 def sample_values(run: VariantRun) -> dict[str, list[float]]:
@@ -114,6 +118,7 @@ def analyse(
     }
     analysis = Analysis(spec, stats, differences)
     if engine_for is not None:
+        _prompt_tokens(analysis, engine_for)
         models = {v.model or spec.model for v in spec.variants}
         if not all(engine_for(model).capabilities.can_score for model in models):
             analysis.notes.append(
@@ -185,6 +190,24 @@ def _cross_logprob(analysis: Analysis, runs: list[VariantRun], engine_for, seed:
 
 def first_prompt(variant: Variant, turn: str, tokenizer) -> str | list[int]:
     return reply_prompt(unsaved_path(variant.persona, [(turn, None)]), variant.persona.model, tokenizer)
+
+
+def _prompt_tokens(analysis: Analysis, engine_for) -> None:
+    """Each variant's first prompt in tokens, by its engine's tokenizer (a server's when one counts)."""
+    spec, counted, sources = analysis.spec, [], set()
+    for variant, stats in zip(spec.variants, analysis.variants):
+        engine = engine_for(variant.model or spec.model)
+        if engine.tokenizer is None:
+            continue
+        prompt = first_prompt(variant, spec.turns[0], engine.tokenizer)
+        stats.prompt_tokens = len(engine.encode(prompt) if isinstance(prompt, str) else prompt)
+        counted.append(f"{stats.name} {stats.prompt_tokens}")
+        sources.add(getattr(engine.info, "tokenizer", "") or "the model's tokenizer")
+    if counted:
+        analysis.notes.append(
+            f"prompt tokens before the first reply (frame, greeting, first turn), counted by "
+            f"{', '.join(sorted(sources))}: {', '.join(counted)}"
+        )
 
 
 def _divergence(analysis: Analysis, engine_for) -> None:

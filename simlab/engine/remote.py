@@ -261,12 +261,16 @@ class RemoteRun(RunControl):
                 self._response.close()
             self.stats.decode_seconds = time.perf_counter() - started
             usage = (self.completions[0].server or {}).get("usage") or {}
-            self.stats.prompt_tokens = usage.get("prompt_tokens") or self._counted()
+            self.stats.prompt_tokens = usage.get("prompt_tokens") or self._count(self.prompt, True)
+            for c in self.completions:  # a reply without the server's tokens: counted here
+                if c.text and not c.tokens and self.engine.tokenizer is not None:
+                    c.server = {**(c.server or {}), "reply_tokens": self._count(c.text, False)}
 
-    def _counted(self) -> int:
-        """The prompt's tokens by the tokenizer here, when the server did not report them."""
+    def _count(self, text: str, special: bool) -> int:
+        """Tokens by the tokenizer here (0 without one, or when the server's /tokenize fails now)."""
         try:
-            return len(self.engine.encode(self.prompt)) if self.engine.tokenizer is not None else 0
+            tokenizer = self.engine.tokenizer
+            return len(tokenizer.encode(text, add_special_tokens=special)) if tokenizer is not None else 0
         except SimlabError:
             return 0
 

@@ -47,18 +47,15 @@ class LastReply:
 
     @classmethod
     def of(cls, replies: Replies) -> LastReply:
-        """A finished run's figures; a server's replies without tokens are counted by its tokenizer."""
-        stats, tokenizer = replies.run.stats, replies.engine.tokenizer
-
-        def length(c) -> int:
-            if c.tokens or tokenizer is None or replies.engine.capabilities.token_ids or not c.text:
-                return len(c.tokens)
-            try:
-                return len(tokenizer.encode(c.text, add_special_tokens=False))
-            except SimlabError:  # the server's /tokenize failed now: the reply is saved all the same
-                return 0
-
-        longest = max((length(c) for c in replies.run.completions), default=0)
+        """A finished run's figures; a server's replies without tokens as the tokenizer here counted them."""
+        stats = replies.run.stats
+        longest = max(
+            (
+                len(c.tokens) or int((c.server or {}).get("reply_tokens") or 0)
+                for c in replies.run.completions
+            ),
+            default=0,
+        )
         return cls(
             stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
         )

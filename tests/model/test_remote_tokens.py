@@ -232,3 +232,26 @@ def test_simlab_tokens_side_by_side_and_as_json(capsys, hf, tiny_dir, gpt2_cache
 def test_simlab_tokens_bad_input_is_one_line(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_compare_on_a_server_reports_prompt_tokens_and_counts_replies(capsys, tmp_path, hf):
+    for name, speaker in (("calm", "Sage"), ("loud", "Shouter Of Many Words")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f'name: {name}\nframe: "A talk.\\n\\n"\nspeakers: {{user: Guest, model: {speaker}}}\n'
+        )
+    with TokenizeServer(hf, "llamacpp", context=256) as server:  # it reports no usage
+        code, out, err = run_cli(
+            capsys, "compare", "--personas", f"{tmp_path / 'calm.yaml'},{tmp_path / 'loud.yaml'}",
+            "--turn", "Hello?", "--samples", "2", "--max-tokens", "6", "--sessions-dir", tmp_path / "s",
+            "--report-dir", tmp_path / "r", "--json", "--backend", "openai", "--base-url", server.url,
+        )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    calm, loud = report["variants"]
+    for variant, speaker in ((calm, "Sage"), (loud, "Shouter Of Many Words")):
+        [prompt] = {p for p in server.prompts if p.rstrip().endswith(f"{speaker}:")}  # what the server read
+        assert variant["prompt_tokens"] == len(hf(prompt)["input_ids"])
+    assert calm["prompt_tokens"] < loud["prompt_tokens"]
+    assert any("prompt tokens before the first reply" in n and "llama.cpp" in n for n in report["notes"])
+    reply = len(hf(server.reply)["input_ids"])  # no logprobs, no usage: the text it sent, counted here
+    assert calm["values"]["length"] == [reply, reply]
