@@ -131,7 +131,8 @@ def counter_for(spec: str, settings: Settings, args: argparse.Namespace):
         return engine.tokenizer
     from simlab.models.load import load_tokenizer
 
-    return HFCounter(load_tokenizer(spec, settings, trust_remote_code=args.trust_remote_code), spec)
+    tokenizer = load_tokenizer(spec, settings, trust_remote_code=args.trust_remote_code)
+    return HFCounter(tokenizer, spec, "the model's own tokenizer")
 
 
 def print_side_by_side(text: str, rows: list[dict], style: Style) -> None:

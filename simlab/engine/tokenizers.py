@@ -229,7 +229,7 @@ def tiktoken_encoding(name: str, offline: bool, timeout: float = 60.0):
         return result["encoding"]
     exc = result.get("error")
     reason = (
-        "offline"
+        "simlab is offline (--offline, HF_HUB_OFFLINE), so it was not fetched"
         if isinstance(exc, NotCached)
         else "it could not be fetched" + (f" ({type(exc).__name__})" if exc else f" within {timeout:.0f} s")
     )
@@ -247,9 +247,9 @@ _TIKTOKEN_LOCK = threading.Lock()
 
 
 class HFCounter(Counter):
-    def __init__(self, tokenizer, spec: str):
+    def __init__(self, tokenizer, spec: str, source: str | None = None):
         self.tokenizer, self.spec = tokenizer, spec
-        self.source = f"the Hugging Face tokenizer {spec}"
+        self.source = source or f"the Hugging Face tokenizer {spec}"
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
