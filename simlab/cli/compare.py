@@ -122,7 +122,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) -> None:
-    from simlab.compare.report import as_json, html_report, markdown, terminal
+    from simlab.compare.report import as_json, markdown, terminal
+    from simlab.compare.report_html import html_report
 
     folder = Path(args.report_dir)
     try:
@@ -135,7 +136,7 @@ def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) 
             f"session {session_name}"
         ) from None
     if args.json:
-        json.dump(as_json(analysis), sys.stdout, indent=1, ensure_ascii=False, allow_nan=True)
+        json.dump(as_json(analysis), sys.stdout, indent=1, ensure_ascii=False, allow_nan=False)
         print()
     else:
         sys.stdout.write(terminal(analysis, width=None if args.wide else 80))

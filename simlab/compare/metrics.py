@@ -1,9 +1,7 @@
 """Metrics of sampled replies and divergences between framings: pure functions, no model, no I/O.
 
-Every per-variant metric is a value per sample (one scripted conversation), so each gets a mean
-with a 95% bootstrap interval over the samples, and differences between variants get a bootstrap
-interval of the difference of means. Words are lower-cased whitespace tokens, so variants with
-different tokenizers are measured alike.
+Words are lower-cased whitespace tokens, so variants with different tokenizers are measured alike.
+Intervals and tests over these are in compare.inference.
 """
 
 from __future__ import annotations
@@ -11,11 +9,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-
-BOOTSTRAP_ROUNDS = 2000
 
 
 def words(text: str) -> list[str]:
@@ -33,22 +28,23 @@ def distinct_n(tokens: Sequence[str], n: int) -> float:
 
 
 def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
-    """Sentence BLEU-4 with clipped counts against several references, the closest reference
-    length for the brevity penalty, and smoothing of zero counts by epsilon 0.1 (Chen & Cherry, method 1)."""
+    """Sentence BLEU-4 as nltk's `sentence_bleu` with `SmoothingFunction().method1` computes it:
+    clipped n-gram counts against all references over max(1, n-grams of the hypothesis), a zero
+    count replaced by epsilon 0.1 (so a reply shorter than 4 words still scores), 0 when no word
+    matches, and the brevity penalty against the closest reference length."""
     if not hypothesis or not references:
         return 0.0
     log_precision = 0.0
     for n in range(1, max_n + 1):
         counts = Counter(ngrams(hypothesis, n))
-        total = sum(counts.values())
-        if total == 0:
-            return 0.0  # shorter than n words: BLEU-4 is undefined; count it as no overlap
         best: Counter = Counter()
         for ref in references:
             for gram, c in Counter(ngrams(ref, n)).items():
                 best[gram] = max(best[gram], c)
         clipped = sum(min(c, best[gram]) for gram, c in counts.items())
-        log_precision += math.log((clipped if clipped else 0.1) / total) / max_n
+        if n == 1 and clipped == 0:
+            return 0.0
+        log_precision += math.log((clipped if clipped else 0.1) / max(1, sum(counts.values()))) / max_n
     length = len(hypothesis)
     closest = min((len(r) for r in references), key=lambda r: (abs(r - length), r))
     brevity = 1.0 if length > closest else math.exp(1 - closest / length)
@@ -56,58 +52,58 @@ def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: 
 
 
 def self_bleu(texts: Sequence[Sequence[str]]) -> list[float]:
-    """Each text's BLEU against all the others: high means the samples repeat each other."""
+    """Each text's BLEU against all the others (Zhu et al. 2018, Texygen): high means the samples
+    repeat each other. It rises with the number of texts, so compare it at equal n only."""
     return [bleu(t, [o for j, o in enumerate(texts) if j != i]) for i, t in enumerate(texts)]
 
 
-# -- intervals --------------------------------------------------------------------------------
+def corpus_distinct(grams: Sequence[Sequence[tuple[str, ...]]]) -> float:
+    """Unique n-grams / all n-grams across a corpus of texts' n-grams (Li et al. 2016): a text's
+    repeats of another count against it, as they should for diversity across samples."""
+    total = sum(len(g) for g in grams)
+    return len({gram for g in grams for gram in g}) / total if total else math.nan
 
 
-@dataclass(frozen=True)
-class Estimate:
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.n > 1 and (self.low > 0 or self.high < 0)
-
-    def as_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
-
-
-def bootstrap_mean(
-    values: Sequence[float], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0, level: float = 0.95
-) -> Estimate:
-    """Mean and percentile bootstrap interval."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    if x.size == 1:
-        return Estimate(float(x[0]), float(x[0]), float(x[0]), 1)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, (rounds, x.size))].mean(axis=1)  # (rounds,)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return Estimate(float(x.mean()), float(low), float(high), int(x.size))
-
-
-def bootstrap_difference(
-    a: Sequence[float], b: Sequence[float], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0, level: float = 0.95
-) -> Estimate:
-    """mean(b) - mean(a), with both groups resampled independently."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.size == 0 or y.size == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    rng = np.random.default_rng(seed)
-    diffs = y[rng.integers(0, y.size, (rounds, y.size))].mean(axis=1) - x[
-        rng.integers(0, x.size, (rounds, x.size))
-    ].mean(axis=1)  # (rounds,)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return Estimate(float(y.mean() - x.mean()), float(low), float(high), int(min(x.size, y.size)))
+def as_sampled(p: np.ndarray, params) -> np.ndarray:
+    """The next-token distribution a variant actually draws from: p with its temperature, top-k,
+    top-p, min-p and typical-p applied in transformers' order (as engine.logits does); greedy is
+    the argmax. The repetition penalty is not applied (it depends on the prompt's tokens)."""
+    p = np.asarray(p, dtype=np.float64)
+    if params.greedy:
+        out = np.zeros_like(p)
+        out[int(np.argmax(p))] = 1.0
+        return out
+    with np.errstate(divide="ignore"):
+        logits = np.log(p) / params.temperature
+    logits -= logits.max()
+    q = np.exp(logits)
+    q /= q.sum()
+    if 0 < params.top_k < q.size:
+        q[q < np.sort(q)[-params.top_k]] = 0
+        q /= q.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-q, kind="stable")
+        above = np.cumsum(q[order]) - q[order]  # the mass ranked above each token
+        drop = above >= params.top_p
+        drop[0] = False
+        q[order[drop]] = 0
+        q /= q.sum()
+    if params.min_p > 0:
+        q[q < params.min_p * q.max()] = 0
+        q /= q.sum()
+    if params.typical_p < 1.0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logq = np.log(q)
+            entropy = -np.nansum(q * logq)
+            shifted = np.where(q > 0, np.abs(-logq - entropy), np.inf)
+        order = np.argsort(shifted, kind="stable")
+        cumulative = np.cumsum(q[order])
+        last = min(int((cumulative < params.typical_p).sum()), q.size - 1)
+        drop = shifted[order] > shifted[order][last]
+        drop[0] = False
+        q[order[drop]] = 0
+        q /= q.sum()
+    return q
 
 
 # -- divergences between next-token distributions --------------------------------------------

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import html
 import math
 import textwrap
 import time
 from typing import Any
 
-from simlab.compare.metrics import Estimate
+from simlab.compare.inference import Estimate
 from simlab.compare.stats import METRICS, Analysis
 
 
 def _fmt(e: Estimate, digits: int = 2) -> str:
     if e.n == 0 or math.isnan(e.mean):
         return "–"
-    if e.n == 1:
+    if math.isnan(e.low):
         return f"{e.mean:.{digits}f}"
     return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
 
@@ -23,8 +22,28 @@ def _fmt(e: Estimate, digits: int = 2) -> str:
 def _diff(e: Estimate, digits: int = 2) -> str:
     if e.n == 0 or math.isnan(e.mean):
         return "–"
-    mark = " *" if e.excludes_zero else ""
+    mark = " *" if e.significant else ""
+    if math.isnan(e.low):
+        return f"{e.mean:+.{digits}f}{mark}"
     return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]{mark}"
+
+
+def _p(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+PARAMS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "max_new_tokens",
+    "stop",
+)
 
 
 def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -32,11 +51,37 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     header = ["variant", "n"] + [METRICS[k][0] for k in METRICS]
     rows = [[v.name, str(v.samples)] + [_fmt(v.estimates[k]) for k in METRICS] for v in a.variants]
-    out.append(("Per variant: mean [95% bootstrap interval] over samples", header, rows))
+    out.append((f"Per variant: mean [95% interval] ({INTERVALS})", header, rows))
     if a.differences:
         base = a.variants[0].name
-        rows = [[name, "–"] + [_diff(d[k]) for k in METRICS] for name, d in a.differences.items()]
-        out.append((f"Difference from {base} (* interval excludes zero)", header, rows))
+        rows = [
+            [name, str(a.pairs)] + [_diff(d[k]) for k in METRICS if k != "stop_rate"]
+            for name, d in a.differences.items()
+        ]
+        out.append(
+            (
+                f"Difference from {base}, paired by seed (* survives Holm's correction at 5% "
+                "across this table)",
+                ["variant", "pairs"] + [METRICS[k][0] for k in METRICS if k != "stop_rate"],
+                rows,
+            )
+        )
+        rows = [
+            [name, METRICS[k][0], _diff(e), _p(e.extra.get("p")), _p(e.extra.get("p_holm")),
+             f"{e.extra['d']:+.2f}" if math.isfinite(e.extra.get("d", math.nan)) else "–", e.method]
+            for name, d in a.differences.items()
+            for k, e in d.items()
+        ]  # fmt: skip
+        out.append(("Tests", ["variant", "metric", "difference", "p", "p (Holm)", "d_z", "method"], rows))
+    for t, per_turn in enumerate(
+        zip(*(v.turns for v in a.variants)) if a.variants and a.variants[0].turns else []
+    ):
+        rows = [
+            [v.name, str(v.samples)] + [_fmt(e[k]) for k in METRICS] for v, e in zip(a.variants, per_turn)
+        ]
+        out.append((f"Turn {t + 1}: {a.spec.turns[t]}", header, rows))
+    rows = [[v.name, v.persona, v.model] + [_param(v.params.get(k)) for k in PARAMS] for v in a.variants]
+    out.append(("Sampling parameters each variant ran with", ["variant", "persona", "model", *PARAMS], rows))
     if a.cross_logprob:
         names = [v.name for v in a.variants]
         rows = [[src] + [_fmt(a.cross_logprob[src][frame]) for frame in names] for src in names]
@@ -50,17 +95,40 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
         )
     if a.divergence:
         rows = [
-            [d["a"], d["b"], f"{d['kl_ab']:.3f}", f"{d['kl_ba']:.3f}", f"{d['jsd_bits']:.3f}"]
+            [d["a"], d["b"], f"{d['kl_ab']:.3f}", f"{d['kl_ba']:.3f}", f"{d['jsd_bits']:.3f}",
+             f"{d['sampled_kl_ab']:.3f}", f"{d['sampled_kl_ba']:.3f}", f"{d['sampled_jsd_bits']:.3f}"]
             for d in a.divergence
-        ]
+        ]  # fmt: skip
         out.append(
             (
-                "Next-token distributions at the first reply (temperature 1)",
-                ["A", "B", "KL(A||B) nats", "KL(B||A) nats", "JSD bits"],
+                "Next-token distributions at the first reply: at temperature 1, and as each variant "
+                "samples (its temperature, top-k, top-p, min-p; ∞: it can draw what the other cannot)",
+                [
+                    "A",
+                    "B",
+                    "KL(A||B) nats",
+                    "KL(B||A) nats",
+                    "JSD bits",
+                    "sampled KL(A||B)",
+                    "sampled KL(B||A)",
+                    "sampled JSD bits",
+                ],
                 rows,
             )
         )
     return out
+
+
+INTERVALS = (
+    "length, logprob: studentized bootstrap over samples; rates: Clopper-Pearson over replies; "
+    "distinct-n: bootstrap over samples; self-BLEU: jackknife"
+)
+
+
+def _param(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(repr(v) for v in value) or "–"
+    return "–" if value is None else str(value)
 
 
 def terminal(a: Analysis, width: int | None = 80) -> str:
@@ -79,7 +147,7 @@ def terminal(a: Analysis, width: int | None = 80) -> str:
             lines.append("  ".join("-" * widths[i] for i in group))
             lines += ["  ".join(r[i].ljust(widths[i]) for i in group).rstrip() for r in rows]
             lines.append("")
-    for line in _first_tokens(a):
+    for line in first_tokens(a):
         lines += textwrap.wrap(line, width, subsequent_indent="    ") if width else [line]
     lines += ["", f"One sample per variant (turn {len(a.spec.turns)}; all of them are in the reports):"]
     for v in a.variants:
@@ -109,7 +177,7 @@ def _column_groups(widths: list[int], width: int | None) -> list[list[int]]:
     return [*groups, current]
 
 
-def _first_tokens(a: Analysis) -> list[str]:
+def first_tokens(a: Analysis) -> list[str]:
     """The most likely first tokens of the reply under each variant's frame, per compared pair."""
     return [
         f"most likely first tokens: {d['a']}: {_tops(d['top_a'])} | {d['b']}: {_tops(d['top_b'])}"
@@ -136,7 +204,7 @@ def markdown(a: Analysis) -> str:
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         lines.append("")
     lines += [f"> {n}" for n in a.notes]
-    first = _first_tokens(a)
+    first = first_tokens(a)
     if first:
         lines += ["## Most likely first tokens", "", *[f"- {line.split(': ', 1)[1]}" for line in first], ""]
     for t, turn in enumerate(a.spec.turns):
@@ -152,6 +220,21 @@ def markdown(a: Analysis) -> str:
 
 
 def as_json(a: Analysis) -> dict[str, Any]:
+    """The analysis as strict JSON: an undefined value (NaN) is null, an infinite one "inf"."""
+    return _strict(_as_dict(a))
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _as_dict(a: Analysis) -> dict[str, Any]:
     return {
         "name": a.spec.name,
         "turns": list(a.spec.turns),
@@ -165,6 +248,8 @@ def as_json(a: Analysis) -> dict[str, Any]:
                 "model": v.model,
                 "samples": v.samples,
                 "prompt_tokens": v.prompt_tokens,
+                "params": v.params,
+                "turns": [{k: e.as_dict() for k, e in turn.items()} for turn in v.turns],
                 "metrics": {k: e.as_dict() for k, e in v.estimates.items()},
                 "values": v.values,
                 "replies": [
@@ -174,143 +259,17 @@ def as_json(a: Analysis) -> dict[str, Any]:
             for v in a.variants
         ],
         "differences": {
-            name: {k: {**e.as_dict(), "excludes_zero": e.excludes_zero} for k, e in d.items()}
+            name: {
+                k: {**e.as_dict(), "excludes_zero": e.excludes_zero, "significant": e.significant}
+                for k, e in d.items()
+            }
             for name, d in a.differences.items()
         },
         "cross_logprob": {
             src: {frame: e.as_dict() for frame, e in row.items()} for src, row in a.cross_logprob.items()
         },
         "divergence": a.divergence,
+        "pairs": a.pairs,
+        "intervals": INTERVALS,
         "notes": a.notes,
     }
-
-
-# -- HTML -------------------------------------------------------------------------------------
-
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-
-STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;
-text-align:left;vertical-align:top}th{background:#f4f4f4}.sig{font-weight:bold;color:#b00}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plot{border:1px solid #eee;padding:6px}
-.samples td{max-width:420px;white-space:pre-wrap}.seed{color:#888;font-size:12px}
-.note{color:#555;font-style:italic}
-"""
-
-
-def _plot(a: Analysis, key: str) -> str:
-    """Per variant: each sample's value as a dot, the mean as a bar and its interval as a line, on an
-    axis with five labelled ticks; a rate (every value 0 or 1) as a bar of its mean with its interval;
-    a metric with one value everywhere as that value, not a plot."""
-    label, what = METRICS[key]
-    all_values = [x for v in a.variants for x in v.values[key] if x == x]
-    if not all_values:
-        return ""
-    head = f'<div class="plot"><b>{html.escape(label)}</b><br>'
-    lo, hi = min(all_values), max(all_values)
-    if hi == lo:
-        return head + f"<p class='note'>every sample of every variant: {lo:.3g}</p></div>"
-    rate = set(all_values) <= {0.0, 1.0}
-    if rate:
-        lo, hi = 0.0, 1.0
-    width, row, left = 360, 26, 110
-    height = row * len(a.variants) + 40
-
-    def x(value: float) -> float:
-        return left + (value - lo) / (hi - lo) * (width - left - 14)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(label)}">',
-        f"<title>{html.escape(label)}: {html.escape(what)}</title>",
-    ]
-    axis = height - 22
-    for k in range(5):  # ticks and light grid lines
-        value = lo + (hi - lo) * k / 4
-        parts.append(f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="8" y2="{axis}" stroke="#eee"/>')
-        parts.append(
-            f'<text x="{x(value):.1f}" y="{axis + 14}" font-size="10" text-anchor="middle">{value:.3g}</text>'
-        )
-    for i, v in enumerate(a.variants):
-        y = 20 + i * row
-        color = COLORS[i % len(COLORS)]
-        parts.append(f'<text x="4" y="{y + 4}" font-size="11">{html.escape(v.name[:16])}</text>')
-        e = v.estimates[key]
-        if rate and e.n:
-            parts.append(
-                f'<rect x="{x(0):.1f}" y="{y - 7}" width="{x(e.mean) - x(0):.1f}" height="14" '
-                f'fill="{color}" fill-opacity="0.6"/>'
-            )
-        elif not rate:
-            for value in v.values[key]:
-                parts.append(
-                    f'<circle cx="{x(value):.1f}" cy="{y}" r="3" fill="{color}" fill-opacity="0.45"/>'
-                )
-        if e.n:
-            parts.append(
-                f'<line x1="{x(e.low):.1f}" x2="{x(e.high):.1f}" y1="{y + 9}" y2="{y + 9}" '
-                f'stroke="{color}" stroke-width="2"/>'
-            )
-            if not rate:
-                parts.append(
-                    f'<rect x="{x(e.mean) - 1.5:.1f}" y="{y - 8}" width="3" height="19" fill="{color}"/>'
-                )
-    parts.append("</svg>")
-    return head + "".join(parts) + "</div>"
-
-
-def html_report(a: Analysis) -> str:
-    esc = html.escape
-    out = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>simlab compare: {esc(a.spec.name)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>Compare: {esc(a.spec.name)}</h1>",
-        f"<p>{len(a.variants)} variants × {a.spec.samples} samples × {len(a.spec.turns)} turn(s), base seed "
-        f"{a.spec.seed}. Intervals are 95% bootstrap intervals over samples; "
-        "<span class='sig'>bold red</span> differences exclude zero.</p>",
-    ]
-    for title, header, rows in tables(a):
-        out.append(
-            f"<h2>{esc(title)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
-        )
-        for r in rows:
-            cells = "".join(
-                f"<td class='sig'>{esc(c)}</td>" if c.endswith(" *") else f"<td>{esc(c)}</td>" for c in r
-            )
-            out.append(f"<tr>{cells}</tr>")
-        out.append("</table>")
-    out += [f"<p class='note'>{esc(n)}</p>" for n in a.notes]
-    first = _first_tokens(a)
-    if first:
-        out.append(
-            "<h2>Most likely first tokens</h2><ul>"
-            + "".join(f"<li>{esc(line.split(': ', 1)[1])}</li>" for line in first)
-            + "</ul>"
-        )
-    out.append("<h2>Distributions</h2><div class='plots'>" + "".join(_plot(a, k) for k in METRICS) + "</div>")
-    out.append(
-        "<dl>"
-        + "".join(f"<dt>{esc(label)}</dt><dd>{esc(what)}</dd>" for label, what in METRICS.values())
-        + "</dl>"
-    )
-    for t, turn in enumerate(a.spec.turns):
-        out.append(
-            f"<h2>Turn {t + 1}: {esc(turn)}</h2><table class='samples'><tr><th>#</th>"
-            + "".join(f"<th>{esc(v.name)}</th>" for v in a.variants)
-            + "</tr>"
-        )
-        for i in range(max((len(v.texts[t]) for v in a.variants), default=0)):
-            cells = []
-            for v in a.variants:
-                if i < len(v.texts[t]):
-                    seed, text, finish = v.texts[t][i]
-                    cells.append(
-                        f"<td><span class='seed'>seed {seed} · {esc(str(finish))}</span><br>{esc(text)}</td>"
-                    )
-                else:
-                    cells.append("<td></td>")
-            out.append(f"<tr><td>{i + 1}</td>{''.join(cells)}</tr>")
-        out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out)

@@ -1,6 +1,7 @@
 """Compare sweeps on the tiny GPT-2: spec validation, spec -> tree -> report, resume, HTML and JSON."""
 
 import json
+import math
 import re
 from html.parser import HTMLParser
 
@@ -153,8 +154,8 @@ def test_report_files_hold_every_sample(tmp_path, personas, tiny_dir, capsys, mo
     tree = SessionStore(tmp_path / "sessions").open("compare-sweep", read_only=True).tree
     samples = [n.text for n in tree.nodes.values() if n.role == "model" and n.seed is not None]
     assert len(samples) == 24 and all(s in body for s in samples)
-    plots = html_text.count("<svg") + html_text.count("every sample of every variant:")
-    assert plots == 8 and "http" not in html_text.replace("http://www.w3.org/2000/svg", "")
+    plots = sum(html_text.count(k) for k in ("<svg", "every sample of every variant:", "no values:"))
+    assert plots == 5 and "http" not in html_text.replace("http://www.w3.org/2000/svg", "")
     md = (tmp_path / "out" / "sweep.md").read_text()
     assert "## Turn 2: and then?" in md and md.count("*(seed ") == 24
     assert re.search(r"\*\(seed \d+, (length|stop|eos)\)\*", md)  # each sample with its finish reason
@@ -191,7 +192,7 @@ def test_json_and_the_flags_form(tmp_path, personas, tiny_dir, capsys, monkeypat
     assert [v["name"] for v in data["variants"]] == ["a", "b"] and data["samples"] == 3
     for v in data["variants"]:
         assert len(v["replies"][0]) == 3 and len(v["values"]["length"]) == 3
-        m = v["metrics"]["length"]
+        m = v["metrics"]["logprob"]
         assert m["low"] <= m["mean"] <= m["high"]
     assert set(data["cross_logprob"]["a"]) == {"a", "b"} and data["divergence"][0]["jsd_bits"] >= 0
     assert "excludes_zero" in data["differences"]["b"]["length"]
@@ -206,10 +207,13 @@ def test_metrics_from_a_sweep_agree_with_the_nodes(tmp_path, personas, tiny_engi
         runs = run_sweep(spec, session, lambda m: tiny_engine)
     analysis = analyse(spec, runs)
     stats = analysis.variants[0]
-    lengths = [len(s[0].token_ids) for s in runs[0].samples]
-    assert stats.values["length"] == lengths
-    assert stats.estimates["length"].mean == pytest.approx(sum(lengths) / 3)
-    assert all(v == 1.0 for v in stats.values["length_rate"])  # 5 tokens of a random model: cut at max
+    assert all(v == 1.0 for v in stats.values["cut_rate"])  # 5 tokens of a random model: cut at max
+    assert all(math.isnan(v) for v in stats.values["length"])  # cut replies have no length of their own
+    assert stats.estimates["cut_rate"].mean == 1.0 and stats.estimates["cut_rate"].low == pytest.approx(
+        0.025 ** (1 / 3)
+    )
+    logprobs = [lp for s in runs[0].samples for lp in s[0].logprobs]  # no stop string: every token counts
+    assert stats.estimates["logprob"].mean == pytest.approx(sum(logprobs) / len(logprobs))
 
 
 def test_sigterm_stops_a_sweep_that_a_rerun_resumes(tmp_path, personas, tiny_dir):

@@ -10,7 +10,8 @@ from simlab.session.store import SessionStore
 
 @pytest.mark.slow
 def test_two_shipped_personas_on_the_embedded_model(tmp_path, embedded_engine):
-    from simlab.compare.report import html_report, terminal
+    from simlab.compare.report import terminal
+    from simlab.compare.report_html import html_report
 
     spec = build_spec(
         {

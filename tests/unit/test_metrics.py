@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from simlab.compare.metrics import (
+    as_sampled,
     bleu,
-    bootstrap_difference,
-    bootstrap_mean,
+    corpus_distinct,
     distinct_n,
     jsd,
     kl,
+    ngrams,
     self_bleu,
     words,
 )
@@ -36,8 +37,10 @@ def test_bleu_known_values():
     hyp = words("the cat sat the mat on")  # 6 words
     p1, p2, p3, p4 = 6 / 6, 3 / 5, 1 / 4, 0.1 / 3  # 2-grams the-cat cat-sat the-mat; 3-gram the-cat-sat
     assert bleu(hyp, [ref]) == pytest.approx((p1 * p2 * p3 * p4) ** 0.25)
-    assert bleu(words("completely different words here"), [ref]) < 0.1
-    assert bleu(words("too short"), [ref]) == 0.0
+    assert bleu(words("completely different words here"), [ref]) == 0.0  # no word matches
+    # shorter than 4 words: smoothed, not 0 (nltk's method 1); six identical 3-word replies look alike
+    assert bleu(words("the cat sat"), [ref]) == pytest.approx((1 * 1 * 1 * 0.1) ** 0.25 * math.exp(1 - 6 / 3))
+    assert self_bleu([words("yes I do")] * 6) == pytest.approx([0.1**0.25] * 6)
 
 
 def test_clipping_and_several_references():
@@ -66,24 +69,50 @@ def test_kl_and_jsd_known_values():
     assert jsd(p, q) == pytest.approx(jsd(q, p)) and kl(p, q) != pytest.approx(kl(q, p))
 
 
-def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
-    rng = np.random.default_rng(1)
-    trials, hits = 300, 0
-    for t in range(trials):
-        sample = rng.exponential(scale=2.0, size=60)  # true mean 2, skewed
-        est = bootstrap_mean(sample, rounds=1000, seed=t)
-        hits += est.low <= 2.0 <= est.high
-        assert est.low <= est.mean <= est.high
-    assert 0.89 <= hits / trials <= 0.98
+NLTK_CASES = [
+    ("the cat sat on the mat", ["the cat is on the mat", "there is a cat on the mat"]),
+    ("the the the the the the", ["the cat is on the mat", "there is a cat on the mat"]),
+    ("yes I do", ["yes I do", "yes I do"]),
+    ("no", ["yes I do", "no way"]),
+    ("a b c d e f g", ["a b c x e f g h i", "b c d"]),
+    ("completely unrelated", ["the cat"]),
+    ("I am the interviewer and I ask", ["you are the guest and you answer", "I am here"]),
+]
 
 
-def test_bootstrap_difference_marks_real_differences_only():
-    rng = np.random.default_rng(2)
-    a, b = rng.normal(0, 1, 80), rng.normal(1, 1, 80)
-    diff = bootstrap_difference(a, b)
-    assert diff.excludes_zero and 0.6 < diff.mean < 1.4
-    same = bootstrap_difference(a, rng.normal(0, 1, 80))
-    assert not same.excludes_zero
-    single = bootstrap_mean([3.0])
-    assert (single.mean, single.low, single.high) == (3.0, 3.0, 3.0) and not single.excludes_zero
-    assert math.isnan(bootstrap_mean([]).mean)
+@pytest.mark.parametrize(("hyp", "refs"), NLTK_CASES)
+def test_bleu_is_nltks_sentence_bleu_with_smoothing_method_1(hyp, refs):
+    bleu_score = pytest.importorskip("nltk.translate.bleu_score")
+    expected = bleu_score.sentence_bleu(
+        [words(r) for r in refs], words(hyp), smoothing_function=bleu_score.SmoothingFunction().method1
+    )
+    assert bleu(words(hyp), [words(r) for r in refs]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_corpus_distinct_counts_repeats_across_replies():
+    replies = [words("the cat sat"), words("the cat sat"), words("a dog ran")]
+    grams = [ngrams(r, 1) for r in replies]
+    assert corpus_distinct(grams) == pytest.approx(6 / 9)  # within each reply all are distinct
+    assert all(distinct_n(r, 1) == 1.0 for r in replies)
+    assert corpus_distinct([ngrams(r, 2) for r in replies]) == pytest.approx(4 / 6)
+    assert math.isnan(corpus_distinct([[]]))
+
+
+def test_as_sampled_applies_each_knob_as_the_engine_does():
+    from simlab.engine.params import SamplingParams
+
+    p = np.array([0.5, 0.2, 0.15, 0.1, 0.05])
+    same = as_sampled(p, SamplingParams(temperature=1.0, top_p=1.0))
+    assert same == pytest.approx(p)
+    hot = as_sampled(p, SamplingParams(temperature=2.0, top_p=1.0))
+    assert hot == pytest.approx(np.sqrt(p) / np.sqrt(p).sum())
+    assert as_sampled(p, SamplingParams(temperature=0)) == pytest.approx([1, 0, 0, 0, 0])
+    nucleus = as_sampled(p, SamplingParams(temperature=1.0, top_p=0.7))  # 0.5 + 0.2 reaches 0.7
+    assert nucleus == pytest.approx([0.5 / 0.7, 0.2 / 0.7, 0, 0, 0])
+    top2 = as_sampled(p, SamplingParams(temperature=1.0, top_p=1.0, top_k=2))
+    assert top2 == pytest.approx([0.5 / 0.7, 0.2 / 0.7, 0, 0, 0])
+    floor = as_sampled(p, SamplingParams(temperature=1.0, top_p=1.0, min_p=0.25))  # below 0.125 goes
+    assert floor == pytest.approx(np.array([0.5, 0.2, 0.15, 0, 0]) / 0.85)
+    # a temperature-only difference shows under sampling, not at temperature 1
+    cold = as_sampled(p, SamplingParams(temperature=0.5, top_p=1.0))
+    assert jsd(p, p) == 0 and jsd(same, cold) > 0.05

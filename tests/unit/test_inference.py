@@ -1,0 +1,104 @@
+"""compare.inference against scipy on fixed data, and the coverage the intervals promise, simulated."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from simlab.compare.inference import (
+    bootstrap_samples,
+    detectable_dz,
+    holm,
+    jackknife,
+    paired,
+    permutation_p,
+    rate,
+    studentized_mean,
+)
+
+
+def test_rates_are_clopper_pearson_even_at_0_and_n():
+    all_of = rate(12, 12)
+    assert all_of.mean == 1.0 and all_of.low == pytest.approx(0.7354, abs=1e-4) and all_of.high == 1.0
+    none = rate(0, 8)
+    assert none.low == 0.0 and none.high == pytest.approx(1 - 0.025 ** (1 / 8))
+    some = rate(3, 10)
+    ci = stats.binomtest(3, 10).proportion_ci(method="exact")
+    assert (some.low, some.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def test_the_paired_test_is_scipys_exact_sign_flip_and_d_is_paired():
+    a = np.array([10.0, 12, 9, 14, 11, 13, 10, 12])
+    b = a + np.array([1.5, 0.5, 2.0, 1.0, -0.5, 1.5, 1.0, 2.5])
+    exact = stats.permutation_test(
+        (a, b), lambda x, y, axis: np.mean(y - x, axis=axis), permutation_type="samples", n_resamples=np.inf
+    )
+    assert permutation_p(a, b) == pytest.approx(exact.pvalue)
+    e = paired(a, b)
+    d = b - a
+    assert e.mean == pytest.approx(d.mean()) and e.extra["d"] == pytest.approx(d.mean() / d.std(ddof=1))
+    assert e.extra["p"] == pytest.approx(exact.pvalue) and e.excludes_zero
+    # pairs with a missing value on either side are left out
+    assert paired([1.0, math.nan, 3.0], [2.0, 5.0, 3.5]).n == 2
+
+
+def test_pairing_narrows_the_interval_when_samples_share_seeds():
+    rng = np.random.default_rng(3)
+    shared = rng.normal(50, 10, 12)  # what the seed decides, the same for both variants
+    a, b = shared + rng.normal(0, 2, 12), shared + 3 + rng.normal(0, 2, 12)
+    width = paired(a, b).high - paired(a, b).low
+    unpaired = stats.ttest_ind(b, a).confidence_interval()
+    assert width < 0.5 * (unpaired.high - unpaired.low)
+
+
+def test_holm_matches_the_step_down_definition():
+    p = [0.01, 0.04, 0.03, 0.005, math.nan]
+    # sorted 0.005, 0.01, 0.03, 0.04 with m = 4: 0.02, 0.03, 0.06, 0.06 (monotone)
+    assert holm(p)[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(holm(p)[4])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_detectable_effect_has_the_power_it_claims():
+    for n in (8, 20):
+        dz = detectable_dz(n)
+        crit = stats.t.ppf(0.975, n - 1)
+        power = stats.nct.sf(crit, n - 1, dz * math.sqrt(n)) + stats.nct.cdf(-crit, n - 1, dz * math.sqrt(n))
+        assert power == pytest.approx(0.8, abs=1e-6)
+    assert 1.1 < detectable_dz(8) < 1.2 and detectable_dz(20) < detectable_dz(8)
+
+
+def test_jackknife_of_the_mean_is_the_t_interval():
+    x = np.array([3.0, 5, 4, 8, 6, 7, 2, 9])
+    e = jackknife(lambda idx: float(x[idx].mean()), len(x))
+    t = stats.ttest_1samp(x, 0).confidence_interval()
+    assert (e.low, e.high) == (pytest.approx(t.low), pytest.approx(t.high))
+
+
+def test_bootstrap_over_samples_recomputes_the_statistic():
+    x = np.array([1.0, 2, 3, 4, 5, 6])
+    e = bootstrap_samples(lambda idx: float(np.median(x[idx])), len(x), rounds=500)
+    assert e.mean == 3.5 and e.low < 3.5 < e.high
+
+
+def test_a_constant_sample_and_tiny_samples_do_not_break():
+    assert studentized_mean([2.0, 2.0, 2.0]).low == 2.0
+    assert math.isnan(studentized_mean([1.0]).low) and studentized_mean([]).n == 0
+    flat = paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert flat.mean == 0 and flat.extra["p"] == 1.0 and not flat.excludes_zero
+
+
+def test_the_studentized_interval_covers_95_percent_at_n_8_on_skewed_data():
+    """2,000 simulated experiments of 8 samples from a gamma(2) distribution (skewness 1.4, like
+    reply lengths): the interval covers the true mean 93-97% of the time. The percentile bootstrap,
+    for comparison, covers well under 93%."""
+    rng = np.random.default_rng(21)
+    data = rng.gamma(2.0, 1.0, (2000, 8))  # true mean 2
+    hits = sum(e.low <= 2.0 <= e.high for e in (studentized_mean(x, seed=i) for i, x in enumerate(data)))
+    assert 0.93 <= hits / 2000 <= 0.97, hits / 2000
+    percentile = 0
+    for i, x in enumerate(data[:500]):
+        means = x[np.random.default_rng(i).integers(0, 8, (2000, 8))].mean(axis=1)
+        low, high = np.quantile(means, [0.025, 0.975])
+        percentile += low <= 2.0 <= high
+    assert percentile / 500 < 0.92
