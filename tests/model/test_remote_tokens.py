@@ -253,5 +253,5 @@ def test_compare_on_a_server_reports_prompt_tokens_and_counts_replies(capsys, tm
         assert variant["prompt_tokens"] == len(hf(prompt)["input_ids"])
     assert calm["prompt_tokens"] < loud["prompt_tokens"]
     assert any("prompt tokens before the first reply" in n and "llama.cpp" in n for n in report["notes"])
-    reply = len(hf(server.reply)["input_ids"])  # no logprobs, no usage: the text it sent, counted here
+    reply = len(hf(server.reply.strip())["input_ids"])  # no logprobs, no usage: the reply's text, counted here
     assert calm["values"]["length"] == [reply, reply]
