@@ -27,7 +27,7 @@ from simlab.config import load_settings, simlab_home
 from simlab.engine.open import recorded_server
 from simlab.engine.params import BY_FIELD, SamplingParams
 from simlab.errors import SessionWriteError, SimlabError, needs_local
-from simlab.models.load import classify_spec
+from simlab.models.load import EMBEDDED, classify_spec
 from simlab.persona.library import find
 from simlab.persona.schema import Persona
 from simlab.repl.app import banner, run_interactive, run_script
@@ -107,7 +107,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 f"{BY_FIELD[k].key if k in BY_FIELD else k}={v!r}" for k, v in chosen.items() if v is not None
             )
             chat.note(f"your settings go on: {kept} (a flag, /set or /seed changes them)")
-        return _run(chat, args, interactive, spec)
+        shown = spec if settings.backend == "local" else f"{_served(spec)} at {settings.base_url}"
+        return _run(chat, args, interactive, shown)
     finally:
         if session is not None:
             _close(args, store, session)
@@ -183,6 +184,10 @@ def _start_engine(args: argparse.Namespace, settings, spec: str, background: boo
     engine = pool.submit(load_engine, args, settings, spec, quiet=True)
     pool.shutdown(wait=False)
     return engine
+
+
+def _served(spec: str) -> str:
+    return "the server's model" if spec == EMBEDDED else spec
 
 
 def _new_session(store: SessionStore, persona: Persona, name: str | None) -> Session:

@@ -74,9 +74,9 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
     out.append(("ok", "network", network))
     if settings.backend == "openai":
         try:
-            engine = open_engine(settings)
-            out.append(("ok", "server", f"{settings.base_url} serves {engine.info.name}"))
-            out += _server_tokens(engine)
+            server = open_engine(replace(settings, tokenizer="none"))  # the server, then what counts
+            out.append(("ok", "server", f"{settings.base_url} serves {server.info.name}"))
+            out += _server_tokens(settings, server)
         except SimlabError as exc:
             out.append(("fail", "server", str(exc)))
     if load:
@@ -84,13 +84,27 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
     return out
 
 
-def _server_tokens(engine) -> list[Check]:
-    """What counts the server's tokens and what its context is (engine.tokenizers)."""
-    info, tried = engine.info, "; ".join(engine.tokenizer_tried)
-    if engine.tokenizer is None:
-        tokens = ("warn", "tokens", f"not counted here ({tried or 'none found'}); give --tokenizer ID|FOLDER")
+def _server_tokens(settings, server) -> list[Check]:
+    """What counts the server's tokens (engine.tokenizers) and what its context is."""
+    try:
+        engine = open_engine(settings) if settings.tokenizer != "none" else server
+    except SimlabError as exc:
+        tokens, engine = ("fail", "tokens", f"--tokenizer {settings.tokenizer}: {exc}"), server
     else:
-        tokens = ("ok", "tokens", f"counted by {info.tokenizer}" + (f" ({tried})" if tried else ""))
+        tried = "; ".join(engine.tokenizer_tried)
+        if engine.tokenizer is None:
+            tokens = (
+                "warn",
+                "tokens",
+                f"not counted here ({tried or 'none found'}); give --tokenizer ID|FOLDER",
+            )
+        else:
+            tokens = (
+                "ok",
+                "tokens",
+                f"counted by {engine.info.tokenizer}" + (f" ({tried})" if tried else ""),
+            )
+    info = engine.info
     if info.context_from:
         context = ("ok", "context", f"{info.context_length} tokens (from {info.context_from})")
     else:

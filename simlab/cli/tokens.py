@@ -8,9 +8,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from simlab.cli.common import settings_of
+from simlab.cli.common import say, settings_of
 from simlab.config import Settings
-from simlab.errors import BadInput
+from simlab.errors import EXIT_BAD_INPUT, BadInput, SimlabError
 from simlab.session.views import Style
 
 UNUSED = ("model", "device", "dtype", "weights", "allow_pickle", "concurrency", "tokenizer", "context")
@@ -62,11 +62,21 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     specs = list(dict.fromkeys(args.specs or []))
     if not specs:
         specs = ["server" if settings.backend == "openai" else settings.model]
-    rows = []
+    rows, failed = [], []
     for spec in specs:
-        counter = counter_for(spec, settings, args)
-        pieces = counter.pieces(text)
+        try:
+            counter = counter_for(spec, settings, args)
+            pieces = counter.pieces(text)
+        except SimlabError as exc:  # the others still show; each failure is one line, and exit 2
+            if len(specs) == 1:
+                raise
+            failed.append(f"simlab: -m {spec}: {exc}")
+            continue
         rows.append({"name": spec, "source": counter.source, "count": len(pieces), "pieces": pieces})
+    for line in failed:
+        print(line, file=sys.stderr)
+    if not rows:
+        return EXIT_BAD_INPUT
     if args.json:
         out = {
             "text": text,
@@ -84,9 +94,9 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             ],
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
-        return 0
-    print_side_by_side(text, rows, Style(sys.stdout.isatty()))
-    return 0
+    else:
+        print_side_by_side(text, rows, Style(sys.stdout.isatty()))
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def read_text(args: argparse.Namespace) -> str:
@@ -115,12 +125,19 @@ def counter_for(spec: str, settings: Settings, args: argparse.Namespace):
     from simlab.engine.tokenizers import HFCounter, TiktokenCounter, tiktoken_encoding, tiktoken_name
 
     kind, _, name = spec.partition(":")
+    if not spec.strip():
+        raise BadInput(
+            "-m needs a tokenizer: a model (embedded, a folder, a .gguf, a hub id), tiktoken:NAME or server"
+        )
     if kind == "tiktoken":
-        if not name:
+        import tiktoken
+
+        encoding, known = tiktoken_name(name) or name, tiktoken.list_encoding_names()
+        if encoding not in known:
             raise BadInput(
-                "tiktoken:NAME needs an encoding (cl100k_base) or an OpenAI model name (davinci-002)"
+                f"tiktoken:{name}: not an encoding tiktoken has ({', '.join(known)}) nor an OpenAI "
+                "model name it knows (davinci-002, gpt-4o, ...)"
             )
-        encoding = name if tiktoken_name(name) is None else tiktoken_name(name)
         return TiktokenCounter(tiktoken_encoding(encoding, settings.offline))
     if kind == "server":
         if settings.backend != "openai":
@@ -131,7 +148,7 @@ def counter_for(spec: str, settings: Settings, args: argparse.Namespace):
         return engine.tokenizer
     from simlab.models.load import load_tokenizer
 
-    tokenizer = load_tokenizer(spec, settings, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(spec, settings, trust_remote_code=args.trust_remote_code, progress=say)
     return HFCounter(tokenizer, spec, "the model's own tokenizer")
 
 

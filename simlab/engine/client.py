@@ -3,6 +3,7 @@ and what a /v1/completions answer says (choices, finish reasons, usage, log-prob
 
 from __future__ import annotations
 
+import codecs
 import http.client
 import json
 import os
@@ -235,8 +236,11 @@ def note_server(completion: Completion, data: dict) -> None:
 
 
 def served_tokens(logprobs: Any) -> list[TokenInfo]:
-    """Tokens from the legacy completions logprobs object (tokens, token_logprobs, top_logprobs).
-    Servers give token text, not ids: ids are -1."""
+    """Tokens from the legacy completions logprobs object (tokens, token_logprobs, top_logprobs),
+    or the chat-style one llama.cpp's server sends (content: token, logprob, top_logprobs).
+    Servers give token text; ids are -1 (a server's ids are not this session's token ids)."""
+    if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+        return _content_tokens(logprobs["content"])
     if not isinstance(logprobs, dict) or not isinstance(logprobs.get("tokens"), list):
         return []
     texts = logprobs["tokens"]
@@ -258,4 +262,33 @@ def served_tokens(logprobs: Any) -> list[TokenInfo]:
         )
         alts = tuple((-1, t, lp) for t, lp in sorted(pairs, key=lambda kv: -kv[1]))
         out.append(TokenInfo(-1, str(text), float(value), alts))
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _content_tokens(content: list) -> list[TokenInfo]:
+    """llama.cpp's (and OpenAI chat's) per-token entries; all of them or none are recorded. A token's
+    text is decoded from its bytes where they are given (llama.cpp cuts a token that ends inside a
+    character to its whole characters), so that the tokens still spell the reply."""
+    out = []
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    for entry in content:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("token"), str)
+            or not _number(entry.get("logprob"))
+        ):
+            return []
+        alts = [
+            (-1, a["token"], float(a["logprob"]))
+            for a in entry.get("top_logprobs") or []
+            if isinstance(a, dict) and isinstance(a.get("token"), str) and _number(a.get("logprob"))
+        ]
+        raw = entry.get("bytes")
+        whole = isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw)
+        text = decoder.decode(bytes(raw)) if whole else entry["token"]
+        out.append(TokenInfo(-1, text, float(entry["logprob"]), tuple(sorted(alts, key=lambda a: -a[2]))))
     return out

@@ -109,20 +109,28 @@ class RemoteEngine:
         self.honoured: dict[str, bool] = {}  # what this server was seen to honour: n, logprobs
 
     def _context(self, entry: dict, name: str) -> tuple[int, str]:
-        """The server's context in tokens and who said so: --context, /v1/models (vLLM's
-        max_model_len, llama.cpp's meta.n_ctx), vLLM's /tokenize, OpenAI's published figure."""
+        """The server's context in tokens and who said so: /v1/models (vLLM's max_model_len,
+        llama.cpp's meta.n_ctx), vLLM's /tokenize, OpenAI's published figure; --context when the
+        server says nothing, or when it is smaller (a limit of the user's own)."""
         meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
         said = [
-            (self.config.context, "--context"),
             (entry.get("max_model_len"), "/v1/models"),
             (meta.get("n_ctx"), "/v1/models"),
             (entry.get("context_length") or entry.get("context_window"), "/v1/models"),
             (getattr(self.tokenizer, "context", None), "/tokenize"),
             (OPENAI_CONTEXTS.get(name), "OpenAI's model page"),
         ]
-        for value, where in said:
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value, where
+        server = next(
+            ((v, w) for v, w in said if isinstance(v, int) and not isinstance(v, bool) and v > 0), None
+        )
+        given = self.config.context
+        if given and (server is None or given < server[0]):
+            return given, "--context" + (
+                f", below the server's {server[0]} from {server[1]}" if server else ""
+            )
+        if server is not None:
+            extra = f"; --context {given} is more than it has" if given else ""
+            return server[0], server[1] + extra
         return UNKNOWN_CONTEXT, ""
 
     def learn_context(self, refused: ContextRefused) -> None:
@@ -131,12 +139,10 @@ class RemoteEngine:
         again, saying what would help."""
         limit = refused.limit
         if self.tokenizer is None or not limit or limit >= self.info.context_length:
-            hint = (
-                "; give its context with --context N and a tokenizer (--tokenizer) so that the "
-                "conversation slides to fit"
-                if self.tokenizer is None or not limit
-                else ""
-            )
+            wanted = [] if self.tokenizer is not None else ["a tokenizer (--tokenizer ID|FOLDER)"]
+            if not self.info.context_from and not limit:
+                wanted.append("its context (--context N)")
+            hint = f"; give {' and '.join(wanted)} so that the conversation slides to fit" if wanted else ""
             raise ContextRefused(f"{refused}{hint}", limit) from None
         self.info.context_length, self.info.context_from = limit, "the server's refusal"
 

@@ -295,8 +295,8 @@ def choose(
         tried.append(f"the server has no /tokenize at {client.where.removesuffix('/v1')}")
         if choice == "server":
             raise BadInput(
-                f"--tokenizer server: the server at {client.where} has no /tokenize (vLLM and "
-                "llama.cpp's server have one); give --tokenizer tiktoken or a Hugging Face tokenizer"
+                f"the server at {client.where} has no /tokenize (vLLM and llama.cpp's server have "
+                "one); count with tiktoken or a Hugging Face tokenizer instead"
             )
     if choice == "auto" or choice.startswith("tiktoken"):
         name = choice.partition(":")[2] or tiktoken_name(model)

@@ -72,6 +72,19 @@ def source_file(spec: str) -> Iterator[Path]:
         yield package.assemble(Path(work) / "model.gguf")
 
 
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """A GGUF's tokenizer alone, kept beside the model caches (written whole, or not at all)."""
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        tokenizer.save_pretrained(work)
+        work.rename(folder)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)  # another process won, or the disk is full: use it as is
+
+
 def discard(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -6,9 +6,12 @@ Safe by default: safetensors only (pickle weights can run code when unpickled, s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import socket
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -123,11 +126,11 @@ def load_hub(
     )
 
 
-def _hub_error(spec: str, exc: BaseException, offline: bool) -> Exception:
+def _hub_error(spec: str, exc: BaseException, offline: bool, what: str = "model") -> Exception:
     text = str(exc)
     if "not a valid model identifier" in text or "Repository Not Found" in text:
         return UnknownModelError(
-            f"model {spec!r}: no such model on the Hugging Face hub (check the spelling; "
+            f"{what} {spec!r}: no such model on the Hugging Face hub (check the spelling; "
             "for a gated or private model run `hf auth login`)"
         )
     if "does not appear to have a file named" in text and "safetensors" in text:
@@ -135,11 +138,11 @@ def _hub_error(spec: str, exc: BaseException, offline: bool) -> Exception:
     if offline or "offline" in text.lower() or "couldn't connect" in text or "cached files" in text:
         home = os.environ.get("HF_HOME", "~/.cache/huggingface")
         return ModelUnavailableError(
-            f"model {spec!r} is not in the Hugging Face cache ({home}) and cannot be downloaded "
+            f"{what} {spec!r} is not in the Hugging Face cache ({home}) and cannot be downloaded "
             "(offline or no network); download it once with network, or pass a local folder"
         )
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return ModelUnavailableError(f"model {spec!r} could not be loaded: {first}")
+    return ModelUnavailableError(f"{what} {spec!r} could not be loaded: {first}")
 
 
 def _from_pretrained(
@@ -159,6 +162,7 @@ def _from_pretrained(
     quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    offline = offline or not Path(source).is_dir() and not hub_reachable()  # no minute of retries
     # cache_dir is resolved per call: huggingface_hub reads HF_HOME only once, at import.
     common = {
         "local_files_only": offline,
@@ -197,29 +201,50 @@ def _from_pretrained(
 
 
 def load_tokenizer(
-    source: str, *, spec: str, offline: bool, trust_remote_code: bool, own_cache: bool = False
+    source: str,
+    *,
+    spec: str,
+    offline: bool,
+    trust_remote_code: bool,
+    own_cache: bool = False,
+    gguf_file: str | None = None,
 ):
-    """A model's tokenizer alone (no weights): a folder, or a hub id through the Hugging Face cache,
-    downloading unless offline. For token counts (`--tokenizer`, `simlab tokens`)."""
+    """A model's tokenizer alone (no weights): a folder, a GGUF's metadata, or a hub id through the
+    Hugging Face cache, downloading unless offline. For token counts (`--tokenizer`, `simlab tokens`)."""
     quiet_transformers()
     from transformers import AutoTokenizer
 
     if own_cache:
         return _own_tokenizer(Path(source))
+    offline = offline or not Path(source).is_dir() and not hub_reachable()
     try:
         return AutoTokenizer.from_pretrained(
             source,
             local_files_only=offline,
             trust_remote_code=trust_remote_code,
             cache_dir=str(hf_cache_dir()),
+            **({"gguf_file": gguf_file} if gguf_file else {}),
         )
     except Exception as exc:  # noqa: BLE001 - any failure here is about the files; say which
         if Path(source).is_dir():
             raise ModelUnavailableError(
-                f"tokenizer folder {source} could not be read ({str(exc).strip().splitlines()[0][:200]}); "
-                "it needs tokenizer.json or the tokenizer files of a Hugging Face model"
+                f"tokenizer of {spec} could not be read ({str(exc).strip().splitlines()[0][:200]}); "
+                "give a folder with tokenizer.json (or a Hugging Face model's tokenizer files)"
             ) from None
-        raise _hub_error(spec, exc, offline) from None
+        raise _hub_error(spec, exc, offline, what="tokenizer") from None
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the hub answers at all (3 s): without network, a lookup would retry for a minute."""
+    from huggingface_hub import constants
+
+    host = urllib.parse.urlsplit(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
 
 
 def _own_tokenizer(folder: Path):

@@ -91,10 +91,22 @@ def load_tokenizer(spec: str, settings: Settings, *, trust_remote_code: bool = F
 
     kind = classify_spec(spec)
     if kind in ("embedded", "gguf"):
-        folder, _, _ = gguf.cached_conversion(spec, settings, progress or (lambda _: None))
-        return hub.load_tokenizer(
-            str(folder), spec=spec, offline=True, trust_remote_code=False, own_cache=kind == "embedded"
-        )
+        folder = gguf.cache_folder(spec, settings)
+        marker = gguf.read_marker(folder)
+        if marker and marker.get("format") == gguf.CACHE_FORMAT:  # converted already: its files
+            return hub.load_tokenizer(
+                str(folder), spec=spec, offline=True, trust_remote_code=False, own_cache=kind == "embedded"
+            )
+        kept = folder.with_name("tokenizer-" + folder.name)  # else from the GGUF's metadata, kept
+        if not (kept / "tokenizer.json").is_file():
+            if progress is not None:
+                progress(f"reading the tokenizer from {spec}'s GGUF metadata (once; it is kept)")
+            with gguf.source_file(spec) as path:
+                built = hub.load_tokenizer(
+                    str(path.parent), spec=spec, offline=True, trust_remote_code=False, gguf_file=path.name
+                )
+            gguf.save_tokenizer(built, kept)
+        return hub.load_tokenizer(str(kept), spec=spec, offline=True, trust_remote_code=False)
     source = str(Path(spec).expanduser()) if kind == "folder" else spec
     return hub.load_tokenizer(
         source, spec=spec, offline=settings.offline, trust_remote_code=trust_remote_code

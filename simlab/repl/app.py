@@ -29,7 +29,8 @@ def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> 
         info = chat.engine.info
         where = f"{info.name} on {info.device} ({info.dtype})"
     else:
-        where = f"{model} (loading in the background; type away)"
+        doing = "connecting" if " at http" in model else "loading in the background"
+        where = f"{model} ({doing}; type away)"
     out.write(
         chat.style.dim(
             f"simlab · {where} · persona "

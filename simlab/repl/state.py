@@ -301,6 +301,10 @@ class Chat(Screen):
         except BrokenPipeError:
             replies.run.interrupt()
             self.broken_pipe = True
+        except SimlabError:  # no reply (a server refused it): end the head's line before the error
+            if head is not None and not self.broken_pipe and not any(c.text for c in replies.run.completions):
+                write(self.out, self.style.dim(" [no reply]") + "\n")
+            raise
 
     def _head(self, speaker: str) -> str:
         """What a streamed reply is printed after: the label the prompt ends with (the model writes

@@ -62,10 +62,12 @@ def boundary_lines(chat: Chat, node) -> list[str]:
     """A turn's token boundaries by the tokenizer that counts the server's tokens, without
     probabilities (the server gave none): the text with its tokens told apart, then each token."""
     tokenizer = chat.engine.tokenizer
-    pieces = tokenizer.pieces(node.text)
+    lead = chat.framing.lead() if chat.framing.mode == "simulator" and node.speaker else ""
+    pieces = tokenizer.pieces(lead + node.text)  # as the model read it: after the label's space
     shades = ("36", "35") if chat.style.color else None  # neighbours in two colours
     line = "".join(
-        chat.style.wrap(shades[k % 2], p.text) if shades else f"[{p.text}]" for k, p in enumerate(pieces)
+        chat.style.wrap(shades[k % 2], shown) if shades else f"[{shown}]"
+        for k, shown in enumerate(p.text.replace("\n", "↵") for p in pieces)
     )
     lines = [
         line,

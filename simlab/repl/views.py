@@ -11,10 +11,17 @@ from simlab.repl.state import Chat
 def info_lines(chat: Chat) -> list[str]:
     info, node = chat.engine.info, chat.cursor
     depth, i, n = chat.position()
+    local = chat.engine.capabilities.local
+    if local:
+        where = [
+            f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
+            f"device    {info.device} {info.dtype}"
+            + (f" weights {info.weights}" if info.weights != "float" else ""),
+        ]
+    else:
+        where = [f"model     {info.name} on the server at {info.device}"]
     lines = [
-        f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
-        f"device    {info.device} {info.dtype}"
-        + (f" weights {info.weights}" if info.weights != "float" else ""),
+        *where,
         f"persona   {chat.persona_name()} ({chat.framing.mode}; {chat.framing.user} / {chat.framing.model})",
         f"session   {chat.session.name} ({len(chat.tree.nodes)} nodes) in {chat.store.folder}",
         f"sampling  {params_text(chat)}",
@@ -22,20 +29,21 @@ def info_lines(chat: Chat) -> list[str]:
         + (f" seed {node.seed}" if node.seed is not None else "")
         + (f" finish {node.finish_reason}" if node.finish_reason else ""),
     ]
-    if not chat.engine.capabilities.local:
+    if not local:
         lines += server_lines(chat.engine)
     if chat.last:
         last = chat.last
         lines.append(
             f"last      {last.tokens_per_second:.1f} tok/s, first token {last.first_token_ms:.0f} ms"
         )
+        label = "context  " if local else "used     "
         if context_known(info):
             share = last.context_used / info.context_length
             used = f"{last.context_used} of {info.context_length} tokens"
-            lines.append(f"context   {used} ({share:.0%}) at the last reply")
+            lines.append(f"{label} {used} ({share:.0%}) at the last reply")
         elif last.context_used:
             lines.append(
-                f"context   {last.context_used} tokens at the last reply (the server's context: unknown)"
+                f"{label} {last.context_used} tokens at the last reply (the server's context: unknown)"
             )
     return lines
 

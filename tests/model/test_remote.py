@@ -394,6 +394,25 @@ def test_logprobs_in_the_legacy_format_are_parsed():
     assert tokens[1].top == ((-1, " sky", -0.75), (-1, " sea", -1.25))  # best first
     assert _tokens({"tokens": [" a"], "token_logprobs": [None]}) == []  # partial: not recorded at all
     assert _tokens(None) == [] and _tokens({"tokens": "x"}) == []
+    # llama.cpp's server (tools/server/server-task.cpp): chat-style entries with each token's bytes;
+    # a token that ends inside a character has its text cut to whole characters, its bytes are all there
+    llama = {
+        "content": [
+            {"id": 9, "token": " a", "bytes": [32, 97], "logprob": -0.25,
+             "top_logprobs": [{"id": 9, "token": " a", "bytes": [32, 97], "logprob": -0.25},
+                              {"id": 4, "token": " b", "bytes": [32, 98], "logprob": -2.0}]},
+            {"id": 7, "token": " ", "bytes": [32, 0xF0, 0x9F], "logprob": -1.0, "top_logprobs": []},
+            {"id": 8, "token": "", "bytes": [0x98, 0x80], "logprob": -0.5, "top_logprobs": []},
+        ]
+    }  # fmt: skip
+    tokens = _tokens(llama)
+    assert [(t.id, t.text, t.logprob) for t in tokens] == [
+        (-1, " a", -0.25),
+        (-1, " ", -1.0),
+        (-1, "😀", -0.5),
+    ]
+    assert tokens[0].top == ((-1, " a", -0.25), (-1, " b", -2.0))
+    assert _tokens({"content": [{"token": "x", "logprob": None}]}) == []
 
 
 def test_a_compare_spec_can_name_the_server(capsys, tmp_path, server):

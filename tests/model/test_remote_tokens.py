@@ -60,7 +60,7 @@ def test_without_a_tokenize_endpoint_an_unknown_name_has_no_tokenizer_and_says_w
         assert engine.tokenizer is None and engine.info.context_from == ""
         assert any("no /tokenize" in t for t in engine.tokenizer_tried)
         assert any("tiktoken does not know" in t for t in engine.tokenizer_tried)
-        with pytest.raises(BadInput, match="no /tokenize"):
+        with pytest.raises(BadInput, match="has no /tokenize"):
             RemoteEngine(RemoteConfig(server.url, tokenizer="server"))
 
 
@@ -179,7 +179,7 @@ def test_without_a_tokenizer_the_servers_refusal_says_how_to_slide(capsys, monke
     with TokenizeServer(hf, "plain", context=96, advertise=False) as server:
         code, _, err = chat(capsys, monkeypatch, tmp_path, server.url, TURNS)
     assert code == 2 and "Traceback" not in err
-    assert "maximum context length is 96" in err and "--context N" in err and "--tokenizer" in err
+    assert "maximum context length is 96" in err and "give a tokenizer (--tokenizer ID|FOLDER)" in err
 
 
 # -- simlab tokens ---------------------------------------------------------------------------
@@ -224,7 +224,9 @@ def test_simlab_tokens_side_by_side_and_as_json(capsys, hf, tiny_dir, gpt2_cache
         (["tokens"], "give a text"),
         (["tokens", "x", "--file", "y"], "not both"),
         (["tokens", "--file", "/nonexistent/f.txt"], "no such file"),
-        (["tokens", "x", "-m", "tiktoken:"], "needs an encoding"),
+        (["tokens", "x", "-m", "tiktoken:"], "not an encoding tiktoken has"),
+        (["tokens", "x", "-m", "tiktoken:nonsense-enc"], "not an encoding tiktoken has (gpt2, r50k_base"),
+        (["tokens", "x", "-m", ""], "-m needs a tokenizer"),
         (["tokens", "x", "-m", "server"], "needs --backend openai"),
         (["tokens", "x", "-m", "./no/such/folder"], "no such model folder"),
     ],
@@ -253,5 +255,17 @@ def test_compare_on_a_server_reports_prompt_tokens_and_counts_replies(capsys, tm
         assert variant["prompt_tokens"] == len(hf(prompt)["input_ids"])
     assert calm["prompt_tokens"] < loud["prompt_tokens"]
     assert any("prompt tokens before the first reply" in n and "llama.cpp" in n for n in report["notes"])
-    reply = len(hf(server.reply.strip())["input_ids"])  # no logprobs, no usage: the reply's text, counted here
+    reply = len(
+        hf(server.reply.strip())["input_ids"]
+    )  # no logprobs, no usage: the reply's text, counted here
     assert calm["values"]["length"] == [reply, reply]
+
+
+def test_simlab_tokens_shows_what_it_can_when_one_tokenizer_fails(capsys, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    code, out, err = run_cli(capsys, "tokens", "one two", "-m", tiny_dir, "tiktoken:cl100k_base", "--offline")
+    assert code == 2 and "Traceback" not in err
+    assert out.startswith(str(tiny_dir)) and "6 tokens" in out  # the tokenizer that works still shows
+    assert err.count("\n") == 1 and err.startswith(
+        "simlab: -m tiktoken:cl100k_base: tiktoken's cl100k_base file"
+    )

@@ -79,3 +79,4 @@ def test_a_long_chat_on_it_slides_instead_of_failing(capsys, monkeypatch, tmp_pa
     replies = [n for n in session.tree.nodes.values() if n.origin == "sampled"]
     assert len(replies) == 12 and any(r.window for r in replies)
     assert "counted by the server's /tokenize (llama.cpp)" in out + err
+    assert all(r.logprobs and len(r.backend["tokens"]) == len(r.logprobs) for r in replies)  # its format
