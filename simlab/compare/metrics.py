@@ -57,6 +57,54 @@ def self_bleu(texts: Sequence[Sequence[str]]) -> list[float]:
     return [bleu(t, [o for j, o in enumerate(texts) if j != i]) for i, t in enumerate(texts)]
 
 
+def self_bleu_table(texts: Sequence[Sequence[str]], max_n: int = 4) -> np.ndarray:
+    """(n, n): entry [i, k] is the BLEU of text i against all the other texts but k ([i, i]: against
+    all the others), exactly as `bleu` computes it. Self-BLEU is the mean of the diagonal, and
+    leaving sample k out takes column k without row k: the jackknife needs no recomputation."""
+    n = len(texts)
+    table = np.zeros((n, n))
+    if n < 2:
+        return table
+    lengths = np.array([len(t) for t in texts])
+    log_p = np.zeros((n, n))
+    unmatched = np.zeros((n, n), dtype=bool)
+    for order in range(1, max_n + 1):
+        grams = [Counter(ngrams(t, order)) for t in texts]
+        vocab = {g: j for j, g in enumerate({g for c in grams for g in c})}
+        counts = np.zeros((n, max(len(vocab), 1)), dtype=np.int64)
+        for i, c in enumerate(grams):
+            for g, k in c.items():
+                counts[i, vocab[g]] = k
+        for i in range(n):
+            cols = np.nonzero(counts[i])[0]
+            total = max(1, int(counts[i, cols].sum()))
+            others = counts[:, cols].copy()
+            others[i] = -1  # a text is never its own reference
+            top = np.argsort(-others, axis=0, kind="stable")[:2]  # the two best other texts per n-gram
+            best, second = (
+                others[top[0], np.arange(cols.size)],
+                np.maximum(others[top[1], np.arange(cols.size)], 0),
+            )
+            ref = np.where(top[0][None, :] == np.arange(n)[:, None], second[None, :], best[None, :])  # (n, S)
+            clipped = np.minimum(counts[i, cols][None, :], ref).sum(axis=1)  # (n,) without reference k
+            if order == 1:
+                unmatched[i] = clipped == 0
+            log_p[i] += np.log(np.where(clipped > 0, clipped, 0.1) / total) / max_n
+    for i in range(n):
+        if lengths[i] == 0:
+            continue
+        near = sorted(
+            (j for j in range(n) if j != i), key=lambda j: (abs(lengths[j] - lengths[i]), lengths[j])
+        )
+        closest = np.array([near[1] if near[0] == k and len(near) > 1 else near[0] for k in range(n)])
+        r = lengths[closest]
+        brevity = np.where(lengths[i] > r, 1.0, np.exp(1 - r / lengths[i]))
+        table[i] = np.where(unmatched[i], 0.0, brevity * np.exp(log_p[i]))
+    if n == 2:  # leaving the only reference out leaves none
+        table[0, 1] = table[1, 0] = 0.0
+    return table
+
+
 def corpus_distinct(grams: Sequence[Sequence[tuple[str, ...]]]) -> float:
     """Unique n-grams / all n-grams across a corpus of texts' n-grams (Li et al. 2016): a text's
     repeats of another count against it, as they should for diversity across samples."""

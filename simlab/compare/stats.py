@@ -27,7 +27,7 @@ from simlab.compare.inference import (
     rate,
     studentized_mean,
 )
-from simlab.compare.metrics import bleu, corpus_distinct, ngrams, words
+from simlab.compare.metrics import corpus_distinct, ngrams, self_bleu_table, words
 from simlab.compare.spec import Spec
 from simlab.compare.sweep import VariantRun
 
@@ -145,15 +145,18 @@ def sample_values(samples: list[list[Reply]]) -> dict[str, list[float]]:
 
 def corpus_statistic(samples: list[list[Reply]], key: str) -> Callable[[Any], float]:
     """A corpus metric of the samples an index array picks (with repeats, for the bootstrap)."""
-    if key == "self_bleu":
-        texts = [[words(r.text) for r in replies] for replies in samples]
+    if key == "self_bleu":  # for the jackknife: all samples, or all but one
+        turns = len(samples[0]) if samples else 0
+        tables = [self_bleu_table([words(replies[t].text) for replies in samples]) for t in range(turns)]
+        table = np.mean(tables, axis=0) if tables else np.zeros((0, 0))  # (n, n), mean over turns
 
         def statistic(idx) -> float:
-            turns = len(texts[0]) if texts else 0
-            scores = [
-                bleu(texts[i][t], [texts[j][t] for j in idx if j != i]) for t in range(turns) for i in idx
-            ]
-            return float(np.mean(scores)) if scores and len(idx) > 1 else math.nan
+            kept = list(idx)
+            if len(kept) < 2:
+                return math.nan
+            left_out = sorted(set(range(len(samples))) - set(kept))
+            column = [table[i, i] for i in kept] if not left_out else [table[i, left_out[0]] for i in kept]
+            return float(np.mean(column))
 
         return statistic
     n = 1 if key == "distinct_1" else 2
