@@ -33,7 +33,18 @@ def add_command(commands) -> None:
     cmp.add_argument("spec", nargs="?", help="a compare spec (YAML); or use --personas and --turn")
     cmp.add_argument("--personas", help="comma-separated persona names or files, one variant each")
     cmp.add_argument("--turn", action="append", help="a scripted user turn (repeatable, in order)")
-    cmp.add_argument("--samples", type=int, help="samples per variant (default 8)")
+    cmp.add_argument(
+        "--samples",
+        help="samples per variant (default 8), or auto: sample on until every variant's 95%% interval "
+        "of --metric is at most --width wide (or --max-samples)",
+    )
+    cmp.add_argument("--width", type=float, help="with --samples auto: the widest interval to stop at")
+    cmp.add_argument(
+        "--metric", help="with --samples auto: the metric whose interval decides (default length)"
+    )
+    cmp.add_argument(
+        "--max-samples", type=int, help="with --samples auto: stop here whatever the width (default 200)"
+    )
     cmp.add_argument("--seed", type=int, help="base seed (default 0)")
     cmp.add_argument("--name", help="the sweep's name: session compare-NAME and report files NAME.*")
     cmp.add_argument(
@@ -68,9 +79,22 @@ def spec_from_args(args: argparse.Namespace):
         data["turns"] = args.turn
     if args.model:
         data["model"] = args.model  # the flag wins over the spec's default model
-    for key in ("samples", "seed", "name"):
+    for key in ("seed", "name"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    if args.samples is not None:
+        if args.samples != "auto" and not args.samples.isdigit():
+            raise SimlabError(f"--samples {args.samples!r}: give a whole number, or auto (with --width)")
+        data["samples"] = "auto" if args.samples == "auto" else int(args.samples)
+    until = {
+        k: v
+        for k, v in (("width", args.width), ("metric", args.metric), ("most", args.max_samples))
+        if v is not None
+    }
+    if until and data.get("samples") != "auto":
+        raise SimlabError("--width, --metric and --max-samples go with --samples auto")
+    if until:
+        data["until"] = {**(data.get("until") or {}), **until}
     sampling = {
         BY_FIELD[k].key: v for k, v in sampling_overrides(args).items()
     }  # max_new_tokens -> max_tokens
@@ -81,7 +105,6 @@ def spec_from_args(args: argparse.Namespace):
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from simlab.compare.stats import analyse  # numpy: only when a sweep runs
-    from simlab.compare.sweep import Progress, run_sweep
 
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
     settings = settings_of(args)
@@ -99,26 +122,66 @@ def cmd_compare(args: argparse.Namespace) -> int:
             engines[key] = load_engine(args, settings, key)
         return engines[key]
 
+    with session:
+        notes: list[str] = []
+        while True:
+            runs = _sweep(spec, session, engine_for, tracer)
+            if runs is None:
+                return EXIT_INTERRUPTED
+            if spec.until is None:
+                break
+            more = _more_samples(spec, runs, engine_for, notes)
+            if more is None:
+                break
+            spec = replace(spec, samples=more)
+        say("scoring: cross log-probabilities and next-token divergences ...")
+        analysis = analyse(spec, runs, engine_for, seed=spec.seed)
+        analysis.notes[:0] = notes
+    _write_reports(args, spec, analysis, name)
+    return 0
+
+
+def _sweep(spec, session, engine_for, tracer):
+    """The sweep's samples (those saved, and the rest sampled now); None when it was stopped."""
+    from simlab.compare.sweep import Progress, run_sweep
+
     total = len(spec.variants) * spec.samples * len(spec.turns)
     wait = Waiting("sampling", total, unit="samples")
     progress = Progress(total=total, report=lambda p, what: wait.advance(p.done - wait.done, what))
-    with session:
-        try:
-            with wait:
-                runs = run_sweep(spec, session, engine_for, progress, tracer=tracer)
-        except SweepInterrupted as exc:
-            say(f"simlab compare: {exc} ({progress.done}/{total} samples done)")
-            return EXIT_INTERRUPTED
-        except KeyboardInterrupt:
-            say(
-                f"simlab compare: interrupted; {progress.done}/{total} samples are saved, "
-                "run the same command again to resume"
-            )
-            return EXIT_INTERRUPTED
-        say("scoring: cross log-probabilities and next-token divergences ...")
-        analysis = analyse(spec, runs, engine_for, seed=spec.seed)
-    _write_reports(args, spec, analysis, name)
-    return 0
+    try:
+        with wait:
+            return run_sweep(spec, session, engine_for, progress, tracer=tracer)
+    except SweepInterrupted as exc:
+        say(f"simlab compare: {exc} ({progress.done}/{total} samples done)")
+    except KeyboardInterrupt:
+        say(
+            f"simlab compare: interrupted; {progress.done}/{total} samples are saved, "
+            "run the same command again to resume"
+        )
+    return None
+
+
+def _more_samples(spec, runs, engine_for, notes: list[str]) -> int | None:
+    """`samples: auto`: how many samples the next round needs (from how the widest interval shrinks,
+    as 1/sqrt(n)), or None when every interval is narrow enough or the most is reached."""
+    import math
+
+    from simlab.compare.stats import METRICS, primary
+
+    until, n = spec.until, spec.samples
+    widths = {k: e.high - e.low for k, e in primary(spec, runs, engine_for, until.metric, spec.seed).items()}
+    widest = max((w for w in widths.values() if math.isfinite(w)), default=math.inf)
+    label = METRICS[until.metric][0]
+    say(f"samples: auto: n = {n}, widest {label} interval {widest:.3g} (stop at {until.width:g})")
+    if widest <= until.width or n >= until.most:
+        reached = "every interval is narrow enough" if widest <= until.width else f"the most, {until.most}"
+        notes.append(
+            f"samples: auto stopped at {n} samples per variant ({reached}): the widest 95% interval "
+            f"of {label} is {widest:.3g}, asked {until.width:g}"
+        )
+        return None
+    wanted = n * (widest / until.width) ** 2 * 1.1 if math.isfinite(widest) else 2 * n
+    return int(min(until.most, max(n + 4, min(4 * n, math.ceil(wanted)))))
 
 
 def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) -> None:

@@ -46,9 +46,31 @@ class Spec:
     seed: int = 0
     model: str | None = None
     base_url: str | None = None  # sample from this OpenAI-compatible server (simlab.engine.remote)
+    until: Until | None = None  # samples: auto: sample on until this holds
 
 
-SPEC_KEYS = {"name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url"}
+@dataclass(frozen=True)
+class Until:
+    """`samples: auto`: sample until every variant's 95% interval of `metric` is at most `width` wide,
+    starting at `start` samples and stopping at `most` whatever the width."""
+
+    metric: str = "length"
+    width: float = 0.0
+    most: int = 200
+    start: int = 8
+
+
+AUTO_METRICS = (
+    "length",
+    "logprob",
+    "cut_rate",
+    "eos_rate",
+    "stop_rate",
+    "distinct_1",
+    "distinct_2",
+    "self_bleu",
+)
+SPEC_KEYS = {"name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url", "until"}
 VARIANT_KEYS = {"name", "persona", "frame", "sampling", "model"}
 
 
@@ -89,6 +111,11 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
     if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
         raise SpecError(f"{where('turns')}: turns: give the scripted user turns as a list of texts")
     samples, seed = data.get("samples", 8), data.get("seed", 0)
+    until = _until(data, where) if samples == "auto" else None
+    if until is not None:
+        samples = until.start
+    elif "until" in data:
+        raise SpecError(f"{where('until')}: until: goes with `samples: auto`")
     for key, value, low in (("samples", samples, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SpecError(f"{where(key)}: {key}: must be a whole number >= {low}")
@@ -140,7 +167,33 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
     name = data.get("name", default_name)
     if not isinstance(name, str):
         raise SpecError(f"{where('name')}: name: must be text")
-    return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url)
+    return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url, until)
+
+
+def _until(data: dict, where) -> Until:
+    raw = data.get("until")
+    if not isinstance(raw, dict) or not _number(raw.get("width")) or raw["width"] <= 0:
+        raise SpecError(
+            f"{where('until')}: samples: auto needs `until: {{width: W}}` (the widest 95% interval "
+            "of the metric to stop at), and may say `metric:` (default length) and `most:` (default 200)"
+        )
+    unknown = set(raw) - {"width", "metric", "most", "start"}
+    if unknown:
+        raise SpecError(
+            f"{where('until')}: until: unknown key {sorted(unknown)[0]!r}; use width, metric, most, start"
+        )
+    metric = raw.get("metric", "length")
+    if metric not in AUTO_METRICS:
+        raise SpecError(f"{where('until')}: until: metric {metric!r} is not one of {', '.join(AUTO_METRICS)}")
+    most, start = raw.get("most", 200), raw.get("start", 8)
+    for key, value in (("most", most), ("start", start)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 10_000:
+            raise SpecError(f"{where('until')}: until: {key} must be a whole number from 2 to 10000")
+    return Until(metric, float(raw["width"]), most, min(start, most))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_spec(path: Path | str) -> tuple[Any, dict]:

@@ -164,16 +164,22 @@ def corpus_statistic(samples: list[list[Reply]], key: str) -> Callable[[Any], fl
     return lambda idx: corpus_distinct([g for i in idx for g in grams[i]])
 
 
-def estimates(samples: list[list[Reply]], seed: int) -> dict[str, Estimate]:
-    """Every metric of one variant (or one turn of it) with its interval."""
+def estimates(samples: list[list[Reply]], seed: int, only: str | None = None) -> dict[str, Estimate]:
+    """Every metric of one variant (or one turn of it) with its interval; `only`: just that one."""
     values = sample_values(samples)
     replies = [r for s in samples for r in s]
-    out = {k: studentized_mean(values[k], seed=seed) for k in ("length", "logprob")}
-    for key, reason in (("cut_rate", "length"), ("eos_rate", "eos"), ("stop_rate", "stop")):
-        out[key] = rate(sum(r.finish == reason for r in replies), len(replies))
-    for key in ("distinct_1", "distinct_2"):
-        out[key] = bootstrap_samples(corpus_statistic(samples, key), len(samples), seed=seed)
-    out["self_bleu"] = jackknife(corpus_statistic(samples, "self_bleu"), len(samples))
+    wanted = [only] if only else list(METRICS)
+    out = {}
+    for key in wanted:
+        if key in ("length", "logprob"):
+            out[key] = studentized_mean(values[key], seed=seed)
+        elif key in ("cut_rate", "eos_rate", "stop_rate"):
+            reason = {"cut_rate": "length", "eos_rate": "eos", "stop_rate": "stop"}[key]
+            out[key] = rate(sum(r.finish == reason for r in replies), len(replies))
+        elif key == "self_bleu":
+            out[key] = jackknife(corpus_statistic(samples, key), len(samples))
+        else:
+            out[key] = bootstrap_samples(corpus_statistic(samples, key), len(samples), seed=seed)
     return out
 
 
@@ -208,12 +214,10 @@ def _key(sample, spec: Spec, i: int) -> int:
     return seed - spec.seed if isinstance(seed, int) else i
 
 
-def analyse(
-    spec: Spec,
-    runs: list[VariantRun],
-    engine_for: Callable[[str | None], Any] | None = None,
-    seed: int = 0,
-) -> Analysis:
+def read_runs(
+    spec: Spec, runs: list[VariantRun], engine_for
+) -> tuple[list[int], dict[str, list[list[Reply]]]]:
+    """The samples every variant completed (by seed), and each variant's replies read as Replies."""
     keep = paired_samples(runs, spec)
     read = {}
     for run in runs:
@@ -224,6 +228,24 @@ def analyse(
         lead = run.variant.persona.framing().lead() if run.variant.persona.mode == "simulator" else ""
         by_key = {_key(s, spec, i): s for i, s in enumerate(run.samples)}
         read[run.variant.name] = [[read_reply(n, lead, decode, count) for n in by_key[k]] for k in keep]
+    return keep, read
+
+
+def primary(
+    spec: Spec, runs: list[VariantRun], engine_for, metric: str, seed: int = 0
+) -> dict[str, Estimate]:
+    """One metric's estimate per variant (for `samples: auto`)."""
+    _, read = read_runs(spec, runs, engine_for)
+    return {name: estimates(samples, seed, only=metric)[metric] for name, samples in read.items()}
+
+
+def analyse(
+    spec: Spec,
+    runs: list[VariantRun],
+    engine_for: Callable[[str | None], Any] | None = None,
+    seed: int = 0,
+) -> Analysis:
+    keep, read = read_runs(spec, runs, engine_for)
     stats = [_variant(run, read[run.variant.name], spec, seed) for run in runs]
     base = read[runs[0].variant.name] if runs else []
     diffs = {run.variant.name: differences(base, read[run.variant.name], seed) for run in runs[1:]}

@@ -266,3 +266,45 @@ def test_sigterm_stops_a_sweep_that_a_rerun_resumes(tmp_path, personas, tiny_dir
     assert (
         len(seeds) == len(set(seeds)) == 3 * 60 * 2
     )  # 3 variants x 60 samples x 2 turns, each once: nothing lost, nothing twice
+
+
+def test_samples_auto_samples_on_until_the_interval_is_narrow_enough(
+    tmp_path, personas, tiny_dir, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    a, b = personas
+    argv = [
+        "compare",
+        "--personas",
+        f"{a},{b}",
+        "--turn",
+        "hi",
+        "--max-tokens",
+        "4",
+        "--model",
+        str(tiny_dir),
+    ]
+    argv += ["--json", "--name", "auto", "--samples", "auto", "--metric", "logprob"]
+    code = main([*argv, "--width", "50"])  # any interval is narrower: the first round is enough
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["samples"] == 8 and "every interval is narrow enough" in data["notes"][0]
+    code = main([*argv, "--width", "0.0001", "--max-samples", "13"])  # never narrow enough: up to the most
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["samples"] == 13 and "the most, 13" in data["notes"][0]
+    assert all(len(v["values"]["logprob"]) == 13 for v in data["variants"])
+    assert "samples: auto: n = 8" in err and "samples: auto: n = 13" in err
+    tree = SessionStore(tmp_path / "sessions").open("compare-auto", read_only=True).tree
+    assert (
+        sum(n.role == "model" and n.seed is not None for n in tree.nodes.values()) == 2 * 13
+    )  # kept, extended
+    bad_flags = (
+        (["--samples", "auto"], "needs `until: {width: W}`"),
+        (["--width", "3"], "go with --samples auto"),
+        (["--samples", "lots"], "give a whole number, or auto"),
+    )
+    for bad, needle in bad_flags:
+        assert main([*argv[:-4], *bad]) == 2 and needle in capsys.readouterr().err
