@@ -120,8 +120,8 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
 
 
 INTERVALS = (
-    "length, logprob: studentized bootstrap over samples; rates: Clopper-Pearson over replies; "
-    "distinct-n: bootstrap over samples; self-BLEU: jackknife"
+    "length, logprob: studentized bootstrap over samples (t-interval below 8); rates: Clopper-Pearson "
+    "over replies; distinct-n, self-BLEU: jackknife over samples"
 )
 
 

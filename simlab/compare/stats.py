@@ -19,7 +19,6 @@ import numpy as np
 
 from simlab.compare.inference import (
     Estimate,
-    bootstrap_samples,
     detectable_dz,
     holm,
     jackknife,
@@ -178,8 +177,8 @@ def estimates(samples: list[list[Reply]], seed: int, only: str | None = None) ->
             out[key] = rate(sum(r.finish == reason for r in replies), len(replies))
         elif key == "self_bleu":
             out[key] = jackknife(corpus_statistic(samples, key), len(samples))
-        else:
-            out[key] = bootstrap_samples(corpus_statistic(samples, key), len(samples), seed=seed)
+        else:  # distinct-n
+            out[key] = jackknife(corpus_statistic(samples, key), len(samples))
     return out
 
 

@@ -7,10 +7,10 @@ import pytest
 from scipy import stats
 
 from simlab.compare.inference import (
-    bootstrap_samples,
     detectable_dz,
     holm,
     jackknife,
+    newcombe_paired,
     paired,
     permutation_p,
     rate,
@@ -75,10 +75,31 @@ def test_jackknife_of_the_mean_is_the_t_interval():
     assert (e.low, e.high) == (pytest.approx(t.low), pytest.approx(t.high))
 
 
-def test_bootstrap_over_samples_recomputes_the_statistic():
-    x = np.array([1.0, 2, 3, 4, 5, 6])
-    e = bootstrap_samples(lambda idx: float(np.median(x[idx])), len(x), rounds=500)
-    assert e.mean == 3.5 and e.low < 3.5 < e.high
+def test_paired_0_1_values_get_newcombes_interval_which_holds_its_coverage():
+    x = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 0], dtype=float)
+    y = np.array([1, 0, 0, 0, 0, 0, 0, 0, 1, 0], dtype=float)
+    e = paired(x, y)
+    assert e.method.startswith("paired, Newcombe") and e.mean == pytest.approx(-0.2)
+    assert -1 <= e.low < e.mean < e.high <= 1
+    # coverage: 1,000 experiments of 20 correlated pairs, true difference 0.2
+    rng = np.random.default_rng(5)
+    hits = 0
+    for _ in range(1000):
+        base = rng.random(20) < 0.3
+        other = np.where(rng.random(20) < 0.6, base, rng.random(20) < 0.5)  # P(other) = 0.6*0.3 + 0.4*0.5
+        e = newcombe_paired(base.astype(float), other.astype(float))
+        hits += e.low <= (0.6 * 0.3 + 0.4 * 0.5) - 0.3 <= e.high
+    assert 0.93 <= hits / 1000 <= 0.98
+
+
+def test_below_8_values_the_mean_gets_the_t_interval():
+    x = np.array([3.0, 9.0, 4.0, 5.0])
+    e = studentized_mean(x)
+    t = stats.ttest_1samp(x, 0).confidence_interval()
+    assert e.method.startswith("t-interval") and (e.low, e.high) == (
+        pytest.approx(t.low),
+        pytest.approx(t.high),
+    )
 
 
 def test_a_constant_sample_and_tiny_samples_do_not_break():
