@@ -210,7 +210,12 @@ def detectable_dz(n: int, power: float = 0.8, alpha: float = ALPHA) -> float:
     return math.inf
 
 
-def jackknife(statistic: Callable[[list[int]], float], n: int, level: float = LEVEL) -> Estimate:
+def jackknife(
+    statistic: Callable[[list[int]], float],
+    n: int,
+    level: float = LEVEL,
+    bounds: tuple[float, float] | None = None,
+) -> Estimate:
     """A statistic of n samples (given the indices kept) with its jackknife interval: the
     leave-one-out standard error and a t quantile with n - 1 degrees of freedom."""
     whole = statistic(list(range(n)))
@@ -219,7 +224,10 @@ def jackknife(statistic: Callable[[list[int]], float], n: int, level: float = LE
     leave = np.array([statistic([j for j in range(n) if j != i]) for i in range(n)])
     se = math.sqrt((n - 1) / n * float(((leave - leave.mean()) ** 2).sum()))
     h = stats.t.ppf(1 - (1 - level) / 2, n - 1) * se
+    low, high = whole - h, whole + h
+    if bounds is not None:  # a share cannot leave [0, 1]: the interval is cut there (said in its method)
+        low, high = max(low, bounds[0]), min(high, bounds[1])
     extra = {"se": se}
     if se > 0:
         extra["p"] = float(2 * stats.t.sf(abs(whole) / se, n - 1))
-    return Estimate(whole, whole - h, whole + h, n, "jackknife", extra)
+    return Estimate(whole, float(low), float(high), n, "jackknife", extra)

@@ -175,10 +175,8 @@ def estimates(samples: list[list[Reply]], seed: int, only: str | None = None) ->
         elif key in ("cut_rate", "eos_rate", "stop_rate"):
             reason = {"cut_rate": "length", "eos_rate": "eos", "stop_rate": "stop"}[key]
             out[key] = rate(sum(r.finish == reason for r in replies), len(replies))
-        elif key == "self_bleu":
-            out[key] = jackknife(corpus_statistic(samples, key), len(samples))
-        else:  # distinct-n
-            out[key] = jackknife(corpus_statistic(samples, key), len(samples))
+        else:  # distinct-n, self-BLEU: shares, within [0, 1]
+            out[key] = jackknife(corpus_statistic(samples, key), len(samples), bounds=(0.0, 1.0))
     return out
 
 
@@ -189,7 +187,7 @@ def differences(base: list[list[Reply]], other: list[list[Reply]], seed: int) ->
     n = min(len(base), len(other))
     for key in CORPUS:
         first, second = corpus_statistic(base[:n], key), corpus_statistic(other[:n], key)
-        out[key] = jackknife(lambda idx, f=first, g=second: g(idx) - f(idx), n)
+        out[key] = jackknife(lambda idx, f=first, g=second: g(idx) - f(idx), n, bounds=(-1.0, 1.0))
         out[key] = Estimate(*_fields(out[key], "paired " + out[key].method))
     for key in ("cut_rate", "eos_rate"):  # no variation on either side: nothing to test
         if len(set(a[key][:n] + b[key][:n])) == 1:
@@ -246,6 +244,9 @@ def analyse(
 ) -> Analysis:
     keep, read = read_runs(spec, runs, engine_for)
     stats = [_variant(run, read[run.variant.name], spec, seed) for run in runs]
+    if engine_for is not None:  # the model each ran on, by the name it has here
+        for v, run in zip(stats, runs):
+            v.model = engine_for(run.variant.model or spec.model).info.spec
     base = read[runs[0].variant.name] if runs else []
     diffs = {run.variant.name: differences(base, read[run.variant.name], seed) for run in runs[1:]}
     analysis = Analysis(spec, stats, diffs, pairs=len(keep))
