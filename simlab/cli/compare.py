@@ -40,7 +40,9 @@ def add_command(commands) -> None:
     )
     cmp.add_argument("--width", type=float, help="with --samples auto: the widest interval to stop at")
     cmp.add_argument(
-        "--metric", help="with --samples auto: the metric whose interval decides (default length)"
+        "--metric",
+        help="with --samples auto: the metric whose interval decides: length (default), logprob, cut, eos, "
+        "stop, distinct-1, distinct-2, self-BLEU",
     )
     cmp.add_argument(
         "--max-samples", type=int, help="with --samples auto: stop here whatever the width (default 200)"
@@ -83,8 +85,8 @@ def spec_from_args(args: argparse.Namespace):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     if args.samples is not None:
-        if args.samples != "auto" and not args.samples.isdigit():
-            raise SimlabError(f"--samples {args.samples!r}: give a whole number, or auto (with --width)")
+        if args.samples != "auto" and not (args.samples.isdigit() and int(args.samples) >= 1):
+            raise SimlabError(f"--samples {args.samples!r}: give a whole number >= 1, or auto (with --width)")
         data["samples"] = "auto" if args.samples == "auto" else int(args.samples)
     until = {
         k: v

@@ -73,7 +73,11 @@ def _clean(values: Sequence[float]) -> np.ndarray:
 
 
 def studentized_mean(
-    values: Sequence[float], rounds: int = ROUNDS, seed: int = 0, level: float = LEVEL
+    values: Sequence[float],
+    rounds: int = ROUNDS,
+    seed: int = 0,
+    level: float = LEVEL,
+    floor: float = -math.inf,
 ) -> Estimate:
     """The mean and its studentized bootstrap interval: the quantiles of (mean* - mean) / se*
     over resamples (those with any spread), scaled by the sample's own standard error. Below
@@ -91,7 +95,7 @@ def studentized_mean(
         return Estimate(mean, mean, mean, n, "all values equal")
     if n < MIN_BOOTSTRAP:
         h = float(stats.t.ppf(1 - (1 - level) / 2, n - 1)) * se
-        return Estimate(mean, mean - h, mean + h, n, f"t-interval (n < {MIN_BOOTSTRAP})")
+        return Estimate(mean, max(floor, mean - h), mean + h, n, f"t-interval (n < {MIN_BOOTSTRAP})")
     rng = np.random.default_rng(seed)
     resampled = x[rng.integers(0, n, (rounds, n))]  # (rounds, n)
     se_star = resampled.std(axis=1, ddof=1) / math.sqrt(n)
@@ -99,13 +103,8 @@ def studentized_mean(
     t = (resampled.mean(axis=1)[spread] - mean) / se_star[spread]
     tail = (1 - level) / 2
     t_low, t_high = np.quantile(t, [tail, 1 - tail])
-    return Estimate(
-        mean,
-        float(mean - t_high * se),
-        float(mean - t_low * se),
-        n,
-        f"studentized bootstrap, {rounds} rounds",
-    )
+    low, high = max(floor, float(mean - t_high * se)), float(mean - t_low * se)  # floor: a length is >= 0
+    return Estimate(mean, low, high, n, f"studentized bootstrap, {rounds} rounds")
 
 
 def rate(k: int, n: int, level: float = LEVEL) -> Estimate:

@@ -57,52 +57,110 @@ def self_bleu(texts: Sequence[Sequence[str]]) -> list[float]:
     return [bleu(t, [o for j, o in enumerate(texts) if j != i]) for i, t in enumerate(texts)]
 
 
-def self_bleu_table(texts: Sequence[Sequence[str]], max_n: int = 4) -> np.ndarray:
+def self_bleu_table(texts: Sequence[Sequence[str]], max_n: int = 4, full: bool = True) -> np.ndarray:
     """(n, n): entry [i, k] is the BLEU of text i against all the other texts but k ([i, i]: against
     all the others), exactly as `bleu` computes it. Self-BLEU is the mean of the diagonal, and
-    leaving sample k out takes column k without row k: the jackknife needs no recomputation."""
-    n = len(texts)
-    table = np.zeros((n, n))
-    if n < 2:
-        return table
-    lengths = np.array([len(t) for t in texts])
-    log_p = np.zeros((n, n))
-    unmatched = np.zeros((n, n), dtype=bool)
-    for order in range(1, max_n + 1):
-        grams = [Counter(ngrams(t, order)) for t in texts]
-        vocab = {g: j for j, g in enumerate({g for c in grams for g in c})}
-        counts = np.zeros((n, max(len(vocab), 1)), dtype=np.int64)
-        for i, c in enumerate(grams):
-            for g, k in c.items():
-                counts[i, vocab[g]] = k
+    leaving sample k out takes column k without row k: the jackknife needs no recomputation.
+    `full=False`: the diagonal alone, (n,)."""
+    return SelfBleu(texts, max_n).table(range(len(texts)), full)
+
+
+class SelfBleu:
+    """The n-gram counts of a pool of texts, counted once, and the self-BLEU table of any subset
+    of them (`rows`): a permutation test regroups the same texts many times."""
+
+    def __init__(self, texts: Sequence[Sequence[str]], max_n: int = 4):
+        self.max_n = max_n
+        self.lengths = np.array([len(t) for t in texts])
+        self.counts = []
+        for order in range(1, max_n + 1):
+            grams = [Counter(ngrams(t, order)) for t in texts]
+            vocab = {g: j for j, g in enumerate({g for c in grams for g in c})}
+            counts = np.zeros((len(texts), max(len(vocab), 1)), dtype=np.int64)
+            for i, c in enumerate(grams):
+                for g, k in c.items():
+                    counts[i, vocab[g]] = k
+            self.counts.append(counts)
+
+    def table(self, rows, full: bool = True) -> np.ndarray:
+        rows = np.asarray(list(rows), dtype=int)
+        n = rows.size
+        if n < 2:
+            return np.zeros((n, n)) if full else np.zeros(n)
+        if not full:
+            return self._diagonal(rows)
+        left = np.arange(n)[:, None] if full else None  # the left-out text of each column
+        shape = (n, n) if full else (n, 1)
+        log_p, unmatched = np.zeros(shape), np.zeros(shape, dtype=bool)
+        for order, pool in enumerate(self.counts, 1):
+            counts = np.vstack(
+                [pool[rows], np.zeros((2, pool.shape[1]), dtype=np.int64)]
+            )  # 2 rows of padding
+            top = np.argsort(-counts, axis=0, kind="stable")[:3]  # the three texts with most of each n-gram
+            best = np.take_along_axis(counts, top, axis=0)
+            for i in range(n):
+                cols = np.nonzero(counts[i])[0]
+                who, many = top[:, cols], best[:, cols]  # (3, S)
+                out = left if full else np.array([[i]])
+                first = (who[0] != i) & (who[0] != out)  # (K, S): the best text that is neither i nor k
+                second = (who[1] != i) & (who[1] != out)
+                ref = np.where(first, many[0], np.where(second, many[1], many[2]))
+                clipped = np.minimum(counts[i, cols][None, :], ref).sum(axis=1)  # (K,)
+                if order == 1:
+                    unmatched[i] = clipped == 0
+                total = max(1, int(counts[i, cols].sum()))
+                log_p[i] += np.log(np.where(clipped > 0, clipped, 0.1) / total) / self.max_n
+        lengths = self.lengths[rows]
+        table = np.zeros(shape)
         for i in range(n):
-            cols = np.nonzero(counts[i])[0]
-            total = max(1, int(counts[i, cols].sum()))
-            others = counts[:, cols].copy()
-            others[i] = -1  # a text is never its own reference
-            top = np.argsort(-others, axis=0, kind="stable")[:2]  # the two best other texts per n-gram
-            best, second = (
-                others[top[0], np.arange(cols.size)],
-                np.maximum(others[top[1], np.arange(cols.size)], 0),
+            if lengths[i] == 0:
+                continue
+            near = sorted(
+                (j for j in range(n) if j != i), key=lambda j: (abs(lengths[j] - lengths[i]), lengths[j])
             )
-            ref = np.where(top[0][None, :] == np.arange(n)[:, None], second[None, :], best[None, :])  # (n, S)
-            clipped = np.minimum(counts[i, cols][None, :], ref).sum(axis=1)  # (n,) without reference k
+            if full:
+                closest = np.array([near[1] if near[0] == k and len(near) > 1 else near[0] for k in range(n)])
+            else:
+                closest = np.array([near[0]])
+            r = lengths[closest]
+            brevity = np.where(lengths[i] > r, 1.0, np.exp(1 - r / lengths[i]))
+            table[i] = np.where(unmatched[i], 0.0, brevity * np.exp(log_p[i]))
+        if not full:
+            return table[:, 0]
+        if n == 2:  # leaving the only reference out leaves none
+            table[0, 1] = table[1, 0] = 0.0
+        return table
+
+    def _diagonal(self, rows: np.ndarray) -> np.ndarray:
+        """Each text's BLEU against all the others, vectorized over the texts (no loop per text)."""
+        n = rows.size
+        mine = np.arange(n)[:, None]
+        log_p, unmatched = np.zeros(n), np.zeros(n, dtype=bool)
+        for order, pool in enumerate(self.counts, 1):
+            counts = pool[rows]
+            counts = counts[:, counts.any(axis=0)]  # (n, G): the n-grams these texts have
+            if counts.shape[1] == 0:
+                clipped, total = np.zeros(n), np.ones(n)
+            else:
+                first = counts.argmax(axis=0)  # the text with most of each n-gram, and the runner-up count
+                best = counts[first, np.arange(counts.shape[1])]
+                rest = counts.copy()
+                rest[first, np.arange(counts.shape[1])] = -1
+                runner = np.maximum(rest.max(axis=0), 0)
+                ref = np.where(first[None, :] == mine, runner[None, :], best[None, :])  # without text i
+                clipped = np.minimum(counts, ref).sum(axis=1)
+                total = np.maximum(1, counts.sum(axis=1))
             if order == 1:
-                unmatched[i] = clipped == 0
-            log_p[i] += np.log(np.where(clipped > 0, clipped, 0.1) / total) / max_n
-    for i in range(n):
-        if lengths[i] == 0:
-            continue
-        near = sorted(
-            (j for j in range(n) if j != i), key=lambda j: (abs(lengths[j] - lengths[i]), lengths[j])
-        )
-        closest = np.array([near[1] if near[0] == k and len(near) > 1 else near[0] for k in range(n)])
-        r = lengths[closest]
-        brevity = np.where(lengths[i] > r, 1.0, np.exp(1 - r / lengths[i]))
-        table[i] = np.where(unmatched[i], 0.0, brevity * np.exp(log_p[i]))
-    if n == 2:  # leaving the only reference out leaves none
-        table[0, 1] = table[1, 0] = 0.0
-    return table
+                unmatched = clipped == 0
+            log_p += np.log(np.where(clipped > 0, clipped, 0.1) / total) / self.max_n
+        lengths = self.lengths[rows]
+        distance = np.abs(lengths[None, :] - lengths[:, None]).astype(float)
+        key = distance * (lengths.max() + 1) + lengths[None, :]  # nearest, then shorter (as nltk)
+        np.fill_diagonal(key, np.inf)
+        r = lengths[key.argmin(axis=1)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            brevity = np.where(lengths > r, 1.0, np.exp(1 - r / np.maximum(lengths, 1)))
+        return np.where(unmatched | (lengths == 0), 0.0, brevity * np.exp(log_p))
 
 
 def corpus_distinct(grams: Sequence[Sequence[tuple[str, ...]]]) -> float:

@@ -11,21 +11,26 @@ from simlab.compare.inference import Estimate
 from simlab.compare.stats import METRICS, Analysis
 
 
-def _fmt(e: Estimate, digits: int = 2) -> str:
+def _fmt(e: Estimate, digits: int = 2, of: int | None = None, key: str = "") -> str:
     if e.n == 0 or math.isnan(e.mean):
         return "–"
     if math.isnan(e.low):
-        return f"{e.mean:.{digits}f}"
-    return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+        return f"{e.mean:.{digits}f}" + _fewer(e, of, key)
+    return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]" + _fewer(e, of, key)
 
 
-def _diff(e: Estimate, digits: int = 2) -> str:
+def _diff(e: Estimate, digits: int = 2, of: int | None = None, key: str = "") -> str:
     if e.n == 0 or math.isnan(e.mean):
         return "–"
     mark = " *" if e.significant else ""
     if math.isnan(e.low):
-        return f"{e.mean:+.{digits}f}{mark}"
-    return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]{mark}"
+        return f"{e.mean:+.{digits}f}{mark}" + _fewer(e, of, key)
+    return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]{mark}" + _fewer(e, of, key)
+
+
+def _fewer(e: Estimate, of: int | None, key: str) -> str:
+    """A mean over fewer samples than the table's n (cut replies have no length): its own n."""
+    return f" n={e.n}" if of is not None and key in ("length", "logprob") and e.n != of else ""
 
 
 def _p(value: float | None) -> str:
@@ -50,12 +55,15 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table in the report."""
     out = []
     header = ["variant", "n"] + [METRICS[k][0] for k in METRICS]
-    rows = [[v.name, str(v.samples)] + [_fmt(v.estimates[k]) for k in METRICS] for v in a.variants]
+    rows = [
+        [v.name, str(v.samples)] + [_fmt(v.estimates[k], of=v.samples, key=k) for k in METRICS]
+        for v in a.variants
+    ]
     out.append((f"Per variant: mean [95% interval] ({INTERVALS})", header, rows))
     if a.differences:
         base = a.variants[0].name
         rows = [
-            [name, str(a.pairs)] + [_diff(d[k]) for k in METRICS if k != "stop_rate"]
+            [name, str(a.pairs)] + [_diff(d[k], of=a.pairs, key=k) for k in METRICS if k != "stop_rate"]
             for name, d in a.differences.items()
         ]
         out.append(
@@ -77,9 +85,10 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
         zip(*(v.turns for v in a.variants)) if a.variants and a.variants[0].turns else []
     ):
         rows = [
-            [v.name, str(v.samples)] + [_fmt(e[k]) for k in METRICS] for v, e in zip(a.variants, per_turn)
+            [v.name, str(v.samples)] + [_fmt(e[k], of=v.samples, key=k) for k in METRICS]
+            for v, e in zip(a.variants, per_turn)
         ]
-        out.append((f"Turn {t + 1}: {a.spec.turns[t]}", header, rows))
+        out.append((f"Turn {t + 1} alone, per variant: {a.spec.turns[t]}", header, rows))
     rows = [[v.name, v.persona, v.model] + [_param(v.params.get(k)) for k in PARAMS] for v in a.variants]
     out.append(("Sampling parameters each variant ran with", ["variant", "persona", "model", *PARAMS], rows))
     if a.cross_logprob:
@@ -203,7 +212,8 @@ def markdown(a: Analysis) -> str:
         lines += [f"## {title}", "", "| " + " | ".join(cells) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         lines.append("")
-    lines += [f"> {n}" for n in a.notes]
+    for n in a.notes:
+        lines += [f"> {n}", ""]
     first = first_tokens(a)
     if first:
         lines += ["## Most likely first tokens", "", *[f"- {line.split(': ', 1)[1]}" for line in first], ""]

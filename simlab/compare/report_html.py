@@ -35,6 +35,9 @@ def _plot(a: Analysis, key: str) -> str:
     rate = set(all_values) <= {0.0, 1.0}
     if rate:
         lo, hi = 0.0, 1.0
+    else:  # the axis holds every interval too
+        bounds = [b for v in a.variants for b in (v.estimates[key].low, v.estimates[key].high) if b == b]
+        lo, hi = min([lo, *bounds]), max([hi, *bounds])
     width, row, left = 360, 26, 110
     height = row * len(a.variants) + 40
 
@@ -64,7 +67,7 @@ def _plot(a: Analysis, key: str) -> str:
                 f'fill="{color}" fill-opacity="0.6"/>'
             )
         elif not rate:
-            for value in v.values[key]:
+            for value in (x for x in v.values[key] if x == x):  # a cut reply has no length: no dot
                 parts.append(
                     f'<circle cx="{x(value):.1f}" cy="{y}" r="3" fill="{color}" fill-opacity="0.45"/>'
                 )

@@ -60,16 +60,17 @@ class Until:
     start: int = 8
 
 
-AUTO_METRICS = (
-    "length",
-    "logprob",
-    "cut_rate",
-    "eos_rate",
-    "stop_rate",
-    "distinct_1",
-    "distinct_2",
-    "self_bleu",
-)
+AUTO_LABELS = {  # the tables' labels -> the metrics' keys (the keys are accepted too)
+    "length": "length",
+    "logprob": "logprob",
+    "cut": "cut_rate",
+    "eos": "eos_rate",
+    "stop": "stop_rate",
+    "distinct-1": "distinct_1",
+    "distinct-2": "distinct_2",
+    "self-bleu": "self_bleu",
+}
+AUTO_METRICS = tuple(AUTO_LABELS.values())
 SPEC_KEYS = {"name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url", "until"}
 VARIANT_KEYS = {"name", "persona", "frame", "sampling", "model"}
 
@@ -172,7 +173,11 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
 
 def _until(data: dict, where) -> Until:
     raw = data.get("until")
-    if not isinstance(raw, dict) or not _number(raw.get("width")) or raw["width"] <= 0:
+    if isinstance(raw, dict) and _number(raw.get("width")) and raw["width"] <= 0:
+        raise SpecError(
+            f"{where('until')}: until: width must be more than 0 (the widest interval to stop at)"
+        )
+    if not isinstance(raw, dict) or not _number(raw.get("width")):
         raise SpecError(
             f"{where('until')}: samples: auto needs `until: {{width: W}}` (the widest 95% interval "
             "of the metric to stop at), and may say `metric:` (default length) and `most:` (default 200)"
@@ -183,8 +188,11 @@ def _until(data: dict, where) -> Until:
             f"{where('until')}: until: unknown key {sorted(unknown)[0]!r}; use width, metric, most, start"
         )
     metric = raw.get("metric", "length")
+    metric = AUTO_LABELS.get(metric.lower(), metric) if isinstance(metric, str) else metric
     if metric not in AUTO_METRICS:
-        raise SpecError(f"{where('until')}: until: metric {metric!r} is not one of {', '.join(AUTO_METRICS)}")
+        raise SpecError(
+            f"{where('until')}: until: metric {raw.get('metric')!r} is not one of {', '.join(AUTO_LABELS)}"
+        )
     most, start = raw.get("most", 200), raw.get("start", 8)
     for key, value in (("most", most), ("start", start)):
         if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 10_000:

@@ -26,7 +26,7 @@ from simlab.compare.inference import (
     rate,
     studentized_mean,
 )
-from simlab.compare.metrics import corpus_distinct, ngrams, self_bleu_table, words
+from simlab.compare.metrics import SelfBleu, corpus_distinct, ngrams, self_bleu_table, words
 from simlab.compare.spec import Spec
 from simlab.compare.sweep import VariantRun
 
@@ -34,7 +34,8 @@ METRICS = {  # key: (label, what it means)
     "length": ("length", "tokens of the reply's own text (not the stop string), over replies not cut"),
     "logprob": (
         "logprob",
-        "mean log-probability of the reply's own tokens under the model that sampled it (nats)",
+        "mean log-probability of the reply's own tokens under the model that sampled it, at temperature 1 "
+        "before the sampling filters (nats)",
     ),
     "distinct_1": (
         "distinct-1",
@@ -158,9 +159,13 @@ def corpus_statistic(samples: list[list[Reply]], key: str) -> Callable[[Any], fl
             return float(np.mean(column))
 
         return statistic
-    n = 1 if key == "distinct_1" else 2
-    grams = [[g for r in replies for g in [ngrams(words(r.text), n)]] for replies in samples]
+    grams = corpus_grams(samples, 1 if key == "distinct_1" else 2)
     return lambda idx: corpus_distinct([g for i in idx for g in grams[i]])
+
+
+def corpus_grams(samples: list[list[Reply]], n: int) -> list[list[list[tuple[str, ...]]]]:
+    """Per sample, per reply, its word n-grams (n-grams never span two replies)."""
+    return [[ngrams(words(r.text), n) for r in replies] for replies in samples]
 
 
 def estimates(samples: list[list[Reply]], seed: int, only: str | None = None) -> dict[str, Estimate]:
@@ -171,7 +176,7 @@ def estimates(samples: list[list[Reply]], seed: int, only: str | None = None) ->
     out = {}
     for key in wanted:
         if key in ("length", "logprob"):
-            out[key] = studentized_mean(values[key], seed=seed)
+            out[key] = studentized_mean(values[key], seed=seed, floor=0.0 if key == "length" else -math.inf)
         elif key in ("cut_rate", "eos_rate", "stop_rate"):
             reason = {"cut_rate": "length", "eos_rate": "eos", "stop_rate": "stop"}[key]
             out[key] = rate(sum(r.finish == reason for r in replies), len(replies))
@@ -187,8 +192,14 @@ def differences(base: list[list[Reply]], other: list[list[Reply]], seed: int) ->
     n = min(len(base), len(other))
     for key in CORPUS:
         first, second = corpus_statistic(base[:n], key), corpus_statistic(other[:n], key)
-        out[key] = jackknife(lambda idx, f=first, g=second: g(idx) - f(idx), n, bounds=(-1.0, 1.0))
-        out[key] = Estimate(*_fields(out[key], "paired " + out[key].method))
+        e = jackknife(lambda idx, f=first, g=second: g(idx) - f(idx), n, bounds=(-1.0, 1.0))
+        extra = {**e.extra, "pairs": n}
+        if n > 1:
+            extra["p"] = corpus_permutation_p(base[:n], other[:n], key, seed)
+        method = (
+            f"paired jackknife interval, permutation test ({'exact' if 2**n <= PERMUTATIONS else 'random'})"
+        )
+        out[key] = Estimate(e.mean, e.low, e.high, n, method, extra)
     for key in ("cut_rate", "eos_rate"):  # no variation on either side: nothing to test
         if len(set(a[key][:n] + b[key][:n])) == 1:
             e = out[key]
@@ -196,8 +207,41 @@ def differences(base: list[list[Reply]], other: list[list[Reply]], seed: int) ->
     return out
 
 
-def _fields(e: Estimate, method: str) -> tuple:
-    return (e.mean, e.low, e.high, e.n, method, dict(e.extra))
+PERMUTATIONS = 512  # a corpus metric's paired permutation test: exact up to 9 pairs, else random
+
+
+def corpus_permutation_p(base: list[list[Reply]], other: list[list[Reply]], key: str, seed: int) -> float:
+    """Two-sided p of a corpus metric's difference (other - base): samples swapped between the
+    variants within pairs, the metric recomputed on each side (all 2^n swaps while that is at most
+    PERMUTATIONS, else that many at random, counting the observed one)."""
+    n = len(base)
+    if key == "self_bleu":  # the texts' n-grams counted once; each swap picks rows
+        turns = len(base[0]) if base else 0
+        pools = [
+            SelfBleu([words(s[t].text) for s in base] + [words(s[t].text) for s in other])
+            for t in range(turns)
+        ]
+
+        def side(rows) -> float:
+            return float(np.mean([pool.table(rows, full=False).mean() for pool in pools]))
+    else:
+        grams = corpus_grams(base + other, 1 if key == "distinct_1" else 2)
+
+        def side(rows) -> float:
+            return corpus_distinct([g for i in rows for g in grams[i]])
+
+    def difference(flips) -> float:
+        flips = np.asarray(flips, dtype=bool)
+        first = np.arange(n) + n * flips  # base's sample i, or other's where swapped
+        return side(first + n * ~flips - n * flips) - side(first)
+
+    observed = abs(difference([False] * n))
+    if 2**n <= PERMUTATIONS:
+        patterns = [[bool(k >> i & 1) for i in range(n)] for k in range(2**n)]
+        return float(np.mean([abs(difference(f)) >= observed - 1e-12 for f in patterns]))
+    rng = np.random.default_rng(seed)
+    hits = sum(abs(difference(rng.random(n) < 0.5)) >= observed - 1e-12 for _ in range(PERMUTATIONS - 1))
+    return (hits + 1) / PERMUTATIONS
 
 
 def paired_samples(runs: list[VariantRun], spec: Spec) -> list[int]:
@@ -252,6 +296,7 @@ def analyse(
     analysis = Analysis(spec, stats, diffs, pairs=len(keep))
     _correct(analysis)
     _detectable_note(analysis)
+    _cut_note(analysis)
     if engine_for is not None:
         from simlab.compare.scoring import with_model
 
@@ -296,12 +341,28 @@ def _detectable_note(analysis: Analysis) -> None:
     first = next(iter(analysis.differences.values()))
     units = [
         f"{METRICS[k][0]} ±{first[k].extra['detectable']:.3g}"
+        + (f" (only {first[k].n} pairs have one)" if first[k].n != n else "")
         for k in ("length", "logprob")
         if math.isfinite(first[k].extra.get("detectable", math.nan))
     ]
     analysis.notes.append(
         f"with {n} paired samples a two-sided paired t-test at 5% has 80% power for an effect of "
         f"d_z ≥ {detectable_dz(n):.2f}"
-        + (f" (here about {', '.join(units)})" if units else "")
+        + (f" (here about {', '.join(units)}, each at its own number of pairs)" if units else "")
         + "; Holm's correction across the table makes the bar higher"
     )
+
+
+def _cut_note(analysis: Analysis) -> None:
+    """`length` leaves cut replies out: say so where that is many of them."""
+    many = [
+        f"{v.name} {v.estimates['cut_rate'].extra.get('k', 0)}/{v.estimates['cut_rate'].n}"
+        for v in analysis.variants
+        if v.estimates["cut_rate"].n and v.estimates["cut_rate"].mean >= 0.25
+    ]
+    if many:
+        analysis.notes.append(
+            "length is over the replies that ended by themselves; many were cut at max tokens "
+            f"({', '.join(many)}), so length's n is smaller than the samples' and it leans short where "
+            "more are cut: raise max tokens, or read length together with cut"
+        )

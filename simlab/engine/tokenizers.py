@@ -110,9 +110,6 @@ class ServerCounter(Counter):
             raise RemoteError(f"the server at {self.client.where} answered /detokenize without text")
         return text
 
-    def token_bytes(self, ids: Sequence[int]) -> list[bytes] | None:
-        return None
-
     def pieces(self, text: str) -> list[Piece]:
         if self.kind == "llamacpp":  # it gives each token's piece, as text or as its bytes
             data = self.client.post_json(

@@ -304,7 +304,8 @@ def test_samples_auto_samples_on_until_the_interval_is_narrow_enough(
     bad_flags = (
         (["--samples", "auto"], "needs `until: {width: W}`"),
         (["--width", "3"], "go with --samples auto"),
-        (["--samples", "lots"], "give a whole number, or auto"),
+        (["--samples", "lots"], "give a whole number >= 1, or auto"),
+        (["--samples", "0"], "give a whole number >= 1, or auto"),
     )
     for bad, needle in bad_flags:
         assert main([*argv[:-4], *bad]) == 2 and needle in capsys.readouterr().err

@@ -123,3 +123,17 @@ def test_the_studentized_interval_covers_95_percent_at_n_8_on_skewed_data():
         low, high = np.quantile(means, [0.025, 0.975])
         percentile += low <= 2.0 <= high
     assert percentile / 500 < 0.92
+
+
+def test_corpus_metrics_get_an_exact_paired_permutation_test():
+    from simlab.compare.stats import Reply, corpus_permutation_p
+
+    def sample(text):
+        return [Reply(text, 3.0, (), "stop", 0)]
+
+    diverse = [sample(f"word{i} other{i} more{i}") for i in range(8)]
+    same = [sample("yes I do") for _ in range(8)]
+    assert corpus_permutation_p(diverse, diverse, "distinct_1", 0) == 1.0
+    # only the two assignments that keep every sample on its side (or swap all) are as extreme
+    assert corpus_permutation_p(diverse, same, "distinct_1", 0) == pytest.approx(2 / 256)
+    assert corpus_permutation_p(diverse, same, "self_bleu", 0) == pytest.approx(2 / 256)
