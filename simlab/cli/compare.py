@@ -191,6 +191,7 @@ def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) 
     from simlab.compare.report_html import html_report
 
     folder = Path(args.report_dir)
+    replaced = (folder / f"{spec.name}.md").exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{spec.name}.md").write_text(markdown(analysis), encoding="utf-8")
@@ -206,6 +207,7 @@ def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) 
     else:
         sys.stdout.write(terminal(analysis, width=None if args.wide else 80))
     say(
-        f"report: {folder / (spec.name + '.md')}, {folder / (spec.name + '.html')}; samples in session "
-        f"{session_name}"
+        f"report: {folder / (spec.name + '.md')}, {folder / (spec.name + '.html')}"
+        + (" (replacing an earlier report of that name; --name keeps runs apart)" if replaced else "")
+        + f"; samples in session {session_name}"
     )
