@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from simlab.cli.common import say, settings_of
+from simlab.cli.common import color_on, say, settings_of
 from simlab.config import Settings
 from simlab.errors import EXIT_BAD_INPUT, BadInput, SimlabError
 from simlab.session.views import Style
@@ -95,7 +95,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
-        print_side_by_side(text, rows, Style(sys.stdout.isatty()))
+        print_side_by_side(text, rows, Style(color_on()))
     return EXIT_BAD_INPUT if failed else 0
 
 
