@@ -87,10 +87,12 @@ def run_sweep(
                 found = [n for n in session.tree.children(user.id) if n.role == "model" and n.seed == seed]
                 heads[i] = found[0] if found else None
                 if found:
-                    progress.advance(1, f"{variant.name}: turn {t + 1} (saved)", sampled=False)
+                    progress.advance(
+                        1, f"all variants (now {variant.name}, turn {t + 1}, saved)", sampled=False
+                    )
                 else:
                     jobs.append((i, user))
-            what = f"{variant.name}: turn {t + 1}"
+            what = f"all variants (now {variant.name}, turn {t + 1})"
             if not engine.capabilities.local:  # a server: samples in flight at once, each its own request
                 for i, node in _sample_remote(engine, session, variant, spec, t, jobs, progress, what):
                     heads[i] = node
