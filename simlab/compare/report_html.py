@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from simlab.compare.report import first_tokens, tables
+from simlab.compare.report import INTERVALS, first_tokens, tables
 from simlab.compare.stats import METRICS, PER_SAMPLE, Analysis
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -91,8 +91,8 @@ def html_report(a: Analysis) -> str:
         f"<title>simlab compare: {esc(a.spec.name)}</title><style>{STYLE}</style></head><body>",
         f"<h1>Compare: {esc(a.spec.name)}</h1>",
         f"<p>{len(a.variants)} variants × {a.spec.samples} samples × {len(a.spec.turns)} turn(s), base seed "
-        f"{a.spec.seed}. Intervals are 95% bootstrap intervals over samples; "
-        "<span class='sig'>bold red</span> differences exclude zero.</p>",
+        f"{a.spec.seed}. 95% intervals ({esc(INTERVALS)}); "
+        "<span class='sig'>bold red</span> differences survive Holm's correction at 5%.</p>",
     ]
     for title, header, rows in tables(a):
         out.append(
@@ -100,7 +100,7 @@ def html_report(a: Analysis) -> str:
         )
         for r in rows:
             cells = "".join(
-                f"<td class='sig'>{esc(c)}</td>" if c.endswith(" *") else f"<td>{esc(c)}</td>" for c in r
+                f"<td class='sig'>{esc(c)}</td>" if " *" in c else f"<td>{esc(c)}</td>" for c in r
             )
             out.append(f"<tr>{cells}</tr>")
         out.append("</table>")

@@ -29,6 +29,7 @@ from simlab.compare.inference import (
 from simlab.compare.metrics import SelfBleu, corpus_distinct, ngrams, self_bleu_table, words
 from simlab.compare.spec import Spec
 from simlab.compare.sweep import VariantRun
+from simlab.session.tokens import own_tokens
 
 METRICS = {  # key: (label, what it means)
     "length": ("length", "tokens of the reply's own text (not the stop string), over replies not cut"),
@@ -95,19 +96,6 @@ class Analysis:
     pairs: int = 0  # samples present in every variant (the paired tests' n)
 
 
-def own_tokens(texts: list[str], text: str, lead: str = "") -> int:
-    """How many of a reply's tokens (their texts, in order) spell its stored text; the rest spelled
-    the stop string or the white space before it. The first may carry the label's space (`lead`)."""
-    full = "".join(texts)
-    end = (len(lead) if lead and full.startswith(lead) and not text.startswith(lead) else 0) + len(text)
-    at = 0
-    for k, piece in enumerate(texts):
-        if at >= end:
-            return k
-        at += len(piece)
-    return len(texts)
-
-
 def read_reply(node, lead: str, decode: Callable | None, count: Callable | None) -> Reply:
     """A reply node's own tokens: from its recorded token texts (a server's) or its ids decoded,
     else counted by the tokenizer that counts a server's tokens (`count`), else unknown."""
@@ -144,7 +132,7 @@ def sample_values(samples: list[list[Reply]]) -> dict[str, list[float]]:
 
 
 def corpus_statistic(samples: list[list[Reply]], key: str) -> Callable[[Any], float]:
-    """A corpus metric of the samples an index array picks (with repeats, for the bootstrap)."""
+    """A corpus metric of the samples some indices pick (all of them, or all but one: the jackknife)."""
     if key == "self_bleu":  # for the jackknife: all samples, or all but one
         turns = len(samples[0]) if samples else 0
         tables = [self_bleu_table([words(replies[t].text) for replies in samples]) for t in range(turns)]

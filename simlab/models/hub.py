@@ -162,7 +162,7 @@ def _from_pretrained(
     quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    offline = offline or not Path(source).is_dir() and not hub_reachable()  # no minute of retries
+    offline = offline or not _reachable(source)
     # cache_dir is resolved per call: huggingface_hub reads HF_HOME only once, at import.
     common = {
         "local_files_only": offline,
@@ -185,12 +185,10 @@ def _from_pretrained(
             **common,
         )
     except Exception as exc:  # noqa: BLE001 - any failure here is about the files; say which
-        if Path(source).is_dir():
-            raise ModelUnavailableError(
-                f"model folder {source} could not be loaded ({str(exc).strip().splitlines()[0][:200]}); "
-                "check that it is a complete causal-LM folder, or delete and re-create it"
-            ) from None
-        raise _hub_error(spec, exc, offline) from None
+        raise _files_error(
+            source, spec, exc, offline, f"model folder {source} could not be loaded",
+            "check that it is a complete causal-LM folder, or delete and re-create it",
+        ) from None  # fmt: skip
     if device.type != "cuda":
         model.to(device)
     model.eval().requires_grad_(False)
@@ -216,7 +214,7 @@ def load_tokenizer(
 
     if own_cache:
         return _own_tokenizer(Path(source))
-    offline = offline or not Path(source).is_dir() and not hub_reachable()
+    offline = offline or not _reachable(source)
     try:
         return AutoTokenizer.from_pretrained(
             source,
@@ -226,12 +224,24 @@ def load_tokenizer(
             **({"gguf_file": gguf_file} if gguf_file else {}),
         )
     except Exception as exc:  # noqa: BLE001 - any failure here is about the files; say which
-        if Path(source).is_dir():
-            raise ModelUnavailableError(
-                f"tokenizer of {spec} could not be read ({str(exc).strip().splitlines()[0][:200]}); "
-                "give a folder with tokenizer.json (or a Hugging Face model's tokenizer files)"
-            ) from None
-        raise _hub_error(spec, exc, offline, what="tokenizer") from None
+        raise _files_error(
+            source, spec, exc, offline, f"tokenizer of {spec} could not be read",
+            "give a folder with tokenizer.json (or a Hugging Face model's tokenizer files)", what="tokenizer",
+        ) from None  # fmt: skip
+
+
+def _files_error(
+    source: str, spec: str, exc: BaseException, offline: bool, head: str, advice: str, what="model"
+):
+    """One line for files that would not load: a folder's own problem, or the hub's."""
+    if Path(source).is_dir():
+        return ModelUnavailableError(f"{head} ({str(exc).strip().splitlines()[0][:200]}); {advice}")
+    return _hub_error(spec, exc, offline, what=what)
+
+
+def _reachable(source: str) -> bool:
+    """A folder, or a hub id while the hub answers: without network a lookup retries for a minute."""
+    return Path(source).is_dir() or hub_reachable()
 
 
 @functools.cache

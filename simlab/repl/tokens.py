@@ -10,6 +10,7 @@ from simlab.engine.results import TokenInfo
 from simlab.errors import SimlabError
 from simlab.frame.render import render_spans
 from simlab.repl.state import Chat
+from simlab.session.tokens import own_tokens
 
 
 def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
@@ -83,14 +84,7 @@ def _in_reply(chat: Chat, node, texts: list[str]) -> int:
     if node.role != "model" or "continued" in node.tags:
         return len(texts)
     lead = chat.framing.lead() if chat.framing.mode == "simulator" else ""
-    full = "".join(texts)
-    end = (len(lead) if full.startswith(lead) else 0) + len(node.text)
-    at = 0
-    for k, text in enumerate(texts):
-        if at >= end:
-            return k
-        at += len(text)
-    return len(texts)
+    return own_tokens(texts, node.text, lead)
 
 
 def scored(chat: Chat, node) -> list[TokenInfo]:

@@ -52,3 +52,16 @@ def token_parts(
     elif at < len(text):
         return None
     return parts
+
+
+def own_tokens(texts: list[str], text: str, lead: str = "") -> int:
+    """How many of a reply's tokens (their texts, in order) spell its stored text; the rest spelled
+    the stop string or the white space before it. The first may carry the label's space (`lead`)."""
+    full = "".join(texts)
+    end = (len(lead) if lead and full.startswith(lead) and not text.startswith(lead) else 0) + len(text)
+    at = 0
+    for k, piece in enumerate(texts):
+        if at >= end:
+            return k
+        at += len(piece)
+    return len(texts)
