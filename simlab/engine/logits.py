@@ -14,9 +14,11 @@ import torch
 
 from simlab.engine.params import SamplingParams
 
-# top-p looks for its nucleus among this many best tokens first, and sorts the whole
-# vocabulary only when they do not hold enough mass (the full sort is ~30 ms at 262k tokens).
+# top-p looks for its nucleus among this many best tokens first; when they do not hold enough
+# mass, among the tokens above a probability cut lowered 16-fold until they do, and sorts only
+# those (a sort of all 262k tokens is ~30 ms; of the tokens above a cut, a few ms).
 _NUCLEUS_PREFILTER = 1024
+_CUT_STEP = 16.0
 
 
 def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -50,23 +52,36 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     best, best_ids = torch.topk(logits, k, dim=-1)  # (B, k), descending
     best_probs = (best - log_total).exp()
     if k < vocab and bool((best_probs.sum(-1) < p).any()):
-        return _top_p_full_sort(logits, p)
-    # A token is dropped when the mass of the tokens ranked above it already reaches p,
-    # i.e. when the ascending cumulative mass up to it is <= 1 - p (transformers' rule).
-    mass_above = best_probs.cumsum(-1) - best_probs  # (B, k)
+        rows = zip(logits, log_total, best[:, -1])
+        return torch.stack([_top_p_wide(row, total, p, float(least)) for row, total, least in rows])
+    return logits.masked_fill(~_nucleus(logits, best_probs, best_ids, p), -math.inf)
+
+
+def _nucleus(logits: torch.Tensor, probs: torch.Tensor, ids: torch.Tensor, p: float) -> torch.Tensor:
+    """The kept mask from candidates in descending order (probs, ids) that hold at least p.
+    A token is dropped when the mass of the tokens ranked above it already reaches p,
+    i.e. when the ascending cumulative mass up to it is <= 1 - p (transformers' rule)."""
+    mass_above = probs.cumsum(-1) - probs
     drop = mass_above >= p
     drop[..., 0] = False
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, best_ids, ~drop)
-    return logits.masked_fill(~keep, -math.inf)
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, ~drop)
 
 
-def _top_p_full_sort(logits: torch.Tensor, p: float) -> torch.Tensor:
-    sorted_logits, sorted_ids = torch.sort(logits, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = cumulative <= (1 - p)
-    drop_sorted[..., -1:] = False
-    drop = drop_sorted.scatter(-1, sorted_ids, drop_sorted)
-    return logits.masked_fill(drop, -math.inf)
+def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: float) -> torch.Tensor:
+    """One row (V,) whose nucleus is wider than the prefilter: the tokens at or above a logit cut,
+    lowered until they hold p (every token above the cut is in, so the nucleus is among them)."""
+    lowest = float(row[row.isfinite()].min())
+    cut = least
+    while True:
+        cut = max(cut - math.log(_CUT_STEP), lowest)
+        above = row >= cut
+        probs = (row[above] - log_total).exp()
+        if cut == lowest or float(probs.sum()) >= p:
+            break
+    ids = above.nonzero().squeeze(-1)
+    order = torch.sort(row[ids], descending=True, stable=True).indices
+    kept = _nucleus(row, probs[order], ids[order], p)
+    return row.masked_fill(~kept, -math.inf)
 
 
 def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:

@@ -63,16 +63,26 @@ def test_top_p_matches_transformers(seed, p):
 
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("p", [0.5, 0.95])
-def test_top_p_prefilter_and_full_sort_agree_on_a_large_vocabulary(seed, p):
-    # Flat logits put the nucleus beyond the prefilter (full sort); peaked ones keep it inside.
+def test_top_p_prefilter_and_wide_cut_agree_on_a_large_vocabulary(seed, p):
+    # Flat logits put the nucleus beyond the prefilter (the lowered cut); peaked ones keep it inside.
     for scale in (0.5, 6.0):
         x = scores(seed, batch=3, vocab=5000, scale=scale)
         assert_same_filter(sampling.apply_top_p(x, p), TopPLogitsWarper(p)(IDS, x.clone()))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_a_wide_nucleus_after_top_k_stops_at_the_last_finite_token(seed):
+    # top-k leaves -inf behind; a p near 1 needs every finite token, and the cut must stop there.
+    x = sampling.apply_top_k(scores(seed, batch=2, vocab=5000, scale=0.1), 3000)
+    for p in (0.999, 0.9999999):
+        got = sampling.apply_top_p(x, p)
+        assert_same_filter(got, TopPLogitsWarper(p)(IDS, x.clone()))
+        assert int((~torch.isinf(got)).sum(-1).max()) > 1024
+
+
 def test_top_p_prefilter_is_really_used_when_mass_is_concentrated(monkeypatch):
     x = scores(0, batch=2, vocab=5000, scale=8.0)
-    monkeypatch.setattr(sampling, "_top_p_full_sort", lambda *a: pytest.fail("full sort not needed here"))
+    monkeypatch.setattr(sampling, "_top_p_wide", lambda *a: pytest.fail("the prefilter holds it here"))
     kept = ~torch.isinf(sampling.apply_top_p(x, 0.9))
     assert 1 <= kept.sum(-1).max() < 1024
 
