@@ -1,8 +1,9 @@
-"""A GGUF tensor's own quantization as groups of 32 integer codes: w = scale * code + offset.
+"""A GGUF tensor's own quantization as groups of integer codes: w = scale * code + offset.
 
-Every format read here stores its weights that way (one scale and one offset per 32 weights, codes
-of 4 to 8 bits), so the codes and the two per-group numbers are taken from the file's blocks as
-they are, never re-rounded: `models.quant` hands them to torch's int4 kernel. The codes are read
+Every format read here stores its weights that way (one scale and one offset per 32 weights, or
+per 16 for Q6_K, codes of 4 to 8 bits), so the codes and the two per-group numbers are taken from
+the file's blocks as they are, never re-rounded: `models.quant` hands them to simlab's own kernel
+(`models.native`) or to torch's int4 one. The codes are read
 back from `gguf`'s own dequantization (``round((w - offset) / scale)``) and checked to give it
 back, so no bit layout is decoded twice.
 """
@@ -18,13 +19,14 @@ GROUP = 32
 
 @dataclass
 class Groups:
-    """A (rows, cols) tensor as codes in 0..2**bits-1 with one scale and offset per 32 columns."""
+    """A (rows, cols) tensor as codes in 0..2**bits-1 with one scale and offset per `group` columns."""
 
     codes: np.ndarray  # (rows, cols) uint8
-    scale: np.ndarray  # (rows, cols / 32) float32
-    offset: np.ndarray  # (rows, cols / 32) float32
+    scale: np.ndarray  # (rows, cols / group) float32
+    offset: np.ndarray  # (rows, cols / group) float32
     bits: int
     bias: int | None  # offset == -bias * scale in every group (symmetric formats), else None
+    group: int = GROUP
 
 
 def _half(blocks: np.ndarray, at: int) -> np.ndarray:
@@ -51,18 +53,26 @@ def _symmetric(bits: int):
     return scales
 
 
+def _q6_k_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q6_K: 16 int8 scales times one float16 d per 256 weights; w = d * sc * (code - 32)."""
+    d = blocks[:, 208:210].copy().view(np.float16).astype(np.float32)  # (blocks, 1)
+    scale = d * blocks[:, 192:208].copy().view(np.int8).astype(np.float32)  # (blocks, 16)
+    return scale, -32 * scale
+
+
 def _with_min(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q4_1: w = d * code + m."""
     return _half(blocks, 0)[:, None], _half(blocks, 2)[:, None]
 
 
-# format name -> (bits per code, per-block (scale, offset) reader, symmetric bias or None)
+# format name -> (bits per code, per-block (scale, offset) reader, symmetric bias or None, group)
 FORMATS = {
-    "Q4_0": (4, _symmetric(4), 8),
-    "Q5_0": (5, _symmetric(5), 16),
-    "Q8_0": (8, _symmetric(8), 128),
-    "Q4_1": (4, _with_min, None),
-    "Q4_K": (4, _k_scales, None),
+    "Q4_0": (4, _symmetric(4), 8, 32),
+    "Q5_0": (5, _symmetric(5), 16, 32),
+    "Q8_0": (8, _symmetric(8), 128, 32),
+    "Q4_1": (4, _with_min, None, 32),
+    "Q4_K": (4, _k_scales, None, 32),
+    "Q6_K": (6, _q6_k_scales, 32, 16),
 }
 
 
@@ -73,22 +83,22 @@ def read(tensor) -> Groups | None:
     name = tensor.tensor_type.name
     if name not in FORMATS:
         return None
-    bits, scales_of, bias = FORMATS[name]
+    bits, scales_of, bias, group = FORMATS[name]
     cols, rows = (int(n) for n in tensor.shape)  # GGUF lists the fastest-varying dimension first
     if cols % GROUP:
         return None
     raw = np.asarray(tensor.data)
     blocks = np.ascontiguousarray(raw).reshape(rows * cols // _block_size(name), -1)
     scale, offset = scales_of(blocks)  # (blocks, groups per block)
-    scale = np.broadcast_to(scale, offset.shape).copy().reshape(rows, cols // GROUP)
-    offset = offset.reshape(rows, cols // GROUP)
-    values = dequantize(raw, tensor.tensor_type).reshape(rows, cols // GROUP, GROUP)
+    scale = np.broadcast_to(scale, offset.shape).copy().reshape(rows, cols // group)
+    offset = offset.reshape(rows, cols // group)
+    values = dequantize(raw, tensor.tensor_type).reshape(rows, cols // group, group)
     safe = np.where(scale == 0, 1, scale)[..., None]
     codes = np.rint((values - offset[..., None]) / safe).clip(0, 2**bits - 1)
     back = (scale[..., None] * codes.astype(np.float32) + offset[..., None]).astype(np.float32)
     if not np.allclose(back, values, rtol=1e-6, atol=1e-7):
         return None  # a layout this reading does not know; the caller keeps the float weights
-    return Groups(codes.reshape(rows, cols).astype(np.uint8), scale, offset, bits, bias)
+    return Groups(codes.reshape(rows, cols).astype(np.uint8), scale, offset, bits, bias, group)
 
 
 def _block_size(name: str) -> int:

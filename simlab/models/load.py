@@ -71,6 +71,8 @@ def load_model(
             f"--weights {weights} runs on the CPU (torch's weight-only kernels); use --weights float "
             f"on {settings.device}"
         )
+    if weights == "gguf" and settings.dtype == "auto" and _native():
+        settings = replace(settings, dtype="float32")  # simlab's kernel reads float32 activations
     loaded = _load(spec, settings, trust_remote_code, progress or (lambda message: None))
     if weights == "float":
         return loaded
@@ -113,6 +115,12 @@ def load_tokenizer(spec: str, settings: Settings, *, trust_remote_code: bool = F
     )
 
 
+def _native() -> bool:
+    from simlab.models import native
+
+    return native.library() is not None
+
+
 def _auto_gguf(spec: str, settings: Settings) -> bool:
     """`--weights auto`: a GGUF decodes from its own quantization on the CPU; other models stay float."""
     if settings.device not in ("auto", "cpu"):
@@ -133,7 +141,8 @@ def _with_weights(
     from simlab.models import quant
 
     info = loaded.info
-    key = hashlib.sha256(f"{info.revision}:{info.dtype}:{weights}".encode()).hexdigest()[:16]
+    kernel = "native" if weights == "gguf" and _native() else "torch"
+    key = hashlib.sha256(f"{info.revision}:{info.dtype}:{weights}:{kernel}".encode()).hexdigest()[:16]
     path = settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
     try:
         stored = load_file(str(path)) if path.exists() else None
@@ -174,6 +183,11 @@ def _with_weights(
             say(f"note: could not cache the {weights} weights in {path.parent} ({exc.strerror or exc})")
             with contextlib.suppress(OSError):
                 partial.unlink()
+    if kernel == "native":
+        from simlab.models import lean
+
+        lean.fuse(loaded.model)  # q/k/v and gate/up as one product each, after the cache is written
+        lean.fuse_norms(loaded.model)
     return LoadedModel(loaded.model, loaded.tokenizer, replace(info, weights=weights))
 
 

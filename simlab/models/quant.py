@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from simlab.models import native
+
 WEIGHTS = ("float", "int8", "int4", "gguf")
 GROUP = 32  # int4: one scale and offset per 32 weights along the input dimension
 INNER_K_TILES = 2
@@ -136,6 +138,7 @@ def quantize(
     and siblings must equal their seeds sampled alone; the two kernels compute each row alone."""
     if weights == "float":
         return {}
+    native_kernel = weights == "gguf" and native.library() is not None
     # Replacing the unembedding module unties it from the embedding, which stays an exact lookup;
     # the config says so, so that nothing ties them again.
     model.config.tie_word_embeddings = False
@@ -148,30 +151,78 @@ def quantize(
             key, bias = f"{path}.{name}".lstrip("."), getattr(child, "bias", None)
             layer = _stored_layer(stored, key, bias) if stored else None
             if layer is None and weights == "gguf" and groups_of and not stored:
-                layer = _from_file(groups_of(key), weight, bias)
+                layer = _from_file(groups_of(key), weight, bias, native_kernel)
             if layer is None:
                 use4 = weights == "int4" and Int4Linear.fits(weight)
                 layer = (Int4Linear if use4 else Int8Linear).of(weight, bias)
             setattr(parent, name, layer)
             out.update({f"{key}.{k}": v for k, v in layer.named_buffers()})
+    if native_kernel or (stored and "embedding.shared" in stored):
+        out.update(_shared_embedding(model, stored))
     return out
 
 
-def _from_file(groups, weight: torch.Tensor, bias) -> Int4Linear | None:
-    """The file's own codes as an int4 layer, if they fit the kernel and give back the loaded weight
-    (some architectures' loaders permute rows; those layers stay float). Checked on a few rows."""
-    if groups is None or groups.codes.shape != tuple(weight.shape) or not Int4Linear.fits(weight):
+def _shared_embedding(model: torch.nn.Module, stored) -> dict[str, torch.Tensor]:
+    """A tied model's input embedding read from the unembedding's own 8-bit codes (no float copy of
+    the table), when those codes give the loaded table back (checked on a few rows)."""
+    if not hasattr(model, "get_output_embeddings"):
+        return {}
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if not isinstance(head, native.NativeLinear) or head.bits != 8:
+        return {}
+    if not (stored and "embedding.shared" in stored):
+        weight = getattr(embedding, "weight", None)
+        if weight is None or tuple(weight.shape) != (head.out_features, head.in_features):
+            return {}
+        ids = torch.tensor(list(range(16)) + [weight.shape[0] - 1])
+        got = native.rows(ids, head.codes, head.scale, head.offset, head.group)
+        if not torch.allclose(got, weight[ids].float(), rtol=2**-7, atol=1e-6):
+            return {}
+    scale = getattr(embedding, "embed_scale", None)
+    model.set_input_embeddings(native.NativeEmbedding(head, scale, embedding.weight.dtype))
+    return {"embedding.shared": torch.tensor(1)}
+
+
+def _from_file(groups, weight: torch.Tensor, bias, native_kernel: bool) -> torch.nn.Module | None:
+    """The file's own codes as a layer of simlab's kernel (or torch's int4 one), if they give back the
+    loaded weight (some architectures' loaders permute rows; those layers become int8) and fit the
+    kernel. Checked on a few rows."""
+    if groups is None or groups.codes.shape != tuple(weight.shape):
+        return None
+    if not native_kernel and (groups.group != GROUP or not Int4Linear.fits(weight)):
         return None
     rows = list(range(min(16, weight.shape[0]))) + [weight.shape[0] - 1]
-    codes = torch.from_numpy(groups.codes[rows]).float().unflatten(-1, (-1, GROUP))
+    codes = torch.from_numpy(groups.codes[rows]).float().unflatten(-1, (-1, groups.group))
     values = codes * torch.from_numpy(groups.scale[rows]).unsqueeze(-1)
     values = (values + torch.from_numpy(groups.offset[rows]).unsqueeze(-1)).flatten(-2)
     if not torch.allclose(values, weight[rows].float(), rtol=2**-7, atol=1e-6):
         return None
-    return Int4Linear.of_groups(groups, bias)
+    return _native_layer(groups, bias) if native_kernel else Int4Linear.of_groups(groups, bias)
+
+
+def _native_layer(groups, bias) -> torch.nn.Module | None:
+    """The codes as they are: 4-bit ones packed two to a byte with their scales and offsets; wider
+    symmetric ones (Q5_0, Q6_K, Q8_0) as signed bytes code - bias, whose offset is then zero."""
+    codes, scale = torch.from_numpy(groups.codes), torch.from_numpy(groups.scale)
+    n = codes.shape[0]
+    if groups.bits == 4 and groups.group == GROUP:
+        pairs = codes.reshape(n, -1, GROUP)
+        packed = (pairs[..., : GROUP // 2] | (pairs[..., GROUP // 2 :] << 4)).reshape(n, -1)
+        return native.NativeLinear(packed, scale, torch.from_numpy(groups.offset), 4, GROUP, bias)
+    if groups.bias is not None:
+        signed = (codes.to(torch.int16) - groups.bias).to(torch.int8)
+        return native.NativeLinear(signed, scale, None, 8, groups.group, bias)
+    if groups.bits < 8 and groups.group == GROUP:
+        offset = torch.from_numpy(groups.offset)
+        return native.NativeLinear(codes.to(torch.int8), scale, offset, 8, GROUP, bias)
+    return None
 
 
 def _stored_layer(stored: dict[str, torch.Tensor], key: str, bias) -> torch.nn.Module | None:
+    if f"{key}.codes" in stored:
+        bits, group = (int(v) for v in stored[f"{key}.layout"])
+        offset = stored.get(f"{key}.offset")
+        return native.NativeLinear(stored[f"{key}.codes"], stored[f"{key}.scale"], offset, bits, group, bias)
     if f"{key}.packed" in stored:
         parts = int(stored.get(f"{key}.parts", torch.tensor(1)))
         return Int4Linear(stored[f"{key}.packed"], stored[f"{key}.scale_zero"], bias, parts)

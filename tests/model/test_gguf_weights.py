@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize
 
-from simlab.models import gguf_groups
+from simlab.models import gguf_groups, native
 from simlab.models.quant import Int4Linear, Int8Linear, quantize
 
 ROWS, COLS = 64, 256
@@ -27,7 +27,8 @@ def random_tensor(kind: str, seed: int = 0):
     halves = 2 if kind in ("Q4_1", "Q4_K") else 1  # d (and m or dmin) lead each block
     for h in range(halves):
         value = rng.uniform(1e-3, 2e-2, size=len(blocks)).astype(np.float16)
-        blocks[:, 2 * h : 2 * h + 2] = value.view(np.uint8).reshape(-1, 2)
+        at = size - 2 if kind == "Q6_K" else 2 * h  # Q6_K's d ends its block
+        blocks[:, at : at + 2] = value.view(np.uint8).reshape(-1, 2)
     data = blocks.reshape(ROWS, -1)
     return SimpleNamespace(name="blk.0.attn_q.weight", tensor_type=qtype, shape=[COLS, ROWS], data=data)
 
@@ -44,13 +45,13 @@ def kernel_weight(layer: Int4Linear) -> torch.Tensor:
     return out.t()  # (N, K)
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0", "Q8_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0", "Q8_0", "Q4_1", "Q4_K", "Q6_K"])
 def test_codes_scales_and_offsets_give_back_the_dequantiser_exactly(kind):
     tensor = random_tensor(kind)
     groups = gguf_groups.read(tensor)
     assert groups is not None and groups.codes.shape == (ROWS, COLS)
     assert int(groups.codes.max()) < 2**groups.bits
-    rebuilt = groups.scale[..., None] * groups.codes.reshape(ROWS, -1, 32).astype(np.float32)
+    rebuilt = groups.scale[..., None] * groups.codes.reshape(ROWS, -1, groups.group).astype(np.float32)
     rebuilt = (rebuilt + groups.offset[..., None]).reshape(ROWS, COLS)
     assert np.array_equal(rebuilt, reference(tensor).numpy())
 
@@ -93,12 +94,15 @@ def test_the_kernel_multiplies_by_those_weights():
 
 
 def test_formats_not_read_as_groups_are_left_to_the_float_weights():
-    q6 = random_tensor("Q4_0")
-    q6.tensor_type = GGMLQuantizationType.Q6_K
-    assert gguf_groups.read(q6) is None
+    q5k = random_tensor("Q4_0")
+    q5k.tensor_type = GGMLQuantizationType.Q5_K
+    assert gguf_groups.read(q5k) is None
 
 
-def test_a_layer_whose_codes_do_not_match_the_loaded_weight_becomes_int8():
+@pytest.mark.parametrize("kernel", ["simlab", "torch"])
+def test_a_layer_whose_codes_do_not_match_the_loaded_weight_becomes_int8(kernel, monkeypatch):
+    if kernel == "torch":  # no compiler here: torch's int4 kernel takes the file's codes
+        monkeypatch.setattr(native, "_state", {"lib": None, "why": "no C compiler"})
     tensor = random_tensor("Q8_0", seed=4)
     groups = gguf_groups.read(tensor)
     model = torch.nn.Sequential(
@@ -109,7 +113,13 @@ def test_a_layer_whose_codes_do_not_match_the_loaded_weight_becomes_int8():
         model[0].weight.copy_(reference(tensor))
         model[1].weight.copy_(reference(tensor).flip(0))  # rows permuted, as some loaders do
     stored = quantize(model, "gguf", groups_of=lambda key: groups)
-    assert isinstance(model[0], Int4Linear) and isinstance(model[1], Int8Linear)
-    assert set(stored) == {"0.packed", "0.scale_zero", "0.parts", "1.weight_int8", "1.scale"}
+    first = native.NativeLinear if kernel == "simlab" else Int4Linear
+    assert isinstance(model[0], first) and isinstance(model[1], Int8Linear)
+    kept = (
+        {"0.codes", "0.scale", "0.layout"} if kernel == "simlab" else {"0.packed", "0.scale_zero", "0.parts"}
+    )
+    assert set(stored) == kept | {"1.weight_int8", "1.scale"}
+    if kernel == "simlab":  # an identity row is rounded to 127 * (1/127): exact to a float32 step
+        assert torch.allclose(model[0](torch.eye(COLS)).t(), reference(tensor), rtol=1e-6, atol=0)
     x = torch.randn(3, COLS)
     assert torch.equal(model[1](x)[2:], model[1](x[2:]))  # each row alone, as siblings need

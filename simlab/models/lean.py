@@ -1,0 +1,121 @@
+"""A decode step with less around the matrix products: layers that read one input fused into one
+product, and RMS norms as one fused op. Each changes how a result is reached, never what each row's
+result is (the tests compare them with the modules they replace, bit for bit).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from simlab.models.native import NativeLinear
+
+
+class _Fused:
+    """Several layers that read the same input, as one product: the first call computes every
+    member's output, the others take theirs while the input is the very same unchanged tensor."""
+
+    def __init__(self, layer: NativeLinear, sizes: list[int]):
+        self.layer, self.sizes = layer, sizes
+        self.seen: tuple | None = None
+        self.outputs: tuple = ()
+
+    def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        version = None if x.is_inference() else x._version  # (inference tensors keep no count)
+        if self.seen is None or self.seen[0] is not x or self.seen[1] != version:
+            self.outputs = self.layer(x).split(self.sizes, dim=-1)
+            self.seen = (x, version)
+        out = self.outputs[index]
+        if index == len(self.sizes) - 1:  # the last member read its part: let the input go
+            self.seen, self.outputs = None, ()
+        return out
+
+
+class FusedPart(torch.nn.Module):
+    """One member of a `_Fused` group, in place of the layer it was."""
+
+    def __init__(self, fused: _Fused, index: int, out_features: int, in_features: int):
+        super().__init__()
+        self._fused, self.index = fused, index
+        self.out_features, self.in_features = out_features, in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fused.output(x, self.index)
+
+
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def fuse(model: torch.nn.Module) -> int:
+    """Fuse the q/k/v and gate/up layers of each block that are `NativeLinear`s of one layout
+    (their codes concatenated along the outputs; each row's sums are the same as alone). Returns
+    how many groups were fused."""
+    count = 0
+    for parent in list(model.modules()):
+        for names in FUSED:
+            layers = [getattr(parent, name, None) for name in names]
+            if not all(isinstance(layer, NativeLinear) and layer.bias is None for layer in layers):
+                continue
+            first = layers[0]
+            if any(
+                (layer.bits, layer.group, layer.in_features, layer.offset is None)
+                != (first.bits, first.group, first.in_features, first.offset is None)
+                for layer in layers
+            ):
+                continue
+            joined = NativeLinear(
+                torch.cat([layer.codes for layer in layers]),
+                torch.cat([layer.scale for layer in layers]),
+                None if first.offset is None else torch.cat([layer.offset for layer in layers]),
+                first.bits,
+                first.group,
+            )
+            sizes = [layer.out_features for layer in layers]
+            fused = _Fused(joined, sizes)
+            parent.add_module("fused_" + "_".join(names), joined)
+            for index, (name, layer) in enumerate(zip(names, layers)):
+                setattr(parent, name, FusedPart(fused, index, layer.out_features, layer.in_features))
+            count += 1
+    return count
+
+
+# norm class name -> whether it scales by (1 + weight) after normalising in float32 (Gemma), or by
+# weight after casting back (Llama and the many models that copy its norm)
+_NORMS = {
+    "GemmaRMSNorm": True,
+    "Gemma2RMSNorm": True,
+    "Gemma3RMSNorm": True,
+    "LlamaRMSNorm": False,
+    "MistralRMSNorm": False,
+    "Qwen2RMSNorm": False,
+    "Qwen3RMSNorm": False,
+}
+
+
+class FusedRMSNorm(torch.nn.Module):
+    """`torch.nn.functional.rms_norm` in place of a norm written as five ops (pow, mean, add, rsqrt,
+    mul) plus the weight's: the same float32 arithmetic in one call."""
+
+    def __init__(self, norm: torch.nn.Module, gemma: bool):
+        super().__init__()
+        self.weight = norm.weight  # kept as it was, for state dicts and readers of .weight
+        self.eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+        self.gemma = gemma
+        self.shape = (norm.weight.shape[-1],)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemma:
+            scale = 1.0 + self.weight.float()
+            return torch.nn.functional.rms_norm(x.float(), self.shape, scale, self.eps).type_as(x)
+        return self.weight * torch.nn.functional.rms_norm(x.float(), self.shape, None, self.eps).to(x.dtype)
+
+
+def fuse_norms(model: torch.nn.Module) -> int:
+    """Replace the model's known RMS norms by `FusedRMSNorm`; returns how many."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            gemma = _NORMS.get(type(child).__name__)
+            if gemma is not None and isinstance(getattr(child, "weight", None), torch.Tensor):
+                setattr(parent, name, FusedRMSNorm(child, gemma))
+                count += 1
+    return count

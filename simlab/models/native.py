@@ -1,0 +1,157 @@
+"""simlab's own quantized matrix product (qmatmul.c), built once per machine and called through ctypes.
+
+The C source ships in the package; the first process that needs it compiles it with the system C
+compiler (``cc -O3 -march=native -fopenmp``, about a second) into the simlab home, keyed by the
+source, the compiler and the CPU, so every later start loads the built library. Without a compiler,
+or when the build fails, `library()` is None and callers use torch's own kernels instead; `why()`
+says what happened.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("qmatmul.c")
+QK = 32
+
+_state: dict[str, object] = {}
+
+
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _build(folder: Path) -> Path:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise OSError("no C compiler (cc, gcc or clang) on PATH")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + _cpu_id().encode() + platform.machine().encode())
+    target = folder / f"qmatmul-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        built = Path(scratch) / target.name
+        flags = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c99"]
+        command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise OSError(f"{Path(compiler).name} failed: {last}")
+        os.replace(built, target)
+    return target
+
+
+def library(folder: Path | None = None):
+    """The loaded library (ctypes.CDLL), built on first use; None when it cannot be built here."""
+    if "lib" in _state:
+        return _state["lib"]
+    if os.environ.get("SIMLAB_NATIVE", "1") == "0":
+        _state.update(lib=None, why="SIMLAB_NATIVE=0")
+        return None
+    if folder is None:
+        from simlab.config import simlab_home
+
+        folder = simlab_home() / "kernels"
+    try:
+        lib = ctypes.CDLL(str(_build(folder)))
+        _declare(lib)
+        _state.update(lib=lib, why=f"built ({'AVX2' if lib.simlab_qmatmul_simd() == 2 else 'portable C'})")
+    except (OSError, subprocess.SubprocessError) as exc:
+        _state.update(lib=None, why=str(exc))
+    return _state["lib"]
+
+
+def why() -> str:
+    """How the library came to be (or not), for /info and the benchmark."""
+    return str(_state.get("why", "not loaded"))
+
+
+def _declare(lib) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.simlab_qlinear.argtypes = [p, i64, i64, p, p, p, i32, i32, i64, p, p, i32]
+    lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
+    for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
+        fn.restype = None
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torch.Tensor:
+    """x (M, K) float32 times the quantized (N, K) weight, transposed: (M, N) float32."""
+    x = x.contiguous()
+    m, k = x.shape
+    n = scale.shape[0]
+    scratch = torch.empty(2 * m * k + 12 * m * (k // QK), dtype=torch.int8)  # two codes, three floats
+    y = torch.empty((m, n), dtype=torch.float32)
+    args = (_ptr(codes), _ptr(scale), _ptr(offset), bits, group, n, _ptr(y), _ptr(scratch))
+    _state["lib"].simlab_qlinear(_ptr(x), m, k, *args, torch.get_num_threads())
+    return y
+
+
+def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
+    """The q8 table's rows `ids` as float32, (len(ids), K)."""
+    flat = ids.reshape(-1).to(torch.int64).contiguous()
+    k = codes.shape[1]
+    out = torch.empty((flat.numel(), k), dtype=torch.float32)
+    lib = _state["lib"]
+    lib.simlab_q8_rows(_ptr(codes), _ptr(scale), _ptr(offset), group, k, _ptr(flat), flat.numel(), _ptr(out))
+    return out.reshape(*ids.shape, k)
+
+
+class NativeLinear(torch.nn.Module):
+    """y = x W^T + b with W as a GGUF tensor's own codes (`bits` 4: packed nibbles with a scale and
+    offset per 32; 8: signed codes with a scale per `group` of 16 or 32), through `matmul`."""
+
+    def __init__(self, codes, scale, offset, bits: int, group: int, bias=None):
+        super().__init__()
+        self.register_buffer("codes", codes.contiguous())
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("offset", None if offset is None else offset.float().contiguous())
+        self.register_buffer("layout", torch.tensor([bits, group]))
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bits, self.group = bits, group
+        self.out_features = scale.shape[0]
+        self.in_features = codes.shape[1] * (2 if bits == 4 else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        y = matmul(rows, self.codes, self.scale, self.offset, self.bits, self.group)
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+class NativeEmbedding(torch.nn.Module):
+    """An embedding table read from 8-bit codes (`rows`), times the model's embedding scale if it has
+    one (Gemma's sqrt(d)). The unembedding can share the same codes (tied models)."""
+
+    def __init__(self, table: NativeLinear, embed_scale: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.table = table
+        self.register_buffer("embed_scale", embed_scale, persistent=False)
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+        self.dtype = dtype
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        out = rows(input_ids, t.codes, t.scale, t.offset, t.group)
+        if self.embed_scale is not None:
+            out = out * self.embed_scale.to(self.dtype)
+        return out.to(self.dtype)

@@ -1,0 +1,254 @@
+/* Quantized matrix products for simlab's CPU decode: y = x W^T with W kept as a GGUF file's own codes.
+ *
+ * Built once per machine by simlab.models.native (cc -O3 -march=native -fopenmp) and called through
+ * ctypes. Two weight layouts, both "w = scale * code + offset" per group of weights along the input:
+ *   q4: 4-bit codes 0..15, two per byte (byte j of a group of 32 holds code j in its low nibble and
+ *       code 16 + j in its high one), one float scale and offset per 32 weights (Q4_K, Q4_0, Q4_1);
+ *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K).
+ * Activations are rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first
+ * left: ~15 bits, where llama.cpp keeps 8), the products summed in integers per group, then scaled. Every output row is computed alone, in one fixed
+ * order, so a row's result does not depend on how many rows are in the batch.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define SIMLAB_AVX2 1
+#endif
+
+#define QK 32
+
+int simlab_qmatmul_version(void) { return 5; }
+
+int simlab_qmatmul_simd(void) {
+#ifdef SIMLAB_AVX2
+    return 2;
+#else
+    return 0;
+#endif
+}
+
+/* One block of 32 floats as signed 8-bit codes q with scale d = max|v| / 127. */
+static float round_block(const float *v, int8_t *q, int *sum) {
+    float amax = 0.0f;
+    for (int i = 0; i < QK; i++) {
+        float a = fabsf(v[i]);
+        amax = a > amax ? a : amax;
+    }
+    float d = amax / 127.0f;
+    float inv = d != 0.0f ? 1.0f / d : 0.0f;
+    *sum = 0;
+    for (int i = 0; i < QK; i++) {
+        int c = (int)nearbyintf(v[i] * inv);
+        c = c > 127 ? 127 : (c < -127 ? -127 : c);
+        q[i] = (int8_t)c;
+        *sum += c;
+    }
+    return d;
+}
+
+/* x (M, K) float -> two levels of 8-bit codes per block of 32: x ~ d1 q1 + d2 q2, where q2 rounds
+ * what q1 left (so about 15 bits per value). q1, q2 (M, K); d1, d2, sx (M, K/32), sx = d1 sum(q1) +
+ * d2 sum(q2), for the weights' offsets. */
+void simlab_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q1, int8_t *q2, float *d1,
+                          float *d2, float *sx) {
+    int64_t blocks = k / QK;
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t at = r * k + b * QK, g = r * blocks + b;
+            float rest[QK];
+            int s1, s2;
+            d1[g] = round_block(x + at, q1 + at, &s1);
+            for (int i = 0; i < QK; i++) rest[i] = x[at + i] - d1[g] * (float)q1[at + i];
+            d2[g] = round_block(rest, q2 + at, &s2);
+            sx[g] = d1[g] * (float)s1 + d2[g] * (float)s2;
+        }
+    }
+}
+
+#ifdef SIMLAB_AVX2
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+#define MAXR 4 /* input rows decoded against one weight row at once: its codes are unpacked once */
+
+/* Outputs of the q4 row w (K/2 bytes) for R quantized input rows (R <= MAXR), into out[r * stride]. */
+static inline __attribute__((always_inline)) void dot_q4(const uint8_t *w, const float *scale,
+                                                         const float *offset, const int8_t *q1,
+                                                         const int8_t *q2, const float *d1, const float *d2,
+                                                         const float *sx, int64_t k, int R, float *out,
+                                                         int64_t stride) {
+    int64_t blocks = k / QK;
+#ifdef SIMLAB_AVX2
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[MAXR];
+    float off[MAXR];
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm256_setzero_ps();
+        off[r] = 0.0f;
+    }
+    for (int64_t b = 0; b < blocks; b++) {
+        __m128i p = _mm_loadu_si128((const __m128i *)(w + b * 16));
+        __m256i c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low);
+        for (int r = 0; r < R; r++) {
+            int64_t at = r * k + b * QK, g = r * blocks + b;
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
+            __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(c, x1), ones));
+            __m256 f2 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(c, x2), ones));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[b] * d1[g]), f1, acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[b] * d2[g]), f2, acc[r]);
+            off[r] += offset[b] * sx[g];
+        }
+    }
+    for (int r = 0; r < R; r++) out[r * stride] = hsum(acc[r]) + off[r];
+#else
+    for (int r = 0; r < R; r++) {
+        float sum = 0.0f, off = 0.0f;
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t at = r * k + b * QK, g = r * blocks + b;
+            int dot1 = 0, dot2 = 0;
+            for (int j = 0; j < 16; j++) {
+                int lo = w[b * 16 + j] & 15, hi = w[b * 16 + j] >> 4;
+                dot1 += lo * q1[at + j] + hi * q1[at + 16 + j];
+                dot2 += lo * q2[at + j] + hi * q2[at + 16 + j];
+            }
+            sum += scale[b] * d1[g] * (float)dot1 + scale[b] * d2[g] * (float)dot2;
+            off += offset[b] * sx[g];
+        }
+        out[r * stride] = sum + off;
+    }
+#endif
+}
+
+/* Outputs of the q8 row w (K bytes, a scale per `group` = 16 or 32 weights) for R input rows. */
+static inline __attribute__((always_inline)) void dot_q8(const int8_t *w, const float *scale,
+                                                         const float *offset, int group, const int8_t *q1,
+                                                         const int8_t *q2, const float *d1, const float *d2,
+                                                         const float *sx, int64_t k, int R, float *out,
+                                                         int64_t stride) {
+    int64_t blocks = k / QK;
+    int per = QK / group; /* weight scales per activation block */
+#ifdef SIMLAB_AVX2
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[MAXR];
+    float off[MAXR];
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm256_setzero_ps();
+        off[r] = 0.0f;
+    }
+    for (int64_t b = 0; b < blocks; b++) {
+        __m256i c = _mm256_loadu_si256((const __m256i *)(w + b * QK));
+        __m256i a = _mm256_sign_epi8(c, c);
+        __m256 s = per == 1 ? _mm256_set1_ps(scale[b])
+                            : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
+        for (int r = 0; r < R; r++) {
+            int64_t at = r * k + b * QK, g = r * blocks + b;
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
+            __m256i p1 = _mm256_maddubs_epi16(a, _mm256_sign_epi8(x1, c));
+            __m256i p2 = _mm256_maddubs_epi16(a, _mm256_sign_epi8(x2, c));
+            __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(p1, ones));
+            __m256 f2 = _mm256_cvtepi32_ps(_mm256_madd_epi16(p2, ones));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d1[g])), f1, acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f2, acc[r]);
+            if (offset) off[r] += offset[b] * sx[g];
+        }
+    }
+    for (int r = 0; r < R; r++) out[r * stride] = hsum(acc[r]) + off[r];
+#else
+    for (int r = 0; r < R; r++) {
+        float sum = 0.0f, off = 0.0f;
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t at = r * k + b * QK, g = r * blocks + b;
+            for (int h = 0; h < per; h++) {
+                int dot1 = 0, dot2 = 0;
+                for (int j = 0; j < group; j++) {
+                    dot1 += w[b * QK + h * group + j] * q1[at + h * group + j];
+                    dot2 += w[b * QK + h * group + j] * q2[at + h * group + j];
+                }
+                sum += scale[b * per + h] * d1[g] * (float)dot1 + scale[b * per + h] * d2[g] * (float)dot2;
+            }
+            if (offset) off += offset[b] * sx[g];
+        }
+        out[r * stride] = sum + off;
+    }
+#endif
+}
+
+/* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows. x (M, K) float is first
+ * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats). Weight rows split over threads;
+ * each meets the inputs MAXR at a time (the same arithmetic per input row whatever M is). */
+void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const float *scale,
+                    const float *offset, int bits, int group, int64_t n, float *y, void *scratch, int threads) {
+    int64_t blocks_all = m * (k / QK);
+    int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
+    float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
+    simlab_quantize_rows(x, m, k, q1, q2, d1, d2, sx);
+    int64_t blocks = k / QK, groups = k / group;
+    int64_t tile = 16; /* weight rows per task: they stay in cache across the M inputs */
+    int64_t tiles = (n + tile - 1) / tile;
+#pragma omp parallel for num_threads(threads) schedule(static) if (n * k >= 65536 && threads > 1)
+    for (int64_t t = 0; t < tiles; t++) {
+        int64_t end = (t + 1) * tile < n ? (t + 1) * tile : n;
+        for (int64_t r = 0; r < m; r += MAXR) {
+            int R = m - r < MAXR ? (int)(m - r) : MAXR;
+            const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
+            const float *e1 = d1 + r * blocks, *e2 = d2 + r * blocks, *sr = sx + r * blocks;
+            for (int64_t o = t * tile; o < end; o++) {
+                float *out = y + r * n + o;
+                if (bits == 4) {
+                    const uint8_t *wo = (const uint8_t *)w + o * (k / 2);
+                    const float *so = scale + o * blocks, *oo = offset + o * blocks;
+                    switch (R) { /* a constant R each: the accumulators stay in registers */
+                    case 4: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 4, out, n); break;
+                    case 3: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 3, out, n); break;
+                    case 2: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 2, out, n); break;
+                    default: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 1, out, n);
+                    }
+                } else {
+                    const int8_t *wo = (const int8_t *)w + o * k;
+                    const float *so = scale + o * groups, *oo = offset ? offset + o * blocks : 0;
+                    if (group == QK && !oo) {
+                        switch (R) {
+                        case 4: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 4, out, n); break;
+                        case 3: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 3, out, n); break;
+                        case 2: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 2, out, n); break;
+                        default: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 1, out, n);
+                        }
+                    } else {
+                        switch (R) {
+                        case 4: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 4, out, n); break;
+                        case 3: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 3, out, n); break;
+                        case 2: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 2, out, n); break;
+                        default: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 1, out, n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Rows of a q8 table (an embedding) as floats: out (R, K) = scale * code (+ offset) for each id. */
+void simlab_q8_rows(const int8_t *w, const float *scale, const float *offset, int group, int64_t k,
+                    const int64_t *ids, int64_t count, float *out) {
+    int64_t groups = k / group;
+    for (int64_t i = 0; i < count; i++) {
+        const int8_t *row = w + ids[i] * k;
+        const float *s = scale + ids[i] * groups;
+        for (int64_t j = 0; j < k; j++) {
+            float v = s[j / group] * (float)row[j];
+            if (offset) v += offset[ids[i] * (k / QK) + j / QK];
+            out[i * k + j] = v;
+        }
+    }
+}

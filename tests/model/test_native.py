@@ -1,0 +1,168 @@
+"""simlab's own kernel (models/qmatmul.c through models/native): a GGUF tensor's codes kept as they
+are, multiplied without a second rounding of the weights; each row alone whatever the batch; the
+fused layers and norms of a lean decode step give the very same numbers as the modules they replace.
+
+The blocks are random bytes in each format's layout (`test_gguf_weights.random_tensor`); `gguf`'s
+dequantiser is the reference for the weights, a float64 product for the arithmetic."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_llama_style
+from test_gguf_weights import COLS, ROWS, random_tensor, reference
+
+from simlab.models import gguf_groups, lean, native
+from simlab.models.quant import _native_layer
+
+FORMATS = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    if native.library() is None:
+        pytest.fail(f"the kernel did not build here: {native.why()}")
+
+
+def unpacked(layer: native.NativeLinear) -> torch.Tensor:
+    """The (N, K) weight a layer's buffers hold, in float64. 4 bits: byte j of a group of 32 holds
+    code j (low nibble) and code 16 + j (high nibble)."""
+    if layer.bits != 4:
+        values = layer.codes.double().unflatten(-1, (-1, layer.group)) * layer.scale.double().unsqueeze(-1)
+        return values.flatten(-2)
+    n = layer.out_features
+    packed = layer.codes.reshape(n, -1, 16)
+    codes = torch.cat([packed & 15, packed >> 4], dim=-1).reshape(n, -1)
+    values = codes.double().unflatten(-1, (-1, 32)) * layer.scale.double().unsqueeze(-1)
+    return (values + layer.offset.double().unsqueeze(-1)).flatten(-2)
+
+
+def rounded(blocks: torch.Tensor):
+    """Per block of 32 (last dim), signed codes with scale max|x| / 127, as floats."""
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    inverse = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0)
+    return torch.round(blocks * inverse).clamp(-127, 127) * d
+
+
+def quantized_rows(x: torch.Tensor):
+    """The activations as the kernel rounds them: two levels of 8-bit codes per 32, the second
+    rounding what the first left."""
+    blocks = x.float().unflatten(-1, (-1, 32))
+    first = rounded(blocks)
+    return (first.double() + rounded(blocks - first).double()).flatten(-2)
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_the_layer_holds_the_files_weights_exactly(kind):
+    tensor = random_tensor(kind, seed=5)
+    layer = _native_layer(gguf_groups.read(tensor), None)
+    assert isinstance(layer, native.NativeLinear)
+    assert layer.bits == (4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 8)
+    assert layer.group == (16 if kind == "Q6_K" else 32)
+    assert torch.equal(unpacked(layer), reference(tensor).double())  # float32 scales: no rounding at all
+    bytes_per_weight = layer.codes.numel() * layer.codes.element_size() / (ROWS * COLS)
+    assert bytes_per_weight == (0.5 if layer.bits == 4 else 1.0)
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_the_product_is_the_weights_times_the_rounded_activations(kind):
+    tensor = random_tensor(kind, seed=6)
+    layer = _native_layer(gguf_groups.read(tensor), None)
+    torch.manual_seed(0)
+    x = torch.randn(5, COLS)
+    got = layer(x).double()
+    exact = quantized_rows(x) @ reference(tensor).double().t()
+    assert torch.allclose(got, exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+    plain = x.double() @ reference(tensor).double().t()  # two levels: ~15 bits per activation
+    assert (got - plain).abs().max() < 2e-4 * plain.abs().max()
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K"])
+def test_each_row_is_the_same_alone_or_in_any_batch(kind):
+    layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=7)), None)
+    torch.manual_seed(1)
+    x = torch.randn(9, COLS)
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(9)])
+    for size in (2, 3, 4, 5, 9):  # batches of 4 rows share the weights' unpacking; the rest go alone
+        together = torch.cat([layer(x[i : i + size]) for i in range(0, 9, size)])
+        assert torch.equal(together, alone), size
+
+
+def test_a_row_of_zeros_gives_the_bias_alone():
+    tensor = random_tensor("Q4_K", seed=8)
+    bias = torch.randn(ROWS)
+    layer = _native_layer(gguf_groups.read(tensor), bias)
+    assert torch.equal(layer(torch.zeros(2, COLS)), bias.expand(2, -1))
+
+
+def test_an_embedding_reads_its_rows_from_the_codes():
+    tensor = random_tensor("Q8_0", seed=9)
+    table = _native_layer(gguf_groups.read(tensor), None)
+    embedding = native.NativeEmbedding(table, torch.tensor(2.5), torch.float32)
+    ids = torch.tensor([[3, 0, ROWS - 1], [7, 7, 1]])
+    expected = reference(tensor)[ids] * 2.5
+    assert torch.equal(embedding(ids), expected)
+    assert embedding.num_embeddings == ROWS and embedding.embedding_dim == COLS
+
+
+def native_copy(model, q4=("o_proj", "down_proj")):
+    """Every Linear of a tiny model as NativeLinear from random codes: Q4_K for the layers named in
+    `q4`, Q8_0 for the others."""
+    linears = [
+        (holder, name, child)
+        for holder in list(model.modules())
+        for name, child in list(holder.named_children())
+        if isinstance(child, torch.nn.Linear)
+    ]
+    for seed, (parent, name, child) in enumerate(linears):
+        rows, cols = child.weight.shape
+        groups = gguf_groups.read(random_tensor("Q4_K" if name in q4 else "Q8_0", seed=seed))
+        groups.codes = np.resize(groups.codes, (rows, cols))
+        groups.scale = np.resize(groups.scale, (rows, cols // 32)) * 20
+        groups.offset = np.resize(groups.offset, (rows, cols // 32)) * 20
+        setattr(parent, name, _native_layer(groups, None))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_fused_layers_and_norms_give_the_same_logits_bit_for_bit(kind, tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = tiny_llama_style(tmp_path / kind, kind, tiny_dir)
+    plain = native_copy(AutoModelForCausalLM.from_pretrained(folder).eval())
+    torch.manual_seed(0)
+    fast = native_copy(AutoModelForCausalLM.from_pretrained(folder).eval())
+    assert lean.fuse(fast) == 2 * 3  # q/k/v and gate/up in each of 3 blocks
+    mixed = native_copy(AutoModelForCausalLM.from_pretrained(folder), q4=("o_proj", "down_proj", "v_proj"))
+    assert lean.fuse(mixed) == 3  # q/k/v of two layouts stay apart
+    assert lean.fuse_norms(fast) == (6 * 3 + 1 if kind == "gemma3" else 2 * 3 + 1)
+    ids = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 4, 8, 10]])
+    with torch.inference_mode():
+        a, b = plain(input_ids=ids).logits, fast(input_ids=ids).logits
+        cache_a = plain(input_ids=ids[:, :6], use_cache=True).cache
+        cache_b = fast(input_ids=ids[:, :6], use_cache=True).cache
+        step_a = plain(input_ids=ids[:, 6:7], cache=cache_a).logits
+        step_b = fast(input_ids=ids[:, 6:7], cache=cache_b).logits
+    assert cache_a is not None and cache_a.get_seq_length() == 7
+    assert torch.equal(a, b) and torch.equal(step_a, step_b)
+    assert not any(isinstance(m, type(plain.model.norm)) for m in fast.modules())
+
+
+def test_without_a_compiler_there_is_no_library_and_it_says_why(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    assert native.library(tmp_path / "kernels") is None
+    assert "no C compiler" in native.why()
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("SIMLAB_NATIVE", "0")
+    assert native.library(tmp_path / "kernels") is None and native.why() == "SIMLAB_NATIVE=0"
+
+
+def test_a_compiler_that_fails_is_one_line(monkeypatch, tmp_path):
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'cc: error: unrecognized option' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("CC", str(fake))
+    assert native.library(tmp_path / "kernels") is None
+    assert native.why() == "cc failed: cc: error: unrecognized option"
