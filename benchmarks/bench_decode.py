@@ -33,6 +33,7 @@ from transformers import GenerationConfig
 from simlab.config import load_settings
 from simlab.engine.local import Engine
 from simlab.engine.params import SamplingParams
+from simlab.models import native
 from simlab.models.load import load_model
 
 PROMPT = (
@@ -131,15 +132,31 @@ def compare_weights(args, float_engine: Engine, ids: list[int]) -> None:
             print(f"{weights:>8} {n:>3} {a:>8.1f} {b:>12.1f} {a / b:>6.2f}x")
         delta, same, runs = quality(reference, engine)
         print(
-            f"{weights:>8} quality vs float32 weights: mean |delta logprob| {delta:.3f} nats/token "
+            f"{weights:>8} quality vs float32 weights: mean |delta logprob| {delta:.4f} nats/token "
             f"(2,000 tokens of README.md); greedy identical on {same}/{runs} prompts"
         )
         print(f"{weights:>8} {roof_line(engine, read_bandwidth(), best_single(engine, ids, args))}")
     delta, same, runs = quality(reference, float_engine)
     print(
-        f"{'float':>8} quality vs float32 weights: mean |delta logprob| {delta:.3f} nats/token; "
+        f"{'float':>8} quality vs float32 weights: mean |delta logprob| {delta:.4f} nats/token; "
         f"greedy identical on {same}/{runs} prompts"
     )
+
+
+def against_generate(args, auto: Engine, model, ids: list[int]) -> None:
+    """simlab as a user gets it (weights auto) against `generate` on the float model, and the wall
+    time of 4 siblings against one reply."""
+    print(f"{'n':>3} {'simlab auto tok/s':>18} {'generate tok/s':>15} {'ratio':>7}")
+    rates = {}
+    for n in (1, 4):
+        a, b = alternating(
+            partial(time_simlab, auto, ids, n, args.tokens),
+            partial(time_generate, model, ids, n, args.tokens),
+            args.repeats,
+        )
+        rates[n] = a
+        print(f"{n:>3} {a:>18.1f} {b:>15.1f} {a / b:>6.2f}x")
+    print(f"4 siblings take {rates[1] * 4 / rates[4]:.2f}x the wall time of one reply")
 
 
 def read_bandwidth() -> float:
@@ -157,7 +174,7 @@ def read_bandwidth() -> float:
 def bytes_per_token(model) -> int:
     """The bytes a decode step reads: every parameter and quantized buffer, except the input
     embedding when the unembedding does not share it (a lookup reads one row)."""
-    embedding = model.get_input_embeddings().weight
+    embedding = getattr(model.get_input_embeddings(), "weight", None)  # None: read from the head's codes
     output = model.get_output_embeddings()
     tied = output is not None and getattr(output, "weight", None) is embedding
     total = sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not embedding)
@@ -325,6 +342,8 @@ def main() -> None:
         compare_weights(args, engine, ids)
     auto = Engine(load_model(args.model, load_settings(device=args.device, dtype=args.dtype)))
     auto.eos_ids = frozenset()
+    print(f"weights auto: {auto.info.weights}, {auto.info.dtype} activations; simlab kernel: {native.why()}")
+    against_generate(args, auto, loaded.model, ids)
     anchor_llama(args, auto, ids)
     startup(args)
 

@@ -63,6 +63,7 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
         out.append(("fail", "torch/transformers", f"cannot be imported: {exc}; reinstall with `make run`"))
         return out
     out.append(_device(settings))
+    out.append(_kernel())
     out += _folders(settings)
     out.append(_embedded(settings))
     offline = settings.offline or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
@@ -129,6 +130,20 @@ def _device(settings) -> Check:
         "ok",
         "device",
         f"{device} {dtype_name(dtype)}{note}; settings device={settings.device} dtype={settings.dtype}",
+    )
+
+
+def _kernel() -> Check:
+    """simlab's own kernel for GGUF weights: built here (once), or why torch's int4 kernel stands in."""
+    from simlab.models import native
+
+    if native.library() is not None:
+        return ("ok", "gguf kernel", f"simlab's own, {native.why()}")
+    return (
+        "warn",
+        "gguf kernel",
+        f"torch's int4 kernel instead of simlab's own ({native.why()}): GGUF replies decode slower; "
+        "install a C compiler (cc) to build it",
     )
 
 

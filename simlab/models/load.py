@@ -73,6 +73,10 @@ def load_model(
         )
     if weights == "gguf" and settings.dtype == "auto" and _native():
         settings = replace(settings, dtype="float32")  # simlab's kernel reads float32 activations
+    if weights == "gguf" and settings.dtype == "float32" and _native():
+        quick = _from_codes(spec, settings, progress or (lambda message: None))
+        if quick is not None:
+            return quick
     loaded = _load(spec, settings, trust_remote_code, progress or (lambda message: None))
     if weights == "float":
         return loaded
@@ -115,6 +119,35 @@ def load_tokenizer(spec: str, settings: Settings, *, trust_remote_code: bool = F
     )
 
 
+def _from_codes(spec: str, settings: Settings, say: Progress) -> LoadedModel | None:
+    """The GGUF model built from its cached codes alone (models.from_codes), when they are cached."""
+    from simlab.models import from_codes, gguf
+    from simlab.models.device import pick_device
+
+    if pick_device(settings.device).type != "cpu":
+        return None
+    folder, revision, _ = gguf.cached_conversion(spec, settings, say)
+    kind = classify_spec(spec)
+    return from_codes.load(
+        folder,
+        _codes_path(settings, revision, "float32", "gguf", "native"),
+        spec=spec,
+        name=_display_name(spec, kind),
+        revision=revision,
+        own_cache=kind == "embedded",
+    )
+
+
+def _display_name(spec: str, kind: str) -> str:
+    return "gemma-3-270m (embedded)" if kind == "embedded" else Path(spec).name
+
+
+def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, kernel: str) -> Path:
+    """Where the quantized layers of a model are cached: keyed by what makes them differ."""
+    key = hashlib.sha256(f"{revision}:{dtype}:{weights}:{kernel}".encode()).hexdigest()[:16]
+    return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
+
+
 def _native() -> bool:
     from simlab.models import native
 
@@ -142,8 +175,7 @@ def _with_weights(
 
     info = loaded.info
     kernel = "native" if weights == "gguf" and _native() else "torch"
-    key = hashlib.sha256(f"{info.revision}:{info.dtype}:{weights}:{kernel}".encode()).hexdigest()[:16]
-    path = settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
+    path = _codes_path(settings, info.revision, info.dtype, weights, kernel)
     try:
         stored = load_file(str(path)) if path.exists() else None
     except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not reported
@@ -199,7 +231,7 @@ def _load(spec: str, settings: Settings, trust_remote_code: bool, say: Progress)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     if kind in ("embedded", "gguf"):
-        name = "gemma-3-270m (embedded)" if kind == "embedded" else Path(spec).name
+        name = _display_name(spec, kind)
         for attempt in (1, 2):
             folder, revision, from_cache = gguf.cached_conversion(spec, settings, say)
             wanted = dtype_name(dtype)

@@ -110,6 +110,9 @@ def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
     """The q8 table's rows `ids` as float32, (len(ids), K)."""
     flat = ids.reshape(-1).to(torch.int64).contiguous()
     k = codes.shape[1]
+    low, high = (int(flat.min()), int(flat.max())) if flat.numel() else (0, 0)
+    if low < 0 or high >= codes.shape[0]:
+        raise IndexError(f"token ids must be in 0..{codes.shape[0] - 1}; got {low}..{high}")
     out = torch.empty((flat.numel(), k), dtype=torch.float32)
     lib = _state["lib"]
     lib.simlab_q8_rows(_ptr(codes), _ptr(scale), _ptr(offset), group, k, _ptr(flat), flat.numel(), _ptr(out))

@@ -20,7 +20,7 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 5; }
+int simlab_qmatmul_version(void) { return 6; }
 
 int simlab_qmatmul_simd(void) {
 #ifdef SIMLAB_AVX2
@@ -49,9 +49,9 @@ static float round_block(const float *v, int8_t *q, int *sum) {
     return d;
 }
 
-/* x (M, K) float -> two levels of 8-bit codes per block of 32: x ~ d1 q1 + d2 q2, where q2 rounds
- * what q1 left (so about 15 bits per value). q1, q2 (M, K); d1, d2, sx (M, K/32), sx = d1 sum(q1) +
- * d2 sum(q2), for the weights' offsets. */
+/* x (M, K) float -> two levels of 8-bit codes per block of 32: x ~ d1 q1 + d2 q2 with d2 = d1 / 256,
+ * where q2 rounds what q1 left (so about 15 bits per value, and 256 q1 + q2 is one integer). q1, q2
+ * (M, K); d1, d2, sx (M, K/32), sx = d2 sum(256 q1 + q2), for the weights' offsets. */
 void simlab_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q1, int8_t *q2, float *d1,
                           float *d2, float *sx) {
     int64_t blocks = k / QK;
@@ -62,8 +62,16 @@ void simlab_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q1, int8
             int s1, s2;
             d1[g] = round_block(x + at, q1 + at, &s1);
             for (int i = 0; i < QK; i++) rest[i] = x[at + i] - d1[g] * (float)q1[at + i];
-            d2[g] = round_block(rest, q2 + at, &s2);
-            sx[g] = d1[g] * (float)s1 + d2[g] * (float)s2;
+            d2[g] = d1[g] / 256.0f;
+            float inv = d2[g] != 0.0f ? 1.0f / d2[g] : 0.0f;
+            s2 = 0;
+            for (int i = 0; i < QK; i++) {
+                int c = (int)nearbyintf(rest[i] * inv);
+                c = c > 127 ? 127 : (c < -127 ? -127 : c);
+                q2[at + i] = (int8_t)c;
+                s2 += c;
+            }
+            sx[g] = d2[g] * (float)(256 * s1 + s2);
         }
     }
 }
@@ -88,7 +96,7 @@ static inline __attribute__((always_inline)) void dot_q4(const uint8_t *w, const
     int64_t blocks = k / QK;
 #ifdef SIMLAB_AVX2
     const __m256i low = _mm256_set1_epi8(0x0F);
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
     __m256 acc[MAXR];
     float off[MAXR];
     for (int r = 0; r < R; r++) {
@@ -102,10 +110,10 @@ static inline __attribute__((always_inline)) void dot_q4(const uint8_t *w, const
             int64_t at = r * k + b * QK, g = r * blocks + b;
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
-            __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(c, x1), ones));
-            __m256 f2 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(c, x2), ones));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[b] * d1[g]), f1, acc[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[b] * d2[g]), f2, acc[r]);
+            __m256i i1 = _mm256_madd_epi16(_mm256_maddubs_epi16(c, x1), high);
+            __m256i i2 = _mm256_madd_epi16(_mm256_maddubs_epi16(c, x2), ones);
+            __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[b] * d2[g]), f, acc[r]);
             off[r] += offset[b] * sx[g];
         }
     }
@@ -121,7 +129,7 @@ static inline __attribute__((always_inline)) void dot_q4(const uint8_t *w, const
                 dot1 += lo * q1[at + j] + hi * q1[at + 16 + j];
                 dot2 += lo * q2[at + j] + hi * q2[at + 16 + j];
             }
-            sum += scale[b] * d1[g] * (float)dot1 + scale[b] * d2[g] * (float)dot2;
+            sum += scale[b] * d2[g] * (float)(256 * dot1 + dot2);
             off += offset[b] * sx[g];
         }
         out[r * stride] = sum + off;
@@ -138,7 +146,7 @@ static inline __attribute__((always_inline)) void dot_q8(const int8_t *w, const 
     int64_t blocks = k / QK;
     int per = QK / group; /* weight scales per activation block */
 #ifdef SIMLAB_AVX2
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
     __m256 acc[MAXR];
     float off[MAXR];
     for (int r = 0; r < R; r++) {
@@ -156,10 +164,8 @@ static inline __attribute__((always_inline)) void dot_q8(const int8_t *w, const 
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
             __m256i p1 = _mm256_maddubs_epi16(a, _mm256_sign_epi8(x1, c));
             __m256i p2 = _mm256_maddubs_epi16(a, _mm256_sign_epi8(x2, c));
-            __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(p1, ones));
-            __m256 f2 = _mm256_cvtepi32_ps(_mm256_madd_epi16(p2, ones));
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d1[g])), f1, acc[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f2, acc[r]);
+            __m256i i = _mm256_add_epi32(_mm256_madd_epi16(p1, high), _mm256_madd_epi16(p2, ones));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), _mm256_cvtepi32_ps(i), acc[r]);
             if (offset) off[r] += offset[b] * sx[g];
         }
     }
@@ -175,7 +181,7 @@ static inline __attribute__((always_inline)) void dot_q8(const int8_t *w, const 
                     dot1 += w[b * QK + h * group + j] * q1[at + h * group + j];
                     dot2 += w[b * QK + h * group + j] * q2[at + h * group + j];
                 }
-                sum += scale[b * per + h] * d1[g] * (float)dot1 + scale[b * per + h] * d2[g] * (float)dot2;
+                sum += scale[b * per + h] * d2[g] * (float)(256 * dot1 + dot2);
             }
             if (offset) off += offset[b] * sx[g];
         }

@@ -8,6 +8,12 @@ from simlab.errors import SimlabError
 from simlab.repl.state import Chat
 
 
+def kernel_text() -> str:
+    from simlab.models import native  # (torch: only once a local GGUF model is loaded)
+
+    return f"simlab kernel, {native.why()}" if native.library() else f"torch int4 kernel: {native.why()}"
+
+
 def info_lines(chat: Chat) -> list[str]:
     info, node = chat.engine.info, chat.cursor
     depth, i, n = chat.position()
@@ -16,7 +22,8 @@ def info_lines(chat: Chat) -> list[str]:
         where = [
             f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
             f"device    {info.device} {info.dtype}"
-            + (f" weights {info.weights}" if info.weights != "float" else ""),
+            + (f" weights {info.weights}" if info.weights != "float" else "")
+            + (f" ({kernel_text()})" if info.weights == "gguf" else ""),
         ]
     else:
         where = [f"model     {info.name} on the server at {info.device}"]

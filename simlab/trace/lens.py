@@ -37,7 +37,7 @@ class Lens:
         """On this very model: hidden_states[-1] is the final norm's output (so it must not be normed
         again), norm(last block) equals it, and the lens reproduces the model's logits from it."""
         device = next(self.model.parameters()).device
-        vocab = self.model.get_input_embeddings().weight.shape[0]
+        vocab = self.model.get_input_embeddings().num_embeddings  # (a GGUF's may hold codes, no .weight)
         ids = torch.arange(1, 7, device=device).clamp(max=vocab - 1).unsqueeze(0)  # (1, 6)
         raw = {}
         handle = self.arch.blocks[-1].register_forward_hook(

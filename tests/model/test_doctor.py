@@ -10,6 +10,7 @@ def test_doctor_reports_each_part_and_loads_a_model(capsys, tmp_path, tiny_dir, 
     lines = {line[6:22].strip(): line for line in out.splitlines()}
     assert lines["torch"].startswith("ok") and lines["transformers"].startswith("ok")
     assert "cpu" in lines["device"]
+    assert lines["gguf kernel"].startswith("ok") and "simlab's own, built (" in lines["gguf kernel"]
     assert lines["simlab home"].startswith("ok") and str(isolated_home) in lines["simlab home"]
     assert lines["sessions folder"].startswith("ok") and "writable" in lines["sessions folder"]
     assert (

@@ -36,19 +36,19 @@ def unpacked(layer: native.NativeLinear) -> torch.Tensor:
     return (values + layer.offset.double().unsqueeze(-1)).flatten(-2)
 
 
-def rounded(blocks: torch.Tensor):
-    """Per block of 32 (last dim), signed codes with scale max|x| / 127, as floats."""
-    d = blocks.abs().amax(-1, keepdim=True) / 127
+def rounded(blocks: torch.Tensor, d: torch.Tensor):
+    """Per block of 32 (last dim), signed codes with scale d, as floats."""
     inverse = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0)
     return torch.round(blocks * inverse).clamp(-127, 127) * d
 
 
 def quantized_rows(x: torch.Tensor):
-    """The activations as the kernel rounds them: two levels of 8-bit codes per 32, the second
-    rounding what the first left."""
+    """The activations as the kernel rounds them: per 32, codes with scale max|x| / 127, then codes
+    with 1/256 of that scale for what the first left."""
     blocks = x.float().unflatten(-1, (-1, 32))
-    first = rounded(blocks)
-    return (first.double() + rounded(blocks - first).double()).flatten(-2)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    first = rounded(blocks, d)
+    return (first.double() + rounded(blocks - first, d / 256).double()).flatten(-2)
 
 
 @pytest.mark.parametrize("kind", FORMATS)
@@ -102,6 +102,8 @@ def test_an_embedding_reads_its_rows_from_the_codes():
     expected = reference(tensor)[ids] * 2.5
     assert torch.equal(embedding(ids), expected)
     assert embedding.num_embeddings == ROWS and embedding.embedding_dim == COLS
+    with pytest.raises(IndexError, match="token ids must be in 0..63"):
+        embedding(torch.tensor([[ROWS]]))  # not a read past the table
 
 
 def native_copy(model, q4=("o_proj", "down_proj")):

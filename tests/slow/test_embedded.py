@@ -142,3 +142,30 @@ def test_auto_decodes_from_the_ggufs_own_quantization_and_stays_with_the_float_m
     ids = float32.encode(text)[:600]
     a, b = float32.score(ids), embedded_engine.score(ids)
     assert sum(abs(x - y) for x, y in zip(a, b)) / len(a) < 0.005  # measured 0.0002; one level: 0.062
+
+
+def test_a_model_built_from_its_cached_codes_is_the_full_loads_bit_for_bit(embedded, monkeypatch):
+    """Later starts build the GGUF model from its cached codes alone (no float weights read): the
+    very model the full load (float weights, then the codes) builds."""
+    from conftest import _REAL_HOME
+
+    from simlab.models import from_codes
+    from simlab.models import load as loading
+
+    if _REAL_HOME:
+        monkeypatch.setenv("SIMLAB_HOME", _REAL_HOME)
+    else:
+        monkeypatch.delenv("SIMLAB_HOME")
+    built = []
+    real = from_codes.load
+    monkeypatch.setattr(from_codes, "load", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    quick = load_model("embedded", Settings(device="cpu"))
+    assert built and built[0] is quick  # (the fixture's load made the cache)
+    monkeypatch.setattr(loading, "_from_codes", lambda *a: None)
+    full = load_model("embedded", Settings(device="cpu"))
+    assert quick.info == full.info
+    ids = torch.tensor([[2, 651, 2412, 563, 496, 1000, 2000, 3000]])
+    with torch.inference_mode():
+        assert torch.equal(quick.model(input_ids=ids).logits, full.model(input_ids=ids).logits)
+    a, b = quick.model.state_dict(), full.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
