@@ -138,7 +138,9 @@ def _kernel() -> Check:
     from simlab.models import native
 
     if native.library() is not None:
-        return ("ok", "gguf kernel", f"simlab's own, {native.why()}")
+        return ("ok", "gguf kernel", f"simlab's own, {native.why()}; float32 activations")
+    if native.why() == "SIMLAB_NATIVE=0":
+        return ("warn", "gguf kernel", "torch's int4 kernel: simlab's own is turned off by SIMLAB_NATIVE=0")
     return (
         "warn",
         "gguf kernel",
@@ -163,7 +165,7 @@ def _embedded(settings) -> Check:
         return (
             "warn",
             "embedded model",
-            "not converted yet: the first `simlab` converts it (under a minute)",
+            "not converted yet: the first `simlab` converts it (about two minutes)",
         )
     variants = [p.name for p in folder.iterdir() if p.is_dir() and gguf.dtype_variant(folder, p.name)]
     extra = f"; also kept in {', '.join(variants)}" if variants else ""

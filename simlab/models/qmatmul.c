@@ -202,7 +202,7 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
     int64_t blocks = k / QK, groups = k / group;
     int64_t tile = 16; /* weight rows per task: they stay in cache across the M inputs */
     int64_t tiles = (n + tile - 1) / tile;
-#pragma omp parallel for num_threads(threads) schedule(static) if (n * k >= 65536 && threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (n * k >= 65536 && threads > 1)
     for (int64_t t = 0; t < tiles; t++) {
         int64_t end = (t + 1) * tile < n ? (t + 1) * tile : n;
         for (int64_t r = 0; r < m; r += MAXR) {
