@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,35 +63,34 @@ def ttft_by_turn(engine: Engine, turns: int) -> list[float]:
     return firsts
 
 
+# The child reads its own VmHWM as it exits: its ru_maxrss would include this big process's size
+# at the fork (ru_maxrss survives exec; VmHWM belongs to the new address space).
+CHAT = (
+    "import sys\n"
+    "from simlab.cli.main import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "finally:\n"
+    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+    "    print('VmHWM', hwm, file=sys.stderr)\n"
+)
+
+
 def peak_memory(model: str, dtype: str) -> float:
-    """Max RSS (MiB) of a scripted `simlab chat` child process."""
+    """Peak RSS (MiB) of a scripted `simlab chat` process (three turns)."""
     with tempfile.TemporaryDirectory() as folder:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "simlab",
-                "chat",
-                "--model",
-                model,
-                "--dtype",
-                dtype,
-                "--sessions-dir",
-                folder,
-                "--max-tokens",
-                "16",
-                "--seed",
-                "1",
-            ],
+        done = subprocess.run(
+            [sys.executable, "-c", CHAT, "chat", "--model", model, "--dtype", dtype, "--sessions-dir", folder]
+            + ["--max-tokens", "16", "--seed", "1"],
             input="Hello.\nWhere do you live?\nWhy?\n",
             capture_output=True,
             text=True,
-            check=True,
             env={**os.environ},
         )
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024
+    lines = [line for line in done.stderr.splitlines() if line.startswith("VmHWM ")]
+    if not lines:
+        raise SystemExit(f"the scripted chat did not finish: {done.stderr.strip()[-300:]}")
+    return int(lines[-1].split()[1]) / 1024
 
 
 def main() -> None:

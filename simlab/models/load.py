@@ -72,6 +72,11 @@ def load_model(
             f"--weights {weights} runs on the CPU (torch's weight-only kernels); use --weights float "
             f"on {settings.device}"
         )
+    if settings.dtype == "float16" and _is_gemma(spec):
+        raise ModelUnavailableError(
+            f"--dtype float16: {spec}'s Gemma activations outgrow float16's range (the replies come out "
+            "as <pad>); use --dtype bfloat16 or float32 (or auto)"
+        )
     if weights == "gguf" and settings.dtype == "auto" and _native():
         settings = replace(settings, dtype="float32")  # simlab's kernel reads float32 activations
     if weights == "gguf" and settings.dtype == "float32" and _native():
@@ -147,6 +152,23 @@ def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, ker
     """Where the quantized layers of a model are cached: keyed by what makes them differ."""
     key = hashlib.sha256(f"{revision}:{dtype}:{weights}:{kernel}".encode()).hexdigest()[:16]
     return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
+
+
+def _is_gemma(spec: str) -> bool:
+    """Whether a spec is a Gemma model, known without loading it (the embedded model, or a folder's
+    config.json; GGUFs and hub ids are not read here)."""
+    import json
+
+    try:
+        kind = classify_spec(spec)
+        if kind == "embedded":
+            return True
+        if kind == "folder":
+            config = json.loads((Path(spec).expanduser() / "config.json").read_text(encoding="utf-8"))
+            return str(config.get("model_type", "")).startswith("gemma")
+    except (UnknownModelError, OSError, ValueError):
+        pass
+    return False
 
 
 def _native() -> bool:

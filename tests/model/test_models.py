@@ -157,3 +157,18 @@ def test_embedded_cache_folder_is_keyed_by_the_gguf_hash():
     folder = gguf.cache_folder("embedded", Settings())
     assert gguf.embedded_sha256()[:12] in folder.name
     assert gguf.read_marker(folder) is None  # nothing converted in an isolated home
+
+
+def test_float16_is_refused_for_gemma_before_anything_loads(tmp_path, tiny_dir, capsys):
+    from conftest import run_cli, tiny_llama_style
+
+    folder = tiny_llama_style(tmp_path / "gemma", "gemma3", tiny_dir)
+    llama = tiny_llama_style(tmp_path / "llama", "llama", tiny_dir)
+    capsys.readouterr()  # (saving them printed progress)
+    code, out, err = run_cli(capsys, "generate", "hi", "--model", str(folder), "--dtype", "float16")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "Gemma activations outgrow float16" in err and "bfloat16" in err
+    with pytest.raises(ModelUnavailableError, match="--dtype float16: embedded"):
+        load_model("embedded", Settings(device="cpu", dtype="float16"))  # refused before converting
+    # other models keep float16
+    assert load_model(str(llama), Settings(device="cpu", dtype="float16")).info.dtype == "float16"
