@@ -5,6 +5,8 @@ fused layers and norms of a lean decode step give the very same numbers as the m
 The blocks are random bytes in each format's layout (`test_gguf_weights.random_tensor`); `gguf`'s
 dequantiser is the reference for the weights, a float64 product for the arithmetic."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,9 @@ FORMATS = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]
 @pytest.fixture(scope="module", autouse=True)
 def kernel():
     if native.library() is None:
-        pytest.fail(f"the kernel did not build here: {native.why()}")
+        if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+            pytest.skip("no C compiler here: simlab falls back to torch's kernel (tested below)")
+        pytest.fail(f"the kernel did not build here, with a compiler present: {native.why()}")
 
 
 def unpacked(layer: native.NativeLinear) -> torch.Tensor:
