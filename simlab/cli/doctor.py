@@ -178,7 +178,9 @@ def _generation(settings, say: Callable[[str], None]) -> Check:
         [c] = engine.generate("The capital of France is", SamplingParams(temperature=0, max_new_tokens=3))
     except Exception as exc:
         return ("fail", "generation", f"{settings.model}: {exc}")
-    return ("ok", "generation", f"{engine.info.name}: {c.text!r} ({engine.info.device}, {engine.info.dtype})")
+    info = engine.info
+    weights = f", weights {info.weights}" if info.weights != "float" else ""
+    return ("ok", "generation", f"{info.name}: {c.text!r} ({info.device}, {info.dtype}{weights})")
 
 
 def report(rows: list[Check]) -> str:

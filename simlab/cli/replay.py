@@ -60,7 +60,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise SimlabError(f"the path to {session.tree.short(target)} has no sampled replies to replay")
         for node in replies:
             params_of(node, overrides)  # a bad override fails before the model loads
-        say(f"simlab: loading the model to re-run the path's {len(replies)} sampled reply(s)")
+        say(f"simlab: loading the model to re-run the path's {_replies(len(replies))}")
         engine = _engine_for(args, replies)
         if not changing:
             return _check(engine, session, path, replies, tracer)
@@ -134,3 +134,7 @@ def _check(engine, session, path, replies, tracer) -> int:
             f"this is {engine.info.revision}"
         )
     return 0 if same == len(rerun) else 1
+
+
+def _replies(count: int) -> str:
+    return f"{count} sampled repl{'y' if count == 1 else 'ies'}"

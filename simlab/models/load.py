@@ -149,7 +149,9 @@ def _display_name(spec: str, kind: str) -> str:
 
 
 def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, kernel: str) -> Path:
-    """Where the quantized layers of a model are cached: keyed by what makes them differ."""
+    """Where the quantized layers of a model are cached: keyed by what makes them differ (not the
+    dtype for simlab's kernel: it keeps the file's codes with float32 scales whatever the dtype)."""
+    dtype = "any" if kernel == "native" else dtype
     key = hashlib.sha256(f"{revision}:{dtype}:{weights}:{kernel}".encode()).hexdigest()[:16]
     return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
 

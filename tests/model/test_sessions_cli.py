@@ -147,7 +147,7 @@ def test_replay_reproduces_every_reply_exactly(capsys, store, tiny_engine):
     assert code == 0 and "reproduced 2/2 replies exactly" in out
     assert len(store.open("chat", read_only=True).tree.nodes) == len(session.tree.nodes)
     # no silent wait: the model's load and each reply are announced on stderr
-    assert "loading the model to re-run the path's 2 sampled reply(s)" in err
+    assert "loading the model to re-run the path's 2 sampled replies" in err
     assert "re-running replies: 1/2 replies" in err and "re-running replies: 2/2 replies" in err
 
 
