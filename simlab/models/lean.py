@@ -16,18 +16,19 @@ class _Fused:
 
     def __init__(self, layer: NativeLinear, sizes: list[int]):
         self.layer, self.sizes = layer, sizes
-        self.seen: tuple | None = None
-        self.outputs: tuple = ()
+        # (input, its version, the outputs), replaced as one object: a forward in another thread
+        # never sees one input paired with another's outputs
+        self.last: tuple | None = None
 
     def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         version = None if x.is_inference() else x._version  # (inference tensors keep no count)
-        if self.seen is None or self.seen[0] is not x or self.seen[1] != version:
-            self.outputs = self.layer(x).split(self.sizes, dim=-1)
-            self.seen = (x, version)
-        out = self.outputs[index]
-        if index == len(self.sizes) - 1:  # the last member read its part: let the input go
-            self.seen, self.outputs = None, ()
-        return out
+        last = self.last
+        if last is None or last[0] is not x or last[1] != version:
+            last = (x, version, self.layer(x).split(self.sizes, dim=-1))
+            self.last = last
+        if index == len(self.sizes) - 1 and self.last is last:  # the last member read its part
+            self.last = None  # let the input go
+        return last[2][index]
 
 
 class FusedPart(torch.nn.Module):

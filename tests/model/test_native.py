@@ -172,3 +172,20 @@ def test_a_compiler_that_fails_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(fake))
     assert native.library(tmp_path / "kernels") is None
     assert native.why() == "cc failed: cc: error: unrecognized option"
+
+
+def test_fused_members_always_answer_for_their_own_input():
+    block = torch.nn.Module()
+    for seed, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        groups = gguf_groups.read(random_tensor("Q8_0", seed=20 + seed))
+        block.add_module(name, _native_layer(groups, None))
+    alone = {name: getattr(block, name) for name in ("q_proj", "k_proj", "v_proj")}
+    assert lean.fuse(block) == 1
+    a, b = torch.randn(2, COLS), torch.randn(2, COLS)
+    # interleaved, as two forwards in two threads could be: each call is its input's own product
+    assert torch.equal(block.q_proj(a), alone["q_proj"](a))
+    assert torch.equal(block.q_proj(b), alone["q_proj"](b))
+    assert torch.equal(block.k_proj(a), alone["k_proj"](a))
+    assert torch.equal(block.v_proj(b), alone["v_proj"](b))
+    assert torch.equal(block.v_proj(a), alone["v_proj"](a))
+    assert block.q_proj._fused.last is None  # the last member read its part: nothing held
