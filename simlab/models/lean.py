@@ -102,12 +102,21 @@ class FusedRMSNorm(torch.nn.Module):
         self.eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
         self.gemma = gemma
         self.shape = (norm.weight.shape[-1],)
+        self._scale: tuple | None = None  # (weight's version, 1 + weight in float32), made once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x if x.dtype == torch.float32 else x.float()
         if self.gemma:
-            scale = 1.0 + self.weight.float()
-            return torch.nn.functional.rms_norm(x.float(), self.shape, scale, self.eps).type_as(x)
-        return self.weight * torch.nn.functional.rms_norm(x.float(), self.shape, None, self.eps).to(x.dtype)
+            out = torch.nn.functional.rms_norm(x32, self.shape, self._gemma_scale(), self.eps)
+            return out if out.dtype == x.dtype else out.type_as(x)
+        out = torch.nn.functional.rms_norm(x32, self.shape, None, self.eps)
+        return self.weight * (out if out.dtype == x.dtype else out.to(x.dtype))
+
+    def _gemma_scale(self) -> torch.Tensor:
+        version = self.weight._version
+        if self._scale is None or self._scale[0] != version:
+            self._scale = (version, 1.0 + self.weight.float())
+        return self._scale[1]
 
 
 def fuse_norms(model: torch.nn.Module) -> int:

@@ -135,10 +135,15 @@ class NativeLinear(torch.nn.Module):
         self.in_features = codes.shape[1] * (2 if bits == 4 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).float()
-        y = matmul(rows, self.codes, self.scale, self.offset, self.bits, self.group)
-        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        rows = x.reshape(-1, x.shape[-1])
+        y = matmul(rows if rows.dtype == torch.float32 else rows.float(), *self._args)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        y = y if y.dtype == x.dtype else y.to(x.dtype)
         return y if self.bias is None else y + self.bias
+
+    @property
+    def _args(self):
+        return self.codes, self.scale, self.offset, self.bits, self.group
 
 
 class NativeEmbedding(torch.nn.Module):
