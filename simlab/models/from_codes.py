@@ -9,6 +9,7 @@ tied embedding from the cache. Anything not accounted for sends the caller back 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,8 +62,6 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     del stored  # each layer holds its own tensors now: fusing frees them group by group
     lean.fuse(model)
     lean.fuse_norms(model)
-    from dataclasses import replace
-
     return LoadedModel(model, tokenizer, replace(info, weights="gguf"))
 
 

@@ -20,7 +20,7 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 6; }
+int simlab_qmatmul_version(void) { return 7; }
 
 int simlab_qmatmul_simd(void) {
 #ifdef SIMLAB_AVX2
@@ -87,13 +87,18 @@ static inline float hsum(__m256 v) {
 
 #define MAXR 4 /* input rows decoded against one weight row at once: its codes are unpacked once */
 
-/* Outputs of the q4 row w (K/2 bytes) for R quantized input rows (R <= MAXR), into out[r * stride]. */
-static inline __attribute__((always_inline)) void dot_q4(const uint8_t *w, const float *scale,
-                                                         const float *offset, const int8_t *q1,
-                                                         const int8_t *q2, const float *d1, const float *d2,
-                                                         const float *sx, int64_t k, int R, float *out,
-                                                         int64_t stride) {
+/* Outputs of one weight row w for R quantized input rows (R <= MAXR), into out[r * stride]: a q4 row
+ * (bits 4: K/2 bytes, a scale and offset per 32) or a q8 one (bits 8: K bytes, a scale per `group`
+ * = 16 or 32, an offset per 32 or none). Called with constant bits and R, so each case compiles to
+ * its own loop with the accumulators in registers. */
+static inline __attribute__((always_inline)) void dot(int bits, const void *wv, const float *scale,
+                                                      const float *offset, int group, const int8_t *q1,
+                                                      const int8_t *q2, const float *d2, const float *sx,
+                                                      int64_t k, int R, float *out, int64_t stride) {
     int64_t blocks = k / QK;
+    int per = QK / group; /* weight scales per activation block */
+    const uint8_t *w4 = (const uint8_t *)wv;
+    const int8_t *w8 = (const int8_t *)wv;
 #ifdef SIMLAB_AVX2
     const __m256i low = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
@@ -104,68 +109,28 @@ static inline __attribute__((always_inline)) void dot_q4(const uint8_t *w, const
         off[r] = 0.0f;
     }
     for (int64_t b = 0; b < blocks; b++) {
-        __m128i p = _mm_loadu_si128((const __m128i *)(w + b * 16));
-        __m256i c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low);
-        for (int r = 0; r < R; r++) {
-            int64_t at = r * k + b * QK, g = r * blocks + b;
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
-            __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
-            __m256i i1 = _mm256_madd_epi16(_mm256_maddubs_epi16(c, x1), high);
-            __m256i i2 = _mm256_madd_epi16(_mm256_maddubs_epi16(c, x2), ones);
-            __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[b] * d2[g]), f, acc[r]);
-            off[r] += offset[b] * sx[g];
+        __m256i c, u; /* the codes, and what maddubs reads as unsigned: the codes or their size */
+        if (bits == 4) {
+            __m128i p = _mm_loadu_si128((const __m128i *)(w4 + b * 16));
+            c = u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low);
+        } else {
+            c = _mm256_loadu_si256((const __m256i *)(w8 + b * QK));
+            u = _mm256_sign_epi8(c, c);
         }
-    }
-    for (int r = 0; r < R; r++) out[r * stride] = hsum(acc[r]) + off[r];
-#else
-    for (int r = 0; r < R; r++) {
-        float sum = 0.0f, off = 0.0f;
-        for (int64_t b = 0; b < blocks; b++) {
-            int64_t at = r * k + b * QK, g = r * blocks + b;
-            int dot1 = 0, dot2 = 0;
-            for (int j = 0; j < 16; j++) {
-                int lo = w[b * 16 + j] & 15, hi = w[b * 16 + j] >> 4;
-                dot1 += lo * q1[at + j] + hi * q1[at + 16 + j];
-                dot2 += lo * q2[at + j] + hi * q2[at + 16 + j];
-            }
-            sum += scale[b] * d2[g] * (float)(256 * dot1 + dot2);
-            off += offset[b] * sx[g];
-        }
-        out[r * stride] = sum + off;
-    }
-#endif
-}
-
-/* Outputs of the q8 row w (K bytes, a scale per `group` = 16 or 32 weights) for R input rows. */
-static inline __attribute__((always_inline)) void dot_q8(const int8_t *w, const float *scale,
-                                                         const float *offset, int group, const int8_t *q1,
-                                                         const int8_t *q2, const float *d1, const float *d2,
-                                                         const float *sx, int64_t k, int R, float *out,
-                                                         int64_t stride) {
-    int64_t blocks = k / QK;
-    int per = QK / group; /* weight scales per activation block */
-#ifdef SIMLAB_AVX2
-    const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
-    __m256 acc[MAXR];
-    float off[MAXR];
-    for (int r = 0; r < R; r++) {
-        acc[r] = _mm256_setzero_ps();
-        off[r] = 0.0f;
-    }
-    for (int64_t b = 0; b < blocks; b++) {
-        __m256i c = _mm256_loadu_si256((const __m256i *)(w + b * QK));
-        __m256i a = _mm256_sign_epi8(c, c);
         __m256 s = per == 1 ? _mm256_set1_ps(scale[b])
                             : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
         for (int r = 0; r < R; r++) {
             int64_t at = r * k + b * QK, g = r * blocks + b;
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
-            __m256i p1 = _mm256_maddubs_epi16(a, _mm256_sign_epi8(x1, c));
-            __m256i p2 = _mm256_maddubs_epi16(a, _mm256_sign_epi8(x2, c));
-            __m256i i = _mm256_add_epi32(_mm256_madd_epi16(p1, high), _mm256_madd_epi16(p2, ones));
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), _mm256_cvtepi32_ps(i), acc[r]);
+            if (bits != 4) { /* signed codes: the sign moves onto the activations */
+                x1 = _mm256_sign_epi8(x1, c);
+                x2 = _mm256_sign_epi8(x2, c);
+            }
+            __m256i i1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), high);
+            __m256i i2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x2), ones);
+            __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f, acc[r]);
             if (offset) off[r] += offset[b] * sx[g];
         }
     }
@@ -177,9 +142,11 @@ static inline __attribute__((always_inline)) void dot_q8(const int8_t *w, const 
             int64_t at = r * k + b * QK, g = r * blocks + b;
             for (int h = 0; h < per; h++) {
                 int dot1 = 0, dot2 = 0;
-                for (int j = 0; j < group; j++) {
-                    dot1 += w[b * QK + h * group + j] * q1[at + h * group + j];
-                    dot2 += w[b * QK + h * group + j] * q2[at + h * group + j];
+                for (int j = h * group; j < (h + 1) * group; j++) {
+                    int code = bits == 4 ? (j < 16 ? w4[b * 16 + j] & 15 : w4[b * 16 + j - 16] >> 4)
+                                         : w8[b * QK + j];
+                    dot1 += code * q1[at + j];
+                    dot2 += code * q2[at + j];
                 }
                 sum += scale[b * per + h] * d2[g] * (float)(256 * dot1 + dot2);
             }
@@ -208,35 +175,33 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
         for (int64_t r = 0; r < m; r += MAXR) {
             int R = m - r < MAXR ? (int)(m - r) : MAXR;
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
-            const float *e1 = d1 + r * blocks, *e2 = d2 + r * blocks, *sr = sx + r * blocks;
+            const float *e2 = d2 + r * blocks, *sr = sx + r * blocks;
             for (int64_t o = t * tile; o < end; o++) {
                 float *out = y + r * n + o;
+                const float *so = scale + o * groups, *oo = offset ? offset + o * blocks : 0;
                 if (bits == 4) {
                     const uint8_t *wo = (const uint8_t *)w + o * (k / 2);
-                    const float *so = scale + o * blocks, *oo = offset + o * blocks;
                     switch (R) { /* a constant R each: the accumulators stay in registers */
-                    case 4: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 4, out, n); break;
-                    case 3: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 3, out, n); break;
-                    case 2: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 2, out, n); break;
-                    default: dot_q4(wo, so, oo, a1, a2, e1, e2, sr, k, 1, out, n);
+                    case 4: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 4, out, n); break;
+                    case 3: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 3, out, n); break;
+                    case 2: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 2, out, n); break;
+                    default: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 1, out, n);
+                    }
+                } else if (group == QK && !oo) { /* Q8_0, Q5_0: the common case, with no offset */
+                    const int8_t *wo = (const int8_t *)w + o * k;
+                    switch (R) {
+                    case 4: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 4, out, n); break;
+                    case 3: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 3, out, n); break;
+                    case 2: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 2, out, n); break;
+                    default: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 1, out, n);
                     }
                 } else {
                     const int8_t *wo = (const int8_t *)w + o * k;
-                    const float *so = scale + o * groups, *oo = offset ? offset + o * blocks : 0;
-                    if (group == QK && !oo) {
-                        switch (R) {
-                        case 4: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 4, out, n); break;
-                        case 3: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 3, out, n); break;
-                        case 2: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 2, out, n); break;
-                        default: dot_q8(wo, so, 0, QK, a1, a2, e1, e2, sr, k, 1, out, n);
-                        }
-                    } else {
-                        switch (R) {
-                        case 4: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 4, out, n); break;
-                        case 3: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 3, out, n); break;
-                        case 2: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 2, out, n); break;
-                        default: dot_q8(wo, so, oo, group, a1, a2, e1, e2, sr, k, 1, out, n);
-                        }
+                    switch (R) {
+                    case 4: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 4, out, n); break;
+                    case 3: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 3, out, n); break;
+                    case 2: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 2, out, n); break;
+                    default: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 1, out, n);
                     }
                 }
             }
