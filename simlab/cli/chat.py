@@ -230,7 +230,9 @@ def _signals_end(chat: Chat):
 
     def stop(signum, frame) -> None:
         chat.stopping = signum
-        if chat.interruptible:  # never in the middle of saving a node
+        if chat.exit_app is not None:  # the prompt or the loom: it exits at its loop's next turn
+            chat.exit_app()
+        elif chat.interruptible:  # never in the middle of saving a node
             raise KeyboardInterrupt
 
     return on_end_signals(stop)

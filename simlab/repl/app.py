@@ -18,6 +18,7 @@ from typing import TextIO
 
 from simlab.errors import ModelFailed, SimlabError
 from simlab.persona.library import library
+from simlab.repl.app_exit import ends_on_signal
 from simlab.repl.commands import COMMANDS, Context, Quit, handle
 from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.views import toolbar_text
@@ -126,17 +127,16 @@ def run_interactive(
     banner(chat, resumed, chat.err, model)
     chat.show_path(last=None if not resumed else 4)
     while chat.stopping is None:
-        chat.interruptible = True
         try:
-            line = prompt.prompt(_prompt_text(chat))
+            with ends_on_signal(chat, prompt.app, EOFError) as pre_run:
+                line = prompt.prompt(_prompt_text(chat), pre_run=pre_run)
         except EOFError:
             break
         except KeyboardInterrupt:
-            if chat.stopping is None:
-                chat.note("(Ctrl-D or /quit leaves; everything is saved)")
+            chat.note("(Ctrl-D or /quit leaves; everything is saved)")
             continue
-        finally:
-            chat.interruptible = False
+        if chat.stopping is not None:  # the signal came as the line was entered: it is not sent
+            break
         if not line.strip():
             continue
         try:

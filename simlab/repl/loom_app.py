@@ -32,6 +32,7 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 from prompt_toolkit.widgets import Frame, TextArea
 
+from simlab.repl.app_exit import ends_on_signal
 from simlab.repl.loom import Loom
 from simlab.repl.state import Chat
 from simlab.repl.views import toolbar_text
@@ -358,14 +359,16 @@ class LoomApp:
         self.loom.wait()
         self.app.exit()
 
-    def run(self) -> None:
-        self.app.run()
+    def run(self, pre_run=None) -> None:
+        self.app.run(pre_run=pre_run)
 
 
 def run_loom(chat: Chat, children: int = 3, input=None, output=None) -> Loom:
     """Open the full-screen editor on the chat's session until the user quits; returns its state."""
     loom = Loom(chat, children)
-    LoomApp(loom, input=input, output=output).run()
+    screen = LoomApp(loom, input=input, output=output)
+    with ends_on_signal(chat, screen.app) as pre_run:  # SIGTERM or SIGHUP closes it, then the REPL
+        screen.run(pre_run)
     loom.stop()
     loom.wait()
     return loom

@@ -93,7 +93,8 @@ class Chat(Screen):
         self._save_failing = False
         self.broken_pipe = False  # stdout was closed under a reply: the reply is saved, then the REPL ends
         self.stopping: int | None = None  # the signal (SIGTERM, SIGHUP) that asked the REPL to end
-        self.interruptible = False  # True while a signal may cut in (at the prompt, while decoding)
+        self.interruptible = False  # True while a signal may cut in (while decoding, reading a line)
+        self.exit_app = None  # while a prompt-toolkit app runs: ends it on a signal (repl.app_exit)
         self.cancel_requested = False  # Ctrl-C came while it could not cut in: stop at the next step
         self._watch(session)
         if self._engine is not None:

@@ -145,3 +145,25 @@ def test_sigterm_at_the_prompt_ends_cleanly(tmp_path, long_tiny):
         "user",
         "model",
     ]
+
+
+@pytest.mark.skipif(not SIMLAB.exists(), reason="the simlab command is not installed in this environment")
+@pytest.mark.parametrize("where", ["prompt", "loom"])
+def test_sigterm_in_a_full_screen_app_closes_it_and_ends_the_chat(tmp_path, long_tiny, where):
+    """The prompt and the loom exit at their event loop's next turn (never a KeyboardInterrupt
+    raised into asyncio), then the chat says how to resume and exits 128 + 15."""
+    import signal
+
+    child = spawn(tmp_path, long_tiny)
+    if where == "loom":
+        child.sendline("/loom")
+        child.expect_exact("\x1b[?1049h")  # the alternate screen: the loom is drawn
+        child.expect_exact("Hello.")
+    for _ in range(3):  # repeated signals while it closes change nothing
+        child.kill(signal.SIGTERM)
+    child.expect("resume with: simlab chat --resume pty")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.signalstatus is None and child.exitstatus == 128 + signal.SIGTERM
+    assert "Traceback" not in child.before
+    assert [n["role"] for n in session_nodes(tmp_path / "s" / "pty.jsonl")] == ["frame", "model"]
