@@ -29,13 +29,20 @@ def _weight_of(layer: torch.nn.Module) -> torch.Tensor | None:
     return None
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """The tensor in memory aligned to 64 bytes, copied there if it is not (one read from a
+    safetensors file often is not). torch's int8 kernel on AVX-512 crashes on unaligned weights."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
 class Int8Linear(torch.nn.Module):
     """y = x W^T + b with W stored as int8 and one bfloat16 scale per output channel."""
 
     def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        self.register_buffer("weight_int8", weight_int8.contiguous())  # (N, K)
-        self.register_buffer("scale", scale.to(torch.bfloat16))  # (N,)
+        self.register_buffer("weight_int8", _aligned(weight_int8))  # (N, K)
+        self.register_buffer("scale", _aligned(scale.to(torch.bfloat16)))  # (N,)
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.out_features = weight_int8.shape[0]
 
@@ -61,8 +68,8 @@ class Int4Linear(torch.nn.Module):
 
     def __init__(self, packed: torch.Tensor, scale_zero: torch.Tensor, bias: torch.Tensor | None, parts=1):
         super().__init__()
-        self.register_buffer("packed", packed)  # (N, parts*K/2) codes in the kernel's layout
-        self.register_buffer("scale_zero", scale_zero.to(torch.bfloat16).contiguous())  # (parts*K/G, N, 2)
+        self.register_buffer("packed", _aligned(packed))  # (N, parts*K/2) codes in the kernel's layout
+        self.register_buffer("scale_zero", _aligned(scale_zero.to(torch.bfloat16)))  # (parts*K/G, N, 2)
         self.register_buffer("parts", torch.tensor(int(parts)))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.out_features = scale_zero.shape[1]

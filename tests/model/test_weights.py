@@ -104,3 +104,25 @@ def test_gguf_weights_need_a_gguf_and_auto_keeps_other_models_float(tiny_dir, ca
     assert code == 2 and not out and len(err.strip().splitlines()) == 1
     assert "weights gguf (--weights, SIMLAB_WEIGHTS or the config file) reads a GGUF" in err
     assert "use int8 or int4" in err
+
+
+@pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
+def test_layers_read_from_unaligned_memory_give_the_same_rows(kind):
+    """A tensor read from a safetensors file can start anywhere; torch's AVX-512 int8 kernel
+    crashed on such weights (37 output rows, a tail of 5), so the layers copy them to aligned memory."""
+    torch.manual_seed(0)
+    layer = kind.of(torch.randn(48 if kind is Int4Linear else 37, 64), None)
+    buffers = dict(layer.named_buffers())
+    moved = {}
+    for name, tensor in buffers.items():  # each 8 bytes past an aligned start
+        size = tensor.numel() * tensor.element_size()
+        view = torch.zeros(size + 64, dtype=torch.uint8)[8 : 8 + size].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor)
+        moved[name] = view
+    if kind is Int8Linear:
+        again = Int8Linear(moved["weight_int8"], moved["scale"], None)
+    else:
+        again = Int4Linear(moved["packed"], moved["scale_zero"], None, parts=int(moved["parts"]))
+    x = torch.randn(3, 64)
+    assert torch.equal(again(x), layer(x))
+    assert all(b.data_ptr() % 64 == 0 for name, b in again.named_buffers() if name != "parts")
