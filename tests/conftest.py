@@ -269,6 +269,7 @@ class FakeEngine:
         )
         self.queue: deque[str] = deque()
         self.prompts: list = []
+        self.together: list[int] = []  # the size of each decode_together call
 
     def enqueue(self, texts: Iterable[str]) -> FakeEngine:
         self.queue.extend(texts)
@@ -295,6 +296,13 @@ class FakeEngine:
         from simlab.engine.protocol import drain
 
         return drain(self.start(prompt, params, n, recorder))
+
+    def decode_together(self, runs):
+        from simlab.engine.protocol import drain
+
+        self.together.append(len(runs))
+        for run in runs:
+            drain(run)
 
     def score(self, ids):
         from simlab.errors import needs_local

@@ -97,11 +97,7 @@ def run_sweep(
                 for i, node in _sample_remote(engine, session, variant, spec, t, jobs, progress, what):
                     heads[i] = node
                 continue
-            for group in _runs_of([i for i, _ in jobs]) if t == 0 else [[i] for i, _ in jobs]:
-                user = dict(jobs)[group[0]]  # the first turn's user node is shared; later ones are per sample
-                nodes = _sample(
-                    engine, session, user, variant, seed_of(spec, t, group[0]), len(group), tracer
-                )
+            for group, nodes in _sample_local(engine, session, variant, spec, t, jobs, tracer):
                 for i, node in zip(group, nodes):
                     heads[i] = node
                 progress.advance(len(group), what)
@@ -145,6 +141,25 @@ def _runs_of(indices: list[int]) -> list[list[int]]:
     return groups
 
 
+def _sample_local(
+    engine, session: Session, variant: Variant, spec: Spec, t: int, jobs: list[tuple[int, Node]], tracer=None
+) -> Iterator[tuple[list[int], list[Node]]]:
+    """Each batch's samples and their new replies. The first turn's user node is shared: seeds
+    seed..seed+n-1 are siblings after one prefill. Later turns have a user node per sample, each
+    below its own history: their replies decode together, each with its own prompt."""
+    if t == 0:
+        user = jobs[0][1] if jobs else None
+        for group in _runs_of([i for i, _ in jobs]):
+            yield (
+                group,
+                _sample(engine, session, user, variant, seed_of(spec, t, group[0]), len(group), tracer),
+            )
+        return
+    for k in range(0, len(jobs), MAX_BATCH):
+        group = jobs[k : k + MAX_BATCH]
+        yield [i for i, _ in group], _sample_apart(engine, session, group, variant, spec, t, tracer)
+
+
 def _sample(
     engine, session: Session, user: Node, variant: Variant, seed: int, n: int, tracer=None
 ) -> list[Node]:
@@ -164,6 +179,35 @@ def _sample(
             "interrupted; finished samples are saved, run the same command again to resume"
         )
     return nodes
+
+
+def _sample_apart(
+    engine, session: Session, jobs: list[tuple[int, Node]], variant: Variant, spec: Spec, t: int, tracer=None
+) -> list[Node]:
+    """A later turn's replies, one per (sample, its user node), each with its own prompt, decoded
+    by the engine as one batch; every reply is the one its sample gives alone."""
+    replies = [
+        start_replies(
+            engine,
+            session,
+            user.id,
+            variant.params.with_overrides(seed=seed_of(spec, t, i)),
+            persona=variant.persona.name,
+            tracer=tracer,
+        )
+        for i, user in jobs
+    ]
+    try:
+        engine.decode_together([r.run for r in replies])
+    except KeyboardInterrupt:  # raised between runs: the engine catches its own
+        for r in replies:
+            r.run.interrupt()
+    nodes = [r.save(keep=lambda c: c.finish_reason != "interrupted", variant=variant.name) for r in replies]
+    if any(r.run.interrupted for r in replies):
+        raise SweepInterrupted(
+            "interrupted; finished samples are saved, run the same command again to resume"
+        )
+    return [found[0] for found in nodes]
 
 
 def _sample_remote(

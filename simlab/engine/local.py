@@ -117,6 +117,21 @@ class Engine:
     def provenance(self, completion: Completion) -> None:
         return None  # a local reply: its model, revision and dtype say where it came from
 
+    def decode_together(self, runs: Sequence[Run]) -> None:
+        """Decode one-branch runs whose prompts differ (a sweep's later turns) to their ends as one
+        batch, each reply the one its run gives alone (engine.ragged). Runs that cannot (siblings, a
+        trace) and models ragged does not know decode one after another."""
+        from simlab.engine import ragged
+
+        apart = [r for r in runs if len(r.completions) > 1 or r.recorder is not None]
+        together = [r for r in runs if r not in apart]
+        if len(together) < 2 or not ragged.supported(self.model):
+            apart, together = list(runs), []
+        for run in apart:
+            drain(run)
+        if together:
+            ragged.decode(self, together)
+
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -170,105 +185,138 @@ class Run(RunControl):
                     return cache, start, done
         return prefixes.new_cache(model), 0, []
 
-    def _decode(self) -> Iterator[Delta]:
-        engine, params = self.engine, self.params
-        model, device = engine.model, engine.device
+    def _prefill(self, model, started: float):
+        """Feed the prompt (what a kept cache holds is not fed again); (cache, logits (n, V)), the
+        cache repeated for n siblings."""
+        engine, recorder, n = self.engine, self.recorder, len(self.completions)
+        cache, start, done = self._reused(model)
+        self.stats.reused_tokens = start
+        todo = self.wanted[len(done) :] if self.wanted else prefixes.plan(start, len(self.prompt_ids))
+        if recorder:
+            recorder.prefill_started()
+        logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, engine.disk)
+        self.passes = done + todo
+        for completion in self.completions:
+            completion.prefill = tuple(prefixes.pack(self.passes))
+        if recorder:
+            recorder.prefill_done(n, len(self.prompt_ids))
+        if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
+            if engine.prefix is not None:
+                engine.prefix.keep(self.prompt_ids, copy.deepcopy(cache), self.passes)
+            cache.batch_repeat_interleave(n)
+            logits = logits.expand(n, -1)  # (n, V)
+        self.stats.prefill_seconds = time.perf_counter() - started
+        return cache, logits
 
-        n = len(self.completions)
-        generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
-        trackers = [TextTracker(engine.tokenizer, self.prompt_ids, params.stop) for _ in range(n)]
-        active = list(range(n))  # branch index of each batch row
-        context = None
-        if params.repetition_penalty != 1.0:
-            context = torch.tensor([self.prompt_ids] * n, device=device)  # (n, T)
+    def _decode(self) -> Iterator[Delta]:
+        model, recorder = self.engine.model, self.recorder
         started = time.perf_counter()
-        recorder = self.recorder
         with torch.inference_mode(), recorder.attached() if recorder else contextlib.nullcontext():
-            cache, start, done = self._reused(model)
-            self.stats.reused_tokens = start
-            todo = self.wanted[len(done) :] if self.wanted else prefixes.plan(start, len(self.prompt_ids))
-            if recorder:
-                recorder.prefill_started()
-            logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, engine.disk)
-            self.passes = done + todo
-            for completion in self.completions:
-                completion.prefill = tuple(prefixes.pack(self.passes))
-            if recorder:
-                recorder.prefill_done(n, len(self.prompt_ids))
+            cache, logits = self._prefill(model, started)
+            branches = Branches(self, started)
             fed = list(self.prompt_ids)  # the tokens the cache holds (for n == 1)
-            if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
-                if engine.prefix is not None:
-                    engine.prefix.keep(self.prompt_ids, copy.deepcopy(cache), self.passes)
-                cache.batch_repeat_interleave(n)
-                logits = logits.expand(n, -1)  # (n, V)
-            self.stats.prefill_seconds = time.perf_counter() - started
             consistent = True
             try:
                 for step in range(self.max_new):
                     if self._stop_requested:
                         return
-                    logits = logits.float()
-                    logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
-                    processed = process_logits(logits, context, params)
-                    picked = sample(
-                        processed, [generators[b] for b in active], params.greedy, params.sampler
-                    )  # (B,)
-                    top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
-                    chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
-                    if step == 0:
-                        self.stats.first_token_seconds = time.perf_counter() - started
-                    still = []
-                    for row, branch in enumerate(active):
-                        token = _token_info(
-                            engine.tokenizer,
-                            int(picked[row]),
-                            float(chosen[row]),
-                            top.indices[row].tolist(),
-                            top.values[row].tolist(),
-                        )
-                        completion = self.completions[branch]
-                        completion.tokens.append(token)
-                        self.stats.generated_tokens += 1
-                        if token.id in engine.eos_ids:
-                            completion.finish_reason = "eos"
-                            text = trackers[branch].finish()
-                        else:
-                            text = trackers[branch].add(token.id)
-                            if trackers[branch].stop_string is not None:
-                                completion.finish_reason = "stop"
-                                completion.stop_string = trackers[branch].stop_string
-                            elif step == self.max_new - 1:
-                                completion.finish_reason = "length"
-                                completion.truncated_to_context = self.clipped
-                                text += trackers[branch].finish()
-                        completion.text += text
-                        if completion.finish_reason is None:
-                            still.append(row)
-                        yield Delta(branch, text, token)
-                    if not still or step == self.max_new - 1:
+                    yield from branches.sample(logits, step)
+                    if not branches.still or step == self.max_new - 1:
                         break
-                    if len(still) < len(active):  # drop finished branches from the batch and its cache
-                        rows = torch.tensor(still, device=device)
-                        cache.batch_select_indices(rows)
-                        picked = picked[rows]
-                        if context is not None:
-                            context = context[rows]
-                        active = [active[r] for r in still]
-                    if context is not None:
-                        context = torch.cat([context, picked.unsqueeze(-1)], dim=-1)
+                    picked = branches.drop_finished(cache)
                     consistent = False  # an interrupt inside the forward pass leaves the cache half-updated
                     logits = model(input_ids=picked.unsqueeze(-1), cache=cache, use_cache=True).logits[
                         :, -1, :
                     ]
-                    if n == 1:
+                    if len(self.completions) == 1:
                         fed.append(int(picked[0]))
                     consistent = True
                     if recorder:
-                        recorder.step_done(active)
+                        recorder.step_done(branches.active)
             finally:
-                if n == 1 and consistent and engine.prefix is not None:
-                    fed_passes = self.passes + [1] * (len(fed) - len(self.prompt_ids))
-                    engine.prefix.keep(fed, cache, fed_passes)  # the next turn feeds only what is new
+                if len(self.completions) == 1 and consistent:
+                    self._keep(fed, cache)
+
+    def _keep(self, fed: list[int], cache) -> None:
+        """Keep the cache of a one-branch run's tokens: the next turn feeds only what is new."""
+        if self.engine.prefix is not None:
+            fed_passes = self.passes + [1] * (len(fed) - len(self.prompt_ids))
+            self.engine.prefix.keep(fed, cache, fed_passes)
+
+
+class Branches:
+    """A run's branches while they decode: one generator per branch (its seed), the text trackers,
+    which branches are still in the batch, and the tokens each one has so far (for the repetition
+    penalty)."""
+
+    def __init__(self, run: Run, started: float):
+        n, device = len(run.completions), run.engine.device
+        self.run = run
+        self.started = started
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in run.seeds]
+        self.trackers = [TextTracker(run.engine.tokenizer, run.prompt_ids, run.params.stop) for _ in range(n)]
+        self.active = list(range(n))  # branch index of each batch row
+        self.still = list(range(n))  # the rows still decoding after the last sample
+        self.picked = None  # (B,) the tokens last sampled
+        self.context = None
+        if run.params.repetition_penalty != 1.0:
+            self.context = torch.tensor([run.prompt_ids] * n, device=device)  # (n, T)
+
+    def sample(self, logits, step: int) -> Iterator[Delta]:
+        """Sample each active branch's next token from logits (B, V); a Delta per branch."""
+        run, params, engine = self.run, self.run.params, self.run.engine
+        logits = logits.float()
+        logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
+        processed = process_logits(logits, self.context, params)
+        generators = [self.generators[b] for b in self.active]
+        picked = sample(processed, generators, params.greedy, params.sampler)  # (B,)
+        top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
+        chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
+        if step == 0:
+            run.stats.first_token_seconds = time.perf_counter() - self.started
+        self.picked, self.still = picked, []
+        for row, branch in enumerate(self.active):
+            token = _token_info(
+                engine.tokenizer,
+                int(picked[row]),
+                float(chosen[row]),
+                top.indices[row].tolist(),
+                top.values[row].tolist(),
+            )
+            completion, tracker = run.completions[branch], self.trackers[branch]
+            completion.tokens.append(token)
+            run.stats.generated_tokens += 1
+            if token.id in engine.eos_ids:
+                completion.finish_reason = "eos"
+                text = tracker.finish()
+            else:
+                text = tracker.add(token.id)
+                if tracker.stop_string is not None:
+                    completion.finish_reason = "stop"
+                    completion.stop_string = tracker.stop_string
+                elif step == run.max_new - 1:
+                    completion.finish_reason = "length"
+                    completion.truncated_to_context = run.clipped
+                    text += tracker.finish()
+            completion.text += text
+            if completion.finish_reason is None:
+                self.still.append(row)
+            yield Delta(branch, text, token)
+
+    def drop_finished(self, cache):
+        """Drop finished branches from the batch (and from the cache, if given); the tokens to feed, (B,)."""
+        picked = self.picked
+        if len(self.still) < len(self.active):
+            rows = torch.tensor(self.still, device=picked.device)
+            if cache is not None:
+                cache.batch_select_indices(rows)
+            picked = picked[rows]
+            if self.context is not None:
+                self.context = self.context[rows]
+            self.active = [self.active[r] for r in self.still]
+        if self.context is not None:
+            self.context = torch.cat([self.context, picked.unsqueeze(-1)], dim=-1)
+        return picked
 
 
 def _token_info(

@@ -91,6 +91,11 @@ class Engine(Protocol):
         """Teacher-forced tokens from `start` on: log-probabilities and alternatives (local only)."""
         ...
 
+    def decode_together(self, runs: Sequence[Run]) -> None:
+        """Decode started runs to their ends: as one batch where the engine can (a local model's
+        one-branch runs), else one after another."""
+        ...
+
     def provenance(self, completion: Completion) -> dict[str, Any] | None:
         """What a saved reply records about where it came from (a server's URL; None when local)."""
         ...

@@ -198,6 +198,11 @@ class RemoteEngine:
     def next_token_probs(self, prompt):
         raise needs_local("a next-token distribution")
 
+    def decode_together(self, runs: Sequence[RemoteRun]) -> None:
+        """One request after another (compare keeps several in flight itself, concurrency)."""
+        for run in runs:
+            drain(run)
+
     def provenance(self, completion: Completion) -> dict[str, Any]:
         """Where a reply came from: the server, what it reported, what it honoured (never the API key),
         and the token texts it gave (a server gives no ids), for /tokens."""

@@ -35,3 +35,48 @@ def test_two_shipped_personas_on_the_embedded_model(tmp_path, embedded_engine):
     plots = sum(page.count(k) for k in ("<svg", "every sample of every", "no values:"))
     assert "interview" in terminal(analysis) and plots == 5  # length, logprob, cut, eos, stop
     assert 0 < d["sampled_jsd_bits"] <= 1  # under each persona's own temperature and top-p
+
+
+@pytest.mark.slow
+def test_a_later_turns_replies_decoded_together_are_each_the_reply_alone(
+    tmp_path, embedded_engine, monkeypatch
+):
+    """A 2-turn sweep decodes turn 2's samples as one batch of different prompts; replayed alone,
+    each reply gives the same tokens and, on the GGUF kernel (rows summed alone), the very same
+    log-probabilities."""
+    from simlab.engine import ragged
+    from simlab.engine.prefix import unpack
+    from simlab.frame.render import reply_prompt
+    from simlab.models import native
+    from simlab.replay import params_of
+
+    spec = build_spec(
+        {
+            "turns": ["Where were you last night?", "And after that?"],
+            "samples": 4,
+            "seed": 11,
+            "sampling": {"max_tokens": 24, "temperature": 0.9},
+            "variants": ["interview"],
+        },
+        "slow",
+    )
+    batches = []
+    decode = ragged.decode
+    monkeypatch.setattr(
+        ragged, "decode", lambda engine, runs: batches.append(len(runs)) or decode(engine, runs)
+    )
+    with SessionStore(tmp_path / "s").create("compare-ragged") as session:
+        [run] = run_sweep(spec, session, lambda m: embedded_engine)
+        assert batches == [4]  # turn 2's four replies, as one batch
+        lengths = set()
+        for sample in run.samples:
+            reply = sample[1]
+            assert not reply.window  # the whole path was read: its prompt is the path's
+            prompt = reply_prompt(session.tree.path(reply.parent), reply.speaker, embedded_engine.tokenizer)
+            ids = embedded_engine.encode(prompt) if isinstance(prompt, str) else prompt
+            lengths.add(len(ids))
+            [alone] = embedded_engine.generate(ids, params_of(reply, {}), passes=unpack(reply.prefill))
+            assert alone.token_ids == list(reply.token_ids)
+            if embedded_engine.info.weights == "gguf" and native.library() is not None:
+                assert [t.logprob for t in alone.tokens] == list(reply.logprobs)
+    assert len(lengths) > 1  # the prompts differed in length: a ragged batch

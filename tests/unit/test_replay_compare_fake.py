@@ -9,7 +9,7 @@ from conftest import FakeEngine
 
 from simlab.compare.spec import build_spec
 from simlab.compare.stats import analyse
-from simlab.compare.sweep import STRIDE, run_sweep, seed_of
+from simlab.compare.sweep import MAX_BATCH, STRIDE, run_sweep, seed_of
 from simlab.errors import SimlabError
 from simlab.persona.schema import Persona
 from simlab.replay import check_path, model_replies, replay_branch
@@ -127,7 +127,8 @@ def test_a_sweep_seeds_each_sample_and_a_rerun_samples_nothing(store, fake_engin
     with store.create("compare-x") as session:
         runs = run_sweep(sweep, session, lambda model: fake_engine)
         asked = len(fake_engine.prompts)
-        assert asked == 2 * (1 + 3)  # per variant: one batch for turn 1, one request per sample for turn 2
+        assert asked == 2 * (1 + 3)  # per variant: one batch for turn 1, one prompt per sample for turn 2
+        assert fake_engine.together == [3, 3]  # turn 2's three prompts decode together, per variant
         for run in runs:
             assert [[r.seed for r in sample] for sample in run.samples] == [
                 [seed_of(sweep, 0, i), seed_of(sweep, 1, i)] for i in range(3)
@@ -141,6 +142,18 @@ def test_a_sweep_seeds_each_sample_and_a_rerun_samples_nothing(store, fake_engin
         analysis = analyse(sweep, runs, lambda model: fake_engine)
     assert analysis.variants[1].name == "cold" and analysis.variants[0].samples == 3
     assert any("need a local model" in note for note in analysis.notes)  # the fake cannot score
+
+
+def test_later_turns_decode_in_batches_of_at_most_max_batch(store, fake_engine):
+    sweep = spec(samples=MAX_BATCH + 3, turns=("hello", "and then?", "why?"))
+    with store.create("compare-z") as session:
+        runs = run_sweep(sweep, session, lambda model: fake_engine)
+    assert fake_engine.together == [MAX_BATCH, 3] * 2 * 2  # turns 2 and 3 of both variants
+    for run in runs:
+        assert len(run.samples) == MAX_BATCH + 3
+        for i, sample in enumerate(run.samples):
+            assert [r.seed for r in sample] == [seed_of(sweep, t, i) for t in range(3)]
+            assert sample[2].text == f"reply {seed_of(sweep, 2, i)}"[:12]  # its own seed's script, cut at 12
 
 
 def test_a_sweep_on_a_server_sends_a_request_per_sample(store):

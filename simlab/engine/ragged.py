@@ -1,0 +1,154 @@
+"""One decode step for rows whose prompts differ in length (a sweep's later turns), each row
+computed as it would be alone.
+
+Padding a batch changes what attention sums, so no row is padded: each keeps the KV cache it had
+alone (its own DynamicCache), the products and norms run on the whole batch (their rows are
+summed alone), and attention runs row by row on that row's own keys, with the mask the model
+builds for it alone. Where a model family or attention kind is not known here, `supported` says
+no and the engine decodes the runs one after another.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache
+
+from simlab.engine.local import Branches, Engine, Run
+
+# Families whose forward builds its masks with create_causal_mask (and, for sliding layers,
+# create_sliding_window_causal_mask) and whose attention goes through ALL_ATTENTION_FUNCTIONS.
+FAMILIES = frozenset({"gpt2", "gemma3_text", "llama", "qwen2"})
+
+
+def supported(model) -> bool:
+    config = model.config
+    return (
+        config.model_type in FAMILIES
+        and config._attn_implementation == "sdpa"
+        and not getattr(config, "use_bidirectional_attention", False)
+    )
+
+
+class Rows:
+    """A layer's keys (or values) as each row's own tensor, (1, H, T_row, D), with the row's masks."""
+
+    def __init__(self, tensors: list, masks: list):
+        self.tensors = tensors
+        self.masks = masks  # per row: that row's mask for this layer, as the model builds it alone
+
+
+class RaggedCache(Cache):
+    """Each row's own cache behind one Cache: update appends each row's new key and value to its
+    cache and hands attention the rows (Rows), not a padded tensor."""
+
+    def __init__(self, rows: list, masks: list[dict], layer_types: list[str] | None):
+        super().__init__(layers=rows[0].layers)  # sizes for the batch mask, which attention ignores
+        self.rows = rows
+        self.masks = masks
+        self.layer_types = layer_types
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        kind = self.layer_types[layer_idx] if self.layer_types else "full_attention"
+        keys, values = [], []
+        for b, row in enumerate(self.rows):
+            k, v = row.update(key_states[b : b + 1], value_states[b : b + 1], layer_idx, *args, **kwargs)
+            keys.append(k)
+            values.append(v)
+        masks = [m[kind] for m in self.masks]
+        return Rows(keys, masks), Rows(values, masks)
+
+
+def _install() -> None:
+    """Wrap transformers' sdpa attention once: given Rows, it attends row by row."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import AttentionInterface
+
+    if getattr(AttentionInterface._global_mapping["sdpa"], "ragged", False):
+        return
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        if not isinstance(key, Rows):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        outputs = [
+            sdpa_attention_forward(module, query[b : b + 1], k, v, mask, **kwargs)[0]
+            for b, (k, v, mask) in enumerate(zip(key.tensors, value.tensors, key.masks))
+        ]
+        return torch.cat(outputs, dim=0), None  # (B, 1, H, D)
+
+    attention.ragged = True
+    AttentionInterface.register("sdpa", attention)
+
+
+def _masks(model, cache, position: torch.Tensor, dtype: torch.dtype) -> dict:
+    """The masks one row's next token gets alone, per layer kind (None where the model skips one)."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    config = model.config
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    embeds = torch.empty(1, 1, config.hidden_size, device=position.device, dtype=dtype)
+    args = {"config": config, "inputs_embeds": embeds, "attention_mask": None, "cache": cache}
+    masks = {"full_attention": create_causal_mask(**args, position_ids=position)}
+    if "sliding_attention" in kinds:
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**args, position_ids=position)
+    return masks
+
+
+def step(model, caches: list, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Feed one token per row (tokens (B,)) to rows with caches of any lengths; the next-token
+    logits, (B, V), each row's as if it had been fed alone."""
+    _install()
+    positions = torch.tensor([[c.get_seq_length()] for c in caches], device=tokens.device)  # (B, 1)
+    masks = [_masks(model, c, positions[b : b + 1], dtype) for b, c in enumerate(caches)]
+    cache = RaggedCache(caches, masks, getattr(model.config, "layer_types", None))
+    out = model(input_ids=tokens.unsqueeze(-1), position_ids=positions, cache=cache, use_cache=True)
+    return out.logits[:, -1, :]
+
+
+@dataclass
+class _Row:
+    run: Run
+    branches: Branches
+    cache: object
+    logits: torch.Tensor  # (1, V): what the row samples from next
+    step: int = 0
+
+
+def decode(engine: Engine, runs: list[Run]) -> None:
+    """Prefill each one-branch run as it would be alone, then decode them in lockstep: a row leaves
+    the batch when its reply ends. Ctrl-C stops them all; each keeps what it has ('interrupted')."""
+    model, started = engine.model, time.perf_counter()  # decoding starts after the prefills
+    rows: list[_Row] = []
+    try:
+        with torch.inference_mode():
+            for run in runs:
+                begun = time.perf_counter()
+                cache, logits = run._prefill(model, begun)
+                if engine.prefix is not None:  # the next run's prompt starts as this one does
+                    engine.prefix.keep(run.prompt_ids, copy.deepcopy(cache), run.passes)
+                rows.append(_Row(run, Branches(run, begun), cache, logits))
+            started = time.perf_counter()
+            while rows:
+                feeding = []
+                for row in rows:
+                    for _ in row.branches.sample(row.logits, row.step):  # a sweep reads the completions
+                        pass
+                    if row.branches.still and row.step < row.run.max_new - 1:
+                        feeding.append(row)
+                    row.step += 1
+                if not feeding:
+                    break
+                tokens = torch.cat([row.branches.drop_finished(None) for row in feeding])  # (B,)
+                logits = step(model, [row.cache for row in feeding], tokens, model.dtype)
+                for b, row in enumerate(feeding):
+                    row.logits = logits[b : b + 1]
+                rows = feeding
+    except KeyboardInterrupt:
+        for run in runs:
+            run.interrupt()
+    finally:
+        for run in runs:
+            run.stats.decode_seconds = time.perf_counter() - started  # the batch's, shared
