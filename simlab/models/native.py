@@ -35,11 +35,13 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _build(folder: Path) -> Path:
+def _build(folder: Path, extra: tuple[str, ...] = ()) -> Path:
+    """The library built for this CPU (`extra`: more compiler flags, e.g. to leave out an
+    instruction set), or the one built before."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         raise OSError("no C compiler (cc, gcc or clang) on PATH")
-    source = SOURCE.read_bytes()
+    source = SOURCE.read_bytes() + " ".join(extra).encode()
     key = hashlib.sha256(source + compiler.encode() + _cpu_id().encode() + platform.machine().encode())
     target = folder / f"qmatmul-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -47,7 +49,7 @@ def _build(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         built = Path(scratch) / target.name
-        flags = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c99"]
+        flags = ["-O3", "-march=native", *extra, "-fopenmp", "-fPIC", "-shared", "-std=c99"]
         command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
@@ -71,7 +73,8 @@ def library(folder: Path | None = None):
     try:
         lib = ctypes.CDLL(str(_build(folder)))
         _declare(lib)
-        _state.update(lib=lib, why=f"built ({'AVX2' if lib.simlab_qmatmul_simd() == 2 else 'portable C'})")
+        simd = {3: "AVX2 with VNNI", 2: "AVX2"}.get(lib.simlab_qmatmul_simd(), "portable C")
+        _state.update(lib=lib, why=f"built ({simd})")
     except (OSError, subprocess.SubprocessError) as exc:
         _state.update(lib=None, why=str(exc))
     return _state["lib"]

@@ -91,6 +91,26 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
         assert torch.equal(together, alone), size
 
 
+def test_vnnis_byte_dot_products_give_the_avx2_paths_bits(monkeypatch, tmp_path):
+    """Where the CPU has VNNI the kernel sums bytes with it; the integers are the AVX2 path's, so
+    replies stay the same bit for bit on either kind of machine."""
+    import ctypes
+
+    if native.library().simlab_qmatmul_simd() != 3:
+        pytest.skip(f"no VNNI on this CPU ({native.why()}): the AVX2 path is the one that runs")
+    plain = ctypes.CDLL(str(native._build(tmp_path, ("-mno-avx512vnni", "-mno-avxvnni"))))
+    native._declare(plain)
+    assert plain.simlab_qmatmul_simd() == 2
+    torch.manual_seed(2)
+    x = torch.randn(6, COLS)
+    for kind in FORMATS:
+        layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=9)), None)
+        fast = layer(x)
+        monkeypatch.setitem(native._state, "lib", plain)
+        assert torch.equal(layer(x), fast), kind
+        monkeypatch.undo()
+
+
 def test_a_row_of_zeros_gives_the_bias_alone():
     tensor = random_tensor("Q4_K", seed=8)
     bias = torch.randn(ROWS)
