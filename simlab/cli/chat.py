@@ -198,6 +198,7 @@ def _new_session(store: SessionStore, persona: Persona, name: str | None) -> Ses
 
 
 def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> int:
+    chat.keeps_empty = args.resume is not None or args.session is not None  # as _close decides
     for problem in chat.session.problems:
         chat.note(f"simlab: warning: {problem}")
     with _signals_end(chat):

@@ -40,6 +40,11 @@ class Progress:
         if self.report and k:
             self.report(self, what)
 
+    def now(self, what: str) -> None:
+        """Say what is being sampled now, before any of it is done."""
+        if self.report:
+            self.report(self, what)
+
     def clock(self) -> None:
         """Start timing here (after models load), unless sampling has begun."""
         if not self.sampled:
@@ -93,6 +98,8 @@ def run_sweep(
                 else:
                     jobs.append((i, user))
             what = f"all variants (now {variant.name}, turn {t + 1})"
+            if jobs:
+                progress.now(what)
             if not engine.capabilities.local:  # a server: samples in flight at once, each its own request
                 for i, node in _sample_remote(engine, session, variant, spec, t, jobs, progress, what):
                     heads[i] = node

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -130,7 +131,7 @@ class Engine:
         for run in apart:
             drain(run)
         if together:
-            ragged.decode(self, together)
+            _lockstep(self, together)
 
     def generate(
         self,
@@ -185,7 +186,7 @@ class Run(RunControl):
                     return cache, start, done
         return prefixes.new_cache(model), 0, []
 
-    def _prefill(self, model, started: float):
+    def prefill(self, model, started: float):
         """Feed the prompt (what a kept cache holds is not fed again); (cache, logits (n, V)), the
         cache repeated for n siblings."""
         engine, recorder, n = self.engine, self.recorder, len(self.completions)
@@ -212,7 +213,7 @@ class Run(RunControl):
         model, recorder = self.engine.model, self.recorder
         started = time.perf_counter()
         with torch.inference_mode(), recorder.attached() if recorder else contextlib.nullcontext():
-            cache, logits = self._prefill(model, started)
+            cache, logits = self.prefill(model, started)
             branches = Branches(self, started)
             fed = list(self.prompt_ids)  # the tokens the cache holds (for n == 1)
             consistent = True
@@ -317,6 +318,54 @@ class Branches:
         if self.context is not None:
             self.context = torch.cat([self.context, picked.unsqueeze(-1)], dim=-1)
         return picked
+
+
+@dataclass
+class _Row:
+    run: Run
+    branches: Branches
+    cache: object
+    logits: torch.Tensor  # (1, V): what the row samples from next
+    step: int = 0
+
+
+def _lockstep(engine: Engine, runs: list[Run]) -> None:
+    """Prefill each one-branch run as it would be alone, then decode them in lockstep: a row leaves
+    the batch when its reply ends. Ctrl-C stops them all; each keeps what it has ('interrupted')."""
+    from simlab.engine import ragged  # transformers' cache and attention: imported when first needed
+
+    model, started = engine.model, time.perf_counter()  # decoding starts after the prefills
+    rows: list[_Row] = []
+    try:
+        with torch.inference_mode():
+            for run in runs:
+                begun = time.perf_counter()
+                cache, logits = run.prefill(model, begun)
+                if engine.prefix is not None:  # the next run's prompt starts as this one does
+                    engine.prefix.keep(run.prompt_ids, copy.deepcopy(cache), run.passes)
+                rows.append(_Row(run, Branches(run, begun), cache, logits))
+            started = time.perf_counter()
+            while rows:
+                feeding = []
+                for row in rows:
+                    for _ in row.branches.sample(row.logits, row.step):  # a sweep reads the completions
+                        pass
+                    if row.branches.still and row.step < row.run.max_new - 1:
+                        feeding.append(row)
+                    row.step += 1
+                if not feeding:
+                    break
+                tokens = torch.cat([row.branches.drop_finished(None) for row in feeding])  # (B,)
+                logits = ragged.step(model, [row.cache for row in feeding], tokens, model.dtype)
+                for b, row in enumerate(feeding):
+                    row.logits = logits[b : b + 1]
+                rows = feeding
+    except KeyboardInterrupt:
+        for run in runs:
+            run.interrupt()
+    finally:
+        for run in runs:
+            run.stats.decode_seconds = time.perf_counter() - started  # the batch's, shared
 
 
 def _token_info(

@@ -10,14 +10,8 @@ no and the engine decodes the runs one after another.
 
 from __future__ import annotations
 
-import copy
-import time
-from dataclasses import dataclass
-
 import torch
 from transformers.cache_utils import Cache
-
-from simlab.engine.local import Branches, Engine, Run
 
 # Families whose forward builds its masks with create_causal_mask (and, for sliding layers,
 # create_sliding_window_causal_mask) and whose attention goes through ALL_ATTENTION_FUNCTIONS.
@@ -106,49 +100,3 @@ def step(model, caches: list, tokens: torch.Tensor, dtype: torch.dtype = torch.f
     cache = RaggedCache(caches, masks, getattr(model.config, "layer_types", None))
     out = model(input_ids=tokens.unsqueeze(-1), position_ids=positions, cache=cache, use_cache=True)
     return out.logits[:, -1, :]
-
-
-@dataclass
-class _Row:
-    run: Run
-    branches: Branches
-    cache: object
-    logits: torch.Tensor  # (1, V): what the row samples from next
-    step: int = 0
-
-
-def decode(engine: Engine, runs: list[Run]) -> None:
-    """Prefill each one-branch run as it would be alone, then decode them in lockstep: a row leaves
-    the batch when its reply ends. Ctrl-C stops them all; each keeps what it has ('interrupted')."""
-    model, started = engine.model, time.perf_counter()  # decoding starts after the prefills
-    rows: list[_Row] = []
-    try:
-        with torch.inference_mode():
-            for run in runs:
-                begun = time.perf_counter()
-                cache, logits = run._prefill(model, begun)
-                if engine.prefix is not None:  # the next run's prompt starts as this one does
-                    engine.prefix.keep(run.prompt_ids, copy.deepcopy(cache), run.passes)
-                rows.append(_Row(run, Branches(run, begun), cache, logits))
-            started = time.perf_counter()
-            while rows:
-                feeding = []
-                for row in rows:
-                    for _ in row.branches.sample(row.logits, row.step):  # a sweep reads the completions
-                        pass
-                    if row.branches.still and row.step < row.run.max_new - 1:
-                        feeding.append(row)
-                    row.step += 1
-                if not feeding:
-                    break
-                tokens = torch.cat([row.branches.drop_finished(None) for row in feeding])  # (B,)
-                logits = step(model, [row.cache for row in feeding], tokens, model.dtype)
-                for b, row in enumerate(feeding):
-                    row.logits = logits[b : b + 1]
-                rows = feeding
-    except KeyboardInterrupt:
-        for run in runs:
-            run.interrupt()
-    finally:
-        for run in runs:
-            run.stats.decode_seconds = time.perf_counter() - started  # the batch's, shared

@@ -22,6 +22,7 @@ from simlab.repl.app_exit import ends_on_signal
 from simlab.repl.commands import COMMANDS, Context, Quit, handle
 from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.views import toolbar_text
+from simlab.session.started import untouched
 
 
 def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:
@@ -231,7 +232,9 @@ def _no_echo():
 
 def farewell(chat: Chat) -> int:
     """The closing line; the exit code (128 + the signal when one ended the REPL)."""
-    if not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
+    if not chat.keeps_empty and not chat.session.in_memory and untouched(chat.session):
+        chat.note("nothing was said: no session kept")
+    elif not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
         chat.note(
             f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
             f"resume with: simlab chat --resume {chat.session.name}"

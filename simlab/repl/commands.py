@@ -370,3 +370,4 @@ def handle(chat: Chat, line: str, ctx: Context | None = None) -> None:
         hint = f" (did you mean /{close[0]}?)" if close else ""
         raise SimlabError(f"unknown command /{name}{hint}; /help lists them. Nothing was sent to the model.")
     command.run(chat, rest, ctx)
+    chat.follow_root()  # a move into another tree of the session samples as its persona does

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from simlab.errors import SimlabError, TreeError
 from simlab.frame.render import render_spans
 from simlab.repl.commands import Context, Quit, handle
-from simlab.repl.state import Chat, LastReply
+from simlab.repl.progress import LastReply
+from simlab.repl.state import Chat
 from simlab.repl.tokens import fork
 from simlab.session import shape
 from simlab.session.tokens import token_parts
@@ -88,6 +89,7 @@ class Loom:
 
     def goto(self, node_id: str) -> None:
         self.chat.session.goto(node_id)
+        self.chat.follow_root()
         self.token_at = 0
         self.invalidate()
 

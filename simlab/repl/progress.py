@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import TextIO
+
+from simlab.engine.results import RunStats
+from simlab.turns import Replies
 
 
 class Waiting:
@@ -95,3 +99,26 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+@dataclass
+class LastReply:
+    stats: RunStats
+    tokens_per_second: float
+    first_token_ms: float
+    context_used: int = 0  # tokens the model held at the end: the prompt it read and the longest reply
+
+    @classmethod
+    def of(cls, replies: Replies) -> LastReply:
+        """A finished run's figures; a server's replies without tokens as the tokenizer here counted them."""
+        stats = replies.run.stats
+        longest = max(
+            (
+                len(c.tokens) or int((c.server or {}).get("reply_tokens") or 0)
+                for c in replies.run.completions
+            ),
+            default=0,
+        )
+        return cls(
+            stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
+        )

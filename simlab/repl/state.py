@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import TextIO
 
 from simlab.engine.params import BY_FIELD, BY_KEY, SamplingParams, SeedCounter
 from simlab.engine.protocol import Engine
-from simlab.engine.results import RunStats
 from simlab.errors import ModelFailed, SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
 from simlab.persona.schema import Persona
-from simlab.repl.progress import Waiting
+from simlab.repl.progress import LastReply, Waiting
 from simlab.repl.screen import Screen, write
-from simlab.session.started import persona_of, stops_of
+from simlab.session.started import persona_at, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
 from simlab.session.views import Style
@@ -36,29 +34,6 @@ from simlab.turns import (
 )
 
 SETTABLE = (*BY_KEY, "stop")  # what /set takes: every sampling knob by its user key, and the stops
-
-
-@dataclass
-class LastReply:
-    stats: RunStats
-    tokens_per_second: float
-    first_token_ms: float
-    context_used: int = 0  # tokens the model held at the end: the prompt it read and the longest reply
-
-    @classmethod
-    def of(cls, replies: Replies) -> LastReply:
-        """A finished run's figures; a server's replies without tokens as the tokenizer here counted them."""
-        stats = replies.run.stats
-        longest = max(
-            (
-                len(c.tokens) or int((c.server or {}).get("reply_tokens") or 0)
-                for c in replies.run.completions
-            ),
-            default=0,
-        )
-        return cls(
-            stats, stats.tokens_per_second, stats.first_token_seconds * 1000, stats.prompt_tokens + longest
-        )
 
 
 class Chat(Screen):
@@ -80,6 +55,7 @@ class Chat(Screen):
         self.store = store
         self.session = session
         self.persona = persona
+        self._root = session.tree.path(session.tree.cursor)[0].id if session.tree.cursor else None
         self.params = params.with_overrides(seed=None)
         # what the user chose (flags, /set) by SamplingParams field: kept when the persona changes
         self.user_set: dict = dict(user_set or {})
@@ -96,6 +72,7 @@ class Chat(Screen):
         self.interruptible = False  # True while a signal may cut in (while decoding, reading a line)
         self.exit_app = None  # while a prompt-toolkit app runs: ends it on a signal (repl.app_exit)
         self.cancel_requested = False  # Ctrl-C came while it could not cut in: stop at the next step
+        self.keeps_empty = True  # False: a session left as it started is removed at the end (cli.chat)
         self._watch(session)
         if self._engine is not None:
             self._first_use_notes()
@@ -373,6 +350,17 @@ class Chat(Screen):
         self.session = other
         self._watch(other)
         self.apply_persona(persona, stops_of(other, persona))
+
+    def follow_root(self) -> None:
+        """The cursor went to another tree of the session (another variant of a compare sweep, a
+        /persona branch): sample as that tree's persona does, with its stops."""
+        path = self.path()
+        if not path or path[0].id == self._root:
+            return
+        self._root = path[0].id
+        persona, stops = persona_at(path), framing_of(path).stops()
+        if persona.name != self.persona.name or stops != self.params.stop:
+            self.apply_persona(persona, stops)
 
     def apply_persona(self, persona: Persona, stops: tuple[str, ...]) -> None:
         """Sample as `persona` does (its defaults and stops), keeping only what the user set."""

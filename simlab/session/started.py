@@ -16,7 +16,12 @@ def persona_of(session: Session) -> Persona:
     roots = session.tree.roots
     if not roots:
         raise SimlabError(f"session {session.name!r} is empty; start a new one with `simlab chat`")
-    path = session.tree.path(session.tree.cursor) if session.tree.cursor else [roots[0]]
+    return persona_at(session.tree.path(session.tree.cursor) if session.tree.cursor else [roots[0]])
+
+
+def persona_at(path: list) -> Persona:
+    """The persona of the tree a path is in (a session can hold several: compare's variants,
+    /persona branches): its root's, from the library, else rebuilt from the framing it recorded."""
     root = path[0]
     framing = framing_of(path)
     try:

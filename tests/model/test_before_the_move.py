@@ -3,7 +3,7 @@ replays byte for byte (log-probabilities to within float32's last bit, which mov
 AVX-512 CPUs): tests/fixtures/before-the-move/ holds the file, and what that simlab made of it.
 
 replayed.jsonl was made again once since, when a prompt's last token started going through the model
-alone (engine.local._prefill): the same tokens, and each reply's first log-probability moved in its
+alone (engine.local.Run.prefill): the same tokens, and each reply's first log-probability moved in its
 last bits (e.g. -5.908044338 -> -5.908043861); and again when replies began to record those passes
 (`prefill`), so a replay feeds a prompt as the reply's own run did. export.loom was made again
 when Loom's `generation.logprobs.tokens` became each token's own part of the text (it had been the

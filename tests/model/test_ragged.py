@@ -7,7 +7,7 @@ from conftest import tiny_llama_style
 from test_native import native_copy
 from transformers import AutoModelForCausalLM
 
-from simlab.engine import prefix, ragged
+from simlab.engine import local, prefix, ragged
 from simlab.engine.local import Engine
 from simlab.engine.params import SamplingParams
 from simlab.models import native
@@ -72,7 +72,7 @@ def test_siblings_and_unknown_models_decode_one_run_after_another(tiny, monkeypa
     engine = Engine(tiny)
     q = SamplingParams(temperature=1.0, max_new_tokens=5, seed=8)
     calls = []
-    monkeypatch.setattr(ragged, "decode", lambda e, runs: calls.append(len(runs)))
+    monkeypatch.setattr(local, "_lockstep", lambda e, runs: calls.append(len(runs)))
     runs = [engine.start("One", q, n=2), engine.start("Two words", q), engine.start("Three more words", q)]
     engine.decode_together(runs)
     assert calls == [2]  # the two one-branch runs; the siblings' run went alone

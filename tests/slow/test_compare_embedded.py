@@ -44,7 +44,7 @@ def test_a_later_turns_replies_decoded_together_are_each_the_reply_alone(
     """A 2-turn sweep decodes turn 2's samples as one batch of different prompts; replayed alone,
     each reply gives the same tokens and, on the GGUF kernel (rows summed alone), the very same
     log-probabilities."""
-    from simlab.engine import ragged
+    from simlab.engine import local
     from simlab.engine.prefix import unpack
     from simlab.frame.render import reply_prompt
     from simlab.models import native
@@ -61,9 +61,9 @@ def test_a_later_turns_replies_decoded_together_are_each_the_reply_alone(
         "slow",
     )
     batches = []
-    decode = ragged.decode
+    decode = local._lockstep
     monkeypatch.setattr(
-        ragged, "decode", lambda engine, runs: batches.append(len(runs)) or decode(engine, runs)
+        local, "_lockstep", lambda engine, runs: batches.append(len(runs)) or decode(engine, runs)
     )
     with SessionStore(tmp_path / "s").create("compare-ragged") as session:
         [run] = run_sweep(spec, session, lambda m: embedded_engine)

@@ -365,3 +365,42 @@ def test_tokens_takes_a_node_id(fake_engine, store):
         handle(chat, "/tokens a b")
     with pytest.raises(SimlabError, match="no node 'zzzz'"):
         handle(chat, "/tokens zzzz")
+
+
+def test_going_to_another_tree_of_the_session_samples_as_its_persona(fake_engine, store):
+    """A compare session holds a tree per variant: /goto into another one brings its persona's
+    stops and sampling (a new user found the first variant's stops cutting nothing in the second)."""
+    from simlab.persona.library import find
+
+    chat = new_chat(fake_engine, store)
+    [first] = chat.user_turn("one")
+    handle(chat, "/persona stage-play")
+    play = find("stage-play")
+    assert chat.persona.name == "stage-play" and chat.params.stop == play.stop_strings
+    played = chat.path()[-1]
+    handle(chat, f"/goto {first.id[:8]}")
+    assert chat.persona.name == "duo" and chat.params.stop == ("\nAnn:", "\nBo:")
+    assert "persona duo: its sampling and stops apply" in chat.out.getvalue()
+    [reply] = chat.user_turn("two")
+    assert reply.params["stop"] == ["\nAnn:", "\nBo:"]
+    handle(chat, "/set top_k 7")
+    handle(chat, f"/goto {played.id[:8]}")
+    assert chat.persona.name == "stage-play" and chat.params.stop == play.stop_strings
+    assert chat.params.temperature == play.sampling_params().temperature and chat.params.top_k == 7
+    notes = chat.out.getvalue().count("its sampling and stops apply")
+    handle(chat, f"/goto {chat.path()[0].id[:8]}")  # within the same tree: nothing changes
+    assert chat.out.getvalue().count("its sampling and stops apply") == notes
+
+
+@pytest.mark.parametrize("keeps_empty", [False, True])
+def test_leaving_a_new_chat_where_nothing_was_said_offers_no_resume_of_a_removed_session(
+    fake_engine, store, keeps_empty
+):
+    chat = new_chat(fake_engine, store)
+    chat.keeps_empty = keeps_empty  # `simlab chat` alone removes such a session; --session NAME keeps it
+    with create_pipe_input() as pipe:
+        pipe.send_text("/quit\r")
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    out = chat.out.getvalue()
+    assert ("resume with: simlab chat --resume" in out) == keeps_empty
+    assert ("nothing was said: no session kept" in out) == (not keeps_empty)

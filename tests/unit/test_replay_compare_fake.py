@@ -9,7 +9,7 @@ from conftest import FakeEngine
 
 from simlab.compare.spec import build_spec
 from simlab.compare.stats import analyse
-from simlab.compare.sweep import MAX_BATCH, STRIDE, run_sweep, seed_of
+from simlab.compare.sweep import MAX_BATCH, STRIDE, Progress, run_sweep, seed_of
 from simlab.errors import SimlabError
 from simlab.persona.schema import Persona
 from simlab.replay import check_path, model_replies, replay_branch
@@ -146,8 +146,12 @@ def test_a_sweep_seeds_each_sample_and_a_rerun_samples_nothing(store, fake_engin
 
 def test_later_turns_decode_in_batches_of_at_most_max_batch(store, fake_engine):
     sweep = spec(samples=MAX_BATCH + 3, turns=("hello", "and then?", "why?"))
+    said = []
+    progress = Progress(total=2 * 3 * (MAX_BATCH + 3), report=lambda p, what: said.append((p.done, what)))
     with store.create("compare-z") as session:
-        runs = run_sweep(sweep, session, lambda model: fake_engine)
+        runs = run_sweep(sweep, session, lambda model: fake_engine, progress)
+    assert said[0] == (0, "all variants (now interview, turn 1)")  # named before it is sampled
+    assert (MAX_BATCH + 3, "all variants (now interview, turn 2)") in said
     assert fake_engine.together == [MAX_BATCH, 3] * 2 * 2  # turns 2 and 3 of both variants
     for run in runs:
         assert len(run.samples) == MAX_BATCH + 3
