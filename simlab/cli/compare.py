@@ -137,7 +137,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 break
             spec = replace(spec, samples=more)
         say("scoring: cross log-probabilities and next-token divergences ...")
-        analysis = analyse(spec, runs, engine_for, seed=spec.seed)
+        try:
+            analysis = analyse(spec, runs, engine_for, seed=spec.seed)
+        except KeyboardInterrupt:
+            say(
+                "simlab compare: interrupted while scoring; every sample is saved, and the same "
+                "command again scores them and writes the report (it samples nothing)"
+            )
+            return EXIT_INTERRUPTED
         analysis.notes[:0] = notes
     _write_reports(args, spec, analysis, name)
     return 0

@@ -243,7 +243,7 @@ def test_sigterm_stops_a_sweep_that_a_rerun_resumes(tmp_path, personas, tiny_dir
     env = {**os.environ, "SIMLAB_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     for line in child.stderr:  # progress lines, one per tenth (stderr is not a terminal)
-        if "samples" in line and not line.startswith("[" + " " * 24):
+        if re.search(r" [1-9][0-9]*/[0-9]+ samples", line):  # some done (the first line says 0/N)
             break
     time.sleep(0.5)
     child.send_signal(signal.SIGTERM)
@@ -309,3 +309,24 @@ def test_samples_auto_samples_on_until_the_interval_is_narrow_enough(
     )
     for bad, needle in bad_flags:
         assert main([*argv[:-4], *bad]) == 2 and needle in capsys.readouterr().err
+
+
+def test_an_interrupt_while_scoring_says_every_sample_is_saved(
+    tmp_path, personas, tiny_dir, capsys, monkeypatch
+):
+    import simlab.compare.stats as stats
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stats, "analyse", interrupted)
+    argv = [
+        "compare",
+        str(spec_file(tmp_path, personas, samples=2, turns=("hello",))),
+        "--model",
+        str(tiny_dir),
+    ]
+    code = main([*argv, "--sessions-dir", str(tmp_path / "s"), "--report-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted while scoring; every sample is saved" in err
+    assert not (tmp_path / "r").exists()
