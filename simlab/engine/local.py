@@ -23,6 +23,7 @@ from simlab.engine.protocol import LOCAL, drain
 from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo
 from simlab.engine.textstream import TextTracker
 from simlab.errors import ContextLengthError
+from simlab.models import lean
 from simlab.models.info import LoadedModel
 
 TOP_ALTERNATIVES = 5
@@ -43,6 +44,14 @@ class Engine:
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.prefix = prefixes.PrefixCache() if reuse_prefix else None
         self.disk = prefixes.DiskPrefixes(prefix_dir, self.model) if reuse_prefix and prefix_dir else None
+        self.lean = lean.steps_lean(self.model)  # decode steps without the module machinery (models.lean)
+
+    def step(self, tokens, cache, traced: bool = False):
+        """Feed one token per row (tokens (B,)) after the cache; the next logits, (B, V). A traced
+        run goes through the model's own forward, where the recorder's hooks are."""
+        if self.lean and not traced:
+            return lean.decode_step(self.model, cache, tokens.unsqueeze(-1))[:, -1, :]
+        return self.model(input_ids=tokens.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
 
     def encode(self, text: str) -> list[int]:
         """Prompt text to ids, with the BOS token when the tokenizer adds one by default."""
@@ -226,9 +235,7 @@ class Run(RunControl):
                         break
                     picked = branches.drop_finished(cache)
                     consistent = False  # an interrupt inside the forward pass leaves the cache half-updated
-                    logits = model(input_ids=picked.unsqueeze(-1), cache=cache, use_cache=True).logits[
-                        :, -1, :
-                    ]
+                    logits = self.engine.step(picked, cache, traced=recorder is not None)
                     if len(self.completions) == 1:
                         fed.append(int(picked[0]))
                     consistent = True

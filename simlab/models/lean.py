@@ -129,3 +129,61 @@ def fuse_norms(model: torch.nn.Module) -> int:
                 setattr(parent, name, FusedRMSNorm(child, gemma))
                 count += 1
     return count
+
+
+def steps_lean(model: torch.nn.Module) -> bool:
+    """Whether `decode_step` knows this model's forward (Gemma 3's text model, sdpa attention)."""
+    config = model.config
+    return (
+        config.model_type == "gemma3_text"
+        and config._attn_implementation == "sdpa"
+        and not getattr(config, "use_bidirectional_attention", False)
+        and type(model).__name__ == "Gemma3ForCausalLM"
+    )
+
+
+def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
+    """Gemma3ForCausalLM's forward for new tokens ids (B, T) after `cache`, as the same torch ops in
+    the same order on the same modules, without the module machinery around them (hooks, output
+    capture, keyword plumbing): the logits (B, T, V), bit for bit the model's own (tested). Module
+    hooks do not run: a trace reads the model's own forward."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+    from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
+
+    config, body = model.config, model.model
+    h = body.embed_tokens(ids)  # (B, T, D)
+    position = (torch.arange(h.shape[1], device=h.device) + cache.get_seq_length()).unsqueeze(0)
+    args = {
+        "config": config,
+        "inputs_embeds": h,
+        "attention_mask": None,
+        "cache": cache,
+        "position_ids": position,
+    }
+    masks = {
+        "full_attention": create_causal_mask(**args),
+        "sliding_attention": create_sliding_window_causal_mask(**args),
+    }
+    rotary = {kind: body.rotary_emb.forward(h, position, kind) for kind in set(config.layer_types)}
+    for i, layer in enumerate(body.layers[: config.num_hidden_layers]):
+        kind, attn, mlp = config.layer_types[i], layer.self_attn, layer.mlp
+        x = layer.input_layernorm.forward(h)
+        heads = (*x.shape[:-1], -1, attn.head_dim)
+        q = attn.q_norm.forward(attn.q_proj.forward(x).view(heads).transpose(1, 2))  # (B, H, T, d)
+        k = attn.k_norm.forward(attn.k_proj.forward(x).view(heads).transpose(1, 2))
+        v = attn.v_proj.forward(x).view(heads).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *rotary[kind])
+        k, v = cache.update(k, v, i)
+        out, _ = sdpa_attention_forward(
+            attn, q, k, v, masks[kind], dropout=0.0, scaling=attn.scaling,
+            sliding_window=attn.sliding_window, position_ids=position,
+        )  # fmt: skip
+        out = attn.o_proj.forward(out.reshape(*x.shape[:-1], -1).contiguous())
+        h = h + layer.post_attention_layernorm.forward(out)
+        x = layer.pre_feedforward_layernorm.forward(h)
+        x = mlp.down_proj.forward(mlp.act_fn.forward(mlp.gate_proj.forward(x)) * mlp.up_proj.forward(x))
+        h = h + layer.post_feedforward_layernorm.forward(x)
+    logits = model.lm_head.forward(body.norm.forward(h))  # (B, T, V)
+    cap = config.final_logit_softcapping
+    return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -169,3 +169,16 @@ def test_a_model_built_from_its_cached_codes_is_the_full_loads_bit_for_bit(embed
         assert torch.equal(quick.model(input_ids=ids).logits, full.model(input_ids=ids).logits)
     a, b = quick.model.state_dict(), full.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_lean_decode_step_gives_the_same_replies_as_the_models_forward(embedded_engine, monkeypatch):
+    """The engine decodes Gemma 3 through models.lean.decode_step; the model's own forward gives
+    the very same tokens and log-probabilities (siblings too)."""
+    assert embedded_engine.lean
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=40, seed=77)
+    prompt = "Interviewer: Tell me about the storm.\nKeeper:"
+    lean = embedded_engine.generate(prompt, params, n=2)
+    monkeypatch.setattr(embedded_engine, "lean", False)
+    own = embedded_engine.generate(prompt, params, n=2)
+    for a, b in zip(lean, own):
+        assert a.token_ids == b.token_ids and [t.logprob for t in a.tokens] == [t.logprob for t in b.tokens]
