@@ -73,7 +73,9 @@ def library(folder: Path | None = None):
     try:
         lib = ctypes.CDLL(str(_build(folder)))
         _declare(lib)
-        simd = {3: "AVX2 with VNNI", 2: "AVX2"}.get(lib.simlab_qmatmul_simd(), "portable C")
+        simd = {4: "AVX-512 with VNNI", 3: "AVX2 with VNNI", 2: "AVX2"}.get(
+            lib.simlab_qmatmul_simd(), "portable C"
+        )
         _state.update(lib=lib, why=f"built ({simd})")
     except (OSError, subprocess.SubprocessError) as exc:
         _state.update(lib=None, why=str(exc))

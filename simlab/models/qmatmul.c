@@ -19,6 +19,9 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define SIMLAB_VNNI 1
 #define DPBUSD _mm256_dpbusd_epi32
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#define SIMLAB_AVX512 1 /* the integer sums of two blocks at once; the float part stays per block */
+#endif
 #elif defined(__AVXVNNI__)
 #define SIMLAB_VNNI 1
 #define DPBUSD _mm256_dpbusd_avx_epi32
@@ -27,10 +30,12 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 8; }
+int simlab_qmatmul_version(void) { return 9; }
 
-int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: AVX2 with VNNI's byte dot products */
-#if defined(SIMLAB_VNNI)
+int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte dot products, 4: AVX-512 */
+#if defined(SIMLAB_AVX512)
+    return 4;
+#elif defined(SIMLAB_VNNI)
     return 3;
 #elif defined(SIMLAB_AVX2)
     return 2;
@@ -123,7 +128,49 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
         acc[r] = _mm256_setzero_ps();
         off[r] = 0.0f;
     }
-    for (int64_t b = 0; b < blocks; b++) {
+    int64_t b = 0;
+#ifdef SIMLAB_AVX512
+    /* Two blocks per step: each lane of a 512-bit sum is the lane the 256-bit path sums (lanes 0-7
+     * block b, 8-15 block b + 1), and the float part adds block b, then b + 1, as it does. */
+    const __m512i low2 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    for (; b + 1 < blocks; b += 2) {
+        __m512i c, u;
+        __mmask64 neg = 0; /* q8: codes below zero, whose sign moves onto the activations */
+        if (bits == 4) {
+            _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
+            __m256i p = _mm256_loadu_si256((const __m256i *)(w4 + b * 16)), h = _mm256_srli_epi16(p, 4);
+            __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)),
+                                              _mm256_permute2x128_si256(p, h, 0x31), 1);
+            c = u = _mm512_and_si512(both, low2);
+        } else {
+            _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
+            c = _mm512_loadu_si512((const void *)(w8 + b * QK));
+            u = _mm512_abs_epi8(c);
+            neg = _mm512_movepi8_mask(c);
+        }
+        __m256 s0 = per == 1 ? _mm256_set1_ps(scale[b])
+                             : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
+        __m256 s1 = per == 1 ? _mm256_set1_ps(scale[b + 1])
+                             : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 3]), _mm_set1_ps(scale[2 * b + 2]));
+        for (int r = 0; r < R; r++) {
+            int64_t at = r * k + b * QK, g = r * blocks + b;
+            __m512i x1 = _mm512_loadu_si512((const void *)(q1 + at));
+            __m512i x2 = _mm512_loadu_si512((const void *)(q2 + at));
+            if (bits != 4) {
+                x1 = _mm512_mask_sub_epi8(x1, neg, zero, x1);
+                x2 = _mm512_mask_sub_epi8(x2, neg, zero, x2);
+            }
+            __m512i i = _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, u, x1), 8);
+            __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, u, x2));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s0, _mm256_set1_ps(d2[g])), _mm512_castps512_ps256(f), acc[r]);
+            if (offset) off[r] += offset[b] * sx[g];
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s1, _mm256_set1_ps(d2[g + 1])), _mm512_extractf32x8_ps(f, 1),
+                                     acc[r]);
+            if (offset) off[r] += offset[b + 1] * sx[g + 1];
+        }
+    }
+#endif
+    for (; b < blocks; b++) {
         __m256i c, u; /* the codes, and what maddubs reads as unsigned: the codes or their size */
         if (bits == 4) _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
         else _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);

@@ -91,23 +91,37 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
         assert torch.equal(together, alone), size
 
 
-def test_vnnis_byte_dot_products_give_the_avx2_paths_bits(monkeypatch, tmp_path):
-    """Where the CPU has VNNI the kernel sums bytes with it; the integers are the AVX2 path's, so
-    replies stay the same bit for bit on either kind of machine."""
+@pytest.mark.parametrize(
+    "without, simd",
+    [(("-mno-avx512f",), (2, 3)), (("-mno-avx512f", "-mno-avxvnni", "-mno-avx512vnni"), (2,))],
+    ids=["no-avx512", "avx2-only"],
+)
+def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, without, simd):
+    """AVX-512 sums two blocks' bytes at once and VNNI sums them in one instruction; the integers
+    are the AVX2 path's and the float part runs in the same order, so replies stay the same bit for
+    bit on every kind of x86 machine."""
     import ctypes
 
-    if native.library().simlab_qmatmul_simd() != 3:
-        pytest.skip(f"no VNNI on this CPU ({native.why()}): the AVX2 path is the one that runs")
-    plain = ctypes.CDLL(str(native._build(tmp_path, ("-mno-avx512vnni", "-mno-avxvnni"))))
-    native._declare(plain)
-    assert plain.simlab_qmatmul_simd() == 2
+    if native.library().simlab_qmatmul_simd() <= max(simd):
+        pytest.skip(f"this CPU runs that path already ({native.why()})")
+    other = ctypes.CDLL(str(native._build(tmp_path, without)))
+    native._declare(other)
+    assert other.simlab_qmatmul_simd() in simd
     torch.manual_seed(2)
     x = torch.randn(6, COLS)
+    blocks = 7  # an odd count of 32-wide blocks: the last goes through the one-block path
     for kind in FORMATS:
         layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=9)), None)
-        fast = layer(x)
-        monkeypatch.setitem(native._state, "lib", plain)
-        assert torch.equal(layer(x), fast), kind
+        per = 32 // layer.group
+        cut = (
+            layer.codes[:, : blocks * (16 if layer.bits == 4 else 32)].contiguous(),
+            layer.scale[:, : blocks * per].contiguous(),
+            None if layer.offset is None else layer.offset[:, :blocks].contiguous(),
+        )
+        fast = layer(x), native.matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
+        monkeypatch.setitem(native._state, "lib", other)
+        again = layer(x), native.matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
+        assert torch.equal(again[0], fast[0]) and torch.equal(again[1], fast[1]), kind
         monkeypatch.undo()
 
 
