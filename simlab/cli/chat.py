@@ -33,7 +33,7 @@ from simlab.persona.schema import Persona
 from simlab.repl.app import banner, run_interactive, run_script
 from simlab.repl.loom_app import run_loom
 from simlab.repl.state import Chat
-from simlab.session.started import persona_of, stops_of, untouched
+from simlab.session.started import discarded, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.trace.files import remove_session
 from simlab.turns import start_session
@@ -198,7 +198,7 @@ def _new_session(store: SessionStore, persona: Persona, name: str | None) -> Ses
 
 
 def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> int:
-    chat.keeps_empty = args.resume is not None or args.session is not None  # as _close decides
+    chat.keeps_empty = _keeps(args)
     for problem in chat.session.problems:
         chat.note(f"simlab: warning: {problem}")
     with _signals_end(chat):
@@ -219,9 +219,14 @@ def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> 
     return code
 
 
+def _keeps(args: argparse.Namespace) -> bool:
+    """A session resumed or named is kept even when nothing happened in it."""
+    return args.resume is not None or args.session is not None
+
+
 def _close(args: argparse.Namespace, store: SessionStore, session: Session) -> None:
     session.close()
-    if args.resume is None and args.session is None and not session.in_memory and untouched(session):
+    if discarded(session, keep=_keeps(args)):
         remove_session(store, session.name)  # nothing but its frame: do not leave an empty session behind
 
 

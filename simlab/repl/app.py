@@ -22,7 +22,7 @@ from simlab.repl.app_exit import ends_on_signal
 from simlab.repl.commands import COMMANDS, Context, Quit, handle
 from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.views import toolbar_text
-from simlab.session.started import untouched
+from simlab.session.started import discarded
 
 
 def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:
@@ -232,7 +232,7 @@ def _no_echo():
 
 def farewell(chat: Chat) -> int:
     """The closing line; the exit code (128 + the signal when one ended the REPL)."""
-    if not chat.keeps_empty and not chat.session.in_memory and untouched(chat.session):
+    if discarded(chat.session, chat.keeps_empty):
         chat.note("nothing was said: no session kept")
     elif not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
         chat.note(

@@ -348,6 +348,7 @@ class Chat(Screen):
             raise
         self.session.close()
         self.session = other
+        self.keeps_empty = True  # a session the user opened is never removed at the end
         self._watch(other)
         self.apply_persona(persona, stops_of(other, persona))
 

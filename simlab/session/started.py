@@ -64,3 +64,9 @@ def untouched(session: Session) -> bool:
         if not (node is frame or greeting) or node.tags or node.hidden:
             return False
     return True
+
+
+def discarded(session: Session, keep: bool) -> bool:
+    """Whether a chat's session is removed as it closes: one `simlab chat` started without a name
+    (`keep` False) leaves nothing behind when nothing happened in it."""
+    return not keep and not session.in_memory and untouched(session)
