@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from simlab.engine import prefix as prefixes
-from simlab.engine.logits import process_logits, sample
+from simlab.engine.logits import choose
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import LOCAL, drain
 from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo
@@ -25,6 +25,7 @@ from simlab.engine.textstream import TextTracker
 from simlab.errors import ContextLengthError
 from simlab.models import lean
 from simlab.models.info import LoadedModel
+from simlab.models.native import top_k as best_of
 
 TOP_ALTERNATIVES = 5
 
@@ -103,10 +104,10 @@ class Engine:
         ids, start = list(ids), max(start, 1)
         with torch.inference_mode():
             logprobs, chosen = self._forced(ids, start)
-            top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
+            values, best = best_of(logprobs, min(TOP_ALTERNATIVES, logprobs.shape[-1]))
         return [
             _token_info(self.tokenizer, t, lp, i, v)
-            for t, lp, i, v in zip(ids[start:], chosen.tolist(), top.indices.tolist(), top.values.tolist())
+            for t, lp, i, v in zip(ids[start:], chosen.tolist(), best.tolist(), values.tolist())
         ]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -275,10 +276,9 @@ class Branches:
         run, params, engine = self.run, self.run.params, self.run.engine
         logits = logits.float()
         logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
-        processed = process_logits(logits, self.context, params)
         generators = [self.generators[b] for b in self.active]
-        picked = sample(processed, generators, params.greedy, params.sampler)  # (B,)
-        top = logprobs.topk(TOP_ALTERNATIVES, dim=-1)
+        picked = choose(logits, self.context, params, generators)  # (B,)
+        top_values, top_ids = best_of(logprobs, min(TOP_ALTERNATIVES, logprobs.shape[-1]))
         chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
         if step == 0:
             run.stats.first_token_seconds = time.perf_counter() - self.started
@@ -288,8 +288,8 @@ class Branches:
                 engine.tokenizer,
                 int(picked[row]),
                 float(chosen[row]),
-                top.indices[row].tolist(),
-                top.values[row].tolist(),
+                top_ids[row].tolist(),
+                top_values[row].tolist(),
             )
             completion, tracker = run.completions[branch], self.trackers[branch]
             completion.tokens.append(token)

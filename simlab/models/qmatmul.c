@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -30,7 +31,7 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 9; }
+int simlab_qmatmul_version(void) { return 10; }
 
 int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte dot products, 4: AVX-512 */
 #if defined(SIMLAB_AVX512)
@@ -291,4 +292,118 @@ void simlab_q8_rows(const int8_t *w, const float *scale, const float *offset, in
             out[i * k + j] = v;
         }
     }
+}
+
+/* The sampler's selection: the k largest of each row of x (rows, n) into vals, ids (rows, k), in
+ * descending order, a tie going to the lower index (so the result is one defined set, where a sort's
+ * tie order is not). One pass keeps candidates in a buffer of 2k: a value joins while it can still
+ * be among the k best, and a full buffer is cut back to its k best (quickselect), which raises the
+ * bar. NaN never joins. k <= n. */
+typedef struct {
+    float v;
+    int64_t i;
+} ranked;
+
+static inline int ahead(ranked a, ranked b) { return a.v > b.v || (a.v == b.v && a.i < b.i); }
+
+static void swap_ranked(ranked *a, ranked *b) {
+    ranked t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Reorder buf (count) so its k best come first, in no order. */
+static void keep_best(ranked *buf, int64_t count, int64_t k) {
+    int64_t lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2; /* median of three as the pivot, moved to hi */
+        if (ahead(buf[mid], buf[lo])) swap_ranked(&buf[mid], &buf[lo]);
+        if (ahead(buf[hi], buf[lo])) swap_ranked(&buf[hi], &buf[lo]);
+        if (ahead(buf[mid], buf[hi])) swap_ranked(&buf[mid], &buf[hi]);
+        ranked pivot = buf[hi];
+        int64_t store = lo;
+        for (int64_t j = lo; j < hi; j++)
+            if (ahead(buf[j], pivot)) swap_ranked(&buf[j], &buf[store++]);
+        swap_ranked(&buf[store], &buf[hi]);
+        if (store == k - 1 || store == k) return;
+        if (store > k) hi = store - 1;
+        else lo = store + 1;
+    }
+}
+
+static int by_rank(const void *a, const void *b) {
+    return ahead(*(const ranked *)a, *(const ranked *)b) ? -1 : (ahead(*(const ranked *)b, *(const ranked *)a) ? 1 : 0);
+}
+
+/* A first bar for the k best of row: the k-th largest of the maxima of 2k runs (k of the runs reach
+ * it, so k values do), or -inf for a few best or a row too short to split. */
+static float first_bar(const float *row, int64_t n, int64_t k, ranked *buf) {
+    int64_t runs = 2 * k, len = n / runs;
+    if (k < 64 || len < 4) return -INFINITY; /* a few best: the scan raises the bar fast enough */
+    for (int64_t r = 0; r < runs; r++) {
+        const float *at = row + r * len;
+        float lane[16], most = -INFINITY; /* NaN is passed over */
+        int64_t j = 0;
+        for (int l = 0; l < 16; l++) lane[l] = -INFINITY;
+        for (; j + 16 <= len; j += 16) /* lane by lane: vectorized */
+            for (int l = 0; l < 16; l++) lane[l] = at[j + l] > lane[l] ? at[j + l] : lane[l];
+        for (; j < len; j++) most = at[j] > most ? at[j] : most;
+        for (int l = 0; l < 16; l++) most = lane[l] > most ? lane[l] : most;
+        buf[r].v = most;
+        buf[r].i = r;
+    }
+    keep_best(buf, runs, k);
+    float bar = buf[0].v;
+    for (int64_t q = 1; q < k; q++) bar = buf[q].v < bar ? buf[q].v : bar;
+    return bar;
+}
+
+int simlab_top_k(const float *x, int64_t rows, int64_t n, int64_t k, float *vals, int64_t *ids, int threads) {
+    if (k <= 0 || k > n) return -1;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1 && threads > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        ranked *buf = (ranked *)malloc(sizeof(ranked) * (size_t)(2 * k));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+            continue;
+        }
+        const float *row = x + r * n;
+        int64_t count = 0, j = 0;
+        float bar = first_bar(row, n, k, buf); /* at least k values reach it */
+        int cut = 0; /* after the first cut: a value must beat the k-th best so far */
+        for (int64_t at = 0; at < n; at = j) {
+            int64_t end = at + 16 < n ? at + 16 : n, any = 0;
+            for (j = at; j < end; j++) any |= cut ? row[j] > bar : row[j] >= bar;
+            if (!any) continue;
+            for (j = at; j < end; j++) {
+                if (cut ? !(row[j] > bar) : !(row[j] >= bar)) continue;
+                buf[count].v = row[j];
+                buf[count++].i = j;
+                if (count == 2 * k) {
+                    keep_best(buf, count, k);
+                    count = k;
+                    ranked least = buf[0];
+                    for (int64_t q = 1; q < k; q++)
+                        if (ahead(least, buf[q])) least = buf[q];
+                    bar = least.v; /* a later index ties behind it: only a larger value gets in */
+                    cut = 1;
+                }
+            }
+        }
+        if (count > k) keep_best(buf, count, k);
+        if (count > k) count = k;
+        qsort(buf, (size_t)count, sizeof(ranked), by_rank);
+        for (int64_t q = 0; q < count; q++) {
+            vals[r * k + q] = buf[q].v;
+            ids[r * k + q] = buf[q].i;
+        }
+        for (int64_t q = count; q < k; q++) { /* fewer than k values that are not NaN */
+            vals[r * k + q] = NAN;
+            ids[r * k + q] = -1;
+        }
+        free(buf);
+    }
+    return failed ? -1 : 0;
 }

@@ -5,7 +5,9 @@ fused layers and norms of a lean decode step give the very same numbers as the m
 The blocks are random bytes in each format's layout (`test_gguf_weights.random_tensor`); `gguf`'s
 dequantiser is the reference for the weights, a float64 product for the arithmetic."""
 
+import math
 import shutil
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -223,3 +225,32 @@ def test_fused_members_always_answer_for_their_own_input():
     assert torch.equal(block.v_proj(b), alone["v_proj"](b))
     assert torch.equal(block.v_proj(a), alone["v_proj"](a))
     assert block.q_proj._fused.last is None  # the last member read its part: nothing held
+
+
+@pytest.mark.parametrize("k", [1, 5, 256, 1024])
+def test_top_k_is_the_k_largest_with_ties_to_the_lower_index(k):
+    """One defined set: the first k of a stable descending sort, whatever the row looks like."""
+    g = torch.Generator().manual_seed(k)
+    rows = torch.cat(
+        [
+            torch.randn(2, 262144, generator=g) * 3,  # like logits
+            torch.randint(0, 7, (2, 5000), generator=g)
+            .float()
+            .repeat(1, 53)[:, :262144],  # few values, many ties
+            torch.full((1, 262144), -math.inf),
+        ]
+    )
+    rows[2, 40000:40100] = math.inf
+    rows[0, 3] = math.nan  # never joins
+    values, ids = native.top_k(rows, k)
+    order = torch.sort(rows.masked_fill(rows.isnan(), -math.inf), dim=-1, descending=True, stable=True)
+    assert torch.equal(ids, order.indices[:, :k]) and torch.equal(values, order.values[:, :k])
+    short = torch.tensor([[2.0, 1.0, 2.0, 0.5]])
+    assert native.top_k(short, 4)[1].tolist() == [[0, 2, 1, 3]]
+
+
+def test_top_k_without_the_library_is_torchs():
+    x = torch.randn(3, 1000)
+    with patch.dict(native._state, {"lib": None}):
+        values, ids = native.top_k(x, 7)
+    assert torch.equal(values, torch.topk(x, 7).values) and torch.equal(ids, torch.topk(x, 7).indices)

@@ -225,3 +225,71 @@ def test_nodes_sampled_before_the_sampler_was_recorded_replay_with_multinomial()
     assert params_of(old, {}).sampler == "multinomial" and params_of(new, {}).sampler == "cdf"
     with pytest.raises(Exception, match="sampler='dice' is invalid"):
         SamplingParams(sampler="dice")
+
+
+def peaked(seed: int, batch: int = 3, vocab: int = 20000) -> torch.Tensor:
+    """Like a language model's logits: a long tail and a few strong tokens."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, vocab, generator=g) * 2.0
+    for row in logits:
+        row[torch.randint(0, vocab, (30,), generator=g)] += torch.rand(30, generator=g) * 14
+    return logits
+
+
+CHOICES = [
+    SamplingParams(temperature=0.8, top_p=0.95),
+    SamplingParams(temperature=1.0, top_p=1.0, top_k=40),
+    SamplingParams(temperature=0.7, top_p=0.9, top_k=50),
+    SamplingParams(temperature=1.2, top_p=1.0, min_p=0.05),
+    SamplingParams(temperature=0.9, top_p=0.9, min_p=0.1),
+    SamplingParams(temperature=0.8, top_p=0.95, repetition_penalty=1.3),
+]
+
+
+@pytest.mark.parametrize("params", CHOICES)
+def test_choosing_among_the_best_candidates_keeps_and_draws_what_the_whole_row_does(params, monkeypatch):
+    """`choose` works on each row's best tokens; it keeps the very tokens the whole-row steps keep
+    and draws the same token from the same generator state, consuming one draw per row."""
+    context = torch.tensor([[5, 9, 9, 17]] * 3)
+    whole = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a: pytest.fail("left the candidates"))
+    for trial in range(25):
+        logits = peaked(trial)
+        processed = sampling.process_logits(logits, context, params)
+        scaled = sampling.apply_temperature(
+            sampling.apply_repetition_penalty(logits, context, params.repetition_penalty), params.temperature
+        )
+        values, ids, kept = sampling._kept_among(scaled, 256, params)
+        mask = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, kept)
+        assert torch.equal(mask, processed.isfinite()), trial
+        ours = [torch.Generator().manual_seed(100 * trial + r) for r in range(3)]
+        theirs = [torch.Generator().manual_seed(100 * trial + r) for r in range(3)]
+        picked = sampling.choose(logits, context, params, ours)
+        assert picked.tolist() == whole(processed, theirs, False, "cdf").tolist(), trial
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, top_p=0.95),  # a nucleus wider than any candidate set
+        SamplingParams(temperature=1.0, top_p=1.0, top_k=5000),  # more than the candidates
+        SamplingParams(temperature=1.0, top_p=0.9, typical_p=0.8),  # typical-p reads the whole row
+        SamplingParams(temperature=1.0, top_p=0.9, sampler="multinomial"),
+    ],
+)
+def test_choosing_falls_back_to_the_whole_row_where_the_candidates_may_not_hold_the_kept_tokens(params):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 20000, generator=g) * 0.2  # flat: thousands of tokens in the nucleus
+    ours = [torch.Generator().manual_seed(r) for r in range(2)]
+    theirs = [torch.Generator().manual_seed(r) for r in range(2)]
+    processed = sampling.process_logits(logits, None, params)
+    assert int(processed.isfinite().sum()) > 4096 or params.typical_p < 1 or params.sampler != "cdf"
+    picked = sampling.choose(logits, None, params, ours)
+    assert picked.tolist() == sampling.sample(processed, theirs, False, params.sampler).tolist()
+
+
+def test_choosing_greedily_is_the_best_token_after_the_penalty():
+    logits = torch.tensor([[1.0, 3.0, 2.9, 0.0]])
+    params = SamplingParams(temperature=0.0, repetition_penalty=2.0)
+    assert sampling.choose(logits, torch.tensor([[1]]), params, None).tolist() == [2]
