@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from simlab.models import native
 from simlab.models.native import NativeLinear
 
 
@@ -93,8 +94,11 @@ _NORMS = {
 
 
 class FusedRMSNorm(torch.nn.Module):
-    """`torch.nn.functional.rms_norm` in place of a norm written as five ops (pow, mean, add, rsqrt,
-    mul) plus the weight's: the same float32 arithmetic in one call."""
+    """The norm in one call, in place of one written as five ops (pow, mean, add, rsqrt, mul) plus
+    the weight's: simlab's own (`native.rms_norm`, the squares summed in double: the same bits on
+    every instruction set) for float32 on the CPU, else `torch.nn.functional.rms_norm`. It stands
+    only in models whose products are simlab's kernel, so prefill, decode and traced runs all
+    read it."""
 
     def __init__(self, norm: torch.nn.Module, gemma: bool):
         super().__init__()
@@ -106,6 +110,10 @@ class FusedRMSNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x if x.dtype == torch.float32 else x.float()
+        scale = self._gemma_scale() if self.gemma else self.weight
+        if x.dtype == torch.float32 and x.device.type == "cpu" and scale.dtype == torch.float32:
+            if native.library() is not None:
+                return native.rms_norm(x, scale.contiguous(), self.eps)
         if self.gemma:
             out = torch.nn.functional.rms_norm(x32, self.shape, self._gemma_scale(), self.eps)
             return out if out.dtype == x.dtype else out.type_as(x)

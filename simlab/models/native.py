@@ -94,6 +94,8 @@ def _declare(lib) -> None:
     for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
         fn.restype = None
     lib.simlab_top_k.argtypes = [p, i64, i64, i64, p, p, i32]
+    lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
+    lib.simlab_rms_norm.restype = None
     lib.simlab_top_k.restype = i32
 
 
@@ -124,6 +126,16 @@ def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
     lib = _state["lib"]
     lib.simlab_q8_rows(_ptr(codes), _ptr(scale), _ptr(offset), group, k, _ptr(flat), flat.numel(), _ptr(out))
     return out.reshape(*ids.shape, k)
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * scale over x's last dimension, float32 (x float32 on the CPU, the
+    library built): one call, the same bits on every instruction set."""
+    n = x.shape[-1]
+    rows = x.contiguous()
+    out = torch.empty(rows.shape, dtype=torch.float32)
+    _state["lib"].simlab_rms_norm(_ptr(rows), rows.numel() // n if n else 0, n, _ptr(scale), eps, _ptr(out))
+    return out
 
 
 def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -294,6 +294,26 @@ void simlab_q8_rows(const int8_t *w, const float *scale, const float *offset, in
     }
 }
 
+/* RMS norm of each row of x (rows, n) into y: y = x / sqrt(mean(x^2) + eps) * w, where w is the
+ * norm's scale (Gemma's 1 + weight, made by the caller). The squares are summed in double in eight
+ * running sums, added in one fixed order, so every instruction set gives the same bits; the rest is
+ * float32 as torch's rms_norm does it (one call here, where torch's CPU op is ten). */
+void simlab_rms_norm(const float *x, int64_t rows, int64_t n, const float *w, float eps, float *y) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * n;
+        double part[8] = {0, 0, 0, 0, 0, 0, 0, 0}, tail = 0.0;
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) /* a square of a float is exact in double */
+            for (int l = 0; l < 8; l++) part[l] += (double)row[j + l] * (double)row[j + l];
+        for (; j < n; j++) tail += (double)row[j] * (double)row[j];
+        double sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        float mean = (float)((sum + tail) / (double)n);
+        float inv = 1.0f / sqrtf(mean + eps);
+        float *out = y + r * n;
+        for (j = 0; j < n; j++) out[j] = row[j] * inv * w[j];
+    }
+}
+
 /* The sampler's selection: the k largest of each row of x (rows, n) into vals, ids (rows, k), in
  * descending order, a tie going to the lower index (so the result is one defined set, where a sort's
  * tie order is not). One pass keeps candidates in a buffer of 2k: a value joins while it can still
