@@ -108,7 +108,7 @@ def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torc
     x = x.contiguous()
     m, k = x.shape
     n = scale.shape[0]
-    scratch = torch.empty(2 * m * k + 12 * m * (k // QK), dtype=torch.int8)  # two codes, three floats
+    scratch = torch.empty(5 * m * k + 12 * m * (k // QK), dtype=torch.int8)  # see simlab_qlinear
     y = torch.empty((m, n), dtype=torch.float32)
     args = (_ptr(codes), _ptr(scale), _ptr(offset), bits, group, n, _ptr(y), _ptr(scratch))
     _state["lib"].simlab_qlinear(_ptr(x), m, k, *args, torch.get_num_threads())

@@ -113,7 +113,8 @@ static inline float hsum(__m256 v) {
 static inline __attribute__((always_inline)) void dot(int bits, const void *wv, const float *scale,
                                                       const float *offset, int group, const int8_t *q1,
                                                       const int8_t *q2, const float *d2, const float *sx,
-                                                      int64_t k, int R, float *out, int64_t stride) {
+                                                      const float *pairs, const uint8_t *biased, int64_t k,
+                                                      int R, float *out, int64_t stride) {
     int64_t blocks = k / QK;
     int per = QK / group; /* weight scales per activation block */
     const uint8_t *w4 = (const uint8_t *)wv;
@@ -123,52 +124,67 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
 #ifndef SIMLAB_VNNI
     const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
 #endif
-    __m256 acc[MAXR];
+    /* Two running float sums per row, one over the even blocks and one over the odd, added at the end:
+     * every build sums in this order, so each gives the same bits. */
+    __m256 even[MAXR], odd[MAXR];
     float off[MAXR];
     for (int r = 0; r < R; r++) {
-        acc[r] = _mm256_setzero_ps();
+        even[r] = odd[r] = _mm256_setzero_ps();
         off[r] = 0.0f;
     }
     int64_t b = 0;
 #ifdef SIMLAB_AVX512
-    /* Two blocks per step: each lane of a 512-bit sum is the lane the 256-bit path sums (lanes 0-7
-     * block b, 8-15 block b + 1), and the float part adds block b, then b + 1, as it does. */
+    /* Two blocks per step: lanes 0-7 are block b's and the even sums, 8-15 block b + 1's and the odd
+     * sums; each lane's integer is the one the 256-bit path makes for it. q8 codes are signed, so
+     * the activations come biased by 128 (unsigned, in `biased`) and 257 x 128 x the codes' own lane
+     * sums come off again. */
     const __m512i low2 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    const __m512i half = _mm512_set1_epi8((char)0x80);
+    __m512 both[MAXR];
+    for (int r = 0; r < R; r++) both[r] = _mm512_setzero_ps();
     for (; b + 1 < blocks; b += 2) {
-        __m512i c, u;
-        __mmask64 neg = 0; /* q8: codes below zero, whose sign moves onto the activations */
+        __m512i c, corr = zero;
         if (bits == 4) {
             _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
             __m256i p = _mm256_loadu_si256((const __m256i *)(w4 + b * 16)), h = _mm256_srli_epi16(p, 4);
-            __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)),
-                                              _mm256_permute2x128_si256(p, h, 0x31), 1);
-            c = u = _mm512_and_si512(both, low2);
+            __m512i two = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)),
+                                             _mm256_permute2x128_si256(p, h, 0x31), 1);
+            c = _mm512_and_si512(two, low2);
         } else {
             _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
             c = _mm512_loadu_si512((const void *)(w8 + b * QK));
-            u = _mm512_abs_epi8(c);
-            neg = _mm512_movepi8_mask(c);
+            __m512i w128 = _mm512_dpbusd_epi32(zero, half, c);
+            corr = _mm512_add_epi32(_mm512_slli_epi32(w128, 8), w128);
         }
         __m256 s0 = per == 1 ? _mm256_set1_ps(scale[b])
                              : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
         __m256 s1 = per == 1 ? _mm256_set1_ps(scale[b + 1])
                              : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 3]), _mm_set1_ps(scale[2 * b + 2]));
+        __m512 s01 = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
         for (int r = 0; r < R; r++) {
             int64_t at = r * k + b * QK, g = r * blocks + b;
-            __m512i x1 = _mm512_loadu_si512((const void *)(q1 + at));
-            __m512i x2 = _mm512_loadu_si512((const void *)(q2 + at));
-            if (bits != 4) {
-                x1 = _mm512_mask_sub_epi8(x1, neg, zero, x1);
-                x2 = _mm512_mask_sub_epi8(x2, neg, zero, x2);
+            __m512i t;
+            if (bits == 4) {
+                __m512i x1 = _mm512_loadu_si512((const void *)(q1 + at));
+                __m512i x2 = _mm512_loadu_si512((const void *)(q2 + at));
+                t = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(zero, c, x1), 8), c, x2);
+            } else {
+                const uint8_t *row = biased + 2 * r * k + b * QK; /* a row's two levels, one after the other */
+                __m512i x1 = _mm512_loadu_si512((const void *)row);
+                __m512i x2 = _mm512_loadu_si512((const void *)(row + k));
+                t = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(zero, x1, c), 8), x2, c);
+                t = _mm512_sub_epi32(t, corr);
             }
-            __m512i i = _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, u, x1), 8);
-            __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, u, x2));
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s0, _mm256_set1_ps(d2[g])), _mm512_castps512_ps256(f), acc[r]);
+            /* s0 d2[g] in lanes 0-7, s1 d2[g + 1] in 8-15: the products the 256-bit path makes */
+            __m512 sd = _mm512_mul_ps(s01, _mm512_loadu_ps(pairs + (r * (blocks / 2) + b / 2) * 16));
+            both[r] = _mm512_fmadd_ps(sd, _mm512_cvtepi32_ps(t), both[r]);
             if (offset) off[r] += offset[b] * sx[g];
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s1, _mm256_set1_ps(d2[g + 1])), _mm512_extractf32x8_ps(f, 1),
-                                     acc[r]);
             if (offset) off[r] += offset[b + 1] * sx[g + 1];
         }
+    }
+    for (int r = 0; r < R; r++) {
+        even[r] = _mm512_castps512_ps256(both[r]);
+        odd[r] = _mm512_extractf32x8_ps(both[r], 1);
     }
 #endif
     for (; b < blocks; b++) {
@@ -200,11 +216,13 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
             __m256i i2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x2), ones);
             __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
 #endif
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f, acc[r]);
+            __m256 sd = _mm256_mul_ps(s, _mm256_set1_ps(d2[g]));
+            if (b & 1) odd[r] = _mm256_fmadd_ps(sd, f, odd[r]);
+            else even[r] = _mm256_fmadd_ps(sd, f, even[r]);
             if (offset) off[r] += offset[b] * sx[g];
         }
     }
-    for (int r = 0; r < R; r++) out[r * stride] = hsum(acc[r]) + off[r];
+    for (int r = 0; r < R; r++) out[r * stride] = hsum(_mm256_add_ps(even[r], odd[r])) + off[r];
 #else
     for (int r = 0; r < R; r++) {
         float sum = 0.0f, off = 0.0f;
@@ -228,7 +246,8 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
 }
 
 /* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows. x (M, K) float is first
- * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats). Weight rows split over threads;
+ * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats; then for the
+ * AVX-512 path M K bytes of paired scales and 2 M K of codes biased to unsigned). Weight rows split over threads;
  * each meets the inputs MAXR at a time (the same arithmetic per input row whatever M is). */
 void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const float *scale,
                     const float *offset, int bits, int group, int64_t n, float *y, void *scratch, int threads) {
@@ -237,6 +256,18 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
     float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
     simlab_quantize_rows(x, m, k, q1, q2, d1, d2, sx);
     int64_t blocks = k / QK, groups = k / group;
+    float *pairs = sx + blocks_all; /* per row and two blocks: d2 of the first eight times, of the second eight times */
+    uint8_t *biased = (uint8_t *)(pairs + m * (blocks / 2) * 16); /* per row: q1 + 128, then q2 + 128 */
+#ifdef SIMLAB_AVX512
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t p = 0; p < blocks / 2; p++)
+            for (int l = 0; l < 16; l++) pairs[(r * (blocks / 2) + p) * 16 + l] = d2[r * blocks + 2 * p + l / 8];
+        for (int64_t j = 0; j < k; j++) {
+            biased[2 * r * k + j] = (uint8_t)(q1[r * k + j] + 128);
+            biased[2 * r * k + k + j] = (uint8_t)(q2[r * k + j] + 128);
+        }
+    }
+#endif
     int64_t tile = 16; /* weight rows per task: they stay in cache across the M inputs */
     int64_t tiles = (n + tile - 1) / tile;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (n * k >= 65536 && threads > 1)
@@ -245,33 +276,34 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
         for (int64_t r = 0; r < m; r += MAXR) {
             int R = m - r < MAXR ? (int)(m - r) : MAXR;
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
-            const float *e2 = d2 + r * blocks, *sr = sx + r * blocks;
+            const float *e2 = d2 + r * blocks, *sr = sx + r * blocks, *pr = pairs + r * (blocks / 2) * 16;
+            const uint8_t *br = biased + 2 * r * k;
             for (int64_t o = t * tile; o < end; o++) {
                 float *out = y + r * n + o;
                 const float *so = scale + o * groups, *oo = offset ? offset + o * blocks : 0;
                 if (bits == 4) {
                     const uint8_t *wo = (const uint8_t *)w + o * (k / 2);
                     switch (R) { /* a constant R each: the accumulators stay in registers */
-                    case 4: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 4, out, n); break;
-                    case 3: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 3, out, n); break;
-                    case 2: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 2, out, n); break;
-                    default: dot(4, wo, so, oo, QK, a1, a2, e2, sr, k, 1, out, n);
+                    case 4: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 4, out, n); break;
+                    case 3: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 3, out, n); break;
+                    case 2: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 2, out, n); break;
+                    default: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 1, out, n);
                     }
                 } else if (group == QK && !oo) { /* Q8_0, Q5_0: the common case, with no offset */
                     const int8_t *wo = (const int8_t *)w + o * k;
                     switch (R) {
-                    case 4: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 4, out, n); break;
-                    case 3: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 3, out, n); break;
-                    case 2: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 2, out, n); break;
-                    default: dot(8, wo, so, 0, QK, a1, a2, e2, sr, k, 1, out, n);
+                    case 4: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 4, out, n); break;
+                    case 3: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 3, out, n); break;
+                    case 2: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 2, out, n); break;
+                    default: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 1, out, n);
                     }
                 } else {
                     const int8_t *wo = (const int8_t *)w + o * k;
                     switch (R) {
-                    case 4: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 4, out, n); break;
-                    case 3: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 3, out, n); break;
-                    case 2: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 2, out, n); break;
-                    default: dot(8, wo, so, oo, group, a1, a2, e2, sr, k, 1, out, n);
+                    case 4: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 4, out, n); break;
+                    case 3: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 3, out, n); break;
+                    case 2: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 2, out, n); break;
+                    default: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 1, out, n);
                     }
                 }
             }

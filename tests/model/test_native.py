@@ -202,8 +202,9 @@ def test_fused_layers_give_the_same_logits_bit_for_bit_and_fused_norms_the_same_
     assert lean.fuse_norms(fast) == (6 * 3 + 1 if kind == "gemma3" else 2 * 3 + 1)
     assert not any(isinstance(m, type(plain.model.norm)) for m in fast.modules())
     normed = logits_and_step(fast, ids)  # simlab's norm: the squares summed in double
-    # an ulp in a norm can move an activation's code by one (the kernel rounds them): ~1e-3 here
-    assert all(torch.allclose(a, b, rtol=0, atol=1e-2) for a, b in zip(expected, normed))
+    # an ulp in a norm can move an activation's code by one (the kernel rounds them), and a random
+    # tiny model amplifies that: up to ~0.4% of the logits' size here
+    assert all((a - b).abs().max() <= 1e-2 * a.abs().max() for a, b in zip(expected, normed))
     assert not all(torch.equal(a, b) for a, b in zip(expected, normed))  # it is the new norm that ran
     norm = plain.model.norm
     with torch.inference_mode(), patch.dict(native._state, {"lib": None}):  # torch's rms_norm instead
