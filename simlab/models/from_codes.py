@@ -24,21 +24,22 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    from simlab.models import hub, lean, quant
+    from simlab.models import hub, lean, quant, tokenizer_json
 
     hub.quiet_transformers()
     files = sorted(folder.glob("*.safetensors"))
     if not files or not stored_path.is_file():
-        return None
-    try:
-        stored = load_file(str(stored_path))
-    except Exception:  # noqa: BLE001 - a damaged cache: the full load rebuilds it
         return None
     # the tokenizer first, as from_pretrained does: its big allocations then come before
     # the codes' pages, which keeps the peak lower (measured on the embedded model: 915 -> 736 MiB)
     tokenizer = hub.load_tokenizer(
         str(folder), spec=spec, offline=True, trust_remote_code=False, own_cache=own_cache
     )
+    tokenizer_json.give_back_memory()  # the parse's scratch, if it ran here
+    try:
+        stored = load_file(str(stored_path))
+    except Exception:  # noqa: BLE001 - a damaged cache: the full load rebuilds it
+        return None
     config = AutoConfig.from_pretrained(folder)
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -62,6 +63,7 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     del stored  # each layer holds its own tensors now: fusing frees them group by group
     lean.fuse(model)
     lean.fuse_norms(model)
+    tokenizer_json.give_back_memory()  # what the float layers the codes replaced had taken
     return LoadedModel(model, tokenizer, replace(info, weights="gguf"))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from simlab.errors import ModelUnavailableError, UnknownModelError
+from simlab.models import tokenizer_json
 from simlab.models.device import dtype_name
 from simlab.models.info import LoadedModel, ModelInfo, hf_cache_dir
 
@@ -276,10 +277,13 @@ def _own_tokenizer(folder: Path):
         "chat_template",
         "model_max_length",
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(folder / "tokenizer.json"),
-        **{k: config[k] for k in keep if config.get(k) is not None},
-    )
+    kwargs = {k: config[k] for k in keep if config.get(k) is not None}
+    parsed = tokenizer_json.take(folder / "tokenizer.json")
+    if parsed is not None:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_json.Given(parsed), **kwargs)
+        if tokenizer.backend_tokenizer is parsed:
+            return tokenizer
+    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
 
 
 def _hub_commit(model_id: str, cache_dir: str) -> str | None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch
 
 from simlab.models import native
-from simlab.models.native import NativeLinear
+from simlab.models.native import NativeGroup, NativeLinear
 
 
 class _Fused:
     """Several layers that read the same input, as one product: the first call computes every
     member's output, the others take theirs while the input is the very same unchanged tensor."""
 
-    def __init__(self, layer: NativeLinear, sizes: list[int]):
+    def __init__(self, layer: NativeGroup, sizes: list[int]):
         self.layer, self.sizes = layer, sizes
         # (input, its version, the outputs), replaced as one object: a forward in another thread
         # never sees one input paired with another's outputs
@@ -49,7 +49,7 @@ FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 def fuse(model: torch.nn.Module) -> int:
     """Fuse the q/k/v and gate/up layers of each block that are `NativeLinear`s of one layout
-    (their codes concatenated along the outputs; each row's sums are the same as alone). Returns
+    (one `NativeGroup` product each; each row's sums are the same as alone). Returns
     how many groups were fused."""
     count = 0
     for parent in list(model.modules()):
@@ -64,13 +64,7 @@ def fuse(model: torch.nn.Module) -> int:
                 for layer in layers
             ):
                 continue
-            joined = NativeLinear(
-                torch.cat([layer.codes for layer in layers]),
-                torch.cat([layer.scale for layer in layers]),
-                None if first.offset is None else torch.cat([layer.offset for layer in layers]),
-                first.bits,
-                first.group,
-            )
+            joined = NativeGroup(layers)
             sizes = [layer.out_features for layer in layers]
             fused = _Fused(joined, sizes)
             parent.add_module("fused_" + "_".join(names), joined)

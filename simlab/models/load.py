@@ -59,6 +59,12 @@ def load_model(
     progress: Progress | None = None,
 ) -> LoadedModel:
     """Load the model a spec names, on the settings' device and dtype, with its weights as asked."""
+    if spec == EMBEDDED:  # before torch: its tokenizer's parse then adds nothing to the peak memory
+        from simlab.models import gguf, tokenizer_json
+
+        folder = gguf.cache_folder(spec, settings)
+        if (gguf.read_marker(folder) or {}).get("format") == gguf.CACHE_FORMAT:
+            tokenizer_json.parse_early(folder / "tokenizer.json")
     weights = settings.weights
     if weights == "auto":
         weights = "gguf" if _auto_gguf(spec, settings) else "float"

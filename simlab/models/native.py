@@ -90,6 +90,8 @@ def why() -> str:
 def _declare(lib) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.simlab_qlinear.argtypes = [p, i64, i64, p, p, p, i32, i32, i64, p, p, i32]
+    lib.simlab_qlinear_parts.argtypes = [p, i64, i64, i32, p, p, p, p, i32, i32, p, p, i32]
+    lib.simlab_qlinear_parts.restype = None
     lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
     for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
         fn.restype = None
@@ -113,6 +115,35 @@ def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torc
     args = (_ptr(codes), _ptr(scale), _ptr(offset), bits, group, n, _ptr(y), _ptr(scratch))
     _state["lib"].simlab_qlinear(_ptr(x), m, k, *args, torch.get_num_threads())
     return y
+
+
+def matmul_parts(x: torch.Tensor, layers, arrays: tuple | None = None) -> torch.Tensor:
+    """x (M, K) float32 times several quantized weights of one layout (`NativeLinear`s) whose rows
+    follow one another, transposed: (M, sum of their N), each part read where it lies. `arrays`:
+    `part_arrays(layers)`, made once by a caller that calls often."""
+    x = x.contiguous()
+    m, k = x.shape
+    ws, scales, offsets, ns, total = arrays or part_arrays(layers)
+    scratch = torch.empty(5 * m * k + 12 * m * (k // QK), dtype=torch.int8)
+    y = torch.empty((m, total), dtype=torch.float32)
+    first = layers[0]
+    args = (ws, scales, offsets, ns, first.bits, first.group, _ptr(y), _ptr(scratch), torch.get_num_threads())
+    _state["lib"].simlab_qlinear_parts(_ptr(x), m, k, len(layers), *args)
+    return y
+
+
+def part_arrays(layers) -> tuple:
+    """What `matmul_parts` passes to C for these layers: the addresses of their codes, scales and
+    offsets, their row counts, and the sum of those."""
+    count = len(layers)
+    pointers = ctypes.c_void_p * count
+    return (
+        pointers(*(layer.codes.data_ptr() for layer in layers)),
+        pointers(*(layer.scale.data_ptr() for layer in layers)),
+        pointers(*(None if layer.offset is None else layer.offset.data_ptr() for layer in layers)),
+        (ctypes.c_int64 * count)(*(layer.out_features for layer in layers)),
+        sum(layer.out_features for layer in layers),
+    )
 
 
 def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
@@ -179,6 +210,31 @@ class NativeLinear(torch.nn.Module):
     @property
     def _args(self):
         return self.codes, self.scale, self.offset, self.bits, self.group
+
+
+class NativeGroup(torch.nn.Module):
+    """Layers of one layout that read the same input, as one product (`matmul_parts`): their outputs
+    side by side, each row's sums the same as the layer's alone, and no copy of their codes."""
+
+    def __init__(self, layers: list[NativeLinear]):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(layers)
+        self.out_features = sum(layer.out_features for layer in layers)
+        self.in_features = layers[0].in_features
+        self._layers = layers
+        self._arrays: tuple | None = None  # the buffers' addresses for C, made on first use
+
+    def _apply(self, fn, recurse=True):  # .to(), .float() and the like may move the buffers
+        self._arrays = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self._arrays is None:
+            self._arrays = part_arrays(self._layers)
+        y = matmul_parts(rows if rows.dtype == torch.float32 else rows.float(), self._layers, self._arrays)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 class NativeEmbedding(torch.nn.Module):

@@ -245,12 +245,15 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
 #endif
 }
 
-/* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows. x (M, K) float is first
+/* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows, given as `parts` weights
+ * of one layout whose rows follow one another (q/k/v read from where each lies, not copied together:
+ * ws, scales, offsets (an offset may be null), ns their row counts). x (M, K) float is first
  * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats; then for the
  * AVX-512 path M K bytes of paired scales and 2 M K of codes biased to unsigned). Weight rows split over threads;
  * each meets the inputs MAXR at a time (the same arithmetic per input row whatever M is). */
-void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const float *scale,
-                    const float *offset, int bits, int group, int64_t n, float *y, void *scratch, int threads) {
+void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
+                          const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
+                          int group, float *y, void *scratch, int threads) {
     int64_t blocks_all = m * (k / QK);
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
     float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
@@ -268,6 +271,8 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
         }
     }
 #endif
+    int64_t n = 0; /* the parts' rows, one after another, make the outputs */
+    for (int p = 0; p < parts; p++) n += ns[p];
     int64_t tile = 16; /* weight rows per task: they stay in cache across the M inputs */
     int64_t tiles = (n + tile - 1) / tile;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (n * k >= 65536 && threads > 1)
@@ -278,9 +283,13 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
             const float *e2 = d2 + r * blocks, *sr = sx + r * blocks, *pr = pairs + r * (blocks / 2) * 16;
             const uint8_t *br = biased + 2 * r * k;
-            for (int64_t o = t * tile; o < end; o++) {
-                float *out = y + r * n + o;
-                const float *so = scale + o * groups, *oo = offset ? offset + o * blocks : 0;
+            for (int64_t at = t * tile; at < end; at++) {
+                float *out = y + r * n + at;
+                int p = 0;
+                int64_t o = at; /* the row within its part */
+                while (o >= ns[p]) o -= ns[p++];
+                const void *w = ws[p];
+                const float *so = scales[p] + o * groups, *oo = offsets[p] ? offsets[p] + o * blocks : 0;
                 if (bits == 4) {
                     const uint8_t *wo = (const uint8_t *)w + o * (k / 2);
                     switch (R) { /* a constant R each: the accumulators stay in registers */
@@ -309,6 +318,12 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
             }
         }
     }
+}
+
+/* One weight: simlab_qlinear_parts with one part. */
+void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const float *scale,
+                    const float *offset, int bits, int group, int64_t n, float *y, void *scratch, int threads) {
+    simlab_qlinear_parts(x, m, k, 1, &w, &scale, &offset, &n, bits, group, y, scratch, threads);
 }
 
 /* Rows of a q8 table (an embedding) as floats: out (R, K) = scale * code (+ offset) for each id. */

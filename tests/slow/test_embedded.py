@@ -127,13 +127,17 @@ def test_auto_decodes_from_the_ggufs_own_quantization_and_stays_with_the_float_m
 
     from simlab.engine.local import Engine
     from simlab.models.lean import FusedPart
-    from simlab.models.native import NativeEmbedding, NativeLinear
+    from simlab.models.native import NativeEmbedding, NativeGroup, NativeLinear
 
     assert embedded.info.weights == "gguf" and embedded.info.dtype == "float32"
-    layers = [m for m in embedded.model.modules() if isinstance(m, NativeLinear)]
-    bits = sorted(m.bits for m in layers)
-    # fused q/k/v and gate/up (Q5_0 with Q8_0 v: signed bytes), o (Q4_K), down (9 Q4_K, 9 Q6_K), head
-    assert len(layers) == 18 * 4 + 1 and bits.count(4) == 18 + 9
+    groups = [m for m in embedded.model.modules() if isinstance(m, NativeGroup)]
+    grouped = {id(layer) for group in groups for layer in group.parts}
+    layers = [m for m in embedded.model.modules() if isinstance(m, NativeLinear) and id(m) not in grouped]
+    bits = sorted(m.bits for m in layers) + sorted(group.parts[0].bits for group in groups)
+    # one product each: q/k/v and gate/up (Q5_0 with Q8_0 v: signed bytes), o (Q4_K), down (9 Q4_K,
+    # 9 Q6_K), the head
+    assert len(layers) + len(groups) == 18 * 4 + 1 and bits.count(4) == 18 + 9
+    assert len(grouped) == 18 * 5
     assert sum(isinstance(m, FusedPart) for m in embedded.model.modules()) == 18 * 5
     embedding = embedded.model.get_input_embeddings()
     assert isinstance(embedding, NativeEmbedding) and embedding.table is embedded.model.lm_head
