@@ -73,13 +73,17 @@ def shared_passes(have: list[int], common: int, wanted: list[int] | None) -> int
 
 
 def new_cache(model):
-    """A DynamicCache whose sliding-window layers keep their past, so it can be cropped back."""
+    """A DynamicCache whose sliding-window layers keep their past, so it can be cropped back, and
+    whose layers append a step in place (engine.kvcache)."""
     from transformers import DynamicCache
+
+    from simlab.engine.kvcache import grow_in_place
 
     cache = DynamicCache(config=model.config)
     for layer in getattr(cache, "layers", []):
         if hasattr(layer, "activate_past_recording"):
             layer.activate_past_recording()
+    grow_in_place(cache)
     return cache
 
 
@@ -174,8 +178,10 @@ class DiskPrefixes:
         if path.exists():
             return
         tensors = {}
+        from simlab.engine.kvcache import plain_dynamic
+
         for i, layer in enumerate(cache.layers):
-            if type(layer).__name__ not in ("DynamicLayer", "DynamicSlidingWindowLayer"):
+            if not plain_dynamic(layer):
                 return  # a cache this file format does not describe
             if layer.keys is None or layer.keys.shape[-2] != len(ids) or layer.keys.shape[0] != 1:
                 return

@@ -1,0 +1,78 @@
+"""Cache layers that append in place (engine.kvcache): attention sees the values `torch.cat` would
+give, so a model's logits are the plain DynamicCache's bit for bit, through the sliding window,
+crops back to a shared prefix, batch selects and repeats, and deep copies."""
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_llama_style
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from simlab.engine import kvcache, prefix
+
+STEPS = 30  # past the tiny Gemma's sliding window of 8, and past a buffer's first room of 64 with the prompt
+
+
+def plain_cache(model):
+    cache = DynamicCache(config=model.config)
+    for layer in cache.layers:
+        if hasattr(layer, "activate_past_recording"):
+            layer.activate_past_recording()
+    return cache
+
+
+def steps(model, cache, tokens):
+    return torch.cat(
+        [model(input_ids=t.view(-1, 1), cache=cache, use_cache=True).logits for t in tokens], dim=1
+    )
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_a_cache_grown_in_place_gives_the_plain_caches_logits_bit_for_bit(kind, tiny_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / kind, kind, tiny_dir)).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(3, 300, (1, 50))
+    tokens = torch.randint(3, 300, (STEPS, 1))
+    with torch.inference_mode():
+        caches = [plain_cache(model), prefix.new_cache(model)]
+        assert all(kvcache.plain_dynamic(layer) for layer in caches[1].layers)
+        assert type(caches[1].layers[0]).__name__.startswith("Growing")
+        first = [model(input_ids=ids, cache=c, use_cache=True).logits for c in caches]
+        assert torch.equal(first[0], first[1])
+        a, b = (steps(model, c, tokens) for c in caches)
+        assert torch.equal(a, b)
+        for c in caches:  # back to a shared prefix, then on again
+            c.crop(-7)
+        a, b = (steps(model, c, tokens[:9]) for c in caches)
+        assert torch.equal(a, b)
+        copies = [copy.deepcopy(c) for c in caches]  # what a kept prefix holds
+        for c in caches:
+            c.batch_repeat_interleave(3)  # siblings
+        three = tokens[:12].repeat(1, 3)
+        a, b = (steps(model, c, three) for c in caches)
+        assert torch.equal(a, b)
+        for c in caches:
+            c.batch_select_indices(torch.tensor([0, 2]))  # one finished
+        a, b = (steps(model, c, three[:, :2]) for c in caches)
+        assert torch.equal(a, b)
+        a, b = (steps(model, c, tokens[:5]) for c in copies)
+        assert torch.equal(a, b)
+        layer = next(layer for layer in caches[1].layers if not layer.is_sliding)
+        assert layer.keys.shape[-2] == layer.get_seq_length() == 50 + STEPS - 7 + 9 + 12 + 12
+
+
+def test_growing_is_what_cat_gives_and_copies_only_when_the_room_runs_out():
+    grown = kvcache.Growing()
+    kept = None
+    expected = torch.zeros(2, 1, 0, 4)
+    buffers = set()
+    for n in [3, 1, 1, 70, 1, 1, 200]:
+        new = torch.randn(2, 1, n, 4)
+        expected = torch.cat([expected, new], dim=-2)
+        kept = grown.cat(kept, new)
+        assert torch.equal(kept, expected)
+        buffers.add(grown.buffer.data_ptr())
+    assert len(buffers) == 3  # the first room, then doubled twice: not a copy per step
+    kept = grown.cat(kept[:, :, :10], torch.ones(2, 1, 1, 4))  # cut from outside: begins again from it
+    assert torch.equal(kept, torch.cat([expected[:, :, :10], torch.ones(2, 1, 1, 4)], dim=-2))
