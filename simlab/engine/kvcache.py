@@ -1,7 +1,7 @@
 """KV cache layers that grow in place: transformers' DynamicLayer appends a step's keys with
 `torch.cat`, which copies the whole cache every step (at 4 rows and 60 tokens, a third of the
 non-product time of a decode step; at 2,000 tokens, more than the products). These layers write the
-step into a buffer with room to spare (doubled when full) and hand attention the very values
+step into a buffer with room to spare (a quarter more, at least 64 tokens, when full) and hand attention the very values
 `torch.cat` would, as a view of it: the logits are the same bit for bit (tested).
 
 Anything that replaces a layer's keys from outside (crop, a batch select or repeat, a prefix read
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import torch
 
-_ROOM = 64  # tokens of room a new buffer starts with, at least
+_ROOM = 64  # tokens of room a buffer has past what it holds, at least (else a quarter of that)
 
 
 class Growing:
-    """`torch.cat([kept, new], dim=-2)` of one tensor of a layer, into a buffer that grows by doubling."""
+    """`torch.cat([kept, new], dim=-2)` of one tensor of a layer, into a buffer with room to spare:
+    copied when the room runs out (every 64 tokens, or a quarter of the length when longer), where
+    `torch.cat` copies every step; never more than a quarter larger than what it holds, plus 64."""
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
@@ -35,7 +37,7 @@ class Growing:
 
     def _restart(self, kept: torch.Tensor | None, new: torch.Tensor) -> None:
         length = kept.shape[-2] if kept is not None and kept.numel() else 0
-        room = max(_ROOM, 2 * (length + new.shape[-2]))
+        room = _room(length + new.shape[-2])
         self.buffer = new.new_empty((*new.shape[:2], room, new.shape[-1]))
         if length:
             self.buffer[:, :, :length] = kept
@@ -43,12 +45,14 @@ class Growing:
 
     def _make_room(self, more: int) -> None:
         live = self.end - self.start
-        room = self.buffer.shape[-2]
-        if live + more > room // 2:
-            room = 2 * (live + more)
+        room = _room(live + more)
         grown = self.buffer.new_empty((*self.buffer.shape[:2], room, self.buffer.shape[-1]))
         grown[:, :, :live] = self.buffer[:, :, self.start : self.end]
         self.buffer, self.start, self.end = grown, 0, live
+
+
+def _room(tokens: int) -> int:
+    return tokens + max(_ROOM, tokens // 4)
 
 
 def _full_update(self, key_states, value_states, *args, **kwargs):
