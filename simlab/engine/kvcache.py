@@ -1,8 +1,8 @@
 """KV cache layers that grow in place: transformers' DynamicLayer appends a step's keys with
-`torch.cat`, which copies the whole cache every step (at 4 rows and 60 tokens, a third of the
-non-product time of a decode step; at 2,000 tokens, more than the products). These layers write the
-step into a buffer with room to spare (a quarter more, at least 64 tokens, when full) and hand attention the very values
-`torch.cat` would, as a view of it: the logits are the same bit for bit (tested).
+`torch.cat`, which copies the whole cache every step (measured on the embedded model at 1,500
+tokens: a 4-row decode step 51.0 ms with it, 32.2 ms without). These layers write the step into a
+buffer with room to spare (a quarter more, at least 64 tokens, when full) and hand attention the
+very values `torch.cat` would, as a view of it: the logits are the same bit for bit (tested).
 
 Anything that replaces a layer's keys from outside (crop, a batch select or repeat, a prefix read
 from disk) is taken as it is: the next step starts a new buffer from it.
