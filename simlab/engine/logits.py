@@ -186,6 +186,8 @@ def _kept_among(scaled: torch.Tensor, size: int, params: SamplingParams):
     """(values, ids, kept) of each row's `size` best tokens (B, size) after top-k, top-p and min-p
     as the whole-row steps apply them; None when a row's kept set might reach past them."""
     values, ids = best_of(scaled, size)  # descending
+    if bool((ids < 0).any()):  # fewer than `size` values that are not NaN: the whole-row steps
+        return None
     kept = torch.ones_like(values, dtype=torch.bool)
     narrowed = False  # whether every kept token is now among the candidates
     k = params.top_k

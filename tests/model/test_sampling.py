@@ -293,3 +293,14 @@ def test_choosing_greedily_is_the_best_token_after_the_penalty():
     logits = torch.tensor([[1.0, 3.0, 2.9, 0.0]])
     params = SamplingParams(temperature=0.0, repetition_penalty=2.0)
     assert sampling.choose(logits, torch.tensor([[1]]), params, None).tolist() == [2]
+
+
+def test_choosing_with_nan_logits_goes_the_whole_row_way():
+    logits = torch.full((1, 5000), math.nan)
+    logits[0, :100] = torch.randn(100)
+    params = SamplingParams(temperature=0.8, top_p=0.95)
+    theirs = sampling.sample(
+        sampling.process_logits(logits, None, params), [torch.Generator().manual_seed(1)], False
+    )
+    ours = sampling.choose(logits, None, params, [torch.Generator().manual_seed(1)])
+    assert ours.tolist() == theirs.tolist()
