@@ -174,12 +174,12 @@ class DiskPrefixes:
         """Save the last CHUNK positions of the cache, which holds exactly `ids`."""
         from safetensors.torch import save_file
 
+        from simlab.engine.kvcache import plain_dynamic
+
         path = self._path(ids)
         if path.exists():
             return
         tensors = {}
-        from simlab.engine.kvcache import plain_dynamic
-
         for i, layer in enumerate(cache.layers):
             if not plain_dynamic(layer):
                 return  # a cache this file format does not describe

@@ -60,10 +60,9 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     model.requires_grad_(False)
     info = hub.describe(model, spec=spec, name=name, revision=revision, source=str(folder), from_cache=True)
     quant.quantize(model, "gguf", stored)
-    del stored  # each layer holds its own tensors now: fusing frees them group by group
+    del stored  # each layer holds its own tensors now (fused groups read them where they lie)
     lean.fuse(model)
     lean.fuse_norms(model)
-    tokenizer_json.give_back_memory()  # what the float layers the codes replaced had taken
     return LoadedModel(model, tokenizer, replace(info, weights="gguf"))
 
 

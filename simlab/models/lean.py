@@ -1,6 +1,7 @@
 """A decode step with less around the matrix products: layers that read one input fused into one
-product, and RMS norms as one fused op. Each changes how a result is reached, never what each row's
-result is (the tests compare them with the modules they replace, bit for bit).
+product (each row's result the same as the layers' alone, bit for bit: tested), RMS norms as one
+call (simlab's own, torch's to rounding and the same bits on every CPU), and Gemma 3's decode step
+as the model's own ops without the module machinery (the model's logits bit for bit).
 """
 
 from __future__ import annotations
