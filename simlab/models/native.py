@@ -96,13 +96,18 @@ def _declare(lib) -> None:
     for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
         fn.restype = None
     lib.simlab_top_k.argtypes = [p, i64, i64, i64, p, p, i32]
+    lib.simlab_top_k.restype = i32
     lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
     lib.simlab_rms_norm.restype = None
-    lib.simlab_top_k.restype = i32
 
 
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _scratch(m: int, k: int) -> torch.Tensor:
+    """The kernel's working memory for M rows of K (simlab_qlinear_parts says how it is laid out)."""
+    return torch.empty(5 * m * k + 12 * m * (k // QK), dtype=torch.int8)
 
 
 def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torch.Tensor:
@@ -110,7 +115,7 @@ def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torc
     x = x.contiguous()
     m, k = x.shape
     n = scale.shape[0]
-    scratch = torch.empty(5 * m * k + 12 * m * (k // QK), dtype=torch.int8)  # see simlab_qlinear
+    scratch = _scratch(m, k)
     y = torch.empty((m, n), dtype=torch.float32)
     args = (_ptr(codes), _ptr(scale), _ptr(offset), bits, group, n, _ptr(y), _ptr(scratch))
     _state["lib"].simlab_qlinear(_ptr(x), m, k, *args, torch.get_num_threads())
@@ -124,7 +129,7 @@ def matmul_parts(x: torch.Tensor, layers, arrays: tuple | None = None) -> torch.
     x = x.contiguous()
     m, k = x.shape
     ws, scales, offsets, ns, total = arrays or part_arrays(layers)
-    scratch = torch.empty(5 * m * k + 12 * m * (k // QK), dtype=torch.int8)
+    scratch = _scratch(m, k)
     y = torch.empty((m, total), dtype=torch.float32)
     first = layers[0]
     args = (ws, scales, offsets, ns, first.bits, first.group, _ptr(y), _ptr(scratch), torch.get_num_threads())
