@@ -106,6 +106,54 @@ static inline float hsum(__m256 v) {
 
 #define MAXR 4 /* input rows decoded against one weight row at once: its codes are unpacked once */
 
+#ifdef SIMLAB_AVX2
+/* Block b of one weight row against R input rows, added into acc[r] (the even or the odd blocks'
+ * sums) and off[r]: the 256-bit path, one block at a time. */
+static inline __attribute__((always_inline)) void block256(int bits, const void *wv, const float *scale,
+                                                           const float *offset, int per, const int8_t *q1,
+                                                           const int8_t *q2, const float *d2, const float *sx,
+                                                           int64_t k, int R, int64_t b, __m256 *acc, float *off) {
+    int64_t blocks = k / QK;
+    const uint8_t *w4 = (const uint8_t *)wv;
+    const int8_t *w8 = (const int8_t *)wv;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+#ifndef SIMLAB_VNNI
+    const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
+#endif
+    __m256i c, u; /* the codes, and what maddubs reads as unsigned: the codes or their size */
+    if (bits == 4) _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
+    else _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
+    if (bits == 4) {
+        __m128i p = _mm_loadu_si128((const __m128i *)(w4 + b * 16));
+        c = u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low);
+    } else {
+        c = _mm256_loadu_si256((const __m256i *)(w8 + b * QK));
+        u = _mm256_sign_epi8(c, c);
+    }
+    __m256 s = per == 1 ? _mm256_set1_ps(scale[b])
+                        : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
+    for (int r = 0; r < R; r++) {
+        int64_t at = r * k + b * QK, g = r * blocks + b;
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
+        __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
+        if (bits != 4) { /* signed codes: the sign moves onto the activations */
+            x1 = _mm256_sign_epi8(x1, c);
+            x2 = _mm256_sign_epi8(x2, c);
+        }
+#ifdef SIMLAB_VNNI /* the same integers: each lane sums the same four products, 256 x1 + x2 */
+        __m256i i = _mm256_slli_epi32(DPBUSD(_mm256_setzero_si256(), u, x1), 8);
+        __m256 f = _mm256_cvtepi32_ps(DPBUSD(i, u, x2));
+#else
+        __m256i i1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), high);
+        __m256i i2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x2), ones);
+        __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
+#endif
+        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f, acc[r]);
+        if (offset) off[r] += offset[b] * sx[g];
+    }
+}
+#endif
+
 /* Outputs of one weight row w for R quantized input rows (R <= MAXR), into out[r * stride]: a q4 row
  * (bits 4: K/2 bytes, a scale and offset per 32) or a q8 one (bits 8: K bytes, a scale per `group`
  * = 16 or 32, an offset per 32 or none). Called with constant bits and R, so each case compiles to
@@ -117,13 +165,7 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
                                                       int R, float *out, int64_t stride) {
     int64_t blocks = k / QK;
     int per = QK / group; /* weight scales per activation block */
-    const uint8_t *w4 = (const uint8_t *)wv;
-    const int8_t *w8 = (const int8_t *)wv;
 #ifdef SIMLAB_AVX2
-    const __m256i low = _mm256_set1_epi8(0x0F);
-#ifndef SIMLAB_VNNI
-    const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
-#endif
     /* Two running float sums per row, one over the even blocks and one over the odd, added at the end:
      * every build sums in this order, so each gives the same bits. */
     __m256 even[MAXR], odd[MAXR];
@@ -138,6 +180,8 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
      * sums; each lane's integer is the one the 256-bit path makes for it. q8 codes are signed, so
      * the activations come biased by 128 (unsigned, in `biased`) and 257 x 128 x the codes' own lane
      * sums come off again. */
+    const uint8_t *w4 = (const uint8_t *)wv;
+    const int8_t *w8 = (const int8_t *)wv;
     const __m512i low2 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     const __m512i half = _mm512_set1_epi8((char)0x80);
     __m512 both[MAXR];
@@ -187,43 +231,15 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
         odd[r] = _mm512_extractf32x8_ps(both[r], 1);
     }
 #endif
-    for (; b < blocks; b++) {
-        __m256i c, u; /* the codes, and what maddubs reads as unsigned: the codes or their size */
-        if (bits == 4) _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
-        else _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
-        if (bits == 4) {
-            __m128i p = _mm_loadu_si128((const __m128i *)(w4 + b * 16));
-            c = u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low);
-        } else {
-            c = _mm256_loadu_si256((const __m256i *)(w8 + b * QK));
-            u = _mm256_sign_epi8(c, c);
-        }
-        __m256 s = per == 1 ? _mm256_set1_ps(scale[b])
-                            : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
-        for (int r = 0; r < R; r++) {
-            int64_t at = r * k + b * QK, g = r * blocks + b;
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
-            __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
-            if (bits != 4) { /* signed codes: the sign moves onto the activations */
-                x1 = _mm256_sign_epi8(x1, c);
-                x2 = _mm256_sign_epi8(x2, c);
-            }
-#ifdef SIMLAB_VNNI /* the same integers: each lane sums the same four products, 256 x1 + x2 */
-            __m256i i = _mm256_slli_epi32(DPBUSD(_mm256_setzero_si256(), u, x1), 8);
-            __m256 f = _mm256_cvtepi32_ps(DPBUSD(i, u, x2));
-#else
-            __m256i i1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), high);
-            __m256i i2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x2), ones);
-            __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
-#endif
-            __m256 sd = _mm256_mul_ps(s, _mm256_set1_ps(d2[g]));
-            if (b & 1) odd[r] = _mm256_fmadd_ps(sd, f, odd[r]);
-            else even[r] = _mm256_fmadd_ps(sd, f, even[r]);
-            if (offset) off[r] += offset[b] * sx[g];
-        }
+    for (; b + 1 < blocks; b += 2) { /* an even block, then an odd one: each into its own sums */
+        block256(bits, wv, scale, offset, per, q1, q2, d2, sx, k, R, b, even, off);
+        block256(bits, wv, scale, offset, per, q1, q2, d2, sx, k, R, b + 1, odd, off);
     }
+    if (b < blocks) block256(bits, wv, scale, offset, per, q1, q2, d2, sx, k, R, b, even, off);
     for (int r = 0; r < R; r++) out[r * stride] = hsum(_mm256_add_ps(even[r], odd[r])) + off[r];
 #else
+    const uint8_t *w4 = (const uint8_t *)wv;
+    const int8_t *w8 = (const int8_t *)wv;
     for (int r = 0; r < R; r++) {
         float sum = 0.0f, off = 0.0f;
         for (int64_t b = 0; b < blocks; b++) {
