@@ -59,12 +59,21 @@ def load_model(
     progress: Progress | None = None,
 ) -> LoadedModel:
     """Load the model a spec names, on the settings' device and dtype, with its weights as asked."""
+    from simlab.models import tokenizer_json
+
     if spec == EMBEDDED:  # before torch: its tokenizer's parse then adds nothing to the peak memory
-        from simlab.models import gguf, tokenizer_json
+        from simlab.models import gguf
 
         folder = gguf.cache_folder(spec, settings)
         if (gguf.read_marker(folder) or {}).get("format") == gguf.CACHE_FORMAT:
             tokenizer_json.parse_early(folder / "tokenizer.json")
+    try:
+        return _load_model(spec, settings, trust_remote_code, progress)
+    finally:
+        tokenizer_json.forget()  # a parse this load did not take (another folder's tokenizer)
+
+
+def _load_model(spec: str, settings: Settings, trust_remote_code: bool, progress: Progress | None):
     weights = settings.weights
     if weights == "auto":
         weights = "gguf" if _auto_gguf(spec, settings) else "float"

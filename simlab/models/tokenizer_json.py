@@ -30,6 +30,11 @@ def take(path: Path):
     return _kept.pop(path, None)
 
 
+def forget() -> None:
+    """Drop whatever was parsed early and not taken."""
+    _kept.clear()
+
+
 def give_back_memory() -> None:
     """Return the C heap's free memory to the system (glibc's malloc_trim; elsewhere nothing)."""
     name = ctypes.util.find_library("c")

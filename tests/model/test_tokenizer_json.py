@@ -24,6 +24,13 @@ def test_a_tokenizer_parsed_early_is_the_one_the_model_gets(tiny_dir, tmp_path):
     assert (early.eos_token, early.bos_token) == (late.eos_token, late.bos_token)
 
 
+def test_a_parse_not_taken_is_forgotten(tiny_dir):
+    path = tiny_dir / "tokenizer.json"
+    tokenizer_json.parse_early(path)
+    tokenizer_json.forget()  # what load_model does after any load: nothing held for nobody
+    assert tokenizer_json.take(path) is None
+
+
 def test_parsing_early_is_nothing_without_the_file(tmp_path):
     tokenizer_json.parse_early(tmp_path / "tokenizer.json")
     assert tokenizer_json.take(tmp_path / "tokenizer.json") is None
