@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
+from simlab.models import gemma3
+
 # Families whose forward builds its masks with create_causal_mask (and, for sliding layers,
 # create_sliding_window_causal_mask) and whose attention goes through ALL_ATTENTION_FUNCTIONS.
 FAMILIES = frozenset({"gpt2", "gemma3_text", "llama", "qwen2"})
@@ -56,29 +58,35 @@ class RaggedCache(Cache):
         return Rows(keys, masks), Rows(values, masks)
 
 
-def _install() -> None:
-    """Wrap transformers' sdpa attention once: given Rows, it attends row by row."""
+def attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention, which given Rows attends row by row."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not isinstance(key, Rows):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    outputs = [
+        sdpa_attention_forward(module, query[b : b + 1], k, v, mask, **kwargs)[0]
+        for b, (k, v, mask) in enumerate(zip(key.tensors, value.tensors, key.masks))
+    ]
+    return torch.cat(outputs, dim=0), None  # (B, 1, H, D)
+
+
+def _install(model) -> None:
+    """Put `attention` in place of sdpa's, once: in simlab's own Gemma 3 (models.gemma3), or in
+    transformers' table for its models (imported only then: it brings transformers' modeling stack)."""
+    if isinstance(model, gemma3.Gemma3ForCausalLM):
+        gemma3.ATTENTION["sdpa"] = attention
+        return
     from transformers.modeling_utils import AttentionInterface
 
-    if getattr(AttentionInterface._global_mapping["sdpa"], "ragged", False):
-        return
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        if not isinstance(key, Rows):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        outputs = [
-            sdpa_attention_forward(module, query[b : b + 1], k, v, mask, **kwargs)[0]
-            for b, (k, v, mask) in enumerate(zip(key.tensors, value.tensors, key.masks))
-        ]
-        return torch.cat(outputs, dim=0), None  # (B, 1, H, D)
-
-    attention.ragged = True
-    AttentionInterface.register("sdpa", attention)
+    if AttentionInterface._global_mapping["sdpa"] is not attention:
+        AttentionInterface.register("sdpa", attention)
 
 
 def _masks(model, cache, position: torch.Tensor, dtype: torch.dtype) -> dict:
     """The masks one row's next token gets alone, per layer kind (None where the model skips one)."""
+    if isinstance(model, gemma3.Gemma3ForCausalLM):  # transformers' masks without masking_utils
+        return gemma3.masks_for(model.config, cache, 1, 1, position.device)
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     config = model.config
@@ -94,7 +102,7 @@ def _masks(model, cache, position: torch.Tensor, dtype: torch.dtype) -> dict:
 def step(model, caches: list, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Feed one token per row (tokens (B,)) to rows with caches of any lengths; the next-token
     logits, (B, V), each row's as if it had been fed alone."""
-    _install()
+    _install(model)
     positions = torch.tensor([[c.get_seq_length()] for c in caches], device=tokens.device)  # (B, 1)
     masks = [_masks(model, c, positions[b : b + 1], dtype) for b, c in enumerate(caches)]
     cache = RaggedCache(caches, masks, getattr(model.config, "layer_types", None))

@@ -211,10 +211,10 @@ def load_tokenizer(
     """A model's tokenizer alone (no weights): a folder, a GGUF's metadata, or a hub id through the
     Hugging Face cache, downloading unless offline. For token counts (`--tokenizer`, `simlab tokens`)."""
     quiet_transformers()
-    from transformers import AutoTokenizer
-
     if own_cache:
         return _own_tokenizer(Path(source))
+    from transformers import AutoTokenizer  # (transformers.models: 0.2 s of imports)
+
     offline = offline or not _reachable(source)
     try:
         return AutoTokenizer.from_pretrained(
@@ -308,7 +308,8 @@ def describe(model, *, spec: str, name: str, revision: str, source: str, from_ca
         ),
         2048,
     )
-    parameter = next(model.parameters())
+    # (a model built from cached codes holds its embedding on the meta device until it is replaced)
+    parameter = next((p for p in model.parameters() if p.device.type != "meta"), next(model.parameters()))
     return ModelInfo(
         spec=spec,
         name=name,

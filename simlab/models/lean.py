@@ -141,6 +141,7 @@ def steps_lean(model: torch.nn.Module) -> bool:
         config.model_type == "gemma3_text"
         and config._attn_implementation == "sdpa"
         and not getattr(config, "use_bidirectional_attention", False)
+        and getattr(config, "attn_logit_softcapping", None) is None
         and type(model).__name__ == "Gemma3ForCausalLM"
     )
 
@@ -151,23 +152,13 @@ def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tenso
     capture, keyword plumbing): the logits (B, T, V), bit for bit the model's own (tested). Module
     hooks do not run: a trace reads the model's own forward."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-    from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
+
+    from simlab.models.gemma3 import apply_rotary_pos_emb, masks_for
 
     config, body = model.config, model.model
     h = body.embed_tokens(ids)  # (B, T, D)
     position = (torch.arange(h.shape[1], device=h.device) + cache.get_seq_length()).unsqueeze(0)
-    args = {
-        "config": config,
-        "inputs_embeds": h,
-        "attention_mask": None,
-        "cache": cache,
-        "position_ids": position,
-    }
-    masks = {
-        "full_attention": create_causal_mask(**args),
-        "sliding_attention": create_sliding_window_causal_mask(**args),
-    }
+    masks = masks_for(config, cache, h.shape[1], h.shape[0], h.device)  # transformers' masks (tested)
     rotary = {kind: body.rotary_emb.forward(h, position, kind) for kind in set(config.layer_types)}
     for i, layer in enumerate(body.layers[: config.num_hidden_layers]):
         kind, attn, mlp = config.layer_types[i], layer.self_attn, layer.mlp

@@ -64,9 +64,22 @@ def test_greedy_arithmetic_answer_mentions_4(embedded_engine):
     assert "4" in c.text
 
 
-def test_greedy_matches_transformers_generate_on_the_real_model(embedded, embedded_engine):
+def test_greedy_matches_transformers_generate_on_the_real_model(embedded_engine, monkeypatch):
+    """simlab's engine (on simlab's own Gemma 3, built from the cached codes) against transformers'
+    generate on transformers' model (the full load, on the same codes)."""
+    from conftest import _REAL_HOME
+
+    from simlab.models import load as loading
+
+    if _REAL_HOME:
+        monkeypatch.setenv("SIMLAB_HOME", _REAL_HOME)
+    else:
+        monkeypatch.delenv("SIMLAB_HOME")
+    monkeypatch.setattr(loading, "_from_codes", lambda *a: None)
+    full = load_model("embedded", Settings(device="cpu"))
+    assert type(full.model).__module__.startswith("transformers.")
     ids = embedded_engine.encode("The history of the lighthouse begins")
-    reference = embedded.model.generate(
+    reference = full.model.generate(
         torch.tensor([ids]),
         do_sample=False,
         max_new_tokens=20,
