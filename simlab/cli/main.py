@@ -3,6 +3,7 @@ that turns domain errors into one line and exit code 2."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -47,9 +48,21 @@ def build_parser() -> Parser:
     return parser
 
 
+def _command_of(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub)command the arguments chose: its usage errors name it."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # (argparse would blame `simlab` itself for a subcommand's unknown flag)
+        _command_of(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:  # bare `simlab` is `simlab chat`
         args = parser.parse_args(["chat"])
     try:

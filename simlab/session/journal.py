@@ -87,6 +87,11 @@ def _load_tree(path: Path) -> tuple[Tree, list[str]]:
             if not isinstance(record, dict):
                 raise ValueError("not an object")
         except ValueError:  # orjson.JSONDecodeError is a ValueError
+            if schema is None:  # nothing after a damaged header can be read by its schema
+                raise SessionError(
+                    f"{where}: not a simlab session file (its first line, the session header, "
+                    "is not a JSON object)"
+                ) from None
             problems.append(f"{where}: unreadable line skipped (a torn write or garbage)")
             continue
         if schema is None:

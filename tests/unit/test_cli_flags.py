@@ -19,3 +19,12 @@ def test_an_abbreviated_or_foreign_flag_is_one_line_and_exit_2(capsys, argv, fla
     out, err = capsys.readouterr()
     assert exit.value.code == 2 and out == "" and f"unrecognized arguments: {flag}" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # the line names the command whose flags they are, and its own help
+    assert err.startswith(f"simlab {argv[0]}: ") and f"(see simlab {argv[0]} --help)" in err
+
+
+def test_a_nested_commands_unknown_flag_names_that_command(capsys):
+    with pytest.raises(SystemExit) as exit:
+        run_cli(capsys, "sessions", "list", "--nosuch")
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith("simlab sessions list: unrecognized arguments: --nosuch")

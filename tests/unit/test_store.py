@@ -161,6 +161,17 @@ def test_not_a_session_file(store):
         store.open("junk")
 
 
+def test_a_damaged_header_is_named_by_its_own_line(store):
+    """The error names line 1, not the first readable line after it."""
+    with store.create("h") as s:
+        build(s, 1)
+    path = store.path("h")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(['{"broken": '] + lines[1:]) + "\n")
+    with pytest.raises(SessionError, match=r"h\.jsonl:1: not a simlab session file \(its first line"):
+        store.open("h")
+
+
 def test_compaction_keeps_the_state_and_shrinks_the_file(store):
     with store.create("c") as s:
         ids = build(s, 2)
