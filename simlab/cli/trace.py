@@ -83,16 +83,16 @@ def _show(args: argparse.Namespace) -> int:
         "token that came next (after /)"
     )
     width = shutil.get_terminal_size((160, 20)).columns
-    cell = 18
+    cell = 21  # a token of up to 10 characters, its two probabilities, and a space between cells
     per_chunk = max(1, (width - 10) // cell)
     for start in range(0, len(known), per_chunk):
         cols = range(start, min(start + per_chunk, len(known)))
         print()
-        print(" " * 10 + "".join(f"{('→' + repr(decode([known[j]]))[: cell - 2]):<{cell}}" for j in cols))
+        print(" " * 10 + "".join(f"{'→' + _short(decode([known[j]]), cell - 2):<{cell}}" for j in cols))
         for name in points:
             top_ids, top_p, picked = tops[name]
             cells = [
-                f"{repr(decode([top_ids[j][0]]))[:8]:<8} {top_p[j][0]:.2f}/{picked[j]:.2f}" for j in cols
+                f"{_short(decode([top_ids[j][0]]), 10):<10} {top_p[j][0]:.2f}/{picked[j]:.2f}" for j in cols
             ]
             print(f"{name:<10}" + "".join(f"{c:<{cell}}" for c in cells))
     print("\nresidual norms (rows: points; columns: positions as above)")
@@ -108,6 +108,12 @@ def _show(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _short(text: str, width: int) -> str:
+    """A token as Python writes it, cut to `width` characters with a … where it was cut."""
+    shown = repr(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 def _diff(args: argparse.Namespace) -> int:

@@ -114,7 +114,13 @@ def run_interactive(
     """The REPL on a terminal (or on prompt-toolkit's pipe input, for tests). Returns the exit code."""
     prompt = _prompt_session(chat, history, input, output)
     if not chat.engine_ready:  # the toolbar says "loading" until the model is there: redraw it then
-        chat.on_loaded(lambda: prompt.app.invalidate())
+
+        def loaded() -> None:
+            prompt.app.invalidate()
+            if chat.load_failed and chat.exit_app is not None:
+                chat.exit_app()  # a model that cannot load ends the chat now, not at the next message
+
+        chat.on_loaded(loaded)
 
     def ask(message: str, default: str) -> str:
         return prompt.prompt(message, default=default)
@@ -128,10 +134,14 @@ def run_interactive(
     banner(chat, resumed, chat.err, model)
     chat.show_path(last=None if not resumed else 4)
     while chat.stopping is None:
+        if chat.load_failed:
+            return _load_failed(chat)
         try:
             with ends_on_signal(chat, prompt.app, EOFError) as pre_run:
                 line = prompt.prompt(_prompt_text(chat), pre_run=pre_run)
         except EOFError:
+            if chat.load_failed:
+                return _load_failed(chat)
             break
         except KeyboardInterrupt:
             chat.note("(Ctrl-D or /quit leaves; everything is saved)")
@@ -154,6 +164,15 @@ def run_interactive(
             if chat.stopping is None:
                 chat.note("(interrupted)")
     return farewell(chat)
+
+
+def _load_failed(chat: Chat) -> int:
+    """The one line saying why the model did not load, and exit code 2."""
+    try:
+        chat.engine  # noqa: B018 - raises ModelFailed with the loader's own line
+    except ModelFailed as exc:
+        chat.note(f"simlab: {exc}")
+    return 2
 
 
 def _prompt_session(chat: Chat, history: Path | None, input, output):

@@ -122,6 +122,14 @@ class Chat(Screen):
             )
 
     @property
+    def load_failed(self) -> bool:
+        """Whether the model loading in the background failed (the next use of `engine` says why)."""
+        loading = self._loading
+        if self._engine is not None or loading is None or not loading.done():
+            return False
+        return loading.exception() is not None
+
+    @property
     def engine_ready(self) -> bool:
         return self._engine is not None or (self._loading.done() and self._loading.exception() is None)
 

@@ -167,3 +167,20 @@ def test_sigterm_in_a_full_screen_app_closes_it_and_ends_the_chat(tmp_path, long
     assert child.signalstatus is None and child.exitstatus == 128 + signal.SIGTERM
     assert "Traceback" not in child.before
     assert [n["role"] for n in session_nodes(tmp_path / "s" / "pty.jsonl")] == ["frame", "model"]
+
+
+@pytest.mark.skipif(not SIMLAB.exists(), reason="the simlab command is not installed in this environment")
+def test_a_model_that_cannot_load_ends_the_chat_at_once_and_leaves_no_session(tmp_path):
+    """The model loads behind the prompt; when it cannot, the chat ends with its one line and exit
+    2 without waiting for a message (which would have left a session with an unanswered turn)."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{")
+    args = ["chat", "--model", str(broken), "--sessions-dir", str(tmp_path / "s")]
+    child = pexpect.spawn(str(SIMLAB), args, env=pty_env(tmp_path), encoding="utf-8", timeout=60)
+    child.expect(pexpect.EOF)
+    child.close()
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
+    assert child.exitstatus == 2
+    assert "simlab: " in plain and str(broken) in plain and "Traceback" not in plain
+    assert not list((tmp_path / "s").glob("*.jsonl"))

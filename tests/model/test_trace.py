@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -169,6 +170,8 @@ def test_a_traced_chat_writes_a_file_per_reply_and_trace_commands_read_them(tiny
     text = capsys.readouterr().out
     assert code == 0 and "norm" in text and "block.1" in text and "residual norms" in text
     assert (tmp_path / "h.png").read_bytes().startswith(b"\x89PNG")
+    # cells are apart: a probability is never run into the next cell's token
+    assert not re.search(r"\d\.\d\d['\"]", text)
     code = main(
         [
             "trace",
@@ -246,3 +249,10 @@ def test_trace_figures_have_axes_labels_and_a_colour_bar(tmp_path):
     bars_png(tmp_path / "d.png", [0.1, 0.3], ["embed", "block.0"], "a vs b")
     head = (tmp_path / "d.png").read_bytes()[:24]
     assert head.startswith(b"\x89PNG") and int.from_bytes(head[16:20], "big") >= 600  # a real figure
+
+
+def test_a_long_token_is_cut_with_a_mark():
+    from simlab.cli.trace import _short
+
+    assert _short(" Obviously", 10) == "' Obvious…"
+    assert _short(" I", 10) == "' I'"
