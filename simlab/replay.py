@@ -135,8 +135,10 @@ def replay_branch(
     persona: Persona | None = None,
     tracer=None,
     progress=None,
+    on_run=None,
 ) -> list[Node]:
-    """Re-sample the path's replies under overrides as a new branch beside the original one.
+    """Re-sample the path's replies under overrides as a new branch beside the original one
+    (`on_run` gets each reply's decoded run, as `turns.sample_replies` gives it).
 
     Without a persona the branch forks at the first sampled reply: each later user turn is copied
     (origin 'replayed') under the new reply before it, and each reply is sampled anew with its own
@@ -181,6 +183,7 @@ def replay_branch(
                 persona=name,
                 tracer=tracer,
                 keep=lambda c: True,
+                on_run=on_run,
             )
         else:
             new = session.add_child(

@@ -352,9 +352,13 @@ def sample_replies(
     n: int = 1,
     *,
     keep: Callable[[Completion], bool] = has_output,
+    on_run: Callable[[Replies], None] | None = None,
     **options: Any,
 ) -> list[Node]:
-    """Sample n sibling replies under parent_id to the end and save each as a node."""
+    """Sample n sibling replies under parent_id to the end and save each as a node; `on_run` gets
+    the decoded run (its figures: tokens per second, time to first token)."""
     replies = start_replies(engine, session, parent_id, params, n, **options)
     replies.decode()
+    if on_run is not None:
+        on_run(replies)
     return replies.save(keep)

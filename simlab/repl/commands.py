@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from simlab.engine.params import decode_escapes, parse_setting
 from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
-from simlab.repl.progress import Waiting
+from simlab.repl.progress import LastReply, Waiting
 from simlab.repl.saved import export, load, sessions
 from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.tokens import fork, token_lines
@@ -225,6 +225,7 @@ def _persona(chat: Chat, rest: str, ctx: Context) -> None:
                 persona=persona,
                 tracer=chat.tracer,
                 progress=lambda k, n: _step(chat, wait, k),
+                on_run=lambda replies: setattr(chat, "last", LastReply.of(replies)),  # the toolbar's figures
             )
             wait.advance(1)
     chat.show_path()

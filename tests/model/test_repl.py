@@ -124,8 +124,13 @@ def test_persona_switch_replays_the_user_turns_as_a_new_root(tiny_engine, store,
     chat.user_turn("two")
     other = tmp_path / "other.yaml"
     other.write_text('name: other\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\n')
+    before = chat.last
     handle(chat, f"/persona {other}")
     assert len(chat.tree.roots) == 2
+    # the toolbar's figures are the replayed replies' (the new frame's prompt), not the old ones
+    assert chat.last is not before and chat.last.context_used == chat.last.stats.prompt_tokens + len(
+        chat.path()[-1].token_ids
+    )
     path = chat.path()
     assert [(n.role, n.speaker, n.text if n.role == "user" else "") for n in path] == [
         ("frame", None, ""),
