@@ -111,16 +111,16 @@ def yaml_to_tree(data: dict, where: str) -> Tree:
 
 
 def import_file(store: SessionStore, path: Path, name: str | None = None) -> Session:
-    """Import a Loom JSON tree or a simlab YAML/JSON export as a new session."""
+    """Import a Loom JSON tree, a simlab YAML/JSON export or a session file as a new session."""
     where = str(path)
     try:
         text = safe_yaml.read_text(path, "a session export", limit=IMPORT_LIMIT)
     except BadInput as exc:
         raise SessionError(str(exc)) from None
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write: still JSON
-    if text.startswith(
-        '{"type":"session"'
-    ):  # a session file (`/export jsonl`, or one copied out of a folder)
+    if text.startswith('{"type":"session"') or path.suffix == ".jsonl":
+        # a session file (`/export jsonl`, or one copied out of a folder): a damaged one gets the
+        # session reader's own line about it
         tree, problems = load_tree(path)
         return _store_tree(store, tree, name or _name_from(path, store), problems)
     try:
@@ -132,7 +132,8 @@ def import_file(store: SessionStore, path: Path, name: str | None = None) -> Ses
             data = safe_yaml.compose_and_load(text, where)[0]
         except BadInput:
             raise SessionError(
-                f"{where}: neither JSON nor YAML; expected a Loom tree or a simlab export"
+                f"{where}: neither JSON nor YAML; expected a Loom tree, a simlab export or a "
+                "simlab session (.jsonl)"
             ) from None
     if isinstance(data, dict) and "simlab_session" in data:
         tree = yaml_to_tree(data, where)

@@ -132,6 +132,15 @@ def test_bad_imports_are_one_line_and_exit_2(capsys, store, tmp_path, content, e
     assert not store.exists("bad")
 
 
+def test_a_damaged_session_file_import_says_what_is_wrong_with_it(capsys, store, tmp_path):
+    """A .jsonl is read as a session file, so its header's own problem is named (line 1)."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"broken": \n{"type": "node", "id": "a"}\n')
+    code, _, err = run_cli(capsys, "sessions", "import", str(path))
+    assert code == 2 and "s.jsonl:1: not a simlab session file" in err and err.count("\n") == 1
+    assert not store.exists("s")
+
+
 def test_rm_and_unknown_session(capsys, store, tiny_engine):
     chat(tiny_engine, store, turns=1, n=1)
     assert run_cli(capsys, "sessions", "rm", "chat")[0] == 0
