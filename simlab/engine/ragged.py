@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from simlab.models import gemma3
 
@@ -60,8 +61,6 @@ class RaggedCache(Cache):
 
 def attention(module, query, key, value, attention_mask, **kwargs):
     """transformers' sdpa attention, which given Rows attends row by row."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if not isinstance(key, Rows):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     outputs = [
