@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,9 +257,21 @@ def farewell(chat: Chat) -> int:
     elif not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
         chat.note(
             f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
-            f"resume with: simlab chat --resume {chat.session.name}"
+            f"resume with: {invoked_as()} chat --resume {chat.session.name}"
         )
     return 128 + chat.stopping if chat.stopping is not None else 0
+
+
+def invoked_as(argv0: str | None = None) -> str:
+    """How to run simlab again as it was run now: `simlab` where that is the one on PATH, else the
+    path it was started by (`.venv/bin/simlab`, as the README runs it), so the line can be pasted."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if Path(argv0).name != "simlab" or os.sep not in argv0:
+        return "simlab"  # on PATH, or `python -m simlab`
+    found = shutil.which("simlab")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "simlab"
+    return shlex.quote(argv0)
 
 
 def run_script(chat: Chat, lines: Iterable[str]) -> int:

@@ -68,7 +68,7 @@ def test_type_stream_branch_quit_resume_and_interrupt(tmp_path, long_tiny):
     before = tree_lines(command(child, "/tree"))
     assert len(before) == 7 and any(line.endswith("◀") for line in before)
     child.sendline("/quit")
-    child.expect("resume with: simlab chat --resume pty")
+    child.expect(r"resume with: \S*simlab chat --resume pty")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
@@ -135,7 +135,7 @@ def test_sigterm_at_the_prompt_ends_cleanly(tmp_path, long_tiny):
     child = spawn(tmp_path, long_tiny)
     command(child, "hello")
     child.kill(signal.SIGTERM)
-    child.expect("resume with: simlab chat --resume pty")
+    child.expect(r"resume with: \S*simlab chat --resume pty")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 128 + signal.SIGTERM
@@ -161,7 +161,7 @@ def test_sigterm_in_a_full_screen_app_closes_it_and_ends_the_chat(tmp_path, long
         child.expect_exact("Hello.")
     for _ in range(3):  # repeated signals while it closes change nothing
         child.kill(signal.SIGTERM)
-    child.expect("resume with: simlab chat --resume pty")
+    child.expect(r"resume with: \S*simlab chat --resume pty")
     child.expect(pexpect.EOF)
     child.close()
     assert child.signalstatus is None and child.exitstatus == 128 + signal.SIGTERM

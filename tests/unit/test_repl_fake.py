@@ -404,3 +404,19 @@ def test_leaving_a_new_chat_where_nothing_was_said_offers_no_resume_of_a_removed
     out = chat.out.getvalue()
     assert ("resume with: simlab chat --resume" in out) == keeps_empty
     assert ("nothing was said: no session kept" in out) == (not keeps_empty)
+
+
+def test_the_farewell_names_simlab_as_it_was_run(tmp_path, monkeypatch):
+    """`resume with: …` can be pasted: `simlab` where that is the one on PATH, else the path used."""
+    from simlab.repl.app import invoked_as
+
+    on_path = tmp_path / "bin" / "simlab"
+    on_path.parent.mkdir()
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert invoked_as(str(on_path)) == "simlab"
+    assert invoked_as(".venv/bin/simlab") == ".venv/bin/simlab"  # the README's way: not on PATH
+    assert invoked_as(str(tmp_path / "my venv" / "bin" / "simlab")).startswith("'")  # pasted as one word
+    assert invoked_as("simlab") == "simlab"
+    assert invoked_as("/usr/lib/python3/site-packages/simlab/__main__.py") == "simlab"
