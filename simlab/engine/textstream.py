@@ -53,10 +53,11 @@ class TextTracker:
         return self._release(len(complete))
 
     def finish(self) -> str:
-        """Release whatever is held back (at eos or max length)."""
+        """Release whatever is held back (at eos or max length), but a last line that is only the
+        start of a stop string: the speaker's label the reply was cut in ("\nInterviewer")."""
         if self.stop_string is not None:
             return ""
-        return self._release(len(self.text))
+        return self._release(len(self.text) - dangling_label(self.text, self._stops))
 
     def _release(self, upto: int) -> str:
         if upto <= self._released:
@@ -96,6 +97,8 @@ class TextStops:
         return self._release(len(self.text) - pending_stop_prefix(self.text, self._stops))
 
     def finish(self) -> str:
+        held = dangling_label(self.text, self._stops)
+        self.text = self.text[: len(self.text) - held]
         return self._release(len(self.text))
 
     def _release(self, upto: int) -> str:
@@ -115,6 +118,14 @@ def find_stop(text: str, stops: Sequence[str], released: int) -> tuple[int, str]
         if found:
             hits.append((found.start(), found.group()))
     return min(hits) if hits else None
+
+
+def dangling_label(text: str, stops: Sequence[str]) -> int:
+    """Length of a last line that is only the start of a stop string or speaker-label variant (a
+    reply cut off in the next speaker's label, "\nInterviewer"): left in, the next turn's prompt
+    would hold a label line with nothing after it. 0 when the tail is not such a line."""
+    held = pending_stop_prefix(text, stops) if stops else 0
+    return held if held and text[len(text) - held] == "\n" else 0
 
 
 def pending_stop_prefix(text: str, stops: Sequence[str]) -> int:

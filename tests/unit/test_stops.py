@@ -63,3 +63,26 @@ def test_the_repl_stops_a_reply_at_a_variant_label(fake_engine, store):
     )
     [reply] = chat.user_turn("how are you?")
     assert reply.text == "Fine." and reply.finish_reason == "stop"
+
+
+def test_a_reply_cut_off_in_the_next_speakers_label_leaves_the_label_out():
+    """At max tokens (or eos) a last line that is only the start of a label ("\nInterviewer") is
+    not the reply's: left in, the next turn's prompt would hold a label with nothing after it."""
+    from conftest import FakeTokenizer
+
+    from simlab.engine.textstream import TextTracker, dangling_label
+
+    for stops, text, kept in [
+        (INTERVIEW, "It was late.\nInterviewer", "It was late."),
+        (INTERVIEW, "It was late.\nMaya Oka", "It was late."),
+        (PLAY, "Aye.\nINSPEC", "Aye."),
+        (INTERVIEW, "It was late, and the", "It was late, and the"),  # mid-line: the reply's own
+        (("END",), "the EN", "the EN"),  # a stop that is no label line: kept as before
+    ]:
+        tokenizer = FakeTokenizer()
+        tracker = TextTracker(tokenizer, tokenizer.encode("Q: "), stops)
+        shown = "".join(tracker.add(i) for i in tokenizer.encode(text)) + tracker.finish()
+        assert shown == kept, text
+        stream = TextStops(stops)
+        assert "".join(stream.add(c) for c in text) + stream.finish() == kept, text
+        assert dangling_label(text, stops) == len(text) - len(kept)
