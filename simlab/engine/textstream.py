@@ -97,8 +97,9 @@ class TextStops:
         return self._release(len(self.text) - pending_stop_prefix(self.text, self._stops))
 
     def finish(self) -> str:
-        held = dangling_label(self.text, self._stops)
-        self.text = self.text[: len(self.text) - held]
+        """What is held back, as `TextTracker.finish` releases it (after a stop: nothing more)."""
+        if self.stop_string is None:
+            self.text = self.text[: len(self.text) - dangling_label(self.text, self._stops)]
         return self._release(len(self.text))
 
     def _release(self, upto: int) -> str:
