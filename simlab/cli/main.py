@@ -51,11 +51,10 @@ def build_parser() -> Parser:
 def _command_of(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
     """The parser of the (sub)command the arguments chose: its usage errors name it."""
     while True:
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        name = getattr(args, subs[0].dest, None) if subs else None
-        if name not in (subs[0].choices if subs else {}):
+        subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if subs is None or getattr(args, subs.dest, None) not in subs.choices:
             return parser
-        parser = subs[0].choices[name]
+        parser = subs.choices[getattr(args, subs.dest)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

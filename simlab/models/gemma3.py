@@ -13,7 +13,7 @@ transformers' own model.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -169,7 +169,6 @@ class Gemma3TextScaledWordEmbedding(nn.Embedding):
         # torch._refs, which imports torch._dynamo (0.8 s) on the meta device
         table = torch.empty(num_embeddings, embedding_dim)
         super().__init__(num_embeddings, embedding_dim, padding_idx, _weight=table)
-        self.scalar_embed_scale = embed_scale
         self.embed_scale = nn.Buffer(torch.tensor(embed_scale, device="cpu"), persistent=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -229,8 +228,7 @@ ATTENTION = {"sdpa": sdpa_attention_forward}
 class Gemma3Attention(nn.Module):
     def __init__(self, config: Gemma3TextConfig, layer_idx: int):
         super().__init__()
-        self.layer_type = config.layer_types[layer_idx]
-        self.config, self.layer_idx = config, layer_idx
+        self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.scaling = config.query_pre_attn_scalar**-0.5
@@ -240,8 +238,8 @@ class Gemma3Attention(nn.Module):
         self.k_proj = nn.Linear(width, config.num_key_value_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(width, config.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(heads * self.head_dim, width, bias=bias)
-        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else None
-        self.is_sliding = self.layer_type == "sliding_attention"
+        sliding = config.layer_types[layer_idx] == "sliding_attention"
+        self.sliding_window = config.sliding_window if sliding else None
         self.q_norm = Gemma3RMSNorm(config.head_dim, eps=config.rms_norm_eps)
         self.k_norm = Gemma3RMSNorm(config.head_dim, eps=config.rms_norm_eps)
 
@@ -317,7 +315,6 @@ class CausalLMOutput:
     logits: torch.Tensor
     past_key_values: object = None
     hidden_states: tuple | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def cache(self):
