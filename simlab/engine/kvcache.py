@@ -108,3 +108,14 @@ def plain_dynamic(layer) -> bool:
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     return type(layer) in (DynamicLayer, DynamicSlidingWindowLayer, *_CLASSES.values())
+
+
+class Apart:
+    """Siblings' caches, one per branch still decoding, for a model whose batch does not give each
+    row the bits it gets alone (`Engine.rows_alone` false): the engine feeds them one by one."""
+
+    def __init__(self, caches: list):
+        self.caches = caches
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        self.caches = [self.caches[int(r)] for r in rows]

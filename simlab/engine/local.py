@@ -17,14 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from simlab.engine import prefix as prefixes
+from simlab.engine.kvcache import Apart
 from simlab.engine.logits import choose
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import LOCAL, drain
-from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo
+from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo, token_info
 from simlab.engine.textstream import TextTracker
 from simlab.errors import ContextLengthError
 from simlab.models import lean
-from simlab.models.info import LoadedModel
+from simlab.models.info import LoadedModel, eos_ids
 from simlab.models.native import top_k as best_of
 
 TOP_ALTERNATIVES = 5
@@ -42,10 +43,12 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.info = loaded.info
         self.device = next(self.model.parameters()).device
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_ids(self.model, self.tokenizer)
         self.prefix = prefixes.PrefixCache() if reuse_prefix else None
         self.disk = prefixes.DiskPrefixes(prefix_dir, self.model) if reuse_prefix and prefix_dir else None
         self.lean = lean.steps_lean(self.model)  # decode steps without the module machinery (models.lean)
+        # whether a batch gives each row its bits alone: else siblings and sweeps decode row by row
+        self.rows_alone = lean.rows_alone(self.model)
 
     def step(self, tokens, cache, traced: bool = False):
         """Feed one token per row (tokens (B,)) after the cache; the next logits, (B, V). A traced
@@ -106,7 +109,7 @@ class Engine:
             logprobs, chosen = self._forced(ids, start)
             values, best = best_of(logprobs, min(TOP_ALTERNATIVES, logprobs.shape[-1]))
         return [
-            _token_info(self.tokenizer, t, lp, i, v)
+            token_info(self.tokenizer, t, lp, i, v)
             for t, lp, i, v in zip(ids[start:], chosen.tolist(), best.tolist(), values.tolist())
         ]
 
@@ -136,7 +139,7 @@ class Engine:
 
         apart = [r for r in runs if len(r.completions) > 1 or r.recorder is not None]
         together = [r for r in runs if r not in apart]
-        if len(together) < 2 or not ragged.supported(self.model):
+        if len(together) < 2 or not ragged.supported(self.model) or not self.rows_alone:
             apart, together = list(runs), []
         for run in apart:
             drain(run)
@@ -214,7 +217,10 @@ class Run(RunControl):
         if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
             if engine.prefix is not None:
                 engine.prefix.keep(self.prompt_ids, copy.deepcopy(cache), self.passes)
-            cache.batch_repeat_interleave(n)
+            if engine.rows_alone:
+                cache.batch_repeat_interleave(n)
+            else:
+                cache = Apart([cache, *(copy.deepcopy(cache) for _ in range(n - 1))])
             logits = logits.expand(n, -1)  # (n, V)
         self.stats.prefill_seconds = time.perf_counter() - started
         return cache, logits
@@ -236,15 +242,27 @@ class Run(RunControl):
                         break
                     picked = branches.drop_finished(cache)
                     consistent = False  # an interrupt inside the forward pass leaves the cache half-updated
-                    logits = self.engine.step(picked, cache, traced=recorder is not None)
+                    logits = self._step(picked, cache, branches.active)
                     if len(self.completions) == 1:
                         fed.append(int(picked[0]))
                     consistent = True
-                    if recorder:
-                        recorder.step_done(branches.active)
             finally:
                 if len(self.completions) == 1 and consistent:
                     self._keep(fed, cache)
+
+    def _step(self, picked, cache, active: list[int]):
+        """The next logits (B, V) after feeding picked (B,): as one batch, or row by row where the
+        batch would not give each row the bits it gets alone (`Apart`)."""
+        traced = self.recorder is not None
+        rows = [(picked, cache, active)]
+        if isinstance(cache, Apart):
+            rows = [(picked[r : r + 1], own, [b]) for r, (b, own) in enumerate(zip(active, cache.caches))]
+        logits = []
+        for tokens, own, branches in rows:
+            logits.append(self.engine.step(tokens, own, traced=traced))
+            if traced:
+                self.recorder.step_done(branches)
+        return torch.cat(logits) if len(logits) > 1 else logits[0]
 
     def _keep(self, fed: list[int], cache) -> None:
         """Keep the cache of a one-branch run's tokens: the next turn feeds only what is new."""
@@ -284,7 +302,7 @@ class Branches:
             run.stats.first_token_seconds = time.perf_counter() - self.started
         self.picked, self.still = picked, []
         for row, branch in enumerate(self.active):
-            token = _token_info(
+            token = token_info(
                 engine.tokenizer,
                 int(picked[row]),
                 float(chosen[row]),
@@ -373,25 +391,3 @@ def _lockstep(engine: Engine, runs: list[Run]) -> None:
     finally:
         for run in runs:
             run.stats.decode_seconds = time.perf_counter() - started  # the batch's, shared
-
-
-def _token_info(
-    tokenizer, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]
-) -> TokenInfo:
-    decode = tokenizer.decode
-    top = tuple((i, decode([i]), lp) for i, lp in zip(top_ids, top_logprobs))
-    return TokenInfo(token_id, decode([token_id]), logprob, top)
-
-
-def _eos_ids(model, tokenizer) -> frozenset[int]:
-    """End-of-sequence ids from the generation config, the model config and the tokenizer."""
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(ids)

@@ -14,7 +14,7 @@ import torch
 from transformers.cache_utils import Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from simlab.models import gemma3
+from simlab.models import gemma3, native
 
 # Families whose forward builds its masks with create_causal_mask (and, for sliding layers,
 # create_sliding_window_causal_mask) and whose attention goes through ALL_ATTENTION_FUNCTIONS.
@@ -25,7 +25,7 @@ def supported(model) -> bool:
     config = model.config
     return (
         config.model_type in FAMILIES
-        and config._attn_implementation == "sdpa"
+        and config._attn_implementation in ("sdpa", "simlab")
         and not getattr(config, "use_bidirectional_attention", False)
     )
 
@@ -59,27 +59,34 @@ class RaggedCache(Cache):
         return Rows(keys, masks), Rows(values, masks)
 
 
+def _base(module):
+    """The attention function the module's model names: sdpa, or simlab's own."""
+    return native.attention if module.config._attn_implementation == "simlab" else sdpa_attention_forward
+
+
 def attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa attention, which given Rows attends row by row."""
+    """The model's attention (sdpa or simlab's), which given Rows attends row by row."""
     if not isinstance(key, Rows):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return _base(module)(module, query, key, value, attention_mask, **kwargs)
     outputs = [
-        sdpa_attention_forward(module, query[b : b + 1], k, v, mask, **kwargs)[0]
+        _base(module)(module, query[b : b + 1], k, v, mask, **kwargs)[0]
         for b, (k, v, mask) in enumerate(zip(key.tensors, value.tensors, key.masks))
     ]
     return torch.cat(outputs, dim=0), None  # (B, 1, H, D)
 
 
 def _install(model) -> None:
-    """Put `attention` in place of sdpa's, once: in simlab's own Gemma 3 (models.gemma3), or in
-    transformers' table for its models (imported only then: it brings transformers' modeling stack)."""
+    """Put `attention` in place of the model's attention function, once: in simlab's own Gemma 3
+    (models.gemma3), or in transformers' table for its models (imported only then: it brings
+    transformers' modeling stack)."""
+    name = model.config._attn_implementation
     if isinstance(model, gemma3.Gemma3ForCausalLM):
-        gemma3.ATTENTION["sdpa"] = attention
+        gemma3.ATTENTION[name] = attention
         return
     from transformers.modeling_utils import AttentionInterface
 
-    if AttentionInterface._global_mapping["sdpa"] is not attention:
-        AttentionInterface.register("sdpa", attention)
+    if AttentionInterface._global_mapping.get(name) is not attention:
+        AttentionInterface.register(name, attention)
 
 
 def _masks(model, cache, position: torch.Tensor, dtype: torch.dtype) -> dict:

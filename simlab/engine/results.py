@@ -83,3 +83,12 @@ class RunControl:
         for completion in self.completions:
             if completion.finish_reason is None:
                 completion.finish_reason = "interrupted"
+
+
+def token_info(
+    tokenizer, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]
+) -> TokenInfo:
+    """A sampled token with its log-probability and the best alternatives, their text decoded."""
+    decode = tokenizer.decode
+    top = tuple((i, decode([i]), lp) for i, lp in zip(top_ids, top_logprobs))
+    return TokenInfo(token_id, decode([token_id]), logprob, top)

@@ -58,6 +58,7 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     del stored  # each layer holds its own tensors now (fused groups read them where they lie)
     lean.fuse(model)
     lean.fuse_norms(model)
+    lean.own_attention(model)
     return LoadedModel(model, tokenizer, replace(info, weights="gguf"))
 
 

@@ -23,6 +23,8 @@ from transformers.cache_utils import DynamicCache
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from simlab.models import native
+
 
 @strict(accept_kwargs=True)
 @dataclass(repr=False)
@@ -220,14 +222,16 @@ class Gemma3RotaryEmbedding(nn.Module):
         return (emb.cos() * 1.0).to(dtype=x.dtype), (emb.sin() * 1.0).to(dtype=x.dtype)
 
 
-# the attention function by name, as transformers' ALL_ATTENTION_FUNCTIONS: engine.ragged wraps
-# "sdpa" (inert for ordinary keys) so a batch of rows can each attend to their own cache
-ATTENTION = {"sdpa": sdpa_attention_forward}
+# the attention function by the config's _attn_implementation, as transformers'
+# ALL_ATTENTION_FUNCTIONS: "simlab" is simlab's own (models.native.attention, each query alone);
+# engine.ragged wraps each (inert for ordinary keys) so a batch of rows can each attend to their own cache
+ATTENTION = {"sdpa": sdpa_attention_forward, "simlab": native.attention}
 
 
 class Gemma3Attention(nn.Module):
     def __init__(self, config: Gemma3TextConfig, layer_idx: int):
         super().__init__()
+        self.config = config  # its _attn_implementation picks the attention function at each call
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
@@ -252,7 +256,7 @@ class Gemma3Attention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        out, _ = ATTENTION["sdpa"](
+        out, _ = ATTENTION[self.config._attn_implementation](
             self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
             sliding_window=self.sliding_window, position_ids=position_ids,
         )  # fmt: skip

@@ -34,7 +34,8 @@ def _half(blocks: np.ndarray, at: int) -> np.ndarray:
 
 
 def _k_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K's per-32 scale d*sc and offset -dmin*m, as (blocks, 8) each."""
+    """Q4_K's and Q5_K's per-32 scale d*sc and offset -dmin*m, as (blocks, 8) each (both lead
+    their blocks with d, dmin and the same 12 bytes of 6-bit scales and minima)."""
     from gguf.quants import Q4_K
 
     sc, m = Q4_K.get_scale_min(blocks[:, 4:16].copy())
@@ -61,7 +62,7 @@ def _q6_k_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _with_min(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_1: w = d * code + m."""
+    """Q4_1 and Q5_1: w = d * code + m."""
     return _half(blocks, 0)[:, None], _half(blocks, 2)[:, None]
 
 
@@ -72,6 +73,8 @@ FORMATS = {
     "Q8_0": (8, _symmetric(8), 128, 32),
     "Q4_1": (4, _with_min, None, 32),
     "Q4_K": (4, _k_scales, None, 32),
+    "Q5_1": (5, _with_min, None, 32),
+    "Q5_K": (5, _k_scales, None, 32),
     "Q6_K": (6, _q6_k_scales, 32, 16),
 }
 

@@ -134,12 +134,54 @@ def fuse_norms(model: torch.nn.Module) -> int:
     return count
 
 
+def own_attention(model: torch.nn.Module) -> None:
+    """Attention by simlab's kernel (`native.attention`: each query's output alone, the same bits
+    whatever the batch, threads or instruction set) in place of sdpa: in simlab's own Gemma 3 by
+    its table, in transformers' models by theirs (with sdpa's masks under the same name)."""
+    config = model.config
+    if config._attn_implementation not in ("sdpa", "simlab"):
+        return  # eager (softcapping models) and others keep theirs
+    from simlab.models import gemma3
+
+    if not isinstance(model, gemma3.Gemma3ForCausalLM):
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.modeling_utils import AttentionInterface
+
+        AttentionInterface.register("simlab", native.attention)
+        AttentionMaskInterface.register("simlab", sdpa_mask)
+    config._attn_implementation = "simlab"
+
+
+def rows_alone(model: torch.nn.Module) -> bool:
+    """Whether a batch of rows gives each row the very bits it gets alone: every product is
+    simlab's kernel (`NativeLinear`, each output row summed alone) and so is attention, on float32
+    activations on the CPU. torch's own products and attention sum in an order that changes with the
+    batch (measured on MKL's float products and CPU sdpa), so elsewhere siblings decode one by one."""
+    config = model.config
+    if native.library() is None or getattr(config, "_attn_implementation", None) != "simlab":
+        return False
+    heads = getattr(config, "num_attention_heads", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if heads % kv_heads or heads // kv_heads > 64:  # shapes the kernel leaves to sdpa (native._fits)
+        return False
+    for module in model.modules():
+        if isinstance(module, (NativeLinear, NativeGroup, FusedPart, FusedRMSNorm)):
+            continue
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            return False
+        if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+            return False  # torch's norms: a reduction whose order is not ours
+    params = [p for p in model.parameters()] + [b for b in model.buffers()]
+    return all(t.device.type == "cpu" for t in params) and model.dtype == torch.float32
+
+
 def steps_lean(model: torch.nn.Module) -> bool:
-    """Whether `decode_step` knows this model's forward (Gemma 3's text model, sdpa attention)."""
+    """Whether `decode_step` knows this model's forward (Gemma 3's text model, sdpa or simlab's
+    attention)."""
     config = model.config
     return (
         config.model_type == "gemma3_text"
-        and config._attn_implementation == "sdpa"
+        and config._attn_implementation in ("sdpa", "simlab")
         and not getattr(config, "use_bidirectional_attention", False)
         and getattr(config, "attn_logit_softcapping", None) is None
         and type(model).__name__ == "Gemma3ForCausalLM"
@@ -151,15 +193,14 @@ def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tenso
     the same order on the same modules, without the module machinery around them (hooks, output
     capture, keyword plumbing): the logits (B, T, V), bit for bit the model's own (tested). Module
     hooks do not run: a trace reads the model's own forward."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    from simlab.models.gemma3 import apply_rotary_pos_emb, masks_for
+    from simlab.models.gemma3 import ATTENTION, apply_rotary_pos_emb, masks_for
 
     config, body = model.config, model.model
     h = body.embed_tokens(ids)  # (B, T, D)
     position = (torch.arange(h.shape[1], device=h.device) + cache.get_seq_length()).unsqueeze(0)
     masks = masks_for(config, cache, h.shape[1], h.shape[0], h.device)  # transformers' masks (tested)
     rotary = {kind: body.rotary_emb.forward(h, position, kind) for kind in set(config.layer_types)}
+    attend = ATTENTION[config._attn_implementation]
     for i, layer in enumerate(body.layers[: config.num_hidden_layers]):
         kind, attn, mlp = config.layer_types[i], layer.self_attn, layer.mlp
         x = layer.input_layernorm.forward(h)
@@ -169,7 +210,7 @@ def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tenso
         v = attn.v_proj.forward(x).view(heads).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *rotary[kind])
         k, v = cache.update(k, v, i)
-        out, _ = sdpa_attention_forward(
+        out, _ = attend(
             attn, q, k, v, masks[kind], dropout=0.0, scaling=attn.scaling,
             sliding_window=attn.sliding_window, position_ids=position,
         )  # fmt: skip

@@ -260,6 +260,7 @@ def _with_weights(
 
         lean.fuse(loaded.model)  # q/k/v and gate/up as one product each, after the cache is written
         lean.fuse_norms(loaded.model)
+        lean.own_attention(loaded.model)
     return LoadedModel(loaded.model, loaded.tokenizer, replace(info, weights=weights))
 
 

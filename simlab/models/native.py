@@ -49,7 +49,10 @@ def _build(folder: Path, extra: tuple[str, ...] = ()) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         built = Path(scratch) / target.name
-        flags = ["-O3", "-march=native", *extra, "-fopenmp", "-fPIC", "-shared", "-std=c99"]
+        # -ffp-contract=off: no multiply and add fused where the source did not say so (gcc's
+        # default in -std=c99, not clang's), so every compiler and instruction set sums alike
+        flags = ["-O3", "-march=native", *extra, "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
+        flags.append("-std=c99")
         command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
@@ -99,6 +102,11 @@ def _declare(lib) -> None:
     lib.simlab_top_k.restype = i32
     lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
     lib.simlab_rms_norm.restype = None
+    f32 = ctypes.c_float
+    lib.simlab_attention.argtypes = [p, p, p, p, p, p, p, i32, p, *[i64] * 7, f32, f32, i64, p, p, i32]
+    lib.simlab_attention.restype = None
+    lib.simlab_attention_work.argtypes = [i64] * 6
+    lib.simlab_attention_work.restype = i64
 
 
 def _ptr(t: torch.Tensor | None):
@@ -172,6 +180,71 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(rows.shape, dtype=torch.float32)
     _state["lib"].simlab_rms_norm(_ptr(rows), rows.numel() // n if n else 0, n, _ptr(scale), eps, _ptr(out))
     return out
+
+
+def _strides(t: torch.Tensor, count: int):
+    return (ctypes.c_int64 * count)(*t.stride()[:count])
+
+
+def attend(query, key, value, mask, scale: float, softcap: float = 0.0, causal_offset: int = -1):
+    """softmax(scale q K^T (+ mask)) V for query (B, H, T, D), key (B, KH, L, D), value (B, KH, L, Dv),
+    float32 on the CPU, as (B, T, H, Dv): each query's output alone, the same bits whatever the
+    batch, threads or instruction set (qmatmul.c's simlab_attention). mask: None, booleans (True:
+    attend) or floats added to the scores, broadcastable to (B, H, T, L); causal_offset >= 0: query t
+    sees keys j <= t + causal_offset."""
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    b, h, t, d = q.shape
+    kh, length, dv = k.shape[1], k.shape[2], v.shape[-1]
+    kind, m = 0, None
+    if mask is not None:
+        m = mask.to(torch.uint8) if mask.dtype == torch.bool else mask.float()
+        kind = 1 if mask.dtype == torch.bool else 2
+        m = m.expand(b, h, t, length)  # strides 0 where it broadcasts
+    lib = _state["lib"]
+    out = torch.empty((b, t, h, dv), dtype=torch.float32)
+    work = torch.empty(lib.simlab_attention_work(b, h, kh, t, length, dv), dtype=torch.float32)
+    ms = _strides(m, 4) if m is not None else None
+    lib.simlab_attention(
+        _ptr(q), _strides(q, 3), _ptr(k), _strides(k, 3), _ptr(v), _strides(v, 3), _ptr(m), kind, ms,
+        b, h, kh, t, length, d, dv, scale, softcap, causal_offset, _ptr(out), _ptr(work),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def _fits(query, key) -> bool:
+    """Whether the kernel takes these shapes: query heads a multiple of the key heads, at most 512
+    queries of one key head in a block (8 positions times the heads per key head)."""
+    heads, kv_heads = query.shape[1], key.shape[1]
+    return heads % kv_heads == 0 and heads // kv_heads * min(query.shape[2], 8) <= 512
+
+
+def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """An attention function as transformers' table holds them ("simlab"): `attend` where it runs
+    (float32 on the CPU, the library built, no dropout), else transformers' sdpa. The masks are
+    sdpa's: None means causal for a pass of several tokens (aligned as sdpa's is_causal is)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    tensors = (query, key, value)
+    usable = all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+    usable = (
+        usable and not dropout and kwargs.get("position_bias") is None and not kwargs.get("output_attentions")
+    )
+    if not usable or library() is None or not _fits(query, key):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        attention_mask = attention_mask.float()
+    t, length = query.shape[2], key.shape[2]
+    is_causal = kwargs.get("is_causal")
+    causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and t > 1
+    offset = -1
+    if causal and attention_mask is None:
+        if length > t:  # sdpa's is_causal is aligned top-left: the first t keys (as transformers crops)
+            key, value = key[:, :, :t], value[:, :, :t]
+        offset = 0
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    softcap = kwargs.get("softcap") or 0.0
+    return attend(query, key, value, attention_mask, scale, float(softcap), offset), None
 
 
 def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 10; }
+int simlab_qmatmul_version(void) { return 11; }
 
 int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte dot products, 4: AVX-512 */
 #if defined(SIMLAB_AVX512)
@@ -238,25 +238,31 @@ static inline __attribute__((always_inline)) void dot(int bits, const void *wv, 
     if (b < blocks) block256(bits, wv, scale, offset, per, q1, q2, d2, sx, k, R, b, even, off);
     for (int r = 0; r < R; r++) out[r * stride] = hsum(_mm256_add_ps(even[r], odd[r])) + off[r];
 #else
+    /* The 256-bit path's arithmetic written out: 8 lanes, each the integer of four products, the
+     * even and odd blocks' float sums, then its horizontal sum's tree, so a CPU without AVX2 (or
+     * another architecture) gives the same bits. */
     const uint8_t *w4 = (const uint8_t *)wv;
     const int8_t *w8 = (const int8_t *)wv;
     for (int r = 0; r < R; r++) {
-        float sum = 0.0f, off = 0.0f;
+        float sums[2][8] = {{0}}, off = 0.0f;
         for (int64_t b = 0; b < blocks; b++) {
             int64_t at = r * k + b * QK, g = r * blocks + b;
-            for (int h = 0; h < per; h++) {
-                int dot1 = 0, dot2 = 0;
-                for (int j = h * group; j < (h + 1) * group; j++) {
+            for (int lane = 0; lane < 8; lane++) {
+                int32_t dot = 0;
+                for (int j = 4 * lane; j < 4 * lane + 4; j++) {
                     int code = bits == 4 ? (j < 16 ? w4[b * 16 + j] & 15 : w4[b * 16 + j - 16] >> 4)
                                          : w8[b * QK + j];
-                    dot1 += code * q1[at + j];
-                    dot2 += code * q2[at + j];
+                    dot += code * (256 * q1[at + j] + q2[at + j]);
                 }
-                sum += scale[b * per + h] * d2[g] * (float)(256 * dot1 + dot2);
+                float sd = (per == 1 ? scale[b] : scale[2 * b + lane / 4]) * d2[g];
+                sums[b & 1][lane] = fmaf(sd, (float)dot, sums[b & 1][lane]);
             }
             if (offset) off += offset[b] * sx[g];
         }
-        out[r * stride] = sum + off;
+        float v[8], h[4];
+        for (int l = 0; l < 8; l++) v[l] = sums[0][l] + sums[1][l];
+        for (int l = 0; l < 4; l++) h[l] = v[l] + v[l + 4];
+        out[r * stride] = ((h[0] + h[2]) + (h[1] + h[3])) + off;
     }
 #endif
 }
@@ -489,4 +495,256 @@ int simlab_top_k(const float *x, int64_t rows, int64_t n, int64_t k, float *vals
         free(buf);
     }
     return failed ? -1 : 0;
+}
+
+
+/* ---- attention: each query's output computed alone, in one fixed order ----
+ *
+ * out = softmax(scale q K^T (+ mask)) V for every (batch row, head, query), float32. What a query's
+ * output is depends only on its own q, keys, values and mask: not on the batch, the number of
+ * threads, the instruction set or where the tensors lie (torch's CPU attention sums in an order that
+ * changes with all of those, measured: a batch of 3 gave row 0 other bits than that row alone). The
+ * keys go in chunks of CHUNK, a fixed size: each chunk's scores, their maximum, the sum of
+ * exp(score - max) and those weights times the values; the chunks are then joined in order. Every
+ * sum runs over 16 lanes (one 512-bit register, two 256-bit ones, or a loop of 16 floats: the same
+ * fused multiply-adds per lane), the lanes added in one fixed tree; exp is simlab's own, not libm's
+ * (glibc picks its exp by instruction set at load time). */
+#define CHUNK 128
+#define QB 8     /* queries of one key head taken together: each key is read once for all of them */
+#define MAXQ 512 /* query heads per key head, times QB */
+
+#if defined(SIMLAB_AVX512)
+typedef __m512 v16;
+static inline v16 v_zero(void) { return _mm512_setzero_ps(); }
+static inline v16 v_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline v16 v_set1(float x) { return _mm512_set1_ps(x); }
+static inline v16 v_fma(v16 a, v16 b, v16 c) { return _mm512_fmadd_ps(a, b, c); }
+static inline void v_store(float *p, v16 a) { _mm512_storeu_ps(p, a); }
+#elif defined(SIMLAB_AVX2)
+typedef struct {
+    __m256 lo, hi;
+} v16;
+static inline v16 v_zero(void) { return (v16){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+static inline v16 v_load(const float *p) { return (v16){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline v16 v_set1(float x) { return (v16){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
+static inline v16 v_fma(v16 a, v16 b, v16 c) {
+    return (v16){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+}
+static inline void v_store(float *p, v16 a) {
+    _mm256_storeu_ps(p, a.lo);
+    _mm256_storeu_ps(p + 8, a.hi);
+}
+#else
+typedef struct {
+    float f[16];
+} v16;
+static inline v16 v_zero(void) { return (v16){{0}}; }
+static inline v16 v_load(const float *p) {
+    v16 a;
+    memcpy(a.f, p, sizeof a.f);
+    return a;
+}
+static inline v16 v_set1(float x) {
+    v16 a;
+    for (int l = 0; l < 16; l++) a.f[l] = x;
+    return a;
+}
+static inline v16 v_fma(v16 a, v16 b, v16 c) {
+    for (int l = 0; l < 16; l++) c.f[l] = fmaf(a.f[l], b.f[l], c.f[l]);
+    return c;
+}
+static inline void v_store(float *p, v16 a) { memcpy(p, a.f, sizeof a.f); }
+#endif
+
+/* The 16 lanes added in one fixed tree, then what the lanes left over. */
+static inline float lanes_sum(v16 a, float tail) {
+    float lane[16];
+    v_store(lane, a);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) lane[l] += lane[l + w];
+    return lane[0] + tail;
+}
+
+/* exp(x) for x <= 0 (0 below -87), about 1 ulp: x = n ln2 + r, 2^n times a polynomial in r, with
+ * fmaf (exactly rounded by C99's rule, one instruction where the CPU has it): the same bits on every
+ * CPU and compiler. */
+static inline float exp_fixed(float x) {
+    if (!(x > -87.0f)) return 0.0f; /* -inf and NaN too */
+    float t = fmaf(x, 1.44269504f, 12582912.0f); /* 1.5 * 2^23: n rounded into the low bits */
+    float n = t - 12582912.0f;
+    float r = fmaf(n, -0.693145752f, x); /* ln2 in two parts */
+    r = fmaf(n, -1.42860677e-6f, r);
+    float p = 1.98412701e-4f;
+    p = fmaf(p, r, 1.38888892e-3f);
+    p = fmaf(p, r, 8.33333377e-3f);
+    p = fmaf(p, r, 4.16666679e-2f);
+    p = fmaf(p, r, 1.66666672e-1f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    union {
+        float f;
+        int32_t i;
+    } two = {.i = (int32_t)(127 + (int32_t)n) << 23}; /* 2^n, n >= -126 */
+    return p * two.f;
+}
+
+/* Four queries against one key, each summed as dot_fixed sums it. */
+static inline void dot4_fixed(const float *const *a, const float *b, int64_t n, float *out) {
+    v16 l0 = v_zero(), l1 = v_zero(), l2 = v_zero(), l3 = v_zero();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v16 w = v_load(b + j);
+        l0 = v_fma(v_load(a[0] + j), w, l0);
+        l1 = v_fma(v_load(a[1] + j), w, l1);
+        l2 = v_fma(v_load(a[2] + j), w, l2);
+        l3 = v_fma(v_load(a[3] + j), w, l3);
+    }
+    float t[4] = {0, 0, 0, 0};
+    for (int u = 0; u < 4; u++)
+        for (int64_t i = j; i < n; i++) t[u] = fmaf(a[u][i], b[i], t[u]);
+    out[0] = lanes_sum(l0, t[0]);
+    out[1] = lanes_sum(l1, t[1]);
+    out[2] = lanes_sum(l2, t[2]);
+    out[3] = lanes_sum(l3, t[3]);
+}
+
+static inline float dot_fixed(const float *a, const float *b, int64_t n) {
+    v16 acc = v_zero();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) acc = v_fma(v_load(a + j), v_load(b + j), acc);
+    float tail = 0.0f;
+    for (; j < n; j++) tail = fmaf(a[j], b[j], tail);
+    return lanes_sum(acc, tail);
+}
+
+/* q (B, H, T, D), k (B, KH, L, D), v (B, KH, L, Dv): strides in floats for the first three
+ * dimensions, the last one contiguous; head h reads key head h / (H / KH). mask: none (kind 0),
+ * booleans as bytes (kind 1; nonzero: attend) or floats added to the scores (kind 2), with strides
+ * ms for (B, H, T, L) (0 where it broadcasts); causal_offset >= 0: query t sees keys j <= t +
+ * causal_offset only. softcap > 0: s = softcap tanh(s / softcap). out (B, T, H, Dv), contiguous;
+ * work: simlab_attention_work floats. */
+void simlab_attention(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
+                      const int64_t *vs, const void *mask, int kind, const int64_t *ms, int64_t B, int64_t H,
+                      int64_t KH, int64_t T, int64_t L, int64_t D, int64_t Dv, float scale, float softcap,
+                      int64_t causal_offset, float *out, float *work, int threads) {
+    int64_t group = H / KH, chunks = (L + CHUNK - 1) / CHUNK, tblocks = (T + QB - 1) / QB;
+    int64_t items = B * KH * tblocks, qb = T < QB ? T : QB;
+    /* work: per (item, chunk), for each of its group * qb queries: max, sum, then Dv weighted values */
+    int64_t per_query = 2 + Dv, per_task = group * qb * per_query;
+    if (group * qb > MAXQ) return;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (items * chunks > 1 && threads > 1)
+    for (int64_t task = 0; task < items * chunks; task++) {
+        int64_t item = task / chunks, c = task % chunks;
+        int64_t b = item / (KH * tblocks), kh = (item / tblocks) % KH, t0 = (item % tblocks) * QB;
+        int64_t tq = T - t0 < QB ? T - t0 : QB, j0 = c * CHUNK, j1 = j0 + CHUNK < L ? j0 + CHUNK : L;
+        float *part = work + task * per_task;
+        int64_t nq = group * tq; /* this key head's queries in the block: (g, i) as g * tq + i */
+        const float *qrows[MAXQ];
+        for (int64_t x = 0; x < nq; x++)
+            qrows[x] = q + b * qs[0] + (kh * group + x / tq) * qs[1] + (t0 + x % tq) * qs[2];
+        for (int64_t x0 = 0; x0 < nq; x0 += 4) { /* four queries against each key: it is read once */
+            int64_t n4 = nq - x0 < 4 ? nq - x0 : 4;
+            float s[4][CHUNK];
+            for (int64_t j = j0; j < j1; j++) {
+                const float *kr = k + b * ks[0] + kh * ks[1] + j * ks[2];
+                int any = 0, seen[4] = {0, 0, 0, 0};
+                for (int64_t u = 0; u < n4; u++) {
+                    int64_t h = kh * group + (x0 + u) / tq, t = t0 + (x0 + u) % tq;
+                    seen[u] = causal_offset < 0 || j <= t + causal_offset;
+                    if (seen[u] && kind == 1)
+                        seen[u] = ((const uint8_t *)mask)[b * ms[0] + h * ms[1] + t * ms[2] + j * ms[3]] != 0;
+                    any |= seen[u];
+                }
+                float d4[4] = {0, 0, 0, 0};
+                if (any && n4 == 4) dot4_fixed(qrows + x0, kr, D, d4);
+                else if (any)
+                    for (int64_t u = 0; u < n4; u++) d4[u] = seen[u] ? dot_fixed(qrows[x0 + u], kr, D) : 0.0f;
+                for (int64_t u = 0; u < 4; u++) {
+                    float x = -INFINITY;
+                    if (u < n4 && seen[u]) {
+                        int64_t h = kh * group + (x0 + u) / tq, t = t0 + (x0 + u) % tq;
+                        x = d4[u] * scale;
+                        if (softcap > 0.0f) {
+                            float e = exp_fixed(-2.0f * fabsf(x / softcap)); /* tanh by exp, sign apart */
+                            float th = (1.0f - e) / (1.0f + e);
+                            x = softcap * (x < 0 ? -th : th);
+                        }
+                        if (kind == 2) x += ((const float *)mask)[b * ms[0] + h * ms[1] + t * ms[2] + j * ms[3]];
+                    }
+                    s[u][j - j0] = x;
+                }
+            }
+            float *acc[4];
+            for (int64_t u = 0; u < 4; u++) { /* each query's weights exp(s - max), in place */
+                float most = -INFINITY, sum = 0.0f;
+                for (int64_t j = 0; j < j1 - j0; j++) most = s[u][j] > most ? s[u][j] : most;
+                for (int64_t j = 0; j < j1 - j0; j++) {
+                    s[u][j] = most == -INFINITY ? 0.0f : exp_fixed(s[u][j] - most);
+                    sum += s[u][j];
+                }
+                if (u < n4) {
+                    int64_t x = x0 + u;
+                    float *mine = part + ((x / tq) * qb + x % tq) * per_query;
+                    mine[0] = most;
+                    mine[1] = sum;
+                    acc[u] = mine + 2;
+                }
+            }
+            /* acc[d] = the keys' p_j v_j[d] summed in order, 16 values of d at a time */
+            int64_t d0 = 0;
+            for (; d0 + 16 <= Dv; d0 += 16) {
+                v16 a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+                for (int64_t j = j0; j < j1; j++) {
+                    v16 vv = v_load(v + b * vs[0] + kh * vs[1] + j * vs[2] + d0);
+                    a0 = v_fma(v_set1(s[0][j - j0]), vv, a0);
+                    a1 = v_fma(v_set1(s[1][j - j0]), vv, a1);
+                    a2 = v_fma(v_set1(s[2][j - j0]), vv, a2);
+                    a3 = v_fma(v_set1(s[3][j - j0]), vv, a3);
+                }
+                v16 rows[4] = {a0, a1, a2, a3};
+                for (int64_t u = 0; u < n4; u++) v_store(acc[u] + d0, rows[u]);
+            }
+            for (; d0 < Dv; d0++) /* a value width that is not a multiple of 16 */
+                for (int64_t u = 0; u < n4; u++) {
+                    float a = 0.0f;
+                    for (int64_t j = j0; j < j1; j++)
+                        a = fmaf(s[u][j - j0], v[b * vs[0] + kh * vs[1] + j * vs[2] + d0], a);
+                    acc[u][d0] = a;
+                }
+        }
+    }
+    /* join each query's chunks in order */
+#pragma omp parallel for num_threads(threads) schedule(static) if (items > 1 && threads > 1)
+    for (int64_t item = 0; item < items; item++) {
+        int64_t b = item / (KH * tblocks), kh = (item / tblocks) % KH, t0 = (item % tblocks) * QB;
+        int64_t tq = T - t0 < QB ? T - t0 : QB;
+        for (int64_t g = 0; g < group; g++) {
+            int64_t h = kh * group + g;
+            for (int64_t i = 0; i < tq; i++) {
+                float most = -INFINITY, total = 0.0f, *o = out + ((b * T + t0 + i) * H + h) * Dv;
+                for (int64_t c = 0; c < chunks; c++) {
+                    float m = work[(item * chunks + c) * per_task + (g * qb + i) * per_query];
+                    most = m > most ? m : most;
+                }
+                for (int64_t d = 0; d < Dv; d++) o[d] = 0.0f;
+                if (most == -INFINITY) continue; /* nothing to attend to: zeros */
+                for (int64_t c = 0; c < chunks; c++) {
+                    const float *mine = work + (item * chunks + c) * per_task + (g * qb + i) * per_query;
+                    if (mine[0] == -INFINITY) continue;
+                    float w = exp_fixed(mine[0] - most);
+                    total = fmaf(w, mine[1], total);
+                    for (int64_t d = 0; d < Dv; d++) o[d] = fmaf(w, mine[2 + d], o[d]);
+                }
+                float inv = 1.0f / total;
+                for (int64_t d = 0; d < Dv; d++) o[d] *= inv;
+            }
+        }
+    }
+}
+
+/* The floats of work simlab_attention needs for these sizes. */
+int64_t simlab_attention_work(int64_t B, int64_t H, int64_t KH, int64_t T, int64_t L, int64_t Dv) {
+    int64_t group = H / KH, chunks = (L + CHUNK - 1) / CHUNK, tblocks = (T + QB - 1) / QB;
+    return B * KH * tblocks * chunks * group * (T < QB ? T : QB) * (2 + Dv);
 }

@@ -101,6 +101,11 @@ class Int4Linear(torch.nn.Module):
             parts = [(codes, scale, (8 - groups.bias) * scale)]
         elif groups.bits <= 4:  # the zero from the exact scale: the error is (q - 8) times the scale's
             parts = [(codes, scale, 8 * exact + torch.from_numpy(groups.offset))]
+        elif groups.bias is None:  # u = 16h + l with an offset o: zl = 8s + o, zh = 128s, so s u + o
+            parts = [
+                (codes & 15, scale, 8 * exact + torch.from_numpy(groups.offset)),
+                (codes >> 4, 16 * scale, 128 * scale),
+            ]
         else:  # u = 16h + l: (l - 8) s + zl + (h - 8) 16s + zh = s u - bias s when zl + zh = (136 - bias) s
             high_zero = 0 if groups.bias == 128 else 128
             parts = [

@@ -24,6 +24,12 @@ def info_lines(chat: Chat) -> list[str]:
             f"device    {info.device} {info.dtype}"
             + (f" weights {info.weights}" if info.weights != "float" else "")
             + (f" ({kernel_text()})" if info.weights == "gguf" else ""),
+            "siblings  "
+            + (
+                "one batch (simlab's kernel: each row its bits alone)"
+                if getattr(chat.engine, "rows_alone", False)
+                else "one after another (a batch would change a row's last bits)"
+            ),
         ]
     else:
         where = [f"model     {info.name} on the server at {info.device}"]

@@ -24,7 +24,7 @@ def random_tensor(kind: str, seed: int = 0):
     block, size = GGML_QUANT_SIZES[qtype]
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, size=(ROWS * COLS // block, size), dtype=np.uint8)
-    halves = 2 if kind in ("Q4_1", "Q4_K") else 1  # d (and m or dmin) lead each block
+    halves = 2 if kind in ("Q4_1", "Q4_K", "Q5_1", "Q5_K") else 1  # d (and m or dmin) lead each block
     for h in range(halves):
         value = rng.uniform(1e-3, 2e-2, size=len(blocks)).astype(np.float16)
         at = size - 2 if kind == "Q6_K" else 2 * h  # Q6_K's d ends its block
@@ -45,7 +45,7 @@ def kernel_weight(layer: Int4Linear) -> torch.Tensor:
     return out.t()  # (N, K)
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0", "Q8_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0", "Q8_0", "Q4_1", "Q4_K", "Q5_1", "Q5_K", "Q6_K"])
 def test_codes_scales_and_offsets_give_back_the_dequantiser_exactly(kind):
     tensor = random_tensor(kind)
     groups = gguf_groups.read(tensor)
@@ -72,14 +72,16 @@ def test_symmetric_formats_are_the_file_with_bfloat16_scales_exactly(kind):
     assert bool((diff <= bound + 1e-12).all())
 
 
-@pytest.mark.parametrize("kind", ["Q4_1", "Q4_K"])
+@pytest.mark.parametrize("kind", ["Q4_1", "Q4_K", "Q5_1", "Q5_K"])
 def test_formats_with_a_minimum_are_within_the_rounding_of_bfloat16_scale_and_zero(kind):
     tensor = random_tensor(kind, seed=2)
     groups = gguf_groups.read(tensor)
     layer = Int4Linear.of_groups(groups, None)
     diff = (kernel_weight(layer) - reference(tensor)).abs().unflatten(-1, (-1, 32))
     scale, offset = torch.from_numpy(groups.scale), torch.from_numpy(groups.offset)
-    bound = (8 * scale.abs() + (8 * scale + offset).abs()) * 2**-8  # |q-8| <= 8 times the scale's error
+    # |q-8| <= 8 times the scale's error, and for 5 bits the high part's 16 h times it
+    most = 8 if groups.bits == 4 else 24
+    bound = (most * scale.abs() + (8 * scale + offset).abs()) * 2**-8
     assert bool((diff.amax(-1) <= bound + 1e-12).all())
     assert diff.max() > 0  # (the offsets are not multiples of the scale: the rounding is real)
 
@@ -94,9 +96,9 @@ def test_the_kernel_multiplies_by_those_weights():
 
 
 def test_formats_not_read_as_groups_are_left_to_the_float_weights():
-    q5k = random_tensor("Q4_0")
-    q5k.tensor_type = GGMLQuantizationType.Q5_K
-    assert gguf_groups.read(q5k) is None
+    q3k = random_tensor("Q4_0")
+    q3k.tensor_type = GGMLQuantizationType.Q3_K
+    assert gguf_groups.read(q3k) is None
 
 
 @pytest.mark.parametrize("kernel", ["simlab", "torch"])

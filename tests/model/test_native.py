@@ -18,7 +18,7 @@ from test_gguf_weights import COLS, ROWS, random_tensor, reference
 from simlab.models import gguf_groups, lean, native
 from simlab.models.quant import _native_layer
 
-FORMATS = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]
+FORMATS = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,6 +34,8 @@ def unpacked(layer: native.NativeLinear) -> torch.Tensor:
     code j (low nibble) and code 16 + j (high nibble)."""
     if layer.bits != 4:
         values = layer.codes.double().unflatten(-1, (-1, layer.group)) * layer.scale.double().unsqueeze(-1)
+        if layer.offset is not None:  # Q5_1, Q5_K: unsigned codes and an offset per 32
+            values = values.flatten(-2).unflatten(-1, (-1, 32)) + layer.offset.double().unsqueeze(-1)
         return values.flatten(-2)
     n = layer.out_features
     packed = layer.codes.reshape(n, -1, 16)
@@ -64,7 +66,8 @@ def test_the_layer_holds_the_files_weights_exactly(kind):
     assert isinstance(layer, native.NativeLinear)
     assert layer.bits == (4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 8)
     assert layer.group == (16 if kind == "Q6_K" else 32)
-    assert torch.equal(unpacked(layer), reference(tensor).double())  # float32 scales: no rounding at all
+    # float32 scales: no rounding at all, where gguf rounds d sc q - dmin m once to float32 (Q5_K)
+    assert torch.equal(unpacked(layer).float(), reference(tensor))
     bytes_per_weight = layer.codes.numel() * layer.codes.element_size() / (ROWS * COLS)
     assert bytes_per_weight == (0.5 if layer.bits == 4 else 1.0)
 
@@ -95,13 +98,18 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
 
 @pytest.mark.parametrize(
     "without, simd",
-    [(("-mno-avx512f",), (2, 3)), (("-mno-avx512f", "-mno-avxvnni", "-mno-avx512vnni"), (2,))],
-    ids=["no-avx512", "avx2-only"],
+    [
+        (("-mno-avx512f",), (2, 3)),
+        (("-mno-avx512f", "-mno-avxvnni", "-mno-avx512vnni"), (2,)),
+        (("-mno-avx512f", "-mno-avx2", "-mno-fma"), (0,)),
+    ],
+    ids=["no-avx512", "avx2-only", "portable-c"],
 )
 def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, without, simd):
     """AVX-512 sums two blocks' bytes at once and VNNI sums them in one instruction; the integers
-    are the AVX2 path's and the float part runs in the same order, so replies stay the same bit for
-    bit on every kind of x86 machine."""
+    are the AVX2 path's and the float part runs in the same order, and the portable C writes that
+    order out, so replies stay the same bit for bit on every machine. A build for an instruction set
+    this CPU lacks cannot run here: the paths below it are the ones checked."""
     import ctypes
 
     if native.library().simlab_qmatmul_simd() <= max(simd):
@@ -134,6 +142,21 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
     normed = native.rms_norm(x, x[0], 1e-6)
     monkeypatch.setitem(native._state, "lib", other)
     assert torch.equal(native.rms_norm(x, x[0], 1e-6), normed)  # the sums run in one order everywhere
+    monkeypatch.undo()
+    for b, h, kh, t, length, d in ((2, 4, 1, 1, 300, 256), (1, 6, 2, 9, 140, 80)):  # d: a tail past 16s
+        q, k, v = torch.randn(b, h, t, d), torch.randn(b, kh, length, d), torch.randn(b, kh, length, d)
+        mask = torch.rand(1, 1, t, length) > 0.3
+        ours = (
+            native.attend(q, k, v, mask, 0.1, softcap=30.0),
+            native.attend(q, k, v, None, 0.1, 0.0, length - t),
+        )
+        monkeypatch.setitem(native._state, "lib", other)
+        theirs = (
+            native.attend(q, k, v, mask, 0.1, softcap=30.0),
+            native.attend(q, k, v, None, 0.1, 0.0, length - t),
+        )
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), (t, d)
+        monkeypatch.undo()
 
 
 def test_a_row_of_zeros_gives_the_bias_alone():
@@ -155,9 +178,10 @@ def test_an_embedding_reads_its_rows_from_the_codes():
         embedding(torch.tensor([[ROWS]]))  # not a read past the table
 
 
-def native_copy(model, q4=("o_proj", "down_proj")):
+def native_copy(model, q4=("o_proj", "down_proj"), attention: bool = True):
     """Every Linear of a tiny model as NativeLinear from random codes: Q4_K for the layers named in
-    `q4`, Q8_0 for the others."""
+    `q4`, Q8_0 for the others; and simlab's attention (as a model on the kernel loads) unless not
+    `attention`."""
     linears = [
         (holder, name, child)
         for holder in list(model.modules())
@@ -171,6 +195,8 @@ def native_copy(model, q4=("o_proj", "down_proj")):
         groups.scale = np.resize(groups.scale, (rows, cols // 32)) * 20
         groups.offset = np.resize(groups.offset, (rows, cols // 32)) * 20
         setattr(parent, name, _native_layer(groups, None))
+    if attention:
+        lean.own_attention(model)
     return model
 
 
@@ -297,3 +323,96 @@ def test_top_k_without_the_library_is_torchs():
     with patch.dict(native._state, {"lib": None}):
         values, ids = native.top_k(x, 7)
     assert torch.equal(values, torch.topk(x, 7).values) and torch.equal(ids, torch.topk(x, 7).indices)
+
+
+def reference_attention(q, k, v, mask, scale, softcap=0.0, causal_offset=-1):
+    """softmax(scale q K^T) V in float64, keys shared by their heads' groups, (B, T, H, Dv)."""
+    group = q.shape[1] // k.shape[1]
+    k, v = (t.double().repeat_interleave(group, dim=1) for t in (k, v))
+    s = q.double() @ k.transpose(-1, -2) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    t, length = q.shape[2], k.shape[2]
+    seen = torch.ones(t, length, dtype=torch.bool)
+    if causal_offset >= 0:
+        seen = torch.arange(length)[None, :] <= torch.arange(t)[:, None] + causal_offset
+    if mask is not None and mask.dtype == torch.bool:
+        seen = seen & mask
+    s = s.masked_fill(~seen, float("-inf"))
+    if mask is not None and mask.dtype != torch.bool:
+        s = s + mask.double()
+    return (s.softmax(-1) @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "b, h, kh, t, length, d, how",
+    [
+        (1, 4, 1, 1, 11, 256, "none"),  # Gemma 3 270M's decode step
+        (3, 4, 1, 1, 700, 256, "bool"),
+        (2, 14, 2, 5, 300, 64, "causal"),  # Qwen2.5-0.5B's heads
+        (1, 8, 8, 64, 64, 128, "causal"),  # a prefill chunk of a Llama
+        (2, 4, 1, 70, 1000, 80, "float"),  # a head width that is not a multiple of 16
+    ],
+)
+def test_attention_is_softmax_of_the_scores_to_rounding(b, h, kh, t, length, d, how):
+    gen = torch.Generator().manual_seed(b * 100 + t)
+    q, k, v = (torch.randn(b, n, m, d, generator=gen) for n, m in ((h, t), (kh, length), (kh, length)))
+    mask, offset = None, -1
+    if how == "bool":
+        mask = torch.rand(b, 1, t, length, generator=gen) > 0.5
+    elif how == "float":
+        mask = torch.randn(1, 1, t, length, generator=gen)
+    elif how == "causal":
+        offset = length - t
+    got = native.attend(q, k, v, mask, d**-0.5, 0.0, offset)
+    assert got.shape == (b, t, h, d)
+    assert torch.allclose(got.double(), reference_attention(q, k, v, mask, d**-0.5, 0.0, offset), atol=2e-6)
+    capped = native.attend(q, k, v, mask, 0.5, 2.0, offset)  # Gemma 2's softcapping
+    assert torch.allclose(capped.double(), reference_attention(q, k, v, mask, 0.5, 2.0, offset), atol=2e-6)
+
+
+def test_attention_gives_each_row_its_bits_alone_whatever_the_batch_threads_or_address():
+    """torch's CPU attention does not (measured on an AMD EPYC: row 0 of a batch of 3 differed from
+    that row alone, and one row alone differed with its tensors 4 bytes further on)."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(4, 4, 1, 256, generator=gen), torch.randn(4, 1, 600, 256, generator=gen), None
+    v = torch.randn(4, 1, 600, 256, generator=gen)
+    alone = [native.attend(q[i : i + 1], k[i : i + 1], v[i : i + 1], None, 0.0625) for i in range(4)]
+
+    def shifted(x, by):  # the same values `by` floats further on in memory
+        room = torch.empty(x.numel() + by)
+        return room[by:].view(x.shape).copy_(x)
+
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            together = native.attend(q, k, v, None, 0.0625)
+            assert all(torch.equal(together[i : i + 1], alone[i]) for i in range(4)), count
+    finally:
+        torch.set_num_threads(threads)
+    for by in (1, 3):
+        moved = native.attend(shifted(q[:1], by), shifted(k[:1], by), shifted(v[:1], by), None, 0.0625)
+        assert torch.equal(moved, alone[0]), by
+
+
+def test_a_model_on_the_kernel_attends_with_simlabs_attention_and_batches_rows_alone(tiny_dir, tmp_path):
+    folder = tiny_llama_style(tmp_path / "llama", "llama", tiny_dir)
+    from transformers import AutoModelForCausalLM
+
+    model = native_copy(AutoModelForCausalLM.from_pretrained(folder).eval(), attention=False)
+    lean.own_attention(model)
+    assert not lean.rows_alone(model)  # torch's RMS norm still: a reduction in torch's order
+    lean.fuse_norms(model)
+    model.config._attn_implementation = "sdpa"
+    assert not lean.rows_alone(model)  # torch's attention
+    lean.own_attention(model)
+    assert model.config._attn_implementation == "simlab" and lean.rows_alone(model)
+    ids = torch.randint(3, 300, (3, 9))
+    with torch.inference_mode():
+        together = model(input_ids=ids).logits
+        alone = torch.cat([model(input_ids=ids[i : i + 1]).logits for i in range(3)])
+    assert torch.equal(together, alone)
+    plain = AutoModelForCausalLM.from_pretrained(folder).eval()
+    lean.own_attention(plain)  # torch's float products: still not rows alone
+    assert not lean.rows_alone(plain)

@@ -68,11 +68,16 @@ def test_decode_together_gives_each_run_the_reply_it_gives_alone(tiny):
     assert runs[3].completions[0].finish_reason == "stop"
 
 
-def test_siblings_and_unknown_models_decode_one_run_after_another(tiny, monkeypatch):
+def test_siblings_unknown_models_and_torchs_products_decode_one_run_after_another(tiny, monkeypatch):
     engine = Engine(tiny)
     q = SamplingParams(temperature=1.0, max_new_tokens=5, seed=8)
     calls = []
     monkeypatch.setattr(local, "_lockstep", lambda e, runs: calls.append(len(runs)))
+    assert not engine.rows_alone  # torch's float products: a batch is not each row alone
+    runs = [engine.start("Two words", q), engine.start("Three more words", q)]
+    engine.decode_together(runs)
+    assert calls == [] and all(len(r.completions[0].tokens) == 5 for r in runs)
+    monkeypatch.setattr(engine, "rows_alone", True)  # as on simlab's kernel
     runs = [engine.start("One", q, n=2), engine.start("Two words", q), engine.start("Three more words", q)]
     engine.decode_together(runs)
     assert calls == [2]  # the two one-branch runs; the siblings' run went alone

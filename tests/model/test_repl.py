@@ -238,6 +238,7 @@ def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
     assert "first token" not in narrow and "cpu" not in narrow
     info = "\n".join(info_lines(chat))
     assert f"context   {chat.last.context_used} of 128 tokens" in info
+    assert "siblings  one after another" in info  # the tiny GPT-2's float products: not rows alone
 
 
 def test_edit_in_the_editor(tiny_engine, store, tmp_path, monkeypatch):
