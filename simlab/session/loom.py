@@ -94,7 +94,7 @@ def loom_to_tree(data: Any, where: str) -> Tree:
         if extra and not tree.roots and parent is None:
             node = replace(node, loom={**(node.loom or {}), "file": extra})
         if node.id in tree.nodes:
-            raise SessionError(f"{where}: Loom node id {node.id} appears twice (at {at})")
+            raise SessionError(f"{where}: Loom node id {node.id!r} appears twice (at {at})")
         tree.add(node)
         stack.extend((c, node.id, f"{at}.children[{i}]") for i, c in reversed(list(enumerate(children))))
     if not tree.roots:

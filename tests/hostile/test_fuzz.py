@@ -7,7 +7,7 @@ import string
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simlab.engine.textstream import TextTracker, dangling_label
@@ -329,6 +329,7 @@ loom_node = st.recursive(
         ),
     )
 )
+@example(shape=[{"text": "", "id": "\n"}, {"text": "", "id": "\n"}])  # a repeated id with a line break
 def test_the_loom_importer_gives_a_tree_that_exports_or_one_line(shape):
     from simlab.session.loom import loom_to_tree, to_loom
 
