@@ -48,12 +48,18 @@ def open_engine(
 
 def prefix_folder(settings: Settings, info):
     """Where this model's prompt chunks are kept on disk (engine.prefix.DiskPrefixes): one folder per
-    revision, weights, dtype and device, since each computes other bits; None without a revision."""
+    revision, weights, dtype, device and kernel version, since each computes other bits; None
+    without a revision."""
     import hashlib
 
     if not info.revision:
         return None
     key = f"{info.revision}:{info.weights}:{info.dtype}:{info.device}"
+    if info.weights == "gguf":  # simlab's kernel computes the cache: a new version, other bits
+        from simlab.models import native
+
+        lib = native.library()
+        key += f":kernel-{lib.simlab_qmatmul_version() if lib is not None else 'torch'}"
     return settings.models_dir / "prefixes" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

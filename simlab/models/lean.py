@@ -134,10 +134,32 @@ def fuse_norms(model: torch.nn.Module) -> int:
     return count
 
 
+class RowActivation(torch.nn.Module):
+    """An activation applied to each batch row on its own. torch splits an elementwise op of 32,768
+    values or more across threads at points that are not a multiple of its vector width, and the
+    values at a split go through the scalar function, which rounds tanh or exp otherwise (measured:
+    GELU-tanh on (7, 10240) gave 2 of 7 rows other bits than alone); a row alone is split as it is
+    alone."""
+
+    def __init__(self, act: torch.nn.Module):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[0] == 1:
+            return self.act(x)
+        return torch.cat([self.act(x[i : i + 1]) for i in range(x.shape[0])])
+
+
 def own_attention(model: torch.nn.Module) -> None:
     """Attention by simlab's kernel (`native.attention`: each query's output alone, the same bits
     whatever the batch, threads or instruction set) in place of sdpa: in simlab's own Gemma 3 by
-    its table, in transformers' models by theirs (with sdpa's masks under the same name)."""
+    its table, in transformers' models by theirs (with sdpa's masks under the same name); and each
+    MLP's activation applied row by row (`RowActivation`)."""
+    for parent in list(model.modules()):
+        act = getattr(parent, "act_fn", None)
+        if isinstance(act, torch.nn.Module) and not isinstance(act, RowActivation):
+            parent.act_fn = RowActivation(act)
     config = model.config
     if config._attn_implementation not in ("sdpa", "simlab"):
         return  # eager (softcapping models) and others keep theirs
@@ -154,9 +176,11 @@ def own_attention(model: torch.nn.Module) -> None:
 
 def rows_alone(model: torch.nn.Module) -> bool:
     """Whether a batch of rows gives each row the very bits it gets alone: every product is
-    simlab's kernel (`NativeLinear`, each output row summed alone) and so is attention, on float32
-    activations on the CPU. torch's own products and attention sum in an order that changes with the
-    batch (measured on MKL's float products and CPU sdpa), so elsewhere siblings decode one by one."""
+    simlab's kernel (`NativeLinear`, each output row summed alone), so are the norms and attention,
+    the activations go row by row, on float32 activations on the CPU. torch's own products,
+    attention and large elementwise ops sum or round in an order that changes with the batch
+    (measured on MKL's float products, CPU sdpa, GELU-tanh and SiLU), so elsewhere siblings decode
+    one by one."""
     config = model.config
     if native.library() is None or getattr(config, "_attn_implementation", None) != "simlab":
         return False
@@ -164,13 +188,20 @@ def rows_alone(model: torch.nn.Module) -> bool:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     if heads % kv_heads or heads // kv_heads > 64:  # shapes the kernel leaves to sdpa (native._fits)
         return False
+    if getattr(config, "final_logit_softcapping", None):  # tanh over the whole vocabulary, batched
+        return False
+    wrapped = {id(m.act) for m in model.modules() if isinstance(m, RowActivation)}
     for module in model.modules():
-        if isinstance(module, (NativeLinear, NativeGroup, FusedPart, FusedRMSNorm)):
+        if isinstance(module, (NativeLinear, NativeGroup, FusedPart, FusedRMSNorm, RowActivation)):
             continue
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+        kind = type(module).__name__
+        if isinstance(module, torch.nn.Linear) or kind in ("Conv1D", "Int8Linear", "Int4Linear"):
             return False
-        if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+        if isinstance(module, torch.nn.LayerNorm) or kind.endswith("RMSNorm"):
             return False  # torch's norms: a reduction whose order is not ours
+        activation = any(word in kind for word in ("Activation", "GELU", "SiLU", "Tanh", "ReLU"))
+        if activation and id(module) not in wrapped:
+            return False  # an activation on the whole batch
     params = [p for p in model.parameters()] + [b for b in model.buffers()]
     return all(t.device.type == "cpu" for t in params) and model.dtype == torch.float32
 

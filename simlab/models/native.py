@@ -186,12 +186,32 @@ def _strides(t: torch.Tensor, count: int):
     return (ctypes.c_int64 * count)(*t.stride()[:count])
 
 
+QUERIES = 32  # positions per kernel call: its working memory grows with them times the keys
+
+
 def attend(query, key, value, mask, scale: float, softcap: float = 0.0, causal_offset: int = -1):
     """softmax(scale q K^T (+ mask)) V for query (B, H, T, D), key (B, KH, L, D), value (B, KH, L, Dv),
     float32 on the CPU, as (B, T, H, Dv): each query's output alone, the same bits whatever the
     batch, threads or instruction set (qmatmul.c's simlab_attention). mask: None, booleans (True:
     attend) or floats added to the scores, broadcastable to (B, H, T, L); causal_offset >= 0: query t
-    sees keys j <= t + causal_offset."""
+    sees keys j <= t + causal_offset. Long passes go QUERIES positions at a time (a query's output
+    does not depend on the others), so memory stays flat."""
+    if not _fits(query, key):
+        heads = f"{query.shape[1]} and {key.shape[1]}"
+        raise ValueError(f"attention: query heads a multiple of key heads, at most 64 each; got {heads}")
+    t = query.shape[2]
+    if t <= QUERIES:
+        return _attend(query, key, value, mask, scale, softcap, causal_offset)
+    parts = []
+    for start in range(0, t, QUERIES):
+        end = min(start + QUERIES, t)
+        part = None if mask is None else mask.expand(*mask.shape[:2], t, mask.shape[-1])[:, :, start:end]
+        offset = causal_offset + start if causal_offset >= 0 else -1
+        parts.append(_attend(query[:, :, start:end], key, value, part, scale, softcap, offset))
+    return torch.cat(parts, dim=1)
+
+
+def _attend(query, key, value, mask, scale: float, softcap: float, causal_offset: int):
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     b, h, t, d = q.shape
     kh, length, dv = k.shape[1], k.shape[2], v.shape[-1]

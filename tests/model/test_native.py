@@ -416,3 +416,32 @@ def test_a_model_on_the_kernel_attends_with_simlabs_attention_and_batches_rows_a
     plain = AutoModelForCausalLM.from_pretrained(folder).eval()
     lean.own_attention(plain)  # torch's float products: still not rows alone
     assert not lean.rows_alone(plain)
+
+
+def test_a_long_pass_attends_a_few_positions_at_a_time_with_the_same_bits():
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(1, 4, 75, 64, generator=gen), torch.randn(1, 2, 90, 64, generator=gen), None
+    v = torch.randn(1, 2, 90, 64, generator=gen)
+    mask = torch.rand(1, 1, 75, 90, generator=gen) > 0.2
+    assert native.QUERIES < 75  # three calls
+    for m, offset in ((mask, -1), (None, 15)):
+        whole = native._attend(q, k, v, None if m is None else m.to(torch.bool), 0.125, 0.0, offset)
+        assert torch.equal(native.attend(q, k, v, m, 0.125, 0.0, offset), whole)
+    with pytest.raises(ValueError, match="multiple of key heads"):
+        native.attend(torch.randn(1, 3, 1, 64), k, v, None, 0.125)
+
+
+def test_an_activation_goes_row_by_row_and_a_model_with_torchs_goes_one_by_one(tiny_dir, tmp_path):
+    """torch splits GELU-tanh on 32,768 values or more across threads where its vectors do not
+    line up; each row alone is split as it is alone."""
+    act = lean.RowActivation(torch.nn.GELU(approximate="tanh"))
+    x = torch.randn(7, 10240)
+    assert torch.equal(act(x), torch.cat([act.act(x[i : i + 1]) for i in range(7)]))
+    from transformers import AutoModelForCausalLM
+
+    folder = tiny_llama_style(tmp_path / "llama", "llama", tiny_dir)
+    model = native_copy(AutoModelForCausalLM.from_pretrained(folder).eval())
+    lean.fuse_norms(model)
+    assert lean.rows_alone(model)
+    model.model.layers[0].mlp.act_fn = model.model.layers[0].mlp.act_fn.act  # unwrapped again
+    assert not lean.rows_alone(model)
