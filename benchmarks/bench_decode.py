@@ -93,7 +93,17 @@ def cpu_line() -> str:
         return f"cpu: unknown; torch kernels: {torch.backends.cpu.get_cpu_capability()}"
     name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
     flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
-    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    wanted = (
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx512vbmi",
+        "avx512_bf16",
+        "avx_vnni",
+        "amx_bf16",
+        "amx_int8",
+    )
+    has = [f for f in wanted if f in flags]
     return (
         f"cpu: {name}; {' '.join(has) or 'no AVX2'}; torch kernels: {torch.backends.cpu.get_cpu_capability()}"
     )
@@ -247,6 +257,53 @@ def anchor_llama(args, engine: Engine, ids: list[int]) -> None:
         )
         print(f"{n:>3} {a:>13.1f} {b:>16.1f} {a / b:>6.2f}x")
     del llm
+    if args.prefill:
+        prefill_table(args, engine, path, llama_cpp, threads)
+
+
+def prompt_of(engine: Engine, length: int) -> list[int]:
+    """`length` tokens of real text (this repository's README, repeated as needed)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    ids = engine.encode(text)
+    return (ids * (length // len(ids) + 1))[:length]
+
+
+def prefill_simlab(engine: Engine, ids: list[int], seed: int = 0) -> float:
+    """Prompt tokens per second of a fresh prefill (no kept cache), as llama-bench's pp figure."""
+    fresh = Engine(engine_loaded(engine), reuse_prefix=False)
+    run = fresh.start(ids, SamplingParams(temperature=0, max_new_tokens=1))
+    for _ in run:
+        pass
+    return len(ids) / run.stats.prefill_seconds
+
+
+def engine_loaded(engine: Engine):
+    from simlab.models.info import LoadedModel
+
+    return LoadedModel(engine.model, engine.tokenizer, engine.info)
+
+
+def prefill_llama(llama_cpp, path: Path, threads: int, ids: list[int], seed: int = 0) -> float:
+    llm = llama_cpp.Llama(str(path), n_ctx=len(ids) + 64, n_threads=threads, n_batch=512, verbose=False)
+    started = time.perf_counter()
+    llm.eval(ids)
+    seconds = time.perf_counter() - started
+    del llm
+    return len(ids) / seconds
+
+
+def prefill_table(args, engine: Engine, path: Path, llama_cpp, threads: int) -> None:
+    """Prompt processing (llama-bench's pp) at each --prefill length, alternating the engines."""
+    print(f"{'prompt':>7} {'simlab tok/s':>13} {'llama.cpp tok/s':>16} {'ratio':>7}  (prefill, fresh cache)")
+    for length in (int(x) for x in args.prefill.split(",")):
+        ids = prompt_of(engine, length)
+        repeats = 1 if length > 4096 else min(args.repeats, 2)
+        a, b = alternating(
+            partial(prefill_simlab, engine, ids),
+            partial(prefill_llama, llama_cpp, path, threads, ids),
+            repeats,
+        )
+        print(f"{length:>7} {a:>13.1f} {b:>16.1f} {a / b:>6.2f}x")
 
 
 # model-ready time, then one 8-token reply: both engines map their weights from a file, and the
@@ -307,10 +364,24 @@ def main() -> None:
         "--weights", default="gguf,int8,int4", help="weight formats to compare with float (or '')"
     )
     parser.add_argument("--startup-only", action="store_true", help="only start-up time and peak RSS")
+    parser.add_argument(
+        "--prefill", default="512,2048,8192", help="prompt lengths for the prefill table against llama.cpp"
+    )
+    parser.add_argument("--anchor-only", action="store_true", help="only the llama.cpp comparisons")
     args = parser.parse_args()
     if args.startup_only:
         print(cpu_line())
         startup(args)
+        return
+    if args.anchor_only:
+        print(f"command: python {' '.join(sys.argv)}")
+        print(cpu_line())
+        auto = Engine(load_model(args.model, load_settings(device=args.device, dtype=args.dtype)))
+        auto.eos_ids = frozenset()
+        print(
+            f"weights auto: {auto.info.weights}, {auto.info.dtype} activations; simlab kernel: {native.why()}"
+        )
+        anchor_llama(args, auto, auto.encode(PROMPT))
         return
     loaded = load_model(
         args.model,

@@ -160,6 +160,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
+    if unsqueeze_dim == 1 and (qr := native.rotary(q, cos, sin)) is not None:  # the same bits, one call
+        kr = native.rotary(k, cos, sin)
+        if kr is not None:
+            return qr, kr
     cos = cos.unsqueeze(unsqueeze_dim)
     sin = sin.unsqueeze(unsqueeze_dim)
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)

@@ -104,13 +104,13 @@ class FusedRMSNorm(torch.nn.Module):
         self._scale: tuple | None = None  # (weight's version, 1 + weight in float32), made once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x if x.dtype == torch.float32 else x.float()
         scale = self._gemma_scale() if self.gemma else self.weight
         if x.dtype == torch.float32 and x.device.type == "cpu" and scale.dtype == torch.float32:
             if native.library() is not None:
-                return native.rms_norm(x, scale.contiguous(), self.eps)
+                return native.rms_norm(x, scale, self.eps)
+        x32 = x if x.dtype == torch.float32 else x.float()
         if self.gemma:
-            out = torch.nn.functional.rms_norm(x32, self.shape, self._gemma_scale(), self.eps)
+            out = torch.nn.functional.rms_norm(x32, self.shape, scale, self.eps)
             return out if out.dtype == x.dtype else out.type_as(x)
         out = torch.nn.functional.rms_norm(x32, self.shape, None, self.eps)
         return self.weight * (out if out.dtype == x.dtype else out.to(x.dtype))
@@ -233,23 +233,27 @@ def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tenso
     rotary = {kind: body.rotary_emb.forward(h, position, kind) for kind in set(config.layer_types)}
     attend = ATTENTION[config._attn_implementation]
     for i, layer in enumerate(body.layers[: config.num_hidden_layers]):
-        kind, attn, mlp = config.layer_types[i], layer.self_attn, layer.mlp
-        x = layer.input_layernorm.forward(h)
+        # the submodules read from _modules directly: nn.Module's __getattr__ costs ~1 us a lookup,
+        # ~0.5 ms a step over Gemma 3 270M's 18 layers
+        parts = layer._modules
+        attn, mlp = parts["self_attn"], parts["mlp"]
+        a, m, kind = attn._modules, mlp._modules, config.layer_types[i]
+        x = parts["input_layernorm"].forward(h)
         heads = (*x.shape[:-1], -1, attn.head_dim)
-        q = attn.q_norm.forward(attn.q_proj.forward(x).view(heads).transpose(1, 2))  # (B, H, T, d)
-        k = attn.k_norm.forward(attn.k_proj.forward(x).view(heads).transpose(1, 2))
-        v = attn.v_proj.forward(x).view(heads).transpose(1, 2)
+        q = a["q_norm"].forward(a["q_proj"].forward(x).view(heads).transpose(1, 2))  # (B, H, T, d)
+        k = a["k_norm"].forward(a["k_proj"].forward(x).view(heads).transpose(1, 2))
+        v = a["v_proj"].forward(x).view(heads).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *rotary[kind])
         k, v = cache.update(k, v, i)
         out, _ = attend(
             attn, q, k, v, masks[kind], dropout=0.0, scaling=attn.scaling,
             sliding_window=attn.sliding_window, position_ids=position,
         )  # fmt: skip
-        out = attn.o_proj.forward(out.reshape(*x.shape[:-1], -1).contiguous())
-        h = h + layer.post_attention_layernorm.forward(out)
-        x = layer.pre_feedforward_layernorm.forward(h)
-        x = mlp.down_proj.forward(mlp.act_fn.forward(mlp.gate_proj.forward(x)) * mlp.up_proj.forward(x))
-        h = h + layer.post_feedforward_layernorm.forward(x)
+        out = a["o_proj"].forward(out.reshape(*x.shape[:-1], -1).contiguous())
+        h = h + parts["post_attention_layernorm"].forward(out)
+        x = parts["pre_feedforward_layernorm"].forward(h)
+        x = m["down_proj"].forward(m["act_fn"].forward(m["gate_proj"].forward(x)) * m["up_proj"].forward(x))
+        h = h + parts["post_feedforward_layernorm"].forward(x)
     logits = model.lm_head.forward(body.norm.forward(h))  # (B, T, V)
     cap = config.final_logit_softcapping
     return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -107,15 +108,27 @@ def _declare(lib) -> None:
     lib.simlab_attention.restype = None
     lib.simlab_attention_work.argtypes = [i64] * 6
     lib.simlab_attention_work.restype = i64
+    lib.simlab_rotary.argtypes = [p, i64, i64, i64, i64, p, p, i32, p]
+    lib.simlab_rotary.restype = None
 
 
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+_local = threading.local()  # each thread's working memory for the kernel, kept between calls
+
+
 def _scratch(m: int, k: int) -> torch.Tensor:
-    """The kernel's working memory for M rows of K (simlab_qlinear_parts says how it is laid out)."""
-    return torch.empty(5 * m * k + 12 * m * (k // QK), dtype=torch.int8)
+    """The kernel's working memory for M rows of K (simlab_qlinear_parts says how it is laid out):
+    this thread's, grown when a call needs more (a decode step's products then allocate nothing)."""
+    size = 5 * m * k + 12 * m * (k // QK)
+    held = getattr(_local, "scratch", None)
+    if held is None or held.numel() < size:
+        held = torch.empty(size, dtype=torch.int8)
+        if size <= 1 << 24:  # a long prefill's need is not kept
+            _local.scratch = held
+    return held
 
 
 def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torch.Tensor:
@@ -172,13 +185,29 @@ def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
     return out.reshape(*ids.shape, k)
 
 
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+    """x cos + rotate_half(x) sin for x (B, H, T, D) and cos, sin (B or 1, T, D), as torch's ops
+    give it bit for bit, in one call; None where it does not apply (the caller uses torch's ops)."""
+    lib = _state.get("lib")
+    tensors = (x, cos, sin)
+    if lib is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        return None
+    if x.dim() != 4 or cos.dim() != 3 or cos.shape[0] not in (1, x.shape[0]) or cos.shape[1:] != x.shape[2:]:
+        return None
+    b, h, t, d = x.shape
+    x, cos, sin = x.contiguous(), cos.contiguous(), sin.contiguous()
+    out = torch.empty_like(x)
+    lib.simlab_rotary(_ptr(x), b, h, t, d, _ptr(cos), _ptr(sin), int(cos.shape[0] == b and b > 1), _ptr(out))
+    return out
+
+
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) * scale over x's last dimension, float32 (x float32 on the CPU, the
     library built): one call, the same bits on every instruction set."""
-    n = x.shape[-1]
-    rows = x.contiguous()
+    n, rows, scale = x.shape[-1], x.contiguous(), scale.contiguous()
     out = torch.empty(rows.shape, dtype=torch.float32)
-    _state["lib"].simlab_rms_norm(_ptr(rows), rows.numel() // n if n else 0, n, _ptr(scale), eps, _ptr(out))
+    count = rows.numel() // n if n else 0
+    _state["lib"].simlab_rms_norm(rows.data_ptr(), count, n, scale.data_ptr(), eps, out.data_ptr())
     return out
 
 
@@ -215,19 +244,20 @@ def _attend(query, key, value, mask, scale: float, softcap: float, causal_offset
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     b, h, t, d = q.shape
     kh, length, dv = k.shape[1], k.shape[2], v.shape[-1]
-    kind, m = 0, None
+    kind, m, ms = 0, None, None
     if mask is not None:
         m = mask.to(torch.uint8) if mask.dtype == torch.bool else mask.float()
         kind = 1 if mask.dtype == torch.bool else 2
         m = m.expand(b, h, t, length)  # strides 0 where it broadcasts
-    lib = _state["lib"]
+        ms = _strides(m, 4)
+    qb = min(t, 8)  # simlab_attention_work's count, without a call for it
+    work = b * kh * -(-t // 8) * -(-length // 128) * (h // kh) * qb * (2 + dv)
     out = torch.empty((b, t, h, dv), dtype=torch.float32)
-    work = torch.empty(lib.simlab_attention_work(b, h, kh, t, length, dv), dtype=torch.float32)
-    ms = _strides(m, 4) if m is not None else None
-    lib.simlab_attention(
-        _ptr(q), _strides(q, 3), _ptr(k), _strides(k, 3), _ptr(v), _strides(v, 3), _ptr(m), kind, ms,
-        b, h, kh, t, length, d, dv, scale, softcap, causal_offset, _ptr(out), _ptr(work),
-        torch.get_num_threads(),
+    scratch = torch.empty(work, dtype=torch.float32)
+    _state["lib"].simlab_attention(
+        q.data_ptr(), _strides(q, 3), k.data_ptr(), _strides(k, 3), v.data_ptr(), _strides(v, 3),
+        None if m is None else m.data_ptr(), kind, ms, b, h, kh, t, length, d, dv, scale, softcap,
+        causal_offset, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out
 

@@ -748,3 +748,27 @@ int64_t simlab_attention_work(int64_t B, int64_t H, int64_t KH, int64_t T, int64
     int64_t group = H / KH, chunks = (L + CHUNK - 1) / CHUNK, tblocks = (T + QB - 1) / QB;
     return B * KH * tblocks * chunks * group * (T < QB ? T : QB) * (2 + Dv);
 }
+
+/* Rotary position embedding as transformers writes it, q cos + rotate_half(q) sin, with
+ * rotate_half(q) = (-q2, q1): each value one product, another and their sum, rounded as torch's
+ * three ops round them (no fused multiply-add), so the bits are torch's. x, out (B, H, T, D)
+ * contiguous; cos, sin (B or 1, T, D) contiguous (cs_batch: 1 when they have a row per batch row). */
+void simlab_rotary(const float *x, int64_t B, int64_t H, int64_t T, int64_t D, const float *cos_,
+                   const float *sin_, int cs_batch, float *out) {
+    int64_t half = D / 2;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                const float *v = x + ((b * H + h) * T + t) * D;
+                const float *c = cos_ + ((cs_batch ? b : 0) * T + t) * D, *s = sin_ + ((cs_batch ? b : 0) * T + t) * D;
+                float *o = out + ((b * H + h) * T + t) * D;
+                for (int64_t i = 0; i < half; i++) {
+                    float a = v[i] * c[i], r = (-v[i + half]) * s[i];
+                    o[i] = a + r;
+                }
+                for (int64_t i = half; i < D; i++) {
+                    float a = v[i] * c[i], r = v[i - half] * s[i];
+                    o[i] = a + r;
+                }
+            }
+}

@@ -445,3 +445,13 @@ def test_an_activation_goes_row_by_row_and_a_model_with_torchs_goes_one_by_one(t
     assert lean.rows_alone(model)
     model.model.layers[0].mlp.act_fn = model.model.layers[0].mlp.act_fn.act  # unwrapped again
     assert not lean.rows_alone(model)
+
+
+@pytest.mark.parametrize("b, h, kh, t, length, dv", [(1, 4, 1, 1, 11, 256), (3, 14, 2, 70, 1000, 64)])
+def test_the_attention_working_memory_is_what_the_kernel_counts(b, h, kh, t, length, dv):
+    """`_attend` counts the kernel's working memory itself (a call fewer per layer): the kernel's own
+    count is the same."""
+    lib = native.library()
+    qb = min(t, 8)
+    ours = b * kh * -(-t // 8) * -(-length // 128) * (h // kh) * qb * (2 + dv)
+    assert ours == lib.simlab_attention_work(b, h, kh, t, length, dv)
