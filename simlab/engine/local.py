@@ -1,10 +1,10 @@
-"""The decode loop: prefill a prompt once, decode N sibling branches as one batch, stream text.
+"""The decode loop: prefill a prompt once, decode N sibling branches (one batch where the model
+gives each row its bits alone, else one by one), stream text.
 
-Not ``model.generate``: we need text deltas as they form, N siblings after a single prefill
-(the prompt's KV cache is repeated, not recomputed), a generator per branch so that a
-(prompt, params, seed) gives the same tokens alone or among siblings, per-token log-probabilities
-with the top alternatives, and stop strings matched on decoded text across token boundaries.
-"""
+Not ``model.generate``: we need text deltas as they form, N siblings after a single prefill (the
+prompt's KV cache repeated, not recomputed), a generator per branch so that a (prompt, params,
+seed) gives the same tokens alone or among siblings, per-token log-probabilities with the top
+alternatives, and stop strings matched on decoded text across token boundaries."""
 
 from __future__ import annotations
 
@@ -171,14 +171,13 @@ class Run(RunControl):
         recorder=None,
     ):
         super().__init__(params, n)
-        self.engine = engine
-        self.recorder = recorder  # a trace.Recorder: reads the residual stream of these same passes
-        self.prompt_ids = prompt_ids
-        self.max_new = max_new
+        self.engine, self.recorder = engine, recorder  # a trace.Recorder reads these same passes
+        self.prompt_ids, self.max_new = prompt_ids, max_new
         self.clipped = max_new < params.max_new_tokens
         self.stats = RunStats(prompt_tokens=len(prompt_ids))
         self.wanted: list[int] | None = None  # the passes to feed the prompt in (a replay's)
         self.passes: list[int] = []  # the passes it was fed in
+        self.on_prefill = None  # told (tokens fed, prompt tokens) as a long prompt goes in
 
     def __iter__(self) -> Iterator[Delta]:
         started = time.perf_counter()
@@ -208,7 +207,11 @@ class Run(RunControl):
         todo = self.wanted[len(done) :] if self.wanted else prefixes.plan(start, len(self.prompt_ids))
         if recorder:
             recorder.prefill_started()
-        logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, engine.disk)
+
+        told = self.on_prefill or (lambda at, total: None)  # a stop while the prompt goes in: no reply
+        fed = lambda at, total: told(at, total) or not self._stop_requested  # noqa: E731
+        if (logits := prefixes.feed(model, cache, self.prompt_ids, done, todo, engine.disk, fed)) is None:
+            return None, None
         self.passes = done + todo
         for completion in self.completions:
             completion.prefill = tuple(prefixes.pack(self.passes))
@@ -230,6 +233,8 @@ class Run(RunControl):
         started = time.perf_counter()
         with torch.inference_mode(), recorder.attached() if recorder else contextlib.nullcontext():
             cache, logits = self.prefill(model, started)
+            if cache is None:
+                return
             branches = Branches(self, started)
             fed = list(self.prompt_ids)  # the tokens the cache holds (for n == 1)
             consistent = True
@@ -366,6 +371,8 @@ def _lockstep(engine: Engine, runs: list[Run]) -> None:
             for run in runs:
                 begun = time.perf_counter()
                 cache, logits = run.prefill(model, begun)
+                if cache is None:  # stopped while its prompt went in
+                    continue
                 if engine.prefix is not None:  # the next run's prompt starts as this one does
                     engine.prefix.keep(run.prompt_ids, copy.deepcopy(cache), run.passes)
                 rows.append(_Row(run, Branches(run, begun), cache, logits))

@@ -203,15 +203,21 @@ class DiskPrefixes:
                 old.unlink()
 
 
-def feed(model, cache, ids: list[int], done: list[int], passes: list[int], disk: DiskPrefixes | None):
+def feed(
+    model, cache, ids: list[int], done: list[int], passes: list[int], disk: DiskPrefixes | None, on_pass=None
+):
     """Feed the prompt's tokens after those of the `done` passes, in `passes`; the logits of the last
-    token, (1, V). Whole chunks fed from the prompt's start go to the disk as they complete."""
+    token, (1, V). Whole chunks fed from the prompt's start go to the disk as they complete.
+    `on_pass(fed, total)` is told before the first pass and after each; when it returns False the
+    feeding stops there and None comes back (the cache then holds whole passes only)."""
     import torch
 
     device = next(model.parameters()).device
     at = sum(done)
     aligned = all(p == CHUNK for p in done)
     logits = None
+    if on_pass is not None and passes and not on_pass(at, len(ids)):
+        return None
     for length in passes:
         chunk = torch.tensor([ids[at : at + length]], device=device)
         logits = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
@@ -219,4 +225,6 @@ def feed(model, cache, ids: list[int], done: list[int], passes: list[int], disk:
         aligned = aligned and length == CHUNK
         if disk is not None and aligned:
             disk.keep(ids[:at], cache)
+        if on_pass is not None and not on_pass(at, len(ids)):
+            return None
     return logits

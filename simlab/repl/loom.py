@@ -150,6 +150,14 @@ class Loom:
         self._run = replies.run
         self.streams = [""] * k
 
+        def reading(at: int, total: int) -> None:  # a long document's prefill: no silent wait
+            self.busy = (
+                f"sampling {k}: reading the text, {at:,}/{total:,} tokens" if at < total else f"sampling {k}"
+            )
+            self.invalidate()
+
+        replies.run.on_prefill = reading
+
         def show(delta) -> None:
             self.streams[delta.branch] += delta.text
             self.invalidate()

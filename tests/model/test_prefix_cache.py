@@ -119,3 +119,26 @@ def test_whole_chunks_of_a_prompt_are_kept_on_disk_for_the_next_engine(loaded, t
         path.write_bytes(b"not a tensor file")
     third = run_of(Engine(loaded, prefix_dir=tmp_path), frame + "User: hi\nBot:", params)
     assert third.stats.reused_tokens == 0 and third.completions[0].token_ids == first.completions[0].token_ids
+
+
+def test_a_long_prompt_reports_its_passes_and_a_stop_while_it_goes_in_leaves_no_reply(loaded):
+    """A long document's prefill says how far it is (the Loom editor shows it); Ctrl-C during it
+    stops at the next pass, with no reply and nothing kept that a later run could misread."""
+    engine = Engine(loaded)
+    ids = list(range(3, 3 + 50)) * 2  # 100 tokens: a whole chunk, then the rest in two passes
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, seed=2)
+    run = engine.start(ids, params)
+    seen = []
+    run.on_prefill = lambda at, total: seen.append((at, total))
+    completions = list(run) and run.completions
+    assert seen == [(0, 100), (64, 100), (99, 100), (100, 100)]
+    assert len(completions[0].tokens) == 4
+    other = ids[:80] + [7] * 20  # shares the whole first chunk, which the engine kept
+    stopped = engine.start(other, params)
+    stopped.on_prefill = lambda at, total: seen.append((at, total)) or stopped.interrupt()
+    assert list(stopped) == [] and stopped.completions[0].tokens == []
+    assert stopped.completions[0].finish_reason == "interrupted" and seen[-1] == (64, 100)
+    again = engine.generate(other, params)
+    [fresh] = Engine(loaded, reuse_prefix=False).generate(other, params)
+    assert again[0].token_ids == fresh.token_ids
+    assert [t.logprob for t in again[0].tokens] == [t.logprob for t in fresh.tokens]

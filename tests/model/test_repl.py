@@ -382,3 +382,23 @@ def test_tokens_scores_typed_text_and_fork_branches_a_reply_at_a_token(tiny_engi
         assert check.node.id == node.id and check.reproduced, check
     with pytest.raises(SimlabError, match="this reply has tokens 0 to"):
         handle(chat, "/fork 999")
+
+
+def test_the_loom_editor_says_how_far_a_long_document_has_been_read(tiny_engine, store):
+    """`g` on a long document: the status line shows the prefill's progress, not a silent wait."""
+    from simlab.repl.loom import Loom
+
+    text = " ".join(["the lamp burned all night on the rock"] * 4)  # ~100 tokens
+    persona = Persona(name="document", frame=text, mode="document", sampling={"max_tokens": 3})
+    session = start_session(store, persona, "long-doc")
+    chat = Chat(tiny_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
+    loom = Loom(chat, children=2)
+    shown = []
+    loom.invalidate = lambda: shown.append(loom.busy)
+    assert loom.generate()
+    loom.wait()
+    reading = [s for s in shown if s and "reading the text" in s]
+    total = len(tiny_engine.encode(text))
+    assert total > 64 and reading[0] == f"sampling 2: reading the text, 0/{total} tokens"
+    assert f"sampling 2: reading the text, 64/{total} tokens" in reading
+    assert loom.busy is None and sum(n.origin == "sampled" for n in chat.tree.nodes.values()) == 2
