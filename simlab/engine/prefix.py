@@ -137,6 +137,7 @@ class DiskPrefixes:
     def __init__(self, folder: Path, model):
         self.folder = folder
         self.model = model
+        self._chain: set[Path] = set()  # the files the prompt going in now reads or writes
 
     def _path(self, ids: list[int]) -> Path:
         digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:32]
@@ -146,6 +147,7 @@ class DiskPrefixes:
         """(cache, tokens, passes) for the longest chain of kept chunks the prompt starts with."""
         from safetensors.torch import load_file
 
+        self._chain = set()  # a new prompt: its own chain from here on
         chunks = (len(ids) - 1) // CHUNK
         if wanted is not None:
             chunks = min(chunks, next((i for i, p in enumerate(wanted) if p != CHUNK), len(wanted)))
@@ -157,6 +159,7 @@ class DiskPrefixes:
                 parts.append(load_file(str(path), device=device))
             except Exception:  # noqa: BLE001 - absent, damaged or foreign: the chain ends here
                 break
+            self._chain.add(path)
             with contextlib.suppress(OSError):
                 os.utime(path)
         if not parts:
@@ -171,12 +174,17 @@ class DiskPrefixes:
         return cache, len(parts) * CHUNK, [CHUNK] * len(parts)
 
     def keep(self, ids: list[int], cache) -> None:
-        """Save the last CHUNK positions of the cache, which holds exactly `ids`."""
+        """Save the last CHUNK positions of the cache, which holds exactly `ids`. A prompt longer than
+        MAX_FILES chunks keeps its first MAX_FILES: a chain is read from its start, so its start is
+        what must stay (the oldest files of other prompts go first)."""
         from safetensors.torch import save_file
 
         from simlab.engine.kvcache import plain_dynamic
 
         path = self._path(ids)
+        if len(ids) // CHUNK > self.MAX_FILES:
+            return
+        self._chain.add(path)
         if path.exists():
             return
         tensors = {}
@@ -197,8 +205,11 @@ class DiskPrefixes:
             return
 
     def _prune(self) -> None:
+        """The newest MAX_FILES files stay, and never one of the chain going in now (its first
+        chunks are its oldest files)."""
         files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in files[self.MAX_FILES :]:
+        others = [f for f in files if f not in self._chain]
+        for old in others[max(0, self.MAX_FILES - len(self._chain)) :]:
             with contextlib.suppress(OSError):
                 old.unlink()
 

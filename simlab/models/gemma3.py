@@ -154,18 +154,15 @@ def masks_for(config, cache, q_length: int, batch: int, device) -> dict:
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
 def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
-    if unsqueeze_dim == 1 and (qr := native.rotary(q, cos, sin)) is not None:  # the same bits, one call
-        kr = native.rotary(k, cos, sin)
-        if kr is not None:
-            return qr, kr
-    cos = cos.unsqueeze(unsqueeze_dim)
-    sin = sin.unsqueeze(unsqueeze_dim)
+    qr, kr = (native.rotary(q, cos, sin), native.rotary(k, cos, sin)) if unsqueeze_dim == 1 else (None, None)
+    if qr is not None and kr is not None:  # torch's bits, one call each (models.native.rotary)
+        return qr, kr
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
@@ -226,9 +223,8 @@ class Gemma3RotaryEmbedding(nn.Module):
         return (emb.cos() * 1.0).to(dtype=x.dtype), (emb.sin() * 1.0).to(dtype=x.dtype)
 
 
-# the attention function by the config's _attn_implementation, as transformers'
-# ALL_ATTENTION_FUNCTIONS: "simlab" is simlab's own (models.native.attention, each query alone);
-# engine.ragged wraps each (inert for ordinary keys) so a batch of rows can each attend to their own cache
+# the attention function by the config's _attn_implementation (transformers' ALL_ATTENTION_FUNCTIONS):
+# "simlab" is models.native.attention; engine.ragged wraps each so rows attend to their own caches
 ATTENTION = {"sdpa": sdpa_attention_forward, "simlab": native.attention}
 
 

@@ -142,3 +142,21 @@ def test_a_long_prompt_reports_its_passes_and_a_stop_while_it_goes_in_leaves_no_
     [fresh] = Engine(loaded, reuse_prefix=False).generate(other, params)
     assert again[0].token_ids == fresh.token_ids
     assert [t.logprob for t in again[0].tokens] == [t.logprob for t in fresh.tokens]
+
+
+def test_a_prompt_longer_than_the_disk_keeps_keeps_its_first_chunks(loaded, tmp_path, monkeypatch):
+    """The disk keeps MAX_FILES chunks; a chain is read from its start, so a long document keeps its
+    first chunks (it used to lose them to its own later ones, and the next read found nothing)."""
+    from simlab.engine.prefix import CHUNK, DiskPrefixes
+
+    if loaded.info.context_length < 3 * CHUNK:
+        pytest.skip("needs a context of three chunks")
+    monkeypatch.setattr(DiskPrefixes, "MAX_FILES", 2)
+    params = SamplingParams(temperature=1.0, max_new_tokens=2, seed=5)
+    other = run_of(Engine(loaded, prefix_dir=tmp_path), list(range(300, 300 + 70)), params)
+    assert other.stats.reused_tokens == 0 and len(list(tmp_path.glob("*.safetensors"))) == 1
+    long = list(range(3, 3 + 3 * CHUNK + 10))  # three whole chunks and more
+    run_of(Engine(loaded, prefix_dir=tmp_path), long, params)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2  # its first two; the other prompt's went
+    again = run_of(Engine(loaded, prefix_dir=tmp_path), long, params)
+    assert again.stats.reused_tokens == 2 * CHUNK
