@@ -110,6 +110,34 @@ def plain_dynamic(layer) -> bool:
     return type(layer) in (DynamicLayer, DynamicSlidingWindowLayer, *_CLASSES.values())
 
 
+def repeated(cache, n: int):
+    """A new cache with each row of `cache` repeated n times, `cache` left as it was: what a deep
+    copy and `batch_repeat_interleave(n)` give, without the deep copy of every key and value (at
+    20,000 tokens of Gemma 3 270M, 720 MB not held twice). The new layers start fresh buffers."""
+    import copy
+
+    held = []
+    for layer in cache.layers:  # the tensors stay out of the deep copy, then come back
+        held.append({k: getattr(layer, k, None) for k in ("keys", "values", "_grown_keys", "_grown_values")})
+        for name in held[-1]:
+            if hasattr(layer, name):
+                setattr(layer, name, None)
+    try:
+        twin = copy.deepcopy(cache)
+    finally:
+        for layer, kept in zip(cache.layers, held):
+            for name, value in kept.items():
+                if hasattr(layer, name):
+                    setattr(layer, name, value)
+    for layer, kept in zip(twin.layers, held):
+        if kept["keys"] is not None:
+            layer.keys = kept["keys"].repeat_interleave(n, dim=0)
+            layer.values = kept["values"].repeat_interleave(n, dim=0)
+        if kept["_grown_keys"] is not None:
+            layer._grown_keys, layer._grown_values = Growing(), Growing()
+    return twin
+
+
 class Apart:
     """Siblings' caches, one per branch still decoding, for a model whose batch does not give each
     row the bits it gets alone (`Engine.rows_alone` false): the engine feeds them one by one."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from simlab.engine import prefix as prefixes
-from simlab.engine.kvcache import Apart
+from simlab.engine.kvcache import Apart, repeated
 from simlab.engine.logits import choose
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import LOCAL, drain
@@ -218,12 +218,12 @@ class Run(RunControl):
         if recorder:
             recorder.prefill_done(n, len(self.prompt_ids))
         if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
-            if engine.prefix is not None:
-                engine.prefix.keep(self.prompt_ids, copy.deepcopy(cache), self.passes)
+            if engine.prefix is not None:  # kept as it is: the siblings decode on copies
+                engine.prefix.keep(self.prompt_ids, cache, self.passes)
             if engine.rows_alone:
-                cache.batch_repeat_interleave(n)
+                cache = repeated(cache, n)
             else:
-                cache = Apart([cache, *(copy.deepcopy(cache) for _ in range(n - 1))])
+                cache = Apart([repeated(cache, 1) for _ in range(n)])
             logits = logits.expand(n, -1)  # (n, V)
         self.stats.prefill_seconds = time.perf_counter() - started
         return cache, logits

@@ -78,3 +78,24 @@ def test_growing_is_what_cat_gives_and_copies_only_when_the_room_runs_out():
     assert len(buffers) <= 6  # 302 appends: a copy each 64 tokens or a quarter more, not each step
     kept = grown.cat(kept[:, :, :10], torch.ones(2, 1, 1, 4))  # cut from outside: begins again from it
     assert torch.equal(kept, torch.cat([expected[:, :, :10], torch.ones(2, 1, 1, 4)], dim=-2))
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_siblings_repeat_a_cache_without_copying_it_first(kind, tiny_dir, tmp_path):
+    """`repeated` gives what a deep copy and batch_repeat_interleave give, bit for bit, and leaves the
+    cache it repeats as it was (a kept prefix): one copy of a long prompt's keys fewer."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / kind, kind, tiny_dir)).eval()
+    torch.manual_seed(1)
+    ids, tokens = torch.randint(3, 300, (1, 40)), torch.randint(3, 300, (STEPS, 3))
+    with torch.inference_mode():
+        cache = prefix.new_cache(model)
+        model(input_ids=ids, cache=cache, use_cache=True)
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+        old_way = copy.deepcopy(cache)
+        old_way.batch_repeat_interleave(3)
+        twin = kvcache.repeated(cache, 3)
+        assert all(layer.keys.shape[0] == 3 for layer in twin.layers)
+        assert all(a.keys.data_ptr() != b.keys.data_ptr() for a, b in zip(cache.layers, twin.layers))
+        assert torch.equal(steps(model, twin, tokens), steps(model, old_way, tokens))
+        for layer, (keys, values) in zip(cache.layers, before):  # untouched by the siblings' steps
+            assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
