@@ -80,8 +80,20 @@ def _sliding_update(self, key_states, value_states, *args, **kwargs):
     return full_keys[:, :, -visible:, :], full_values[:, :, -visible:, :]
 
 
-def _subclass(base, update):
-    return type("Growing" + base.__name__, (base,), {"update": update})
+def _sliding_crop(self, tokens_to_remove: int) -> None:
+    """DynamicSlidingWindowLayer.crop, keeping the past: transformers' own, past the window, keeps only
+    the last window - 1 keys, so a second crop further back (a later prompt that shares less: a
+    replay of a path's third reply) left fewer keys than the masks count (a replay failed: mask 575
+    against 561 keys). Recording layers keep every key, and a crop only drops the newest."""
+    if not self.record_past or not self.is_initialized or tokens_to_remove >= 0:
+        return type(self).__mro__[1].crop(self, tokens_to_remove)
+    self.keys = self.keys[:, :, :tokens_to_remove, :]
+    self.values = self.values[:, :, :tokens_to_remove, :]
+    self.cumulative_length = self.keys.shape[-2]
+
+
+def _subclass(base, update, crop=None):
+    return type("Growing" + base.__name__, (base,), {"update": update, **({"crop": crop} if crop else {})})
 
 
 _CLASSES: dict[type, type] = {}
@@ -94,7 +106,9 @@ def grow_in_place(cache) -> None:
 
     if not _CLASSES:
         _CLASSES[DynamicLayer] = _subclass(DynamicLayer, _full_update)
-        _CLASSES[DynamicSlidingWindowLayer] = _subclass(DynamicSlidingWindowLayer, _sliding_update)
+        _CLASSES[DynamicSlidingWindowLayer] = _subclass(
+            DynamicSlidingWindowLayer, _sliding_update, _sliding_crop
+        )
     for layer in getattr(cache, "layers", []):
         grown = _CLASSES.get(type(layer))
         if grown is not None:

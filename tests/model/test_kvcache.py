@@ -99,3 +99,25 @@ def test_siblings_repeat_a_cache_without_copying_it_first(kind, tiny_dir, tmp_pa
         assert torch.equal(steps(model, twin, tokens), steps(model, old_way, tokens))
         for layer, (keys, values) in zip(cache.layers, before):  # untouched by the siblings' steps
             assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+def test_a_sliding_layer_cut_back_twice_keeps_the_keys_its_masks_count(tiny_dir, tmp_path):
+    """transformers' crop of a sliding layer past its window keeps only window - 1 keys; a second cut
+    further back then left fewer keys than the mask counts (a replay of a path's third reply
+    failed). Cut back twice, the cache gives a fresh feed's logits."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / "g", "gemma3", tiny_dir)).eval()
+    torch.manual_seed(2)
+    ids = torch.randint(3, 300, (1, 60))
+    with torch.inference_mode():
+        cache = prefix.new_cache(model)
+        model(input_ids=ids[:, :40], cache=cache, use_cache=True)
+        model(input_ids=ids[:, 40:], cache=cache, use_cache=True)
+        cache.crop(-5)  # a later prompt shares 55 tokens
+        model(input_ids=ids[:, 55:57], cache=cache, use_cache=True)
+        cache.crop(-17)  # and the next one only 40
+        for layer in cache.layers:
+            assert layer.keys.shape[-2] == layer.get_seq_length() == 40
+        again = model(input_ids=ids[:, 40:50], cache=cache, use_cache=True).logits
+        fresh = prefix.new_cache(model)
+        model(input_ids=ids[:, :40], cache=fresh, use_cache=True)
+        assert torch.equal(again, model(input_ids=ids[:, 40:50], cache=fresh, use_cache=True).logits)
