@@ -95,6 +95,9 @@ def test_siblings_repeat_a_cache_without_copying_it_first(kind, tiny_dir, tmp_pa
         old_way.batch_repeat_interleave(3)
         twin = kvcache.repeated(cache, 3)
         assert all(layer.keys.shape[0] == 3 for layer in twin.layers)
+        for layer in twin.layers:  # a sliding layer's siblings hold its window, not the prompt's past
+            window = getattr(layer, "sliding_window", None)
+            assert layer.keys.shape[-2] == (window - 1 if layer.is_sliding and window else 40)
         assert all(a.keys.data_ptr() != b.keys.data_ptr() for a, b in zip(cache.layers, twin.layers))
         assert torch.equal(steps(model, twin, tokens), steps(model, old_way, tokens))
         for layer, (keys, values) in zip(cache.layers, before):  # untouched by the siblings' steps
