@@ -15,6 +15,9 @@ When `llama_cpp` is importable (the optional `bench` extra) and the model is a G
 decodes the same file with the same sampling on as many threads as torch uses, alternating with
 simlab (weights auto); its n=4 is four generations one after another (its Python API samples one
 sequence at a time). Start-up to model-ready and peak RSS of each are measured in fresh processes.
+It also times prefill as llama-bench's pp does (--prefill 512,2048,8192: a fresh cache, the README
+as the prompt). --anchor-only runs only the llama.cpp comparisons; --memory 8000,20000 only the
+peak RSS of a fresh process that reads a prompt of each length and samples four siblings after it.
 """
 
 from __future__ import annotations
@@ -335,6 +338,27 @@ PEAK = (
 )
 
 
+SIBLINGS_MEMORY = (
+    "from simlab.config import load_settings\nfrom simlab.models.load import load_model\n"
+    "from simlab.engine.local import Engine\nfrom simlab.engine.params import SamplingParams\n"
+    "engine = Engine(load_model({model!r}, load_settings()))\n"
+    "ids = engine.encode(open({readme!r}).read())\n"
+    "ids = (ids * ({length} // len(ids) + 1))[:{length}]\n"
+    "engine.generate(ids, SamplingParams(temperature=0.8, max_new_tokens=8, seed=1), n=4)\n"
+    "print(peak())"
+)
+
+
+def siblings_memory(args) -> None:
+    """Peak RSS of a fresh process that reads a long prompt and samples four siblings after it."""
+    readme = str(Path(__file__).resolve().parents[1] / "README.md")
+    for length in (int(x) for x in args.memory.split(",")):
+        script = PEAK + SIBLINGS_MEMORY.format(model=args.model, readme=readme, length=length)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        mib = int(out.stdout.split()[-1]) / 1024
+        print(f"peak RSS, a {length:,}-token prompt and 4 siblings of 8 tokens: {mib:.0f} MiB")
+
+
 def startup(args) -> None:
     """Model-ready seconds and peak RSS of a fresh process (imports included, caches warm)."""
     path = gguf_path(args.model)
@@ -368,10 +392,16 @@ def main() -> None:
         "--prefill", default="512,2048,8192", help="prompt lengths for the prefill table against llama.cpp"
     )
     parser.add_argument("--anchor-only", action="store_true", help="only the llama.cpp comparisons")
+    parser.add_argument(
+        "--memory", default="", help="prompt lengths: peak RSS of 4 siblings after each, alone"
+    )
     args = parser.parse_args()
     if args.startup_only:
         print(cpu_line())
         startup(args)
+        return
+    if args.memory:
+        siblings_memory(args)
         return
     if args.anchor_only:
         print(f"command: python {' '.join(sys.argv)}")
