@@ -209,7 +209,7 @@ class Run(RunControl):
             recorder.prefill_started()
 
         told = self.on_prefill or (lambda at, total: None)  # a stop while the prompt goes in: no reply
-        fed = lambda at, total: told(at, total) or not self._stop_requested  # noqa: E731
+        fed = lambda at, total: [told(at, total), not self._stop_requested][1]  # noqa: E731
         if (logits := prefixes.feed(model, cache, self.prompt_ids, done, todo, engine.disk, fed)) is None:
             return None, None
         self.passes = done + todo
