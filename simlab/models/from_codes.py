@@ -56,9 +56,7 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     info = hub.describe(model, spec=spec, name=name, revision=revision, source=str(folder), from_cache=True)
     quant.quantize(model, "gguf", stored)
     del stored  # each layer holds its own tensors now (fused groups read them where they lie)
-    lean.fuse(model)
-    lean.fuse_norms(model)
-    lean.own_attention(model)
+    lean.on_the_kernel(model)
     return LoadedModel(model, tokenizer, replace(info, weights="gguf"))
 
 

@@ -206,6 +206,14 @@ def rows_alone(model: torch.nn.Module) -> bool:
     return all(t.device.type == "cpu" for t in params) and model.dtype == torch.float32
 
 
+def on_the_kernel(model: torch.nn.Module) -> None:
+    """What a model whose products are simlab's kernel gets once they are: q/k/v and gate/up fused,
+    simlab's norms, attention and row-by-row activations (so a batch gives each row its bits)."""
+    fuse(model)
+    fuse_norms(model)
+    own_attention(model)
+
+
 def steps_lean(model: torch.nn.Module) -> bool:
     """Whether `decode_step` knows this model's forward (Gemma 3's text model, sdpa or simlab's
     attention)."""

@@ -258,9 +258,7 @@ def _with_weights(
     if kernel == "native":
         from simlab.models import lean
 
-        lean.fuse(loaded.model)  # q/k/v and gate/up as one product each, after the cache is written
-        lean.fuse_norms(loaded.model)
-        lean.own_attention(loaded.model)
+        lean.on_the_kernel(loaded.model)  # after the cache is written: it holds the unfused layers
     return LoadedModel(loaded.model, loaded.tokenizer, replace(info, weights=weights))
 
 
