@@ -79,8 +79,9 @@ FORMATS = {
 }
 
 
-def read(tensor) -> Groups | None:
-    """The groups of a `gguf.ReaderTensor`, or None when its format is not one read here."""
+def read(tensor, rows_order: np.ndarray | None = None) -> Groups | None:
+    """The groups of a `gguf.ReaderTensor`, or None when its format is not one read here; `rows_order`:
+    the order the loaded weight holds the file's rows in (`by_module`), None for the file's own."""
     from gguf.quants import dequantize
 
     name = tensor.tensor_type.name
@@ -88,6 +89,7 @@ def read(tensor) -> Groups | None:
         return None
     bits, scales_of, bias, group = FORMATS[name]
     cols, rows = (int(n) for n in tensor.shape)  # GGUF lists the fastest-varying dimension first
+    order = rows_order
     if cols % GROUP:
         return None
     raw = np.asarray(tensor.data)
@@ -101,7 +103,10 @@ def read(tensor) -> Groups | None:
     back = (scale[..., None] * codes.astype(np.float32) + offset[..., None]).astype(np.float32)
     if not np.allclose(back, values, rtol=1e-6, atol=1e-7):
         return None  # a layout this reading does not know; the caller keeps the float weights
-    return Groups(codes.reshape(rows, cols).astype(np.uint8), scale, offset, bits, bias, group)
+    codes = codes.reshape(rows, cols).astype(np.uint8)
+    if order is not None:
+        codes, scale, offset = codes[order], scale[order], offset[order]
+    return Groups(codes, scale, offset, bits, bias, group)
 
 
 def _block_size(name: str) -> int:
@@ -110,19 +115,44 @@ def _block_size(name: str) -> int:
     return GGML_QUANT_SIZES[GGMLQuantizationType[name]][0]
 
 
-def by_module(path, model) -> dict[str, object]:
-    """The file's quantized tensors by the name of the model's linear module that holds them
-    (`lm_head` reads `token_embd` when the file has no separate output matrix, as tied models do)."""
+def by_module(path, model) -> dict[str, tuple]:
+    """(the file's quantized tensor, the order of its rows in the loaded weight or None) by the name
+    of the model's linear module that holds it (`lm_head` reads `token_embd` when the file has no
+    separate output matrix, as tied models do). transformers reorders some tensors' rows as it
+    loads them (Llama files store q and k with each head's rotary halves interleaved); the order is
+    that of its own processor for the file's architecture, applied to the row numbers."""
     from gguf import GGUFReader
-    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+    )
 
-    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+    reader = GGUFReader(str(path))
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[-1]).decode("utf-8") if field else ""
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=model.config.to_dict())
+    tensors = {t.name: t for t in reader.tensors}
     names = get_gguf_hf_weights_map(model, TensorProcessor())
     out = {
-        hf[: -len(".weight")]: tensors[name]
+        hf[: -len(".weight")]: (tensors[name], _rows_order(processor, tensors[name]))
         for name, hf in names.items()
         if name in tensors and hf.endswith(".weight")
     }
     if "output.weight" not in tensors and "token_embd.weight" in tensors:
-        out["lm_head"] = tensors["token_embd.weight"]
+        out["lm_head"] = (tensors["token_embd.weight"], None)
     return out
+
+
+def _rows_order(processor, tensor) -> np.ndarray | None:
+    """The row numbers as `processor` leaves them, when it only reorders rows; else None."""
+    rows = int(tensor.shape[-1])
+    index = np.arange(rows, dtype=np.float64).reshape(rows, 1)
+    try:
+        moved = np.asarray(processor.process(weights=index, name=tensor.name).weights)
+    except Exception:  # a processor that needs more than a name; the codes are checked later anyway
+        return None
+    if moved.shape != (rows, 1) or not np.array_equal(np.sort(moved[:, 0]), index[:, 0]):
+        return None
+    order = moved[:, 0].astype(np.int64)
+    return None if np.array_equal(order, np.arange(rows)) else order

@@ -34,15 +34,18 @@ class _Fused:
 
 
 class FusedPart(torch.nn.Module):
-    """One member of a `_Fused` group, in place of the layer it was."""
+    """One member of a `_Fused` group, in place of the layer it was: its part of the product, plus
+    its own bias (Qwen2's q/k/v), added as the layer added it."""
 
-    def __init__(self, fused: _Fused, index: int, out_features: int, in_features: int):
+    def __init__(self, fused: _Fused, index: int, layer: NativeLinear):
         super().__init__()
         self._fused, self.index = fused, index
-        self.out_features, self.in_features = out_features, in_features
+        self.out_features, self.in_features = layer.out_features, layer.in_features
+        self.bias = layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fused.output(x, self.index)
+        y = self._fused.output(x, self.index)
+        return y if self.bias is None else y + self.bias
 
 
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -56,7 +59,7 @@ def fuse(model: torch.nn.Module) -> int:
     for parent in list(model.modules()):
         for names in FUSED:
             layers = [getattr(parent, name, None) for name in names]
-            if not all(isinstance(layer, NativeLinear) and layer.bias is None for layer in layers):
+            if not all(isinstance(layer, NativeLinear) for layer in layers):
                 continue
             first = layers[0]
             if any(
@@ -70,7 +73,7 @@ def fuse(model: torch.nn.Module) -> int:
             fused = _Fused(joined, sizes)
             parent.add_module("fused_" + "_".join(names), joined)
             for index, (name, layer) in enumerate(zip(names, layers)):
-                setattr(parent, name, FusedPart(fused, index, layer.out_features, layer.in_features))
+                setattr(parent, name, FusedPart(fused, index, layer))
             count += 1
     return count
 
@@ -214,13 +217,23 @@ def on_the_kernel(model: torch.nn.Module) -> None:
     own_attention(model)
 
 
+# transformers' model types whose forward `decode_step` writes out: Llama's decoder (pre-norm
+# attention then MLP, rotary, q/k/v and gate/up products), with Qwen2's biases, Qwen3's q/k norms,
+# Mistral's and Qwen2's sliding windows; Gemma 3 in simlab's own modules (models.gemma3)
+FAMILY = {"llama", "mistral", "qwen2", "qwen3"}
+
+
 def steps_lean(model: torch.nn.Module) -> bool:
-    """Whether `decode_step` knows this model's forward (Gemma 3's text model, sdpa or simlab's
-    attention)."""
+    """Whether `decode_step` knows this model's forward: Gemma 3's text model (simlab's own or
+    transformers'), or a causal LM of `FAMILY` as transformers builds it, on sdpa or simlab's
+    attention."""
     config = model.config
+    if config._attn_implementation not in ("sdpa", "simlab"):
+        return False
+    if config.model_type in FAMILY:
+        return type(model).__name__.endswith("ForCausalLM") and type(model.model).__name__.endswith("Model")
     return (
         config.model_type == "gemma3_text"
-        and config._attn_implementation in ("sdpa", "simlab")
         and not getattr(config, "use_bidirectional_attention", False)
         and getattr(config, "attn_logit_softcapping", None) is None
         and type(model).__name__ == "Gemma3ForCausalLM"
@@ -228,10 +241,70 @@ def steps_lean(model: torch.nn.Module) -> bool:
 
 
 def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
-    """Gemma3ForCausalLM's forward for new tokens ids (B, T) after `cache`, as the same torch ops in
-    the same order on the same modules, without the module machinery around them (hooks, output
+    """The model's forward for new tokens ids (B, T) after `cache`, as the same torch ops in the
+    same order on the same modules, without the module machinery around them (hooks, output
     capture, keyword plumbing): the logits (B, T, V), bit for bit the model's own (tested). Module
     hooks do not run: a trace reads the model's own forward."""
+    if model.config.model_type in FAMILY:
+        return _family_step(model, cache, ids)
+    return _gemma3_step(model, cache, ids)
+
+
+def _family_masks(config, cache, h: torch.Tensor, position: torch.Tensor) -> dict:
+    """Each layer kind's mask, as the family's model makes them (transformers' own functions)."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    args = {"config": config, "inputs_embeds": h, "attention_mask": None, "cache": cache, "position_ids": position}
+    if config.model_type == "mistral":  # one kind for every layer, by whether there is a window
+        make = create_causal_mask if config.sliding_window is None else create_sliding_window_causal_mask
+        return dict.fromkeys(("full_attention", "sliding_attention"), make(**args))
+    masks = {"full_attention": create_causal_mask(**args)}
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**args)
+    return masks
+
+
+def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
+    """`decode_step` for LlamaForCausalLM and the models of `FAMILY` that share its decoder."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    config, body = model.config, model.model
+    layers = body.layers[: config.num_hidden_layers]
+    rotate = sys.modules[type(layers[0].self_attn).__module__].apply_rotary_pos_emb
+    attend = ALL_ATTENTION_FUNCTIONS[config._attn_implementation]
+    kinds = getattr(config, "layer_types", None) or ["full_attention"] * len(layers)
+    h = body.embed_tokens(ids)  # (B, T, D)
+    position = (torch.arange(h.shape[1], device=h.device) + cache.get_seq_length()).unsqueeze(0)
+    masks = _family_masks(config, cache, h, position)
+    cos_sin = body.rotary_emb(h, position_ids=position)
+    window = getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
+    for i, layer in enumerate(layers):
+        parts = layer._modules  # (read directly: nn.Module's __getattr__ costs ~1 us a lookup)
+        attn, mlp = parts["self_attn"], parts["mlp"]
+        a, m = attn._modules, mlp._modules
+        x = parts["input_layernorm"].forward(h)
+        heads = (*x.shape[:-1], -1, attn.head_dim)
+        q, k = a["q_proj"].forward(x).view(heads), a["k_proj"].forward(x).view(heads)
+        if "q_norm" in a:  # Qwen3
+            q, k = a["q_norm"].forward(q), a["k_norm"].forward(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, d)
+        v = a["v_proj"].forward(x).view(heads).transpose(1, 2)
+        q, k = rotate(q, k, *cos_sin)
+        k, v = cache.update(k, v, i)
+        out, _ = attend(
+            attn, q, k, v, masks[kinds[i]], dropout=0.0, scaling=attn.scaling,
+            sliding_window=getattr(attn, "sliding_window", window), position_ids=position,
+        )  # fmt: skip
+        h = h + a["o_proj"].forward(out.reshape(*x.shape[:-1], -1).contiguous())
+        x = parts["post_attention_layernorm"].forward(h)
+        h = h + m["down_proj"].forward(m["act_fn"].forward(m["gate_proj"].forward(x)) * m["up_proj"].forward(x))
+    return model.lm_head.forward(body.norm.forward(h))  # (B, T, V)
+
+
+def _gemma3_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
+    """`decode_step` for Gemma3ForCausalLM (simlab's own modules or transformers')."""
     from simlab.models.gemma3 import ATTENTION, apply_rotary_pos_emb, masks_for
 
     config, body = model.config, model.model

@@ -1,28 +1,56 @@
-"""models.lean.decode_step: Gemma 3's forward as the same ops without the module machinery, bit
-for bit the model's own, on simlab's GGUF layers (fused) and on plain float ones."""
+"""models.lean.decode_step: each known model's forward as the same ops without the module
+machinery, bit for bit the model's own, on simlab's GGUF layers (fused) and on plain float ones."""
 
 import pytest
 import torch
 from conftest import tiny_llama_style
 from test_native import native_copy
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from simlab.engine import prefix
 from simlab.models import lean, native
 
+SHAPE = dict(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+)
+# each family as its users' files make it: Qwen2 with q/k/v biases and a sliding layer, Qwen3 with
+# q/k norms, Mistral with a window shorter than the test's tokens
+FAMILY = {
+    "llama": {},
+    "mistral": {"sliding_window": 8},
+    "qwen2": {
+        "use_sliding_window": True,
+        "sliding_window": 8,
+        "max_window_layers": 1,
+        "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+    },
+    "qwen3": {"head_dim": 8},
+}
 
-@pytest.mark.parametrize("layers", ["float", "gguf"])
-def test_the_lean_step_is_the_models_forward_bit_for_bit(layers, tiny_dir, tmp_path):
-    if layers == "gguf" and native.library() is None:
-        pytest.skip(f"simlab's GGUF kernel is not built here ({native.why()})")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / "g", "gemma3", tiny_dir)).eval()
-    if layers == "gguf":
-        model = native_copy(model)
-        assert lean.fuse(model) and lean.fuse_norms(model)
+
+def family_model(kind: str):
+    torch.manual_seed(5)
+    config = AutoConfig.for_model(kind, **SHAPE, **FAMILY[kind])
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # random biases and norm weights, so that a step that skips one fails
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    return model
+
+
+def steps_agree(model, steps: int = 20) -> None:
     assert lean.steps_lean(model)
     torch.manual_seed(0)
     prompt = torch.randint(3, 300, (2, 5))  # two rows, as siblings decode
-    tokens = torch.randint(3, 300, (20, 2))  # past the tiny Gemma's sliding window of 8
+    tokens = torch.randint(3, 300, (steps, 2))  # past the tiny models' sliding windows of 8
     with torch.inference_mode():
         own, mine = prefix.new_cache(model), prefix.new_cache(model)
         model(input_ids=prompt, cache=own, use_cache=True)
@@ -31,7 +59,31 @@ def test_the_lean_step_is_the_models_forward_bit_for_bit(layers, tiny_dir, tmp_p
             want = model(input_ids=step.unsqueeze(-1), cache=own, use_cache=True).logits
             got = lean.decode_step(model, mine, step.unsqueeze(-1))
             assert torch.equal(got, want)
-    assert own.get_seq_length() == mine.get_seq_length() == 25
+    assert own.get_seq_length() == mine.get_seq_length() == 5 + steps
+
+
+def on_the_kernel(model, layers: str):
+    if layers == "gguf":
+        if native.library() is None:
+            pytest.skip(f"simlab's GGUF kernel is not built here ({native.why()})")
+        model = native_copy(model)
+        assert lean.fuse(model) and lean.fuse_norms(model)
+    return model
+
+
+@pytest.mark.parametrize("layers", ["float", "gguf"])
+def test_the_lean_step_is_gemma3s_forward_bit_for_bit(layers, tiny_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / "g", "gemma3", tiny_dir)).eval()
+    steps_agree(on_the_kernel(model, layers))
+
+
+@pytest.mark.parametrize("layers", ["float", "gguf"])
+@pytest.mark.parametrize("kind", sorted(FAMILY))
+def test_the_lean_step_is_each_familys_forward_bit_for_bit(kind, layers):
+    model = on_the_kernel(family_model(kind), layers)
+    if kind == "qwen2":
+        assert model.config.layer_types[1] == "sliding_attention"
+    steps_agree(model)
 
 
 def test_other_families_keep_the_models_own_forward(tiny):

@@ -194,7 +194,7 @@ def native_copy(model, q4=("o_proj", "down_proj"), attention: bool = True):
         groups.codes = np.resize(groups.codes, (rows, cols))
         groups.scale = np.resize(groups.scale, (rows, cols // 32)) * 20
         groups.offset = np.resize(groups.offset, (rows, cols // 32)) * 20
-        setattr(parent, name, _native_layer(groups, None))
+        setattr(parent, name, _native_layer(groups, child.bias))
     if attention:
         lean.own_attention(model)
     return model
@@ -279,11 +279,13 @@ def test_a_compiler_that_fails_is_one_line(monkeypatch, tmp_path):
     assert native.why() == "cc failed: cc: error: unrecognized option"
 
 
-def test_fused_members_always_answer_for_their_own_input():
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_members_always_answer_for_their_own_input(bias):
     block = torch.nn.Module()
     for seed, name in enumerate(("q_proj", "k_proj", "v_proj")):
         groups = gguf_groups.read(random_tensor("Q8_0", seed=20 + seed))
-        block.add_module(name, _native_layer(groups, None))
+        b = torch.randn(ROWS, generator=torch.Generator().manual_seed(seed)) if bias else None
+        block.add_module(name, _native_layer(groups, b))  # (Qwen2's q/k/v have biases)
     alone = {name: getattr(block, name) for name in ("q_proj", "k_proj", "v_proj")}
     assert lean.fuse(block) == 1
     a, b = torch.randn(2, COLS), torch.randn(2, COLS)

@@ -1,0 +1,63 @@
+"""GGUF files of each architecture base-model users bring (Llama, Qwen2), written as llama.cpp's
+converter writes them (Llama's q and k rows with each head's rotary halves interleaved), read onto
+simlab's kernel: every product from the file's own codes, the lean step, and siblings that are
+their seeds alone."""
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from simlab.config import load_settings
+from simlab.engine.local import Engine
+from simlab.engine.params import SamplingParams
+from simlab.models import lean, native
+from simlab.models.load import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from gguf_shapes import Shape, make  # noqa: E402
+
+TINY = {
+    "llama": Shape("llama", 64, 2, 4, 2, 128, 400, False),
+    "qwen2": Shape("qwen2", 64, 2, 4, 2, 128, 400, True, 1_000_000.0, True, 1e-6),
+}
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no GGUF kernel here ({native.why()})")
+
+
+@pytest.fixture(scope="module", params=[f"{arch}:{quant}" for arch in TINY for quant in ("Q8_0", "Q4_0")])
+def gguf_file(request, tmp_path_factory) -> Path:
+    arch, quant = request.param.split(":")
+    return make(arch, quant, tmp_path_factory.mktemp("gguf"), shapes=TINY)
+
+
+def test_every_product_reads_the_files_own_codes_and_decodes_lean(gguf_file):
+    engine = Engine(load_model(str(gguf_file), load_settings(weights="gguf")))
+    kinds = Counter(type(m).__name__ for m in engine.model.modules())
+    assert kinds["Int8Linear"] == 0 and kinds["Linear"] == 0, kinds  # q and k too (their rows moved)
+    assert kinds["NativeGroup"] == 2 * 2  # q/k/v and gate/up fused in each of the 2 blocks
+    assert engine.lean and engine.rows_alone
+
+
+def test_the_kernel_gives_the_float_models_logits_to_its_rounding(gguf_file):
+    kernel = load_model(str(gguf_file), load_settings(weights="gguf")).model
+    floats = load_model(str(gguf_file), load_settings(weights="float", dtype="float32")).model
+    ids = torch.randint(0, 399, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = kernel(input_ids=ids).logits, floats(input_ids=ids).logits
+    # the kernel rounds activations to 8 bits per group; with q and k rows in another order than
+    # the codes' the logits would be a different model's (differences of the order of the logits)
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+
+
+def test_siblings_are_their_seeds_alone(gguf_file):
+    engine = Engine(load_model(str(gguf_file), load_settings(weights="gguf")))
+    engine.eos_ids = frozenset()
+    params = SamplingParams(temperature=1.0, max_new_tokens=30, seed=7)
+    together = engine.generate("The keeper wrote", params, n=3)
+    for i, sibling in enumerate(together):
+        alone = engine.generate("The keeper wrote", SamplingParams(**{**params.__dict__, "seed": 7 + i}))[0]
+        assert sibling.token_ids == alone.token_ids
+        assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens]
