@@ -254,7 +254,8 @@ def _family_masks(config, cache, h: torch.Tensor, position: torch.Tensor) -> dic
     """Each layer kind's mask, as the family's model makes them (transformers' own functions)."""
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-    args = {"config": config, "inputs_embeds": h, "attention_mask": None, "cache": cache, "position_ids": position}
+    args = {"config": config, "inputs_embeds": h, "attention_mask": None, "cache": cache}
+    args["position_ids"] = position
     if config.model_type == "mistral":  # one kind for every layer, by whether there is a window
         make = create_causal_mask if config.sliding_window is None else create_sliding_window_causal_mask
         return dict.fromkeys(("full_attention", "sliding_attention"), make(**args))
@@ -299,7 +300,8 @@ def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tens
         )  # fmt: skip
         h = h + a["o_proj"].forward(out.reshape(*x.shape[:-1], -1).contiguous())
         x = parts["post_attention_layernorm"].forward(h)
-        h = h + m["down_proj"].forward(m["act_fn"].forward(m["gate_proj"].forward(x)) * m["up_proj"].forward(x))
+        x = m["act_fn"].forward(m["gate_proj"].forward(x)) * m["up_proj"].forward(x)
+        h = h + m["down_proj"].forward(x)
     return model.lm_head.forward(body.norm.forward(h))  # (B, T, V)
 
 

@@ -13,7 +13,7 @@ import torch
 from simlab.config import load_settings
 from simlab.engine.local import Engine
 from simlab.engine.params import SamplingParams
-from simlab.models import lean, native
+from simlab.models import native
 from simlab.models.load import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
