@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from simlab.engine.params import SamplingParams
+from simlab.models import native
 from simlab.models.native import top_k as best_of
 
 # top-p looks for its nucleus among this many best tokens first; when they do not hold enough
@@ -74,18 +75,34 @@ def _nucleus(logits: torch.Tensor, probs: torch.Tensor, ids: torch.Tensor, p: fl
 def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: float) -> torch.Tensor:
     """One row (V,) whose nucleus is wider than the prefilter: the tokens at or above a logit cut,
     lowered until they hold p (every token above the cut is in, so the nucleus is among them)."""
-    lowest = float(row[row.isfinite()].min())
+    lowest = float(torch.where(row.isfinite(), row, math.inf).amin())
     cut = least
     while True:
         cut = max(cut - math.log(_CUT_STEP), lowest)
         above = row >= cut
-        probs = (row[above] - log_total).exp()
+        values = row[above]  # (in the order of their ids, as `ids` below lists them)
+        probs = (values - log_total).exp()
         if cut == lowest or float(probs.sum()) >= p:
             break
     ids = above.nonzero().squeeze(-1)
-    order = torch.sort(row[ids], descending=True, stable=True).indices
-    kept = _nucleus(row, probs[order], ids[order], p)
+    among = native.nucleus(values, probs, p) if row.device.type == "cpu" else None
+    if among is None:
+        order = descending(values)
+        kept = _nucleus(row, probs[order], ids[order], p)
+    else:  # the same mask, from one pass in C
+        kept = torch.zeros_like(row, dtype=torch.bool).index_put_((ids,), among)
     return row.masked_fill(~kept, -math.inf)
+
+
+def descending(values: torch.Tensor) -> torch.Tensor:
+    """The order of float32 `values` (N,) from largest to smallest, equal values by position: what
+    `torch.sort(values, descending=True, stable=True).indices` gives, from one sort of int64 keys
+    (value's bits made to order as integers, then the position), ~7x faster on the CPU (a float
+    sort of 49,152 values took 3.9 ms, the keys' 0.5). NaN is not expected (logits or -inf)."""
+    bits = (values.float() + 0.0).view(torch.int32).long()  # (+ 0.0: -0.0 becomes 0.0, its equal)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # floats' order, as integers
+    keys = ((-ordered) << 32) + torch.arange(len(values), device=values.device)
+    return torch.sort(keys).values & 0xFFFFFFFF
 
 
 def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:

@@ -267,13 +267,12 @@ def _family_masks(config, cache, h: torch.Tensor, position: torch.Tensor) -> dic
 
 def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
     """`decode_step` for LlamaForCausalLM and the models of `FAMILY` that share its decoder."""
-    import sys
-
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from simlab.models.gemma3 import apply_rotary_pos_emb as rotate  # Llama's, one call (tested)
 
     config, body = model.config, model.model
     layers = body.layers[: config.num_hidden_layers]
-    rotate = sys.modules[type(layers[0].self_attn).__module__].apply_rotary_pos_emb
     attend = ALL_ATTENTION_FUNCTIONS[config._attn_implementation]
     kinds = getattr(config, "layer_types", None) or ["full_attention"] * len(layers)
     h = body.embed_tokens(ids)  # (B, T, D)

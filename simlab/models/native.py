@@ -101,6 +101,8 @@ def _declare(lib) -> None:
         fn.restype = None
     lib.simlab_top_k.argtypes = [p, i64, i64, i64, p, p, i32]
     lib.simlab_top_k.restype = i32
+    lib.simlab_nucleus.argtypes = [p, p, i64, ctypes.c_float, p]
+    lib.simlab_nucleus.restype = i32
     lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
     lib.simlab_rms_norm.restype = None
     f32 = ctypes.c_float
@@ -311,6 +313,21 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if lib.simlab_top_k(_ptr(x), x.shape[0], x.shape[1], k, _ptr(vals), _ptr(ids), threads) != 0:
         raise MemoryError("simlab_top_k could not allocate its buffer")
     return vals, ids
+
+
+def nucleus(values: torch.Tensor, probs: torch.Tensor, p: float) -> torch.Tensor | None:
+    """Top-p's kept tokens among `values` (N,) with probabilities `probs` (N,), both float32 on the
+    CPU: rank by value (ties in the order given), drop a token when the mass ranked above it
+    reaches p; a bool (N,), the very mask torch's sort and cumsum give (tested), in one pass (a
+    49,152-token row: ~0.4 ms, where torch's float sort alone took 3.9). None without the library."""
+    lib = library()
+    if lib is None or values.dtype != torch.float32 or probs.dtype != torch.float32:
+        return None
+    values, probs = values.contiguous(), probs.contiguous()
+    kept = torch.empty(values.shape, dtype=torch.bool)
+    if lib.simlab_nucleus(_ptr(values), _ptr(probs), values.numel(), p, _ptr(kept)) != 0:
+        raise MemoryError("simlab_nucleus could not allocate its buffers")
+    return kept
 
 
 class NativeLinear(torch.nn.Module):

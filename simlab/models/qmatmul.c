@@ -498,6 +498,51 @@ int simlab_top_k(const float *x, int64_t rows, int64_t n, int64_t k, float *vals
 }
 
 
+/* ---- top-p's nucleus, as torch computes it ----
+ *
+ * values (n,): a row's logits (those above a cut, in the order of their ids); probs (n,) their
+ * probabilities. Ranks them by value, larger first, equal values in the order given (what
+ * torch.sort(descending=True, stable=True) gives), by a stable radix sort of 32-bit keys; then, in
+ * that rank order, the cumulative mass summed in double and rounded to float as torch's CPU cumsum
+ * does, less the token's own probability in float, and a token is dropped when that mass above it
+ * reaches p (the first never is): transformers' top-p rule, the same bits as torch's ops for it.
+ * kept[i] is 1 or 0 for values[i]. Returns -1 when it cannot allocate. */
+int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, uint8_t *kept) {
+    /* each item: the key in the high 32 bits, its position in the low ones (n < 2^32) */
+    uint64_t *item = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
+    uint64_t *spare = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
+    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * 2049);
+    if (!item || !spare || !count) {
+        free(item), free(spare), free(count);
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float v = values[i] == 0.0f ? 0.0f : values[i]; /* -0 ranks as 0, its equal */
+        uint32_t b;
+        memcpy(&b, &v, sizeof b);
+        b = (b & 0x80000000u) ? ~b : (b | 0x80000000u); /* floats' order as unsigned integers */
+        item[i] = ((uint64_t)~b << 32) | (uint64_t)i;  /* larger values first */
+    }
+    for (int shift = 32; shift < 64; shift += 11) { /* the key's low digits first: stable */
+        memset(count, 0, sizeof(int64_t) * 2049);
+        for (int64_t i = 0; i < n; i++) count[((item[i] >> shift) & 2047u) + 1]++;
+        for (int d = 0; d < 2048; d++) count[d + 1] += count[d];
+        for (int64_t i = 0; i < n; i++) spare[count[(item[i] >> shift) & 2047u]++] = item[i];
+        uint64_t *t = item;
+        item = spare;
+        spare = t;
+    }
+    double mass = 0.0;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t i = (int64_t)(item[r] & 0xFFFFFFFFu);
+        mass += (double)probs[i];
+        float above = (float)mass - probs[i];
+        kept[i] = (uint8_t)(r == 0 || !(above >= p));
+    }
+    free(item), free(spare), free(count);
+    return 0;
+}
+
 /* ---- attention: each query's output computed alone, in one fixed order ----
  *
  * out = softmax(scale q K^T (+ mask)) V for every (batch row, head, query), float32. What a query's
