@@ -26,7 +26,7 @@ class _Fused:
         version = None if x.is_inference() else x._version  # (inference tensors keep no count)
         last = self.last
         if last is None or last[0] is not x or last[1] != version:
-            last = (x, version, self.layer(x).split(self.sizes, dim=-1))
+            last = (x, version, self.layer.forward(x).split(self.sizes, dim=-1))
             self.last = last
         if index == len(self.sizes) - 1 and self.last is last:  # the last member read its part
             self.last = None  # let the input go
