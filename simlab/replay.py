@@ -12,7 +12,7 @@ from simlab.frame.render import framing_of, reply_prompt, reply_text
 from simlab.frame.window import windowed
 from simlab.persona.schema import Persona
 from simlab.session.store import Session
-from simlab.session.tree import Node
+from simlab.session.tree import Node, TreeError
 from simlab.turns import add_frame, sample_replies
 
 
@@ -36,6 +36,30 @@ def params_of(node: Node, overrides: dict) -> SamplingParams:
     if "stop" in stored:
         stored["stop"] = tuple(stored["stop"])
     return SamplingParams(**{**stored, **overrides})
+
+
+def _drawn(session: Session, node: Node) -> Node | None:
+    """The reply whose (params, seed) drew this one's text: itself, or for a /continue'd reply (two
+    samplings joined, no one draw of the whole) the reply it continued, back to a sampled one."""
+    seen = set()
+    while node.params is None and "continued" in node.tags and node.edited_from and node.id not in seen:
+        seen.add(node.id)
+        try:
+            node = session.tree.get(node.edited_from)
+        except TreeError:
+            return None
+    return node if node.params is not None else None
+
+
+def _params_under(session: Session, node: Node, overrides: dict) -> SamplingParams:
+    """A reply's parameters for a replay under another persona; a /continue'd one's are those of the
+    reply it continued, with room for the tokens the continuation added."""
+    source = _drawn(session, node)
+    params = params_of(source, overrides)
+    if source is node or "max_new_tokens" in overrides:
+        return params
+    room = params.max_new_tokens + max(0, len(node.token_ids) or len(node.logprobs))
+    return params.with_overrides(max_new_tokens=room)
 
 
 def model_replies(path: list[Node]) -> list[Node]:
@@ -144,7 +168,8 @@ def replay_branch(
     (origin 'replayed') under the new reply before it, and each reply is sampled anew with its own
     seed. With a persona the branch is a new root: that persona's frame and greeting, then the
     path's turns spoken by its labels, each reply sampled with the original seed and parameters
-    but the new persona's stop strings, so only the framing changes.
+    but the new persona's stop strings, so only the framing changes (a /continue'd reply with those
+    of the reply it continued, and room for what the continuation added).
     """
     replies = model_replies(path)
     if persona is None:
@@ -167,17 +192,19 @@ def replay_branch(
     speaker = {"user": framing.user, "model": framing.model} if persona is not None else {}
     added = []
     sampled = [n for n in turns if n.role == "model" and n.params is not None]
+    if persona is not None:  # a /continue'd reply is a reply too: sampled anew under the persona
+        sampled = [n for n in turns if n.role == "model" and _drawn(session, n) is not None]
     for node in turns:
         if progress is not None and node in sampled:
             progress(sampled.index(node) + 1, len(sampled))
         who = speaker.get(node.role, node.speaker)
         name = persona.name if persona is not None else node.persona
-        if node.role == "model" and node.params is not None:
+        if node in sampled:
             [new] = sample_replies(
                 engine,
                 session,
                 parent,
-                params_of(node, overrides),
+                _params_under(session, node, overrides),
                 speaker=who,
                 origin="replayed",
                 persona=name,

@@ -130,6 +130,25 @@ def test_persona_switch_replays_the_user_turns_as_a_new_root(fake_engine, store,
     assert chat.transcript().startswith("Q and A.\n\nQ: one\nA: reply 7\n")
 
 
+def test_a_persona_switch_samples_a_continued_reply_instead_of_copying_it(fake_engine, store, tmp_path):
+    """`/continue` joins two samplings in one reply with no one (params, seed) for the whole: under
+    another persona it is still a reply, sampled with the seed of the reply it continued and room for
+    what the continuation added (a new user saw the old persona's words copied, origin 'replayed')."""
+    chat = new_chat(fake_engine, store)
+    [first] = chat.user_turn("Where were you born?")
+    handle(chat, "/continue")
+    continued = chat.cursor
+    assert continued.params is None and "continued" in continued.tags
+    other = tmp_path / "other.yaml"
+    other.write_text('name: other\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\n')
+    handle(chat, f"/persona {other}")
+    reply = chat.path()[-1]
+    assert reply.role == "model" and reply.text != continued.text
+    assert reply.params is not None and reply.seed == first.seed  # a draw, replayable on its own
+    assert reply.params["max_new_tokens"] == first.params["max_new_tokens"] + len(continued.logprobs)
+    assert "replaying 1 user turn(s) under other" in chat.out.getvalue()
+
+
 def test_a_window_slides_when_the_chat_outgrows_the_context(store):
     from conftest import FakeEngine
 
