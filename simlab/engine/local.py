@@ -26,7 +26,7 @@ from simlab.engine.textstream import TextTracker
 from simlab.errors import ContextLengthError
 from simlab.models import lean
 from simlab.models.info import LoadedModel, eos_ids
-from simlab.models.native import top_k as best_of
+from simlab.models.ranking import top_k as best_of
 
 TOP_ALTERNATIVES = 5
 

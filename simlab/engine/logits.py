@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from simlab.engine.params import SamplingParams
-from simlab.models import native
-from simlab.models.native import top_k as best_of
+from simlab.models import ranking
+from simlab.models.ranking import top_k as best_of
 
 # top-p looks for its nucleus among this many best tokens first; when they do not hold enough
 # mass, among the tokens above a probability cut lowered 16-fold until they do, and sorts only
@@ -85,7 +85,7 @@ def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: flo
         if cut == lowest or float(probs.sum()) >= p:
             break
     ids = above.nonzero().squeeze(-1)
-    among = native.nucleus(values, probs, p) if row.device.type == "cpu" else None
+    among = ranking.nucleus(values, probs, p) if row.device.type == "cpu" else None
     if among is None:
         order = descending(values)
         kept = _nucleus(row, probs[order], ids[order], p)

@@ -310,37 +310,6 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     return attend(query, key, value, attention_mask, scale, float(softcap), offset), None
 
 
-def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest values of each row of x (B, N) and their indices, (B, k) each, in descending
-    order with a tie going to the lower index: one pass in C (~0.1 ms for 262k values, where
-    torch.topk takes ~0.8), or torch.topk where the library is not built (ties then in its order)."""
-    lib = library()
-    if lib is None or x.device.type != "cpu" or x.dim() != 2 or not 0 < k <= x.shape[1]:
-        return torch.topk(x, k, dim=-1)
-    x = x.float().contiguous()
-    vals = torch.empty((x.shape[0], k), dtype=torch.float32)
-    ids = torch.empty((x.shape[0], k), dtype=torch.int64)
-    threads = torch.get_num_threads()
-    if lib.simlab_top_k(_ptr(x), x.shape[0], x.shape[1], k, _ptr(vals), _ptr(ids), threads) != 0:
-        raise MemoryError("simlab_top_k could not allocate its buffer")
-    return vals, ids
-
-
-def nucleus(values: torch.Tensor, probs: torch.Tensor, p: float) -> torch.Tensor | None:
-    """Top-p's kept tokens among `values` (N,) with probabilities `probs` (N,), both float32 on the
-    CPU: rank by value (ties in the order given), drop a token when the mass ranked above it
-    reaches p; a bool (N,), the very mask torch's sort and cumsum give (tested), in one pass (a
-    49,152-token row: ~0.4 ms, where torch's float sort alone took 3.9). None without the library."""
-    lib = library()
-    if lib is None or values.dtype != torch.float32 or probs.dtype != torch.float32:
-        return None
-    values, probs = values.contiguous(), probs.contiguous()
-    kept = torch.empty(values.shape, dtype=torch.bool)
-    if lib.simlab_nucleus(_ptr(values), _ptr(probs), values.numel(), p, _ptr(kept)) != 0:
-        raise MemoryError("simlab_nucleus could not allocate its buffers")
-    return kept
-
-
 class NativeLinear(torch.nn.Module):
     """y = x W^T + b with W as a GGUF tensor's own codes (`bits` 4: packed nibbles with a scale and
     offset per 32; 8: signed codes with a scale per `group` of 16 or 32), through `matmul`."""

@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_llama_style
 from test_gguf_weights import COLS, ROWS, random_tensor, reference
 
-from simlab.models import gguf_groups, lean, native
+from simlab.models import gguf_groups, lean, native, ranking
 from simlab.models.quant import _native_layer
 
 FORMATS = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
@@ -135,9 +135,9 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
         monkeypatch.undo()
     logits = torch.randn(3, 262144) * 3
     for k in (5, 256):
-        values, ids = native.top_k(logits, k)
+        values, ids = ranking.top_k(logits, k)
         monkeypatch.setitem(native._state, "lib", other)
-        assert torch.equal(native.top_k(logits, k)[1], ids), k
+        assert torch.equal(ranking.top_k(logits, k)[1], ids), k
         monkeypatch.undo()
     normed = native.rms_norm(x, x[0], 1e-6)
     monkeypatch.setitem(native._state, "lib", other)
@@ -313,17 +313,17 @@ def test_top_k_is_the_k_largest_with_ties_to_the_lower_index(k):
     )
     rows[2, 40000:40100] = math.inf
     rows[0, 3] = math.nan  # never joins
-    values, ids = native.top_k(rows, k)
+    values, ids = ranking.top_k(rows, k)
     order = torch.sort(rows.masked_fill(rows.isnan(), -math.inf), dim=-1, descending=True, stable=True)
     assert torch.equal(ids, order.indices[:, :k]) and torch.equal(values, order.values[:, :k])
     short = torch.tensor([[2.0, 1.0, 2.0, 0.5]])
-    assert native.top_k(short, 4)[1].tolist() == [[0, 2, 1, 3]]
+    assert ranking.top_k(short, 4)[1].tolist() == [[0, 2, 1, 3]]
 
 
 def test_top_k_without_the_library_is_torchs():
     x = torch.randn(3, 1000)
     with patch.dict(native._state, {"lib": None}):
-        values, ids = native.top_k(x, 7)
+        values, ids = ranking.top_k(x, 7)
     assert torch.equal(values, torch.topk(x, 7).values) and torch.equal(ids, torch.topk(x, 7).indices)
 
 

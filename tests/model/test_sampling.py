@@ -325,7 +325,7 @@ def test_the_keyed_sort_is_torchs_stable_descending_sort(kind):
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.95, 0.999, 0.99999])
 def test_the_c_nucleus_is_torchs_sort_and_cumsum_exactly(p):
-    from simlab.models import native
+    from simlab.models import native, ranking
 
     if native.library() is None:
         pytest.skip(f"no simlab kernel here ({native.why()})")
@@ -340,14 +340,14 @@ def test_the_c_nucleus_is_torchs_sort_and_cumsum_exactly(p):
         probs = (v - torch.logsumexp(v, -1, keepdim=True)).exp()
         order = sampling.descending(v)
         want = sampling._nucleus(v, probs[order], torch.arange(n)[order], p)
-        assert torch.equal(native.nucleus(v, probs, p), want)
+        assert torch.equal(ranking.nucleus(v, probs, p), want)
 
 
 def test_a_wide_nucleus_keeps_what_the_torch_path_keeps(monkeypatch):
-    from simlab.models import native
+    from simlab.models import ranking
 
     logits = torch.randn(3, 151_936, generator=torch.Generator().manual_seed(1))  # flat: wide nuclei
     fast = sampling.apply_top_p(logits, 0.95)
-    monkeypatch.setattr(native, "nucleus", lambda *args: None)
+    monkeypatch.setattr(ranking, "nucleus", lambda *args: None)
     assert torch.equal(fast, sampling.apply_top_p(logits, 0.95))
     assert (fast.isfinite().sum(-1) > 1024).all()  # (the wide path ran)
