@@ -69,7 +69,7 @@ def peak_rss(name: str, spec: str, path: Path) -> float:
 
 def greedy_check(spec: str, engine: Engine) -> str:
     """Whether greedy decoding on the kernel gives the float model's first 32 tokens."""
-    floats = load_model(spec, load_settings(weights="float"))
+    floats = load_model(spec, load_settings(weights="float", dtype="float32"))
     from simlab.engine.params import SamplingParams
 
     ids = engine.encode(PROMPT)
