@@ -55,6 +55,7 @@ def add_command(commands) -> None:
         help="continue a saved session (default: the most recent one)",
     )
     chat.add_argument("--session", help="name for a new session (default: the date and time)")
+    add_read_only(chat, "--resume")
     add_sessions_dir(chat)
     chat.add_argument(
         "--mode",
@@ -66,11 +67,20 @@ def add_command(commands) -> None:
     chat.set_defaults(run=cmd_chat)
 
 
+def add_read_only(parser, needs: str) -> None:
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help=f"with {needs}: browse the session, read /tokens, export it; nothing is written to it "
+        "(so it opens while another simlab writes it)",
+    )
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     settings = load_settings(**settings_flags(args))
     store = open_store(args, settings)
     # everything the user typed is checked before the model loads
-    session = _resumed(args, store) if args.resume is not None else None
+    session = _resumed(args, store) if args.resume is not None or args.read_only else None
     persona = persona_of(session) if session is not None else _new_persona(args, settings, store)
     tracer = make_tracer(trace_config(args))
     chosen = _chosen(args, session)
@@ -102,6 +112,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             tracer=tracer,
             user_set={k: v for k, v in chosen.items() if k != "seed"},
         )
+        if session.read_only:
+            chat.note(
+                f"session {session.name!r} is open read-only: browse it, /tokens, /export; "
+                "nothing is written to it"
+            )
         if args.resume is not None and session.tree.settings and not getattr(args, "loom", False):
             kept = ", ".join(
                 f"{BY_FIELD[k].key if k in BY_FIELD else k}={v!r}" for k, v in chosen.items() if v is not None
@@ -144,17 +159,25 @@ def _needs_template(engine, args: argparse.Namespace) -> None:
 
 
 def _resumed(args: argparse.Namespace, store: SessionStore) -> Session:
+    if args.read_only and args.resume is None:
+        raise SimlabError("simlab chat: --read-only opens a saved session: add --resume NAME")
     if args.persona or args.session or args.mode:
         raise SimlabError(
             "simlab chat: --resume continues a session as it was; drop --persona/--session/"
             "--mode (use /persona NAME inside to branch under another persona)"
         )
     name = _last(store) if args.resume == LAST else args.resume
+    if args.read_only:
+        return _at_its_cursor(store.open(name, read_only=True))
     try:
         session = store.open(name)
     except SessionWriteError:  # a read-only folder: read it, and go on in memory
         session = store.open(name, read_only=True)
         session.in_memory = True
+    return _at_its_cursor(session)
+
+
+def _at_its_cursor(session: Session) -> Session:
     if session.tree.cursor is None and session.tree.roots:
         session.goto(session.tree.leaf(session.tree.roots[0].id).id)
     return session

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simlab.cli.chat import cmd_chat
+from simlab.cli.chat import add_read_only, cmd_chat
 from simlab.cli.common import add_session_flags, add_sessions_dir
 from simlab.errors import SimlabError
 
@@ -24,6 +24,7 @@ def add_command(commands) -> None:
     loom.add_argument(
         "--children", "-n", type=int, default=3, metavar="N", help="continuations g samples (default 3)"
     )
+    add_read_only(loom, "SESSION")
     add_sessions_dir(loom)
     add_session_flags(loom, seed_help="seed of the first continuation; +1 for each after it")
     loom.set_defaults(run=cmd_loom)
@@ -41,6 +42,8 @@ def cmd_loom(args: argparse.Namespace) -> int:
         raise SimlabError(
             "simlab loom: SESSION opens a saved session as it is; drop --persona/--text/--session"
         )
+    if args.read_only and args.name is None:
+        raise SimlabError("simlab loom: --read-only opens a saved session: simlab loom SESSION --read-only")
     args.resume, args.loom = args.name, True
     args.mode = None if args.name is not None else "document"
     return cmd_chat(args)

@@ -145,6 +145,7 @@ class Loom:
 
     def _sample(self, parent: str, k: int) -> str:
         chat = self.chat
+        chat.session.check_writable()
         params = chat.params.with_overrides(seed=chat.seeds.take(k))
         replies = start_replies(chat.engine, chat.session, parent, params, k, persona=chat.persona_name())
         self._run = replies.run

@@ -192,6 +192,7 @@ class Chat(Screen):
 
     def reply(self, parent_id: str, n: int = 1) -> list[Node]:
         """Sample n replies under parent_id (streamed when n == 1), save them, move to the first."""
+        self.session.check_writable()  # (a read-only session: say so before sampling, not after)
         params = self.params.with_overrides(seed=self.seeds.take(n))
         replies = start_replies(
             self.engine,
@@ -226,6 +227,7 @@ class Chat(Screen):
         node = self.cursor
         if node.role != "model":
             raise SimlabError("/continue needs a model reply under the cursor")
+        self.session.check_writable()
         params = self.params.with_overrides(seed=self.seeds.take(1))
         replies = start_continuation(self.engine, self.session, node, params, on_fit=self._note_window)
         [new] = self._finish(replies, self.head(node.role, node.speaker) + node.text, keep=lambda c: True)
@@ -302,6 +304,7 @@ class Chat(Screen):
     def fork(self, at: int, chosen: list[int], choice: str) -> Node:
         """The current reply branched at token `at`: `chosen` there, then the model writes on."""
         node = self.cursor
+        self.session.check_writable()
         params = self.params.with_overrides(seed=self.seeds.take(1))
         replies = start_fork(self.engine, self.session, node, at, chosen, choice, params, self._note_window)
         [new] = self._finish(replies, self._head(node.speaker) + replies.forces.text, keep=lambda c: True)

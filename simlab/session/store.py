@@ -82,7 +82,7 @@ class Session:
     # -- writes ----------------------------------------------------------------------------
     def _append(self, record: dict[str, Any]) -> None:
         with self.lock:
-            self._check_writable()
+            self.check_writable()
             self.unsaved.append(encode(record))
             if self.in_memory:
                 return
@@ -138,7 +138,7 @@ class Session:
 
     def add(self, node: Node) -> Node:
         with self.lock:
-            self._check_writable()
+            self.check_writable()
             node = self.tree.add(node)
             self._append({"type": "node", "node": node.to_record()})
             return node
@@ -148,21 +148,21 @@ class Session:
 
     def edit(self, node_id: str, text: str) -> Node:
         with self.lock:
-            self._check_writable()
+            self.check_writable()
             node = self.tree.edit(node_id, text)
             self._append({"type": "node", "node": node.to_record()})
             return node
 
     def set_tag(self, node_id: str, tag: str, on: bool = True) -> Node:
         with self.lock:
-            self._check_writable()
+            self.check_writable()
             node = self.tree.set_tag(node_id, tag, on)
             self._append({"type": "tag", "id": node.id, "tag": tag, "on": on})
             return node
 
     def set_hidden(self, node_id: str, hidden: bool = True) -> Node:
         with self.lock:
-            self._check_writable()
+            self.check_writable()
             node = self.tree.set_hidden(node_id, hidden)
             self._append({"type": "hide", "id": node.id, "hidden": hidden})
             return node
@@ -189,9 +189,13 @@ class Session:
         if not self.read_only:  # a read-only viewer may still move around
             self._append({"type": "cursor", "id": self.tree.cursor})
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """Raise when the session is open read-only (before work whose result could not be kept)."""
         if self.read_only:
-            raise SessionError(f"session {self.name!r} is open read-only; nothing was saved")
+            raise SessionError(
+                f"session {self.name!r} is open read-only: nothing is added to it (open it without "
+                "--read-only to add to it, once no other simlab writes it)"
+            )
 
     def close(self) -> None:
         if self._handle is not None:
@@ -340,8 +344,8 @@ def _lock(handle, name: str) -> None:
     except BlockingIOError:
         handle.close()
         raise SessionError(
-            f"session {name!r} is open for writing in another simlab process; "
-            "close it there, or open this one read-only"
+            f"session {name!r} is open for writing in another simlab process; close it there, or browse "
+            f"it read-only: `simlab chat --resume {name} --read-only` (or `simlab loom {name} --read-only`)"
         ) from None
 
 

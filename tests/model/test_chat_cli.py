@@ -105,3 +105,28 @@ def test_mode_chat_on_a_model_without_a_chat_template_fails_at_start_up(chat, tm
         err.strip().splitlines()[-1].startswith("simlab: simlab chat: --mode chat needs a model with a chat")
     )
     assert "Traceback" not in err and sessions(tmp_path) == []
+
+
+def test_a_session_another_process_writes_opens_read_only_as_the_lock_message_says(chat, tmp_path):
+    code, _, err = chat("hello\n/quit\n", "--session", "held")
+    assert code == 0, err
+    store = SessionStore(tmp_path / "s")
+    path = store.path("held")
+    before = path.read_bytes()
+    with store.open("held"):  # another simlab writes it
+        code, _, err = chat("/quit\n", "--resume", "held")
+        assert code == 2 and "--read-only" in err
+        offered = err.split("`")[1]  # the command the message offers
+        assert offered == "simlab chat --resume held --read-only"
+        export = tmp_path / "held.jsonl"
+        script = f"/tokens\n/tree\n/export jsonl {export}\nanother turn\n/regen\n/quit\n"
+        code, out, err = chat(script, "--resume", "held", "--read-only")
+    assert "is open read-only: browse it, /tokens, /export; nothing is written to it" in out + err
+    assert "Bo:" in out and export.exists()  # browsed and exported
+    assert err.count("is open read-only: nothing is added to it") == 2  # the turn and /regen refused
+    assert code == 2 and path.read_bytes() == before  # and nothing written
+
+
+def test_read_only_needs_a_saved_session(chat):
+    code, _, err = chat("/quit\n", "--read-only")
+    assert code == 2 and "--read-only opens a saved session: add --resume NAME" in err

@@ -218,3 +218,19 @@ def test_with_hidden_nodes_shown_siblings_and_children_include_them(fake_engine,
     from simlab.repl.loom_app import STYLE
 
     assert "hidden" not in STYLE  # prompt-toolkit conceals a class named so; hidden nodes are dimmed
+
+
+def test_a_read_only_session_is_browsed_and_g_says_why_it_samples_nothing(fake_engine, store):
+    session = start_session(store, DOCUMENT, "doc")
+    session.close()
+    before = store.path("doc").read_bytes()
+    held = store.open("doc")  # another simlab writes it
+    viewer = store.open("doc", read_only=True)
+    chat = Chat(fake_engine, store, viewer, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    loom = Loom(chat, children=3)
+    fake_engine.enqueue([" tall"])
+    screen = drive(loom, ["g", idle(loom), "?", "q", "q"])
+    assert "open read-only: nothing is added" in screen
+    assert fake_engine.prompts == []  # refused before sampling
+    held.close()
+    assert store.path("doc").read_bytes() == before
