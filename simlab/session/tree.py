@@ -201,7 +201,8 @@ class Tree:
         return self.add(make_node(parent, role, text, **fields))
 
     def edit(self, node_id: str, text: str) -> Node:
-        """A sibling carrying the new text (origin 'edited'); the original stays as it was."""
+        """A sibling carrying the new text (origin 'edited'); the original stays as it was. Typed
+        text has no finish reason: the original's ([length], [stop]) told how its sampling ended."""
         old = self.get(node_id)
         return self.add(
             replace(
@@ -211,6 +212,7 @@ class Tree:
                 origin="edited",
                 edited_from=old.id,
                 created=time.time(),
+                finish_reason=None,
                 token_ids=(),
                 logprobs=(),
                 top=(),

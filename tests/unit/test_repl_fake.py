@@ -149,6 +149,16 @@ def test_a_persona_switch_samples_a_continued_reply_instead_of_copying_it(fake_e
     assert "replaying 1 user turn(s) under other" in chat.out.getvalue()
 
 
+def test_typed_text_does_not_show_the_replaced_replys_finish_marker(fake_engine, store):
+    chat = new_chat(fake_engine, store)
+    [reply] = chat.user_turn("How do they know you?")
+    assert reply.finish_reason
+    handle(chat, "/edit Yes. They know me by my gloves, and one of them")
+    shown = chat.out.getvalue().splitlines()[-1]
+    assert shown.endswith("one of them [2/2]") and f"[{reply.finish_reason}]" not in shown
+    assert chat.cursor.finish_reason is None and chat.cursor.origin == "edited"
+
+
 def test_a_window_slides_when_the_chat_outgrows_the_context(store):
     from conftest import FakeEngine
 
