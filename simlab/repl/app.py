@@ -78,7 +78,8 @@ def _completer(chat: Chat):
     return SlashCompleter()
 
 
-def _bindings():
+def _bindings(editing: list[bool]):
+    """The prompt's keys; `editing[0]` is True while an inline /edit asks for its text."""
     from prompt_toolkit.key_binding import KeyBindings
 
     keys = KeyBindings()
@@ -100,8 +101,8 @@ def _bindings():
         event.current_buffer.insert_text("\n")
 
     @keys.add("c-c")
-    def _interrupt(event) -> None:  # clears the line; at an empty line, says how to leave
-        if event.current_buffer.text:
+    def _interrupt(event) -> None:  # clears the line; at an empty line (or in /edit) interrupts
+        if event.current_buffer.text and not editing[0]:
             event.current_buffer.reset()
         else:
             event.app.exit(exception=KeyboardInterrupt())
@@ -123,8 +124,12 @@ def run_interactive(
 
         chat.on_loaded(loaded)
 
-    def ask(message: str, default: str) -> str:
-        return prompt.prompt(message, default=default)
+    def ask(message: str, default: str) -> str:  # Ctrl-C cancels it (see _bindings)
+        prompt.editing[0] = True
+        try:
+            return prompt.prompt(message, default=default)
+        finally:
+            prompt.editing[0] = False
 
     def loom() -> None:
         from simlab.repl.loom_app import run_loom  # the full-screen app loads only when asked for
@@ -189,15 +194,18 @@ def _prompt_session(chat: Chat, history: Path | None, input, output):
             store = FileHistory(str(history))
         except OSError:
             pass
-    return PromptSession(
+    editing = [False]
+    session = PromptSession(
         history=store,
         completer=_completer(chat),
-        key_bindings=_bindings(),
+        key_bindings=_bindings(editing),
         bottom_toolbar=lambda: toolbar_text(chat),
         complete_while_typing=False,
         input=input,
         output=output,
     )
+    session.editing = editing
+    return session
 
 
 def _prompt_text(chat: Chat) -> str:

@@ -3,6 +3,7 @@ as a script: exact transcripts, and the rows it stores. No torch."""
 
 import io
 import re
+import time
 
 import pytest
 from prompt_toolkit.input import create_pipe_input
@@ -157,6 +158,21 @@ def test_typed_text_does_not_show_the_replaced_replys_finish_marker(fake_engine,
     shown = chat.out.getvalue().splitlines()[-1]
     assert shown.endswith("one of them [2/2]") and f"[{reply.finish_reason}]" not in shown
     assert chat.cursor.finish_reason is None and chat.cursor.origin == "edited"
+
+
+@pytest.mark.timeout(30)  # (before the fix the edit> prompt kept the keys: the chat never ended)
+def test_ctrl_c_in_an_inline_edit_cancels_it_and_saves_nothing(fake_engine, store, monkeypatch):
+    monkeypatch.setattr("simlab.repl.app.pick_editor", lambda: None)  # inline, at an edit> prompt
+    chat = new_chat(fake_engine.enqueue([" Fine."]), store)
+    with create_pipe_input() as pipe:
+        pipe.send_text("how are you\r/edit\r")
+        time.sleep(0.5)  # (the edit> prompt comes up with the reply's text in it)
+        pipe.send_text("\x03")
+        time.sleep(0.3)
+        pipe.send_text("/quit\r")
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    assert "(edit cancelled; nothing saved)" in chat.out.getvalue()
+    assert not [n for n in chat.tree.nodes.values() if n.origin == "edited"]
 
 
 def test_a_window_slides_when_the_chat_outgrows_the_context(store):
