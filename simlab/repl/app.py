@@ -155,7 +155,9 @@ def run_interactive(
         if chat.stopping is not None:  # the signal came as the line was entered: it is not sent
             break
         if not line.strip():
-            continue
+            if chat.cursor.role != "user":
+                continue
+            line = "/regen"  # Enter at a turn of yours samples a reply to it (as Loom's empty Enter)
         try:
             with _while_working(chat):
                 handle(chat, line, ctx)

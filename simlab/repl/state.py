@@ -184,10 +184,15 @@ class Chat(Screen):
         """Add the user's turn under the cursor and stream the model's reply to it."""
         if not text.strip():
             return []
+        after = self.cursor
         user = self.session.add_child(
-            self.tree.cursor, "user", text, speaker=self.speaker("user"), persona=self.persona_name()
+            after.id, "user", text, speaker=self.speaker("user"), persona=self.persona_name()
         )
         self.session.goto(user.id)
+        if after.role == "user":  # text typed at a node is its child, as in the Loom editor: say so
+            self.note(
+                f"(a second turn of yours, after the one at [{self.place(after)}]; the reply reads both)"
+            )
         return self.reply(user.id)
 
     def reply(self, parent_id: str, n: int = 1) -> list[Node]:

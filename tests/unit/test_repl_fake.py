@@ -175,6 +175,20 @@ def test_ctrl_c_in_an_inline_edit_cancels_it_and_saves_nothing(fake_engine, stor
     assert not [n for n in chat.tree.nodes.values() if n.origin == "edited"]
 
 
+def test_at_a_turn_of_yours_enter_samples_a_reply_and_typing_says_where_the_turn_goes(fake_engine, store):
+    chat = new_chat(fake_engine.enqueue([" Fine.", " Well.", " Both."]), store)
+    with create_pipe_input() as pipe:
+        pipe.send_text("how are you\r/up\r\r/up\rand you?\r/quit\r")
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    [asked] = [n for n in chat.tree.nodes.values() if n.text == "how are you"]
+    under = chat.tree.children(asked.id)
+    assert [(n.role, n.text) for n in under] == [("model", "Fine."), ("model", "Well."), ("user", "and you?")]
+    assert [n.text for n in chat.tree.children(under[2].id)] == ["Both."]
+    out = chat.out.getvalue()
+    assert "Bo: Well." in out  # the empty Enter's reply, streamed
+    assert "(a second turn of yours, after the one at [1/1]; the reply reads both)" in out
+
+
 def test_a_window_slides_when_the_chat_outgrows_the_context(store):
     from conftest import FakeEngine
 
