@@ -124,19 +124,7 @@ def run_interactive(
 
         chat.on_loaded(loaded)
 
-    def ask(message: str, default: str) -> str:  # Ctrl-C cancels it (see _bindings)
-        prompt.editing[0] = True
-        try:
-            return prompt.prompt(message, default=default)
-        finally:
-            prompt.editing[0] = False
-
-    def loom() -> None:
-        from simlab.repl.loom_app import run_loom  # the full-screen app loads only when asked for
-
-        run_loom(chat, input=input, output=output)
-
-    ctx = Context(ask=ask, edit=edit_in_editor if pick_editor() else None, loom=loom)
+    ctx = _context(chat, prompt, input, output)
     banner(chat, resumed, chat.err, model)
     chat.show_path(last=None if not resumed else 4)
     while chat.stopping is None:
@@ -172,6 +160,24 @@ def run_interactive(
             if chat.stopping is None:
                 chat.note("(interrupted)")
     return farewell(chat)
+
+
+def _context(chat: Chat, prompt, input, output) -> Context:
+    """What commands may ask of the terminal: a line of text (/edit inline), $EDITOR, the Loom."""
+
+    def ask(message: str, default: str) -> str:  # Ctrl-C cancels it (see _bindings)
+        prompt.editing[0] = True
+        try:
+            return prompt.prompt(message, default=default)
+        finally:
+            prompt.editing[0] = False
+
+    def loom() -> None:
+        from simlab.repl.loom_app import run_loom  # the full-screen app loads only when asked for
+
+        run_loom(chat, input=input, output=output)
+
+    return Context(ask=ask, edit=edit_in_editor if pick_editor() else None, loom=loom)
 
 
 def _load_failed(chat: Chat) -> int:
