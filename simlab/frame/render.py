@@ -13,6 +13,7 @@ session.tree.Node, which this module does not need to import.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from simlab.errors import SimlabError
@@ -43,17 +44,65 @@ def render_node(node: Any, framing: Framing) -> str:
     return framing.turn(node.role, node.speaker, node.text)
 
 
+PIECE = "piece"  # the tag of a node whose text goes on its parent's turn (a turn split in two nodes)
+
+
+def continues(node: Any, before: Any) -> bool:
+    """Whether `node` is the next piece of `before`'s turn: tagged a piece, the same speaker."""
+    return (
+        before is not None
+        and PIECE in getattr(node, "tags", ())
+        and node.speaker is not None
+        and (node.role, node.speaker) == (before.role, before.speaker)
+    )
+
+
+def turns(path: Sequence[Any]) -> list[list[Any]]:
+    """The path's nodes grouped by turn: a turn split into pieces (the Loom editor's `s`) is one
+    turn, its pieces' texts joined, not a turn per piece with a label each."""
+    groups: list[list[Any]] = []
+    for node in path:
+        if groups and continues(node, groups[-1][-1]):
+            groups[-1].append(node)
+        else:
+            groups.append([node])
+    return groups
+
+
+def _whole(group: list[Any]) -> Any:
+    if len(group) == 1:
+        return group[0]
+    first = group[0]
+    return SimpleNamespace(role=first.role, speaker=first.speaker, text="".join(n.text for n in group))
+
+
+def render_part(node: Any, framing: Framing, parent: Any, children: Sequence[Any]) -> str:
+    """One node's part of the transcript on its own (a tree export's text per node, which a reader
+    joins along a path): a piece of a split turn without the turn's head, a part that a piece goes
+    on from without the turn's closing."""
+    text = render_node(node, framing)
+    if node.role not in ("user", "model") or node.speaker is None:
+        return text
+    head = framing.head(node.role, node.speaker)
+    start = 0 if not continues(node, parent) else len(head)
+    end = len(head) + len(node.text) if any(continues(c, node) for c in children) else len(text)
+    return text[start:end]
+
+
 def render_spans(path: Sequence[Any]) -> tuple[str, list[tuple[int, int]]]:
     """The transcript a path stands for, and where each node's own text lies in it."""
     framing = framing_of(path)
     parts, spans, at = [], [], 0
-    for node in path:
-        piece = render_node(node, framing)
-        if node.role in ("user", "model") and node.speaker is not None:
-            start = at + len(framing.head(node.role, node.speaker))
+    for group in turns(path):
+        first = group[0]
+        piece = render_node(_whole(group), framing)
+        if first.role in ("user", "model") and first.speaker is not None:
+            start = at + len(framing.head(first.role, first.speaker))
         else:
             start = at
-        spans.append((start, start + (len(node.text) if piece else 0)))
+        for node in group:
+            spans.append((start, start + (len(node.text) if piece else 0)))
+            start += len(node.text) if piece else 0
         parts.append(piece)
         at += len(piece)
     return "".join(parts), spans
@@ -62,13 +111,13 @@ def render_spans(path: Sequence[Any]) -> tuple[str, list[tuple[int, int]]]:
 def render_path(path: Sequence[Any]) -> str:
     """The transcript a path stands for."""
     framing = framing_of(path)
-    return "".join(render_node(node, framing) for node in path)
+    return "".join(render_node(_whole(group), framing) for group in turns(path))
 
 
 def chat_messages(path: Sequence[Any], speaker: str) -> list[dict[str, str]]:
     """A path as chat messages: the frame is the system message, `speaker`'s turns the assistant's."""
     messages: list[dict[str, str]] = []
-    for node in path:
+    for node in map(_whole, turns(path)):
         if node.role == "frame" and node.text.strip():
             messages.append({"role": "system", "content": node.text})
         elif node.role in ("user", "model"):
@@ -107,12 +156,13 @@ def reply_prompt(path: Sequence[Any], speaker: str | None, tokenizer: Any = None
         return chat_prompt_ids(path, speaker, tokenizer)
     if not framing.inserts:
         return render_path(path) + framing.label("model", speaker)
-    pieces = [render_node(node, framing) for node in path]
-    turns = [i for i, node in enumerate(path) if node.role in ("user", "model")]
+    whole = [_whole(group) for group in turns(path)]
+    pieces = [render_node(node, framing) for node in whole]
+    spoken = [i for i, node in enumerate(whole) if node.role in ("user", "model")]
     for text, depth in sorted(framing.inserts, key=lambda insert: -insert[1]):
-        at = turns[-depth] if 0 < depth <= len(turns) else (len(pieces) if depth == 0 else 1)
+        at = spoken[-depth] if 0 < depth <= len(spoken) else (len(pieces) if depth == 0 else 1)
         pieces.insert(at, framing.insert_text(text))
-        turns = [t + 1 if t >= at else t for t in turns]
+        spoken = [t + 1 if t >= at else t for t in spoken]
     return "".join(pieces) + framing.label("model", speaker)
 
 

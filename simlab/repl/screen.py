@@ -5,9 +5,11 @@ ended, and notes on stderr. No terminal library here: the streams are plain text
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 from typing import TextIO
 
 from simlab.frame.framing import Framing
+from simlab.frame.render import PIECE, turns
 from simlab.frame.window import Fitted
 from simlab.session.tree import Node
 from simlab.session.views import Style
@@ -47,8 +49,10 @@ class Screen:
         return shown + raw[len(bare) :]
 
     def turn_text(self, node: Node) -> str:
-        """A turn as the model reads it, without the template's closing line ends."""
-        body = self.head(node.role, node.speaker) + node.text
+        """A turn as the model reads it, without the template's closing line ends (a later piece of
+        a split turn: its text, after an ellipsis)."""
+        piece = PIECE in node.tags and node.speaker is not None
+        body = (self.style.dim("…") if piece else self.head(node.role, node.speaker)) + node.text
         if node.speaker is not None:
             tail = self.framing.template(node.role).split("{text}", 1)[-1].rstrip("\n")
             body += tail.replace("{speaker}", node.speaker)
@@ -68,9 +72,14 @@ class Screen:
         self.say(self.turn_text(node) + self.ending(node) + where)
 
     def show_path(self, last: int | None = None) -> None:
-        path = self.path()
-        for node in path[-last:] if last else path:
-            self.show_turn(node)
+        """The path's last turns (all without `last`), a split turn as one line."""
+        groups = turns(self.path())
+        for group in groups[-last:] if last else groups:
+            if len(group) == 1:
+                self.show_turn(group[0])
+                continue
+            whole = replace(group[-1], text="".join(n.text for n in group), tags=frozenset())
+            self.say(self.turn_text(whole) + self.ending(whole))
 
     # -- notes on what happened under the conversation ------------------------------------------
     def _save_problem(self, message: str) -> None:

@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from simlab.frame.render import framing_of, render_node
+from simlab.frame.render import continues, framing_of, render_part
 from simlab.session.html_page import PAGE
 from simlab.session.store import Session
 from simlab.session.tokens import token_parts
@@ -47,8 +47,9 @@ def page_data(session: Session, heatmaps: dict[str, dict] | None = None) -> dict
     nodes = []
     for node in tree.nodes.values():
         framing = framing_of(tree.path(node.id))
-        piece = render_node(node, framing)
-        spoken = node.role in ("user", "model") and node.speaker is not None
+        parent = tree.get(node.parent) if node.parent is not None else None
+        piece = render_part(node, framing, parent, tree.children(node.id, include_hidden=True))
+        spoken = node.role in ("user", "model") and node.speaker is not None and not continues(node, parent)
         start = len(framing.head(node.role, node.speaker)) if spoken else 0
         lead = framing.lead() if node.role == "model" and framing.mode == "simulator" else ""
         nodes.append(

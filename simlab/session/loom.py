@@ -26,7 +26,7 @@ from typing import Any
 
 from simlab.errors import SessionError, TreeError
 from simlab.frame.framing import Framing
-from simlab.frame.render import framing_of, render_node
+from simlab.frame.render import framing_of, render_part
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node, Tree
 
@@ -281,7 +281,8 @@ def _write(tree: Tree, node: Node, framing: Framing) -> dict[str, Any]:
     native = "keys" not in loom  # made by simlab, not read from a Loom file
     out: dict[str, Any] = {"id": node.id}
     if native or "text" in loom.get("order", ("text",)) or node.text:
-        out["text"] = render_node(node, framing)
+        parent = tree.get(node.parent) if node.parent is not None else None
+        out["text"] = render_part(node, framing, parent, tree.children(node.id, include_hidden=True))
     if native or loom.get("parent_key") or node.parent is not None:
         out["parent_id"] = node.parent
     if order is not None or (old is None and (native or tags)):

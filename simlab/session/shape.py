@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from simlab.errors import TreeError
+from simlab.frame.render import PIECE
 from simlab.session.store import Session
 from simlab.session.tree import Node, new_id
 
@@ -32,8 +33,11 @@ def _split(session: Session, node_id: str, at_char: int, at_token: int | None) -
     if not 0 < at_char < len(node.text):
         raise TreeError(f"split: position {at_char} is not inside the text (1 to {len(node.text) - 1})")
     head_tokens, tail_tokens = _tokens(node, at_token)
-    first = session.add(_reshaped(node, node.text[:at_char], node.parent, **head_tokens))
-    rest = session.add(_reshaped(node, node.text[at_char:], first.id, **tail_tokens))
+    # a turn stays one turn: its first part does not end it, the rest goes on it (frame.render)
+    first = _reshaped(node, node.text[:at_char], node.parent, **head_tokens)
+    first = session.add(replace(first, finish_reason=None, tags=node.tags & {PIECE}))
+    rest = _reshaped(node, node.text[at_char:], first.id, **tail_tokens)
+    rest = session.add(replace(rest, tags=frozenset({PIECE}) if node.speaker is not None else frozenset()))
     _copy_children(session, node.id, rest.id)
     session.set_hidden(node.id)
     return first, rest
@@ -58,7 +62,8 @@ def _merge(session: Session, node_id: str) -> Node:
         "logprobs": node.logprobs + child.logprobs if node.logprobs and child.logprobs else (),
         "top": node.top + child.top if node.top and child.top else (),
     }
-    merged = session.add(_reshaped(node, node.text + child.text, node.parent, **joined))
+    merged = _reshaped(node, node.text + child.text, node.parent, **joined)
+    merged = session.add(replace(merged, finish_reason=child.finish_reason, tags=node.tags & {PIECE}))
     _copy_children(session, child.id, merged.id)
     session.set_hidden(node.id)
     return merged

@@ -234,3 +234,39 @@ def test_a_read_only_session_is_browsed_and_g_says_why_it_samples_nothing(fake_e
     assert fake_engine.prompts == []  # refused before sampling
     held.close()
     assert store.path("doc").read_bytes() == before
+
+
+def test_splitting_a_chat_reply_keeps_it_one_turn_in_the_transcript_and_the_chat(fake_engine, store):
+    from simlab.frame.render import render_path, reply_prompt
+
+    chat_persona = Persona(name="duo", frame="Two people talk.\n\n", user="Ann", model="Dr. Okafor")
+    session = start_session(store, chat_persona, "chat")
+    out = io.StringIO()
+    chat = Chat(fake_engine, store, session, chat_persona, chat_persona.sampling_params(seed=1), out)
+    fake_engine.enqueue([" Yes. It was buried in the limestone underground."])
+    [reply] = chat.user_turn("Was it found?")
+    before = render_path(chat.path())
+    loom = Loom(chat, children=1)
+    drive(loom, ["t", *["\x1b[C"] * 5, "s", "q"])
+    first, rest = chat.path()[-2:]
+    assert first.text + rest.text == reply.text and rest.parent == first.id  # split in two nodes
+    assert render_path(chat.path()) == before  # ... of one turn: no second label, no doubled space
+    assert reply_prompt(chat.path(), "Ann").endswith("Dr. Okafor: " + reply.text + "\nAnn:")
+    assert first.finish_reason is None and rest.finish_reason == reply.finish_reason
+    out.seek(0)
+    out.truncate()
+    chat.show_path(last=1)
+    assert out.getvalue() == f"Dr. Okafor: {reply.text} [{reply.finish_reason}]\n"
+    # a Loom file holds a text per node, joined along a path: the split turn reads as one turn there too
+    from simlab.session.html import page_data
+    from simlab.session.loom import to_loom
+
+    by_id, stack = {}, [to_loom(chat.tree)["root"]]
+    while stack:
+        entry = stack.pop()
+        by_id[entry["id"]] = entry
+        stack.extend(entry.get("children", []))
+    assert "".join(by_id[n.id]["text"] for n in chat.path()) == before
+    page = {n["id"]: n for n in page_data(session)["nodes"]}
+    shown = (page[n.id]["before"] + page[n.id]["text"] + page[n.id]["after"] for n in chat.path())
+    assert "".join(shown) == before
