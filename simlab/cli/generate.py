@@ -96,7 +96,13 @@ def _read_prompt(args: argparse.Namespace) -> str:
         return args.prompt
     if sys.stdin.isatty():
         raise SimlabError("generate: no prompt; give one as an argument or pipe it on stdin")
-    return sys.stdin.read()
+    text = sys.stdin.read()
+    if not text:
+        raise SimlabError(
+            "generate: stdin was empty, so there is no prompt; pipe some text in or give it as an "
+            'argument ("" samples from the start of text)'
+        )
+    return text
 
 
 def _save_traces(args, tracer, recorder, engine, run) -> None:

@@ -57,6 +57,11 @@ def test_json_output_is_reproducible_with_a_seed(capsys, tiny_dir):
     assert first == second
 
 
+def test_generate_with_an_empty_stdin_asks_for_a_prompt_instead_of_sampling(capsys, tiny_dir, monkeypatch):
+    code, out, err = run_cli(capsys, "generate", "-m", str(tiny_dir), stdin="", monkeypatch=monkeypatch)
+    assert code == 2 and out == "" and "stdin was empty, so there is no prompt" in err
+
+
 def test_generate_reads_the_prompt_from_stdin(capsys, tiny_dir, monkeypatch):
     code, out, _ = run_cli(
         capsys,
