@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simlab.errors import SimlabError, TreeError
+from simlab.frame.framing import Framing
 from simlab.frame.render import render_spans
 from simlab.repl.commands import Context, Quit, handle
 from simlab.repl.progress import LastReply
@@ -24,7 +25,7 @@ from simlab.repl.tokens import fork
 from simlab.session import shape
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
-from simlab.session.views import Style
+from simlab.session.views import Style, turn_label
 from simlab.turns import start_replies
 
 PREVIEW = 60  # characters of a node's text in the tree and the sibling list
@@ -303,9 +304,11 @@ class Loom:
         """(node id, fragments) per visible line: depth, fold mark, marks, a preview of the text."""
         on_path = {n.id for n in self.chat.path()}
         lines: list[tuple[str, list]] = []
-        stack = [(root, 0) for root in reversed(self.tree.roots) if self.show_hidden or not root.hidden]
+        # each tree's turns labelled as its frame's template writes them ("KEEPER.", as the chat does)
+        roots = [r for r in reversed(self.tree.roots) if self.show_hidden or not r.hidden]
+        stack = [(r, 0, Framing.from_dict(r.framing) if r.role == "frame" else None) for r in roots]
         while stack:
-            node, depth = stack.pop()
+            node, depth, framing = stack.pop()
             kids = self.tree.children(node.id, include_hidden=self.show_hidden)
             fold = "▸" if kids and node.id in self.collapsed else "▾" if kids else "·"
             marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
@@ -314,7 +317,7 @@ class Loom:
             )
             if node.hidden:
                 style += " class:hidden-node"
-            said = f"{node.speaker}: " if node.speaker and node.role in ("user", "model") else ""
+            said = turn_label(node, framing) + " " if node.speaker and node.role in ("user", "model") else ""
             text = said + (_preview(node.text, self.width) or "(empty)")
             lines.append(
                 (
@@ -327,7 +330,7 @@ class Loom:
                 )
             )
             if node.id not in self.collapsed:
-                stack.extend((kid, depth + 1) for kid in reversed(kids))
+                stack.extend((kid, depth + 1, framing) for kid in reversed(kids))
         return lines
 
     def _document(self) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ import shutil
 import textwrap
 
 from simlab.frame.framing import Framing
+from simlab.frame.render import framing_of
 from simlab.session.tree import Node, Tree
 
 
@@ -30,7 +31,7 @@ def _one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
 
 
-def _label(node: Node, framing: Framing | None = None) -> str:
+def turn_label(node: Node, framing: Framing | None = None) -> str:
     """How the node's turn is headed: as its framing's template writes it ("KEEPER.", ">"), else
     "Speaker:" (also for templates that write no label at all, so a tree line says who speaks)."""
     if node.role == "frame":
@@ -56,7 +57,7 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
         marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
         marks += "✗" if node.hidden else ""
         cursor = " ◀" if node.id == tree.cursor else ""
-        head = f"{tree.short(node.id)} {position}{marks + ' ' if marks else ''}{_label(node, framing)} "
+        head = f"{tree.short(node.id)} {position}{marks + ' ' if marks else ''}{turn_label(node, framing)} "
         room = width - len(prefix) - len(branch) - len(head) - len(cursor) - 1
         text = head + _one_line(node.text, room - 2) + cursor
         if node.id in on_path:  # the current path: coloured, or marked when colour is off
@@ -77,14 +78,16 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
 def render_transcript(tree: Tree, node_id: str, style: Style) -> list[str]:
     """A path as the conversation reads, with each node's short id in the margin."""
     lines = []
-    for node in tree.path(node_id):
+    path = tree.path(node_id)
+    framing = framing_of(path)
+    for node in path:
         margin = style.dim(tree.short(node.id) + " ")
         if node.role == "frame":
             lines += [margin + style.dim("[frame]")] + [
                 "         " + ln for ln in node.text.rstrip("\n").split("\n")
             ]
         else:
-            lines.append(margin + f"{_label(node)} {node.text.strip()}")
+            lines.append(margin + f"{turn_label(node, framing)} {node.text.strip()}")
     return lines
 
 
@@ -92,6 +95,7 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
     """The shared part once, then the two branches after they part, in two columns."""
     width = width or shutil.get_terminal_size((100, 20)).columns
     path_a, path_b = tree.path(a), tree.path(b)
+    frame_a, frame_b = framing_of(path_a), framing_of(path_b)
     shared = 0
     while shared < min(len(path_a), len(path_b)) and path_a[shared].id == path_b[shared].id:
         shared += 1
@@ -104,19 +108,19 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
     ]
     if shared:
         last = path_a[shared - 1]
-        lines.append(style.dim(f"  … {_label(last)} {_one_line(last.text, width - 20)}"))
+        lines.append(style.dim(f"  … {turn_label(last, frame_a)} {_one_line(last.text, width - 20)}"))
     col = max(20, (width - 3) // 2)
 
-    def column(nodes: list[Node], title: str) -> list[str]:
+    def column(nodes: list[Node], title: str, framing: Framing) -> list[str]:
         out = [title]
         for node in nodes:
             about = [f"seed {node.seed}" if node.seed is not None else "", node.persona or ""]
             extra = f" ({', '.join(a for a in about if a)})" if node.role == "model" and any(about) else ""
-            out += textwrap.wrap(f"{_label(node)} {node.text.strip()}{extra}", col) or [""]
+            out += textwrap.wrap(f"{turn_label(node, framing)} {node.text.strip()}{extra}", col) or [""]
         return out
 
-    left = column(path_a[shared:], f"A {tree.short(path_a[-1].id)}")
-    right = column(path_b[shared:], f"B {tree.short(path_b[-1].id)}")
+    left = column(path_a[shared:], f"A {tree.short(path_a[-1].id)}", frame_a)
+    right = column(path_b[shared:], f"B {tree.short(path_b[-1].id)}", frame_b)
     for k in range(max(len(left), len(right))):
         l_text = left[k] if k < len(left) else ""
         r_text = right[k] if k < len(right) else ""

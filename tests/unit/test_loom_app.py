@@ -270,3 +270,22 @@ def test_splitting_a_chat_reply_keeps_it_one_turn_in_the_transcript_and_the_chat
     page = {n["id"]: n for n in page_data(session)["nodes"]}
     shown = (page[n.id]["before"] + page[n.id]["text"] + page[n.id]["after"] for n in chat.path())
     assert "".join(shown) == before
+
+
+def test_stage_play_turns_read_as_the_chat_writes_them_in_the_tree_and_sessions_show(fake_engine, store):
+    from simlab.persona.library import find
+    from simlab.session.views import Style, render_transcript, render_tree
+
+    play = find("stage-play")
+    session = start_session(store, play, "play")
+    chat = Chat(fake_engine, store, session, play, play.sampling_params(seed=1), io.StringIO())
+    fake_engine.enqueue([" The sea took him."])
+    chat.user_turn("Where is the keeper?")
+    label = play.framing().head("model", play.model).strip()
+    assert label.endswith(".")  # KEEPER. (the template's), not KEEPER:
+    loom = Loom(chat, children=1)
+    listed = "".join(text for _, parts in loom._tree_lines() for _, text in parts)
+    assert f"{label} The sea took him." in listed and f"{play.model}:" not in listed
+    shown = "\n".join(render_transcript(chat.tree, chat.cursor.id, Style(color=False)))
+    assert f"{label} The sea took him." in shown and f"{play.model}:" not in shown
+    assert any(f"{label} The sea took him." in line for line in render_tree(chat.tree, Style(color=False), 120))
