@@ -288,4 +288,5 @@ def test_stage_play_turns_read_as_the_chat_writes_them_in_the_tree_and_sessions_
     assert f"{label} The sea took him." in listed and f"{play.model}:" not in listed
     shown = "\n".join(render_transcript(chat.tree, chat.cursor.id, Style(color=False)))
     assert f"{label} The sea took him." in shown and f"{play.model}:" not in shown
-    assert any(f"{label} The sea took him." in line for line in render_tree(chat.tree, Style(color=False), 120))
+    tree = render_tree(chat.tree, Style(color=False), 120)
+    assert any(f"{label} The sea took him." in line for line in tree)
