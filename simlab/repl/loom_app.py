@@ -70,12 +70,15 @@ STYLE = {
 }
 
 
-def word_wrap(fragments: list, width: int, cursor_style: str) -> list:
+def word_wrap(fragments: list, width: int, cursor_style: str, end: bool = False) -> list:
     """The fragments with a line break before each word that would cross `width` (the spaces before
-    it dropped: they are only shown), and prompt-toolkit's cursor marker before the first fragment
-    whose style has `cursor_style`, so the window scrolls to it. Longer words wrap where they must."""
+    it dropped: they are only shown), and prompt-toolkit's cursor marker before the first character
+    whose style has `cursor_style` (with `end`, its last), so the window scrolls to it. Longer words
+    wrap where they must."""
     flat = [(style, ch) for style, text, *_ in fragments for ch in text]
     text = "".join(ch for _, ch in flat)
+    styled = [i for i, (style, _) in enumerate(flat) if cursor_style in style]
+    mark_at = (styled[-1] if end else styled[0]) if styled else -1
     breaks: dict[int, int] = {}  # where a break starts -> where the next line starts
     col = 0
     for m in re.finditer(r"\n|[^\S\n]+|\S+", text):
@@ -98,7 +101,7 @@ def word_wrap(fragments: list, width: int, cursor_style: str) -> list:
             i = breaks[i]
             continue
         style, ch = flat[i]
-        if not marked and cursor_style in style:
+        if not marked and 0 <= mark_at <= i:  # (at the next character shown, if a break dropped it)
             out.append(("[SetCursorPosition]", ""))
             marked = True
         if out and out[-1][0] == style:
@@ -172,7 +175,10 @@ class LoomApp:
         loom = self.loom
         loom.width = self._columns()
         width = max(10, self._columns() - self._tree_width() - 1)
-        return word_wrap(loom.document(), width, "token-cursor" if loom.token_view else "current")
+        # the current node's end on screen (the newest text; a token under the cursor in the token view)
+        if loom.token_view:
+            return word_wrap(loom.document(), width, "token-cursor")
+        return word_wrap(loom.document(), width, "current", end=True)
 
     def _status(self) -> str:
         loom = self.loom

@@ -177,6 +177,23 @@ def test_the_text_wraps_between_words_and_marks_where_the_window_scrolls_to():
     assert (
         "".join(t for _, t in word_wrap([("", "a\nbb " + "x" * 30)], 10, "current")) == "a\nbb\n" + "x" * 30
     )
+    at_end = word_wrap(fragments, 12, "current", end=True)  # the current node's last character
+    marker = [style for style, _ in at_end].index("[SetCursorPosition]")
+    assert "".join(t for _, t in at_end[marker + 1 :]) == "e"
+
+
+def test_at_80x24_the_current_nodes_end_is_on_screen(fake_engine, store):
+    """A long document and a long continuation: after g and moving to it, its last words are drawn
+    (the pane used to scroll to the node's start, and its end stayed below, with no key to see it)."""
+    text = " ".join(f"Sentence {i} of the keeper's long log, written in a steady hand." for i in range(12))
+    document = Persona(name="document", frame=text, mode="document", sampling={"max_tokens": 2000})
+    session = start_session(store, document, "long")
+    chat = Chat(fake_engine, store, session, document, document.sampling_params(seed=5), io.StringIO())
+    loom = Loom(chat, children=1)
+    fake_engine.enqueue([" " + " ".join(f"word{i}" for i in range(120)) + " LASTWORD"])
+    screen = drive(loom, ["g", idle(loom), "q"])
+    assert chat.cursor.text.endswith("LASTWORD")
+    assert "LASTWORD" in screen and "Sentence 0 of" in screen  # (the start, drawn before g)
 
 
 def test_leaving_hidden_nodes_out_moves_a_cursor_on_one_to_where_it_hangs(fake_engine, store):
