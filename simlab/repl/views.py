@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from simlab.engine.prefix import unpack
 from simlab.errors import SimlabError
 from simlab.repl.state import Chat
 
@@ -82,6 +83,13 @@ def server_lines(engine) -> list[str]:
     return [tokens, f"context   {context}"]
 
 
+def _context_at(node) -> int:
+    """Tokens the model held at the end of a reply sampled here: the prompt it read (its recorded
+    passes) and its own tokens; 0 where the node does not say (a typed turn, a server's reply)."""
+    passes = unpack(node.prefill) if node.role == "model" else None
+    return sum(passes) + len(node.logprobs) if passes else 0
+
+
 def context_text(used: int, info) -> str:
     if context_known(info):
         return f"context {used}/{info.context_length}"
@@ -112,6 +120,8 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
         where = "empty"
     seed = "random" if chat.seed is None else str(chat.seed)
     last = chat.last
+    # the context of the reply under the cursor (siblings differ), else of the last reply
+    used = _context_at(chat.cursor) or (last.context_used if last else 0)
     parts = [  # (priority: lower stays longer, text)
         (0, f"NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""),
         (4, info.name),
@@ -121,7 +131,7 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
         (0, where),
         (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
         (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),
-        (1, context_text(last.context_used, info) if last else ""),
+        (1, context_text(used, info) if used else ""),
     ]
     parts = [(rank, text) for rank, text in parts if text]
     while len(parts) > 1 and len(" · ".join(t for _, t in parts)) + 2 > width:

@@ -241,6 +241,26 @@ def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
     assert "siblings  one after another" in info  # the tiny GPT-2's float products: not rows alone
 
 
+def test_the_toolbars_context_is_the_reply_under_the_cursor(tiny_engine, store, monkeypatch):
+    from simlab.engine.params import SamplingParams
+    from simlab.repl.app import toolbar_text
+
+    monkeypatch.setattr(tiny_engine, "eos_ids", frozenset())  # each reply runs to its length
+    chat = new_chat(tiny_engine, store)
+    chat.params = SamplingParams(max_new_tokens=3, seed=1)
+    [short] = chat.user_turn("hi")
+    chat.params = SamplingParams(max_new_tokens=12, seed=2)
+    [long] = chat.regen()  # a sibling of the same prompt, 9 tokens longer
+    assert len(long.logprobs) - len(short.logprobs) == 9
+
+    def used() -> int:
+        return int(toolbar_text(chat, width=200).split("context ")[1].split("/")[0])
+
+    at_long = used()
+    chat.move("prev")
+    assert chat.cursor.id == short.id and at_long - used() == 9  # each sibling's own context
+
+
 def test_edit_in_the_editor(tiny_engine, store, tmp_path, monkeypatch):
     from simlab.repl.app import edit_in_editor
     from simlab.repl.commands import Context
