@@ -22,13 +22,12 @@ from simlab.repl.commands import Context, Quit, handle
 from simlab.repl.progress import LastReply
 from simlab.repl.state import Chat
 from simlab.repl.tokens import fork
+from simlab.repl.views import preview, probability_style
 from simlab.session import shape
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
 from simlab.session.views import Style, turn_label
 from simlab.turns import start_replies
-
-PREVIEW = 60  # characters of a node's text in the tree and the sibling list
 
 
 @dataclass
@@ -318,7 +317,7 @@ class Loom:
             if node.hidden:
                 style += " class:hidden-node"
             said = turn_label(node, framing) + " " if node.speaker and node.role in ("user", "model") else ""
-            text = said + (_preview(node.text, self.width) or "(empty)")
+            text = said + (preview(node.text, self.width) or "(empty)")
             lines.append(
                 (
                     node.id,
@@ -342,7 +341,7 @@ class Loom:
         if self.token_view:
             for k, piece in enumerate(self.pieces()):
                 shown = self.node.text[piece.start : piece.start + len(piece.text)] or piece.text
-                style = _probability_style(piece.logprob) + (
+                style = probability_style(piece.logprob) + (
                     " class:token-cursor" if k == self.token_at else ""
                 )
                 out.append((style, shown))
@@ -362,15 +361,22 @@ class Loom:
         if piece.logprob is None:
             return f"word {self.token_at + 1}/{len(pieces)} {piece.text!r} (no probabilities recorded here)"
         alts = "  ".join(f"{i}:{a[1]!r} {math.exp(a[2]):.2f}" for i, a in enumerate(piece.top, 1))
-        return (
-            f"token {piece.index} {piece.text!r} p={math.exp(piece.logprob):.2f}   {alts}   (f or 1-9 forks)"
-        )
+        token, p = self._token_text(piece), math.exp(piece.logprob)
+        return f"token {piece.index} {token!r} p={p:.2f}   {alts}   (f or 1-9 forks)"
+
+    def _token_text(self, piece: Piece) -> str:
+        """The token's text as sampled (a reply's first with the label's space: ' Yes', as ' I')."""
+        node, k = self.node, piece.index
+        texts = self._decoded(node) or (node.backend or {}).get("tokens") or []
+        wanted = node.token_ids[k] if k < len(node.token_ids) else None
+        chosen = next((a[1] for a in node.top[k] if wanted is not None and a[0] == wanted), piece.text)
+        return texts[k] if k < len(texts) and texts[k] else chosen
 
     def _sibling_lines(self) -> list[tuple[str, str]]:
         """The continuations being sampled, or the current node's siblings (the current one marked)."""
         if self.streams:
             wide = max(20, self.width - 6)
-            return [("", f"{i + 1}. {_preview(text, wide)}\n") for i, text in enumerate(self.streams)]
+            return [("", f"{i + 1}. {preview(text, wide)}\n") for i, text in enumerate(self.streams)]
         node = self.node
         siblings = self.tree.children(node.parent, include_hidden=self.show_hidden) if node.parent else [node]
         if len(siblings) < 2:
@@ -378,19 +384,7 @@ class Loom:
         return [
             (
                 "class:cursor" if s.id == node.id else "",
-                f"{i + 1}. {_preview(s.text, max(20, self.width - 6))}\n",
+                f"{i + 1}. {preview(s.text, max(20, self.width - 6))}\n",
             )
             for i, s in enumerate(siblings)
         ]
-
-
-def _preview(text: str, width: int = PREVIEW) -> str:
-    flat = text.replace("\n", "⏎")
-    return flat[:width] + ("…" if len(flat) > width else "")
-
-
-def _probability_style(logprob: float | None) -> str:
-    if logprob is None:
-        return "class:current"
-    p = math.exp(logprob)
-    return "class:p-high" if p >= 0.5 else "class:p-mid" if p >= 0.1 else "class:p-low"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 from simlab.engine.prefix import unpack
@@ -137,3 +138,16 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
     while len(parts) > 1 and len(" · ".join(t for _, t in parts)) + 2 > width:
         parts.remove(max(parts, key=lambda part: part[0]))
     return " " + " · ".join(t for _, t in parts) + " "
+
+
+def preview(text: str, width: int = 60) -> str:
+    """A node's text on one line (the Loom editor's tree and sibling list), cut at `width`."""
+    return (flat := text.replace("\n", "⏎"))[:width] + ("…" if len(flat) > width else "")
+
+
+def probability_style(logprob: float | None) -> str:
+    """The Loom document's colour for a token of this log-probability."""
+    if logprob is None:
+        return "class:current"
+    p = math.exp(logprob)
+    return "class:p-high" if p >= 0.5 else "class:p-mid" if p >= 0.1 else "class:p-low"

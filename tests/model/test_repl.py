@@ -422,3 +422,22 @@ def test_the_loom_editor_says_how_far_a_long_document_has_been_read(tiny_engine,
     assert total > 64 and reading[0] == f"sampling 2: reading the text, 0/{total} tokens"
     assert f"sampling 2: reading the text, 64/{total} tokens" in reading
     assert loom.busy is None and sum(n.origin == "sampled" for n in chat.tree.nodes.values()) == 2
+
+
+def test_the_loom_token_view_shows_a_replys_first_token_as_sampled(tiny_engine, store):
+    """The stored reply leaves out the space the label's template writes, but the token carries it:
+    the token line shows it as sampled, as its alternatives are shown (' Yes' beside ' I')."""
+    from simlab.repl.loom import Loom
+
+    chat = new_chat(tiny_engine, store)
+    for seed in range(20):  # a reply whose first token is a word after a space
+        chat.params = chat.params.with_overrides(seed=seed)
+        [reply] = chat.user_turn("hello there")
+        chosen = tiny_engine.tokenizer.decode([reply.token_ids[0]])
+        if chosen.startswith(" ") and len(chosen) > 1 and not reply.text.startswith(" "):
+            break
+    else:
+        pytest.fail("no reply began with a spaced word")
+    loom = Loom(chat)
+    loom.token_view, loom.token_at = True, 0
+    assert loom.token_line().startswith(f"token 0 {chosen!r} p=")
