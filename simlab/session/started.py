@@ -30,7 +30,7 @@ def persona_at(path: list) -> Persona:
     except PersonaError:
         pass
     return Persona(
-        name=root.persona or "session",
+        name=root.persona or ("document" if framing.mode == "document" else "session"),
         frame=root.text if root.role == "frame" else "",
         user=framing.user,
         model=framing.model,

@@ -227,3 +227,11 @@ def test_resuming_an_imported_loom_session_does_not_load_its_api_model(store, tm
     assert any(n.model == "davinci-002" for n in session.tree.nodes.values())
     settings = load_settings()
     assert _model_spec(argparse.Namespace(model=None), settings, session) == settings.model
+
+
+def test_an_imported_loom_document_is_a_document_in_the_toolbar_not_a_session(store, tmp_path):
+    from simlab.session.started import persona_of
+
+    session = import_json(store, tmp_path, pyloom_file())
+    persona = persona_of(session)
+    assert persona.mode == "document" and persona.name == "document"
