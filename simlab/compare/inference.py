@@ -65,6 +65,7 @@ class Estimate:
 
 
 NAN = Estimate(math.nan, math.nan, math.nan, 0, "no values")
+FLOORED = "; its low end cut at the metric's floor"  # (a length is >= 0: the floor is not a bound found)
 
 
 def _clean(values: Sequence[float]) -> np.ndarray:
@@ -91,11 +92,12 @@ def studentized_mean(
     if n == 1:
         return Estimate(mean, math.nan, math.nan, 1, "one value: no interval")
     se = float(x.std(ddof=1)) / math.sqrt(n)
-    if se == 0:
-        return Estimate(mean, mean, mean, n, "all values equal")
+    if se == 0:  # a zero-width interval would claim a certainty no sample gave
+        return Estimate(mean, math.nan, math.nan, n, f"all {n} values equal: no interval")
     if n < MIN_BOOTSTRAP:
         h = float(stats.t.ppf(1 - (1 - level) / 2, n - 1)) * se
-        return Estimate(mean, max(floor, mean - h), mean + h, n, f"t-interval (n < {MIN_BOOTSTRAP})")
+        method = f"t-interval (n < {MIN_BOOTSTRAP})" + (FLOORED if mean - h < floor else "")
+        return Estimate(mean, max(floor, mean - h), mean + h, n, method)
     rng = np.random.default_rng(seed)
     resampled = x[rng.integers(0, n, (rounds, n))]  # (rounds, n)
     se_star = resampled.std(axis=1, ddof=1) / math.sqrt(n)
@@ -103,8 +105,9 @@ def studentized_mean(
     t = (resampled.mean(axis=1)[spread] - mean) / se_star[spread]
     tail = (1 - level) / 2
     t_low, t_high = np.quantile(t, [tail, 1 - tail])
-    low, high = max(floor, float(mean - t_high * se)), float(mean - t_low * se)  # floor: a length is >= 0
-    return Estimate(mean, low, high, n, f"studentized bootstrap, {rounds} rounds")
+    low, high = float(mean - t_high * se), float(mean - t_low * se)
+    method = f"studentized bootstrap, {rounds} rounds" + (FLOORED if low < floor else "")
+    return Estimate(mean, max(floor, low), high, n, method)  # floor: a length is >= 0
 
 
 def rate(k: int, n: int, level: float = LEVEL) -> Estimate:
@@ -222,6 +225,9 @@ def jackknife(
         return Estimate(whole, math.nan, math.nan, n, "jackknife (too few samples)")
     leave = np.array([statistic([j for j in range(n) if j != i]) for i in range(n)])
     se = math.sqrt((n - 1) / n * float(((leave - leave.mean()) ** 2).sum()))
+    if se == 0:  # every sample left out gives the same value: no spread to make an interval of
+        why = f"jackknife: all {n} leave-one-out values equal, no interval"
+        return Estimate(whole, math.nan, math.nan, n, why)
     h = stats.t.ppf(1 - (1 - level) / 2, n - 1) * se
     low, high = whole - h, whole + h
     if bounds is not None:  # a share cannot leave [0, 1]: the interval is cut there (said in its method)

@@ -7,25 +7,23 @@ import textwrap
 import time
 from typing import Any
 
-from simlab.compare.inference import Estimate
+from simlab.compare.inference import FLOORED, Estimate
 from simlab.compare.stats import METRICS, Analysis
 
 
-def _fmt(e: Estimate, digits: int = 2, of: int | None = None, key: str = "") -> str:
+def _fmt(e: Estimate, digits: int = 2, of: int | None = None, key: str = "", sign: str = "") -> str:
     if e.n == 0 or math.isnan(e.mean):
         return "–"
-    if math.isnan(e.low):
-        return f"{e.mean:.{digits}f}" + _fewer(e, of, key)
-    return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]" + _fewer(e, of, key)
+    mark = " *" if sign and e.significant else ""
+    if math.isnan(e.low):  # no interval: say why when the samples did not vary
+        why = " (all equal)" if "equal" in e.method else ""
+        return f"{e.mean:{sign}.{digits}f}{why}{mark}" + _fewer(e, of, key)
+    low = f"{e.low:{sign}.{digits}f}" + (" floor" if FLOORED in e.method else "")
+    return f"{e.mean:{sign}.{digits}f} [{low}, {e.high:{sign}.{digits}f}]{mark}" + _fewer(e, of, key)
 
 
 def _diff(e: Estimate, digits: int = 2, of: int | None = None, key: str = "") -> str:
-    if e.n == 0 or math.isnan(e.mean):
-        return "–"
-    mark = " *" if e.significant else ""
-    if math.isnan(e.low):
-        return f"{e.mean:+.{digits}f}{mark}" + _fewer(e, of, key)
-    return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]{mark}" + _fewer(e, of, key)
+    return _fmt(e, digits, of, key, sign="+")
 
 
 def _fewer(e: Estimate, of: int | None, key: str) -> str:
@@ -80,7 +78,12 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
             for name, d in a.differences.items()
             for k, e in d.items()
         ]  # fmt: skip
-        out.append(("Tests", ["variant", "metric", "difference", "p", "p (Holm)", "d_z", "method"], rows))
+        title = (
+            "Tests: the p-value of each difference (its method) decides the mark *, after Holm's "
+            "correction; the interval beside it is the bootstrap's or jackknife's, so near 5% the two "
+            "can disagree"
+        )
+        out.append((title, ["variant", "metric", "difference", "p", "p (Holm)", "d_z", "method"], rows))
     for t, per_turn in enumerate(
         zip(*(v.turns for v in a.variants)) if a.variants and a.variants[0].turns else []
     ):
@@ -151,7 +154,7 @@ def terminal(a: Analysis, width: int | None = 80) -> str:
     for title, header, rows in tables(a):
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines += textwrap.wrap(title, width) if width else [title]
-        for group in _column_groups(widths, width):
+        for group in _column_groups(widths, width, keys=sum(h in KEYS for h in header[:2])):
             lines.append("  ".join(header[i].ljust(widths[i]) for i in group))
             lines.append("  ".join("-" * widths[i] for i in group))
             lines += ["  ".join(r[i].ljust(widths[i]) for i in group).rstrip() for r in rows]
@@ -173,15 +176,20 @@ def terminal(a: Analysis, width: int | None = 80) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _column_groups(widths: list[int], width: int | None) -> list[list[int]]:
-    """Column indices in groups that fit the width, each starting with column 0 (the names)."""
+KEYS = {"variant", "metric", "A", "B"}  # a table's leading columns that say what a row is
+
+
+def _column_groups(widths: list[int], width: int | None, keys: int = 1) -> list[list[int]]:
+    """Column indices in groups that fit the width, each starting with the `keys` columns that
+    name a row (the variant, and the metric in the tests table)."""
+    keys = max(1, keys)
     if width is None or sum(widths) + 2 * (len(widths) - 1) <= width:
         return [list(range(len(widths)))]
-    groups, current = [], [0]
-    for i in range(1, len(widths)):
-        if len(current) > 1 and sum(widths[j] + 2 for j in current) + widths[i] > width:
+    groups, current = [], list(range(keys))
+    for i in range(keys, len(widths)):
+        if len(current) > keys and sum(widths[j] + 2 for j in current) + widths[i] > width:
             groups.append(current)
-            current = [0]
+            current = list(range(keys))
         current.append(i)
     return [*groups, current]
 

@@ -103,7 +103,8 @@ def test_below_8_values_the_mean_gets_the_t_interval():
 
 
 def test_a_constant_sample_and_tiny_samples_do_not_break():
-    assert studentized_mean([2.0, 2.0, 2.0]).low == 2.0
+    same = studentized_mean([2.0, 2.0, 2.0])  # no zero-width interval: it claims what no sample gave
+    assert same.mean == 2.0 and math.isnan(same.low) and same.method == "all 3 values equal: no interval"
     assert math.isnan(studentized_mean([1.0]).low) and studentized_mean([]).n == 0
     flat = paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert flat.mean == 0 and flat.extra["p"] == 1.0 and not flat.excludes_zero
@@ -137,3 +138,24 @@ def test_corpus_metrics_get_an_exact_paired_permutation_test():
     # only the two assignments that keep every sample on its side (or swap all) are as extreme
     assert corpus_permutation_p(diverse, same, "distinct_1", 0) == pytest.approx(2 / 256)
     assert corpus_permutation_p(diverse, same, "self_bleu", 0) == pytest.approx(2 / 256)
+
+
+def test_an_interval_cut_at_the_floor_says_so_and_the_report_shows_it():
+    from simlab.compare.inference import FLOORED
+    from simlab.compare.report import _fmt
+
+    cut = studentized_mean([0.0, 0.0, 1.0, 60.0, 0.0, 70.0], floor=0.0)  # a t-interval below 0
+    assert cut.low == 0.0 and FLOORED in cut.method
+    assert _fmt(cut).startswith(f"{cut.mean:.2f} [0.00 floor, ")
+    whole = studentized_mean([10.0, 11.0, 12.0, 13.0, 9.0, 10.5], floor=0.0)
+    assert FLOORED not in whole.method and "floor" not in _fmt(whole)
+    assert _fmt(studentized_mean([4.0] * 8)) == "4.00 (all equal)"
+
+
+def test_the_tests_table_keeps_the_metric_beside_each_column_group_at_80_columns():
+    from simlab.compare.report import _column_groups
+
+    widths = [10, 12, 24, 6, 8, 6, 40]  # variant, metric, difference, p, p (Holm), d_z, method
+    groups = _column_groups(widths, 80, keys=2)
+    assert len(groups) > 1 and all(g[:2] == [0, 1] for g in groups)
+    assert sorted({i for g in groups for i in g}) == list(range(7))
