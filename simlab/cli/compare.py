@@ -21,7 +21,7 @@ from simlab.cli.common import (
     settings_of,
     trace_config,
 )
-from simlab.compare.spec import build_spec, read_spec
+from simlab.compare.spec import build_spec, read_spec, sampling_differs
 from simlab.engine.params import BY_FIELD
 from simlab.errors import EXIT_INTERRUPTED, SimlabError, SweepInterrupted
 from simlab.repl.progress import Waiting
@@ -58,6 +58,12 @@ def add_command(commands) -> None:
     )
     add_sessions_dir(cmp)
     group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
+    group.add_argument(
+        "--same-sampling",
+        action="store_true",
+        help="every variant samples as the first one does (its persona's defaults and these flags), "
+        "so only the framing differs; stop strings stay each persona's own",
+    )
     add_sampling_flags(group, defaults=False)
     add_model_flags(cmp)
     add_trace_flags(cmp)
@@ -102,6 +108,8 @@ def spec_from_args(args: argparse.Namespace):
     }  # max_new_tokens -> max_tokens
     if sampling:
         data["sampling"] = {**(data.get("sampling") or {}), **sampling}
+    if args.same_sampling:
+        data["same_sampling"] = True
     return build_spec(data, source, lines, default_name=default_name)
 
 
@@ -125,7 +133,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return engines[key]
 
     with session:
-        notes: list[str] = []
+        notes: list[str] = [differs] if (differs := sampling_differs(spec)) else []
+        if differs:
+            say(f"simlab compare: note: {differs}")
         while True:
             runs = _sweep(spec, session, engine_for, tracer)
             if runs is None:

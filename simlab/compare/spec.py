@@ -71,7 +71,9 @@ AUTO_LABELS = {  # the tables' labels -> the metrics' keys (the keys are accepte
     "self-bleu": "self_bleu",
 }
 AUTO_METRICS = tuple(AUTO_LABELS.values())
-SPEC_KEYS = {"name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url", "until"}
+SPEC_KEYS = {
+    "name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url", "until", "same_sampling"
+}  # fmt: skip
 VARIANT_KEYS = {"name", "persona", "frame", "sampling", "model"}
 
 
@@ -133,6 +135,9 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
             f"{where('base_url')}: base_url: must be a server's http(s) URL, e.g. http://host:8000/v1"
         )
     common = _sampling(data.get("sampling"), f"{where('sampling')}")
+    same = data.get("same_sampling", False)
+    if not isinstance(same, bool):
+        raise SpecError(f"{where('same_sampling')}: same_sampling: true or false")
     raw_variants = data.get("variants")
     if not isinstance(raw_variants, list) or not raw_variants:
         raise SpecError(f"{where('variants')}: variants: give a list, each with at least a persona")
@@ -160,8 +165,12 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
             )
         if raw.get("model") is not None and not isinstance(raw["model"], str):
             raise SpecError(f"{here}: model: must be a model spec (text)")
+        if same and raw.get("sampling"):
+            raise SpecError(f"{here}: same_sampling gives every variant one sampling; drop this `sampling:`")
         try:
             params = persona.sampling_params(**{**common, **_sampling(raw.get("sampling"), here)})
+            if same and variants:  # the first variant's (its persona's defaults and the common ones)
+                params = replace(variants[0].params, stop=params.stop)  # stops belong to the framing
         except (SamplingError, TypeError) as exc:
             raise SpecError(f"{here}: {exc}") from None
         variants.append(Variant(name, persona, params, raw.get("model")))
@@ -169,6 +178,28 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
     if not isinstance(name, str):
         raise SpecError(f"{where('name')}: name: must be text")
     return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url, until)
+
+
+def sampling_differs(spec: Spec) -> str | None:
+    """A note when the variants sample differently (apart from their stops, which belong to each
+    framing): the comparison then mixes framing with sampling."""
+    first = spec.variants[0]
+    differ = []
+    for v in spec.variants[1:]:
+        a, b = first.params.__dict__, v.params.__dict__
+        keys = [k for k in a if k not in ("stop", "seed") and a[k] != b[k]]
+        if keys:
+            differ.append(
+                f"{v.name} " + ", ".join(f"{k} {b[k]}" for k in keys)
+                + f" (against {first.name}'s " + ", ".join(f"{a[k]}" for k in keys) + ")"
+            )  # fmt: skip
+    if not differ:
+        return None
+    return (
+        "the variants sample differently, so a difference mixes framing with sampling: "
+        + "; ".join(differ)
+        + ". --same-sampling (or `same_sampling: true`) gives every variant the first one's sampling"
+    )
 
 
 def _until(data: dict, where) -> Until:

@@ -62,6 +62,15 @@ def load_spec(path):
         ({"turns": ["x"], "variants": ["interview"], "sampling": {"top_p": 9}}, "top_p=9 is invalid"),
         ({"turns": ["x"], "variants": ["interview"], "sampling": {"warmth": 1}}, "sampling.warmth: unknown"),
         ({"turns": ["x"], "variants": ["interview"], "temperature": 1}, "temperature: unknown key"),
+        ({"turns": ["x"], "variants": ["interview"], "same_sampling": "yes"}, "same_sampling: true or false"),
+        (
+            {
+                "turns": ["x"],
+                "same_sampling": True,
+                "variants": ["interview", {"persona": "stage-play", "sampling": {"temperature": 1}}],
+            },
+            "same_sampling gives every variant one sampling",
+        ),
     ],
 )
 def test_bad_specs_are_one_clear_line(data, expected):
@@ -330,3 +339,20 @@ def test_an_interrupt_while_scoring_says_every_sample_is_saved(
     err = capsys.readouterr().err
     assert code == 130 and "interrupted while scoring; every sample is saved" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_personas_that_sample_differently_are_named_and_same_sampling_makes_only_the_framing_differ():
+    from simlab.compare.spec import sampling_differs
+
+    mixed = build_spec({"turns": ["Where?"], "variants": ["interview", "stage-play"]}, "spec.yaml")
+    note = sampling_differs(mixed)
+    assert "stage-play temperature 0.85, max_new_tokens 100 (against interview's 0.8, 120)" in note
+    assert "--same-sampling" in note
+    same = build_spec(
+        {"turns": ["Where?"], "variants": ["interview", "stage-play"], "same_sampling": True,
+         "sampling": {"top_k": 40}},
+        "spec.yaml",
+    )  # fmt: skip
+    first, second = (v.params for v in same.variants)
+    assert sampling_differs(same) is None and second.temperature == 0.8 and second.top_k == 40
+    assert second.stop == mixed.variants[1].params.stop != first.stop  # each framing's own stops
