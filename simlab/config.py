@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
+import shutil
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -147,3 +150,15 @@ def load_settings(**flags: object) -> Settings:
         return dataclasses.replace(Settings(), **values)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (set in {path}, the environment or a flag)") from None
+
+
+def invoked_as(argv0: str | None = None) -> str:
+    """How to run simlab again as it was run now: `simlab` where that is the one on PATH, else the
+    path it was started by (`.venv/bin/simlab`, as the README runs it), so the line can be pasted."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if Path(argv0).name != "simlab" or os.sep not in argv0:
+        return "simlab"  # on PATH, or `python -m simlab`
+    found = shutil.which("simlab")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "simlab"
+    return shlex.quote(argv0)

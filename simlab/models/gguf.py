@@ -140,7 +140,7 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
 
     quiet_transformers()
     where, name = str(gguf_path.parent), gguf_path.name
-    with _one_reader_per_file():
+    with _one_reader_per_file(), _no_progress_bars():
         with stage("reading the GGUF metadata and building the tokenizer", say):
             tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
         with stage("dequantizing the weights to float32", say):
@@ -148,9 +148,29 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # the weights are plain tensors now; drop the GGUF bookkeeping
         quantizer.remove_quantization_config(model)
-    with stage("saving safetensors and tokenizer files", say):
+    with stage("saving safetensors and tokenizer files", say), _no_progress_bars():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' own progress bars off while simlab's stage lines say what runs (they drew over
+    those lines on a terminal): its logging's bars, and the GGUF loader's plain tqdm."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as loader
+    from transformers.utils import logging
+
+    bars, plain = logging.is_progress_bar_enabled(), loader.tqdm
+    logging.disable_progress_bar()
+    loader.tqdm = partial(plain, disable=True)
+    try:
+        yield
+    finally:
+        loader.tqdm = plain
+        if bars:
+            logging.enable_progress_bar()
 
 
 @contextmanager

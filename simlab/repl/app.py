@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from simlab.config import invoked_as
 from simlab.errors import ModelFailed, SimlabError
 from simlab.persona.library import library
 from simlab.repl.app_exit import ends_on_signal
@@ -80,6 +80,7 @@ def _completer(chat: Chat):
 
 def _bindings(editing: list[bool]):
     """The prompt's keys; `editing[0]` is True while an inline /edit asks for its text."""
+    from prompt_toolkit.filters import Condition
     from prompt_toolkit.key_binding import KeyBindings
 
     keys = KeyBindings()
@@ -99,6 +100,10 @@ def _bindings(editing: list[bool]):
     @keys.add("escape", "enter")
     def _newline(event) -> None:
         event.current_buffer.insert_text("\n")
+
+    @keys.add("c-d", filter=Condition(lambda: editing[0]))
+    def _cancel(event) -> None:  # Ctrl-D cancels an inline /edit, as Ctrl-C does (the README says so)
+        event.app.exit(exception=EOFError())
 
     @keys.add("c-c")
     def _interrupt(event) -> None:  # clears the line; at an empty line (or in /edit) interrupts
@@ -276,18 +281,6 @@ def farewell(chat: Chat) -> int:
             f"resume with: {invoked_as()} chat --resume {chat.session.name}"
         )
     return 128 + chat.stopping if chat.stopping is not None else 0
-
-
-def invoked_as(argv0: str | None = None) -> str:
-    """How to run simlab again as it was run now: `simlab` where that is the one on PATH, else the
-    path it was started by (`.venv/bin/simlab`, as the README runs it), so the line can be pasted."""
-    argv0 = sys.argv[0] if argv0 is None else argv0
-    if Path(argv0).name != "simlab" or os.sep not in argv0:
-        return "simlab"  # on PATH, or `python -m simlab`
-    found = shutil.which("simlab")
-    if found and os.path.realpath(found) == os.path.realpath(argv0):
-        return "simlab"
-    return shlex.quote(argv0)
 
 
 def run_script(chat: Chat, lines: Iterable[str]) -> int:

@@ -32,6 +32,7 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 from prompt_toolkit.widgets import Frame, TextArea
 
+from simlab.errors import SimlabError
 from simlab.repl.app_exit import ends_on_signal
 from simlab.repl.loom import Loom
 from simlab.repl.state import Chat
@@ -260,7 +261,18 @@ class LoomApp:
         plain = browsing & Condition(lambda: not loom.token_view)
 
         def key(*keys, filter=browsing):
-            return kb.add(*keys, filter=filter)
+            add = kb.add(*keys, filter=filter)
+
+            def register(handler):  # what a key cannot do is one line (a read-only session's refusal)
+                def safe(event):
+                    try:
+                        return handler(event)
+                    except SimlabError as exc:
+                        loom.say(str(exc))
+
+                return add(safe)
+
+            return register
 
         for keys, where in (
             (("left",), "parent"),
@@ -297,7 +309,7 @@ class LoomApp:
         kb.add("<any>", filter=Condition(lambda: self.help))(lambda e: setattr(self, "help", False))
         kb.add("escape", filter=browsing)(lambda e: setattr(loom, "output", ""))
         editing = Condition(lambda: self.editing is not None)
-        kb.add("c-s", filter=editing)(lambda e: self._save_editor())
+        key("c-s", filter=editing)(lambda e: self._save_editor())
         kb.add("escape", filter=editing)(lambda e: self._close_editor())
         commanding = Condition(lambda: self.commanding)
         kb.add("escape", filter=commanding)(lambda e: self._command_mode(False))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simlab.config import invoked_as
 from simlab.errors import SessionError, SessionWriteError
 from simlab.session.journal import encode, header, load_tree, state_records
 from simlab.session.tree import Node, Tree, make_node
@@ -343,9 +344,10 @@ def _lock(handle, name: str) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
+        simlab = invoked_as()  # as it was run (.venv/bin/simlab where that is not on PATH)
         raise SessionError(
-            f"session {name!r} is open for writing in another simlab process; close it there, or browse "
-            f"it read-only: `simlab chat --resume {name} --read-only` (or `simlab loom {name} --read-only`)"
+            f"session {name!r} is open for writing in another simlab process; close it there, or browse it "
+            f"read-only: `{simlab} chat --resume {name} --read-only` (or `{simlab} loom {name} --read-only`)"
         ) from None
 
 

@@ -246,9 +246,10 @@ def test_a_read_only_session_is_browsed_and_g_says_why_it_samples_nothing(fake_e
     chat = Chat(fake_engine, store, viewer, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
     loom = Loom(chat, children=3)
     fake_engine.enqueue([" tall"])
-    screen = drive(loom, ["g", idle(loom), "?", "q", "q"])
-    assert "open read-only: nothing is added" in screen
+    screen = drive(loom, ["g", idle(loom), "b", "*", "!", "a", "more", "\x13", "e", "\x13", "q"])
+    assert "open read-only: nothing is added" in screen and "Unhandled exception" not in screen
     assert fake_engine.prompts == []  # refused before sampling
+    assert not loom.chat.session.unsaved and "open read-only" in loom.message  # each key: one line
     held.close()
     assert store.path("doc").read_bytes() == before
 

@@ -161,7 +161,7 @@ def test_typed_text_does_not_show_the_replaced_replys_finish_marker(fake_engine,
 
 
 @pytest.mark.timeout(30)  # (before the fix the edit> prompt kept the keys: the chat never ended)
-def test_ctrl_c_in_an_inline_edit_cancels_it_and_saves_nothing(fake_engine, store, monkeypatch):
+def test_ctrl_c_or_ctrl_d_in_an_inline_edit_cancels_it_and_saves_nothing(fake_engine, store, monkeypatch):
     monkeypatch.setattr("simlab.repl.app.pick_editor", lambda: None)  # inline, at an edit> prompt
     chat = new_chat(fake_engine.enqueue([" Fine."]), store)
     with create_pipe_input() as pipe:
@@ -169,9 +169,13 @@ def test_ctrl_c_in_an_inline_edit_cancels_it_and_saves_nothing(fake_engine, stor
         time.sleep(0.5)  # (the edit> prompt comes up with the reply's text in it)
         pipe.send_text("\x03")
         time.sleep(0.3)
+        pipe.send_text("/edit\r")  # and Ctrl-D, with the text still on the line
+        time.sleep(0.5)
+        pipe.send_text("\x04")
+        time.sleep(0.3)
         pipe.send_text("/quit\r")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
-    assert "(edit cancelled; nothing saved)" in chat.out.getvalue()
+    assert chat.out.getvalue().count("(edit cancelled; nothing saved)") == 2
     assert not [n for n in chat.tree.nodes.values() if n.origin == "edited"]
 
 
@@ -467,7 +471,7 @@ def test_leaving_a_new_chat_where_nothing_was_said_offers_no_resume_of_a_removed
 
 def test_the_farewell_names_simlab_as_it_was_run(tmp_path, monkeypatch):
     """`resume with: …` can be pasted: `simlab` where that is the one on PATH, else the path used."""
-    from simlab.repl.app import invoked_as
+    from simlab.config import invoked_as
 
     on_path = tmp_path / "bin" / "simlab"
     on_path.parent.mkdir()
