@@ -261,18 +261,7 @@ class LoomApp:
         plain = browsing & Condition(lambda: not loom.token_view)
 
         def key(*keys, filter=browsing):
-            add = kb.add(*keys, filter=filter)
-
-            def register(handler):  # what a key cannot do is one line (a read-only session's refusal)
-                def safe(event):
-                    try:
-                        return handler(event)
-                    except SimlabError as exc:
-                        loom.say(str(exc))
-
-                return add(safe)
-
-            return register
+            return lambda handler: kb.add(*keys, filter=filter)(_saying_refusals(loom, handler))
 
         for keys, where in (
             (("left",), "parent"),
@@ -379,6 +368,18 @@ class LoomApp:
 
     def run(self, pre_run=None) -> None:
         self.app.run(pre_run=pre_run)
+
+
+def _saying_refusals(loom: Loom, handler):
+    """A key's handler whose refusal (a read-only session, say) is one line, not a traceback."""
+
+    def safe(event):
+        try:
+            return handler(event)
+        except SimlabError as exc:
+            loom.say(str(exc))
+
+    return safe
 
 
 def run_loom(chat: Chat, children: int = 3, input=None, output=None) -> Loom:
