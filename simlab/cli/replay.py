@@ -42,6 +42,18 @@ def add_command(commands) -> None:
     replay.set_defaults(run=cmd_replay)
 
 
+def _nothing_to_replay(session, path) -> SimlabError:
+    """Why a path has no reply to replay, in one line (replies reshaped by hand say so)."""
+    made = [n for n in path if n.role == "model" and n.origin in ("edited", "sampled")]
+    why = (
+        f": its {len(made)} repl{'y was' if len(made) == 1 else 'ies were'} edited, split or continued, "
+        "so no one seed draws the text (the reply each came from replays: --node ID)"
+        if made
+        else ""
+    )
+    return SimlabError(f"the path to {session.tree.short(path[-1].id)} has no sampled replies to replay{why}")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     overrides = sampling_overrides(args) | ({"seed": args.seed} if args.seed is not None else {})
     tracer = make_tracer(trace_config(args))
@@ -57,7 +69,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         path = tree.path(target)
         replies = model_replies(path)
         if not replies:
-            raise SimlabError(f"the path to {session.tree.short(target)} has no sampled replies to replay")
+            raise _nothing_to_replay(session, path)
         for node in replies:
             params_of(node, overrides)  # a bad override fails before the model loads
         say(f"simlab: loading the model to re-run the path's {_replies(len(replies))}")

@@ -317,7 +317,7 @@ class Loom:
             if node.hidden:
                 style += " class:hidden-node"
             said = turn_label(node, framing) + " " if node.speaker and node.role in ("user", "model") else ""
-            text = said + (preview(node.text, self.width) or "(empty)")
+            text = said + (preview(node.text.lstrip() if said else node.text, self.width) or "(empty)")
             lines.append(
                 (
                     node.id,

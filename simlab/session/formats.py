@@ -13,7 +13,7 @@ from typing import Any
 
 from simlab import safe_yaml
 from simlab.errors import BadInput, SessionError, SimlabError, TreeError
-from simlab.frame.render import render_path
+from simlab.frame.render import render_path, turns
 from simlab.session import loom
 from simlab.session.html import to_html
 from simlab.session.journal import load_tree, state_records
@@ -38,15 +38,17 @@ def to_markdown(session: Session, node_id: str | None = None) -> str:
         lines += [f"*Replies by {', '.join(models)}.*", ""]
     if not any(n.speaker for n in path):  # a Loom document: one flowing text, not turns
         return "\n".join(lines) + "\n" + render_path(path).rstrip("\n") + "\n"
-    for node in path:
+    for group in turns(path):  # a turn split into pieces in the Loom editor is one turn here too
+        node, text = group[0], "".join(n.text for n in group)
         if node.role == "frame":
             lines += ["```text", node.text.rstrip("\n"), "```", ""]
         elif node.role == "note":
             lines += [f"> *Note:* {node.text}", ""]
         else:
             who = node.speaker or node.role
-            extra = f" <sub>seed {node.seed}</sub>" if node.seed is not None else ""
-            lines += [f"**{who}:** {node.text.strip()}{extra}", ""]
+            seeds = [n.seed for n in group if n.seed is not None]
+            extra = f" <sub>seed {seeds[0]}</sub>" if seeds else ""
+            lines += [f"**{who}:** {text.strip()}{extra}", ""]
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import shutil
 import textwrap
 
 from simlab.frame.framing import Framing
-from simlab.frame.render import framing_of
+from simlab.frame.render import PIECE, framing_of
 from simlab.session.tree import Node, Tree
 
 
@@ -38,6 +38,8 @@ def turn_label(node: Node, framing: Framing | None = None) -> str:
         return "frame"
     if not node.speaker:
         return node.role
+    if PIECE in node.tags:  # the rest of a turn split in two: it goes on the turn above
+        return "…"
     head = framing.head(node.role, node.speaker).strip() if framing is not None else ""
     return head if head and "\n" not in head else f"{node.speaker}:"
 

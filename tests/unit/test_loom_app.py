@@ -308,3 +308,28 @@ def test_stage_play_turns_read_as_the_chat_writes_them_in_the_tree_and_sessions_
     assert f"{label} The sea took him." in shown and f"{play.model}:" not in shown
     tree = render_tree(chat.tree, Style(color=False), 120)
     assert any(f"{label} The sea took him." in line for line in tree)
+
+
+def test_a_split_reply_reads_as_one_turn_in_sessions_show_markdown_and_the_trees(fake_engine, store, capsys):
+    from conftest import run_cli
+
+    from simlab.session import shape
+    from simlab.session.formats import to_markdown
+    from simlab.session.views import Style, render_transcript, render_tree
+
+    persona = Persona(name="duo", frame="Two people talk.\n\n", user="Ann", model="Dr. Okafor")
+    session = start_session(store, persona, "split")
+    chat = Chat(fake_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
+    fake_engine.enqueue([" I study octopus cognition."])
+    [reply] = chat.user_turn("What do you do?")
+    first, rest = shape.split(session, reply.id, len("I study octopus"))
+    session.goto(rest.id)
+    assert "**Dr. Okafor:** I study octopus cognition." in to_markdown(session)
+    shown = render_transcript(session.tree, rest.id, Style(color=False))
+    assert shown[-1].endswith("… cognition.") and shown[-2].endswith("Dr. Okafor: I study octopus")
+    assert any(line.endswith("… cognition. ◀") for line in render_tree(session.tree, Style(color=False), 120))
+    listed = "".join(text for _, parts in Loom(chat)._tree_lines() for _, text in parts)
+    assert "… cognition." in listed and "Dr. Okafor:  cog" not in listed
+    session.close()
+    code, _, err = run_cli(capsys, "replay", "split", "--sessions-dir", str(store.folder))
+    assert code == 2 and "edited, split or continued" in err
