@@ -8,15 +8,15 @@ Runs alternate so that machine noise hits every side; the median of --repeats is
 
 With --weights, each weight format is also timed against the float model (n=1 and n=4, alternating
 runs), and its quality measured against float32 weights: the mean |difference| of the per-token
-log-probability the two give the first 2,000 tokens of the README (teacher-forced), and whether
-greedy decoding of the README's examples agrees.
+log-probability the two give the first 2,000 tokens of the README and docs (teacher-forced), and
+whether greedy decoding of the README's examples agrees.
 
 When `llama_cpp` is importable (the optional `bench` extra) and the model is a GGUF, llama.cpp
 decodes the same file with the same sampling on as many threads as torch uses, alternating with
 simlab (weights auto); its n=4 is four generations one after another (its Python API samples one
 sequence at a time). Start-up to model-ready and peak RSS of each are measured in fresh processes.
 It also times prefill as llama-bench's pp does (--prefill 512,2048,8192: a fresh cache, the README
-as the prompt). --anchor-only runs only the llama.cpp comparisons; --memory 8000,20000 only the
+and docs as the prompt). --anchor-only runs only the llama.cpp comparisons; --memory 8000,20000 only the
 peak RSS of a fresh process that reads a prompt of each length and samples four siblings after it.
 """
 
@@ -88,6 +88,13 @@ def alternating(ours, theirs, repeats: int) -> tuple[float, float]:
 GREEDY_PROMPTS = ["The capital of France is", "Q: What is 2+2?\nA:", PROMPT]
 
 
+def corpus() -> str:
+    """Real text for prompts and scoring: this repository's README and its docs pages, in order."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return "\n\n".join(page.read_text(encoding="utf-8") for page in pages)
+
+
 def cpu_line() -> str:
     """The CPU model and the vector extensions that decide which kernels run."""
     try:
@@ -113,9 +120,9 @@ def cpu_line() -> str:
 
 
 def quality(float_engine: Engine, engine: Engine) -> tuple[float, int, int]:
-    """(mean |delta logprob| per token on the README's first 2,000 tokens, greedy runs that agree, runs)."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    ids = float_engine.encode(text)[:2000]
+    """(mean |delta logprob| per token on the first 2,000 tokens of the README and docs, greedy runs
+    that agree, runs)."""
+    ids = float_engine.encode(corpus())[:2000]
     a, b = float_engine.score(ids), engine.score(ids)
     delta = sum(abs(x - y) for x, y in zip(a, b)) / len(a)
     greedy = SamplingParams(temperature=0, max_new_tokens=24)
@@ -146,7 +153,7 @@ def compare_weights(args, float_engine: Engine, ids: list[int]) -> None:
         delta, same, runs = quality(reference, engine)
         print(
             f"{weights:>8} quality vs float32 weights: mean |delta logprob| {delta:.4f} nats/token "
-            f"(2,000 tokens of README.md); greedy identical on {same}/{runs} prompts"
+            f"(2,000 tokens of README.md and docs); greedy identical on {same}/{runs} prompts"
         )
         print(f"{weights:>8} {roof_line(engine, read_bandwidth(), best_single(engine, ids, args))}")
     delta, same, runs = quality(reference, float_engine)
@@ -265,9 +272,8 @@ def anchor_llama(args, engine: Engine, ids: list[int]) -> None:
 
 
 def prompt_of(engine: Engine, length: int) -> list[int]:
-    """`length` tokens of real text (this repository's README, repeated as needed)."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    ids = engine.encode(text)
+    """`length` tokens of real text (this repository's README and docs, repeated as needed)."""
+    ids = engine.encode(corpus())
     return (ids * (length // len(ids) + 1))[:length]
 
 

@@ -228,7 +228,7 @@ def _with_weights(
     if weights == "int4":
         say(
             "note: int4 is round-to-nearest in groups of 32; it moves the model's log-probabilities "
-            "noticeably (see the README's --weights figures): for throughput, not faithful samples"
+            "noticeably (see docs/models.md's --weights figures): for throughput, not faithful samples"
         )
     if weights == "gguf" and stored is None:
         from simlab.models import gguf, gguf_groups
