@@ -19,7 +19,6 @@ from simlab.errors import SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import render_spans
 from simlab.repl.commands import Context, Quit, handle
-from simlab.repl.progress import LastReply
 from simlab.repl.state import Chat
 from simlab.repl.tokens import fork
 from simlab.repl.views import preview, probability_style
@@ -27,7 +26,6 @@ from simlab.session import shape
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
 from simlab.session.views import Style, turn_label
-from simlab.turns import start_replies
 
 
 @dataclass
@@ -145,9 +143,7 @@ class Loom:
 
     def _sample(self, parent: str, k: int) -> str:
         chat = self.chat
-        chat.session.check_writable()
-        params = chat.params.with_overrides(seed=chat.seeds.take(k))
-        replies = start_replies(chat.engine, chat.session, parent, params, k, persona=chat.persona_name())
+        replies = chat.start_reply(parent, k)  # as the chat starts one: seeds, stops, tracer, window
         self._run = replies.run
         self.streams = [""] * k
 
@@ -164,13 +160,12 @@ class Loom:
             self.invalidate()
 
         replies.decode(show)
-        nodes = replies.save()
+        nodes = chat.kept(replies)
         if not nodes:
             return "stopped before the first token; nothing saved"
         chat.session.goto(nodes[0].id)
         stats = replies.run.stats
         cut = sum(n.finish_reason == "interrupted" for n in nodes)
-        chat.last = LastReply.of(replies)
         stopped = f"stopped: {cut} interrupted, " if cut else ""
         return f"{stopped}{len(nodes)} saved ({stats.tokens_per_second:.1f} tok/s); ↑↓ chooses among them"
 

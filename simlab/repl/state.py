@@ -190,25 +190,20 @@ class Chat(Screen):
         )
         self.session.goto(user.id)
         if after.role == "user":  # text typed at a node is its child, as in the Loom editor: say so
-            self.note(
-                f"(a second turn of yours, after the one at [{self.place(after)}]; the reply reads both)"
-            )
+            self.note(f"(a 2nd turn of yours, after your turn [{self.place(after)}]: the reply reads both)")
         return self.reply(user.id)
+
+    def start_reply(self, parent_id: str, n: int = 1) -> Replies:
+        """n replies under parent_id, started (seeds, stops, tracer, window noted): both faces begin
+        a reply here, the chat to stream it and the Loom editor to draw it, and end it with `kept`."""
+        self.session.check_writable()  # (a read-only session: say so before sampling, not after)
+        params = self.params.with_overrides(seed=self.seeds.take(n))
+        at = {"persona": self.persona_name(), "tracer": self.tracer, "on_fit": self._note_window}
+        return start_replies(self.engine, self.session, parent_id, params, n, **at)
 
     def reply(self, parent_id: str, n: int = 1) -> list[Node]:
         """Sample n replies under parent_id (streamed when n == 1), save them, move to the first."""
-        self.session.check_writable()  # (a read-only session: say so before sampling, not after)
-        params = self.params.with_overrides(seed=self.seeds.take(n))
-        replies = start_replies(
-            self.engine,
-            self.session,
-            parent_id,
-            params,
-            n,
-            persona=self.persona_name(),
-            tracer=self.tracer,
-            on_fit=self._note_window,
-        )
+        replies = self.start_reply(parent_id, n)
         nodes = self._finish(replies, self._head(replies.speaker) if n == 1 else None)
         self._check_pipe()
         if not nodes:
@@ -243,6 +238,10 @@ class Chat(Screen):
     def _finish(self, replies: Replies, head: str | None, keep=has_output) -> list[Node]:
         """Decode (streaming after head), save what came, and say what went wrong on the way."""
         self._stream(replies, head)
+        return self.kept(replies, keep)
+
+    def kept(self, replies: Replies, keep=has_output) -> list[Node]:
+        """A decoded run's replies saved with their traces, its toolbar figures, a cut stream said."""
         nodes = replies.save(keep, on_trace_error=self._trace_failed)
         self.last = LastReply.of(replies)
         if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply

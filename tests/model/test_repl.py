@@ -441,3 +441,24 @@ def test_the_loom_token_view_shows_a_replys_first_token_as_sampled(tiny_engine, 
     loom = Loom(chat)
     loom.token_view, loom.token_at = True, 0
     assert loom.token_line().startswith(f"token 0 {chosen!r} p=")
+
+
+def test_g_in_the_loom_editor_traces_as_a_chat_reply_does(tiny_engine, store):
+    """Both faces start a reply the same way (Chat.start_reply): with `--trace` the Loom editor's
+    continuations are traced too (its own copy of the reply path once passed no tracer)."""
+    from simlab.repl.loom import Loom
+    from simlab.trace.config import TraceConfig
+    from simlab.trace.record import Tracer
+
+    persona = Persona(name="document", frame="The lamp burned", mode="document", sampling={"max_tokens": 3})
+    session = start_session(store, persona, "traced-doc")
+    chat = Chat(tiny_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
+    chat.tracer = Tracer(TraceConfig(dtype="float32"), say=lambda *a: None)
+    loom = Loom(chat, children=2)
+    assert loom.generate()
+    loom.wait()
+    sampled = [n for n in chat.tree.nodes.values() if n.origin == "sampled"]
+    folder = session.path.with_name("traced-doc.traces")
+    assert len(sampled) == 2 and sorted(p.stem for p in folder.glob("*.safetensors")) == sorted(
+        n.id for n in sampled
+    )

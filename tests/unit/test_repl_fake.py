@@ -190,7 +190,7 @@ def test_at_a_turn_of_yours_enter_samples_a_reply_and_typing_says_where_the_turn
     assert [n.text for n in chat.tree.children(under[2].id)] == ["Both."]
     out = chat.out.getvalue()
     assert "Bo: Well." in out  # the empty Enter's reply, streamed
-    assert "(a second turn of yours, after the one at [1/1]; the reply reads both)" in out
+    assert "(a 2nd turn of yours, after your turn [1/1]: the reply reads both)" in out
 
 
 def test_a_window_slides_when_the_chat_outgrows_the_context(store):
