@@ -15,8 +15,8 @@ def _fmt(e: Estimate, digits: int = 2, of: int | None = None, key: str = "", sig
     if e.n == 0 or math.isnan(e.mean):
         return "–"
     mark = " *" if sign and e.significant else ""
-    if math.isnan(e.low):  # no interval: say why when the samples did not vary
-        why = " (all equal)" if "equal" in e.method else ""
+    if math.isnan(e.low):  # no interval: say why when the samples did not vary (enough)
+        why = f" ({e.extra['why']})" if e.extra.get("why") else ""
         return f"{e.mean:{sign}.{digits}f}{why}{mark}" + _fewer(e, of, key)
     low = f"{e.low:{sign}.{digits}f}" + (" floor" if FLOORED in e.method else "")
     return f"{e.mean:{sign}.{digits}f} [{low}, {e.high:{sign}.{digits}f}]{mark}" + _fewer(e, of, key)

@@ -104,7 +104,7 @@ def test_below_8_values_the_mean_gets_the_t_interval():
 
 def test_a_constant_sample_and_tiny_samples_do_not_break():
     same = studentized_mean([2.0, 2.0, 2.0])  # no zero-width interval: it claims what no sample gave
-    assert same.mean == 2.0 and math.isnan(same.low) and same.method == "all 3 values equal: no interval"
+    assert same.mean == 2.0 and math.isnan(same.low) and same.extra["why"] == "all equal"
     assert math.isnan(studentized_mean([1.0]).low) and studentized_mean([]).n == 0
     flat = paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert flat.mean == 0 and flat.extra["p"] == 1.0 and not flat.excludes_zero
@@ -159,3 +159,36 @@ def test_the_tests_table_keeps_the_metric_beside_each_column_group_at_80_columns
     groups = _column_groups(widths, 80, keys=2)
     assert len(groups) > 1 and all(g[:2] == [0, 1] for g in groups)
     assert sorted({i for g in groups for i in g}) == list(range(7))
+
+
+# the shapes compare's metrics take: a value most samples share (a length at max tokens, a rate-like
+# score), heavy tails (lengths with a few very long replies), bounded in [0, 1] (distinct-n, self-BLEU)
+SHAPES = {
+    "mostly one value": (lambda r, n: np.where(r.random(n) < 0.8, 5.0, 5.0 + r.exponential(10, n)), 7.0),
+    "half one value": (lambda r, n: np.where(r.random(n) < 0.5, 0.0, r.exponential(10, n)), 5.0),
+    "skewed": (lambda r, n: r.gamma(2, 1, n), 2.0),
+    "heavy tails": (lambda r, n: r.lognormal(0, 1.0, n), math.exp(0.5)),
+    "bounded": (lambda r, n: r.beta(0.5, 0.5, n), 0.5),
+}
+
+
+@pytest.mark.parametrize("n", [8, 32])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_where_an_interval_is_given_it_covers_the_true_mean(shape, n):
+    """600 simulated experiments per shape and n: where most samples share one value the cell gives
+    no interval (with its reason) rather than one that covers 66% at n = 8 (measured; 99% of those
+    given now), and the intervals given cover the true mean 92% or more. Not yet on heavy tails
+    (lognormal, sigma 1): 87% at n = 8 and 91% at n = 32, measured, and held here so that it
+    cannot get worse unseen; the skewed shape at n = 8, 92% here (93-97% over 2,000 above)."""
+    draw, mean = SHAPES[shape]
+    rng = np.random.default_rng(7)
+    hits = given = 0
+    for r in range(600):
+        e = studentized_mean(draw(rng, n), seed=r, rounds=999)
+        if math.isnan(e.low):
+            assert e.extra["why"].endswith("equal")  # never a silent gap
+            continue
+        given += 1
+        hits += e.low <= mean <= e.high
+    least = {("heavy tails", 8): 0.86, ("heavy tails", 32): 0.90, ("skewed", 8): 0.91}.get((shape, n), 0.92)
+    assert given >= 100 and hits / given >= least, (hits / given, given)
