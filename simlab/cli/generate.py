@@ -25,6 +25,7 @@ from simlab.cli.common import (
 )
 from simlab.errors import EXIT_INTERRUPTED, SimlabError
 from simlab.repl.progress import Waiting
+from simlab.repl.screen import for_terminal
 
 
 def add_command(commands) -> None:
@@ -64,13 +65,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = sys.stdout
     live = args.n == 1 and not args.json
     if live and out.isatty():
-        out.write(f"\x1b[2m{prompt}\x1b[0m" if color_on(out) else prompt)
+        shown = for_terminal(out, prompt)
+        out.write(f"\x1b[2m{shown}\x1b[0m" if color_on(out) else shown)
     wait = Waiting("sampling", args.n) if not live else nullcontext()
     try:
         with wait:
             for delta in run:
                 if live and delta.text:
-                    out.write(delta.text)
+                    out.write(for_terminal(out, delta.text))
                     out.flush()
                 elif not live:
                     wait.follow(delta, run.completions)
@@ -124,7 +126,7 @@ def print_completions(out: TextIO, completions, color: bool) -> None:
             f"{dim}── {c.index + 1}/{len(completions)} · {seed} · {c.finish_reason} · "
             f"{len(c.tokens)} tok · mean logprob {mean:.2f} ──{reset}\n"
         )
-        out.write(c.text + "\n")
+        out.write(for_terminal(out, c.text) + "\n")
     out.flush()
 
 

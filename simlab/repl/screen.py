@@ -52,7 +52,8 @@ class Screen:
         """A turn as the model reads it, without the template's closing line ends (a later piece of
         a split turn: its text, after an ellipsis)."""
         piece = PIECE in node.tags and node.speaker is not None
-        body = (self.style.dim("…") if piece else self.head(node.role, node.speaker)) + node.text
+        text = for_terminal(self.out, node.text)
+        body = (self.style.dim("…") if piece else self.head(node.role, node.speaker)) + text
         if node.speaker is not None:
             tail = self.framing.template(node.role).split("{text}", 1)[-1].rstrip("\n")
             body += tail.replace("{speaker}", node.speaker)
@@ -112,6 +113,18 @@ class Screen:
             f"simlab: could not save the trace of {self.tree.short(node.id)}: {exc.strerror}; "
             "the reply is saved"
         )
+
+
+# C0 control characters (but tab and line feed) and DEL, as the Unicode pictures of them: a model's
+# text may hold ESC or BEL, which a terminal would obey (move the cursor, retitle the window, ring)
+_PICTURES = {c: chr(0x2400 + c) for c in range(32) if c not in (9, 10)} | {127: "\u2421"}
+
+
+def for_terminal(stream: TextIO, text: str) -> str:
+    """Text a model or a user wrote, as it may be shown on `stream`: on a terminal its control
+    characters as visible pictures (ESC as ␛), elsewhere (a pipe, a file) the very text."""
+    isatty = getattr(stream, "isatty", None)
+    return text.translate(_PICTURES) if isatty is not None and isatty() else text
 
 
 def write(stream: TextIO, text: str) -> None:

@@ -19,7 +19,7 @@ from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
 from simlab.persona.schema import Persona
 from simlab.repl.progress import LastReply, Waiting
-from simlab.repl.screen import Screen, write
+from simlab.repl.screen import Screen, for_terminal, write
 from simlab.session.started import persona_at, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
@@ -269,7 +269,7 @@ class Chat(Screen):
                 shown = text.rstrip()
                 held[0] = text[len(shown) :]
                 try:
-                    write(self.out, shown)
+                    write(self.out, for_terminal(self.out, shown))
                 except BrokenPipeError:
                     self.broken_pipe = True
             return self.stopping is not None or self.broken_pipe or self.cancel_requested

@@ -483,3 +483,21 @@ def test_the_farewell_names_simlab_as_it_was_run(tmp_path, monkeypatch):
     assert invoked_as(str(tmp_path / "my venv" / "bin" / "simlab")).startswith("'")  # pasted as one word
     assert invoked_as("simlab") == "simlab"
     assert invoked_as("/usr/lib/python3/site-packages/simlab/__main__.py") == "simlab"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_models_control_characters_reach_a_terminal_as_pictures_and_a_pipe_as_they_are(fake_engine, store):
+    """ESC and BEL in a reply would be obeyed by a terminal (escape sequences, a bell): shown there as
+    ␛ and ␇, kept as they are in the session and on a pipe."""
+    text = " Hi\x1b]0;owned\x07 there\x1b[2J"
+    for out, shown in ((Terminal(), " Hi␛]0;owned␇ there␛[2J"), (io.StringIO(), text)):
+        chat = Chat.new(fake_engine.enqueue([text]), store, PERSONA, PERSONA.sampling_params(seed=1), out)
+        [reply] = chat.user_turn("hello")
+        assert reply.text == text.strip()  # stored as written
+        assert shown.strip() in out.getvalue() and ("\x1b]0;" in out.getvalue()) == (shown == text)
+        chat.show_turn(reply)
+        assert out.getvalue().rstrip().splitlines()[-1].startswith("Bo: " + shown.strip())
