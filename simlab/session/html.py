@@ -45,8 +45,9 @@ def page_data(session: Session, heatmaps: dict[str, dict] | None = None) -> dict
     """What the page's script reads: every node with its rendered surroundings and its metadata."""
     tree = session.tree
     nodes = []
+    framings = _framings(tree)
     for node in tree.nodes.values():
-        framing = framing_of(tree.path(node.id))
+        framing = framings.get(node.id) or framing_of(tree.path(node.id))
         parent = tree.get(node.parent) if node.parent is not None else None
         piece = render_part(node, framing, parent, tree.children(node.id, include_hidden=True))
         spoken = node.role in ("user", "model") and node.speaker is not None and not continues(node, parent)
@@ -70,6 +71,23 @@ def page_data(session: Session, heatmaps: dict[str, dict] | None = None) -> dict
             }
         )
     return {"name": session.name, "cursor": tree.cursor, "roots": [r.id for r in tree.roots], "nodes": nodes}
+
+
+def _framings(tree) -> dict[str, Any]:
+    """Each node's framing (`framing_of` its path) in one walk down from the roots: it depends only on
+    the root and whether a turn on the way has a speaker, so O(nodes), not a path per node."""
+    out: dict[str, Any] = {}
+    made: dict[tuple[str, bool], Any] = {}
+    stack = [(root, root, root if root.speaker else None) for root in tree.roots]
+    while stack:
+        node, root, spoken = stack.pop()  # spoken: the first turn with a speaker on the way, if any
+        key = (root.id, spoken is not None)
+        if key not in made:
+            made[key] = framing_of([root, spoken] if spoken is not None else [root])
+        out[node.id] = made[key]
+        for child in tree.children(node.id, include_hidden=True):
+            stack.append((child, root, spoken or (child if child.speaker else None)))
+    return out
 
 
 def _meta(node: Node) -> dict[str, Any]:

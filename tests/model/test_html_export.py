@@ -2,6 +2,7 @@
 Chromium (Debian's chromium and chromium-driver, through selenium): no console errors, every visible
 node in the tree, a click shows that node's path, its tokens carry their alternatives."""
 
+import io
 import json
 import re
 import shutil
@@ -105,3 +106,26 @@ def test_chromium_renders_the_tree_and_a_click_shows_the_path(exported):
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         browser.quit()
+
+
+def test_each_nodes_framing_comes_from_one_walk_as_its_path_gives_it(store, fake_engine):
+    """The page reads each node's framing from one walk down the tree (a path per node was
+    O(nodes x depth)): the same framing as its own path gives, for a chat and a document."""
+    from simlab.frame.render import framing_of
+    from simlab.persona.schema import Persona
+    from simlab.repl.state import Chat
+    from simlab.session.html import _framings
+    from simlab.turns import start_session
+
+    for persona in (
+        Persona(name="duo", frame="Two people talk.\n\n", user="Ann", model="Bo"),
+        Persona(name="document", frame="The lamp", mode="document"),
+    ):
+        session = start_session(store, persona, persona.name)
+        chat = Chat(fake_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
+        chat.reply(session.tree.cursor, n=2)
+        tree = session.tree
+        walked = _framings(tree)
+        assert set(walked) == set(tree.nodes)
+        for node_id in tree.nodes:
+            assert walked[node_id] == framing_of(tree.path(node_id))
