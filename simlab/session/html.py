@@ -14,11 +14,12 @@ import json
 import math
 from typing import Any
 
-from simlab.frame.render import continues, framing_of, render_part
+from simlab.frame.render import PIECE, continues, framing_of, render_part
 from simlab.session.html_page import PAGE
 from simlab.session.store import Session
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
+from simlab.session.views import turn_label
 
 
 def token_spans(node: Node, lead: str) -> list[dict[str, Any]] | None:
@@ -60,6 +61,7 @@ def page_data(session: Session, heatmaps: dict[str, dict] | None = None) -> dict
                 "parent": node.parent,
                 "role": node.role,
                 "speaker": node.speaker,
+                "label": turn_label(node, framing) if spoken or PIECE in node.tags else "",
                 "before": piece[:start],
                 "text": node.text if piece else "",  # a note is not in the text the model reads
                 "after": piece[start + len(node.text) :],
