@@ -13,11 +13,19 @@ def _size(path: Path) -> int:
 
 
 def _human(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+    """Bytes in binary units, named as such (du -h and the file managers count so)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return ""
+
+
+# derived caches under the models folder: each rebuilt when needed, so safe to delete
+DERIVED = {
+    "quantized": "each model's layers as simlab's kernel reads them (GGUF codes, int8/int4)",
+    "prefixes": "the KV caches of prompts' first chunks, kept between processes",
+}
 
 
 def list_models(settings: Settings) -> list[dict]:
@@ -44,6 +52,13 @@ def list_models(settings: Settings) -> list[dict]:
                         "path": str(folder),
                     }
                 )
+    for name, what in DERIVED.items():
+        folder = settings.models_dir / name
+        if folder.is_dir():
+            files = [p for p in folder.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
+            state = f"{_human(size)} in {len(files)} file(s): {what}; rebuilt when needed, safe to delete"
+            rows.append({"spec": f"({name} cache)", "kind": "cache", "state": state, "path": str(folder)})
     hub = hf_cache_dir()
     if hub.is_dir():
         for repo in sorted(hub.glob("models--*")):

@@ -172,3 +172,22 @@ def test_float16_is_refused_for_gemma_before_anything_loads(tmp_path, tiny_dir, 
         load_model("embedded", Settings(device="cpu", dtype="float16"))  # refused before converting
     # other models keep float16
     assert load_model(str(llama), Settings(device="cpu", dtype="float16")).info.dtype == "float16"
+
+
+def test_models_list_counts_the_caches_a_model_leaves_and_sizes_in_binary_units(tiny_dir, tmp_path):
+    """A GGUF's quantized layers and the prompts' cached prefixes take as much disk as the model:
+    `simlab models` lists them with their size and says they are safe to delete."""
+    from simlab.config import load_settings
+    from simlab.engine.local import Engine
+    from simlab.engine.params import SamplingParams
+    from simlab.models.catalog import _human, list_models
+
+    settings = load_settings(weights="int8", device="cpu")
+    engine = Engine(load_model(str(tiny_dir), settings), prefix_dir=settings.models_dir / "prefixes")
+    engine.generate("The quick brown fox jumps over the lazy dog. " * 3, SamplingParams(max_new_tokens=2))
+    rows = {row["spec"]: row for row in list_models(settings)}
+    quantized = rows["(quantized cache)"]
+    files = list((settings.models_dir / "quantized").rglob("*.safetensors"))
+    assert files and _human(sum(f.stat().st_size for f in files)) in quantized["state"]
+    assert "safe to delete" in quantized["state"]
+    assert _human(1_675_397_800) == "1.6 GiB" and _human(1536) == "1.5 KiB"
