@@ -53,6 +53,7 @@ class Loom:
         self.streams: list[str] = []  # continuations being sampled, as they come
         self.busy: str | None = None  # what the worker is doing
         self.worker: threading.Thread | None = None
+        self.finished = 0  # jobs the worker has ended (a test waits on it: busy is None before a job too)
         self._run = None
         self.quit = False
         self.width = 80  # the terminal's columns, as the app last drew them
@@ -113,6 +114,7 @@ class Loom:
             finally:
                 self.busy, self._run = None, None
                 self.streams = []
+                self.finished += 1
             self.say(message or "")
 
         self.worker = threading.Thread(target=work, name="simlab-loom", daemon=True)

@@ -32,13 +32,17 @@ def drive(loom: Loom, steps, size=Size(rows=24, columns=80)) -> str:
         app = LoomApp(loom, input=keys, output=Vt100_Output(screen, lambda: size, term="xterm"))
 
         def typist() -> None:
+            ended = loom.finished  # jobs ended before the last key was sent
             for step in steps:
+                if step is IDLE:  # the job the keys before started has ended (however fast it was)
+                    step = lambda e=ended: loom.finished > e and loom.busy is None  # noqa: E731
                 if callable(step):
                     deadline = time.monotonic() + 20
                     while not step() and time.monotonic() < deadline:
                         time.sleep(0.02)
                     assert step(), f"waited in vain for {step}"
                 else:
+                    ended = loom.finished
                     keys.send_text(step)
                     time.sleep(0.15)  # one key press at a time, as a person types
 
@@ -50,8 +54,11 @@ def drive(loom: Loom, steps, size=Size(rows=24, columns=80)) -> str:
     return screen.getvalue()
 
 
+IDLE = object()  # a step of `drive`: wait until the job the keys before it started has ended
+
+
 def idle(loom):
-    return lambda: loom.busy is None
+    return IDLE
 
 
 def test_generate_pick_edit_mark_hide_quit_and_reopen(fake_engine, store):
