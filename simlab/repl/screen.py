@@ -5,6 +5,9 @@ ended, and notes on stderr. No terminal library here: the streams are plain text
 from __future__ import annotations
 
 import errno
+import re
+import shutil
+import unicodedata
 from dataclasses import replace
 from typing import TextIO
 
@@ -25,6 +28,7 @@ class Screen:
     style: Style
     _save_failing: bool
     _window_noted: bool
+    _wrap: WordWrap | None = None  # while a reply streams to a terminal
 
     def say(self, text: str = "") -> None:
         write(self.out, text + "\n")
@@ -58,6 +62,25 @@ class Screen:
             tail = self.framing.template(node.role).split("{text}", 1)[-1].rstrip("\n")
             body += tail.replace("{speaker}", node.speaker)
         return body
+
+    def begin_stream(self, head: str) -> str:
+        """A reply starts streaming after `head`: on a terminal its words are laid out to the width
+        (a word that would cross the edge starts the next line, where the terminal would cut it)."""
+        isatty = getattr(self.out, "isatty", None)
+        tty = isatty is not None and isatty()
+        self._wrap = WordWrap(shutil.get_terminal_size().columns, width_of(head)) if tty else None
+        return head
+
+    def streamed(self, text: str) -> str:
+        """Streamed reply text as it is written: on a terminal, control characters as pictures and
+        long lines broken between words; elsewhere the very text."""
+        text = for_terminal(self.out, text)
+        return self._wrap.feed(text) if self._wrap is not None else text
+
+    def stream_end(self) -> str:
+        """The last word a stream held back (a word is written once it ends)."""
+        wrap, self._wrap = self._wrap, None
+        return wrap.end() if wrap is not None else ""
 
     def ending(self, node: Node) -> str:
         """How a sampled reply ended, for its line: " [length]" (nothing for typed turns)."""
@@ -125,6 +148,49 @@ def for_terminal(stream: TextIO, text: str) -> str:
     characters as visible pictures (ESC as ␛), elsewhere (a pipe, a file) the very text."""
     isatty = getattr(stream, "isatty", None)
     return text.translate(_PICTURES) if isatty is not None and isatty() else text
+
+
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # (the colours simlab itself writes)
+
+
+def width_of(text: str) -> int:
+    """Columns `text` takes on its last line (colours take none; wide characters two)."""
+    last = _ESCAPE.sub("", text).rsplit("\n", 1)[-1]
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in last)
+
+
+class WordWrap:
+    """Streamed text laid out for a terminal `width` columns wide: a word that would cross the edge
+    starts the next line (the terminal would cut it in two). Only line breaks are added; a word is
+    held until a space or line end shows it is whole."""
+
+    def __init__(self, width: int, column: int = 0):
+        self.width, self.column, self.word = max(width, 10), column, ""
+
+    def feed(self, text: str) -> str:
+        out = []
+        for ch in text:
+            if ch == "\n":
+                out.append(self._word() + "\n")
+                self.column = 0
+            elif ch.isspace():
+                out.append(self._word() + ch)
+                self.column += 1
+            else:
+                self.word += ch
+        return "".join(out)
+
+    def end(self) -> str:
+        return self._word()
+
+    def _word(self) -> str:
+        word, self.word = self.word, ""
+        wide = width_of(word)
+        if wide and self.column > 0 and self.column + wide > self.width:
+            self.column = wide % self.width
+            return "\n" + word
+        self.column += wide
+        return word
 
 
 def write(stream: TextIO, text: str) -> None:

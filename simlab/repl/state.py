@@ -19,7 +19,7 @@ from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
 from simlab.persona.schema import Persona
 from simlab.repl.progress import LastReply, Waiting
-from simlab.repl.screen import Screen, for_terminal, write
+from simlab.repl.screen import Screen, write
 from simlab.session.started import persona_at, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
@@ -269,14 +269,14 @@ class Chat(Screen):
                 shown = text.rstrip()
                 held[0] = text[len(shown) :]
                 try:
-                    write(self.out, for_terminal(self.out, shown))
+                    write(self.out, self.streamed(shown))
                 except BrokenPipeError:
                     self.broken_pipe = True
             return self.stopping is not None or self.broken_pipe or self.cancel_requested
 
         try:
             if head is not None:
-                write(self.out, head)
+                write(self.out, self.begin_stream(head))
             self.interruptible = True
             try:
                 with wait or nullcontext():
@@ -286,8 +286,8 @@ class Chat(Screen):
             finally:
                 self.interruptible = False
             if head is not None and not self.broken_pipe:
-                reasons = [c.finish_reason for c in replies.run.completions if c.tokens or c.text]
-                write(self.out, (self.style.dim(f" [{reasons[0]}]") if reasons else "") + "\n")
+                ended = [f" [{c.finish_reason}]" for c in replies.run.completions if c.tokens or c.text]
+                write(self.out, self.stream_end() + "".join(map(self.style.dim, ended[:1])) + "\n")
         except KeyboardInterrupt:  # Ctrl-C while our code (not the engine's) held control
             replies.run.interrupt()
         except BrokenPipeError:

@@ -501,3 +501,26 @@ def test_a_models_control_characters_reach_a_terminal_as_pictures_and_a_pipe_as_
         assert shown.strip() in out.getvalue() and ("\x1b]0;" in out.getvalue()) == (shown == text)
         chat.show_turn(reply)
         assert out.getvalue().rstrip().splitlines()[-1].startswith("Bo: " + shown.strip())
+
+
+def test_a_reply_streamed_to_a_terminal_breaks_lines_between_words(fake_engine, store, monkeypatch):
+    """A terminal cuts a long line wherever it reaches its edge, mid-word: the stream breaks it
+    before the word that would cross it instead (the reply as stored keeps its own text)."""
+    import os
+
+    from simlab.repl.screen import WordWrap
+
+    words = " The keeper kept a careful log of every ship that passed the light in the long winter"
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((30, 24)))
+    out = Terminal()
+    params = PERSONA.sampling_params(seed=1).with_overrides(max_new_tokens=200)
+    chat = Chat.new(fake_engine.enqueue([words]), store, PERSONA, params, out)
+    [reply] = chat.user_turn("hello")
+    assert reply.text == words.strip()  # stored as written
+    streamed = out.getvalue().split("Bo:", 2)[-1].split(" [")[0]  # the reply as the terminal shows it
+    lines = streamed.split("\n")
+    assert len(lines) > 2 and all(len(line.rstrip()) <= 30 for line in [("Bo:" + lines[0]), *lines[1:]])
+    assert " ".join(w for line in lines for w in line.split()) == words.strip()  # no word cut
+    wrap = WordWrap(10)
+    assert wrap.feed("aaa bbb ccc") + wrap.end() == "aaa bbb \nccc"
+    assert WordWrap(10, 8).feed("xyz ") == "\nxyz "  # after a head of 8 columns
