@@ -13,7 +13,7 @@ from simlab.frame.window import windowed
 from simlab.persona.schema import Persona
 from simlab.session.store import Session
 from simlab.session.tree import Node, TreeError
-from simlab.turns import add_frame, sample_replies
+from simlab.turns import add_frame, sample_replies, start_forced
 
 
 @dataclass
@@ -60,6 +60,22 @@ def _params_under(session: Session, node: Node, overrides: dict) -> SamplingPara
         return params
     room = params.max_new_tokens + max(0, len(node.token_ids) or len(node.logprobs))
     return params.with_overrides(max_new_tokens=room)
+
+
+def _forced_under(engine, session: Session, node: Node, parent: str, who: tuple, overrides, on_run) -> Node:
+    """A /fork'ed reply replayed under another persona: the tokens the user chose first, as they
+    were given (not sampled), then the rest sampled with the reply's seed and parameters."""
+    given = node.forced["tokens"]
+    params = params_of(node, overrides)
+    replies = start_forced(
+        engine, session, node, list(node.token_ids[:given]), node.forced.get("at", 0),
+        node.forced.get("choice", "given"), params, (parent, *who), origin="replayed",
+    )  # fmt: skip
+    replies.decode()
+    if on_run is not None:
+        on_run(replies)
+    [new] = replies.save(lambda c: True)
+    return new
 
 
 def model_replies(path: list[Node]) -> list[Node]:
@@ -199,7 +215,9 @@ def replay_branch(
             progress(sampled.index(node) + 1, len(sampled))
         who = speaker.get(node.role, node.speaker)
         name = persona.name if persona is not None else node.persona
-        if node in sampled:
+        if node in sampled and node.forced and persona is not None:  # /fork: its chosen tokens again
+            new = _forced_under(engine, session, node, parent, (who, name), overrides, on_run)
+        elif node in sampled:
             [new] = sample_replies(
                 engine,
                 session,

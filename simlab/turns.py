@@ -199,7 +199,7 @@ class Replies:
             "model",
             reply_text(forced.text + completion.text, self.framing),
             speaker=self.speaker,
-            origin="sampled",  # the part after the forced tokens is a draw (params, seed)
+            origin=self.origin,  # sampled (or replayed): the part after the forced tokens is a draw
             persona=self.persona,
             edited_from=forced.source.id,
             forced={
@@ -328,10 +328,30 @@ def start_fork(
 ) -> Replies:
     """Branch a sampled reply at token `at`: its tokens before it, then `chosen` (ids) instead of
     what was sampled there, and the model writes on from those as a new sibling."""
-    path = session.tree.path(node.parent)
-    framing = framing_of(path)
     forced_ids = list(node.token_ids[:at]) + list(chosen)
-    fit = fit_prompt(path, node.speaker, engine, params.max_new_tokens + len(forced_ids))
+    where = (node.parent, node.speaker, node.persona)
+    return start_forced(engine, session, node, forced_ids, at, choice, params, where, on_fit)
+
+
+def start_forced(
+    engine: Engine,
+    session: Session,
+    source: Node,
+    forced_ids: list[int],
+    at: int,
+    choice: str,
+    params: SamplingParams,
+    where: tuple[str, str | None, str | None],
+    on_fit: Callable[[Fitted], None] | None = None,
+    origin: str = "sampled",
+) -> Replies:
+    """A reply that starts with `forced_ids` (teacher-forced, so they carry log-probabilities) and
+    goes on sampled, saved under `where` = (parent id, speaker, persona): /fork beside its source,
+    or a forked reply replayed under another persona."""
+    parent_id, speaker, persona = where
+    path = session.tree.path(parent_id)
+    framing = framing_of(path)
+    fit = fit_prompt(path, speaker, engine, params.max_new_tokens + len(forced_ids))
     if on_fit is not None:
         on_fit(fit)
     prompt = fit.prompt
@@ -339,9 +359,8 @@ def start_fork(
     tokens = engine.score_tokens(prompt_ids + forced_ids, len(prompt_ids))
     text = engine.tokenizer.decode(forced_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     run = engine.start(prompt_ids + forced_ids, params)
-    return _beside(
-        node, engine, session, params, fit, framing, run, forces=Forced(node, at, tokens, text, choice)
-    )
+    made = (session, parent_id, engine, params, fit, framing, speaker, origin, persona, run)
+    return Replies(*made, forces=Forced(source, at, tokens, text, choice))
 
 
 def sample_replies(

@@ -462,3 +462,21 @@ def test_g_in_the_loom_editor_traces_as_a_chat_reply_does(tiny_engine, store):
     assert len(sampled) == 2 and sorted(p.stem for p in folder.glob("*.safetensors")) == sorted(
         n.id for n in sampled
     )
+
+
+def test_a_forked_reply_keeps_its_chosen_tokens_under_another_persona(tiny_engine, store, tmp_path):
+    """/persona replays the path's replies under another frame; a /fork'ed reply is the tokens the
+    user chose and a sampled rest: the chosen ones come again as given, the rest is sampled."""
+    chat = new_chat(tiny_engine, store)
+    chat.user_turn("the cat sat on the mat")
+    handle(chat, "/fork 1 ' dog'")
+    forked = chat.cursor
+    given = forked.forced["tokens"]
+    other = tmp_path / "other.yaml"
+    other.write_text('name: other\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\n')
+    handle(chat, f"/persona {other}")
+    replayed = chat.path()[-1]
+    assert replayed.role == "model" and replayed.speaker == "A" and replayed.origin == "replayed"
+    assert replayed.token_ids[:given] == forked.token_ids[:given]  # the user's choice, as given
+    assert replayed.forced["tokens"] == given and replayed.seed == forked.seed
+    assert chat.path()[0].text == "Q and A.\n\n"
