@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,7 +137,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     with session:
         notes: list[str] = [differs] if (differs := sampling_differs(spec)) else []
         if differs:
-            say(f"simlab compare: note: {differs}")
+            width = shutil.get_terminal_size().columns  # (words and flags kept whole on a terminal)
+            say(textwrap.fill(f"simlab compare: note: {differs}", width, break_on_hyphens=False))
         while True:
             runs = _sweep(spec, session, engine_for, tracer)
             if runs is None:

@@ -153,30 +153,35 @@ def terminal(a: Analysis, width: int | None = 80) -> str:
     ]
     for title, header, rows in tables(a):
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines += textwrap.wrap(title, width) if width else [title]
+        lines += _wrap(title, width) if width else [title]
         for group in _column_groups(widths, width, keys=sum(h in KEYS for h in header[:2])):
             lines.append("  ".join(header[i].ljust(widths[i]) for i in group))
             lines.append("  ".join("-" * widths[i] for i in group))
             lines += ["  ".join(r[i].ljust(widths[i]) for i in group).rstrip() for r in rows]
             lines.append("")
     for line in first_tokens(a):
-        lines += textwrap.wrap(line, width, subsequent_indent="    ") if width else [line]
+        lines += _wrap(line, width, subsequent_indent="    ") if width else [line]
     lines += ["", f"One sample per variant (turn {len(a.spec.turns)}; all of them are in the reports):"]
     for v in a.variants:
         if v.texts and v.texts[-1]:
             seed, text, finish = v.texts[-1][0]
-            lines += textwrap.wrap(
+            lines += _wrap(
                 f"{v.name} (seed {seed}, {finish}): {' '.join(text.split())}",
                 width=width or 80,
                 subsequent_indent="    ",
                 max_lines=4,
             )
     for n in a.notes:
-        lines += textwrap.wrap(f"note: {n}", width, subsequent_indent="    ") if width else [f"note: {n}"]
+        lines += _wrap(f"note: {n}", width, subsequent_indent="    ") if width else [f"note: {n}"]
     return "\n".join(lines).rstrip() + "\n"
 
 
 KEYS = {"variant", "metric", "A", "B"}  # a table's leading columns that say what a row is
+
+
+def _wrap(text: str, width: int | None = None, **options) -> list[str]:
+    """textwrap's lines, never breaking a word or a flag at its hyphen (a long one overflows)."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False, **options)
 
 
 def _column_groups(widths: list[int], width: int | None, keys: int = 1) -> list[list[int]]:

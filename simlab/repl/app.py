@@ -273,7 +273,9 @@ def _no_echo():
 
 def farewell(chat: Chat) -> int:
     """The closing line; the exit code (128 + the signal when one ended the REPL)."""
-    if discarded(chat.session, chat.keeps_empty):
+    if chat.session.read_only:
+        chat.note(f"session {chat.session.name} was open read-only: nothing was written to it")
+    elif discarded(chat.session, chat.keeps_empty):
         chat.note("nothing was said: no session kept")
     elif not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
         chat.note(

@@ -25,7 +25,7 @@ from simlab.repl.views import preview, probability_style
 from simlab.session import shape
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
-from simlab.session.views import Style, turn_label
+from simlab.session.views import Style, said
 
 
 @dataclass
@@ -313,8 +313,10 @@ class Loom:
             )
             if node.hidden:
                 style += " class:hidden-node"
-            said = turn_label(node, framing) + " " if node.speaker and node.role in ("user", "model") else ""
-            text = said + (preview(node.text.lstrip() if said else node.text, self.width) or "(empty)")
+            head = said(node, framing) if node.speaker and node.role in ("user", "model") else ""
+            text = head + (
+                preview(node.text.lstrip() if head.endswith(" ") else node.text, self.width) or "(empty)"
+            )
             lines.append(
                 (
                     node.id,

@@ -77,10 +77,11 @@ class Screen:
         text = for_terminal(self.out, text)
         return self._wrap.feed(text) if self._wrap is not None else text
 
-    def stream_end(self) -> str:
-        """The last word a stream held back (a word is written once it ends)."""
+    def stream_end(self, tail: str = "") -> str:
+        """The last word a stream held back (a word is written once it ends), then `tail` (its
+        finish marker) laid out with it."""
         wrap, self._wrap = self._wrap, None
-        return wrap.end() if wrap is not None else ""
+        return wrap.end(tail) if wrap is not None else tail
 
     def ending(self, node: Node) -> str:
         """How a sampled reply ended, for its line: " [length]" (nothing for typed turns)."""
@@ -93,7 +94,15 @@ class Screen:
             return
         siblings = self.tree.siblings(node.id)
         where = self.style.dim(f" [{self.place(node)}]") if len(siblings) > 1 else ""
-        self.say(self.turn_text(node) + self.ending(node) + where)
+        self.say(self.laid_out(self.turn_text(node) + self.ending(node) + where))
+
+    def laid_out(self, text: str) -> str:
+        """A turn as a terminal shows it: broken between words at its width (elsewhere as it is)."""
+        isatty = getattr(self.out, "isatty", None)
+        if isatty is None or not isatty():
+            return text
+        wrap = WordWrap(shutil.get_terminal_size().columns)
+        return wrap.feed(text) + wrap.end()
 
     def show_path(self, last: int | None = None) -> None:
         """The path's last turns (all without `last`), a split turn as one line."""
@@ -103,7 +112,7 @@ class Screen:
                 self.show_turn(group[0])
                 continue
             whole = replace(group[-1], text="".join(n.text for n in group), tags=frozenset())
-            self.say(self.turn_text(whole) + self.ending(whole))
+            self.say(self.laid_out(self.turn_text(whole) + self.ending(whole)))
 
     # -- notes on what happened under the conversation ------------------------------------------
     def _save_problem(self, message: str) -> None:
@@ -161,36 +170,45 @@ def width_of(text: str) -> int:
 
 class WordWrap:
     """Streamed text laid out for a terminal `width` columns wide: a word that would cross the edge
-    starts the next line (the terminal would cut it in two). Only line breaks are added; a word is
-    held until a space or line end shows it is whole."""
+    starts the next line (the terminal would cut it in two), in place of the spaces before it (a
+    space kept there would take a row of its own after a full line). Only line breaks change; a
+    word is held until a space or line end shows it is whole, spaces until the next word fits."""
 
     def __init__(self, width: int, column: int = 0):
-        self.width, self.column, self.word = max(width, 10), column, ""
+        self.width, self.column, self.word, self.space = max(width, 10), column, "", ""
 
     def feed(self, text: str) -> str:
         out = []
         for ch in text:
             if ch == "\n":
-                out.append(self._word() + "\n")
-                self.column = 0
+                out.append(self._word() + self.space + "\n")
+                self.column, self.space = 0, ""
             elif ch.isspace():
-                out.append(self._word() + ch)
-                self.column += 1
+                out.append(self._word())
+                self.space += ch
             else:
                 self.word += ch
         return "".join(out)
 
-    def end(self) -> str:
-        return self._word()
+    def end(self, tail: str = "") -> str:
+        """The held word, then `tail` (a finish marker) laid out as one more word."""
+        out = self._word()
+        if tail:
+            self.space, self.word = tail[: len(tail) - len(tail.lstrip())], tail.lstrip()
+            out += self._word()
+        return out
 
     def _word(self) -> str:
         word, self.word = self.word, ""
-        wide = width_of(word)
-        if wide and self.column > 0 and self.column + wide > self.width:
+        if not word:
+            return ""
+        wide, space = width_of(word), self.space
+        self.space = ""
+        if self.column > 0 and self.column + len(space) + wide > self.width:
             self.column = wide % self.width
             return "\n" + word
-        self.column += wide
-        return word
+        self.column += len(space) + wide
+        return space + word
 
 
 def write(stream: TextIO, text: str) -> None:

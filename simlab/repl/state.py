@@ -287,7 +287,7 @@ class Chat(Screen):
                 self.interruptible = False
             if head is not None and not self.broken_pipe:
                 ended = [f" [{c.finish_reason}]" for c in replies.run.completions if c.tokens or c.text]
-                write(self.out, self.stream_end() + "".join(map(self.style.dim, ended[:1])) + "\n")
+                write(self.out, self.stream_end("".join(map(self.style.dim, ended[:1]))) + "\n")
         except KeyboardInterrupt:  # Ctrl-C while our code (not the engine's) held control
             replies.run.interrupt()
         except BrokenPipeError:

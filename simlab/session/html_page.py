@@ -109,7 +109,7 @@ function drawTree() {
       a.title = `${n.short} ${n.role}${n.speaker ? " " + n.speaker : ""}`;
       const marks = (n.tags.includes("bookmark") ? "★" : "") + (n.tags.includes("canonical") ? "✓" : "");
       if (marks) a.append(el("span", marks, "marks"));
-      const said = n.label ? n.label + " " : "";  // as the transcript heads the turn (KEEPER.)
+      const said = !n.label ? "" : n.label === "…" ? n.label : n.label + " ";  // as the transcript heads it
       a.append(document.createTextNode(said + preview(n)));
       a.classList.toggle("on-path", onPath.has(n.id));
       a.classList.toggle("selected", n.id === selected);

@@ -44,6 +44,13 @@ def turn_label(node: Node, framing: Framing | None = None) -> str:
     return head if head and "\n" not in head else f"{node.speaker}:"
 
 
+def said(node: Node, framing: Framing | None = None) -> str:
+    """What goes before a turn's text on one line: its label and a space, or "…" for the rest of a
+    turn split in two (it goes on where the part before stopped, maybe mid-word)."""
+    label = turn_label(node, framing)
+    return label + (" " if label != "…" or node.text[:1].isspace() else "")
+
+
 def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden: bool = False) -> list[str]:
     """One line per node: id, sibling position, marks (★ bookmark, ✓ canonical), speaker, text."""
     width = width or shutil.get_terminal_size((100, 20)).columns
@@ -59,7 +66,7 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
         marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
         marks += "✗" if node.hidden else ""
         cursor = " ◀" if node.id == tree.cursor else ""
-        head = f"{tree.short(node.id)} {position}{marks + ' ' if marks else ''}{turn_label(node, framing)} "
+        head = f"{tree.short(node.id)} {position}{marks + ' ' if marks else ''}{said(node, framing)}"
         room = width - len(prefix) - len(branch) - len(head) - len(cursor) - 1
         text = head + _one_line(node.text, room - 2) + cursor
         if node.id in on_path:  # the current path: coloured, or marked when colour is off
@@ -89,7 +96,7 @@ def render_transcript(tree: Tree, node_id: str, style: Style) -> list[str]:
                 "         " + ln for ln in node.text.rstrip("\n").split("\n")
             ]
         else:
-            lines.append(margin + f"{turn_label(node, framing)} {node.text.strip()}")
+            lines.append(margin + said(node, framing) + node.text.strip())
     return lines
 
 
@@ -110,7 +117,7 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
     ]
     if shared:
         last = path_a[shared - 1]
-        lines.append(style.dim(f"  … {turn_label(last, frame_a)} {_one_line(last.text, width - 20)}"))
+        lines.append(style.dim(f"  … {said(last, frame_a)}{_one_line(last.text, width - 20)}"))
     col = max(20, (width - 3) // 2)
 
     def column(nodes: list[Node], title: str, framing: Framing) -> list[str]:
@@ -118,7 +125,7 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
         for node in nodes:
             about = [f"seed {node.seed}" if node.seed is not None else "", node.persona or ""]
             extra = f" ({', '.join(a for a in about if a)})" if node.role == "model" and any(about) else ""
-            out += textwrap.wrap(f"{turn_label(node, framing)} {node.text.strip()}{extra}", col) or [""]
+            out += textwrap.wrap(f"{said(node, framing)}{node.text.strip()}{extra}", col) or [""]
         return out
 
     left = column(path_a[shared:], f"A {tree.short(path_a[-1].id)}", frame_a)

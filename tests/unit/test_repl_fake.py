@@ -517,10 +517,43 @@ def test_a_reply_streamed_to_a_terminal_breaks_lines_between_words(fake_engine, 
     chat = Chat.new(fake_engine.enqueue([words]), store, PERSONA, params, out)
     [reply] = chat.user_turn("hello")
     assert reply.text == words.strip()  # stored as written
-    streamed = out.getvalue().split("Bo:", 2)[-1].split(" [")[0]  # the reply as the terminal shows it
+    streamed = out.getvalue().split("Bo:", 2)[-1].split("[eos]")[0].rstrip()  # as the terminal shows it
     lines = streamed.split("\n")
     assert len(lines) > 2 and all(len(line.rstrip()) <= 30 for line in [("Bo:" + lines[0]), *lines[1:]])
     assert " ".join(w for line in lines for w in line.split()) == words.strip()  # no word cut
     wrap = WordWrap(10)
-    assert wrap.feed("aaa bbb ccc") + wrap.end() == "aaa bbb \nccc"
-    assert WordWrap(10, 8).feed("xyz ") == "\nxyz "  # after a head of 8 columns
+    assert wrap.feed("aaa bbb ccc") + wrap.end() == "aaa bbb\nccc"  # the space gives way to the break
+    full = WordWrap(10)  # a line that fills the width: no space left to take a row of its own
+    assert full.feed("aaaaa bbbb ccc") + full.end(" [eos]") == "aaaaa bbbb\nccc [eos]"
+    assert WordWrap(10, 8).feed("xyz ") == "\nxyz"  # after a head of 8 columns (the space held)
+    marker = WordWrap(10, 7)
+    assert marker.end(" [length]") == "\n[length]"  # the finish marker is laid out like a word
+
+
+def test_a_turn_shown_again_on_a_terminal_breaks_between_words_too(fake_engine, store, monkeypatch):
+    """On resume and /path the turns are laid out as when they streamed: no word cut at the edge."""
+    import os
+
+    words = " The keeper kept a careful log of every ship that passed the light in the long winter"
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((30, 24)))
+    params = PERSONA.sampling_params(seed=1).with_overrides(max_new_tokens=200)
+    chat = Chat.new(fake_engine.enqueue([words]), store, PERSONA, params, io.StringIO())
+    [reply] = chat.user_turn("hello")
+    chat.out = Terminal()
+    chat.show_turn(reply)
+    lines = chat.out.getvalue().rstrip("\n").split("\n")
+    assert len(lines) > 2 and all(len(line) <= 30 for line in lines)
+    assert " ".join(lines).split("Bo: ", 1)[1].startswith(words.strip())  # every word whole, in order
+
+
+def test_leaving_a_read_only_session_says_nothing_was_written(fake_engine, store):
+    from simlab.repl.app import farewell
+
+    chat = new_chat(fake_engine, store)
+    chat.user_turn("hello")
+    chat.session.close()
+    opened = store.open(chat.session.name, read_only=True)
+    viewer = Chat(fake_engine, store, opened, PERSONA, chat.params, io.StringIO())
+    assert farewell(viewer) == 0
+    shown = viewer.out.getvalue()
+    assert "was open read-only: nothing was written to it" in shown and "saved: session" not in shown
