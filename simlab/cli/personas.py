@@ -86,7 +86,8 @@ def _list(args: argparse.Namespace) -> int:
         if "error" in r:
             print(f"{r['name']:<{width}}  {r['origin']:<7}  INVALID: {r['error']}")
         else:
-            print(f"{r['name']:<{width}}  {r['origin']:<7}  {r['description'][:90]}")
+            about = r["description"] if len(r["description"]) <= 90 else r["description"][:89] + "…"
+            print(f"{r['name']:<{width}}  {r['origin']:<7}  {about}")
     return 0
 
 

@@ -184,6 +184,7 @@ class LoomApp:
     def _status(self) -> str:
         loom = self.loom
         busy = f" · {loom.busy}…" if loom.busy else ""
+        busy += " · read-only" if loom.chat.session.read_only else ""
         return (
             toolbar_text(loom.chat, self.app.output.get_size().columns - len(busy) - 12) + busy + "  ? help"
         )
@@ -329,6 +330,7 @@ class LoomApp:
         self.loom.collapsed ^= {node}
 
     def _open_editor(self, what: str, text: str) -> None:
+        self.loom.chat.session.check_writable()  # (read-only: refused before any typing, in one line)
         self.editing = what
         self.editor.text = text
         self.app.layout.focus(self.editor)

@@ -22,6 +22,17 @@ def test_list_shows_shipped_and_user_personas(capsys, isolated_home):
     assert {r["name"] for r in json.loads(out)} >= {"interview", "irc-log", "broken"}
 
 
+def test_a_long_description_is_cut_with_an_ellipsis(capsys, isolated_home):
+    (isolated_home / "personas").mkdir(parents=True)
+    long = "A keeper who " + "talks at length about lamps and weather " * 4
+    (isolated_home / "personas" / "wordy.yaml").write_text(
+        f'name: wordy\ndescription: "{long}"\nframe: "A log.\\n\\n"\nspeakers: {{user: A, model: B}}\n'
+    )
+    code, out, _ = run_cli(capsys, "personas", "list")
+    [line] = [ln for ln in out.splitlines() if ln.startswith("wordy")]
+    assert code == 0 and line.endswith("…") and line.split("  ")[-1][:-1] in long
+
+
 def test_validate_reports_each_bad_file_and_exits_2(capsys, tmp_path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text("frame: hello\n")

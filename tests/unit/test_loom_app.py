@@ -257,6 +257,7 @@ def test_a_read_only_session_is_browsed_and_g_says_why_it_samples_nothing(fake_e
     assert "open read-only: nothing is added" in screen and "Unhandled exception" not in screen
     assert fake_engine.prompts == []  # refused before sampling
     assert not loom.chat.session.unsaved and "open read-only" in loom.message  # each key: one line
+    assert "read-only" in screen.split("? help")[0][-200:]  # the status line says so
     held.close()
     assert store.path("doc").read_bytes() == before
 
