@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import textwrap
@@ -186,13 +187,15 @@ def _sweep(spec, session, engine_for, tracer):
 def _more_samples(spec, runs, engine_for, notes: list[str]) -> int | None:
     """`samples: auto`: how many samples the next round needs (from how the widest interval shrinks,
     as 1/sqrt(n)), or None when every interval is narrow enough or the most is reached."""
-    import math
 
     from simlab.compare.stats import METRICS, primary
 
     until, n = spec.until, spec.samples
-    widths = {k: e.high - e.low for k, e in primary(spec, runs, engine_for, until.metric, spec.seed).items()}
-    widest = max((w for w in widths.values() if math.isfinite(w)), default=math.inf)
+    estimates = primary(spec, runs, engine_for, until.metric, spec.seed).values()
+    # no interval: where every sample is equal more samples will not make one (width 0 here); where
+    # most are, they may (more samples)
+    widths = [e.high - e.low if math.isfinite(e.high - e.low) else _no_width(e) for e in estimates]
+    widest = max(widths, default=math.inf)
     label = METRICS[until.metric][0]
     say(f"samples: auto: n = {n}, widest {label} interval {widest:.3g} (stop at {until.width:g})")
     if widest <= until.width or n >= until.most:
@@ -204,6 +207,10 @@ def _more_samples(spec, runs, engine_for, notes: list[str]) -> int | None:
         return None
     wanted = n * (widest / until.width) ** 2 * 1.1 if math.isfinite(widest) else 2 * n
     return int(min(until.most, max(n + 4, min(4 * n, math.ceil(wanted)))))
+
+
+def _no_width(e) -> float:
+    return 0.0 if e.extra.get("why") == "all equal" else math.inf
 
 
 def _write_reports(args: argparse.Namespace, spec, analysis, session_name: str) -> None:

@@ -192,3 +192,13 @@ def test_where_an_interval_is_given_it_covers_the_true_mean(shape, n):
         hits += e.low <= mean <= e.high
     least = {("heavy tails", 8): 0.86, ("heavy tails", 32): 0.90, ("skewed", 8): 0.91}.get((shape, n), 0.92)
     assert given >= 100 and hits / given >= least, (hits / given, given)
+
+
+def test_samples_auto_stops_where_every_sample_is_equal_and_goes_on_where_most_are():
+    """`--samples auto` asks for more samples until the intervals are narrow enough: a cell with no
+    interval because every sample is equal will never get one (it counts as narrow), one where
+    most samples share a value may (it counts as wide, so the sweep samples on)."""
+    from simlab.cli.compare import _no_width
+
+    assert _no_width(studentized_mean([3.0] * 8)) == 0.0
+    assert _no_width(studentized_mean([3.0] * 7 + [9.0])) == math.inf
