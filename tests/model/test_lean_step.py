@@ -46,7 +46,9 @@ def family_model(kind: str):
     return model
 
 
-def steps_agree(model, steps: int = 20) -> None:
+def steps_agree(model, steps: int = 20) -> int:
+    """How many decode steps the lean step and the model's forward gave the same logits for (each
+    is asserted, so a difference fails here)."""
     assert lean.steps_lean(model)
     torch.manual_seed(0)
     prompt = torch.randint(3, 300, (2, 5))  # two rows, as siblings decode
@@ -60,6 +62,7 @@ def steps_agree(model, steps: int = 20) -> None:
             got = lean.decode_step(model, mine, step.unsqueeze(-1))
             assert torch.equal(got, want)
     assert own.get_seq_length() == mine.get_seq_length() == 5 + steps
+    return steps
 
 
 def on_the_kernel(model, layers: str):
@@ -74,7 +77,7 @@ def on_the_kernel(model, layers: str):
 @pytest.mark.parametrize("layers", ["float", "gguf"])
 def test_the_lean_step_is_gemma3s_forward_bit_for_bit(layers, tiny_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / "g", "gemma3", tiny_dir)).eval()
-    steps_agree(on_the_kernel(model, layers))
+    assert steps_agree(on_the_kernel(model, layers)) == 20
 
 
 @pytest.mark.parametrize("layers", ["float", "gguf"])
@@ -83,7 +86,7 @@ def test_the_lean_step_is_each_familys_forward_bit_for_bit(kind, layers):
     model = on_the_kernel(family_model(kind), layers)
     if kind == "qwen2":
         assert model.config.layer_types[1] == "sliding_attention"
-    steps_agree(model)
+    assert steps_agree(model) == 20
 
 
 def test_other_families_keep_the_models_own_forward(tiny):
