@@ -32,6 +32,7 @@ from simlab.persona.library import find
 from simlab.persona.schema import Persona
 from simlab.repl.app import banner, run_interactive, run_script
 from simlab.repl.loom_app import run_loom
+from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.session.started import discarded, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
@@ -106,14 +107,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
             session,
             persona,
             params,
-            out=sys.stdout,
-            color=interactive and color_on(),
-            err=sys.stderr,
+            LineView(sys.stdout, sys.stderr, color=interactive and color_on()),
             tracer=tracer,
             user_set={k: v for k, v in chosen.items() if k != "seed"},
         )
         if session.read_only:
-            chat.note(
+            chat.view.note(
                 f"session {session.name!r} is open read-only: browse it, /tokens, /export; "
                 "nothing is written to it"
             )
@@ -121,7 +120,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             kept = ", ".join(
                 f"{BY_FIELD[k].key if k in BY_FIELD else k}={v!r}" for k, v in chosen.items() if v is not None
             )
-            chat.note(f"your settings go on: {kept} (a flag, /set or /seed changes them)")
+            chat.view.note(f"your settings go on: {kept} (a flag, /set or /seed changes them)")
         shown = spec if settings.backend == "local" else f"{_served(spec)} at {settings.base_url}"
         return _run(chat, args, interactive, shown)
     finally:
@@ -223,7 +222,7 @@ def _new_session(store: SessionStore, persona: Persona, name: str | None) -> Ses
 def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> int:
     chat.keeps_empty = _keeps(args)
     for problem in chat.session.problems:
-        chat.note(f"simlab: warning: {problem}")
+        chat.view.note(f"simlab: warning: {problem}")
     with _signals_end(chat):
         if interactive and getattr(args, "loom", False):
             run_loom(chat, children=args.children)
@@ -233,7 +232,7 @@ def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> 
                 chat, resumed=args.resume is not None, history=simlab_home() / "history", model=spec
             )
         else:
-            banner(chat, args.resume is not None, sys.stderr)
+            banner(chat, args.resume is not None)
             code = run_script(chat, sys.stdin)
     chat.remember()
     if chat.session.unsaved:

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 from simlab.config import invoked_as
 from simlab.errors import ModelFailed, SimlabError
@@ -26,23 +25,18 @@ from simlab.repl.views import toolbar_text
 from simlab.session.started import discarded
 
 
-def banner(chat: Chat, resumed: bool, out: TextIO, model: str = "the model") -> None:
+def banner(chat: Chat, resumed: bool, model: str = "the model") -> None:
     state = "resumed" if resumed else "new"
-    if chat.engine_ready:
+    if chat.loading.ready:
         info = chat.engine.info
         where = f"{info.name} on {info.device} ({info.dtype})"
     else:
         doing = "connecting" if " at http" in model else "loading in the background"
         where = f"{model} ({doing}; type away)"
-    out.write(
-        chat.style.dim(
-            f"simlab · {where} · persona "
-            f"{chat.persona_name()} · session {chat.session.name} ({state}) in "
-            f"{chat.store.folder} · /help for commands"
-        )
-        + "\n"
+    chat.view.note(
+        f"simlab · {where} · persona {chat.persona_name()} · session {chat.session.name} ({state}) in "
+        f"{chat.store.folder} · /help for commands"
     )
-    out.flush()
 
 
 def _completer(chat: Chat):
@@ -120,30 +114,30 @@ def run_interactive(
 ) -> int:
     """The REPL on a terminal (or on prompt-toolkit's pipe input, for tests). Returns the exit code."""
     prompt = _prompt_session(chat, history, input, output)
-    if not chat.engine_ready:  # the toolbar says "loading" until the model is there: redraw it then
+    if not chat.loading.ready:  # the toolbar says "loading" until the model is there: redraw it then
 
         def loaded() -> None:
             prompt.app.invalidate()
-            if chat.load_failed and chat.exit_app is not None:
+            if chat.loading.failed and chat.exit_app is not None:
                 chat.exit_app()  # a model that cannot load ends the chat now, not at the next message
 
-        chat.on_loaded(loaded)
+        chat.loading.on_loaded(loaded)
 
     ctx = _context(chat, prompt, input, output)
-    banner(chat, resumed, chat.err, model)
-    chat.show_path(last=None if not resumed else 4)
+    banner(chat, resumed, model)
+    chat.view.path(last=None if not resumed else 4)
     while chat.stopping is None:
-        if chat.load_failed:
+        if chat.loading.failed:
             return _load_failed(chat)
         try:
             with ends_on_signal(chat, prompt.app, EOFError) as pre_run:
                 line = prompt.prompt(_prompt_text(chat), pre_run=pre_run)
         except EOFError:
-            if chat.load_failed:
+            if chat.loading.failed:
                 return _load_failed(chat)
             break
         except KeyboardInterrupt:
-            chat.note("(Ctrl-D or /quit leaves; everything is saved)")
+            chat.view.note("(Ctrl-D or /quit leaves; everything is saved)")
             continue
         if chat.stopping is not None:  # the signal came as the line was entered: it is not sent
             break
@@ -157,13 +151,13 @@ def run_interactive(
         except Quit:
             break
         except ModelFailed as exc:
-            chat.note(f"simlab: {exc}")
+            chat.view.note(f"simlab: {exc}")
             return 2
         except SimlabError as exc:
-            chat.note(f"simlab: {exc}")
+            chat.view.note(f"simlab: {exc}")
         except KeyboardInterrupt:
             if chat.stopping is None:
-                chat.note("(interrupted)")
+                chat.view.note("(interrupted)")
     return farewell(chat)
 
 
@@ -190,7 +184,7 @@ def _load_failed(chat: Chat) -> int:
     try:
         chat.engine  # noqa: B018 - raises ModelFailed with the loader's own line
     except ModelFailed as exc:
-        chat.note(f"simlab: {exc}")
+        chat.view.note(f"simlab: {exc}")
     return 2
 
 
@@ -274,11 +268,11 @@ def _no_echo():
 def farewell(chat: Chat) -> int:
     """The closing line; the exit code (128 + the signal when one ended the REPL)."""
     if chat.session.read_only:
-        chat.note(f"session {chat.session.name} was open read-only: nothing was written to it")
+        chat.view.note(f"session {chat.session.name} was open read-only: nothing was written to it")
     elif discarded(chat.session, chat.keeps_empty):
-        chat.note("nothing was said: no session kept")
+        chat.view.note("nothing was said: no session kept")
     elif not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
-        chat.note(
+        chat.view.note(
             f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
             f"resume with: {invoked_as()} chat --resume {chat.session.name}"
         )

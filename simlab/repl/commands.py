@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from simlab.engine.params import decode_escapes, parse_setting
 from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
-from simlab.repl.progress import LastReply, Waiting
+from simlab.repl.progress import LastReply
 from simlab.repl.saved import export, load, sessions
 from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.tokens import fork, token_lines
+from simlab.repl.view import Progress
 from simlab.repl.views import info_lines, params_text
 from simlab.replay import replay_branch
 from simlab.session.views import render_tree
@@ -69,10 +70,10 @@ def _int(rest: str, usage: str) -> int:
 def _help(chat: Chat, rest: str, ctx: Context) -> None:
     width = max(len(f"/{c.name} {c.args}") for c in COMMANDS.values())
     for c in COMMANDS.values():
-        chat.say(f"  {f'/{c.name} {c.args}':<{width}}  {c.help}")
-    chat.say("  Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line,")
-    chat.say("  Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or /quit")
-    chat.say("  leaves. //text sends /text.")
+        chat.view.say(f"  {f'/{c.name} {c.args}':<{width}}  {c.help}")
+    chat.view.say("  Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line,")
+    chat.view.say("  Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or /quit")
+    chat.view.say("  leaves. //text sends /text.")
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def _set(chat: Chat, rest: str, ctx: Context) -> None:
     key, _, value = rest.strip().partition(" ")
     value = value.strip()
     if not key:
-        chat.say(params_text(chat))
+        chat.view.say(params_text(chat))
         return
     if not value:
         raise SimlabError(f"usage: /set KEY VALUE, KEY one of {', '.join(SETTABLE)}")
@@ -98,14 +99,14 @@ def _set(chat: Chat, rest: str, ctx: Context) -> None:
             chat.user_set.pop("stop", None)
         else:
             chat.user_set["stop"] = stops
-        chat.note(f"stop = {list(stops)}")
+        chat.view.note(f"stop = {list(stops)}")
         chat.remember()
         return
     field, number = parse_setting(key, value)
     chat.params = chat.params.with_overrides(**{field: number})
     chat.user_set[field] = number
     chat.remember()
-    chat.note(f"{key.replace('-', '_').replace('max_new_tokens', 'max_tokens')} = {number}")
+    chat.view.note(f"{key.replace('-', '_').replace('max_new_tokens', 'max_tokens')} = {number}")
 
 
 def _seed(chat: Chat, rest: str, ctx: Context) -> None:
@@ -113,7 +114,7 @@ def _seed(chat: Chat, rest: str, ctx: Context) -> None:
     if value in ("random", "none", "off"):
         chat.seeds.next = None
         chat.remember()
-        chat.note("seed: a fresh random seed for each reply")
+        chat.view.note("seed: a fresh random seed for each reply")
         return
     try:
         seed = int(value)
@@ -122,7 +123,7 @@ def _seed(chat: Chat, rest: str, ctx: Context) -> None:
     chat.params.with_overrides(seed=seed)  # validates the range
     chat.seeds.next = seed
     chat.remember()
-    chat.note(f"seed = {seed} (the next reply; then +1 per reply)")
+    chat.view.note(f"seed = {seed} (the next reply; then +1 per reply)")
 
 
 def _trace(chat: Chat, rest: str, ctx: Context) -> None:
@@ -136,9 +137,9 @@ def _trace(chat: Chat, rest: str, ctx: Context) -> None:
             raise needs_local("/trace (the residual stream)")
         from simlab.trace.record import Tracer
 
-        chat.tracer = Tracer(TraceConfig(), say=chat.note)
+        chat.tracer = Tracer(TraceConfig(), say=lambda text: chat.view.note(text))
     where = f" (files in {chat.session.path.name[:-6]}.traces/)" if chat.tracer else ""
-    chat.note(f"trace {'on' if chat.tracer else 'off'}{where}")
+    chat.view.note(f"trace {'on' if chat.tracer else 'off'}{where}")
 
 
 # -- the tree ---------------------------------------------------------------------------------
@@ -149,12 +150,12 @@ def _pick(chat: Chat, rest: str, ctx: Context) -> None:
     choices = [s.id for s in chat.tree.siblings(chat.cursor.id)]
     if not 1 <= i <= len(choices):
         raise SimlabError(f"/pick {i}: choose 1 to {len(choices)}")
-    chat.show_turn(chat.session.goto(choices[i - 1]))
+    chat.view.turn(chat.session.goto(choices[i - 1]))
 
 
 def _goto(chat: Chat, rest: str, ctx: Context) -> None:
     chat.session.goto(chat.tree.resolve(_one(rest, "/goto ID")).id)
-    chat.show_path(last=3)
+    chat.view.path(last=3)
 
 
 def _toggle(tag: str, added: str, removed: str) -> Callable[[Chat, str, Context], None]:
@@ -164,7 +165,7 @@ def _toggle(tag: str, added: str, removed: str) -> Callable[[Chat, str, Context]
         node = chat.cursor
         on = tag not in node.tags
         chat.session.set_tag(node.id, tag, on)
-        chat.note(f"{added if on else removed} {chat.tree.short(node.id)}")
+        chat.view.note(f"{added if on else removed} {chat.tree.short(node.id)}")
 
     return run
 
@@ -177,13 +178,13 @@ def _hide(chat: Chat, rest: str, ctx: Context) -> None:
     chat.session.set_hidden(node.id, True)
     chat.session.goto(node.parent)
     short = chat.tree.short(node.id)
-    chat.note(f"hid {short} (and its branch); /tree all shows it, /unhide {short} brings it back")
+    chat.view.note(f"hid {short} (and its branch); /tree all shows it, /unhide {short} brings it back")
 
 
 def _unhide(chat: Chat, rest: str, ctx: Context) -> None:
     node = chat.tree.resolve(_one(rest, "/unhide ID (see /tree all)"))
     chat.session.set_hidden(node.id, False)
-    chat.note(f"{chat.tree.short(node.id)} is visible again")
+    chat.view.note(f"{chat.tree.short(node.id)} is visible again")
 
 
 def _edit(chat: Chat, rest: str, ctx: Context) -> None:
@@ -200,7 +201,7 @@ def _edit(chat: Chat, rest: str, ctx: Context) -> None:
         except (EOFError, KeyboardInterrupt):
             text = ""
     if not text.strip():
-        chat.note("(edit cancelled; nothing saved)")
+        chat.view.note("(edit cancelled; nothing saved)")
         return
     chat.edit(text)
 
@@ -213,10 +214,10 @@ def _persona(chat: Chat, rest: str, ctx: Context) -> None:
     if not turns:
         chat.session.goto(add_frame(chat.session, persona).id)
     else:
-        chat.note(f"replaying {len(turns)} user turn(s) under {persona.name} ...")
+        chat.view.note(f"replaying {len(turns)} user turn(s) under {persona.name} ...")
         engine = chat.engine  # (waits for the model first, if it is still loading)
         sampled = [n for n in chat.path() if n.role == "model" and n.params is not None]
-        with Waiting(f"replies under {persona.name}", len(sampled), stream=chat.err) as wait:
+        with chat.view.progress(f"replies under {persona.name}", len(sampled)) as wait:
             replay_branch(
                 engine,
                 chat.session,
@@ -228,10 +229,10 @@ def _persona(chat: Chat, rest: str, ctx: Context) -> None:
                 on_run=lambda replies: setattr(chat, "last", LastReply.of(replies)),  # the toolbar's figures
             )
             wait.advance(1)
-    chat.show_path()
+    chat.view.path()
 
 
-def _step(chat: Chat, wait: Waiting, k: int) -> None:
+def _step(chat: Chat, wait: Progress, k: int) -> None:
     """Between the replies of a replay: count one, or stop here if Ctrl-C asked (what is sampled
     so far stays in the new branch)."""
     if chat.cancel_requested:
@@ -240,15 +241,15 @@ def _step(chat: Chat, wait: Waiting, k: int) -> None:
 
 
 def _tree(chat: Chat, rest: str, ctx: Context) -> None:
-    for line in render_tree(chat.tree, chat.style, show_hidden=rest.strip() == "all"):
-        chat.say(line)
+    for line in render_tree(chat.tree, chat.view.style, show_hidden=rest.strip() == "all"):
+        chat.view.say(line)
 
 
 def _loom(chat: Chat, rest: str, ctx: Context) -> None:
     if ctx.loom is None:
         raise SimlabError("/loom is full-screen and needs a terminal; `simlab loom SESSION` opens it there")
     ctx.loom()
-    chat.show_path(last=4)
+    chat.view.path(last=4)
 
 
 def _quit(chat: Chat, rest: str, ctx: Context) -> None:
@@ -292,7 +293,7 @@ COMMANDS: dict[str, Command] = {
             "[ID]",
             "a turn's tokens by probability, with alternatives (typed text: scored)",
             lambda chat, rest, ctx: [
-                chat.say(line) for line in token_lines(chat, _at_most_one(rest, "/tokens [ID]"))
+                chat.view.say(line) for line in token_lines(chat, _at_most_one(rest, "/tokens [ID]"))
             ],
         ),
         Command(
@@ -322,7 +323,7 @@ COMMANDS: dict[str, Command] = {
         Command("hide", "", "hide the current turn and its branch (soft delete; /tree all shows it)", _hide),
         Command("unhide", "ID", "show a hidden turn again", _unhide),
         Command(
-            "path", "", "the current path again, from the frame", lambda chat, rest, ctx: chat.show_path()
+            "path", "", "the current path again, from the frame", lambda chat, rest, ctx: chat.view.path()
         ),
         Command(
             "export",
@@ -336,13 +337,13 @@ COMMANDS: dict[str, Command] = {
             "info",
             "",
             "model, device, persona, session, sampling, current node",
-            lambda chat, rest, ctx: [chat.say(line) for line in info_lines(chat)],
+            lambda chat, rest, ctx: [chat.view.say(line) for line in info_lines(chat)],
         ),
         Command(
             "transcript",
             "",
             "the exact text the model reads for the current path",
-            lambda chat, rest, ctx: chat.say(chat.transcript()),
+            lambda chat, rest, ctx: chat.view.say(chat.transcript()),
         ),
         Command(
             "trace", "on|off", "record the residual stream of each reply (see `simlab trace show`)", _trace

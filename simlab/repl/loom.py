@@ -3,12 +3,12 @@ library here: panes are lists of (style, text[, mouse handler]) fragments, which
 
 A `Loom` sits on a `Chat` (the engine, the session, the sampling settings and seeds), so the REPL,
 `replay`, `compare` and the Loom export see the same tree: every action is a record in the session
-file the moment it is done. Sampling runs in a worker thread; its text streams into `streams`.
+file the moment it is done. Sampling runs in a worker thread, through the chat's own reply action;
+while the editor is open the chat speaks through its PaneView (repl.loom_view), which fills the panes.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import threading
@@ -19,13 +19,14 @@ from simlab.errors import SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import render_spans
 from simlab.repl.commands import Context, Quit, handle
+from simlab.repl.loom_view import PaneView
 from simlab.repl.state import Chat
 from simlab.repl.tokens import fork
 from simlab.repl.views import preview, probability_style
 from simlab.session import shape
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
-from simlab.session.views import Style, said
+from simlab.session.views import said
 
 
 @dataclass
@@ -54,9 +55,15 @@ class Loom:
         self.busy: str | None = None  # what the worker is doing
         self.worker: threading.Thread | None = None
         self.finished = 0  # jobs the worker has ended (a test waits on it: busy is None before a job too)
-        self._run = None
         self.quit = False
         self.width = 80  # the terminal's columns, as the app last drew them
+        self.view = PaneView(self)  # what the chat's actions say, while the editor is open (close)
+        self._line_view, chat.view = chat.view, self.view
+        self.view.attach(chat)
+
+    def close(self) -> None:
+        """The editor closes: the chat speaks through the view it had before (the line REPL's)."""
+        self.chat.view = self._line_view
 
     # -- where we are ----------------------------------------------------------------------------
     @property
@@ -98,7 +105,9 @@ class Loom:
         if self.busy:
             self.say(f"still {self.busy}; Ctrl-C stops it")
             return False
-        self.busy = what
+        self.busy, self.message = what, ""
+        self.chat.cancel_requested = False
+        self.view.clear()
         self.invalidate()
 
         def work() -> None:
@@ -112,23 +121,21 @@ class Loom:
             except Exception as exc:  # noqa: BLE001 -- shown in the status line, the app goes on
                 message = f"simlab: {type(exc).__name__}: {exc}"
             finally:
-                self.busy, self._run = None, None
+                self.busy = None
                 self.streams = []
                 self.finished += 1
-            self.say(message or "")
+            if message is not None:
+                self.say(message)
+            self.invalidate()
 
         self.worker = threading.Thread(target=work, name="simlab-loom", daemon=True)
         self.worker.start()
         return True
 
     def stop(self) -> bool:
-        """Ctrl-C: stop the sampling in progress (what came is saved); False when nothing runs."""
-        run = self._run
-        if run is not None:
-            run.interrupt()
-        elif self.busy:  # a /command: the reply it streams stops at its next token
-            self.chat.cancel_requested = True
-        return run is not None or self.busy is not None
+        """Ctrl-C: stop the sampling in progress (what came is saved), or a replay at its next
+        reply; False when nothing runs."""
+        return self.chat.interrupt() or self.busy is not None
 
     def wait(self, timeout: float = 60) -> None:
         if self.worker is not None:
@@ -141,35 +148,7 @@ class Loom:
         document = self.chat.framing.mode == "document"
         parent = node.parent if not document and node.role == "model" else node.id
         k = self.children
-        return self._start(f"sampling {k}", lambda: self._sample(parent, k))
-
-    def _sample(self, parent: str, k: int) -> str:
-        chat = self.chat
-        replies = chat.start_reply(parent, k)  # as the chat starts one: seeds, stops, tracer, window
-        self._run = replies.run
-        self.streams = [""] * k
-
-        def reading(at: int, total: int) -> None:  # a long document's prefill: no silent wait
-            self.busy = (
-                f"sampling {k}: reading the text, {at:,}/{total:,} tokens" if at < total else f"sampling {k}"
-            )
-            self.invalidate()
-
-        replies.run.on_prefill = reading
-
-        def show(delta) -> None:
-            self.streams[delta.branch] += delta.text
-            self.invalidate()
-
-        replies.decode(show)
-        nodes = chat.kept(replies)
-        if not nodes:
-            return "stopped before the first token; nothing saved"
-        chat.session.goto(nodes[0].id)
-        stats = replies.run.stats
-        cut = sum(n.finish_reason == "interrupted" for n in nodes)
-        stopped = f"stopped: {cut} interrupted, " if cut else ""
-        return f"{stopped}{len(nodes)} saved ({stats.tokens_per_second:.1f} tok/s); ↑↓ chooses among them"
+        return self._start(f"sampling {k}", lambda: self.chat.reply(parent, k) and None)
 
     def fork_here(self, alternative: int | None = None) -> bool:
         """Loom's counterfactual: the reply again from the token under the cursor, with an alternative."""
@@ -181,19 +160,11 @@ class Loom:
         return self.command(f"/fork {rest}", lambda: fork(self.chat, rest))
 
     def command(self, line: str, job: Callable[[], None] | None = None) -> bool:
-        """A REPL slash command, run in the worker with what it writes kept for the output pane."""
-        chat = self.chat
+        """A REPL slash command, run in the worker; what it says goes to the output pane."""
 
         def run() -> str | None:
-            out, kept = io.StringIO(), (chat.out, chat.err, chat.style)
-            chat.out, chat.err, chat.style = out, out, Style(False)  # the pane draws its own styles
-            chat.cancel_requested = False
-            try:
-                job() if job is not None else handle(chat, line, Context())
-            finally:
-                chat.out, chat.err, chat.style = kept
-                self.output = out.getvalue().rstrip("\n")
-            return None if self.output else f"{line}: done"
+            job() if job is not None else handle(self.chat, line, Context())
+            return None if self.output or self.message else f"{line}: done"
 
         return self._start(line, run)
 
@@ -292,7 +263,7 @@ class Loom:
 
     def _decoded(self, node: Node) -> list[str] | None:
         """Each token's text from the model's tokenizer, once it has loaded (else the alternatives')."""
-        if not node.token_ids or node.backend or not self.chat.engine_ready:
+        if not node.token_ids or node.backend or not self.chat.loading.ready:
             return None
         return [self.chat.engine.tokenizer.decode([t]) for t in node.token_ids]
 

@@ -392,4 +392,5 @@ def run_loom(chat: Chat, children: int = 3, input=None, output=None) -> Loom:
         screen.run(pre_run)
     loom.stop()
     loom.wait()
+    loom.close()
     return loom

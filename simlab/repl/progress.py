@@ -41,7 +41,7 @@ class Waiting:
         return self.tokens / elapsed if elapsed > 0 else 0.0
 
     def __enter__(self) -> Waiting:
-        if _is_terminal(self.stream):
+        if is_terminal(self.stream):
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -94,7 +94,7 @@ class Waiting:
             self.stream.flush()
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

@@ -19,18 +19,20 @@ def export(chat: Chat, rest: str, ctx) -> None:
         if not target:
             raise SimlabError("usage: /export jsonl FILE (a session file: `simlab sessions import FILE`)")
         path = chat.session.export(Path(target))
-        chat.note(f"wrote {path} ({len(chat.tree.nodes)} nodes; `simlab sessions import {path}` opens it)")
+        chat.view.note(
+            f"wrote {path} ({len(chat.tree.nodes)} nodes; `simlab sessions import {path}` opens it)"
+        )
         return
     if fmt not in formats.FORMATS:
         raise SimlabError("usage: /export md|yaml|loom|jsonl [FILE]")
     text = formats.render(chat.session, fmt)
     if not target:
-        chat.say(text.rstrip("\n") if fmt == "loom" else text)
+        chat.view.say(text.rstrip("\n") if fmt == "loom" else text)
         return
     path = formats.write_text(Path(target), text, "/export")
     if fmt != "md":
         chat.session.exported_changes = len(chat.session.unsaved)
-    chat.note(f"wrote {path}")
+    chat.view.note(f"wrote {path}")
 
 
 def sessions(chat: Chat, rest: str, ctx) -> None:
@@ -40,7 +42,7 @@ def sessions(chat: Chat, rest: str, ctx) -> None:
         mark = "*" if s.name == chat.session.name else " "
         when = time.strftime("%m-%d %H:%M", time.localtime(s.modified))
         line = f"{mark} {s.name:<24} {s.nodes:>5} nodes  {when}  {' '.join(s.first_text.split())}"
-        chat.say(line if len(line) <= width else line[: width - 1] + "…")
+        chat.view.say(line if len(line) <= width else line[: width - 1] + "…")
 
 
 def load(chat: Chat, rest: str, ctx) -> None:
@@ -55,5 +57,5 @@ def load(chat: Chat, rest: str, ctx) -> None:
         )
     chat.open_session(chat.store.open(name))
     for problem in chat.session.problems:
-        chat.note(f"warning: {problem}")
-    chat.show_path()
+        chat.view.note(f"warning: {problem}")
+    chat.view.path()

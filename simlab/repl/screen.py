@@ -1,6 +1,7 @@
-"""What the REPL writes: each turn as the persona's template renders it (the model's exact text, so
-`KEEPER. …` and `> look` look as the model reads them), its place among its siblings and how it
-ended, and notes on stderr. No terminal library here: the streams are plain text files."""
+"""The line REPL's view of the Chat: each turn as the persona's template renders it (the model's exact
+text, so `KEEPER. …` and `> look` look as the model reads them), its place among its siblings and
+how it ended, a reply streamed as it comes, notes and progress lines on stderr. No terminal library
+here: the streams are plain text files."""
 
 from __future__ import annotations
 
@@ -11,24 +12,33 @@ import unicodedata
 from dataclasses import replace
 from typing import TextIO
 
+from simlab.engine.results import Delta
 from simlab.frame.framing import Framing
 from simlab.frame.render import PIECE, turns
-from simlab.frame.window import Fitted
+from simlab.repl.progress import Waiting, is_terminal
 from simlab.session.tree import Node
 from simlab.session.views import Style
+from simlab.turns import Replies
 
 LABEL_COLOUR = {"model": "1;32", "user": "1;34"}
 
 
-class Screen:
-    """The output half of the REPL's state. Subclasses provide `tree`, `framing` and `path()`."""
+class LineView:
+    """The line REPL's view (repl.view.View): turns and a command's answers on `out`, notes and
+    progress lines on `err`; a reply streams onto `out` as it comes."""
 
-    out: TextIO
-    err: TextIO
-    style: Style
-    _save_failing: bool
-    _window_noted: bool
-    _wrap: WordWrap | None = None  # while a reply streams to a terminal
+    def __init__(self, out: TextIO, err: TextIO | None = None, color: bool = False):
+        self.out = out
+        self.err = err or out
+        self.style = Style(color)
+        self.chat = None  # the Chat shown (attach)
+        self._wrap: WordWrap | None = None  # while a reply streams to a terminal
+        self._held = ""  # a streamed reply's trailing white space, written once more text follows
+        self._head: str | None = None  # what the reply streaming now follows (None: several at once)
+        self._wait: Waiting | None = None
+
+    def attach(self, chat) -> None:
+        self.chat = chat
 
     def say(self, text: str = "") -> None:
         write(self.out, text + "\n")
@@ -36,15 +46,14 @@ class Screen:
     def note(self, text: str) -> None:
         write(self.err, self.style.dim(text) + "\n")
 
-    def place(self, node: Node) -> str:
-        """A node's position among its siblings, as the toolbar, /tree and /pick count: "2/4"."""
-        siblings = [s.id for s in self.tree.siblings(node.id)]
-        return f"{siblings.index(node.id) + 1}/{len(siblings)}"
+    def progress(self, what: str, total: int) -> Waiting:
+        return Waiting(what, total, stream=self.err)
 
+    # -- turns ---------------------------------------------------------------------------------
     def head(self, role: str, speaker: str | None, framing: Framing | None = None) -> str:
         """What the template writes before a turn's text ("KEEPER. ", "> ", "" for a bare reply),
         coloured; the text follows it directly."""
-        framing = framing or self.framing
+        framing = framing or self.chat.framing
         if speaker is None:
             return ""
         raw = framing.head(role, speaker)
@@ -59,92 +68,98 @@ class Screen:
         text = for_terminal(self.out, node.text)
         body = (self.style.dim("…") if piece else self.head(node.role, node.speaker)) + text
         if node.speaker is not None:
-            tail = self.framing.template(node.role).split("{text}", 1)[-1].rstrip("\n")
+            tail = self.chat.framing.template(node.role).split("{text}", 1)[-1].rstrip("\n")
             body += tail.replace("{speaker}", node.speaker)
         return body
-
-    def begin_stream(self, head: str) -> str:
-        """A reply starts streaming after `head`: on a terminal its words are laid out to the width
-        (a word that would cross the edge starts the next line, where the terminal would cut it)."""
-        isatty = getattr(self.out, "isatty", None)
-        tty = isatty is not None and isatty()
-        self._wrap = WordWrap(shutil.get_terminal_size().columns, width_of(head)) if tty else None
-        return head
-
-    def streamed(self, text: str) -> str:
-        """Streamed reply text as it is written: on a terminal, control characters as pictures and
-        long lines broken between words; elsewhere the very text."""
-        text = for_terminal(self.out, text)
-        return self._wrap.feed(text) if self._wrap is not None else text
-
-    def stream_end(self, tail: str = "") -> str:
-        """The last word a stream held back (a word is written once it ends), then `tail` (its
-        finish marker) laid out with it."""
-        wrap, self._wrap = self._wrap, None
-        return wrap.end(tail) if wrap is not None else tail
 
     def ending(self, node: Node) -> str:
         """How a sampled reply ended, for its line: " [length]" (nothing for typed turns)."""
         return self.style.dim(f" [{node.finish_reason}]") if node.finish_reason else ""
 
-    def show_turn(self, node: Node) -> None:
-        """A node as the transcript shows it, with its place among its siblings and how it ended."""
+    def turn(self, node: Node) -> None:
         if node.role == "frame":
             self.say(self.style.dim(node.text.rstrip("\n")))
             return
-        siblings = self.tree.siblings(node.id)
-        where = self.style.dim(f" [{self.place(node)}]") if len(siblings) > 1 else ""
+        siblings = self.chat.tree.siblings(node.id)
+        where = self.style.dim(f" [{self.chat.place(node)}]") if len(siblings) > 1 else ""
         self.say(self.laid_out(self.turn_text(node) + self.ending(node) + where))
 
     def laid_out(self, text: str) -> str:
         """A turn as a terminal shows it: broken between words at its width (elsewhere as it is)."""
-        isatty = getattr(self.out, "isatty", None)
-        if isatty is None or not isatty():
+        if not is_terminal(self.out):
             return text
         wrap = WordWrap(shutil.get_terminal_size().columns)
         return wrap.feed(text) + wrap.end()
 
-    def show_path(self, last: int | None = None) -> None:
+    def path(self, last: int | None = None) -> None:
         """The path's last turns (all without `last`), a split turn as one line."""
-        groups = turns(self.path())
+        groups = turns(self.chat.path())
         for group in groups[-last:] if last else groups:
             if len(group) == 1:
-                self.show_turn(group[0])
+                self.turn(group[0])
                 continue
             whole = replace(group[-1], text="".join(n.text for n in group), tags=frozenset())
             self.say(self.laid_out(self.turn_text(whole) + self.ending(whole)))
 
-    # -- notes on what happened under the conversation ------------------------------------------
-    def _save_problem(self, message: str) -> None:
-        """The session's file refused a write (or took the backlog again): say so once per change of state."""
-        if not self.session.unsaved:
-            self._save_failing = False
-            self.note(f"simlab: {message}")
-        elif not self._save_failing:
-            self._save_failing = True
-            self.note(
-                f"simlab: {message}; the conversation goes on in memory and is written when the disk "
-                "takes it again; /export jsonl FILE writes the whole session elsewhere now"
-            )
+    # -- a reply as it is decoded -----------------------------------------------------------------
+    def begin(self, replies: Replies, head: str | None) -> None:
+        """One reply streams after `head`, its words laid out to a terminal's width (a word that
+        would cross the edge starts the next line, where the terminal would cut it); several show
+        a progress line instead."""
+        self._head, self._held = head, ""
+        if head is None:
+            self._wait = Waiting("sampling", len(replies.run.completions), stream=self.err).__enter__()
+            return
+        tty = is_terminal(self.out)
+        self._wrap = WordWrap(shutil.get_terminal_size().columns, width_of(head)) if tty else None
+        write(self.out, head)
 
-    def _note_window(self, fit: Fitted) -> None:
-        """The first time older turns are left out of what the model reads, say so."""
-        if fit.window and not self._window_noted:
-            self._window_noted = True
-            kept = sum(1 for node in fit.path if node.role in ("user", "model"))
-            turns = "turn" if kept == 1 else f"{kept} turns"
-            info = self.engine.info
-            self.note(
-                f"(the conversation is longer than {info.name}'s context of {info.context_length} tokens: "
-                f"the model now reads the frame and the last {turns}; the session keeps them all, and "
-                "each reply records its window)"
-            )
+    def reading(self, at: int, total: int) -> None:
+        """(The line REPL shows no prefill progress: the reply's label is already on its line.)"""
 
-    def _trace_failed(self, node: Node, exc: OSError) -> None:
-        self.note(
-            f"simlab: could not save the trace of {self.tree.short(node.id)}: {exc.strerror}; "
-            "the reply is saved"
-        )
+    def delta(self, delta: Delta, replies: Replies) -> None:
+        if self._wait is not None:
+            self._wait.follow(delta, replies.run.completions)
+        if self._head is not None and delta.text:
+            text = self._held + delta.text
+            shown = text.rstrip()  # (a reply is stored stripped: white space waits for more text)
+            self._held = text[len(shown) :]
+            text = for_terminal(self.out, shown)
+            write(self.out, self._wrap.feed(text) if self._wrap is not None else text)
+
+    def end(self, replies: Replies, outcome: str = "ended") -> None:
+        """outcome: "ended", "failed" (an error follows) or "cut" (interrupted outside the engine)."""
+        wait, self._wait = self._wait, None
+        if wait is not None:
+            if outcome == "ended":
+                wait.follow(None, replies.run.completions)  # the last branch's end
+            wait.__exit__(None, None, None)
+        if self._head is None:
+            return
+        self._head = None
+        completions = replies.run.completions
+        if outcome == "failed" and not any(c.text for c in completions):
+            tail = self.style.dim(" [no reply]")
+        else:
+            ended = [f" [{c.finish_reason}]" for c in completions if c.tokens or c.text]
+            tail = "".join(map(self.style.dim, ended[:1])) if outcome == "ended" else ""
+        wrap, self._wrap = self._wrap, None
+        write(self.out, (wrap.end(tail) if wrap is not None else tail) + "\n")
+
+    def replied(self, nodes: list[Node], replies: Replies) -> None:
+        if not nodes:
+            self.note("(interrupted before the first token; nothing saved)")
+        elif len(replies.run.completions) > 1:
+            place = self.chat.place
+            for node in nodes:
+                about = self.style.dim(f"(seed {node.seed}, {node.finish_reason})")
+                self.say(f"{self.style.wrap('1', f'[{place(node)}]')} {self.turn_text(node)} {about}")
+            self.note(
+                f"{len(nodes)} alternatives saved; at [{place(nodes[0])}]. /pick I goes to sibling I, "
+                "/next /prev step."
+            )
+        elif nodes[0].finish_reason == "interrupted":
+            self.note("(interrupted: the partial reply is saved)")
 
 
 # C0 control characters (but tab and line feed) and DEL, as the Unicode pictures of them: a model's

@@ -9,21 +9,20 @@ reply is saved as a node the moment it is complete, so nothing finished can be l
 from __future__ import annotations
 
 from concurrent.futures import Future
-from contextlib import nullcontext
-from typing import TextIO
 
 from simlab.engine.params import BY_FIELD, BY_KEY, SamplingParams, SeedCounter
 from simlab.engine.protocol import Engine
-from simlab.errors import ModelFailed, SimlabError, TreeError
+from simlab.errors import SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import framing_of, render_path
 from simlab.persona.schema import Persona
-from simlab.repl.progress import LastReply, Waiting
-from simlab.repl.screen import Screen, write
+from simlab.repl.loading import Loading
+from simlab.repl.notes import Notes
+from simlab.repl.progress import LastReply
+from simlab.repl.view import View
 from simlab.session.started import persona_at, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
-from simlab.session.views import Style
 from simlab.turns import (
     Replies,
     has_output,
@@ -36,22 +35,21 @@ from simlab.turns import (
 SETTABLE = (*BY_KEY, "stop")  # what /set takes: every sampling knob by its user key, and the stops
 
 
-class Chat(Screen):
+class Chat(Notes):
+    """The REPL's state and actions; what happens is shown through `view` (repl.view.View)."""
+
     def __init__(
         self,
-        engine: Engine | Future,
+        engine: Engine | Future | Loading,
         store: SessionStore,
         session: Session,
         persona: Persona,
         params: SamplingParams,
-        out: TextIO,
-        color: bool = False,
-        err: TextIO | None = None,
+        view: View,
         tracer=None,
         user_set: dict | None = None,
     ):
-        self._engine = None if isinstance(engine, Future) else engine
-        self._loading = engine if isinstance(engine, Future) else None
+        self.loading = engine if isinstance(engine, Loading) else Loading(engine)
         self.store = store
         self.session = session
         self.persona = persona
@@ -60,13 +58,13 @@ class Chat(Screen):
         # what the user chose (flags, /set) by SamplingParams field: kept when the persona changes
         self.user_set: dict = dict(user_set or {})
         self.seeds = SeedCounter(params.seed)  # the next reply's seed, then +1 per reply
-        self.out = out
-        self.err = err or out
-        self.style = Style(color)
+        self.view = view
+        view.attach(self)
         self.last: LastReply | None = None
         self.tracer = tracer  # a trace.record.Tracer while the residual stream is recorded
-        self._window_noted = False  # the context window note is shown once
-        self._save_failing = False
+        if tracer is not None:  # what it says goes where the chat's notes go (the Loom's pane too)
+            tracer.say = lambda text: self.view.note(text)
+        self.running = None  # the Run being decoded (another thread may interrupt it)
         self.broken_pipe = False  # stdout was closed under a reply: the reply is saved, then the REPL ends
         self.stopping: int | None = None  # the signal (SIGTERM, SIGHUP) that asked the REPL to end
         self.interruptible = False  # True while a signal may cut in (while decoding, reading a line)
@@ -74,8 +72,8 @@ class Chat(Screen):
         self.cancel_requested = False  # Ctrl-C came while it could not cut in: stop at the next step
         self.keeps_empty = True  # False: a session left as it started is removed at the end (cli.chat)
         self._watch(session)
-        if self._engine is not None:
-            self._first_use_notes()
+        if self.loading.ready:
+            self._first_use_notes(self.loading.engine())
 
     @classmethod
     def new(
@@ -84,10 +82,10 @@ class Chat(Screen):
         store: SessionStore,
         persona: Persona,
         params: SamplingParams,
-        out: TextIO,
+        view: View,
         **kwargs,
     ) -> Chat:
-        return cls(engine, store, start_session(store, persona), persona, params, out, **kwargs)
+        return cls(engine, store, start_session(store, persona), persona, params, view, **kwargs)
 
     @property
     def seed(self) -> int | None:
@@ -96,42 +94,24 @@ class Chat(Screen):
     @property
     def engine(self) -> Engine:
         """The engine; while it loads in the background, the first use waits for it."""
-        if self._engine is None:
-            if not self._loading.done():
-                self.note("(the model is still loading; the reply starts when it is ready)")
-            self.interruptible = True
-            try:
-                self._engine = self._loading.result()
-            except SimlabError as exc:
-                raise ModelFailed(str(exc)) from None
-            finally:
-                self.interruptible = False
-            self._first_use_notes()
-        return self._engine
+        if self.loading.loading:
+            self.view.note("(the model is still loading; the reply starts when it is ready)")
+        self.interruptible = True
+        try:
+            engine = self.loading.engine()
+        finally:
+            self.interruptible = False
+        self._first_use_notes(engine)
+        return engine
 
-    def on_loaded(self, callback) -> None:
-        """Call back (from the loading thread) when the model has loaded."""
-        if self._loading is not None:
-            self._loading.add_done_callback(lambda future: callback())
-
-    def _first_use_notes(self) -> None:
-        if self.framing.mode == "simulator" and getattr(self._engine.tokenizer, "chat_template", None):
-            self.note(
-                f"note: {self._engine.info.name} has a chat template; --mode chat (or `mode: chat` in a "
-                "persona) uses it instead of the simulator transcript"
-            )
-
-    @property
-    def load_failed(self) -> bool:
-        """Whether the model loading in the background failed (the next use of `engine` says why)."""
-        loading = self._loading
-        if self._engine is not None or loading is None or not loading.done():
-            return False
-        return loading.exception() is not None
-
-    @property
-    def engine_ready(self) -> bool:
-        return self._engine is not None or (self._loading.done() and self._loading.exception() is None)
+    def interrupt(self) -> bool:
+        """Stop what runs (from another thread): the reply being decoded (what came is saved), or
+        work made of steps at its next step. False when nothing runs."""
+        run = self.running
+        if run is not None:
+            run.interrupt()
+        self.cancel_requested = True
+        return run is not None
 
     # -- where we are --------------------------------------------------------------------------
     @property
@@ -161,6 +141,11 @@ class Chat(Screen):
         path = self.path()
         return (path[0].persona if path else None) or self.persona.name
 
+    def place(self, node: Node) -> str:
+        """A node's position among its siblings, as the toolbar, /tree and /pick count: "2/4"."""
+        siblings = [s.id for s in self.tree.siblings(node.id)]
+        return f"{siblings.index(node.id) + 1}/{len(siblings)}"
+
     def position(self) -> tuple[int, int, int]:
         """(depth, sibling index from 1, number of siblings) of the cursor."""
         node = self.cursor
@@ -174,7 +159,7 @@ class Chat(Screen):
     def _watch(self, session: Session) -> None:
         session.on_save_problem = self._save_problem
         if session.in_memory:
-            self.note(
+            self.view.note(
                 f"simlab: the sessions folder {self.store.folder} cannot take session {session.name!r}; "
                 "the conversation is kept in memory: /export jsonl FILE writes it elsewhere"
             )
@@ -190,7 +175,9 @@ class Chat(Screen):
         )
         self.session.goto(user.id)
         if after.role == "user":  # text typed at a node is its child, as in the Loom editor: say so
-            self.note(f"(a 2nd turn of yours, after your turn [{self.place(after)}]: the reply reads both)")
+            self.view.note(
+                f"(a 2nd turn of yours, after your turn [{self.place(after)}]: the reply reads both)"
+            )
         return self.reply(user.id)
 
     def start_reply(self, parent_id: str, n: int = 1) -> Replies:
@@ -202,24 +189,14 @@ class Chat(Screen):
         return start_replies(self.engine, self.session, parent_id, params, n, **at)
 
     def reply(self, parent_id: str, n: int = 1) -> list[Node]:
-        """Sample n replies under parent_id (streamed when n == 1), save them, move to the first."""
+        """Sample n replies under parent_id (one streamed after its label), save them, move to the
+        first: the one action both faces sample through (the Loom's g too)."""
         replies = self.start_reply(parent_id, n)
         nodes = self._finish(replies, self._head(replies.speaker) if n == 1 else None)
+        if nodes:
+            self.session.goto(nodes[0].id)
+        self.view.replied(nodes, replies)
         self._check_pipe()
-        if not nodes:
-            self.note("(interrupted before the first token; nothing saved)")
-            return []
-        self.session.goto(nodes[0].id)
-        if n > 1:
-            for node in nodes:
-                about = self.style.dim(f"(seed {node.seed}, {node.finish_reason})")
-                self.say(f"{self.style.wrap('1', f'[{self.place(node)}]')} {self.turn_text(node)} {about}")
-            self.note(
-                f"{len(nodes)} alternatives saved; at [{self.place(nodes[0])}]. /pick I goes to sibling I, "
-                "/next /prev step."
-            )
-        elif nodes[0].finish_reason == "interrupted":
-            self.note("(interrupted: the partial reply is saved)")
         return nodes
 
     def continue_reply(self) -> Node:
@@ -230,7 +207,9 @@ class Chat(Screen):
         self.session.check_writable()
         params = self.params.with_overrides(seed=self.seeds.take(1))
         replies = start_continuation(self.engine, self.session, node, params, on_fit=self._note_window)
-        [new] = self._finish(replies, self.head(node.role, node.speaker) + node.text, keep=lambda c: True)
+        [new] = self._finish(
+            replies, self.view.head(node.role, node.speaker) + node.text, keep=lambda c: True
+        )
         self.session.goto(new.id)
         self._check_pipe()
         return new
@@ -245,7 +224,7 @@ class Chat(Screen):
         nodes = replies.save(keep, on_trace_error=self._trace_failed)
         self.last = LastReply.of(replies)
         if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply
-            self.note(f"simlab: {replies.run.problem}")
+            self.view.note(f"simlab: {replies.run.problem}")
         return nodes
 
     def _check_pipe(self) -> None:
@@ -253,56 +232,47 @@ class Chat(Screen):
             raise BrokenPipeError()
 
     def _stream(self, replies: Replies, head: str | None) -> None:
-        """Decode; with a head, print it and then the text as it comes. Ctrl-C, SIGTERM and SIGHUP
-        (see cli.chat) interrupt it; so does output that cannot be written (a closed pipe or
-        terminal): the partial reply is then saved as interrupted."""
-
-        held = [""]  # trailing white space, shown only once more text follows (a reply is stored stripped)
-        branches = len(replies.run.completions)
-        wait = Waiting("sampling", branches, stream=self.err) if head is None else None
+        """Decode, the view shown each delta. Ctrl-C, SIGTERM and SIGHUP (see cli.chat), interrupt()
+        from another thread and output that cannot be written (a closed pipe or terminal) stop it:
+        the partial reply is then saved as interrupted."""
+        view = self.view
 
         def show(delta) -> bool:
-            if wait is not None:
-                wait.follow(delta, replies.run.completions)
-            if head is not None and delta.text and not self.broken_pipe:
-                text = held[0] + delta.text
-                shown = text.rstrip()
-                held[0] = text[len(shown) :]
+            if not self.broken_pipe:
                 try:
-                    write(self.out, self.streamed(shown))
+                    view.delta(delta, replies)
                 except BrokenPipeError:
                     self.broken_pipe = True
             return self.stopping is not None or self.broken_pipe or self.cancel_requested
 
+        outcome = "cut"
+        self.running, replies.run.on_prefill = replies.run, view.reading
         try:
-            if head is not None:
-                write(self.out, self.begin_stream(head))
+            view.begin(replies, head)
             self.interruptible = True
             try:
-                with wait or nullcontext():
-                    replies.decode(show)
-                    if wait is not None:
-                        wait.follow(None, replies.run.completions)  # the last branch's end
+                replies.decode(show)
             finally:
                 self.interruptible = False
-            if head is not None and not self.broken_pipe:
-                ended = [f" [{c.finish_reason}]" for c in replies.run.completions if c.tokens or c.text]
-                write(self.out, self.stream_end("".join(map(self.style.dim, ended[:1]))) + "\n")
+            outcome = "ended"
         except KeyboardInterrupt:  # Ctrl-C while our code (not the engine's) held control
             replies.run.interrupt()
         except BrokenPipeError:
             replies.run.interrupt()
             self.broken_pipe = True
-        except SimlabError:  # no reply (a server refused it): end the head's line before the error
-            if head is not None and not self.broken_pipe and not any(c.text for c in replies.run.completions):
-                write(self.out, self.style.dim(" [no reply]") + "\n")
+        except SimlabError:  # no reply (a server refused it): the view ends its line, the error follows
+            outcome = "failed"
             raise
+        finally:
+            self.running = None
+            if not self.broken_pipe:
+                view.end(replies, outcome)
 
     def _head(self, speaker: str) -> str:
         """What a streamed reply is printed after: the label the prompt ends with (the model writes
         the space after it in simulator mode; in chat mode its text starts without one)."""
         framing = self.framing
-        head = self.head("model", speaker, framing)
+        head = self.view.head("model", speaker, framing)
         return head.rstrip(" ") if framing.mode == "simulator" else head
 
     def fork(self, at: int, chosen: list[int], choice: str) -> Node:
@@ -338,7 +308,7 @@ class Chat(Screen):
             node = self.session.move(where)
         except TreeError as exc:
             raise SimlabError(str(exc)) from None
-        self.show_turn(node)
+        self.view.turn(node)
         return node
 
     def edit(self, text: str) -> Node:
@@ -349,7 +319,7 @@ class Chat(Screen):
             raise SimlabError("/edit: the text is unchanged; nothing saved")
         new = self.session.edit(node.id, text)
         self.session.goto(new.id)
-        self.show_turn(new)
+        self.view.turn(new)
         if new.role == "user":  # an edited question gets its answer, as a new turn would
             self.reply(new.id)
         return new
@@ -383,7 +353,7 @@ class Chat(Screen):
         self.persona = persona
         self.params = persona.sampling_params(**{"stop": stops, **self.user_set}).with_overrides(seed=None)
         kept = ", ".join(f"{BY_FIELD[k].key if k in BY_FIELD else k}={v!r}" for k, v in self.user_set.items())
-        self.note(
+        self.view.note(
             f"persona {persona.name}: its sampling and stops apply"
             + (f"; kept yours: {kept}" if kept else "")
         )

@@ -26,14 +26,15 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
             "no log-probabilities from this server for this reply (it ignored `logprobs`), and "
             "nothing here counts its tokens (give --tokenizer); /tokens has nothing to show"
         )
+    style = chat.view.style
     lines = ["", ""]
     if node.role == "model" and (node.token_ids or served):
         texts = served or [chat.engine.tokenizer.decode([t]) for t in node.token_ids]
         rows = list(zip(texts, node.logprobs, node.top))
         if "continued" in node.tags:
-            lines[1] = chat.style.dim("(a continued reply: these are the continuation's tokens)")
+            lines[1] = style.dim("(a continued reply: these are the continuation's tokens)")
         elif node.forced:
-            lines[1] = chat.style.dim(
+            lines[1] = style.dim(
                 f"(branched at token {node.forced['at']}: the first {node.forced['tokens']} were given, "
                 "the rest sampled)"
             )
@@ -43,14 +44,14 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
                 "/tokens ID shows a sampled reply's tokens; to score typed text, /goto it first"
             )
         rows = [(t.text, t.logprob, t.top) for t in scored(chat, node)]
-        lines[1] = chat.style.dim("(text you typed or edited, scored by the model: how surprising it is)")
+        lines[1] = style.dim("(text you typed or edited, scored by the model: how surprising it is)")
     kept = _in_reply(chat, node, [text for text, _, _ in rows])
     pieces = []
     for k, (text, lp, _) in enumerate(rows):
         p = math.exp(lp)
         code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
-        piece = chat.style.wrap(code, text) if chat.style.color else f"[{text}|{p:.2f}]"
-        pieces.append(piece if k < kept else chat.style.dim(piece if chat.style.color else f"({text!r})"))
+        piece = style.wrap(code, text) if style.color else f"[{text}|{p:.2f}]"
+        pieces.append(piece if k < kept else style.dim(piece if style.color else f"({text!r})"))
     lines[0] = "".join(pieces)
     for k, (text, lp, alts) in enumerate(rows):
         others = "  ".join(f"{i}:{alt[1]!r} {math.exp(alt[2]):.2f}" for i, alt in enumerate(alts, 1))
@@ -65,14 +66,15 @@ def boundary_lines(chat: Chat, node) -> list[str]:
     tokenizer = chat.engine.tokenizer
     lead = chat.framing.lead() if chat.framing.mode == "simulator" and node.speaker else ""
     pieces = tokenizer.pieces(lead + node.text)  # as the model read it: after the label's space
-    shades = ("36", "35") if chat.style.color else None  # neighbours in two colours
+    style = chat.view.style
+    shades = ("36", "35") if style.color else None  # neighbours in two colours
     line = "".join(
-        chat.style.wrap(shades[k % 2], shown) if shades else f"[{shown}]"
+        style.wrap(shades[k % 2], shown) if shades else f"[{shown}]"
         for k, shown in enumerate(p.text.replace("\n", "↵") for p in pieces)
     )
     lines = [
         line,
-        chat.style.dim(f"({len(pieces)} tokens by {tokenizer.source}: boundaries, no probabilities)"),
+        style.dim(f"({len(pieces)} tokens by {tokenizer.source}: boundaries, no probabilities)"),
     ]
     lines += [f"{k:>4} {p.text!r:<16} id {p.id}" for k, p in enumerate(pieces)]
     return lines
@@ -134,7 +136,7 @@ def fork(chat: Chat, rest: str) -> None:
         text = alt[1:-1] if len(alt) > 1 and alt[0] == alt[-1] and alt[0] in "'\"" else alt  # 'quoted'
         chosen, choice = chat.engine.tokenizer.encode(text, add_special_tokens=False), "typed"
     new = chat.fork(at, chosen, choice)
-    chat.note(
+    chat.view.note(
         f"branched {chat.tree.short(node.id)} at token {at} ({choice}): "
         f"{chat.tree.short(new.id)} [{chat.place(new)}]"
     )

@@ -108,9 +108,8 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
     persona; the position, the context used and the sampling stay."""
     p = chat.params
     width = width or shutil.get_terminal_size((80, 24)).columns
-    if not chat.engine_ready:
-        loading = chat._loading
-        if loading is not None and loading.done():  # it failed: the first use says why
+    if not chat.loading.ready:
+        if chat.loading.failed:  # the first use says why
             return f" the model did not load (the next reply says why) · {chat.persona_name()} "
         return f" loading the model… · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
     info = chat.engine.info

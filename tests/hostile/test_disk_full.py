@@ -18,6 +18,7 @@ from simlab.errors import SessionWriteError, SimlabError
 from simlab.persona.schema import Persona
 from simlab.repl.app import toolbar_text
 from simlab.repl.commands import handle
+from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.session.store import SessionStore
 
@@ -64,7 +65,7 @@ def test_a_store_write_on_a_full_disk_raises_and_keeps_the_change(tmp_path):
 def test_the_repl_goes_on_in_memory_and_catches_up(tiny_engine, tmp_path, capsys):
     store = SessionStore(tmp_path / "s")
     out = io.StringIO()
-    chat = Chat.new(tiny_engine, store, PERSONA, PERSONA.sampling_params(seed=1), out, err=out)
+    chat = Chat.new(tiny_engine, store, PERSONA, PERSONA.sampling_params(seed=1), LineView(out))
     on_disk_before = store.path(chat.session.name).read_bytes()
     with disk_full(chat.session):
         handle(chat, "first turn")

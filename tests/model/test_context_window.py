@@ -10,6 +10,7 @@ from simlab.errors import SimlabError
 from simlab.frame.window import fit_prompt, windowed
 from simlab.persona.schema import Persona
 from simlab.repl.commands import handle
+from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.replay import check_path
 from simlab.session.store import SessionStore
@@ -39,7 +40,11 @@ def short_engine(tmp_path_factory):
 def new_chat(engine, tmp_path, seed=3):
     out = io.StringIO()
     chat = Chat.new(
-        engine, SessionStore(tmp_path / "sessions"), PERSONA, PERSONA.sampling_params(seed=seed), out, err=out
+        engine,
+        SessionStore(tmp_path / "sessions"),
+        PERSONA,
+        PERSONA.sampling_params(seed=seed),
+        LineView(out),
     )
     return chat, out
 

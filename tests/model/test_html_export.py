@@ -113,6 +113,7 @@ def test_each_nodes_framing_comes_from_one_walk_as_its_path_gives_it(store, fake
     O(nodes x depth)): the same framing as its own path gives, for a chat and a document."""
     from simlab.frame.render import framing_of
     from simlab.persona.schema import Persona
+    from simlab.repl.screen import LineView
     from simlab.repl.state import Chat
     from simlab.session.html import _framings
     from simlab.turns import start_session
@@ -122,7 +123,9 @@ def test_each_nodes_framing_comes_from_one_walk_as_its_path_gives_it(store, fake
         Persona(name="document", frame="The lamp", mode="document"),
     ):
         session = start_session(store, persona, persona.name)
-        chat = Chat(fake_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
+        chat = Chat(
+            fake_engine, store, session, persona, persona.sampling_params(seed=1), LineView(io.StringIO())
+        )
         chat.reply(session.tree.cursor, n=2)
         tree = session.tree
         walked = _framings(tree)

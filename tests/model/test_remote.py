@@ -335,6 +335,7 @@ def test_a_server_killed_mid_stream_leaves_an_interrupted_partial_reply(tmp_path
     import io
 
     from simlab.persona.schema import Persona
+    from simlab.repl.screen import LineView
     from simlab.repl.state import Chat
     from simlab.session.store import SessionStore
 
@@ -361,7 +362,7 @@ def test_a_server_killed_mid_stream_leaves_an_interrupted_partial_reply(tmp_path
         )
         out = KillsTheServer()
         chat = Chat.new(
-            engine, SessionStore(tmp_path / "s"), persona, persona.sampling_params(seed=1), out, err=out
+            engine, SessionStore(tmp_path / "s"), persona, persona.sampling_params(seed=1), LineView(out)
         )
         [reply] = chat.user_turn("Tell me everything.")
         assert reply.finish_reason == "interrupted" and len(reply.text) > 20

@@ -11,6 +11,7 @@ import pytest
 from simlab.errors import SimlabError
 from simlab.persona.schema import Persona
 from simlab.repl.commands import handle
+from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.repl.views import info_lines
 from simlab.session.store import SessionStore
@@ -28,7 +29,7 @@ PERSONA = Persona(
 
 def new_chat(tiny_engine, store, seed=7, out=None):
     out = out or io.StringIO()
-    return Chat.new(tiny_engine, store, PERSONA, PERSONA.sampling_params(seed=seed), out, err=out)
+    return Chat.new(tiny_engine, store, PERSONA, PERSONA.sampling_params(seed=seed), LineView(out))
 
 
 def drive(chat, keys: str) -> int:
@@ -60,7 +61,7 @@ def test_a_scripted_session_through_the_real_prompt(tiny_engine, store):
         "/quit\r"
     )
     assert drive(chat, keys) == 0
-    out = chat.out.getvalue()
+    out = chat.view.out.getvalue()
     tree = chat.tree
     frame = tree.roots[0]
     [greeting] = tree.children(frame.id)
@@ -152,12 +153,12 @@ def test_export_sessions_load_and_info(tiny_engine, store, tmp_path):
     assert "**Bot:** Hi." in (tmp_path / "x.md").read_text()
     store.create("a-session-with-a-long-first-line").close()
     handle(chat, "/sessions")
-    listed = [line for line in chat.out.getvalue().splitlines() if " nodes  " in line]
+    listed = [line for line in chat.view.out.getvalue().splitlines() if " nodes  " in line]
     assert len(listed) == 3 and all(len(line) <= 80 for line in listed)  # cut to the terminal's width
     handle(chat, f"/load {name}")
     assert chat.session.name == name and chat.cursor.role == "model"
     handle(chat, "/info")
-    out = chat.out.getvalue()
+    out = chat.view.out.getvalue()
     assert f"session   {name}" in out and "sampling  temperature 0.8" in out  # its persona: the defaults
 
 
@@ -220,7 +221,7 @@ def test_keys_alt_arrows_multiline_and_ctrl_c_at_an_empty_prompt(tiny_engine, st
     replies = chat.tree.children(user.id)
     assert len(replies) == 3 and chat.tree.cursor == user.id  # Alt+Left went 2 -> 1, Alt+Up to the turn
     assert not any(n.text == "half typed" for n in chat.tree.nodes.values())
-    assert "(Ctrl-D or /quit leaves; everything is saved)\nsaved: session" in chat.out.getvalue()
+    assert "(Ctrl-D or /quit leaves; everything is saved)\nsaved: session" in chat.view.out.getvalue()
 
 
 def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
@@ -286,7 +287,7 @@ def test_chat_mode_goes_through_the_models_chat_template(tiny_engine, store):
     tokenizer.chat_template = template
     try:
         persona = Persona(name="c", frame="Be brief.", mode="chat", sampling={"max_tokens": 4})
-        chat = Chat.new(tiny_engine, store, persona, persona.sampling_params(seed=1), io.StringIO())
+        chat = Chat.new(tiny_engine, store, persona, persona.sampling_params(seed=1), LineView(io.StringIO()))
         [reply] = chat.user_turn("hello")
         from simlab.frame.render import reply_prompt
 
@@ -301,7 +302,7 @@ def test_chat_mode_goes_through_the_models_chat_template(tiny_engine, store):
         store,
         Persona(name="c2", frame="x", mode="chat"),
         PERSONA.sampling_params(),
-        io.StringIO(),
+        LineView(io.StringIO()),
     )
     with pytest.raises(SimlabError, match="no chat template"):
         plain.user_turn("hello")
@@ -318,9 +319,9 @@ def test_the_prompt_comes_up_while_the_model_loads_in_the_background(tiny_engine
     future: Future = Future()
     out = io.StringIO()
     chat = Chat(
-        future, store, start_session(store, PERSONA), PERSONA, PERSONA.sampling_params(seed=7), out, err=out
+        future, store, start_session(store, PERSONA), PERSONA, PERSONA.sampling_params(seed=7), LineView(out)
     )
-    assert not chat.engine_ready and "loading the model" in toolbar_text(chat)
+    assert not chat.loading.ready and "loading the model" in toolbar_text(chat)
 
     def finish_loading():  # the model is ready only once the first reply had to wait for it
         deadline = time.monotonic() + 30
@@ -330,13 +331,13 @@ def test_the_prompt_comes_up_while_the_model_loads_in_the_background(tiny_engine
 
     threading.Thread(target=finish_loading, daemon=True).start()
     assert drive(chat, "hello\r/quit\r") == 0
-    assert "still loading" in out.getvalue() and chat.engine_ready
+    assert "still loading" in out.getvalue() and chat.loading.ready
     assert [n.role for n in chat.path()] == ["frame", "model", "user", "model"]
 
     failing: Future = Future()
     failing.set_exception(UnknownModelError("model 'x': no such model folder"))
     out = io.StringIO()
-    chat = Chat(failing, store, chat.session, PERSONA, PERSONA.sampling_params(), out, err=out)
+    chat = Chat(failing, store, chat.session, PERSONA, PERSONA.sampling_params(), LineView(out))
     assert drive(chat, "hello\r") == 2 and "no such model folder" in out.getvalue()
 
 
@@ -395,7 +396,7 @@ def test_tokens_scores_typed_text_and_fork_branches_a_reply_at_a_token(tiny_engi
     typed = chat.cursor
     assert typed.forced["choice"] == "typed" and typed.token_ids[:1] == reply.token_ids[:1]
     assert tiny_engine.tokenizer.decode(typed.token_ids[1 : typed.forced["tokens"]]) == " dog"
-    assert "branched" in chat.out.getvalue()
+    assert "branched" in chat.view.out.getvalue()
     # replay knows what was given and what was sampled: both re-run exactly
     for node in (forked, typed):
         [check] = check_path(tiny_engine, chat.session, chat.tree.path(node.id))
@@ -411,7 +412,9 @@ def test_the_loom_editor_says_how_far_a_long_document_has_been_read(tiny_engine,
     text = " ".join(["the lamp burned all night on the rock"] * 4)  # ~100 tokens
     persona = Persona(name="document", frame=text, mode="document", sampling={"max_tokens": 3})
     session = start_session(store, persona, "long-doc")
-    chat = Chat(tiny_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
+    chat = Chat(
+        tiny_engine, store, session, persona, persona.sampling_params(seed=1), LineView(io.StringIO())
+    )
     loom = Loom(chat, children=2)
     shown = []
     loom.invalidate = lambda: shown.append(loom.busy)
@@ -452,8 +455,9 @@ def test_g_in_the_loom_editor_traces_as_a_chat_reply_does(tiny_engine, store):
 
     persona = Persona(name="document", frame="The lamp burned", mode="document", sampling={"max_tokens": 3})
     session = start_session(store, persona, "traced-doc")
-    chat = Chat(tiny_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
-    chat.tracer = Tracer(TraceConfig(dtype="float32"), say=lambda *a: None)
+    line = io.StringIO()  # the line REPL's streams: under the full-screen editor, nothing may go there
+    tracer = Tracer(TraceConfig(dtype="float32"), say=line.write)
+    chat = Chat(tiny_engine, store, session, persona, persona.sampling_params(seed=1), LineView(line), tracer)
     loom = Loom(chat, children=2)
     assert loom.generate()
     loom.wait()
@@ -462,6 +466,8 @@ def test_g_in_the_loom_editor_traces_as_a_chat_reply_does(tiny_engine, store):
     assert len(sampled) == 2 and sorted(p.stem for p in folder.glob("*.safetensors")) == sorted(
         n.id for n in sampled
     )
+    # what the tracer says (its size per token) is a note of the chat's: in the editor's output pane
+    assert loom.output.startswith("tracing ") and line.getvalue() == ""
 
 
 def test_a_forked_reply_keeps_its_chosen_tokens_under_another_persona(tiny_engine, store, tmp_path):

@@ -133,13 +133,14 @@ def test_a_traced_chat_writes_a_file_per_reply_and_trace_commands_read_them(tiny
     from simlab.cli.main import main
     from simlab.persona.schema import Persona
     from simlab.repl.commands import handle
+    from simlab.repl.screen import LineView
     from simlab.repl.state import Chat
     from simlab.session.store import SessionStore
 
     store = SessionStore(tmp_path / "sessions")
     persona = Persona(name="t", frame="A chat.\n\n", user="User", model="Bot", sampling={"max_tokens": 5})
     out = io.StringIO()
-    chat = Chat.new(tiny_engine, store, persona, persona.sampling_params(seed=4), out, err=out)
+    chat = Chat.new(tiny_engine, store, persona, persona.sampling_params(seed=4), LineView(out))
     handle(chat, "/trace on")
     chat.user_turn("hi")
     chat.alternatives(2)

@@ -13,6 +13,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from simlab.persona.schema import Persona
 from simlab.repl.loom import Loom
 from simlab.repl.loom_app import LoomApp
+from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.turns import start_session
 
@@ -51,6 +52,7 @@ def drive(loom: Loom, steps, size=Size(rows=24, columns=80)) -> str:
         app.run()
         helper.join(5)
     loom.wait()
+    loom.close()  # (as run_loom: the chat speaks through its own view again)
     return screen.getvalue()
 
 
@@ -63,7 +65,9 @@ def idle(loom):
 
 def test_generate_pick_edit_mark_hide_quit_and_reopen(fake_engine, store):
     session = start_session(store, DOCUMENT, "doc")
-    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    chat = Chat(
+        fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), LineView(io.StringIO())
+    )
     loom = Loom(chat, children=3)
     fake_engine.enqueue([" tall", " on a rock", " alone"])
     screen = drive(
@@ -93,7 +97,9 @@ def test_generate_pick_edit_mark_hide_quit_and_reopen(fake_engine, store):
 
 def test_write_split_merge_and_a_command(fake_engine, store):
     session = start_session(store, DOCUMENT, "doc")
-    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=1), io.StringIO())
+    chat = Chat(
+        fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=1), LineView(io.StringIO())
+    )
     loom = Loom(chat, children=1)
     fake_engine.enqueue([" on the cliff"])
     steps = [
@@ -137,7 +143,7 @@ def test_loom_from_the_chat_repl_works_on_the_same_session_and_comes_back(fake_e
         start_session(store, persona, "duo"),
         persona,
         persona.sampling_params(seed=2),
-        io.StringIO(),
+        LineView(io.StringIO()),
     )
     fake_engine.enqueue([" Fine."])
     with create_pipe_input() as keys:
@@ -152,7 +158,9 @@ def test_loom_from_the_chat_repl_works_on_the_same_session_and_comes_back(fake_e
 def test_g_in_a_chat_samples_replies_to_a_turn_and_alternatives_beside_a_reply(fake_engine, store):
     persona = Persona(name="duo", frame="Two talk.\n\n", user="Ann", model="Bo", sampling={"max_tokens": 20})
     session = start_session(store, persona, "duo")
-    chat = Chat(fake_engine, store, session, persona, persona.sampling_params(seed=2), io.StringIO())
+    chat = Chat(
+        fake_engine, store, session, persona, persona.sampling_params(seed=2), LineView(io.StringIO())
+    )
     loom = Loom(chat, children=2)
     loom.write_child("hello")
     user = chat.cursor
@@ -195,7 +203,9 @@ def test_at_80x24_the_current_nodes_end_is_on_screen(fake_engine, store):
     text = " ".join(f"Sentence {i} of the keeper's long log, written in a steady hand." for i in range(12))
     document = Persona(name="document", frame=text, mode="document", sampling={"max_tokens": 2000})
     session = start_session(store, document, "long")
-    chat = Chat(fake_engine, store, session, document, document.sampling_params(seed=5), io.StringIO())
+    chat = Chat(
+        fake_engine, store, session, document, document.sampling_params(seed=5), LineView(io.StringIO())
+    )
     loom = Loom(chat, children=1)
     fake_engine.enqueue([" " + " ".join(f"word{i}" for i in range(120)) + " LASTWORD"])
     screen = drive(loom, ["g", idle(loom), "q"])
@@ -205,7 +215,9 @@ def test_at_80x24_the_current_nodes_end_is_on_screen(fake_engine, store):
 
 def test_leaving_hidden_nodes_out_moves_a_cursor_on_one_to_where_it_hangs(fake_engine, store):
     session = start_session(store, DOCUMENT, "doc")
-    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    chat = Chat(
+        fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), LineView(io.StringIO())
+    )
     loom = Loom(chat)
     loom.write_child(" one")
     first = chat.cursor
@@ -222,7 +234,9 @@ def test_leaving_hidden_nodes_out_moves_a_cursor_on_one_to_where_it_hangs(fake_e
 
 def test_with_hidden_nodes_shown_siblings_and_children_include_them(fake_engine, store):
     session = start_session(store, DOCUMENT, "doc")
-    chat = Chat(fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    chat = Chat(
+        fake_engine, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), LineView(io.StringIO())
+    )
     loom = Loom(chat)
     texts = []
     for text in (" a", " b", " c"):
@@ -250,7 +264,9 @@ def test_a_read_only_session_is_browsed_and_g_says_why_it_samples_nothing(fake_e
     before = store.path("doc").read_bytes()
     held = store.open("doc")  # another simlab writes it
     viewer = store.open("doc", read_only=True)
-    chat = Chat(fake_engine, store, viewer, DOCUMENT, DOCUMENT.sampling_params(seed=5), io.StringIO())
+    chat = Chat(
+        fake_engine, store, viewer, DOCUMENT, DOCUMENT.sampling_params(seed=5), LineView(io.StringIO())
+    )
     loom = Loom(chat, children=3)
     fake_engine.enqueue([" tall"])
     screen = drive(loom, ["g", idle(loom), "b", "*", "!", "a", "more", "\x13", "e", "\x13", "q"])
@@ -268,7 +284,9 @@ def test_splitting_a_chat_reply_keeps_it_one_turn_in_the_transcript_and_the_chat
     chat_persona = Persona(name="duo", frame="Two people talk.\n\n", user="Ann", model="Dr. Okafor")
     session = start_session(store, chat_persona, "chat")
     out = io.StringIO()
-    chat = Chat(fake_engine, store, session, chat_persona, chat_persona.sampling_params(seed=1), out)
+    chat = Chat(
+        fake_engine, store, session, chat_persona, chat_persona.sampling_params(seed=1), LineView(out)
+    )
     fake_engine.enqueue([" Yes. It was buried in the limestone underground."])
     [reply] = chat.user_turn("Was it found?")
     before = render_path(chat.path())
@@ -281,7 +299,7 @@ def test_splitting_a_chat_reply_keeps_it_one_turn_in_the_transcript_and_the_chat
     assert first.finish_reason is None and rest.finish_reason == reply.finish_reason
     out.seek(0)
     out.truncate()
-    chat.show_path(last=1)
+    chat.view.path(last=1)
     assert out.getvalue() == f"Dr. Okafor: {reply.text} [{reply.finish_reason}]\n"
     # a Loom file holds a text per node, joined along a path: the split turn reads as one turn there too
     from simlab.session.html import page_data
@@ -304,7 +322,7 @@ def test_stage_play_turns_read_as_the_chat_writes_them_in_the_tree_and_sessions_
 
     play = find("stage-play")
     session = start_session(store, play, "play")
-    chat = Chat(fake_engine, store, session, play, play.sampling_params(seed=1), io.StringIO())
+    chat = Chat(fake_engine, store, session, play, play.sampling_params(seed=1), LineView(io.StringIO()))
     fake_engine.enqueue([" The sea took him."])
     chat.user_turn("Where is the keeper?")
     label = play.framing().head("model", play.model).strip()
@@ -327,7 +345,9 @@ def test_a_split_reply_reads_as_one_turn_in_sessions_show_markdown_and_the_trees
 
     persona = Persona(name="duo", frame="Two people talk.\n\n", user="Ann", model="Dr. Okafor")
     session = start_session(store, persona, "split")
-    chat = Chat(fake_engine, store, session, persona, persona.sampling_params(seed=1), io.StringIO())
+    chat = Chat(
+        fake_engine, store, session, persona, persona.sampling_params(seed=1), LineView(io.StringIO())
+    )
     fake_engine.enqueue([" I study octopus cognition."])
     [reply] = chat.user_turn("What do you do?")
     first, rest = shape.split(session, reply.id, len("I study octopus"))
@@ -341,3 +361,74 @@ def test_a_split_reply_reads_as_one_turn_in_sessions_show_markdown_and_the_trees
     session.close()
     code, _, err = run_cli(capsys, "replay", "split", "--sessions-dir", str(store.folder))
     assert code == 2 and "edited, split or continued" in err
+
+
+# -- the view seam: the chat's actions speak through the face that is open --------------------------
+
+
+def test_g_while_the_model_loads_says_so_in_the_editor_not_on_the_terminal_under_it(fake_engine, store):
+    """The chat's notes (here: the model is still loading) once went to the line REPL's stderr,
+    under the full-screen editor; they go to the editor's output pane, and the line stays empty."""
+    from concurrent.futures import Future
+
+    loading: Future = Future()
+    line = io.StringIO()
+    session = start_session(store, DOCUMENT, "doc")
+    chat = Chat(loading, store, session, DOCUMENT, DOCUMENT.sampling_params(seed=5), LineView(line))
+    loom = Loom(chat, children=1)
+    fake_engine.enqueue([" tall"])
+    assert loom.generate()
+    deadline = time.monotonic() + 10
+    while "still loading" not in loom.output and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loading.set_result(fake_engine)
+    loom.wait()
+    assert "still loading" in loom.output and line.getvalue() == ""
+    assert loom.message.startswith("1 saved") and chat.cursor.text == " tall"
+    loom.close()
+    chat.view.note("after")  # the editor closed: the line REPL's view again
+    assert line.getvalue() == "after\n"
+
+
+def test_a_persona_replay_in_the_editor_counts_its_replies_on_the_status_line(fake_engine, store):
+    """/persona from the editor: the replay's progress is the status line's (no progress bar drawn on
+    the terminal under it), the replayed path is said in the output pane."""
+    persona = Persona(name="duo", frame="Two talk.\n\n", user="Ann", model="Bo", sampling={"max_tokens": 20})
+    line = io.StringIO()
+    session = start_session(store, persona, "duo")
+    chat = Chat(fake_engine, store, session, persona, persona.sampling_params(seed=2), LineView(line))
+    fake_engine.enqueue([" Hi.", " Well."])
+    chat.user_turn("hello")
+    chat.user_turn("and then?")
+    line.truncate(0)
+    loom = Loom(chat)
+    busy = []
+    loom.invalidate = lambda: busy.append(loom.busy)
+    fake_engine.enqueue([" Aye.", " So."])
+    assert loom.command("/persona stage-play")
+    loom.wait()
+    assert "replies under stage-play 0/2" in busy and "replies under stage-play 2/2" in busy
+    assert "replaying 2 user turn(s) under stage-play" in loom.output and "So." in loom.output
+    assert line.getvalue() == "" and chat.cursor.text == "So." and loom.busy is None
+
+
+def test_ctrl_c_in_the_editor_stops_the_reply_a_command_streams(fake_engine, store):
+    """Both faces sample through Chat.reply, and Chat.interrupt stops whichever reply runs: a /regen
+    typed in the editor stops mid-reply and what came is saved, as g's continuations are."""
+    persona = Persona(name="duo", frame="Two talk.\n\n", user="Ann", model="Bo", sampling={"max_tokens": 200})
+    session = start_session(store, persona, "duo")
+    chat = Chat(
+        fake_engine, store, session, persona, persona.sampling_params(seed=2), LineView(io.StringIO())
+    )
+    fake_engine.enqueue([" Hi."])
+    chat.user_turn("hello")
+    loom = Loom(chat)
+    loom.invalidate = lambda: loom.streams and len(loom.streams[0]) >= 12 and loom.stop()
+    fake_engine.enqueue([" " + "word " * 30])
+    assert loom.command("/regen")
+    loom.wait()
+    reply = chat.cursor
+    assert (
+        reply.finish_reason == "interrupted" and reply.text.startswith("word word w") and len(reply.text) < 20
+    )
+    assert loom.message.startswith("stopped: 1 interrupted, 1 saved")

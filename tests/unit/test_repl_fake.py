@@ -13,6 +13,7 @@ from simlab.errors import SimlabError
 from simlab.persona.schema import Persona
 from simlab.repl.app import run_interactive, run_script
 from simlab.repl.commands import handle
+from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.session.store import SessionStore
 
@@ -28,7 +29,7 @@ PERSONA = Persona(
 
 def new_chat(engine, store, seed=7):
     out = io.StringIO()
-    return Chat.new(engine, store, PERSONA, PERSONA.sampling_params(seed=seed), out, err=out)
+    return Chat.new(engine, store, PERSONA, PERSONA.sampling_params(seed=seed), LineView(out))
 
 
 def test_a_session_through_the_real_prompt_gives_this_exact_transcript(fake_engine, store):
@@ -36,7 +37,7 @@ def test_a_session_through_the_real_prompt_gives_this_exact_transcript(fake_engi
     with create_pipe_input() as pipe:
         pipe.send_text("how are you\r/n 3\r/pick 3\r/bookmark\r/seed 100\rand later?\r/quit\r")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
-    out = chat.out.getvalue()
+    out = chat.view.out.getvalue()
     waits = re.findall(r"simlab: sampling: (\d)/3 replies · [\d.]+ tok/s\n", out)
     assert waits == ["1", "2", "3"]  # a progress line per finished reply (a live bar on a terminal)
     out = re.sub(r"simlab: sampling: .*\n", "", out)
@@ -108,7 +109,7 @@ def test_a_script_runs_every_line_and_a_bad_command_exits_2(fake_engine, store, 
     code = run_script(chat, ["hello\n", "/nope\n", "/transcript\n"])
     assert code == 2
     assert "unknown command /nope" in capsys.readouterr().err
-    out = chat.out.getvalue()
+    out = chat.view.out.getvalue()
     assert "Bo: Yes.\n" in out and "Two people talk.\n\nBo: Hi.\nAnn: hello\nBo: Yes.\n" in out
 
 
@@ -147,7 +148,7 @@ def test_a_persona_switch_samples_a_continued_reply_instead_of_copying_it(fake_e
     assert reply.role == "model" and reply.text != continued.text
     assert reply.params is not None and reply.seed == first.seed  # a draw, replayable on its own
     assert reply.params["max_new_tokens"] == first.params["max_new_tokens"] + len(continued.logprobs)
-    assert "replaying 1 user turn(s) under other" in chat.out.getvalue()
+    assert "replaying 1 user turn(s) under other" in chat.view.out.getvalue()
 
 
 def test_typed_text_does_not_show_the_replaced_replys_finish_marker(fake_engine, store):
@@ -155,7 +156,7 @@ def test_typed_text_does_not_show_the_replaced_replys_finish_marker(fake_engine,
     [reply] = chat.user_turn("How do they know you?")
     assert reply.finish_reason
     handle(chat, "/edit Yes. They know me by my gloves, and one of them")
-    shown = chat.out.getvalue().splitlines()[-1]
+    shown = chat.view.out.getvalue().splitlines()[-1]
     assert shown.endswith("one of them [2/2]") and f"[{reply.finish_reason}]" not in shown
     assert chat.cursor.finish_reason is None and chat.cursor.origin == "edited"
 
@@ -175,7 +176,7 @@ def test_ctrl_c_or_ctrl_d_in_an_inline_edit_cancels_it_and_saves_nothing(fake_en
         time.sleep(0.3)
         pipe.send_text("/quit\r")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
-    assert chat.out.getvalue().count("(edit cancelled; nothing saved)") == 2
+    assert chat.view.out.getvalue().count("(edit cancelled; nothing saved)") == 2
     assert not [n for n in chat.tree.nodes.values() if n.origin == "edited"]
 
 
@@ -188,7 +189,7 @@ def test_at_a_turn_of_yours_enter_samples_a_reply_and_typing_says_where_the_turn
     under = chat.tree.children(asked.id)
     assert [(n.role, n.text) for n in under] == [("model", "Fine."), ("model", "Well."), ("user", "and you?")]
     assert [n.text for n in chat.tree.children(under[2].id)] == ["Both."]
-    out = chat.out.getvalue()
+    out = chat.view.out.getvalue()
     assert "Bo: Well." in out  # the empty Enter's reply, streamed
     assert "(a 2nd turn of yours, after your turn [1/1]: the reply reads both)" in out
 
@@ -200,7 +201,7 @@ def test_a_window_slides_when_the_chat_outgrows_the_context(store):
     chat = new_chat(engine, store)
     replies = [r for i in range(6) for r in chat.user_turn(f"turn {i} with some words")]
     assert replies[0].window is None and replies[-1].window is not None
-    assert "is longer than fake-model's context of 120 tokens" in chat.out.getvalue()
+    assert "is longer than fake-model's context of 120 tokens" in chat.view.out.getvalue()
     assert engine.prompts[-1].startswith("Two people talk.\n\n") and "turn 0" not in engine.prompts[-1]
 
 
@@ -220,7 +221,7 @@ def test_a_persona_switch_applies_its_stops_and_defaults_keeping_what_was_set(fa
     handle(chat, f"/persona {persona_file(tmp_path, 'play', 'HAMLET', 'GHOST', 0.3)}")
     assert chat.params.stop == ("\nHAMLET:", "\nGHOST:") and chat.params.temperature == 0.3
     assert chat.params.top_k == 5 and chat.params.max_new_tokens == 9
-    assert "persona play: its sampling and stops apply; kept yours: top_k=5" in chat.out.getvalue()
+    assert "persona play: its sampling and stops apply; kept yours: top_k=5" in chat.view.out.getvalue()
     [reply] = chat.user_turn("two")
     assert reply.params["stop"] == ["\nHAMLET:", "\nGHOST:"] and reply.params["temperature"] == 0.3
 
@@ -228,7 +229,7 @@ def test_a_persona_switch_applies_its_stops_and_defaults_keeping_what_was_set(fa
 def test_loading_a_session_applies_its_personas_stops(fake_engine, store, tmp_path):
     other = Persona(name="other", frame="Q and A.\n\n", user="Q", model="A", sampling={"temperature": 0.2})
     chat = new_chat(fake_engine, store)
-    first = Chat.new(fake_engine, store, other, other.sampling_params(seed=1), io.StringIO())
+    first = Chat.new(fake_engine, store, other, other.sampling_params(seed=1), LineView(io.StringIO()))
     first.user_turn("hello")
     name = first.session.name
     first.close()
@@ -253,7 +254,7 @@ def test_cancelling_an_inline_edit_saves_nothing_and_the_repl_goes_on(fake_engin
         pipe.send_text("/edit\r" + keys + "/quit\r")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
     assert len(chat.tree.nodes) == before and chat.cursor.id == reply.id
-    assert "(edit cancelled; nothing saved)" in chat.out.getvalue()
+    assert "(edit cancelled; nothing saved)" in chat.view.out.getvalue()
 
 
 def test_down_retraces_the_last_visited_child_and_survives_a_reload(fake_engine, store):
@@ -280,10 +281,12 @@ def test_hide_unhide_canonical_and_path(fake_engine, store):
     assert reply.id not in [n.id for n in chat.tree.children(reply.parent)]
     handle(chat, f"/unhide {reply.id[:8]}")
     assert not chat.tree.get(reply.id).hidden
-    chat.out.seek(0)
-    chat.out.truncate()
+    chat.view.out.seek(0)
+    chat.view.out.truncate()
     handle(chat, "/path")
-    assert chat.out.getvalue() == "Two people talk.\nBo: Hi.\nAnn: x\n"  # /unhide does not move the cursor
+    assert (
+        chat.view.out.getvalue() == "Two people talk.\nBo: Hi.\nAnn: x\n"
+    )  # /unhide does not move the cursor
     with pytest.raises(SimlabError, match="frame cannot be hidden"):
         handle(chat, f"/goto {chat.tree.roots[0].id[:8]}")
         handle(chat, "/hide")
@@ -331,17 +334,21 @@ def test_the_screen_shows_each_turn_as_the_template_renders_it_live_and_on_resum
     fake_engine, store, persona, reply, expected
 ):
     out = io.StringIO()
-    chat = Chat.new(fake_engine.enqueue([reply]), store, persona, persona.sampling_params(seed=1), out)
+    chat = Chat.new(
+        fake_engine.enqueue([reply]), store, persona, persona.sampling_params(seed=1), LineView(out)
+    )
     with create_pipe_input() as pipe:
         pipe.send_text("news\r/quit\r")
         run_interactive(chat, resumed=False, input=pipe, output=DummyOutput())
     shown = out.getvalue()
     assert expected.splitlines()[-1] + "\n" in shown and "Player:" not in shown and "KEEPER:" not in shown
-    resumed = Chat(fake_engine, store, chat.session, persona, persona.sampling_params(), io.StringIO())
-    resumed.show_path()
-    assert resumed.out.getvalue().endswith(expected)
+    resumed = Chat(
+        fake_engine, store, chat.session, persona, persona.sampling_params(), LineView(io.StringIO())
+    )
+    resumed.view.path()
+    assert resumed.view.out.getvalue().endswith(expected)
     handle(resumed, "/tree")  # the tree heads turns as the template does too
-    tree = resumed.out.getvalue().split(expected, 1)[1]
+    tree = resumed.view.out.getvalue().split(expected, 1)[1]
     heads = ["INSPECTOR. news", "KEEPER. Aye."] if persona is PLAY else ["> news", "Narrator: Dark here."]
     assert all(head in tree for head in heads), tree
 
@@ -351,7 +358,7 @@ def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_the_repl_goes_on(fake_e
     with create_pipe_input() as pipe:
         pipe.send_text("\x03hello\r\x04")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
-    out = chat.out.getvalue()
+    out = chat.view.out.getvalue()
     assert "(Ctrl-D or /quit leaves; everything is saved)" in out
     assert out.index("leaves;") < out.index("Bo: Yes. [eos]") < out.index("saved: session")
 
@@ -364,7 +371,7 @@ def test_editing_a_user_turn_answers_it_as_a_new_turn_would(fake_engine, store):
     edited = chat.tree.get(chat.cursor.parent)
     assert edited.text == "how have you been" and edited.origin == "edited"
     assert chat.cursor.role == "model" and chat.cursor.text == "Second." and chat.cursor.parent == edited.id
-    assert "Bo: Second. [eos]\n" in chat.out.getvalue()
+    assert "Bo: Second. [eos]\n" in chat.view.out.getvalue()
 
 
 def test_the_toolbar_is_redrawn_when_the_model_finishes_loading(fake_engine, store, monkeypatch):
@@ -375,7 +382,9 @@ def test_the_toolbar_is_redrawn_when_the_model_finishes_loading(fake_engine, sto
     import simlab.repl.app as app
 
     loading: Future = Future()
-    chat = Chat(loading, store, store.create("l"), PERSONA, PERSONA.sampling_params(), io.StringIO())
+    chat = Chat(
+        loading, store, store.create("l"), PERSONA, PERSONA.sampling_params(), LineView(io.StringIO())
+    )
     drawn: list[tuple[float, str]] = []
     monkeypatch.setattr(app, "toolbar_text", lambda c: drawn.append((time.monotonic(), "x")) or "x")
     sent: list[float] = []
@@ -420,10 +429,10 @@ def test_tokens_takes_a_node_id(fake_engine, store):
     chat = new_chat(fake_engine.enqueue([" One.", " Two."]), store)
     [first] = chat.user_turn("a")
     chat.user_turn("b")
-    chat.out.seek(0)
-    chat.out.truncate()
+    chat.view.out.seek(0)
+    chat.view.out.truncate()
     handle(chat, f"/tokens {chat.tree.short(first.id)}")
-    assert chat.out.getvalue().startswith("[ |0.61][O|0.61][n|0.61][e|0.61][.|0.61]\n")
+    assert chat.view.out.getvalue().startswith("[ |0.61][O|0.61][n|0.61][e|0.61][.|0.61]\n")
     with pytest.raises(SimlabError, match=r"usage: /tokens \[ID\]"):
         handle(chat, "/tokens a b")
     with pytest.raises(SimlabError, match="no node 'zzzz'"):
@@ -443,16 +452,16 @@ def test_going_to_another_tree_of_the_session_samples_as_its_persona(fake_engine
     played = chat.path()[-1]
     handle(chat, f"/goto {first.id[:8]}")
     assert chat.persona.name == "duo" and chat.params.stop == ("\nAnn:", "\nBo:")
-    assert "persona duo: its sampling and stops apply" in chat.out.getvalue()
+    assert "persona duo: its sampling and stops apply" in chat.view.out.getvalue()
     [reply] = chat.user_turn("two")
     assert reply.params["stop"] == ["\nAnn:", "\nBo:"]
     handle(chat, "/set top_k 7")
     handle(chat, f"/goto {played.id[:8]}")
     assert chat.persona.name == "stage-play" and chat.params.stop == play.stop_strings
     assert chat.params.temperature == play.sampling_params().temperature and chat.params.top_k == 7
-    notes = chat.out.getvalue().count("its sampling and stops apply")
+    notes = chat.view.out.getvalue().count("its sampling and stops apply")
     handle(chat, f"/goto {chat.path()[0].id[:8]}")  # within the same tree: nothing changes
-    assert chat.out.getvalue().count("its sampling and stops apply") == notes
+    assert chat.view.out.getvalue().count("its sampling and stops apply") == notes
 
 
 @pytest.mark.parametrize("keeps_empty", [False, True])
@@ -464,7 +473,7 @@ def test_leaving_a_new_chat_where_nothing_was_said_offers_no_resume_of_a_removed
     with create_pipe_input() as pipe:
         pipe.send_text("/quit\r")
         assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
-    out = chat.out.getvalue()
+    out = chat.view.out.getvalue()
     assert ("resume with: simlab chat --resume" in out) == keeps_empty
     assert ("nothing was said: no session kept" in out) == (not keeps_empty)
 
@@ -495,11 +504,13 @@ def test_a_models_control_characters_reach_a_terminal_as_pictures_and_a_pipe_as_
     ␛ and ␇, kept as they are in the session and on a pipe."""
     text = " Hi\x1b]0;owned\x07 there\x1b[2J"
     for out, shown in ((Terminal(), " Hi␛]0;owned␇ there␛[2J"), (io.StringIO(), text)):
-        chat = Chat.new(fake_engine.enqueue([text]), store, PERSONA, PERSONA.sampling_params(seed=1), out)
+        chat = Chat.new(
+            fake_engine.enqueue([text]), store, PERSONA, PERSONA.sampling_params(seed=1), LineView(out)
+        )
         [reply] = chat.user_turn("hello")
         assert reply.text == text.strip()  # stored as written
         assert shown.strip() in out.getvalue() and ("\x1b]0;" in out.getvalue()) == (shown == text)
-        chat.show_turn(reply)
+        chat.view.turn(reply)
         assert out.getvalue().rstrip().splitlines()[-1].startswith("Bo: " + shown.strip())
 
 
@@ -514,7 +525,7 @@ def test_a_reply_streamed_to_a_terminal_breaks_lines_between_words(fake_engine, 
     monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((30, 24)))
     out = Terminal()
     params = PERSONA.sampling_params(seed=1).with_overrides(max_new_tokens=200)
-    chat = Chat.new(fake_engine.enqueue([words]), store, PERSONA, params, out)
+    chat = Chat.new(fake_engine.enqueue([words]), store, PERSONA, params, LineView(out))
     [reply] = chat.user_turn("hello")
     assert reply.text == words.strip()  # stored as written
     streamed = out.getvalue().split("Bo:", 2)[-1].split("[eos]")[0].rstrip()  # as the terminal shows it
@@ -537,11 +548,11 @@ def test_a_turn_shown_again_on_a_terminal_breaks_between_words_too(fake_engine, 
     words = " The keeper kept a careful log of every ship that passed the light in the long winter"
     monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((30, 24)))
     params = PERSONA.sampling_params(seed=1).with_overrides(max_new_tokens=200)
-    chat = Chat.new(fake_engine.enqueue([words]), store, PERSONA, params, io.StringIO())
+    chat = Chat.new(fake_engine.enqueue([words]), store, PERSONA, params, LineView(io.StringIO()))
     [reply] = chat.user_turn("hello")
-    chat.out = Terminal()
-    chat.show_turn(reply)
-    lines = chat.out.getvalue().rstrip("\n").split("\n")
+    chat.view.out = Terminal()
+    chat.view.turn(reply)
+    lines = chat.view.out.getvalue().rstrip("\n").split("\n")
     assert len(lines) > 2 and all(len(line) <= 30 for line in lines)
     assert " ".join(lines).split("Bo: ", 1)[1].startswith(words.strip())  # every word whole, in order
 
@@ -553,7 +564,7 @@ def test_leaving_a_read_only_session_says_nothing_was_written(fake_engine, store
     chat.user_turn("hello")
     chat.session.close()
     opened = store.open(chat.session.name, read_only=True)
-    viewer = Chat(fake_engine, store, opened, PERSONA, chat.params, io.StringIO())
+    viewer = Chat(fake_engine, store, opened, PERSONA, chat.params, LineView(io.StringIO()))
     assert farewell(viewer) == 0
-    shown = viewer.out.getvalue()
+    shown = viewer.view.out.getvalue()
     assert "was open read-only: nothing was written to it" in shown and "saved: session" not in shown

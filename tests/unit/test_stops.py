@@ -7,6 +7,7 @@ import pytest
 
 from simlab.engine.textstream import TextStops, find_stop, pending_stop_prefix
 from simlab.persona.schema import Persona
+from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 
 INTERVIEW = ("\nInterviewer:", "\nDr. Okafor:")
@@ -59,7 +60,7 @@ def test_the_repl_stops_a_reply_at_a_variant_label(fake_engine, store):
         store,
         persona,
         persona.sampling_params(seed=1),
-        out,
+        LineView(out),
     )
     [reply] = chat.user_turn("how are you?")
     assert reply.text == "Fine." and reply.finish_reason == "stop"

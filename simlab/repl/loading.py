@@ -1,0 +1,54 @@
+"""The model loading in the background while the REPL starts: whether it is ready, still loading or
+failed, who to tell when it has loaded, and the engine itself (the first use waits for it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from simlab.engine.protocol import Engine
+from simlab.errors import ModelFailed, SimlabError
+
+
+class Loading:
+    """An engine, or the future of one being loaded by another thread."""
+
+    def __init__(self, engine: Engine | Future):
+        self._engine = None if isinstance(engine, Future) else engine
+        self._future = engine if isinstance(engine, Future) else None
+
+    @property
+    def ready(self) -> bool:
+        """The engine is there (the next use does not wait)."""
+        future = self._future
+        return self._engine is not None or (future.done() and future.exception() is None)
+
+    @property
+    def loading(self) -> bool:
+        """Still loading: the next use waits."""
+        return self._engine is None and not self._future.done()
+
+    @property
+    def failed(self) -> bool:
+        """Loading failed (the next use raises ModelFailed, saying why)."""
+        future = self._future
+        return self._engine is None and future.done() and future.exception() is not None
+
+    def on_loaded(self, callback: Callable[[], None]) -> None:
+        """Call back (from the loading thread) when loading ends, loaded or failed; now if it has."""
+        if self._future is not None:
+            self._future.add_done_callback(lambda future: callback())
+
+    def engine(self) -> Engine:
+        """The engine, once it has loaded (waits for it); ModelFailed says why it did not."""
+        if self._engine is None:
+            try:
+                self._engine = self._future.result()
+            except SimlabError as exc:
+                raise ModelFailed(str(exc)) from None
+        return self._engine
+
+    @property
+    def loaded(self) -> Engine | None:
+        """The engine if it is there, without waiting."""
+        return self._engine if self._engine is not None else self.engine() if self.ready else None
