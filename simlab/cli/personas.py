@@ -113,12 +113,13 @@ def _validate(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _target(name: str, output: str | None, force: bool) -> Path:
+def _target(name: str, output: str | None, force: bool, hint: str = "pick another NAME") -> Path:
+    """Where a persona is written; a file there is refused unless `force` (hint: what to do then)."""
     if output is None and not NAME.fullmatch(name):
         raise PersonaError(f"{name!r} is not a usable persona name: use letters, digits, '-', '_' or '.'")
     path = Path(output) if output else user_dir() / f"{name}.yaml"
     if path.exists() and not force:
-        raise SimlabError(f"{path} exists; pick another name, or --force to replace it")
+        raise SimlabError(f"{path} exists; {hint}")
     return path
 
 
@@ -151,7 +152,8 @@ def _new(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     notes = Notes()
     persona, fmt = import_file(args.file, name=args.name, notes=notes)
-    path = _target(persona.name, args.output, args.force)
+    hint = "import it under another name with --name NAME, or --force to replace it"
+    path = _target(persona.name, args.output, args.force, hint)
     book = _lorebook_aside(persona, path)
     text = f"# imported from {Path(args.file).name} ({fmt}) by simlab personas import\n" + to_yaml(persona)
     if len(text.encode("utf-8")) > MAX_BYTES:

@@ -162,11 +162,14 @@ def _store_tree(store: SessionStore, tree: Tree, name: str, problems: list[str] 
 
 
 def _name_from(path: Path, store: SessionStore) -> str:
+    """The session name a file gets without --name: its own name, made a usable one. A name taken
+    is refused, as `personas import` refuses one (a second import is more often a slip than a wish)."""
     import re
 
-    base = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).strip("._-")[:80] or "imported"
-    name, k = base, 1
-    while store.exists(name):
-        k += 1
-        name = f"{base}-{k}"
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).strip("._-")[:80] or "imported"
+    if store.exists(name):
+        raise SessionError(
+            f"session {name!r} already exists in {store.folder}; import it under another name with "
+            f"--name NAME (or remove the old one: simlab sessions rm {name})"
+        )
     return name

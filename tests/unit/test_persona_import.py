@@ -337,3 +337,27 @@ def test_post_history_instructions_and_the_depth_prompt_reach_the_prompt_where_s
     messages = chat_messages(path, persona.model)
     assert messages[-1] == {"role": "system", "content": "Stay in character as Nell."}
     assert messages[-4] == {"role": "system", "content": "Nell is tired."}
+
+
+def test_a_name_taken_is_refused_by_both_imports_with_the_way_out(tmp_path, capsys):
+    """`personas import` and `sessions import` treat a clash alike: nothing is replaced or renamed
+    behind the user's back; one line says how to import it under another name (a persona may also
+    be replaced with --force), exit 2, and the first file is untouched."""
+    from conftest import run_cli
+
+    from simlab.persona.library import user_dir
+
+    card = write(tmp_path, "vell.json", json.dumps(V2))
+    assert run_cli(capsys, "personas", "import", card)[0] == 0
+    first = (user_dir() / "captain-vell.yaml").read_text()
+    code, _, err = run_cli(capsys, "personas", "import", card)
+    assert code == 2 and "import it under another name with --name NAME, or --force" in err
+    assert len(err.strip().splitlines()) == 1 and (user_dir() / "captain-vell.yaml").read_text() == first
+    assert run_cli(capsys, "personas", "import", card, "--name", "vell2")[0] == 0
+
+    loom = write(tmp_path, "story.json", json.dumps({"root": {"text": "Once", "children": []}}))
+    assert run_cli(capsys, "sessions", "import", loom)[0] == 0
+    code, _, err = run_cli(capsys, "sessions", "import", loom)
+    assert code == 2 and "session 'story' already exists" in err and "--name NAME" in err
+    code, out, _ = run_cli(capsys, "sessions", "import", loom, "--name", "story-again")
+    assert code == 0 and "as session 'story-again'" in out
