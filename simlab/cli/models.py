@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 from simlab.cli.common import add_model_flags, load_engine, settings_of
 from simlab.models.catalog import list_models
@@ -30,6 +31,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    # the spec column as wide as its longest entry, up to half the terminal: a longer one (a GGUF's
+    # path) has its line, and its kind and state go under it in their columns
+    half = shutil.get_terminal_size().columns // 2
+    wide = max((len(row["spec"]) for row in rows if len(row["spec"]) <= half), default=half)
     for row in rows:
-        print(f"{row['spec']:<44} {row['kind']:<9} {row['state']}")
+        spec = row["spec"] if len(row["spec"]) <= wide else row["spec"] + "\n" + " " * wide
+        print(f"{spec:<{wide}}  {row['kind']:<8}  {row['state']}")
     return 0

@@ -41,10 +41,10 @@ class LineView:
         self.chat = chat
 
     def say(self, text: str = "") -> None:
-        write(self.out, text + "\n")
+        write(self.out, self.laid_out(text) + "\n")
 
     def note(self, text: str) -> None:
-        write(self.err, self.style.dim(text) + "\n")
+        write(self.err, self.laid_out(self.style.dim(text), self.err) + "\n")
 
     def progress(self, what: str, total: int) -> Waiting:
         return Waiting(what, total, stream=self.err)
@@ -82,11 +82,11 @@ class LineView:
             return
         siblings = self.chat.tree.siblings(node.id)
         where = self.style.dim(f" [{self.chat.place(node)}]") if len(siblings) > 1 else ""
-        self.say(self.laid_out(self.turn_text(node) + self.ending(node) + where))
+        self.say(self.turn_text(node) + self.ending(node) + where)
 
-    def laid_out(self, text: str) -> str:
-        """A turn as a terminal shows it: broken between words at its width (elsewhere as it is)."""
-        if not is_terminal(self.out):
+    def laid_out(self, text: str, stream: TextIO | None = None) -> str:
+        """Text as a terminal shows it: broken between words at its width (elsewhere as it is)."""
+        if not is_terminal(stream or self.out):
             return text
         wrap = WordWrap(shutil.get_terminal_size().columns)
         return wrap.feed(text) + wrap.end()
@@ -99,7 +99,7 @@ class LineView:
                 self.turn(group[0])
                 continue
             whole = replace(group[-1], text="".join(n.text for n in group), tags=frozenset())
-            self.say(self.laid_out(self.turn_text(whole) + self.ending(whole)))
+            self.say(self.turn_text(whole) + self.ending(whole))
 
     # -- a reply as it is decoded -----------------------------------------------------------------
     def begin(self, replies: Replies, head: str | None) -> None:

@@ -135,6 +135,28 @@ def test_models_lists_the_embedded_model_without_importing_torch(isolated_home):
     assert rows[0]["spec"] == "embedded" and "not converted yet" in rows[0]["state"]
 
 
+def test_models_keeps_its_columns_under_a_long_spec(capsys, monkeypatch):
+    """A GGUF's path as a spec is longer than the spec column: it has a line of its own and its
+    kind and state go under it, in the columns every other row uses."""
+    import os
+
+    from simlab.cli import models
+
+    rows = [
+        {"spec": "embedded", "kind": "embedded", "state": "default; not converted yet"},
+        {"spec": "/home/me/models/" + "q" * 60 + ".gguf", "kind": "gguf", "state": "converted, 1.8 GiB"},
+        {"spec": "gpt2", "kind": "hub", "state": "in the hub cache"},
+    ]
+    monkeypatch.setattr(models, "list_models", lambda settings: rows)
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((80, 24)))
+    code, out, _ = run_cli(capsys, "models")
+    lines = out.rstrip("\n").split("\n")
+    assert code == 0 and len(lines) == 4 and lines[1] == rows[1]["spec"]
+    rest = [(lines[0], "embedded"), (lines[2], "gguf"), (lines[3], "hub")]
+    columns = [line.index(" " + kind) + 1 for line, kind in rest]  # where the kind column starts
+    assert len(set(columns)) == 1 and lines[2].startswith(" ")
+
+
 def test_models_load_describes_a_model(capsys, tiny_dir):
     code, out, _ = run_cli(capsys, "models", "--load", str(tiny_dir), "--json")
     info = json.loads(out)

@@ -557,6 +557,28 @@ def test_a_turn_shown_again_on_a_terminal_breaks_between_words_too(fake_engine, 
     assert " ".join(lines).split("Bo: ", 1)[1].startswith(words.strip())  # every word whole, in order
 
 
+def test_notes_and_a_commands_lines_break_between_words_on_a_terminal(fake_engine, store, monkeypatch):
+    """Not only streamed replies: the banner, the notes and what a command says (/info, /params) are
+    laid out between words on a terminal (/set with nothing to set lists the settings), and are
+    the very text on a pipe."""
+    import os
+
+    from simlab.repl.app import banner
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((40, 24)))
+    for stream in (Terminal(), io.StringIO()):
+        chat = Chat.new(fake_engine, store, PERSONA, PERSONA.sampling_params(seed=1), LineView(stream))
+        banner(chat, resumed=False)
+        handle(chat, "/set")
+        lines = stream.getvalue().rstrip("\n").split("\n")
+        if isinstance(stream, Terminal):
+            # (a word longer than the width, the sessions folder's path, is the terminal's to cut)
+            assert len(lines) > 4 and all(len(line) <= 40 or "/sessions" in line for line in lines)
+            assert not any(line.startswith(" ") or line.endswith(" ") for line in lines)
+        else:
+            assert len(lines) == 2 and len(lines[0]) > 40  # a pipe gets each line whole
+
+
 def test_leaving_a_read_only_session_says_nothing_was_written(fake_engine, store):
     from simlab.repl.app import farewell
 
