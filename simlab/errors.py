@@ -72,6 +72,10 @@ class NeedsLocalModel(SimlabError):
     """A feature that reads the model itself (residual stream, teacher-forced scoring)."""
 
 
+class SteerError(SimlabError):
+    """A steering vector that cannot be read, or does not fit the model it is applied to."""
+
+
 class SpecError(SimlabError):
     """A compare spec that cannot be run as written."""
 

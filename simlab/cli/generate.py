@@ -26,6 +26,7 @@ from simlab.cli.common import (
 from simlab.errors import EXIT_INTERRUPTED, SimlabError
 from simlab.repl.progress import Waiting
 from simlab.repl.screen import for_terminal
+from simlab.steer.use import steering_for
 
 
 def add_command(commands) -> None:
@@ -45,6 +46,22 @@ def add_command(commands) -> None:
         help="stop at this text (repeatable; \\n is a newline)",
     )
     group.add_argument("--seed", type=int, help="seed of branch 1; branch i uses seed+i-1 (default random)")
+    steer = gen.add_argument_group("steering")
+    steer.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="NAME[:STRENGTH][@LAYERS]",
+        help="add a steering vector (simlab steer list) times STRENGTH (default 1) at its blocks' "
+        "outputs, or at LAYERS (6-10, 4,6,8); repeatable: vectors add up",
+    )
+    steer.add_argument(
+        "--steer-positions",
+        choices=("all", "prompt", "reply"),
+        default="all",
+        help="where the vectors are added: every position (default, as llama.cpp and repeng), the "
+        "prompt's only, or the reply's only",
+    )
     add_model_flags(gen)
     add_trace_flags(gen).add_argument(
         "--trace-dir", default="traces", help="where generate writes trace files (default ./traces)"
@@ -61,7 +78,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     engine = load_engine(args, settings)
     recorder = tracer.recorder(engine) if tracer else None
-    run = engine.start(prompt, params, n=args.n, recorder=recorder)
+    steering = steering_for(args.steer, engine, args.steer_positions)
+    extra = {"steering": steering} if steering else {}
+    run = engine.start(prompt, params, n=args.n, recorder=recorder, **extra)
     out = sys.stdout
     live = args.n == 1 and not args.json
     if live and out.isatty():
@@ -81,7 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         run.interrupt()
     if args.json:
-        json.dump(run_json(engine.info, prompt, run), out, ensure_ascii=False)
+        json.dump(run_json(engine.info, prompt, run, steering), out, ensure_ascii=False)
         out.write("\n")
     elif live:
         out.write("\n")
@@ -145,10 +164,11 @@ def stats_line(run) -> str:
     )
 
 
-def run_json(info, prompt: str, run) -> dict:
+def run_json(info, prompt: str, run, steering=None) -> dict:
     return {
         "model": info.as_dict(),
         "params": asdict(run.params),
+        **({"steering": steering.record()} if steering else {}),
         "prompt": prompt,
         "prompt_tokens": len(run.prompt_ids),
         "stats": {**asdict(run.stats), "tokens_per_second": run.stats.tokens_per_second},

@@ -18,6 +18,7 @@ from simlab.cli import (
     personas,
     replay,
     sessions,
+    steer,
     tokens,
     trace,
 )
@@ -34,6 +35,7 @@ COMMANDS = (
     loom,
     compare,
     trace,
+    steer,
     tokens,
     doctor,
 )  # the order of --help

@@ -17,18 +17,17 @@ from dataclasses import dataclass
 import torch
 
 from simlab.engine import prefix as prefixes
+from simlab.engine.branches import TOP_ALTERNATIVES, Branches
 from simlab.engine.kvcache import Apart, repeated
-from simlab.engine.logits import choose
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import LOCAL, drain
 from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo, token_info
-from simlab.engine.textstream import TextTracker
+from simlab.engine.steering import Steering
 from simlab.errors import ContextLengthError
 from simlab.models import lean
 from simlab.models.info import LoadedModel, eos_ids
 from simlab.models.ranking import top_k as best_of
-
-TOP_ALTERNATIVES = 5
+from simlab.models.steering import Steered
 
 
 class Engine:
@@ -49,13 +48,16 @@ class Engine:
         self.lean = lean.steps_lean(self.model)  # decode steps without the module machinery (models.lean)
         # whether a batch gives each row its bits alone: else siblings and sweeps decode row by row
         self.rows_alone = lean.rows_alone(self.model)
+        self.steered = Steered(self.model)  # vectors added at blocks' outputs (models.steering)
 
-    def step(self, tokens, cache, traced: bool = False):
+    def step(self, tokens, cache, traced: bool = False, adds=None):
         """Feed one token per row (tokens (B,)) after the cache; the next logits, (B, V). A traced
-        run goes through the model's own forward, where the recorder's hooks are."""
+        run goes through the model's own forward, where the recorder's hooks are. `adds`: block ->
+        the vector added to its output (a steered reply)."""
         if self.lean and not traced:
-            return lean.decode_step(self.model, cache, tokens.unsqueeze(-1))[:, -1, :]
-        return self.model(input_ids=tokens.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
+            return lean.decode_step(self.model, cache, tokens.unsqueeze(-1), adds)[:, -1, :]
+        with self.steered.adding(adds) if adds else contextlib.nullcontext():
+            return self.model(input_ids=tokens.unsqueeze(-1), cache=cache, use_cache=True).logits[:, -1, :]
 
     def encode(self, text: str) -> list[int]:
         """Prompt text to ids, with the BOS token when the tokenizer adds one by default."""
@@ -68,9 +70,12 @@ class Engine:
         n: int = 1,
         recorder=None,
         passes: Sequence[int] | None = None,
+        steering: Steering | None = None,
     ) -> Run:
         """Validate and prepare a run; iterate it to decode. `passes`: how a recorded reply fed its
-        prompt (Completion.prefill unpacked), to feed it the same way (engine.prefix)."""
+        prompt (Completion.prefill unpacked), to feed it the same way (engine.prefix). `steering`:
+        vectors added to the residual stream (models.steering), at the prompt's positions, the
+        reply's or both."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -82,7 +87,7 @@ class Engine:
                 f"the prompt is {len(ids)} tokens but {self.info.name} reads at most "
                 f"{self.info.context_length}; shorten it"
             )
-        run = Run(self, ids, params, n, max_new=min(params.max_new_tokens, room), recorder=recorder)
+        run = Run(self, ids, params, n, min(params.max_new_tokens, room), recorder, steering)
         run.wanted = prefixes.usable(list(passes) if passes else None, len(ids))
         return run
 
@@ -137,7 +142,7 @@ class Engine:
         trace) and models ragged does not know decode one after another."""
         from simlab.engine import ragged
 
-        apart = [r for r in runs if len(r.completions) > 1 or r.recorder is not None]
+        apart = [r for r in runs if len(r.completions) > 1 or r.recorder is not None or r.steering]
         together = [r for r in runs if r not in apart]
         if len(together) < 2 or not ragged.supported(self.model) or not self.rows_alone:
             apart, together = list(runs), []
@@ -153,9 +158,10 @@ class Engine:
         n: int = 1,
         recorder=None,
         passes: Sequence[int] | None = None,
+        steering: Steering | None = None,
     ) -> list[Completion]:
         """Decode to the end and return the completions."""
-        return drain(self.start(prompt, params, n, recorder=recorder, passes=passes))
+        return drain(self.start(prompt, params, n, recorder=recorder, passes=passes, steering=steering))
 
 
 class Run(RunControl):
@@ -169,9 +175,14 @@ class Run(RunControl):
         n: int,
         max_new: int,
         recorder=None,
+        steering: Steering | None = None,
     ):
         super().__init__(params, n)
         self.engine, self.recorder = engine, recorder  # a trace.Recorder reads these same passes
+        self.steering = steering
+        adds = steering.adds(engine.model.dtype, engine.device) if steering else None
+        self.prompt_adds = adds if steering and steering.on_prompt else None
+        self.reply_adds = adds if steering and steering.on_reply else None
         self.prompt_ids, self.max_new = prompt_ids, max_new
         self.clipped = max_new < params.max_new_tokens
         self.stats = RunStats(prompt_tokens=len(prompt_ids))
@@ -191,7 +202,8 @@ class Run(RunControl):
     def _reused(self, model):
         """(cache, tokens it holds, their passes): the last run's, or kept on disk, or a new one."""
         engine, recorder = self.engine, self.recorder
-        if not (recorder and recorder.config.prompt):  # a trace of the whole prompt feeds all of it
+        # a trace of the whole prompt feeds all of it; a steered prompt's cache is its own
+        if not (recorder and recorder.config.prompt) and not self.prompt_adds:
             for store in (engine.prefix, engine.disk):
                 cache, start, done = store.take(self.prompt_ids, self.wanted) if store else (None, 0, [])
                 if cache is not None:
@@ -210,7 +222,10 @@ class Run(RunControl):
 
         told = self.on_prefill or (lambda at, total: None)  # a stop while the prompt goes in: no reply
         fed = lambda at, total: [told(at, total), not self._stop_requested][1]  # noqa: E731
-        if (logits := prefixes.feed(model, cache, self.prompt_ids, done, todo, engine.disk, fed)) is None:
+        disk = None if self.prompt_adds else engine.disk  # (no steered prompt is kept for another run)
+        with engine.steered.adding(self.prompt_adds):
+            logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, disk, fed)
+        if logits is None:
             return None, None
         self.passes = done + todo
         for completion in self.completions:
@@ -218,7 +233,7 @@ class Run(RunControl):
         if recorder:
             recorder.prefill_done(n, len(self.prompt_ids))
         if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
-            if engine.prefix is not None:  # kept as it is: the siblings decode on copies
+            if engine.prefix is not None and not self.steering:  # kept: the siblings decode on copies
                 engine.prefix.keep(self.prompt_ids, cache, self.passes)
             if engine.rows_alone:
                 cache = repeated(cache, n)
@@ -264,90 +279,17 @@ class Run(RunControl):
             rows = [(picked[r : r + 1], own, [b]) for r, (b, own) in enumerate(zip(active, cache.caches))]
         logits = []
         for tokens, own, branches in rows:
-            logits.append(self.engine.step(tokens, own, traced=traced))
+            logits.append(self.engine.step(tokens, own, traced=traced, adds=self.reply_adds))
             if traced:
                 self.recorder.step_done(branches)
         return torch.cat(logits) if len(logits) > 1 else logits[0]
 
     def _keep(self, fed: list[int], cache) -> None:
-        """Keep the cache of a one-branch run's tokens: the next turn feeds only what is new."""
-        if self.engine.prefix is not None:
+        """Keep the cache of a one-branch run's tokens: the next turn feeds only what is new (not a
+        steered run's: its cache holds the vectors' work, which no other run may read)."""
+        if self.engine.prefix is not None and not self.steering:
             fed_passes = self.passes + [1] * (len(fed) - len(self.prompt_ids))
             self.engine.prefix.keep(fed, cache, fed_passes)
-
-
-class Branches:
-    """A run's branches while they decode: one generator per branch (its seed), the text trackers,
-    which branches are still in the batch, and the tokens each one has so far (for the repetition
-    penalty)."""
-
-    def __init__(self, run: Run, started: float):
-        n, device = len(run.completions), run.engine.device
-        self.run = run
-        self.started = started
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in run.seeds]
-        self.trackers = [TextTracker(run.engine.tokenizer, run.prompt_ids, run.params.stop) for _ in range(n)]
-        self.active = list(range(n))  # branch index of each batch row
-        self.still = list(range(n))  # the rows still decoding after the last sample
-        self.picked = None  # (B,) the tokens last sampled
-        self.context = None
-        if run.params.repetition_penalty != 1.0:
-            self.context = torch.tensor([run.prompt_ids] * n, device=device)  # (n, T)
-
-    def sample(self, logits, step: int) -> Iterator[Delta]:
-        """Sample each active branch's next token from logits (B, V); a Delta per branch."""
-        run, params, engine = self.run, self.run.params, self.run.engine
-        logits = logits.float()
-        logprobs = logits.log_softmax(dim=-1)  # (B, V), the model's own distribution
-        generators = [self.generators[b] for b in self.active]
-        picked = choose(logits, self.context, params, generators)  # (B,)
-        top_values, top_ids = best_of(logprobs, min(TOP_ALTERNATIVES, logprobs.shape[-1]))
-        chosen = logprobs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)  # (B,)
-        if step == 0:
-            run.stats.first_token_seconds = time.perf_counter() - self.started
-        self.picked, self.still = picked, []
-        for row, branch in enumerate(self.active):
-            token = token_info(
-                engine.tokenizer,
-                int(picked[row]),
-                float(chosen[row]),
-                top_ids[row].tolist(),
-                top_values[row].tolist(),
-            )
-            completion, tracker = run.completions[branch], self.trackers[branch]
-            completion.tokens.append(token)
-            run.stats.generated_tokens += 1
-            if token.id in engine.eos_ids:
-                completion.finish_reason = "eos"
-                text = tracker.finish()
-            else:
-                text = tracker.add(token.id)
-                if tracker.stop_string is not None:
-                    completion.finish_reason = "stop"
-                    completion.stop_string = tracker.stop_string
-                elif step == run.max_new - 1:
-                    completion.finish_reason = "length"
-                    completion.truncated_to_context = run.clipped
-                    text += tracker.finish()
-            completion.text += text
-            if completion.finish_reason is None:
-                self.still.append(row)
-            yield Delta(branch, text, token)
-
-    def drop_finished(self, cache):
-        """Drop finished branches from the batch (and from the cache, if given); the tokens to feed, (B,)."""
-        picked = self.picked
-        if len(self.still) < len(self.active):
-            rows = torch.tensor(self.still, device=picked.device)
-            if cache is not None:
-                cache.batch_select_indices(rows)
-            picked = picked[rows]
-            if self.context is not None:
-                self.context = self.context[rows]
-            self.active = [self.active[r] for r in self.still]
-        if self.context is not None:
-            self.context = torch.cat([self.context, picked.unsqueeze(-1)], dim=-1)
-        return picked
 
 
 @dataclass

@@ -240,14 +240,16 @@ def steps_lean(model: torch.nn.Module) -> bool:
     )
 
 
-def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
+def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds=None) -> torch.Tensor:
     """The model's forward for new tokens ids (B, T) after `cache`, as the same torch ops in the
     same order on the same modules, without the module machinery around them (hooks, output
     capture, keyword plumbing): the logits (B, T, V), bit for bit the model's own (tested). Module
-    hooks do not run: a trace reads the model's own forward."""
+    hooks do not run: a trace reads the model's own forward. `adds`: block -> a vector added to its
+    output, as models.steering's hook adds it (the same op, tested)."""
+    adds = adds or {}
     if model.config.model_type in FAMILY:
-        return _family_step(model, cache, ids)
-    return _gemma3_step(model, cache, ids)
+        return _family_step(model, cache, ids, adds)
+    return _gemma3_step(model, cache, ids, adds)
 
 
 def _family_masks(config, cache, h: torch.Tensor, position: torch.Tensor) -> dict:
@@ -265,7 +267,7 @@ def _family_masks(config, cache, h: torch.Tensor, position: torch.Tensor) -> dic
     return masks
 
 
-def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
+def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -> torch.Tensor:
     """`decode_step` for LlamaForCausalLM and the models of `FAMILY` that share its decoder."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -301,10 +303,12 @@ def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tens
         x = parts["post_attention_layernorm"].forward(h)
         x = m["act_fn"].forward(m["gate_proj"].forward(x)) * m["up_proj"].forward(x)
         h = h + m["down_proj"].forward(x)
+        if i in adds:  # a steering vector at this block's output
+            h = h + adds[i]
     return model.lm_head.forward(body.norm.forward(h))  # (B, T, V)
 
 
-def _gemma3_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tensor:
+def _gemma3_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -> torch.Tensor:
     """`decode_step` for Gemma3ForCausalLM (simlab's own modules or transformers')."""
     from simlab.models.gemma3 import ATTENTION, apply_rotary_pos_emb, masks_for
 
@@ -336,6 +340,8 @@ def _gemma3_step(model: torch.nn.Module, cache, ids: torch.Tensor) -> torch.Tens
         x = parts["pre_feedforward_layernorm"].forward(h)
         x = m["down_proj"].forward(m["act_fn"].forward(m["gate_proj"].forward(x)) * m["up_proj"].forward(x))
         h = h + parts["post_feedforward_layernorm"].forward(x)
+        if i in adds:  # a steering vector at this block's output
+            h = h + adds[i]
     logits = model.lm_head.forward(body.norm.forward(h))  # (B, T, V)
     cap = config.final_logit_softcapping
     return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from simlab.errors import TraceError
+from simlab.models.steering import block_list
 from simlab.trace.config import TraceConfig
 from simlab.trace.files import node_trace_path
 
@@ -50,15 +51,10 @@ class Architecture:
 def find_architecture(model) -> Architecture:
     base = getattr(model, getattr(model, "base_model_prefix", ""), None) or model.base_model
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    expected = getattr(config, "num_hidden_layers", None)
-    lists = [(name, m) for name, m in base.named_children() if isinstance(m, torch.nn.ModuleList) and len(m)]
-    lists.sort(key=lambda nm: (len(nm[1]) == expected, len(nm[1])), reverse=True)
-    if not lists:
-        raise TraceError(
-            f"{type(model).__name__}: no list of blocks found; tracing supports GPT-2-style "
-            "(transformer.h, ln_f) and Llama/Gemma-style (model.layers, model.norm) models"
-        )
-    block_name, blocks = lists[0]
+    try:
+        block_name, blocks = block_list(model)
+    except ValueError as exc:
+        raise TraceError(str(exc)) from None
     norm_name = next((n for n in NORM_NAMES if isinstance(getattr(base, n, None), torch.nn.Module)), None)
     if norm_name is None:  # the last norm-like child after the blocks
         norms = [n for n, m in base.named_children() if "norm" in type(m).__name__.lower()]

@@ -26,6 +26,7 @@ PAGES = {
     "compare": "compare.md",
     "trace": "trace.md",
     "personas": "personas.md",
+    "steer": "steer.md",
 }
 
 
