@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from simlab.cli.steer_derive import add_derive, cmd_derive
 from simlab.errors import SteerError
 from simlab.steer import library
 
@@ -32,13 +33,13 @@ def add_command(commands) -> None:
     export.add_argument("name")
     export.add_argument("-o", "--output", required=True, help="the .gguf file to write")
     sub.add_parser("rm", help="delete a vector from the library").add_argument("name")
+    add_derive(sub)
     steer.set_defaults(run=cmd_steer)
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    return {"list": _list, "show": _show, "import": _import, "export": _export, "rm": _remove}[
-        args.steer_command
-    ](args)
+    actions = {"list": _list, "show": _show, "import": _import, "export": _export, "rm": _remove}
+    return {**actions, "derive": cmd_derive}[args.steer_command](args)
 
 
 def _list(args: argparse.Namespace) -> int:
