@@ -13,6 +13,7 @@ from simlab.frame.window import windowed
 from simlab.persona.schema import Persona
 from simlab.session.store import Session
 from simlab.session.tree import Node, TreeError
+from simlab.steer.use import steering_recorded
 from simlab.turns import add_frame, sample_replies, start_forced
 
 
@@ -70,6 +71,7 @@ def _forced_under(engine, session: Session, node: Node, parent: str, who: tuple,
     replies = start_forced(
         engine, session, node, list(node.token_ids[:given]), node.forced.get("at", 0),
         node.forced.get("choice", "given"), params, (parent, *who), origin="replayed",
+        steering=steering_recorded(node.steer, engine),
     )  # fmt: skip
     replies.decode()
     if on_run is not None:
@@ -82,10 +84,13 @@ def model_replies(path: list[Node]) -> list[Node]:
     return [n for n in path if n.role == "model" and n.params is not None]
 
 
-def _one(engine: Engine, prompt, params: SamplingParams, tracer, passes=None):
-    """One completion, with the recorder that traced it (or None)."""
+def _one(engine: Engine, prompt, params: SamplingParams, tracer, passes=None, steer: dict | None = None):
+    """One completion, with the recorder that traced it (or None); steered as `steer` records."""
     recorder = tracer.recorder(engine) if tracer else None
-    run = engine.start(prompt, params, recorder=recorder, passes=passes)
+    steering = steering_recorded(steer, engine)
+    run = engine.start(
+        prompt, params, recorder=recorder, passes=passes, **({"steering": steering} if steering else {})
+    )
     for _ in run:
         pass
     return run.completions[0], run, recorder
@@ -137,7 +142,8 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
             node.token_ids[:given]
         )
     # fed as the reply's prompt was (engine.prefix): the same passes give the same last bits
-    c, run, recorder = _one(engine, prompt, params, tracer, unpack(node.prefill) if node.prefill else None)
+    passes = unpack(node.prefill) if node.prefill else None
+    c, run, recorder = _one(engine, prompt, params, tracer, passes, node.steer)
     if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: compare text
         # stored without the label's space; a character cut at the last token (U+FFFD) is a
         # decoding artefact that a server shows or drops depending on streaming, not text
@@ -229,6 +235,7 @@ def replay_branch(
                 tracer=tracer,
                 keep=lambda c: True,
                 on_run=on_run,
+                steering=steering_recorded(node.steer, engine),
             )
         else:
             new = session.add_child(

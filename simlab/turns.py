@@ -70,6 +70,7 @@ def node_fields(
     params: SamplingParams | None,
     engine: Engine,
     window: dict[str, Any] | None = None,
+    steering: Any = None,
 ) -> dict:
     """What a sampled node records about how it was made (a server's reply: no token ids, and where
     it came from; never the API key)."""
@@ -88,6 +89,7 @@ def node_fields(
         "dtype": engine.info.dtype if local else None,
         "weights": None if not local or engine.info.weights == "float" else engine.info.weights,
         "prefill": tuple(completion.prefill) if local else (),
+        "steer": steering.record() if steering else None,
     }
 
 
@@ -121,6 +123,7 @@ class Replies:
     forces: Forced | None = None  # /fork: the tokens the reply starts with, chosen, not sampled
     nodes: list[Node] = field(default_factory=list)
     restart: Callable[[], tuple[Fitted, Run]] | None = None  # fit and start again (a refused prompt)
+    steering: Any = None  # engine.steering.Steering: the vectors the replies are steered with
 
     def decode(self, on_delta: DeltaCallback | None = None) -> None:
         """Decode to the end, handing each delta to on_delta (True from it stops the run); Ctrl-C
@@ -169,7 +172,7 @@ class Replies:
                 speaker=self.speaker,
                 origin=self.origin,
                 persona=self.persona,
-                **node_fields(completion, self.params, self.engine, self.fit.window),
+                **node_fields(completion, self.params, self.engine, self.fit.window, self.steering),
             )
         # Two samplings joined: the tokens and log-probabilities are the continuation's, and without
         # one (params, seed) that draws the whole text, replay copies it rather than re-sampling it.
@@ -183,14 +186,14 @@ class Replies:
             persona=node.persona,
             edited_from=node.id,
             tags=frozenset({"continued"}),
-            **node_fields(completion, None, self.engine, self.fit.window),
+            **node_fields(completion, None, self.engine, self.fit.window, self.steering),
         )
 
     def _save_forced(self, completion: Completion) -> Node:
         """The forced tokens and the sampled rest as one reply beside the one it branched from;
         params and seed draw the rest, so replay re-runs it after the forced tokens."""
         forced = self.forces
-        fields = node_fields(completion, self.params, self.engine, self.fit.window)
+        fields = node_fields(completion, self.params, self.engine, self.fit.window, self.steering)
         fields["token_ids"] = tuple(t.id for t in forced.tokens) + fields["token_ids"]
         fields["logprobs"] = tuple(t.logprob for t in forced.tokens) + fields["logprobs"]
         fields["top"] = tuple(t.top for t in forced.tokens) + fields["top"]
@@ -235,8 +238,10 @@ def start_replies(
     persona: str | None = FRAME_PERSONA,
     tracer: Any = None,
     on_fit: Callable[[Fitted], None] | None = None,
+    steering: Any = None,
 ) -> Replies:
-    """Fit the prompt for replies under parent_id and start sampling n of them (siblings, one batch)."""
+    """Fit the prompt for replies under parent_id and start sampling n of them (siblings, one batch),
+    steered by `steering` (engine.steering.Steering) when given."""
     path = session.tree.path(parent_id)
     framing = framing_of(path)
     speaker = speaker or (None if framing.mode == "document" else framing.model)
@@ -246,25 +251,12 @@ def start_replies(
         fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
         if on_fit is not None:
             on_fit(fit)
-        return fit, engine.start(fit.prompt, params, n=n, recorder=recorder)
+        return fit, engine.start(fit.prompt, params, n=n, recorder=recorder, **_steered(steering))
 
     fit, run = begin()
     persona = path[0].persona if persona is FRAME_PERSONA else persona
-    return Replies(
-        session,
-        parent_id,
-        engine,
-        params,
-        fit,
-        framing,
-        speaker,
-        origin,
-        persona,
-        run,
-        tracer,
-        recorder,
-        restart=begin,
-    )
+    made = (session, parent_id, engine, params, fit, framing, speaker, origin, persona, run, tracer)
+    return Replies(*made, recorder, restart=begin, steering=steering)
 
 
 def start_continuation(
@@ -273,8 +265,10 @@ def start_continuation(
     node: Node,
     params: SamplingParams,
     on_fit: Callable[[Fitted], None] | None = None,
+    steering: Any = None,
 ) -> Replies:
-    """Start extending a saved reply: the model reads the reply so far and writes on."""
+    """Start extending a saved reply: the model reads the reply so far and writes on (steered by
+    `steering` when given)."""
     path = session.tree.path(node.parent)
     framing = framing_of(path)
     tokenizer = engine.tokenizer
@@ -284,7 +278,14 @@ def start_continuation(
         on_fit(fit)
     prompt = reply_prompt(fit.path, node.speaker, tokenizer)
     prompt = prompt + framing.lead() + node.text if isinstance(prompt, str) else prompt + written
-    return _beside(node, engine, session, params, fit, framing, engine.start(prompt, params), continues=node)
+    run = engine.start(prompt, params, **_steered(steering))
+    return _beside(node, engine, session, params, fit, framing, run, continues=node, steering=steering)
+
+
+def _steered(steering: Any) -> dict[str, Any]:
+    """The engine's `steering` argument, only when there is one (an engine that cannot steer never
+    sees it)."""
+    return {"steering": steering} if steering else {}
 
 
 def _beside(node: Node, engine, session, params, fit, framing, run, **extra: Any) -> Replies:
@@ -325,12 +326,15 @@ def start_fork(
     choice: str,
     params: SamplingParams,
     on_fit: Callable[[Fitted], None] | None = None,
+    steering: Any = None,
 ) -> Replies:
     """Branch a sampled reply at token `at`: its tokens before it, then `chosen` (ids) instead of
     what was sampled there, and the model writes on from those as a new sibling."""
     forced_ids = list(node.token_ids[:at]) + list(chosen)
     where = (node.parent, node.speaker, node.persona)
-    return start_forced(engine, session, node, forced_ids, at, choice, params, where, on_fit)
+    return start_forced(
+        engine, session, node, forced_ids, at, choice, params, where, on_fit, steering=steering
+    )
 
 
 def start_forced(
@@ -344,6 +348,7 @@ def start_forced(
     where: tuple[str, str | None, str | None],
     on_fit: Callable[[Fitted], None] | None = None,
     origin: str = "sampled",
+    steering: Any = None,
 ) -> Replies:
     """A reply that starts with `forced_ids` (teacher-forced, so they carry log-probabilities) and
     goes on sampled, saved under `where` = (parent id, speaker, persona): /fork beside its source,
@@ -356,11 +361,11 @@ def start_forced(
         on_fit(fit)
     prompt = fit.prompt
     prompt_ids = engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    tokens = engine.score_tokens(prompt_ids + forced_ids, len(prompt_ids))
+    tokens = engine.score_tokens(prompt_ids + forced_ids, len(prompt_ids), **_steered(steering))
     text = engine.tokenizer.decode(forced_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    run = engine.start(prompt_ids + forced_ids, params)
+    run = engine.start(prompt_ids + forced_ids, params, **_steered(steering))
     made = (session, parent_id, engine, params, fit, framing, speaker, origin, persona, run)
-    return Replies(*made, forces=Forced(source, at, tokens, text, choice))
+    return Replies(*made, forces=Forced(source, at, tokens, text, choice), steering=steering)
 
 
 def sample_replies(

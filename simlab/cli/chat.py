@@ -30,12 +30,14 @@ from simlab.errors import SessionWriteError, SimlabError, needs_local
 from simlab.models.load import EMBEDDED, classify_spec
 from simlab.persona.library import find
 from simlab.persona.schema import Persona
-from simlab.repl.app import banner, run_interactive, run_script
+from simlab.repl.app import banner, farewell, run_interactive, run_script
+from simlab.repl.loading import Loading, Status
 from simlab.repl.loom_app import run_loom
 from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.session.started import discarded, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
+from simlab.steer.use import uses_of
 from simlab.trace.files import remove_session
 from simlab.turns import start_session
 
@@ -84,6 +86,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     session = _resumed(args, store) if args.resume is not None or args.read_only else None
     persona = persona_of(session) if session is not None else _new_persona(args, settings, store)
     tracer = make_tracer(trace_config(args))
+    steer_uses = uses_of(args.steer)  # (the files are read now; checked against the model at the first reply)
     chosen = _chosen(args, session)
     try:
         params = persona.sampling_params(**{"stop": stops_of(session, persona), **chosen})
@@ -111,6 +114,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
             tracer=tracer,
             user_set={k: v for k, v in chosen.items() if k != "seed"},
         )
+        chat.steer_uses, chat.steer_positions = steer_uses, args.steer_positions
+        if steer_uses and settings.backend != "local":
+            chat.steering  # noqa: B018 - a server is refused now, in one line
         if session.read_only:
             chat.view.note(
                 f"session {session.name!r} is open read-only: browse it, /tokens, /export; "
@@ -203,9 +209,10 @@ def _start_engine(args: argparse.Namespace, settings, spec: str, background: boo
     if not background:
         return load_engine(args, settings, spec)
     pool = ThreadPoolExecutor(1, thread_name_prefix="simlab-load")
-    engine = pool.submit(load_engine, args, settings, spec, quiet=True)
+    status = Status()  # (its steps go to the status line, never under the prompt or the editor)
+    engine = pool.submit(load_engine, args, settings, spec, progress=status)
     pool.shutdown(wait=False)
-    return engine
+    return Loading(engine, status)
 
 
 def _served(spec: str) -> str:
@@ -226,7 +233,7 @@ def _run(chat: Chat, args: argparse.Namespace, interactive: bool, spec: str) -> 
     with _signals_end(chat):
         if interactive and getattr(args, "loom", False):
             run_loom(chat, children=args.children)
-            code = 0
+            code = farewell(chat, reopen="loom")
         elif interactive:
             code = run_interactive(
                 chat, resumed=args.resume is not None, history=simlab_home() / "history", model=spec

@@ -134,8 +134,29 @@ def add_session_flags(parser: argparse.ArgumentParser, seed_help: str) -> None:
     group = parser.add_argument_group("sampling (default: the persona's)")
     add_sampling_flags(group, defaults=False)
     group.add_argument("--seed", type=int, help=seed_help)
+    add_steer_flags(parser)
     add_model_flags(parser)
     add_trace_flags(parser)
+
+
+def add_steer_flags(parser: argparse.ArgumentParser) -> None:
+    """--steer (repeatable) and --steer-positions: steering vectors added to the residual stream."""
+    group = parser.add_argument_group("steering")
+    group.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="NAME[:STRENGTH][@LAYERS]",
+        help="add a steering vector (simlab steer list) times STRENGTH (default 1) at its blocks' "
+        "outputs, or at LAYERS (6-10, 4,6,8); repeatable: vectors add up",
+    )
+    group.add_argument(
+        "--steer-positions",
+        choices=("all", "prompt", "reply"),
+        default="all",
+        help="where the vectors are added: every position (default, as llama.cpp and repeng), the "
+        "prompt's only, or the reply's only",
+    )
 
 
 def add_trace_flags(parser: argparse.ArgumentParser):
@@ -202,16 +223,21 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def load_engine(
-    args: argparse.Namespace, settings: Settings | None = None, spec: str | None = None, quiet: bool = False
+    args: argparse.Namespace,
+    settings: Settings | None = None,
+    spec: str | None = None,
+    quiet: bool = False,
+    progress: Callable[[str], None] | None = None,
 ):
-    """The engine (local or remote) for the model flags."""
+    """The engine (local or remote) for the model flags; the loader's steps go to `progress`
+    (default: printed; quiet: nowhere)."""
     from simlab.engine.open import open_engine
 
     return open_engine(
         settings or settings_of(args),
         spec,
         trust_remote_code=args.trust_remote_code,
-        progress=(lambda message: None) if quiet else say,
+        progress=progress or ((lambda message: None) if quiet else say),
     )
 
 

@@ -14,6 +14,7 @@ from typing import TextIO
 from simlab.cli.common import (
     add_model_flags,
     add_sampling_flags,
+    add_steer_flags,
     add_trace_flags,
     color_on,
     load_engine,
@@ -46,22 +47,7 @@ def add_command(commands) -> None:
         help="stop at this text (repeatable; \\n is a newline)",
     )
     group.add_argument("--seed", type=int, help="seed of branch 1; branch i uses seed+i-1 (default random)")
-    steer = gen.add_argument_group("steering")
-    steer.add_argument(
-        "--steer",
-        action="append",
-        default=[],
-        metavar="NAME[:STRENGTH][@LAYERS]",
-        help="add a steering vector (simlab steer list) times STRENGTH (default 1) at its blocks' "
-        "outputs, or at LAYERS (6-10, 4,6,8); repeatable: vectors add up",
-    )
-    steer.add_argument(
-        "--steer-positions",
-        choices=("all", "prompt", "reply"),
-        default="all",
-        help="where the vectors are added: every position (default, as llama.cpp and repeng), the "
-        "prompt's only, or the reply's only",
-    )
+    add_steer_flags(gen)
     add_model_flags(gen)
     add_trace_flags(gen).add_argument(
         "--trace-dir", default="traces", help="where generate writes trace files (default ./traces)"

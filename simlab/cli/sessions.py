@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -110,10 +111,14 @@ def _list(args: argparse.Namespace, store: SessionStore) -> int:
         return 0
     if not rows:
         print(f"no sessions in {store.folder}")
+    columns = shutil.get_terminal_size().columns  # (the first words cut to fit: no row wraps)
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.modified))
         flag = f"  ({r.problems} problem(s))" if r.problems else ""
-        print(f"{r.name:<28} {when}  {r.nodes:>5} nodes  {' '.join(r.first_text.split())[:40]}{flag}")
+        head = f"{r.name:<28} {when}  {r.nodes:>5} node{' ' if r.nodes == 1 else 's'}"
+        room = max(columns - len(head) - len(flag) - 3, 12)
+        words = " ".join(r.first_text.split())
+        print(f"{head}  {words if len(words) <= room else words[: room - 1] + '…'}{flag}".rstrip())
     return 0
 
 

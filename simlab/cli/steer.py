@@ -10,6 +10,7 @@ from pathlib import Path
 from simlab.cli.steer_derive import add_derive, cmd_derive
 from simlab.errors import SteerError
 from simlab.steer import library
+from simlab.steer.use import runs
 
 
 def add_command(commands) -> None:
@@ -68,14 +69,7 @@ def _origin(vector) -> dict:
 
 def _blocks(layers: list[int]) -> str:
     """4,5,6,9 -> 'blocks 4-6,9'."""
-    runs, start = [], None
-    for i, layer in enumerate(layers):
-        if start is None:
-            start = layer
-        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
-            runs.append(f"{start}" if start == layer else f"{start}-{layer}")
-            start = None
-    return ("block " if len(layers) == 1 else "blocks ") + ",".join(runs)
+    return ("block " if len(layers) == 1 else "blocks ") + runs(layers)
 
 
 def _show(args: argparse.Namespace) -> int:

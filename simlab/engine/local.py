@@ -91,12 +91,15 @@ class Engine:
         run.wanted = prefixes.usable(list(passes) if passes else None, len(ids))
         return run
 
-    def _forced(self, ids: list[int], start: int):
-        """One teacher-forced pass: the log-distributions at the positions that predict ids[start:]
-        (start >= 1), (T - start, V), and the log-probability of each of those tokens, (T - start,)."""
+    def _forced(self, ids: list[int], start: int, steering: Steering | None = None):
+        """One teacher-forced pass (steered at every position when `steering` is given): the
+        log-distributions at the positions that predict ids[start:] (start >= 1), (T - start, V),
+        and the log-probability of each of those tokens, (T - start,)."""
         if len(ids) > self.info.context_length:
             raise ContextLengthError(f"{len(ids)} tokens do not fit in {self.info.context_length}")
-        logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, start - 1 : -1]
+        adds = steering.adds(self.model.dtype, self.device) if steering else None
+        with self.steered.adding(adds):
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, start - 1 : -1]
         logprobs = logits.float().log_softmax(dim=-1)
         targets = torch.tensor(ids[start:], device=self.device).unsqueeze(-1)
         return logprobs, logprobs.gather(-1, targets).squeeze(-1)
@@ -106,12 +109,14 @@ class Engine:
         with torch.inference_mode():
             return self._forced(list(ids), 1)[1].tolist()
 
-    def score_tokens(self, ids: Sequence[int], start: int) -> list[TokenInfo]:
+    def score_tokens(
+        self, ids: Sequence[int], start: int, steering: Steering | None = None
+    ) -> list[TokenInfo]:
         """Teacher-forced: each token from `start` on with its log-probability given those before it
         and the model's best alternatives there, as a sampled reply records them."""
         ids, start = list(ids), max(start, 1)
         with torch.inference_mode():
-            logprobs, chosen = self._forced(ids, start)
+            logprobs, chosen = self._forced(ids, start, steering)
             values, best = best_of(logprobs, min(TOP_ALTERNATIVES, logprobs.shape[-1]))
         return [
             token_info(self.tokenizer, t, lp, i, v)

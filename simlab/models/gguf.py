@@ -234,11 +234,12 @@ def _sha256(path: Path) -> str:
 
 @contextmanager
 def stage(what: str, say: Callable[[str], None]) -> Iterator[None]:
-    """Announce a step; on a terminal, tick the elapsed seconds while it runs."""
+    """Announce a step; on a terminal, tick the elapsed seconds while it runs (not when `say` is not
+    live, `say.live = False`: a background load, whose steps the REPL shows in its own status line)."""
     started = time.monotonic()
     done = threading.Event()
     ticker = None
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and getattr(say, "live", True):
 
         def tick() -> None:
             while not done.wait(1.0):

@@ -90,6 +90,8 @@ def _bindings(editing: list[bool]):
     keys.add("escape", "right")(command("/next"))
     keys.add("escape", "up")(command("/up"))
     keys.add("escape", "down")(command("/down"))
+    keys.add("escape", "]")(command("/steer +"))  # the strength knob: the last vector's, a step
+    keys.add("escape", "[")(command("/steer -"))
 
     @keys.add("escape", "enter")
     def _newline(event) -> None:
@@ -122,6 +124,7 @@ def run_interactive(
                 chat.exit_app()  # a model that cannot load ends the chat now, not at the next message
 
         chat.loading.on_loaded(loaded)
+        chat.loading.on_status(prompt.app.invalidate)  # each step of the load, in the toolbar
 
     ctx = _context(chat, prompt, input, output)
     banner(chat, resumed, model)
@@ -265,8 +268,9 @@ def _no_echo():
         return None, None
 
 
-def farewell(chat: Chat) -> int:
-    """The closing line; the exit code (128 + the signal when one ended the REPL)."""
+def farewell(chat: Chat, reopen: str = "chat --resume") -> int:
+    """The closing line (how to open the session again: `simlab {reopen} NAME`); the exit code (128
+    + the signal when one ended the REPL)."""
     if chat.session.read_only:
         chat.view.note(f"session {chat.session.name} was open read-only: nothing was written to it")
     elif discarded(chat.session, chat.keeps_empty):
@@ -274,7 +278,7 @@ def farewell(chat: Chat) -> int:
     elif not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
         chat.view.note(
             f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
-            f"resume with: {invoked_as()} chat --resume {chat.session.name}"
+            f"resume with: {invoked_as()} {reopen} {chat.session.name}"
         )
     return 128 + chat.stopping if chat.stopping is not None else 0
 

@@ -16,6 +16,7 @@ from simlab.persona.library import find
 from simlab.repl.progress import LastReply
 from simlab.repl.saved import export, load, sessions
 from simlab.repl.state import SETTABLE, Chat
+from simlab.repl.steering import steer
 from simlab.repl.tokens import fork, token_lines
 from simlab.repl.view import Progress
 from simlab.repl.views import info_lines, params_text
@@ -72,8 +73,8 @@ def _help(chat: Chat, rest: str, ctx: Context) -> None:
     for c in COMMANDS.values():
         chat.view.say(f"  {f'/{c.name} {c.args}':<{width}}  {c.help}")
     chat.view.say("  Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line,")
-    chat.view.say("  Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or /quit")
-    chat.view.say("  leaves. //text sends /text.")
+    chat.view.say("  Alt+] Alt+[ steer stronger/weaker. Ctrl-C stops a reply (the partial reply is saved)")
+    chat.view.say("  or clears the line; Ctrl-D or /quit leaves. //text sends /text.")
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -209,6 +210,7 @@ def _edit(chat: Chat, rest: str, ctx: Context) -> None:
 def _persona(chat: Chat, rest: str, ctx: Context) -> None:
     """This path's user turns replayed under another persona, as a new branch (a new root)."""
     persona = find(_one(rest, "/persona NAME (see `simlab personas list`)"))
+    chat.session.check_writable()  # (read-only: refused before anything is said to change)
     turns = [n for n in chat.path() if n.role == "user"]
     chat.apply_persona(persona, persona.stop_strings)
     if not turns:
@@ -347,6 +349,12 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "trace", "on|off", "record the residual stream of each reply (see `simlab trace show`)", _trace
+        ),
+        Command(
+            "steer",
+            "NAME [STRENGTH] [@LAYERS]|+|-|off",
+            "steer replies with a vector (simlab steer list); + and - (Alt+] Alt+[) turn its strength",
+            lambda chat, rest, ctx: steer(chat, rest),
         ),
         Command("loom", "", "this session in the full-screen tree editor (q comes back here)", _loom),
         Command("quit", "", "leave (everything is already saved)", _quit),

@@ -10,12 +10,33 @@ from simlab.engine.protocol import Engine
 from simlab.errors import ModelFailed, SimlabError
 
 
-class Loading:
-    """An engine, or the future of one being loaded by another thread."""
+class Status:
+    """What the loading thread is doing, as the loader says it (`progress=`), kept for the status
+    line instead of written to the terminal under the prompt or the editor."""
 
-    def __init__(self, engine: Engine | Future):
+    live = False  # (models.gguf.stage: no ticking line on stderr)
+
+    def __init__(self):
+        self.text = ""
+        self.listeners: list[Callable[[], None]] = []
+
+    def __call__(self, message: str) -> None:
+        self.text = message.strip().removesuffix("...").strip()
+        for listener in self.listeners:
+            listener()
+
+
+class Loading:
+    """An engine, or the future of one being loaded by another thread (its steps in `status`)."""
+
+    def __init__(self, engine: Engine | Future, status: Status | None = None):
         self._engine = None if isinstance(engine, Future) else engine
         self._future = engine if isinstance(engine, Future) else None
+        self.status = status or Status()
+
+    def on_status(self, callback: Callable[[], None]) -> None:
+        """Call back (from the loading thread) each time the loader reports a step."""
+        self.status.listeners.append(callback)
 
     @property
     def ready(self) -> bool:

@@ -28,6 +28,23 @@ from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
 from simlab.session.views import said
 
+HELP = """\
+ ← h / → l   parent / child (the one last visited)
+ ↑ k / ↓ j   previous / next sibling
+ g           sample N continuations at the cursor (on a chat reply:
+             its alternatives);  + / -  change N
+ ] / [       steer stronger / weaker (/steer NAME puts a vector on)
+ a           write text of your own under the cursor
+ e           edit the current node (a new sibling; Ctrl-S saves)
+ t           token view: colours by probability; ← → between tokens
+ f, 1-9      fork at the token under the cursor with an alternative
+ s / m       split before that token / merge with the only child
+ b  *  !     bookmark ★, canonical ✓, hide/unhide; H shows hidden
+ space       fold the subtree;  mouse: click a node to go there
+ /           a REPL command: /set temperature 0.7, /export loom F
+ Ctrl-C      stop sampling (what came is saved)
+ q           quit (everything is saved as you go); ? or Esc closes"""
+
 
 @dataclass
 class Piece:
@@ -82,7 +99,7 @@ class Loom:
         """parent, child or a sibling, among the nodes the tree pane shows (hidden ones too with H)."""
         try:
             self.chat.session.move(where, include_hidden=self.show_hidden)
-            self.token_at = 0
+            self.token_at, self.message = 0, ""  # (what the last action did is said of another node)
         except TreeError as exc:
             self.say(str(exc))
 

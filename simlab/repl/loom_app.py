@@ -34,25 +34,11 @@ from prompt_toolkit.widgets import Frame, TextArea
 
 from simlab.errors import SimlabError
 from simlab.repl.app_exit import ends_on_signal
-from simlab.repl.loom import Loom
+from simlab.repl.loom import HELP, Loom
+from simlab.repl.screen import WordWrap
 from simlab.repl.state import Chat
+from simlab.repl.steering import STEP, nudge
 from simlab.repl.views import toolbar_text
-
-HELP = """\
- ← h / → l   parent / child (the one last visited)
- ↑ k / ↓ j   previous / next sibling
- g           sample N continuations at the cursor (on a chat reply: its
-             alternatives);  + / -  change N
- a           write text of your own under the cursor
- e           edit the current node (a new sibling; Ctrl-S saves, Esc cancels)
- t           token view: colours by probability; ← → move between tokens
- f, 1-9      fork at the token under the cursor with an alternative
- s / m       split before that token / merge with the only child
- b  *  !     bookmark ★, canonical ✓, hide/unhide;  H  show hidden nodes
- space       fold the subtree;  mouse: click a node in the tree to go there
- /           a REPL command: /set temperature 0.7, /seed 5, /export loom F
- Ctrl-C      stop sampling (what came is saved)
- q           quit (everything is saved as you go);  ? or Esc closes this"""
 
 STYLE = {
     "cursor": "reverse",
@@ -193,6 +179,11 @@ class LoomApp:
         container = self._layout()
         return Layout(container, focused_element=self.document_window)
 
+    def _words(self, text: str) -> str:
+        """Text laid out between words at the terminal's width (prompt-toolkit cuts words in two)."""
+        wrap = WordWrap(self._columns() - 1)
+        return wrap.feed(text) + wrap.end()
+
     def _layout(self):
         loom = self.loom
         tree = Window(
@@ -215,7 +206,7 @@ class LoomApp:
             Condition(lambda: bool(loom.sibling_lines())),
         )
         output = ConditionalContainer(
-            Window(FormattedTextControl(lambda: loom.output), height=Dimension(max=8), wrap_lines=True),
+            Window(FormattedTextControl(lambda: self._words(loom.output)), height=Dimension(max=8)),
             Condition(lambda: bool(loom.output)),
         )
         body = HSplit(
@@ -225,9 +216,8 @@ class LoomApp:
                 siblings,
                 output,
                 Window(
-                    FormattedTextControl(lambda: loom.message),
+                    FormattedTextControl(lambda: self._words(loom.message)),
                     height=Dimension(min=1, max=2),
-                    wrap_lines=True,
                 ),
                 ConditionalContainer(
                     Window(FormattedTextControl(loom.token_line), height=1, style="class:info"),
@@ -278,6 +268,8 @@ class LoomApp:
         key("g")(lambda e: loom.generate())
         key("+")(lambda e: self._children(1))
         key("-")(lambda e: self._children(-1))
+        key("]")(lambda e: loom.say(nudge(loom.chat, STEP)))  # the steering knob (/steer)
+        key("[")(lambda e: loom.say(nudge(loom.chat, -STEP)))
         key("t")(lambda e: self._tokens())
         key("f", filter=tokens)(lambda e: loom.fork_here())
         for digit in "123456789":
@@ -388,6 +380,7 @@ def run_loom(chat: Chat, children: int = 3, input=None, output=None) -> Loom:
     """Open the full-screen editor on the chat's session until the user quits; returns its state."""
     loom = Loom(chat, children)
     screen = LoomApp(loom, input=input, output=output)
+    chat.loading.on_status(loom.invalidate)  # each step of a load in the status line
     with ends_on_signal(chat, screen.app) as pre_run:  # SIGTERM or SIGHUP closes it, then the REPL
         screen.run(pre_run)
     loom.stop()

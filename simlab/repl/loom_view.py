@@ -19,6 +19,7 @@ class PaneView(LineView):
     def __init__(self, loom):
         super().__init__(io.StringIO(), color=False)
         self.loom = loom
+        self._doing: str | None = None  # the status line before a wait was added to it
 
     def clear(self) -> None:
         """A new job starts: the output pane empties."""
@@ -26,17 +27,31 @@ class PaneView(LineView):
         self.out.truncate()
         self.loom.output = ""
 
-    def say(self, text: str = "") -> None:
-        self.out.write(text + "\n")
+    def say(self, text: str = "", labels: bool = True) -> None:
+        self.out.write(text + "\n")  # (laid out by the pane, at its width)
         self.loom.output = self.out.getvalue().rstrip("\n")
         self.loom.invalidate()
 
     note = say
 
+    def waiting(self, text: str) -> None:
+        """On the status line, beside what the editor is doing, until the reply begins."""
+        self._doing = self._doing or self.loom.busy
+        self.loom.busy = f"{self._doing} ({text})"
+        self.loom.invalidate()
+
+    def turn(self, node: Node) -> None:
+        """(The panes show the current node: nothing to add.)"""
+
+    def path(self, last: int | None = None) -> None:
+        """(The text pane shows the path: nothing to add.)"""
+
     def progress(self, what: str, total: int) -> Busy:
         return Busy(self.loom, what, total)
 
     def begin(self, replies: Replies, head: str | None) -> None:
+        if self._doing:  # (a wait said on the status line has passed)
+            self.loom.busy, self._doing = self._doing, None
         self.loom.streams = [""] * len(replies.run.completions)
         self.loom.invalidate()
 

@@ -15,6 +15,7 @@ class Notes:
     _first_use = True  # the model's first use notes what it has (a chat template)
     _window_noted = False  # the context window note is shown once
     _save_failing = False
+    _told_own_turn = False  # moving to a turn of the user's says once what Enter and typing do there
 
     def _first_use_notes(self, engine: Engine) -> None:
         if not self._first_use:

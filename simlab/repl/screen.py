@@ -40,11 +40,15 @@ class LineView:
     def attach(self, chat) -> None:
         self.chat = chat
 
-    def say(self, text: str = "") -> None:
-        write(self.out, self.laid_out(text) + "\n")
+    def say(self, text: str = "", labels: bool = True) -> None:
+        """A line on `out` (labels: a line starting `key   value` goes on under its value)."""
+        write(self.out, self.laid_out(text, labels=labels) + "\n")
 
     def note(self, text: str) -> None:
         write(self.err, self.laid_out(self.style.dim(text), self.err) + "\n")
+
+    def waiting(self, text: str) -> None:
+        self.note(text)
 
     def progress(self, what: str, total: int) -> Waiting:
         return Waiting(what, total, stream=self.err)
@@ -82,14 +86,19 @@ class LineView:
             return
         siblings = self.chat.tree.siblings(node.id)
         where = self.style.dim(f" [{self.chat.place(node)}]") if len(siblings) > 1 else ""
-        self.say(self.turn_text(node) + self.ending(node) + where)
+        self.say(self.turn_text(node) + self.ending(node) + where, labels=False)
 
-    def laid_out(self, text: str, stream: TextIO | None = None) -> str:
-        """Text as a terminal shows it: broken between words at its width (elsewhere as it is)."""
+    def laid_out(self, text: str, stream: TextIO | None = None, labels: bool = False) -> str:
+        """Text as a terminal shows it: broken between words at its width, a line that starts with a
+        label in its column (`model     …`) going on under the label's text (elsewhere as it is)."""
         if not is_terminal(stream or self.out):
             return text
-        wrap = WordWrap(shutil.get_terminal_size().columns)
-        return wrap.feed(text) + wrap.end()
+        lines = []
+        for line in text.split("\n"):
+            label = re.match(r" *\S+ {2,}(?=\S)", _ESCAPE.sub("", line)) if labels else None
+            wrap = WordWrap(shutil.get_terminal_size().columns, indent=label.end() if label else 0)
+            lines.append(wrap.feed(line) + wrap.end())
+        return "\n".join(lines)
 
     def path(self, last: int | None = None) -> None:
         """The path's last turns (all without `last`), a split turn as one line."""
@@ -99,7 +108,7 @@ class LineView:
                 self.turn(group[0])
                 continue
             whole = replace(group[-1], text="".join(n.text for n in group), tags=frozenset())
-            self.say(self.turn_text(whole) + self.ending(whole))
+            self.say(self.turn_text(whole) + self.ending(whole), labels=False)
 
     # -- a reply as it is decoded -----------------------------------------------------------------
     def begin(self, replies: Replies, head: str | None) -> None:
@@ -143,6 +152,9 @@ class LineView:
         else:
             ended = [f" [{c.finish_reason}]" for c in completions if c.tokens or c.text]
             tail = "".join(map(self.style.dim, ended[:1])) if outcome == "ended" else ""
+            siblings = len(self.chat.tree.children(replies.parent_id)) + 1  # (with this one, once saved)
+            if tail and siblings > 1:
+                tail += self.style.dim(f" [{siblings}/{siblings}]")
         wrap, self._wrap = self._wrap, None
         write(self.out, (wrap.end(tail) if wrap is not None else tail) + "\n")
 
@@ -189,8 +201,9 @@ class WordWrap:
     space kept there would take a row of its own after a full line). Only line breaks change; a
     word is held until a space or line end shows it is whole, spaces until the next word fits."""
 
-    def __init__(self, width: int, column: int = 0):
+    def __init__(self, width: int, column: int = 0, indent: int = 0):
         self.width, self.column, self.word, self.space = max(width, 10), column, "", ""
+        self.indent = indent if indent < self.width // 2 else 0  # where a broken line's rest starts
 
     def feed(self, text: str) -> str:
         out = []
@@ -220,8 +233,8 @@ class WordWrap:
         wide, space = width_of(word), self.space
         self.space = ""
         if self.column > 0 and self.column + len(space) + wide > self.width:
-            self.column = wide % self.width
-            return "\n" + word
+            self.column = (self.indent + wide) % self.width
+            return "\n" + " " * self.indent + word
         self.column += len(space) + wide
         return space + word
 

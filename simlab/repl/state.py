@@ -23,6 +23,7 @@ from simlab.repl.view import View
 from simlab.session.started import persona_at, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
+from simlab.steer.use import steering_of
 from simlab.turns import (
     Replies,
     has_output,
@@ -65,6 +66,8 @@ class Chat(Notes):
         if tracer is not None:  # what it says goes where the chat's notes go (the Loom's pane too)
             tracer.say = lambda text: self.view.note(text)
         self.running = None  # the Run being decoded (another thread may interrupt it)
+        self.steer_uses: list = []  # steer.use.Use: the vectors replies are steered with (/steer)
+        self.steer_positions = "all"
         self.broken_pipe = False  # stdout was closed under a reply: the reply is saved, then the REPL ends
         self.stopping: int | None = None  # the signal (SIGTERM, SIGHUP) that asked the REPL to end
         self.interruptible = False  # True while a signal may cut in (while decoding, reading a line)
@@ -95,7 +98,7 @@ class Chat(Notes):
     def engine(self) -> Engine:
         """The engine; while it loads in the background, the first use waits for it."""
         if self.loading.loading:
-            self.view.note("(the model is still loading; the reply starts when it is ready)")
+            self.view.waiting("the model is still loading; the reply starts when it is ready")
         self.interruptible = True
         try:
             engine = self.loading.engine()
@@ -103,6 +106,11 @@ class Chat(Notes):
             self.interruptible = False
         self._first_use_notes(engine)
         return engine
+
+    @property
+    def steering(self):
+        """What the next reply adds to the residual stream (engine.steering.Steering), or None."""
+        return steering_of(self.steer_uses, self.engine, self.steer_positions) if self.steer_uses else None
 
     def interrupt(self) -> bool:
         """Stop what runs (from another thread): the reply being decoded (what came is saved), or
@@ -186,7 +194,7 @@ class Chat(Notes):
         self.session.check_writable()  # (a read-only session: say so before sampling, not after)
         params = self.params.with_overrides(seed=self.seeds.take(n))
         at = {"persona": self.persona_name(), "tracer": self.tracer, "on_fit": self._note_window}
-        return start_replies(self.engine, self.session, parent_id, params, n, **at)
+        return start_replies(self.engine, self.session, parent_id, params, n, steering=self.steering, **at)
 
     def reply(self, parent_id: str, n: int = 1) -> list[Node]:
         """Sample n replies under parent_id (one streamed after its label), save them, move to the
@@ -206,13 +214,23 @@ class Chat(Notes):
             raise SimlabError("/continue needs a model reply under the cursor")
         self.session.check_writable()
         params = self.params.with_overrides(seed=self.seeds.take(1))
-        replies = start_continuation(self.engine, self.session, node, params, on_fit=self._note_window)
-        [new] = self._finish(
-            replies, self.view.head(node.role, node.speaker) + node.text, keep=lambda c: True
+        replies = start_continuation(
+            self.engine, self.session, node, params, on_fit=self._note_window, steering=self.steering
         )
-        self.session.goto(new.id)
+        head = self.view.head(node.role, node.speaker) + node.text
+        added = self._finish(replies, head, keep=lambda c: bool(c.text.strip()))
         self._check_pipe()
-        return new
+        if not added:  # (a copy of the reply would be a sibling saying nothing new)
+            cut = replies.run.completions[0].finish_reason == "interrupted"
+            why = (
+                "interrupted before the first token"
+                if cut
+                else "the model adds nothing: it ends the reply again"
+            )
+            self.view.note(f"({why}; nothing saved)")
+            return node
+        self.session.goto(added[0].id)
+        return added[0]
 
     def _finish(self, replies: Replies, head: str | None, keep=has_output) -> list[Node]:
         """Decode (streaming after head), save what came, and say what went wrong on the way."""
@@ -280,7 +298,9 @@ class Chat(Notes):
         node = self.cursor
         self.session.check_writable()
         params = self.params.with_overrides(seed=self.seeds.take(1))
-        replies = start_fork(self.engine, self.session, node, at, chosen, choice, params, self._note_window)
+        replies = start_fork(
+            self.engine, self.session, node, at, chosen, choice, params, self._note_window, self.steering
+        )
         [new] = self._finish(replies, self._head(node.speaker) + replies.forces.text, keep=lambda c: True)
         self.session.goto(new.id)
         self._check_pipe()
@@ -309,6 +329,11 @@ class Chat(Notes):
         except TreeError as exc:
             raise SimlabError(str(exc)) from None
         self.view.turn(node)
+        if node.role == "user" and not self._told_own_turn:  # (said once: what Enter and typing do here)
+            self._told_own_turn = True
+            self.view.note(
+                "(at a turn of yours: Enter samples a reply to it; what you type is a 2nd turn of yours)"
+            )
         return node
 
     def edit(self, text: str) -> Node:

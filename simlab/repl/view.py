@@ -33,6 +33,9 @@ class View(Protocol):
     def note(self, text: str) -> None:
         """A remark beside the conversation: what happened, what failed, what to do."""
 
+    def waiting(self, text: str) -> None:
+        """A wait that passes (the model is still loading): shown while it lasts, where it can go."""
+
     def head(self, role: str, speaker: str | None, framing: Framing | None = None) -> str:
         """What a turn's text follows on this face (its label as the template writes it)."""
 

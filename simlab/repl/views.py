@@ -8,6 +8,7 @@ import shutil
 from simlab.engine.prefix import unpack
 from simlab.errors import SimlabError
 from simlab.repl.state import Chat
+from simlab.repl.steering import describe
 
 
 def kernel_text() -> str:
@@ -111,7 +112,9 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
     if not chat.loading.ready:
         if chat.loading.failed:  # the first use says why
             return f" the model did not load (the next reply says why) · {chat.persona_name()} "
-        return f" loading the model… · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
+        step = chat.loading.status.text
+        doing = f"loading the model: {step}" if step else "loading the model…"
+        return f" {doing} · {chat.persona_name()} · T {p.temperature} top-p {p.top_p} "
     info = chat.engine.info
     try:
         depth, i, n = chat.position()
@@ -128,6 +131,7 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
         (6, info.device),
         (3, chat.persona_name() or ""),
         (2, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
+        (0, describe(chat) if chat.steer_uses else ""),
         (0, where),
         (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
         (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),

@@ -20,7 +20,7 @@ import orjson
 from simlab.errors import SessionError, TreeError
 from simlab.session.tree import Node, Tree
 
-SCHEMA = 6
+SCHEMA = 7
 # Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: lambda record: record,  # 2 added the optional `framing` of frame nodes; 1 files render as before
@@ -28,6 +28,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     3: lambda record: record,  # 4 added the optional `weights` (int8/int4) of replies
     4: lambda record: record,  # 5 added the optional `prefill` (the passes a reply's prompt went in)
     5: lambda record: record,  # 6 added `settings` records (/set and /seed) and replies' `forced` (/fork)
+    6: lambda record: record,  # 7 added replies' `steer` (the steering vectors they were sampled with)
 }
 
 

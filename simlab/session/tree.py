@@ -66,6 +66,9 @@ class Node:
     # On a reply branched at a token (/fork): {"from": the reply, "at": token position, "tokens": how
     # many of token_ids were forced (the rest were sampled with params and seed), "choice": which}.
     forced: dict[str, Any] | None = None
+    # On a steered reply (engine.steering): {"terms": [{"vector", "sha256", "strength", "blocks"}, ...],
+    # "positions": "all" | "prompt" | "reply"}; replay adds the same vectors again.
+    steer: dict[str, Any] | None = None
     # On a node read from a Loom file (session.loom): what the file held that simlab does not use,
     # written back on export as it came.
     loom: dict[str, Any] | None = None
@@ -152,6 +155,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "backend": (dict,),
     "edited_from": (str,),
     "forced": (dict,),
+    "steer": (dict,),
     "loom": (dict,),
     "hidden": (bool,),
     "token_ids": (list, tuple),

@@ -1,20 +1,49 @@
-"""`--steer NAME[:STRENGTH][@LAYERS]` (repeatable) -> the Steering a run adds, each vector read from
-the library (or a file), checked against the model, cut to the blocks asked for."""
+"""`--steer NAME[:STRENGTH][@LAYERS]` (repeatable) and `/steer` -> the Steering a run adds: each
+vector read from the library (or a file) when the flag is read, checked against the model and cut
+to the blocks asked for when a run starts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from simlab.engine.steering import POSITIONS, Steering, Term
 from simlab.errors import SteerError, needs_local
 from simlab.steer import library
-from simlab.steer.vector import parse_use
+from simlab.steer.vector import SteerVector, parse_use
 
 
-def steering_for(specs: Sequence[str], engine, positions: str = "all") -> Steering | None:
-    """The Steering of the --steer flags on `engine`'s model (None without any); a vector made for
-    another model, a block it has no direction for, or a server is refused in one line."""
-    if not specs:
+@dataclass(frozen=True)
+class Use:
+    """One vector as the user asked for it: its name, strength and blocks (None: all it has)."""
+
+    name: str
+    strength: float
+    blocks: tuple[int, ...] | None
+    vector: SteerVector
+
+    def label(self) -> str:
+        """As --steer writes it: `keeper:2@12`, `keeper:0.5@10-12`."""
+        blocks = f"@{runs(self.blocks)}" if self.blocks is not None else ""
+        return f"{self.name}:{self.strength:g}{blocks}"
+
+    def at(self, strength: float) -> Use:
+        return replace(self, strength=strength)
+
+
+def uses_of(specs: Sequence[str]) -> list[Use]:
+    """Each spec read and its vector file checked (no model needed yet)."""
+    uses = []
+    for spec in specs:
+        name, strength, blocks = parse_use(spec)
+        uses.append(Use(name, strength, blocks, library.find(name)))
+    return uses
+
+
+def steering_of(uses: Sequence[Use], engine, positions: str = "all") -> Steering | None:
+    """What a run on `engine` adds for these uses (None for none); a vector made for another model,
+    a block it has no direction for, or a server is refused in one line."""
+    if not uses:
         return None
     if not engine.capabilities.local:
         raise needs_local(
@@ -25,16 +54,55 @@ def steering_for(specs: Sequence[str], engine, positions: str = "all") -> Steeri
         raise SteerError(f"--steer-positions {positions}: use one of {', '.join(POSITIONS)}")
     info = engine.info
     terms = []
-    for spec in specs:
-        name, strength, blocks = parse_use(spec)
-        vector = library.find(name)
+    for use in uses:
+        vector = use.vector
         vector.fit(info.layers, info.hidden_size, info.name)
-        chosen = vector.layers if blocks is None else list(blocks)
+        chosen = vector.layers if use.blocks is None else list(use.blocks)
         missing = [b for b in chosen if b not in vector.directions]
         if missing:
             raise SteerError(
-                f"--steer {spec}: {name} has no direction for block {missing[0]} (it has "
+                f"--steer {use.label()}: {use.name} has no direction for block {missing[0]} (it has "
                 f"{', '.join(map(str, vector.layers))})"
             )
-        terms.append(Term(name, vector.digest, strength, {b: vector.directions[b] for b in chosen}))
+        terms.append(Term(use.name, vector.digest, use.strength, {b: vector.directions[b] for b in chosen}))
     return Steering(tuple(terms), positions)
+
+
+def steering_recorded(record: dict | None, engine) -> Steering | None:
+    """The Steering a node records (`steer`), again: each vector found by its name in the library
+    (or its path) and checked to be the very one by its sha256, so a replay adds what the reply had."""
+    if not record:
+        return None
+    terms = []
+    for term in record.get("terms") or ():
+        name = str(term.get("vector", ""))
+        try:
+            vector = library.find(name)
+        except SteerError as exc:
+            raise SteerError(f"this reply was steered with {name!r}, which is not here: {exc}") from None
+        if vector.digest != term.get("sha256"):
+            raise SteerError(
+                f"this reply was steered with a vector {name!r} whose directions differ from the one "
+                f"now called {name!r} (sha256 {str(term.get('sha256'))[:12]} vs {vector.digest[:12]}); "
+                "put the original back in the library to replay it"
+            )
+        blocks = [int(b) for b in term.get("blocks") or vector.layers]
+        use = Use(name, float(term.get("strength", 1.0)), tuple(blocks), vector)
+        terms.extend(steering_of([use], engine, "all").terms)
+    return Steering(tuple(terms), str(record.get("positions", "all")))
+
+
+def steering_for(specs: Sequence[str], engine, positions: str = "all") -> Steering | None:
+    """The Steering of the --steer flags on `engine`'s model (None without any)."""
+    return steering_of(uses_of(specs), engine, positions)
+
+
+def runs(blocks: Sequence[int]) -> str:
+    """(4, 5, 6, 9) -> '4-6,9'."""
+    runs, start = [], None
+    for i, block in enumerate(blocks):
+        start = block if start is None else start
+        if i + 1 == len(blocks) or blocks[i + 1] != block + 1:
+            runs.append(f"{start}" if start == block else f"{start}-{block}")
+            start = None
+    return ",".join(runs)

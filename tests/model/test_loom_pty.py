@@ -91,6 +91,8 @@ def test_a_document_grows_branches_and_comes_back_as_it_was(tmp_path, tiny_dir):
     assert "Once upon a time" in resized
     term.keys("q")
     term.child.expect(pexpect.EOF)
+    said = "\n".join(term.screen.display) + term.child.before  # (what the last keys' read took, and after)
+    assert "saved: session tale" in said and "loom tale" in said  # how to open it again
 
     saved = records(tmp_path)
     nodes = {r["node"]["id"]: r["node"] for r in saved if r["type"] == "node"}

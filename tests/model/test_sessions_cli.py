@@ -200,3 +200,19 @@ def test_replay_with_a_bad_override_fails_before_loading(capsys, store, tiny_eng
     chat(tiny_engine, store, turns=1, n=1)
     code, _, err = run_cli(capsys, "replay", "chat", "--top-p", "7")
     assert code == 2 and "top_p=7.0 is invalid" in err
+
+
+def test_sessions_list_fits_the_terminal_and_counts_nodes_right(capsys, store, monkeypatch):
+    import os
+
+    from simlab.persona.schema import Persona
+    from simlab.turns import start_session
+
+    long = Persona(name="p", frame="What is the cleverest thing an octopus has ever done in your lab " * 3)
+    session = start_session(store, long, "one")
+    session.add_child(session.tree.cursor, "user", "What is the cleverest thing an octopus has ever done? " * 3)
+    session.close()
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((80, 24)))
+    code, out, _ = run_cli(capsys, "sessions", "list", "--sessions-dir", store.folder)
+    [row] = out.splitlines()
+    assert code == 0 and len(row) <= 80 and row.endswith("…") and "    2 nodes  What is" in row

@@ -105,7 +105,8 @@ def test_derive_end_to_end_writes_a_vector_and_a_session(capsys, tmp_path, tiny_
     turns = tmp_path / "turns.txt"
     turns.write_text("Where were you?\n\nWhat now?\n")
     model = tiny_llama_style(tmp_path / "m", "llama", tiny_dir)  # (a context of 256 tokens)
-    (tmp_path / "calm.yaml").write_text("name: calm\nframe: A quiet talk.\nspeakers: {user: Ann, model: Bo}\n")
+    calm = "name: calm\nframe: A quiet talk.\nspeakers: {user: Ann, model: Bo}\n"
+    (tmp_path / "calm.yaml").write_text(calm)
     (tmp_path / "loud.yaml").write_text("name: loud\nframe: SHOUTING!\nspeakers: {user: Ann, model: Max}\n")
     args = ["steer", "derive", "v", "--from", tmp_path / "calm.yaml", "--to", tmp_path / "loud.yaml"]
     args += ["--model", model]

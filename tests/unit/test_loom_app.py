@@ -367,8 +367,9 @@ def test_a_split_reply_reads_as_one_turn_in_sessions_show_markdown_and_the_trees
 
 
 def test_g_while_the_model_loads_says_so_in_the_editor_not_on_the_terminal_under_it(fake_engine, store):
-    """The chat's notes (here: the model is still loading) once went to the line REPL's stderr,
-    under the full-screen editor; they go to the editor's output pane, and the line stays empty."""
+    """The chat's notes once went to the line REPL's stderr, under the full-screen editor. The wait
+    for a model still loading is said on the status line while it lasts (not left behind in the
+    output pane), and nothing reaches the line REPL's streams."""
     from concurrent.futures import Future
 
     loading: Future = Future()
@@ -379,12 +380,15 @@ def test_g_while_the_model_loads_says_so_in_the_editor_not_on_the_terminal_under
     fake_engine.enqueue([" tall"])
     assert loom.generate()
     deadline = time.monotonic() + 10
-    while "still loading" not in loom.output and time.monotonic() < deadline:
+    while "still loading" not in (loom.busy or "") and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert loom.busy == "sampling 1 (the model is still loading; the reply starts when it is ready)"
     loading.set_result(fake_engine)
     loom.wait()
-    assert "still loading" in loom.output and line.getvalue() == ""
+    assert line.getvalue() == "" and "still loading" not in loom.output + loom.message
     assert loom.message.startswith("1 saved") and chat.cursor.text == " tall"
+    loom.move("parent")
+    assert loom.message == ""  # what g did is not said of another node
     loom.close()
     chat.view.note("after")  # the editor closed: the line REPL's view again
     assert line.getvalue() == "after\n"
@@ -392,7 +396,7 @@ def test_g_while_the_model_loads_says_so_in_the_editor_not_on_the_terminal_under
 
 def test_a_persona_replay_in_the_editor_counts_its_replies_on_the_status_line(fake_engine, store):
     """/persona from the editor: the replay's progress is the status line's (no progress bar drawn on
-    the terminal under it), the replayed path is said in the output pane."""
+    the terminal under it); the replayed path is the text pane's, not repeated in the output pane."""
     persona = Persona(name="duo", frame="Two talk.\n\n", user="Ann", model="Bo", sampling={"max_tokens": 20})
     line = io.StringIO()
     session = start_session(store, persona, "duo")
@@ -408,7 +412,8 @@ def test_a_persona_replay_in_the_editor_counts_its_replies_on_the_status_line(fa
     assert loom.command("/persona stage-play")
     loom.wait()
     assert "replies under stage-play 0/2" in busy and "replies under stage-play 2/2" in busy
-    assert "replaying 2 user turn(s) under stage-play" in loom.output and "So." in loom.output
+    assert "replaying 2 user turn(s) under stage-play" in loom.output
+    assert "So." not in loom.output and "Two talk" not in loom.output  # the text pane shows the path
     assert line.getvalue() == "" and chat.cursor.text == "So." and loom.busy is None
 
 

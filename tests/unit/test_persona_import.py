@@ -356,8 +356,9 @@ def test_a_name_taken_is_refused_by_both_imports_with_the_way_out(tmp_path, caps
     assert run_cli(capsys, "personas", "import", card, "--name", "vell2")[0] == 0
 
     loom = write(tmp_path, "story.json", json.dumps({"root": {"text": "Once", "children": []}}))
-    assert run_cli(capsys, "sessions", "import", loom)[0] == 0
-    code, _, err = run_cli(capsys, "sessions", "import", loom)
+    folder = ["--sessions-dir", tmp_path / "sessions"]
+    assert run_cli(capsys, "sessions", "import", loom, *folder)[0] == 0
+    code, _, err = run_cli(capsys, "sessions", "import", loom, *folder)
     assert code == 2 and "session 'story' already exists" in err and "--name NAME" in err
-    code, out, _ = run_cli(capsys, "sessions", "import", loom, "--name", "story-again")
+    code, out, _ = run_cli(capsys, "sessions", "import", loom, "--name", "story-again", *folder)
     assert code == 0 and "as session 'story-again'" in out

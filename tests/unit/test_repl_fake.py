@@ -15,6 +15,7 @@ from simlab.repl.app import run_interactive, run_script
 from simlab.repl.commands import handle
 from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
+from simlab.repl.views import toolbar_text
 from simlab.session.store import SessionStore
 
 PERSONA = Persona(
@@ -590,3 +591,82 @@ def test_leaving_a_read_only_session_says_nothing_was_written(fake_engine, store
     assert farewell(viewer) == 0
     shown = viewer.view.out.getvalue()
     assert "was open read-only: nothing was written to it" in shown and "saved: session" not in shown
+
+
+def test_continue_where_the_model_adds_nothing_saves_no_copy(fake_engine, store):
+    """/continue on a reply that ended at its stop: the model ends it again at once; a sibling with
+    the same text would say nothing new, so none is saved and the screen says why."""
+    chat = new_chat(fake_engine.enqueue([" Fine.", ""]), store)
+    [reply] = chat.user_turn("hello")
+    count = len(chat.tree.nodes)
+    assert chat.continue_reply() is reply and len(chat.tree.nodes) == count
+    assert "(the model adds nothing: it ends the reply again; nothing saved)" in chat.view.out.getvalue()
+
+
+def test_a_reply_streamed_beside_others_says_its_place_and_a_turn_of_yours_says_what_enter_does(
+    fake_engine, store
+):
+    chat = new_chat(fake_engine.enqueue([" One.", " Two."]), store)
+    chat.user_turn("hello")
+    chat.regen()
+    assert chat.view.out.getvalue().rstrip().endswith("Bo: Two. [eos] [2/2]")
+    handle(chat, "/up")
+    handle(chat, "/down")
+    handle(chat, "/up")
+    told = "(at a turn of yours: Enter samples a reply to it; what you type is a 2nd turn of yours)"
+    assert chat.view.out.getvalue().count(told) == 1  # said once
+
+
+def test_persona_in_a_read_only_session_is_refused_before_anything_is_said(fake_engine, store):
+    chat = new_chat(fake_engine, store)
+    chat.user_turn("hello")
+    chat.session.close()
+    viewer = Chat(
+        fake_engine,
+        store,
+        store.open(chat.session.name, read_only=True),
+        PERSONA,
+        chat.params,
+        LineView(io.StringIO()),
+    )
+    with pytest.raises(SimlabError, match="read-only"):
+        handle(viewer, "/persona interview")
+    assert viewer.view.out.getvalue() == "" and viewer.persona.name == "duo"
+
+
+def test_the_models_load_steps_go_to_the_status_line_not_under_the_prompt(
+    fake_engine, store, capsys, monkeypatch
+):
+    """A background load's steps (a GGUF's conversion) are the toolbar's, not lines on the terminal."""
+    from concurrent.futures import Future
+
+    from simlab.models import gguf
+    from simlab.repl.loading import Loading, Status
+
+    status = Status()
+    seen = []
+    loading = Loading(Future(), status)
+    loading.on_status(lambda: seen.append(status.text))
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    with gguf.stage("reading the GGUF metadata", status):
+        pass
+    assert capsys.readouterr().err == ""  # no ticking line written under the prompt
+    assert seen[0] == "reading the GGUF metadata" and seen[-1].startswith(
+        "reading the GGUF metadata: done in"
+    )
+    chat = Chat(
+        loading, store, store.create("l"), PERSONA, PERSONA.sampling_params(), LineView(io.StringIO())
+    )
+    assert toolbar_text(chat, 200).startswith(" loading the model: reading the GGUF metadata: done in")
+
+
+def test_a_line_with_a_label_goes_on_under_its_value_on_a_terminal(fake_engine, store, monkeypatch):
+    import os
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((30, 24)))
+    view = LineView(Terminal())
+    view.say("sampling  temperature 0.9 top_p 0.95 repetition_penalty 1.0")
+    assert (
+        view.out.getvalue()
+        == "sampling  temperature 0.9\n          top_p 0.95\n          repetition_penalty\n          1.0\n"
+    )

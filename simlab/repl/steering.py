@@ -1,0 +1,72 @@
+"""`/steer`: the steering vectors the chat's replies are sampled with (each reply records them), and
+the strength knob: `/steer +` and `/steer -` (Alt+] and Alt+[ at the prompt, ] and [ in the Loom
+editor) move the last vector's strength by a step."""
+
+from __future__ import annotations
+
+import math
+
+from simlab.errors import SteerError
+from simlab.steer.use import steering_of, uses_of
+
+STEP = 0.25
+USAGE = "usage: /steer NAME [STRENGTH] [@LAYERS] ..., /steer + or -, /steer off (vectors: simlab steer list)"
+
+
+def steer(chat, rest: str) -> None:
+    """/steer shows what is on; /steer off; /steer + or -; /steer NAME [STRENGTH] [@LAYERS] [NAME ...]
+    (or NAME:STRENGTH@LAYERS) puts those vectors on, replacing the ones before."""
+    words = rest.split()
+    if not words:
+        chat.view.note(
+            describe(chat) + "; /steer off stops it" if chat.steer_uses else "no steering; " + USAGE
+        )
+        return
+    if words == ["off"]:
+        chat.steer_uses = []
+        chat.view.note("steering off: replies from here are not steered")
+        return
+    if words in (["+"], ["-"]):
+        chat.view.note(nudge(chat, STEP if words == ["+"] else -STEP))
+        return
+    uses = uses_of(_specs(words))
+    steering_of(uses, chat.engine, chat.steer_positions)  # (checked against the model now, not at the reply)
+    chat.steer_uses = uses
+    chat.view.note(describe(chat) + ": replies from here are steered (each records it)")
+
+
+def _specs(words: list[str]) -> list[str]:
+    """`keeper 2 @12 noir -1` -> ["keeper:2@12", "noir:-1"]; `keeper:2@12` stays as it is."""
+    specs: list[str] = []
+    for word in words:
+        if word.startswith("@") and specs and "@" not in specs[-1]:
+            specs[-1] += word
+        elif _number(word) and specs and ":" not in specs[-1] and "@" not in specs[-1]:
+            specs[-1] += f":{word}"
+        elif _number(word) or word.startswith("@"):
+            raise SteerError(f"/steer {' '.join(words)}: {word!r} has no vector before it; {USAGE}")
+        else:
+            specs.append(word)
+    return specs
+
+
+def _number(word: str) -> bool:
+    try:
+        return math.isfinite(float(word))
+    except ValueError:
+        return False
+
+
+def nudge(chat, by: float) -> str:
+    """The last vector's strength moved by `by`; what it is now."""
+    if not chat.steer_uses:
+        return "no steering to turn: /steer NAME STRENGTH puts a vector on"
+    last = chat.steer_uses[-1]
+    chat.steer_uses = [*chat.steer_uses[:-1], last.at(round(last.strength + by, 6))]
+    return describe(chat)
+
+
+def describe(chat) -> str:
+    """`steer keeper:2@12` (and where, unless at every position)."""
+    where = f" ({chat.steer_positions} positions only)" if chat.steer_positions != "all" else ""
+    return "steer " + " + ".join(use.label() for use in chat.steer_uses) + where

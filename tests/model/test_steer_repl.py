@@ -1,0 +1,113 @@
+"""Steering in the chat: /steer and its knob, --steer on `chat`, each reply recording the vectors it
+was steered with, and replay adding them again (or saying why it cannot)."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from simlab.errors import SteerError
+from simlab.persona.schema import Persona
+from simlab.repl.commands import handle
+from simlab.repl.screen import LineView
+from simlab.repl.state import Chat
+from simlab.repl.views import toolbar_text
+from simlab.replay import check_path, replay_branch
+from simlab.steer import library
+from simlab.steer.vector import SteerVector
+
+PERSONA = Persona(name="tiny", frame="A chat.\n\n", user="User", model="Bot", sampling={"max_tokens": 8})
+
+
+def put(name: str, seed: int = 0, scale: float = 6.0) -> SteerVector:
+    rng = np.random.default_rng(seed)
+    vector = SteerVector({1: (scale * rng.standard_normal(32)).astype(np.float32)}, {"name": name})
+    vector.write(library.folder() / f"{name}.gguf")
+    return vector
+
+
+@pytest.fixture
+def chat(tiny_engine, store):
+    out = io.StringIO()
+    return Chat.new(tiny_engine, store, PERSONA, PERSONA.sampling_params(seed=4), LineView(out))
+
+
+def test_steer_puts_a_vector_on_each_reply_records_it_and_the_knob_turns_it(chat):
+    vector = put("v")
+    [plain] = chat.user_turn("hello there")
+    handle(chat, "/steer v 3 @1")
+    assert "steer v:3@1: replies from here are steered" in chat.view.out.getvalue()
+    assert "steer v:3@1" in toolbar_text(chat, 200)
+    [steered] = chat.regen()
+    assert steered.seed == plain.seed + 1 and plain.steer is None
+    assert steered.steer == {
+        "terms": [{"vector": "v", "sha256": vector.digest, "strength": 3.0, "blocks": [1]}],
+        "positions": "all",
+    }
+    handle(chat, "/steer +")
+    assert [u.strength for u in chat.steer_uses] == [3.25] and "steer v:3.25@1" in toolbar_text(chat, 200)
+    handle(chat, "/steer off")
+    [after] = chat.regen()
+    assert after.steer is None and not chat.steer_uses
+
+
+def test_a_steered_reply_replays_exactly_and_differs_from_its_seed_unsteered(chat, tiny_engine):
+    put("v")
+    handle(chat, "/steer v:4")
+    [steered] = chat.user_turn("hello there")
+    [check] = check_path(tiny_engine, chat.session, chat.tree.path(steered.id))
+    assert check.reproduced, check
+    unsteered = chat.session.tree.get(steered.id)
+    handle(chat, "/steer off")
+    chat.session.goto(steered.parent)
+    chat.seeds.next = steered.seed  # the same seed, no vector
+    [plain] = chat.regen()
+    assert plain.token_ids != unsteered.token_ids
+    [again] = replay_branch(tiny_engine, chat.session, chat.tree.path(steered.id), {})
+    assert again.token_ids == steered.token_ids and again.steer == steered.steer
+
+
+def test_replay_refuses_a_vector_that_changed_under_its_name(chat, tiny_engine):
+    put("v")
+    handle(chat, "/steer v:4")
+    [steered] = chat.user_turn("hello there")
+    put("v", seed=1)  # another vector now called v
+    with pytest.raises(SteerError, match="whose directions differ from the one now called 'v'"):
+        check_path(tiny_engine, chat.session, chat.tree.path(steered.id))
+
+
+def test_bad_steer_commands_are_one_line_each(chat):
+    put("v")
+    for line, wanted in (
+        ("/steer nope", "no steering vector 'nope'"),
+        ("/steer 2", "'2' has no vector before it"),
+        ("/steer v@7", "has no direction for block 7"),
+        ("/steer -", "no steering to turn"),
+    ):
+        try:
+            handle(chat, line)
+        except SteerError as exc:
+            assert wanted in str(exc) and "\n" not in str(exc), line
+        else:
+            assert wanted in chat.view.out.getvalue(), line
+    assert not chat.steer_uses
+
+
+def test_chat_steer_flag_steers_a_piped_chat_and_replay_reproduces_it(
+    capsys, monkeypatch, tiny_dir, tmp_path
+):
+    put("v")
+    folder = ["--sessions-dir", tmp_path / "s"]
+    (tmp_path / "p.yaml").write_text("name: p\nframe: A chat.\nspeakers: {user: Ann, model: Bo}\n")
+    flags = ["--model", tiny_dir, "--persona", tmp_path / "p.yaml", "--max-tokens", "6", "--seed", "2"]
+    flags += ["--session", "st", *folder]
+    code, out, err = run_cli(
+        capsys, "chat", "--steer", "v:3", *flags, stdin="hello\n", monkeypatch=monkeypatch
+    )
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "replay", "st", *folder)  # (the model the session records)
+    assert code == 0 and "reproduced" in out + err, out + err
+    flags[-3] = "other"  # (a new session: st exists)
+    code, _, err = run_cli(capsys, "chat", "--steer", "nope", *flags, stdin="hi\n", monkeypatch=monkeypatch)
+    assert code == 2 and "no steering vector 'nope'" in err
