@@ -8,13 +8,13 @@ from simlab.engine.params import SamplingParams
 from simlab.engine.prefix import unpack
 from simlab.engine.protocol import Engine
 from simlab.errors import SimlabError
-from simlab.frame.render import framing_of, reply_prompt, reply_text
+from simlab.frame.render import PIECE, framing_of, open_turn, reply_prompt, reply_text
 from simlab.frame.window import windowed
 from simlab.persona.schema import Persona
 from simlab.session.store import Session
 from simlab.session.tree import Node, TreeError
 from simlab.steer.use import steering_recorded
-from simlab.turns import add_frame, sample_replies, start_forced
+from simlab.turns import add_frame, is_piece, sample_replies, start_forced, start_piece
 
 
 @dataclass
@@ -136,7 +136,12 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
     path_before = session.tree.path(node.parent)
     if node.window:  # read what the reply read
         path_before = windowed(path_before, node.window.get("from", ""))
-    prompt = reply_prompt(path_before, node.speaker, engine.tokenizer)
+    # (the rest of a split turn read the turn up to where it goes on, with no label of its own)
+    prompt = (
+        open_turn(path_before)
+        if is_piece(node)
+        else reply_prompt(path_before, node.speaker, engine.tokenizer)
+    )
     if given:
         prompt = (engine.encode(prompt) if isinstance(prompt, str) else list(prompt)) + list(
             node.token_ids[:given]
@@ -223,6 +228,15 @@ def replay_branch(
         name = persona.name if persona is not None else node.persona
         if node in sampled and node.forced and persona is not None:  # /fork: its chosen tokens again
             new = _forced_under(engine, session, node, parent, (who, name), overrides, on_run)
+        elif node in sampled and is_piece(node):  # the rest of a split turn: on from the new first piece
+            replies = start_piece(
+                engine, session, session.tree.get(parent), _params_under(session, node, overrides),
+                origin="replayed", steering=steering_recorded(node.steer, engine), tracer=tracer,
+            )  # fmt: skip
+            replies.decode()
+            if on_run is not None:
+                on_run(replies)
+            [new] = replies.save(lambda c: True)
         elif node in sampled:
             [new] = sample_replies(
                 engine,
@@ -238,9 +252,10 @@ def replay_branch(
                 steering=steering_recorded(node.steer, engine),
             )
         else:
-            new = session.add_child(
-                parent, node.role, node.text, speaker=who, origin="replayed", persona=name
-            )
+            new = session.add_child(  # (a piece of a split turn stays a piece: one turn, as it was)
+                parent, node.role, node.text, speaker=who, origin="replayed", persona=name,
+                tags=node.tags & {PIECE},
+            )  # fmt: skip
         added.append(new)
         parent = new.id
     session.goto(added[-1].id)

@@ -108,6 +108,13 @@ def render_spans(path: Sequence[Any]) -> tuple[str, list[tuple[int, int]]]:
     return "".join(parts), spans
 
 
+def open_turn(path: Sequence[Any]) -> str:
+    """The transcript up to the end of the path's last node's text: the turn it is in left open, for
+    the model to write on inside it (a split turn's rest), without the template's closing."""
+    text, spans = render_spans(path)
+    return text[: spans[-1][1]] if spans else text
+
+
 def render_path(path: Sequence[Any]) -> str:
     """The transcript a path stands for."""
     framing = framing_of(path)

@@ -27,8 +27,10 @@ from simlab.steer.use import steering_of
 from simlab.turns import (
     Replies,
     has_output,
+    is_piece,
     start_continuation,
     start_fork,
+    start_piece,
     start_replies,
     start_session,
 )
@@ -193,6 +195,10 @@ class Chat(Notes):
         a reply here, the chat to stream it and the Loom editor to draw it, and end it with `kept`."""
         self.session.check_writable()  # (a read-only session: say so before sampling, not after)
         params = self.params.with_overrides(seed=self.seeds.take(n))
+        parent = self.tree.get(parent_id)
+        if parent.role == "model" and any(is_piece(c) for c in self.tree.children(parent_id)):
+            # the first piece of a split turn: its rest again, written on inside the turn
+            return start_piece(self.engine, self.session, parent, params, n, steering=self.steering)
         at = {"persona": self.persona_name(), "tracer": self.tracer, "on_fit": self._note_window}
         return start_replies(self.engine, self.session, parent_id, params, n, steering=self.steering, **at)
 
@@ -200,7 +206,8 @@ class Chat(Notes):
         """Sample n replies under parent_id (one streamed after its label), save them, move to the
         first: the one action both faces sample through (the Loom's g too)."""
         replies = self.start_reply(parent_id, n)
-        nodes = self._finish(replies, self._head(replies.speaker) if n == 1 else None)
+        head = ("…" if replies.piece_of else self._head(replies.speaker)) if n == 1 else None
+        nodes = self._finish(replies, head)
         if nodes:
             self.session.goto(nodes[0].id)
         self.view.replied(nodes, replies)
@@ -308,18 +315,15 @@ class Chat(Notes):
 
     def regen(self) -> list[Node]:
         """A new sibling of the current reply (or a first reply to the current user turn)."""
-        node = self.cursor
-        if node.role not in ("model", "user"):
-            raise SimlabError("/regen needs a reply or a user turn under the cursor")
-        return self.reply(node.parent if node.role == "model" else node.id)
+        return self.alternatives(1, "/regen")
 
-    def alternatives(self, k: int) -> list[Node]:
+    def alternatives(self, k: int, what: str = "/n") -> list[Node]:
         """k replies sampled as one batch, beside the current reply (or under the current turn)."""
         if k < 1 or k > 64:
             raise SimlabError(f"/n {k}: use a number from 1 to 64")
         node = self.cursor
         if node.role not in ("model", "user"):
-            raise SimlabError("/n needs a reply or a user turn under the cursor")
+            raise SimlabError(f"{what} needs a reply or a user turn under the cursor")
         return self.reply(node.parent if node.role == "model" else node.id, n=k)
 
     # -- the tree -----------------------------------------------------------------------------

@@ -670,3 +670,26 @@ def test_a_line_with_a_label_goes_on_under_its_value_on_a_terminal(fake_engine, 
         view.out.getvalue()
         == "sampling  temperature 0.9\n          top_p 0.95\n          repetition_penalty\n          1.0\n"
     )
+
+
+def test_the_rest_of_a_split_turn_is_sampled_again_inside_the_turn_and_replays(fake_engine, store):
+    """/regen on the second piece of a split reply writes on from the first piece, inside the same
+    turn (no label of its own); replay reads it the same way, and /persona keeps the turn whole."""
+    from simlab.frame.render import PIECE, render_path
+    from simlab.replay import check_path
+    from simlab.session import shape
+
+    chat = new_chat(fake_engine.enqueue([" Yes. It was buried in the limestone underground."]), store)
+    [reply] = chat.user_turn("Was it found?")
+    first, rest = shape.split(chat.session, reply.id, len("Yes. It was"))
+    chat.session.goto(rest.id)
+    [again] = chat.regen()  # (no script queued: the FakeEngine writes "reply <seed>")
+    assert again.parent == first.id and PIECE in again.tags and again.speaker == "Bo"
+    assert fake_engine.prompts[-1] == "Two people talk.\n\nBo: Hi.\nAnn: Was it found?\nBo: Yes. It was"
+    assert render_path(chat.path()).endswith("Ann: Was it found?\nBo: Yes. It wasreply 8\n")
+    assert "…reply 8" in chat.view.out.getvalue()  # streamed as the rest of the turn, not a new one
+    [check] = [c for c in check_path(fake_engine, chat.session, chat.path()) if c.node.id == again.id]
+    assert check.reproduced
+    handle(chat, "/persona interview")
+    replayed = render_path(chat.path())
+    assert replayed.count("Dr. Okafor:") == 2  # the greeting, and the split answer as one turn

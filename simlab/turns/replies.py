@@ -1,4 +1,4 @@
-"""The one place replies are sampled under a node and saved: the REPL, replay and compare all come here.
+"""Replies sampled under a node and saved: the REPL, replay and compare all come here.
 
 `start_replies` fits the prompt to the context and starts the run; the caller decodes it (streaming
 each delta through a callback, as simonw/llm's chat loop takes `prompt_callback`), then `save` keeps
@@ -17,7 +17,7 @@ from simlab.engine.protocol import Engine, Run
 from simlab.engine.results import Completion, Delta
 from simlab.errors import ContextRefused
 from simlab.frame.framing import Framing
-from simlab.frame.render import framing_of, reply_prompt, reply_text
+from simlab.frame.render import PIECE, framing_of, reply_prompt, reply_text
 from simlab.frame.window import Fitted, fit_prompt
 from simlab.persona.schema import Persona
 from simlab.session.store import Session, SessionStore
@@ -120,7 +120,8 @@ class Replies:
     tracer: Any = None
     recorder: Any = None
     continues: Node | None = None  # /continue: the reply this run extends
-    forces: Forced | None = None  # /fork: the tokens the reply starts with, chosen, not sampled
+    forces: Any = None  # turns.forks.Forced, on /fork: the tokens the reply starts with, chosen, not sampled
+    piece_of: Node | None = None  # a split turn's piece this run goes on from (turns.pieces)
     nodes: list[Node] = field(default_factory=list)
     restart: Callable[[], tuple[Fitted, Run]] | None = None  # fit and start again (a refused prompt)
     steering: Any = None  # engine.steering.Steering: the vectors the replies are steered with
@@ -164,6 +165,17 @@ class Replies:
     def _save_one(self, completion: Completion) -> Node:
         if self.forces is not None:
             return self._save_forced(completion)
+        if self.piece_of is not None:  # the rest of a split turn: its next piece, no label of its own
+            return self.session.add_child(
+                self.piece_of.id,
+                "model",
+                completion.text.rstrip(),
+                speaker=self.piece_of.speaker,
+                origin=self.origin,
+                persona=self.persona,
+                tags=frozenset({PIECE}),
+                **node_fields(completion, self.params, self.engine, self.fit.window, self.steering),
+            )
         if self.continues is None:
             return self.session.add_child(
                 self.parent_id,
@@ -251,7 +263,7 @@ def start_replies(
         fit = fit_prompt(path, speaker, engine, params.max_new_tokens)
         if on_fit is not None:
             on_fit(fit)
-        return fit, engine.start(fit.prompt, params, n=n, recorder=recorder, **_steered(steering))
+        return fit, engine.start(fit.prompt, params, n=n, recorder=recorder, **steered(steering))
 
     fit, run = begin()
     persona = path[0].persona if persona is FRAME_PERSONA else persona
@@ -278,11 +290,11 @@ def start_continuation(
         on_fit(fit)
     prompt = reply_prompt(fit.path, node.speaker, tokenizer)
     prompt = prompt + framing.lead() + node.text if isinstance(prompt, str) else prompt + written
-    run = engine.start(prompt, params, **_steered(steering))
+    run = engine.start(prompt, params, **steered(steering))
     return _beside(node, engine, session, params, fit, framing, run, continues=node, steering=steering)
 
 
-def _steered(steering: Any) -> dict[str, Any]:
+def steered(steering: Any) -> dict[str, Any]:
     """The engine's `steering` argument, only when there is one (an engine that cannot steer never
     sees it)."""
     return {"steering": steering} if steering else {}
@@ -303,69 +315,6 @@ def _beside(node: Node, engine, session, params, fit, framing, run, **extra: Any
         run,
         **extra,
     )
-
-
-@dataclass(frozen=True)
-class Forced:
-    """A reply's first tokens given rather than sampled (/fork): the sampled reply's tokens before
-    position `at`, then the chosen one(s), teacher-forced so they carry log-probabilities."""
-
-    source: Node
-    at: int
-    tokens: list  # TokenInfo
-    text: str
-    choice: str  # "alternative 2", or "typed"
-
-
-def start_fork(
-    engine: Engine,
-    session: Session,
-    node: Node,
-    at: int,
-    chosen: list[int],
-    choice: str,
-    params: SamplingParams,
-    on_fit: Callable[[Fitted], None] | None = None,
-    steering: Any = None,
-) -> Replies:
-    """Branch a sampled reply at token `at`: its tokens before it, then `chosen` (ids) instead of
-    what was sampled there, and the model writes on from those as a new sibling."""
-    forced_ids = list(node.token_ids[:at]) + list(chosen)
-    where = (node.parent, node.speaker, node.persona)
-    return start_forced(
-        engine, session, node, forced_ids, at, choice, params, where, on_fit, steering=steering
-    )
-
-
-def start_forced(
-    engine: Engine,
-    session: Session,
-    source: Node,
-    forced_ids: list[int],
-    at: int,
-    choice: str,
-    params: SamplingParams,
-    where: tuple[str, str | None, str | None],
-    on_fit: Callable[[Fitted], None] | None = None,
-    origin: str = "sampled",
-    steering: Any = None,
-) -> Replies:
-    """A reply that starts with `forced_ids` (teacher-forced, so they carry log-probabilities) and
-    goes on sampled, saved under `where` = (parent id, speaker, persona): /fork beside its source,
-    or a forked reply replayed under another persona."""
-    parent_id, speaker, persona = where
-    path = session.tree.path(parent_id)
-    framing = framing_of(path)
-    fit = fit_prompt(path, speaker, engine, params.max_new_tokens + len(forced_ids))
-    if on_fit is not None:
-        on_fit(fit)
-    prompt = fit.prompt
-    prompt_ids = engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    tokens = engine.score_tokens(prompt_ids + forced_ids, len(prompt_ids), **_steered(steering))
-    text = engine.tokenizer.decode(forced_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    run = engine.start(prompt_ids + forced_ids, params, **_steered(steering))
-    made = (session, parent_id, engine, params, fit, framing, speaker, origin, persona, run)
-    return Replies(*made, forces=Forced(source, at, tokens, text, choice), steering=steering)
 
 
 def sample_replies(
