@@ -187,6 +187,9 @@ class Run(RunControl):
         self.steering = steering
         adds = steering.adds(engine.model.dtype, engine.device) if steering else None
         self.prompt_adds = adds if steering and steering.on_prompt else None
+        # the key of the kept cache it may read and leave: none unsteered; a steered run's only when
+        # every position is steered alike (False: it reads and keeps no cache)
+        self.cache_key = (steering.cache_key or False) if steering else None
         self.reply_adds = adds if steering and steering.on_reply else None
         self.prompt_ids, self.max_new = prompt_ids, max_new
         self.clipped = max_new < params.max_new_tokens
@@ -208,12 +211,19 @@ class Run(RunControl):
         """(cache, tokens it holds, their passes): the last run's, or kept on disk, or a new one."""
         engine, recorder = self.engine, self.recorder
         # a trace of the whole prompt feeds all of it; a steered prompt's cache is its own
-        if not (recorder and recorder.config.prompt) and not self.prompt_adds:
-            for store in (engine.prefix, engine.disk):
-                cache, start, done = store.take(self.prompt_ids, self.wanted) if store else (None, 0, [])
+        if not (recorder and recorder.config.prompt) and self.cache_key is not False:
+            for store in (engine.prefix, engine.disk if self.cache_key is None else None):
+                cache, start, done = self._take(store)
                 if cache is not None:
                     return cache, start, done
         return prefixes.new_cache(model), 0, []
+
+    def _take(self, store):
+        if store is None:
+            return None, 0, []
+        if isinstance(store, prefixes.PrefixCache):
+            return store.take(self.prompt_ids, self.wanted, self.cache_key)
+        return store.take(self.prompt_ids, self.wanted)
 
     def prefill(self, model, started: float):
         """Feed the prompt (what a kept cache holds is not fed again); (cache, logits (n, V)), the
@@ -238,8 +248,8 @@ class Run(RunControl):
         if recorder:
             recorder.prefill_done(n, len(self.prompt_ids))
         if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
-            if engine.prefix is not None and not self.steering:  # kept: the siblings decode on copies
-                engine.prefix.keep(self.prompt_ids, cache, self.passes)
+            if engine.prefix is not None and self.cache_key is not False:  # the siblings decode on copies
+                engine.prefix.keep(self.prompt_ids, cache, self.passes, self.cache_key)
             if engine.rows_alone:
                 cache = repeated(cache, n)
             else:
@@ -290,11 +300,11 @@ class Run(RunControl):
         return torch.cat(logits) if len(logits) > 1 else logits[0]
 
     def _keep(self, fed: list[int], cache) -> None:
-        """Keep the cache of a one-branch run's tokens: the next turn feeds only what is new (not a
-        steered run's: its cache holds the vectors' work, which no other run may read)."""
-        if self.engine.prefix is not None and not self.steering:
+        """Keep the cache of a one-branch run's tokens: the next turn feeds only what is new (a steered
+        run's under its steering's key: only a run steered alike reads it)."""
+        if self.engine.prefix is not None and self.cache_key is not False:
             fed_passes = self.passes + [1] * (len(fed) - len(self.prompt_ids))
-            self.engine.prefix.keep(fed, cache, fed_passes)
+            self.engine.prefix.keep(fed, cache, fed_passes, self.cache_key)
 
 
 @dataclass

@@ -104,12 +104,14 @@ class PrefixCache:
         self.ids: list[int] = []
         self.passes: list[int] = []
         self.cache = None
+        self.key: str | None = None  # what was added to the residual stream as it was built (steering)
 
-    def take(self, ids: list[int], wanted: list[int] | None = None):
-        """(cache, tokens it holds, their passes) for the longest usable shared prefix, or (None, 0, [])."""
-        cache, kept, passes = self.cache, self.ids, self.passes
+    def take(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None):
+        """(cache, tokens it holds, their passes) for the longest usable shared prefix, or (None, 0, []);
+        only a cache built with the same `key` (the same steering at every position, or none)."""
+        cache, kept, passes, built = self.cache, self.ids, self.passes, self.key
         self.clear()  # the run owns it now
-        if cache is None:
+        if cache is None or built != key:
             return None, 0, []
         common = min(_common(kept, ids), len(ids) - 1)  # one token at least goes through for logits
         count = shared_passes(passes, common, wanted)
@@ -120,11 +122,11 @@ class PrefixCache:
             cache.crop(at - len(kept))  # a negative count: the tokens to drop
         return cache, at, passes[:count]
 
-    def keep(self, ids: list[int], cache, passes: list[int]) -> None:
-        self.ids, self.cache, self.passes = list(ids), cache, list(passes)
+    def keep(self, ids: list[int], cache, passes: list[int], key: str | None = None) -> None:
+        self.ids, self.cache, self.passes, self.key = list(ids), cache, list(passes), key
 
     def clear(self) -> None:
-        self.ids, self.cache, self.passes = [], None, []
+        self.ids, self.cache, self.passes, self.key = [], None, [], None
 
 
 class DiskPrefixes:

@@ -4,6 +4,7 @@ reply's or both. models.steering puts them into the model; no torch here until `
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -56,6 +57,14 @@ class Steering:
                 scaled = np.float32(term.strength) * np.asarray(direction, dtype=np.float32)
                 total[block] = total[block] + scaled if block in total else scaled
         return {block: torch.from_numpy(v).to(device=device, dtype=dtype) for block, v in total.items()}
+
+    @property
+    def cache_key(self) -> str | None:
+        """What a kept cache built under this steering is known by: the same vectors, strengths and
+        blocks at every position (a cache steered on some positions only is never kept: None)."""
+        if self.positions != "all":
+            return None
+        return json.dumps(self.record()["terms"], sort_keys=True)
 
     def record(self) -> dict:
         """What a node keeps of it: each vector's digest, strength and blocks, and the positions."""

@@ -210,7 +210,9 @@ def test_sessions_list_fits_the_terminal_and_counts_nodes_right(capsys, store, m
 
     long = Persona(name="p", frame="What is the cleverest thing an octopus has ever done in your lab " * 3)
     session = start_session(store, long, "one")
-    session.add_child(session.tree.cursor, "user", "What is the cleverest thing an octopus has ever done? " * 3)
+    session.add_child(
+        session.tree.cursor, "user", "What is the cleverest thing an octopus has ever done? " * 3
+    )
     session.close()
     monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((80, 24)))
     code, out, _ = run_cli(capsys, "sessions", "list", "--sessions-dir", store.folder)

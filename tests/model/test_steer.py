@@ -152,11 +152,20 @@ def test_positions_choose_where_the_vector_is_added(llama_engine):
 
 
 def test_no_cache_carries_steering_from_one_run_to_another(llama_engine, tiny_dir, tmp_path):
-    """A steered run keeps no cache and reads none: the unsteered run after it is the one before it,
-    and the steered run equals one on a fresh engine that kept nothing."""
+    """A kept cache is read only by a run steered alike: the unsteered run after a steered one is
+    the one before it, a steered run after an unsteered one is as on a fresh engine, and a second
+    steered run reads the first's cache (a chat's next turn) and still gives the same bits."""
     vector = SteerVector(directions(32, [1]))
     before = llama_engine.generate(PROMPT, GREEDY)[0]
     steered = llama_engine.generate(PROMPT, GREEDY, steering=steering(vector, 3.0))[0]
+    run = llama_engine.start(PROMPT, GREEDY, steering=steering(vector, 3.0))
+    again = [list(run), run.completions[0]][1]
+    assert run.stats.reused_tokens > 0 and [t.logprob for t in again.tokens] == [
+        t.logprob for t in steered.tokens
+    ]
+    stronger = llama_engine.start(PROMPT, GREEDY, steering=steering(vector, 3.5))
+    list(stronger)
+    assert stronger.stats.reused_tokens == 0  # another strength: another cache
     after = llama_engine.generate(PROMPT, GREEDY)[0]
     assert [t.logprob for t in after.tokens] == [t.logprob for t in before.tokens]
     folder = tiny_llama_style(tmp_path / "again", "llama", tiny_dir)
