@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -25,10 +26,14 @@ def add_derive(sub) -> None:
         "personas' tokens on turns it was not made from, then saves the vector in the library.",
     )
     derive.add_argument("name", help="the vector's name in the library")
+    derive.add_argument("--from", dest="source", metavar="PERSONA_A", help="where it steers from")
+    derive.add_argument("--to", dest="target", metavar="PERSONA_B", help="where it steers to")
     derive.add_argument(
-        "--from", dest="source", required=True, metavar="PERSONA_A", help="where it steers from"
+        "--pairs",
+        metavar="FILE",
+        help="instead of personas, contrastive prompt pairs as repeng takes them (JSON or JSONL of "
+        '{"positive": ..., "negative": ...}): each prompt\'s last token; positive is where it steers to',
     )
-    derive.add_argument("--to", dest="target", required=True, metavar="PERSONA_B", help="where it steers to")
     derive.add_argument(
         "--turns", metavar="FILE", help="user turns, one a line (default: 8 shipped questions)"
     )
@@ -47,8 +52,12 @@ def add_derive(sub) -> None:
 def cmd_derive(args: argparse.Namespace) -> int:
     from simlab.steer import derive
 
-    personas = find(args.source), find(args.target)
-    turns = _turns(args, personas)
+    both = args.source is not None and args.target is not None
+    if (args.pairs is None) != both or (args.pairs and (args.source or args.target)):
+        raise SteerError("steer derive: give --from PERSONA_A --to PERSONA_B, or --pairs FILE")
+    personas = (find(args.source), find(args.target)) if args.pairs is None else None
+    turns = _turns(args, personas) if personas else []
+    pairs = _pairs(args.pairs) if args.pairs else []
     if args.samples < 1 or args.max_tokens < 1:
         raise SteerError("steer derive: --samples and --max-tokens must be 1 or more")
     path = library.target(args.name, args.force)  # (a name taken fails now, not after sampling)
@@ -58,34 +67,75 @@ def cmd_derive(args: argparse.Namespace) -> int:
     if not engine.capabilities.local:
         raise SteerError("steer derive reads the residual stream: it needs a local model, not a server")
     blocks = _blocks(args.layers, engine.info)
+    info = engine.info
+    meta = {"name": args.name, "model": info.name, "spec": info.spec, "revision": info.revision}
+    meta["aggregate"] = args.aggregate
+    if pairs:
+        found, session = derive.read_pairs(engine, pairs), None
+        meta |= {"pairs": len(pairs), "source": Path(args.pairs).name}
+    else:
+        found, session = _both(args, engine, store, personas, turns)
+        meta |= {"from": personas[0].name, "to": personas[1].name, "turns": list(turns)}
+        meta |= {"samples": args.samples, "seed": args.seed, "max_tokens": args.max_tokens}
+        meta["session"] = session.name
+    results = derive.directions(found, args.aggregate)
+    _table(results, blocks)
+    vector = derive.vector_of(results, blocks, meta, info.architecture)
+    vector.write(path)
+    best = max((r for r in results if r.block in vector.directions), key=lambda r: (r.auc, r.relative_norm))
+    made = f"its {len(found.nodes)} replies are session {session.name}" if session else f"{len(pairs)} pairs"
+    print(
+        f"saved {args.name} ({len(vector.layers)} blocks) in {path}; {made}. "
+        f"Try: simlab generate TEXT --steer {args.name}:1@{best.block}"
+    )
+    return 0
+
+
+def _both(args: argparse.Namespace, engine, store, personas, turns):
+    """Both personas' replies to the turns, in a new session steer-NAME; (residuals, session)."""
+    from simlab.steer import derive
+
     params = personas[0].sampling_params(seed=args.seed, max_new_tokens=args.max_tokens)
     taken = [f"steer-{args.name}"] + [f"steer-{args.name}-{k}" for k in range(2, 1000)]
     session = store.create(next(n for n in taken if not store.exists(n)))
-    with (
-        session,
-        Waiting(f"replies of {personas[0].name} and {personas[1].name}", 2 * len(turns), "turns") as wait,
-    ):
+    what = f"replies of {personas[0].name} and {personas[1].name}"
+    with session, Waiting(what, 2 * len(turns), "turns") as wait:
         found = derive.sample_both(engine, session, personas, turns, params, args.samples, wait.advance)
     if not any(found.persona) or all(found.persona):
         raise SteerError(
             "steer derive: one persona gave no reply with tokens; raise --max-tokens or change turns"
         )
-    results = derive.directions(found, args.aggregate)
-    _table(results, blocks)
-    info = engine.info
-    meta = {
-        "name": args.name, "model": info.name, "spec": info.spec, "revision": info.revision,
-        "aggregate": args.aggregate, "from": personas[0].name, "to": personas[1].name, "turns": list(turns),
-        "samples": args.samples, "seed": args.seed, "max_tokens": args.max_tokens, "session": session.name,
-    }  # fmt: skip
-    vector = derive.vector_of(results, blocks, meta, info.architecture)
-    vector.write(path)
-    best = max((r for r in results if r.block in vector.directions), key=lambda r: (r.auc, r.relative_norm))
-    print(
-        f"saved {args.name} ({len(vector.layers)} blocks) in {path}; its {len(found.nodes)} replies are "
-        f"session {session.name}. Try: simlab generate TEXT --steer {args.name}:1@{best.block}"
-    )
-    return 0
+    return found, session
+
+
+def _pairs(name: str) -> list[tuple[str, str]]:
+    """repeng's DatasetEntry list: a JSON list, or one JSON object a line."""
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SteerError(f"--pairs {name}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        )
+    except ValueError as exc:
+        raise SteerError(f"--pairs {name}: not JSON or JSONL ({exc})") from None
+    pairs = []
+    for k, entry in enumerate(data, 1):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("positive"), str)
+            and isinstance(entry.get("negative"), str)
+        ):
+            raise SteerError(f'--pairs {name}: entry {k} is not {{"positive": TEXT, "negative": TEXT}}')
+        pairs.append((entry["positive"], entry["negative"]))
+    if len(pairs) < 2:
+        raise SteerError(
+            f"--pairs {name}: give two pairs or more (a direction is judged on pairs it was not made from)"
+        )
+    return pairs
 
 
 def _blocks(text: str | None, info) -> tuple[int, ...]:

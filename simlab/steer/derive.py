@@ -74,6 +74,20 @@ def sample_both(
     return found
 
 
+def read_pairs(engine, pairs: Sequence[tuple[str, str]]) -> Residuals:
+    """repeng's contrastive pairs: each prompt's residuals at its last token (pair k's positive as
+    persona 1, B; its negative as persona 0, A; each pair its own turn)."""
+    found = Residuals()
+    for k, (positive, negative) in enumerate(pairs):
+        for p, text in ((1, positive), (0, negative)):
+            ids = engine.encode(text)
+            found.blocks.append(block_outputs(engine, ids, len(ids) - 1))
+            found.persona.append(p)
+            found.turn.append(k)
+            found.sample.append(0)
+    return found
+
+
 def block_outputs(engine, ids: list[int], start: int) -> np.ndarray:
     """Every block's output at positions start.. of one teacher-forced pass: (layers, T - start, H)."""
     from simlab.models.steering import block_list
@@ -144,8 +158,11 @@ def _direction(found: Residuals, per_reply, use: np.ndarray, aggregate: str) -> 
         return delta
     centred = diffs - diffs.mean(0)
     component = np.linalg.svd(centred, full_matrices=False)[2][0]
-    # its sign and length: the mean difference's projection on it (B above A; strength 1 moves that far)
-    return (component * float(component @ delta)).astype(np.float32)
+    # its sign as repeng's: B above A in more of the pairs than not (ties: the mean difference's side)
+    votes = np.sign(diffs @ component)
+    sign = np.sign(votes.sum()) or np.sign(component @ delta) or 1.0
+    # its length: the mean difference's projection on it, so strength 1 moves the stream that far
+    return (sign * component * abs(float(component @ delta))).astype(np.float32)
 
 
 def _auc(per_reply, persona: np.ndarray, held: np.ndarray, direction: np.ndarray) -> float:

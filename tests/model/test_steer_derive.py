@@ -126,3 +126,23 @@ def test_derive_end_to_end_writes_a_vector_and_a_session(capsys, tmp_path, tiny_
     assert code == 2 and "exists" in err  # the name is taken: refused before sampling
     code, _, err = run_cli(capsys, *args[:2], "w", *args[3:], "--layers", "0-1")
     assert code == 2 and "keep blocks from 1 to 2" in err
+
+
+def test_derive_from_contrastive_pairs(capsys, tmp_path, tiny_dir):
+    import json
+
+    model = tiny_llama_style(tmp_path / "m", "llama", tiny_dir)
+    pairs = tmp_path / "pairs.jsonl"
+    lines = [{"positive": f"A happy day {k}", "negative": f"A sad day {k}"} for k in range(4)]
+    pairs.write_text("\n".join(json.dumps(line) for line in lines))
+    args = ["steer", "derive", "mood", "--pairs", pairs, "--aggregate", "pca", "--model", model]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "saved mood (2 blocks)" in out and "4 pairs" in out
+    meta = read(tmp_path / "simlab-home" / "steer" / "mood.gguf").meta
+    assert meta["pairs"] == 4 and meta["aggregate"] == "pca" and "from" not in meta
+    (tmp_path / "bad.json").write_text('[{"positive": "x"}]')
+    code, _, err = run_cli(capsys, "steer", "derive", "w", "--pairs", tmp_path / "bad.json", "--model", model)
+    assert code == 2 and 'entry 1 is not {"positive": TEXT, "negative": TEXT}' in err
+    code, _, err = run_cli(capsys, "steer", "derive", "w", "--pairs", pairs, "--from", "interview")
+    assert code == 2 and "give --from PERSONA_A --to PERSONA_B, or --pairs FILE" in err
