@@ -198,3 +198,27 @@ def test_the_steer_commands_and_generate_steer(capsys, tmp_path, tiny_dir):
     assert (
         run_cli(capsys, "steer", "rm", "happy")[0] == 0 and run_cli(capsys, "steer", "show", "happy")[0] == 2
     )
+
+
+def test_a_trace_of_a_steered_reply_reads_the_steered_stream(tiny_engine):
+    """The vector's hooks run before a trace's on the same block: block 1's recorded output at the
+    last prompt position is the unsteered one plus the vector, block 0's is untouched."""
+    from simlab.trace.config import TraceConfig
+    from simlab.trace.record import Recorder
+
+    vector = SteerVector(directions(tiny_engine.info.hidden_size, [1]))
+    recorded = {}
+    for name, steered in (("plain", None), ("steered", steering(vector, 2.0))):
+        recorder = Recorder(tiny_engine.model, TraceConfig(dtype="float32"))
+        extra = {"steering": steered} if steered else {}
+        kept, tiny_engine.prefix = tiny_engine.prefix, None  # (each reads its prompt afresh)
+        try:
+            run = tiny_engine.start(PROMPT, GREEDY, recorder=recorder, **extra)
+            list(run)
+        finally:
+            tiny_engine.prefix = kept
+        recorded[name] = recorder.result(0)[0]
+    plain, steered_ = recorded["plain"], recorded["steered"]
+    assert torch.equal(plain["block.0"][0], steered_["block.0"][0])
+    expected = plain["block.1"][0] + torch.from_numpy(np.float32(2.0) * vector.directions[1])
+    assert torch.allclose(steered_["block.1"][0], expected, atol=1e-5)
