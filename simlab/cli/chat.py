@@ -37,7 +37,7 @@ from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.session.started import discarded, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
-from simlab.steer.use import uses_of
+from simlab.steer.use import sweep_of, uses_of
 from simlab.trace.files import remove_session
 from simlab.turns import start_session
 
@@ -116,7 +116,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         )
         chat.steer_uses, chat.steer_positions = steer_uses, args.steer_positions
         if steer_uses and settings.backend != "local":
-            chat.steering  # noqa: B018 - a server is refused now, in one line
+            chat.steering(sweep_of(steer_uses))  # (a server is refused now, in one line)
         if session.read_only:
             chat.view.note(
                 f"session {session.name!r} is open read-only: browse it, /tokens, /export; "

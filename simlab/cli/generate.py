@@ -27,7 +27,7 @@ from simlab.cli.common import (
 from simlab.errors import EXIT_INTERRUPTED, SimlabError
 from simlab.repl.progress import Waiting
 from simlab.repl.screen import for_terminal
-from simlab.steer.use import steering_for
+from simlab.steer.use import steerings_of, sweep_of, uses_of
 
 
 def add_command(commands) -> None:
@@ -62,17 +62,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     tracer = make_tracer(trace_config(args), settings)
     prompt = _read_prompt(args)
+    uses = uses_of(args.steer)  # (the vectors' files read before the model loads)
+    n = sweep_of(uses) if args.n == 1 else args.n  # (a sweep of strengths: one a sibling)
     engine = load_engine(args, settings)
     recorder = tracer.recorder(engine) if tracer else None
-    steering = steering_for(args.steer, engine, args.steer_positions)
+    steering = steerings_of(uses, engine, n, args.steer_positions) if uses else None
     extra = {"steering": steering} if steering else {}
-    run = engine.start(prompt, params, n=args.n, recorder=recorder, **extra)
+    run = engine.start(prompt, params, n=n, recorder=recorder, **extra)
     out = sys.stdout
-    live = args.n == 1 and not args.json
+    live = n == 1 and not args.json
     if live and out.isatty():
         shown = for_terminal(out, prompt)
         out.write(f"\x1b[2m{shown}\x1b[0m" if color_on(out) else shown)
-    wait = Waiting("sampling", args.n) if not live else nullcontext()
+    wait = Waiting("sampling", n) if not live else nullcontext()
     try:
         with wait:
             for delta in run:
@@ -154,13 +156,18 @@ def run_json(info, prompt: str, run, steering=None) -> dict:
     return {
         "model": info.as_dict(),
         "params": asdict(run.params),
-        **({"steering": steering.record()} if steering else {}),
+        **({"steering": steering.record()} if steering and not isinstance(steering, list) else {}),
         "prompt": prompt,
         "prompt_tokens": len(run.prompt_ids),
         "stats": {**asdict(run.stats), "tokens_per_second": run.stats.tokens_per_second},
         "completions": [
             {
                 "index": c.index,
+                **(
+                    {"steering": steering[c.index].record() if steering[c.index] else None}
+                    if isinstance(steering, list)
+                    else {}
+                ),
                 "seed": c.seed,
                 "text": c.text,
                 "finish_reason": c.finish_reason,

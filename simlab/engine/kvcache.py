@@ -130,34 +130,46 @@ def repeated(cache, n: int):
     every key and value, and with sliding-window layers holding only their window (Gemma 3 270M at
     18,000 tokens: 650 MB a sibling before, about 110 MB now). The new layers start fresh buffers;
     they cannot be cut back before their start (siblings' caches are not kept)."""
+    return joined([cache] * n)
+
+
+def joined(caches: list):
+    """One cache whose row r is the one-row cache caches[r] (all of the same prompt length): the
+    rows of siblings whose prompts went in apart (steered differently), decoded as one batch.
+    Each is left as it was; the layers are `repeated`'s (fresh buffers, sliding layers' windows)."""
     import copy
 
+    first = caches[0]
     held = []
-    for layer in cache.layers:  # the tensors stay out of the deep copy, then come back
+    for layer in first.layers:  # the tensors stay out of the deep copy, then come back
         held.append({k: getattr(layer, k, None) for k in ("keys", "values", "_grown_keys", "_grown_values")})
         for name in held[-1]:
             if hasattr(layer, name):
                 setattr(layer, name, None)
     try:
-        twin = copy.deepcopy(cache)
+        twin = copy.deepcopy(first)
     finally:
-        for layer, kept in zip(cache.layers, held):
+        for layer, kept in zip(first.layers, held):
             for name, value in kept.items():
                 if hasattr(layer, name):
                     setattr(layer, name, value)
-    for layer, kept in zip(twin.layers, held):
+    for i, (layer, kept) in enumerate(zip(twin.layers, held)):
         if kept["keys"] is not None:
-            keys, values = kept["keys"], kept["values"]
-            window = getattr(layer, "sliding_window", None)
-            if getattr(layer, "is_sliding", False) and window and keys.shape[-2] >= window:
-                # decoding reads only the last window - 1 keys (and the masks count only those):
-                # a sliding layer's past stays with the prompt's cache, not with every sibling
-                keys, values = keys[:, :, 1 - window :], values[:, :, 1 - window :]
-            layer.keys = keys.repeat_interleave(n, dim=0)
-            layer.values = values.repeat_interleave(n, dim=0)
+            rows = [_window(layer, c.layers[i].keys, c.layers[i].values) for c in caches]
+            layer.keys = torch.cat([k for k, _ in rows]) if len(rows) > 1 else rows[0][0].clone()
+            layer.values = torch.cat([v for _, v in rows]) if len(rows) > 1 else rows[0][1].clone()
         if kept["_grown_keys"] is not None:
             layer._grown_keys, layer._grown_values = Growing(), Growing()
     return twin
+
+
+def _window(layer, keys, values):
+    """A sliding layer's keys and values as decoding reads them: only the last window - 1 (the masks
+    count only those); a sliding layer's past stays with the prompt's cache, not with every sibling."""
+    window = getattr(layer, "sliding_window", None)
+    if getattr(layer, "is_sliding", False) and window and keys.shape[-2] >= window:
+        return keys[:, :, 1 - window :], values[:, :, 1 - window :]
+    return keys, values
 
 
 class Apart:

@@ -18,11 +18,11 @@ import torch
 
 from simlab.engine import prefix as prefixes
 from simlab.engine.branches import TOP_ALTERNATIVES, Branches
-from simlab.engine.kvcache import Apart, repeated
+from simlab.engine.kvcache import Apart, joined, repeated
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import LOCAL, drain
 from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo, token_info
-from simlab.engine.steering import Steering
+from simlab.engine.steering import Steering, row_adds, uniform
 from simlab.errors import ContextLengthError
 from simlab.models import lean
 from simlab.models.info import LoadedModel, eos_ids
@@ -184,12 +184,16 @@ class Run(RunControl):
     ):
         super().__init__(params, n)
         self.engine, self.recorder = engine, recorder  # a trace.Recorder reads these same passes
-        self.steering = steering
+        steering, self.rows = uniform(steering)  # rows: one steering per sibling, when they differ
+        if self.rows is not None and (recorder is not None or len(self.rows) != n):
+            raise ValueError("siblings steered apart: one steering a sibling, and no trace")
+        self.steering = steering or self.rows
+        self.row_adds = row_adds(self.rows, engine.model.dtype, engine.device) if self.rows else None
         adds = steering.adds(engine.model.dtype, engine.device) if steering else None
         self.prompt_adds = adds if steering and steering.on_prompt else None
         # the key of the kept cache it may read and leave: none unsteered; a steered run's only when
         # every position is steered alike (False: it reads and keeps no cache)
-        self.cache_key = (steering.cache_key or False) if steering else None
+        self.cache_key = (steering.cache_key or False) if steering else False if self.rows else None
         self.reply_adds = adds if steering and steering.on_reply else None
         self.prompt_ids, self.max_new = prompt_ids, max_new
         self.clipped = max_new < params.max_new_tokens
@@ -228,6 +232,8 @@ class Run(RunControl):
     def prefill(self, model, started: float):
         """Feed the prompt (what a kept cache holds is not fed again); (cache, logits (n, V)), the
         cache repeated for n siblings."""
+        if self.rows is not None:
+            return self._prefill_rows(model, started)
         engine, recorder, n = self.engine, self.recorder, len(self.completions)
         cache, start, done = self._reused(model)
         self.stats.reused_tokens = start
@@ -257,6 +263,31 @@ class Run(RunControl):
             logits = logits.expand(n, -1)  # (n, V)
         self.stats.prefill_seconds = time.perf_counter() - started
         return cache, logits
+
+    def _prefill_rows(self, model, started: float):
+        """Siblings steered apart: the prompt goes in once for each steering of the prompt among them
+        (unsteered once for all those that steer only their reply), each fresh; the rows' caches
+        then decode as one batch (engine.kvcache.joined), or apart where a batch would change bits."""
+        caches, logits, device = {}, {}, self.engine.device
+        self.passes = prefixes.plan(0, len(self.prompt_ids))
+        told = self.on_prefill or (lambda at, total: None)
+        fed = lambda at, total: [told(at, total), not self._stop_requested][1]  # noqa: E731
+        for steering in self.rows:
+            key = steering.prompt_key if steering else None
+            if key not in caches:
+                caches[key] = prefixes.new_cache(model)
+                with self.engine.steered.adding(steering.adds(model.dtype, device) if key else None):
+                    done = prefixes.feed(model, caches[key], self.prompt_ids, [], self.passes, None, fed)
+                if done is None:
+                    return None, None
+                logits[key] = done
+        keys = [r.prompt_key if r else None for r in self.rows]
+        for completion in self.completions:
+            completion.prefill = tuple(prefixes.pack(self.passes))
+        rows = [caches[k] for k in keys]
+        cache = joined(rows) if self.engine.rows_alone else Apart([repeated(c, 1) for c in rows])
+        self.stats.prefill_seconds = time.perf_counter() - started
+        return cache, torch.cat([logits[k] for k in keys])  # (n, V)
 
     def _decode(self) -> Iterator[Delta]:
         model, recorder = self.engine.model, self.recorder
@@ -294,7 +325,10 @@ class Run(RunControl):
             rows = [(picked[r : r + 1], own, [b]) for r, (b, own) in enumerate(zip(active, cache.caches))]
         logits = []
         for tokens, own, branches in rows:
-            logits.append(self.engine.step(tokens, own, traced=traced, adds=self.reply_adds))
+            adds = self.reply_adds  # (siblings steered apart: each row's own)
+            if self.row_adds is not None:
+                adds = {b: t[branches] for b, t in self.row_adds.items()}
+            logits.append(self.engine.step(tokens, own, traced=traced, adds=adds))
             if traced:
                 self.recorder.step_done(branches)
         return torch.cat(logits) if len(logits) > 1 else logits[0]

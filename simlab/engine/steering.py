@@ -66,6 +66,32 @@ class Steering:
             return None
         return json.dumps(self.record()["terms"], sort_keys=True)
 
+    @property
+    def prompt_key(self) -> str | None:
+        """What its prompt's cache is known by (None: the prompt goes in unsteered)."""
+        return json.dumps(self.record()["terms"], sort_keys=True) if self.on_prompt else None
+
     def record(self) -> dict:
         """What a node keeps of it: each vector's digest, strength and blocks, and the positions."""
         return {"terms": [t.record() for t in self.terms], "positions": self.positions}
+
+
+def uniform(rows) -> tuple[Steering | None, list | None]:
+    """A run's steering as given: one for every row, or one per row (siblings at different
+    strengths). (the one, None) when every row's is the same; (None, the rows) when they differ."""
+    if not isinstance(rows, (list, tuple)):
+        return rows, None
+    records = {json.dumps(r.record(), sort_keys=True) if r else None for r in rows}
+    return (rows[0], None) if len(records) == 1 else (None, list(rows))
+
+
+def row_adds(rows, dtype, device) -> dict:
+    """Block -> (n, 1, H): what each row adds at the reply's positions (zeros where a row adds
+    nothing at that block), for siblings steered differently that decode as one batch."""
+    import torch
+
+    each = [r.adds(dtype, device) if r is not None and r.on_reply else {} for r in rows]
+    blocks = sorted({b for adds in each for b in adds})
+    width = next(iter(next(a for a in each if a).values())).shape[-1] if blocks else 0
+    zero = torch.zeros(width, dtype=dtype, device=device)
+    return {b: torch.stack([adds.get(b, zero) for adds in each]).unsqueeze(1) for b in blocks}

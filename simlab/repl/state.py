@@ -23,7 +23,7 @@ from simlab.repl.view import View
 from simlab.session.started import persona_at, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
-from simlab.steer.use import steering_of
+from simlab.steer.use import steerings_of
 from simlab.turns import (
     Replies,
     has_output,
@@ -109,10 +109,12 @@ class Chat(Notes):
         self._first_use_notes(engine)
         return engine
 
-    @property
-    def steering(self):
-        """What the next reply adds to the residual stream (engine.steering.Steering), or None."""
-        return steering_of(self.steer_uses, self.engine, self.steer_positions) if self.steer_uses else None
+    def steering(self, n: int = 1):
+        """What the next n replies add to the residual stream (engine.steering.Steering; one a
+        sibling for a sweep of strengths), or None."""
+        return (
+            steerings_of(self.steer_uses, self.engine, n, self.steer_positions) if self.steer_uses else None
+        )
 
     def interrupt(self) -> bool:
         """Stop what runs (from another thread): the reply being decoded (what came is saved), or
@@ -198,9 +200,9 @@ class Chat(Notes):
         parent = self.tree.get(parent_id)
         if parent.role == "model" and any(is_piece(c) for c in self.tree.children(parent_id)):
             # the first piece of a split turn: its rest again, written on inside the turn
-            return start_piece(self.engine, self.session, parent, params, n, steering=self.steering)
+            return start_piece(self.engine, self.session, parent, params, n, steering=self.steering(n))
         at = {"persona": self.persona_name(), "tracer": self.tracer, "on_fit": self._note_window}
-        return start_replies(self.engine, self.session, parent_id, params, n, steering=self.steering, **at)
+        return start_replies(self.engine, self.session, parent_id, params, n, steering=self.steering(n), **at)
 
     def reply(self, parent_id: str, n: int = 1) -> list[Node]:
         """Sample n replies under parent_id (one streamed after its label), save them, move to the
@@ -222,7 +224,7 @@ class Chat(Notes):
         self.session.check_writable()
         params = self.params.with_overrides(seed=self.seeds.take(1))
         replies = start_continuation(
-            self.engine, self.session, node, params, on_fit=self._note_window, steering=self.steering
+            self.engine, self.session, node, params, on_fit=self._note_window, steering=self.steering()
         )
         head = self.view.head(node.role, node.speaker) + node.text
         added = self._finish(replies, head, keep=lambda c: bool(c.text.strip()))
@@ -306,7 +308,7 @@ class Chat(Notes):
         self.session.check_writable()
         params = self.params.with_overrides(seed=self.seeds.take(1))
         replies = start_fork(
-            self.engine, self.session, node, at, chosen, choice, params, self._note_window, self.steering
+            self.engine, self.session, node, at, chosen, choice, params, self._note_window, self.steering()
         )
         [new] = self._finish(replies, self._head(node.speaker) + replies.forces.text, keep=lambda c: True)
         self.session.goto(new.id)

@@ -1,6 +1,7 @@
-"""`/steer`: the steering vectors the chat's replies are sampled with (each reply records them), and
-the strength knob: `/steer +` and `/steer -` (Alt+] and Alt+[ at the prompt, ] and [ in the Loom
-editor) move the last vector's strength by a step."""
+"""`/steer`: the steering vectors the chat's replies are sampled with (each reply records them;
+`/steer keeper 0,1,2` then `/n 3` samples one sibling a strength, as one batch), and the strength
+knob: `/steer +` and `/steer -` (Alt+] and Alt+[ at the prompt, ] and [ in the Loom editor) move the
+last vector's strength by a step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from simlab.errors import SteerError
 from simlab.steer.use import steering_of, uses_of
 
 STEP = 0.25
-USAGE = "usage: /steer NAME [STRENGTH] [@LAYERS] ..., /steer + or -, /steer off (vectors: simlab steer list)"
+USAGE = "usage: /steer NAME [STRENGTH[,...]] [@LAYERS] ..., /steer + or -, /steer off (simlab steer list)"
 
 
 def steer(chat, rest: str) -> None:
@@ -51,8 +52,9 @@ def _specs(words: list[str]) -> list[str]:
 
 
 def _number(word: str) -> bool:
+    """A strength, or several (one a sibling: `0,0.5,1,2`)."""
     try:
-        return math.isfinite(float(word))
+        return all(math.isfinite(float(part)) for part in word.split(","))
     except ValueError:
         return False
 

@@ -21,23 +21,49 @@ class Use:
     strength: float
     blocks: tuple[int, ...] | None
     vector: SteerVector
+    sweep: tuple[float, ...] | None = None  # a strength a sibling (`keeper:0,0.5,1,2`)
 
     def label(self) -> str:
-        """As --steer writes it: `keeper:2@12`, `keeper:0.5@10-12`."""
+        """As --steer writes it: `keeper:2@12`, `keeper:0.5@10-12`, `keeper:0,1,2`."""
         blocks = f"@{runs(self.blocks)}" if self.blocks is not None else ""
-        return f"{self.name}:{self.strength:g}{blocks}"
+        strengths = ",".join(f"{x:g}" for x in self.sweep) if self.sweep else f"{self.strength:g}"
+        return f"{self.name}:{strengths}{blocks}"
 
     def at(self, strength: float) -> Use:
-        return replace(self, strength=strength)
+        return replace(self, strength=strength, sweep=None)
 
 
 def uses_of(specs: Sequence[str]) -> list[Use]:
     """Each spec read and its vector file checked (no model needed yet)."""
     uses = []
     for spec in specs:
-        name, strength, blocks = parse_use(spec)
-        uses.append(Use(name, strength, blocks, library.find(name)))
+        name, strengths, blocks = parse_use(spec)
+        sweep = strengths if len(strengths) > 1 else None
+        uses.append(Use(name, strengths[0], blocks, library.find(name), sweep))
+    if sum(use.sweep is not None for use in uses) > 1:
+        raise SteerError("--steer: give several strengths (one a sibling) to one vector only")
     return uses
+
+
+def sweep_of(uses: Sequence[Use]) -> int:
+    """How many siblings the uses' strengths ask for (1: no sweep)."""
+    return next((len(use.sweep) for use in uses if use.sweep), 1)
+
+
+def steerings_of(uses: Sequence[Use], engine, n: int, positions: str = "all"):
+    """What n siblings add: one Steering for all of them, or (a sweep: `keeper:0,0.5,1,2`) one a
+    sibling, each at its strength, which the engine decodes as one batch."""
+    k = sweep_of(uses)
+    if k == 1:
+        return steering_of(uses, engine, positions)
+    if n != k:
+        raise SteerError(f"--steer: {k} strengths are one a sibling; sample {k} siblings (-n {k}, /n {k})")
+    swept = next(i for i, use in enumerate(uses) if use.sweep)
+    rows = []
+    for strength in uses[swept].sweep:
+        row = [*uses[:swept], uses[swept].at(strength), *uses[swept + 1 :]]
+        rows.append(steering_of([u for u in row if u.strength != 0], engine, positions))
+    return rows
 
 
 def steering_of(uses: Sequence[Use], engine, positions: str = "all") -> Steering | None:
@@ -87,14 +113,9 @@ def steering_recorded(record: dict | None, engine) -> Steering | None:
                 "put the original back in the library to replay it"
             )
         blocks = [int(b) for b in term.get("blocks") or vector.layers]
-        use = Use(name, float(term.get("strength", 1.0)), tuple(blocks), vector)
+        use = Use(name, float(term.get("strength", 1.0)), tuple(blocks), vector)  # (one strength a reply)
         terms.extend(steering_of([use], engine, "all").terms)
     return Steering(tuple(terms), str(record.get("positions", "all")))
-
-
-def steering_for(specs: Sequence[str], engine, positions: str = "all") -> Steering | None:
-    """The Steering of the --steer flags on `engine`'s model (None without any)."""
-    return steering_of(uses_of(specs), engine, positions)
 
 
 def runs(blocks: Sequence[int]) -> str:

@@ -169,24 +169,26 @@ def _meta(reader, where: str) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def parse_use(spec: str) -> tuple[str, float, tuple[int, ...] | None]:
-    """`NAME[:STRENGTH][@LAYERS]` -> (name, strength, layers): `noir`, `noir:0.5`, `noir:-2@6-10`,
-    `v.gguf@4,6,8`. LAYERS: blocks as N, N-M and commas (None: every block the vector has)."""
+def parse_use(spec: str) -> tuple[str, tuple[float, ...], tuple[int, ...] | None]:
+    """`NAME[:STRENGTH[,STRENGTH...]][@LAYERS]` -> (name, strengths, layers): `noir`, `noir:0.5`,
+    `noir:-2@6-10`, `v.gguf@4,6,8`; several strengths (`noir:0,0.5,1,2`) are one a sibling. LAYERS:
+    blocks as N, N-M and commas (None: every block the vector has)."""
     name, _, layers_text = spec.partition("@")
     name, colon, strength_text = name.rpartition(":") if ":" in name else (name, "", "")
-    strength = 1.0
+    strengths = (1.0,)
     if colon:
         try:
-            strength = float(strength_text)
+            strengths = tuple(float(part) for part in strength_text.split(","))
         except ValueError:
             raise SteerError(
-                f"--steer {spec}: {strength_text!r} is not a strength (a number: noir:0.5)"
+                f"--steer {spec}: {strength_text!r} is not a strength (a number: noir:0.5, or one a "
+                "sibling: noir:0,0.5,1)"
             ) from None
-        if not math.isfinite(strength):
-            raise SteerError(f"--steer {spec}: the strength must be a finite number")
+        if not all(math.isfinite(x) for x in strengths):
+            raise SteerError(f"--steer {spec}: a strength must be a finite number")
     if not name:
         raise SteerError(f"--steer {spec}: name a vector (simlab steer list), e.g. --steer noir:0.5@6-10")
-    return name, strength, parse_layers(layers_text, f"--steer {spec}") if layers_text else None
+    return name, strengths, parse_layers(layers_text, f"--steer {spec}") if layers_text else None
 
 
 def parse_layers(text: str, where: str) -> tuple[int, ...]:

@@ -162,7 +162,13 @@ class Replies:
                 self._save_trace(completion, self.nodes[-1], on_trace_error, trace_extra)
         return self.nodes
 
+    def _steered(self, completion: Completion) -> Any:
+        """The steering this completion was sampled with (siblings may each have their own)."""
+        rows = self.steering
+        return rows[completion.index] if isinstance(rows, (list, tuple)) else rows
+
     def _save_one(self, completion: Completion) -> Node:
+        steer = self._steered(completion)
         if self.forces is not None:
             return self._save_forced(completion)
         if self.piece_of is not None:  # the rest of a split turn: its next piece, no label of its own
@@ -174,7 +180,7 @@ class Replies:
                 origin=self.origin,
                 persona=self.persona,
                 tags=frozenset({PIECE}),
-                **node_fields(completion, self.params, self.engine, self.fit.window, self.steering),
+                **node_fields(completion, self.params, self.engine, self.fit.window, steer),
             )
         if self.continues is None:
             return self.session.add_child(
@@ -184,7 +190,7 @@ class Replies:
                 speaker=self.speaker,
                 origin=self.origin,
                 persona=self.persona,
-                **node_fields(completion, self.params, self.engine, self.fit.window, self.steering),
+                **node_fields(completion, self.params, self.engine, self.fit.window, steer),
             )
         # Two samplings joined: the tokens and log-probabilities are the continuation's, and without
         # one (params, seed) that draws the whole text, replay copies it rather than re-sampling it.
@@ -198,14 +204,14 @@ class Replies:
             persona=node.persona,
             edited_from=node.id,
             tags=frozenset({"continued"}),
-            **node_fields(completion, None, self.engine, self.fit.window, self.steering),
+            **node_fields(completion, None, self.engine, self.fit.window, steer),
         )
 
     def _save_forced(self, completion: Completion) -> Node:
         """The forced tokens and the sampled rest as one reply beside the one it branched from;
         params and seed draw the rest, so replay re-runs it after the forced tokens."""
-        forced = self.forces
-        fields = node_fields(completion, self.params, self.engine, self.fit.window, self.steering)
+        forced, steer = self.forces, self._steered(completion)
+        fields = node_fields(completion, self.params, self.engine, self.fit.window, steer)
         fields["token_ids"] = tuple(t.id for t in forced.tokens) + fields["token_ids"]
         fields["logprobs"] = tuple(t.logprob for t in forced.tokens) + fields["logprobs"]
         fields["top"] = tuple(t.top for t in forced.tokens) + fields["top"]

@@ -61,3 +61,27 @@ def test_siblings_are_their_seeds_alone(gguf_file):
         alone = engine.generate("The keeper wrote", SamplingParams(**{**params.__dict__, "seed": 7 + i}))[0]
         assert sibling.token_ids == alone.token_ids
         assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens]
+
+
+@pytest.mark.parametrize("positions", ["all", "reply"])
+def test_siblings_steered_at_different_strengths_are_one_batch_each_as_alone(gguf_file, positions):
+    """On the kernel a batch gives each row its bits alone: siblings at different steering strengths
+    decode as one batch (their prompts' caches joined), each its strength sampled alone."""
+    import numpy as np
+
+    from simlab.engine.steering import Steering, Term
+
+    engine = Engine(load_model(str(gguf_file), load_settings(weights="gguf")))
+    engine.eos_ids, engine.prefix = frozenset(), None
+    assert engine.rows_alone
+    rng = np.random.default_rng(1)
+    direction = {1: rng.standard_normal(64).astype(np.float32)}
+    rows = [None, *(Steering((Term("v", "x", s, direction),), positions) for s in (3.0, 6.0))]
+    params = SamplingParams(temperature=1.0, max_new_tokens=20, seed=9)
+    together = engine.generate("The keeper wrote", params, n=3, steering=rows)
+    for k, sibling in enumerate(together):
+        extra = {"steering": rows[k]} if rows[k] else {}
+        [alone] = engine.generate("The keeper wrote", params.with_overrides(seed=9 + k), **extra)
+        same = [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens]
+        assert sibling.token_ids == alone.token_ids and same, k
+    assert len({tuple(c.token_ids) for c in together}) == 3

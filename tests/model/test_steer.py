@@ -117,9 +117,10 @@ def test_repengs_file_reads_and_bad_files_are_refused_in_one_line(tmp_path):
 
 
 def test_the_use_spec_reads_name_strength_and_blocks():
-    assert parse_use("noir") == ("noir", 1.0, None)
-    assert parse_use("noir:-0.5@1-3,5") == ("noir", -0.5, (1, 2, 3, 5))
-    assert parse_use("./v.gguf@2") == ("./v.gguf", 1.0, (2,))
+    assert parse_use("noir") == ("noir", (1.0,), None)
+    assert parse_use("noir:-0.5@1-3,5") == ("noir", (-0.5,), (1, 2, 3, 5))
+    assert parse_use("./v.gguf@2") == ("./v.gguf", (1.0,), (2,))
+    assert parse_use("noir:0,0.5,2@1") == ("noir", (0.0, 0.5, 2.0), (1,))  # one strength a sibling
     for bad in ("noir:x", "noir@3-1", ":2", "noir:inf"):
         with pytest.raises(SteerError):
             parse_use(bad)
@@ -189,6 +190,14 @@ def test_the_steer_commands_and_generate_steer(capsys, tmp_path, tiny_dir):
     record = json.loads(out)["steering"]
     assert code == 0 and record["positions"] == "all"
     assert record["terms"][0]["strength"] == 2.5 and record["terms"][0]["blocks"] == [1]
+    code, out, _ = run_cli(capsys, "generate", PROMPT, "--steer", "happy:0,2.5", *flags)
+    sweep = json.loads(out)["completions"]  # one sibling a strength, without -n
+    assert code == 0 and [c["steering"] and c["steering"]["terms"][0]["strength"] for c in sweep] == [
+        None,
+        2.5,
+    ]
+    code, _, err = run_cli(capsys, "generate", PROMPT, "--steer", "happy:0,2.5", "-n", "3", *flags)
+    assert code == 2 and "2 strengths are one a sibling; sample 2 siblings" in err
     code, _, err = run_cli(capsys, "generate", PROMPT, "--steer", "happy@0", *flags)
     assert code == 2 and "happy has no direction for block 0 (it has 1)" in err
     code, _, err = run_cli(capsys, "generate", PROMPT, "--steer", "sad", *flags)
@@ -222,3 +231,26 @@ def test_a_trace_of_a_steered_reply_reads_the_steered_stream(tiny_engine):
     assert torch.equal(plain["block.0"][0], steered_["block.0"][0])
     expected = plain["block.1"][0] + torch.from_numpy(np.float32(2.0) * vector.directions[1])
     assert torch.allclose(steered_["block.1"][0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["all", "reply"])
+def test_siblings_at_different_strengths_decode_as_one_batch_each_as_alone(llama_engine, positions):
+    """A sweep of strengths (`keeper:0,2,4`) is one sibling a strength, decoded as one batch after a
+    prefill per prompt steering; each sibling is the tokens and log-probabilities of that strength
+    sampled alone with its seed."""
+    vector = SteerVector(directions(32, [1, 2]))
+    strengths = (0.0, 2.0, 4.0)
+    rows = [steering(vector, x, positions) if x else None for x in strengths]
+    params = SamplingParams(temperature=0.9, max_new_tokens=12, seed=21)
+    kept, llama_engine.prefix = llama_engine.prefix, None  # (each prompt read afresh, alone or not)
+    try:
+        together = llama_engine.generate(PROMPT, params, n=3, steering=rows)
+        for k, (row, strength) in enumerate(zip(together, strengths)):
+            alone_params = params.with_overrides(seed=21 + k)
+            extra = {"steering": rows[k]} if rows[k] else {}
+            [alone] = llama_engine.generate(PROMPT, alone_params, **extra)
+            assert row.token_ids == alone.token_ids, (strength, k)
+            assert [t.logprob for t in row.tokens] == [t.logprob for t in alone.tokens], (strength, k)
+    finally:
+        llama_engine.prefix = kept
+    assert len({tuple(c.token_ids) for c in together}) == 3  # the strengths steer apart

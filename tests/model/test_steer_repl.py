@@ -111,3 +111,18 @@ def test_chat_steer_flag_steers_a_piped_chat_and_replay_reproduces_it(
     flags[-3] = "other"  # (a new session: st exists)
     code, _, err = run_cli(capsys, "chat", "--steer", "nope", *flags, stdin="hi\n", monkeypatch=monkeypatch)
     assert code == 2 and "no steering vector 'nope'" in err
+
+
+def test_a_sweep_of_strengths_is_one_sibling_each_recorded_and_replayed(chat, tiny_engine):
+    put("v")
+    handle(chat, "/steer v 0,2,4")
+    assert "steer v:0,2,4" in toolbar_text(chat, 200)
+    with pytest.raises(SteerError, match="3 strengths are one a sibling; sample 3 siblings"):
+        chat.user_turn("hello there")
+    handle(chat, "/n 3")
+    siblings = chat.tree.siblings(chat.cursor.id)
+    strengths = [s.steer["terms"][0]["strength"] if s.steer else 0.0 for s in siblings]
+    assert strengths == [0.0, 2.0, 4.0] and siblings[0].steer is None
+    for sibling in siblings:
+        [check] = check_path(tiny_engine, chat.session, chat.tree.path(sibling.id))
+        assert check.reproduced, (sibling.steer, check)
