@@ -26,7 +26,7 @@ from simlab.cli.common import (
 from simlab.config import load_settings, simlab_home
 from simlab.engine.open import recorded_server
 from simlab.engine.params import BY_FIELD, SamplingParams
-from simlab.errors import SessionWriteError, SimlabError, needs_local
+from simlab.errors import SessionWriteError, SimlabError, SteerError, needs_local
 from simlab.models.load import EMBEDDED, classify_spec
 from simlab.persona.library import find
 from simlab.persona.schema import Persona
@@ -37,7 +37,7 @@ from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.session.started import discarded, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
-from simlab.steer.use import sweep_of, uses_of
+from simlab.steer.use import no_server, uses_of
 from simlab.trace.files import remove_session
 from simlab.turns import start_session
 
@@ -86,7 +86,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     session = _resumed(args, store) if args.resume is not None or args.read_only else None
     persona = persona_of(session) if session is not None else _new_persona(args, settings, store)
     tracer = make_tracer(trace_config(args))
-    steer_uses = uses_of(args.steer)  # (the files are read now; checked against the model at the first reply)
+    steer_uses, steer_positions = _steer(args, session, settings.backend)
     chosen = _chosen(args, session)
     try:
         params = persona.sampling_params(**{"stop": stops_of(session, persona), **chosen})
@@ -114,9 +114,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             tracer=tracer,
             user_set={k: v for k, v in chosen.items() if k != "seed"},
         )
-        chat.steer_uses, chat.steer_positions = steer_uses, args.steer_positions
-        if steer_uses and settings.backend != "local":
-            chat.steering(sweep_of(steer_uses))  # (a server is refused now, in one line)
+        chat.steer_uses, chat.steer_positions = steer_uses, steer_positions
         if session.read_only:
             chat.view.note(
                 f"session {session.name!r} is open read-only: browse it, /tokens, /export; "
@@ -132,6 +130,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
     finally:
         if session is not None:
             _close(args, store, session)
+
+
+def _steer(args: argparse.Namespace, session: Session | None, backend: str) -> tuple[list, str]:
+    """The vectors replies are steered with: --steer's, else what a resumed session had on (said;
+    a vector no longer in the library is said and left off). Read now; checked against the model
+    when it is there. A server cannot be steered: refused now."""
+    if args.steer and backend != "local":
+        raise no_server()
+    if args.steer or session is None or not session.tree.settings.get("steer"):
+        return uses_of(args.steer), args.steer_positions
+    recorded = session.tree.settings
+    try:
+        uses = uses_of([str(spec) for spec in recorded["steer"]])
+    except SteerError as exc:
+        steered = ", ".join(map(str, recorded["steer"]))
+        say(f"simlab: the session was steered with {steered}: {exc}; not steered now")
+        return [], "all"
+    positions = str(recorded.get("steer_positions", "all"))
+    say(f"steering goes on: {' + '.join(u.label() for u in uses)} (/steer off stops it)")
+    return uses, positions
 
 
 def _chosen(args: argparse.Namespace, session: Session | None) -> dict:

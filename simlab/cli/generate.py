@@ -27,7 +27,7 @@ from simlab.cli.common import (
 from simlab.errors import EXIT_INTERRUPTED, SimlabError
 from simlab.repl.progress import Waiting
 from simlab.repl.screen import for_terminal
-from simlab.steer.use import steerings_of, sweep_of, uses_of
+from simlab.steer.use import no_server, steerings_of, sweep_of, uses_of
 
 
 def add_command(commands) -> None:
@@ -62,6 +62,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     tracer = make_tracer(trace_config(args), settings)
     prompt = _read_prompt(args)
+    if args.steer and settings.backend == "openai":  # (said before any server is asked)
+        raise no_server()
     uses = uses_of(args.steer)  # (the vectors' files read before the model loads)
     n = sweep_of(uses) if args.n == 1 else args.n  # (a sweep of strengths: one a sibling)
     engine = load_engine(args, settings)
@@ -93,7 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elif live:
         out.write("\n")
     else:
-        print_completions(out, run.completions, color=color_on(out))
+        print_completions(out, run.completions, color=color_on(out), steering=steering)
     say(stats_line(run))
     if recorder is not None:
         _save_traces(args, tracer, recorder, engine, run)
@@ -123,14 +125,19 @@ def _save_traces(args, tracer, recorder, engine, run) -> None:
             say(f"trace: {path} (simlab trace show {path})")
 
 
-def print_completions(out: TextIO, completions, color: bool) -> None:
-    """Each branch under a header with its number, seed, finish reason and mean log-probability."""
+def print_completions(out: TextIO, completions, color: bool, steering=None) -> None:
+    """Each branch under a header with its number, seed, finish reason and mean log-probability (and
+    its steering, where siblings are steered at different strengths)."""
     dim, reset = ("\x1b[2m", "\x1b[0m") if color else ("", "")
     for c in completions:
         mean = sum(t.logprob for t in c.tokens) / len(c.tokens) if c.tokens else float("nan")
         seed = f"seed {c.seed}" if c.seed is not None else "greedy"
+        steered = ""
+        if isinstance(steering, list):
+            terms = steering[c.index].terms if steering[c.index] else ()
+            steered = " · " + (" + ".join(f"{t.name}:{t.strength:g}" for t in terms) or "unsteered")
         out.write(
-            f"{dim}── {c.index + 1}/{len(completions)} · {seed} · {c.finish_reason} · "
+            f"{dim}── {c.index + 1}/{len(completions)} · {seed}{steered} · {c.finish_reason} · "
             f"{len(c.tokens)} tok · mean logprob {mean:.2f} ──{reset}\n"
         )
         out.write(for_terminal(out, c.text) + "\n")

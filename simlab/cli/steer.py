@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from simlab.cli.steer_derive import add_derive, cmd_derive
+from simlab.config import invoked_as
 from simlab.errors import SteerError
 from simlab.steer import library
 from simlab.steer.use import runs
@@ -55,7 +56,10 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no steering vectors in {library.folder()}; `simlab steer import FILE` adds one")
+        print(
+            f"no steering vectors in {library.folder()}; `{invoked_as()} steer derive NAME --from A --to B` "
+            f"makes one, `{invoked_as()} steer import FILE` adds one"
+        )
     for row in rows:
         about = row.get("problem") or f"{_blocks(row['blocks'])} · {row['hidden']} wide · {row['model']}"
         print(f"{row['name']:<20} {about}")
@@ -94,17 +98,23 @@ def _show(args: argparse.Namespace) -> int:
     print(f"{args.name}: {path}")
     print(f"  {_blocks(vector.layers)}, {vector.hidden} wide; sha256 of the directions {vector.digest[:16]}")
     print(f"  made for {_origin(vector)['model']}; added at each block's output (llama.cpp's direction.N)")
-    for key in sorted(k for k in vector.meta if k not in ("name", "model", "hook")):
-        print(f"  {key}: {vector.meta[key]}")
-    print("  block  norm")
-    for layer, norm in norms.items():
-        print(f"  {layer:>5}  {norm:.4g}")
+    for key in sorted(k for k in vector.meta if k not in ("name", "model", "hook", "blocks")):
+        value = vector.meta[key]
+        print(f"  {key}: {'; '.join(map(str, value)) if isinstance(value, list) else value}")
+    made = vector.meta.get("blocks") if isinstance(vector.meta.get("blocks"), dict) else {}
+    print("  block  norm      |dir|/|h|  AUC (held out, when derived)")
+    for layer in sorted({*norms, *(int(b) for b in made if str(b).isdigit())}):
+        figures = made.get(str(layer), {})
+        relative, auc = figures.get("relative_norm"), figures.get("auc")
+        kept = f"{norms[layer]:<9.4g}" if layer in norms else "(not kept)"
+        extra = f"  {relative:>8.3f}  {auc:>5.2f}" if relative is not None and auc is not None else ""
+        print(f"  {layer:>5}  {kept}{extra}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     name, vector = library.import_file(Path(args.file), args.name, args.force)
-    print(f"imported {name}: {_blocks(vector.layers)}, {vector.hidden} wide; --steer {name}:1.0 applies it")
+    print(f"imported {name}: {_blocks(vector.layers)}, {vector.hidden} wide; --steer {name}:1 applies it")
     return 0
 
 

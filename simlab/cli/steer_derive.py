@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from simlab.cli.common import add_model_flags, add_sessions_dir, load_engine, open_store, settings_of
+from simlab.config import invoked_as
 from simlab.errors import SteerError
 from simlab.persona.library import find
 from simlab.repl.progress import Waiting
@@ -86,7 +87,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
     made = f"its {len(found.nodes)} replies are session {session.name}" if session else f"{len(pairs)} pairs"
     print(
         f"saved {args.name} ({len(vector.layers)} blocks) in {path}; {made}. "
-        f"Try: simlab generate TEXT --steer {args.name}:1@{best.block}"
+        f"Try: {invoked_as()} generate TEXT --steer {args.name}:1@{best.block}"
     )
     return 0
 

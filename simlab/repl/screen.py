@@ -153,7 +153,7 @@ class LineView:
             ended = [f" [{c.finish_reason}]" for c in completions if c.tokens or c.text]
             tail = "".join(map(self.style.dim, ended[:1])) if outcome == "ended" else ""
             siblings = len(self.chat.tree.children(replies.parent_id)) + 1  # (with this one, once saved)
-            if tail and siblings > 1:
+            if tail and siblings > 1 and replies.continues is None:  # (a /continue may add nothing)
                 tail += self.style.dim(f" [{siblings}/{siblings}]")
         wrap, self._wrap = self._wrap, None
         write(self.out, (wrap.end(tail) if wrap is not None else tail) + "\n")

@@ -19,11 +19,11 @@ from simlab.persona.schema import Persona
 from simlab.repl.loading import Loading
 from simlab.repl.notes import Notes
 from simlab.repl.progress import LastReply
+from simlab.repl.steering import remembered, steering_for
 from simlab.repl.view import View
 from simlab.session.started import persona_at, persona_of, stops_of
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node
-from simlab.steer.use import steerings_of
 from simlab.turns import (
     Replies,
     has_output,
@@ -110,11 +110,8 @@ class Chat(Notes):
         return engine
 
     def steering(self, n: int = 1):
-        """What the next n replies add to the residual stream (engine.steering.Steering; one a
-        sibling for a sweep of strengths), or None."""
-        return (
-            steerings_of(self.steer_uses, self.engine, n, self.steer_positions) if self.steer_uses else None
-        )
+        """What the next n replies add to the residual stream (repl.steering.steering_for)."""
+        return steering_for(self, n)
 
     def interrupt(self) -> bool:
         """Stop what runs (from another thread): the reply being decoded (what came is saved), or
@@ -182,6 +179,7 @@ class Chat(Notes):
         if not text.strip():
             return []
         after = self.cursor
+        self.steering(0)  # (a vector that does not fit the model is refused before the turn is saved)
         user = self.session.add_child(
             after.id, "user", text, speaker=self.speaker("user"), persona=self.persona_name()
         )
@@ -393,7 +391,8 @@ class Chat(Notes):
         """Keep what the user chose (flags, /set, /seed) on the session: --resume goes on with it."""
         chosen = {k: list(v) if isinstance(v, tuple) else v for k, v in self.user_set.items()}
         seed = self.seeds.next
-        self.session.save_settings({"set": chosen, "seed": seed} if chosen or seed is not None else {})
+        kept = {"set": chosen, "seed": seed} if chosen or seed is not None else {}
+        self.session.save_settings(kept | remembered(self))
 
     def close(self) -> None:
         self.remember()

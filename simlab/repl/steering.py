@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from simlab.errors import SteerError
-from simlab.steer.use import steering_of, uses_of
+from simlab.steer.use import steering_of, steerings_of, sweep_of, uses_of
 
 STEP = 0.25
 USAGE = "usage: /steer NAME [STRENGTH[,...]] [@LAYERS] ..., /steer + or -, /steer off (simlab steer list)"
@@ -34,6 +34,30 @@ def steer(chat, rest: str) -> None:
     steering_of(uses, chat.engine, chat.steer_positions)  # (checked against the model now, not at the reply)
     chat.steer_uses = uses
     chat.view.note(describe(chat) + ": replies from here are steered (each records it)")
+
+
+def steering_for(chat, n: int = 1):
+    """What the chat's next n replies add (engine.steering.Steering, one a sibling for a sweep of
+    strengths), or None; n = 0: only checked. A vector found not to fit the model once it is there
+    (a --steer at start names a block it lacks) is taken off, and the error says so."""
+    uses = chat.steer_uses
+    if not uses:
+        return None
+    k = sweep_of(uses)
+    if n and k not in (1, n):
+        raise SteerError(f"/steer: {k} strengths are one a sibling; sample {k} siblings (/n {k})")
+    try:
+        return steerings_of(uses, chat.engine, n or k, chat.steer_positions)
+    except SteerError as exc:
+        chat.steer_uses = []
+        raise SteerError(f"{exc}; steering is off now (/steer NAME STRENGTH puts a vector on)") from None
+
+
+def remembered(chat) -> dict:
+    """What --resume puts on again: the vectors as /steer and --steer write them, and where."""
+    if not chat.steer_uses:
+        return {}
+    return {"steer": [use.label() for use in chat.steer_uses], "steer_positions": chat.steer_positions}
 
 
 def _specs(words: list[str]) -> list[str]:

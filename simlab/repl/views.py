@@ -106,7 +106,7 @@ def params_text(chat: Chat) -> str:
 def toolbar_text(chat: Chat, width: int | None = None) -> str:
     """One line: where we are, the model, the sampling, the last reply's speed and context; the
     least needed parts go first when the terminal is narrow: first token, device, speed, model,
-    persona; the position, the context used and the sampling stay."""
+    persona, then the sampling; the position, the context used and the steering stay."""
     p = chat.params
     width = width or shutil.get_terminal_size((80, 24)).columns
     if not chat.loading.ready:
@@ -131,7 +131,7 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
         (6, info.device),
         (3, chat.persona_name() or ""),
         (2, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
-        (0, describe(chat) if chat.steer_uses else ""),
+        (1, describe(chat) if chat.steer_uses else ""),  # (what the replies are steered with stays)
         (0, where),
         (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
         (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),

@@ -33,6 +33,14 @@ class Use:
         return replace(self, strength=strength, sweep=None)
 
 
+def no_server():
+    """The one line a server's steering is refused with, naming the servers that could steer."""
+    return needs_local(
+        "--steer (adding to the residual stream; servers: vLLM only with the vllm-lens plugin, "
+        "llama.cpp's llama-server only at launch with --control-vector)"
+    )
+
+
 def uses_of(specs: Sequence[str]) -> list[Use]:
     """Each spec read and its vector file checked (no model needed yet)."""
     uses = []
@@ -72,10 +80,7 @@ def steering_of(uses: Sequence[Use], engine, positions: str = "all") -> Steering
     if not uses:
         return None
     if not engine.capabilities.local:
-        raise needs_local(
-            "--steer (adding to the residual stream; servers: vLLM only with the vllm-lens plugin, "
-            "llama.cpp's llama-server only at launch with --control-vector)"
-        )
+        raise no_server()
     if positions not in POSITIONS:
         raise SteerError(f"--steer-positions {positions}: use one of {', '.join(POSITIONS)}")
     info = engine.info

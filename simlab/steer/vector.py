@@ -107,12 +107,14 @@ def read(path: Path) -> SteerVector:
     import gguf
 
     where = str(path)
+    if path.is_dir():
+        raise SteerError(f"{where} is a folder; give a .gguf control-vector file")
     try:
         reader = gguf.GGUFReader(str(path))
     except FileNotFoundError:
         raise SteerError(f"{where}: no such file") from None
-    except (OSError, ValueError, KeyError, IndexError) as exc:
-        raise SteerError(f"{where}: not a GGUF control vector ({exc})") from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise SteerError(f"{where}: not a GGUF control vector (not GGUF, or cut short)") from None
     arch = _string(reader, "general.architecture")
     if arch not in (None, ARCH):
         raise SteerError(f"{where} is a GGUF of a {arch!r} model, not a control vector (controlvector)")
@@ -173,7 +175,9 @@ def parse_use(spec: str) -> tuple[str, tuple[float, ...], tuple[int, ...] | None
     """`NAME[:STRENGTH[,STRENGTH...]][@LAYERS]` -> (name, strengths, layers): `noir`, `noir:0.5`,
     `noir:-2@6-10`, `v.gguf@4,6,8`; several strengths (`noir:0,0.5,1,2`) are one a sibling. LAYERS:
     blocks as N, N-M and commas (None: every block the vector has)."""
-    name, _, layers_text = spec.partition("@")
+    name, at, layers_text = spec.partition("@")
+    if at and not layers_text.strip():
+        raise SteerError(f"--steer {spec}: name the blocks after @ (like @6-10 or @4,6,8), or leave @ out")
     name, colon, strength_text = name.rpartition(":") if ":" in name else (name, "", "")
     strengths = (1.0,)
     if colon:

@@ -121,7 +121,7 @@ def test_the_use_spec_reads_name_strength_and_blocks():
     assert parse_use("noir:-0.5@1-3,5") == ("noir", (-0.5,), (1, 2, 3, 5))
     assert parse_use("./v.gguf@2") == ("./v.gguf", (1.0,), (2,))
     assert parse_use("noir:0,0.5,2@1") == ("noir", (0.0, 0.5, 2.0), (1,))  # one strength a sibling
-    for bad in ("noir:x", "noir@3-1", ":2", "noir:inf"):
+    for bad in ("noir:x", "noir@3-1", ":2", "noir:inf", "noir:2@"):
         with pytest.raises(SteerError):
             parse_use(bad)
 

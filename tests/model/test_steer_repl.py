@@ -126,3 +126,40 @@ def test_a_sweep_of_strengths_is_one_sibling_each_recorded_and_replayed(chat, ti
     for sibling in siblings:
         [check] = check_path(tiny_engine, chat.session, chat.tree.path(sibling.id))
         assert check.reproduced, (sibling.steer, check)
+
+
+def test_a_vector_that_does_not_fit_is_refused_before_the_turn_and_taken_off(chat):
+    from simlab.steer.use import uses_of
+
+    put("v")
+    chat.steer_uses = uses_of(["v:2@7"])  # as --steer at start: the files read, the model not yet there
+    count = len(chat.tree.nodes)
+    with pytest.raises(SteerError, match="has no direction for block 7.*; steering is off now"):
+        chat.user_turn("hello there")
+    assert len(chat.tree.nodes) == count and chat.steer_uses == []  # nothing saved, nothing left on
+    [reply] = chat.user_turn("hello there")
+    assert reply.steer is None
+
+
+def test_resume_puts_the_steering_back_on_and_says_so(capsys, monkeypatch, tiny_dir, tmp_path):
+    put("v")
+    (tmp_path / "p.yaml").write_text("name: p\nframe: A chat.\nspeakers: {user: Ann, model: Bo}\n")
+    flags = ["--model", tiny_dir, "--persona", tmp_path / "p.yaml", "--max-tokens", "4"]
+    flags += ["--sessions-dir", tmp_path / "s"]
+    code, _, err = run_cli(
+        capsys, "chat", "--steer", "v:3", *flags, "--session", "r", stdin="hi\n", monkeypatch=monkeypatch
+    )
+    assert code == 0, err
+    code, _, err = run_cli(
+        capsys, "chat", "--resume", "r", *flags[-2:], stdin="and then?\n", monkeypatch=monkeypatch
+    )
+    assert code == 0 and "steering goes on: v:3" in err, err
+    from simlab.session.store import SessionStore
+
+    session = SessionStore(tmp_path / "s").open("r", read_only=True)
+    replies = [n for n in session.tree.nodes.values() if n.role == "model" and n.params]
+    assert len(replies) == 2 and all(n.steer["terms"][0]["strength"] == 3.0 for n in replies)
+    code, _, err = run_cli(
+        capsys, "generate", "hi", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--steer", "v"
+    )
+    assert code == 2 and "vllm-lens" in err and "reach" not in err  # said before any server is asked
