@@ -288,6 +288,8 @@ class Loom:
         """(node id, fragments) per visible line: depth, fold mark, marks, a preview of the text."""
         on_path = {n.id for n in self.chat.path()}
         lines: list[tuple[str, list]] = []
+        # indented two columns a level, at most so far that 14 columns of the pane stay for the text
+        deepest = max(1, (max(24, min(self.width // 3, 60)) - 16) // 2)
         # each tree's turns labelled as its frame's template writes them ("KEEPER.", as the chat does)
         roots = [r for r in reversed(self.tree.roots) if self.show_hidden or not r.hidden]
         stack = [(r, 0, Framing.from_dict(r.framing) if r.role == "frame" else None) for r in roots]
@@ -309,7 +311,7 @@ class Loom:
                 (
                     node.id,
                     [
-                        ("class:fold", "  " * min(depth, 12) + fold + " "),
+                        ("class:fold", "  " * min(depth, deepest) + fold + " "),
                         ("class:mark", marks),
                         (style, text),
                     ],

@@ -437,3 +437,21 @@ def test_ctrl_c_in_the_editor_stops_the_reply_a_command_streams(fake_engine, sto
         reply.finish_reason == "interrupted" and reply.text.startswith("word word w") and len(reply.text) < 20
     )
     assert loom.message.startswith("stopped: 1 interrupted, 1 saved")
+
+
+def test_a_deep_node_keeps_room_for_its_text_in_the_tree_pane(fake_engine, store):
+    """At 80 columns the tree pane is 26 wide: indentation stops where 14 columns stay for the text,
+    so a turn ten levels down still shows what it says."""
+    persona = Persona(name="duo", frame="Two talk.\n\n", user="Ann", model="Bo")
+    session = start_session(store, persona, "deep")
+    chat = Chat(
+        fake_engine, store, session, persona, persona.sampling_params(seed=1), LineView(io.StringIO())
+    )
+    for k in range(6):
+        fake_engine.enqueue([f" Answer number {k}."])
+        chat.user_turn(f"Question {k}?")
+    loom = Loom(chat)
+    loom.width = 80
+    *_, (node_id, fragments) = loom.tree_lines()
+    indent = fragments[0][1]
+    assert node_id == chat.cursor.id and len(indent) <= 12 and "Answer" in fragments[-1][1]
