@@ -23,7 +23,7 @@ from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import LOCAL, drain
 from simlab.engine.results import Completion, Delta, RunControl, RunStats, TokenInfo, token_info
 from simlab.engine.steering import Steering, row_adds, uniform
-from simlab.errors import ContextLengthError
+from simlab.errors import ContextLengthError, SteerError
 from simlab.models import lean
 from simlab.models.info import LoadedModel, eos_ids
 from simlab.models.ranking import top_k as best_of
@@ -185,8 +185,13 @@ class Run(RunControl):
         super().__init__(params, n)
         self.engine, self.recorder = engine, recorder  # a trace.Recorder reads these same passes
         steering, self.rows = uniform(steering)  # rows: one steering per sibling, when they differ
-        if self.rows is not None and (recorder is not None or len(self.rows) != n):
-            raise ValueError("siblings steered apart: one steering a sibling, and no trace")
+        if self.rows is not None and len(self.rows) != n:
+            raise ValueError(f"{len(self.rows)} steerings for {n} siblings")
+        if self.rows is not None and recorder is not None:
+            raise SteerError(
+                "siblings at different strengths are not traced together: /trace off (or --trace left "
+                "out), or sample each strength on its own"
+            )
         self.steering = steering or self.rows
         self.row_adds = row_adds(self.rows, engine.model.dtype, engine.device) if self.rows else None
         adds = steering.adds(engine.model.dtype, engine.device) if steering else None

@@ -254,3 +254,14 @@ def test_siblings_at_different_strengths_decode_as_one_batch_each_as_alone(llama
     finally:
         llama_engine.prefix = kept
     assert len({tuple(c.token_ids) for c in together}) == 3  # the strengths steer apart
+
+
+def test_siblings_at_different_strengths_are_not_traced_together_and_say_so(tiny_engine):
+    from simlab.errors import SteerError
+    from simlab.trace.config import TraceConfig
+    from simlab.trace.record import Recorder
+
+    vector = SteerVector(directions(tiny_engine.info.hidden_size, [1]))
+    recorder = Recorder(tiny_engine.model, TraceConfig(dtype="float32"))
+    with pytest.raises(SteerError, match="not traced together"):
+        tiny_engine.start(PROMPT, GREEDY, n=2, recorder=recorder, steering=[None, steering(vector, 2.0)])
