@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from simlab.compare.steer import expand, record
 from simlab.engine.params import BY_KEY, SamplingParams
 from simlab.errors import PersonaError, SamplingError, SpecError
 from simlab.persona.library import find
@@ -21,6 +22,8 @@ class Variant:
     persona: Persona
     params: SamplingParams  # seed unset: the sweep seeds each sample
     model: str | None = None
+    steer: tuple = ()  # steer.use.Use: vectors its replies are steered with (compare.steer)
+    positions: str = "all"
 
     def fingerprint(self, spec: Spec, model_revision: str) -> str:
         """What the samples depend on (the model by its revision, however it was named); a changed
@@ -33,6 +36,7 @@ class Variant:
             "model": model_revision,
             "turns": spec.turns,
             "seed": spec.seed,
+            **({"steer": record(self)} if self.steer else {}),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
@@ -72,7 +76,8 @@ AUTO_LABELS = {  # the tables' labels -> the metrics' keys (the keys are accepte
 }
 AUTO_METRICS = tuple(AUTO_LABELS.values())
 SPEC_KEYS = {
-    "name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url", "until", "same_sampling"
+    "name", "turns", "variants", "samples", "seed", "sampling", "model", "base_url", "until", "same_sampling",
+    "steer",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "persona", "frame", "sampling", "model"}
 
@@ -174,6 +179,7 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
         except (SamplingError, TypeError) as exc:
             raise SpecError(f"{here}: {exc}") from None
         variants.append(Variant(name, persona, params, raw.get("model")))
+    variants = expand(variants, data.get("steer"), where("steer"))
     name = data.get("name", default_name)
     if not isinstance(name, str):
         raise SpecError(f"{where('name')}: name: must be text")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simlab.compare.spec import Spec, Variant
+from simlab.compare.steer import steering_for
 from simlab.errors import SweepInterrupted
 from simlab.session.store import Session
 from simlab.session.tree import Node
@@ -178,6 +179,7 @@ def _sample(
         n,
         persona=variant.persona.name,
         tracer=tracer,
+        steering=steering_for(variant, engine),
     )
     replies.decode()
     nodes = replies.save(keep=lambda c: c.finish_reason != "interrupted", variant=variant.name)
@@ -200,6 +202,7 @@ def _sample_apart(
             user.id,
             variant.params.with_overrides(seed=seed_of(spec, t, i)),
             persona=variant.persona.name,
+            steering=steering_for(variant, engine),
             tracer=tracer,
         )
         for i, user in jobs
@@ -238,6 +241,7 @@ def _sample_remote(
             user.id,
             variant.params.with_overrides(seed=seed_of(spec, t, i)),
             persona=variant.persona.name,
+            steering=steering_for(variant, engine),
         )
         replies.decode()
         return i, replies

@@ -356,3 +356,42 @@ def test_personas_that_sample_differently_are_named_and_same_sampling_makes_only
     first, second = (v.params for v in same.variants)
     assert sampling_differs(same) is None and second.temperature == 0.8 and second.top_k == 40
     assert second.stop == mixed.variants[1].params.stop != first.stop  # each framing's own stops
+
+
+def test_steering_is_a_variant_dimension_with_shared_seeds(tmp_path, personas, tiny_engine):
+    """`steer: {vector, strength: [0, 2, 4]}` makes each variant one per strength, paired by seed:
+    strength 0 is the variant unsteered, the others record their strength and decode steered."""
+    import numpy as np
+
+    from simlab.steer import library
+    from simlab.steer.vector import SteerVector
+
+    rng = np.random.default_rng(2)
+    SteerVector({1: (8 * rng.standard_normal(32)).astype(np.float32)}, {"name": "v"}).write(
+        library.folder() / "v.gguf"
+    )
+    a, _ = personas
+    data = {
+        "turns": ["hello"],
+        "samples": 2,
+        "seed": 40,
+        "sampling": {"max_tokens": 6, "temperature": 1.0},
+        "variants": [{"persona": str(a)}],
+        "steer": {"vector": "v", "strength": [0, 2, 4], "layers": "1"},
+    }
+    spec = build_spec(data, "spec")
+    assert [v.name for v in spec.variants] == ["a", "a v:2@1", "a v:4@1"]
+    with SessionStore(tmp_path / "s").create("x") as session:
+        runs = run_sweep(spec, session, lambda m: tiny_engine)
+    replies = [[s[0] for s in run.samples] for run in runs]
+    assert [r.seed for r in replies[0]] == [r.seed for r in replies[2]]  # paired: the same seeds
+    assert all(r.steer is None for r in replies[0])
+    assert [r.steer["terms"][0]["strength"] for r in replies[2]] == [4.0, 4.0]
+    assert [r.token_ids for r in replies[0]] != [r.token_ids for r in replies[2]]
+    for bad, expected in (
+        ({"vector": "v", "strength": [1, 1]}, "a list of different numbers"),
+        ({"vector": "nope"}, "no steering vector 'nope'"),
+        ({"vector": "v", "dose": 1}, "unknown key 'dose'"),
+    ):
+        with pytest.raises(SpecError, match=expected):
+            build_spec({**data, "steer": bad}, "spec")
