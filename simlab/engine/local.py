@@ -221,18 +221,16 @@ class Run(RunControl):
         engine, recorder = self.engine, self.recorder
         # a trace of the whole prompt feeds all of it; a steered prompt's cache is its own
         if not (recorder and recorder.config.prompt) and self.cache_key is not False:
-            for store in (engine.prefix, engine.disk if self.cache_key is None else None):
-                cache, start, done = self._take(store)
+            for store in (s for s in (engine.prefix, engine.disk) if s is not None):
+                cache, start, done = store.take(self.prompt_ids, self.wanted, self.cache_key)
                 if cache is not None:
                     return cache, start, done
         return prefixes.new_cache(model), 0, []
 
-    def _take(self, store):
-        if store is None:
-            return None, 0, []
-        if isinstance(store, prefixes.PrefixCache):
-            return store.take(self.prompt_ids, self.wanted, self.cache_key)
-        return store.take(self.prompt_ids, self.wanted)
+    def _feeding(self):
+        """What prefixes.feed tells as the prompt goes in: on_prefill, and False once a stop came."""
+        told = self.on_prefill or (lambda at, total: None)  # a stop while the prompt goes in: no reply
+        return lambda at, total: [told(at, total), not self._stop_requested][1]
 
     def prefill(self, model, started: float):
         """Feed the prompt (what a kept cache holds is not fed again); (cache, logits (n, V)), the
@@ -246,8 +244,7 @@ class Run(RunControl):
         if recorder:
             recorder.prefill_started()
 
-        told = self.on_prefill or (lambda at, total: None)  # a stop while the prompt goes in: no reply
-        fed = lambda at, total: [told(at, total), not self._stop_requested][1]  # noqa: E731
+        fed = self._feeding()
         disk = None if self.prompt_adds else engine.disk  # (no steered prompt is kept for another run)
         with engine.steered.adding(self.prompt_adds):
             logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, disk, fed)
@@ -274,9 +271,7 @@ class Run(RunControl):
         (unsteered once for all those that steer only their reply), each fresh; the rows' caches
         then decode as one batch (engine.kvcache.joined), or apart where a batch would change bits."""
         caches, logits, device = {}, {}, self.engine.device
-        self.passes = prefixes.plan(0, len(self.prompt_ids))
-        told = self.on_prefill or (lambda at, total: None)
-        fed = lambda at, total: [told(at, total), not self._stop_requested][1]  # noqa: E731
+        self.passes, fed = prefixes.plan(0, len(self.prompt_ids)), self._feeding()
         for steering in self.rows:
             key = steering.prompt_key if steering else None
             if key not in caches:

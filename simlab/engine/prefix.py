@@ -145,11 +145,14 @@ class DiskPrefixes:
         digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:32]
         return self.folder / f"{digest}-{len(ids)}.safetensors"
 
-    def take(self, ids: list[int], wanted: list[int] | None = None):
-        """(cache, tokens, passes) for the longest chain of kept chunks the prompt starts with."""
+    def take(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None):
+        """(cache, tokens, passes) for the longest chain of kept chunks the prompt starts with; none
+        for a steered prompt (`key`: the disk keeps unsteered prompts only)."""
         from safetensors.torch import load_file
 
         self._chain = set()  # a new prompt: its own chain from here on
+        if key is not None:
+            return None, 0, []
         chunks = (len(ids) - 1) // CHUNK
         if wanted is not None:
             chunks = min(chunks, next((i for i, p in enumerate(wanted) if p != CHUNK), len(wanted)))

@@ -68,8 +68,3 @@ class Loading:
             except SimlabError as exc:
                 raise ModelFailed(str(exc)) from None
         return self._engine
-
-    @property
-    def loaded(self) -> Engine | None:
-        """The engine if it is there, without waiting."""
-        return self._engine if self._engine is not None else self.engine() if self.ready else None

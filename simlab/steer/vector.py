@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ class SteerVector:
     def hidden(self) -> int:
         return int(next(iter(self.directions.values())).shape[0]) if self.directions else 0
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """sha256 of the directions alone (layer numbers and float32 bytes): two files that steer
         alike have one digest whatever their metadata; a node records it."""
