@@ -234,9 +234,12 @@ def feed(
     logits = None
     if on_pass is not None and passes and not on_pass(at, len(ids)):
         return None
-    for length in passes:
+    nothing = torch.zeros(0, dtype=torch.long, device=device)  # a pass before the last needs no logits
+    for i, length in enumerate(passes):
         chunk = torch.tensor([ids[at : at + length]], device=device)
-        logits = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        last = i == len(passes) - 1
+        out = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1 if last else nothing)
+        logits = out.logits[:, -1, :] if last else None
         at += length
         aligned = aligned and length == CHUNK
         if disk is not None and aligned:

@@ -320,9 +320,7 @@ class CausalLMOutput:
     past_key_values: object = None
     hidden_states: tuple | None = None
 
-    @property
-    def cache(self):
-        return self.past_key_values
+    cache = property(lambda self: self.past_key_values)
 
 
 class Gemma3ForCausalLM(nn.Module):
@@ -370,7 +368,7 @@ class Gemma3ForCausalLM(nn.Module):
         cache=None,
         past_key_values=None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         output_hidden_states: bool = False,
     ) -> CausalLMOutput:
         if attention_mask is not None:
@@ -380,7 +378,9 @@ class Gemma3ForCausalLM(nn.Module):
             cache = DynamicCache(config=self.config)
         states: list | None = [] if output_hidden_states else None
         h = self.model(input_ids, cache, position_ids, states)
-        if logits_to_keep:
+        if isinstance(logits_to_keep, torch.Tensor):  # positions, as transformers takes them
+            h = h[:, logits_to_keep, :]
+        elif logits_to_keep:
             h = h[:, -logits_to_keep:, :]
         logits = self.lm_head(h)
         cap = self.config.final_logit_softcapping

@@ -128,7 +128,7 @@ _local = threading.local()  # each thread's working memory for the kernel, kept 
 def _scratch(m: int, k: int) -> torch.Tensor:
     """The kernel's working memory for M rows of K (simlab_qlinear_parts says how it is laid out):
     this thread's, grown when a call needs more (a decode step's products then allocate nothing)."""
-    size = 5 * m * k + 12 * m * (k // QK)
+    size = 5 * m * k + 12 * m * (k // QK) + 16 * -(-m // 4) * (k // QK)
     held = getattr(_local, "scratch", None)
     if held is None or held.numel() < size:
         held = torch.empty(size, dtype=torch.int8)

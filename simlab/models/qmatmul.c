@@ -31,7 +31,7 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 11; }
+int simlab_qmatmul_version(void) { return 12; }
 
 int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte dot products, 4: AVX-512 */
 #if defined(SIMLAB_AVX512)
@@ -68,31 +68,87 @@ static float round_block(const float *v, int8_t *q, int *sum) {
     return d;
 }
 
-/* x (M, K) float -> two levels of 8-bit codes per block of 32: x ~ d1 q1 + d2 q2 with d2 = d1 / 256,
- * where q2 rounds what q1 left (so about 15 bits per value, and 256 q1 + q2 is one integer). q1, q2
- * (M, K); d1, d2, sx (M, K/32), sx = d2 sum(256 q1 + q2), for the weights' offsets. */
+/* One row of K floats -> two levels of 8-bit codes per block of 32: x ~ d1 q1 + d2 q2 with
+ * d2 = d1 / 256, where q2 rounds what q1 left (so about 15 bits per value, and 256 q1 + q2 is one
+ * integer). q1, q2 (K); d1, d2, sx (K/32), sx = d2 sum(256 q1 + q2), for the weights' offsets. */
+static void quantize_row(const float *x, int64_t k, int8_t *q1, int8_t *q2, float *d1, float *d2, float *sx) {
+    for (int64_t b = 0; b < k / QK; b++) {
+        int64_t at = b * QK;
+        float rest[QK];
+        int s1, s2;
+        d1[b] = round_block(x + at, q1 + at, &s1);
+        for (int i = 0; i < QK; i++) rest[i] = x[at + i] - d1[b] * (float)q1[at + i];
+        d2[b] = d1[b] / 256.0f;
+        float inv = d2[b] != 0.0f ? 1.0f / d2[b] : 0.0f;
+        s2 = 0;
+        for (int i = 0; i < QK; i++) {
+            int c = (int)nearbyintf(rest[i] * inv);
+            c = c > 127 ? 127 : (c < -127 ? -127 : c);
+            q2[at + i] = (int8_t)c;
+            s2 += c;
+        }
+        sx[b] = d2[b] * (float)(256 * s1 + s2);
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+/* quantize_row's arithmetic 16 values at a time: the same operations on each value (a max is a max
+ * in any order, the code sums are integers), so the same bits; also each level biased to unsigned
+ * (+128) into u1, u2, for the AVX-512 product. */
+static inline __m512i codes16(__m512 v, float inv) {
+    __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv))); /* nearbyintf's rounding */
+    return _mm512_min_epi32(_mm512_max_epi32(c, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
+}
+
+static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, float *d1, float *d2, float *sx,
+                            int16_t *x16) {
+    const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < k / QK; b++) {
+        int64_t at = b * QK;
+        __m512 v0 = _mm512_loadu_ps(x + at), v1 = _mm512_loadu_ps(x + at + 16);
+        __m512 big = _mm512_max_ps(_mm512_and_ps(v0, sign), _mm512_setzero_ps()); /* NaN: passed over */
+        big = _mm512_max_ps(_mm512_and_ps(v1, sign), big);
+        float d = _mm512_reduce_max_ps(big) / 127.0f;
+        float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        __m512i a0 = codes16(v0, inv), a1 = codes16(v1, inv);
+        __m512 dd = _mm512_set1_ps(d);
+        __m512 r0 = _mm512_sub_ps(v0, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(a0)));
+        __m512 r1 = _mm512_sub_ps(v1, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(a1)));
+        float e = d / 256.0f;
+        float inv2 = e != 0.0f ? 1.0f / e : 0.0f;
+        __m512i b0 = codes16(r0, inv2), b1 = codes16(r1, inv2);
+        int s1 = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
+        int s2 = _mm512_reduce_add_epi32(_mm512_add_epi32(b0, b1));
+        d1[b] = d;
+        d2[b] = e;
+        sx[b] = e * (float)(256 * s1 + s2);
+        _mm_storeu_si128((__m128i *)(q1 + at), _mm512_cvtepi32_epi8(a0));
+        _mm_storeu_si128((__m128i *)(q1 + at + 16), _mm512_cvtepi32_epi8(a1));
+        _mm_storeu_si128((__m128i *)(q2 + at), _mm512_cvtepi32_epi8(b0));
+        _mm_storeu_si128((__m128i *)(q2 + at + 16), _mm512_cvtepi32_epi8(b1));
+        /* 256 q1 + q2 as one 16-bit integer (|.| <= 32639), natural order for now */
+        __m512i w0 = _mm512_add_epi32(_mm512_slli_epi32(a0, 8), b0), w1 = _mm512_add_epi32(_mm512_slli_epi32(a1, 8), b1);
+        _mm256_storeu_si256((__m256i *)(x16 + at), _mm512_cvtepi32_epi16(w0));
+        _mm256_storeu_si256((__m256i *)(x16 + at + 16), _mm512_cvtepi32_epi16(w1));
+    }
+    /* each two blocks' 64 values as pairs: the first 64 bytes hold values 4L, 4L + 1 in 32-bit lane L,
+     * the next 64 values 4L + 2, 4L + 3, so two vpdpwssd put a 256-bit lane's four products in lane L */
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int64_t b = 0; b + 1 < k / QK; b += 2) {
+        __m512i lo = _mm512_loadu_si512((const void *)(x16 + b * QK)), hi = _mm512_loadu_si512((const void *)(x16 + b * QK + 32));
+        _mm512_storeu_si512((void *)(x16 + b * QK), _mm512_permutex2var_epi32(lo, even, hi));
+        _mm512_storeu_si512((void *)(x16 + b * QK + 32), _mm512_permutex2var_epi32(lo, odd, hi));
+    }
+}
+#endif
+
+/* x (M, K) float -> quantize_row for each row: q1, q2 (M, K); d1, d2, sx (M, K/32). */
 void simlab_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q1, int8_t *q2, float *d1,
                           float *d2, float *sx) {
     int64_t blocks = k / QK;
-    for (int64_t r = 0; r < m; r++) {
-        for (int64_t b = 0; b < blocks; b++) {
-            int64_t at = r * k + b * QK, g = r * blocks + b;
-            float rest[QK];
-            int s1, s2;
-            d1[g] = round_block(x + at, q1 + at, &s1);
-            for (int i = 0; i < QK; i++) rest[i] = x[at + i] - d1[g] * (float)q1[at + i];
-            d2[g] = d1[g] / 256.0f;
-            float inv = d2[g] != 0.0f ? 1.0f / d2[g] : 0.0f;
-            s2 = 0;
-            for (int i = 0; i < QK; i++) {
-                int c = (int)nearbyintf(rest[i] * inv);
-                c = c > 127 ? 127 : (c < -127 ? -127 : c);
-                q2[at + i] = (int8_t)c;
-                s2 += c;
-            }
-            sx[g] = d2[g] * (float)(256 * s1 + s2);
-        }
-    }
+    for (int64_t r = 0; r < m; r++)
+        quantize_row(x + r * k, k, q1 + r * k, q2 + r * k, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
 }
 
 #ifdef SIMLAB_AVX2
@@ -154,145 +210,193 @@ static inline __attribute__((always_inline)) void block256(int bits, const void 
 }
 #endif
 
-/* Outputs of one weight row w for R quantized input rows (R <= MAXR), into out[r * stride]: a q4 row
- * (bits 4: K/2 bytes, a scale and offset per 32) or a q8 one (bits 8: K bytes, a scale per `group`
- * = 16 or 32, an offset per 32 or none). Called with constant bits and R, so each case compiles to
- * its own loop with the accumulators in registers. */
-static inline __attribute__((always_inline)) void dot(int bits, const void *wv, const float *scale,
-                                                      const float *offset, int group, const int8_t *q1,
-                                                      const int8_t *q2, const float *d2, const float *sx,
-                                                      const float *pairs, const uint8_t *biased, int64_t k,
-                                                      int R, float *out, int64_t stride) {
+/* Outputs of W weight rows for R quantized input rows (R <= MAXR), into out[w][r * stride]: q4
+ * rows (bits 4: K/2 bytes, a scale and offset per 32) or q8 ones (bits 8: K bytes, a scale per
+ * `group` = 16 or 32, an offset per 32 or none). Each output is summed alone, in the one order every
+ * build and every W and R give it: W > 1 only shares the loads of the inputs between weight rows
+ * (the AVX-512 build). Called with constant bits, W and R, so each case compiles to its own loop
+ * with the accumulators in registers. sxt: the inputs' sx, four rows side by side per block. */
+static inline __attribute__((always_inline)) void dot(int bits, int W, const void *const *wv,
+                                                      const float *const *scale, const float *const *offset,
+                                                      int group, const int8_t *q1, const int8_t *q2,
+                                                      const float *d2, const float *sx, const float *sxt,
+                                                      const float *pairs, const int16_t *x16, int64_t k,
+                                                      int R, float *const *out, int64_t stride) {
     int64_t blocks = k / QK;
     int per = QK / group; /* weight scales per activation block */
 #ifdef SIMLAB_AVX2
     /* Two running float sums per row, one over the even blocks and one over the odd, added at the end:
      * every build sums in this order, so each gives the same bits. */
-    __m256 even[MAXR], odd[MAXR];
-    float off[MAXR];
-    for (int r = 0; r < R; r++) {
-        even[r] = odd[r] = _mm256_setzero_ps();
-        off[r] = 0.0f;
-    }
+    __m256 even[4][MAXR], odd[4][MAXR];
+    float off[4][MAXR];
+    for (int w = 0; w < W; w++)
+        for (int r = 0; r < R; r++) {
+            even[w][r] = odd[w][r] = _mm256_setzero_ps();
+            off[w][r] = 0.0f;
+        }
     int64_t b = 0;
 #ifdef SIMLAB_AVX512
     /* Two blocks per step: lanes 0-7 are block b's and the even sums, 8-15 block b + 1's and the odd
-     * sums; each lane's integer is the one the 256-bit path makes for it. q8 codes are signed, so
-     * the activations come biased by 128 (unsigned, in `biased`) and 257 x 128 x the codes' own lane
-     * sums come off again. */
-    const uint8_t *w4 = (const uint8_t *)wv;
-    const int8_t *w8 = (const int8_t *)wv;
+     * sums; each lane's integer is the one the 256-bit path makes for it (the same four products,
+     * summed as integers), here as 16-bit codes times the inputs' 256 q1 + q2 (`x16`, in pairs).
+     * The offsets' sums run for the R rows side by side, in block order. */
     const __m512i low2 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
-    const __m512i half = _mm512_set1_epi8((char)0x80);
-    __m512 both[MAXR];
-    for (int r = 0; r < R; r++) both[r] = _mm512_setzero_ps();
+    /* per 128-bit lane: bytes 4L, 4L + 1 (then 4L + 2, 4L + 3) of each 32-bit lane L as 16-bit values */
+    const __m512i pick_a = _mm512_broadcast_i32x4(_mm_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1));
+    const __m512i pick_b = _mm512_broadcast_i32x4(_mm_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1));
+    const __m512i high_a = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13));
+    const __m512i high_b = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15));
+    __m512 both[4][MAXR];
+    __m128 offs[4];
+    for (int w = 0; w < W; w++) {
+        offs[w] = _mm_setzero_ps();
+        for (int r = 0; r < R; r++) both[w][r] = _mm512_setzero_ps();
+    }
     for (; b + 1 < blocks; b += 2) {
-        __m512i c, corr = zero;
-        if (bits == 4) {
-            _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
-            __m256i p = _mm256_loadu_si256((const __m256i *)(w4 + b * 16)), h = _mm256_srli_epi16(p, 4);
-            __m512i two = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)),
-                                             _mm256_permute2x128_si256(p, h, 0x31), 1);
-            c = _mm512_and_si512(two, low2);
-        } else {
-            _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
-            c = _mm512_loadu_si512((const void *)(w8 + b * QK));
-            __m512i w128 = _mm512_dpbusd_epi32(zero, half, c);
-            corr = _mm512_add_epi32(_mm512_slli_epi32(w128, 8), w128);
-        }
-        __m256 s0 = per == 1 ? _mm256_set1_ps(scale[b])
-                             : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
-        __m256 s1 = per == 1 ? _mm256_set1_ps(scale[b + 1])
-                             : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 3]), _mm_set1_ps(scale[2 * b + 2]));
-        __m512 s01 = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
-        for (int r = 0; r < R; r++) {
-            int64_t at = r * k + b * QK, g = r * blocks + b;
-            __m512i t;
+        __m512i ca[4], cb[4];
+        __m512 s01[4];
+        for (int w = 0; w < W; w++) {
+            const uint8_t *w4 = (const uint8_t *)wv[w];
+            const int8_t *w8 = (const int8_t *)wv[w];
+            const float *sc = scale[w];
             if (bits == 4) {
-                __m512i x1 = _mm512_loadu_si512((const void *)(q1 + at));
-                __m512i x2 = _mm512_loadu_si512((const void *)(q2 + at));
-                t = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(zero, c, x1), 8), c, x2);
-            } else {
-                const uint8_t *row = biased + 2 * r * k + b * QK; /* a row's two levels, one after the other */
-                __m512i x1 = _mm512_loadu_si512((const void *)row);
-                __m512i x2 = _mm512_loadu_si512((const void *)(row + k));
-                t = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(zero, x1, c), 8), x2, c);
-                t = _mm512_sub_epi32(t, corr);
+                _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
+                __m256i p = _mm256_loadu_si256((const __m256i *)(w4 + b * 16)), h = _mm256_srli_epi16(p, 4);
+                __m512i two = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)), _mm256_permute2x128_si256(p, h, 0x31), 1
+                );
+                __m512i c = _mm512_and_si512(two, low2); /* the 64 codes in order */
+                ca[w] = _mm512_shuffle_epi8(c, pick_a);
+                cb[w] = _mm512_shuffle_epi8(c, pick_b);
+            } else { /* signed codes: into the high byte, then shifted down with their sign */
+                _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
+                __m512i c = _mm512_loadu_si512((const void *)(w8 + b * QK));
+                ca[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_a), 8);
+                cb[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_b), 8);
             }
-            /* s0 d2[g] in lanes 0-7, s1 d2[g + 1] in 8-15: the products the 256-bit path makes */
-            __m512 sd = _mm512_mul_ps(s01, _mm512_loadu_ps(pairs + (r * (blocks / 2) + b / 2) * 16));
-            both[r] = _mm512_fmadd_ps(sd, _mm512_cvtepi32_ps(t), both[r]);
-            if (offset) off[r] += offset[b] * sx[g];
-            if (offset) off[r] += offset[b + 1] * sx[g + 1];
+            __m256 s0 = per == 1 ? _mm256_set1_ps(sc[b])
+                                 : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 1]), _mm_set1_ps(sc[2 * b]));
+            __m256 s1 = per == 1 ? _mm256_set1_ps(sc[b + 1])
+                                 : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 3]), _mm_set1_ps(sc[2 * b + 2]));
+            s01[w] = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
+            if (offset[w]) {
+                __m128 o0 = _mm_mul_ps(_mm_set1_ps(offset[w][b]), _mm_loadu_ps(sxt + b * 4));
+                offs[w] = _mm_add_ps(offs[w], o0);
+                __m128 o1 = _mm_mul_ps(_mm_set1_ps(offset[w][b + 1]), _mm_loadu_ps(sxt + (b + 1) * 4));
+                offs[w] = _mm_add_ps(offs[w], o1);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const int16_t *row = x16 + r * k + b * QK;
+            __m512i xa = _mm512_loadu_si512((const void *)row), xb = _mm512_loadu_si512((const void *)(row + 32));
+            __m512 d = _mm512_loadu_ps(pairs + (r * (blocks / 2) + b / 2) * 16);
+            for (int w = 0; w < W; w++) {
+                __m512i t = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, ca[w], xa), cb[w], xb);
+                /* s0 d2[g] in lanes 0-7, s1 d2[g + 1] in 8-15: the products the 256-bit path makes */
+                both[w][r] = _mm512_fmadd_ps(_mm512_mul_ps(s01[w], d), _mm512_cvtepi32_ps(t), both[w][r]);
+            }
         }
     }
-    for (int r = 0; r < R; r++) {
-        even[r] = _mm512_castps512_ps256(both[r]);
-        odd[r] = _mm512_extractf32x8_ps(both[r], 1);
+    for (int w = 0; w < W; w++) {
+        float lanes[4];
+        _mm_storeu_ps(lanes, offs[w]);
+        for (int r = 0; r < R; r++) {
+            even[w][r] = _mm512_castps512_ps256(both[w][r]);
+            odd[w][r] = _mm512_extractf32x8_ps(both[w][r], 1);
+            if (offset[w]) off[w][r] = lanes[r];
+        }
     }
 #endif
-    for (; b + 1 < blocks; b += 2) { /* an even block, then an odd one: each into its own sums */
-        block256(bits, wv, scale, offset, per, q1, q2, d2, sx, k, R, b, even, off);
-        block256(bits, wv, scale, offset, per, q1, q2, d2, sx, k, R, b + 1, odd, off);
+    for (int w = 0; w < W; w++) {
+        int64_t e = b;
+        for (; e + 1 < blocks; e += 2) { /* an even block, then an odd one: each into its own sums */
+            block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
+            block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e + 1, odd[w], off[w]);
+        }
+        if (e < blocks) block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
+        for (int r = 0; r < R; r++) out[w][r * stride] = hsum(_mm256_add_ps(even[w][r], odd[w][r])) + off[w][r];
     }
-    if (b < blocks) block256(bits, wv, scale, offset, per, q1, q2, d2, sx, k, R, b, even, off);
-    for (int r = 0; r < R; r++) out[r * stride] = hsum(_mm256_add_ps(even[r], odd[r])) + off[r];
 #else
     /* The 256-bit path's arithmetic written out: 8 lanes, each the integer of four products, the
      * even and odd blocks' float sums, then its horizontal sum's tree, so a CPU without AVX2 (or
      * another architecture) gives the same bits. */
-    const uint8_t *w4 = (const uint8_t *)wv;
-    const int8_t *w8 = (const int8_t *)wv;
-    for (int r = 0; r < R; r++) {
-        float sums[2][8] = {{0}}, off = 0.0f;
-        for (int64_t b = 0; b < blocks; b++) {
-            int64_t at = r * k + b * QK, g = r * blocks + b;
-            for (int lane = 0; lane < 8; lane++) {
-                int32_t dot = 0;
-                for (int j = 4 * lane; j < 4 * lane + 4; j++) {
-                    int code = bits == 4 ? (j < 16 ? w4[b * 16 + j] & 15 : w4[b * 16 + j - 16] >> 4)
-                                         : w8[b * QK + j];
-                    dot += code * (256 * q1[at + j] + q2[at + j]);
+    (void)sxt, (void)pairs, (void)x16;
+    for (int w = 0; w < W; w++) {
+        const uint8_t *w4 = (const uint8_t *)wv[w];
+        const int8_t *w8 = (const int8_t *)wv[w];
+        const float *sc = scale[w], *of = offset[w];
+        for (int r = 0; r < R; r++) {
+            float sums[2][8] = {{0}}, off = 0.0f;
+            for (int64_t b = 0; b < blocks; b++) {
+                int64_t at = r * k + b * QK, g = r * blocks + b;
+                for (int lane = 0; lane < 8; lane++) {
+                    int32_t dot = 0;
+                    for (int j = 4 * lane; j < 4 * lane + 4; j++) {
+                        int code = bits == 4 ? (j < 16 ? w4[b * 16 + j] & 15 : w4[b * 16 + j - 16] >> 4)
+                                             : w8[b * QK + j];
+                        dot += code * (256 * q1[at + j] + q2[at + j]);
+                    }
+                    float sd = (per == 1 ? sc[b] : sc[2 * b + lane / 4]) * d2[g];
+                    sums[b & 1][lane] = fmaf(sd, (float)dot, sums[b & 1][lane]);
                 }
-                float sd = (per == 1 ? scale[b] : scale[2 * b + lane / 4]) * d2[g];
-                sums[b & 1][lane] = fmaf(sd, (float)dot, sums[b & 1][lane]);
+                if (of) off += of[b] * sx[g];
             }
-            if (offset) off += offset[b] * sx[g];
+            float v[8], h[4];
+            for (int l = 0; l < 8; l++) v[l] = sums[0][l] + sums[1][l];
+            for (int l = 0; l < 4; l++) h[l] = v[l] + v[l + 4];
+            out[w][r * stride] = ((h[0] + h[2]) + (h[1] + h[3])) + off;
         }
-        float v[8], h[4];
-        for (int l = 0; l < 8; l++) v[l] = sums[0][l] + sums[1][l];
-        for (int l = 0; l < 4; l++) h[l] = v[l] + v[l + 4];
-        out[r * stride] = ((h[0] + h[2]) + (h[1] + h[3])) + off;
     }
 #endif
 }
 
+#ifdef SIMLAB_AVX512
+#define TILE_W 2 /* weight rows that share each load of the inputs */
+#else
+#define TILE_W 1
+#endif
+
+/* W weight rows from `at` against R input rows (both constants in each case) */
+#define DOTS(BITS, GROUP, OFFSETS)                                                                         \
+    switch (R) {                                                                                           \
+    case 4: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 4, op, n); break;          \
+    case 3: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 3, op, n); break;          \
+    case 2: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 2, op, n); break;          \
+    default: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 1, op, n);                \
+    }
+
 /* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows, given as `parts` weights
  * of one layout whose rows follow one another (q/k/v read from where each lies, not copied together:
  * ws, scales, offsets (an offset may be null), ns their row counts). x (M, K) float is first
- * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats; then for the
- * AVX-512 path M K bytes of paired scales and 2 M K of codes biased to unsigned). Weight rows split over threads;
- * each meets the inputs MAXR at a time (the same arithmetic per input row whatever M is). */
+ * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats, then 4 (M + 4)
+ * K/32 floats of sx four rows side by side; then for the AVX-512 path M K bytes of paired scales and
+ * 2 M K of codes biased to unsigned). Weight rows split over threads; each meets the inputs MAXR at
+ * a time (the same arithmetic per input row whatever M is). */
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
                           const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
                           int group, float *y, void *scratch, int threads) {
-    int64_t blocks_all = m * (k / QK);
+    int64_t blocks = k / QK, groups = k / group, blocks_all = m * blocks;
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
     float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
-    simlab_quantize_rows(x, m, k, q1, q2, d1, d2, sx);
-    int64_t blocks = k / QK, groups = k / group;
-    float *pairs = sx + blocks_all; /* per row and two blocks: d2 of the first eight times, of the second eight times */
-    uint8_t *biased = (uint8_t *)(pairs + m * (blocks / 2) * 16); /* per row: q1 + 128, then q2 + 128 */
-#ifdef SIMLAB_AVX512
+    float *sxt = sx + blocks_all; /* per four rows and block: the four rows' sx */
+    float *pairs = sxt + (m + 3) / 4 * 4 * blocks; /* per row and two blocks: d2 of the first eight times, of the second eight times */
+    int16_t *x16 = (int16_t *)(pairs + m * (blocks / 2) * 16); /* per row: 256 q1 + q2, in pairs */
+#pragma omp parallel for num_threads(threads) schedule(static) if (m * k >= 16384 && threads > 1)
     for (int64_t r = 0; r < m; r++) {
+        const float *xr = x + r * k;
+        int8_t *a = q1 + r * k, *c = q2 + r * k;
+        float *e1 = d1 + r * blocks, *e2 = d2 + r * blocks, *s = sx + r * blocks;
+#ifdef SIMLAB_AVX512
+        quantize_row512(xr, k, a, c, e1, e2, s, x16 + r * k);
         for (int64_t p = 0; p < blocks / 2; p++)
-            for (int l = 0; l < 16; l++) pairs[(r * (blocks / 2) + p) * 16 + l] = d2[r * blocks + 2 * p + l / 8];
-        for (int64_t j = 0; j < k; j++) {
-            biased[2 * r * k + j] = (uint8_t)(q1[r * k + j] + 128);
-            biased[2 * r * k + k + j] = (uint8_t)(q2[r * k + j] + 128);
-        }
-    }
+            for (int l = 0; l < 16; l++) pairs[(r * (blocks / 2) + p) * 16 + l] = e2[2 * p + l / 8];
+#else
+        quantize_row(xr, k, a, c, e1, e2, s);
 #endif
+        for (int64_t b = 0; b < blocks; b++) sxt[((r / 4) * blocks + b) * 4 + r % 4] = s[b];
+    }
+    for (int64_t r = m; r < (m + 3) / 4 * 4; r++) /* the last four's missing rows */
+        for (int64_t b = 0; b < blocks; b++) sxt[((r / 4) * blocks + b) * 4 + r % 4] = 0.0f;
     int64_t n = 0; /* the parts' rows, one after another, make the outputs */
     for (int p = 0; p < parts; p++) n += ns[p];
     int64_t tile = 16; /* weight rows per task: they stay in cache across the M inputs */
@@ -304,39 +408,48 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
             int R = m - r < MAXR ? (int)(m - r) : MAXR;
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
             const float *e2 = d2 + r * blocks, *sr = sx + r * blocks, *pr = pairs + r * (blocks / 2) * 16;
-            const uint8_t *br = biased + 2 * r * k;
-            for (int64_t at = t * tile; at < end; at++) {
-                float *out = y + r * n + at;
-                int p = 0;
-                int64_t o = at; /* the row within its part */
-                while (o >= ns[p]) o -= ns[p++];
-                const void *w = ws[p];
-                const float *so = scales[p] + o * groups, *oo = offsets[p] ? offsets[p] + o * blocks : 0;
-                if (bits == 4) {
-                    const uint8_t *wo = (const uint8_t *)w + o * (k / 2);
-                    switch (R) { /* a constant R each: the accumulators stay in registers */
-                    case 4: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 4, out, n); break;
-                    case 3: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 3, out, n); break;
-                    case 2: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 2, out, n); break;
-                    default: dot(4, wo, so, oo, QK, a1, a2, e2, sr, pr, br, k, 1, out, n);
+            const float *st = sxt + (r / 4) * blocks * 4;
+            const int16_t *br = x16 + r * k;
+            for (int64_t at = t * tile; at < end;) {
+                int W = m >= 8 && end - at >= TILE_W ? TILE_W : 1; /* a decode step's rows alone stream faster */
+                const void *wp[TILE_W];
+                const float *sp[TILE_W], *oo[TILE_W];
+                float *op[TILE_W];
+                int any = 0;
+                for (int w = 0; w < W; w++) {
+                    int p = 0;
+                    int64_t o = at + w; /* the row within its part */
+                    while (o >= ns[p]) o -= ns[p++];
+                    wp[w] = (const char *)ws[p] + o * (bits == 4 ? k / 2 : k);
+                    sp[w] = scales[p] + o * groups;
+                    oo[w] = offsets[p] ? offsets[p] + o * blocks : 0;
+                    any |= oo[w] != 0;
+                    op[w] = y + r * n + at + w;
+                }
+                if (W == TILE_W && TILE_W > 1) {
+#if TILE_W > 1
+                    enum { W = TILE_W };
+                    if (bits == 4) {
+                        DOTS(4, QK, oo)
+                    } else if (group == QK && !any) { /* Q8_0, Q5_0: the common case, with no offset */
+                        const float *none[TILE_W] = {0};
+                        DOTS(8, QK, none)
+                    } else {
+                        DOTS(8, group, oo)
                     }
-                } else if (group == QK && !oo) { /* Q8_0, Q5_0: the common case, with no offset */
-                    const int8_t *wo = (const int8_t *)w + o * k;
-                    switch (R) {
-                    case 4: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 4, out, n); break;
-                    case 3: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 3, out, n); break;
-                    case 2: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 2, out, n); break;
-                    default: dot(8, wo, so, 0, QK, a1, a2, e2, sr, pr, br, k, 1, out, n);
-                    }
+#endif
                 } else {
-                    const int8_t *wo = (const int8_t *)w + o * k;
-                    switch (R) {
-                    case 4: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 4, out, n); break;
-                    case 3: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 3, out, n); break;
-                    case 2: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 2, out, n); break;
-                    default: dot(8, wo, so, oo, group, a1, a2, e2, sr, pr, br, k, 1, out, n);
+                    enum { W = 1 };
+                    if (bits == 4) {
+                        DOTS(4, QK, oo)
+                    } else if (group == QK && !any) {
+                        const float *none[1] = {0};
+                        DOTS(8, QK, none)
+                    } else {
+                        DOTS(8, group, oo)
                     }
                 }
+                at += W;
             }
         }
     }
@@ -648,10 +761,22 @@ static inline void dot4_fixed(const float *const *a, const float *b, int64_t n, 
     float t[4] = {0, 0, 0, 0};
     for (int u = 0; u < 4; u++)
         for (int64_t i = j; i < n; i++) t[u] = fmaf(a[u][i], b[i], t[u]);
+#if defined(SIMLAB_AVX512)
+    /* lanes_sum's tree for the four at once: each add is the one it makes, on the same two lanes */
+    __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(l0, l1, 0x44), _mm512_shuffle_f32x4(l0, l1, 0xEE));
+    __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(l2, l3, 0x44), _mm512_shuffle_f32x4(l2, l3, 0xEE));
+    __m512 f = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+    f = _mm512_add_ps(f, _mm512_shuffle_ps(f, f, 0xEE)); /* lane l + lane l + 2 in each 128 bits */
+    f = _mm512_add_ps(f, _mm512_shuffle_ps(f, f, 0x55)); /* lane 0 + lane 1 */
+    float lane[16];
+    _mm512_storeu_ps(lane, f);
+    for (int u = 0; u < 4; u++) out[u] = lane[4 * u] + t[u];
+#else
     out[0] = lanes_sum(l0, t[0]);
     out[1] = lanes_sum(l1, t[1]);
     out[2] = lanes_sum(l2, t[2]);
     out[3] = lanes_sum(l3, t[3]);
+#endif
 }
 
 static inline float dot_fixed(const float *a, const float *b, int64_t n) {
@@ -736,8 +861,26 @@ void simlab_attention(const float *q, const int64_t *qs, const float *k, const i
                     acc[u] = mine + 2;
                 }
             }
-            /* acc[d] = the keys' p_j v_j[d] summed in order, 16 values of d at a time */
+            /* acc[d] = the keys' p_j v_j[d] summed in order, 16 values of d at a time (64 where
+             * there are registers for it: each weight is then broadcast once for four) */
             int64_t d0 = 0;
+#if defined(SIMLAB_AVX512)
+            for (; d0 + 64 <= Dv; d0 += 64) {
+                v16 a[4][4];
+                for (int u = 0; u < 4; u++)
+                    for (int e = 0; e < 4; e++) a[u][e] = v_zero();
+                for (int64_t j = j0; j < j1; j++) {
+                    const float *vr = v + b * vs[0] + kh * vs[1] + j * vs[2] + d0;
+                    v16 vv[4] = {v_load(vr), v_load(vr + 16), v_load(vr + 32), v_load(vr + 48)};
+                    for (int u = 0; u < 4; u++) {
+                        v16 p = v_set1(s[u][j - j0]);
+                        for (int e = 0; e < 4; e++) a[u][e] = v_fma(p, vv[e], a[u][e]);
+                    }
+                }
+                for (int64_t u = 0; u < n4; u++)
+                    for (int e = 0; e < 4; e++) v_store(acc[u] + d0 + 16 * e, a[u][e]);
+            }
+#endif
             for (; d0 + 16 <= Dv; d0 += 16) {
                 v16 a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
                 for (int64_t j = j0; j < j1; j++) {
