@@ -9,6 +9,7 @@ from typing import Any
 
 from simlab.compare.inference import FLOORED, Estimate
 from simlab.compare.stats import METRICS, Analysis
+from simlab.steer.use import runs
 
 
 def _fmt(e: Estimate, digits: int = 2, of: int | None = None, key: str = "", sign: str = "") -> str:
@@ -96,12 +97,13 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
     out.append(("Sampling parameters each variant ran with", ["variant", "persona", "model", *PARAMS], rows))
     if a.cross_logprob:
         names = [v.name for v in a.variants]
-        rows = [[src] + [_fmt(a.cross_logprob[src][frame]) for frame in names] for src in names]
+        frames = list(a.cross_logprob[names[0]])  # the variants', then any toward persona's
+        rows = [[src] + [_fmt(a.cross_logprob[src][frame]) for frame in frames] for src in names]
         out.append(
             (
                 "Cross log-probability: replies of each row, teacher-forced under each column's frame "
                 "(mean nats per token)",
-                ["replies of \\ frame"] + names,
+                ["replies of \\ frame"] + frames,
                 rows,
             )
         )
@@ -128,7 +130,47 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
                 rows,
             )
         )
+    return out + _dose_tables(a)
+
+
+def _dose_tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Each steered variant's strengths (compare.dose), and its prompt-equivalent strength."""
+    out = []
+    for d in a.dose:
+        toward = f"KL from {d.toward}'s prompt" if d.toward else None
+        title = (
+            f"Dose-response: {d.vector} on {d.base} (blocks {runs(d.blocks)}, {d.positions} positions). "
+            "trait: the reply's residual projected on the vector, read unsteered; KL: steered against "
+            "unsteered on the reply's own tokens (nats per token); neutral: nats per token of a neutral "
+            "text, and its change"
+            + (f"; {toward}: KL({d.toward} || steered) on the unsteered replies" if toward else "")
+        )
+        header = ["strength", "trait", "trait change", "KL to unsteered", "neutral", "neutral change"]
+        rows = [
+            [f"{r.strength:g}", _fmt(r.trait), _diff(r.trait_change) if r.trait_change else "–",
+             _fmt(r.kl_unsteered, 3) if r.kl_unsteered else "0", f"{r.neutral:.3f}",
+             _diff(r.neutral_change, 3) if r.neutral_change else "–"]
+            + ([_fmt(r.kl_toward, 3)] if toward else [])
+            for r in d.rows
+        ]  # fmt: skip
+        out.append((title, header + ([toward] if toward else []), rows))
+        if d.equivalent:
+            out.append(
+                (
+                    f"Prompt-equivalent strength: where {d.vector} brings {d.base}'s next-token "
+                    f"distributions closest to {d.toward}'s own prompt (least KL; interval: samples "
+                    "drawn again)",
+                    ["variant", "toward", "strength", "95% interval", "samples"],
+                    [[d.base, d.toward or "", *_equivalent(d.equivalent)]],
+                )
+            )
     return out
+
+
+def _equivalent(e: dict) -> list[str]:
+    edge = {"low": " (least at the smallest tried)", "high": " (least at the largest tried: may lie beyond)"}
+    interval = "–" if math.isnan(e["low"]) else f"[{e['low']:.3g}, {e['high']:.3g}]"
+    return [f"{e['strength']:.3g}{edge.get(e['edge'], '')}", interval, str(e["samples"])]
 
 
 INTERVALS = (
@@ -176,7 +218,7 @@ def terminal(a: Analysis, width: int | None = 80) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-KEYS = {"variant", "metric", "A", "B"}  # a table's leading columns that say what a row is
+KEYS = {"variant", "metric", "A", "B", "strength"}  # a table's leading columns that say what a row is
 
 
 def _wrap(text: str, width: int | None = None, **options) -> list[str]:
@@ -292,6 +334,7 @@ def _as_dict(a: Analysis) -> dict[str, Any]:
             src: {frame: e.as_dict() for frame, e in row.items()} for src, row in a.cross_logprob.items()
         },
         "divergence": a.divergence,
+        "dose": [d.as_dict() for d in a.dose],
         "pairs": a.pairs,
         "intervals": INTERVALS,
         "notes": a.notes,

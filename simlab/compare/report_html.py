@@ -84,6 +84,75 @@ def _plot(a: Analysis, key: str) -> str:
     return head + "".join(parts) + "</div>"
 
 
+DOSE_PLOTS = (  # (what a row holds, the plot's title)
+    ("trait", "trait: projection on the vector"),
+    ("kl_unsteered", "KL to unsteered (nats/token)"),
+    ("neutral_change", "neutral text: change (nats/token)"),
+    ("kl_toward", "KL from the toward prompt (nats/token)"),
+)
+
+
+def _dose_plot(d, key: str, title: str) -> str:
+    """One readout against strength: each mean as a dot joined in order, its interval as a vertical
+    line; on the toward plot, the prompt-equivalent strength as a dashed line over its interval."""
+    points = [(r.strength, getattr(r, key)) for r in d.rows]
+    points = [(s, e) for s, e in points if e is not None and e.n and e.mean == e.mean]
+    if key in ("kl_unsteered", "neutral_change"):  # zero at strength 0 by definition
+        points = sorted([(0.0, None), *points], key=lambda p: p[0])
+    if len(points) < 2:
+        return ""
+    xs = [s for s, _ in points]
+    ys = [v for _, e in points for v in ((0.0,) if e is None else (e.mean, e.low, e.high)) if v == v]
+    x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+    y_hi = y_hi if y_hi > y_lo else y_lo + 1
+    width, height, left, bottom = 320, 200, 48, 26
+
+    def x(v: float) -> float:
+        return left + (v - x_lo) / ((x_hi - x_lo) or 1) * (width - left - 12)
+
+    def y(v: float) -> float:
+        return 10 + (y_hi - v) / (y_hi - y_lo) * (height - bottom - 10)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(title)}"><title>{html.escape(title)} against strength</title>'
+    ]
+    for k in range(5):
+        v = y_lo + (y_hi - y_lo) * k / 4
+        parts.append(f'<line x1="{left}" x2="{width - 8}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
+        parts.append(
+            f'<text x="{left - 4}" y="{y(v) + 3:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>'
+        )
+    for s in xs:
+        parts.append(
+            f'<text x="{x(s):.1f}" y="{height - 8}" font-size="10" text-anchor="middle">{s:g}</text>'
+        )
+    eq = d.equivalent if key == "kl_toward" else None
+    if eq and eq["low"] == eq["low"]:
+        parts.append(
+            f'<rect x="{x(eq["low"]):.1f}" y="10" width="{max(1.0, x(eq["high"]) - x(eq["low"])):.1f}" '
+            f'height="{height - bottom - 10}" fill="#2ca02c" fill-opacity="0.15"/>'
+        )
+    if eq:
+        parts.append(
+            f'<line x1="{x(eq["strength"]):.1f}" x2="{x(eq["strength"]):.1f}" y1="10" '
+            f'y2="{height - bottom}" stroke="#2ca02c" stroke-dasharray="4 3"/>'
+        )
+    line = " ".join(f"{x(s):.1f},{y(0.0 if e is None else e.mean):.1f}" for s, e in points)
+    parts.append(f'<polyline points="{line}" fill="none" stroke="{COLORS[0]}" stroke-width="1.5"/>')
+    for s, e in points:
+        if e is not None and e.low == e.low:
+            parts.append(
+                f'<line x1="{x(s):.1f}" x2="{x(s):.1f}" y1="{y(e.low):.1f}" y2="{y(e.high):.1f}" '
+                f'stroke="{COLORS[0]}" stroke-width="2"/>'
+            )
+        parts.append(
+            f'<circle cx="{x(s):.1f}" cy="{y(0.0 if e is None else e.mean):.1f}" r="3" fill="{COLORS[0]}"/>'
+        )
+    parts.append("</svg>")
+    return f'<div class="plot"><b>{html.escape(title)}</b><br>{"".join(parts)}</div>'
+
+
 def html_report(a: Analysis) -> str:
     esc = html.escape
     out = [
@@ -111,6 +180,11 @@ def html_report(a: Analysis) -> str:
             "<h2>Most likely first tokens</h2><ul>"
             + "".join(f"<li>{esc(line.split(': ', 1)[1])}</li>" for line in first)
             + "</ul>"
+        )
+    for d in a.dose:
+        plots = "".join(_dose_plot(d, key, title) for key, title in DOSE_PLOTS)
+        out.append(
+            f"<h2>Dose-response: {esc(d.vector)} on {esc(d.base)}</h2><div class='plots'>{plots}</div>"
         )
     out.append(
         "<h2>Distributions</h2><div class='plots'>" + "".join(_plot(a, k) for k in PER_SAMPLE) + "</div>"

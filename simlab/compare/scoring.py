@@ -4,11 +4,14 @@ distributions at the first reply, at temperature 1 and as each variant samples."
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from itertools import combinations
 
 from simlab.compare.inference import studentized_mean
 from simlab.compare.metrics import as_sampled, jsd, kl
 from simlab.compare.spec import Variant
+from simlab.compare.steer import steering_for
 from simlab.compare.sweep import VariantRun
 from simlab.frame.render import render_spans, reply_prompt
 from simlab.turns import unsaved_path
@@ -64,23 +67,57 @@ def _cross_logprob(analysis, runs: list[VariantRun], engine_for, seed: int) -> N
             "cross log-probability skipped: a chat-mode variant has no plain transcript to score"
         )
         return
+    columns = _frames(spec, runs)
     for source in runs:
-        row = {}
-        for frame in runs:
-            engine = engine_for(frame.variant.model or spec.model)
-            scores = []
-            for sample in source.samples:
-                text, spans = render_under(frame.variant, list(spec.turns), [r.text for r in sample])
-                score = score_spans(engine, text, spans)
-                if score is not None:
-                    scores.append(score)
-            row[frame.variant.name] = studentized_mean(scores, seed=seed)
+        row, done = {}, {}
+        for name, frame in columns:
+            model = frame.model or spec.model
+            key = (_frame_key(frame), model)  # (steered variants share their base's frame: scored once)
+            if key not in done:
+                engine = engine_for(model)
+                scores = []
+                for sample in source.samples:
+                    text, spans = render_under(frame, list(spec.turns), [r.text for r in sample])
+                    score = score_spans(engine, text, spans)
+                    if score is not None:
+                        scores.append(score)
+                done[key] = studentized_mean(scores, seed=seed)
+            row[name] = done[key]
         analysis.cross_logprob[source.variant.name] = row
     if len({r.variant.model or spec.model for r in runs}) > 1:
         analysis.notes.append(
             "variants use different models: each column is scored by its own variant's "
             "model and tokenizer, so columns are not comparable token for token"
         )
+
+
+def _frames(spec, runs: list[VariantRun]) -> list[tuple[str, Variant]]:
+    """The cross table's columns: each frame the variants read (steered variants read their base's),
+    then each dose-response's toward persona where no variant reads its frame already (how likely
+    the steered replies are under the prompt the steering stands in for)."""
+    columns, keys = [], set()
+    for run in runs:  # (a steered variant reads its base's frame: one column for them all)
+        key = (_frame_key(run.variant), run.variant.model)
+        if key not in keys:
+            columns.append((run.variant.name, run.variant))
+            keys.add(key)
+    for dose in spec.doses:
+        if dose.toward is not None:
+            base = next(v for _, v in columns if v.name == dose.base)
+            toward = replace(base, name=f"{dose.toward.name} (toward)", persona=dose.toward, steer=())
+            if (_frame_key(toward), toward.model) not in keys:
+                columns.append((toward.name, toward))
+                keys.add((_frame_key(toward), toward.model))
+    return columns
+
+
+def _frame_key(variant: Variant) -> str:
+    persona = variant.persona
+    return json.dumps(
+        [persona.render_frame(), persona.greetings(), persona.framing().to_dict()],
+        sort_keys=True,
+        default=str,
+    )
 
 
 # -- next-token distributions at the first reply ---------------------------------------------
@@ -117,7 +154,9 @@ def _divergence(analysis, engine_for) -> None:
     for model, variants in by_model.items():
         engine = engine_for(model)
         for v in variants:
-            p = engine.next_token_probs(first_prompt(v, spec.turns[0], engine.tokenizer))
+            steering = steering_for(v, engine)  # (a steered prompt's last position is steered)
+            prompt = first_prompt(v, spec.turns[0], engine.tokenizer)
+            p = engine.next_token_probs(prompt, steering) if steering else engine.next_token_probs(prompt)
             dists[v.name] = (model, p)
             best = p.argsort()[::-1][:5]
             tops[v.name] = [(engine.tokenizer.decode([int(i)]), float(p[i])) for i in best]

@@ -51,6 +51,7 @@ class Spec:
     model: str | None = None
     base_url: str | None = None  # sample from this OpenAI-compatible server (simlab.engine.remote)
     until: Until | None = None  # samples: auto: sample on until this holds
+    doses: tuple = ()  # compare.steer.Dose: each steered variant's strengths, for the dose-response
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,11 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
         except (SamplingError, TypeError) as exc:
             raise SpecError(f"{here}: {exc}") from None
         variants.append(Variant(name, persona, params, raw.get("model")))
-    variants = expand(variants, data.get("steer"), where("steer"))
+    variants, doses = expand(variants, data.get("steer"), where("steer"), find)
     name = data.get("name", default_name)
     if not isinstance(name, str):
         raise SpecError(f"{where('name')}: name: must be text")
-    return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url, until)
+    return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url, until, doses)
 
 
 def sampling_differs(spec: Spec) -> str | None:

@@ -94,6 +94,7 @@ class Analysis:
     divergence: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pairs: int = 0  # samples present in every variant (the paired tests' n)
+    dose: list = field(default_factory=list)  # compare.dose.DoseResponse: a steer: spec's strengths
 
 
 def read_reply(node, lead: str, decode: Callable | None, count: Callable | None) -> Reply:
@@ -289,6 +290,10 @@ def analyse(
         from simlab.compare.scoring import with_model
 
         with_model(analysis, runs, engine_for, seed)
+        if spec.doses:
+            from simlab.compare.dose import measure
+
+            analysis.dose = measure(spec, runs, engine_for, seed, keep, read)
     return analysis
 
 

@@ -1,25 +1,42 @@
 """Steering as a variant dimension of a compare spec: `steer: {vector: NAME, strength: [0, 1, 2],
-layers: 6-10, positions: all}` turns each variant into one per strength, sharing seeds (so sample i
-of every strength is a pair), strength 0 the variant unsteered. Read with the spec (the vector's
-file checked then); what a reply adds is made when the engine is there."""
+layers: 6-10, positions: all, toward: PERSONA}` turns each variant into one per strength, sharing
+seeds (so sample i of every strength is a pair), strength 0 the variant unsteered; each variant's
+strengths make one dose-response group (compare.dose), measured toward PERSONA's own prompt (by
+default the persona the vector was derived toward, when there is one). Read with the spec (the
+vector's file checked then); what a reply adds is made when the engine is there."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from simlab.engine.steering import POSITIONS
 from simlab.errors import SimlabError, SpecError
 from simlab.steer.use import steering_of, uses_of
 
-STEER_KEYS = {"vector", "strength", "layers", "positions"}
+STEER_KEYS = {"vector", "strength", "layers", "positions", "toward"}
 
 
-def expand(variants: list, raw: Any, where: str) -> list:
-    """Each variant once per strength (`NAME` at strength 0, `NAME VECTOR:S` otherwise)."""
+@dataclass(frozen=True)
+class Dose:
+    """One variant's strengths: the variant's name at each (strength 0: the variant itself, whether
+    or not the spec asked for it), the vector as used, and the persona whose prompt the steering is
+    measured against (None: no prompt-equivalent strength)."""
+
+    base: str
+    strengths: tuple[tuple[float, str], ...]
+    use: Any  # steer.use.Use
+    toward: Any = None  # persona.Persona
+    positions: str = "all"
+
+
+def expand(variants: list, raw: Any, where: str, find=None) -> tuple[list, tuple[Dose, ...]]:
+    """Each variant once per strength (`NAME` at strength 0, always there as the baseline, `NAME
+    VECTOR:S` otherwise), and each variant's dose-response group. `find`: a persona by name (for
+    `toward`)."""
     if raw is None:
-        return variants
+        return variants, ()
     if not isinstance(raw, dict) or not isinstance(raw.get("vector"), str):
         raise SpecError(f"{where}: steer: give {{vector: NAME, strength: [0, 1, 2]}} (simlab steer list)")
     unknown = set(raw) - STEER_KEYS
@@ -40,19 +57,36 @@ def expand(variants: list, raw: Any, where: str) -> list:
         [use] = uses_of([spec])
     except SimlabError as exc:
         raise SpecError(f"{where}: steer: {exc}") from None
-    out = []
+    toward = _toward(raw.get("toward"), use, where, find)
+    out, doses = [], []
     for variant in variants:
-        for strength in strengths:
-            if strength == 0:
-                out.append(variant)
-                continue
+        out.append(variant)  # strength 0, the baseline, first whether asked for or not
+        names = [(0.0, variant.name)]
+        for strength in sorted(set(strengths) - {0}):
             steered = use.at(float(strength))
-            out.append(
-                replace(
-                    variant, name=f"{variant.name} {steered.label()}", steer=(steered,), positions=positions
-                )
-            )
-    return out
+            name = f"{variant.name} {steered.label()}"
+            out.append(replace(variant, name=name, steer=(steered,), positions=positions))
+            names.append((float(strength), name))
+        doses.append(Dose(variant.name, tuple(names), use, toward, positions))
+    return out, tuple(doses)
+
+
+def _toward(name: Any, use, where: str, find):
+    """The persona steering is measured against: the one named, else the vector's `to` persona
+    where it loads, else None."""
+    if name is not None and not isinstance(name, str):
+        raise SpecError(f"{where}: steer: toward: a persona name")
+    if find is None:
+        return None
+    wanted = name or use.vector.meta.get("to")
+    if not isinstance(wanted, str):
+        return None
+    try:
+        return find(wanted)
+    except SimlabError as exc:
+        if name is None:  # the vector's own persona is not here: no equivalent strength, said later
+            return None
+        raise SpecError(f"{where}: steer: toward: {exc}") from None
 
 
 def _number(value: Any) -> bool:

@@ -128,11 +128,13 @@ class Engine:
         encoded = self.tokenizer(text, return_offsets_mapping=True)
         return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
 
-    def next_token_probs(self, prompt: str | Sequence[int]):
-        """The next-token distribution after the prompt (its last context_length tokens), (V,) numpy."""
+    def next_token_probs(self, prompt: str | Sequence[int], steering: Steering | None = None):
+        """The next-token distribution after the prompt (its last context_length tokens), (V,) numpy;
+        steered where `steering` adds to a prompt (a reply's first token is read from there)."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         ids = ids[-self.info.context_length :]
-        with torch.inference_mode():
+        adds = steering.adds(self.model.dtype, self.device) if steering and steering.on_prompt else None
+        with torch.inference_mode(), self.steered.adding(adds):
             logits = self.model(input_ids=torch.tensor([ids], device=self.device), logits_to_keep=1).logits[
                 0, -1
             ]

@@ -195,7 +195,7 @@ class RemoteEngine:
     ) -> list[Completion]:
         return drain(self.start(prompt, params, n, recorder))
 
-    def next_token_probs(self, prompt):
+    def next_token_probs(self, prompt, steering=None):
         raise needs_local("a next-token distribution")
 
     def decode_together(self, runs: Sequence[RemoteRun]) -> None:
