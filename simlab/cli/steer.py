@@ -27,7 +27,10 @@ def add_command(commands) -> None:
     show = sub.add_parser("show", help="a vector's blocks, norms and where it came from")
     show.add_argument("name", help="a library name or a .gguf file")
     show.add_argument("--json", action="store_true")
-    imp = sub.add_parser("import", help="add a control-vector GGUF (repeng's, llama.cpp's) to the library")
+    imp = sub.add_parser(
+        "import",
+        help="add a control-vector GGUF (repeng's, llama.cpp's) or a steering-vectors .pt to the library",
+    )
     imp.add_argument("file")
     imp.add_argument("--name", help="its name in the library (default: the file's name)")
     imp.add_argument("--force", action="store_true", help="replace a vector of that name")
@@ -113,8 +116,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    name, vector = library.import_file(Path(args.file), args.name, args.force)
+    name, vector, left = library.import_file(Path(args.file), args.name, args.force)
     print(f"imported {name}: {_blocks(vector.layers)}, {vector.hidden} wide; --steer {name}:1 applies it")
+    for what in left:
+        print(f"left out: {what}")
     return 0
 
 

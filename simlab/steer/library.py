@@ -8,6 +8,7 @@ from pathlib import Path
 
 from simlab.config import simlab_home
 from simlab.errors import SteerError
+from simlab.steer.foreign import SUFFIXES, read_torch
 from simlab.steer.vector import SteerVector, read
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -62,14 +63,23 @@ def target(name: str, force: bool) -> Path:
     return path
 
 
-def import_file(source: Path, name: str | None, force: bool) -> tuple[str, SteerVector]:
+def import_file(source: Path, name: str | None, force: bool) -> tuple[str, SteerVector, list[str]]:
     """A control-vector file (repeng's export_gguf, llama.cpp's cvector-generator, simlab's) copied
-    into the library as it is, after reading it by llama.cpp's rules."""
-    vector = read(source)
+    into the library as it is, after reading it by llama.cpp's rules; a steering-vectors save (.pt)
+    written into one. Also what was left out of it."""
     name = name or source.stem
+    left: list[str] = []
+    if source.suffix in SUFFIXES:
+        vector, left = read_torch(source)
+        vector = SteerVector(vector.directions, {**vector.meta, "name": name})
+    else:
+        vector = read(source)
     path = target(name, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.copyfile(source, tmp)
+    tmp = path.with_name(f".{path.stem}.tmp.gguf")
+    if source.suffix in SUFFIXES:
+        vector.write(tmp)
+    else:
+        shutil.copyfile(source, tmp)
     tmp.replace(path)
-    return name, vector
+    return name, vector, left

@@ -116,6 +116,31 @@ def test_repengs_file_reads_and_bad_files_are_refused_in_one_line(tmp_path):
         SteerVector(directions(32, [5])).fit(3, 32, "tiny")
 
 
+def test_a_steering_vectors_save_imports_and_bad_saves_are_one_line(tmp_path):
+    """steering-vectors has no file format: its users torch.save the layer_activations dict (read
+    here without the package) or the SteeringVector (tests/model/test_steer_vectors.py)."""
+    from simlab.steer import library
+
+    layers = {i: torch.from_numpy(d) for i, d in directions(32, [0, 1, 2]).items()}
+    torch.save(layers, tmp_path / "joy.pt")
+    name, vector, left = library.import_file(tmp_path / "joy.pt", None, False)
+    assert name == "joy" and vector.layers == [1, 2] and left and "block 0" in left[0]
+    kept = library.find("joy")  # written into the library as a control-vector GGUF
+    assert np.array_equal(kept.directions[2], layers[2].numpy()) and kept.meta["source"] == "steering-vectors"
+    for content, expected in (
+        (torch.ones(32), "not a steering-vectors save"),
+        ({1: torch.ones(2, 32)}, "layer 1 is not one finite vector"),
+        ({1: torch.ones(32), 2: torch.ones(16)}, "differ in width"),
+        ({0: torch.ones(32)}, "only block 0"),
+    ):
+        torch.save(content, tmp_path / "bad.pt")
+        with pytest.raises(SteerError, match=expected):
+            library.import_file(tmp_path / "bad.pt", None, True)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(SteerError, match="junk.pt: "):
+        library.import_file(tmp_path / "junk.pt", None, True)
+
+
 def test_the_use_spec_reads_name_strength_and_blocks():
     assert parse_use("noir") == ("noir", (1.0,), None)
     assert parse_use("noir:-0.5@1-3,5") == ("noir", (-0.5,), (1, 2, 3, 5))

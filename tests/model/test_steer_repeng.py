@@ -50,3 +50,39 @@ def test_pca_directions_agree_with_repengs_on_the_same_pairs(tiny_dir, tmp_path)
     # block 2, the last: repeng reads hidden_states[-1], which transformers gives after the final norm;
     # simlab reads the block's own output, where a vector is added (and where llama.cpp adds it)
     assert cosine[2] < 0.99, cosine
+
+
+def test_a_vector_repeng_exports_steers_as_its_control_model_does(tiny_dir, tmp_path, capsys):
+    """repeng's export_gguf loads in simlab (steer import) and steers greedy decoding to the tokens
+    repeng's ControlModel gives at the same coefficient (both add coeff x direction to block N's
+    output; a new model each, since ControlModel rewires the one it wraps)."""
+    import torch
+    from conftest import run_cli
+    from repeng import ControlModel, ControlVector
+
+    from simlab.engine.params import SamplingParams
+    from simlab.steer.use import steering_of, uses_of
+
+    folder = tiny_llama_style(tmp_path / "llama", "llama", tiny_dir)
+    settings = Settings(device="cpu", dtype="float32", weights="float")
+    rng = np.random.default_rng(5)
+    vector = ControlVector("llama", {i: (3 * rng.standard_normal(32)).astype(np.float32) for i in (1, 2)})
+    vector.export_gguf(str(tmp_path / "calm.gguf"))
+    code, out, _ = run_cli(capsys, "steer", "import", tmp_path / "calm.gguf")
+    assert code == 0 and "imported calm: blocks 1-2" in out
+    theirs_model = load_model(str(folder), settings)
+    ids = theirs_model.tokenizer("The keeper wrote", add_special_tokens=False)["input_ids"]
+    control = ControlModel(theirs_model.model, [1, 2])
+    control.set_control(vector, 1.5)
+    theirs = control.generate(
+        torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None
+    )[0, len(ids) :].tolist()
+    engine = Engine(load_model(str(folder), settings))
+    engine.eos_ids = frozenset()
+    [ours] = engine.generate(
+        ids,
+        SamplingParams(temperature=0, max_new_tokens=12),
+        steering=steering_of(uses_of(["calm:1.5"]), engine),
+    )
+    plain = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=12))[0].token_ids
+    assert ours.token_ids == theirs and ours.token_ids != plain
