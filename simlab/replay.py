@@ -28,6 +28,9 @@ class ReplyCheck:
     not_replayable: str | None = None  # why this reply on the path cannot be re-run
 
 
+RECORDED = object()  # replay_branch's default steering: each reply's own, as recorded
+
+
 def params_of(node: Node, overrides: dict) -> SamplingParams:
     """The parameters a reply was sampled with (its seed too), with overrides on top."""
     known = {f.name for f in fields(SamplingParams)}
@@ -187,9 +190,11 @@ def replay_branch(
     tracer=None,
     progress=None,
     on_run=None,
+    steering=RECORDED,
 ) -> list[Node]:
     """Re-sample the path's replies under overrides as a new branch beside the original one
-    (`on_run` gets each reply's decoded run, as `turns.sample_replies` gives it).
+    (`on_run` gets each reply's decoded run, as `turns.sample_replies` gives it). `steering`: what
+    every reply is steered with instead of what each recorded (None: unsteered).
 
     Without a persona the branch forks at the first sampled reply: each later user turn is copied
     (origin 'replayed') under the new reply before it, and each reply is sampled anew with its own
@@ -218,6 +223,10 @@ def replay_branch(
     framing = framing_of(session.tree.path(parent))
     speaker = {"user": framing.user, "model": framing.model} if persona is not None else {}
     added = []
+
+    def steered(node):
+        return steering_recorded(node.steer, engine) if steering is RECORDED else steering
+
     sampled = [n for n in turns if n.role == "model" and n.params is not None]
     if persona is not None:  # a /continue'd reply is a reply too: sampled anew under the persona
         sampled = [n for n in turns if n.role == "model" and _drawn(session, n) is not None]
@@ -231,7 +240,7 @@ def replay_branch(
         elif node in sampled and is_piece(node):  # the rest of a split turn: on from the new first piece
             replies = start_piece(
                 engine, session, session.tree.get(parent), _params_under(session, node, overrides),
-                origin="replayed", steering=steering_recorded(node.steer, engine), tracer=tracer,
+                origin="replayed", steering=steered(node), tracer=tracer,
             )  # fmt: skip
             replies.decode()
             if on_run is not None:
@@ -249,7 +258,7 @@ def replay_branch(
                 tracer=tracer,
                 keep=lambda c: True,
                 on_run=on_run,
-                steering=steering_recorded(node.steer, engine),
+                steering=steered(node),
             )
         else:
             new = session.add_child(  # (a piece of a split turn stays a piece: one turn, as it was)

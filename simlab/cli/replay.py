@@ -8,6 +8,7 @@ from simlab.cli.common import (
     add_model_flags,
     add_sampling_flags,
     add_sessions_dir,
+    add_steer_flags,
     add_trace_flags,
     load_engine,
     make_tracer,
@@ -22,7 +23,8 @@ from simlab.engine.open import recorded_server
 from simlab.errors import SimlabError
 from simlab.persona.library import find
 from simlab.repl.progress import Waiting
-from simlab.replay import check_path, model_replies, params_of, replay_branch
+from simlab.replay import RECORDED, check_path, model_replies, params_of, replay_branch
+from simlab.steer.use import no_server, steering_of, sweep_of, uses_of
 
 
 def add_command(commands) -> None:
@@ -37,6 +39,7 @@ def add_command(commands) -> None:
     )
     add_sampling_flags(group, defaults=False)
     group.add_argument("--seed", type=int)
+    add_steer_flags(replay)  # (--steer off: every reply unsteered; else this steering for every reply)
     add_model_flags(replay)
     add_trace_flags(replay)
     replay.set_defaults(run=cmd_replay)
@@ -58,7 +61,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     overrides = sampling_overrides(args) | ({"seed": args.seed} if args.seed is not None else {})
     tracer = make_tracer(trace_config(args))
     persona = find(args.persona) if args.persona is not None else None  # fails before the model loads
-    changing = bool(overrides) or args.model is not None or persona is not None
+    steer = _steer_override(args)
+    changing = bool(overrides) or args.model is not None or persona is not None or steer is not None
     session = open_store(args).open(args.id, read_only=not changing)
     warn(session.problems)
     with session:
@@ -76,7 +80,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         engine = _engine_for(args, replies)
         if not changing:
             return _check(engine, session, path, replies, tracer)
-        added = replay_branch(engine, session, path, overrides, persona=persona, tracer=tracer)
+        steering = RECORDED if steer is None else steering_of(steer, engine, args.steer_positions)
+        added = replay_branch(
+            engine, session, path, overrides, persona=persona, tracer=tracer, steering=steering
+        )
         end, start = tree.short(added[-1].id), tree.short(target)
         print(
             f"new branch of {len(added)} node(s) ending at {end}; compare with: "
@@ -85,6 +92,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for node in added:
             print(f"  {node.speaker or node.role}: {' '.join(node.text.split())[:100]}")
         return 0
+
+
+def _steer_override(args: argparse.Namespace):
+    """--steer as replay reads it: None (each reply as recorded), [] (--steer off: unsteered), or the
+    uses every reply is steered with; the vectors' files read before the model loads."""
+    if not args.steer:
+        return None
+    if args.steer == ["off"]:
+        return []
+    if args.backend == "openai":
+        raise no_server()
+    uses = uses_of(args.steer)
+    if sweep_of(uses) > 1:
+        raise SimlabError(
+            "replay --steer: one strength (a replay has one reply a turn: no siblings to sweep)"
+        )
+    return uses
 
 
 def _engine_for(args: argparse.Namespace, replies):

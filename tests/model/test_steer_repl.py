@@ -108,6 +108,22 @@ def test_chat_steer_flag_steers_a_piped_chat_and_replay_reproduces_it(
     assert code == 0, err
     code, out, err = run_cli(capsys, "replay", "st", *folder)  # (the model the session records)
     assert code == 0 and "reproduced" in out + err, out + err
+    # replay --steer: a new branch with every reply steered as given (off: unsteered)
+    from simlab.session.store import SessionStore
+
+    for steer, wanted in (("v:3", [{"v": 3.0}]), ("off", [None])):
+        code, out, err = run_cli(capsys, "replay", "st", "--steer", steer, *folder)
+        assert code == 0 and "new branch of" in out, out + err
+        with SessionStore(tmp_path / "s").open("st", read_only=True) as session:
+            new = session.tree.get(session.tree.cursor)
+            steers = [{t["vector"]: t["strength"] for t in new.steer["terms"]} if new.steer else None]
+            assert steers == wanted, steers
+            [original] = [n for n in session.tree.children(new.parent) if n.origin != "replayed"]  # its twin
+            assert (new.token_ids == original.token_ids) == (steer == "v:3")  # the same seed, steered alike
+        code, out, err = run_cli(capsys, "replay", "st", "--node", new.id, *folder)
+        assert code == 0 and "reproduced" in out + err, out + err
+    code, _, err = run_cli(capsys, "replay", "st", "--steer", "v:0,1", *folder)
+    assert code == 2 and "one strength" in err and len(err.strip().splitlines()) == 1
     flags[-3] = "other"  # (a new session: st exists)
     code, _, err = run_cli(capsys, "chat", "--steer", "nope", *flags, stdin="hi\n", monkeypatch=monkeypatch)
     assert code == 2 and "no steering vector 'nope'" in err
