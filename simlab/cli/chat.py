@@ -86,7 +86,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     session = _resumed(args, store) if args.resume is not None or args.read_only else None
     persona = persona_of(session) if session is not None else _new_persona(args, settings, store)
     tracer = make_tracer(trace_config(args))
-    steer_uses, steer_positions = _steer(args, session, settings.backend)
+    steer_uses, steer_positions = _steer(args, session, settings.backend, persona)
     chosen = _chosen(args, session)
     try:
         params = persona.sampling_params(**{"stop": stops_of(session, persona), **chosen})
@@ -132,12 +132,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
             _close(args, store, session)
 
 
-def _steer(args: argparse.Namespace, session: Session | None, backend: str) -> tuple[list, str]:
+def _steer(args: argparse.Namespace, session: Session | None, backend: str, persona) -> tuple[list, str]:
     """The vectors replies are steered with: --steer's, else what a resumed session had on (said;
-    a vector no longer in the library is said and left off). Read now; checked against the model
-    when it is there. A server cannot be steered: refused now."""
+    a vector no longer in the library is said and left off), else a new session's persona's `steer:`
+    (said). Read now; checked against the model when it is there. A server cannot be steered:
+    refused now (a persona's steering is said and left off)."""
     if args.steer and backend != "local":
         raise no_server()
+    if not args.steer and session is None and persona.steer:
+        if backend != "local":
+            steer = ", ".join(persona.steer)
+            say(f"simlab: {persona.name}'s steer: {steer} is left off: a server cannot be steered")
+            return [], "all"
+        uses = uses_of(list(persona.steer))
+        say(
+            f"steering goes on: {' + '.join(u.label() for u in uses)} ({persona.name}'s; /steer off stops it)"
+        )
+        return uses, args.steer_positions
     if args.steer or session is None or not session.tree.settings.get("steer"):
         return uses_of(args.steer), args.steer_positions
     recorded = session.tree.settings

@@ -11,9 +11,10 @@ from typing import Any
 
 from simlab.compare.steer import expand, record
 from simlab.engine.params import BY_KEY, SamplingParams
-from simlab.errors import PersonaError, SamplingError, SpecError
+from simlab.errors import PersonaError, SamplingError, SimlabError, SpecError
 from simlab.persona.library import find
 from simlab.persona.schema import Persona, read_file
+from simlab.steer.use import uses_of
 
 
 @dataclass(frozen=True)
@@ -179,12 +180,20 @@ def build_spec(data: Any, source: str, lines: dict | None = None, default_name: 
                 params = replace(variants[0].params, stop=params.stop)  # stops belong to the framing
         except (SamplingError, TypeError) as exc:
             raise SpecError(f"{here}: {exc}") from None
-        variants.append(Variant(name, persona, params, raw.get("model")))
+        variants.append(Variant(name, persona, params, raw.get("model"), _persona_steer(persona, here)))
     variants, doses = expand(variants, data.get("steer"), where("steer"), find)
     name = data.get("name", default_name)
     if not isinstance(name, str):
         raise SpecError(f"{where('name')}: name: must be text")
     return Spec(name, tuple(turns), tuple(variants), samples, seed, model, base_url, until, doses)
+
+
+def _persona_steer(persona, where: str) -> tuple:
+    """The persona's own `steer:` (its vectors read now), which its variant's replies add."""
+    try:
+        return tuple(uses_of(list(persona.steer))) if persona.steer else ()
+    except SimlabError as exc:
+        raise SpecError(f"{where}: {persona.name}'s steer: {exc}") from None
 
 
 def sampling_differs(spec: Spec) -> str | None:

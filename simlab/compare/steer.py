@@ -65,7 +65,7 @@ def expand(variants: list, raw: Any, where: str, find=None) -> tuple[list, tuple
         for strength in sorted(set(strengths) - {0}):
             steered = use.at(float(strength))
             name = f"{variant.name} {steered.label()}"
-            out.append(replace(variant, name=name, steer=(steered,), positions=positions))
+            out.append(replace(variant, name=name, steer=(*variant.steer, steered), positions=positions))
             names.append((float(strength), name))
         doses.append(Dose(variant.name, tuple(names), use, toward, positions))
     return out, tuple(doses)

@@ -43,6 +43,7 @@ class Persona:
     sample_turn: str = ""  # a user turn to try the persona with (`simlab personas render`, tests)
     stop: tuple[str, ...] | None = None  # None: either speaker's label on a new line
     sampling: dict[str, Any] = field(default_factory=dict)
+    steer: tuple[str, ...] = ()  # --steer specs its replies are steered with (read by simlab.steer)
     # carried over from other formats; used only where the frame template names them
     personality: str = ""
     scenario: str = ""
@@ -194,6 +195,11 @@ def from_dict(
         )
     if "frame" not in values:
         raise fail("frame", "missing: every persona needs a frame (the text before the first turn)")
+    if "steer" in data:  # (NAME:STRENGTH@BLOCKS, as --steer: the vectors are read when it is used)
+        items = data["steer"] if isinstance(data["steer"], list) else [data["steer"]]
+        if not all(isinstance(i, str) and i.strip() and "\n" not in i for i in items):
+            raise fail("steer", "a steering vector as --steer takes it (keeper:0.5@10-15), or a list of them")
+        values["steer"] = tuple(i.strip() for i in items)
     for key in ("tags", "alternate_greetings", "stop"):
         if key in data:
             items = data[key]

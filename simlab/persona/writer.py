@@ -44,6 +44,7 @@ def to_yaml(persona: Persona) -> str:
         "sample_turn",
         "stop",
         "sampling",
+        "steer",
         "personality",
         "scenario",
         "system_prompt",

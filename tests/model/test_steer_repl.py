@@ -179,3 +179,31 @@ def test_resume_puts_the_steering_back_on_and_says_so(capsys, monkeypatch, tiny_
         capsys, "generate", "hi", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--steer", "v"
     )
     assert code == 2 and "vllm-lens" in err and "reach" not in err  # said before any server is asked
+
+
+def test_a_personas_steer_steers_a_new_chat_and_its_compare_variant(capsys, monkeypatch, tiny_dir, tmp_path):
+    from simlab.compare.spec import build_spec
+    from simlab.errors import SpecError
+    from simlab.session.store import SessionStore
+
+    put("v")
+    persona = tmp_path / "p.yaml"
+    persona.write_text("name: p\nframe: A chat.\nspeakers: {user: Ann, model: Bo}\nsteer: v:3\n")
+    folder = ["--sessions-dir", tmp_path / "s"]
+    flags = ["--model", tiny_dir, "--persona", persona, "--max-tokens", "6", "--seed", "2", *folder]
+    code, out, err = run_cli(
+        capsys, "chat", *flags, "--session", "ps", stdin="hello\n", monkeypatch=monkeypatch
+    )
+    assert code == 0 and "steering goes on: v:3 (p's; /steer off stops it)" in out + err, out + err
+    with SessionStore(tmp_path / "s").open("ps", read_only=True) as session:
+        reply = session.tree.get(session.tree.cursor)
+        assert reply.role == "model" and reply.steer["terms"][0]["strength"] == 3.0
+    code, out, err = run_cli(capsys, "chat", *flags, "--session", "pf", "--steer", "v:1", stdin="hi\n",
+                             monkeypatch=monkeypatch)  # fmt: skip
+    with SessionStore(tmp_path / "s").open("pf", read_only=True) as session:  # --steer replaces it
+        assert session.tree.get(session.tree.cursor).steer["terms"][0]["strength"] == 1.0
+    spec = build_spec({"turns": ["hi"], "variants": [{"persona": str(persona)}]}, "spec")
+    assert [u.label() for u in spec.variants[0].steer] == ["v:3"]
+    persona.write_text("name: q\nframe: A chat.\nsteer: nope:1\n")
+    with pytest.raises(SpecError, match="q's steer: no steering vector 'nope'"):
+        build_spec({"turns": ["hi"], "variants": [{"persona": str(persona)}]}, "spec")

@@ -217,3 +217,17 @@ def test_inserts_are_read_after_the_conversation_and_survive_the_writer():
     assert _from_dict(_yaml.safe_load(_to_yaml(persona))) == persona
     with pytest.raises(_PersonaError, match="inserts: item 1: depth must be a whole number"):
         _from_dict({**data, "inserts": [{"text": "x", "depth": -1}]})
+
+
+def test_a_persona_may_name_the_steering_its_replies_take(tmp_path):
+    one = from_dict({"name": "k", "frame": "F.", "steer": "keeper:0.5@10-15"})
+    assert one.steer == ("keeper:0.5@10-15",)
+    two = from_dict({"name": "k", "frame": "F.", "steer": ["keeper:0.5", " calm:1 "]})
+    assert two.steer == ("keeper:0.5", "calm:1")
+    again = load_file(write(tmp_path, to_yaml(two), "k.yaml"))
+    assert (
+        again.steer == two.steer and "steer:" in to_yaml(two) and "steer:" not in to_yaml(find("interview"))
+    )
+    for bad in (3, ["keeper", ""], {"vector": "keeper"}, "a\nb"):
+        with pytest.raises(PersonaError, match="steer: a steering vector as --steer takes it"):
+            from_dict({"name": "k", "frame": "F.", "steer": bad})
