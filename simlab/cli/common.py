@@ -148,7 +148,8 @@ def add_steer_flags(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME[:STRENGTH][@LAYERS]",
         help="add a steering vector (simlab steer list) times STRENGTH (default 1) at its blocks' "
-        "outputs, or at LAYERS (6-10, 4,6,8); repeatable: vectors add up",
+        "outputs, or at LAYERS (6-10, 4,6,8); repeatable: vectors add up; several strengths "
+        "(keeper:0,0.5,1) are one sibling each, all on one seed",
     )
     group.add_argument(
         "--steer-positions",

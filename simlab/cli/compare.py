@@ -26,7 +26,7 @@ from simlab.cli.common import (
 )
 from simlab.compare.spec import build_spec, read_spec, sampling_differs
 from simlab.engine.params import BY_FIELD
-from simlab.errors import EXIT_INTERRUPTED, SimlabError, SweepInterrupted
+from simlab.errors import EXIT_INTERRUPTED, SimlabError, SpecError, SteerError, SweepInterrupted
 from simlab.repl.progress import Waiting
 from simlab.session.store import check_name
 
@@ -126,7 +126,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tracer = make_tracer(trace_config(args), settings)
     store = open_store(args, settings)
     name = check_name(f"compare-{spec.name}")
-    session = store.open(name) if store.exists(name) else store.create(name, compare=spec.name)
     engines: dict = {}
 
     def engine_for(model: str | None):
@@ -134,6 +133,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if key not in engines:
             engines[key] = load_engine(args, settings, key)
         return engines[key]
+
+    _check_steering(spec, engine_for)  # (a vector that does not fit: said before a session is made)
+    session = store.open(name) if store.exists(name) else store.create(name, compare=spec.name)
 
     with session:
         notes: list[str] = [differs] if (differs := sampling_differs(spec)) else []
@@ -162,6 +164,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         analysis.notes[:0] = notes
     _write_reports(args, spec, analysis, name)
     return 0
+
+
+def _check_steering(spec, engine_for) -> None:
+    """Each steered variant's vectors against its model, before anything is sampled or saved."""
+    from simlab.compare.steer import steering_for
+
+    for variant in spec.variants:
+        if variant.steer:
+            try:
+                steering_for(variant, engine_for(variant.model or spec.model))
+            except SteerError as exc:
+                raise SpecError(f"{variant.name}: steer: {str(exc).replace('--steer ', '', 1)}") from None
 
 
 def _sweep(spec, session, engine_for, tracer):

@@ -129,7 +129,12 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".gguf":
         raise SteerError(f"{out}: write the vector to a .gguf file (llama.cpp's --control-vector reads one)")
-    shutil.copyfile(source, out)
+    try:
+        shutil.copyfile(source, out)
+    except OSError as exc:
+        raise SteerError(
+            f"cannot write {out}: {exc.strerror or exc}; give a path in a folder you can write"
+        ) from None
     print(f"wrote {out}; llama.cpp: --control-vector-scaled {out} STRENGTH")
     return 0
 

@@ -57,6 +57,11 @@ def cmd_derive(args: argparse.Namespace) -> int:
     if (args.pairs is None) != both or (args.pairs and (args.source or args.target)):
         raise SteerError("steer derive: give --from PERSONA_A --to PERSONA_B, or --pairs FILE")
     personas = (find(args.source), find(args.target)) if args.pairs is None else None
+    if personas and personas[0].render_frame() == personas[1].render_frame():
+        raise SteerError(
+            f"steer derive: --from {args.source} and --to {args.target} are the same frame: their difference "
+            "is nothing but sampling noise; give two personas that differ"
+        )
     turns = _turns(args, personas) if personas else []
     pairs = _pairs(args.pairs) if args.pairs else []
     if args.samples < 1 or args.max_tokens < 1:

@@ -216,11 +216,13 @@ def _toward(dose: Dose, base: list, steerings, engine) -> np.ndarray:
     return out
 
 
-def equivalent(strengths: list[float], kl: np.ndarray, seed: int, rounds: int = ROUNDS) -> dict:
+def equivalent(strengths: list[float], kl: np.ndarray, seed: int, rounds: int = ROUNDS) -> dict | None:
     """The strength of least mean KL (a parabola through the best grid point and its neighbours),
     with the 2.5th and 97.5th percentiles of the same over samples drawn again with replacement;
     `edge` says when the least KL is at the grid's end (the strength may lie beyond)."""
     kl = kl[np.isfinite(kl).all(axis=1)]
+    if not len(kl):  # no sample had a reply to read
+        return None
     s = np.asarray(strengths, dtype=float)
     best, edge = _least(s, kl.mean(axis=0))
     rng = np.random.default_rng(seed)

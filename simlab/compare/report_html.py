@@ -19,6 +19,12 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}.sig{font-weight:bold;c
 """
 
 
+def _short(name: str, most: int = 28) -> str:
+    """A variant's name in a plot's margin: whole, or its start and its end (where a steered
+    variant's strength is) with an ellipsis between."""
+    return name if len(name) <= most else f"{name[: most // 3]}…{name[-(most - most // 3 - 1) :]}"
+
+
 def _plot(a: Analysis, key: str) -> str:
     """Per variant: each sample's value as a dot, the mean as a bar and its interval as a line, on an
     axis with five labelled ticks; a rate (every value 0 or 1) as a bar of its mean with its interval;
@@ -38,7 +44,7 @@ def _plot(a: Analysis, key: str) -> str:
     else:  # the axis holds every interval too
         bounds = [b for v in a.variants for b in (v.estimates[key].low, v.estimates[key].high) if b == b]
         lo, hi = min([lo, *bounds]), max([hi, *bounds])
-    width, row, left = 360, 26, 110
+    width, row, left = 440, 26, 190
     height = row * len(a.variants) + 40
 
     def x(value: float) -> float:
@@ -59,7 +65,7 @@ def _plot(a: Analysis, key: str) -> str:
     for i, v in enumerate(a.variants):
         y = 20 + i * row
         color = COLORS[i % len(COLORS)]
-        parts.append(f'<text x="4" y="{y + 4}" font-size="11">{html.escape(v.name[:16])}</text>')
+        parts.append(f'<text x="4" y="{y + 4}" font-size="11">{html.escape(_short(v.name))}</text>')
         e = v.estimates[key]
         if rate and e.n:
             parts.append(

@@ -189,6 +189,10 @@ class Run(RunControl):
         steering, self.rows = uniform(steering)  # rows: one steering per sibling, when they differ
         if self.rows is not None and len(self.rows) != n:
             raise ValueError(f"{len(self.rows)} steerings for {n} siblings")
+        if self.rows is not None:  # a sweep: every strength on the run's one seed, paired as compare's
+            self.seeds = [self.base_seed] * n
+            for completion in self.completions:
+                completion.seed = completion.seed if completion.seed is None else self.base_seed
         if self.rows is not None and recorder is not None:
             raise SteerError(
                 "siblings at different strengths are not traced together: /trace off (or --trace left "

@@ -238,12 +238,12 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
 #ifdef SIMLAB_AVX512
     /* Two blocks per step: lanes 0-7 are block b's and the even sums, 8-15 block b + 1's and the odd
      * sums; each lane's integer is the one the 256-bit path makes for it (the same four products,
-     * summed as integers), here as 16-bit codes times the inputs' 256 q1 + q2 (`x16`, in pairs).
-     * The offsets' sums run for the R rows side by side, in block order. */
+     * summed as integers): q4's unsigned codes by each level's bytes (vpdpbusd), q8's signed codes
+     * as 16-bit values times the inputs' 256 q1 + q2 (`x16`, in pairs; vpdpwssd). The offsets' sums
+     * run for the R rows side by side, in block order. */
     const __m512i low2 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
-    /* per 128-bit lane: bytes 4L, 4L + 1 (then 4L + 2, 4L + 3) of each 32-bit lane L as 16-bit values */
-    const __m512i pick_a = _mm512_broadcast_i32x4(_mm_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1));
-    const __m512i pick_b = _mm512_broadcast_i32x4(_mm_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1));
+    /* q8, per 128-bit lane: bytes 4L, 4L + 1 (then 4L + 2, 4L + 3) of each 32-bit lane L into the
+     * high bytes of 16-bit values, then shifted down with their sign */
     const __m512i high_a = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13));
     const __m512i high_b = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15));
     __m512 both[4][MAXR];
@@ -265,9 +265,8 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
                 __m512i two = _mm512_inserti64x4(
                     _mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)), _mm256_permute2x128_si256(p, h, 0x31), 1
                 );
-                __m512i c = _mm512_and_si512(two, low2); /* the 64 codes in order */
-                ca[w] = _mm512_shuffle_epi8(c, pick_a);
-                cb[w] = _mm512_shuffle_epi8(c, pick_b);
+                ca[w] = _mm512_and_si512(two, low2); /* the 64 codes in order, unsigned: vpdpbusd's */
+                cb[w] = zero;
             } else { /* signed codes: into the high byte, then shifted down with their sign */
                 _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
                 __m512i c = _mm512_loadu_si512((const void *)(w8 + b * QK));
@@ -287,11 +286,20 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
             }
         }
         for (int r = 0; r < R; r++) {
-            const int16_t *row = x16 + r * k + b * QK;
-            __m512i xa = _mm512_loadu_si512((const void *)row), xb = _mm512_loadu_si512((const void *)(row + 32));
+            __m512i xa, xb;
+            if (bits == 4) { /* the two levels' bytes: 256 (c . q1) + c . q2 */
+                xa = _mm512_loadu_si512((const void *)(q1 + r * k + b * QK));
+                xb = _mm512_loadu_si512((const void *)(q2 + r * k + b * QK));
+            } else {
+                const int16_t *row = x16 + r * k + b * QK;
+                xa = _mm512_loadu_si512((const void *)row);
+                xb = _mm512_loadu_si512((const void *)(row + 32));
+            }
             __m512 d = _mm512_loadu_ps(pairs + (r * (blocks / 2) + b / 2) * 16);
             for (int w = 0; w < W; w++) {
-                __m512i t = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, ca[w], xa), cb[w], xb);
+                __m512i t = bits == 4
+                    ? _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ca[w], xa), 8), ca[w], xb)
+                    : _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, ca[w], xa), cb[w], xb);
                 /* s0 d2[g] in lanes 0-7, s1 d2[g + 1] in 8-15: the products the 256-bit path makes */
                 both[w][r] = _mm512_fmadd_ps(_mm512_mul_ps(s01[w], d), _mm512_cvtepi32_ps(t), both[w][r]);
             }

@@ -381,6 +381,7 @@ def run_loom(chat: Chat, children: int = 3, input=None, output=None) -> Loom:
     loom = Loom(chat, children)
     screen = LoomApp(loom, input=input, output=output)
     chat.loading.on_status(loom.invalidate)  # each step of a load in the status line
+    chat.loading.on_loaded(loom.invalidate)  # and the line it ends with (steering, sampling) at once
     with ends_on_signal(chat, screen.app) as pre_run:  # SIGTERM or SIGHUP closes it, then the REPL
         screen.run(pre_run)
     loom.stop()

@@ -17,7 +17,7 @@ from simlab.frame.framing import Framing
 from simlab.frame.render import PIECE, turns
 from simlab.repl.progress import Waiting, is_terminal
 from simlab.session.tree import Node
-from simlab.session.views import Style
+from simlab.session.views import Style, steer_label
 from simlab.turns import Replies
 
 LABEL_COLOUR = {"model": "1;32", "user": "1;34"}
@@ -164,7 +164,10 @@ class LineView:
         elif len(replies.run.completions) > 1:
             place = self.chat.place
             for node in nodes:
-                about = self.style.dim(f"(seed {node.seed}, {node.finish_reason})")
+                steered = steer_label(node)
+                about = self.style.dim(
+                    f"(seed {node.seed}, {steered + ', ' if steered else ''}{node.finish_reason})"
+                )
                 self.say(f"{self.style.wrap('1', f'[{place(node)}]')} {self.turn_text(node)} {about}")
             self.note(
                 f"{len(nodes)} alternatives saved; at [{place(nodes[0])}]. /pick I goes to sibling I, "

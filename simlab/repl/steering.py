@@ -30,8 +30,13 @@ def steer(chat, rest: str) -> None:
     if words in (["+"], ["-"]):
         chat.view.note(nudge(chat, STEP if words == ["+"] else -STEP))
         return
-    uses = uses_of(_specs(words))
-    steering_of(uses, chat.engine, chat.steer_positions)  # (checked against the model now, not at the reply)
+    try:
+        uses = uses_of(_specs(words))
+        steering_of(
+            uses, chat.engine, chat.steer_positions
+        )  # (checked against the model now, not at the reply)
+    except SteerError as exc:  # (said as what was typed here: /steer, not the flag)
+        raise SteerError(str(exc).replace("--steer ", "/steer ", 1)) from None
     chat.steer_uses = uses
     chat.view.note(describe(chat) + ": replies from here are steered (each records it)")
 

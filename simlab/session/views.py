@@ -44,6 +44,25 @@ def turn_label(node: Node, framing: Framing | None = None) -> str:
     return head if head and "\n" not in head else f"{node.speaker}:"
 
 
+def steer_label(node: Node) -> str:
+    """What a reply was steered with, as --steer writes it (`keeper:0.5@10-12`, several joined by
+    +); "" for none."""
+    terms = (node.steer or {}).get("terms") or []
+    return " + ".join(
+        f"{t.get('vector')}:{t.get('strength', 0):g}@{_runs(t.get('blocks') or [])}" for t in terms
+    )
+
+
+def _runs(blocks: list) -> str:
+    out: list[str] = []
+    for b in sorted(int(x) for x in blocks):
+        if out and out[-1].split("-")[-1] == str(b - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{b}"
+        else:
+            out.append(str(b))
+    return ",".join(out)
+
+
 def said(node: Node, framing: Framing | None = None) -> str:
     """What goes before a turn's text on one line: its label and a space, or "…" for the rest of a
     turn split in two (it goes on where the part before stopped, maybe mid-word)."""
@@ -123,7 +142,11 @@ def render_compare(tree: Tree, a: str, b: str, style: Style, width: int | None =
     def column(nodes: list[Node], title: str, framing: Framing) -> list[str]:
         out = [title]
         for node in nodes:
-            about = [f"seed {node.seed}" if node.seed is not None else "", node.persona or ""]
+            about = [
+                f"seed {node.seed}" if node.seed is not None else "",
+                node.persona or "",
+                steer_label(node),
+            ]
             extra = f" ({', '.join(a for a in about if a)})" if node.role == "model" and any(about) else ""
             out += textwrap.wrap(f"{said(node, framing)}{node.text.strip()}{extra}", col) or [""]
         return out

@@ -57,7 +57,7 @@ def target(name: str, force: bool) -> Path:
     path = folder() / f"{name}.gguf"
     if path.exists() and not force:
         raise SteerError(
-            f"steering vector {name!r} exists ({path}); import it under another name with --name NAME, "
+            f"steering vector {name!r} exists ({path}); give another name (steer import: --name NAME), "
             "or --force to replace it"
         )
     return path

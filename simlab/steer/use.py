@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from simlab.engine.steering import POSITIONS, Steering, Term
 from simlab.errors import SteerError, needs_local
 from simlab.steer import library
@@ -94,6 +96,15 @@ def steering_of(uses: Sequence[Use], engine, positions: str = "all") -> Steering
             raise SteerError(
                 f"--steer {use.label()}: {use.name} has no direction for block {missing[0]} (it has "
                 f"{', '.join(map(str, vector.layers))})"
+            )
+        with np.errstate(over="ignore"):
+            too_big = [
+                b for b in chosen if not np.isfinite(np.float32(use.strength) * vector.directions[b]).all()
+            ]
+        if too_big:
+            raise SteerError(
+                f"--steer {use.label()}: strength {use.strength:g} times block {too_big[0]}'s direction "
+                "overflows float32; give a smaller strength"
             )
         terms.append(Term(use.name, vector.digest, use.strength, {b: vector.directions[b] for b in chosen}))
     return Steering(tuple(terms), positions)

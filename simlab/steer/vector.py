@@ -189,8 +189,8 @@ def parse_use(spec: str) -> tuple[str, tuple[float, ...], tuple[int, ...] | None
                 f"--steer {spec}: {strength_text!r} is not a strength (a number: noir:0.5, or one a "
                 "sibling: noir:0,0.5,1)"
             ) from None
-        if not all(math.isfinite(x) for x in strengths):
-            raise SteerError(f"--steer {spec}: a strength must be a finite number")
+        if not all(math.isfinite(x) and abs(x) < 1e30 for x in strengths):
+            raise SteerError(f"--steer {spec}: a strength must be a finite number (its size under 1e30)")
     if not name:
         raise SteerError(f"--steer {spec}: name a vector (simlab steer list), e.g. --steer noir:0.5@6-10")
     return name, strengths, parse_layers(layers_text, f"--steer {spec}") if layers_text else None

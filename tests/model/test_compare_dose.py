@@ -129,6 +129,7 @@ def test_the_prompt_equivalent_strength_is_the_least_kl_with_its_interval():
     falling = np.array([[4 - s for s in strengths]] * 5, dtype=float)
     assert equivalent(strengths, falling, seed=0)["edge"] == "high"  # least at 4: it may lie beyond
     assert math.isnan(equivalent(strengths, falling[:1], seed=0)["low"])  # one sample: no interval
+    assert equivalent(strengths, np.full((3, 4), np.nan), seed=0) is None  # no reply read at all
 
 
 def test_toward_a_persona_that_is_not_there_is_one_line(personas, vector):
@@ -141,3 +142,25 @@ def test_toward_a_persona_that_is_not_there_is_one_line(personas, vector):
     spec = build_spec({**data, "steer": {"vector": "v", "strength": [1, 2]}}, "spec")  # 0: the baseline
     assert [v.name for v in spec.variants] == ["a", "a v:1", "a v:2"]
     assert [s for s, _ in spec.doses[0].strengths] == [0.0, 1.0, 2.0] and spec.doses[0].toward is None
+
+
+def test_a_vector_that_does_not_fit_the_model_is_one_line_before_any_session(
+    capsys, tmp_path, personas, tiny_dir
+):
+    import json
+
+    from conftest import run_cli
+
+    from simlab.steer import library
+    from simlab.steer.vector import SteerVector
+
+    SteerVector({5: np.ones(32, np.float32)}, {"name": "far"}).write(library.folder() / "far.gguf")
+    a, _ = personas
+    spec = tmp_path / "s.yaml"
+    data = {"turns": ["hi"], "samples": 2, "variants": [{"persona": str(a)}], "steer": {"vector": "far"}}
+    spec.write_text(json.dumps(data))
+    code, _, err = run_cli(
+        capsys, "compare", spec, "--model", tiny_dir, "--sessions-dir", tmp_path / "sessions"
+    )
+    assert code == 2 and "a far:1: steer: far has directions for block 5 but" in err, err
+    assert len(err.strip().splitlines()) == 1 and not list((tmp_path / "sessions").glob("compare-*"))

@@ -141,6 +141,16 @@ def test_a_steering_vectors_save_imports_and_bad_saves_are_one_line(tmp_path):
         library.import_file(tmp_path / "junk.pt", None, True)
 
 
+def test_a_strength_whose_addition_overflows_is_one_line(tiny_engine):
+    from simlab.steer import library
+    from simlab.steer.use import steering_of, uses_of
+
+    SteerVector({1: np.full(32, 1e10, np.float32)}, {"name": "big"}).write(library.folder() / "big.gguf")
+    with pytest.raises(SteerError, match="strength 1e\\+29 times block 1's direction overflows float32"):
+        steering_of(uses_of(["big:1e29"]), tiny_engine)
+    assert steering_of(uses_of(["big:1e20"]), tiny_engine) is not None
+
+
 def test_the_use_spec_reads_name_strength_and_blocks():
     assert parse_use("noir") == ("noir", (1.0,), None)
     assert parse_use("noir:-0.5@1-3,5") == ("noir", (-0.5,), (1, 2, 3, 5))
@@ -205,7 +215,7 @@ def test_the_steer_commands_and_generate_steer(capsys, tmp_path, tiny_dir):
     code, out, _ = run_cli(capsys, "steer", "import", tmp_path / "happy.gguf")
     assert code == 0 and "imported happy: block 1, 32 wide" in out
     code, out, err = run_cli(capsys, "steer", "import", tmp_path / "happy.gguf")
-    assert code == 2 and "--name NAME, or --force" in err
+    assert code == 2 and "--name NAME), or --force" in err
     code, out, _ = run_cli(capsys, "steer", "list")
     assert code == 0 and out.startswith("happy") and "block 1 · 32 wide · llama" in out
     code, out, _ = run_cli(capsys, "steer", "show", "happy", "--json")
@@ -227,6 +237,10 @@ def test_the_steer_commands_and_generate_steer(capsys, tmp_path, tiny_dir):
     assert code == 2 and "happy has no direction for block 0 (it has 1)" in err
     code, _, err = run_cli(capsys, "generate", PROMPT, "--steer", "sad", *flags)
     assert code == 2 and "no steering vector 'sad'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "generate", PROMPT, "--steer", "happy:1e31", *flags)
+    assert code == 2 and "a strength must be a finite number" in err
+    code, _, err = run_cli(capsys, "steer", "export", "happy", "-o", tmp_path / "no" / "such" / "x.gguf")
+    assert code == 2 and "cannot write" in err and len(err.strip().splitlines()) == 1
     code, out, _ = run_cli(capsys, "steer", "export", "happy", "-o", tmp_path / "out.gguf")
     assert code == 0 and read(tmp_path / "out.gguf").digest == read(tmp_path / "happy.gguf").digest
     assert (
@@ -262,7 +276,7 @@ def test_a_trace_of_a_steered_reply_reads_the_steered_stream(tiny_engine):
 def test_siblings_at_different_strengths_decode_as_one_batch_each_as_alone(llama_engine, positions):
     """A sweep of strengths (`keeper:0,2,4`) is one sibling a strength, decoded as one batch after a
     prefill per prompt steering; each sibling is the tokens and log-probabilities of that strength
-    sampled alone with its seed."""
+    sampled alone with the run's seed (a sweep's siblings share it: the strengths on the same draws)."""
     vector = SteerVector(directions(32, [1, 2]))
     strengths = (0.0, 2.0, 4.0)
     rows = [steering(vector, x, positions) if x else None for x in strengths]
@@ -271,14 +285,15 @@ def test_siblings_at_different_strengths_decode_as_one_batch_each_as_alone(llama
     try:
         together = llama_engine.generate(PROMPT, params, n=3, steering=rows)
         for k, (row, strength) in enumerate(zip(together, strengths)):
-            alone_params = params.with_overrides(seed=21 + k)
+            assert row.seed == 21
+            alone_params = params.with_overrides(seed=21)
             extra = {"steering": rows[k]} if rows[k] else {}
             [alone] = llama_engine.generate(PROMPT, alone_params, **extra)
             assert row.token_ids == alone.token_ids, (strength, k)
             assert [t.logprob for t in row.tokens] == [t.logprob for t in alone.tokens], (strength, k)
     finally:
         llama_engine.prefix = kept
-    assert len({tuple(c.token_ids) for c in together}) == 3  # the strengths steer apart
+    assert len({tuple(t.logprob for t in c.tokens) for c in together}) == 3  # the strengths steer apart
 
 
 def test_siblings_at_different_strengths_are_not_traced_together_and_say_so(tiny_engine):

@@ -126,6 +126,9 @@ def test_derive_end_to_end_writes_a_vector_and_a_session(capsys, tmp_path, tiny_
     assert code == 2 and "exists" in err  # the name is taken: refused before sampling
     code, _, err = run_cli(capsys, *args[:2], "w", *args[3:], "--layers", "0-1")
     assert code == 2 and "keep blocks from 1 to 2" in err
+    same = [*args[:2], "w", "--from", tmp_path / "calm.yaml", "--to", tmp_path / "calm.yaml", *args[7:]]
+    code, _, err = run_cli(capsys, *same)
+    assert code == 2 and "are the same frame" in err and len(err.strip().splitlines()) == 1
 
 
 def test_derive_from_contrastive_pairs(capsys, tmp_path, tiny_dir):

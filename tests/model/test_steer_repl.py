@@ -122,6 +122,8 @@ def test_chat_steer_flag_steers_a_piped_chat_and_replay_reproduces_it(
             assert (new.token_ids == original.token_ids) == (steer == "v:3")  # the same seed, steered alike
         code, out, err = run_cli(capsys, "replay", "st", "--node", new.id, *folder)
         assert code == 0 and "reproduced" in out + err, out + err
+        code, out, _ = run_cli(capsys, "sessions", "show", "st", "--compare", original.id, new.id, *folder)
+        assert code == 0 and "v:3@1)" in out  # each reply's steering beside its seed
     code, _, err = run_cli(capsys, "replay", "st", "--steer", "v:0,1", *folder)
     assert code == 2 and "one strength" in err and len(err.strip().splitlines()) == 1
     flags[-3] = "other"  # (a new session: st exists)
@@ -139,6 +141,10 @@ def test_a_sweep_of_strengths_is_one_sibling_each_recorded_and_replayed(chat, ti
     siblings = chat.tree.siblings(chat.cursor.id)
     strengths = [s.steer["terms"][0]["strength"] if s.steer else 0.0 for s in siblings]
     assert strengths == [0.0, 2.0, 4.0] and siblings[0].steer is None
+    assert len({s.seed for s in siblings}) == 1  # the strengths on one seed: paired draws
+    said = chat.view.out.getvalue()
+    seed = siblings[0].seed
+    assert f"(seed {seed}, v:2@1," in said and f"(seed {seed}, v:4@1," in said
     for sibling in siblings:
         [check] = check_path(tiny_engine, chat.session, chat.tree.path(sibling.id))
         assert check.reproduced, (sibling.steer, check)

@@ -382,7 +382,7 @@ def test_g_while_the_model_loads_says_so_in_the_editor_not_on_the_terminal_under
     deadline = time.monotonic() + 10
     while "still loading" not in (loom.busy or "") and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert loom.busy == "sampling 1 (the model is still loading; the reply starts when it is ready)"
+    assert loom.busy == "sampling 1 (the model is still loading; this goes on when it is ready)"
     loading.set_result(fake_engine)
     loom.wait()
     assert line.getvalue() == "" and "still loading" not in loom.output + loom.message
