@@ -126,11 +126,14 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
         _mm_storeu_si128((__m128i *)(q1 + at + 16), _mm512_cvtepi32_epi8(a1));
         _mm_storeu_si128((__m128i *)(q2 + at), _mm512_cvtepi32_epi8(b0));
         _mm_storeu_si128((__m128i *)(q2 + at + 16), _mm512_cvtepi32_epi8(b1));
-        /* 256 q1 + q2 as one 16-bit integer (|.| <= 32639), natural order for now */
-        __m512i w0 = _mm512_add_epi32(_mm512_slli_epi32(a0, 8), b0), w1 = _mm512_add_epi32(_mm512_slli_epi32(a1, 8), b1);
-        _mm256_storeu_si256((__m256i *)(x16 + at), _mm512_cvtepi32_epi16(w0));
-        _mm256_storeu_si256((__m256i *)(x16 + at + 16), _mm512_cvtepi32_epi16(w1));
+        if (x16) { /* 256 q1 + q2 as one 16-bit integer (|.| <= 32639), natural order for now */
+            __m512i w0 = _mm512_add_epi32(_mm512_slli_epi32(a0, 8), b0);
+            __m512i w1 = _mm512_add_epi32(_mm512_slli_epi32(a1, 8), b1);
+            _mm256_storeu_si256((__m256i *)(x16 + at), _mm512_cvtepi32_epi16(w0));
+            _mm256_storeu_si256((__m256i *)(x16 + at + 16), _mm512_cvtepi32_epi16(w1));
+        }
     }
+    if (!x16) return; /* (q4 weights read q1 and q2 themselves) */
     /* each two blocks' 64 values as pairs: the first 64 bytes hold values 4L, 4L + 1 in 32-bit lane L,
      * the next 64 values 4L + 2, 4L + 3, so two vpdpwssd put a 256-bit lane's four products in lane L */
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -278,7 +281,10 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
             __m256 s1 = per == 1 ? _mm256_set1_ps(sc[b + 1])
                                  : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 3]), _mm_set1_ps(sc[2 * b + 2]));
             s01[w] = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
-            if (offset[w]) {
+            if (offset[w] && R == 1) { /* one row: scalar sums (as block256's), fewer instructions */
+                off[w][0] += offset[w][b] * sx[b];
+                off[w][0] += offset[w][b + 1] * sx[b + 1];
+            } else if (offset[w]) {
                 __m128 o0 = _mm_mul_ps(_mm_set1_ps(offset[w][b]), _mm_loadu_ps(sxt + b * 4));
                 offs[w] = _mm_add_ps(offs[w], o0);
                 __m128 o1 = _mm_mul_ps(_mm_set1_ps(offset[w][b + 1]), _mm_loadu_ps(sxt + (b + 1) * 4));
@@ -311,7 +317,7 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
         for (int r = 0; r < R; r++) {
             even[w][r] = _mm512_castps512_ps256(both[w][r]);
             odd[w][r] = _mm512_extractf32x8_ps(both[w][r], 1);
-            if (offset[w]) off[w][r] = lanes[r];
+            if (offset[w] && R > 1) off[w][r] = lanes[r];
         }
     }
 #endif
@@ -388,16 +394,17 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
     float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
     float *sxt = sx + blocks_all; /* per four rows and block: the four rows' sx */
     float *pairs = sxt + (m + 3) / 4 * 4 * blocks; /* per row and two blocks: d2 of the first eight times, of the second eight times */
-    int16_t *x16 = (int16_t *)(pairs + m * (blocks / 2) * 16); /* per row: 256 q1 + q2, in pairs */
+    int16_t *x16 = (int16_t *)(pairs + m * (blocks / 2) * 16); /* per row: 256 q1 + q2, in pairs (q8) */
 #pragma omp parallel for num_threads(threads) schedule(static) if (m * k >= 16384 && threads > 1)
     for (int64_t r = 0; r < m; r++) {
         const float *xr = x + r * k;
         int8_t *a = q1 + r * k, *c = q2 + r * k;
         float *e1 = d1 + r * blocks, *e2 = d2 + r * blocks, *s = sx + r * blocks;
 #ifdef SIMLAB_AVX512
-        quantize_row512(xr, k, a, c, e1, e2, s, x16 + r * k);
-        for (int64_t p = 0; p < blocks / 2; p++)
-            for (int l = 0; l < 16; l++) pairs[(r * (blocks / 2) + p) * 16 + l] = e2[2 * p + l / 8];
+        quantize_row512(xr, k, a, c, e1, e2, s, bits == 8 ? x16 + r * k : 0);
+        for (int64_t p = 0; p < blocks / 2; p++) /* e2 of the pair's first block eight times, then its second's */
+            _mm512_storeu_ps(pairs + (r * (blocks / 2) + p) * 16,
+                             _mm512_insertf32x8(_mm512_set1_ps(e2[2 * p]), _mm256_set1_ps(e2[2 * p + 1]), 1));
 #else
         quantize_row(xr, k, a, c, e1, e2, s);
 #endif
