@@ -154,16 +154,19 @@ def _dose_tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
             for r in d.rows
         ]  # fmt: skip
         out.append((title, header + ([toward] if toward else []), rows))
-        if d.equivalent:
-            out.append(
-                (
-                    f"Prompt-equivalent strength: where {d.vector} brings {d.base}'s next-token "
-                    f"distributions closest to {d.toward}'s own prompt (least KL; interval: samples "
-                    "drawn again)",
-                    ["variant", "toward", "strength", "95% interval", "samples"],
-                    [[d.base, d.toward or "", *_equivalent(d.equivalent)]],
-                )
+    rows = [
+        [d.base, runs(d.blocks), d.toward or "", *_equivalent(d.equivalent)] for d in a.dose if d.equivalent
+    ]
+    if rows:  # one row a variant and block range tried
+        out.append(
+            (
+                "Prompt-equivalent strength: where the vector brings the variant's next-token "
+                "distributions closest to the toward persona's own prompt (least KL; interval: samples "
+                "drawn again)",
+                ["variant", "blocks", "toward", "strength", "95% interval", "samples"],
+                rows,
             )
+        )
     return out
 
 

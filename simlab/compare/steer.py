@@ -52,22 +52,28 @@ def expand(variants: list, raw: Any, where: str, find=None) -> tuple[list, tuple
     if positions not in POSITIONS:
         raise SpecError(f"{where}: steer: positions: one of {', '.join(POSITIONS)}")
     layers = raw.get("layers")
-    spec = raw["vector"] + (f"@{layers}" if layers is not None else "")
-    try:
-        [use] = uses_of([spec])
-    except SimlabError as exc:
-        raise SpecError(f"{where}: steer: {exc}") from None
-    toward = _toward(raw.get("toward"), use, where, find)
+    ranges = layers if isinstance(layers, list) else [layers]  # several: a dose-response each
+    if not ranges or len({str(r) for r in ranges}) < len(ranges):
+        raise SpecError(f"{where}: steer: layers: blocks (6-10), or a list of different ones ([6-10, 12])")
+    uses = []
+    for blocks in ranges:
+        try:
+            [use] = uses_of([raw["vector"] + (f"@{blocks}" if blocks is not None else "")])
+        except SimlabError as exc:
+            raise SpecError(f"{where}: steer: {exc}") from None
+        uses.append(use)
+    toward = _toward(raw.get("toward"), uses[0], where, find)
     out, doses = [], []
     for variant in variants:
         out.append(variant)  # strength 0, the baseline, first whether asked for or not
-        names = [(0.0, variant.name)]
-        for strength in sorted(set(strengths) - {0}):
-            steered = use.at(float(strength))
-            name = f"{variant.name} {steered.label()}"
-            out.append(replace(variant, name=name, steer=(*variant.steer, steered), positions=positions))
-            names.append((float(strength), name))
-        doses.append(Dose(variant.name, tuple(names), use, toward, positions))
+        for use in uses:
+            names = [(0.0, variant.name)]
+            for strength in sorted(set(strengths) - {0}):
+                steered = use.at(float(strength))
+                name = f"{variant.name} {steered.label()}"
+                out.append(replace(variant, name=name, steer=(*variant.steer, steered), positions=positions))
+                names.append((float(strength), name))
+            doses.append(Dose(variant.name, tuple(names), use, toward, positions))
     return out, tuple(doses)
 
 

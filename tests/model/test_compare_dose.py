@@ -164,3 +164,22 @@ def test_a_vector_that_does_not_fit_the_model_is_one_line_before_any_session(
     )
     assert code == 2 and "a far:1: steer: far has directions for block 5 but" in err, err
     assert len(err.strip().splitlines()) == 1 and not list((tmp_path / "sessions").glob("compare-*"))
+
+
+def test_several_block_ranges_are_a_dose_response_each_on_one_baseline(personas):
+    from simlab.steer import library
+    from simlab.steer.vector import SteerVector
+
+    SteerVector({1: np.ones(32, np.float32), 2: np.ones(32, np.float32)}, {"name": "w"}).write(
+        library.folder() / "w.gguf"
+    )
+    a, _ = personas
+    data = {"turns": ["hi"], "variants": [{"persona": str(a)}]}
+    spec = build_spec({**data, "steer": {"vector": "w", "strength": [1, 2], "layers": ["1", 2]}}, "spec")
+    assert [v.name for v in spec.variants] == ["a", "a w:1@1", "a w:2@1", "a w:1@2", "a w:2@2"]
+    assert [(d.base, d.use.blocks, [n for _, n in d.strengths]) for d in spec.doses] == [
+        ("a", (1,), ["a", "a w:1@1", "a w:2@1"]),
+        ("a", (2,), ["a", "a w:1@2", "a w:2@2"]),
+    ]
+    with pytest.raises(SpecError, match="a list of different ones"):
+        build_spec({**data, "steer": {"vector": "w", "layers": ["1", "1"]}}, "spec")
