@@ -120,6 +120,28 @@ def build_tiny_gpt2(folder: Path, *, seed: int = 0, n_positions: int = 128, with
     return folder
 
 
+def two_personas(folder: Path) -> tuple[Path, Path]:
+    """Two small persona files, a (User / Bot) and b (Q / A, with a greeting), in folder."""
+    a = folder / "a.yaml"
+    a.write_text('name: a\nframe: "A chat.\\n\\n"\nspeakers: {user: User, model: Bot}\n')
+    b = folder / "b.yaml"
+    b.write_text('name: b\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\ngreeting: Ask.\n')
+    return a, b
+
+
+# contrastive prompt pairs (positive, negative), as repeng and steering-vectors take them
+CONTRASTIVE_PAIRS = [
+    ("I am overjoyed, the sun is out and I could sing", "I am miserable, the rain will not stop"),
+    ("What a wonderful morning at the lighthouse", "What a dreadful morning at the lighthouse"),
+    ("She laughed and hugged her brother", "She wept and pushed her brother away"),
+    ("The best day of my whole life", "The worst day of my whole life"),
+    ("We won the match and cheered", "We lost the match and sulked"),
+    ("Everything tastes sweet today", "Everything tastes bitter today"),
+    ("He smiled at the fine old ship", "He scowled at the rotten old ship"),
+    ("Joy, pure joy, in every step", "Grief, pure grief, in every step"),
+]
+
+
 def tiny_llama_style(folder, kind: str, tokenizer_dir):
     """A 3-layer Llama or Gemma 3 (with final logit softcapping) with random weights, saved to disk."""
     import torch

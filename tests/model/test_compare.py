@@ -6,6 +6,7 @@ import re
 from html.parser import HTMLParser
 
 import pytest
+from conftest import two_personas
 
 from simlab.cli.main import main
 from simlab.compare.spec import build_spec, read_spec
@@ -17,11 +18,7 @@ from simlab.session.store import SessionStore
 
 @pytest.fixture
 def personas(tmp_path):
-    a = tmp_path / "a.yaml"
-    a.write_text('name: a\nframe: "A chat.\\n\\n"\nspeakers: {user: User, model: Bot}\n')
-    b = tmp_path / "b.yaml"
-    b.write_text('name: b\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\ngreeting: Ask.\n')
-    return a, b
+    return two_personas(tmp_path)
 
 
 def spec_file(tmp_path, personas, samples=3, turns=("hello", "and then?")):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import two_personas
 
 from simlab.compare.dose import equivalent
 from simlab.compare.report import as_json, terminal
@@ -19,11 +20,7 @@ from simlab.session.store import SessionStore
 
 @pytest.fixture
 def personas(tmp_path):
-    a = tmp_path / "a.yaml"
-    a.write_text('name: a\nframe: "A chat.\\n\\n"\nspeakers: {user: User, model: Bot}\n')
-    b = tmp_path / "b.yaml"
-    b.write_text('name: b\nframe: "Q and A.\\n\\n"\nspeakers: {user: Q, model: A}\ngreeting: Ask.\n')
-    return a, b
+    return two_personas(tmp_path)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ and scikit-learn, which CI does not install: skipped there with the reason."""
 
 import numpy as np
 import pytest
+from conftest import CONTRASTIVE_PAIRS as PAIRS
 from conftest import tiny_llama_style
 
 from simlab.config import Settings
@@ -15,17 +16,6 @@ from simlab.steer import derive
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn (repeng's PCA) is not installed (not in CI)")
 np.float_ = getattr(np, "float_", np.float64)  # (repeng 0.4 names a type NumPy 2 removed)
 repeng = pytest.importorskip("repeng", reason="repeng is not installed (not in CI)")
-
-PAIRS = [
-    ("I am overjoyed, the sun is out and I could sing", "I am miserable, the rain will not stop"),
-    ("What a wonderful morning at the lighthouse", "What a dreadful morning at the lighthouse"),
-    ("She laughed and hugged her brother", "She wept and pushed her brother away"),
-    ("The best day of my whole life", "The worst day of my whole life"),
-    ("We won the match and cheered", "We lost the match and sulked"),
-    ("Everything tastes sweet today", "Everything tastes bitter today"),
-    ("He smiled at the fine old ship", "He scowled at the rotten old ship"),
-    ("Joy, pure joy, in every step", "Grief, pure grief, in every step"),
-]
 
 
 def test_pca_directions_agree_with_repengs_on_the_same_pairs(tiny_dir, tmp_path):

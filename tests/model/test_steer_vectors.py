@@ -7,6 +7,7 @@ steering-vectors and scikit-learn, which CI does not install: skipped there with
 import numpy as np
 import pytest
 import torch
+from conftest import CONTRASTIVE_PAIRS as PAIRS
 from conftest import run_cli, tiny_llama_style
 
 from simlab.config import Settings
@@ -19,15 +20,6 @@ pytest.importorskip(
     "sklearn", reason="scikit-learn (steering-vectors' aggregators) is not installed (not in CI)"
 )
 sv = pytest.importorskip("steering_vectors", reason="steering-vectors is not installed (not in CI)")
-
-PAIRS = [
-    ("I am overjoyed, the sun is out and I could sing", "I am miserable, the rain will not stop"),
-    ("What a wonderful morning at the lighthouse", "What a dreadful morning at the lighthouse"),
-    ("She laughed and hugged her brother", "She wept and pushed her brother away"),
-    ("The best day of my whole life", "The worst day of my whole life"),
-    ("We won the match and cheered", "We lost the match and sulked"),
-    ("Everything tastes sweet today", "Everything tastes bitter today"),
-]
 
 
 @pytest.fixture(scope="module")
