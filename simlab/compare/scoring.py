@@ -103,7 +103,7 @@ def _frames(spec, runs: list[VariantRun]) -> list[tuple[str, Variant]]:
             keys.add(key)
     for dose in spec.doses:
         if dose.toward is not None:
-            base = next(v for _, v in columns if v.name == dose.base)
+            base = next(run.variant for run in runs if run.variant.name == dose.base)
             toward = replace(base, name=f"{dose.toward.name} (toward)", persona=dose.toward, steer=())
             if (_frame_key(toward), toward.model) not in keys:
                 columns.append((toward.name, toward))

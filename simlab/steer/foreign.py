@@ -45,7 +45,12 @@ def read_torch(path: Path) -> tuple[SteerVector, list[str]]:
         )
     directions, left = {}, []
     for layer, tensor in sorted(data.items()):
-        value = np.asarray(tensor.detach().float().cpu().numpy() if hasattr(tensor, "detach") else tensor)
+        try:
+            value = np.asarray(
+                tensor.detach().float().cpu().numpy() if hasattr(tensor, "detach") else tensor, np.float32
+            )
+        except (TypeError, ValueError, RuntimeError):
+            raise SteerError(f"{where}: layer {layer} is not a vector of numbers") from None
         if value.ndim != 1 or not np.isfinite(value).all() or layer < 0:
             raise SteerError(f"{where}: layer {layer} is not one finite vector ({value.shape})")
         if layer == 0:
@@ -56,7 +61,7 @@ def read_torch(path: Path) -> tuple[SteerVector, list[str]]:
         raise SteerError(f"{where}: only block 0, which a control-vector file cannot hold")
     if len({v.shape[0] for v in directions.values()}) > 1:
         raise SteerError(f"{where}: its layers' vectors differ in width")
-    meta = {"source": "steering-vectors", "hook": "block output", "imported_from": path.name}
+    meta = {"source": "steering-vectors", "imported_from": path.name}
     return SteerVector(directions, meta), left
 
 

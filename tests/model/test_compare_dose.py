@@ -178,5 +178,16 @@ def test_several_block_ranges_are_a_dose_response_each_on_one_baseline(personas)
         ("a", (1,), ["a", "a w:1@1", "a w:2@1"]),
         ("a", (2,), ["a", "a w:1@2", "a w:2@2"]),
     ]
+    two = {
+        "turns": ["hi"],
+        "variants": [str(a), {"persona": str(a), "name": "a-hot", "sampling": {"temperature": 1.5}}],
+    }
+    spec = build_spec(
+        {**two, "steer": {"vector": "w", "strength": [1], "layers": "1", "toward": str(personas[1])}}, "s"
+    )
+    from simlab.compare.scoring import _frames
+
+    runs = [type("Run", (), {"variant": v})() for v in spec.variants]  # (the frames need only variants)
+    assert [name for name, _ in _frames(spec, runs)] == ["a", "b (toward)"]  # a-hot reads a's frame
     with pytest.raises(SpecError, match="a list of different ones"):
         build_spec({**data, "steer": {"vector": "w", "layers": ["1", "1"]}}, "spec")

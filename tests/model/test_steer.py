@@ -132,6 +132,7 @@ def test_a_steering_vectors_save_imports_and_bad_saves_are_one_line(tmp_path):
         ({1: torch.ones(2, 32)}, "layer 1 is not one finite vector"),
         ({1: torch.ones(32), 2: torch.ones(16)}, "differ in width"),
         ({0: torch.ones(32)}, "only block 0"),
+        ({1: ["a", "b"]}, "layer 1 is not a vector of numbers"),
     ):
         torch.save(content, tmp_path / "bad.pt")
         with pytest.raises(SteerError, match=expected):
