@@ -24,7 +24,7 @@ from simlab.errors import SimlabError
 from simlab.persona.library import find
 from simlab.repl.progress import Waiting
 from simlab.replay import RECORDED, check_path, model_replies, params_of, replay_branch
-from simlab.steer.use import no_server, steering_of, sweep_of, uses_of
+from simlab.steer.use import no_server, steering_of, sweep_of, uses_of, uses_recorded
 
 
 def add_command(commands) -> None:
@@ -76,6 +76,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise _nothing_to_replay(session, path)
         for node in replies:
             params_of(node, overrides)  # a bad override fails before the model loads
+            if steer is None:
+                uses_recorded(node.steer)  # and a recorded vector that is missing or changed
         say(f"simlab: loading the model to re-run the path's {_replies(len(replies))}")
         engine = _engine_for(args, replies)
         if not changing:

@@ -116,7 +116,16 @@ def steering_recorded(record: dict | None, engine) -> Steering | None:
     if not record:
         return None
     terms = []
-    for term in record.get("terms") or ():
+    for use in uses_recorded(record):
+        terms.extend(steering_of([use], engine, "all").terms)
+    return Steering(tuple(terms), str(record.get("positions", "all")))
+
+
+def uses_recorded(record: dict | None) -> list[Use]:
+    """What a node's `steer` record names, each vector read and checked by its sha256 (no model
+    needed: a replay says a vector is missing or changed before it loads one)."""
+    uses = []
+    for term in (record or {}).get("terms") or ():
         name = str(term.get("vector", ""))
         try:
             vector = library.find(name)
@@ -129,9 +138,10 @@ def steering_recorded(record: dict | None, engine) -> Steering | None:
                 "put the original back in the library to replay it"
             )
         blocks = [int(b) for b in term.get("blocks") or vector.layers]
-        use = Use(name, float(term.get("strength", 1.0)), tuple(blocks), vector)  # (one strength a reply)
-        terms.extend(steering_of([use], engine, "all").terms)
-    return Steering(tuple(terms), str(record.get("positions", "all")))
+        uses.append(
+            Use(name, float(term.get("strength", 1.0)), tuple(blocks), vector)
+        )  # (one strength a reply)
+    return uses
 
 
 def runs(blocks: Sequence[int]) -> str:

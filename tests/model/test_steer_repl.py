@@ -126,6 +126,9 @@ def test_chat_steer_flag_steers_a_piped_chat_and_replay_reproduces_it(
         assert code == 0 and "v:3@1)" in out  # each reply's steering beside its seed
     code, _, err = run_cli(capsys, "replay", "st", "--steer", "v:0,1", *folder)
     assert code == 2 and "one strength" in err and len(err.strip().splitlines()) == 1
+    assert run_cli(capsys, "steer", "rm", "v")[0] == 0  # a recorded vector gone: said before any model loads
+    code, _, err = run_cli(capsys, "replay", "st", "--node", original.id, *folder)  # (the steered reply)
+    assert code == 2 and "which is not here" in err and "loading the model" not in err, err
     flags[-3] = "other"  # (a new session: st exists)
     code, _, err = run_cli(capsys, "chat", "--steer", "nope", *flags, stdin="hi\n", monkeypatch=monkeypatch)
     assert code == 2 and "no steering vector 'nope'" in err
