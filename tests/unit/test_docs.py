@@ -27,6 +27,7 @@ PAGES = {
     "trace": "trace.md",
     "personas": "personas.md",
     "steer": "steer.md",
+    "multiverse": "multiverse.md",
 }
 
 
