@@ -58,11 +58,11 @@ def distribution(logits: torch.Tensor, context: list[int], params: SamplingParam
     row = logits.float().unsqueeze(0)
     if raw:
         return row[0].double().softmax(-1)
+    processed = process_logits(row, torch.tensor([context]), params)  # (greedy: the penalty only)
     if params.greedy:
         out = torch.zeros(row.shape[-1], dtype=torch.float64)
-        out[int(row[0].argmax())] = 1.0
+        out[int(processed[0].argmax())] = 1.0
         return out
-    processed = process_logits(row, torch.tensor([context]), params)
     return processed[0].double().softmax(-1)
 
 

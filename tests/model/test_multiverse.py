@@ -60,6 +60,15 @@ def test_every_block_above_the_cutoff_with_its_exact_probability(tiny_engine, ra
     assert seen == sum(1 for _ in universe.leaves()) + sum(1 for b in _all(universe.root) if b.children) - 1
 
 
+def test_greedy_is_one_path_the_sampler_would_take(tiny_engine):
+    params = SamplingParams(temperature=0, repetition_penalty=1.3, max_new_tokens=5)
+    prompt = tiny_engine.encode(PROMPT)
+    universe = grow(tiny_engine, prompt, params, depth=5, cutoff=0.5)
+    [leaf] = universe.leaves()
+    [reply] = tiny_engine.generate(prompt, params)
+    assert list(leaf.ids) == reply.token_ids[:5] and leaf.p == 1.0 and universe.covered == [1.0] * 5
+
+
 def _all(block):
     yield block
     for child in block.children:
