@@ -58,7 +58,9 @@ def distribution(logits: torch.Tensor, context: list[int], params: SamplingParam
     row = logits.float().unsqueeze(0)
     if raw:
         return row[0].double().softmax(-1)
-    processed = process_logits(row, torch.tensor([context]), params)  # (greedy: the penalty only)
+    processed = process_logits(
+        row, torch.tensor([context], device=row.device), params
+    )  # (greedy: the penalty only)
     if params.greedy:
         out = torch.zeros(row.shape[-1], dtype=torch.float64)
         out[int(processed[0].argmax())] = 1.0
