@@ -23,11 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from simlab.compare.inference import Estimate, paired, studentized_mean
 from simlab.compare.spec import Spec
 from simlab.compare.steer import Dose, steering_for
-from simlab.compare.sweep import VariantRun
+from simlab.compare.sweep import VariantRun, sample_key
 from simlab.frame.render import reply_prompt
 from simlab.steer.read import forced, kl_per_token, projection
 from simlab.turns import unsaved_path
@@ -152,7 +153,7 @@ def _readings(spec: Spec, run: VariantRun, keep: list[int], replies: list, engin
     """Per kept sample, per turn: (the turn, the reply's prompt as ids, the reply's own token ids,
     the reply's text)."""
     persona = run.variant.persona
-    by_key = {_key(s, spec, i): s for i, s in enumerate(run.samples)}
+    by_key = {sample_key(s, spec, i): s for i, s in enumerate(run.samples)}
     out = []
     for key, read in zip(keep, replies):
         nodes, sample, exchanges = by_key[key], [], []
@@ -168,11 +169,6 @@ def _readings(spec: Spec, run: VariantRun, keep: list[int], replies: list, engin
     return out
 
 
-def _key(sample, spec: Spec, i: int) -> int:  # (as compare.stats keys a sample: its first seed)
-    seed = sample[0].seed if sample else None
-    return seed - spec.seed if isinstance(seed, int) else i
-
-
 def _context(persona, exchanges: list, turn: str, engine) -> list[int]:
     prompt = reply_prompt(unsaved_path(persona, [*exchanges, (turn, None)]), persona.model, engine.tokenizer)
     return engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -185,15 +181,10 @@ def _neutral(engine, steerings) -> list[np.ndarray]:
     for steering in steerings:
         everywhere = replace(steering, positions="all") if steering is not None else None
         read = forced(engine, ids[:1], ids[1:], everywhere)
-        chosen = read.logprobs.gather(-1, _column(ids[1:], read.logprobs)).squeeze(-1)
+        targets = torch.tensor(ids[1:], device=read.logprobs.device).unsqueeze(-1)
+        chosen = read.logprobs.gather(-1, targets).squeeze(-1)
         out.append(chosen.double().cpu().numpy())
     return out
-
-
-def _column(ids: list[int], like):
-    import torch
-
-    return torch.tensor(ids, device=like.device).unsqueeze(-1)
 
 
 def _toward(dose: Dose, base: list, steerings, engine) -> np.ndarray:

@@ -156,7 +156,7 @@ def _divergence(analysis, engine_for) -> None:
         for v in variants:
             steering = steering_for(v, engine)  # (a steered prompt's last position is steered)
             prompt = first_prompt(v, spec.turns[0], engine.tokenizer)
-            p = engine.next_token_probs(prompt, steering) if steering else engine.next_token_probs(prompt)
+            p = engine.next_token_probs(prompt, steering)
             dists[v.name] = (model, p)
             best = p.argsort()[::-1][:5]
             tops[v.name] = [(engine.tokenizer.decode([int(i)]), float(p[i])) for i in best]

@@ -28,7 +28,7 @@ from simlab.compare.inference import (
 )
 from simlab.compare.metrics import SelfBleu, corpus_distinct, ngrams, self_bleu_table, words
 from simlab.compare.spec import Spec
-from simlab.compare.sweep import VariantRun
+from simlab.compare.sweep import VariantRun, sample_key
 from simlab.session.tokens import own_tokens
 
 METRICS = {  # key: (label, what it means)
@@ -235,13 +235,8 @@ def corpus_permutation_p(base: list[list[Reply]], other: list[list[Reply]], key:
 
 def paired_samples(runs: list[VariantRun], spec: Spec) -> list[int]:
     """The sample indices (by the first turn's seed) every variant completed, in order."""
-    keys = [{_key(s, spec, i) for i, s in enumerate(run.samples)} for run in runs]
+    keys = [{sample_key(s, spec, i) for i, s in enumerate(run.samples)} for run in runs]
     return sorted(set.intersection(*keys)) if keys else []
-
-
-def _key(sample, spec: Spec, i: int) -> int:
-    seed = sample[0].seed if sample else None
-    return seed - spec.seed if isinstance(seed, int) else i
 
 
 def read_runs(
@@ -256,7 +251,7 @@ def read_runs(
         decode = tokenizer.decode if tokenizer is not None and engine.capabilities.token_ids else None
         count = (lambda t, tk=tokenizer: len(tk.encode(t, add_special_tokens=False))) if tokenizer else None
         lead = run.variant.persona.framing().lead() if run.variant.persona.mode == "simulator" else ""
-        by_key = {_key(s, spec, i): s for i, s in enumerate(run.samples)}
+        by_key = {sample_key(s, spec, i): s for i, s in enumerate(run.samples)}
         read[run.variant.name] = [[read_reply(n, lead, decode, count) for n in by_key[k]] for k in keep]
     return keep, read
 

@@ -64,6 +64,12 @@ class VariantRun:
     samples: list[list[Node]]  # per complete sample, its replies in turn order
 
 
+def sample_key(sample, spec: Spec, i: int) -> int:
+    """What pairs a sample across variants: its first reply's seed (its index where it has none)."""
+    seed = sample[0].seed if sample else None
+    return seed - spec.seed if isinstance(seed, int) else i
+
+
 def seed_of(spec: Spec, turn: int, sample: int) -> int:
     return spec.seed + STRIDE * turn + sample
 

@@ -49,6 +49,7 @@ int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte d
  * and a weight larger than the cache (the unembedding) then ran at half the memory's rate. */
 #define PREFETCH 4096
 
+#ifndef SIMLAB_AVX512 /* (the AVX-512 build rounds with quantize_row512) */
 /* One block of 32 floats as signed 8-bit codes q with scale d = max|v| / 127. */
 static float round_block(const float *v, int8_t *q, int *sum) {
     float amax = 0.0f;
@@ -91,10 +92,12 @@ static void quantize_row(const float *x, int64_t k, int8_t *q1, int8_t *q2, floa
     }
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#endif
+
+#ifdef SIMLAB_AVX512
 /* quantize_row's arithmetic 16 values at a time: the same operations on each value (a max is a max
- * in any order, the code sums are integers), so the same bits; also each level biased to unsigned
- * (+128) into u1, u2, for the AVX-512 product. */
+ * in any order, the code sums are integers), so the same bits (tested against the other builds);
+ * for q8 weights also 256 q1 + q2 as 16-bit pairs into x16, for the AVX-512 product. */
 static inline __m512i codes16(__m512 v, float inv) {
     __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv))); /* nearbyintf's rounding */
     return _mm512_min_epi32(_mm512_max_epi32(c, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
@@ -145,14 +148,6 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
     }
 }
 #endif
-
-/* x (M, K) float -> quantize_row for each row: q1, q2 (M, K); d1, d2, sx (M, K/32). */
-void simlab_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q1, int8_t *q2, float *d1,
-                          float *d2, float *sx) {
-    int64_t blocks = k / QK;
-    for (int64_t r = 0; r < m; r++)
-        quantize_row(x + r * k, k, q1 + r * k, q2 + r * k, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
-}
 
 #ifdef SIMLAB_AVX2
 static inline float hsum(__m256 v) {
@@ -384,7 +379,7 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
  * ws, scales, offsets (an offset may be null), ns their row counts). x (M, K) float is first
  * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats, then 4 (M + 4)
  * K/32 floats of sx four rows side by side; then for the AVX-512 path M K bytes of paired scales and
- * 2 M K of codes biased to unsigned). Weight rows split over threads; each meets the inputs MAXR at
+ * 2 M K of 16-bit 256 q1 + q2 for q8 weights). Weight rows split over threads; each meets the inputs MAXR at
  * a time (the same arithmetic per input row whatever M is). */
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
                           const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
