@@ -15,6 +15,7 @@ from simlab.session.store import Session
 from simlab.session.tree import Node, TreeError
 from simlab.steer.use import steering_recorded
 from simlab.turns import add_frame, is_piece, sample_replies, start_forced, start_piece
+from simlab.turns.multiverse import Where, kept_under, rescored
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ReplyCheck:
     got: str | None = None
     unit: str = "token"
     not_replayable: str | None = None  # why this reply on the path cannot be re-run
+    chosen: bool = False  # a block kept from a multiverse: read again, not sampled
 
 
 RECORDED = object()  # replay_branch's default steering: each reply's own, as recorded
@@ -87,6 +89,11 @@ def model_replies(path: list[Node]) -> list[Node]:
     return [n for n in path if n.role == "model" and n.params is not None]
 
 
+def chosen_replies(path: list[Node]) -> list[Node]:
+    """Replies kept from a multiverse (turns.multiverse.keep): chosen, not sampled."""
+    return [n for n in path if n.role == "model" and n.origin == "chosen" and n.token_ids]
+
+
 def _one(engine: Engine, prompt, params: SamplingParams, tracer, passes=None, steer: dict | None = None):
     """One completion, with the recorder that traced it (or None); steered as `steer` records."""
     recorder = tracer.recorder(engine) if tracer else None
@@ -116,6 +123,9 @@ def check_path(
         if progress is not None:
             progress(k, len(replies))
         checks.append(_check_one(engine, session, node, tracer))
+    for node in chosen_replies(path):  # kept from a multiverse: its tokens read again where it was kept
+        k = rescored(engine, session, node)
+        checks.append(ReplyCheck(node, k is None, k, chosen=True))
     order = {node.id: i for i, node in enumerate(path)}
     return sorted(checks, key=lambda c: order[c.node.id])
 
@@ -237,6 +247,8 @@ def replay_branch(
         name = persona.name if persona is not None else node.persona
         if node in sampled and node.forced and persona is not None:  # /fork: its chosen tokens again
             new = _forced_under(engine, session, node, parent, (who, name), overrides, on_run)
+        elif node.origin == "chosen" and node.token_ids:  # a kept multiverse block: the same tokens
+            new = kept_under(engine, session, node, Where(parent, who, name))
         elif node in sampled and is_piece(node):  # the rest of a split turn: on from the new first piece
             replies = start_piece(
                 engine, session, session.tree.get(parent), _params_under(session, node, overrides),

@@ -1,29 +1,39 @@
-"""`simlab multiverse --text TEXT`: every continuation of a text above a probability, to a depth,
-exactly (engine.multiverse), as nested blocks with bars, or as JSON."""
+"""`simlab multiverse`: every continuation above a probability, to a depth, exactly (engine.multiverse),
+of a session node (saved beside it; a block of it kept as a real node with --keep) or of a bare text;
+as numbered blocks with bars, or as JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
 
-from simlab.cli.common import add_model_flags, add_sampling_flags, load_engine, sampling_overrides, say
+from simlab.cli.common import (
+    add_model_flags,
+    add_sampling_flags,
+    add_sessions_dir,
+    load_engine,
+    open_store,
+    sampling_overrides,
+    say,
+    warn,
+)
 from simlab.engine.params import SamplingParams
 from simlab.errors import SimlabError, needs_local
-
-if TYPE_CHECKING:  # (torch is imported when a multiverse is drawn, not to read the flags)
-    from simlab.engine.multiverse import Block, Multiverse
-
-BAR = 24  # characters of a bar at 100%
+from simlab.session import multiverse as saved_multiverse
+from simlab.session.started import persona_at
 
 
 def add_command(commands) -> None:
-    mv = commands.add_parser(
-        "multiverse",
-        help="every continuation of a text above a probability, to a depth, exactly (the block multiverse)",
+    mv = add_sessions_dir(
+        commands.add_parser(
+            "multiverse",
+            help="every continuation above a probability, to a depth, exactly (the block multiverse)",
+        )
     )
-    mv.add_argument("--text", required=True, help="the text whose futures to draw ('-': standard input)")
+    mv.add_argument("session", nargs="?", help="the session whose node to grow from (saved beside it)")
+    mv.add_argument("--node", help="the node (default: the session's cursor)")
+    mv.add_argument("--text", help="a bare text instead of a session ('-': standard input)")
     mv.add_argument("--depth", type=int, default=8, help="tokens deep (default 8)")
     mv.add_argument(
         "--cutoff", type=float, default=0.01, help="keep blocks of at least this probability (default 0.01)"
@@ -32,8 +42,18 @@ def add_command(commands) -> None:
         "--raw", action="store_true", help="the model's own distribution, not the sampling settings'"
     )
     mv.add_argument("--json", action="store_true", help="print the tree as JSON")
+    mv.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="keep block N of the node's last multiverse as a reply (chosen, not sampled)",
+    )
+    mv.add_argument("--no-save", action="store_true", help="do not save the multiverse in the session")
     add_sampling_flags(
-        mv.add_argument_group("sampling (the distribution drawn, unless --raw)"), defaults=True
+        mv.add_argument_group(
+            "sampling (the distribution drawn, unless --raw; default: the session's, or the defaults)"
+        ),
+        defaults=False,
     )
     add_model_flags(mv)
     mv.set_defaults(run=cmd_multiverse)
@@ -45,10 +65,16 @@ def cmd_multiverse(args: argparse.Namespace) -> int:
         raise SimlabError(f"multiverse: --depth {args.depth}: give 1 to 64 tokens")
     if not 0 < args.cutoff <= 1:
         raise SimlabError(f"multiverse: --cutoff {args.cutoff:g}: give a probability above 0, at most 1")
-    from simlab.engine.multiverse import grow
-
+    if (args.text is None) == (args.session is None):
+        raise SimlabError("multiverse: give a session (and --node) or --text TEXT, one of the two")
+    if args.text is not None and (args.node or args.keep is not None):
+        raise SimlabError("multiverse: --node and --keep need a session, not --text")
     if args.backend == "openai":
         raise needs_local("a multiverse (every next-token distribution, from the weights)")
+    if args.session is not None:
+        return _of_session(args, params)
+    from simlab.engine.multiverse import grow
+
     text = sys.stdin.read() if args.text == "-" else args.text
     engine = load_engine(args)
     ids = engine.encode(text)
@@ -59,66 +85,77 @@ def cmd_multiverse(args: argparse.Namespace) -> int:
             f"multiverse: {len(ids)} tokens and --depth {args.depth} do not fit the model's context"
         )
     say(f"simlab: multiverse of {len(ids)} tokens, depth {args.depth}, cutoff {args.cutoff:g}")
-    universe = grow(engine, ids, params, args.depth, args.cutoff, raw=args.raw)
-    decode = engine.tokenizer.decode
-    if args.json:
-        json.dump(as_json(universe, decode, params, len(ids)), sys.stdout, ensure_ascii=False)
-        print()
-    else:
-        for line in drawn(universe, decode):
-            print(line)
-        print(summary(universe, params))
+    grown = grow(engine, ids, params, args.depth, args.cutoff, raw=args.raw)
+    shown = saved_multiverse.record(
+        grown, engine.tokenizer.decode, "", len(ids), params.as_record(), engine.info.spec
+    )
+    _show(shown, args.json)
     return 0
 
 
-def drawn(universe: Multiverse, decode) -> list[str]:
-    """Each block a line: a bar as long as its probability, the probability, and its token's text
-    indented by its depth (children under their parent, most probable first)."""
-    lines: list[str] = []
+def _of_session(args: argparse.Namespace, params: SamplingParams) -> int:
+    from simlab.turns.multiverse import grow_at, keep, kept_before, where
 
-    def walk(block: Block) -> None:
-        for child in block.children:
-            filled = child.p * BAR
-            bar = "█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else "")
-            token = json.dumps(decode([child.ids[-1]]), ensure_ascii=False)
-            lines.append(f"{bar:<{BAR}} {100 * child.p:5.1f}%  {'  ' * (len(child.ids) - 1)}{token}")
-            walk(child)
+    session = open_store(args).open(args.session, read_only=args.no_save and args.keep is None)
+    warn(session.problems)
+    with session:
+        tree = session.tree
+        node = tree.resolve(args.node) if args.node else tree.get(tree.cursor) if tree.cursor else None
+        if node is None:
+            raise SimlabError(f"session {args.session!r} is empty; nothing to grow from")
+        at = where(session, node.id)
+        params = _session_params(session, node.id, args)
+        if args.keep is not None:
+            saved = (tree.multiverses.get(at.parent) or [None])[-1]
+            if saved is None:
+                raise SimlabError(
+                    f"multiverse --keep: no multiverse saved at {tree.short(node.id)}; "
+                    f"grow one first: simlab multiverse {session.name} --node {tree.short(node.id)}"
+                )
+            rows = saved_multiverse.rows(saved_multiverse.tree(saved))
+            if not 1 <= args.keep <= len(rows):
+                raise SimlabError(f"multiverse --keep {args.keep}: give a block number from 1 to {len(rows)}")
+            block = rows[args.keep - 1].ids
+            kept = kept_before(session, saved, block)
+            how = f"block {args.keep} was kept already as" if kept else f"kept block {args.keep} as"
+            if kept is None:
+                kept = keep(load_engine(args), session, saved, block)
+            session.goto(kept.id)
+            print(f"{how} {tree.short(kept.id)}: {kept.text!r}")
+            return 0
+        engine = load_engine(args)
+        say(f"simlab: multiverse at {tree.short(node.id)}, depth {args.depth}, cutoff {args.cutoff:g}")
+        saved = grow_at(
+            engine, session, node.id, params, args.depth, args.cutoff, raw=args.raw, save=not args.no_save
+        )
+        _show(saved, args.json)
+        if not args.no_save and not args.json:
+            print(
+                f"saved in {session.name}; keep a block as a reply: "
+                f"simlab multiverse {session.name} --node {tree.short(node.id)} --keep N"
+            )
+    return 0
 
-    walk(universe.root)
-    return lines
+
+def _session_params(session, node_id: str, args: argparse.Namespace) -> SamplingParams:
+    """The sampling a reply at the node would have: its persona's, the session's /set, the flags."""
+    recorded = dict(session.tree.settings.get("set") or {})
+    chosen = {k: v for k, v in recorded.items() if k != "stop"} | sampling_overrides(args)
+    try:
+        return persona_at(session.tree.path(node_id)).sampling_params(**chosen)
+    except (
+        SimlabError,
+        TypeError,
+        ValueError,
+    ):  # (settings another version saved): the flags over the persona's
+        return persona_at(session.tree.path(node_id)).sampling_params(**sampling_overrides(args))
 
 
-def summary(universe: Multiverse, params: SamplingParams) -> str:
-    knobs = f"temperature {params.temperature:g}, top-k {params.top_k}, top-p {params.top_p:g}"
-    knobs += f", min-p {params.min_p:g}, typical-p {params.typical_p:g}"
-    knobs += f", repetition penalty {params.repetition_penalty:g}"
-    how = "the model's own distribution" if universe.raw else f"as sampled ({knobs})"
-    covers = ", ".join(f"{100 * m:.1f}% at depth {d + 1}" for d, m in enumerate(universe.covered))
-    return (
-        f"covers {covers or 'nothing above the cutoff'}; {how}; {universe.passes} forward passes in "
-        f"{universe.seconds:.2f} s"
-    )
-
-
-def as_json(universe: Multiverse, decode, params: SamplingParams, prompt_tokens: int) -> dict:
-    def block(b: Block) -> dict:
-        return {
-            "ids": list(b.ids),
-            "token": b.ids[-1],
-            "text": decode([b.ids[-1]]),
-            "p": b.p,
-            "conditional": b.conditional,
-            "children": [block(c) for c in b.children],
-        }
-
-    return {
-        "prompt_tokens": prompt_tokens,
-        "depth": universe.depth,
-        "cutoff": universe.cutoff,
-        "raw": universe.raw,
-        "params": None if universe.raw else params.__dict__,
-        "covered": universe.covered,
-        "passes": universe.passes,
-        "seconds": universe.seconds,
-        "blocks": [block(c) for c in universe.root.children],
-    }
+def _show(saved: dict, as_json: bool) -> None:
+    if as_json:
+        json.dump(saved_multiverse.as_json(saved), sys.stdout, ensure_ascii=False)
+        print()
+        return
+    for line in saved_multiverse.drawn(saved, numbered=True):
+        print(line)
+    print(f"{saved['passes']} forward passes in {saved['seconds']:.2f} s")

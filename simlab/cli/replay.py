@@ -23,7 +23,7 @@ from simlab.engine.open import recorded_server
 from simlab.errors import SimlabError
 from simlab.persona.library import find
 from simlab.repl.progress import Waiting
-from simlab.replay import RECORDED, check_path, model_replies, params_of, replay_branch
+from simlab.replay import RECORDED, check_path, chosen_replies, model_replies, params_of, replay_branch
 from simlab.steer.use import no_server, steering_of, sweep_of, uses_of, uses_recorded
 
 
@@ -72,14 +72,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise SimlabError(f"session {args.id!r} is empty; nothing to replay")
         path = tree.path(target)
         replies = model_replies(path)
-        if not replies:
+        if not replies and not (chosen_replies(path) and not changing):
             raise _nothing_to_replay(session, path)
         for node in replies:
             params_of(node, overrides)  # a bad override fails before the model loads
             if steer is None:
                 uses_recorded(node.steer)  # and a recorded vector that is missing or changed
         say(f"simlab: loading the model to re-run the path's {_replies(len(replies))}")
-        engine = _engine_for(args, replies)
+        engine = _engine_for(args, replies or chosen_replies(path))
         if not changing:
             return _check(engine, session, path, replies, tracer)
         steering = RECORDED if steer is None else steering_of(steer, engine, args.steer_positions)
@@ -123,7 +123,9 @@ def _engine_for(args: argparse.Namespace, replies):
     if args.dtype is None and dtypes:
         args.dtype = dtypes[0]  # the dtype the replies were sampled in, or they cannot reproduce
     if args.weights is None:  # and their weights: int8 and int4 draw differently from float
-        args.weights = sorted({n.weights or "float" for n in replies if n.params is not None})[0]
+        args.weights = sorted(
+            {n.weights or "float" for n in replies if n.params is not None or n.origin == "chosen"}
+        )[0]
     server = recorded_server(settings_of(args), replies, args.backend)
     args.backend, args.base_url = server.backend, server.base_url or args.base_url
     engine = load_engine(args, spec=spec)
@@ -151,27 +153,41 @@ def _check(engine, session, path, replies, tracer) -> int:
     for check in checks:
         if check.not_replayable:
             print(f"{session.tree.short(check.node.id)} not replayable: {check.not_replayable}")
+        elif check.chosen:
+            p = (check.node.forced or {}).get("p", 0)
+            how = "the same" if check.reproduced else f"differ from token {check.first_difference}"
+            print(
+                f"{session.tree.short(check.node.id)} kept from a multiverse (p {100 * p:.1f}%"
+                f", chosen, not sampled): its {len(check.node.token_ids)} tokens read again, "
+                f"log-probabilities {how}"
+            )
         elif not check.reproduced:
             print(
                 f"{session.tree.short(check.node.id)} differs at {check.unit} {check.first_difference}: "
                 f"stored {check.expected!r}, replayed {check.got!r}"
             )
-    rerun = [c for c in checks if not c.not_replayable]
+    rerun = [c for c in checks if not c.not_replayable and not c.chosen]
+    kept = [c for c in checks if c.chosen]
     same = sum(c.reproduced for c in rerun)
     revisions = {n.model_revision for n in replies if n.model_revision} - {engine.info.revision}
-    skipped = len(checks) - len(rerun)
+    skipped = len(checks) - len(rerun) - len(kept)
     cut = sum(c.node.finish_reason == "interrupted" for c in rerun)
-    print(
-        f"reproduced {same}/{len(rerun)} replies exactly"
-        + (f" ({cut} interrupted: checked over the part they stored)" if cut else "")
-        + (f"; {skipped} not replayable (listed above)" if skipped else "")
-    )
+    kept_line = f"{sum(c.reproduced for c in kept)}/{len(kept)} kept blocks read the same" if kept else ""
+    if not rerun and kept:
+        print(kept_line)
+    else:
+        print(
+            f"reproduced {same}/{len(rerun)} replies exactly"
+            + (f" ({cut} interrupted: checked over the part they stored)" if cut else "")
+            + (f"; {skipped} not replayable (listed above)" if skipped else "")
+            + (f"; {kept_line}" if kept else "")
+        )
     if revisions:
         print(
             f"note: the stored replies came from model revision(s) {', '.join(sorted(map(str, revisions)))}, "
             f"this is {engine.info.revision}"
         )
-    return 0 if same == len(rerun) else 1
+    return 0 if same == len(rerun) and all(c.reproduced for c in kept) else 1
 
 
 def _replies(count: int) -> str:

@@ -91,7 +91,7 @@ def grow(
         count = len(passes)
         level = [(root, logits)]
         for d in range(depth):
-            opened = []
+            opened, ends = [], set(getattr(engine, "eos_ids", ()))
             for block, row in level:
                 q = distribution(row, prompt + list(block.ids), params, raw)
                 kept = torch.nonzero(block.p * q >= cutoff).flatten()
@@ -102,7 +102,8 @@ def grow(
             if not opened:
                 break
             covered.append(sum(b.p for b in opened))
-            if d == depth - 1:
+            opened = [b for b in opened if b.ids[-1] not in ends]  # (a text that ended goes no further)
+            if d == depth - 1 or not opened:
                 break
             rows_logits = []
             for at in range(0, len(opened), rows):  # each batch on a copy of the prompt's cache
@@ -115,3 +116,16 @@ def grow(
                 count += 1
             level = list(zip(opened, rows_logits))
     return Multiverse(root, depth, cutoff, raw, covered, count, time.perf_counter() - started)
+
+
+def conditionals(engine, prompt: list[int], ids: list[int], params: SamplingParams, raw: bool) -> list[float]:
+    """Each of `ids`' conditional probabilities after `prompt`, as `grow` defines them, from one
+    teacher-forced pass of the one sequence alone."""
+    full = list(prompt) + list(ids)
+    with torch.inference_mode():
+        logits = engine.model(
+            input_ids=torch.tensor([full], device=engine.device), logits_to_keep=len(ids) + 1
+        ).logits[0]
+    return [
+        float(distribution(logits[k], full[: len(prompt) + k], params, raw)[t]) for k, t in enumerate(ids)
+    ]

@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 
 from simlab.errors import SessionError, TreeError
+from simlab.session import multiverse
 from simlab.session.tree import Node, Tree
 
-SCHEMA = 7
+SCHEMA = 8
 # Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: lambda record: record,  # 2 added the optional `framing` of frame nodes; 1 files render as before
@@ -29,6 +30,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     4: lambda record: record,  # 5 added the optional `prefill` (the passes a reply's prompt went in)
     5: lambda record: record,  # 6 added `settings` records (/set and /seed) and replies' `forced` (/fork)
     6: lambda record: record,  # 7 added replies' `steer` (the steering vectors they were sampled with)
+    7: lambda record: record,  # 8 added `multiverse` records and the origin "chosen" (a kept block)
 }
 
 
@@ -54,6 +56,8 @@ def state_records(name: str, tree: Tree) -> list[dict[str, Any]]:
         records.append({"type": "cursor", "id": tree.cursor})
     if tree.settings:
         records.append({"type": "settings", "settings": tree.settings})
+    for saved in tree.multiverses.values():
+        records.extend({"type": "multiverse", "multiverse": m} for m in saved)
     return records
 
 
@@ -178,6 +182,7 @@ def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> No
         "hide": ("id", str),
         "cursor": ("id", str),
         "settings": ("settings", dict),
+        "multiverse": ("multiverse", dict),
     }
     if kind in fields:
         key, want = fields[kind]
@@ -201,5 +206,8 @@ def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> No
             tree.remember(record["id"])  # each visit, in order: a child is the one last visited
     elif kind == "settings":
         tree.settings = record["settings"]
+    elif kind == "multiverse":
+        saved = multiverse.check(record["multiverse"])
+        tree.multiverses.setdefault(saved["node"], []).append(saved)
     else:
         raise ValueError(f"unknown record type {kind!r}")

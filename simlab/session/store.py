@@ -174,6 +174,11 @@ class Session:
             self._append({"type": "settings", "settings": settings})
             self.tree.settings = settings
 
+    def save_multiverse(self, saved: dict[str, Any]) -> None:
+        """A multiverse (session.multiverse.record) beside the node it grew from."""
+        self._append({"type": "multiverse", "multiverse": saved})
+        self.tree.multiverses.setdefault(saved["node"], []).append(saved)
+
     def goto(self, node_id: str) -> Node:
         with self.lock:
             node = self.tree.goto(node_id)

@@ -17,7 +17,7 @@ from typing import Any
 from simlab.errors import TreeError
 
 ROLES = ("frame", "user", "model", "note")
-ORIGINS = ("typed", "sampled", "edited", "replayed", "imported")
+ORIGINS = ("typed", "sampled", "edited", "replayed", "imported", "chosen")  # chosen: a kept multiverse block
 
 
 def new_id() -> str:
@@ -180,6 +180,7 @@ class Tree:
         self.orphans: list[str] = []  # nodes whose parent is missing, kept as extra roots
         self.visited: dict[str, str] = {}  # node id -> the child last visited below it (for "child" moves)
         self.settings: dict = {}  # what the user chose for the chat ({"set": {field: value}, "seed": N})
+        self.multiverses: dict[str, list[dict]] = {}  # node id -> its multiverses (session.multiverse)
         self._short: tuple[int, dict[str, str]] = (-1, {})
 
     # -- building --------------------------------------------------------------------------

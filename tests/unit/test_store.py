@@ -192,3 +192,41 @@ def test_remove(store):
     assert not store.exists("gone")
     with pytest.raises(SessionError, match="no session 'gone'"):
         store.remove("gone")
+
+
+def test_a_multiverse_is_one_record_beside_its_node_kept_by_compaction(store):
+    from simlab.session import multiverse as sm
+
+    saved = {
+        "id": "m1",
+        "node": "",
+        "depth": 2,
+        "cutoff": 0.1,
+        "covered": [0.9, 0.5],
+        "params": {"temperature": 0.8},
+        "blocks": [[5, 0.6, " a", [[7, 0.5, " b", []]]], [6, 0.3, " c", []]],
+    }
+    with store.create("m") as s:
+        ids = build(s, 1)
+        saved["node"] = ids[1]
+        s.save_multiverse(saved)
+        s.add_child(ids[1], "user", "")  # (the file goes on after it)
+    lines = store.path("m").read_text().splitlines()
+    assert sum('"type":"multiverse"' in line for line in lines) == 1
+    store.compact("m")
+    with store.open("m") as s:
+        [back] = s.tree.multiverses[ids[1]]
+        assert back == saved and s.problems == []
+    root = sm.tree(back)
+    b = sm.find(root, (5, 7))
+    assert b.p == pytest.approx(0.3) and b.text_from_root() == " a b" and sm.find(root, (6, 7)) is None
+    # a zoom into " a" renormalises to it; the covered line speaks of the zoomed block
+    zoom = sm.find(root, (5,))
+    [line, covered] = sm.drawn(back, zoom)
+    assert "50.0%" in line and '" b"' in line and covered.startswith("covers 50.0% at depth 2 of")
+    # a damaged multiverse record is reported with its line and skipped; nothing else is lost
+    with store.path("m").open("a") as f:
+        f.write(json.dumps({"type": "multiverse", "multiverse": {**saved, "blocks": [[1, "x"]]}}) + "\n")
+    with store.open("m", read_only=True) as s:
+        assert len(s.tree.multiverses[ids[1]]) == 1 and len(s.tree.nodes) == 4
+        assert "multiverse block" in s.problems[0] and ":" in s.problems[0]
