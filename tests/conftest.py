@@ -375,3 +375,48 @@ class FakeRun(RunControl):
 @pytest.fixture
 def fake_engine() -> FakeEngine:
     return FakeEngine()
+
+
+# -- the Loom editor driven through prompt-toolkit's pipe input ---------------------------------
+def drive(loom, steps, size=None) -> str:
+    """Run the Loom editor (repl.loom.Loom) in this thread at 80x24 (or size); a helper thread types
+    `steps` (text, or a callable to wait on)."""
+    import threading
+    import time
+
+    from prompt_toolkit.data_structures import Size
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output.vt100 import Vt100_Output
+
+    size = size or Size(rows=24, columns=80)
+    screen = io.StringIO()
+    with create_pipe_input() as keys:
+        from simlab.repl.loom_app import LoomApp
+
+        app = LoomApp(loom, input=keys, output=Vt100_Output(screen, lambda: size, term="xterm"))
+
+        def typist() -> None:
+            ended = loom.finished  # jobs ended before the last key was sent
+            for step in steps:
+                if step is IDLE:  # the job the keys before started has ended (however fast it was)
+                    step = lambda e=ended: loom.finished > e and loom.busy is None  # noqa: E731
+                if callable(step):
+                    deadline = time.monotonic() + 20
+                    while not step() and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    assert step(), f"waited in vain for {step}"
+                else:
+                    ended = loom.finished
+                    keys.send_text(step)
+                    time.sleep(0.15)  # one key press at a time, as a person types
+
+        helper = threading.Thread(target=typist, daemon=True)
+        helper.start()
+        app.run()
+        helper.join(5)
+    loom.wait()
+    loom.close()  # (as run_loom: the chat speaks through its own view again)
+    return screen.getvalue()
+
+
+IDLE = object()  # a step of `drive`: wait until the job the keys before it started has ended

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from simlab.engine.params import decode_escapes, parse_setting
 from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
+from simlab.repl.multiverse import multiverse
 from simlab.repl.progress import LastReply
 from simlab.repl.saved import export, load, sessions
 from simlab.repl.state import SETTABLE, Chat
@@ -355,6 +356,12 @@ COMMANDS: dict[str, Command] = {
             "NAME [STRENGTH] [@LAYERS]|+|-|off",
             "steer replies with a vector (simlab steer list); + and - (Alt+] Alt+[) turn its strength",
             lambda chat, rest, ctx: steer(chat, rest),
+        ),
+        Command(
+            "multiverse",
+            "[DEPTH [CUTOFF]] [raw]|zoom N|out|keep N",
+            "every continuation here above CUTOFF (default 8 tokens, 1%), exact; zoom, keep a block",
+            lambda chat, rest, ctx: multiverse(chat, rest),
         ),
         Command("loom", "", "this session in the full-screen tree editor (q comes back here)", _loom),
         Command("quit", "", "leave (everything is already saved)", _quit),

@@ -39,6 +39,7 @@ HELP = """\
  t           token view: colours by probability; ← → between tokens
  f, 1-9      fork at the token under the cursor with an alternative
  s / m       split before that token / merge with the only child
+ M           the multiverse here: ↑↓, → zoom in, ← out, Enter keeps
  b  *  !     bookmark ★, canonical ✓, hide/unhide; H shows hidden
  space       fold the subtree;  mouse: click a node to go there
  /           a REPL command: /set temperature 0.7, /export loom F
@@ -66,6 +67,7 @@ class Loom:
         self.show_hidden = False
         self.token_view = False
         self.token_at = 0  # the token cursor, an index into pieces()
+        self.universe_open = False  # the multiverse pane (repl.loom_multiverse) is shown
         self.message = ""  # one line: what the last action did
         self.output = ""  # what the last /command wrote
         self.streams: list[str] = []  # continuations being sampled, as they come

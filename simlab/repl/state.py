@@ -76,6 +76,7 @@ class Chat(Notes):
         self.exit_app = None  # while a prompt-toolkit app runs: ends it on a signal (repl.app_exit)
         self.cancel_requested = False  # Ctrl-C came while it could not cut in: stop at the next step
         self.keeps_empty = True  # False: a session left as it started is removed at the end (cli.chat)
+        self.multiverse = None  # repl.multiverse.Universe: the multiverse shown last (/multiverse, Loom M)
         self._watch(session)
         if self.loading.ready:
             self._first_use_notes(self.loading.engine())

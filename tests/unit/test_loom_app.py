@@ -3,16 +3,13 @@ FakeEngine: each key's effect is checked in the session file, and reopening rest
 
 import io
 import json
-import threading
 import time
 
-from prompt_toolkit.data_structures import Size
+from conftest import IDLE, drive
 from prompt_toolkit.input import create_pipe_input
-from prompt_toolkit.output.vt100 import Vt100_Output
 
 from simlab.persona.schema import Persona
 from simlab.repl.loom import Loom
-from simlab.repl.loom_app import LoomApp
 from simlab.repl.screen import LineView
 from simlab.repl.state import Chat
 from simlab.turns import start_session
@@ -24,39 +21,6 @@ DOCUMENT = Persona(
 
 def records(store, name):
     return [json.loads(line) for line in store.path(name).read_text().splitlines()]
-
-
-def drive(loom: Loom, steps, size=Size(rows=24, columns=80)) -> str:
-    """Run the app in this thread; a helper thread types `steps` (text, or a callable to wait on)."""
-    screen = io.StringIO()
-    with create_pipe_input() as keys:
-        app = LoomApp(loom, input=keys, output=Vt100_Output(screen, lambda: size, term="xterm"))
-
-        def typist() -> None:
-            ended = loom.finished  # jobs ended before the last key was sent
-            for step in steps:
-                if step is IDLE:  # the job the keys before started has ended (however fast it was)
-                    step = lambda e=ended: loom.finished > e and loom.busy is None  # noqa: E731
-                if callable(step):
-                    deadline = time.monotonic() + 20
-                    while not step() and time.monotonic() < deadline:
-                        time.sleep(0.02)
-                    assert step(), f"waited in vain for {step}"
-                else:
-                    ended = loom.finished
-                    keys.send_text(step)
-                    time.sleep(0.15)  # one key press at a time, as a person types
-
-        helper = threading.Thread(target=typist, daemon=True)
-        helper.start()
-        app.run()
-        helper.join(5)
-    loom.wait()
-    loom.close()  # (as run_loom: the chat speaks through its own view again)
-    return screen.getvalue()
-
-
-IDLE = object()  # a step of `drive`: wait until the job the keys before it started has ended
 
 
 def idle(loom):

@@ -1,0 +1,85 @@
+"""The Loom editor's multiverse pane (key M): the multiverse of what `g` would sample at the cursor,
+as numbered blocks with bars, drawn over the panes; ↑↓ choose a block, → zooms into it (its
+continuations renormalised to 100%), ← zooms out, Enter keeps it as a reply (chosen, not sampled),
+g grows it again, Esc or M closes. The covered mass is its last line, zoomed or not."""
+
+from __future__ import annotations
+
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.layout import ConditionalContainer, Float, FormattedTextControl, Window
+from prompt_toolkit.widgets import Frame
+
+from simlab.errors import SimlabError
+from simlab.repl.loom import Loom
+from simlab.repl.multiverse import grow, keep_block, last
+
+KEYS = "↑↓ choose · → zoom in · ← out · Enter keeps · g grows again · Esc closes"
+
+
+def open_pane(loom: Loom) -> None:
+    """M: the last multiverse at the cursor's place, or a new one grown in the worker."""
+    try:
+        last(loom.chat)
+    except SimlabError:
+        return grow_again(loom)
+    loom.universe_open = True
+    loom.say(KEYS)
+
+
+def grow_again(loom: Loom) -> None:
+    def job() -> str:
+        universe = grow(loom.chat, "")
+        loom.universe_open = True
+        return f"{universe.saved['passes']} forward passes in {universe.saved['seconds']:.2f} s · {KEYS}"
+
+    loom.universe_open = False
+    loom._start("growing the multiverse", job)
+
+
+def fragments(loom: Loom) -> list:
+    universe = loom.chat.multiverse
+    if universe is None:
+        return []
+    width = max(10, min(24, loom.width // 4))
+    lines = universe.lines(width)
+    out = []
+    for k, line in enumerate(lines):
+        style = "class:token-cursor" if k == universe.selected and k < len(lines) - 1 else ""
+        out += [(style, line), ("", "\n")]
+    return out[:-1]
+
+
+def pane(loom: Loom) -> Float:
+    universe = lambda: loom.chat.multiverse  # noqa: E731
+    body = Frame(
+        Window(FormattedTextControl(lambda: fragments(loom), show_cursor=False), wrap_lines=False),
+        title=lambda: universe().title() if universe() else "multiverse",
+    )
+    shown = Condition(lambda: loom.universe_open and universe() is not None)
+    return Float(ConditionalContainer(body, shown), top=1, bottom=3, left=2, right=2)
+
+
+def bind(kb, loom: Loom, safe) -> None:
+    """The pane's keys, while it is open (safe: a handler whose refusal is said in one line)."""
+    shown = Condition(lambda: loom.universe_open)
+
+    def key(*keys):
+        return lambda handler: kb.add(*keys, filter=shown)(safe(loom, handler))
+
+    def universe():
+        return loom.chat.multiverse
+
+    def kept(event) -> None:
+        loom.universe_open = False
+        loom._start("keeping the block", lambda: keep_block(loom.chat, universe()))
+
+    for keys, by in ((("up",), -1), (("k",), -1), (("down",), 1), (("j",), 1)):
+        key(*keys)(lambda e, b=by: universe().move(b))
+    for keys in (("right",), ("l",)):
+        key(*keys)(lambda e: universe().zoom_in())
+    for keys in (("left",), ("h",)):
+        key(*keys)(lambda e: universe().zoom_out())
+    key("enter")(kept)
+    key("g")(lambda e: grow_again(loom))
+    for keys in (("escape",), ("M",), ("q",)):
+        key(*keys)(lambda e: setattr(loom, "universe_open", False))
