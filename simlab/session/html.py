@@ -4,7 +4,8 @@ The page holds the whole tree as JSON and a small script (no network resources):
 outline (bookmarks ★, canonical ✓, hidden nodes behind a switch), the selected path as one text as
 the model read it, the selected node's tokens coloured by probability with the alternatives on
 hover, its siblings side by side, its metadata (seed, sampling, model, finish reason), and a heatmap
-of its residual stream where it has a trace. The address's #fragment is the selected node.
+of its residual stream where it has a trace, and the multiverses saved at it (or at the turn its
+siblings answer) as nested rectangles, zoomable. The address's #fragment is the selected node.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from typing import Any
 
 from simlab.frame.render import PIECE, continues, framing_of, render_part
+from simlab.session import multiverse
 from simlab.session.html_page import PAGE
 from simlab.session.store import Session
 from simlab.session.tokens import token_parts
@@ -72,7 +74,28 @@ def page_data(session: Session, heatmaps: dict[str, dict] | None = None) -> dict
                 "heatmap": (heatmaps or {}).get(node.id),
             }
         )
-    return {"name": session.name, "cursor": tree.cursor, "roots": [r.id for r in tree.roots], "nodes": nodes}
+    universes = {node_id: [_universe(m) for m in saved] for node_id, saved in tree.multiverses.items()}
+    return {
+        "name": session.name,
+        "cursor": tree.cursor,
+        "roots": [r.id for r in tree.roots],
+        "nodes": nodes,
+        "multiverses": universes,
+    }
+
+
+def _universe(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved multiverse as the page draws it: blocks {t: text, p: absolute, c: children}."""
+
+    def block(b) -> dict[str, Any]:
+        return {"t": b.text, "p": b.p, "c": [block(c) for c in b.children]}
+
+    return {
+        "depth": saved["depth"],
+        "settings": multiverse.settings_line(saved),
+        "covered": saved.get("covered", []),
+        "blocks": [block(c) for c in multiverse.tree(saved).children],
+    }
 
 
 def _framings(tree) -> dict[str, Any]:

@@ -48,6 +48,13 @@ PAGE = r"""<!DOCTYPE html>
   #heatmap th { font-weight: normal; font-family: ui-monospace, monospace; white-space: nowrap; }
   h2 { font-size: 14px; margin: 16px 0 6px; }
   .note { color: var(--dim); font-size: 12px; }
+  #mv-box { position: relative; height: 360px; border: 1px solid var(--line); border-radius: 4px;
+            overflow: hidden; }
+  .mvb { position: absolute; border: 1px solid #fff; background: hsl(210, 60%, 88%); overflow: hidden;
+         font: 12px/1.2 ui-monospace, monospace; white-space: pre; padding: 0 3px; cursor: pointer; }
+  .mvb:hover { background: hsl(210, 70%, 80%); }
+  .mvb.leaf { cursor: default; background: hsl(210, 30%, 93%); }
+  #mv-crumbs a { cursor: pointer; color: #3b7ddd; }
   #tip { position: fixed; display: none; background: #222; color: #fff; padding: 4px 8px; border-radius: 4px;
          font: 12px/1.4 ui-monospace, monospace; white-space: pre; pointer-events: none; z-index: 9; }
 </style>
@@ -63,6 +70,7 @@ PAGE = r"""<!DOCTYPE html>
   <h2 id="siblings-head">Siblings</h2><div id="siblings"></div>
   <h2>Node</h2><table id="meta"></table>
   <div id="trace"></div>
+  <div id="multiverse"></div>
 </main>
 <div id="tip"></div>
 <script type="application/json" id="data">{{DATA}}</script>
@@ -209,6 +217,73 @@ function drawTrace(n) {
   box.append(table);
 }
 
+// The block multiverse: each block a rectangle as tall as its probability (of the zoomed block),
+// depth from left to right, children stacked inside their parent's height; a click zooms in.
+let universe = null, zoomPath = [];
+function drawMultiverse(n) {
+  const box = document.getElementById("multiverse");
+  box.replaceChildren();
+  const here = (data.multiverses || {})[n.id] || (n.role === "model" && (data.multiverses || {})[n.parent]);
+  if (!here || !here.length) return;
+  const u = here[here.length - 1];
+  if (universe !== u) { universe = u; zoomPath = []; }
+  const zoom = zoomPath.length ? zoomPath[zoomPath.length - 1] : { t: "", p: 1, c: u.blocks };
+  const columns = Math.max(1, u.depth - zoomPath.length);
+  box.append(el("h2", `Multiverse (${here.length > 1 ? here.length + " saved, the last" : "saved here"})`));
+  const crumbs = el("p", "", "note");
+  crumbs.id = "mv-crumbs";
+  const whole = el("a", "the whole multiverse");
+  whole.onclick = () => { zoomPath = []; drawMultiverse(n); };
+  crumbs.append(whole);
+  zoomPath.forEach((b, i) => {
+    const a = el("a", JSON.stringify(b.t));
+    a.onclick = () => { zoomPath = zoomPath.slice(0, i + 1); drawMultiverse(n); };
+    crumbs.append(" ▸ ", a);
+  });
+  const stage = el("div");
+  stage.id = "mv-box";
+  function place(blocks, level, top) {
+    for (const b of blocks) {
+      const share = b.p / zoom.p, d = el("div", `${JSON.stringify(b.t)} ${(100 * share).toFixed(1)}%`, "mvb");
+      d.style.left = `${(100 * level) / columns}%`;
+      d.style.width = `${100 / columns}%`;
+      d.style.top = `${(100 * top).toFixed(4)}%`;
+      d.style.height = `${(100 * share).toFixed(4)}%`;
+      d.dataset.share = share;
+      d.title = `${zoomPath.concat([b]).map(x => x.t).join("")} · ${(100 * share).toFixed(2)}% of the view, ` +
+        `${(100 * b.p).toFixed(2)}% in all`;
+      if (b.c.length) d.onclick = () => zoomInto(b);
+      else d.classList.add("leaf");
+      stage.append(d);
+      place(b.c, level + 1, top);
+      top += share;
+    }
+  }
+  function zoomInto(b) {
+    const chain = [];
+    (function find(blocks, trail) {
+      for (const x of blocks) {
+        if (x === b) { chain.push(...trail, x); return true; }
+        if (find(x.c, trail.concat([x]))) return true;
+      }
+      return false;
+    })(u.blocks, []);
+    zoomPath = chain;
+    drawMultiverse(n);
+  }
+  place(zoom.c, 0, 0);
+  const covered = [];
+  let level = zoom.c;
+  for (let d = zoomPath.length + 1; level.length; d++) {
+    covered.push(`${(100 * level.reduce((s, b) => s + b.p, 0) / zoom.p).toFixed(1)}% at depth ${d}`);
+    level = level.flatMap(b => b.c);
+  }
+  const line = el("p", `covers ${covered.join(", ") || "nothing deeper above the cutoff"}` +
+    (zoomPath.length ? ` of ${JSON.stringify(zoomPath.map(x => x.t).join(""))}` : "") + `; ${u.settings}`, "note");
+  line.id = "mv-covered";
+  box.append(crumbs, stage, line);
+}
+
 function select(id) {
   if (!byId.has(id)) return;
   selected = id;
@@ -220,6 +295,7 @@ function select(id) {
   drawSiblings(n);
   drawMeta(n);
   drawTrace(n);
+  drawMultiverse(n);
   if (location.hash.slice(1) !== id) history.replaceState(null, "", "#" + id);
 }
 

@@ -132,3 +132,54 @@ def test_each_nodes_framing_comes_from_one_walk_as_its_path_gives_it(store, fake
         assert set(walked) == set(tree.nodes)
         for node_id in tree.nodes:
             assert walked[node_id] == framing_of(tree.path(node_id))
+
+
+def test_the_multiverse_is_drawn_as_nested_rectangles_that_zoom(tmp_path, store, tiny_engine, capsys):
+    from selenium.webdriver.common.by import By
+
+    from simlab.engine.params import SamplingParams
+    from simlab.session import multiverse as sm
+    from simlab.turns.multiverse import grow_at
+
+    session = start_session(store, PERSONA, "mv")
+    user = session.add_child(session.tree.cursor, "user", "Where <is> the keeper?", speaker="Ann")
+    saved = grow_at(tiny_engine, session, user.id, SamplingParams(temperature=0.5, top_k=5), 3, 0.02)
+    session.goto(user.id)
+    session.close()
+    page = tmp_path / "mv.html"
+    argv = ["sessions", "export", "mv", "--format", "html", "-o", page, "--sessions-dir", store.folder]
+    assert run_cli(capsys, *argv)[0] == 0
+    blocks = sm.rows(sm.tree(saved))
+    browser = chromium()
+    try:
+        browser.get(page.as_uri())
+        drawn = browser.find_elements(By.CSS_SELECTOR, "#mv-box .mvb")
+        assert len(drawn) == len(blocks)
+        stage = browser.find_element(By.ID, "mv-box").size["height"] - 2  # (its border)
+        for element, block in zip(drawn, blocks):  # depth first, most probable first, as the terminal
+            assert float(element.get_attribute("data-share")) == pytest.approx(block.p, rel=1e-9)
+            assert element.rect["height"] == pytest.approx(block.p * stage, abs=1.5)
+            assert json.dumps(block.text, ensure_ascii=False) in element.get_attribute("textContent")
+        covered = browser.find_element(By.ID, "mv-covered").text
+        assert (
+            covered.startswith(f"covers {100 * saved['covered'][0]:.1f}% at depth 1")
+            and "cutoff 0.02" in covered
+        )
+        # a click on a block with continuations zooms into it: they fill the height, renormalised
+        k, first = next((k, b) for k, b in enumerate(blocks) if b.children)
+        drawn[k].click()
+        zoomed = browser.find_elements(By.CSS_SELECTOR, "#mv-box .mvb")
+        inside = sm.rows(first)
+        assert len(zoomed) == len(inside)
+        for element, block in zip(zoomed, inside):
+            assert float(element.get_attribute("data-share")) == pytest.approx(block.p / first.p, rel=1e-9)
+        crumbs = browser.find_element(By.ID, "mv-crumbs").text
+        assert (
+            crumbs.startswith("the whole multiverse ▸ ")
+            and " of " in browser.find_element(By.ID, "mv-covered").text
+        )
+        browser.find_element(By.CSS_SELECTOR, "#mv-crumbs a").click()  # back out
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#mv-box .mvb")) == len(blocks)
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        browser.quit()
