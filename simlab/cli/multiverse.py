@@ -69,6 +69,11 @@ def cmd_multiverse(args: argparse.Namespace) -> int:
         raise SimlabError("multiverse: give a session (and --node) or --text TEXT, one of the two")
     if args.text is not None and (args.node or args.keep is not None):
         raise SimlabError("multiverse: --node and --keep need a session, not --text")
+    if args.raw and sampling_overrides(args):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k in sampling_overrides(args))
+        raise SimlabError(f"multiverse: --raw is the model's own distribution; {given} would change nothing")
+    if args.keep is not None and (args.json or args.no_save or args.raw):
+        raise SimlabError("multiverse --keep N keeps a block of the saved multiverse; it grows nothing")
     if args.backend == "openai":
         raise needs_local("a multiverse (every next-token distribution, from the weights)")
     if args.session is not None:

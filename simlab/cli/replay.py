@@ -72,13 +72,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise SimlabError(f"session {args.id!r} is empty; nothing to replay")
         path = tree.path(target)
         replies = model_replies(path)
-        if not replies and not (chosen_replies(path) and not changing):
+        if not replies and not (chosen_replies(path) and (not changing or persona is not None)):
             raise _nothing_to_replay(session, path)
         for node in replies:
             params_of(node, overrides)  # a bad override fails before the model loads
             if steer is None:
                 uses_recorded(node.steer)  # and a recorded vector that is missing or changed
-        say(f"simlab: loading the model to re-run the path's {_replies(len(replies))}")
+        kept = len(chosen_replies(path))
+        say(
+            f"simlab: loading the model to re-run the path's {_replies(len(replies))}"
+            + (f" and read its {kept} kept block(s) again" if kept else "")
+        )
         engine = _engine_for(args, replies or chosen_replies(path))
         if not changing:
             return _check(engine, session, path, replies, tracer)
@@ -158,7 +162,7 @@ def _check(engine, session, path, replies, tracer) -> int:
             how = "the same" if check.reproduced else f"differ from token {check.first_difference}"
             print(
                 f"{session.tree.short(check.node.id)} kept from a multiverse (p {100 * p:.1f}%"
-                f", chosen, not sampled): its {len(check.node.token_ids)} tokens read again, "
+                f", chosen, not sampled): its {_tokens(len(check.node.token_ids))} read again, "
                 f"log-probabilities {how}"
             )
         elif not check.reproduced:
@@ -188,6 +192,10 @@ def _check(engine, session, path, replies, tracer) -> int:
             f"this is {engine.info.revision}"
         )
     return 0 if same == len(rerun) and all(c.reproduced for c in kept) else 1
+
+
+def _tokens(count: int) -> str:
+    return f"{count} token{'' if count == 1 else 's'}"
 
 
 def _replies(count: int) -> str:

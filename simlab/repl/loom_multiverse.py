@@ -5,6 +5,7 @@ g grows it again, Esc or M closes. The covered mass is its last line, zoomed or 
 
 from __future__ import annotations
 
+from prompt_toolkit.data_structures import Point
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.layout import ConditionalContainer, Float, FormattedTextControl, Window
 from prompt_toolkit.widgets import Frame
@@ -27,8 +28,12 @@ def open_pane(loom: Loom) -> None:
 
 
 def grow_again(loom: Loom) -> None:
+    """g: grown again, with the depth, cutoff and distribution of the one shown (8 tokens, 1% at first)."""
+    shown = loom.chat.multiverse.saved if loom.chat.multiverse is not None else None
+    rest = f"{shown['depth']} {shown['cutoff']:g}" + (" raw" if shown.get("raw") else "") if shown else ""
+
     def job() -> str:
-        universe = grow(loom.chat, "")
+        universe = grow(loom.chat, rest)
         loom.universe_open = True
         return f"{universe.saved['passes']} forward passes in {universe.saved['seconds']:.2f} s · {KEYS}"
 
@@ -52,7 +57,14 @@ def fragments(loom: Loom) -> list:
 def pane(loom: Loom) -> Float:
     universe = lambda: loom.chat.multiverse  # noqa: E731
     body = Frame(
-        Window(FormattedTextControl(lambda: fragments(loom), show_cursor=False), wrap_lines=False),
+        Window(  # (the selected row kept in sight: the pane scrolls to it)
+            FormattedTextControl(
+                lambda: fragments(loom),
+                show_cursor=False,
+                get_cursor_position=lambda: Point(0, universe().selected if universe() else 0),
+            ),
+            wrap_lines=False,
+        ),
         title=lambda: universe().title() if universe() else "multiverse",
     )
     shown = Condition(lambda: loom.universe_open and universe() is not None)
@@ -64,7 +76,18 @@ def bind(kb, loom: Loom, safe) -> None:
     shown = Condition(lambda: loom.universe_open)
 
     def key(*keys):
-        return lambda handler: kb.add(*keys, filter=shown)(safe(loom, handler))
+        def done(handler):
+            def then(event):  # (what an earlier key said is said of another view)
+                loom.message = KEYS
+                handler(event)
+
+            return kb.add(*keys, filter=shown)(safe(loom, then))
+
+        return done
+
+    def close(event) -> None:
+        loom.universe_open = False
+        loom.say("")
 
     def universe():
         return loom.chat.multiverse
@@ -82,4 +105,4 @@ def bind(kb, loom: Loom, safe) -> None:
     key("enter")(kept)
     key("g")(lambda e: grow_again(loom))
     for keys in (("escape",), ("M",), ("q",)):
-        key(*keys)(lambda e: setattr(loom, "universe_open", False))
+        key(*keys)(close)

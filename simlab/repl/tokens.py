@@ -35,7 +35,11 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
             lines[1] = style.dim("(a continued reply: these are the continuation's tokens)")
         elif node.origin == "chosen" and node.forced:
             p = 100 * node.forced.get("p", 0)
-            lines[1] = style.dim(f"(kept from a multiverse, p {p:.1f}%: every token chosen, not sampled)")
+            under = "its own too" if node.forced.get("raw") else "the multiverse's were as sampled"
+            lines[1] = style.dim(
+                f"(kept from a multiverse, p {p:.1f}%: every token chosen, not sampled; these are the "
+                f"model's own probabilities, {under})"
+            )
         elif node.forced:
             lines[1] = style.dim(
                 f"(branched at token {node.forced['at']}: the first {node.forced['tokens']} were given, "

@@ -242,7 +242,7 @@ function drawMultiverse(n) {
   });
   const stage = el("div");
   stage.id = "mv-box";
-  function place(blocks, level, top) {
+  function place(blocks, level, top, trail) {
     for (const b of blocks) {
       const share = b.p / zoom.p, d = el("div", `${JSON.stringify(b.t)} ${(100 * share).toFixed(1)}%`, "mvb");
       d.style.left = `${(100 * level) / columns}%`;
@@ -250,12 +250,12 @@ function drawMultiverse(n) {
       d.style.top = `${(100 * top).toFixed(4)}%`;
       d.style.height = `${(100 * share).toFixed(4)}%`;
       d.dataset.share = share;
-      d.title = `${zoomPath.concat([b]).map(x => x.t).join("")} · ${(100 * share).toFixed(2)}% of the view, ` +
-        `${(100 * b.p).toFixed(2)}% in all`;
+      const text = zoomPath.concat(trail, [b]).map(x => x.t).join("");
+      d.title = `${text} · ${(100 * share).toFixed(2)}% of the view, ${(100 * b.p).toFixed(2)}% in all`;
       if (b.c.length) d.onclick = () => zoomInto(b);
       else d.classList.add("leaf");
       stage.append(d);
-      place(b.c, level + 1, top);
+      place(b.c, level + 1, top, trail.concat([b]));
       top += share;
     }
   }
@@ -271,15 +271,16 @@ function drawMultiverse(n) {
     zoomPath = chain;
     drawMultiverse(n);
   }
-  place(zoom.c, 0, 0);
+  place(zoom.c, 0, 0, []);
   const covered = [];
   let level = zoom.c;
   for (let d = zoomPath.length + 1; level.length; d++) {
     covered.push(`${(100 * level.reduce((s, b) => s + b.p, 0) / zoom.p).toFixed(1)}% at depth ${d}`);
     level = level.flatMap(b => b.c);
   }
-  const line = el("p", `covers ${covered.join(", ") || "nothing deeper above the cutoff"}` +
-    (zoomPath.length ? ` of ${JSON.stringify(zoomPath.map(x => x.t).join(""))}` : "") + `; ${u.settings}`, "note");
+  const of = zoomPath.length ? ` of ${JSON.stringify(zoomPath.map(x => x.t).join(""))}` : "";
+  const covers = covered.join(", ") || "nothing deeper above the cutoff";
+  const line = el("p", `covers ${covers}${of}; ${u.settings}`, "note");
   line.id = "mv-covered";
   box.append(crumbs, stage, line);
 }

@@ -160,6 +160,7 @@ def test_the_multiverse_is_drawn_as_nested_rectangles_that_zoom(tmp_path, store,
             assert float(element.get_attribute("data-share")) == pytest.approx(block.p, rel=1e-9)
             assert element.rect["height"] == pytest.approx(block.p * stage, abs=1.5)
             assert json.dumps(block.text, ensure_ascii=False) in element.get_attribute("textContent")
+            assert element.get_attribute("title").startswith(block.text_from_root() + " · ")  # (its path)
         covered = browser.find_element(By.ID, "mv-covered").text
         assert (
             covered.startswith(f"covers {100 * saved['covered'][0]:.1f}% at depth 1")

@@ -215,6 +215,9 @@ def test_a_session_nodes_multiverse_is_saved_beside_it_and_a_kept_block_replays(
     assert [n.origin for n in branch[-3:]] == ["chosen", "replayed", "replayed"]
     assert copied.token_ids == kept.token_ids and copied.forced["multiverse"] == saved["id"]
     assert copied.speaker == "Bot" and copied.logprobs != kept.logprobs  # (read after another frame)
+    # a path whose only reply is a kept block replays under another persona too
+    code, out, err = run_cli(capsys, "replay", "s", "--node", kept.id, "--persona", persona, *folder[:2])
+    assert code == 0 and "new branch of 2 node(s)" in out, err  # (the user turn, the kept block)
 
 
 def test_session_flags_are_checked_in_one_line(capsys, store, tiny_dir):
@@ -225,6 +228,8 @@ def test_session_flags_are_checked_in_one_line(capsys, store, tiny_dir):
         ([], "one of the two"),
         (["--text", "x", "--keep", "1"], "need a session"),
         (["s", "--keep", "1"], "no multiverse saved at"),
+        (["s", "--keep", "1", "--json"], "it grows nothing"),
+        (["s", "--raw", "--temperature", "0.5"], "--temperature would change nothing"),
         (["nope"], "nope"),
     ):
         code, _, err = run_cli(capsys, "multiverse", *argv, *folder)
