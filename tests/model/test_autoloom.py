@@ -1,0 +1,121 @@
+"""The adaptive autoloom (turns.autoloom): nodes cut where the distribution forks, as the thresholds
+define it, children at the fork (its likeliest tokens, or seeded samples), every node replayable."""
+
+import math
+
+import pytest
+
+from simlab.engine.params import SamplingParams
+from simlab.errors import SimlabError
+from simlab.frame.render import render_path
+from simlab.persona.schema import Persona
+from simlab.replay import check_path
+from simlab.turns import start_session
+from simlab.turns.autoloom import Knobs, grow, parse
+
+DOC = Persona(name="document", frame="The keeper wrote in his log that", mode="document")
+
+
+def counter(first=5):
+    state = {"next": first}
+
+    def take(k):
+        seed, state["next"] = state["next"], state["next"] + k
+        return seed
+
+    return take
+
+
+def top_probabilities(engine, session, node) -> list[float]:
+    """At each of the node's tokens, the model's own probability of its likeliest token there, read
+    one sequence at a time (the document before it, then the node's tokens)."""
+    import torch
+
+    prompt = engine.encode(render_path(session.tree.path(node.parent)))
+    ids = prompt + list(node.token_ids)
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
+    probs = logits.softmax(-1)
+    return [float(probs[len(prompt) - 1 + k].max()) for k in range(len(node.token_ids) + 1)]
+
+
+@pytest.mark.parametrize("mode", ["forks", "sampled"])
+def test_each_node_is_cut_where_the_thresholds_say_and_replays(tiny_engine, store, mode):
+    session = start_session(store, DOC, f"grow-{mode}")
+    start = session.tree.cursor
+    knobs = Knobs(conf_threshold=0.35, p_threshold=0.05, min_tokens=2, max_depth=3, budget=120, mode=mode)
+    params = SamplingParams(temperature=0.7, top_k=8, max_new_tokens=12)
+    grown = grow(tiny_engine, session, start, params, knobs, counter())
+    assert grown.nodes and grown.tokens == sum(len(n.token_ids) for n in grown.nodes) <= 120 + 12
+    forked = [n for n in grown.nodes if n.finish_reason == "fork"]
+    assert forked, "the tiny model is unsure often enough for forks at 35%"
+    for node in grown.nodes:
+        tops = top_probabilities(tiny_engine, session, node)
+        given = node.forced["tokens"] if node.forced else 0
+        first = max(knobs.min_tokens, given + 1)
+        # no token from `first` on was drawn where the model was unsure ...
+        assert all(p >= knobs.conf_threshold - 1e-6 for p in tops[first : len(node.token_ids)]), (node, tops)
+        if node.finish_reason == "fork":  # ... and the node ends right before the first such token
+            assert len(node.token_ids) >= first and tops[len(node.token_ids)] < knobs.conf_threshold + 1e-6
+        if mode == "forks":  # each child begins with a token of probability >= p_threshold at the fork
+            assert node.forced == {"at": 0, "tokens": 1, "choice": "fork point"}
+            assert (
+                math.exp(node.logprobs[0]) >= knobs.p_threshold - 1e-6
+                or len(session.tree.children(node.parent)) == 1
+            )
+    # siblings at a fork: forks mode, distinct first tokens, likeliest first
+    if mode == "forks":
+        for node in forked:
+            kids = session.tree.children(node.id)
+            firsts = [k.token_ids[0] for k in kids]
+            assert len(set(firsts)) == len(firsts) and len(kids) <= knobs.children
+            assert [k.logprobs[0] for k in kids] == sorted((k.logprobs[0] for k in kids), reverse=True)
+    # every node replays: its seed and settings draw its tokens again, to its cut
+    for node in grown.nodes:
+        checks = [
+            c for c in check_path(tiny_engine, session, session.tree.path(node.id)) if c.node.id == node.id
+        ]
+        assert checks and checks[0].reproduced, checks
+    session.close()
+
+
+def test_budget_depth_prune_and_stop(tiny_engine, store):
+    session = start_session(store, DOC, "bounds")
+    start = session.tree.cursor
+    params = SamplingParams(temperature=0.7, top_k=8, max_new_tokens=12)
+    knobs = Knobs(conf_threshold=0.35, p_threshold=0.05, min_tokens=2, budget=10, max_depth=20)
+    spent = grow(tiny_engine, session, start, params, knobs, counter())
+    assert spent.stopped == "budget" and 10 <= spent.tokens <= 10 + 3 * 12
+    deep = grow(
+        tiny_engine, session, start, params, Knobs(conf_threshold=0.35, max_depth=1, min_tokens=2), counter()
+    )
+    assert {n.parent for n in deep.nodes} == {start}
+    pruned = grow(
+        tiny_engine, session, start, params, Knobs(conf_threshold=0.35, min_tokens=2, prune=1.0), counter()
+    )
+    assert {n.parent for n in pruned.nodes} == {start} and pruned.stopped == "ended"
+    made = []  # Ctrl-C once the first node is saved: it stops, and what it grew is in the session
+    knobs = Knobs(conf_threshold=0.35, min_tokens=2)
+    stopped = grow(tiny_engine, session, start, params, knobs, counter(), made.append, lambda: bool(made))
+    assert stopped.stopped == "interrupted" and stopped.nodes == made and len(made) == 1
+    assert made[0].id in store.open("bounds", read_only=True).tree.nodes
+    session.close()
+
+
+def test_knobs_are_checked_in_one_line():
+    assert parse("p_threshold", "0.2") == {"p_threshold": 0.2}
+    assert parse("mode", "sampled") == {"mode": "sampled"}
+    for name, value, wanted in (
+        ("p_threshold", "2", "from 0 to 1"),
+        ("min_tokens", "x", "whole number"),
+        ("mode", "beam", "forks, sampled"),
+        ("bogus", "1", "not an autoloom knob"),
+    ):
+        with pytest.raises(SimlabError, match=wanted):
+            parse(name, value)
+
+
+def test_a_chat_is_refused(tiny_engine, store):
+    session = start_session(store, Persona(name="duo", frame="Two talk.\n\n", user="A", model="B"), "c")
+    with pytest.raises(SimlabError, match="grows documents"):
+        grow(tiny_engine, session, session.tree.cursor, SamplingParams(), Knobs(), counter())
