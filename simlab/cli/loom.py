@@ -7,6 +7,8 @@ import sys
 
 from simlab.cli.chat import add_read_only, cmd_chat
 from simlab.cli.common import add_session_flags, add_sessions_dir
+from simlab.cli.grow import add_flags as add_grow_flags
+from simlab.cli.grow import cmd_grow
 from simlab.errors import SimlabError
 
 
@@ -22,16 +24,19 @@ def add_command(commands) -> None:
     loom.add_argument("--text", help="a new document's opening text")
     loom.add_argument("--session", help="name for a new document's session (default: the date and time)")
     loom.add_argument(
-        "--children", "-n", type=int, default=3, metavar="N", help="continuations g samples (default 3)"
+        "--children", "-n", type=int, metavar="N", help="continuations g samples, branches --grow makes (3)"
     )
     add_read_only(loom, "SESSION")
     add_sessions_dir(loom)
     add_session_flags(loom, seed_help="seed of the first continuation; +1 for each after it")
+    add_grow_flags(loom)
     loom.set_defaults(run=cmd_loom)
 
 
 def cmd_loom(args: argparse.Namespace) -> int:
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    args.children_given = args.children is not None
+    args.children = 3 if args.children is None else args.children
+    if not (args.grow or sys.stdin.isatty() and sys.stdout.isatty()):
         raise SimlabError(
             "simlab loom is full-screen and needs a terminal; `simlab sessions export NAME --format html` "
             "shows a session without one"
@@ -44,6 +49,10 @@ def cmd_loom(args: argparse.Namespace) -> int:
         )
     if args.read_only and args.name is None:
         raise SimlabError("simlab loom: --read-only opens a saved session: simlab loom SESSION --read-only")
+    if args.grow:
+        if args.read_only:
+            raise SimlabError("simlab loom --grow adds nodes; drop --read-only")
+        return cmd_grow(args)
     args.resume, args.loom = args.name, True
     args.mode = None if args.name is not None else "document"
     return cmd_chat(args)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from simlab.engine.params import decode_escapes, parse_setting
 from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
+from simlab.repl.autoloom import KNOBS, grow_here, knobs_line, set_knob
 from simlab.repl.multiverse import multiverse
 from simlab.repl.progress import LastReply
 from simlab.repl.saved import export, load, sessions
@@ -87,9 +88,12 @@ def _set(chat: Chat, rest: str, ctx: Context) -> None:
     value = value.strip()
     if not key:
         chat.view.say(params_text(chat))
+        chat.view.say(knobs_line(chat))
         return
     if not value:
-        raise SimlabError(f"usage: /set KEY VALUE, KEY one of {', '.join(SETTABLE)}")
+        raise SimlabError(f"usage: /set KEY VALUE, KEY one of {', '.join(SETTABLE + KNOBS)}")
+    if key in KNOBS:
+        return set_knob(chat, key, value)
     if key == "stop":
         stops = (
             chat.framing.stops()
@@ -356,6 +360,12 @@ COMMANDS: dict[str, Command] = {
             "NAME [STRENGTH] [@LAYERS]|+|-|off",
             "steer replies with a vector (simlab steer list); + and - (Alt+] Alt+[) turn its strength",
             lambda chat, rest, ctx: steer(chat, rest),
+        ),
+        Command(
+            "grow",
+            "",
+            "grow the document from here by itself, cut where it forks (/set p_threshold ... sets how)",
+            lambda chat, rest, ctx: chat.view.note(grow_here(chat, rest)),
         ),
         Command(
             "multiverse",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from simlab.errors import SimlabError, TreeError
 from simlab.frame.framing import Framing
 from simlab.frame.render import render_spans
+from simlab.repl.autoloom import ORDERS, ordered
 from simlab.repl.commands import Context, Quit, handle
 from simlab.repl.loom_view import PaneView
 from simlab.repl.state import Chat
@@ -40,6 +41,7 @@ HELP = """\
  f, 1-9      fork at the token under the cursor with an alternative
  s / m       split before that token / merge with the only child
  M           the multiverse here: ↑↓, → zoom in, ← out, Enter keeps
+ G / o       grow from here by itself (/set its knobs) / sibling order
  b  *  !     bookmark ★, canonical ✓, hide/unhide; H shows hidden
  space       fold the subtree;  mouse: click a node to go there
  /           a REPL command: /set temperature 0.7, /export loom F
@@ -68,6 +70,7 @@ class Loom:
         self.token_view = False
         self.token_at = 0  # the token cursor, an index into pieces()
         self.universe_open = False  # the multiverse pane (repl.loom_multiverse) is shown
+        self.order = "made"  # siblings in the tree: as made, or by probability (repl.autoloom.ORDERS)
         self.message = ""  # one line: what the last action did
         self.output = ""  # what the last /command wrote
         self.streams: list[str] = []  # continuations being sampled, as they come
@@ -100,10 +103,22 @@ class Loom:
     def move(self, where: str) -> None:
         """parent, child or a sibling, among the nodes the tree pane shows (hidden ones too with H)."""
         try:
-            self.chat.session.move(where, include_hidden=self.show_hidden)
+            if where in ("prev", "next") and self.order != "made":  # (in the order the pane shows)
+                kids = ordered(self.tree.siblings(self.node.id, include_hidden=self.show_hidden), self.order)
+                k = kids.index(self.node) + (1 if where == "next" else -1)
+                if not 0 <= k < len(kids):
+                    raise TreeError(f"no {'next' if where == 'next' else 'previous'} sibling")
+                self.chat.session.goto(kids[k].id)
+            else:
+                self.chat.session.move(where, include_hidden=self.show_hidden)
             self.token_at, self.message = 0, ""  # (what the last action did is said of another node)
         except TreeError as exc:
             self.say(str(exc))
+
+    def cycle_order(self) -> None:
+        """o: siblings as made, most probable first (in all), most probable per token."""
+        self.order = ORDERS[(ORDERS.index(self.order) + 1) % len(ORDERS)]
+        self.say(f"siblings: {self.order}" + (" probability first" if self.order != "made" else ""))
 
     def leave_hidden(self) -> None:
         """With hidden nodes left out, a cursor on one (or under one) goes up to where it hangs."""
@@ -297,7 +312,7 @@ class Loom:
         stack = [(r, 0, Framing.from_dict(r.framing) if r.role == "frame" else None) for r in roots]
         while stack:
             node, depth, framing = stack.pop()
-            kids = self.tree.children(node.id, include_hidden=self.show_hidden)
+            kids = ordered(self.tree.children(node.id, include_hidden=self.show_hidden), self.order)
             fold = "▸" if kids and node.id in self.collapsed else "▾" if kids else "·"
             marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
             style = (

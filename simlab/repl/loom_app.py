@@ -281,6 +281,8 @@ class LoomApp:
         key("s")(lambda e: loom.split())
         key("m")(lambda e: loom.merge())
         key("M")(lambda e: universe.open_pane(loom))
+        key("G")(lambda e: loom.command("/grow"))
+        key("o")(lambda e: loom.cycle_order())
         universe.bind(kb, loom, _saying_refusals)
         key("b")(lambda e: loom.toggle("bookmark"))
         key("*")(lambda e: loom.toggle("canonical"))

@@ -59,10 +59,13 @@ def steering_for(chat, n: int = 1):
 
 
 def remembered(chat) -> dict:
-    """What --resume puts on again: the vectors as /steer and --steer write them, and where."""
+    """What --resume puts on again beside the sampling: the vectors as /steer and --steer write them,
+    and where; and the autoloom's knobs (repl.autoloom), as /set left them."""
+    grow = chat.session.tree.settings.get("grow")
+    kept = {"grow": grow} if grow else {}
     if not chat.steer_uses:
-        return {}
-    return {"steer": [use.label() for use in chat.steer_uses], "steer_positions": chat.steer_positions}
+        return kept
+    return kept | {"steer": [use.label() for use in chat.steer_uses], "steer_positions": chat.steer_positions}
 
 
 def _specs(words: list[str]) -> list[str]:

@@ -119,3 +119,79 @@ def test_a_chat_is_refused(tiny_engine, store):
     session = start_session(store, Persona(name="duo", frame="Two talk.\n\n", user="A", model="B"), "c")
     with pytest.raises(SimlabError, match="grows documents"):
         grow(tiny_engine, session, session.tree.cursor, SamplingParams(), Knobs(), counter())
+
+
+def test_loom_grow_from_the_command_line_and_the_knobs_it_keeps(capsys, store, tiny_dir):
+    from conftest import run_cli
+
+    folder = ["--sessions-dir", store.folder, "--model", tiny_dir]
+    argv = ["loom", "--grow", "--text", "The keeper wrote", "--session", "g", "--seed", "4"]
+    knobs = ["--conf-threshold", "0.35", "--min-tokens", "2", "--max-depth", "2", "--budget", "60", "-n", "2"]
+    code, out, err = run_cli(capsys, *argv, *knobs, "--max-tokens", "10", *folder)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[-1].startswith("grew ") and "all saved in g" in lines[-1] and "under " in lines[0]
+    with store.open("g", read_only=True) as session:
+        grown = [n for n in session.tree.nodes.values() if n.role == "model"]
+        assert len(grown) == len(lines) - 1 and all(n.seed is not None for n in grown)
+        assert all(len(session.tree.children(n.id)) <= 2 for n in session.tree.nodes.values())
+        saved = session.tree.settings["grow"]
+        assert saved["conf_threshold"] == 0.35 and saved["max_depth"] == 2 and saved["children"] == 2
+    # again on the saved session: its knobs go on (flags change them); every node replays
+    code, out, err = run_cli(capsys, "loom", "g", "--grow", "--budget", "20", *folder)
+    assert code == 0 and "conf_threshold 0.35" in err, err
+    with store.open("g", read_only=True) as session:
+        deepest = max(session.tree.nodes.values(), key=lambda n: len(session.tree.path(n.id)))
+    code, out, err = run_cli(capsys, "replay", "g", "--node", deepest.id, "--sessions-dir", store.folder)
+    assert code == 0 and "reproduced 2/2 replies exactly" in out, out + err
+    for flags, wanted in (
+        (["--conf-threshold", "3"], "from 0 to 1"),
+        (["--budget", "0"], "from 1 to"),
+        (["--min-tokens", "0"], "from 1 to"),
+    ):
+        code, _, err = run_cli(capsys, "loom", "g", "--grow", *flags, *folder)
+        assert code == 2 and wanted in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_knobs_are_set_kept_and_grown_from_in_both_faces(tiny_engine, store):
+    import io
+
+    from conftest import IDLE, drive
+
+    from simlab.repl.commands import handle
+    from simlab.repl.loom import Loom
+    from simlab.repl.screen import LineView
+    from simlab.repl.state import Chat
+
+    persona = Persona(name="document", frame="The keeper wrote", mode="document", sampling={"max_tokens": 8})
+    session = start_session(store, persona, "faces")
+    chat = Chat(
+        tiny_engine, store, session, persona, persona.sampling_params(seed=2), LineView(io.StringIO())
+    )
+    for line in ("/set conf_threshold 0.35", "/set min_tokens 2", "/set max_depth 2", "/set budget 40",
+                 "/set children 2", "/set temperature 0.7"):  # fmt: skip
+        handle(chat, line)
+    with pytest.raises(SimlabError, match="from 0 to 1"):
+        handle(chat, "/set p_threshold 1.5")
+    chat.remember()  # (what --resume goes on with: the sampling, the seed and the knobs)
+    assert (
+        session.tree.settings["grow"]["budget"] == 40 and session.tree.settings["set"]["temperature"] == 0.7
+    )
+    handle(chat, "/set")
+    assert "autoloom: p_threshold 0.1, conf_threshold 0.35" in chat.view.out.getvalue()
+    start = chat.cursor.id
+    handle(chat, "/grow")
+    made = [n for n in chat.tree.nodes.values() if n.role == "model"]
+    assert made and "grew " in chat.view.out.getvalue() and chat.cursor.id == start
+    assert all(n.params["temperature"] == 0.7 for n in made)
+    # the Loom editor: o orders siblings by probability, G grows from the cursor (in the worker)
+    loom = Loom(chat)
+    firsts = chat.tree.children(start)
+    drive(loom, ["o", "G", IDLE, "q"])
+    assert loom.order == "cumulative" and len(
+        [n for n in chat.tree.nodes.values() if n.role == "model"]
+    ) > len(made)
+    lines = [node_id for node_id, _ in loom.tree_lines()]
+    shown = [n for n in lines if n in {k.id for k in chat.tree.children(start)}]
+    by_probability = sorted(chat.tree.children(start), key=lambda n: -sum(n.logprobs))
+    assert shown == [n.id for n in by_probability] and len(shown) > len(firsts)
