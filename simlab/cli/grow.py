@@ -7,6 +7,7 @@ import argparse
 import json
 import signal
 import threading
+from dataclasses import replace
 
 from simlab.cli.common import load_engine, open_store, sampling_overrides, say, warn
 from simlab.engine.params import SeedCounter
@@ -50,14 +51,15 @@ def cmd_grow(args: argparse.Namespace) -> int:
         warn(session.problems)
         persona = persona_at(session.tree.path(session.tree.cursor or session.tree.roots[0].id))
     else:
-        persona = (
-            find(args.persona)
+        persona = (  # (a persona's frame opens a new document, as `simlab loom --persona` does)
+            replace(find(args.persona), mode="document")
             if args.persona
             else Persona(name="document", frame=args.text or "", mode="document")
         )
-        if persona.mode != "document":
+        if args.session and store.exists(args.session):
+            name = args.session
             raise SimlabError(
-                f"simlab loom --grow: persona {persona.name} is a chat; the autoloom grows documents"
+                f"simlab loom --grow: session {name!r} exists; grow it: simlab loom {name} --grow"
             )
         session = start_session(store, persona, args.session)
     with session:
