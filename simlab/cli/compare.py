@@ -57,6 +57,9 @@ def add_command(commands) -> None:
     )
     cmp.add_argument("--json", action="store_true", help="print the analysis as JSON instead of the table")
     cmp.add_argument(
+        "--blind", metavar="SESSION", help="report the blind comparisons made in a session (B in the Loom)"
+    )
+    cmp.add_argument(
         "--wide", action="store_true", help="tables on one line per row (default: fit 80 columns)"
     )
     add_sessions_dir(cmp)
@@ -71,6 +74,22 @@ def add_command(commands) -> None:
     add_model_flags(cmp)
     add_trace_flags(cmp)
     cmp.set_defaults(run=cmd_compare)
+
+
+def _blind(args: argparse.Namespace) -> int:
+    """--blind SESSION: the preference rates its blind comparisons give, per variant and per pair."""
+    from simlab.compare.blind import analyse, lines
+    from simlab.session.blind import Picks
+
+    if args.spec or args.personas or args.turn:
+        raise SimlabError("simlab compare --blind SESSION reports what was picked; it samples nothing")
+    with open_store(args).open(args.blind, read_only=True) as session:
+        report = analyse(Picks.of(session.tree))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print("\n".join(lines(report)))
+    return 0
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -117,6 +136,8 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.blind is not None:
+        return _blind(args)
     from simlab.compare.stats import analyse  # numpy: only when a sweep runs
 
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads

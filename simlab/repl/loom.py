@@ -42,6 +42,7 @@ HELP = """\
  s / m       split before that token / merge with the only child
  M           the multiverse here: ↑↓, → zoom in, ← out, Enter keeps
  G / o       grow from here by itself (/set its knobs) / sibling order
+ B           blind: the replies here unlabelled, shuffled; rank them
  b  *  !     bookmark ★, canonical ✓, hide/unhide; H shows hidden
  space       fold the subtree;  mouse: click a node to go there
  /           a REPL command: /set temperature 0.7, /export loom F
@@ -70,6 +71,7 @@ class Loom:
         self.token_view = False
         self.token_at = 0  # the token cursor, an index into pieces()
         self.universe_open = False  # the multiverse pane (repl.loom_multiverse) is shown
+        self.blind = None  # session.blind.Blind: the blind comparison shown (repl.loom_blind)
         self.order = "made"  # siblings in the tree: as made, or by probability (repl.autoloom.ORDERS)
         self.message = ""  # one line: what the last action did
         self.output = ""  # what the last /command wrote

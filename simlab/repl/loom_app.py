@@ -33,7 +33,7 @@ from prompt_toolkit.utils import get_cwidth
 from prompt_toolkit.widgets import Frame, TextArea
 
 from simlab.errors import SimlabError
-from simlab.repl import loom_multiverse as universe
+from simlab.repl import loom_panes as panes
 from simlab.repl.app_exit import ends_on_signal
 from simlab.repl.loom import HELP, Loom
 from simlab.repl.screen import WordWrap
@@ -243,14 +243,16 @@ class LoomApp:
         return [
             Float(editing, top=2, bottom=4, left=4, right=4),
             Float(ConditionalContainer(help_box, Condition(lambda: self.help))),
-            universe.pane(self.loom),
+            *panes.floats(self.loom),
         ]
 
     # -- keys ----------------------------------------------------------------------------------
     def _bindings(self) -> KeyBindings:
         kb, loom = KeyBindings(), self.loom
         browsing = Condition(
-            lambda: self.editing is None and not self.commanding and not self.help and not loom.universe_open
+            lambda: (
+                self.editing is None and not self.commanding and not self.help and not panes.open_over(loom)
+            )
         )
         tokens = browsing & Condition(lambda: loom.token_view)
         plain = browsing & Condition(lambda: not loom.token_view)
@@ -280,10 +282,7 @@ class LoomApp:
             key(digit, filter=tokens)(lambda e, d=int(digit): loom.fork_here(d))
         key("s")(lambda e: loom.split())
         key("m")(lambda e: loom.merge())
-        key("M")(lambda e: universe.open_pane(loom))
-        key("G")(lambda e: loom.command("/grow"))
-        key("o")(lambda e: loom.cycle_order())
-        universe.bind(kb, loom, _saying_refusals)
+        panes.bind(kb, loom, key, _saying_refusals)
         key("b")(lambda e: loom.toggle("bookmark"))
         key("*")(lambda e: loom.toggle("canonical"))
         key("!")(lambda e: loom.hide())

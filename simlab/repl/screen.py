@@ -182,11 +182,16 @@ class LineView:
 _PICTURES = {c: chr(0x2400 + c) for c in range(32) if c not in (9, 10)} | {127: "\u2421"}
 
 
+def pictured(text: str) -> str:
+    """Text with its control characters as their visible pictures (ESC as ␛)."""
+    return text.translate(_PICTURES)
+
+
 def for_terminal(stream: TextIO, text: str) -> str:
     """Text a model or a user wrote, as it may be shown on `stream`: on a terminal its control
     characters as visible pictures (ESC as ␛), elsewhere (a pipe, a file) the very text."""
     isatty = getattr(stream, "isatty", None)
-    return text.translate(_PICTURES) if isatty is not None and isatty() else text
+    return pictured(text) if isatty is not None and isatty() else text
 
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # (the colours simlab itself writes)

@@ -3,6 +3,7 @@ new document, sample 3 continuations, pick one, fork it at a token, edit, hide, 
 reopen: the same tree and cursor; resized, it redraws to the new size."""
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -110,3 +111,67 @@ def test_a_document_grows_branches_and_comes_back_as_it_was(tmp_path, tiny_dir):
     again.keys("q")
     again.child.expect(pexpect.EOF)
     assert [r["id"] for r in records(tmp_path) if r["type"] == "cursor"][-1] == cursor
+
+
+@pytest.mark.skipif(not SIMLAB.exists(), reason="the simlab command is not installed in this environment")
+def test_blind_mode_hides_every_label_and_saves_the_ranking(tmp_path, tiny_dir, tiny_engine, capsys):
+    from conftest import run_cli
+
+    from simlab.engine.params import SamplingParams
+    from simlab.persona.schema import Persona
+    from simlab.session.store import SessionStore
+    from simlab.turns import sample_replies, start_session
+
+    store = SessionStore(tmp_path / "s")
+    persona = Persona(name="quokka", frame="Two talk.\n\n", user="Ann", model="Bo")
+    with start_session(store, persona, "tale") as session:
+        user = session.add_child(session.tree.cursor, "user", "Say something.", speaker="Ann")
+        replies = [
+            sample_replies(
+                tiny_engine, session, user.id, SamplingParams(temperature=t, seed=s, max_new_tokens=5)
+            )[0]
+            for t, s in ((0.5, 101), (0.9, 202), (1.3, 303))
+        ]
+        session.goto(replies[0].id)
+    term = spawn(tmp_path, tiny_dir, "tale")
+    term.wait("? help")
+    term.keys("B")
+    shown = term.wait("blind: 1-9 rank")
+    body = shown.lower()
+    for label in (
+        "quokka",
+        "seed",
+        "t 0.",
+        "t 1.",
+        "101",
+        "202",
+        "303",
+        "tiny-gpt2",
+        "bo:",
+        "? help",
+        "depth",
+    ):
+        assert label not in body, (label, shown)  # persona, temperature, seed, model, speaker, status line
+    assert all(f"│{k}." in shown for k in (1, 2, 3))  # every reply, by its text alone
+    for reply in replies:
+        assert re.findall(r"[A-Za-z]{3,}", reply.text)[0] in shown
+    term.keys("2", "1")
+    assert "(1st)" in term.text() and "(2nd)" in term.text()
+    term.keys("\r")
+    said = term.wait("saved (blind:")
+    term.keys("q")
+    term.child.expect(pexpect.EOF)
+    tags = [r for r in records(tmp_path) if r["type"] == "tag"]
+    ranks = {r["id"]: r["tag"].rsplit(":", 1)[1] for r in tags}
+    assert (
+        len(tags) == 3 and sorted(ranks.values()) == ["-", "1", "2"] and set(ranks) == {r.id for r in replies}
+    )
+    best = next(r for r in replies if ranks[r.id] == "1")
+    assert f"seed {best.seed}" in " ".join(said.split())  # said once saved, not before
+    code, out, err = run_cli(capsys, "compare", "--blind", "tale", "--sessions-dir", tmp_path / "s")
+    temperature = best.params["temperature"]
+    assert (
+        code == 0
+        and "1 blind comparison(s)" in out
+        and f"quokka · T {temperature} · unsteered     1 of 1" in out
+    ), out
