@@ -81,7 +81,7 @@ def _blind(args: argparse.Namespace) -> int:
     from simlab.compare.blind import analyse, lines
     from simlab.session.blind import Picks
 
-    if args.spec or args.personas or args.turn:
+    if args.spec or args.personas or args.turn or args.samples:
         raise SimlabError("simlab compare --blind SESSION reports what was picked; it samples nothing")
     with open_store(args).open(args.blind, read_only=True) as session:
         report = analyse(Picks.of(session.tree))

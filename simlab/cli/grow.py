@@ -11,12 +11,12 @@ from dataclasses import replace
 
 from simlab.cli.common import load_engine, open_store, sampling_overrides, say, warn
 from simlab.engine.params import SeedCounter
-from simlab.errors import SimlabError
+from simlab.errors import EXIT_INTERRUPTED, SimlabError
 from simlab.persona.library import find
 from simlab.persona.schema import Persona
 from simlab.session.started import persona_at
 from simlab.turns import start_session
-from simlab.turns.autoloom import MODES, Knobs
+from simlab.turns.autoloom import MODES, Knobs, check_document
 
 FLAGS = {  # flag -> knob (simlab loom's --children is the knob `children`)
     "p_threshold": "a token at a fork is a branch from this probability on (forks; default 0.1)",
@@ -63,6 +63,7 @@ def cmd_grow(args: argparse.Namespace) -> int:
             )
         session = start_session(store, persona, args.session)
     with session:
+        check_document(session, session.tree.cursor or session.tree.roots[0].id)  # (before any model)
         knobs = Knobs.of(session.tree.settings.get("grow"), **changes)
         session.save_settings({**session.tree.settings, "grow": knobs.record()})
         params = persona.sampling_params(**sampling_overrides(args))
@@ -96,4 +97,4 @@ def _grow(engine, session, params, knobs: Knobs, seeds: SeedCounter) -> int:
         f"grew {len(grown.nodes)} nodes, {grown.tokens} tokens ({grown.stopped}); all saved in "
         f"{session.name}: simlab loom {session.name}"
     )
-    return 0
+    return EXIT_INTERRUPTED if grown.stopped == "interrupted" else 0

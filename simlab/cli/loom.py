@@ -7,6 +7,7 @@ import sys
 
 from simlab.cli.chat import add_read_only, cmd_chat
 from simlab.cli.common import add_session_flags, add_sessions_dir
+from simlab.cli.grow import FLAGS as GROW_FLAGS
 from simlab.cli.grow import add_flags as add_grow_flags
 from simlab.cli.grow import cmd_grow
 from simlab.errors import SimlabError
@@ -36,22 +37,23 @@ def add_command(commands) -> None:
 def cmd_loom(args: argparse.Namespace) -> int:
     args.children_given = args.children is not None
     args.children = 3 if args.children is None else args.children
+    knobs = [f"--{k.replace('_', '-')}" for k in (*GROW_FLAGS, "fork_mode") if getattr(args, k) is not None]
+    if knobs and not args.grow:
+        raise SimlabError(f"loom: {', '.join(knobs)} go with --grow (in the editor: /set them, then G)")
     if not (args.grow or sys.stdin.isatty() and sys.stdout.isatty()):
         raise SimlabError(
             "simlab loom is full-screen and needs a terminal; `simlab sessions export NAME --format html` "
             "shows a session without one"
         )
     if not 1 <= args.children <= 16:
-        raise SimlabError(f"simlab loom: --children {args.children}: use a number from 1 to 16")
+        raise SimlabError(f"loom: --children {args.children}: use a number from 1 to 16")
     if args.name is not None and (args.persona or args.text is not None or args.session):
-        raise SimlabError(
-            "simlab loom: SESSION opens a saved session as it is; drop --persona/--text/--session"
-        )
+        raise SimlabError("loom: SESSION opens a saved session as it is; drop --persona/--text/--session")
     if args.read_only and args.name is None:
-        raise SimlabError("simlab loom: --read-only opens a saved session: simlab loom SESSION --read-only")
+        raise SimlabError("loom: --read-only opens a saved session: simlab loom SESSION --read-only")
     if args.grow:
         if args.read_only:
-            raise SimlabError("simlab loom --grow adds nodes; drop --read-only")
+            raise SimlabError("loom --grow adds nodes; drop --read-only")
         return cmd_grow(args)
     args.resume, args.loom = args.name, True
     args.mode = None if args.name is not None else "document"

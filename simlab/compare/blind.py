@@ -38,6 +38,9 @@ def lines(report: dict[str, Any]) -> list[str]:
     for name, v in report["variants"].items():
         interval = f"[{v['low']:.2f}, {v['high']:.2f}]"
         out.append(f"{name:<{width}}  {v['best']:>4} of {v['shown']:<4} {v['rate']:.2f}   {interval}")
+    if len(report["variants"]) < 2:
+        same = "note: every reply ranked was one variant (persona, temperature, steering): the rate"
+        out += ["", f"{same} compares it with itself; rank replies of different frames or settings"]
     if report["pairs"]:
         out += ["", "head to head (a ranked above b, where both were shown)"]
         for p in report["pairs"]:

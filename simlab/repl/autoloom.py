@@ -9,7 +9,7 @@ import math
 from simlab.errors import SimlabError
 from simlab.repl.state import Chat
 from simlab.session.tree import Node
-from simlab.turns.autoloom import Knobs, grow, parse
+from simlab.turns.autoloom import Knobs, check_document, grow, parse
 
 KNOBS = tuple(Knobs.__dataclass_fields__)
 ORDERS = ("made", "cumulative", "mean")  # siblings: as made; by probability (all of it, per token)
@@ -34,6 +34,7 @@ def grow_here(chat: Chat, rest: str = "") -> str:
     """Grow the document from the cursor; what it made, said. Ctrl-C stops it (what grew is saved)."""
     if rest.strip():
         raise SimlabError("usage: /grow (its knobs: /set p_threshold 0.1, conf_threshold, min_tokens, ...)")
+    check_document(chat.session, chat.cursor.id)
     chat.session.check_writable()
     engine, settings, start = chat.engine, knobs(chat), chat.cursor.id
     chat.cancel_requested = False

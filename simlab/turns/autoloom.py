@@ -111,6 +111,13 @@ def path_probability(session: Session, node: Node, start: str) -> float:
     return math.exp(total)
 
 
+def check_document(session: Session, start: str) -> None:
+    if framing_of(session.tree.path(start)).mode != "document":
+        raise SimlabError(
+            "the autoloom grows documents (simlab loom --text, or a Loom tree); in a chat, /n samples replies"
+        )
+
+
 @dataclass
 class Grown:
     nodes: list[Node]
@@ -128,12 +135,9 @@ def grow(
     on_node: Callable[[Node], None] | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Grown:
-    """Grow the document under node `start`; `seeds(k)` gives the first of k consecutive seeds."""
-    path = session.tree.path(start)
-    if framing_of(path).mode != "document":
-        raise SimlabError(
-            "the autoloom grows documents (simlab loom --text, or a Loom tree); in a chat, /n samples replies"
-        )
+    """Grow the document under node `start`; `seeds(k)` gives the first of k consecutive seeds.
+    Grown again, it goes on from the branches it made before (the same fork token, the same seed)."""
+    check_document(session, start)
     session.check_writable()
     made: list[Node] = []
     spent, level = 0, [session.tree.get(start)]
@@ -145,43 +149,60 @@ def grow(
             if stopping():
                 return Grown(made, spent, "interrupted")
             room = min(params.max_new_tokens, knobs.budget - spent)
-            for node in _children(engine, session, parent, params, knobs, room, seeds, stopping):
-                made.append(node)
-                spent += len(node.token_ids)
-                if on_node is not None:
-                    on_node(node)
-                if (
-                    node.finish_reason in ("fork", "length")
-                    and path_probability(session, node, start) >= knobs.prune
-                ):
+            for node, new in _children(engine, session, parent, params, knobs, room, seeds, stopping):
+                if new:
+                    made.append(node)
+                    spent += len(node.token_ids)
+                    if on_node is not None:
+                        on_node(node)
+                grows = node.finish_reason in ("fork", "length")
+                if grows and path_probability(session, node, start) >= knobs.prune:
                     following.append(node)
+            if stopping():
+                return Grown(made, spent, "interrupted")
         level = following
         if not level:
             return Grown(made, spent, "ended")
     return Grown(made, spent, "budget" if spent >= knobs.budget else "depth")
 
 
-def _children(engine, session, parent: Node, params, knobs: Knobs, room: int, seeds, stopping) -> list[Node]:
-    path = session.tree.path(parent.id)
-    fit = fit_prompt(path, None, engine, room + 1)
+def _children(engine, session, parent: Node, params, knobs: Knobs, room: int, seeds, stopping) -> list:
+    """(node, made now) for each branch at the parent's end: a branch grown before (the same fork
+    token given, or the same seed) is gone on from, not made again."""
+    fit = fit_prompt(session.tree.path(parent.id), None, engine, room + 1)
     prompt = engine.encode(fit.prompt) if isinstance(fit.prompt, str) else list(fit.prompt)
-    params = params.with_overrides(max_new_tokens=room)
+    before = [n for n in session.tree.children(parent.id) if n.role == "model" and n.token_ids]
     if knobs.mode == "sampled":
-        run = engine.start(prompt, params.with_overrides(seed=seeds(knobs.children)), n=knobs.children)
+        first = seeds(knobs.children)
+        seeded = {n.seed: n for n in before if not n.forced}
+        if all(first + k in seeded for k in range(knobs.children)):
+            return [(seeded[first + k], False) for k in range(knobs.children)]
+        params = params.with_overrides(max_new_tokens=room, seed=first)
+        run = engine.start(prompt, params, n=knobs.children)
         stopped = _decode_to_cuts(run, knobs, [], stopping)
-        return [_save(engine, session, parent, fit, params, c, knobs, [], stopped) for c in run.completions]
+        return [
+            (_save(engine, session, parent, fit, params, c, knobs, [], stopped), True)
+            for c in run.completions
+        ]
     q = engine.next_token_probs(prompt)
     order = sorted(range(len(q)), key=lambda t: -q[t])[: knobs.children]
     starts = [t for t in order if q[t] >= knobs.p_threshold] or order[:1]
-    first, nodes = seeds(len(starts)), []
-    for k, token in enumerate(starts):  # each fork token given, then the model writes on
+    given = {n.token_ids[0]: n for n in before if (n.forced or {}).get("choice") == "fork point"}
+    fresh = [t for t in starts if t not in given]
+    first, out = (seeds(len(fresh)) if fresh else 0), []
+    params = params.with_overrides(max_new_tokens=max(1, room - 1))  # (the given token is one of them)
+    for token in starts:  # each fork token given, then the model writes on
+        if token in given:
+            out.append((given[token], False))
+            continue
         forced = engine.score_tokens(prompt + [token], len(prompt))
-        run = engine.start(prompt + [token], params.with_overrides(seed=first + k))
+        run = engine.start(prompt + [token], params.with_overrides(seed=first + fresh.index(token)))
         stopped = _decode_to_cuts(run, knobs, forced, stopping)
-        nodes.append(_save(engine, session, parent, fit, params, run.completions[0], knobs, forced, stopped))
+        node = _save(engine, session, parent, fit, params, run.completions[0], knobs, forced, stopped)
+        out.append((node, True))
         if stopped:
             break
-    return nodes
+    return out
 
 
 def _decode_to_cuts(run, knobs: Knobs, forced: list, stopping) -> bool:

@@ -79,26 +79,34 @@ def test_each_node_is_cut_where_the_thresholds_say_and_replays(tiny_engine, stor
     session.close()
 
 
-def test_budget_depth_prune_and_stop(tiny_engine, store):
+def test_budget_depth_prune_regrowth_and_stop(tiny_engine, store):
+    params = SamplingParams(temperature=0.7, top_k=8, max_new_tokens=12)
+    sure = {"conf_threshold": 0.35, "p_threshold": 0.05, "min_tokens": 2}
     session = start_session(store, DOC, "bounds")
     start = session.tree.cursor
-    params = SamplingParams(temperature=0.7, top_k=8, max_new_tokens=12)
-    knobs = Knobs(conf_threshold=0.35, p_threshold=0.05, min_tokens=2, budget=10, max_depth=20)
-    spent = grow(tiny_engine, session, start, params, knobs, counter())
+    spent = grow(tiny_engine, session, start, params, Knobs(**sure, budget=10, max_depth=20), counter())
     assert spent.stopped == "budget" and 10 <= spent.tokens <= 10 + 3 * 12
-    deep = grow(
-        tiny_engine, session, start, params, Knobs(conf_threshold=0.35, max_depth=1, min_tokens=2), counter()
-    )
-    assert {n.parent for n in deep.nodes} == {start}
-    pruned = grow(
-        tiny_engine, session, start, params, Knobs(conf_threshold=0.35, min_tokens=2, prune=1.0), counter()
-    )
-    assert {n.parent for n in pruned.nodes} == {start} and pruned.stopped == "ended"
+    # grown again, it goes on from the branches it made (the same fork tokens): nothing twice
+    first_level = session.tree.children(start)
+    again = grow(tiny_engine, session, start, params, Knobs(**sure, max_depth=1), counter(50))
+    assert again.nodes == [] and session.tree.children(start) == first_level and again.stopped == "depth"
+    deeper = grow(tiny_engine, session, start, params, Knobs(**sure, max_depth=12, budget=60), counter(60))
+    assert deeper.nodes and session.tree.children(start)[: len(first_level)] == first_level
+    for node in session.tree.nodes.values():  # (one branch a fork token, everywhere)
+        firsts = [n.token_ids[0] for n in session.tree.children(node.id)]
+        assert len(firsts) == len(set(firsts))
+    session.close()
+    session = start_session(store, DOC, "bounds-2")
+    start = session.tree.cursor
+    one = grow(tiny_engine, session, start, params, Knobs(**sure, max_depth=1), counter())
+    assert one.nodes and {n.parent for n in one.nodes} == {start} and one.stopped == "depth"
+    pruned = grow(tiny_engine, session, start, params, Knobs(**sure, prune=1.0), counter(90))
+    assert pruned.nodes == [] and pruned.stopped == "ended"  # (every branch is below probability 1)
     made = []  # Ctrl-C once the first node is saved: it stops, and what it grew is in the session
-    knobs = Knobs(conf_threshold=0.35, min_tokens=2)
-    stopped = grow(tiny_engine, session, start, params, knobs, counter(), made.append, lambda: bool(made))
+    knobs = Knobs(conf_threshold=0.35, min_tokens=2, p_threshold=0.01, children=5)
+    stopped = grow(tiny_engine, session, start, params, knobs, counter(200), made.append, lambda: bool(made))
     assert stopped.stopped == "interrupted" and stopped.nodes == made and len(made) == 1
-    assert made[0].id in store.open("bounds", read_only=True).tree.nodes
+    assert made[0].id in store.open("bounds-2", read_only=True).tree.nodes
     session.close()
 
 
@@ -151,6 +159,14 @@ def test_loom_grow_from_the_command_line_and_the_knobs_it_keeps(capsys, store, t
     ):
         code, _, err = run_cli(capsys, "loom", "g", "--grow", *flags, *folder)
         assert code == 2 and wanted in err and len(err.strip().splitlines()) == 1, err
+    start_session(store, Persona(name="duo", frame="Two talk.\n\n", user="A", model="B"), "chat").close()
+    for argv, wanted in (
+        (["chat", "--grow"], "grows documents"),  # (before the model loads: one line, no knob line)
+        (["g", "--conf-threshold", "0.3"], "go with --grow"),
+        (["--grow", "--text", "x", "--session", "g"], "exists"),
+    ):
+        code, _, err = run_cli(capsys, "loom", *argv, *folder)
+        assert code == 2 and wanted in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_the_knobs_are_set_kept_and_grown_from_in_both_faces(tiny_engine, store):
@@ -168,8 +184,8 @@ def test_the_knobs_are_set_kept_and_grown_from_in_both_faces(tiny_engine, store)
     chat = Chat(
         tiny_engine, store, session, persona, persona.sampling_params(seed=2), LineView(io.StringIO())
     )
-    for line in ("/set conf_threshold 0.35", "/set min_tokens 2", "/set max_depth 2", "/set budget 40",
-                 "/set children 2", "/set temperature 0.7"):  # fmt: skip
+    knobs = ("mode sampled", "conf_threshold 0.35", "min_tokens 2", "max_depth 2", "budget 40", "children 2")
+    for line in [f"/set {k}" for k in knobs] + ["/set temperature 0.7"]:
         handle(chat, line)
     with pytest.raises(SimlabError, match="from 0 to 1"):
         handle(chat, "/set p_threshold 1.5")
@@ -186,12 +202,13 @@ def test_the_knobs_are_set_kept_and_grown_from_in_both_faces(tiny_engine, store)
     assert all(n.params["temperature"] == 0.7 for n in made)
     # the Loom editor: o orders siblings by probability, G grows from the cursor (in the worker)
     loom = Loom(chat)
-    firsts = chat.tree.children(start)
+    handle(chat, "/set max_depth 4")  # (G goes on from what /grow made, two levels deeper)
     drive(loom, ["o", "G", IDLE, "q"])
     assert loom.order == "cumulative" and len(
         [n for n in chat.tree.nodes.values() if n.role == "model"]
     ) > len(made)
-    lines = [node_id for node_id, _ in loom.tree_lines()]
-    shown = [n for n in lines if n in {k.id for k in chat.tree.children(start)}]
-    by_probability = sorted(chat.tree.children(start), key=lambda n: -sum(n.logprobs))
-    assert shown == [n.id for n in by_probability] and len(shown) > len(firsts)
+    fork = max(chat.tree.nodes.values(), key=lambda n: len(chat.tree.children(n.id)))
+    kids = chat.tree.children(fork.id)
+    shown = [n for n, _ in loom.tree_lines() if n in {k.id for k in kids}]
+    by_probability = sorted(kids, key=lambda n: -sum(n.logprobs))
+    assert len(kids) >= 2 and shown == [n.id for n in by_probability]

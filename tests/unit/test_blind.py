@@ -80,3 +80,7 @@ def test_a_full_ranking_counts_in_the_head_to_head_and_the_label_names_the_steer
     pairs = Picks.of(tree).pairs()
     assert pairs[("interview · T 0.8 · keeper:0.5", "interview · T 0.8 · unsteered")] == (2, 2)
     assert lines(analyse(Picks(comparisons={})))[0].startswith("no blind comparisons")
+    alone = lines(
+        analyse(Picks(comparisons={"c": [("a · T 1 · unsteered", 1), ("a · T 1 · unsteered", None)]}))
+    )
+    assert alone[-1].startswith("note: every reply ranked was one variant")

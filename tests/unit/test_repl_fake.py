@@ -577,7 +577,8 @@ def test_notes_and_a_commands_lines_break_between_words_on_a_terminal(fake_engin
             assert len(lines) > 4 and all(len(line) <= 40 or "/sessions" in line for line in lines)
             assert not any(line.startswith(" ") or line.endswith(" ") for line in lines)
         else:
-            assert len(lines) == 2 and len(lines[0]) > 40  # a pipe gets each line whole
+            assert len(lines) == 3 and len(lines[0]) > 40  # a pipe gets each line whole
+            assert lines[2].startswith("autoloom: p_threshold")  # (and /set lists the autoloom's knobs)
 
 
 def test_leaving_a_read_only_session_says_nothing_was_written(fake_engine, store):
