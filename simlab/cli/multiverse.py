@@ -87,7 +87,8 @@ def cmd_multiverse(args: argparse.Namespace) -> int:
         raise SimlabError("multiverse: the text has no tokens; give some text to continue")
     if len(ids) + args.depth > engine.info.context_length:
         raise SimlabError(
-            f"multiverse: {len(ids)} tokens and --depth {args.depth} do not fit the model's context"
+            f"multiverse: {len(ids)} tokens and --depth {args.depth} do not fit the model's context "
+            f"of {engine.info.context_length}; shorten the text"
         )
     say(f"simlab: multiverse of {len(ids)} tokens, depth {args.depth}, cutoff {args.cutoff:g}")
     grown = grow(engine, ids, params, args.depth, args.cutoff, raw=args.raw)

@@ -27,7 +27,7 @@ from simlab.repl.views import preview, probability_style
 from simlab.session import shape
 from simlab.session.tokens import token_parts
 from simlab.session.tree import Node
-from simlab.session.views import said
+from simlab.session.views import node_marks, said
 
 HELP = """\
  ← h / → l   parent / child (the one last visited)
@@ -316,7 +316,7 @@ class Loom:
             node, depth, framing = stack.pop()
             kids = ordered(self.tree.children(node.id, include_hidden=self.show_hidden), self.order)
             fold = "▸" if kids and node.id in self.collapsed else "▾" if kids else "·"
-            marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
+            marks = node_marks(node)
             style = (
                 "class:cursor" if node.id == self.tree.cursor else "class:path" if node.id in on_path else ""
             )

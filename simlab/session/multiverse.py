@@ -199,10 +199,13 @@ def drawn(
 
 
 def as_json(saved: dict[str, Any]) -> dict[str, Any]:
-    """The record with its blocks as objects: ids from the root, token, text, p, conditional, children."""
+    """The record with its blocks as objects: their number as drawn (what --keep N takes), ids from
+    the root, token, text, p, conditional, children."""
+    root = tree(saved)
+    numbers = {id(b): k for k, b in enumerate(rows(root), 1)}
 
     def block(b: Block) -> dict[str, Any]:
-        out = {"ids": list(b.ids), "token": b.ids[-1], "text": b.text, "p": b.p}
+        out = {"n": numbers[id(b)], "ids": list(b.ids), "token": b.ids[-1], "text": b.text, "p": b.p}
         return {**out, "conditional": b.conditional, "children": [block(c) for c in b.children]}
 
-    return {**saved, "blocks": [block(c) for c in tree(saved).children]}
+    return {**saved, "blocks": [block(c) for c in root.children]}

@@ -70,8 +70,17 @@ def said(node: Node, framing: Framing | None = None) -> str:
     return label + (" " if label != "…" or node.text[:1].isspace() else "")
 
 
+def node_marks(node: Node) -> str:
+    """★ bookmark, ✓ canonical, ◆ a block kept from a multiverse (chosen, not sampled)."""
+    return (
+        ("★" if "bookmark" in node.tags else "")
+        + ("✓" if "canonical" in node.tags else "")
+        + ("◆" if node.origin == "chosen" else "")
+    )
+
+
 def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden: bool = False) -> list[str]:
-    """One line per node: id, sibling position, marks (★ bookmark, ✓ canonical), speaker, text."""
+    """One line per node: id, sibling position, marks (node_marks), speaker, text."""
     width = width or shutil.get_terminal_size((100, 20)).columns
     on_path = {n.id for n in tree.path(tree.cursor)} if tree.cursor else set()
     lines: list[str] = []
@@ -82,7 +91,7 @@ def render_tree(tree: Tree, style: Style, width: int | None = None, show_hidden:
         position = (
             f"[{[s.id for s in siblings].index(node.id) + 1}/{len(siblings)}] " if len(siblings) > 1 else ""
         )
-        marks = ("★" if "bookmark" in node.tags else "") + ("✓" if "canonical" in node.tags else "")
+        marks = node_marks(node)
         marks += "✗" if node.hidden else ""
         cursor = " ◀" if node.id == tree.cursor else ""
         head = f"{tree.short(node.id)} {position}{marks + ' ' if marks else ''}{said(node, framing)}"

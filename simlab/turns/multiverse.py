@@ -71,7 +71,8 @@ def grow_at(
     if not ids:
         raise SimlabError("multiverse: the text at this node has no tokens; write something first")
     if len(ids) + depth > engine.info.context_length:
-        raise SimlabError(f"multiverse: {len(ids)} tokens and depth {depth} do not fit the model's context")
+        limit = engine.info.context_length
+        raise SimlabError(f"multiverse: {len(ids)} tokens and depth {depth} do not fit a context of {limit}")
     grown = grow(engine, ids, params, depth, cutoff, raw=raw)
     decode = engine.tokenizer.decode
     record = saved_multiverse.record(

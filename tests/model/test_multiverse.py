@@ -84,7 +84,8 @@ def test_the_command_draws_blocks_and_writes_json(capsys, tiny_dir):
     tree = json.loads(out)
     assert tree["depth"] == 3 and tree["blocks"] and tree["covered"][0] <= 1.0 + 1e-9
     top = tree["blocks"][0]
-    assert set(top) == {"ids", "token", "text", "p", "conditional", "children"} and top["p"] >= 0.01
+    assert set(top) == {"n", "ids", "token", "text", "p", "conditional", "children"} and top["p"] >= 0.01
+    assert top["n"] == 1 and (not top["children"] or top["children"][0]["n"] == 2)  # (as drawn: --keep N)
     code, out, _ = run_cli(
         capsys,
         "multiverse",
@@ -172,6 +173,9 @@ def test_a_session_nodes_multiverse_is_saved_beside_it_and_a_kept_block_replays(
     assert kept.forced["choice"] == "multiverse" and kept.forced["p"] == pytest.approx(deepest.p)
     assert kept.forced["tokens"] == len(deepest.ids) and len(kept.logprobs) == len(deepest.ids)
     assert kept.params is None and kept.seed is None and session.tree.cursor == kept.id  # (nothing drawn)
+    from simlab.session.views import node_marks
+
+    assert node_marks(kept) == "◆"
     session.close()
     code, out, _ = run_cli(capsys, "multiverse", "s", "--node", user.id, "--keep", str(k), *folder)
     assert code == 0 and f"block {k} was kept already as" in out  # (kept once)
