@@ -1,13 +1,14 @@
 """The Loom editor's multiverse pane (key M): the multiverse of what `g` would sample at the cursor,
 as numbered blocks with bars, drawn over the panes; ↑↓ choose a block, → zooms into it (its
 continuations renormalised to 100%), ← zooms out, Enter keeps it as a reply (chosen, not sampled),
-g grows it again, Esc or M closes. The covered mass is its last line, zoomed or not."""
+g grows it again, Esc or M closes. What the blocks cover (of the zoomed block) stays in sight under
+them, however far the list scrolls."""
 
 from __future__ import annotations
 
 from prompt_toolkit.data_structures import Point
 from prompt_toolkit.filters import Condition
-from prompt_toolkit.layout import ConditionalContainer, Float, FormattedTextControl, Window
+from prompt_toolkit.layout import ConditionalContainer, Dimension, Float, FormattedTextControl, HSplit, Window
 from prompt_toolkit.widgets import Frame
 
 from simlab.errors import SimlabError
@@ -42,29 +43,36 @@ def grow_again(loom: Loom) -> None:
 
 
 def fragments(loom: Loom) -> list:
+    """The numbered blocks, the selected one marked (what they cover is the pane's own last line)."""
     universe = loom.chat.multiverse
     if universe is None:
         return []
     width = max(10, min(24, loom.width // 4))
-    lines = universe.lines(width)
+    lines = universe.lines(width)[:-1]
     out = []
     for k, line in enumerate(lines):
-        style = "class:token-cursor" if k == universe.selected and k < len(lines) - 1 else ""
-        out += [(style, line), ("", "\n")]
+        out += [("class:token-cursor" if k == universe.selected else "", line), ("", "\n")]
     return out[:-1]
+
+
+def covered(loom: Loom) -> str:
+    universe = loom.chat.multiverse
+    return universe.lines()[-1] if universe is not None else ""
 
 
 def pane(loom: Loom) -> Float:
     universe = lambda: loom.chat.multiverse  # noqa: E731
-    body = Frame(
-        Window(  # (the selected row kept in sight: the pane scrolls to it)
-            FormattedTextControl(
-                lambda: fragments(loom),
-                show_cursor=False,
-                get_cursor_position=lambda: Point(0, universe().selected if universe() else 0),
-            ),
-            wrap_lines=False,
+    blocks = Window(  # (the selected row kept in sight: the list scrolls to it)
+        FormattedTextControl(
+            lambda: fragments(loom),
+            show_cursor=False,
+            get_cursor_position=lambda: Point(0, universe().selected if universe() else 0),
         ),
+        wrap_lines=False,
+    )
+    mass = Window(FormattedTextControl(lambda: covered(loom)), height=Dimension(max=3), wrap_lines=True)
+    body = Frame(
+        HSplit([blocks, Window(height=1, char="─", style="class:fold"), mass]),
         title=lambda: universe().title() if universe() else "multiverse",
     )
     shown = Condition(lambda: loom.universe_open and universe() is not None)

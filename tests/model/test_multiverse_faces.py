@@ -81,6 +81,9 @@ def test_the_loom_pane_zooms_and_keeps_with_keys(tiny_engine, store):
     )
     [saved] = chat.tree.multiverses[frame.id]
     assert "multiverse · depth 8, cutoff 0.01" in screen and "covers" in screen
+    from simlab.repl.loom_multiverse import covered, fragments
+
+    assert covered(loom).startswith("covers ") and not any("covers" in text for _, text in fragments(loom))
     kept = [n for n in chat.tree.children(frame.id) if n.origin == "chosen"]
     second = sm.rows(sm.tree(saved))[1]  # ↓ chose block 2; → zoomed into it and ← came back to it
     assert [n.token_ids for n in kept] == [second.ids] and chat.cursor.id == kept[0].id
