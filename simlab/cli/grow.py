@@ -20,7 +20,7 @@ from simlab.turns.autoloom import MODES, Knobs, check_document
 
 FLAGS = {  # flag -> knob (simlab loom's --children is the knob `children`)
     "p_threshold": "a token at a fork is a branch from this probability on (forks; default 0.1)",
-    "conf_threshold": "cut a node before a token drawn where the likeliest is below this (default 0.5)",
+    "conf_threshold": "cut a node before a token drawn where the likeliest is below this (default 0.3)",
     "min_tokens": "tokens a node has before it may be cut (default 4)",
     "max_depth": "levels of nodes below the start (default 3)",
     "budget": "tokens sampled in all (default 400)",

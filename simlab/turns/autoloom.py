@@ -39,7 +39,7 @@ class Knobs:
     """What the autoloom grows by (`/set` names them; `simlab loom --grow` takes them as flags)."""
 
     p_threshold: float = 0.1  # forks: a token at a fork is a branch from this probability on
-    conf_threshold: float = 0.5  # a fork: the likeliest next token's probability below this
+    conf_threshold: float = 0.3  # a fork: the likeliest next token's probability below this
     min_tokens: int = 4  # tokens a node has before it may be cut
     max_depth: int = 3  # levels of nodes below the start
     budget: int = 400  # tokens sampled in all
