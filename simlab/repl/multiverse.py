@@ -104,7 +104,7 @@ def last(chat: Chat) -> Universe:
     """The multiverse shown last, or the one saved last at the cursor's place."""
     universe = chat.multiverse
     at = where(chat.session, chat.cursor.id).parent
-    if universe is not None and universe.saved["node"] in (at, chat.cursor.id, chat.cursor.parent):
+    if universe is not None and universe.saved["node"] == at:
         return universe
     saved = chat.tree.multiverses.get(at)
     if not saved:

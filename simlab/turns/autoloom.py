@@ -180,9 +180,10 @@ def _children(engine, session, parent: Node, params, knobs: Knobs, room: int, se
         params = params.with_overrides(max_new_tokens=room, seed=first)
         run = engine.start(prompt, params, n=knobs.children)
         stopped = _decode_to_cuts(run, knobs, [], stopping)
-        return [
+        return [  # (a branch stopped before its first token has nothing to keep)
             (_save(engine, session, parent, fit, params, c, knobs, [], stopped), True)
             for c in run.completions
+            if c.tokens
         ]
     q = engine.next_token_probs(prompt)
     order = sorted(range(len(q)), key=lambda t: -q[t])[: knobs.children]
