@@ -40,6 +40,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_grow(args: argparse.Namespace) -> int:
+    if args.steer or args.trace:
+        flag = "--steer" if args.steer else "--trace"
+        raise SimlabError(f"loom --grow: {flag} does not reach the autoloom yet; grow without it")
     changes = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     changes |= {"mode": args.fork_mode} if args.fork_mode else {}
     if args.children_given:

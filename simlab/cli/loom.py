@@ -39,7 +39,9 @@ def cmd_loom(args: argparse.Namespace) -> int:
     args.children = 3 if args.children is None else args.children
     knobs = [f"--{k.replace('_', '-')}" for k in (*GROW_FLAGS, "fork_mode") if getattr(args, k) is not None]
     if knobs and not args.grow:
-        raise SimlabError(f"loom: {', '.join(knobs)} go with --grow (in the editor: /set them, then G)")
+        raise SimlabError(
+            f"loom: {', '.join(knobs)}: the autoloom's, with --grow (in the editor: /set, then G)"
+        )
     if not (args.grow or sys.stdin.isatty() and sys.stdout.isatty()):
         raise SimlabError(
             "simlab loom is full-screen and needs a terminal; `simlab sessions export NAME --format html` "

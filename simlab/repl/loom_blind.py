@@ -26,6 +26,9 @@ def open_pane(loom: Loom) -> None:
         raise SimlabError("a blind comparison needs two replies or more here (g samples more)")
     loom.chat.session.check_writable()
     loom.blind = Blind.of(shown)
+    before = [t for t in shown[0].tags if t.startswith("blind:")]
+    if all(any(t.startswith("blind:") for t in n.tags) for n in shown) and before:
+        loom.say(f"(ranked before, {len(before)} time(s): Enter adds another comparison; Esc leaves)")
 
 
 def fragments(loom: Loom) -> list:

@@ -6,6 +6,8 @@ them, however far the list scrolls."""
 
 from __future__ import annotations
 
+import textwrap
+
 from prompt_toolkit.data_structures import Point
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.layout import ConditionalContainer, Dimension, Float, FormattedTextControl, HSplit, Window
@@ -56,8 +58,13 @@ def fragments(loom: Loom) -> list:
 
 
 def covered(loom: Loom) -> str:
+    """What the blocks cover, depth by depth, between words at the pane's width (the settings are
+    in its title)."""
     universe = loom.chat.multiverse
-    return universe.lines()[-1] if universe is not None else ""
+    if universe is None:
+        return ""
+    mass = universe.lines()[-1].split("; ")[0]
+    return textwrap.fill(mass, max(20, loom.width - 8))
 
 
 def pane(loom: Loom) -> Float:

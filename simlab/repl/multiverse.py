@@ -72,7 +72,8 @@ class Universe:
 
     def title(self) -> str:
         where = f" · in {json.dumps(self.zoom.text_from_root(), ensure_ascii=False)}" if self.zoom.ids else ""
-        return f"multiverse · depth {self.saved['depth']}, cutoff {self.saved['cutoff']:g}{where}"
+        raw = " · raw" if self.saved.get("raw") else ""
+        return f"multiverse · depth {self.saved['depth']}, cutoff {self.saved['cutoff']:g}{raw}{where}"
 
 
 def grow(chat: Chat, rest: str) -> Universe:

@@ -96,6 +96,13 @@ def keep(engine: Engine, session: Session, saved: dict[str, Any], ids: tuple[int
     if already is not None:
         return already
     session.check_writable()
+    framing = framing_of(session.tree.path(saved["node"]))
+    text = engine.tokenizer.decode(list(ids), skip_special_tokens=False)
+    ends = [stop for stop in framing.stops() if stop and stop in text] if framing.mode != "document" else []
+    if ends:  # (a reply ends there: kept whole, the next turn's label would be in the reply's text)
+        raise SimlabError(
+            f"keep: this block runs past where a reply ends ({ends[0]!r}); keep a block above it"
+        )
     at = Where(saved["node"], saved.get("speaker"), saved.get("persona"))
     return _chosen(engine, session, at, list(ids), saved, block.p)
 

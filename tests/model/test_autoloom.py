@@ -162,7 +162,8 @@ def test_loom_grow_from_the_command_line_and_the_knobs_it_keeps(capsys, store, t
     start_session(store, Persona(name="duo", frame="Two talk.\n\n", user="A", model="B"), "chat").close()
     for argv, wanted in (
         (["chat", "--grow"], "grows documents"),  # (before the model loads: one line, no knob line)
-        (["g", "--conf-threshold", "0.3"], "go with --grow"),
+        (["g", "--conf-threshold", "0.3"], "with --grow"),
+        (["g", "--grow", "--steer", "keeper:1"], "does not reach the autoloom"),
         (["--grow", "--text", "x", "--session", "g"], "exists"),
     ):
         code, _, err = run_cli(capsys, "loom", *argv, *folder)

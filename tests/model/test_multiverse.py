@@ -241,3 +241,23 @@ def test_session_flags_are_checked_in_one_line(capsys, store, tiny_dir):
     code, _, _ = run_cli(capsys, "multiverse", "s", "--depth", "2", *SHARP, *folder)
     code, _, err = run_cli(capsys, "multiverse", "s", "--keep", "999", *folder)
     assert code == 2 and "give a block number from 1 to" in err
+
+
+def test_a_block_past_a_replys_end_is_not_kept_in_a_chat(store, tiny_engine):
+    from simlab.errors import SimlabError
+    from simlab.turns.multiverse import keep
+
+    user = _chat(store)
+    session = store.open("s")
+    ids = tuple(tiny_engine.encode(" Here.\n\nAnn: and"))  # (runs into the next turn's label)
+    saved = {"id": "m", "node": user.id, "depth": len(ids), "cutoff": 0.01, "speaker": "Bo", "blocks": []}
+    level = saved["blocks"]
+    for token in ids:
+        child = [token, 0.5, tiny_engine.tokenizer.decode([token]), []]
+        level.append(child)
+        level = child[3]
+    with pytest.raises(SimlabError, match="runs past where a reply ends"):
+        keep(tiny_engine, session, saved, ids)
+    kept = keep(tiny_engine, session, saved, ids[:2])  # (before it: kept)
+    assert kept.origin == "chosen" and "Ann:" not in kept.text
+    session.close()
