@@ -115,7 +115,8 @@ function drawTree() {
       a.href = "#" + n.id;
       a.dataset.id = n.id;
       a.title = `${n.short} ${n.role}${n.speaker ? " " + n.speaker : ""}`;
-      const marks = (n.tags.includes("bookmark") ? "★" : "") + (n.tags.includes("canonical") ? "✓" : "");
+      const marks = (n.tags.includes("bookmark") ? "★" : "") + (n.tags.includes("canonical") ? "✓" : "") +
+        (n.meta.origin === "chosen" ? "◆" : "");
       if (marks) a.append(el("span", marks, "marks"));
       const said = !n.label ? "" : n.label === "…" ? n.label : n.label + " ";  // as the transcript heads it
       a.append(document.createTextNode(said + preview(n)));

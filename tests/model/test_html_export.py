@@ -139,11 +139,12 @@ def test_the_multiverse_is_drawn_as_nested_rectangles_that_zoom(tmp_path, store,
 
     from simlab.engine.params import SamplingParams
     from simlab.session import multiverse as sm
-    from simlab.turns.multiverse import grow_at
+    from simlab.turns.multiverse import grow_at, keep
 
     session = start_session(store, PERSONA, "mv")
     user = session.add_child(session.tree.cursor, "user", "Where <is> the keeper?", speaker="Ann")
     saved = grow_at(tiny_engine, session, user.id, SamplingParams(temperature=0.5, top_k=5), 3, 0.02)
+    kept = keep(tiny_engine, session, saved, sm.rows(sm.tree(saved))[0].ids)
     session.goto(user.id)
     session.close()
     page = tmp_path / "mv.html"
@@ -180,6 +181,8 @@ def test_the_multiverse_is_drawn_as_nested_rectangles_that_zoom(tmp_path, store,
             and " of " in browser.find_element(By.ID, "mv-covered").text
         )
         browser.find_element(By.CSS_SELECTOR, "#mv-crumbs a").click()  # back out
+        [marked] = [a for a in browser.find_elements(By.CSS_SELECTOR, "nav a") if "◆" in a.text]
+        assert marked.get_attribute("data-id") == kept.id  # (the kept block, marked as in the terminal)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#mv-box .mvb")) == len(blocks)
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
