@@ -1,7 +1,10 @@
 """A test server with a real tokenizer: `/v1/models`, `/v1/completions` (streamed or not) and
 `/tokenize`/`/detokenize` as vLLM documents them (model, prompt, add_special_tokens -> tokens,
 count, max_model_len) or as llama.cpp's server has them (content, add_special, with_pieces ->
-tokens as ids or {id, piece}), or none. It refuses prompts over its context as each does:
+tokens as ids or {id, piece}), or as llama-cpp-python's server has them at /extras/tokenize and
+/extras/detokenize (llama_cpp/server/app.py: {model, input} -> tokens with the BOS its model adds,
+{model, tokens} -> text; /v1/models without a context; usage in every completion), or none.
+It refuses prompts over its context as each does:
 vLLM's "maximum context length is N tokens", llama.cpp's exceed_context_size_error with n_ctx."""
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class TokenizeServer:
                     return owner.complete(self, body)
                 if self.path in ("/tokenize", "/detokenize") and owner.flavour in ("vllm", "llamacpp"):
                     return self.answer(200, owner.tokenize(self.path, body))
+                if self.path.startswith("/extras/") and owner.flavour == "llama-cpp-python":
+                    return owner.extras(self, body)
                 return self.answer(404, {"detail": "Not Found"})
 
             def answer(self, status, data, stream=None):
@@ -94,9 +99,23 @@ class TokenizeServer:
                 out.append({"id": i, "piece": list(piece)})
         return {"tokens": out}
 
+    def extras(self, handler, body: dict) -> None:
+        """llama-cpp-python: its BOS before every text; a token that is part of a character is a
+        500 on /extras/detokenize (it decodes the bytes as UTF-8, strictly)."""
+        tok = self.tokenizer
+        if handler.path == "/extras/detokenize":
+            text = tok.decode(body["tokens"])
+            if "\ufffd" in text:
+                return handler.answer(500, {"detail": "'utf-8' codec can't decode bytes"})
+            return handler.answer(200, {"text": text})
+        ids = [tok.bos_token_id] + self.ids(body["input"], False)
+        if handler.path == "/extras/tokenize/count":
+            return handler.answer(200, {"count": len(ids)})
+        return handler.answer(200, {"tokens": ids})
+
     def complete(self, handler, body: dict) -> None:
         prompt, limit = body["prompt"], self.context
-        used = len(self.ids(prompt, True))
+        used = len(self.ids(prompt, True)) + (self.flavour == "llama-cpp-python")  # (its BOS)
         wanted = used + int(body.get("max_tokens", 16))
         if wanted > limit:
             self.refused += 1

@@ -165,7 +165,7 @@ def run_json(info, prompt: str, run, steering=None) -> dict:
         "params": asdict(run.params),
         **({"steering": steering.record()} if steering and not isinstance(steering, list) else {}),
         "prompt": prompt,
-        "prompt_tokens": len(run.prompt_ids),
+        "prompt_tokens": len(run.prompt_ids) or run.stats.prompt_tokens,  # (a server: its count or usage)
         "stats": {**asdict(run.stats), "tokens_per_second": run.stats.tokens_per_second},
         "completions": [
             {

@@ -77,13 +77,23 @@ def spans(text: str, ids: list[int], raw: list[bytes], decode: Callable[[list[in
 # -- a server's own ----------------------------------------------------------------------------
 
 
-class ServerCounter(Counter):
-    """vLLM's or llama.cpp's /tokenize and /detokenize, at the server's root (not under /v1)."""
+SERVERS = {  # kind -> how the source is named
+    "vllm": "the server's /tokenize (vLLM)",
+    "llamacpp": "the server's /tokenize (llama.cpp)",
+    "extras": "the server's /extras/tokenize (llama-cpp-python)",
+}
 
-    def __init__(self, client, model: str, kind: str, context: int | None = None):
+
+class ServerCounter(Counter):
+    """vLLM's or llama.cpp's /tokenize and /detokenize, or llama-cpp-python's /extras/tokenize and
+    /extras/detokenize (llama_cpp/server/app.py: {model, input} -> tokens, the model's special
+    tokens added; {model, tokens} -> text), at the server's root (not under /v1)."""
+
+    def __init__(self, client, model: str, kind: str, context: int | None = None, lead: tuple = ()):
         self.client, self.model, self.kind = client, model, kind
-        self.source = f"the server's /tokenize ({'vLLM' if kind == 'vllm' else 'llama.cpp'})"
+        self.source = SERVERS[kind]
         self.context = context  # vLLM's /tokenize says max_model_len
+        self.lead = tuple(lead)  # extras: what it puts before any text (its BOS), left out when asked
         self._lock = threading.Lock()
         self._pieces: dict[int, str] = {}
 
@@ -92,6 +102,16 @@ class ServerCounter(Counter):
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - the counter lives as long as its engine
     def _encode(self, text: str, special: bool) -> tuple[int, ...]:
+        if self.kind == "extras":
+            data = self.client.post_json("/extras/tokenize", {"model": self.model, "input": text}, root=True)
+            tokens = data.get("tokens") if isinstance(data, dict) else None
+            if not isinstance(tokens, list):
+                raise RemoteError(
+                    f"the server at {self.client.where} answered /extras/tokenize without tokens"
+                )
+            ids = tuple(int(t) for t in tokens)
+            lead = len(self.lead) if not special and ids[: len(self.lead)] == self.lead else 0
+            return ids[lead:]
         if self.kind == "vllm":
             body = {"model": self.model, "prompt": text, "add_special_tokens": special}
         else:
@@ -103,9 +123,16 @@ class ServerCounter(Counter):
         return tuple(int(t["id"] if isinstance(t, dict) else t) for t in tokens)
 
     def decode(self, ids: Sequence[int], **_: Any) -> str:
-        body = {"model": self.model, "tokens": list(ids)} if self.kind == "vllm" else {"tokens": list(ids)}
-        data = self.client.post_json("/detokenize", body, root=True)
-        text = data.get("prompt" if self.kind == "vllm" else "content") if isinstance(data, dict) else None
+        return self._decode(ids)
+
+    def _decode(self, ids: Sequence[int], **how: Any) -> str:
+        body = (
+            {"model": self.model, "tokens": list(ids)} if self.kind != "llamacpp" else {"tokens": list(ids)}
+        )
+        path = "/extras/detokenize" if self.kind == "extras" else "/detokenize"
+        data = self.client.post_json(path, body, root=True, **how)
+        key = {"vllm": "prompt", "llamacpp": "content", "extras": "text"}[self.kind]
+        text = data.get(key) if isinstance(data, dict) else None
         if not isinstance(text, str):
             raise RemoteError(f"the server at {self.client.where} answered /detokenize without text")
         return text
@@ -124,9 +151,26 @@ class ServerCounter(Counter):
         ids = self.encode(text, add_special_tokens=False)
         missing = sorted({i for i in ids if i not in self._pieces})
         with ThreadPoolExecutor(4) as pool:  # one /detokenize per distinct token, remembered
-            for token, piece in zip(missing, pool.map(lambda i: self.decode([i]), missing)):
+            for token, piece in zip(missing, pool.map(self._piece, missing)):
                 self._pieces[token] = piece
-        return spans(text, ids, [self._pieces[i].encode("utf-8") for i in ids], self.decode)
+        last = [""]
+
+        def prefix(part: list[int]) -> str:  # (a prefix ending inside a character: the one before it)
+            try:
+                last[0] = self._decode(part, retries=0)
+            except RemoteError:
+                pass
+            return last[0]
+
+        return spans(text, ids, [self._pieces[i].encode("utf-8") for i in ids], prefix)
+
+    def _piece(self, token: int) -> str:
+        """One token's text; a part of a character that a server will not decode alone is U+FFFD
+        (llama-cpp-python answers 500 there)."""
+        try:
+            return self._decode([token], retries=0)
+        except RemoteError:
+            return "\ufffd"
 
 
 _PROBED: dict[tuple[str, str], ServerCounter | None] = {}  # per server and model: asked once
@@ -134,7 +178,7 @@ _PROBED: dict[tuple[str, str], ServerCounter | None] = {}  # per server and mode
 
 def probe_server(client, model: str) -> ServerCounter | None:
     """The server's own tokenizer, if it has one: vLLM's /tokenize (model, prompt), else llama.cpp's
-    (content). Asked once per server and model in a process."""
+    (content), else llama-cpp-python's /extras/tokenize. Asked once per server and model in a process."""
     key = (client.where, model)
     if key not in _PROBED:
         _PROBED[key] = _probe(client, model)
@@ -155,6 +199,15 @@ def _probe(client, model: str) -> ServerCounter | None:
         if isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens):
             context = data.get("max_model_len")
             return ServerCounter(client, model, kind, context if isinstance(context, int) else None)
+    try:  # llama-cpp-python's server: its own paths and shape
+        data = client.post_json("/extras/tokenize", {"model": model, "input": PROBE}, root=True, retries=0)
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens):
+            lead = client.post_json("/extras/tokenize", {"model": model, "input": ""}, root=True, retries=0)
+            lead = lead.get("tokens") if isinstance(lead, dict) else []
+            return ServerCounter(client, model, "extras", lead=tuple(lead) if isinstance(lead, list) else ())
+    except RemoteError:
+        pass
     return None
 
 

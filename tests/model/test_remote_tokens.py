@@ -54,6 +54,30 @@ def test_the_servers_own_tokenizer_is_found_and_matches_the_model(hf, flavour):
         assert server.calls["/tokenize"] == probes
 
 
+def test_llama_cpp_pythons_extras_tokenize_is_found_and_counts_the_prompt(hf, capsys):
+    """llama-cpp-python's `python -m llama_cpp.server`: no /tokenize, but /extras/tokenize (its BOS
+    first) and /extras/detokenize; simlab counts with them (once said "tokenizer: none")."""
+    with TokenizeServer(hf, "llama-cpp-python", context=96, advertise=False) as server:
+        engine = RemoteEngine(RemoteConfig(server.url))
+        assert "/extras/tokenize (llama-cpp-python)" in engine.info.tokenizer
+        bos = hf.bos_token_id
+        for text in TEXTS:
+            ids = list(hf(text, add_special_tokens=False)["input_ids"])
+            assert engine.encode(text) == [bos] + ids  # (what the server reads: its BOS, then the text)
+            assert engine.tokenizer.encode(text, add_special_tokens=False) == ids
+            pieces = engine.tokenizer.pieces(text)
+            assert [p.id for p in pieces] == ids and (pieces[-1].end if pieces else 0) == len(text)
+            assert engine.tokenizer.decode(ids) == hf.decode(ids)
+        code, out, err = run_cli(
+            capsys, "generate", "Hello there", "--backend", "openai", "--base-url", server.url, "--json",
+            "--max-tokens", "4",
+        )  # fmt: skip
+        assert code == 0, err
+        data = json.loads(out)
+        assert "llama-cpp-python" in data["model"]["tokenizer"]
+        assert data["prompt_tokens"] == 1 + len(hf("Hello there")["input_ids"])  # (its BOS and the text)
+
+
 def test_without_a_tokenize_endpoint_an_unknown_name_has_no_tokenizer_and_says_why(hf):
     with TokenizeServer(hf, "plain") as server:
         engine = RemoteEngine(RemoteConfig(server.url))
