@@ -117,6 +117,9 @@ class TokenizeServer:
         prompt, limit = body["prompt"], self.context
         used = len(self.ids(prompt, True)) + (self.flavour == "llama-cpp-python")  # (its BOS)
         wanted = used + int(body.get("max_tokens", 16))
+        if wanted > limit and self.flavour == "llama-cpp-python" and body.get("stream"):
+            self.refused += 1  # (its server: 200, then the stream ends with nothing in it)
+            return handler.answer(200, None, stream=b"")
         if wanted > limit:
             self.refused += 1
             if self.flavour == "llamacpp":

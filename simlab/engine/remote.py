@@ -334,6 +334,14 @@ class RemoteRun(RunControl):
             yield Delta(0, rest, None)
         if stops.stop_string is not None:
             completion.stop_string, reason = stops.stop_string, "stop"
+        if reason is None and not completion.text and not self._stop_requested:
+            counted = self._count(self.prompt, True)  # (llama-cpp-python's server, over its context)
+            raise RemoteError(
+                f"the server at {engine.client.where} closed its stream without a reply"
+                + (f" to a prompt of {counted} tokens" if counted else "")
+                + "; a prompt over its context gets no answer from llama-cpp-python's server: shorten it "
+                "(with --context N a chat slides its window to fit)"
+            )
         if reason is None:  # the stream ended without saying how: cut short
             self.problem = self.problem or f"the stream from {engine.client.where} ended before the reply did"
             reason = "interrupted"

@@ -76,6 +76,10 @@ def test_llama_cpp_pythons_extras_tokenize_is_found_and_counts_the_prompt(hf, ca
         data = json.loads(out)
         assert "llama-cpp-python" in data["model"]["tokenizer"]
         assert data["prompt_tokens"] == 1 + len(hf("Hello there")["input_ids"])  # (its BOS and the text)
+        long = " ".join(["the lamp burned"] * 40)  # over its context: its stream ends empty, said so
+        code, out, err = run_cli(capsys, "generate", long, "--backend", "openai", "--base-url", server.url)
+        assert code == 2 and "closed its stream without a reply to a prompt of" in err, (code, err)
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_without_a_tokenize_endpoint_an_unknown_name_has_no_tokenizer_and_says_why(hf):
