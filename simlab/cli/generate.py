@@ -160,8 +160,11 @@ def stats_line(run) -> str:
 
 
 def run_json(info, prompt: str, run, steering=None) -> dict:
+    model = info.as_dict()
+    if model.get("context_from") == "":  # (a server that did not say: unknown, not a number)
+        model["context_length"] = None
     return {
-        "model": info.as_dict(),
+        "model": model,
         "params": asdict(run.params),
         **({"steering": steering.record()} if steering and not isinstance(steering, list) else {}),
         "prompt": prompt,

@@ -74,7 +74,7 @@ def test_llama_cpp_pythons_extras_tokenize_is_found_and_counts_the_prompt(hf, ca
         )  # fmt: skip
         assert code == 0, err
         data = json.loads(out)
-        assert "llama-cpp-python" in data["model"]["tokenizer"]
+        assert "llama-cpp-python" in data["model"]["tokenizer"] and data["model"]["context_length"] is None
         assert data["prompt_tokens"] == 1 + len(hf("Hello there")["input_ids"])  # (its BOS and the text)
         long = " ".join(["the lamp burned"] * 40)  # over its context: its stream ends empty, said so
         code, out, err = run_cli(capsys, "generate", long, "--backend", "openai", "--base-url", server.url)
