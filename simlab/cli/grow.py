@@ -49,9 +49,13 @@ def cmd_grow(args: argparse.Namespace) -> int:
         changes["children"] = args.children
     Knobs(**changes)  # (bad values fail before the model loads)
     store = open_store(args)
+    engine = None
     if args.name is not None:
         session = store.open(args.name)
         warn(session.problems)
+        if not session.tree.roots:
+            session.close()
+            raise SimlabError(f"loom --grow: session {args.name!r} is empty; start a document: --text TEXT")
         persona = persona_at(session.tree.path(session.tree.cursor or session.tree.roots[0].id))
     else:
         persona = (  # (a persona's frame opens a new document, as `simlab loom --persona` does)
@@ -61,9 +65,8 @@ def cmd_grow(args: argparse.Namespace) -> int:
         )
         if args.session and store.exists(args.session):
             name = args.session
-            raise SimlabError(
-                f"simlab loom --grow: session {name!r} exists; grow it: simlab loom {name} --grow"
-            )
+            raise SimlabError(f"loom --grow: session {name!r} exists; grow it: simlab loom {name} --grow")
+        engine = load_engine(args)  # (a model that does not load leaves no empty session behind)
         session = start_session(store, persona, args.session)
     with session:
         check_document(session, session.tree.cursor or session.tree.roots[0].id)  # (before any model)
@@ -71,8 +74,7 @@ def cmd_grow(args: argparse.Namespace) -> int:
         session.save_settings({**session.tree.settings, "grow": knobs.record()})
         params = persona.sampling_params(**sampling_overrides(args))
         seeds = SeedCounter(args.seed if args.seed is not None else params.seed)
-        engine = load_engine(args)
-        return _grow(engine, session, params, knobs, seeds)
+        return _grow(engine or load_engine(args), session, params, knobs, seeds)
 
 
 def _grow(engine, session, params, knobs: Knobs, seeds: SeedCounter) -> int:

@@ -129,7 +129,7 @@ def test_a_chat_is_refused(tiny_engine, store):
         grow(tiny_engine, session, session.tree.cursor, SamplingParams(), Knobs(), counter())
 
 
-def test_loom_grow_from_the_command_line_and_the_knobs_it_keeps(capsys, store, tiny_dir):
+def test_loom_grow_from_the_command_line_and_the_knobs_it_keeps(capsys, store, tiny_dir, tmp_path):
     from conftest import run_cli
 
     folder = ["--sessions-dir", store.folder, "--model", tiny_dir]
@@ -160,14 +160,19 @@ def test_loom_grow_from_the_command_line_and_the_knobs_it_keeps(capsys, store, t
         code, _, err = run_cli(capsys, "loom", "g", "--grow", *flags, *folder)
         assert code == 2 and wanted in err and len(err.strip().splitlines()) == 1, err
     start_session(store, Persona(name="duo", frame="Two talk.\n\n", user="A", model="B"), "chat").close()
+    store.create("empty").close()
     for argv, wanted in (
         (["chat", "--grow"], "grows documents"),  # (before the model loads: one line, no knob line)
         (["g", "--conf-threshold", "0.3"], "with --grow"),
         (["g", "--grow", "--steer", "keeper:1"], "does not reach the autoloom"),
         (["--grow", "--text", "x", "--session", "g"], "exists"),
+        (["empty", "--grow"], "is empty"),
     ):
         code, _, err = run_cli(capsys, "loom", *argv, *folder)
         assert code == 2 and wanted in err and len(err.strip().splitlines()) == 1, err
+    argv = ["loom", "--grow", "--text", "x", "--session", "nomodel", "--sessions-dir", store.folder]
+    code, _, err = run_cli(capsys, *argv, "--model", tmp_path / "no-such-model")
+    assert code == 2 and not store.exists("nomodel"), err  # (no empty session left behind)
 
 
 def test_the_knobs_are_set_kept_and_grown_from_in_both_faces(tiny_engine, store):
