@@ -16,6 +16,7 @@ from prompt_toolkit.widgets import Frame
 from simlab.errors import SimlabError
 from simlab.repl.loom import Loom
 from simlab.repl.multiverse import grow, keep_block, last
+from simlab.session import multiverse as sm
 
 KEYS = "↑↓ choose · → zoom in · ← out · Enter keeps · g grows again · Esc closes"
 
@@ -63,7 +64,7 @@ def covered(loom: Loom) -> str:
     universe = loom.chat.multiverse
     if universe is None:
         return ""
-    mass = universe.lines()[-1].split("; ")[0]
+    mass = sm.covered_line(universe.saved, universe.zoom).split("; ")[0]
     return textwrap.fill(mass, max(20, loom.width - 8))
 
 

@@ -16,12 +16,14 @@ from typing import Any
 
 from simlab.engine.params import SamplingParams
 from simlab.engine.protocol import Engine
+from simlab.engine.results import Completion
 from simlab.errors import SimlabError
 from simlab.frame.render import framing_of, reply_prompt, reply_text
 from simlab.frame.window import fit_prompt, windowed
 from simlab.session import multiverse as saved_multiverse
 from simlab.session.store import Session
 from simlab.session.tree import Node
+from simlab.turns.replies import node_fields
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def _chosen(engine: Engine, session: Session, at: Where, ids: list[int], saved: 
     prompt, fit = prompt_ids(engine, session, at, len(ids))
     tokens = engine.score_tokens(prompt + ids, len(prompt))
     text = engine.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    info = engine.info
+    made = node_fields(Completion(0, None, tokens=tokens), None, engine, fit.window)  # (nothing drawn)
     return session.add_child(
         at.parent,
         "model",
@@ -133,14 +135,7 @@ def _chosen(engine: Engine, session: Session, at: Where, ids: list[int], saved: 
         speaker=at.speaker,
         origin="chosen",
         persona=at.persona,
-        token_ids=tuple(ids),
-        logprobs=tuple(t.logprob for t in tokens),
-        top=tuple(t.top for t in tokens),
-        model=info.spec,
-        model_revision=info.revision or None,
-        dtype=info.dtype,
-        weights=None if info.weights == "float" else info.weights,
-        window=fit.window,
+        **made,
         forced={
             "from": saved["node"],
             "at": 0,
