@@ -13,6 +13,7 @@ from pathlib import Path
 
 from simlab.cli.common import add_model_flags, say, settings_of
 from simlab.engine.open import open_engine
+from simlab.engine.probe import probe
 from simlab.engine.params import SamplingParams
 from simlab.errors import SimlabError
 from simlab.models import gguf
@@ -78,6 +79,7 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
             server = open_engine(replace(settings, tokenizer="none"))  # the server, then what counts
             out.append(("ok", "server", f"{settings.base_url} serves {server.info.name}"))
             out += _server_tokens(settings, server)
+            out += _probed(server)
         except SimlabError as exc:
             out.append(("fail", "server", str(exc)))
     if load:
@@ -115,6 +117,15 @@ def _server_tokens(settings, server) -> list[Check]:
             "the server does not say; give --context N so the chat slides before it",
         )
     return [tokens, context]
+
+
+def _probed(server) -> list[Check]:
+    """What the server does, found with real requests (engine.probe), one line a feature."""
+    try:
+        found = probe(server)
+    except SimlabError as exc:
+        return [("fail", "probe", str(exc))]
+    return [row for row in found.rows() if row[1] not in ("tokens counted by", "context")]
 
 
 def _device(settings) -> Check:
@@ -185,4 +196,4 @@ def _generation(settings, say: Callable[[str], None]) -> Check:
 
 def report(rows: list[Check]) -> str:
     marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
-    return "\n".join(f"{marks[status]}  {what:<16} {detail}" for status, what, detail in rows)
+    return "\n".join(f"{marks[status]}  {what:<17} {detail}" for status, what, detail in rows)

@@ -17,11 +17,12 @@ from typing import Any
 
 import orjson
 
+from simlab.engine.probe import ServerMap
 from simlab.errors import SessionError, TreeError
 from simlab.session import multiverse
 from simlab.session.tree import Node, Tree
 
-SCHEMA = 8
+SCHEMA = 9
 # Upgrades of records from older schema versions: MIGRATIONS[n] turns a schema-n record into n+1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: lambda record: record,  # 2 added the optional `framing` of frame nodes; 1 files render as before
@@ -31,6 +32,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     5: lambda record: record,  # 6 added `settings` records (/set and /seed) and replies' `forced` (/fork)
     6: lambda record: record,  # 7 added replies' `steer` (the steering vectors they were sampled with)
     7: lambda record: record,  # 8 added `multiverse` records and the origin "chosen" (a kept block)
+    8: lambda record: record,  # 9 added `server` records (what a server did when probed: engine.probe)
 }
 
 
@@ -58,6 +60,7 @@ def state_records(name: str, tree: Tree) -> list[dict[str, Any]]:
         records.append({"type": "settings", "settings": tree.settings})
     for saved in tree.multiverses.values():
         records.extend({"type": "multiverse", "multiverse": m} for m in saved)
+    records.extend({"type": "server", "server": m.as_dict()} for m in tree.servers)
     return records
 
 
@@ -183,6 +186,7 @@ def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> No
         "cursor": ("id", str),
         "settings": ("settings", dict),
         "multiverse": ("multiverse", dict),
+        "server": ("server", dict),
     }
     if kind in fields:
         key, want = fields[kind]
@@ -209,5 +213,7 @@ def _apply(tree: Tree, record: dict[str, Any], pending: list, lineno: int) -> No
     elif kind == "multiverse":
         saved = multiverse.check(record["multiverse"])
         tree.multiverses.setdefault(saved["node"], []).append(saved)
+    elif kind == "server":
+        tree.servers.append(ServerMap.from_dict(record["server"]))
     else:
         raise ValueError(f"unknown record type {kind!r}")

@@ -179,6 +179,20 @@ class Session:
         self._append({"type": "multiverse", "multiverse": saved})
         self.tree.multiverses.setdefault(saved["node"], []).append(saved)
 
+    def save_server(self, found) -> None:
+        """What a server did when probed (engine.probe.ServerMap), for the replies made on it."""
+        if not self.read_only:
+            self._append({"type": "server", "server": found.as_dict()})
+            self.tree.servers.append(found)
+
+    def server_of(self, node: Node):
+        """The probe's map of the server a reply came from, as it was when the reply was made."""
+        backend = node.backend or {}
+        key = (backend.get("base_url"), node.model)
+        maps = [m for m in self.tree.servers if m.key == key]
+        before = [m for m in maps if node.created is None or m.probed_at <= node.created]
+        return (before or maps or [None])[-1]
+
     def goto(self, node_id: str) -> Node:
         with self.lock:
             node = self.tree.goto(node_id)

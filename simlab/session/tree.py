@@ -181,6 +181,7 @@ class Tree:
         self.visited: dict[str, str] = {}  # node id -> the child last visited below it (for "child" moves)
         self.settings: dict = {}  # what the user chose for the chat ({"set": {field: value}, "seed": N})
         self.multiverses: dict[str, list[dict]] = {}  # node id -> its multiverses (session.multiverse)
+        self.servers: list = []  # engine.probe.ServerMap: what each server did when probed, in order
         self._short: tuple[int, dict[str, str]] = (-1, {})
 
     # -- building --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from simlab.frame.window import Fitted, fit_prompt
 from simlab.persona.schema import Persona
 from simlab.session.store import Session, SessionStore
 from simlab.session.tree import Node, Tree
+from simlab.turns.servers import note_server
 
 DeltaCallback = Callable[[Delta], bool | None]  # returns True to stop the run
 FRAME_PERSONA: Any = object()  # a reply's persona by default: the one its path's frame was made with
@@ -160,6 +161,8 @@ class Replies:
             if keep(completion):
                 self.nodes.append(self._save_one(completion))
                 self._save_trace(completion, self.nodes[-1], on_trace_error, trace_extra)
+        if self.nodes:
+            note_server(self.session, self.engine)
         return self.nodes
 
     def _steered(self, completion: Completion) -> Any:

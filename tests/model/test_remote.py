@@ -431,7 +431,8 @@ def test_a_compare_spec_can_name_the_server(capsys, tmp_path, server):
     )
     assert code == 0, err
     [session] = (tmp_path / "s").glob("compare-*.jsonl")
-    assert session.read_text().count(f'"base_url":"{url}"') == 2
+    assert session.read_text().count(f'"base_url":"{url}"') == 3  # two replies and the server's map
+    assert session.read_text().count('{"type":"server"') == 1
     bad = tmp_path / "bad.yaml"
     bad.write_text("base_url: localhost:8000\nturns: [Hi]\nvariants: [interview]\n")
     code, _, err = run_cli(capsys, "compare", bad)
@@ -455,7 +456,8 @@ def test_a_server_that_never_answers_times_out_in_one_line():
 def test_doctor_checks_the_server(capsys, server):
     url, model = server
     code, out, _ = run_cli(capsys, "doctor", *remote_flags(server))
-    assert f"ok    server           {url} serves {model}" in out
+    assert f"ok    server            {url} serves {model}" in out
+    assert "warn  n                 ignored: simlab sends one request per sibling" in out  # (the probe)
     code, out, _ = run_cli(
         capsys, "doctor", "--backend", "openai", "--base-url", f"http://127.0.0.1:{free_port()}/v1"
     )

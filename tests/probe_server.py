@@ -1,0 +1,188 @@
+"""A scripted completions server over a small deterministic word model, in the shapes of the
+servers the capability probe (simlab/engine/probe.py) must tell apart, each from its docs/source:
+
+- "vllm": `n` with children seeded seed + index (vllm/v1/engine/parallel_sampling.py), legacy
+  logprobs with top-k, raw (its default logprobs_mode), `echo` with logprobs and `prompt_logprobs`
+  (a list, None first, of {token_id: {logprob, rank, decoded_token}}), `return_tokens_as_token_ids`
+  (tokens as "token_id:N"), `max_model_len` in /v1/models, `/tokenize`, usage.
+- "sglang": `n` from one prefill, the children drawn from one generator (not what seed + k gives
+  alone), logprobs with top-k, `echo` with logprobs (its input logprobs), usage.
+- "llama-server": `n` (since late 2025), per-token probabilities in the chat-style `content` format
+  with token ids, `echo` refused (400), `n_ctx` in /v1/models, and the same seed giving another reply
+  while another request is in flight (continuous batching changes the numbers).
+
+The model: each next word's logits are a hash of the last two words; a reply at temperature T is
+drawn from softmax(logits / T) with random.Random(seed); log-probabilities are the raw ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VOCAB = [
+    " the", " keeper", " wrote", " light", " sea", " night", " log", " storm", " ship", " rock",
+    " lamp", " wind", " and", " of", " in", " was", " a", " cold", " long", " tower", ".", ",",
+]  # fmt: skip
+CONTEXT = 2048
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\s*\S+", text)
+
+
+def logprobs_after(context: list[str]) -> list[float]:
+    key = "|".join(context[-2:]).encode()
+    logits = [int.from_bytes(hashlib.sha256(key + bytes([i])).digest()[:4], "big") / 2**32 * 6 - 3 for i in range(len(VOCAB))]  # fmt: skip
+    top = max(logits)
+    norm = top + math.log(sum(math.exp(v - top) for v in logits))
+    return [v - norm for v in logits]
+
+
+def draw(context: list[str], rng: random.Random, temperature: float) -> int:
+    raw = logprobs_after(context)
+    if temperature == 0:
+        return max(range(len(raw)), key=raw.__getitem__)
+    weights = [math.exp(v / temperature) for v in raw]
+    u, total = rng.random() * sum(weights), 0.0
+    for i, w in enumerate(weights):
+        total += w
+        if u < total:
+            return i
+    return len(weights) - 1
+
+
+class ProbeServer:
+    def __init__(self, flavour: str = "vllm", delay: float = 0.0):
+        self.flavour, self.delay = flavour, delay
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        self.bodies: list[dict] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                entry = {"id": "words", "object": "model"}
+                if owner.flavour == "vllm":
+                    entry["max_model_len"] = CONTEXT
+                if owner.flavour == "llama-server":
+                    entry["meta"] = {"n_ctx": CONTEXT}
+                self.answer(200, {"object": "list", "data": [entry]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.bodies.append(body)
+                if self.path == "/tokenize" and owner.flavour == "vllm":
+                    ids = [VOCAB.index(w) if w in VOCAB else 0 for w in words(body.get("prompt", ""))]
+                    return self.answer(200, {"tokens": ids, "count": len(ids), "max_model_len": CONTEXT})
+                if self.path != "/v1/completions":
+                    return self.answer(404, {"detail": "Not Found"})
+                with owner.lock:
+                    owner.in_flight += 1
+                    crowded = owner.in_flight > 1
+                try:
+                    status, data = owner.complete(body, crowded)
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
+                if body.get("stream") and status == 200:
+                    choice = data["choices"][0]
+                    end = {"choices": [{"index": 0, "text": "", "finish_reason": choice.pop("finish_reason")}]}
+                    events = [{**data, "choices": [choice], "usage": None}, {**end, "usage": data["usage"]}]
+                    raw = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                    return self.answer(200, None, raw.encode())
+                self.answer(status, data)
+
+            def answer(self, status, data, stream=None):
+                raw = json.dumps(data).encode() if stream is None else stream
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if stream is None else "text/event-stream")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> ProbeServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def complete(self, body: dict, crowded: bool) -> tuple[int, dict]:
+        if body.get("echo") and self.flavour == "llama-server":
+            return 400, {"error": {"code": 400, "message": "Only no echo is supported", "type": "invalid_request_error"}}  # fmt: skip
+        prompt, n = words(body["prompt"]), int(body.get("n") or 1)
+        seed = body.get("seed")
+        seed = random.randrange(2**31) if seed is None else int(seed)
+        if crowded and self.flavour == "llama-server":
+            seed += 99991  # (another request in the batch: other numbers, another reply)
+        shared = random.Random(seed)  # sglang: the children draw from one generator
+        choices = []
+        for k in range(n):
+            rng = shared if self.flavour == "sglang" else random.Random(seed + k)
+            choices.append(self.reply(body, prompt, rng, k))
+        made = sum(c.pop("_made") for c in choices)
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": made, "total_tokens": len(prompt) + made}
+        return 200, {"object": "text_completion", "model": "words", "choices": choices, "usage": usage}
+
+    def reply(self, body: dict, prompt: list[str], rng: random.Random, index: int) -> dict:
+        temperature = float(body.get("temperature", 1.0))
+        top = body.get("logprobs")
+        context, made = list(prompt), []
+        for _ in range(int(body.get("max_tokens") or 16)):
+            made.append(draw(context, rng, temperature))
+            context.append(VOCAB[made[-1]])
+            time.sleep(self.delay)
+        choice = {"index": index, "text": "".join(VOCAB[i] for i in made), "finish_reason": "length", "_made": len(made)}  # fmt: skip
+        shown = [(i, len(prompt) + k) for k, i in enumerate(made)]
+        if body.get("echo"):
+            choice["text"] = body["prompt"] + choice["text"]
+            shown = [(VOCAB.index(w) if w in VOCAB else 0, k) for k, w in enumerate(prompt)] + shown
+        context = prompt + [VOCAB[i] for i in made]
+        if isinstance(top, int) and not isinstance(top, bool):
+            choice["logprobs"] = self.logprobs(context, shown, top, body, bool(body.get("echo")))
+        else:
+            choice["logprobs"] = None
+        if body.get("prompt_logprobs") and self.flavour == "vllm":
+            choice["prompt_logprobs"] = [None] + [
+                {str(VOCAB.index(w) if w in VOCAB else 0): {"logprob": logprobs_after(prompt[:k])[VOCAB.index(w) if w in VOCAB else 0], "rank": 1, "decoded_token": w}}  # fmt: skip
+                for k, w in enumerate(prompt) if k
+            ]
+        return choice
+
+    def logprobs(self, context, shown, top, body, echo) -> dict:
+        entries = []
+        for token, at in shown:
+            dist = logprobs_after(context[:at])
+            best = sorted(range(len(VOCAB)), key=lambda i: -dist[i])[:top]
+            entries.append((token, at, dist, best))
+        if self.flavour == "llama-server":
+            return {"content": [
+                {"id": t, "token": VOCAB[t], "logprob": d[t], "bytes": list(VOCAB[t].encode()),
+                 "top_logprobs": [{"id": i, "token": VOCAB[i], "logprob": d[i]} for i in best]}
+                for t, _, d, best in entries
+            ]}  # fmt: skip
+        as_ids = body.get("return_tokens_as_token_ids") and self.flavour == "vllm"
+        name = (lambda i: f"token_id:{i}") if as_ids else (lambda i: VOCAB[i])
+        offsets, total = [], 0
+        for t, at, _, _ in entries:
+            offsets.append(total)
+            total += len(context[at]) if at < len(context) else len(VOCAB[t])
+        return {
+            "tokens": [name(t) for t, _, _, _ in entries],
+            "token_logprobs": [None if echo and k == 0 else d[t] for k, (t, _, d, _) in enumerate(entries)],
+            "top_logprobs": [None if echo and k == 0 else {name(i): d[i] for i in best} for k, (_, _, d, best) in enumerate(entries)],  # fmt: skip
+            "text_offset": offsets,
+        }
