@@ -38,7 +38,8 @@ def words(text: str) -> list[str]:
 
 def logprobs_after(context: list[str]) -> list[float]:
     key = "|".join(context[-2:]).encode()
-    logits = [int.from_bytes(hashlib.sha256(key + bytes([i])).digest()[:4], "big") / 2**32 * 6 - 3 for i in range(len(VOCAB))]  # fmt: skip
+    digests = [hashlib.sha256(key + bytes([i])).digest() for i in range(len(VOCAB))]
+    logits = [int.from_bytes(d[:4], "big") / 2**32 * 6 - 3 for d in digests]
     top = max(logits)
     norm = top + math.log(sum(math.exp(v - top) for v in logits))
     return [v - norm for v in logits]
@@ -92,7 +93,8 @@ class ProbeServer:
                         owner.in_flight -= 1
                 if body.get("stream") and status == 200:
                     choice = data["choices"][0]
-                    end = {"choices": [{"index": 0, "text": "", "finish_reason": choice.pop("finish_reason")}]}
+                    last = {"index": 0, "text": "", "finish_reason": choice.pop("finish_reason")}
+                    end = {"choices": [last]}
                     events = [{**data, "choices": [choice], "usage": None}, {**end, "usage": data["usage"]}]
                     raw = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
                     return self.answer(200, None, raw.encode())
@@ -101,7 +103,8 @@ class ProbeServer:
             def answer(self, status, data, stream=None):
                 raw = json.dumps(data).encode() if stream is None else stream
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json" if stream is None else "text/event-stream")
+                kind = "application/json" if stream is None else "text/event-stream"
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
@@ -122,7 +125,8 @@ class ProbeServer:
 
     def complete(self, body: dict, crowded: bool) -> tuple[int, dict]:
         if body.get("echo") and self.flavour == "llama-server":
-            return 400, {"error": {"code": 400, "message": "Only no echo is supported", "type": "invalid_request_error"}}  # fmt: skip
+            refusal = {"code": 400, "message": "Only no echo is supported", "type": "invalid_request_error"}
+            return 400, {"error": refusal}
         prompt, n = words(body["prompt"]), int(body.get("n") or 1)
         seed = body.get("seed")
         seed = random.randrange(2**31) if seed is None else int(seed)
@@ -145,7 +149,8 @@ class ProbeServer:
             made.append(draw(context, rng, temperature))
             context.append(VOCAB[made[-1]])
             time.sleep(self.delay)
-        choice = {"index": index, "text": "".join(VOCAB[i] for i in made), "finish_reason": "length", "_made": len(made)}  # fmt: skip
+        text = "".join(VOCAB[i] for i in made)
+        choice = {"index": index, "text": text, "finish_reason": "length", "_made": len(made)}
         shown = [(i, len(prompt) + k) for k, i in enumerate(made)]
         if body.get("echo"):
             choice["text"] = body["prompt"] + choice["text"]
@@ -156,9 +161,11 @@ class ProbeServer:
         else:
             choice["logprobs"] = None
         if body.get("prompt_logprobs") and self.flavour == "vllm":
+            ids = [VOCAB.index(w) if w in VOCAB else 0 for w in prompt]
             choice["prompt_logprobs"] = [None] + [
-                {str(VOCAB.index(w) if w in VOCAB else 0): {"logprob": logprobs_after(prompt[:k])[VOCAB.index(w) if w in VOCAB else 0], "rank": 1, "decoded_token": w}}  # fmt: skip
-                for k, w in enumerate(prompt) if k
+                {str(i): {"logprob": logprobs_after(prompt[:k])[i], "rank": 1, "decoded_token": prompt[k]}}
+                for k, i in enumerate(ids)
+                if k
             ]
         return choice
 
@@ -183,6 +190,9 @@ class ProbeServer:
         return {
             "tokens": [name(t) for t, _, _, _ in entries],
             "token_logprobs": [None if echo and k == 0 else d[t] for k, (t, _, d, _) in enumerate(entries)],
-            "top_logprobs": [None if echo and k == 0 else {name(i): d[i] for i in best} for k, (_, _, d, best) in enumerate(entries)],  # fmt: skip
+            "top_logprobs": [
+                None if echo and k == 0 else {name(i): d[i] for i in best}
+                for k, (_, _, d, best) in enumerate(entries)
+            ],
             "text_offset": offsets,
         }

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from simlab.cli.common import add_model_flags, say, settings_of
 from simlab.engine.open import open_engine
-from simlab.engine.probe import probe
 from simlab.engine.params import SamplingParams
+from simlab.engine.probe import probe
 from simlab.errors import SimlabError
 from simlab.models import gguf
 
