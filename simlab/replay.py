@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from simlab.engine.params import SamplingParams
 from simlab.engine.prefix import unpack
 from simlab.engine.protocol import Engine
+from simlab.engine.scored import Drift, drift, pieces_of, score_ids, score_text, spans_of
 from simlab.errors import SimlabError
 from simlab.frame.render import PIECE, framing_of, open_turn, reply_prompt, reply_text
 from simlab.frame.window import windowed
@@ -28,6 +29,8 @@ class ReplyCheck:
     unit: str = "token"
     not_replayable: str | None = None  # why this reply on the path cannot be re-run
     chosen: bool = False  # a block kept from a multiverse: read again, not sampled
+    drift: Drift | None = None  # a server's reply that differs: its stored tokens scored there
+    scored: str = ""  # why a differing server reply was not scored
 
 
 RECORDED = object()  # replay_branch's default steering: each reply's own, as recorded
@@ -161,6 +164,8 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
         )
     # fed as the reply's prompt was (engine.prefix): the same passes give the same last bits
     passes = unpack(node.prefill) if node.prefill else None
+    if not engine.capabilities.local:
+        return _check_served(engine, session, node, prompt, params, path_before)
     c, run, recorder = _one(engine, prompt, params, tracer, passes, node.steer)
     if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: compare text
         # stored without the label's space; a character cut at the last token (U+FFFD) is a
@@ -189,6 +194,47 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
         expected=decode([sampled[k]]) if k < len(sampled) else "(end)",
         got=decode([c.token_ids[k]]) if k < len(c.token_ids) else "(end)",
     )
+
+
+def _check_served(engine, session: Session, node: Node, prompt, params, path_before) -> ReplyCheck:
+    """A reply drawn on a server again: child k of an n-request by the server's own rule (its
+    probe), and where the text differs, its stored tokens scored on the server (the drift)."""
+    found = session.server_of(node)
+    choice = (node.backend or {}).get("choice")
+    n = 1
+    if found is not None and choice:
+        seed = found.child_seed_of(node.seed, choice)
+        if seed is None:  # the server's own rule: ask for the n again and take child k
+            n = choice + 1
+        params = params.with_overrides(seed=seed) if seed is not None else params
+    c = engine.generate(prompt, params, n=n)[n - 1]
+    # stored without the label's space; a character cut at the last token (U+FFFD) is a
+    # decoding artefact that a server shows or drops depending on streaming, not text
+    got = reply_text(c.text, framing_of(path_before)).rstrip("\ufffd")
+    stored = node.text.rstrip("\ufffd")
+    if got == stored or node.finish_reason == "interrupted" and got.startswith(stored):
+        return ReplyCheck(node, True)
+    k = next((i for i, (a, b) in enumerate(zip(got, stored)) if a != b), min(len(got), len(stored)))
+    check = ReplyCheck(
+        node, False, k, stored[k : k + 12] or "(end)", got[k : k + 12] or "(end)", unit="character"
+    )
+    tokens = stored_tokens(node)
+    if found is None or not found.scores or tokens is None:
+        check.scored = (
+            "no stored log-probabilities"
+            if tokens is None
+            else "the server gives no prompt log-probabilities"
+            if found is not None
+            else "the server was not probed"
+        )
+        return check
+    try:
+        check.drift = drift(
+            spans_of(*tokens), score_text(engine, prompt, "".join(tokens[0]), found.prompt_logprobs)
+        )
+    except SimlabError as exc:
+        check.scored = str(exc)
+    return check
 
 
 def replay_branch(
@@ -281,3 +327,61 @@ def replay_branch(
         parent = new.id
     session.goto(added[-1].id)
     return added
+
+
+# -- across engines: the same replies on another engine ------------------------------------
+
+
+@dataclass
+class Across:
+    """A reply on another engine: how far its new draw agrees, and its stored tokens scored there."""
+
+    node: Node
+    agree: int  # characters the new draw shares with the stored reply from the start
+    drift: Drift | None = None
+    why: str = ""  # why the stored tokens were not scored
+
+
+def reply_prompt_of(session: Session, node: Node, tokenizer=None):
+    """The prompt a reply read (its window too)."""
+    path_before = session.tree.path(node.parent)
+    if node.window:
+        path_before = windowed(path_before, node.window.get("from", ""))
+    if is_piece(node):
+        return open_turn(path_before), path_before
+    return reply_prompt(path_before, node.speaker, tokenizer), path_before
+
+
+def stored_tokens(node: Node, tokenizer=None) -> tuple[list[str], list[float]] | None:
+    """A reply's token texts and log-probabilities as stored (a local reply's texts decoded by
+    `tokenizer`); None without log-probabilities."""
+    if not node.logprobs:
+        return None
+    served = (node.backend or {}).get("tokens")
+    if served and len(served) == len(node.logprobs):
+        return list(served), list(node.logprobs)
+    if tokenizer is None or len(node.token_ids) != len(node.logprobs):
+        return None
+    return pieces_of(tokenizer, list(node.token_ids), 0), list(node.logprobs)
+
+
+def across(engine: Engine, session: Session, node: Node, tokenizer=None, scoring: str = "") -> Across:
+    """Draw the reply again on `engine` with its params and seed, and score its stored tokens there
+    (a server by `scoring`, its probe's prompt log-probabilities)."""
+    prompt, path_before = reply_prompt_of(session, node, tokenizer if engine.capabilities.local else None)
+    if not isinstance(prompt, str):
+        raise SimlabError("replay --on: a reply read through a chat template has no text prompt for a server")
+    c = engine.generate(prompt, params_of(node, {}))[0]
+    got = reply_text(c.text, framing_of(path_before))
+    agree = next((i for i, (a, b) in enumerate(zip(got, node.text)) if a != b), min(len(got), len(node.text)))
+    stored = stored_tokens(node, tokenizer)
+    if stored is None:
+        return Across(node, agree, why="no stored log-probabilities to compare")
+    if engine.capabilities.local and node.model == engine.info.spec and node.token_ids:
+        scored, texts = score_ids(engine, prompt, node.token_ids)  # the same tokenizer: its own tokens
+        return Across(node, agree, drift(spans_of(texts, stored[1]), scored))
+    try:
+        scored = score_text(engine, prompt, "".join(stored[0]), scoring)
+    except SimlabError as exc:
+        return Across(node, agree, why=str(exc))
+    return Across(node, agree, drift(spans_of(*stored), scored))

@@ -10,6 +10,10 @@ servers the capability probe (simlab/engine/probe.py) must tell apart, each from
 - "llama-server": `n` (since late 2025), per-token probabilities in the chat-style `content` format
   with token ids, `echo` refused (400), `n_ctx` in /v1/models, and the same seed giving another reply
   while another request is in flight (continuous batching changes the numbers).
+- "llama-cpp-python": `n` ignored (one choice), echo with logprobs, usage; a prompt cache that keeps
+  the part a new prompt shares with the last one and computes the rest anew, which changes its
+  numbers: the same seeded request gives another reply after a prompt sharing only its start (seen
+  on the real `python -m llama_cpp.server`, tests/slow/test_remote_servers.py).
 
 The model: each next word's logits are a hash of the last two words; a reply at temperature T is
 drawn from softmax(logits / T) with random.Random(seed); log-probabilities are the raw ones."""
@@ -33,7 +37,7 @@ CONTEXT = 2048
 
 
 def words(text: str) -> list[str]:
-    return re.findall(r"\s*\S+", text)
+    return re.findall(r"\s*[.,]|\s*[^\s.,]+", text)  # (so that " and." is " and" and ".", as the vocabulary)
 
 
 def logprobs_after(context: list[str]) -> list[float]:
@@ -64,6 +68,7 @@ class ProbeServer:
         self.in_flight = 0
         self.lock = threading.Lock()
         self.bodies: list[dict] = []
+        self.last: list[str] = []  # the last prompt (llama-cpp-python's cache)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -130,6 +135,11 @@ class ProbeServer:
         prompt, n = words(body["prompt"]), int(body.get("n") or 1)
         seed = body.get("seed")
         seed = random.randrange(2**31) if seed is None else int(seed)
+        if self.flavour == "llama-cpp-python":
+            n, kept = 1, next((k for k, (a, b) in enumerate(zip(self.last, prompt)) if a != b), None)
+            if kept:  # part of the prompt from its cache, the rest computed anew: other numbers
+                seed += 7 * kept
+            self.last = prompt
         if crowded and self.flavour == "llama-server":
             seed += 99991  # (another request in the batch: other numbers, another reply)
         shared = random.Random(seed)  # sglang: the children draw from one generator

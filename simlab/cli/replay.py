@@ -19,6 +19,7 @@ from simlab.cli.common import (
     trace_config,
     warn,
 )
+from simlab.cli.replay_on import replay_on
 from simlab.engine.open import recorded_server
 from simlab.errors import SimlabError
 from simlab.persona.library import find
@@ -40,6 +41,12 @@ def add_command(commands) -> None:
     add_sampling_flags(group, defaults=False)
     group.add_argument("--seed", type=int)
     add_steer_flags(replay)  # (--steer off: every reply unsteered; else this steering for every reply)
+    replay.add_argument(
+        "--on",
+        metavar="URL|local",
+        help="draw the replies again on another engine (a server's URL, or 'local': -m or the replies' "
+        "model) and score their stored tokens there: agreement and log-probability drift per reply",
+    )
     add_model_flags(replay)
     add_trace_flags(replay)
     replay.set_defaults(run=cmd_replay)
@@ -62,7 +69,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     tracer = make_tracer(trace_config(args))
     persona = find(args.persona) if args.persona is not None else None  # fails before the model loads
     steer = _steer_override(args)
-    changing = bool(overrides) or args.model is not None or persona is not None or steer is not None
+    changing = bool(overrides) or persona is not None or steer is not None
+    changing = changing or (args.model is not None and not args.on)  # (--on -m: the engine to replay on)
     session = open_store(args).open(args.id, read_only=not changing)
     warn(session.problems)
     with session:
@@ -78,12 +86,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
             params_of(node, overrides)  # a bad override fails before the model loads
             if steer is None:
                 uses_recorded(node.steer)  # and a recorded vector that is missing or changed
+        if args.on:
+            if changing:
+                raise SimlabError("replay --on draws the replies as they were: leave out the overrides")
+            return replay_on(args, session, replies)
         kept = len(chosen_replies(path))
         say(
             f"simlab: loading the model to re-run the path's {_replies(len(replies))}"
             + (f" and read its {kept} kept block(s) again" if kept else "")
         )
-        engine = _engine_for(args, replies or chosen_replies(path))
+        engine = _engine_for(args, replies or chosen_replies(path), session)
         if not changing:
             return _check(engine, session, path, replies, tracer)
         steering = RECORDED if steer is None else steering_of(steer, engine, args.steer_positions)
@@ -117,7 +129,7 @@ def _steer_override(args: argparse.Namespace):
     return uses
 
 
-def _engine_for(args: argparse.Namespace, replies):
+def _engine_for(args: argparse.Namespace, replies, session):
     """The engine the replies came from, unless the flags say otherwise: their model, dtype and server."""
     specs = sorted({n.model for n in replies if n.model})
     spec = args.model or (specs[0] if specs else None)
@@ -135,13 +147,28 @@ def _engine_for(args: argparse.Namespace, replies):
     engine = load_engine(args, spec=spec)
     served = sorted({n.backend["base_url"] for n in replies if n.backend and "base_url" in n.backend})
     if served or not engine.capabilities.local:
-        say(
-            "simlab: note: "
-            + (f"these replies came from a server ({', '.join(served)}); " if served else "")
-            + "a server reproduces a reply only if it honours the seed and decodes deterministically, "
+        say(f"simlab: note: {_server_note(session, replies, served)}")
+    return engine
+
+
+def _server_note(session, replies, served) -> str:
+    """What the server's probe found about repeating a seeded request, said before replaying."""
+    maps = {id(m): m for m in (session.server_of(n) for n in replies) if m is not None}.values()
+    where = f"these replies came from a server ({', '.join(served)}); " if served else ""
+    if not maps:
+        return (
+            where + "a server reproduces a reply only if it honours the seed and decodes deterministically, "
             "which vLLM, llama.cpp and transformers serve do not promise (batching changes the numbers)"
         )
-    return engine
+    if any(m.seeded is False for m in maps):
+        why = next((m.why.get("seeded") for m in maps if m.why.get("seeded")), "")
+        return (
+            where
+            + "when probed, it did not repeat a seeded request"
+            + (f" ({why})" if why else "")
+            + ": a reply that differs has its stored tokens scored there instead"
+        )
+    return where + "when probed, it repeated seeded requests; a reply that differs is scored there"
 
 
 def _check(engine, session, path, replies, tracer) -> int:
@@ -170,6 +197,10 @@ def _check(engine, session, path, replies, tracer) -> int:
                 f"{session.tree.short(check.node.id)} differs at {check.unit} {check.first_difference}: "
                 f"stored {check.expected!r}, replayed {check.got!r}"
             )
+            if check.drift or check.scored:
+                print(
+                    "  stored tokens scored there: " + (check.drift.line() if check.drift else check.scored)
+                )
     rerun = [c for c in checks if not c.not_replayable and not c.chosen]
     kept = [c for c in checks if c.chosen]
     same = sum(c.reproduced for c in rerun)

@@ -19,6 +19,7 @@ from simlab.engine.params import SamplingParams
 from simlab.errors import RemoteError
 
 PROMPT = "The keeper wrote in his log that night:"
+SHARED = "The keeper wrote in his diary, the morning after"  # shares the prompt's start, not all of it
 LOAD = "A list of the lighthouses of the northern coast, with their keepers and the years they served:"
 SEED = 4242
 TOKENS = 4  # (llama-cpp-python takes ~0.4 s a token to list log-probabilities over a 262k vocabulary)
@@ -142,7 +143,10 @@ class ServerMap:
         if self.seeded is None:
             return "could not be tried" + self._why("seeded")
         if not self.seeded:
-            return "the same seeded request twice gave two replies: replay scores, it cannot repeat"
+            return (
+                "the same seeded request gave two replies" + self._why("seeded") + ": replay scores the "
+                "stored tokens instead"
+            )
         if self.seeded_under_load is False:
             return "repeat alone, not while another request runs (replay with --concurrency 1)"
         return "the same seeded request gives the same reply, also while another runs"
@@ -177,8 +181,7 @@ def probe(engine) -> ServerMap:
     found.logprobs = min((len(t.top) for t in tokens), default=0)
     if not tokens:
         found.why["logprobs"] = "asked for 5, it sent none"
-    again = asker.ask("seeded")
-    found.seeded = None if again is None else _same(first, again)
+    found.seeded = _repeats(asker, first)
     found.seeded_under_load = _under_load(asker, first) if found.seeded else None
     _children(asker, found, first)
     if tokens:
@@ -217,6 +220,22 @@ def _same(one: dict, two: dict) -> bool:
     first, second = one["choices"][0], two["choices"][0]
     lp = [[t.logprob for t in served_tokens(c.get("logprobs"))] for c in (first, second)]
     return _texts(one)[:1] == _texts(two)[:1] and lp[0] == lp[1]
+
+
+def _repeats(asker: _Asker, first: dict) -> bool | None:
+    """The same request back to back, and again after a prompt that shares its start (a prompt
+    cache that keeps the shared part and computes the rest anew may change the numbers)."""
+    again = asker.ask("seeded")
+    if again is None or not _same(first, again):
+        return None if again is None else False
+    asker.ask("shared", SHARED, logprobs=None, max_tokens=2)
+    after = asker.ask("seeded")
+    if after is None:
+        return None
+    if not _same(first, after):
+        asker.found.why["seeded"] = "it repeats back to back, not after a prompt sharing its start"
+        return False
+    return True
 
 
 def _under_load(asker: _Asker, first: dict) -> bool | None:

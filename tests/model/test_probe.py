@@ -3,6 +3,8 @@ llama.cpp's shapes (tests/probe_server.py names where each behaviour comes from)
 on a session. The real servers: tests/model/test_remote.py (transformers serve) and
 tests/slow/test_remote_servers.py (llama-cpp-python's)."""
 
+import re
+
 import orjson
 import pytest
 from conftest import run_cli
@@ -104,3 +106,101 @@ def test_replies_record_the_choice_index_for_the_child_seed_rule(flavour):
         alone = engine.generate("The keeper wrote", SamplingParams(max_new_tokens=6, seed=42))
     assert [c.server["choice"] for c in together] == [0, 1, 2]
     assert together[2].text == alone[0].text  # child 2 is seed + 2 alone, as the probe found
+
+
+def test_a_cache_that_changes_the_numbers_is_found():
+    found = probed("llama-cpp-python")
+    assert found.n is False and found.seeded is False
+    assert "not after a prompt sharing its start" in found.why["seeded"]
+    assert found.scores and found.prompt_logprobs == "echo"
+
+
+# -- replay: children by the server's rule, drift where a reply differs ------------------------
+
+
+@pytest.mark.parametrize("flavour", ["vllm", "sglang"])
+def test_replay_draws_child_k_by_the_servers_rule(capsys, monkeypatch, tmp_path, flavour):
+    with ProbeServer(flavour) as server:
+        flags = ["--backend", "openai", "--base-url", server.url, "--sessions-dir", str(tmp_path / "s")]
+        script = "The keeper wrote\n/n 3\n"
+        code, _, err = run_cli(
+            capsys,
+            "chat",
+            "--session",
+            "kids",
+            "--max-tokens",
+            "6",
+            *flags,
+            stdin=script,
+            monkeypatch=monkeypatch,
+        )
+        assert code == 0, err
+        for child in ("2", "3"):  # the cursor is the last child; each sibling replays alone
+            session = SessionStore(tmp_path / "s").open("kids", read_only=True)
+            kids = [n for n in session.tree.nodes.values() if (n.backend or {}).get("choice") is not None]
+            node = next(n for n in kids if n.backend["choice"] == int(child) - 1)
+            session.close()
+            code, out, err = run_cli(capsys, "replay", "kids", "--node", node.id, *flags[4:])
+            assert code == 0, out + err
+            assert "reproduced 2/2 replies exactly" in out or "reproduced 1/1" in out
+
+
+def test_replay_scores_a_reply_a_cache_changed(capsys, monkeypatch, tmp_path):
+    with ProbeServer("llama-cpp-python") as server:
+        flags = ["--backend", "openai", "--base-url", server.url, "--sessions-dir", str(tmp_path / "s")]
+        code, _, err = run_cli(
+            capsys,
+            "chat",
+            "--session",
+            "lcp",
+            "--max-tokens",
+            "6",
+            *flags,
+            stdin="The keeper wrote\n",
+            monkeypatch=monkeypatch,
+        )
+        assert code == 0, err
+        with SessionStore(tmp_path / "s").open("lcp", read_only=True) as session:
+            frame = session.tree.roots[0].text
+        engine = RemoteEngine(RemoteConfig(server.url))  # another prompt with the same start
+        engine.generate(" ".join(frame.split()[:3]) + " zebra", SamplingParams(max_new_tokens=1, seed=1))
+        code, out, err = run_cli(capsys, "replay", "lcp", *flags[4:])
+    assert code == 1, out + err
+    assert "when probed, it did not repeat a seeded request (it repeats back to back" in err
+    assert "differs at character" in out
+    assert "stored tokens scored there: 6/6 tokens compared, log-probability drift max 0.0000" in out
+
+
+def test_replay_on_another_engine_reports_agreement_and_drift(capsys, monkeypatch, tmp_path, tiny_dir):
+    (tmp_path / "calm.yaml").write_text(
+        'name: calm\nframe: "A talk.\\n\\n"\nspeakers: {user: Guest, model: Sage}\n'
+    )
+    flags = ["--sessions-dir", str(tmp_path / "s"), "-m", str(tiny_dir), "--dtype", "float32"]
+    code, _, err = run_cli(
+        capsys,
+        "chat",
+        "--persona",
+        str(tmp_path / "calm.yaml"),
+        "--session",
+        "here",
+        "--max-tokens",
+        "8",
+        "--seed",
+        "3",
+        *flags,
+        stdin="Hello\n",
+        monkeypatch=monkeypatch,
+    )
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "replay", "here", "--on", "local", *flags)  # the same engine
+    assert code == 0, out + err
+    assert "the same text; 8/8 tokens compared, log-probability drift max" in out
+    assert float(re.search(r"drift max ([0-9.]+)", out).group(1)) < 1e-3  # a pass teacher-forced, in float32
+    with ProbeServer("vllm") as server:  # a server of another model: nothing splits alike
+        code, out, err = run_cli(
+            capsys, "replay", "here", "--on", server.url, "--sessions-dir", str(tmp_path / "s")
+        )
+    assert code == 0, out + err
+    assert "replies drawn again the same" in out and "tokens compared" not in out.split("\n")[-2]
+    code, _, err = run_cli(capsys, "replay", "here", "--on", "gpu-box:8000", *flags)
+    assert code == 2 and "--on 'gpu-box:8000': give a server's URL" in err
