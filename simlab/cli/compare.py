@@ -62,6 +62,18 @@ def add_command(commands) -> None:
     cmp.add_argument(
         "--wide", action="store_true", help="tables on one line per row (default: fit 80 columns)"
     )
+    cmp.add_argument(
+        "--inspect-log",
+        metavar="FILE.json",
+        help="also write the run as an Inspect eval log (inspect view shows it; read_eval_log reads it)",
+    )
+    cmp.add_argument(
+        "--from-inspect",
+        nargs="+",
+        metavar="LOG",
+        help="compare Inspect logs (.json or .eval) instead of sampling: each log (or each variant of a "
+        "simlab log) a group, samples paired by id and epoch",
+    )
     add_sessions_dir(cmp)
     group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
     group.add_argument(
@@ -138,6 +150,8 @@ def spec_from_args(args: argparse.Namespace):
 def cmd_compare(args: argparse.Namespace) -> int:
     if args.blind is not None:
         return _blind(args)
+    if args.from_inspect:
+        return _from_inspect(args)
     from simlab.compare.stats import analyse  # numpy: only when a sweep runs
 
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
@@ -184,6 +198,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         analysis.notes[:0] = notes
     _write_reports(args, spec, analysis, name)
+    if args.inspect_log:
+        from simlab.compare import inspect_log
+        from simlab.compare.stats import paired_samples
+
+        inspect_log.write(
+            inspect_log.eval_log(analysis, runs, paired_samples(runs, spec)), Path(args.inspect_log)
+        )
+        say(f"Inspect log: {args.inspect_log} (inspect view --log-dir {Path(args.inspect_log).parent})")
+    return 0
+
+
+def _from_inspect(args: argparse.Namespace) -> int:
+    """--from-inspect LOG...: simlab's paired statistics on Inspect logs' scores; nothing is sampled."""
+    from simlab.compare import inspect_log
+
+    if args.spec or args.personas or args.turn or args.samples or args.inspect_log:
+        raise SimlabError(
+            "simlab compare --from-inspect LOG... compares what the logs scored; it samples nothing"
+        )
+    groups = inspect_log.read([Path(p) for p in args.from_inspect])
+    report = inspect_log.analyse(groups, seed=args.seed or 0)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print("\n".join(inspect_log.lines(report)))
     return 0
 
 
