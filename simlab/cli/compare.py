@@ -27,6 +27,7 @@ from simlab.cli.common import (
 from simlab.compare.spec import build_spec, read_spec, sampling_differs
 from simlab.engine.params import BY_FIELD
 from simlab.errors import EXIT_INTERRUPTED, SimlabError, SpecError, SteerError, SweepInterrupted
+from simlab.models.load import EMBEDDED
 from simlab.repl.progress import Waiting
 from simlab.session.store import check_name
 
@@ -62,18 +63,7 @@ def add_command(commands) -> None:
     cmp.add_argument(
         "--wide", action="store_true", help="tables on one line per row (default: fit 80 columns)"
     )
-    cmp.add_argument(
-        "--inspect-log",
-        metavar="FILE.json",
-        help="also write the run as an Inspect eval log (inspect view shows it; read_eval_log reads it)",
-    )
-    cmp.add_argument(
-        "--from-inspect",
-        nargs="+",
-        metavar="LOG",
-        help="compare Inspect logs (.json or .eval) instead of sampling: each log (or each variant of a "
-        "simlab log) a group, samples paired by id and epoch",
-    )
+    _add_interop_flags(cmp)
     add_sessions_dir(cmp)
     group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
     group.add_argument(
@@ -86,6 +76,29 @@ def add_command(commands) -> None:
     add_model_flags(cmp)
     add_trace_flags(cmp)
     cmp.set_defaults(run=cmd_compare)
+
+
+def _add_interop_flags(cmp) -> None:
+    """Inspect logs out and in, and the judge."""
+    cmp.add_argument(
+        "--inspect-log",
+        metavar="FILE.json",
+        help="also write the run as an Inspect eval log (inspect view shows it; read_eval_log reads it)",
+    )
+    cmp.add_argument(
+        "--judge",
+        metavar="MODEL|URL",
+        help="score every sample on the --rubric's questions by this model's teacher-forced probability "
+        "of the answers (a local model, or a server with prompt log-probabilities)",
+    )
+    cmp.add_argument("--rubric", metavar="FILE", help="with --judge: the questions, a metric each (YAML)")
+    cmp.add_argument(
+        "--from-inspect",
+        nargs="+",
+        metavar="LOG",
+        help="compare Inspect logs (.json or .eval) instead of sampling: each log (or each variant of a "
+        "simlab log) a group, samples paired by id and epoch",
+    )
 
 
 def _blind(args: argparse.Namespace) -> int:
@@ -155,6 +168,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from simlab.compare.stats import analyse  # numpy: only when a sweep runs
 
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
+    rubrics = _rubrics(args)
     settings = settings_of(args)
     if spec.base_url and args.backend is None and args.base_url is None:
         settings = replace(settings, backend="openai", base_url=spec.base_url)
@@ -197,16 +211,55 @@ def cmd_compare(args: argparse.Namespace) -> int:
             )
             return EXIT_INTERRUPTED
         analysis.notes[:0] = notes
+        if rubrics:
+            _judge(args, spec, runs, analysis, rubrics, session)
     _write_reports(args, spec, analysis, name)
     if args.inspect_log:
-        from simlab.compare import inspect_log
-        from simlab.compare.stats import paired_samples
-
-        inspect_log.write(
-            inspect_log.eval_log(analysis, runs, paired_samples(runs, spec)), Path(args.inspect_log)
-        )
-        say(f"Inspect log: {args.inspect_log} (inspect view --log-dir {Path(args.inspect_log).parent})")
+        _write_inspect_log(Path(args.inspect_log), spec, runs, analysis)
     return 0
+
+
+def _write_inspect_log(path: Path, spec, runs, analysis) -> None:
+    from simlab.compare import inspect_log
+    from simlab.compare.stats import paired_samples
+
+    inspect_log.write(inspect_log.eval_log(analysis, runs, paired_samples(runs, spec)), path)
+    say(f"Inspect log: {path} (inspect view --log-dir {path.parent})")
+
+
+def _rubrics(args: argparse.Namespace):
+    if bool(args.judge) != bool(args.rubric):
+        raise SimlabError("--judge MODEL and --rubric FILE go together")
+    if not args.rubric:
+        return []
+    from simlab.compare.judge import read_rubric
+
+    return read_rubric(Path(args.rubric))
+
+
+def _judge(args: argparse.Namespace, spec, runs, analysis, rubrics, session) -> None:
+    """Every paired sample judged on each rubric question (saved as notes, reused when run again)."""
+    from simlab.compare.judge import add_to, judge_samples
+    from simlab.compare.stats import paired_samples
+    from simlab.turns.servers import server_map
+
+    local = not args.judge.startswith(("http://", "https://"))
+    settings = replace(settings_of(args), backend="local", base_url="")
+    if not local:  # (the server's only model: the embedded default's meaning for a server)
+        settings = replace(settings, backend="openai", base_url=args.judge, model=EMBEDDED)
+    engine = load_engine(args, settings, args.judge if local else None)
+    how = ""
+    if not local:
+        found = server_map(engine)
+        if found is None or not found.scores:
+            raise SimlabError(
+                f"--judge {args.judge}: the server gives no prompt log-probabilities to score answers with"
+            )
+        how = found.prompt_logprobs
+    keep = paired_samples(runs, spec)
+    with Waiting("judging", len(runs) * len(keep), unit="samples"):
+        values = judge_samples(spec, runs, keep, engine, rubrics, session, how)
+    add_to(analysis, values, engine.info.spec, seed=spec.seed)
 
 
 def _from_inspect(args: argparse.Namespace) -> int:

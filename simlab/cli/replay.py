@@ -79,6 +79,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if target is None:
             raise SimlabError(f"session {args.id!r} is empty; nothing to replay")
         path = tree.path(target)
+        if path[-1].judged:
+            return _rejudge(args, session, path[-1])
         replies = model_replies(path)
         if not replies and not (chosen_replies(path) and (not changing or persona is not None)):
             raise _nothing_to_replay(session, path)
@@ -110,6 +112,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for node in added:
             print(f"  {node.speaker or node.role}: {' '.join(node.text.split())[:100]}")
         return 0
+
+
+def _rejudge(args: argparse.Namespace, session, note) -> int:
+    """A judge's note (compare --judge) scored again by its model from its saved prompt."""
+    from simlab.compare.judge import rescored
+
+    args.dtype = args.dtype or note.dtype  # the judge as it read: its dtype and weights
+    args.weights = args.weights or note.weights or ("float" if note.dtype else None)
+    server = recorded_server(settings_of(args), [note], args.backend)
+    args.backend, args.base_url = server.backend, server.base_url or args.base_url
+    engine = load_engine(args, spec=args.model or (note.model if server.backend == "local" else None))
+    same, again = rescored(engine, note, (note.backend or {}).get("scoring", ""))
+    gaps = [abs(again["logprobs"][k] - v) for k, v in note.judged["logprobs"].items()]
+    print(
+        f"{session.tree.short(note.id)} judged {note.judged['metric']} again: score {again['score']:.4f} "
+        f"(stored {note.judged['score']:.4f}); "
+        + (
+            "every label's log-probability the same"
+            if same
+            else f"labels' log-probabilities differ by up to {max(gaps):.2g}"
+        )
+    )
+    return 0 if same else 1
 
 
 def _steer_override(args: argparse.Namespace):

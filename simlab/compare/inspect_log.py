@@ -38,9 +38,9 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def eval_log(analysis, runs, keep: list[int], scores: dict | None = None) -> dict[str, Any]:
-    """The analysis (compare.stats.Analysis) and its runs as an Inspect EvalLog (a JSON object).
-    `scores`: extra per-sample scores by variant, metric and pair index (the judge's)."""
+def eval_log(analysis, runs, keep: list[int]) -> dict[str, Any]:
+    """The analysis (compare.stats.Analysis) and its runs as an Inspect EvalLog (a JSON object),
+    the judge's scores (compare.judge) among each sample's scores as judge:METRIC."""
     from simlab.compare.sweep import sample_key
 
     spec, created = analysis.spec, _now()
@@ -50,7 +50,8 @@ def eval_log(analysis, runs, keep: list[int], scores: dict | None = None) -> dic
         for k, key in enumerate(keep):
             nodes = by_key[key]
             values = {m: v[k] for m, v in stats.values.items() if k < len(v)}
-            values.update({m: v[k] for m, v in ((scores or {}).get(stats.name) or {}).items() if k < len(v)})
+            judged = analysis.judged_values.get(stats.name) or {}
+            values.update({f"judge:{m}": v[k] for m, v in judged.items() if k < len(v)})
             samples.append(_sample(spec, stats, nodes, k, values))
     return {
         "version": 2,
@@ -143,8 +144,23 @@ def _results(analysis) -> list[dict[str, Any]]:
                     "metadata": {"variant": v.name, "method": e.method},
                 }
             )
+    for v, estimates in analysis.judged.items():
+        for metric, e in estimates.items():
+            out.append(
+                {
+                    "name": f"judge:{metric}/{v}",
+                    "scorer": f"judge:{metric}",
+                    "scored_samples": e.n,
+                    "metrics": metrics(e),
+                    "metadata": {"variant": v, "method": e.method, "judge": analysis.judge},
+                }
+            )
     base = analysis.variants[0].name if analysis.variants else ""
-    for name, diffs in analysis.differences.items():
+    diffs_all = {**analysis.differences}
+    for name, d in analysis.judged_diff.items():
+        diffs_all.setdefault(name, {})
+        diffs_all[name] = {**diffs_all[name], **{f"judge:{m}": e for m, e in d.items()}}
+    for name, diffs in diffs_all.items():
         for metric, e in diffs.items():
             p = e.extra.get("p_holm", e.extra.get("p"))
             out.append(
@@ -181,13 +197,16 @@ class Group:
 def read(paths: list[Path]) -> list[Group]:
     """Inspect logs (.json, or .eval archives) as groups of scored samples, in order."""
     groups: dict[str, Group] = {}
-    for path in paths:
-        log, samples = _load(path)
+    loaded = [(path, *_load(path)) for path in paths]
+    models = [str((log.get("eval") or {}).get("model", "")) for _, log, _ in loaded]
+    for (path, log, samples), model in zip(loaded, models):
         task = (log.get("eval") or {}).get("task", path.stem)
-        model = str((log.get("eval") or {}).get("model", ""))
+        label = (
+            model if models.count(model) == 1 else f"{model} ({path.name})"
+        )  # (one model twice: its files)
         for s in samples:
             meta = s.get("metadata") if isinstance(s.get("metadata"), dict) else {}
-            name = str(meta.get("variant") or (f"{model} ({path.name})" if len(paths) > 1 else model))
+            name = str(meta.get("variant") or label)
             item = "script" if meta.get("variant") else str(s.get("id"))
             group = groups.setdefault(name, Group(name, str(meta.get("model") or model)))
             values = {}
@@ -205,9 +224,19 @@ def read(paths: list[Path]) -> list[Group]:
     return list(groups.values())
 
 
+def _zstd() -> None:
+    """Inspect writes `.eval` archives with zstd members; zipfile reads them from Python 3.14 on, and
+    with zipfile-zstd (which adds the method to zipfile when imported) before that."""
+    try:
+        import zipfile_zstd  # noqa: F401
+    except ImportError:
+        pass
+
+
 def _load(path: Path) -> tuple[dict, list[dict]]:
     try:
         if zipfile.is_zipfile(path):
+            _zstd()
             with zipfile.ZipFile(path) as archive:
                 header = json.loads(archive.read("header.json"))
                 names = sorted(
@@ -217,6 +246,11 @@ def _load(path: Path) -> tuple[dict, list[dict]]:
         log = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SimlabError(f"--from-inspect {path}: no such file") from None
+    except NotImplementedError:  # (a compression this Python's zipfile cannot read)
+        raise SimlabError(
+            f"--from-inspect {path}: its archive is compressed with zstd, which needs the zipfile-zstd "
+            "package here (pip install zipfile-zstd), or convert it: inspect log convert --to json"
+        ) from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise SimlabError(f"--from-inspect {path}: not an Inspect log ({exc})") from None
     if not isinstance(log, dict) or "eval" not in log:

@@ -130,7 +130,39 @@ def tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
                 rows,
             )
         )
-    return out + _dose_tables(a)
+    return out + _judge_tables(a) + _dose_tables(a)
+
+
+def _judge_tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The judge's rubric metrics (compare.judge) beside the others: per variant, and paired."""
+    if not a.judged:
+        return []
+    metrics = list(next(iter(a.judged.values())))
+    rows = [
+        [name, str(a.variants[0].samples)] + [_fmt(d[m], digits=3) for m in metrics]
+        for name, d in a.judged.items()
+    ]
+    out = [
+        (
+            f"Judge {a.judge}: P(first label), or the scale's expected value; mean [95% interval]",
+            ["variant", "n", *metrics],
+            rows,
+        )
+    ]
+    if a.judged_diff:
+        rows = [
+            [name, str(a.pairs)] + [_diff(d[m], digits=3) for m in metrics]
+            for name, d in a.judged_diff.items()
+        ]
+        base = a.variants[0].name
+        out.append(
+            (
+                f"Judge: difference from {base}, paired by seed (* survives Holm's correction)",
+                ["variant", "pairs", *metrics],
+                rows,
+            )
+        )
+    return out
 
 
 def _dose_tables(a: Analysis) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -338,6 +370,17 @@ def _as_dict(a: Analysis) -> dict[str, Any]:
         },
         "divergence": a.divergence,
         "dose": [d.as_dict() for d in a.dose],
+        "judge": {
+            "model": a.judge,
+            "variants": {n: {m: e.as_dict() for m, e in d.items()} for n, d in a.judged.items()},
+            "differences": {
+                n: {m: {**e.as_dict(), "significant": e.significant} for m, e in d.items()}
+                for n, d in a.judged_diff.items()
+            },
+            "values": a.judged_values,
+        }
+        if a.judged
+        else None,
         "pairs": a.pairs,
         "intervals": INTERVALS,
         "notes": a.notes,

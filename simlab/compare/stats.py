@@ -95,6 +95,10 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     pairs: int = 0  # samples present in every variant (the paired tests' n)
     dose: list = field(default_factory=list)  # compare.dose.DoseResponse: a steer: spec's strengths
+    judge: str = ""  # the judge model (compare.judge), when one scored the samples
+    judged: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # variant -> rubric metric
+    judged_diff: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # variant - baseline
+    judged_values: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # per sample
 
 
 def read_reply(node, lead: str, decode: Callable | None, count: Callable | None) -> Reply:

@@ -38,6 +38,7 @@ class ServerMap:
     child_seed: str = ""  # "seed+index" | "same seed" | "its own" | "" (not known)
     seeded: bool | None = None  # the same seeded request twice: the same reply
     seeded_under_load: bool | None = None  # ... while another request runs
+    seed_changes: bool | None = None  # another seed draws another reply (False: greedy, or seed ignored)
     logprobs: int = 0  # alternatives per token it sends (0: no log-probabilities)
     logprobs_kind: str = ""  # "raw" (the model's own) | "after the sampler" | ""
     prompt_logprobs: str = ""  # "echo" | "prompt_logprobs" | "" (none)
@@ -93,7 +94,7 @@ class ServerMap:
                 if self.n
                 else "ignored: simlab sends one request per sibling (seed, seed+1, ...)",
             ),
-            (yes(self.seeded), "seeded replies", self._seeded_line()),
+            (yes(self.seeded and self.seed_changes is not False), "seeded replies", self._seeded_line()),
             (
                 yes(self.logprobs),
                 "log-probabilities",
@@ -140,6 +141,11 @@ class ServerMap:
         return out
 
     def _seeded_line(self) -> str:
+        if self.seed_changes is False:
+            return (
+                "another seed gave the same reply" + self._why("seed") + ": it decodes greedily or "
+                "ignores temperature and seed, so siblings repeat one another"
+            )
         if self.seeded is None:
             return "could not be tried" + self._why("seeded")
         if not self.seeded:
@@ -253,6 +259,13 @@ def _under_load(asker: _Asker, first: dict) -> bool | None:
 
 
 def _children(asker: _Asker, found: ServerMap, first: dict) -> None:
+    """n, the child-seed rule, and whether another seed draws another reply at all."""
+    alone = asker.ask("seed", seed=SEED + 1, logprobs=None)
+    if alone is not None and _texts(alone)[0] == _texts(first)[0]:
+        found.seed_changes = False
+        found.why["seed"] = "seeds 4242 and 4243 at temperature 1 gave the same reply"
+    elif alone is not None:
+        found.seed_changes = True
     pair = asker.ask("n", n=2, logprobs=None)
     if pair is None:
         return
@@ -260,7 +273,6 @@ def _children(asker: _Asker, found: ServerMap, first: dict) -> None:
     found.n = len(texts) >= 2
     if not found.n or not found.seeded:
         return
-    alone = asker.ask("n", seed=SEED + 1, logprobs=None)
     if alone is not None and texts[1] == _texts(alone)[0] and texts[0] == _texts(first)[0]:
         found.child_seed = "seed+index"
     elif texts[0] == texts[1]:

@@ -32,7 +32,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     5: lambda record: record,  # 6 added `settings` records (/set and /seed) and replies' `forced` (/fork)
     6: lambda record: record,  # 7 added replies' `steer` (the steering vectors they were sampled with)
     7: lambda record: record,  # 8 added `multiverse` records and the origin "chosen" (a kept block)
-    8: lambda record: record,  # 9 added `server` records (what a server did when probed: engine.probe)
+    8: lambda record: record,  # 9 added `server` records (engine.probe) and judges' notes' `judged`
 }
 
 

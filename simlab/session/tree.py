@@ -72,6 +72,9 @@ class Node:
     # On a node read from a Loom file (session.loom): what the file held that simlab does not use,
     # written back on export as it came.
     loom: dict[str, Any] | None = None
+    # On a judge's note (compare.judge): {"metric", "question", "labels", "prompt", "logprobs" (each
+    # label's, teacher-forced), "score"}; replay scores the prompt again.
+    judged: dict[str, Any] | None = None
     tags: frozenset[str] = frozenset()
     hidden: bool = False
 
@@ -157,6 +160,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "forced": (dict,),
     "steer": (dict,),
     "loom": (dict,),
+    "judged": (dict,),
     "hidden": (bool,),
     "token_ids": (list, tuple),
     "logprobs": (list, tuple),

@@ -76,8 +76,13 @@ def test_logs_inspect_wrote_are_compared_paired(capsys, tmp_path):
 
     write_eval_log(_log_of("openai/a", ["C", "I", "C", "I", "I", "C"]), tmp_path / "a.eval", format="eval")
     write_eval_log(_log_of("openai/b", ["C", "C", "C", "C", "I", "C"]), tmp_path / "b.json", format="json")
-    code, out, err = run_cli(capsys, "compare", "--from-inspect", tmp_path / "a.eval", tmp_path / "b.json")
-    assert code == 0, err
+    # in a process of its own: inspect_ai, imported here, teaches zipfile zstd (its .eval members)
+    done = subprocess.run(
+        [sys.executable, "-m", "simlab", "compare", "--from-inspect", tmp_path / "a.eval",
+         tmp_path / "b.json"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     rows = [line for line in out.splitlines() if line.startswith("match")]
     assert "0.5" in rows[0] and "12" in rows[0]  # C/I as 1/0: 6 of 12, a rate with its interval
     assert "+0.333" in rows[1] and "12 pairs" in rows[1]  # paired by (id, epoch)
