@@ -13,8 +13,10 @@ from simlab.compare.metrics import as_sampled, jsd, kl
 from simlab.compare.spec import Variant
 from simlab.compare.steer import steering_for
 from simlab.compare.sweep import VariantRun
+from simlab.engine.scored import served_tokens_of
 from simlab.frame.render import render_spans, reply_prompt
 from simlab.turns import unsaved_path
+from simlab.turns.servers import server_map
 
 
 def with_model(analysis, runs: list[VariantRun], engine_for, seed: int) -> None:
@@ -22,14 +24,30 @@ def with_model(analysis, runs: list[VariantRun], engine_for, seed: int) -> None:
     spec = analysis.spec
     _prompt_tokens(analysis, engine_for)
     models = {v.model or spec.model for v in spec.variants}
-    if not all(engine_for(model).capabilities.can_score for model in models):
+    if all(engine_for(model).capabilities.can_score for model in models):
+        _cross_logprob(analysis, runs, engine_for, seed)
+        _divergence(analysis, engine_for)
+        return
+    lacking = [m for m in models if not _prompt_scoring(engine_for(m))]
+    if lacking:
         analysis.notes.append(
-            "cross log-probabilities and next-token divergences need a local model (the "
-            "weights themselves); skipped for this server-backed sweep"
+            "cross log-probabilities need a local model or a server with prompt log-probabilities "
+            f"(echo with logprobs, or vLLM's prompt_logprobs; its probe found none at "
+            f"{', '.join(engine_for(m).config.base_url for m in lacking)}); next-token divergences need "
+            "a local model; both skipped for this server-backed sweep"
         )
         return
+    analysis.notes.append(
+        "cross log-probabilities scored on the server (its prompt log-probabilities); next-token "
+        "divergences need a local model (the whole distribution): skipped for this server-backed sweep"
+    )
     _cross_logprob(analysis, runs, engine_for, seed)
-    _divergence(analysis, engine_for)
+
+
+def _prompt_scoring(engine) -> str:
+    """How a server scores a prompt teacher-forced (its probe), "" where it cannot."""
+    found = server_map(engine)
+    return found.prompt_logprobs if found is not None and found.scores else ""
 
 
 # -- teacher-forced cross log-probability ----------------------------------------------------
@@ -46,6 +64,12 @@ def render_under(variant: Variant, turns: list[str], replies: list[str]) -> tupl
 
 def score_spans(engine, text: str, spans: list[tuple[int, int]]) -> float | None:
     """Mean log-probability of the tokens overlapping the spans, each given all text before it."""
+    if not engine.capabilities.local:  # a server with prompt log-probabilities (with_model checked)
+        tokens = served_tokens_of(engine, text, _prompt_scoring(engine))
+        picks = [
+            t.logprob for t in tokens if t.end > t.start and any(t.end > a and t.start < b for a, b in spans)
+        ]
+        return sum(picks) / len(picks) if picks else None
     ids, offsets = engine.encode_with_offsets(text)
     if len(ids) > engine.info.context_length:
         return None

@@ -154,6 +154,17 @@ def _vllm(engine, prompt: str, continuation: str) -> list[Span]:
     ]
 
 
+def served_tokens_of(engine, text: str, how: str) -> list[Span]:
+    """Every token of a text with its log-probability given those before it, on a server (the
+    first token has none and is left out): spans in the text."""
+    if how == "echo":
+        scored = echo_scores(_asked(engine, text, echo=True, logprobs=1), text)
+        return [Span(o, o + len(t), t, lp) for o, t, lp in scored if lp is not None]
+    if how == "prompt_logprobs":
+        return _vllm(engine, "", text)
+    raise SimlabError(f"the server at {engine.config.base_url} gives no prompt log-probabilities")
+
+
 def drift(stored: Sequence[Span], scored: Sequence[Span]) -> Drift:
     """Compare two engines' log-probabilities over the tokens both split alike."""
     theirs = {(s.start, s.end): s for s in scored}

@@ -3,6 +3,7 @@ llama.cpp's shapes (tests/probe_server.py names where each behaviour comes from)
 on a session. The real servers: tests/model/test_remote.py (transformers serve) and
 tests/slow/test_remote_servers.py (llama-cpp-python's)."""
 
+import json
 import re
 
 import orjson
@@ -204,3 +205,23 @@ def test_replay_on_another_engine_reports_agreement_and_drift(capsys, monkeypatc
     assert "replies drawn again the same" in out and "tokens compared" not in out.split("\n")[-2]
     code, _, err = run_cli(capsys, "replay", "here", "--on", "gpu-box:8000", *flags)
     assert code == 2 and "--on 'gpu-box:8000': give a server's URL" in err
+
+
+@pytest.mark.parametrize("flavour", ["vllm", "llama-server"])
+def test_compares_cross_logprobs_on_a_server_that_scores_prompts(capsys, tmp_path, flavour):
+    with ProbeServer(flavour) as server:
+        code, out, err = run_cli(
+            capsys, "compare", "--personas", "interview,stage-play", "--turn", "The keeper wrote",
+            "--samples", "3", "--max-tokens", "5", "--backend", "openai", "--base-url", server.url,
+            "--sessions-dir", tmp_path / "s", "--report-dir", tmp_path / "r", "--json",
+        )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    notes = " ".join(report["notes"])
+    if flavour == "vllm":  # echo with logprobs: each variant's replies scored under each frame there
+        assert set(report["cross_logprob"]["interview"]) == {"interview", "stage-play"}
+        assert report["cross_logprob"]["interview"]["stage-play"]["n"] == 3
+        assert "cross log-probabilities scored on the server" in notes
+    else:
+        assert report["cross_logprob"] == {}
+        assert "its probe found none at " + server.url in notes
