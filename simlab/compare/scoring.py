@@ -33,7 +33,7 @@ def with_model(analysis, runs: list[VariantRun], engine_for, seed: int) -> None:
         analysis.notes.append(
             "cross log-probabilities need a local model or a server with prompt log-probabilities "
             f"(echo with logprobs, or vLLM's prompt_logprobs; its probe found none at "
-            f"{', '.join(engine_for(m).config.base_url for m in lacking)}); next-token divergences need "
+            f"{', '.join(_where(engine_for(m)) for m in lacking)}); next-token divergences need "
             "a local model; both skipped for this server-backed sweep"
         )
         return
@@ -42,6 +42,10 @@ def with_model(analysis, runs: list[VariantRun], engine_for, seed: int) -> None:
         "divergences need a local model (the whole distribution): skipped for this server-backed sweep"
     )
     _cross_logprob(analysis, runs, engine_for, seed)
+
+
+def _where(engine) -> str:
+    return getattr(getattr(engine, "config", None), "base_url", None) or engine.info.name
 
 
 def _prompt_scoring(engine) -> str:
