@@ -219,18 +219,18 @@ def _check_served(engine, session: Session, node: Node, prompt, params, path_bef
         node, False, k, stored[k : k + 12] or "(end)", got[k : k + 12] or "(end)", unit="character"
     )
     tokens = stored_tokens(node)
-    if found is None or not found.scores or tokens is None:
+    if found is None or not found.scoring or tokens is None:
         check.scored = (
             "no stored log-probabilities"
             if tokens is None
-            else "the server gives no prompt log-probabilities"
+            else "the server gives no log-probabilities to score with"
             if found is not None
             else "the server was not probed"
         )
         return check
     try:
         check.drift = drift(
-            spans_of(*tokens), score_text(engine, prompt, "".join(tokens[0]), found.prompt_logprobs)
+            spans_of(*tokens), score_text(engine, prompt, "".join(tokens[0]), found.scoring, tokens[0])
         )
     except SimlabError as exc:
         check.scored = str(exc)
@@ -381,7 +381,7 @@ def across(engine: Engine, session: Session, node: Node, tokenizer=None, scoring
         scored, texts = score_ids(engine, prompt, node.token_ids)  # the same tokenizer: its own tokens
         return Across(node, agree, drift(spans_of(texts, stored[1]), scored))
     try:
-        scored = score_text(engine, prompt, "".join(stored[0]), scoring)
+        scored = score_text(engine, prompt, "".join(stored[0]), scoring, stored[0])
     except SimlabError as exc:
         return Across(node, agree, why=str(exc))
     return Across(node, agree, drift(spans_of(*stored), scored))

@@ -56,11 +56,15 @@ def _other_engine(args: argparse.Namespace, replies):
     found = server_map(engine)
     if found is None:
         return engine, ""
-    if not found.scores:
+    if not found.scoring:
         say(f"simlab: note: {found.rows()[3][2]}; only the new draws are compared")
+    elif found.scoring == "forced":
+        say(
+            "simlab: note: the server gives no prompt log-probabilities: each stored token is asked for alone"
+        )
     if found.seeded is False:
         say("simlab: note: the server did not repeat a seeded request when probed: new draws may differ")
-    return engine, found.prompt_logprobs if found.scores else ""
+    return engine, found.scoring
 
 
 def _stored_tokenizer(args: argparse.Namespace, replies):

@@ -68,6 +68,14 @@ class ServerMap:
         """Teacher-forced scoring on the server: prompt log-probabilities of the model's own."""
         return bool(self.prompt_logprobs) and self.logprobs_kind != "after the sampler"
 
+    @property
+    def scoring(self) -> str:
+        """How stored tokens are scored teacher-forced here: echo, prompt_logprobs, forced (a request
+        a token, among its best alternatives), or "" (not at all)."""
+        if self.scores:
+            return self.prompt_logprobs
+        return "forced" if self.logprobs and self.logprobs_kind != "after the sampler" else ""
+
     def child_seed_of(self, seed: int | None, index: int | None) -> int | None:
         """The seed a child of an n-request has alone, where the server's rule says (else None)."""
         if seed is None or index is None:
@@ -116,7 +124,12 @@ class ServerMap:
                 + (
                     ": stored tokens are scored teacher-forced on the server"
                     if self.scores
-                    else ": no teacher-forced scoring on the server" + self._why("prompt_logprobs")
+                    else (
+                        ": stored tokens are scored a request a token, among its best alternatives"
+                        if self.scoring == "forced"
+                        else ": no teacher-forced scoring on the server"
+                    )
+                    + self._why("prompt_logprobs")
                 ),
             ),
             (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from simlab.engine.client import choices_of
+from simlab.engine.client import choices_of, served_tokens
 from simlab.engine.probe import echo_scores
 from simlab.errors import RemoteError, SimlabError
 
@@ -62,11 +62,16 @@ def backward(pieces: Sequence[str], logprobs: Sequence[float], end: int) -> list
     return spans_of(pieces, logprobs, end - total)
 
 
-def score_text(engine, prompt: str, continuation: str, how: str = "") -> list[Span]:
+def score_text(
+    engine, prompt: str, continuation: str, how: str = "", pieces: Sequence[str] | None = None
+) -> list[Span]:
     """The continuation's tokens after the prompt, teacher-forced on `engine`: local (its forward
-    pass), or a server by `how` (the probe's prompt_logprobs: "echo" or "prompt_logprobs")."""
+    pass), or a server by `how` (its probe's ServerMap.scoring: "echo", "prompt_logprobs", or
+    "forced": a request a token, which needs the continuation's `pieces`)."""
     if engine.capabilities.local:
         return _local(engine, prompt, continuation)
+    if how == "forced" and pieces is not None:
+        return _forced(engine, prompt, list(pieces))
     if how == "echo":
         return _echoed(engine, prompt, continuation)
     if how == "prompt_logprobs":
@@ -132,6 +137,21 @@ def _echoed(engine, prompt: str, continuation: str) -> list[Span]:
         for o, t, lp in scored
         if lp is not None and o + len(t) > len(prompt) and o < len(text)
     ]
+
+
+def _forced(engine, prompt: str, pieces: list[str]) -> list[Span]:
+    """For a server with log-probabilities but no prompt log-probabilities (llama.cpp's
+    `llama-server`): the prompt and the tokens so far, one token asked for with its best 20
+    alternatives; a stored token found among them has its log-probability there, one not found is
+    left out (not compared)."""
+    out, at = [], 0
+    for piece in pieces:
+        tokens = served_tokens(_asked(engine, prompt + "".join(pieces)[:at], logprobs=20).get("logprobs"))
+        found = next((lp for _, text, lp in tokens[0].top if text == piece), None) if tokens else None
+        if found is not None:
+            out.append(Span(at, at + len(piece), piece, found))
+        at += len(piece)
+    return out
 
 
 def _vllm(engine, prompt: str, continuation: str) -> list[Span]:

@@ -53,7 +53,7 @@ def test_llama_server_refuses_echo_and_repeats_only_alone():
     assert "Only no echo is supported" in found.why["prompt_logprobs"]
     lines = {feature: what for _, feature, what in found.rows()}
     assert "not while another request runs" in lines["seeded replies"]
-    assert "no teacher-forced scoring on the server (Only no echo" in lines["prompt log-probs"]
+    assert "a request a token, among its best alternatives (Only no echo" in lines["prompt log-probs"]
 
 
 def test_doctor_prints_the_probe(capsys):
@@ -225,3 +225,22 @@ def test_compares_cross_logprobs_on_a_server_that_scores_prompts(capsys, tmp_pat
     else:
         assert report["cross_logprob"] == {}
         assert "its probe found none at " + server.url in notes
+
+
+def test_without_prompt_logprobs_a_token_is_scored_a_request_at_a_time():
+    from probe_server import VOCAB, logprobs_after, words
+
+    from simlab.engine.scored import score_text
+
+    with ProbeServer("llama-server") as server:
+        engine = RemoteEngine(RemoteConfig(server.url))
+        found = probe(engine)
+        assert found.scoring == "forced" and "a request a token" in found.rows()[3][2]
+        prompt, pieces = "The keeper wrote", [" in", " the", " log", "."]
+        spans = score_text(engine, prompt, "".join(pieces), found.scoring, pieces)
+    context = words(prompt)
+    for span, piece in zip(spans, pieces):
+        assert span.text == piece  # (the word model's own log-probability, exactly)
+        assert span.logprob == logprobs_after(context)[VOCAB.index(piece)]
+        context.append(piece)
+    assert [s.start for s in spans] == [0, 3, 7, 11]
