@@ -117,10 +117,12 @@ class TokenizeServer:
         prompt, limit = body["prompt"], self.context
         used = len(self.ids(prompt, True)) + (self.flavour == "llama-cpp-python")  # (its BOS)
         wanted = used + int(body.get("max_tokens", 16))
+        if self.flavour == "llama-cpp-python":  # (it checks the prompt alone: a reply stops at the end)
+            wanted = used if used >= limit else 0
         if wanted > limit and self.flavour == "llama-cpp-python" and body.get("stream"):
             self.refused += 1  # (its server: 200, then the stream ends with nothing in it)
             return handler.answer(200, None, stream=b"")
-        if wanted > limit:
+        if wanted > limit or wanted == limit and self.flavour == "llama-cpp-python":
             self.refused += 1
             if self.flavour == "llamacpp":
                 error = {

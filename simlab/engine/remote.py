@@ -2,10 +2,9 @@
 text-generation-inference, `transformers serve`), in the shape of a local Engine.
 
 The rendered simulator prompt goes as is (not chat messages), so base models and exact framing
-work. Servers differ in what they honour; the backend looks at what came back instead of assuming:
-fewer choices than `n` means further requests (one per sibling, seed + i, as a local run does);
-no `logprobs` means none are recorded. Stop strings are also matched here, on the streamed text.
-No torch: a remote session runs without it.
+work. The backend looks at what came back instead of assuming (engine.probe asks on purpose): fewer
+choices than `n` means a request per sibling (seed + i, as a local run does); no `logprobs`, none
+recorded. Stop strings are also matched here, on the streamed text. No torch.
 """
 
 from __future__ import annotations
@@ -335,7 +334,16 @@ class RemoteRun(RunControl):
         if stops.stop_string is not None:
             completion.stop_string, reason = stops.stop_string, "stop"
         if reason is None and not completion.text and not self._stop_requested:
-            counted = self._count(self.prompt, True)  # (llama-cpp-python's server, over its context)
+            try:  # (llama-cpp-python's, over its context): unstreamed, its refusal names its context
+                one = self.params.with_overrides(max_new_tokens=1)
+                engine.client.post_json(
+                    "/completions", engine.body(self.prompt, one, 1, None, False), retries=0
+                )
+            except ContextRefused:
+                raise  # (a chat learns the context from it and slides its window)
+            except RemoteError:
+                pass
+            counted = self._count(self.prompt, True)
             raise RemoteError(
                 f"the server at {engine.client.where} closed its stream without a reply"
                 + (f" to a prompt of {counted} tokens" if counted else "")
