@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import textwrap
@@ -82,8 +83,9 @@ def _add_interop_flags(cmp) -> None:
     """Inspect logs out and in, and the judge."""
     cmp.add_argument(
         "--inspect-log",
-        metavar="FILE.json",
-        help="also write the run as an Inspect eval log (inspect view shows it; read_eval_log reads it)",
+        metavar="FILE.json|DIR/",
+        help="also write the run as an Inspect eval log (read_eval_log reads it; in DIR/, named as Inspect "
+        "names its logs, so that inspect view --log-dir DIR lists it)",
     )
     cmp.add_argument(
         "--judge",
@@ -169,6 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
     rubrics = _rubrics(args)
+    judge = _judge_engine(args) if rubrics else None  # (a server that cannot judge: said before sampling)
     settings = settings_of(args)
     if spec.base_url and args.backend is None and args.base_url is None:
         settings = replace(settings, backend="openai", base_url=spec.base_url)
@@ -212,19 +215,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         analysis.notes[:0] = notes
         if rubrics:
-            _judge(args, spec, runs, analysis, rubrics, session)
+            _judge(spec, runs, analysis, rubrics, session, judge)
     _write_reports(args, spec, analysis, name)
     if args.inspect_log:
-        _write_inspect_log(Path(args.inspect_log), spec, runs, analysis)
+        _write_inspect_log(args.inspect_log, spec, runs, analysis)
     return 0
 
 
-def _write_inspect_log(path: Path, spec, runs, analysis) -> None:
+def _write_inspect_log(given: str, spec, runs, analysis) -> None:
+    """The run as an Inspect log: at PATH, or in a folder (PATH/ or an existing one) under the name
+    Inspect gives its own (a timestamp first: `inspect view` lists .json logs only so named)."""
+    import re
+
     from simlab.compare import inspect_log
     from simlab.compare.stats import paired_samples
 
-    inspect_log.write(inspect_log.eval_log(analysis, runs, paired_samples(runs, spec)), path)
-    say(f"Inspect log: {path} (inspect view --log-dir {path.parent})")
+    log, path = inspect_log.eval_log(analysis, runs, paired_samples(runs, spec)), Path(given)
+    if path.is_dir() or given.endswith(("/", os.sep)):
+        path.mkdir(parents=True, exist_ok=True)
+        stamp = re.sub(r"[:.]", "-", log["eval"]["created"][:19]) + "+00-00"
+        path = path / f"{stamp}_simlab-compare-{spec.name}_{log['eval']['eval_id'][-6:]}.json"
+    inspect_log.write(log, path)
+    listed = re.match(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}", path.name)
+    say(
+        f"Inspect log: {path} (inspect_ai.log.read_eval_log reads it; "
+        + (
+            f"inspect view --log-dir {path.parent} shows it)"
+            if listed
+            else "inspect view lists only logs named as Inspect names them: give --inspect-log DIR/)"
+        )
+    )
 
 
 def _rubrics(args: argparse.Namespace):
@@ -237,10 +257,9 @@ def _rubrics(args: argparse.Namespace):
     return read_rubric(Path(args.rubric))
 
 
-def _judge(args: argparse.Namespace, spec, runs, analysis, rubrics, session) -> None:
-    """Every paired sample judged on each rubric question (saved as notes, reused when run again)."""
-    from simlab.compare.judge import add_to, judge_samples
-    from simlab.compare.stats import paired_samples
+def _judge_engine(args: argparse.Namespace):
+    """The judge (--judge MODEL|URL) and how it scores: a local model, or a server whose probe
+    found prompt log-probabilities."""
     from simlab.turns.servers import server_map
 
     local = not args.judge.startswith(("http://", "https://"))
@@ -248,14 +267,24 @@ def _judge(args: argparse.Namespace, spec, runs, analysis, rubrics, session) -> 
     if not local:  # (the server's only model: the embedded default's meaning for a server)
         settings = replace(settings, backend="openai", base_url=args.judge, model=EMBEDDED)
     engine = load_engine(args, settings, args.judge if local else None)
-    how = ""
-    if not local:
-        found = server_map(engine)
-        if found is None or not found.scores:
-            raise SimlabError(
-                f"--judge {args.judge}: the server gives no prompt log-probabilities to score answers with"
-            )
-        how = found.prompt_logprobs
+    if local:
+        return engine, ""
+    found = server_map(engine)
+    if found is None or not found.scores:
+        raise SimlabError(
+            f"--judge {args.judge}: the server gives no prompt log-probabilities to score answers with "
+            "(echo with logprobs, or vLLM's prompt_logprobs; simlab doctor --backend openai --base-url "
+            f"{args.judge} says what it has)"
+        )
+    return engine, found.prompt_logprobs
+
+
+def _judge(spec, runs, analysis, rubrics, session, judge) -> None:
+    """Every paired sample judged on each rubric question (saved as notes, reused when run again)."""
+    from simlab.compare.judge import add_to, judge_samples
+    from simlab.compare.stats import paired_samples
+
+    engine, how = judge
     keep = paired_samples(runs, spec)
     with Waiting("judging", len(runs) * len(keep), unit="samples"):
         values = judge_samples(spec, runs, keep, engine, rubrics, session, how)

@@ -57,7 +57,7 @@ def eval_log(analysis, runs, keep: list[int]) -> dict[str, Any]:
         "version": 2,
         "status": "success",
         "eval": {
-            "eval_id": f"simlab-{spec.name}-{created}",
+            "eval_id": f"simlab-{spec.name}-{abs(hash((created, spec.name))) % 10**6:06d}",
             "run_id": f"simlab-{spec.name}",
             "created": created,
             "task": f"simlab/compare-{spec.name}",
@@ -192,6 +192,7 @@ class Group:
     name: str
     model: str
     scores: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)  # (id, epoch) -> scores
+    skipped: dict[str, int] = field(default_factory=dict)  # metric -> values that were not numbers
 
 
 def read(paths: list[Path]) -> list[Group]:
@@ -216,9 +217,14 @@ def read(paths: list[Path]) -> list[Group]:
                     values.update({f"{metric}.{k}": _number(v) for k, v in value.items()})
                 else:
                     values[metric] = _number(value)
-            group.scores[(item, int(s.get("epoch") or 1))] = {
-                m: v for m, v in values.items() if v is not None
-            }
+            for metric in (m for m, v in values.items() if v is None):
+                group.skipped[metric] = group.skipped.get(metric, 0) + 1
+            epoch = s.get("epoch", 1)
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                raise SimlabError(
+                    f"--from-inspect {path}: sample {s.get('id')!r}: epoch {epoch!r} is not a whole number"
+                )
+            group.scores[(item, epoch)] = {m: v for m, v in values.items() if v is not None}
         if not samples:
             raise SimlabError(f"{path}: an Inspect log without samples (task {task}); nothing to compare")
     return list(groups.values())
@@ -286,6 +292,11 @@ def analyse(groups: list[Group], seed: int = 0) -> dict[str, Any]:
     return {
         "groups": [{"name": g.name, "model": g.model, "samples": len(g.scores)} for g in groups],
         "rows": rows,
+        "notes": [
+            f"{g.name}: {k} value(s) of {metric} were not numbers (nor C/I/P/N grades) and were left out"
+            for g in groups
+            for metric, k in g.skipped.items()
+        ],
     }
 
 
@@ -314,8 +325,8 @@ def lines(report: dict[str, Any]) -> list[str]:
         elif "difference" in r:
             d = r["difference"]
             p = d.get("p_holm")
-            line += f" {d['mean']:+.3g} {interval(d)} {d['n']} pairs" + (
+            line += f" {d['mean']:+.3g} {interval(d)} {d['n']} pair{'s' * (d['n'] != 1)}" + (
                 f", p {p:.3g} (Holm)" if p is not None and math.isfinite(p) else ""
             )
         out.append(line)
-    return out
+    return out + [f"note: {n}" for n in report["notes"]]

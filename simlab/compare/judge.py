@@ -74,6 +74,13 @@ def read_rubric(path: Path) -> list[Rubric]:
         template = entry.get("template", TEMPLATE)
         if not isinstance(template, str) or "{transcript}" not in template:
             raise SpecError(f"{where(name)}: {name}: template: must contain {{transcript}}")
+        try:
+            template.format(transcript="", question="", choices="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SpecError(
+                f"{where(name)}: {name}: template: {exc.__class__.__name__} {exc}: use only {{transcript}}, "
+                "{question} and {choices}, and write a brace as {{ or }}"
+            ) from None
         out.append(Rubric(str(name), entry["question"], tuple(str(x) for x in labels), template))
     return out
 

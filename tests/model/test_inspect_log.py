@@ -46,6 +46,15 @@ def test_a_compare_run_is_an_inspect_log(capsys, tmp_path, tiny_dir):
     )
     jsonschema.validate(json.loads(log_path.read_text()), schema)  # the schema inspect itself prints
 
+    code, _, err = run_cli(  # the same sweep again (nothing sampled), into a folder: named as Inspect does
+        capsys, "compare", "--personas", f"{a},{b}", "--turn", "Hello", "--turn", "And then?",
+        "--samples", "5", "--max-tokens", "6", "-m", str(tiny_dir), "--sessions-dir", tmp_path / "s",
+        "--report-dir", tmp_path / "r", "--inspect-log", f"{tmp_path / 'logs'}/",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "inspect view --log-dir" in err
+    [listed] = inspect_log.list_eval_logs(str(tmp_path / "logs"))  # what inspect view lists
+    assert inspect_log.read_eval_log(listed).eval.task == "simlab/compare-a-b"
     code, out, err = run_cli(capsys, "compare", "--from-inspect", log_path)  # and read back
     assert code == 0, err
     assert "2 group(s): a (5 samples), b (5 samples)" in out
@@ -92,7 +101,15 @@ def test_logs_inspect_wrote_are_compared_paired(capsys, tmp_path):
 
 @pytest.mark.parametrize(
     "content, needle",
-    [(None, "no such file"), ("{not json", "not an Inspect log"), ('{"samples": []}', "no 'eval' record")],
+    [
+        (None, "no such file"),
+        ("{not json", "not an Inspect log"),
+        ('{"samples": []}', "no 'eval' record"),
+        (
+            '{"eval": {}, "samples": [{"id": 1, "epoch": "x", "scores": {}}]}',
+            "epoch 'x' is not a whole number",
+        ),
+    ],
 )
 def test_a_bad_log_is_one_line(capsys, tmp_path, content, needle):
     path = tmp_path / "x.json"
@@ -100,3 +117,14 @@ def test_a_bad_log_is_one_line(capsys, tmp_path, content, needle):
         path.write_text(content)
     code, _, err = run_cli(capsys, "compare", "--from-inspect", path)
     assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_a_score_that_is_not_a_number_is_left_out_and_said(capsys, tmp_path):
+    samples = [
+        {"id": "q", "epoch": e, "scores": {"grade": {"value": v}}} for e, v in ((1, 0.5), (2, "high"), (3, 1))
+    ]
+    (tmp_path / "log.json").write_text(json.dumps({"eval": {"model": "m"}, "samples": samples}))
+    code, out, err = run_cli(capsys, "compare", "--from-inspect", tmp_path / "log.json")
+    assert code == 0, err
+    assert "note: m: 1 value(s) of grade were not numbers" in out
+    assert any(line.startswith("grade") and "   2 " in line for line in out.splitlines())

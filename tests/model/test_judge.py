@@ -89,6 +89,7 @@ def test_a_judge_on_a_server(capsys, tmp_path, tiny_dir):
     with ProbeServer("llama-server") as server:  # no echo
         code, _, err = sweep(capsys, tmp_path / "2", tiny_dir, "--judge", server.url)
     assert code == 2 and "gives no prompt log-probabilities" in err
+    assert not (tmp_path / "2" / "s").exists()  # said before anything was sampled
 
 
 @pytest.mark.parametrize(
@@ -97,6 +98,8 @@ def test_a_judge_on_a_server(capsys, tmp_path, tiny_dir):
         ("hostile: {labels: [Yes, No]}\n", "rubric.yaml:1: hostile: give question: TEXT"),
         ("hostile: {question: Q, labels: [Yes]}\n", "labels: give two or more different answers"),
         ("hostile: {question: Q, scale: 5}\n", "unknown key 'scale'"),
+        ('hostile: {question: Q, template: "{transcript} {bogus}"}\n', "template: KeyError 'bogus'"),
+        ('hostile: {question: Q, template: "{transcript} {"}\n', "write a brace as {{ or }}"),
     ],
 )
 def test_a_bad_rubric_is_one_line_before_anything_loads(capsys, tmp_path, rubric, needle):
