@@ -359,10 +359,18 @@ def stored_tokens(node: Node, tokenizer=None) -> tuple[list[str], list[float]] |
         return None
     served = (node.backend or {}).get("tokens")
     if served and len(served) == len(node.logprobs):
-        return list(served), list(node.logprobs)
-    if tokenizer is None or len(node.token_ids) != len(node.logprobs):
+        pieces = list(served)
+    elif tokenizer is None or len(node.token_ids) != len(node.logprobs):
         return None
-    return pieces_of(tokenizer, list(node.token_ids), 0), list(node.logprobs)
+    else:
+        pieces = pieces_of(tokenizer, list(node.token_ids), 0)
+    # the reply's own tokens: those after its text spelled the stop string
+    joined = "".join(pieces)
+    at = joined.find(node.text) if node.text and node.finish_reason == "stop" else -1
+    end, kept, k = (at + len(node.text) if at >= 0 else len(joined)), 0, 0
+    while k < len(pieces) and kept < end:
+        kept, k = kept + len(pieces[k]), k + 1
+    return pieces[:k], list(node.logprobs[:k])
 
 
 def across(engine: Engine, session: Session, node: Node, tokenizer=None, scoring: str = "") -> Across:

@@ -171,7 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
     rubrics = _rubrics(args)
-    judge = _judge_engine(args) if rubrics else None  # (a server that cannot judge: said before sampling)
+    judge = judge_engine(args) if rubrics else None  # (a server that cannot judge: said before sampling)
     settings = settings_of(args)
     if spec.base_url and args.backend is None and args.base_url is None:
         settings = replace(settings, backend="openai", base_url=spec.base_url)
@@ -257,7 +257,7 @@ def _rubrics(args: argparse.Namespace):
     return read_rubric(Path(args.rubric))
 
 
-def _judge_engine(args: argparse.Namespace):
+def judge_engine(args: argparse.Namespace):
     """The judge (--judge MODEL|URL) and how it scores: a local model, or a server whose probe
     found prompt log-probabilities."""
     from simlab.turns.servers import server_map

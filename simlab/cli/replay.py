@@ -118,15 +118,24 @@ def _rejudge(args: argparse.Namespace, session, note) -> int:
     """A judge's note (compare --judge) scored again by its model from its saved prompt."""
     from simlab.compare.judge import rescored
 
-    args.dtype = args.dtype or note.dtype  # the judge as it read: its dtype and weights
-    args.weights = args.weights or note.weights or ("float" if note.dtype else None)
-    server = recorded_server(settings_of(args), [note], args.backend)
-    args.backend, args.base_url = server.backend, server.base_url or args.base_url
-    engine = load_engine(args, spec=args.model or (note.model if server.backend == "local" else None))
-    same, again = rescored(engine, note, (note.backend or {}).get("scoring", ""))
+    if args.on:  # another judge engine: a server's URL (with prompt log-probabilities), or local
+        from simlab.cli.compare import judge_engine
+
+        args.judge = args.on if args.on != "local" else (args.model or note.model)
+        engine, how = judge_engine(args)
+    else:
+        args.dtype = args.dtype or note.dtype  # the judge as it read: its dtype and weights
+        args.weights = args.weights or note.weights or ("float" if note.dtype else None)
+        server = recorded_server(settings_of(args), [note], args.backend)
+        args.backend, args.base_url = server.backend, server.base_url or args.base_url
+        engine = load_engine(args, spec=args.model or (note.model if server.backend == "local" else None))
+        how = (note.backend or {}).get("scoring", "")
+    same, again = rescored(engine, note, how)
     gaps = [abs(again["logprobs"][k] - v) for k, v in note.judged["logprobs"].items()]
     print(
-        f"{session.tree.short(note.id)} judged {note.judged['metric']} again: score {again['score']:.4f} "
+        f"{session.tree.short(note.id)} judged {note.judged['metric']} again"
+        + (f" on {args.on}" if args.on else "")
+        + f": score {again['score']:.4f} "
         f"(stored {note.judged['score']:.4f}); "
         + (
             "every label's log-probability the same"
@@ -134,7 +143,7 @@ def _rejudge(args: argparse.Namespace, session, note) -> int:
             else f"labels' log-probabilities differ by up to {max(gaps):.2g}"
         )
     )
-    return 0 if same else 1
+    return 0 if same or args.on else 1  # (another engine is expected to differ: the figures say how)
 
 
 def _steer_override(args: argparse.Namespace):

@@ -57,7 +57,10 @@ def _other_engine(args: argparse.Namespace, replies):
     if found is None:
         return engine, ""
     if not found.scoring:
-        say(f"simlab: note: {found.rows()[3][2]}; only the new draws are compared")
+        say(
+            "simlab: note: the server gives no log-probabilities to score stored tokens with; only the "
+            "new draws are compared"
+        )
     elif found.scoring == "forced":
         say(
             "simlab: note: the server gives no prompt log-probabilities: each stored token is asked for alone"

@@ -112,8 +112,8 @@ class ServerMap:
                     "after the sampler": "after the sampler (temperature and filters applied)",
                 }.get(self.logprobs_kind, "raw or sampled could not be told")
                 if self.logprobs
-                else "none: /tokens shows token boundaries only, replay compares text"
-                + self._why("logprobs"),
+                else "none: /tokens shows token boundaries where a tokenizer here counts them, replay "
+                "compares text" + self._why("logprobs"),
             ),
             (
                 yes(self.scores),
@@ -133,9 +133,13 @@ class ServerMap:
                 ),
             ),
             (
-                "ok",
+                yes(self.token_ids),
                 "token ids",
-                "in its replies" if self.token_ids else "not sent: token texts only (ids counted here)",
+                "in its replies"
+                if self.token_ids
+                else "not sent: token texts only (ids counted here)"
+                if self.logprobs
+                else "none: it sends no tokens at all, only text",
             ),
             (
                 yes(self.tokenizer != "none"),
@@ -163,8 +167,8 @@ class ServerMap:
             return "could not be tried" + self._why("seeded")
         if not self.seeded:
             return (
-                "the same seeded request gave two replies" + self._why("seeded") + ": replay scores the "
-                "stored tokens instead"
+                "the same seeded request gave another reply" + self._why("seeded") + "; replay scores "
+                "the stored tokens instead"
             )
         if self.seeded_under_load is False:
             return "repeat alone, not while another request runs (replay with --concurrency 1)"
@@ -252,7 +256,10 @@ def _repeats(asker: _Asker, first: dict) -> bool | None:
     if after is None:
         return None
     if not _same(first, after):
-        asker.found.why["seeded"] = "it repeats back to back, not after a prompt sharing its start"
+        asker.found.why["seeded"] = (
+            "back to back it repeats, after another prompt sharing its start it does not: a prompt "
+            "cache changes the numbers"
+        )
         return False
     return True
 

@@ -112,7 +112,7 @@ def test_replies_record_the_choice_index_for_the_child_seed_rule(flavour):
 def test_a_cache_that_changes_the_numbers_is_found():
     found = probed("llama-cpp-python")
     assert found.n is False and found.seeded is False
-    assert "not after a prompt sharing its start" in found.why["seeded"]
+    assert "after another prompt sharing its start it does not" in found.why["seeded"]
     assert found.scores and found.prompt_logprobs == "echo"
 
 
@@ -167,7 +167,7 @@ def test_replay_scores_a_reply_a_cache_changed(capsys, monkeypatch, tmp_path):
         engine.generate(" ".join(frame.split()[:3]) + " zebra", SamplingParams(max_new_tokens=1, seed=1))
         code, out, err = run_cli(capsys, "replay", "lcp", *flags[4:])
     assert code == 1, out + err
-    assert "when probed, it did not repeat a seeded request (it repeats back to back" in err
+    assert "when probed, it did not repeat a seeded request (back to back it repeats, after" in err
     assert "differs at character" in out
     assert "stored tokens scored there: 6/6 tokens compared, log-probability drift max 0.0000" in out
 
@@ -244,3 +244,16 @@ def test_without_prompt_logprobs_a_token_is_scored_a_request_at_a_time():
         assert span.logprob == logprobs_after(context)[VOCAB.index(piece)]
         context.append(piece)
     assert [s.start for s in spans] == [0, 3, 7, 11]
+
+
+def test_the_stored_tokens_compared_are_the_replys_own_not_its_stop():
+    from simlab.replay import stored_tokens
+    from simlab.session.tree import Node
+
+    pieces = [" Hello", " there", ".", "\n", "User", ":"]
+    node = Node("n", None, "model", "Hello there.", finish_reason="stop", logprobs=(-1.0,) * 6,
+                backend={"tokens": pieces})  # fmt: skip
+    assert stored_tokens(node) == (pieces[:3], [-1.0] * 3)
+    cut = Node("m", None, "model", "Hello there.", finish_reason="length", logprobs=(-1.0,) * 4,
+               backend={"tokens": pieces[:4]})  # fmt: skip
+    assert stored_tokens(cut) == (pieces[:4], [-1.0] * 4)  # (cut at max tokens: all of them are its own)

@@ -55,7 +55,9 @@ def lcp_server(tmp_path_factory):
 def test_the_probe_finds_what_it_does(lcp_server):
     found = probe(RemoteEngine(RemoteConfig(lcp_server)))
     assert found.n is False  # one choice whatever n is
-    assert found.seeded is False and "not after a prompt sharing its start" in found.why["seeded"]
+    assert (
+        found.seeded is False and "after another prompt sharing its start it does not" in found.why["seeded"]
+    )
     assert (found.logprobs, found.logprobs_kind) == (5, "raw")
     assert found.prompt_logprobs == "echo" and found.scores
     assert found.usage and "/extras/tokenize" in found.tokenizer and found.context_from == ""
