@@ -45,6 +45,8 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
                 f"(branched at token {node.forced['at']}: the first {node.forced['tokens']} were given, "
                 "the rest sampled)"
             )
+        elif served:
+            lines[1] = style.dim(served_caption(chat, node, len(served)))
     else:
         if node.id != chat.cursor.id:
             raise SimlabError(
@@ -65,6 +67,16 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
         after = "   (stop string: ended the reply, not in its text)" if k >= kept else ""
         lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}{after}")
     return lines
+
+
+def served_caption(chat: Chat, node, count: int) -> str:
+    """What a server's tokens and numbers are, as its probe found (engine.probe)."""
+    found = chat.session.server_of(node)
+    kind = {
+        "raw": "the model's own, before the sampler",
+        "after the sampler": "after its sampler (temperature and filters applied), not the model's own",
+    }.get(found.logprobs_kind if found else "", "raw or after its sampler: not probed (simlab doctor)")
+    return f"({count} tokens as the server split them, with its log-probabilities: {kind})"
 
 
 def boundary_lines(chat: Chat, node) -> list[str]:

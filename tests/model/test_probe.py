@@ -257,3 +257,16 @@ def test_the_stored_tokens_compared_are_the_replys_own_not_its_stop():
     cut = Node("m", None, "model", "Hello there.", finish_reason="length", logprobs=(-1.0,) * 4,
                backend={"tokens": pieces[:4]})  # fmt: skip
     assert stored_tokens(cut) == (pieces[:4], [-1.0] * 4)  # (cut at max tokens: all of them are its own)
+
+
+def test_tokens_of_a_servers_reply_say_what_its_numbers_are(capsys, monkeypatch, tmp_path):
+    with ProbeServer("vllm") as server:
+        code, out, err = run_cli(
+            capsys, "chat", "--backend", "openai", "--base-url", server.url, "--sessions-dir", tmp_path / "s",
+            "--max-tokens", "5", stdin="The keeper wrote\n/tokens\n", monkeypatch=monkeypatch,
+        )  # fmt: skip
+    assert code == 0, err
+    assert (
+        "tokens as the server split them, with its log-probabilities: the model's own, before the sampler"
+        in (out + err)
+    )
