@@ -63,8 +63,9 @@ def draw(context: list[str], rng: random.Random, temperature: float) -> int:
 
 
 class ProbeServer:
-    def __init__(self, flavour: str = "vllm", delay: float = 0.0):
+    def __init__(self, flavour: str = "vllm", delay: float = 0.0, greedy: bool = False):
         self.flavour, self.delay = flavour, delay
+        self.greedy = greedy  # (as transformers serve is where generation_config has no do_sample)
         self.in_flight = 0
         self.lock = threading.Lock()
         self.bodies: list[dict] = []
@@ -152,7 +153,7 @@ class ProbeServer:
         return 200, {"object": "text_completion", "model": "words", "choices": choices, "usage": usage}
 
     def reply(self, body: dict, prompt: list[str], rng: random.Random, index: int) -> dict:
-        temperature = float(body.get("temperature", 1.0))
+        temperature = 0.0 if self.greedy else float(body.get("temperature", 1.0))
         top = body.get("logprobs")
         context, made = list(prompt), []
         for _ in range(int(body.get("max_tokens") or 16)):

@@ -19,6 +19,7 @@ from simlab.repl.progress import Waiting, is_terminal
 from simlab.session.tree import Node
 from simlab.session.views import Style, steer_label
 from simlab.turns import Replies
+from simlab.turns.servers import repeated_siblings
 
 LABEL_COLOUR = {"model": "1;32", "user": "1;34"}
 
@@ -173,6 +174,8 @@ class LineView:
                 f"{len(nodes)} alternatives saved; at [{place(nodes[0])}]. /pick I goes to sibling I, "
                 "/next /prev step."
             )
+            if same := repeated_siblings(self.chat.session, nodes):
+                self.note(same)
         elif nodes[0].finish_reason == "interrupted":
             self.note("(interrupted: the partial reply is saved)")
 

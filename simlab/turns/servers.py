@@ -31,3 +31,18 @@ def note_server(session: Session, engine) -> None:
     found = server_map(engine)
     if found is not None:
         session.save_server(found)
+
+
+def repeated_siblings(session: Session, nodes) -> str | None:
+    """A line when siblings came back as one reply repeated, and why where the server's probe knows."""
+    if len(nodes) < 2 or len({n.text for n in nodes}) > 1:
+        return None
+    found = session.server_of(nodes[0]) if nodes[0].backend else None
+    why = (
+        ": the server's probe found that another seed changes nothing there (it decodes greedily or "
+        "ignores temperature and seed; transformers serve samples only where generation_config.json "
+        "says do_sample)"
+        if found is not None and found.seed_changes is False
+        else ""
+    )
+    return f"all {len(nodes)} siblings are the same reply{why}"

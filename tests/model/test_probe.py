@@ -270,3 +270,17 @@ def test_tokens_of_a_servers_reply_say_what_its_numbers_are(capsys, monkeypatch,
         "tokens as the server split them, with its log-probabilities: the model's own, before the sampler"
         in (out + err)
     )
+
+
+def test_siblings_that_repeat_on_a_greedy_server_are_said_so(capsys, monkeypatch, tmp_path):
+    with ProbeServer("vllm", greedy=True) as server:
+        assert probe(RemoteEngine(RemoteConfig(server.url))).seed_changes is False
+        code, out, err = run_cli(
+            capsys, "chat", "--backend", "openai", "--base-url", server.url, "--sessions-dir", tmp_path / "s",
+            "--max-tokens", "5", stdin="The keeper wrote\n/n 2\n", monkeypatch=monkeypatch,
+        )  # fmt: skip
+    assert code == 0, err
+    assert (
+        "all 2 siblings are the same reply: the server's probe found that another seed changes nothing"
+        in (out + err)
+    )
