@@ -80,3 +80,14 @@ def test_a_long_chat_on_it_slides_instead_of_failing(capsys, monkeypatch, tmp_pa
     assert len(replies) == 12 and any(r.window for r in replies)
     assert "counted by the server's /tokenize (llama.cpp)" in out + err
     assert all(r.logprobs and len(r.backend["tokens"]) == len(r.logprobs) for r in replies)  # its format
+
+
+def test_the_probe_finds_what_it_does(llama_server):
+    """llama-server: n_probs log-probabilities with token ids, no echo (so stored tokens are scored a
+    request a token), its context in /v1/models."""
+    from simlab.engine.probe import probe
+
+    found = probe(RemoteEngine(RemoteConfig(llama_server)))
+    assert found.logprobs >= 1 and found.token_ids
+    assert found.prompt_logprobs == "" and found.scoring == "forced"
+    assert (found.context_length, found.context_from) == (512, "/v1/models")
