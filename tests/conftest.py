@@ -420,3 +420,27 @@ def drive(loom, steps, size=None) -> str:
 
 
 IDLE = object()  # a step of `drive`: wait until the job the keys before it started has ended
+
+
+def free_local_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(process, url: str, what: str, seconds: float = 120) -> None:
+    """Until `url` answers (a server started as `process`), or fail the test saying `what` did not."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"{what} did not come up in {seconds:.0f} s")

@@ -77,31 +77,12 @@ def test_a_score_is_the_judge_models_own_probability(capsys, tmp_path, tiny_dir)
         capsys, "replay", "compare-a-b", "--node", note.id, "--sessions-dir", tmp_path / "s"
     )
     assert code == 0 and "every label's log-probability the same" in out, out
+    replay = ("replay", "compare-a-b", "--node", note.id, "--sessions-dir", tmp_path / "s", "--on")
     with ProbeServer("vllm") as server:  # the same prompt judged by another engine
-        code, out, err = run_cli(
-            capsys,
-            "replay",
-            "compare-a-b",
-            "--node",
-            note.id,
-            "--sessions-dir",
-            tmp_path / "s",
-            "--on",
-            server.url,
-        )
+        code, out, err = run_cli(capsys, *replay, server.url)
         assert code == 0 and f"judged hostile again on {server.url}: score" in out, out + err
     with ProbeServer("llama-server") as server:
-        code, _, err = run_cli(
-            capsys,
-            "replay",
-            "compare-a-b",
-            "--node",
-            note.id,
-            "--sessions-dir",
-            tmp_path / "s",
-            "--on",
-            server.url,
-        )
+        code, _, err = run_cli(capsys, *replay, server.url)
         assert code == 2 and "gives no prompt log-probabilities" in err
 
 

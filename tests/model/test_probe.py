@@ -259,28 +259,29 @@ def test_the_stored_tokens_compared_are_the_replys_own_not_its_stop():
     assert stored_tokens(cut) == (pieces[:4], [-1.0] * 4)  # (cut at max tokens: all of them are its own)
 
 
+def served_chat(capsys, monkeypatch, tmp_path, server, script: str) -> str:
+    code, out, err = run_cli(
+        capsys, "chat", "--backend", "openai", "--base-url", server.url, "--sessions-dir", tmp_path / "s",
+        "--max-tokens", "5", stdin=script, monkeypatch=monkeypatch,
+    )  # fmt: skip
+    assert code == 0, err
+    return out + err
+
+
 def test_tokens_of_a_servers_reply_say_what_its_numbers_are(capsys, monkeypatch, tmp_path):
     with ProbeServer("vllm") as server:
-        code, out, err = run_cli(
-            capsys, "chat", "--backend", "openai", "--base-url", server.url, "--sessions-dir", tmp_path / "s",
-            "--max-tokens", "5", stdin="The keeper wrote\n/tokens\n", monkeypatch=monkeypatch,
-        )  # fmt: skip
-    assert code == 0, err
+        said = served_chat(capsys, monkeypatch, tmp_path, server, "The keeper wrote\n/tokens\n")
     assert (
         "tokens as the server split them, with its log-probabilities: the model's own, before the sampler"
-        in (out + err)
+        in said
     )
 
 
 def test_siblings_that_repeat_on_a_greedy_server_are_said_so(capsys, monkeypatch, tmp_path):
     with ProbeServer("vllm", greedy=True) as server:
         assert probe(RemoteEngine(RemoteConfig(server.url))).seed_changes is False
-        code, out, err = run_cli(
-            capsys, "chat", "--backend", "openai", "--base-url", server.url, "--sessions-dir", tmp_path / "s",
-            "--max-tokens", "5", stdin="The keeper wrote\n/n 2\n", monkeypatch=monkeypatch,
-        )  # fmt: skip
-    assert code == 0, err
+        said = served_chat(capsys, monkeypatch, tmp_path, server, "The keeper wrote\n/n 2\n")
     assert (
         "all 2 siblings are the same reply: the server's probe found that another seed changes nothing"
-        in (out + err)
+        in said
     )

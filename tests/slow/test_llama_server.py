@@ -5,13 +5,10 @@ model's own tokenizer does, its context comes from /v1/models, and a chat longer
 
 import os
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
-from conftest import run_cli
+from conftest import free_local_port, run_cli, wait_for_server
 
 from simlab.config import Settings
 from simlab.engine.remote import RemoteConfig, RemoteEngine
@@ -27,9 +24,7 @@ BINARY = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
 def llama_server(tmp_path_factory):
     if not BINARY:
         pytest.skip("llama.cpp's llama-server is not installed here (LLAMA_SERVER or PATH)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_local_port()
     log = open(tmp_path_factory.mktemp("llama") / "server.log", "w")
     with source_file("embedded") as gguf:
         process = subprocess.Popen(
@@ -38,16 +33,7 @@ def llama_server(tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            process.kill()
-            pytest.fail("llama-server did not come up in 120 s")
+        wait_for_server(process, url + "/health", "llama-server")
         yield url + "/v1"
         process.terminate()
         process.wait(timeout=30)

@@ -4,14 +4,11 @@ cores, so CI skips it: tests/probe_server.py and tests/tokenize_server.py stand 
 What the probe finds there, a chat's token counts, and a local session replayed on it."""
 
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
-from conftest import run_cli
+from conftest import free_local_port, run_cli, wait_for_server
 
 from simlab.engine.probe import probe
 from simlab.engine.remote import RemoteConfig, RemoteEngine
@@ -26,9 +23,7 @@ pytest.importorskip(
 
 @pytest.fixture(scope="module")
 def lcp_server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_local_port()
     log = open(tmp_path_factory.mktemp("lcp") / "server.log", "w")
     with source_file("embedded") as gguf:
         process = subprocess.Popen(
@@ -37,16 +32,7 @@ def lcp_server(tmp_path_factory):
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(url + "/models", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            process.kill()
-            pytest.fail("python -m llama_cpp.server did not come up in 120 s")
+        wait_for_server(process, url + "/models", "python -m llama_cpp.server")
         yield url
         process.terminate()
         process.wait(timeout=30)
