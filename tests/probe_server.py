@@ -27,7 +27,8 @@ import random
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tokenize_server import JsonHandler, Served
 
 VOCAB = [
     " the", " keeper", " wrote", " light", " sea", " night", " log", " storm", " ship", " rock",
@@ -62,7 +63,7 @@ def draw(context: list[str], rng: random.Random, temperature: float) -> int:
     return len(weights) - 1
 
 
-class ProbeServer:
+class ProbeServer(Served):
     def __init__(self, flavour: str = "vllm", delay: float = 0.0, greedy: bool = False):
         self.flavour, self.delay = flavour, delay
         self.greedy = greedy  # (as transformers serve is where generation_config has no do_sample)
@@ -72,7 +73,7 @@ class ProbeServer:
         self.last: list[str] = []  # the last prompt (llama-cpp-python's cache)
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self):
                 entry = {"id": "words", "object": "model"}
                 if owner.flavour == "vllm":
@@ -106,28 +107,7 @@ class ProbeServer:
                     return self.answer(200, None, raw.encode())
                 self.answer(status, data)
 
-            def answer(self, status, data, stream=None):
-                raw = json.dumps(data).encode() if stream is None else stream
-                self.send_response(status)
-                kind = "application/json" if stream is None else "text/event-stream"
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> ProbeServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
     def complete(self, body: dict, crowded: bool) -> tuple[int, dict]:
         if body.get("echo") and self.flavour == "llama-server":

@@ -14,7 +14,38 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class TokenizeServer:
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet handler that answers JSON, or a raw event stream."""
+
+    def answer(self, status, data, stream=None):
+        raw = json.dumps(data).encode() if stream is None else stream
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if stream is None else "text/event-stream")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+class Served:
+    """A test server on 127.0.0.1 (a free port), serving in a thread while in a `with` block."""
+
+    def serve(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class TokenizeServer(Served):
     def __init__(self, tokenizer, flavour: str = "vllm", context: int = 64, advertise: bool = True):
         self.tokenizer, self.flavour, self.context, self.advertise = tokenizer, flavour, context, advertise
         self.prompts: list[str] = []  # every completion prompt it accepted
@@ -23,7 +54,7 @@ class TokenizeServer:
         self.reply = " Fine, thanks.\n"
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self):
                 owner.count(self.path)
                 if self.path == "/v1/models":
@@ -46,29 +77,7 @@ class TokenizeServer:
                     return owner.extras(self, body)
                 return self.answer(404, {"detail": "Not Found"})
 
-            def answer(self, status, data, stream=None):
-                raw = json.dumps(data).encode() if stream is None else stream
-                self.send_response(status)
-                self.send_header(
-                    "Content-Type", "application/json" if stream is None else "text/event-stream"
-                )
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> TokenizeServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
     def count(self, path: str) -> None:
         self.calls[path] = self.calls.get(path, 0) + 1
