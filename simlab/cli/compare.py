@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import textwrap
@@ -25,10 +24,18 @@ from simlab.cli.common import (
     settings_of,
     trace_config,
 )
+from simlab.cli.compare_interop import (
+    add_interop_flags,
+    check_inspect_log,
+    from_inspect,
+    judge_all,
+    judge_engine,
+    rubrics_of,
+    write_inspect_log,
+)
 from simlab.compare.spec import build_spec, read_spec, sampling_differs
 from simlab.engine.params import BY_FIELD
 from simlab.errors import EXIT_INTERRUPTED, SimlabError, SpecError, SteerError, SweepInterrupted
-from simlab.models.load import EMBEDDED
 from simlab.repl.progress import Waiting
 from simlab.session.store import check_name
 
@@ -64,7 +71,7 @@ def add_command(commands) -> None:
     cmp.add_argument(
         "--wide", action="store_true", help="tables on one line per row (default: fit 80 columns)"
     )
-    _add_interop_flags(cmp)
+    add_interop_flags(cmp)
     add_sessions_dir(cmp)
     group = cmp.add_argument_group("sampling for every variant (over the personas' defaults)")
     group.add_argument(
@@ -77,30 +84,6 @@ def add_command(commands) -> None:
     add_model_flags(cmp)
     add_trace_flags(cmp)
     cmp.set_defaults(run=cmd_compare)
-
-
-def _add_interop_flags(cmp) -> None:
-    """Inspect logs out and in, and the judge."""
-    cmp.add_argument(
-        "--inspect-log",
-        metavar="FILE.json|DIR/",
-        help="also write the run as an Inspect eval log (read_eval_log reads it; in DIR/, named as Inspect "
-        "names its logs, so that inspect view --log-dir DIR lists it)",
-    )
-    cmp.add_argument(
-        "--judge",
-        metavar="MODEL|URL",
-        help="score every sample on the --rubric's questions by this model's teacher-forced probability "
-        "of the answers (a local model, or a server with prompt log-probabilities)",
-    )
-    cmp.add_argument("--rubric", metavar="FILE", help="with --judge: the questions, a metric each (YAML)")
-    cmp.add_argument(
-        "--from-inspect",
-        nargs="+",
-        metavar="LOG",
-        help="compare Inspect logs (.json or .eval) instead of sampling: each log (or each variant of a "
-        "simlab log) a group, samples paired by id and epoch",
-    )
 
 
 def _blind(args: argparse.Namespace) -> int:
@@ -166,11 +149,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.blind is not None:
         return _blind(args)
     if args.from_inspect:
-        return _from_inspect(args)
+        return from_inspect(args)
     from simlab.compare.stats import analyse  # numpy: only when a sweep runs
 
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
-    rubrics = _rubrics(args)
+    rubrics = rubrics_of(args)
+    check_inspect_log(args, spec)
     judge = judge_engine(args) if rubrics else None  # (a server that cannot judge: said before sampling)
     settings = settings_of(args)
     if spec.base_url and args.backend is None and args.base_url is None:
@@ -215,96 +199,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         analysis.notes[:0] = notes
         if rubrics:
-            _judge(spec, runs, analysis, rubrics, session, judge)
+            judge_all(spec, runs, analysis, rubrics, session, judge)
     _write_reports(args, spec, analysis, name)
     if args.inspect_log:
-        _write_inspect_log(args.inspect_log, spec, runs, analysis)
-    return 0
-
-
-def _write_inspect_log(given: str, spec, runs, analysis) -> None:
-    """The run as an Inspect log: at PATH, or in a folder (PATH/ or an existing one) under the name
-    Inspect gives its own (a timestamp first: `inspect view` lists .json logs only so named)."""
-    import re
-
-    from simlab.compare import inspect_log
-    from simlab.compare.stats import paired_samples
-
-    log, path = inspect_log.eval_log(analysis, runs, paired_samples(runs, spec)), Path(given)
-    if path.is_dir() or given.endswith(("/", os.sep)):
-        path.mkdir(parents=True, exist_ok=True)
-        stamp = re.sub(r"[:.]", "-", log["eval"]["created"][:19]) + "+00-00"
-        path = path / f"{stamp}_simlab-compare-{spec.name}_{log['eval']['eval_id'][-6:]}.json"
-    inspect_log.write(log, path)
-    listed = re.match(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}", path.name)
-    say(
-        f"Inspect log: {path} (inspect_ai.log.read_eval_log reads it; "
-        + (
-            f"inspect view --log-dir {path.parent} shows it)"
-            if listed
-            else "inspect view lists only logs named as Inspect names them: give --inspect-log DIR/)"
-        )
-    )
-
-
-def _rubrics(args: argparse.Namespace):
-    if bool(args.judge) != bool(args.rubric):
-        raise SimlabError("--judge MODEL and --rubric FILE go together")
-    if not args.rubric:
-        return []
-    from simlab.compare.judge import read_rubric
-
-    return read_rubric(Path(args.rubric))
-
-
-def judge_engine(args: argparse.Namespace):
-    """The judge (--judge MODEL|URL) and how it scores: a local model, or a server whose probe
-    found prompt log-probabilities."""
-    from simlab.turns.servers import server_map
-
-    local = not args.judge.startswith(("http://", "https://"))
-    settings = replace(settings_of(args), backend="local", base_url="")
-    if not local:  # (the server's only model: the embedded default's meaning for a server)
-        settings = replace(settings, backend="openai", base_url=args.judge, model=EMBEDDED)
-    engine = load_engine(args, settings, args.judge if local else None)
-    if local:
-        return engine, ""
-    found = server_map(engine)
-    if found is None or not found.scores:
-        raise SimlabError(
-            f"--judge {args.judge}: the server gives no prompt log-probabilities to score answers with "
-            "(echo with logprobs, or vLLM's prompt_logprobs; simlab doctor --backend openai --base-url "
-            f"{args.judge} says what it has)"
-        )
-    return engine, found.prompt_logprobs
-
-
-def _judge(spec, runs, analysis, rubrics, session, judge) -> None:
-    """Every paired sample judged on each rubric question (saved as notes, reused when run again)."""
-    from simlab.compare.judge import add_to, judge_samples
-    from simlab.compare.stats import paired_samples
-
-    engine, how = judge
-    keep = paired_samples(runs, spec)
-    with Waiting("judging", len(runs) * len(keep), unit="samples"):
-        values = judge_samples(spec, runs, keep, engine, rubrics, session, how)
-    add_to(analysis, values, engine.info.spec, seed=spec.seed)
-
-
-def _from_inspect(args: argparse.Namespace) -> int:
-    """--from-inspect LOG...: simlab's paired statistics on Inspect logs' scores; nothing is sampled."""
-    from simlab.compare import inspect_log
-
-    if args.spec or args.personas or args.turn or args.samples or args.inspect_log:
-        raise SimlabError(
-            "simlab compare --from-inspect LOG... compares what the logs scored; it samples nothing"
-        )
-    groups = inspect_log.read([Path(p) for p in args.from_inspect])
-    report = inspect_log.analyse(groups, seed=args.seed or 0)
-    if args.json:
-        print(json.dumps(report, indent=1, default=str))
-    else:
-        print("\n".join(inspect_log.lines(report)))
+        write_inspect_log(args.inspect_log, spec, runs, analysis)
     return 0
 
 

@@ -66,6 +66,8 @@ def _nothing_to_replay(session, path) -> SimlabError:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     overrides = sampling_overrides(args) | ({"seed": args.seed} if args.seed is not None else {})
+    if args.on is not None and not args.on.strip():
+        raise SimlabError("--on: give a server's URL (http://host:8000/v1) or 'local'")
     tracer = make_tracer(trace_config(args))
     persona = find(args.persona) if args.persona is not None else None  # fails before the model loads
     steer = _steer_override(args)
@@ -94,7 +96,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return replay_on(args, session, replies)
         kept = len(chosen_replies(path))
         say(
-            f"simlab: loading the model to re-run the path's {_replies(len(replies))}"
+            (
+                "simlab: asking the server again for"
+                if _served(args, replies)
+                else "simlab: loading the model to re-run"
+            )
+            + f" the path's {_replies(len(replies))}"
             + (f" and read its {kept} kept block(s) again" if kept else "")
         )
         engine = _engine_for(args, replies or chosen_replies(path), session)
@@ -118,11 +125,11 @@ def _rejudge(args: argparse.Namespace, session, note) -> int:
     """A judge's note (compare --judge) scored again by its model from its saved prompt."""
     from simlab.compare.judge import rescored
 
-    if args.on:  # another judge engine: a server's URL (with prompt log-probabilities), or local
-        from simlab.cli.compare import judge_engine
+    if args.on is not None:  # another judge engine: a server's URL (with prompt log-probabilities), or local
+        from simlab.cli.compare_interop import judge_engine
 
         args.judge = args.on if args.on != "local" else (args.model or note.model)
-        engine, how = judge_engine(args)
+        engine, how = judge_engine(args, flag="--on")
     else:
         args.dtype = args.dtype or note.dtype  # the judge as it read: its dtype and weights
         args.weights = args.weights or note.weights or ("float" if note.dtype else None)
@@ -185,6 +192,13 @@ def _engine_for(args: argparse.Namespace, replies, session):
     return engine
 
 
+def _served(args: argparse.Namespace, replies) -> bool:
+    """The replay goes to a server: the flags say so, or the replies came from one (no flag against)."""
+    if args.backend is not None:
+        return args.backend == "openai"
+    return args.model is None and any((n.backend or {}).get("base_url") for n in replies)
+
+
 def _server_note(session, replies, served) -> str:
     """What the server's probe found about repeating a seeded request, said before replaying."""
     maps = {id(m): m for m in (session.server_of(n) for n in replies) if m is not None}.values()
@@ -202,7 +216,16 @@ def _server_note(session, replies, served) -> str:
             + (f" ({why})" if why else "")
             + ": a reply that differs has its stored tokens scored there instead"
         )
-    return where + "when probed, it repeated seeded requests; a reply that differs is scored there"
+    scores = all(m.scoring for m in maps)
+    then = (
+        "a reply that differs is scored there"
+        if scores
+        else "it gives no log-probabilities, so a reply that differs is compared as text only"
+    )
+    if any(m.seed_changes is False for m in maps):
+        return where + "when probed, another seed changed nothing there (it decodes greedily): a reply "
+        "that repeats says only that; " + then
+    return where + "when probed, it repeated seeded requests; " + then
 
 
 def _check(engine, session, path, replies, tracer) -> int:

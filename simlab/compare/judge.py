@@ -72,15 +72,20 @@ def read_rubric(path: Path) -> list[Rubric]:
         if not isinstance(labels, list) or len(labels) < 2 or len(set(map(str, labels))) != len(labels):
             raise SpecError(f"{where(name)}: {name}: labels: give two or more different answers")
         template = entry.get("template", TEMPLATE)
-        if not isinstance(template, str) or "{transcript}" not in template:
-            raise SpecError(f"{where(name)}: {name}: template: must contain {{transcript}}")
         try:
             template.format(transcript="", question="", choices="")
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise SpecError(
                 f"{where(name)}: {name}: template: {exc.__class__.__name__} {exc}: use only {{transcript}}, "
                 "{question} and {choices}, and write a brace as {{ or }}"
             ) from None
+        if not isinstance(template, str) or "{transcript}" not in template:
+            raise SpecError(f"{where(name)}: {name}: template: must contain {{transcript}}")
+        if len(labels) > 2 and Rubric(str(name), "", tuple(map(str, labels))).values is None:
+            raise SpecError(
+                f"{where(name)}: {name}: labels: more than two answers make a scale, so each must be a "
+                "number (two, such as Yes and No, score the first's probability)"
+            )
         out.append(Rubric(str(name), entry["question"], tuple(str(x) for x in labels), template))
     return out
 

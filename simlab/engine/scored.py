@@ -37,9 +37,10 @@ class Drift:
     def line(self) -> str:
         if not self.aligned:
             return f"no token of {self.tokens} split alike: not compared"
+        at = f" (at {self.worst!r})" if self.max_abs > 0 else ""
         return (
             f"{self.aligned}/{self.tokens} tokens compared, log-probability drift max {self.max_abs:.4f}"
-            f" (at {self.worst!r}), mean {self.mean_abs:.4f}"
+            f"{at}, mean {self.mean_abs:.4f} (nats a token)"
         )
 
     def as_dict(self) -> dict:

@@ -76,7 +76,7 @@ def served_caption(chat: Chat, node, count: int) -> str:
         "raw": "the model's own, before the sampler",
         "after the sampler": "after its sampler (temperature and filters applied), not the model's own",
     }.get(found.logprobs_kind if found else "", "raw or after its sampler: not probed (simlab doctor)")
-    return f"({count} tokens as the server split them, with its log-probabilities: {kind})"
+    return f"({count} tokens as the server split them, with the probabilities it sent: {kind})"
 
 
 def boundary_lines(chat: Chat, node) -> list[str]:

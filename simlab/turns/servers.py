@@ -45,4 +45,4 @@ def repeated_siblings(session: Session, nodes) -> str | None:
         if found is not None and found.seed_changes is False
         else ""
     )
-    return f"all {len(nodes)} siblings are the same reply{why}"
+    return f"the {len(nodes)} new replies are one reply repeated{why}"

@@ -128,3 +128,21 @@ def test_a_score_that_is_not_a_number_is_left_out_and_said(capsys, tmp_path):
     assert code == 0, err
     assert "note: m: 1 value(s) of grade were not numbers" in out
     assert any(line.startswith("grade") and "   2 " in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    "given, needle",
+    [("r/run.md", "give a FILE.json"), ("r/interview-stage-play.md", "give a FILE.json"),
+     ("r/interview-stage-play.json", None)],
+)  # fmt: skip
+def test_the_inspect_log_path_is_checked_before_sampling(capsys, tmp_path, given, needle):
+    code, _, err = run_cli(
+        capsys, "compare", "--personas", "interview,stage-play", "--turn", "Hi", "--report-dir",
+        tmp_path / "r", "--sessions-dir", tmp_path / "s", "--inspect-log", tmp_path / given,
+        "-m", tmp_path / "no-such-model",
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    if needle:
+        assert needle in err and not (tmp_path / "s").exists()
+    else:  # a good path: on to the next mistake (the model), its folder made
+        assert "no-such-model" in err and (tmp_path / "r").is_dir()

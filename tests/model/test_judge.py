@@ -107,6 +107,7 @@ def test_a_judge_on_a_server(capsys, tmp_path, tiny_dir):
         ("hostile: {question: Q, scale: 5}\n", "unknown key 'scale'"),
         ('hostile: {question: Q, template: "{transcript} {bogus}"}\n', "template: KeyError 'bogus'"),
         ('hostile: {question: Q, template: "{transcript} {"}\n', "write a brace as {{ or }}"),
+        ('hostile: {question: Q, labels: ["1", "2", "two"]}\n', "more than two answers make a scale"),
     ],
 )
 def test_a_bad_rubric_is_one_line_before_anything_loads(capsys, tmp_path, rubric, needle):

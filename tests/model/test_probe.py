@@ -205,6 +205,8 @@ def test_replay_on_another_engine_reports_agreement_and_drift(capsys, monkeypatc
     assert "replies drawn again the same" in out and "tokens compared" not in out.split("\n")[-2]
     code, _, err = run_cli(capsys, "replay", "here", "--on", "gpu-box:8000", *flags)
     assert code == 2 and "--on 'gpu-box:8000': give a server's URL" in err
+    code, _, err = run_cli(capsys, "replay", "here", "--on", "", *flags)
+    assert code == 2 and "--on: give a server's URL" in err
 
 
 @pytest.mark.parametrize("flavour", ["vllm", "llama-server"])
@@ -272,7 +274,7 @@ def test_tokens_of_a_servers_reply_say_what_its_numbers_are(capsys, monkeypatch,
     with ProbeServer("vllm") as server:
         said = served_chat(capsys, monkeypatch, tmp_path, server, "The keeper wrote\n/tokens\n")
     assert (
-        "tokens as the server split them, with its log-probabilities: the model's own, before the sampler"
+        "tokens as the server split them, with the probabilities it sent: the model's own, before the sampler"
         in said
     )
 
@@ -282,6 +284,6 @@ def test_siblings_that_repeat_on_a_greedy_server_are_said_so(capsys, monkeypatch
         assert probe(RemoteEngine(RemoteConfig(server.url))).seed_changes is False
         said = served_chat(capsys, monkeypatch, tmp_path, server, "The keeper wrote\n/n 2\n")
     assert (
-        "all 2 siblings are the same reply: the server's probe found that another seed changes nothing"
+        "the 2 new replies are one reply repeated: the server's probe found that another seed changes nothing"
         in said
     )
