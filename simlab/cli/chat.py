@@ -239,9 +239,21 @@ def _start_engine(args: argparse.Namespace, settings, spec: str, background: boo
         return load_engine(args, settings, spec)
     pool = ThreadPoolExecutor(1, thread_name_prefix="simlab-load")
     status = Status()  # (its steps go to the status line, never under the prompt or the editor)
-    engine = pool.submit(load_engine, args, settings, spec, progress=status)
+    engine = pool.submit(_load_and_probe, args, settings, spec, status)
     pool.shutdown(wait=False)
     return Loading(engine, status)
+
+
+def _load_and_probe(args: argparse.Namespace, settings, spec: str, status):
+    """The engine; a server's also probed here, in the background, where a new session would
+    otherwise wait for it after its first reply (a resumed one has its map already)."""
+    engine = load_engine(args, settings, spec, progress=status)
+    if not engine.capabilities.local and getattr(args, "resume", None) is None:
+        from simlab.turns.servers import server_map
+
+        status("probing what the server does (once; simlab doctor shows it)")
+        server_map(engine)
+    return engine
 
 
 def _served(spec: str) -> str:
