@@ -36,6 +36,7 @@ class LineView:
         self._wrap: WordWrap | None = None  # while a reply streams to a terminal
         self._held = ""  # a streamed reply's trailing white space, written once more text follows
         self._head: str | None = None  # what the reply streaming now follows (None: several at once)
+        self._streamed = False  # whether any of its text is on the line yet
         self._wait: Waiting | None = None
 
     def attach(self, chat) -> None:
@@ -46,7 +47,12 @@ class LineView:
         write(self.out, self.laid_out(text, labels=labels) + "\n")
 
     def note(self, text: str) -> None:
+        opened = self._head is not None and not self._streamed  # (a label on its line, no text yet)
+        if opened:  # the note on lines of its own, then the label again for the reply
+            write(self.out, "\n")
         write(self.err, self.laid_out(self.style.dim(text), self.err) + "\n")
+        if opened:
+            write(self.out, self._head)
 
     def waiting(self, text: str) -> None:
         self.note(text)
@@ -116,7 +122,7 @@ class LineView:
         """One reply streams after `head`, its words laid out to a terminal's width (a word that
         would cross the edge starts the next line, where the terminal would cut it); several show
         a progress line instead."""
-        self._head, self._held = head, ""
+        self._head, self._held, self._streamed = head, "", False
         if head is None:
             self._wait = Waiting("sampling", len(replies.run.completions), stream=self.err).__enter__()
             return
@@ -135,6 +141,7 @@ class LineView:
             shown = text.rstrip()  # (a reply is stored stripped: white space waits for more text)
             self._held = text[len(shown) :]
             text = for_terminal(self.out, shown)
+            self._streamed = self._streamed or bool(text)
             write(self.out, self._wrap.feed(text) if self._wrap is not None else text)
 
     def end(self, replies: Replies, outcome: str = "ended") -> None:

@@ -203,6 +203,8 @@ def test_a_remote_chat_that_outgrows_the_context_slides(
     assert server.refused == {"llamacpp": 1, "llama-cpp-python": 2}.get(flavour, 0)
     assert "context   96 tokens" in out or "context   96 tokens" in err
     assert "tokens by" in out + err  # /tokens: boundaries from the tokenizer here
+    if flavour == "llama-cpp-python":  # the window's note came after the label: the label again after it
+        assert "Bo:\nBo: " in out
 
 
 def test_without_a_tokenizer_the_servers_refusal_says_how_to_slide(capsys, monkeypatch, tmp_path, hf):
