@@ -11,6 +11,7 @@ from simlab.engine.results import Delta
 from simlab.repl.screen import LineView
 from simlab.session.tree import Node
 from simlab.turns import Replies
+from simlab.turns.servers import repeated_siblings
 
 
 class PaneView(LineView):
@@ -76,7 +77,10 @@ class PaneView(LineView):
         stopped = f"stopped: {cut} interrupted, " if cut else ""
         speed = replies.run.stats.tokens_per_second
         choose = "; ↑↓ chooses among them" if len(nodes) > 1 else ""
-        self.loom.say(f"{stopped}{len(nodes)} saved ({speed:.1f} tok/s){choose}")
+        same = repeated_siblings(self.loom.chat.session, nodes)  # (a greedy server, say)
+        self.loom.say(
+            f"{stopped}{len(nodes)} saved ({speed:.1f} tok/s){choose}" + (f"; {same}" if same else "")
+        )
 
 
 class Busy:

@@ -139,6 +139,11 @@ def test_g_in_a_chat_samples_replies_to_a_turn_and_alternatives_beside_a_reply(f
     loom.wait()
     assert [n.text for n in chat.tree.children(user.id)] == ["One.", "Two.", "Three."]
     assert loom.message.startswith("1 saved") and chat.cursor.text == "Three."
+    loom.children = 2
+    fake_engine.enqueue([" Same.", " Same."])
+    loom.generate()
+    loom.wait()
+    assert "the 2 new replies are one reply repeated" in loom.message  # (said, not silently two)
 
 
 def test_the_text_wraps_between_words_and_marks_where_the_window_scrolls_to():
