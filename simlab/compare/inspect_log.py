@@ -277,7 +277,12 @@ def analyse(groups: list[Group], seed: int = 0) -> dict[str, Any]:
         for g in groups:
             values = [s[metric] for s in g.scores.values() if metric in s]
             binary = bool(values) and all(v in (0.0, 1.0) for v in values)
-            e = rate(int(sum(values)), len(values)) if binary else studentized_mean(values, seed=seed)
+            floor = 0.0 if values and min(values) >= 0 else -math.inf  # (a count or a length: not below 0)
+            e = (
+                rate(int(sum(values)), len(values))
+                if binary
+                else studentized_mean(values, seed=seed, floor=floor)
+            )
             row = {"metric": metric, "group": g.name, "estimate": e.as_dict()}
             if g is not base and base is not None:
                 keys = sorted(set(g.scores) & set(base.scores))

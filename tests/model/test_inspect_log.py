@@ -128,6 +128,8 @@ def test_a_score_that_is_not_a_number_is_left_out_and_said(capsys, tmp_path):
     assert code == 0, err
     assert "note: m: 1 value(s) of grade were not numbers" in out
     assert any(line.startswith("grade") and "   2 " in line for line in out.splitlines())
+    code, out, _ = run_cli(capsys, "compare", "--from-inspect", tmp_path / "log.json", "--json")
+    assert json.loads(out)["rows"][0]["estimate"]["low"] == 0.0  # (scores never below 0: floored there)
 
 
 @pytest.mark.parametrize(
