@@ -155,7 +155,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)  # every mistake in the spec shows before a model loads
     rubrics = rubrics_of(args)
     check_inspect_log(args, spec)
-    judge = judge_engine(args) if rubrics else None  # (a server that cannot judge: said before sampling)
     settings = settings_of(args)
     if spec.base_url and args.backend is None and args.base_url is None:
         settings = replace(settings, backend="openai", base_url=spec.base_url)
@@ -170,6 +169,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             engines[key] = load_engine(args, settings, key)
         return engines[key]
 
+    judge = judge_engine(args, reuse=engine_for if settings.backend == "local" else None) if rubrics else None
     _check_steering(spec, engine_for)  # (a vector that does not fit: said before a session is made)
     session = store.open(name) if store.exists(name) else store.create(name, compare=spec.name)
 
@@ -201,8 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if rubrics:
             judge_all(spec, runs, analysis, rubrics, session, judge)
     _write_reports(args, spec, analysis, name)
-    if args.inspect_log:
-        write_inspect_log(args.inspect_log, spec, runs, analysis)
+    write_inspect_log(args.inspect_log, spec, runs, analysis)
     return 0
 
 

@@ -72,8 +72,9 @@ def rubrics_of(args: argparse.Namespace):
     return read_rubric(Path(args.rubric))
 
 
-def judge_engine(args: argparse.Namespace, flag: str = "--judge"):
-    """The judge (--judge MODEL|URL) and how it scores: a local model, or a server whose probe
+def judge_engine(args: argparse.Namespace, flag: str = "--judge", reuse=None):
+    """The judge (--judge MODEL|URL) and how it scores: a local model (`reuse`: the sweep's engine
+    for a model spec, so a judge that is the sweep's model is loaded once), or a server whose probe
     found prompt log-probabilities."""
     from simlab.turns.servers import server_map
 
@@ -81,6 +82,8 @@ def judge_engine(args: argparse.Namespace, flag: str = "--judge"):
     settings = replace(settings_of(args), backend="local", base_url="")
     if not local:  # (the server's only model: the embedded default's meaning for a server)
         settings = replace(settings, backend="openai", base_url=args.judge, model=EMBEDDED)
+    if local and reuse is not None:
+        return reuse(args.judge), ""
     engine = load_engine(args, settings, args.judge if local else None)
     if local:
         return engine, ""
@@ -106,9 +109,11 @@ def judge_all(spec, runs, analysis, rubrics, session, judge) -> None:
     add_to(analysis, values, engine.info.spec, seed=spec.seed)
 
 
-def write_inspect_log(given: str, spec, runs, analysis) -> None:
+def write_inspect_log(given: str | None, spec, runs, analysis) -> None:
     """The run as an Inspect log: at PATH, or in a folder (PATH/ or an existing one) under the name
     Inspect gives its own (a timestamp first: `inspect view` lists .json logs only so named)."""
+    if given is None:
+        return
     import re
 
     from simlab.compare import inspect_log
