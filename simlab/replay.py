@@ -168,16 +168,7 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
         return _check_served(engine, session, node, prompt, params, path_before)
     c, run, recorder = _one(engine, prompt, params, tracer, passes, node.steer)
     if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: compare text
-        # stored without the label's space; a character cut at the last token (U+FFFD) is a
-        # decoding artefact that a server shows or drops depending on streaming, not text
-        got = reply_text(c.text, framing_of(path_before)).rstrip("\ufffd")
-        stored = node.text.rstrip("\ufffd")
-        if got == stored or cut and got.startswith(stored):
-            return ReplyCheck(node, True)
-        k = next((i for i, (a, b) in enumerate(zip(got, stored)) if a != b), min(len(got), len(stored)))
-        return ReplyCheck(
-            node, False, k, stored[k : k + 12] or "(end)", got[k : k + 12] or "(end)", unit="character"
-        )
+        return _text_check(node, c, path_before)
     if c.token_ids[: len(sampled)] == list(sampled) and (cut or len(c.token_ids) == len(sampled)):
         if recorder is not None and not cut and not given:
             tracer.save_node(session, node.id, recorder, run, c)
@@ -196,6 +187,21 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
     )
 
 
+def _text_check(node: Node, c, path_before) -> ReplyCheck:
+    """A reply drawn again compared as text (a server's: no token ids of this session's), from
+    the first differing character; an interrupted reply over the part it stored."""
+    # stored without the label's space; a character cut at the last token (U+FFFD) is a
+    # decoding artefact that a server shows or drops depending on streaming, not text
+    got = reply_text(c.text, framing_of(path_before)).rstrip("\ufffd")
+    stored = node.text.rstrip("\ufffd")
+    if got == stored or node.finish_reason == "interrupted" and got.startswith(stored):
+        return ReplyCheck(node, True)
+    k = next((i for i, (a, b) in enumerate(zip(got, stored)) if a != b), min(len(got), len(stored)))
+    return ReplyCheck(
+        node, False, k, stored[k : k + 12] or "(end)", got[k : k + 12] or "(end)", unit="character"
+    )
+
+
 def _check_served(engine, session: Session, node: Node, prompt, params, path_before) -> ReplyCheck:
     """A reply drawn on a server again: child k of an n-request by the server's own rule (its
     probe), and where the text differs, its stored tokens scored on the server (the drift)."""
@@ -207,17 +213,9 @@ def _check_served(engine, session: Session, node: Node, prompt, params, path_bef
         if seed is None:  # the server's own rule: ask for the n again and take child k
             n = choice + 1
         params = params.with_overrides(seed=seed) if seed is not None else params
-    c = engine.generate(prompt, params, n=n)[n - 1]
-    # stored without the label's space; a character cut at the last token (U+FFFD) is a
-    # decoding artefact that a server shows or drops depending on streaming, not text
-    got = reply_text(c.text, framing_of(path_before)).rstrip("\ufffd")
-    stored = node.text.rstrip("\ufffd")
-    if got == stored or node.finish_reason == "interrupted" and got.startswith(stored):
-        return ReplyCheck(node, True)
-    k = next((i for i, (a, b) in enumerate(zip(got, stored)) if a != b), min(len(got), len(stored)))
-    check = ReplyCheck(
-        node, False, k, stored[k : k + 12] or "(end)", got[k : k + 12] or "(end)", unit="character"
-    )
+    check = _text_check(node, engine.generate(prompt, params, n=n)[n - 1], path_before)
+    if check.reproduced:
+        return check
     tokens = stored_tokens(node)
     if found is None or not found.scoring or tokens is None:
         check.scored = (

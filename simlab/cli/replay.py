@@ -193,10 +193,8 @@ def _engine_for(args: argparse.Namespace, replies, session):
 
 
 def _served(args: argparse.Namespace, replies) -> bool:
-    """The replay goes to a server: the flags say so, or the replies came from one (no flag against)."""
-    if args.backend is not None:
-        return args.backend == "openai"
-    return args.model is None and any((n.backend or {}).get("base_url") for n in replies)
+    """The replay goes to a server: the flags or settings say so, or the replies came from one."""
+    return recorded_server(settings_of(args), replies, args.backend).backend == "openai"
 
 
 def _server_note(session, replies, served) -> str:

@@ -123,55 +123,53 @@ def _sample(spec, stats, nodes, k: int, values: dict[str, float]) -> dict[str, A
 
 
 def _results(analysis) -> list[dict[str, Any]]:
-    def metrics(e) -> dict[str, Any]:
-        """The mean and the interval's ends, where they exist (no interval below two values)."""
+    """Each estimate per variant, and each paired difference from the baseline, the judge's
+    (judge:METRIC) beside the others, with the mean and the interval's ends where they exist."""
+
+    def score(name: str, scorer: str, e, **metadata) -> dict[str, Any]:
         named = {
             "mean": (e.mean, {}),
             "ci_low": (e.low, {"level": 0.95}),
             "ci_high": (e.high, {"level": 0.95}),
         }
-        return {k: {"name": k, "value": v, "params": p} for k, (v, p) in named.items() if math.isfinite(v)}
+        metrics = {k: {"name": k, "value": v, "params": p} for k, (v, p) in named.items() if math.isfinite(v)}
+        return {
+            "name": name,
+            "scorer": scorer,
+            "scored_samples": e.n,
+            "metrics": metrics,
+            "metadata": metadata,
+        }
 
-    out = []
-    for v in analysis.variants:
-        for metric, e in v.estimates.items():
-            out.append(
-                {
-                    "name": f"{metric}/{v.name}",
-                    "scorer": metric,
-                    "scored_samples": e.n,
-                    "metrics": metrics(e),
-                    "metadata": {"variant": v.name, "method": e.method},
-                }
-            )
-    for v, estimates in analysis.judged.items():
-        for metric, e in estimates.items():
-            out.append(
-                {
-                    "name": f"judge:{metric}/{v}",
-                    "scorer": f"judge:{metric}",
-                    "scored_samples": e.n,
-                    "metrics": metrics(e),
-                    "metadata": {"variant": v, "method": e.method, "judge": analysis.judge},
-                }
-            )
+    def merged(table: dict, judged: dict) -> dict[str, dict]:
+        out = {name: dict(d) for name, d in table.items()}
+        for name, d in judged.items():
+            out.setdefault(name, {}).update({f"judge:{m}": e for m, e in d.items()})
+        return out
+
+    def judge(metric: str) -> dict:
+        return {"judge": analysis.judge} if metric.startswith("judge:") else {}
+
     base = analysis.variants[0].name if analysis.variants else ""
-    diffs_all = {**analysis.differences}
-    for name, d in analysis.judged_diff.items():
-        diffs_all.setdefault(name, {})
-        diffs_all[name] = {**diffs_all[name], **{f"judge:{m}": e for m, e in d.items()}}
-    for name, diffs in diffs_all.items():
-        for metric, e in diffs.items():
-            p = e.extra.get("p_holm", e.extra.get("p"))
-            out.append(
-                {
-                    "name": f"{metric}/{name}-{base}",
-                    "scorer": metric,
-                    "scored_samples": e.n,
-                    "metrics": metrics(e),
-                    "metadata": {"difference": [name, base], "method": e.method, "p": p},
-                }
-            )
+    estimates = merged({v.name: v.estimates for v in analysis.variants}, analysis.judged)
+    differences = merged(analysis.differences, analysis.judged_diff)
+    out = [
+        score(f"{m}/{v}", m, e, variant=v, method=e.method, **judge(m))
+        for v, d in estimates.items()
+        for m, e in d.items()
+    ]
+    out += [
+        score(
+            f"{m}/{n}-{base}",
+            m,
+            e,
+            difference=[n, base],
+            method=e.method,
+            p=e.extra.get("p_holm", e.extra.get("p")),
+        )
+        for n, d in differences.items()
+        for m, e in d.items()
+    ]
     return out
 
 

@@ -15,6 +15,8 @@ from simlab.engine.client import choices_of, served_tokens
 from simlab.engine.probe import echo_scores
 from simlab.errors import RemoteError, SimlabError
 
+_CONTEXT_TOKENS = 4  # tokens decoded before a piece's own (a leading space depends on them)
+
 
 @dataclass(frozen=True)
 class Span:
@@ -73,14 +75,12 @@ def score_text(
         return _local(engine, prompt, continuation)
     if how == "forced" and pieces is not None:
         return _forced(engine, prompt, list(pieces))
-    if how == "echo":
-        return _echoed(engine, prompt, continuation)
-    if how == "prompt_logprobs":
-        return _vllm(engine, prompt, continuation)
-    raise SimlabError(
-        f"the server at {engine.config.base_url} gives no prompt log-probabilities (neither echo with "
-        "logprobs nor prompt_logprobs): stored tokens cannot be scored there"
-    )
+    shift = len(prompt)  # (the server scores the whole text; the continuation's tokens are kept)
+    return [
+        Span(s.start - shift, s.end - shift, s.text, s.logprob)
+        for s in served_tokens_of(engine, prompt + continuation, how)
+        if s.end > shift
+    ]
 
 
 def score_ids(engine, prompt: str, ids: Sequence[int]) -> tuple[list[Span], list[str]]:
@@ -102,10 +102,12 @@ def _local(engine, prompt: str, continuation: str) -> list[Span]:
 
 def pieces_of(tokenizer, ids: list[int], start: int) -> list[str]:
     """Each token's own text from `start` on, decoded in context (a character cut across tokens
-    lands on the token that completes it)."""
-    out, before = [], tokenizer.decode(ids[:start], skip_special_tokens=True)
+    lands on the token that completes it). A few tokens before `start` are context enough (as
+    engine.textstream decodes): a long prompt is not decoded again for every token."""
+    base = max(0, start - _CONTEXT_TOKENS)
+    out, before = [], tokenizer.decode(ids[base:start], skip_special_tokens=True)
     for k in range(start, len(ids)):
-        now = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+        now = tokenizer.decode(ids[base : k + 1], skip_special_tokens=True)
         if now.endswith("\ufffd") and k + 1 < len(ids):
             out.append("")
             continue
@@ -128,26 +130,14 @@ def _asked(engine, prompt: str, **extra) -> dict:
     return data["choices"][0]
 
 
-def _echoed(engine, prompt: str, continuation: str) -> list[Span]:
-    text = prompt + continuation
-    scored = echo_scores(_asked(engine, text, echo=True, logprobs=1), text)
-    if not scored:
-        raise RemoteError(f"the server at {engine.client.where} did not echo the text with log-probabilities")
-    return [
-        Span(o - len(prompt), o - len(prompt) + len(t), t, lp)
-        for o, t, lp in scored
-        if lp is not None and o + len(t) > len(prompt) and o < len(text)
-    ]
-
-
 def _forced(engine, prompt: str, pieces: list[str]) -> list[Span]:
     """For a server with log-probabilities but no prompt log-probabilities (llama.cpp's
     `llama-server`): the prompt and the tokens so far, one token asked for with its best 20
     alternatives; a stored token found among them has its log-probability there, one not found is
     left out (not compared)."""
-    out, at = [], 0
+    out, at, joined = [], 0, "".join(pieces)
     for piece in pieces:
-        tokens = served_tokens(_asked(engine, prompt + "".join(pieces)[:at], logprobs=20).get("logprobs"))
+        tokens = served_tokens(_asked(engine, prompt + joined[:at], logprobs=20).get("logprobs"))
         found = next((lp for _, text, lp in tokens[0].top if text == piece), None) if tokens else None
         if found is not None:
             out.append(Span(at, at + len(piece), piece, found))
@@ -155,8 +145,7 @@ def _forced(engine, prompt: str, pieces: list[str]) -> list[Span]:
     return out
 
 
-def _vllm(engine, prompt: str, continuation: str) -> list[Span]:
-    text = prompt + continuation
+def _vllm(engine, text: str) -> list[Span]:
     listed = _asked(engine, text, prompt_logprobs=0).get("prompt_logprobs")
     if not isinstance(listed, list):
         raise RemoteError(f"the server at {engine.client.where} sent no prompt_logprobs")
@@ -167,12 +156,7 @@ def _vllm(engine, prompt: str, continuation: str) -> list[Span]:
         best = next(iter(entry.values()))  # vLLM puts the prompt's own token first
         pieces.append(str(best.get("decoded_token") or ""))
         values.append(float(best["logprob"]))
-    spans = backward(pieces, values, len(text))
-    return [
-        Span(s.start - len(prompt), s.end - len(prompt), s.text, s.logprob)
-        for s in spans
-        if s.end > len(prompt)
-    ]
+    return backward(pieces, values, len(text))
 
 
 def served_tokens_of(engine, text: str, how: str) -> list[Span]:
@@ -180,10 +164,17 @@ def served_tokens_of(engine, text: str, how: str) -> list[Span]:
     first token has none and is left out): spans in the text."""
     if how == "echo":
         scored = echo_scores(_asked(engine, text, echo=True, logprobs=1), text)
-        return [Span(o, o + len(t), t, lp) for o, t, lp in scored if lp is not None]
+        if not scored:
+            raise RemoteError(
+                f"the server at {engine.client.where} did not echo the text with log-probabilities"
+            )
+        return [Span(o, o + len(t), t, lp) for o, t, lp in scored if lp is not None and o < len(text)]
     if how == "prompt_logprobs":
-        return _vllm(engine, "", text)
-    raise SimlabError(f"the server at {engine.config.base_url} gives no prompt log-probabilities")
+        return _vllm(engine, text)
+    raise SimlabError(
+        f"the server at {engine.config.base_url} gives no prompt log-probabilities (neither echo with "
+        "logprobs nor prompt_logprobs): stored tokens cannot be scored there"
+    )
 
 
 def drift(stored: Sequence[Span], scored: Sequence[Span]) -> Drift:
