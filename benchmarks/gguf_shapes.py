@@ -35,6 +35,8 @@ class Shape:
     rope_theta: float = 10_000.0
     qkv_bias: bool = False
     eps: float = 1e-5
+    head_dim: int | None = None  # hidden / heads unless the model says otherwise (Gemma)
+    window: int | None = None  # Gemma 2's sliding window (every other layer, from the first)
 
 
 SHAPES = {
@@ -48,6 +50,8 @@ SHAPES = {
     "tinyllama-1.1b": Shape("llama", 2048, 22, 32, 4, 5632, 32_000, False),
     # meta-llama/Llama-3.2-1B
     "llama3.2-1b": Shape("llama", 2048, 16, 32, 8, 8192, 128_256, True, 500_000.0),
+    # google/gemma-2-2b (attention scores capped at 50, logits at 30, as every Gemma 2)
+    "gemma2-2b": Shape("gemma2", 2304, 26, 8, 4, 9216, 256_000, True, eps=1e-6, head_dim=256, window=4096),
 }
 
 LEGACY = {"Q4_0", "Q5_0", "Q8_0", "F16"}  # what gguf's own quantizer writes
@@ -81,12 +85,42 @@ def vocabulary(size: int) -> tuple[list[str], list[str]]:
     return [*tokens, "<|endoftext|>"], merges
 
 
+def write_sentencepiece(writer, size: int) -> None:
+    """A sentencepiece vocabulary as Gemma files have it (`<pad>`, `<eos>`, `<bos>`, `<unk>`, the
+    256 byte tokens, then pieces best-first, scored by their place), of `size` tokens: printable
+    characters and the word mark, then their pairs, then triples. transformers rebuilds the merges
+    from the order, llama.cpp merges by the scores: the same order."""
+    import itertools
+
+    chars = ["\u2581"] + [chr(c) for c in range(33, 127)]
+    special = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tokens = special + [f"<0x{b:02X}>" for b in range(256)] + chars
+    types = [3, 3, 3, 2] + [6] * 256 + [1] * len(chars)
+    for n in (2, 3):
+        for combo in itertools.product(chars, repeat=n):
+            if len(tokens) == size:
+                break
+            tokens.append("".join(combo))
+            types.append(1)
+    assert len(tokens) == size, "a vocabulary larger than characters, pairs and triples"
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) for i in range(size)])
+    writer.add_token_types(types)
+    writer.add_pad_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_bos_token_id(2)
+    writer.add_unk_token_id(3)
+    writer.add_add_bos_token(True)
+
+
 def write_f16(name: str, shape: Shape, path: Path, seed: int = 0) -> None:
     """The shape's file in float16 (norms and biases in float32, as converters write them)."""
     import gguf
 
     rng = np.random.default_rng(seed)
-    head_dim = shape.hidden // shape.heads
+    head_dim = shape.head_dim or shape.hidden // shape.heads
     writer = gguf.GGUFWriter(str(path), shape.arch)
     writer.add_name(f"random-{name}")
     writer.add_context_length(32_768)
@@ -98,17 +132,27 @@ def write_f16(name: str, shape: Shape, path: Path, seed: int = 0) -> None:
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(shape.rope_theta)
     writer.add_layer_norm_rms_eps(shape.eps)
+    gemma = shape.arch == "gemma2"
+    if gemma:  # as llama.cpp's converter writes a Gemma 2
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_attn_logit_softcapping(50.0)
+        writer.add_final_logit_softcapping(30.0)
+        writer.add_sliding_window(shape.window or 4096)
     writer.add_vocab_size(shape.vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    tokens, merges = vocabulary(shape.vocab)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([1] * (len(tokens) - 1) + [3])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(len(tokens) - 1)
-    writer.add_eos_token_id(len(tokens) - 1)
-    writer.add_add_bos_token(False)
+    if gemma:
+        write_sentencepiece(writer, shape.vocab)
+    else:
+        tokens, merges = vocabulary(shape.vocab)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types([1] * (len(tokens) - 1) + [3])
+        writer.add_token_merges(merges)
+        writer.add_bos_token_id(len(tokens) - 1)
+        writer.add_eos_token_id(len(tokens) - 1)
+        writer.add_add_bos_token(False)
 
     def matrix(rows: int, cols: int) -> np.ndarray:
         return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
@@ -116,20 +160,24 @@ def write_f16(name: str, shape: Shape, path: Path, seed: int = 0) -> None:
     def ones(n: int) -> np.ndarray:
         return np.ones(n, dtype=np.float32)
 
-    kv = shape.kv_heads * head_dim
+    kv, width = shape.kv_heads * head_dim, shape.heads * head_dim
     writer.add_tensor("token_embd.weight", matrix(shape.vocab, shape.hidden))
     for i in range(shape.layers):
         blk = f"blk.{i}."
         writer.add_tensor(blk + "attn_norm.weight", ones(shape.hidden))
-        for part, rows in (("attn_q", shape.hidden), ("attn_k", kv), ("attn_v", kv)):
+        for part, rows in (("attn_q", width), ("attn_k", kv), ("attn_v", kv)):
             writer.add_tensor(blk + part + ".weight", matrix(rows, shape.hidden))
             if shape.qkv_bias:
                 writer.add_tensor(blk + part + ".bias", rng.standard_normal(rows, dtype=np.float32) * 0.02)
-        writer.add_tensor(blk + "attn_output.weight", matrix(shape.hidden, shape.hidden))
+        writer.add_tensor(blk + "attn_output.weight", matrix(shape.hidden, width))
+        if gemma:  # Gemma 2's norms after attention and after the MLP
+            writer.add_tensor(blk + "post_attention_norm.weight", ones(shape.hidden))
         writer.add_tensor(blk + "ffn_norm.weight", ones(shape.hidden))
         writer.add_tensor(blk + "ffn_gate.weight", matrix(shape.ffn, shape.hidden))
         writer.add_tensor(blk + "ffn_up.weight", matrix(shape.ffn, shape.hidden))
         writer.add_tensor(blk + "ffn_down.weight", matrix(shape.hidden, shape.ffn))
+        if gemma:
+            writer.add_tensor(blk + "post_ffw_norm.weight", ones(shape.hidden))
     writer.add_tensor("output_norm.weight", ones(shape.hidden))
     if not shape.tied:
         writer.add_tensor("output.weight", matrix(shape.vocab, shape.hidden))

@@ -144,13 +144,43 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
         with stage("reading the GGUF metadata and building the tokenizer", say):
             tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
         with stage("dequantizing the weights to float32", say):
-            model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+            read = llama_cpp_reads(gguf_path)
+            model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32, **read)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # the weights are plain tensors now; drop the GGUF bookkeeping
         quantizer.remove_quantization_config(model)
     with stage("saving safetensors and tokenizer files", say), _no_progress_bars():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+
+
+def llama_cpp_reads(path: Path) -> dict:
+    """What llama.cpp reads from a Gemma 2 or 3 file that transformers' GGUF loader leaves at its
+    config's defaults: the logit softcapping, and the query scale (llama.cpp's rule: hidden size
+    over heads for the 27B models, else the head size; transformers' default is 256)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key: str):
+        found = reader.fields.get(key)
+        return None if found is None else found.contents()
+
+    arch = field("general.architecture")
+    if arch not in ("gemma2", "gemma3"):
+        return {}
+    out = {}
+    for key in ("attn_logit_softcapping", "final_logit_softcapping")[arch == "gemma3" :]:
+        value = field(f"{arch}.{key}")
+        if value:  # (0 or absent: llama.cpp's default, which is transformers')
+            out[key] = float(value)
+    layers, hidden = field(f"{arch}.block_count"), field(f"{arch}.embedding_length")
+    heads, head_dim = field(f"{arch}.attention.head_count"), field(f"{arch}.attention.key_length")
+    if isinstance(heads, int) and isinstance(hidden, int) and layers == {"gemma2": 46}.get(arch, 62):
+        out["query_pre_attn_scalar"] = hidden // heads
+    elif isinstance(head_dim, int):
+        out["query_pre_attn_scalar"] = head_dim
+    return out
 
 
 @contextmanager

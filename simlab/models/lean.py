@@ -10,6 +10,7 @@ import torch
 
 from simlab.models import native
 from simlab.models.native import NativeGroup, NativeLinear
+from simlab.models.softcap import RowSoftcap, cap_rows
 
 
 class _Fused:
@@ -164,8 +165,9 @@ def own_attention(model: torch.nn.Module) -> None:
         if isinstance(act, torch.nn.Module) and not isinstance(act, RowActivation):
             parent.act_fn = RowActivation(act)
     config = model.config
-    if config._attn_implementation not in ("sdpa", "simlab"):
-        return  # eager (softcapping models) and others keep theirs
+    softcapped = config._attn_implementation == "eager" and getattr(config, "attn_logit_softcapping", None)
+    if config._attn_implementation not in ("sdpa", "simlab") and not softcapped:
+        return  # others keep theirs (Gemma 2's eager passes its softcap, which the kernel applies)
     from simlab.models import gemma3
 
     if not isinstance(model, gemma3.Gemma3ForCausalLM):
@@ -192,10 +194,12 @@ def rows_alone(model: torch.nn.Module) -> bool:
     if heads % kv_heads or heads // kv_heads > 64:  # shapes the kernel leaves to sdpa (native._fits)
         return False
     if getattr(config, "final_logit_softcapping", None):  # tanh over the whole vocabulary, batched
-        return False
+        return False  # (`cap_rows` moves it to the unembedding, row by row)
     wrapped = {id(m.act) for m in model.modules() if isinstance(m, RowActivation)}
     for module in model.modules():
-        if isinstance(module, (NativeLinear, NativeGroup, FusedPart, FusedRMSNorm, RowActivation)):
+        if isinstance(
+            module, (NativeLinear, NativeGroup, FusedPart, FusedRMSNorm, RowActivation, RowSoftcap)
+        ):
             continue
         kind = type(module).__name__
         if isinstance(module, torch.nn.Linear) or kind in ("Conv1D", "Int8Linear", "Int4Linear"):
@@ -215,6 +219,7 @@ def on_the_kernel(model: torch.nn.Module) -> None:
     fuse(model)
     fuse_norms(model)
     own_attention(model)
+    cap_rows(model)
 
 
 # transformers' model types whose forward `decode_step` writes out: Llama's decoder (pre-norm
@@ -232,6 +237,8 @@ def steps_lean(model: torch.nn.Module) -> bool:
         return False
     if config.model_type in FAMILY:
         return type(model).__name__.endswith("ForCausalLM") and type(model.model).__name__.endswith("Model")
+    if config.model_type == "gemma2":  # its softcapped attention only on the kernel's ("simlab")
+        return type(model).__name__ == "Gemma2ForCausalLM" and config._attn_implementation == "simlab"
     return (
         config.model_type == "gemma3_text"
         and not getattr(config, "use_bidirectional_attention", False)
@@ -249,7 +256,7 @@ def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds=None) -> 
     adds = adds or {}
     if model.config.model_type in FAMILY:
         return _family_step(model, cache, ids, adds)
-    return _gemma3_step(model, cache, ids, adds)
+    return _gemma_step(model, cache, ids, adds)
 
 
 def _family_masks(config, cache, h: torch.Tensor, position: torch.Tensor) -> dict:
@@ -308,16 +315,25 @@ def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -
     return model.lm_head.forward(body.norm.forward(h))  # (B, T, V)
 
 
-def _gemma3_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -> torch.Tensor:
-    """`decode_step` for Gemma3ForCausalLM (simlab's own modules or transformers')."""
+def _gemma_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -> torch.Tensor:
+    """`decode_step` for Gemma3ForCausalLM (simlab's own modules or transformers') and
+    transformers' Gemma2ForCausalLM (no q/k norms, one rotary table, softcapped attention)."""
     from simlab.models.gemma3 import ATTENTION, apply_rotary_pos_emb, masks_for
 
     config, body = model.config, model.model
     h = body.embed_tokens(ids)  # (B, T, D)
     position = (torch.arange(h.shape[1], device=h.device) + cache.get_seq_length()).unsqueeze(0)
-    masks = masks_for(config, cache, h.shape[1], h.shape[0], h.device)  # transformers' masks (tested)
-    rotary = {kind: body.rotary_emb.forward(h, position, kind) for kind in set(config.layer_types)}
-    attend = ATTENTION[config._attn_implementation]
+    kinds = set(config.layer_types)
+    if config.model_type == "gemma2":  # transformers' own masks, attention table and one rotary table
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        masks = _family_masks(config, cache, h, position)
+        attend = ALL_ATTENTION_FUNCTIONS[config._attn_implementation]
+        rotary = dict.fromkeys(kinds, body.rotary_emb.forward(h, position))
+    else:
+        masks = masks_for(config, cache, h.shape[1], h.shape[0], h.device)  # transformers' (tested)
+        rotary = {kind: body.rotary_emb.forward(h, position, kind) for kind in kinds}
+        attend = ATTENTION[config._attn_implementation]
     for i, layer in enumerate(body.layers[: config.num_hidden_layers]):
         # the submodules read from _modules directly: nn.Module's __getattr__ costs ~1 us a lookup,
         # ~0.5 ms a step over Gemma 3 270M's 18 layers
@@ -326,14 +342,17 @@ def _gemma3_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -
         a, m, kind = attn._modules, mlp._modules, config.layer_types[i]
         x = parts["input_layernorm"].forward(h)
         heads = (*x.shape[:-1], -1, attn.head_dim)
-        q = a["q_norm"].forward(a["q_proj"].forward(x).view(heads).transpose(1, 2))  # (B, H, T, d)
-        k = a["k_norm"].forward(a["k_proj"].forward(x).view(heads).transpose(1, 2))
+        q = a["q_proj"].forward(x).view(heads).transpose(1, 2)  # (B, H, T, d)
+        k = a["k_proj"].forward(x).view(heads).transpose(1, 2)
+        if "q_norm" in a:  # Gemma 3
+            q, k = a["q_norm"].forward(q), a["k_norm"].forward(k)
         v = a["v_proj"].forward(x).view(heads).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *rotary[kind])
         k, v = cache.update(k, v, i)
         out, _ = attend(
             attn, q, k, v, masks[kind], dropout=0.0, scaling=attn.scaling,
             sliding_window=attn.sliding_window, position_ids=position,
+            softcap=getattr(attn, "attn_logit_softcapping", None),
         )  # fmt: skip
         out = a["o_proj"].forward(out.reshape(*x.shape[:-1], -1).contiguous())
         h = h + parts["post_attention_layernorm"].forward(out)

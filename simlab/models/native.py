@@ -294,6 +294,10 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
         usable and not dropout and kwargs.get("position_bias") is None and not kwargs.get("output_attentions")
     )
     if not usable or library() is None or not _fits(query, key):
+        if kwargs.get("softcap"):  # sdpa has none: transformers' eager attention, with sdpa's masks
+            from simlab.models.softcap import softcapped_eager
+
+            return softcapped_eager(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         attention_mask = attention_mask.float()

@@ -1,4 +1,4 @@
-"""GGUF files of each architecture base-model users bring (Llama, Qwen2), written as llama.cpp's
+"""GGUF files of each architecture base-model users bring (Llama, Qwen2, Gemma 2), written as llama.cpp's
 converter writes them (Llama's q and k rows with each head's rotary halves interleaved), read onto
 simlab's kernel: every product from the file's own codes, the lean step, and siblings that are
 their seeds alone."""
@@ -22,6 +22,8 @@ from gguf_shapes import Shape, make  # noqa: E402
 TINY = {
     "llama": Shape("llama", 64, 2, 4, 2, 128, 400, False),
     "qwen2": Shape("qwen2", 64, 2, 4, 2, 128, 400, True, 1_000_000.0, True, 1e-6),
+    # softcapped attention and logits, a window of 8 on the first layer, heads of 32 (not 64 / 4)
+    "gemma2": Shape("gemma2", 64, 2, 4, 2, 128, 400, True, eps=1e-6, head_dim=32, window=8),
 }
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no GGUF kernel here ({native.why()})")
@@ -88,3 +90,37 @@ def test_siblings_steered_at_different_strengths_are_one_batch_each_as_alone(ggu
     assert len({tuple(t.logprob for t in c.tokens) for c in together}) == 3 and {
         c.seed for c in together
     } == {9}
+
+
+def test_a_gemma2_reads_what_llama_cpp_reads_from_its_file(tmp_path):
+    """transformers' GGUF loader leaves Gemma 2's softcapping and query scale at its config's
+    defaults (a scale of 1/16 for every size); simlab reads them from the file as llama.cpp does:
+    the head size, or hidden size over heads for the 46-layer (27B) model."""
+    from simlab.models.gguf import llama_cpp_reads
+
+    shapes = {
+        "small": Shape("gemma2", 64, 2, 4, 2, 128, 400, True, head_dim=32),
+        "27b-like": Shape("gemma2", 64, 46, 4, 2, 128, 400, True, head_dim=32),
+    }
+    want = {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+    assert llama_cpp_reads(make("small", "Q8_0", tmp_path, shapes=shapes)) == {
+        **want,
+        "query_pre_attn_scalar": 32,
+    }
+    assert llama_cpp_reads(make("27b-like", "Q8_0", tmp_path, shapes=shapes))["query_pre_attn_scalar"] == 16
+    model = load_model(
+        str(tmp_path / "small-Q8_0.gguf"), load_settings(weights="float", dtype="float32")
+    ).model
+    assert model.model.layers[0].self_attn.scaling == 32**-0.5
+    assert model.config.final_logit_softcapping == 30.0
+
+
+def test_a_gemma2_on_the_kernel_caps_attention_and_logits_as_the_float_model(gguf_file):
+    if "gemma2" not in gguf_file.name:
+        pytest.skip("Gemma 2 only")
+    kernel = load_model(str(gguf_file), load_settings(weights="gguf")).model
+    assert kernel.config._attn_implementation == "simlab" and type(kernel.lm_head).__name__ == "RowSoftcap"
+    ids = torch.randint(0, 399, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        logits = kernel(input_ids=ids).logits
+    assert logits.abs().max() < 30.0  # capped (once: the forward's own cap moved to the head)

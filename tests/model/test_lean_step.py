@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from simlab.engine import prefix
 from simlab.models import lean, native
+from simlab.models.softcap import cap_rows
 
 SHAPE = dict(
     vocab_size=300,
@@ -87,6 +88,73 @@ def test_the_lean_step_is_each_familys_forward_bit_for_bit(kind, layers):
     if kind == "qwen2":
         assert model.config.layer_types[1] == "sliding_attention"
     assert steps_agree(model) == 20
+
+
+def gemma2_model():
+    """A Gemma 2 whose softcaps bite (attention at 2, logits at 3) and whose window is shorter
+    than the test's tokens, on the eager attention transformers gives it."""
+    torch.manual_seed(5)
+    config = AutoConfig.for_model(
+        "gemma2", **SHAPE, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    assert model.config._attn_implementation == "eager"
+    return model
+
+
+@pytest.mark.parametrize("layers", ["float", "gguf"])
+def test_the_lean_step_is_gemma2s_forward_bit_for_bit(layers):
+    assert not lean.steps_lean(gemma2_model())  # transformers' eager attention: its own forward
+    model = on_the_kernel(gemma2_model(), layers)
+    lean.own_attention(model)  # simlab's attention, which takes the softcap
+    cap_rows(model)
+    assert model.config._attn_implementation == "simlab" and model.config.final_logit_softcapping is None
+    assert steps_agree(model) == 20
+
+
+def test_gemma2_on_simlabs_attention_is_transformers_eager_to_rounding():
+    """The kernel's softcapped attention and the moved logit cap give transformers' eager
+    forward's logits; without either cap they would differ by far more than rounding."""
+    model = gemma2_model()
+    with torch.no_grad():  # scores and logits large enough for the caps to bite
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(40)
+        model.model.norm.weight.fill_(60)
+    ids = torch.randint(3, 300, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits
+        lean.own_attention(model)
+        cap_rows(model)
+        got = model(input_ids=ids).logits
+        head, model.lm_head = model.lm_head, model.lm_head.head
+        uncapped_logits = model(input_ids=ids).logits
+        model.lm_head = head
+        for layer in model.model.layers:
+            layer.self_attn.attn_logit_softcapping = None
+        uncapped_attention = model(input_ids=ids).logits
+    assert (got - want).abs().max() < 1e-5 * want.abs().max()
+    assert (uncapped_logits - want).abs().max() > 0.1
+    assert (uncapped_attention - want).abs().max() > 0.1
+
+
+def test_softcapped_attention_off_the_kernel_is_eager_not_sdpa():
+    """Where the kernel does not run (here: bfloat16), softcapped attention falls back to
+    transformers' eager attention with sdpa's masks, not to sdpa (which has no softcap)."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    model = gemma2_model()
+    attn = model.model.layers[1].self_attn
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 4, 6, 8, generator=gen, dtype=torch.bfloat16) for _ in range(3))
+    additive = torch.full((6, 6), torch.finfo(torch.bfloat16).min, dtype=torch.bfloat16).triu(1)
+    want, _ = eager_attention_forward(attn, q, k[:, :2], v[:, :2], additive, 0.0, 0.5, 2.0)
+    got, _ = native.attention(attn, q, k[:, :2], v[:, :2], None, scaling=0.5, softcap=2.0)
+    assert torch.equal(got, want)
 
 
 def test_other_families_keep_the_models_own_forward(tiny):

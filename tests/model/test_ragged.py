@@ -4,6 +4,7 @@ gives alone. Rows are never padded: each keeps its own cache and attends over it
 import pytest
 import torch
 from conftest import tiny_llama_style
+from test_lean_step import gemma2_model
 from test_native import native_copy
 from transformers import AutoModelForCausalLM
 
@@ -11,6 +12,7 @@ from simlab.engine import local, prefix, ragged
 from simlab.engine.local import Engine
 from simlab.engine.params import SamplingParams
 from simlab.models import native
+from simlab.models.softcap import cap_rows
 
 STEPS = 14  # past the tiny Gemma's sliding window of 8, so its sliding layers mask
 
@@ -21,14 +23,18 @@ def _prefilled(model, ids: list[int]):
     return cache
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "llama"])
 def test_each_row_of_a_ragged_step_is_its_step_alone_bit_for_bit(kind, tiny_dir, tmp_path):
     """With layers that sum each row alone (simlab's GGUF kernel), only attention could make a
     batch differ: the logits of every row equal its own decode, bit for bit."""
     if native.library() is None:
         pytest.skip(f"simlab's GGUF kernel is not built here ({native.why()}); test_native says why")
-    folder = tiny_llama_style(tmp_path / kind, kind, tiny_dir)
-    model = native_copy(AutoModelForCausalLM.from_pretrained(folder).eval())
+    if kind == "gemma2":  # softcapped attention and logits (the cap moved to the head, row by row)
+        model = native_copy(gemma2_model())
+        cap_rows(model)
+    else:
+        folder = tiny_llama_style(tmp_path / kind, kind, tiny_dir)
+        model = native_copy(AutoModelForCausalLM.from_pretrained(folder).eval())
     assert ragged.supported(model)
     torch.manual_seed(0)
     prompts = [torch.randint(3, 300, (n,)).tolist() for n in (5, 12, 2, 20)]
