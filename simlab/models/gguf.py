@@ -91,6 +91,7 @@ def discard(folder: Path) -> None:
 
 def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
     """Convert a GGUF into a safetensors folder at `folder`, atomically (temp folder + rename)."""
+    weights = 0 if spec == "embedded" else _weights_in(Path(spec).expanduser().resolve(), spec)
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = folder.parent / f".converting-{folder.name}-{os.getpid()}"
     discard(work)
@@ -108,7 +109,10 @@ def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
                 gguf_path = package.assemble(work / "model.gguf")
             sha = package.EXPECTED_SHA256
         else:
-            say(f"First use of {spec}: converting it into a cache; this happens once.")
+            say(
+                f"First use of {spec}: converting it into a cache (about {weights * 4 / 1e9:.1f} GB of "
+                f"float32 under {folder.parent}); this happens once."
+            )
             gguf_path = Path(spec).expanduser().resolve()
             with stage("hashing the GGUF", say):
                 sha = _sha256(gguf_path)
@@ -152,6 +156,18 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
     with stage("saving safetensors and tokenizer files", say), _no_progress_bars():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+
+
+def _weights_in(path: Path, spec: str) -> int:
+    """How many weights the file holds; a file `gguf` cannot read (truncated, not a GGUF) is one line."""
+    import gguf
+
+    try:
+        return sum(int(t.n_elements) for t in gguf.GGUFReader(str(path)).tensors)
+    except Exception as exc:  # noqa: BLE001 - gguf's reader raises what numpy and struct raise
+        raise ModelUnavailableError(
+            f"{spec} is not a readable GGUF file ({exc}); a truncated download? fetch it again"
+        ) from None
 
 
 def llama_cpp_reads(path: Path) -> dict:

@@ -276,9 +276,13 @@ def farewell(chat: Chat, reopen: str = "chat --resume") -> int:
     elif discarded(chat.session, chat.keeps_empty):
         chat.view.note("nothing was said: no session kept")
     elif not chat.session.unsaved:  # else cli.chat says where the unsaved changes went
+        folder = Path(chat.store.folder).resolve()
+        elsewhere = (
+            "" if folder == Path("sessions").resolve() else f" --sessions-dir {shlex.quote(str(folder))}"
+        )
         chat.view.note(
             f"saved: session {chat.session.name} ({len(chat.tree.nodes)} nodes); "
-            f"resume with: {invoked_as()} {reopen} {chat.session.name}"
+            f"resume with: {invoked_as()} {reopen} {chat.session.name}{elsewhere}"
         )
     return 128 + chat.stopping if chat.stopping is not None else 0
 

@@ -33,6 +33,12 @@ def info_lines(chat: Chat) -> list[str]:
                 if getattr(chat.engine, "rows_alone", False)
                 else "one after another (a batch would change a row's last bits)"
             ),
+            "decode    "
+            + (
+                "lean step (the model's own ops without its modules: the same logits)"
+                if getattr(chat.engine, "lean", False)
+                else "the model's forward (no lean step for this architecture or dtype)"
+            ),
         ]
     else:
         where = [f"model     {info.name} on the server at {info.device}"]

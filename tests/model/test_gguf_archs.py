@@ -43,6 +43,17 @@ def test_every_product_reads_the_files_own_codes_and_decodes_lean(gguf_file):
     assert engine.lean and engine.rows_alone
 
 
+def test_info_says_the_file_runs_whole_on_the_kernel(gguf_file, store):
+    from test_repl import new_chat
+
+    from simlab.repl.views import info_lines
+
+    info = "\n".join(
+        info_lines(new_chat(Engine(load_model(str(gguf_file), load_settings(weights="gguf"))), store))
+    )
+    assert "siblings  one batch" in info and "decode    lean step" in info and "simlab kernel" in info
+
+
 def test_the_kernel_gives_the_float_models_logits_to_its_rounding(gguf_file):
     kernel = load_model(str(gguf_file), load_settings(weights="gguf")).model
     floats = load_model(str(gguf_file), load_settings(weights="float", dtype="float32")).model

@@ -1,6 +1,7 @@
 """Model specs, safe loading, the Hugging Face cache path, device/dtype, errors."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,10 +94,23 @@ def test_folder_without_config_is_not_a_model(tmp_path):
 
 
 def test_corrupt_gguf_is_a_clear_error(tmp_path):
+    """A file that is not a GGUF, or one cut short (a truncated download), is named as such before
+    any conversion starts: not blamed on the disk."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from gguf_shapes import Shape, make
+
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file at all" * 10)
-    with pytest.raises(ModelUnavailableError, match="converting .*broken.gguf failed"):
-        load_model(str(bad), Settings(device="cpu"))
+    whole = make("tiny", "Q8_0", tmp_path, shapes={"tiny": Shape("llama", 64, 2, 4, 2, 128, 400, False)})
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for path in (bad, cut):
+        with pytest.raises(
+            ModelUnavailableError, match=f"{path.name} is not a readable GGUF file .*fetch it again"
+        ):
+            load_model(str(path), Settings(device="cpu"))
 
 
 def _put_in_hf_cache(hf_home, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):

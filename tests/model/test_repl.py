@@ -241,6 +241,7 @@ def test_the_toolbar_says_where_we_are_and_how_fast(tiny_engine, store):
     info = "\n".join(info_lines(chat))
     assert f"context   {chat.last.context_used} of 128 tokens" in info
     assert "siblings  one after another" in info  # the tiny GPT-2's float products: not rows alone
+    assert "decode    the model's forward" in info  # GPT-2 has no lean step
 
 
 def test_the_toolbars_context_is_the_reply_under_the_cursor(tiny_engine, store, monkeypatch):

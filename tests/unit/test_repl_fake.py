@@ -4,6 +4,7 @@ as a script: exact transcripts, and the rows it stores. No torch."""
 import io
 import re
 import time
+from pathlib import Path
 
 import pytest
 from prompt_toolkit.input import create_pipe_input
@@ -477,6 +478,8 @@ def test_leaving_a_new_chat_where_nothing_was_said_offers_no_resume_of_a_removed
     out = chat.view.out.getvalue()
     assert ("resume with: simlab chat --resume" in out) == keeps_empty
     assert ("nothing was said: no session kept" in out) == (not keeps_empty)
+    # a session kept outside ./sessions: the hint names its folder, so it can be pasted anywhere
+    assert (f"--sessions-dir {Path(store.folder).resolve()}" in out) == keeps_empty
 
 
 def test_the_farewell_names_simlab_as_it_was_run(tmp_path, monkeypatch):
