@@ -27,9 +27,8 @@ class Groups:
     bits: int
     bias: int | None  # offset == -bias * scale in every group (symmetric formats), else None
     group: int = GROUP
-    # the K-quant's own scales, whose float32 products are scale (and offset), exactly: Q4_K's
-    # (rows, cols / 256, 2) d and dmin and (rows, cols / 32, 2) uint8 sc and m (scale d sc, offset
-    # -dmin m); Q6_K's (rows, cols / 256) d and (rows, cols / 16) int8 sc (scale d sc)
+    # Q4_K's own scales: (rows, cols / 256, 2) float32 d and dmin per superblock, (rows, cols / 32, 2)
+    # uint8 sc and m per group; scale == d * sc and offset == -dmin * m, the same float32 products
     superblocks: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -108,9 +107,7 @@ def read(tensor, rows_order: np.ndarray | None = None) -> Groups | None:
     if not np.allclose(back, values, rtol=1e-6, atol=1e-7):
         return None  # a layout this reading does not know; the caller keeps the float weights
     codes = codes.reshape(rows, cols).astype(np.uint8)
-    own = {"Q4_K": _k_superblocks, "Q6_K": _q6_superblocks}.get(name, lambda *_: None)(
-        blocks, rows, scale, offset
-    )
+    own = _k_superblocks(blocks, rows, scale, offset) if name == "Q4_K" else None
     if order is not None:
         codes, scale, offset = codes[order], scale[order], offset[order]
         own = None if own is None else (own[0][order], own[1][order])
@@ -133,14 +130,6 @@ def _k_superblocks(blocks: np.ndarray, rows: int, scale: np.ndarray, offset: np.
     ):
         return None
     return d.astype(np.float32), small
-
-
-def _q6_superblocks(blocks: np.ndarray, rows: int, scale: np.ndarray, offset: np.ndarray):
-    """Q6_K's d and int8 sc by row (`Groups.superblocks`), when d * sc gives the scale back exactly."""
-    d = blocks[:, 208:210].copy().view(np.float16).astype(np.float32).reshape(rows, -1)
-    sc = blocks[:, 192:208].copy().view(np.int8).reshape(rows, -1)
-    again = d[:, :, None] * sc.reshape(rows, -1, 16).astype(np.float32)
-    return (d, sc) if np.array_equal(again.reshape(scale.shape), scale) else None
 
 
 def _block_size(name: str) -> int:

@@ -96,9 +96,9 @@ def _declare(lib) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.simlab_qlinear.argtypes = [p, i64, i64, p, p, p, i32, i32, i64, p, p, i32]
     lib.simlab_qlinear_parts.argtypes = [p, i64, i64, i32, p, p, p, p, i32, i32, p, p, i32]
+    lib.simlab_qlinear_parts.restype = None
     lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
-    lib.simlab_q6_rows.argtypes = [p, p, p, i64, p, i64, p]
-    for fn in (lib.simlab_qlinear, lib.simlab_qlinear_parts, lib.simlab_q8_rows, lib.simlab_q6_rows):
+    for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
         fn.restype = None
     lib.simlab_top_k.argtypes = [p, i64, i64, i64, p, p, i32]
     lib.simlab_top_k.restype = i32
@@ -186,17 +186,16 @@ def part_arrays(layers) -> tuple:
     )
 
 
-def rows(ids: torch.Tensor, codes, scale, offset, group: int, bits: int = 8) -> torch.Tensor:
-    """The q8 (or q6) table's rows `ids` as float32, (len(ids), K)."""
+def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
+    """The q8 table's rows `ids` as float32, (len(ids), K)."""
     flat = ids.reshape(-1).to(torch.int64).contiguous()
-    k = codes.shape[1] * 4 // 3 if bits == 6 else codes.shape[1]
+    k = codes.shape[1]
     low, high = (int(flat.min()), int(flat.max())) if flat.numel() else (0, 0)
     if low < 0 or high >= codes.shape[0]:
         raise IndexError(f"token ids must be in 0..{codes.shape[0] - 1}; got {low}..{high}")
     out = torch.empty((flat.numel(), k), dtype=torch.float32)
-    lib, table = _state["lib"], (_ptr(codes), _ptr(scale), _ptr(offset))
-    ask = (k, _ptr(flat), flat.numel(), _ptr(out))
-    lib.simlab_q6_rows(*table, *ask) if bits == 6 else lib.simlab_q8_rows(*table, group, *ask)
+    lib = _state["lib"]
+    lib.simlab_q8_rows(_ptr(codes), _ptr(scale), _ptr(offset), group, k, _ptr(flat), flat.numel(), _ptr(out))
     return out.reshape(*ids.shape, k)
 
 
@@ -318,23 +317,23 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
 
 class NativeLinear(torch.nn.Module):
     """y = x W^T + b with W as a GGUF tensor's own codes (`bits` 4: packed nibbles with a scale and
-    offset per 32, or Q4_K's own scales (`group` KS); 6: Q6_K's codes and own scales; 8: signed
-    codes with a scale per `group` of 16 or 32), through `matmul`."""
+    offset per 32; 8: signed codes with a scale per `group` of 16 or 32), through `matmul`."""
 
     def __init__(self, codes, scale, offset, bits: int, group: int, bias=None):
         super().__init__()
         self.register_buffer("codes", codes.contiguous())
         self.register_buffer("scale", scale.float().contiguous())
-        if offset is not None and offset.dtype not in (torch.uint8, torch.int8):  # (K-quants' own sc: bytes)
-            offset = offset.float()
-        self.register_buffer("offset", None if offset is None else offset.contiguous())
+        keep = offset is None or offset.dtype == torch.uint8  # (Q4_K's own sc and m: bytes)
+        self.register_buffer(
+            "offset", None if offset is None else (offset if keep else offset.float()).contiguous()
+        )
         self.register_buffer("layout", torch.tensor([bits, group]))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.bits, self.group = bits, group
         self.out_features = scale.shape[0]
         self._layout = (bits, group, self.out_features)
         self._weight: tuple | None = None  # the buffers' addresses for C, taken on first use
-        self.in_features = int(codes.shape[1] * {4: 2, 6: 4 / 3}.get(bits, 1))  # (q6: 48 bytes per 64)
+        self.in_features = codes.shape[1] * (2 if bits == 4 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._weight is None:
@@ -394,7 +393,7 @@ class NativeEmbedding(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         t = self.table
-        out = rows(input_ids, t.codes, t.scale, t.offset, t.group, t.bits)
+        out = rows(input_ids, t.codes, t.scale, t.offset, t.group)
         if self.embed_scale is not None:
             out = out * self.embed_scale.to(self.dtype)
         return out.to(self.dtype)

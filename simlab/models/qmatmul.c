@@ -6,11 +6,7 @@
  *       code 16 + j in its high one), one float scale and offset per 32 weights (Q4_0, Q4_1), or
  *       (group KS) Q4_K's as its file keeps them: per 256 a float d and dmin, per 32 an 8-bit sc and
  *       m, the scale d sc and offset -dmin m computed as they are read (the same floats);
- *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q5_1);
- *   q6: Q6_K's 6-bit codes 0..63 (w = d sc (code - 32)), 48 bytes per 64 weights: 32 of low 4 bits
- *       as q4 packs them (two 32-blocks), then 16 whose byte j holds the top 2 bits of codes j,
- *       16 + j, 32 + j and 48 + j (bits 0-1, 2-3, 4-5, 6-7); per 256 a float d, per 16 an int8 sc,
- *       the scale d sc computed as read (6.625 bits a weight; as bytes with float scales, 10).
+ *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K).
  * Activations are rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first
  * left: ~15 bits, where llama.cpp keeps 8), the products summed in integers per group, then scaled. Every output row is computed alone, in one fixed
  * order, so a row's result does not depend on how many rows are in the batch.
@@ -40,18 +36,6 @@
 int simlab_qmatmul_version(void) { return 13; }
 
 #define KS 256 /* a q4 weight's group for Q4_K's own scales (superblocks of 256) */
-
-/* Q6_K's scale of 16-group g (d per 256 times the group's int8 sc: gguf_groups' float32 product) */
-static inline __attribute__((always_inline)) float q6_scale(const float *scale, const void *small, int64_t g) {
-    return scale[g / 16] * (float)((const int8_t *)small)[g];
-}
-
-/* Q6_K's signed code j (0..63) of a 64-weight pair's 48 bytes, minus 32 */
-static inline int q6_code(const uint8_t *pair, int j) {
-    int low = (j & 31) < 16 ? pair[(j / 32) * 16 + (j & 15)] & 15 : pair[(j / 32) * 16 + (j & 15)] >> 4;
-    int high = (pair[32 + (j & 15)] >> (2 * (j / 16))) & 3;
-    return (high << 4 | low) - 32;
-}
 
 /* A q4 weight row's scale and offset of block b: stored as floats per 32, or (group KS) computed
  * from its superblock's d and dmin and the block's sc and m, one float32 product each, as
@@ -212,33 +196,20 @@ static inline __attribute__((always_inline)) void block256(int bits, int group, 
 #endif
     __m256i c, u; /* the codes, and what maddubs reads as unsigned: the codes or their size */
     if (bits == 4) _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
-    else if (bits == 6) _mm_prefetch((const char *)(w4 + b * 24) + PREFETCH, _MM_HINT_T0);
     else _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
     if (bits == 4) {
         __m128i p = _mm_loadu_si128((const __m128i *)(w4 + b * 16));
         c = u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low);
-    } else if (bits == 6) { /* block b's half of its pair: low nibbles, then the top bits at 4 (b odd) */
-        const uint8_t *pair = w4 + (b / 2) * 48;
-        __m128i p = _mm_loadu_si128((const __m128i *)(pair + (b & 1) * 16));
-        __m128i h = _mm_loadu_si128((const __m128i *)(pair + 32));
-        int at = (int)(b & 1) * 4;
-        __m256i top = _mm256_set_m128i(_mm_srl_epi16(h, _mm_cvtsi32_si128(at + 2)), _mm_srl_epi16(h, _mm_cvtsi32_si128(at)));
-        top = _mm256_slli_epi16(_mm256_and_si256(top, _mm256_set1_epi8(3)), 4);
-        c = _mm256_or_si256(top, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low));
-        c = _mm256_sub_epi8(c, _mm256_set1_epi8(32));
-        u = _mm256_sign_epi8(c, c);
     } else {
         c = _mm256_loadu_si256((const __m256i *)(w8 + b * QK));
         u = _mm256_sign_epi8(c, c);
     }
     float sb = 0.0f, ob = 0.0f;
     if (bits == 4) q4_scale(group, scale, offset, b, &sb, &ob);
-    else if (offset && bits == 8) ob = offset[b];
-    __m256 s = bits == 4   ? _mm256_set1_ps(sb)
-               : bits == 6 ? _mm256_set_m128(_mm_set1_ps(q6_scale(scale, offset, 2 * b + 1)),
-                                             _mm_set1_ps(q6_scale(scale, offset, 2 * b)))
-               : per == 1  ? _mm256_set1_ps(scale[b])
-                           : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
+    else if (offset) ob = offset[b];
+    __m256 s = bits == 4 ? _mm256_set1_ps(sb)
+               : per == 1 ? _mm256_set1_ps(scale[b])
+                          : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
     for (int r = 0; r < R; r++) {
         int64_t at = r * k + b * QK, g = r * blocks + b;
         __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
@@ -256,7 +227,7 @@ static inline __attribute__((always_inline)) void block256(int bits, int group, 
         __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
 #endif
         acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f, acc[r]);
-        if (offset && bits != 6) off[r] += ob * sx[g];
+        if (offset) off[r] += ob * sx[g];
     }
 }
 #endif
@@ -297,10 +268,6 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
      * high bytes of 16-bit values, then shifted down with their sign */
     const __m512i high_a = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13));
     const __m512i high_b = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15));
-    /* q6: each 128-bit lane L of the broadcast top bits shifted down by 2L; masks */
-    const __m512i shifts6 = _mm512_set_epi64(0x0006000600060006, 0x0006000600060006, 0x0004000400040004,
-                                             0x0004000400040004, 0x0002000200020002, 0x0002000200020002, 0, 0);
-    const __m512i three = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32);
     __m512 both[4][MAXR];
     __m128 offs[4];
     for (int w = 0; w < W; w++) {
@@ -322,19 +289,6 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
                 );
                 ca[w] = _mm512_and_si512(two, low2); /* the 64 codes in order, unsigned: vpdpbusd's */
                 cb[w] = zero;
-            } else if (bits == 6) { /* the 64 codes in order as q8's, from their low nibbles and top bits */
-                const uint8_t *pair = w4 + (b / 2) * 48;
-                _mm_prefetch((const char *)pair + PREFETCH, _MM_HINT_T0);
-                __m256i p = _mm256_loadu_si256((const __m256i *)pair), h = _mm256_srli_epi16(p, 4);
-                __m512i two = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)), _mm256_permute2x128_si256(p, h, 0x31), 1
-                );
-                __m512i top = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(pair + 32)));
-                top = _mm512_and_si512(_mm512_srlv_epi16(top, shifts6), three);
-                __m512i c = _mm512_or_si512(_mm512_slli_epi16(top, 4), _mm512_and_si512(two, low2));
-                c = _mm512_sub_epi8(c, k32);
-                ca[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_a), 8);
-                cb[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_b), 8);
             } else { /* signed codes: into the high byte, then shifted down with their sign */
                 _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
                 __m512i c = _mm512_loadu_si512((const void *)(w8 + b * QK));
@@ -345,26 +299,21 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
             if (bits == 4) {
                 q4_scale(group, sc, offset[w], b, &f0, &g0);
                 q4_scale(group, sc, offset[w], b + 1, &f1, &g1);
-            } else if (offset[w] && bits == 8) {
+            } else if (offset[w]) {
                 g0 = offset[w][b];
                 g1 = offset[w][b + 1];
             }
-            const void *small = offset[w];
-            __m256 s0 = bits == 4   ? _mm256_set1_ps(f0)
-                        : bits == 6 ? _mm256_set_m128(_mm_set1_ps(q6_scale(sc, small, 2 * b + 1)),
-                                                      _mm_set1_ps(q6_scale(sc, small, 2 * b)))
-                        : per == 1  ? _mm256_set1_ps(sc[b])
-                                    : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 1]), _mm_set1_ps(sc[2 * b]));
-            __m256 s1 = bits == 4   ? _mm256_set1_ps(f1)
-                        : bits == 6 ? _mm256_set_m128(_mm_set1_ps(q6_scale(sc, small, 2 * b + 3)),
-                                                      _mm_set1_ps(q6_scale(sc, small, 2 * b + 2)))
-                        : per == 1  ? _mm256_set1_ps(sc[b + 1])
-                                    : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 3]), _mm_set1_ps(sc[2 * b + 2]));
+            __m256 s0 = bits == 4 ? _mm256_set1_ps(f0)
+                        : per == 1 ? _mm256_set1_ps(sc[b])
+                                   : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 1]), _mm_set1_ps(sc[2 * b]));
+            __m256 s1 = bits == 4 ? _mm256_set1_ps(f1)
+                        : per == 1 ? _mm256_set1_ps(sc[b + 1])
+                                   : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 3]), _mm_set1_ps(sc[2 * b + 2]));
             s01[w] = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
-            if (offset[w] && bits != 6 && R == 1) { /* one row: scalar sums (as block256's), fewer instructions */
+            if (offset[w] && R == 1) { /* one row: scalar sums (as block256's), fewer instructions */
                 off[w][0] += g0 * sx[b];
                 off[w][0] += g1 * sx[b + 1];
-            } else if (offset[w] && bits != 6) {
+            } else if (offset[w]) {
                 __m128 o0 = _mm_mul_ps(_mm_set1_ps(g0), _mm_loadu_ps(sxt + b * 4));
                 offs[w] = _mm_add_ps(offs[w], o0);
                 __m128 o1 = _mm_mul_ps(_mm_set1_ps(g1), _mm_loadu_ps(sxt + (b + 1) * 4));
@@ -397,7 +346,7 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
         for (int r = 0; r < R; r++) {
             even[w][r] = _mm512_castps512_ps256(both[w][r]);
             odd[w][r] = _mm512_extractf32x8_ps(both[w][r], 1);
-            if (offset[w] && bits != 6 && R > 1) off[w][r] = lanes[r];
+            if (offset[w] && R > 1) off[w][r] = lanes[r];
         }
     }
 #endif
@@ -426,23 +375,18 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
                 int64_t at = r * k + b * QK, g = r * blocks + b;
                 float sb = 0.0f, ob = 0.0f;
                 if (bits == 4) q4_scale(group, sc, of, b, &sb, &ob);
-                else if (of && bits == 8) ob = of[b];
+                else if (of) ob = of[b];
                 for (int lane = 0; lane < 8; lane++) {
                     int32_t dot = 0;
                     for (int j = 4 * lane; j < 4 * lane + 4; j++) {
-                        int code = bits == 4   ? (j < 16 ? w4[b * 16 + j] & 15 : w4[b * 16 + j - 16] >> 4)
-                                   : bits == 6 ? q6_code(w4 + (b / 2) * 48, (int)(b & 1) * 32 + j)
-                                               : w8[b * QK + j];
+                        int code = bits == 4 ? (j < 16 ? w4[b * 16 + j] & 15 : w4[b * 16 + j - 16] >> 4)
+                                             : w8[b * QK + j];
                         dot += code * (256 * q1[at + j] + q2[at + j]);
                     }
-                    float sd = (bits == 4   ? sb
-                                : bits == 6 ? q6_scale(sc, of, 2 * b + lane / 4)
-                                : per == 1  ? sc[b]
-                                            : sc[2 * b + lane / 4]) *
-                               d2[g];
+                    float sd = (bits == 4 ? sb : per == 1 ? sc[b] : sc[2 * b + lane / 4]) * d2[g];
                     sums[b & 1][lane] = fmaf(sd, (float)dot, sums[b & 1][lane]);
                 }
-                if (of && bits != 6) off += ob * sx[g];
+                if (of) off += ob * sx[g];
             }
             float v[8], h[4];
             for (int l = 0; l < 8; l++) v[l] = sums[0][l] + sums[1][l];
@@ -478,8 +422,7 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
                           const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
                           int group, float *y, void *scratch, int threads) {
-    int64_t blocks = k / QK, blocks_all = m * blocks;
-    int64_t groups = bits == 6 ? k / KS : group == KS ? 2 * (k / KS) : k / group; /* scale floats per row */
+    int64_t blocks = k / QK, groups = group == KS ? 2 * (k / KS) : k / group, blocks_all = m * blocks;
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
     float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
     float *sxt = sx + blocks_all; /* per four rows and block: the four rows' sx */
@@ -491,7 +434,7 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
         int8_t *a = q1 + r * k, *c = q2 + r * k;
         float *e1 = d1 + r * blocks, *e2 = d2 + r * blocks, *s = sx + r * blocks;
 #ifdef SIMLAB_AVX512
-        quantize_row512(xr, k, a, c, e1, e2, s, bits != 4 ? x16 + r * k : 0);
+        quantize_row512(xr, k, a, c, e1, e2, s, bits == 8 ? x16 + r * k : 0);
         for (int64_t p = 0; p < blocks / 2; p++) /* e2 of the pair's first block eight times, then its second's */
             _mm512_storeu_ps(pairs + (r * (blocks / 2) + p) * 16,
                              _mm512_insertf32x8(_mm512_set1_ps(e2[2 * p]), _mm256_set1_ps(e2[2 * p + 1]), 1));
@@ -525,10 +468,9 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
                     int p = 0;
                     int64_t o = at + w; /* the row within its part */
                     while (o >= ns[p]) o -= ns[p++];
-                    wp[w] = (const char *)ws[p] + o * (bits == 4 ? k / 2 : bits == 6 ? k / 4 * 3 : k);
+                    wp[w] = (const char *)ws[p] + o * (bits == 4 ? k / 2 : k);
                     sp[w] = scales[p] + o * groups;
                     oo[w] = !offsets[p]   ? 0
-                            : bits == 6   ? (const float *)((const int8_t *)offsets[p] + o * (k / 16))
                             : group == KS ? (const float *)((const uint8_t *)offsets[p] + o * 2 * blocks)
                                           : offsets[p] + o * blocks;
                     any |= oo[w] != 0;
@@ -537,9 +479,7 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
                 if (W == TILE_W && TILE_W > 1) {
 #if TILE_W > 1
                     enum { W = TILE_W };
-                    if (bits == 6) {
-                        DOTS(6, 16, oo)
-                    } else if (bits == 4 && group == KS) {
+                    if (bits == 4 && group == KS) {
                         DOTS(4, KS, oo)
                     } else if (bits == 4) {
                         DOTS(4, QK, oo)
@@ -552,9 +492,7 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
 #endif
                 } else {
                     enum { W = 1 };
-                    if (bits == 6) {
-                        DOTS(6, 16, oo)
-                    } else if (bits == 4 && group == KS) {
+                    if (bits == 4 && group == KS) {
                         DOTS(4, KS, oo)
                     } else if (bits == 4) {
                         DOTS(4, QK, oo)
@@ -588,18 +526,6 @@ void simlab_q8_rows(const int8_t *w, const float *scale, const float *offset, in
             float v = s[j / group] * (float)row[j];
             if (offset) v += offset[ids[i] * (k / QK) + j / QK];
             out[i * k + j] = v;
-        }
-    }
-}
-
-/* Rows of a q6 table (Q6_K's own layout) as floats: out (R, K) = d sc (code - 32) for each id. */
-void simlab_q6_rows(const uint8_t *w, const float *scale, const int8_t *small, int64_t k, const int64_t *ids,
-                    int64_t count, float *out) {
-    for (int64_t i = 0; i < count; i++) {
-        const uint8_t *row = w + ids[i] * (k / 4 * 3);
-        for (int64_t j = 0; j < k; j++) {
-            float s = q6_scale(scale + ids[i] * (k / KS), small + ids[i] * (k / 16), j / 16);
-            out[i * k + j] = s * (float)q6_code(row + (j / 64) * 48, (int)(j % 64));
         }
     }
 }

@@ -181,14 +181,14 @@ def _shared_embedding(model: torch.nn.Module, stored) -> dict[str, torch.Tensor]
     if not hasattr(model, "get_output_embeddings"):
         return {}
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    if not isinstance(head, native.NativeLinear) or head.bits not in (6, 8):
+    if not isinstance(head, native.NativeLinear) or head.bits != 8:
         return {}
     if not (stored and "embedding.shared" in stored):
         weight = getattr(embedding, "weight", None)
         if weight is None or tuple(weight.shape) != (head.out_features, head.in_features):
             return {}
         ids = torch.tensor(list(range(16)) + [weight.shape[0] - 1])
-        got = native.rows(ids, head.codes, head.scale, head.offset, head.group, head.bits)
+        got = native.rows(ids, head.codes, head.scale, head.offset, head.group)
         if not torch.allclose(got, weight[ids].float(), rtol=2**-7, atol=1e-6):
             return {}
     scale = getattr(embedding, "embed_scale", None)
@@ -225,9 +225,6 @@ def _native_layer(groups, bias) -> torch.nn.Module | None:
             d, small = (torch.from_numpy(np.ascontiguousarray(a)).flatten(1) for a in groups.superblocks)
             return native.NativeLinear(packed, d, small, 4, native.KS, bias)
         return native.NativeLinear(packed, scale, torch.from_numpy(groups.offset), 4, GROUP, bias)
-    if groups.bits == 6 and groups.superblocks is not None:  # Q6_K: 6.625 bits a weight, not 10
-        d, sc = (torch.from_numpy(np.ascontiguousarray(a)) for a in groups.superblocks)
-        return native.NativeLinear(q6_packed(codes), d, sc, 6, native.KS, bias)
     if groups.bias is not None:
         signed = (codes.to(torch.int16) - groups.bias).to(torch.int8)
         return native.NativeLinear(signed, scale, None, 8, groups.group, bias)
@@ -235,19 +232,6 @@ def _native_layer(groups, bias) -> torch.nn.Module | None:
         offset = torch.from_numpy(groups.offset)
         return native.NativeLinear(codes.to(torch.int8), scale, offset, 8, GROUP, bias)
     return None
-
-
-def q6_packed(codes: torch.Tensor) -> torch.Tensor:
-    """(N, K) codes 0..63 in qmatmul.c's q6 layout: per 64, 32 bytes of low 4 bits as q4 packs two
-    blocks of 32, then 16 whose byte j holds the top 2 bits of codes j, 16 + j, 32 + j, 48 + j."""
-    n = codes.shape[0]
-    pairs = codes.reshape(n, -1, 64)
-    low, top = pairs & 15, pairs >> 4
-    halves = low.reshape(n, -1, 2, 2, 16)  # (pair, block, half of 16, j)
-    lows = (halves[:, :, :, 0] | (halves[:, :, :, 1] << 4)).reshape(n, -1, 32)
-    tops = top.reshape(n, -1, 4, 16)
-    highs = tops[:, :, 0] | (tops[:, :, 1] << 2) | (tops[:, :, 2] << 4) | (tops[:, :, 3] << 6)
-    return torch.cat([lows, highs], dim=-1).reshape(n, -1).contiguous()
 
 
 def _stored_layer(stored: dict[str, torch.Tensor], key: str, bias) -> torch.nn.Module | None:

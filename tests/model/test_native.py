@@ -40,24 +40,9 @@ def scales_of(layer: native.NativeLinear) -> tuple[torch.Tensor, torch.Tensor | 
     return (d[..., 0] * small[..., 0]).reshape(n, -1), (-d[..., 1] * small[..., 1]).reshape(n, -1)
 
 
-def q6_codes(layer: native.NativeLinear) -> torch.Tensor:
-    """(N, K) signed codes (code - 32) of a q6 layer: per 64 weights, 32 bytes of low 4 bits as q4
-    packs two blocks, then 16 whose byte j holds the top 2 bits of codes j, 16 + j, 32 + j, 48 + j."""
-    n = layer.out_features
-    pairs = layer.codes.reshape(n, -1, 48).long()
-    lows = pairs[..., :32].reshape(n, -1, 2, 16)
-    low = torch.stack([lows & 15, lows >> 4], dim=3).reshape(n, -1, 64)  # (block, half, j)
-    top = torch.stack([(pairs[..., 32:] >> (2 * i)) & 3 for i in range(4)], dim=2).reshape(n, -1, 64)
-    return ((top << 4 | low) - 32).reshape(n, -1)
-
-
 def unpacked(layer: native.NativeLinear) -> torch.Tensor:
     """The (N, K) weight a layer's buffers hold, in float64. 4 bits: byte j of a group of 32 holds
     code j (low nibble) and code 16 + j (high nibble)."""
-    if layer.bits == 6:  # Q6_K's own: d per 256 times sc per 16, as float32 products
-        n = layer.out_features
-        scale = (layer.scale.reshape(n, -1, 1) * layer.offset.reshape(n, -1, 16).float()).reshape(n, -1)
-        return (q6_codes(layer).double().unflatten(-1, (-1, 16)) * scale.double().unsqueeze(-1)).flatten(-2)
     if layer.bits != 4:
         values = layer.codes.double().unflatten(-1, (-1, layer.group)) * layer.scale.double().unsqueeze(-1)
         if layer.offset is not None:  # Q5_1, Q5_K: unsigned codes and an offset per 32
@@ -90,12 +75,12 @@ def test_the_layer_holds_the_files_weights_exactly(kind):
     tensor = random_tensor(kind, seed=5)
     layer = _native_layer(gguf_groups.read(tensor), None)
     assert isinstance(layer, native.NativeLinear)
-    assert layer.bits == (4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 6 if kind == "Q6_K" else 8)
-    assert layer.group == (native.KS if kind in ("Q4_K", "Q6_K") else 32)
+    assert layer.bits == (4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 8)
+    assert layer.group == {"Q6_K": 16, "Q4_K": native.KS}.get(kind, 32)
     # float32 scales: no rounding at all, where gguf rounds d sc q - dmin m once to float32 (Q5_K)
     assert torch.equal(unpacked(layer).float(), reference(tensor))
     bytes_per_weight = layer.codes.numel() * layer.codes.element_size() / (ROWS * COLS)
-    assert bytes_per_weight == {4: 0.5, 6: 0.75}.get(layer.bits, 1.0)
+    assert bytes_per_weight == (0.5 if layer.bits == 4 else 1.0)
 
 
 @pytest.mark.parametrize("kind", FORMATS)
@@ -126,24 +111,20 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
     assert torch.equal(native.matmul(x, *cut, layer.bits, layer.group), alone)
 
 
-@pytest.mark.parametrize("kind, bits, held", [("Q4_K", (4.75, 6), 4), ("Q6_K", (6.625, 10), 6)])
-def test_k_quants_with_their_own_scales_give_the_float_scales_bits_on_every_build(kind, bits, held, tmp_path):
-    """Q4_K and Q6_K kept as their files have them (Q4_K: per 256 a float d and dmin, per 32 an
-    8-bit sc and m; Q6_K: 6-bit codes, per 256 a float d, per 16 an int8 sc) give the very outputs
-    of float scales per group and codes in bytes (the same float32 products, computed as read), for
-    any batch, weight rows taken one or two at a time, and on the builds for other instruction sets:
-    replies sampled before they came replay to the bit. Q6_K's table rows (a tied embedding) too."""
+def test_q4_k_with_its_own_scales_gives_the_float_scales_bits_on_every_build(tmp_path):
+    """Q4_K kept as its file has it (per 256 a float d and dmin, per 32 an 8-bit sc and m: 4.75 bits
+    a weight, not 6) gives the very outputs of its float scale and offset per 32 (the same float32
+    products, computed as read), for any batch, weight rows taken one or two at a time, and on the
+    builds for other instruction sets: replies sampled before it came replay to the bit."""
     import ctypes
 
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    qtype = GGMLQuantizationType[kind]
+    qtype = GGMLQuantizationType.Q4_K
     rows, cols = 37, 1024  # four superblocks; an odd count of weight rows
     rng = np.random.default_rng(4)
     raw = rng.integers(0, 256, size=(rows * cols // 256, GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8)
-    at = slice(208, 210) if kind == "Q6_K" else slice(0, 4)  # the float16 d (and dmin)
-    halves = (at.stop - at.start) // 2
-    raw[:, at] = rng.uniform(1e-3, 2e-2, size=(len(raw), halves)).astype(np.float16).view(np.uint8)
+    raw[:, :4] = rng.uniform(1e-3, 2e-2, size=(len(raw), 2)).astype(np.float16).view(np.uint8)
     tensor = SimpleNamespace(
         name="blk.0.ffn_up.weight", tensor_type=qtype, shape=[cols, rows], data=raw.reshape(rows, -1)
     )
@@ -151,15 +132,10 @@ def test_k_quants_with_their_own_scales_give_the_float_scales_bits_on_every_buil
     own = _native_layer(groups, None)
     groups.superblocks = None
     floats = _native_layer(groups, None)
-    assert (own.bits, own.group) == (held, native.KS) and floats.group != native.KS
+    assert (own.group, floats.group) == (native.KS, 32)
     assert torch.equal(unpacked(own), unpacked(floats))
-    tensors = lambda layer: (t for t in (layer.codes, layer.scale, layer.offset) if t is not None)  # noqa: E731
-    size = lambda layer: sum(t.numel() * t.element_size() for t in tensors(layer)) * 8 / (rows * cols)  # noqa: E731
-    assert (size(own), size(floats)) == bits
-    if kind == "Q6_K":
-        ids = torch.tensor([0, 5, 36, 5])
-        table = native.rows(ids, own.codes, own.scale, own.offset, own.group, own.bits)
-        assert torch.equal(table, native.rows(ids, floats.codes, floats.scale, floats.offset, floats.group))
+    held = lambda layer: sum(t.numel() * t.element_size() for t in (layer.codes, layer.scale, layer.offset))  # noqa: E731
+    assert held(own) * 8 / (rows * cols) == 4.75 and held(floats) * 8 / (rows * cols) == 6
     libraries = [native.library()]
     for without in (("-mno-avx512f",), ("-mno-avx512f", "-mno-avx2", "-mno-fma")):
         other = ctypes.CDLL(str(native._build(tmp_path, without)))
@@ -206,8 +182,9 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
             layer.scale[:, : blocks * per].contiguous(),
             None if layer.offset is None else layer.offset[:, :blocks].contiguous(),
         )
-        if layer.group == native.KS:  # K-quants' own scales: whole superblocks (one here), no odd block
-            cut = (layer.codes, layer.scale, layer.offset)
+        if layer.group == native.KS:  # whole superblocks (and their one float pair), no odd block
+            cut = (layer.codes[:, :128], layer.scale[:, :2], layer.offset[:, :16])
+            cut = tuple(t.contiguous() for t in cut)
         width = cut[0].shape[1] * (2 if layer.bits == 4 else 1)
         fast = layer(x), native.matmul(x[:, :width], *cut, layer.bits, layer.group)
         monkeypatch.setitem(native._state, "lib", other)
