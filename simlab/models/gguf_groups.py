@@ -27,9 +27,6 @@ class Groups:
     bits: int
     bias: int | None  # offset == -bias * scale in every group (symmetric formats), else None
     group: int = GROUP
-    # Q4_K's own scales: (rows, cols / 256, 2) float32 d and dmin per superblock, (rows, cols / 32, 2)
-    # uint8 sc and m per group; scale == d * sc and offset == -dmin * m, the same float32 products
-    superblocks: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _half(blocks: np.ndarray, at: int) -> np.ndarray:
@@ -107,29 +104,9 @@ def read(tensor, rows_order: np.ndarray | None = None) -> Groups | None:
     if not np.allclose(back, values, rtol=1e-6, atol=1e-7):
         return None  # a layout this reading does not know; the caller keeps the float weights
     codes = codes.reshape(rows, cols).astype(np.uint8)
-    own = _k_superblocks(blocks, rows, scale, offset) if name == "Q4_K" else None
     if order is not None:
         codes, scale, offset = codes[order], scale[order], offset[order]
-        own = None if own is None else (own[0][order], own[1][order])
-    return Groups(codes, scale, offset, bits, bias, group, own)
-
-
-def _k_superblocks(blocks: np.ndarray, rows: int, scale: np.ndarray, offset: np.ndarray):
-    """Q4_K's d, dmin and 8-bit sc, m by row (`Groups.superblocks`), when they give the float scale
-    and offset back exactly (they always should: those are their products), else None."""
-    from gguf.quants import Q4_K
-
-    sc, m = Q4_K.get_scale_min(blocks[:, 4:16].copy())  # (superblocks, 8) each
-    d = np.stack([_half(blocks, 0), _half(blocks, 2)], axis=-1).reshape(rows, -1, 2)
-    small = np.stack([sc, m], axis=-1).astype(np.uint8).reshape(rows, -1, 2)
-    again = d[:, :, None, 0] * small[..., 0].reshape(rows, -1, 8).astype(np.float32)
-    moved = -d[:, :, None, 1] * small[..., 1].reshape(rows, -1, 8).astype(np.float32)
-    if not (
-        np.array_equal(again.reshape(scale.shape), scale)
-        and np.array_equal(moved.reshape(offset.shape), offset)
-    ):
-        return None
-    return d.astype(np.float32), small
+    return Groups(codes, scale, offset, bits, bias, group)
 
 
 def _block_size(name: str) -> int:

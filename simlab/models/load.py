@@ -167,9 +167,8 @@ def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, ker
     """Where the quantized layers of a model are cached: keyed by what makes them differ (not the
     dtype for simlab's kernel: it keeps the file's codes with float32 scales whatever the dtype)."""
     dtype = "any" if kernel == "native" else dtype
-    # gguf layers read since Llama's q/k rows are put in the loaded order (gguf_groups.by_module),
-    # and Q4_K's kept with its own scales (native.KS)
-    made = ":rows:ks" if weights == "gguf" else ""
+    # gguf layers read since Llama's q/k rows are put in the loaded order (gguf_groups.by_module)
+    made = ":rows" if weights == "gguf" else ""
     key = hashlib.sha256(f"{revision}:{dtype}:{weights}:{kernel}{made}".encode()).hexdigest()[:16]
     return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
 

@@ -23,7 +23,6 @@ import torch
 
 SOURCE = Path(__file__).with_name("qmatmul.c")
 QK = 32
-KS = 256  # the group of a q4 weight kept with Q4_K's own scales (qmatmul.c's KS)
 
 _state: dict[str, object] = {}
 
@@ -323,10 +322,7 @@ class NativeLinear(torch.nn.Module):
         super().__init__()
         self.register_buffer("codes", codes.contiguous())
         self.register_buffer("scale", scale.float().contiguous())
-        keep = offset is None or offset.dtype == torch.uint8  # (Q4_K's own sc and m: bytes)
-        self.register_buffer(
-            "offset", None if offset is None else (offset if keep else offset.float()).contiguous()
-        )
+        self.register_buffer("offset", None if offset is None else offset.float().contiguous())
         self.register_buffer("layout", torch.tensor([bits, group]))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.bits, self.group = bits, group

@@ -3,9 +3,7 @@
  * Built once per machine by simlab.models.native (cc -O3 -march=native -fopenmp) and called through
  * ctypes. Two weight layouts, both "w = scale * code + offset" per group of weights along the input:
  *   q4: 4-bit codes 0..15, two per byte (byte j of a group of 32 holds code j in its low nibble and
- *       code 16 + j in its high one), one float scale and offset per 32 weights (Q4_0, Q4_1), or
- *       (group KS) Q4_K's as its file keeps them: per 256 a float d and dmin, per 32 an 8-bit sc and
- *       m, the scale d sc and offset -dmin m computed as they are read (the same floats);
+ *       code 16 + j in its high one), one float scale and offset per 32 weights (Q4_K, Q4_0, Q4_1);
  *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K).
  * Activations are rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first
  * left: ~15 bits, where llama.cpp keeps 8), the products summed in integers per group, then scaled. Every output row is computed alone, in one fixed
@@ -33,25 +31,7 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 13; }
-
-#define KS 256 /* a q4 weight's group for Q4_K's own scales (superblocks of 256) */
-
-/* A q4 weight row's scale and offset of block b: stored as floats per 32, or (group KS) computed
- * from its superblock's d and dmin and the block's sc and m, one float32 product each, as
- * gguf_groups computes the stored ones: the very same floats. */
-static inline __attribute__((always_inline)) void q4_scale(int group, const float *scale, const void *offset,
-                                                           int64_t b, float *s, float *o) {
-    if (group == KS) {
-        const float *dd = scale + (b / 8) * 2;
-        const uint8_t *sm = (const uint8_t *)offset + 2 * b;
-        *s = dd[0] * (float)sm[0];
-        *o = -dd[1] * (float)sm[1];
-    } else {
-        *s = scale[b];
-        *o = offset ? ((const float *)offset)[b] : 0.0f;
-    }
-}
+int simlab_qmatmul_version(void) { return 12; }
 
 int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte dot products, 4: AVX-512 */
 #if defined(SIMLAB_AVX512)
@@ -183,7 +163,7 @@ static inline float hsum(__m256 v) {
 #ifdef SIMLAB_AVX2
 /* Block b of one weight row against R input rows, added into acc[r] (the even or the odd blocks'
  * sums) and off[r]: the 256-bit path, one block at a time. */
-static inline __attribute__((always_inline)) void block256(int bits, int group, const void *wv, const float *scale,
+static inline __attribute__((always_inline)) void block256(int bits, const void *wv, const float *scale,
                                                            const float *offset, int per, const int8_t *q1,
                                                            const int8_t *q2, const float *d2, const float *sx,
                                                            int64_t k, int R, int64_t b, __m256 *acc, float *off) {
@@ -204,12 +184,8 @@ static inline __attribute__((always_inline)) void block256(int bits, int group, 
         c = _mm256_loadu_si256((const __m256i *)(w8 + b * QK));
         u = _mm256_sign_epi8(c, c);
     }
-    float sb = 0.0f, ob = 0.0f;
-    if (bits == 4) q4_scale(group, scale, offset, b, &sb, &ob);
-    else if (offset) ob = offset[b];
-    __m256 s = bits == 4 ? _mm256_set1_ps(sb)
-               : per == 1 ? _mm256_set1_ps(scale[b])
-                          : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
+    __m256 s = per == 1 ? _mm256_set1_ps(scale[b])
+                        : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
     for (int r = 0; r < R; r++) {
         int64_t at = r * k + b * QK, g = r * blocks + b;
         __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
@@ -227,7 +203,7 @@ static inline __attribute__((always_inline)) void block256(int bits, int group, 
         __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
 #endif
         acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f, acc[r]);
-        if (offset) off[r] += ob * sx[g];
+        if (offset) off[r] += offset[b] * sx[g];
     }
 }
 #endif
@@ -245,7 +221,7 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
                                                       const float *pairs, const int16_t *x16, int64_t k,
                                                       int R, float *const *out, int64_t stride) {
     int64_t blocks = k / QK;
-    int per = group >= QK ? 1 : QK / group; /* weight scales per activation block */
+    int per = QK / group; /* weight scales per activation block */
 #ifdef SIMLAB_AVX2
     /* Two running float sums per row, one over the even blocks and one over the odd, added at the end:
      * every build sums in this order, so each gives the same bits. */
@@ -295,28 +271,18 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
                 ca[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_a), 8);
                 cb[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_b), 8);
             }
-            float f0 = 0.0f, f1 = 0.0f, g0 = 0.0f, g1 = 0.0f; /* (q4) the two blocks' scales and offsets */
-            if (bits == 4) {
-                q4_scale(group, sc, offset[w], b, &f0, &g0);
-                q4_scale(group, sc, offset[w], b + 1, &f1, &g1);
-            } else if (offset[w]) {
-                g0 = offset[w][b];
-                g1 = offset[w][b + 1];
-            }
-            __m256 s0 = bits == 4 ? _mm256_set1_ps(f0)
-                        : per == 1 ? _mm256_set1_ps(sc[b])
-                                   : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 1]), _mm_set1_ps(sc[2 * b]));
-            __m256 s1 = bits == 4 ? _mm256_set1_ps(f1)
-                        : per == 1 ? _mm256_set1_ps(sc[b + 1])
-                                   : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 3]), _mm_set1_ps(sc[2 * b + 2]));
+            __m256 s0 = per == 1 ? _mm256_set1_ps(sc[b])
+                                 : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 1]), _mm_set1_ps(sc[2 * b]));
+            __m256 s1 = per == 1 ? _mm256_set1_ps(sc[b + 1])
+                                 : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 3]), _mm_set1_ps(sc[2 * b + 2]));
             s01[w] = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
             if (offset[w] && R == 1) { /* one row: scalar sums (as block256's), fewer instructions */
-                off[w][0] += g0 * sx[b];
-                off[w][0] += g1 * sx[b + 1];
+                off[w][0] += offset[w][b] * sx[b];
+                off[w][0] += offset[w][b + 1] * sx[b + 1];
             } else if (offset[w]) {
-                __m128 o0 = _mm_mul_ps(_mm_set1_ps(g0), _mm_loadu_ps(sxt + b * 4));
+                __m128 o0 = _mm_mul_ps(_mm_set1_ps(offset[w][b]), _mm_loadu_ps(sxt + b * 4));
                 offs[w] = _mm_add_ps(offs[w], o0);
-                __m128 o1 = _mm_mul_ps(_mm_set1_ps(g1), _mm_loadu_ps(sxt + (b + 1) * 4));
+                __m128 o1 = _mm_mul_ps(_mm_set1_ps(offset[w][b + 1]), _mm_loadu_ps(sxt + (b + 1) * 4));
                 offs[w] = _mm_add_ps(offs[w], o1);
             }
         }
@@ -353,11 +319,10 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
     for (int w = 0; w < W; w++) {
         int64_t e = b;
         for (; e + 1 < blocks; e += 2) { /* an even block, then an odd one: each into its own sums */
-            block256(bits, group, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
-            block256(bits, group, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e + 1, odd[w], off[w]);
+            block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
+            block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e + 1, odd[w], off[w]);
         }
-        if (e < blocks)
-            block256(bits, group, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
+        if (e < blocks) block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
         for (int r = 0; r < R; r++) out[w][r * stride] = hsum(_mm256_add_ps(even[w][r], odd[w][r])) + off[w][r];
     }
 #else
@@ -373,9 +338,6 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
             float sums[2][8] = {{0}}, off = 0.0f;
             for (int64_t b = 0; b < blocks; b++) {
                 int64_t at = r * k + b * QK, g = r * blocks + b;
-                float sb = 0.0f, ob = 0.0f;
-                if (bits == 4) q4_scale(group, sc, of, b, &sb, &ob);
-                else if (of) ob = of[b];
                 for (int lane = 0; lane < 8; lane++) {
                     int32_t dot = 0;
                     for (int j = 4 * lane; j < 4 * lane + 4; j++) {
@@ -383,10 +345,10 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
                                              : w8[b * QK + j];
                         dot += code * (256 * q1[at + j] + q2[at + j]);
                     }
-                    float sd = (bits == 4 ? sb : per == 1 ? sc[b] : sc[2 * b + lane / 4]) * d2[g];
+                    float sd = (per == 1 ? sc[b] : sc[2 * b + lane / 4]) * d2[g];
                     sums[b & 1][lane] = fmaf(sd, (float)dot, sums[b & 1][lane]);
                 }
-                if (of) off += ob * sx[g];
+                if (of) off += of[b] * sx[g];
             }
             float v[8], h[4];
             for (int l = 0; l < 8; l++) v[l] = sums[0][l] + sums[1][l];
@@ -422,7 +384,7 @@ static inline __attribute__((always_inline)) void dot(int bits, int W, const voi
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
                           const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
                           int group, float *y, void *scratch, int threads) {
-    int64_t blocks = k / QK, groups = group == KS ? 2 * (k / KS) : k / group, blocks_all = m * blocks;
+    int64_t blocks = k / QK, groups = k / group, blocks_all = m * blocks;
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
     float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
     float *sxt = sx + blocks_all; /* per four rows and block: the four rows' sx */
@@ -470,18 +432,14 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
                     while (o >= ns[p]) o -= ns[p++];
                     wp[w] = (const char *)ws[p] + o * (bits == 4 ? k / 2 : k);
                     sp[w] = scales[p] + o * groups;
-                    oo[w] = !offsets[p]   ? 0
-                            : group == KS ? (const float *)((const uint8_t *)offsets[p] + o * 2 * blocks)
-                                          : offsets[p] + o * blocks;
+                    oo[w] = offsets[p] ? offsets[p] + o * blocks : 0;
                     any |= oo[w] != 0;
                     op[w] = y + r * n + at + w;
                 }
                 if (W == TILE_W && TILE_W > 1) {
 #if TILE_W > 1
                     enum { W = TILE_W };
-                    if (bits == 4 && group == KS) {
-                        DOTS(4, KS, oo)
-                    } else if (bits == 4) {
+                    if (bits == 4) {
                         DOTS(4, QK, oo)
                     } else if (group == QK && !any) { /* Q8_0, Q5_0: the common case, with no offset */
                         const float *none[TILE_W] = {0};
@@ -492,9 +450,7 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
 #endif
                 } else {
                     enum { W = 1 };
-                    if (bits == 4 && group == KS) {
-                        DOTS(4, KS, oo)
-                    } else if (bits == 4) {
+                    if (bits == 4) {
                         DOTS(4, QK, oo)
                     } else if (group == QK && !any) {
                         const float *none[1] = {0};

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from simlab.models import native
@@ -221,9 +220,6 @@ def _native_layer(groups, bias) -> torch.nn.Module | None:
     if groups.bits == 4 and groups.group == GROUP:
         pairs = codes.reshape(n, -1, GROUP)
         packed = (pairs[..., : GROUP // 2] | (pairs[..., GROUP // 2 :] << 4)).reshape(n, -1)
-        if groups.superblocks is not None:  # Q4_K: its own scales, 4.75 bits a weight instead of 6
-            d, small = (torch.from_numpy(np.ascontiguousarray(a)).flatten(1) for a in groups.superblocks)
-            return native.NativeLinear(packed, d, small, 4, native.KS, bias)
         return native.NativeLinear(packed, scale, torch.from_numpy(groups.offset), 4, GROUP, bias)
     if groups.bias is not None:
         signed = (codes.to(torch.int16) - groups.bias).to(torch.int8)

@@ -7,7 +7,6 @@ dequantiser is the reference for the weights, a float64 product for the arithmet
 
 import math
 import shutil
-from types import SimpleNamespace
 from unittest.mock import patch
 
 import numpy as np
@@ -30,16 +29,6 @@ def kernel():
         pytest.fail(f"the kernel did not build here, with a compiler present: {native.why()}")
 
 
-def scales_of(layer: native.NativeLinear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A layer's float32 scale and offset per group; for Q4_K's own scales (group KS), d sc and
-    -dmin m, as float32 products."""
-    if layer.group != native.KS:
-        return layer.scale, layer.offset
-    n = layer.out_features
-    d, small = layer.scale.reshape(n, -1, 1, 2), layer.offset.reshape(n, -1, 8, 2).float()
-    return (d[..., 0] * small[..., 0]).reshape(n, -1), (-d[..., 1] * small[..., 1]).reshape(n, -1)
-
-
 def unpacked(layer: native.NativeLinear) -> torch.Tensor:
     """The (N, K) weight a layer's buffers hold, in float64. 4 bits: byte j of a group of 32 holds
     code j (low nibble) and code 16 + j (high nibble)."""
@@ -48,11 +37,11 @@ def unpacked(layer: native.NativeLinear) -> torch.Tensor:
         if layer.offset is not None:  # Q5_1, Q5_K: unsigned codes and an offset per 32
             values = values.flatten(-2).unflatten(-1, (-1, 32)) + layer.offset.double().unsqueeze(-1)
         return values.flatten(-2)
-    n, (scale, offset) = layer.out_features, scales_of(layer)
+    n = layer.out_features
     packed = layer.codes.reshape(n, -1, 16)
     codes = torch.cat([packed & 15, packed >> 4], dim=-1).reshape(n, -1)
-    values = codes.double().unflatten(-1, (-1, 32)) * scale.double().unsqueeze(-1)
-    return (values + offset.double().unsqueeze(-1)).flatten(-2)
+    values = codes.double().unflatten(-1, (-1, 32)) * layer.scale.double().unsqueeze(-1)
+    return (values + layer.offset.double().unsqueeze(-1)).flatten(-2)
 
 
 def rounded(blocks: torch.Tensor, d: torch.Tensor):
@@ -76,7 +65,7 @@ def test_the_layer_holds_the_files_weights_exactly(kind):
     layer = _native_layer(gguf_groups.read(tensor), None)
     assert isinstance(layer, native.NativeLinear)
     assert layer.bits == (4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 8)
-    assert layer.group == {"Q6_K": 16, "Q4_K": native.KS}.get(kind, 32)
+    assert layer.group == (16 if kind == "Q6_K" else 32)
     # float32 scales: no rounding at all, where gguf rounds d sc q - dmin m once to float32 (Q5_K)
     assert torch.equal(unpacked(layer).float(), reference(tensor))
     bytes_per_weight = layer.codes.numel() * layer.codes.element_size() / (ROWS * COLS)
@@ -111,45 +100,6 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
     assert torch.equal(native.matmul(x, *cut, layer.bits, layer.group), alone)
 
 
-def test_q4_k_with_its_own_scales_gives_the_float_scales_bits_on_every_build(tmp_path):
-    """Q4_K kept as its file has it (per 256 a float d and dmin, per 32 an 8-bit sc and m: 4.75 bits
-    a weight, not 6) gives the very outputs of its float scale and offset per 32 (the same float32
-    products, computed as read), for any batch, weight rows taken one or two at a time, and on the
-    builds for other instruction sets: replies sampled before it came replay to the bit."""
-    import ctypes
-
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    qtype = GGMLQuantizationType.Q4_K
-    rows, cols = 37, 1024  # four superblocks; an odd count of weight rows
-    rng = np.random.default_rng(4)
-    raw = rng.integers(0, 256, size=(rows * cols // 256, GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8)
-    raw[:, :4] = rng.uniform(1e-3, 2e-2, size=(len(raw), 2)).astype(np.float16).view(np.uint8)
-    tensor = SimpleNamespace(
-        name="blk.0.ffn_up.weight", tensor_type=qtype, shape=[cols, rows], data=raw.reshape(rows, -1)
-    )
-    groups = gguf_groups.read(tensor)
-    own = _native_layer(groups, None)
-    groups.superblocks = None
-    floats = _native_layer(groups, None)
-    assert (own.group, floats.group) == (native.KS, 32)
-    assert torch.equal(unpacked(own), unpacked(floats))
-    held = lambda layer: sum(t.numel() * t.element_size() for t in (layer.codes, layer.scale, layer.offset))  # noqa: E731
-    assert held(own) * 8 / (rows * cols) == 4.75 and held(floats) * 8 / (rows * cols) == 6
-    libraries = [native.library()]
-    for without in (("-mno-avx512f",), ("-mno-avx512f", "-mno-avx2", "-mno-fma")):
-        other = ctypes.CDLL(str(native._build(tmp_path, without)))
-        native._declare(other)
-        libraries.append(other)
-    torch.manual_seed(3)
-    for m in (1, 2, 3, 5, 8, 11, 64):
-        x = torch.randn(m, cols)
-        want = floats(x)
-        for library in libraries:
-            with patch.dict(native._state, {"lib": library}):
-                assert torch.equal(own(x), want) and torch.equal(floats(x), want), m
-
-
 @pytest.mark.parametrize(
     "without, simd",
     [
@@ -182,13 +132,9 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
             layer.scale[:, : blocks * per].contiguous(),
             None if layer.offset is None else layer.offset[:, :blocks].contiguous(),
         )
-        if layer.group == native.KS:  # whole superblocks (and their one float pair), no odd block
-            cut = (layer.codes[:, :128], layer.scale[:, :2], layer.offset[:, :16])
-            cut = tuple(t.contiguous() for t in cut)
-        width = cut[0].shape[1] * (2 if layer.bits == 4 else 1)
-        fast = layer(x), native.matmul(x[:, :width], *cut, layer.bits, layer.group)
+        fast = layer(x), native.matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
         monkeypatch.setitem(native._state, "lib", other)
-        again = layer(x), native.matmul(x[:, :width], *cut, layer.bits, layer.group)
+        again = layer(x), native.matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
         assert torch.equal(again[0], fast[0]) and torch.equal(again[1], fast[1]), kind
         monkeypatch.undo()
     logits = torch.randn(3, 262144) * 3
@@ -252,7 +198,6 @@ def native_copy(model, q4=("o_proj", "down_proj"), attention: bool = True):
         groups.codes = np.resize(groups.codes, (rows, cols))
         groups.scale = np.resize(groups.scale, (rows, cols // 32)) * 20
         groups.offset = np.resize(groups.offset, (rows, cols // 32)) * 20
-        groups.superblocks = None  # (resized: Q4_K's float scales alone)
         setattr(parent, name, _native_layer(groups, child.bias))
     if attention:
         lean.own_attention(model)
