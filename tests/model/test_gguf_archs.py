@@ -126,12 +126,18 @@ def test_a_gemma2_reads_what_llama_cpp_reads_from_its_file(tmp_path):
     assert model.config.final_logit_softcapping == 30.0
 
 
-def test_a_gemma2_on_the_kernel_caps_attention_and_logits_as_the_float_model(gguf_file):
-    if "gemma2" not in gguf_file.name:
-        pytest.skip("Gemma 2 only")
-    kernel = load_model(str(gguf_file), load_settings(weights="gguf")).model
+def test_a_gemma2_on_the_kernel_caps_its_logits_once_as_transformers_does(tmp_path):
+    """The final cap moved into the unembedding is applied once, as transformers' forward applies
+    it: logits made large (a final norm scaled up) are capped as the float model caps them, where
+    none (about 60) or two caps (about 22) would be far off."""
+    path = str(make("gemma2", "Q8_0", tmp_path, shapes=TINY))
+    kernel = load_model(path, load_settings(weights="gguf")).model
+    floats = load_model(path, load_settings(weights="float", dtype="float32")).model
     assert kernel.config._attn_implementation == "simlab" and type(kernel.lm_head).__name__ == "RowSoftcap"
     ids = torch.randint(0, 399, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        logits = kernel(input_ids=ids).logits
-    assert logits.abs().max() < 30.0  # capped (once: the forward's own cap moved to the head)
+        for model in (kernel, floats):
+            model.model.norm.weight.fill_(300.0)  # Gemma's norm scales by 1 + weight
+        got, want = kernel(input_ids=ids).logits, floats(input_ids=ids).logits
+    assert want.abs().max() > 25.0  # the cap bites: tanh(x / 30) * 30 near its bound
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
