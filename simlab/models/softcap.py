@@ -15,7 +15,9 @@ class RowSoftcap(torch.nn.Module):
     def __init__(self, head: torch.nn.Module, cap: float):
         super().__init__()
         self.head, self.cap = head, cap
-        self.out_features, self.in_features = head.out_features, head.in_features
+        # (an unembedding simlab keeps as int8, say, need not say its input size)
+        self.out_features = getattr(head, "out_features", None)
+        self.in_features = getattr(head, "in_features", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, cap = self.head.forward(x), self.cap
