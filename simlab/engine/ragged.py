@@ -18,7 +18,7 @@ from simlab.models import gemma3, native
 
 # Families whose forward builds its masks with create_causal_mask (and, for sliding layers,
 # create_sliding_window_causal_mask) and whose attention goes through ALL_ATTENTION_FUNCTIONS.
-FAMILIES = frozenset({"gpt2", "gemma2", "gemma3_text", "llama", "qwen2"})
+FAMILIES = frozenset({"gpt2", "gemma2", "gemma3_text", "llama", "qwen2", "qwen3"})
 
 
 def supported(model) -> bool:

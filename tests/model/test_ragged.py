@@ -4,7 +4,7 @@ gives alone. Rows are never padded: each keeps its own cache and attends over it
 import pytest
 import torch
 from conftest import tiny_llama_style
-from test_lean_step import gemma2_model
+from test_lean_step import family_model, gemma2_model
 from test_native import native_copy
 from transformers import AutoModelForCausalLM
 
@@ -23,7 +23,7 @@ def _prefilled(model, ids: list[int]):
     return cache
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "llama"])
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "llama", "qwen3"])
 def test_each_row_of_a_ragged_step_is_its_step_alone_bit_for_bit(kind, tiny_dir, tmp_path):
     """With layers that sum each row alone (simlab's GGUF kernel), only attention could make a
     batch differ: the logits of every row equal its own decode, bit for bit."""
@@ -32,6 +32,8 @@ def test_each_row_of_a_ragged_step_is_its_step_alone_bit_for_bit(kind, tiny_dir,
     if kind == "gemma2":  # softcapped attention and logits (the cap moved to the head, row by row)
         model = native_copy(gemma2_model())
         cap_rows(model)
+    elif kind == "qwen3":  # with its q/k norms
+        model = native_copy(family_model("qwen3"))
     else:
         folder = tiny_llama_style(tmp_path / kind, kind, tiny_dir)
         model = native_copy(AutoModelForCausalLM.from_pretrained(folder).eval())
