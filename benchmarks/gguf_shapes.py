@@ -3,10 +3,13 @@
 Each shape is a real model's hidden size, layers, heads, KV heads, FFN size, vocabulary size and
 tied or untied unembedding (from the models' config.json files). The weights are random (normal,
 std 0.02; norms one), the tokenizer a byte-level BPE of the model's vocabulary size whose merges are
-made up (every byte, then byte pairs, then pair-and-byte), so llama.cpp and transformers both read
-the file as they read a real one. The file is written in float16 with `gguf`'s writer and then
-quantized by llama.cpp's own `llama-quantize` when one is given (K-quants and the _M mixes, as
-released files are made); without it only the types `gguf`'s quantizer knows (Q4_0, Q5_0, Q8_0).
+made up (every byte, then byte pairs, then pair-and-byte; Gemma: a sentencepiece vocabulary, its
+pieces scored by their place), so llama.cpp and transformers both read the file as they read a
+real one. A Gemma 2 file carries what llama.cpp's converter writes: the key length, both softcaps,
+the sliding window and the norms after attention and after the MLP. The file is written in
+float16 with `gguf`'s writer and then quantized by llama.cpp's own `llama-quantize` when one is
+given (K-quants and the _M mixes, as released files are made); without it only the types `gguf`'s
+quantizer knows (Q4_0, Q5_0, Q8_0).
 
     python benchmarks/gguf_shapes.py SHAPE QUANT [--out DIR] [--quantize PATH/TO/llama-quantize]
 """
