@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import tempfile
 import threading
 import time
@@ -294,7 +295,9 @@ class SessionStore:
         """Load a session; for writing unless read_only. Problems found are in session.problems."""
         path = self.path(name)
         if not path.exists():
-            raise SessionError(f"no session {name!r} in {self.folder} (see `simlab sessions list`)")
+            where = Path(self.folder).resolve()  # (a relative folder says where it was looked for)
+            listing = f"simlab sessions list --sessions-dir {shlex.quote(str(where))}"
+            raise SessionError(f"no session {name!r} in {where} (see `{listing}`)")
         handle = None
         if not read_only:
             try:

@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from simlab.errors import SessionError
+from simlab.session.store import SessionStore
 
 
 def build(session, turns=3):
@@ -184,6 +186,15 @@ def test_compaction_keeps_the_state_and_shrinks_the_file(store):
     with store.open("c") as s:
         assert set(s.tree.nodes) == set(ids) and s.tree.get(ids[1]).tags == {"canonical"}
         assert s.tree.cursor == ids[-1]
+
+
+def test_a_missing_session_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+    """A store made from a relative folder says where that is, and how to list it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SessionError) as raised:
+        SessionStore(Path("my sessions")).open("nope")
+    assert f"no session 'nope' in {tmp_path / 'my sessions'}" in str(raised.value)
+    assert f"simlab sessions list --sessions-dir '{tmp_path / 'my sessions'}'" in str(raised.value)
 
 
 def test_remove(store):
