@@ -159,29 +159,34 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
 
 
 def _weights_in(path: Path, spec: str) -> int:
-    """How many weights the file holds; a file `gguf` cannot read (truncated, not a GGUF) is one line."""
-    import gguf
+    """How many weights the file holds, from its header alone (transformers' reader: no tensor data
+    read); a file that is not a GGUF, or is cut short, is one line."""
+    from math import prod
+
+    from transformers.integrations.gguf import GgufHeader
+
+    def unreadable(why: object) -> ModelUnavailableError:
+        return ModelUnavailableError(
+            f"{spec} is not a readable GGUF file ({why}); a truncated download? fetch it again"
+        )
 
     try:
-        return sum(int(t.n_elements) for t in gguf.GGUFReader(str(path)).tensors)
-    except Exception as exc:  # noqa: BLE001 - gguf's reader raises what numpy and struct raise
-        raise ModelUnavailableError(
-            f"{spec} is not a readable GGUF file ({exc}); a truncated download? fetch it again"
-        ) from None
+        header = GgufHeader.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the reader raises what numpy and struct raise
+        raise unreadable(exc) from None
+    end = max((header.data_start + t.offset + t.nbytes for t in header.tensors), default=0)
+    if end > path.stat().st_size:
+        raise unreadable(f"cut short: its tensors end at byte {end:,}, the file at {path.stat().st_size:,}")
+    return sum(prod(t.shape) for t in header.tensors)
 
 
 def llama_cpp_reads(path: Path) -> dict:
     """What llama.cpp reads from a Gemma 2 or 3 file that transformers' GGUF loader leaves at its
     config's defaults: the logit softcapping, and the query scale (llama.cpp's rule: hidden size
     over heads for the 27B models, else the head size; transformers' default is 256)."""
-    import gguf
+    from transformers.integrations.gguf import read_gguf_metadata
 
-    reader = gguf.GGUFReader(str(path))
-
-    def field(key: str):
-        found = reader.fields.get(key)
-        return None if found is None else found.contents()
-
+    field = read_gguf_metadata(str(path))[0].get  # (its metadata alone: no vocabulary parsed)
     arch = field("general.architecture")
     if arch not in ("gemma2", "gemma3"):
         return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 from simlab.engine.prefix import unpack
 from simlab.errors import SimlabError
@@ -133,10 +134,7 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
     used = _context_at(chat.cursor) or (last.context_used if last else 0)
     parts = [  # (priority: lower stays longer, text)
         (0, f"NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""),
-        (
-            4,
-            info.name.rsplit("/", 1)[-1] if info.name.startswith(("/", "~")) else info.name,
-        ),  # (a path: its file)
+        (4, Path(info.name).name if info.name.startswith(("/", "~")) else info.name),  # (a path: its file)
         (6, info.device),
         (3, chat.persona_name() or ""),
         (2, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
