@@ -1,7 +1,8 @@
 """A decode step with less around the matrix products: layers that read one input fused into one
 product (each row's result the same as the layers' alone, bit for bit: tested), RMS norms as one
-call (simlab's own, torch's to rounding and the same bits on every CPU), and Gemma 3's decode step
-as the model's own ops without the module machinery (the model's logits bit for bit).
+call (simlab's own, torch's to rounding and the same bits on every CPU), and each known family's
+decode step as the model's own ops without the module machinery (the model's logits bit for bit),
+a layer on the kernel in three C calls (models.blocks).
 """
 
 from __future__ import annotations
@@ -9,45 +10,9 @@ from __future__ import annotations
 import torch
 
 from simlab.models import native
+from simlab.models.fused import FusedPart, FusedRMSNorm, RowActivation, _Fused
 from simlab.models.native import NativeGroup, NativeLinear
 from simlab.models.softcap import RowSoftcap, cap_rows
-
-
-class _Fused:
-    """Several layers that read the same input, as one product: the first call computes every
-    member's output, the others take theirs while the input is the very same unchanged tensor."""
-
-    def __init__(self, layer: NativeGroup, sizes: list[int]):
-        self.layer, self.sizes = layer, sizes
-        # (input, its version, the outputs), replaced as one object: a forward in another thread
-        # never sees one input paired with another's outputs
-        self.last: tuple | None = None
-
-    def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        version = None if x.is_inference() else x._version  # (inference tensors keep no count)
-        last = self.last
-        if last is None or last[0] is not x or last[1] != version:
-            last = (x, version, self.layer.forward(x).split(self.sizes, dim=-1))
-            self.last = last
-        if index == len(self.sizes) - 1 and self.last is last:  # the last member read its part
-            self.last = None  # let the input go
-        return last[2][index]
-
-
-class FusedPart(torch.nn.Module):
-    """One member of a `_Fused` group, in place of the layer it was: its part of the product, plus
-    its own bias (Qwen2's q/k/v), added as the layer added it."""
-
-    def __init__(self, fused: _Fused, index: int, layer: NativeLinear):
-        super().__init__()
-        self._fused, self.index = fused, index
-        self.out_features, self.in_features = layer.out_features, layer.in_features
-        self.bias = layer.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._fused.output(x, self.index)
-        return y if self.bias is None else y + self.bias
-
 
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -92,40 +57,6 @@ _NORMS = {
 }
 
 
-class FusedRMSNorm(torch.nn.Module):
-    """The norm in one call, in place of one written as five ops (pow, mean, add, rsqrt, mul) plus
-    the weight's: simlab's own (`native.rms_norm`, the squares summed in double: the same bits on
-    every instruction set) for float32 on the CPU, else `torch.nn.functional.rms_norm`. It stands
-    only in models whose products are simlab's kernel, so prefill, decode and traced runs all
-    read it."""
-
-    def __init__(self, norm: torch.nn.Module, gemma: bool):
-        super().__init__()
-        self.weight = norm.weight  # kept as it was, for state dicts and readers of .weight
-        self.eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
-        self.gemma = gemma
-        self.shape = (norm.weight.shape[-1],)
-        self._scale: tuple | None = None  # (weight's version, 1 + weight in float32), made once
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self._gemma_scale() if self.gemma else self.weight
-        if x.dtype == torch.float32 and x.device.type == "cpu" and scale.dtype == torch.float32:
-            if native.library() is not None:
-                return native.rms_norm(x, scale, self.eps)
-        x32 = x if x.dtype == torch.float32 else x.float()
-        if self.gemma:
-            out = torch.nn.functional.rms_norm(x32, self.shape, scale, self.eps)
-            return out if out.dtype == x.dtype else out.type_as(x)
-        out = torch.nn.functional.rms_norm(x32, self.shape, None, self.eps)
-        return self.weight * (out if out.dtype == x.dtype else out.to(x.dtype))
-
-    def _gemma_scale(self) -> torch.Tensor:
-        version = self.weight._version
-        if self._scale is None or self._scale[0] != version:
-            self._scale = (version, 1.0 + self.weight.float())
-        return self._scale[1]
-
-
 def fuse_norms(model: torch.nn.Module) -> int:
     """Replace the model's known RMS norms by `FusedRMSNorm`; returns how many."""
     count = 0
@@ -136,23 +67,6 @@ def fuse_norms(model: torch.nn.Module) -> int:
                 setattr(parent, name, FusedRMSNorm(child, gemma))
                 count += 1
     return count
-
-
-class RowActivation(torch.nn.Module):
-    """An activation applied to each batch row on its own. torch splits an elementwise op of 32,768
-    values or more across threads at points that are not a multiple of its vector width, and the
-    values at a split go through the scalar function, which rounds tanh or exp otherwise (measured:
-    GELU-tanh on (7, 10240) gave 2 of 7 rows other bits than alone); a row alone is split as it is
-    alone."""
-
-    def __init__(self, act: torch.nn.Module):
-        super().__init__()
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[0] == 1:
-            return self.act(x)
-        return torch.cat([self.act(x[i : i + 1]) for i in range(x.shape[0])])
 
 
 def own_attention(model: torch.nn.Module) -> None:
@@ -278,6 +192,7 @@ def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -
     """`decode_step` for LlamaForCausalLM and the models of `FAMILY` that share its decoder."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+    from simlab.models import blocks
     from simlab.models.gemma3 import apply_rotary_pos_emb as rotate  # Llama's, one call (tested)
 
     config, body = model.config, model.model
@@ -289,7 +204,12 @@ def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -
     masks = _family_masks(config, cache, h, position)
     cos_sin = body.rotary_emb(h, position_ids=position)
     window = getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
+    fast = blocks.blocks(model, layers, gemma=False) if h.shape[1] == 1 else None
     for i, layer in enumerate(layers):
+        out = fast[i].run(h, cache, i, *cos_sin, masks[kinds[i]]) if fast and fast[i] else None
+        if out is not None:  # the layer in three kernel calls (models.blocks), its modules' bits
+            h = out if i not in adds else out + adds[i]
+            continue
         parts = layer._modules  # (read directly: nn.Module's __getattr__ costs ~1 us a lookup)
         attn, mlp = parts["self_attn"], parts["mlp"]
         a, m = attn._modules, mlp._modules
@@ -318,6 +238,7 @@ def _family_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -
 def _gemma_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) -> torch.Tensor:
     """`decode_step` for Gemma3ForCausalLM (simlab's own modules or transformers') and
     transformers' Gemma2ForCausalLM (no q/k norms, one rotary table, softcapped attention)."""
+    from simlab.models import blocks
     from simlab.models.gemma3 import ATTENTION, apply_rotary_pos_emb, masks_for
 
     config, body = model.config, model.model
@@ -334,12 +255,19 @@ def _gemma_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds: dict) ->
         masks = masks_for(config, cache, h.shape[1], h.shape[0], h.device)  # transformers' (tested)
         rotary = {kind: body.rotary_emb.forward(h, position, kind) for kind in kinds}
         attend = ATTENTION[config._attn_implementation]
-    for i, layer in enumerate(body.layers[: config.num_hidden_layers]):
+    layers = body.layers[: config.num_hidden_layers]
+    fast = blocks.blocks(model, layers, gemma=True) if h.shape[1] == 1 else None
+    for i, layer in enumerate(layers):
+        kind = config.layer_types[i]
+        out = fast[i].run(h, cache, i, *rotary[kind], masks[kind]) if fast and fast[i] else None
+        if out is not None:  # the layer in three kernel calls (models.blocks), its modules' bits
+            h = out if i not in adds else out + adds[i]
+            continue
         # the submodules read from _modules directly: nn.Module's __getattr__ costs ~1 us a lookup,
         # ~0.5 ms a step over Gemma 3 270M's 18 layers
         parts = layer._modules
         attn, mlp = parts["self_attn"], parts["mlp"]
-        a, m, kind = attn._modules, mlp._modules, config.layer_types[i]
+        a, m = attn._modules, mlp._modules
         x = parts["input_layernorm"].forward(h)
         heads = (*x.shape[:-1], -1, attn.head_dim)
         q = a["q_proj"].forward(x).view(heads).transpose(1, 2)  # (B, H, T, d)

@@ -970,3 +970,72 @@ void simlab_rotary(const float *x, int64_t B, int64_t H, int64_t T, int64_t D, c
                 }
             }
 }
+
+/* ---- a decoder layer's decode step in three calls (models/blocks.py) ----
+ * The same functions the model's modules call one by one (simlab_rms_norm, simlab_qlinear_parts,
+ * simlab_rotary, simlab_attention), in the same order on the same values, with the residual adds
+ * and biases as single float adds (torch's, bit for bit): one call where the modules make ten, for
+ * M rows of one new token each. Gemma's norms around attention and MLP when post_attn and post_mlp
+ * are given; Llama's pre-norms alone when they are null. */
+
+/* x = norm(h); q, k, v = the parts of x W^T (+ each part's bias); q, k = their head norms (if
+ * given); q, k rotated. q (M, H, hd), k and v (M, KH, hd), contiguous (the (B, H, 1, hd) tensors). */
+void simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, float eps, const void *const *ws,
+                      const float *const *scales, const float *const *offsets, const int64_t *ns,
+                      const float *const *biases, int bits, int group, const float *qnorm, const float *knorm,
+                      float qk_eps, int64_t H, int64_t KH, int64_t hd, const float *cos_, const float *sin_,
+                      int cs_batch, float *q, float *k, float *v, void *scratch, int threads) {
+    int64_t n = ns[0] + ns[1] + ns[2], sizes[3] = {H * hd, KH * hd, KH * hd};
+    float *x = malloc(sizeof(float) * m * (d + n + 2 * H * hd));
+    float *y = x + m * d, *a = y + m * n, *b = a + m * H * hd;
+    float *outs[3] = {a, b, v};
+    simlab_rms_norm(h, m, d, norm, eps, x);
+    simlab_qlinear_parts(x, m, d, 3, ws, scales, offsets, ns, bits, group, y, scratch, threads);
+    for (int p = 0, at = 0; p < 3; at += (int)sizes[p], p++) /* each part out of the rows, plus its bias */
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t j = 0; j < sizes[p]; j++)
+                outs[p][r * sizes[p] + j] = biases[p] ? y[r * n + at + j] + biases[p][j] : y[r * n + at + j];
+    if (qnorm) { /* each head's row normed */
+        simlab_rms_norm(a, m * H, hd, qnorm, qk_eps, a);
+        simlab_rms_norm(b, m * KH, hd, knorm, qk_eps, b);
+    }
+    simlab_rotary(a, m, H, 1, hd, cos_, sin_, cs_batch, q);
+    simlab_rotary(b, m, KH, 1, hd, cos_, sin_, cs_batch, k);
+    free(x);
+}
+
+/* The attention of q over the cache's k, v (as simlab_attention takes them, mask included), its
+ * output's product with o, then h2 = h + o (Gemma: h + post_attn(o)), x = pre_mlp(h2) and
+ * gu = x's parts of the gate and up product. */
+void simlab_block_mid(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
+                      const int64_t *vs, const void *mask, int kind, const int64_t *ms, int64_t m, int64_t H,
+                      int64_t KH, int64_t L, int64_t hd, float scale, float softcap, const void *wo,
+                      const float *so, const float *oo, int obits, int ogroup, const float *post_attn,
+                      const float *pre_mlp, float eps, const float *h, int64_t d, const void *const *ws,
+                      const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
+                      int group, float *h2, float *gu, void *scratch, int threads) {
+    int64_t work = simlab_attention_work(m, H, KH, 1, L, hd);
+    float *att = malloc(sizeof(float) * (m * H * hd + 3 * m * d + work));
+    float *o = att + m * H * hd, *on = o + m * d, *x = on + m * d, *w = x + m * d;
+    simlab_attention(q, qs, k, ks, v, vs, mask, kind, ms, m, H, KH, 1, L, hd, hd, scale, softcap, -1, att, w,
+                     threads);
+    simlab_qlinear(att, m, H * hd, wo, so, oo, obits, ogroup, d, o, scratch, threads);
+    if (post_attn) simlab_rms_norm(o, m, d, post_attn, eps, on);
+    const float *add = post_attn ? on : o;
+    for (int64_t i = 0; i < m * d; i++) h2[i] = h[i] + add[i];
+    simlab_rms_norm(h2, m, d, pre_mlp, eps, x);
+    simlab_qlinear_parts(x, m, d, 2, ws, scales, offsets, ns, bits, group, gu, scratch, threads);
+    free(att);
+}
+
+/* h3 = h2 + x W^T (Gemma: h2 + post_mlp(x W^T)) for the MLP's down product. */
+void simlab_block_out(const float *x, int64_t m, int64_t f, const void *wd, const float *sd, const float *od,
+                      int bits, int group, const float *post_mlp, float eps, const float *h2, int64_t d,
+                      float *h3, void *scratch, int threads) {
+    float *y = malloc(sizeof(float) * 2 * m * d), *yn = y + m * d;
+    simlab_qlinear(x, m, f, wd, sd, od, bits, group, d, y, scratch, threads);
+    if (post_mlp) simlab_rms_norm(y, m, d, post_mlp, eps, yn);
+    const float *add = post_mlp ? yn : y;
+    for (int64_t i = 0; i < m * d; i++) h3[i] = h2[i] + add[i];
+    free(y);
+}

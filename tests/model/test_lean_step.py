@@ -1,6 +1,8 @@
 """models.lean.decode_step: each known model's forward as the same ops without the module
 machinery, bit for bit the model's own, on simlab's GGUF layers (fused) and on plain float ones."""
 
+import contextlib
+
 import pytest
 import torch
 from conftest import tiny_llama_style
@@ -8,7 +10,7 @@ from test_native import native_copy
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from simlab.engine import prefix
-from simlab.models import lean, native
+from simlab.models import blocks, lean, native
 from simlab.models.softcap import cap_rows
 
 SHAPE = dict(
@@ -49,12 +51,15 @@ def family_model(kind: str):
 
 def steps_agree(model, steps: int = 20) -> int:
     """How many decode steps the lean step and the model's forward gave the same logits for (each
-    is asserted, so a difference fails here)."""
+    is asserted, so a difference fails here). On the kernel (`native_copy`), every layer of every
+    step goes through models.blocks' three calls: counted, and asserted."""
     assert lean.steps_lean(model)
     torch.manual_seed(0)
     prompt = torch.randint(3, 300, (2, 5))  # two rows, as siblings decode
     tokens = torch.randint(3, 300, (steps, 2))  # past the tiny models' sliding windows of 8
-    with torch.inference_mode():
+    kernel = any(isinstance(m, native.NativeLinear) for m in model.modules())
+    ran = []
+    with counted(ran), torch.inference_mode():
         own, mine = prefix.new_cache(model), prefix.new_cache(model)
         model(input_ids=prompt, cache=own, use_cache=True)
         model(input_ids=prompt, cache=mine, use_cache=True)
@@ -63,7 +68,26 @@ def steps_agree(model, steps: int = 20) -> int:
             got = lean.decode_step(model, mine, step.unsqueeze(-1))
             assert torch.equal(got, want)
     assert own.get_seq_length() == mine.get_seq_length() == 5 + steps
+    assert len(ran) == (steps * model.config.num_hidden_layers if kernel else 0)
     return steps
+
+
+@contextlib.contextmanager
+def counted(ran: list):
+    """Each layer step models.blocks ran (not handed back to the modules), into `ran`."""
+    run = blocks.Block.run
+
+    def counting(self, *args):
+        out = run(self, *args)
+        if out is not None:
+            ran.append(out)
+        return out
+
+    blocks.Block.run = counting
+    try:
+        yield
+    finally:
+        blocks.Block.run = run
 
 
 def on_the_kernel(model, layers: str):
@@ -159,3 +183,28 @@ def test_softcapped_attention_off_the_kernel_is_eager_not_sdpa():
 
 def test_other_families_keep_the_models_own_forward(tiny):
     assert not lean.steps_lean(tiny.model)  # the tiny GPT-2
+
+
+def test_a_steered_block_step_is_the_modules_steered_step():
+    """A steering vector added at a block's output: models.blocks' path adds it as the modules'
+    path does (the same logits), and it changes them (the add is not skipped)."""
+    model = on_the_kernel(family_model("qwen3"), "gguf")
+    torch.manual_seed(1)
+    prompt, steps = torch.randint(3, 300, (2, 5)), torch.randint(3, 300, (12, 2))
+    adds = {1: torch.randn(32) * 3}
+    got = {}
+    for path in ("blocks", "modules", "unsteered"):
+        ran = []
+        with counted(ran), torch.inference_mode():
+            cache = prefix.new_cache(model)
+            model(input_ids=prompt, cache=cache, use_cache=True)
+            if path == "modules":
+                model.__dict__["_simlab_blocks"] = (model.config.num_hidden_layers, None)
+            got[path] = [
+                lean.decode_step(model, cache, step.unsqueeze(-1), {} if path == "unsteered" else adds)
+                for step in steps
+            ]
+            model.__dict__.pop("_simlab_blocks", None)
+        assert bool(ran) == (path != "modules")
+    assert all(torch.equal(a, b) for a, b in zip(got["blocks"], got["modules"]))
+    assert not torch.equal(got["blocks"][-1], got["unsteered"][-1])
