@@ -350,19 +350,46 @@ SIBLINGS_MEMORY = (
     "engine = Engine(load_model({model!r}, load_settings()))\n"
     "ids = engine.encode(open({readme!r}).read())\n"
     "ids = (ids * ({length} // len(ids) + 1))[:{length}]\n"
+    "import time; t = time.perf_counter()\n"
     "engine.generate(ids, SamplingParams(temperature=0.8, max_new_tokens=8, seed=1), n=4)\n"
-    "print(peak())"
+    "print(time.perf_counter() - t, peak())"
+)
+# the same work in llama.cpp: the prompt evaluated once into a cache of its length, then four
+# replies one after another (each reuses the prompt's cache: llama-cpp-python keeps the longest
+# common prefix and evaluates only what follows it)
+SIBLINGS_MEMORY_LLAMA = (
+    "import time, llama_cpp\n"
+    "llm = llama_cpp.Llama({path!r}, n_ctx={length} + 64, n_threads={threads}, n_batch=512, verbose=False)\n"
+    "ids = llm.tokenize(open({readme!r}).read().encode())\n"
+    "ids = (ids * ({length} // len(ids) + 1))[:{length}]\n"
+    "t = time.perf_counter()\n"
+    "for i in range(4):\n"
+    "    llm.set_seed(i)\n"
+    "    for made, _ in enumerate(llm.generate(ids, temp=0.8, top_p=0.95, top_k=0, min_p=0.0)):\n"
+    "        if made == 7:\n"
+    "            break\n"
+    "print(time.perf_counter() - t, peak())"
 )
 
 
 def siblings_memory(args) -> None:
-    """Peak RSS of a fresh process that reads a long prompt and samples four siblings after it."""
+    """Peak RSS and seconds of a fresh process that reads a long prompt and samples four siblings
+    of 8 tokens after it; llama.cpp's on the same work where the model is a GGUF and it is here."""
     readme = str(Path(__file__).resolve().parents[1] / "README.md")
+    path = gguf_path(args.model)
+    scripts = {"simlab": SIBLINGS_MEMORY}
+    if path is not None and not subprocess.run([sys.executable, "-c", "import llama_cpp"]).returncode:
+        scripts["llama.cpp"] = SIBLINGS_MEMORY_LLAMA
     for length in (int(x) for x in args.memory.split(",")):
-        script = PEAK + SIBLINGS_MEMORY.format(model=args.model, readme=readme, length=length)
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-        mib = int(out.stdout.split()[-1]) / 1024
-        print(f"peak RSS, a {length:,}-token prompt and 4 siblings of 8 tokens: {mib:.0f} MiB")
+        for name, code in scripts.items():
+            fill = dict(model=args.model, readme=readme, length=length, path=str(path))
+            script = PEAK + code.format(**fill, threads=torch.get_num_threads())
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+            seconds, rss = out.stdout.split()[-2:]
+            print(
+                f"{name}: a {length:,}-token prompt and 4 siblings of 8 tokens: "
+                f"{float(seconds):.1f} s, peak RSS {int(rss) / 1024:.0f} MiB"
+            )
 
 
 def startup(args) -> None:
