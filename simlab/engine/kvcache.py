@@ -97,6 +97,7 @@ def _subclass(base, update, crop=None):
 
 
 _CLASSES: dict[type, type] = {}
+_SHARED: dict[type, type] = {}  # a grown layer class -> its `Shared` one
 
 
 def grow_in_place(cache) -> None:
@@ -124,22 +125,62 @@ def plain_dynamic(layer) -> bool:
     return type(layer) in (DynamicLayer, DynamicSlidingWindowLayer, *_CLASSES.values())
 
 
-def repeated(cache, n: int):
+def repeated(cache, n: int, share: bool = False):
     """A new cache with each row of `cache` repeated n times, `cache` left as it was: what a deep
     copy and `batch_repeat_interleave(n)` give for decoding, bit for bit, without the deep copy of
     every key and value, and with sliding-window layers holding only their window (Gemma 3 270M at
     18,000 tokens: 650 MB a sibling before, about 110 MB now). The new layers start fresh buffers;
-    they cannot be cut back before their start (siblings' caches are not kept)."""
-    return joined([cache] * n)
+    they cannot be cut back before their start (siblings' caches are not kept). `share`: the
+    full-attention layers hold `cache`'s keys and values once for all rows (`Shared`), for a
+    decode step that reads them where they lie (models.blocks)."""
+    return joined([cache] * n, share)
 
 
-def joined(caches: list):
+class Shared:
+    """What a full-attention layer of siblings' cache holds, in place of n copies of the prompt's
+    keys and values: those once, (1, heads, P, dim), shared by every row, and each row's own since,
+    in the layer's `keys` and `values` (n, heads, S, dim), appended in place. `update` gives the
+    whole as one tensor (a copy: for a forward that reads only that); `update_own` appends and
+    gives the rows' own part, for models.blocks, which reads the shared part where it lies."""
+
+    def update_own(self, key_states, value_states):
+        self.keys = self._grown_keys.cat(self.keys, key_states)
+        self.values = self._grown_values.cat(self.values, value_states)
+        return self.keys, self.values
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = self.update_own(key_states, value_states)
+        rows, (k0, v0) = keys.shape[0], self.shared
+        whole = [
+            torch.cat([p.expand(rows, -1, -1, -1), own], dim=-2) for p, own in ((k0, keys), (v0, values))
+        ]
+        return whole[0], whole[1]
+
+    def get_seq_length(self) -> int:
+        return self.shared[0].shape[-2] + self.keys.shape[-2]
+
+
+def _shared(layer, keys, values, rows: int) -> None:
+    """Make a fresh full-attention layer of `joined`'s a `Shared` one over keys, values (1 row)."""
+    base = type(layer)
+    if base not in _SHARED:
+        methods = {name: Shared.__dict__[name] for name in ("update_own", "update", "get_seq_length")}
+        _SHARED[base] = type("Shared" + base.__name__, (base,), methods)  # (a mixin would change the layout)
+    layer.__class__ = _SHARED[base]
+    layer.shared = (keys, values)
+    layer.keys = keys.new_empty((rows, keys.shape[1], 0, keys.shape[3]))
+    layer.values = values.new_empty((rows, values.shape[1], 0, values.shape[3]))
+
+
+def joined(caches: list, share: bool = False):
     """One cache whose row r is the one-row cache caches[r] (all of the same prompt length): the
     rows of siblings whose prompts went in apart (steered differently), decoded as one batch.
-    Each is left as it was; the layers are `repeated`'s (fresh buffers, sliding layers' windows)."""
+    Each is left as it was; the layers are `repeated`'s (fresh buffers, sliding layers' windows).
+    `share` (every row the same cache): its full-attention layers are `Shared`."""
     import copy
 
     first = caches[0]
+    share = share and all(c is first for c in caches)
     held = []
     for layer in first.layers:  # the tensors stay out of the deep copy, then come back
         held.append({k: getattr(layer, k, None) for k in ("keys", "values", "_grown_keys", "_grown_values")})
@@ -154,13 +195,23 @@ def joined(caches: list):
                 if hasattr(layer, name):
                     setattr(layer, name, value)
     for i, (layer, kept) in enumerate(zip(twin.layers, held)):
-        if kept["keys"] is not None:
+        if kept["keys"] is not None and share and shareable(layer) and kept["_grown_keys"] is not None:
+            _shared(layer, kept["keys"], kept["values"], len(caches))
+        elif kept["keys"] is not None:
             rows = [_window(layer, c.layers[i].keys, c.layers[i].values) for c in caches]
             layer.keys = torch.cat([k for k, _ in rows]) if len(rows) > 1 else rows[0][0].clone()
             layer.values = torch.cat([v for _, v in rows]) if len(rows) > 1 else rows[0][1].clone()
         if kept["_grown_keys"] is not None:
             layer._grown_keys, layer._grown_values = Growing(), Growing()
     return twin
+
+
+def shareable(layer) -> bool:
+    """Whether `joined` can share this layer's keys among rows: a full-attention layer that grows
+    in place (a sliding one's rows hold only their window already)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return type(layer) is _CLASSES.get(DynamicLayer) and not getattr(layer, "is_sliding", False)
 
 
 def _window(layer, keys, values):

@@ -264,8 +264,8 @@ class Run(RunControl):
         if n > 1:  # siblings share the prefix: repeat its cache instead of recomputing it
             if engine.prefix is not None and self.cache_key is not False:  # the siblings decode on copies
                 engine.prefix.keep(self.prompt_ids, cache, self.passes, self.cache_key)
-            if engine.rows_alone:
-                cache = repeated(cache, n)
+            if engine.rows_alone:  # full layers' keys held once where the decode step reads them so
+                cache = repeated(cache, n, engine.lean and not recorder and lean.in_blocks(model))
             else:
                 cache = Apart([repeated(cache, 1) for _ in range(n)])
             logits = logits.expand(n, -1)  # (n, V)

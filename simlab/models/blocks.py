@@ -35,8 +35,8 @@ def _lib():
         p, i64, i64, p, f32, p, p, p, p, p, i32, i32, p, p, f32, i64, i64, i64, p, p, i32, p, p, p, p, i32,
     ]  # fmt: skip
     lib.simlab_block_mid.argtypes = [
-        p, p, p, p, p, p, p, i32, p, i64, i64, i64, i64, i64, f32, f32, p, p, p, i32, i32, p, p, f32, p, i64,
-        p, p, p, p, i32, i32, p, p, p, i32,
+        p, p, p, p, p, p, p, p, p, p, i64, p, i32, p, i64, i64, i64, i64, i64, f32, f32, p, p, p, i32, i32,
+        p, p, f32, p, i64, p, p, p, p, i32, i32, p, p, p, i32,
     ]  # fmt: skip
     lib.simlab_block_out.argtypes = [p, i64, i64, p, p, p, i32, i32, p, f32, p, i64, p, p, i32]
     for fn in (lib.simlab_block_qkv, lib.simlab_block_mid, lib.simlab_block_out):
@@ -156,14 +156,33 @@ class Block:
             self.heads, self.kv_heads, self.head_dim, cos.data_ptr(), sin.data_ptr(), rows_own,
             q.data_ptr(), k.data_ptr(), v.data_ptr(), scratch, threads,
         )  # fmt: skip
-        k, v = cache.update(k, v, i)
+        layer = cache.layers[i] if hasattr(cache, "layers") else None
+        if hasattr(layer, "update_own"):  # siblings' layer holding the prompt's keys once (engine.kvcache)
+            k, v = layer.update_own(k, v)
+            prefix = layer.shared
+        else:
+            k, v = cache.update(k, v, i)
+            prefix = None
         if k.stride(-1) != 1 or v.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()
-        return self._rest(lib, h, q, k, v, mask, scratch, threads)
+        return self._rest(lib, h, q, (k, v, prefix), mask, scratch, threads)
 
-    def _rest(self, lib, h, q, k, v, mask, scratch: int, threads: int) -> torch.Tensor:
-        """Attention on, then the MLP: simlab_block_mid, the activation, simlab_block_out."""
-        b, d, length = h.shape[0], h.shape[-1], k.shape[2]
+    def _rest(self, lib, h, q, kv, mask, scratch: int, threads: int) -> torch.Tensor:
+        """Attention on, then the MLP: simlab_block_mid, the activation, simlab_block_out. kv: the
+        keys and values to attend to, and the (keys, values) of a prefix every row shares or None."""
+        k, v, prefix = kv
+        shared = (None, None, None, None, 0)
+        if prefix is not None:  # read where it lies: batch stride 0, every row the one prefix
+            k0, v0 = (t if t.stride(-1) == 1 else t.contiguous() for t in prefix)
+            row = ctypes.c_int64 * 3
+            shared = (
+                k0.data_ptr(),
+                row(0, *k0.stride()[1:3]),
+                v0.data_ptr(),
+                row(0, *v0.stride()[1:3]),
+                k0.shape[2],
+            )
+        b, d, length = h.shape[0], h.shape[-1], shared[4] + k.shape[2]
         kind, held, strides = 0, None, None
         if mask is not None:  # as native._attend passes it
             kind = 1 if mask.dtype == torch.bool else 2
@@ -174,10 +193,10 @@ class Block:
         o, first = self.o, self.gate_up._layers[0]
         lib.simlab_block_mid(
             q.data_ptr(), native._strides(q, 3), k.data_ptr(), native._strides(k, 3), v.data_ptr(),
-            native._strides(v, 3), None if held is None else held.data_ptr(), kind, strides, b, self.heads,
-            self.kv_heads, length, self.head_dim, self.scaling, self.softcap, *_weight(o), o.bits, o.group,
-            _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps, h.data_ptr(), d, ws, scales,
-            offsets, ns, first.bits, first.group, h2.data_ptr(), gu.data_ptr(), scratch, threads,
+            native._strides(v, 3), *shared, None if held is None else held.data_ptr(), kind, strides, b,
+            self.heads, self.kv_heads, length, self.head_dim, self.scaling, self.softcap, *_weight(o), o.bits,
+            o.group, _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps, h.data_ptr(), d, ws,
+            scales, offsets, ns, first.bits, first.group, h2.data_ptr(), gu.data_ptr(), scratch, threads,
         )  # fmt: skip
         gate, up = gu.split(self.sizes, dim=-1)  # the activation and product as the modules make them
         x = (self.act.forward(gate) * up).contiguous()

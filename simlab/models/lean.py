@@ -161,6 +161,18 @@ def steps_lean(model: torch.nn.Module) -> bool:
     )
 
 
+def in_blocks(model: torch.nn.Module) -> bool:
+    """Whether `decode_step` runs every layer of the model in models.blocks' three calls (which
+    read a prefix siblings share where it lies: engine.kvcache.Shared)."""
+    from simlab.models import blocks
+
+    if not steps_lean(model):
+        return False
+    layers = model.model.layers[: model.config.num_hidden_layers]
+    made = blocks.blocks(model, layers, gemma=model.config.model_type not in FAMILY)
+    return made is not None and all(made)
+
+
 def decode_step(model: torch.nn.Module, cache, ids: torch.Tensor, adds=None) -> torch.Tensor:
     """The model's forward for new tokens ids (B, T) after `cache`, as the same torch ops in the
     same order on the same modules, without the module machinery around them (hooks, output

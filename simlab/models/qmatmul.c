@@ -809,10 +809,22 @@ static inline float dot_fixed(const float *a, const float *b, int64_t n) {
  * ms for (B, H, T, L) (0 where it broadcasts); causal_offset >= 0: query t sees keys j <= t +
  * causal_offset only. softcap > 0: s = softcap tanh(s / softcap). out (B, T, H, Dv), contiguous;
  * work: simlab_attention_work floats. */
-void simlab_attention(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
-                      const int64_t *vs, const void *mask, int kind, const int64_t *ms, int64_t B, int64_t H,
-                      int64_t KH, int64_t T, int64_t L, int64_t D, int64_t Dv, float scale, float softcap,
-                      int64_t causal_offset, float *out, float *work, int threads) {
+/* Key (or value) row j of batch row b and key head kh: rows j < L0 from the shared prefix p (its
+ * strides ps; ps[0] 0 where every batch row reads the one prefix), the others from a at j - L0. */
+static inline const float *row_at(const float *a, const int64_t *as, const float *p, const int64_t *ps, int64_t L0,
+                                  int64_t b, int64_t kh, int64_t j) {
+    return j < L0 ? p + b * ps[0] + kh * ps[1] + j * ps[2] : a + b * as[0] + kh * as[1] + (j - L0) * as[2];
+}
+
+/* simlab_attention over keys and values in two parts: the first L0 from k0, v0 (a prefix siblings
+ * share), the rest from k, v; L counts both. The same keys in the same order as one tensor holding
+ * both gives the very same bits (the chunks fall at the same places). */
+static void attention_parts(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
+                            const int64_t *vs, const float *k0, const int64_t *k0s, const float *v0,
+                            const int64_t *v0s, int64_t L0, const void *mask, int kind, const int64_t *ms,
+                            int64_t B, int64_t H, int64_t KH, int64_t T, int64_t L, int64_t D, int64_t Dv,
+                            float scale, float softcap, int64_t causal_offset, float *out, float *work,
+                            int threads) {
     int64_t group = H / KH, chunks = (L + CHUNK - 1) / CHUNK, tblocks = (T + QB - 1) / QB;
     int64_t items = B * KH * tblocks, qb = T < QB ? T : QB;
     /* work: per (item, chunk), for each of its group * qb queries: max, sum, then Dv weighted values */
@@ -832,7 +844,7 @@ void simlab_attention(const float *q, const int64_t *qs, const float *k, const i
             int64_t n4 = nq - x0 < 4 ? nq - x0 : 4;
             float s[4][CHUNK];
             for (int64_t j = j0; j < j1; j++) {
-                const float *kr = k + b * ks[0] + kh * ks[1] + j * ks[2];
+                const float *kr = row_at(k, ks, k0, k0s, L0, b, kh, j);
                 int any = 0, seen[4] = {0, 0, 0, 0};
                 for (int64_t u = 0; u < n4; u++) {
                     int64_t h = kh * group + (x0 + u) / tq, t = t0 + (x0 + u) % tq;
@@ -885,7 +897,7 @@ void simlab_attention(const float *q, const int64_t *qs, const float *k, const i
                 for (int u = 0; u < 4; u++)
                     for (int e = 0; e < 4; e++) a[u][e] = v_zero();
                 for (int64_t j = j0; j < j1; j++) {
-                    const float *vr = v + b * vs[0] + kh * vs[1] + j * vs[2] + d0;
+                    const float *vr = row_at(v, vs, v0, v0s, L0, b, kh, j) + d0;
                     v16 vv[4] = {v_load(vr), v_load(vr + 16), v_load(vr + 32), v_load(vr + 48)};
                     for (int u = 0; u < 4; u++) {
                         v16 p = v_set1(s[u][j - j0]);
@@ -899,7 +911,7 @@ void simlab_attention(const float *q, const int64_t *qs, const float *k, const i
             for (; d0 + 16 <= Dv; d0 += 16) {
                 v16 a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
                 for (int64_t j = j0; j < j1; j++) {
-                    v16 vv = v_load(v + b * vs[0] + kh * vs[1] + j * vs[2] + d0);
+                    v16 vv = v_load(row_at(v, vs, v0, v0s, L0, b, kh, j) + d0);
                     a0 = v_fma(v_set1(s[0][j - j0]), vv, a0);
                     a1 = v_fma(v_set1(s[1][j - j0]), vv, a1);
                     a2 = v_fma(v_set1(s[2][j - j0]), vv, a2);
@@ -912,7 +924,7 @@ void simlab_attention(const float *q, const int64_t *qs, const float *k, const i
                 for (int64_t u = 0; u < n4; u++) {
                     float a = 0.0f;
                     for (int64_t j = j0; j < j1; j++)
-                        a = fmaf(s[u][j - j0], v[b * vs[0] + kh * vs[1] + j * vs[2] + d0], a);
+                        a = fmaf(s[u][j - j0], row_at(v, vs, v0, v0s, L0, b, kh, j)[d0], a);
                     acc[u][d0] = a;
                 }
         }
@@ -944,6 +956,14 @@ void simlab_attention(const float *q, const int64_t *qs, const float *k, const i
             }
         }
     }
+}
+
+void simlab_attention(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
+                      const int64_t *vs, const void *mask, int kind, const int64_t *ms, int64_t B, int64_t H,
+                      int64_t KH, int64_t T, int64_t L, int64_t D, int64_t Dv, float scale, float softcap,
+                      int64_t causal_offset, float *out, float *work, int threads) {
+    attention_parts(q, qs, k, ks, v, vs, 0, 0, 0, 0, 0, mask, kind, ms, B, H, KH, T, L, D, Dv, scale, softcap,
+                    causal_offset, out, work, threads);
 }
 
 /* The floats of work simlab_attention needs for these sizes. */
@@ -1009,11 +1029,13 @@ void simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, f
     free(x);
 }
 
-/* The attention of q over the cache's k, v (as simlab_attention takes them, mask included), its
+/* The attention of q over the cache's k, v (as simlab_attention takes them, mask included; after
+ * the L0 keys and values of a prefix the rows share, k0 and v0, when L0 > 0; L counts both), its
  * output's product with o, then h2 = h + o (Gemma: h + post_attn(o)), x = pre_mlp(h2) and
  * gu = x's parts of the gate and up product. */
 void simlab_block_mid(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
-                      const int64_t *vs, const void *mask, int kind, const int64_t *ms, int64_t m, int64_t H,
+                      const int64_t *vs, const float *k0, const int64_t *k0s, const float *v0,
+                      const int64_t *v0s, int64_t L0, const void *mask, int kind, const int64_t *ms, int64_t m, int64_t H,
                       int64_t KH, int64_t L, int64_t hd, float scale, float softcap, const void *wo,
                       const float *so, const float *oo, int obits, int ogroup, const float *post_attn,
                       const float *pre_mlp, float eps, const float *h, int64_t d, const void *const *ws,
@@ -1022,8 +1044,8 @@ void simlab_block_mid(const float *q, const int64_t *qs, const float *k, const i
     int64_t work = simlab_attention_work(m, H, KH, 1, L, hd);
     float *att = malloc(sizeof(float) * (m * H * hd + 3 * m * d + work));
     float *o = att + m * H * hd, *on = o + m * d, *x = on + m * d, *w = x + m * d;
-    simlab_attention(q, qs, k, ks, v, vs, mask, kind, ms, m, H, KH, 1, L, hd, hd, scale, softcap, -1, att, w,
-                     threads);
+    attention_parts(q, qs, k, ks, v, vs, k0, k0s, v0, v0s, L0, mask, kind, ms, m, H, KH, 1, L, hd, hd, scale,
+                    softcap, -1, att, w, threads);
     simlab_qlinear(att, m, H * hd, wo, so, oo, obits, ogroup, d, o, scratch, threads);
     if (post_attn) simlab_rms_norm(o, m, d, post_attn, eps, on);
     const float *add = post_attn ? on : o;

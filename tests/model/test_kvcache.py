@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 from conftest import tiny_llama_style
+from test_native import native_copy
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from simlab.engine import kvcache, prefix
+from simlab.models import lean, native
 
 STEPS = 30  # past the tiny Gemma's sliding window of 8, and past a buffer's first room of 64 with the prompt
 
@@ -124,3 +126,45 @@ def test_a_sliding_layer_cut_back_twice_keeps_the_keys_its_masks_count(tiny_dir,
         fresh = prefix.new_cache(model)
         model(input_ids=ids[:, :40], cache=fresh, use_cache=True)
         assert torch.equal(again, model(input_ids=ids[:, 40:50], cache=fresh, use_cache=True).logits)
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_siblings_share_the_prompts_full_layers_where_the_step_reads_them(kind, tiny_dir, tmp_path):
+    """`repeated(..., share=True)` on a model whose decode step runs in models.blocks: each
+    full-attention layer holds the prompt's keys once (the very tensors, no copy) and the rows' own
+    keys after them; the lean step gives what copies give, bit for bit, through a branch finishing;
+    so does the model's own forward on such a cache (its `update` puts the whole together)."""
+    if native.library() is None:
+        pytest.skip(f"simlab's GGUF kernel is not built here ({native.why()})")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / kind, kind, tiny_dir)).eval()
+    model = native_copy(model)
+    lean.fuse(model), lean.fuse_norms(model)
+    assert lean.in_blocks(model)
+    torch.manual_seed(2)
+    ids, tokens = torch.randint(3, 300, (1, 40)), torch.randint(3, 300, (STEPS, 3))
+
+    def lean_steps(cache, rows):
+        return torch.cat([lean.decode_step(model, cache, t.view(-1, 1)) for t in rows], dim=1)
+
+    with torch.inference_mode():
+        cache = prefix.new_cache(model)
+        model(input_ids=ids, cache=cache, use_cache=True)
+        copied, shared, forward = (kvcache.repeated(cache, 3, share) for share in (False, True, True))
+        full = [i for i, layer in enumerate(cache.layers) if not layer.is_sliding]
+        assert full and all(shared.layers[i].shared[0] is cache.layers[i].keys for i in full)
+        assert all(shared.layers[i].keys.shape == (3, cache.layers[i].keys.shape[1], 0, 8) for i in full)
+        a, b, c = (
+            lean_steps(copied, tokens[:10]),
+            lean_steps(shared, tokens[:10]),
+            steps(model, forward, tokens[:10]),
+        )
+        assert torch.equal(a, b) and torch.equal(a, c)
+        for twin in (copied, shared, forward):
+            twin.batch_select_indices(torch.tensor([0, 2]))
+        rest = tokens[10:, :2]
+        a, b, c = lean_steps(copied, rest), lean_steps(shared, rest), steps(model, forward, rest)
+        assert torch.equal(a, b) and torch.equal(a, c)
+        for i in full:  # the rows' own keys only, the prompt's counted once
+            assert (
+                shared.layers[i].keys.shape[-2] == STEPS and shared.layers[i].get_seq_length() == 40 + STEPS
+            )

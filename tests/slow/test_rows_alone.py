@@ -10,6 +10,7 @@ and the seed-11 sibling below left its seed's reply at token 11; simlab's own at
 
 import pytest
 
+from simlab.engine import kvcache
 from simlab.engine.params import SamplingParams
 from simlab.persona.library import find
 from simlab.persona.schema import Persona
@@ -33,6 +34,23 @@ def test_siblings_are_their_seeds_alone_token_and_logprob(embedded_engine):
         assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens], f"seed {11 + k}"
         assert len(sibling.token_ids) > 40 or sibling.finish_reason == "eos"
     assert engine.rows_alone  # and they were one batch: the embedded model on simlab's kernel
+
+
+def test_siblings_after_a_long_prompt_share_its_keys_and_are_their_seeds_alone(embedded_engine, monkeypatch):
+    """Past the sliding window (700 tokens), four siblings read the prompt's full-attention keys
+    where they lie (engine.kvcache.Shared: one copy for all, not four) and are still, token and
+    log-probability, what each seed gives alone."""
+    engine, shared = embedded_engine, []
+    real = kvcache._shared
+    monkeypatch.setattr(kvcache, "_shared", lambda *args: [shared.append(args[0]), real(*args)][1])
+    ids = engine.encode("The keeper wrote in his log, night after night, what the sea did. " * 60)[:700]
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=21)
+    together = engine.generate(ids, params, n=4)
+    assert len(shared) == sum(kind == "full_attention" for kind in engine.model.config.layer_types) == 3
+    for k, sibling in enumerate(together):
+        [alone] = engine.generate(ids, params.with_overrides(seed=21 + k))
+        assert sibling.token_ids == alone.token_ids, f"seed {21 + k}"
+        assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens], f"seed {21 + k}"
 
 
 @pytest.mark.parametrize("kind", ["chat", "document"])
