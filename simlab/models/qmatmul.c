@@ -762,6 +762,63 @@ static inline float exp_fixed(float x) {
     return p * two.f;
 }
 
+/* s[j] = exp_fixed(s[j] - most) for j < n (0 where most is -inf), 16 or 8 at a time where the
+ * instruction set has the registers: the very operations exp_fixed makes, lane by lane (each one
+ * exactly rounded), so the same bits. */
+#if defined(SIMLAB_AVX512)
+static inline __m512 exp16(__m512 x) {
+    __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GT_OQ); /* false for NaN too */
+    __m512 big = _mm512_set1_ps(12582912.0f);
+    __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504f), big), big);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693145752f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.98412701e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.38888892e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333377e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666679e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666672e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mov_ps(ok, _mm512_mul_ps(p, _mm512_castsi512_ps(e)));
+}
+#elif defined(SIMLAB_AVX2)
+static inline __m256 exp8(__m256 x) {
+    __m256 ok = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GT_OQ);
+    __m256 big = _mm256_set1_ps(12582912.0f);
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504f), big), big);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145752f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.98412701e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.38888892e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33333377e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16666679e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666672e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(ok, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+#endif
+
+static inline void exp_less(float *s, int64_t n, float most) {
+    int64_t j = 0;
+    if (most == -INFINITY) {
+        for (; j < n; j++) s[j] = 0.0f;
+        return;
+    }
+#if defined(SIMLAB_AVX512)
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(s + j, exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(most))));
+#elif defined(SIMLAB_AVX2)
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(s + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(most))));
+#endif
+    for (; j < n; j++) s[j] = exp_fixed(s[j] - most);
+}
+
 /* Four queries against one key, each summed as dot_fixed sums it. */
 static inline void dot4_fixed(const float *const *a, const float *b, int64_t n, float *out) {
     v16 l0 = v_zero(), l1 = v_zero(), l2 = v_zero(), l3 = v_zero();
@@ -843,14 +900,19 @@ static void attention_parts(const float *q, const int64_t *qs, const float *k, c
         for (int64_t x0 = 0; x0 < nq; x0 += 4) { /* four queries against each key: it is read once */
             int64_t n4 = nq - x0 < 4 ? nq - x0 : 4;
             float s[4][CHUNK];
+            /* each query's last key (causal) and its row of the mask, worked out once for the chunk */
+            int64_t last[4] = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX}, mrow[4] = {0, 0, 0, 0};
+            for (int64_t u = 0; u < n4; u++) {
+                int64_t h = kh * group + (x0 + u) / tq, t = t0 + (x0 + u) % tq;
+                if (causal_offset >= 0) last[u] = t + causal_offset;
+                mrow[u] = kind ? b * ms[0] + h * ms[1] + t * ms[2] : 0;
+            }
             for (int64_t j = j0; j < j1; j++) {
                 const float *kr = row_at(k, ks, k0, k0s, L0, b, kh, j);
                 int any = 0, seen[4] = {0, 0, 0, 0};
                 for (int64_t u = 0; u < n4; u++) {
-                    int64_t h = kh * group + (x0 + u) / tq, t = t0 + (x0 + u) % tq;
-                    seen[u] = causal_offset < 0 || j <= t + causal_offset;
-                    if (seen[u] && kind == 1)
-                        seen[u] = ((const uint8_t *)mask)[b * ms[0] + h * ms[1] + t * ms[2] + j * ms[3]] != 0;
+                    seen[u] = j <= last[u];
+                    if (seen[u] && kind == 1) seen[u] = ((const uint8_t *)mask)[mrow[u] + j * ms[3]] != 0;
                     any |= seen[u];
                 }
                 float d4[4] = {0, 0, 0, 0};
@@ -860,34 +922,38 @@ static void attention_parts(const float *q, const int64_t *qs, const float *k, c
                 for (int64_t u = 0; u < 4; u++) {
                     float x = -INFINITY;
                     if (u < n4 && seen[u]) {
-                        int64_t h = kh * group + (x0 + u) / tq, t = t0 + (x0 + u) % tq;
                         x = d4[u] * scale;
                         if (softcap > 0.0f) {
                             float e = exp_fixed(-2.0f * fabsf(x / softcap)); /* tanh by exp, sign apart */
                             float th = (1.0f - e) / (1.0f + e);
                             x = softcap * (x < 0 ? -th : th);
                         }
-                        if (kind == 2) x += ((const float *)mask)[b * ms[0] + h * ms[1] + t * ms[2] + j * ms[3]];
+                        if (kind == 2) x += ((const float *)mask)[mrow[u] + j * ms[3]];
                     }
                     s[u][j - j0] = x;
                 }
             }
-            float *acc[4];
-            for (int64_t u = 0; u < 4; u++) { /* each query's weights exp(s - max), in place */
-                float most = -INFINITY, sum = 0.0f;
-                for (int64_t j = 0; j < j1 - j0; j++) most = s[u][j] > most ? s[u][j] : most;
-                for (int64_t j = 0; j < j1 - j0; j++) {
-                    s[u][j] = most == -INFINITY ? 0.0f : exp_fixed(s[u][j] - most);
-                    sum += s[u][j];
-                }
-                if (u < n4) {
-                    int64_t x = x0 + u;
-                    float *mine = part + ((x / tq) * qb + x % tq) * per_query;
-                    mine[0] = most;
-                    mine[1] = sum;
-                    acc[u] = mine + 2;
-                }
+            /* each query's weights exp(s - max), in place, and their sum: the four queries' maxima
+             * and sums side by side, each in key order */
+            float *acc[4], most[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, sum[4] = {0, 0, 0, 0};
+            int64_t width = j1 - j0;
+            for (int64_t j = 0; j < width; j++)
+                for (int u = 0; u < 4; u++) most[u] = s[u][j] > most[u] ? s[u][j] : most[u];
+            int live = 0;
+            for (int u = 0; u < 4; u++) {
+                exp_less(s[u], width, most[u]);
+                live |= u < n4 && most[u] != -INFINITY;
             }
+            for (int64_t j = 0; j < width; j++)
+                for (int u = 0; u < 4; u++) sum[u] += s[u][j];
+            for (int64_t u = 0; u < n4; u++) {
+                int64_t x = x0 + u;
+                float *mine = part + ((x / tq) * qb + x % tq) * per_query;
+                mine[0] = most[u];
+                mine[1] = sum[u];
+                acc[u] = mine + 2;
+            }
+            if (!live) continue; /* every key masked for these queries: the join skips this chunk */
             /* acc[d] = the keys' p_j v_j[d] summed in order, 16 values of d at a time (64 where
              * there are registers for it: each weight is then broadcast once for four) */
             int64_t d0 = 0;
