@@ -113,6 +113,23 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path):
             load_model(str(path), Settings(device="cpu"))
 
 
+def test_a_gguf_holding_q5_0_tensors_loads(tmp_path, monkeypatch):
+    """Most Q4_K_M files hold some Q5_0 tensors (the embedded model's 81 of 236), a type
+    transformers' own GGUF header reader refuses: the header check reads them, and the model loads
+    and replies on the kernel."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from gguf_shapes import Shape, make
+
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "home"))
+    path = make("tiny", "Q5_0", tmp_path, shapes={"tiny": Shape("llama", 64, 2, 4, 2, 128, 400, False)})
+    loaded = load_model(str(path), Settings(device="cpu"))
+    assert loaded.info.weights == "gguf"
+    ids = torch.tensor([[5, 6, 7]])
+    assert loaded.model(input_ids=ids).logits.shape == (1, 3, 400)
+
+
 def _put_in_hf_cache(hf_home, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):
     repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
     (repo / "refs").mkdir(parents=True)
