@@ -54,11 +54,14 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     vocab = logits.shape[-1]
     k = min(_NUCLEUS_PREFILTER, vocab)
     log_total = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
-    best, best_ids = torch.topk(logits, k, dim=-1)  # (B, k), descending
-    best_probs = (best - log_total).exp()
-    if k < vocab and bool((best_probs.sum(-1) < p).any()):
+    # the k best values first (one pass in C: the same values in the same order whatever order
+    # ties come in), enough to tell a wide nucleus; torch's ids (its order of ties) where it is not
+    best = best_of(logits, k)[0] if k < vocab else None
+    if best is not None and bool(((best - log_total).exp().sum(-1) < p).any()):
         rows = zip(logits, log_total, best[:, -1])
         return torch.stack([_top_p_wide(row, total, p, float(least)) for row, total, least in rows])
+    best, best_ids = torch.topk(logits, k, dim=-1)  # (B, k), descending
+    best_probs = (best - log_total).exp()
     return logits.masked_fill(~_nucleus(logits, best_probs, best_ids, p), -math.inf)
 
 
