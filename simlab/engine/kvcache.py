@@ -159,12 +159,30 @@ class Shared:
     def get_seq_length(self) -> int:
         return self.shared[0].shape[-2] + self.keys.shape[-2]
 
+    def unshare(self) -> None:
+        """Become the plain layer this was made from, the prompt's keys copied in front of the
+        rows' own: what a crop or a reset needs (neither comes to siblings' caches today)."""
+        rows, (k0, v0) = self.keys.shape[0], self.shared
+        self.keys = torch.cat([k0.expand(rows, -1, -1, -1), self.keys], dim=-2)
+        self.values = torch.cat([v0.expand(rows, -1, -1, -1), self.values], dim=-2)
+        del self.shared
+        self.__class__ = type(self).__mro__[1]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        Shared.unshare(self)
+        self.crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        Shared.unshare(self)
+        self.reset()
+
 
 def _shared(layer, keys, values, rows: int) -> None:
     """Make a fresh full-attention layer of `joined`'s a `Shared` one over keys, values (1 row)."""
     base = type(layer)
     if base not in _SHARED:
-        methods = {name: Shared.__dict__[name] for name in ("update_own", "update", "get_seq_length")}
+        names = ("update_own", "update", "get_seq_length", "unshare", "crop", "reset")
+        methods = {name: Shared.__dict__[name] for name in names}
         _SHARED[base] = type("Shared" + base.__name__, (base,), methods)  # (a mixin would change the layout)
     layer.__class__ = _SHARED[base]
     layer.shared = (keys, values)

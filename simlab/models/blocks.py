@@ -40,9 +40,14 @@ def _lib():
     ]  # fmt: skip
     lib.simlab_block_out.argtypes = [p, i64, i64, p, p, p, i32, i32, p, f32, p, i64, p, p, i32]
     for fn in (lib.simlab_block_qkv, lib.simlab_block_mid, lib.simlab_block_out):
-        fn.restype = None
+        fn.restype = i32
     _declared.add(id(lib))
     return lib
+
+
+def _ok(status: int) -> None:
+    if status != 0:
+        raise MemoryError("simlab's decode step could not allocate its working memory")
 
 
 def _weight(layer: NativeLinear) -> tuple:
@@ -104,8 +109,7 @@ class Block:
         names += ["pre_feedforward_layernorm", "post_feedforward_layernorm"] if gemma else []
         norms = [parts.get(name) for name in names]
         heads = [a.get(name) for name in ("q_norm", "k_norm") if name in a]
-        fused = all(isinstance(n, FusedRMSNorm) and n.gemma == gemma for n in norms + heads)
-        if not fused or any(n.weight.dtype != torch.float32 for n in norms + heads):
+        if not all(isinstance(n, FusedRMSNorm) and n.gemma == gemma for n in norms + heads):
             return None
         if len({n.eps for n in norms[1:]}) != 1 or len({n.eps for n in heads}) > 1 or len(heads) == 1:
             return None
@@ -123,6 +127,11 @@ class Block:
             return None
         if not isinstance(m.get("act_fn"), RowActivation):
             return None
+        weights = [a[name].bias for name in ("q_proj", "k_proj", "v_proj")] + [
+            n.weight for n in norms + heads
+        ]
+        if any(w is not None and (w.dtype != torch.float32 or not w.is_contiguous()) for w in weights):
+            return None  # (the calls read them as they lie, float32)
         block = Block(layer, config, gemma)
         sizes = [part.out_features for part in qkv._layers]
         d = block.head_dim
@@ -143,19 +152,20 @@ class Block:
             return None
         lib, threads = _lib(), torch.get_num_threads()
         cos, sin = cos.contiguous(), sin.contiguous()
-        scratch = native._scratch(b, self.widest).data_ptr()
+        held = native._scratch(b, self.widest)  # (held until the calls return: a large one is ours alone)
+        scratch = held.data_ptr()
         q = torch.empty((b, self.heads, 1, self.head_dim))
         k, v = (torch.empty((b, self.kv_heads, 1, self.head_dim)) for _ in range(2))
         ws, scales, offsets, ns, _ = _arrays(self.qkv)
         biases = (ctypes.c_void_p * 3)(*(None if x is None else x.data_ptr() for x in self.biases))
         first, qn = self.qkv._layers[0], self.q_norm
         rows_own = int(cos.shape[0] == b and b > 1)  # a rotary table for each row (ragged rows)
-        lib.simlab_block_qkv(
+        _ok(lib.simlab_block_qkv(
             h.data_ptr(), b, d, _scale(self.norm_in), self.norm_in.eps, ws, scales, offsets, ns, biases,
             first.bits, first.group, _scale(qn), _scale(self.k_norm), qn.eps if qn is not None else 0.0,
             self.heads, self.kv_heads, self.head_dim, cos.data_ptr(), sin.data_ptr(), rows_own,
             q.data_ptr(), k.data_ptr(), v.data_ptr(), scratch, threads,
-        )  # fmt: skip
+        ))  # fmt: skip
         layer = cache.layers[i] if hasattr(cache, "layers") else None
         if hasattr(layer, "update_own"):  # siblings' layer holding the prompt's keys once (engine.kvcache)
             k, v = layer.update_own(k, v)
@@ -165,7 +175,9 @@ class Block:
             prefix = None
         if k.stride(-1) != 1 or v.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()
-        return self._rest(lib, h, q, (k, v, prefix), mask, scratch, threads)
+        out = self._rest(lib, h, q, (k, v, prefix), mask, scratch, threads)
+        del held
+        return out
 
     def _rest(self, lib, h, q, kv, mask, scratch: int, threads: int) -> torch.Tensor:
         """Attention on, then the MLP: simlab_block_mid, the activation, simlab_block_out. kv: the
@@ -191,33 +203,34 @@ class Block:
         h2, gu = torch.empty_like(h), torch.empty((b, 1, sum(self.sizes)))
         ws, scales, offsets, ns, _ = _arrays(self.gate_up)
         o, first = self.o, self.gate_up._layers[0]
-        lib.simlab_block_mid(
+        _ok(lib.simlab_block_mid(
             q.data_ptr(), native._strides(q, 3), k.data_ptr(), native._strides(k, 3), v.data_ptr(),
             native._strides(v, 3), *shared, None if held is None else held.data_ptr(), kind, strides, b,
             self.heads, self.kv_heads, length, self.head_dim, self.scaling, self.softcap, *_weight(o), o.bits,
             o.group, _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps, h.data_ptr(), d, ws,
             scales, offsets, ns, first.bits, first.group, h2.data_ptr(), gu.data_ptr(), scratch, threads,
-        )  # fmt: skip
+        ))  # fmt: skip
         gate, up = gu.split(self.sizes, dim=-1)  # the activation and product as the modules make them
         x = (self.act.forward(gate) * up).contiguous()
         h3, down = torch.empty_like(h), self.down
-        lib.simlab_block_out(
+        _ok(lib.simlab_block_out(
             x.data_ptr(), b, x.shape[-1], *_weight(down), down.bits, down.group, _scale(self.post_mlp),
             self.pre_mlp.eps, h2.data_ptr(), d, h3.data_ptr(), scratch, threads,
-        )  # fmt: skip
+        ))  # fmt: skip
         return h3
 
 
 def blocks(model: torch.nn.Module, layers, gemma: bool) -> list | None:
     """Each layer's `Block` (None for one that runs through its modules), made once per model; None
     when the kernel library is not here or the model's attention is not simlab's."""
-    held = model.__dict__.get("_simlab_blocks")
-    if held is not None and held[0] == len(layers):
-        return held[1]
     config = model.config
+    key = (len(layers), config._attn_implementation)  # (made again if the attention changes)
+    held = model.__dict__.get("_simlab_blocks")
+    if held is not None and held[0] == key:
+        return held[1]
     made = None
     if _lib() is not None and config._attn_implementation == "simlab":
         made = [Block.of(layer, config, gemma) for layer in layers]
         made = made if any(made) else None
-    model.__dict__["_simlab_blocks"] = (len(layers), made)
+    model.__dict__["_simlab_blocks"] = (key, made)
     return made

@@ -192,7 +192,8 @@ def _weights_in(path: Path, spec: str) -> int:
 def _tensor_table(path: Path) -> tuple[int, list[tuple]]:
     """(where the tensor data starts, [(shape, ggml type, offset in the data)]) from the header:
     transformers' header reader (0.04 s: it walks a 256k-entry vocabulary without decoding it),
-    else gguf's (~9 s on such a vocabulary). transformers' own GgufHeader is not used: it refuses
+    else (its private functions gone or failing) gguf's (~9 s on such a vocabulary).
+    transformers' own GgufHeader is not used: it refuses
     types its loader does not read blocks of (Q5_0, in most Q4_K_M files), which gguf's does."""
     try:
         from transformers.integrations.gguf import reader
@@ -200,14 +201,15 @@ def _tensor_table(path: Path) -> tuple[int, list[tuple]]:
         blob = reader._mapped(str(path))
         metadata, count, at = reader._read_metadata(blob, str(path))
         entries, at = reader._read_tensor_table(blob, count, at)
-    except (ImportError, AttributeError):  # another transformers: gguf's own reader
+    except Exception:  # noqa: BLE001 - another transformers, or a file it refuses: gguf's own reader
         from gguf import GGUFReader
 
         file = GGUFReader(str(path))
-        tables = [
-            (tuple(t.shape), int(t.tensor_type), int(t.data_offset) - file.data_offset) for t in file.tensors
+        start = int(file.data_offset)
+        return start, [
+            (tuple(int(d) for d in t.shape), int(t.tensor_type), int(t.data_offset) - start)
+            for t in file.tensors
         ]
-        return file.data_offset, tables
     alignment = metadata.get("general.alignment", 32)
     return (at + alignment - 1) // alignment * alignment, [
         (shape, kind, offset) for _, shape, kind, offset in entries

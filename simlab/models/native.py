@@ -127,7 +127,8 @@ _local = threading.local()  # each thread's working memory for the kernel, kept 
 
 def _scratch(m: int, k: int) -> torch.Tensor:
     """The kernel's working memory for M rows of K (simlab_qlinear_parts says how it is laid out):
-    this thread's, grown when a call needs more (a decode step's products then allocate nothing)."""
+    this thread's, grown when a call needs more (a decode step's products then allocate nothing).
+    A caller holds the tensor until its C call returns: one over 16 MiB is not kept here."""
     size = 5 * m * k + 12 * m * (k // QK) + 16 * -(-m // 4) * (k // QK)
     held = getattr(_local, "scratch", None)
     if held is None or held.numel() < size:
@@ -150,9 +151,9 @@ def _product(x: torch.Tensor, weight: tuple, bits: int, group: int, n: int) -> t
     k = x.shape[-1]
     m = x.numel() // k if k else 0
     y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
-    scratch = _scratch(m, k).data_ptr()
-    threads = torch.get_num_threads()
-    _state["lib"].simlab_qlinear(x.data_ptr(), m, k, *weight, bits, group, n, y.data_ptr(), scratch, threads)
+    held = _scratch(m, k)  # (held until C returns: a large one is this call's alone)
+    args = (*weight, bits, group, n, y.data_ptr(), held.data_ptr(), torch.get_num_threads())
+    _state["lib"].simlab_qlinear(x.data_ptr(), m, k, *args)
     return y
 
 
@@ -163,11 +164,11 @@ def matmul_parts(x: torch.Tensor, layers, arrays: tuple | None = None) -> torch.
     x = x.contiguous()
     m, k = x.shape
     ws, scales, offsets, ns, total = arrays or part_arrays(layers)
-    scratch = _scratch(m, k).data_ptr()
+    held = _scratch(m, k)  # (held until C returns: a large one is this call's alone)
     y = torch.empty((m, total), dtype=torch.float32)
     first = layers[0]
-    args = (ws, scales, offsets, ns, first.bits, first.group, y.data_ptr(), scratch, torch.get_num_threads())
-    _state["lib"].simlab_qlinear_parts(x.data_ptr(), m, k, len(layers), *args)
+    args = (ws, scales, offsets, ns, first.bits, first.group, y.data_ptr(), held.data_ptr())
+    _state["lib"].simlab_qlinear_parts(x.data_ptr(), m, k, len(layers), *args, torch.get_num_threads())
     return y
 
 

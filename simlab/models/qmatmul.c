@@ -1062,7 +1062,8 @@ void simlab_rotary(const float *x, int64_t B, int64_t H, int64_t T, int64_t D, c
             }
 }
 
-/* ---- a decoder layer's decode step in three calls (models/blocks.py) ----
+/* ---- a decoder layer's decode step in three calls (models/blocks.py; each returns -1 when its
+ * working memory cannot be had, 0 otherwise) ----
  * The same functions the model's modules call one by one (simlab_rms_norm, simlab_qlinear_parts,
  * simlab_rotary, simlab_attention), in the same order on the same values, with the residual adds
  * and biases as single float adds (torch's, bit for bit): one call where the modules make ten, for
@@ -1071,13 +1072,14 @@ void simlab_rotary(const float *x, int64_t B, int64_t H, int64_t T, int64_t D, c
 
 /* x = norm(h); q, k, v = the parts of x W^T (+ each part's bias); q, k = their head norms (if
  * given); q, k rotated. q (M, H, hd), k and v (M, KH, hd), contiguous (the (B, H, 1, hd) tensors). */
-void simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, float eps, const void *const *ws,
+int simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, float eps, const void *const *ws,
                       const float *const *scales, const float *const *offsets, const int64_t *ns,
                       const float *const *biases, int bits, int group, const float *qnorm, const float *knorm,
                       float qk_eps, int64_t H, int64_t KH, int64_t hd, const float *cos_, const float *sin_,
                       int cs_batch, float *q, float *k, float *v, void *scratch, int threads) {
     int64_t n = ns[0] + ns[1] + ns[2], sizes[3] = {H * hd, KH * hd, KH * hd};
     float *x = malloc(sizeof(float) * m * (d + n + 2 * H * hd));
+    if (!x) return -1;
     float *y = x + m * d, *a = y + m * n, *b = a + m * H * hd;
     float *outs[3] = {a, b, v};
     simlab_rms_norm(h, m, d, norm, eps, x);
@@ -1093,13 +1095,14 @@ void simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, f
     simlab_rotary(a, m, H, 1, hd, cos_, sin_, cs_batch, q);
     simlab_rotary(b, m, KH, 1, hd, cos_, sin_, cs_batch, k);
     free(x);
+    return 0;
 }
 
 /* The attention of q over the cache's k, v (as simlab_attention takes them, mask included; after
  * the L0 keys and values of a prefix the rows share, k0 and v0, when L0 > 0; L counts both), its
  * output's product with o, then h2 = h + o (Gemma: h + post_attn(o)), x = pre_mlp(h2) and
  * gu = x's parts of the gate and up product. */
-void simlab_block_mid(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
+int simlab_block_mid(const float *q, const int64_t *qs, const float *k, const int64_t *ks, const float *v,
                       const int64_t *vs, const float *k0, const int64_t *k0s, const float *v0,
                       const int64_t *v0s, int64_t L0, const void *mask, int kind, const int64_t *ms, int64_t m, int64_t H,
                       int64_t KH, int64_t L, int64_t hd, float scale, float softcap, const void *wo,
@@ -1109,6 +1112,7 @@ void simlab_block_mid(const float *q, const int64_t *qs, const float *k, const i
                       int group, float *h2, float *gu, void *scratch, int threads) {
     int64_t work = simlab_attention_work(m, H, KH, 1, L, hd);
     float *att = malloc(sizeof(float) * (m * H * hd + 3 * m * d + work));
+    if (!att) return -1;
     float *o = att + m * H * hd, *on = o + m * d, *x = on + m * d, *w = x + m * d;
     attention_parts(q, qs, k, ks, v, vs, k0, k0s, v0, v0s, L0, mask, kind, ms, m, H, KH, 1, L, hd, hd, scale,
                     softcap, -1, att, w, threads);
@@ -1119,16 +1123,19 @@ void simlab_block_mid(const float *q, const int64_t *qs, const float *k, const i
     simlab_rms_norm(h2, m, d, pre_mlp, eps, x);
     simlab_qlinear_parts(x, m, d, 2, ws, scales, offsets, ns, bits, group, gu, scratch, threads);
     free(att);
+    return 0;
 }
 
 /* h3 = h2 + x W^T (Gemma: h2 + post_mlp(x W^T)) for the MLP's down product. */
-void simlab_block_out(const float *x, int64_t m, int64_t f, const void *wd, const float *sd, const float *od,
+int simlab_block_out(const float *x, int64_t m, int64_t f, const void *wd, const float *sd, const float *od,
                       int bits, int group, const float *post_mlp, float eps, const float *h2, int64_t d,
                       float *h3, void *scratch, int threads) {
     float *y = malloc(sizeof(float) * 2 * m * d), *yn = y + m * d;
+    if (!y) return -1;
     simlab_qlinear(x, m, f, wd, sd, od, bits, group, d, y, scratch, threads);
     if (post_mlp) simlab_rms_norm(y, m, d, post_mlp, eps, yn);
     const float *add = post_mlp ? yn : y;
     for (int64_t i = 0; i < m * d; i++) h3[i] = h2[i] + add[i];
     free(y);
+    return 0;
 }

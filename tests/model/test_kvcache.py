@@ -168,3 +168,8 @@ def test_siblings_share_the_prompts_full_layers_where_the_step_reads_them(kind, 
             assert (
                 shared.layers[i].keys.shape[-2] == STEPS and shared.layers[i].get_seq_length() == 40 + STEPS
             )
+        for twin in (copied, shared):  # cut back past the rows' own keys: the prompt's part comes back
+            twin.crop(-(STEPS + 1))
+        assert torch.equal(lean_steps(copied, rest[:4]), lean_steps(shared, rest[:4]))
+        assert all(not hasattr(shared.layers[i], "shared") for i in full)
+        assert all(shared.layers[i].get_seq_length() == 40 - 1 + 4 for i in full)

@@ -199,7 +199,7 @@ def test_a_steered_block_step_is_the_modules_steered_step():
             cache = prefix.new_cache(model)
             model(input_ids=prompt, cache=cache, use_cache=True)
             if path == "modules":
-                model.__dict__["_simlab_blocks"] = (model.config.num_hidden_layers, None)
+                model.__dict__["_simlab_blocks"] = ((model.config.num_hidden_layers, "simlab"), None)
             got[path] = [
                 lean.decode_step(model, cache, step.unsqueeze(-1), {} if path == "unsteered" else adds)
                 for step in steps

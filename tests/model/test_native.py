@@ -163,6 +163,20 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
         monkeypatch.undo()
 
 
+def test_a_product_too_big_to_keep_its_working_memory_holds_it_while_it_runs():
+    """Working memory over 16 MiB is not kept between calls (a long prefill's): the call holds it
+    until the kernel returns. It was freed as its address was taken, and a 1,700-row product of
+    2,048 wrote into unmapped memory (a crash)."""
+    torch.manual_seed(3)
+    codes = torch.randint(-127, 128, (64, 2048), dtype=torch.int8)
+    scale = torch.rand(64, 2048 // 32) / 100
+    x = torch.randn(1700, 2048)
+    assert 5 * 1700 * 2048 > 1 << 24  # past what native._scratch keeps
+    whole = native.matmul(x, codes, scale, None, 8, 32)
+    for row in (0, 977, 1699):
+        assert torch.equal(whole[row : row + 1], native.matmul(x[row : row + 1], codes, scale, None, 8, 32))
+
+
 def test_a_row_of_zeros_gives_the_bias_alone():
     tensor = random_tensor("Q4_K", seed=8)
     bias = torch.randn(ROWS)
