@@ -84,7 +84,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     out.write(for_terminal(out, delta.text))
                     out.flush()
                 elif not live:
-                    wait.follow(delta, run.completions)
+                    wait.follow(delta, run.completions, getattr(run, "max_new", None))
             if not live:
                 wait.follow(None, run.completions)
     except KeyboardInterrupt:

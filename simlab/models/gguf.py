@@ -170,10 +170,13 @@ def _weights_in(path: Path, spec: str) -> int:
             f"{spec} is not a readable GGUF file ({why}); a truncated download? fetch it again"
         )
 
+    with path.open("rb") as file:
+        if file.read(4) != b"GGUF":
+            raise unreadable("it does not start with GGUF's magic bytes")
     try:
         start, tensors = _tensor_table(path)
-    except Exception as exc:  # noqa: BLE001 - the readers raise what numpy and struct raise
-        raise unreadable(exc) from None
+    except Exception:  # noqa: BLE001 - the readers raise what numpy and struct raise, which says little
+        raise unreadable("its header is cut short or damaged") from None
     end = 0
     for shape, kind, offset in tensors:
         try:

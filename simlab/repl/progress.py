@@ -71,10 +71,15 @@ class Waiting:
         if self._live is not None:
             self._live.update(self._task, speed=f"· {self.tokens_per_second:.1f} tok/s")
 
-    def follow(self, delta, completions) -> None:
-        """A run's delta arrived: count its token, and the branches that have ended by now."""
+    def follow(self, delta, completions, limit: int | None = None) -> None:
+        """A run's delta arrived: count its token, and the branches that have ended by now. With
+        `limit` (the most tokens a branch makes), the bar and the time left also move with the
+        tokens of the branches still going: siblings decoded as one batch end together."""
         self.token(1 if delta is not None and delta.token is not None else 0)
         self.advance(sum(c.finish_reason is not None for c in completions) - self.done)
+        if limit and self._live is not None:
+            part = sum(1.0 if c.finish_reason else min(len(c.tokens) / limit, 1.0) for c in completions)
+            self._live.update(self._task, completed=min(part, self.total))
 
     def advance(self, count: int = 1, what: str | None = None) -> None:
         """Steps completed (what: a new description, e.g. the reply being worked on)."""

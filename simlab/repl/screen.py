@@ -135,7 +135,7 @@ class LineView:
 
     def delta(self, delta: Delta, replies: Replies) -> None:
         if self._wait is not None:
-            self._wait.follow(delta, replies.run.completions)
+            self._wait.follow(delta, replies.run.completions, getattr(replies.run, "max_new", None))
         if self._head is not None and delta.text:
             text = self._held + delta.text
             shown = text.rstrip()  # (a reply is stored stripped: white space waits for more text)

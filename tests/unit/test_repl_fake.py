@@ -697,3 +697,23 @@ def test_the_rest_of_a_split_turn_is_sampled_again_inside_the_turn_and_replays(f
     handle(chat, "/persona interview")
     replayed = render_path(chat.path())
     assert replayed.count("Dr. Okafor:") == 2  # the greeting, and the split answer as one turn
+
+
+def test_a_batch_of_siblings_moves_the_live_bar_with_their_tokens():
+    """Siblings decoded as one batch end together: on a terminal the bar (and so its time left)
+    moves with their tokens, not only when a reply ends (it sat at 1/4 for a minute)."""
+    from types import SimpleNamespace
+
+    from simlab.repl.progress import Waiting
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    going = [SimpleNamespace(finish_reason=None, tokens=[0] * 5) for _ in range(3)]
+    with Waiting("sampling", 3, stream=Terminal()) as wait:
+        wait.follow(None, going, limit=20)
+        assert wait.done == 0 and wait._live.tasks[0].completed == pytest.approx(0.75)
+        going[0].finish_reason = "eos"
+        wait.follow(None, going, limit=20)
+        assert wait.done == 1 and wait._live.tasks[0].completed == pytest.approx(1.5)
