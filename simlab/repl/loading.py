@@ -33,6 +33,7 @@ class Loading:
         self._engine = None if isinstance(engine, Future) else engine
         self._future = engine if isinstance(engine, Future) else None
         self.status = status or Status()
+        self._telling = False  # (`tell` follows the loader's steps once)
 
     def on_status(self, callback: Callable[[], None]) -> None:
         """Call back (from the loading thread) each time the loader reports a step."""
@@ -54,6 +55,19 @@ class Loading:
         """Loading failed (the next use raises ModelFailed, saying why)."""
         future = self._future
         return self._engine is None and future.done() and future.exception() is not None
+
+    def tell(self, say: Callable[[str], None]) -> None:
+        """Say that the next use waits for the model, with the step the loader is at, and again at
+        each step it reports until the model is there (a first use of a big GGUF converts it)."""
+
+        def now() -> str:
+            step = f" ({self.status.text})" if self.status.text else ""
+            return f"the model is still loading{step}; this goes on when it is ready"
+
+        if not self._telling:
+            self._telling = True
+            self.on_status(lambda: say(now()) if self.loading else None)
+        say(now())
 
     def on_loaded(self, callback: Callable[[], None]) -> None:
         """Call back (from the loading thread) when loading ends, loaded or failed; now if it has."""

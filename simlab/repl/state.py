@@ -101,7 +101,7 @@ class Chat(Notes):
     def engine(self) -> Engine:
         """The engine; while it loads in the background, the first use waits for it."""
         if self.loading.loading:
-            self.view.waiting("the model is still loading; this goes on when it is ready")
+            self.loading.tell(self.view.waiting)
         self.interruptible = True
         try:
             engine = self.loading.engine()

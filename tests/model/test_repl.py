@@ -329,11 +329,16 @@ def test_the_prompt_comes_up_while_the_model_loads_in_the_background(tiny_engine
         deadline = time.monotonic() + 30
         while "still loading" not in out.getvalue() and time.monotonic() < deadline:
             time.sleep(0.01)
+        chat.loading.status("dequantizing the weights to float32 ...")  # a step the loader reports
         future.set_result(tiny_engine)
+        chat.loading.status("a step after it loaded")  # (not said: nothing waits any more)
 
     threading.Thread(target=finish_loading, daemon=True).start()
     assert drive(chat, "hello\r/quit\r") == 0
     assert "still loading" in out.getvalue() and chat.loading.ready
+    # the wait says each step the loader reports while it lasts (it showed no progress before)
+    assert "the model is still loading (dequantizing the weights to float32); this goes" in out.getvalue()
+    assert "a step after it loaded" not in out.getvalue()
     assert [n.role for n in chat.path()] == ["frame", "model", "user", "model"]
 
     failing: Future = Future()
