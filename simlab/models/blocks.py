@@ -50,23 +50,9 @@ def _ok(status: int) -> None:
         raise MemoryError("simlab's decode step could not allocate its working memory")
 
 
-def _weight(layer: NativeLinear) -> tuple:
-    if layer._weight is None:
-        layer._weight = (layer.codes.data_ptr(), layer.scale.data_ptr(), native._address(layer.offset))
-    return layer._weight
-
-
-def _arrays(group: NativeGroup) -> tuple:
-    if group._arrays is None:
-        group._arrays = native.part_arrays(group._layers)
-    return group._arrays
-
-
 def _scale(norm: FusedRMSNorm | None) -> int | None:
-    """The address of what the norm multiplies by (Gemma's 1 + weight, made once)."""
-    if norm is None:
-        return None
-    return (norm._gemma_scale() if norm.gemma else norm.weight).data_ptr()
+    """The address of what the norm multiplies by, or None for a norm that is not there."""
+    return None if norm is None else norm.scale().data_ptr()
 
 
 class Block:
@@ -156,7 +142,7 @@ class Block:
         scratch = held.data_ptr()
         q = torch.empty((b, self.heads, 1, self.head_dim))
         k, v = (torch.empty((b, self.kv_heads, 1, self.head_dim)) for _ in range(2))
-        ws, scales, offsets, ns, _ = _arrays(self.qkv)
+        ws, scales, offsets, ns, _ = self.qkv.arrays()
         biases = (ctypes.c_void_p * 3)(*(None if x is None else x.data_ptr() for x in self.biases))
         first, qn = self.qkv._layers[0], self.q_norm
         rows_own = int(cos.shape[0] == b and b > 1)  # a rotary table for each row (ragged rows)
@@ -175,9 +161,7 @@ class Block:
             prefix = None
         if k.stride(-1) != 1 or v.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()
-        out = self._rest(lib, h, q, (k, v, prefix), mask, scratch, threads)
-        del held
-        return out
+        return self._rest(lib, h, q, (k, v, prefix), mask, scratch, threads)
 
     def _rest(self, lib, h, q, kv, mask, scratch: int, threads: int) -> torch.Tensor:
         """Attention on, then the MLP: simlab_block_mid, the activation, simlab_block_out. kv: the
@@ -201,20 +185,20 @@ class Block:
             held = (mask.to(torch.uint8) if kind == 1 else mask.float()).expand(b, self.heads, 1, length)
             strides = native._strides(held, 4)
         h2, gu = torch.empty_like(h), torch.empty((b, 1, sum(self.sizes)))
-        ws, scales, offsets, ns, _ = _arrays(self.gate_up)
+        ws, scales, offsets, ns, _ = self.gate_up.arrays()
         o, first = self.o, self.gate_up._layers[0]
         _ok(lib.simlab_block_mid(
             q.data_ptr(), native._strides(q, 3), k.data_ptr(), native._strides(k, 3), v.data_ptr(),
             native._strides(v, 3), *shared, None if held is None else held.data_ptr(), kind, strides, b,
-            self.heads, self.kv_heads, length, self.head_dim, self.scaling, self.softcap, *_weight(o), o.bits,
-            o.group, _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps, h.data_ptr(), d, ws,
-            scales, offsets, ns, first.bits, first.group, h2.data_ptr(), gu.data_ptr(), scratch, threads,
+            self.heads, self.kv_heads, length, self.head_dim, self.scaling, self.softcap, *o.addresses(),
+            o.bits, o.group, _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps, h.data_ptr(), d,
+            ws, scales, offsets, ns, first.bits, first.group, h2.data_ptr(), gu.data_ptr(), scratch, threads,
         ))  # fmt: skip
         gate, up = gu.split(self.sizes, dim=-1)  # the activation and product as the modules make them
         x = (self.act.forward(gate) * up).contiguous()
         h3, down = torch.empty_like(h), self.down
         _ok(lib.simlab_block_out(
-            x.data_ptr(), b, x.shape[-1], *_weight(down), down.bits, down.group, _scale(self.post_mlp),
+            x.data_ptr(), b, x.shape[-1], *down.addresses(), down.bits, down.group, _scale(self.post_mlp),
             self.pre_mlp.eps, h2.data_ptr(), d, h3.data_ptr(), scratch, threads,
         ))  # fmt: skip
         return h3

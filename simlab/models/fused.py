@@ -63,7 +63,7 @@ class FusedRMSNorm(torch.nn.Module):
         self._scale: tuple | None = None  # (weight's version, 1 + weight in float32), made once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self._gemma_scale() if self.gemma else self.weight
+        scale = self.scale()
         if x.dtype == torch.float32 and x.device.type == "cpu" and scale.dtype == torch.float32:
             if native.library() is not None:
                 return native.rms_norm(x, scale, self.eps)
@@ -73,6 +73,10 @@ class FusedRMSNorm(torch.nn.Module):
             return out if out.dtype == x.dtype else out.type_as(x)
         out = torch.nn.functional.rms_norm(x32, self.shape, None, self.eps)
         return self.weight * (out if out.dtype == x.dtype else out.to(x.dtype))
+
+    def scale(self) -> torch.Tensor:
+        """What the normalised values are multiplied by: Gemma's 1 + weight (made once), else the weight."""
+        return self._gemma_scale() if self.gemma else self.weight
 
     def _gemma_scale(self) -> torch.Tensor:
         version = self.weight._version

@@ -195,9 +195,9 @@ def _weights_in(path: Path, spec: str) -> int:
 def _tensor_table(path: Path) -> tuple[int, list[tuple]]:
     """(where the tensor data starts, [(shape, ggml type, offset in the data)]) from the header:
     transformers' header reader (0.04 s: it walks a 256k-entry vocabulary without decoding it),
-    else (its private functions gone or failing) gguf's (~9 s on such a vocabulary).
-    transformers' own GgufHeader is not used: it refuses
-    types its loader does not read blocks of (Q5_0, in most Q4_K_M files), which gguf's does."""
+    else (its private functions gone or failing) gguf's (~9 s on such a vocabulary). transformers'
+    own GgufHeader is not used: it refuses types its loader has no blocks for (Q5_0, in most Q4_K_M
+    files), which gguf's reader reads."""
     try:
         from transformers.integrations.gguf import reader
 

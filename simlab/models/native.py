@@ -333,11 +333,15 @@ class NativeLinear(torch.nn.Module):
         self.in_features = codes.shape[1] * (2 if bits == 4 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._weight is None:
-            self._weight = (self.codes.data_ptr(), self.scale.data_ptr(), _address(self.offset))
-        y = _product(x if x.dtype == torch.float32 else x.float(), self._weight, *self._layout)
+        y = _product(x if x.dtype == torch.float32 else x.float(), self.addresses(), *self._layout)
         y = y if y.dtype == x.dtype else y.to(x.dtype)
         return y if self.bias is None else y + self.bias
+
+    def addresses(self) -> tuple:
+        """The buffers' addresses for C (codes, scale, offset), taken on first use."""
+        if self._weight is None:
+            self._weight = (self.codes.data_ptr(), self.scale.data_ptr(), _address(self.offset))
+        return self._weight
 
     def _apply(self, fn, recurse=True):  # .to(), .float() and the like may move the buffers
         self._weight = None
@@ -346,10 +350,6 @@ class NativeLinear(torch.nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):  # a state dict copies into the buffers
         self._weight = None
         return super()._load_from_state_dict(*args, **kwargs)
-
-    @property
-    def _args(self):
-        return self.codes, self.scale, self.offset, self.bits, self.group
 
 
 class NativeGroup(torch.nn.Module):
@@ -368,11 +368,15 @@ class NativeGroup(torch.nn.Module):
         self._arrays = None
         return super()._apply(fn, recurse)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
+    def arrays(self) -> tuple:
+        """`part_arrays` of the layers, for C, made on first use."""
         if self._arrays is None:
             self._arrays = part_arrays(self._layers)
-        y = matmul_parts(rows if rows.dtype == torch.float32 else rows.float(), self._layers, self._arrays)
+        return self._arrays
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        y = matmul_parts(rows if rows.dtype == torch.float32 else rows.float(), self._layers, self.arrays())
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
