@@ -47,13 +47,15 @@ def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, -math.inf)
 
 
-def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of best tokens whose mass reaches p (the token crossing p is kept)."""
+def apply_top_p(logits: torch.Tensor, p: float, log_total: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the smallest set of best tokens whose mass reaches p (the token crossing p is kept);
+    `log_total`: the rows' logsumexp (B, 1), where the caller has it."""
     if p >= 1.0:
         return logits
     vocab = logits.shape[-1]
     k = min(_NUCLEUS_PREFILTER, vocab)
-    log_total = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
+    if log_total is None:
+        log_total = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
     # the k best values first (one pass in C: the same values in the same order whatever order
     # ties come in), enough to tell a wide nucleus; torch's ids (its order of ties) where it is not
     best = best_of(logits, k)[0] if k < vocab else None
@@ -78,7 +80,9 @@ def _nucleus(logits: torch.Tensor, probs: torch.Tensor, ids: torch.Tensor, p: fl
 def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: float) -> torch.Tensor:
     """One row (V,) whose nucleus is wider than the prefilter: the tokens at or above a logit cut,
     lowered until they hold p (every token above the cut is in, so the nucleus is among them)."""
-    lowest = float(torch.where(row.isfinite(), row, math.inf).amin())
+    lowest = float(row.amin())  # the least finite value: one pass where no token is filtered out
+    if not math.isfinite(lowest):
+        lowest = float(torch.where(row.isfinite(), row, math.inf).amin())
     cut = least
     while True:
         cut = max(cut - math.log(_CUT_STEP), lowest)
@@ -144,10 +148,13 @@ def process_logits(
     return _filters(apply_temperature(logits, params.temperature), params)
 
 
-def _filters(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The steps after the temperature, on logits already divided by it."""
+def _filters(
+    scaled: torch.Tensor, params: SamplingParams, log_total: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The steps after the temperature, on logits already divided by it (`log_total`: their
+    logsumexp, where the caller has it)."""
     logits = apply_top_k(scaled, params.top_k)
-    logits = apply_top_p(logits, params.top_p)
+    logits = apply_top_p(logits, params.top_p, log_total if logits is scaled else None)
     logits = apply_min_p(logits, params.min_p)
     return apply_typical_p(logits, params.typical_p)
 
@@ -168,6 +175,10 @@ def sample(
         return torch.cat([torch.multinomial(row, 1, generator=gen) for row, gen in zip(probs, generators)])
     picks = []
     for row, gen in zip(probs, generators):
+        pick = ranking.draw(row, gen)
+        if pick is not None:
+            picks.append(torch.tensor([pick], device=row.device))
+            continue
         kept = row.nonzero().squeeze(-1)  # (K,) ascending ids
         cdf = row[kept].double().cumsum(0)  # (K,)
         u = torch.rand(1, generator=gen, dtype=torch.float64, device=row.device) * cdf[-1]
@@ -192,20 +203,42 @@ def choose(
     if params.greedy:
         return logits.argmax(dim=-1)
     scaled = apply_temperature(logits, params.temperature)
+    log_total = None
     if params.sampler == "cdf" and params.typical_p >= 1.0:
+        log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
+        best = None
         for size in _CANDIDATES:
-            if size >= scaled.shape[-1]:
+            if size >= scaled.shape[-1] or (
+                best is not None and _too_flat(best[0], log_total, size, params, scaled.shape[-1])
+            ):
                 break
-            found = _kept_among(scaled, size, params)
+            best = best_of(scaled, size)  # descending
+            found = _kept_among(scaled, best, params, log_total)
             if found is not None:
                 return _draw(*found, generators)
-    return sample(_filters(scaled, params), generators, False, params.sampler)
+    return sample(_filters(scaled, params, log_total), generators, False, params.sampler)
 
 
-def _kept_among(scaled: torch.Tensor, size: int, params: SamplingParams):
-    """(values, ids, kept) of each row's `size` best tokens (B, size) after top-k, top-p and min-p
-    as the whole-row steps apply them; None when a row's kept set might reach past them."""
-    values, ids = best_of(scaled, size)  # descending
+def _too_flat(
+    values: torch.Tensor, log_total: torch.Tensor, size: int, params: SamplingParams, vocab: int
+) -> bool:
+    """Whether some row's `size` best tokens surely hold less than top-p's mass, from its best
+    `values` (B, n < size): their mass plus the rest at the n-th's probability each (a margin of
+    1e-3 over the sum's rounding), so that `_kept_among` would give up on them too. A flat row
+    (random weights: thousands of tokens in the nucleus) then skips the 4,096-token search."""
+    if params.top_p >= 1.0 or 0 < params.top_k < vocab:  # (a top-k narrows where top-p does not)
+        return False
+    probs = (values - log_total).exp()
+    reach = probs.sum(-1) + (size - values.shape[-1]) * probs[:, -1]
+    return bool((reach < params.top_p - 1e-3).any())
+
+
+def _kept_among(scaled: torch.Tensor, best, params: SamplingParams, log_total: torch.Tensor):
+    """(values, ids, kept) of each row's best tokens (`best`: values and ids, (B, size) each,
+    descending) after top-k, top-p and min-p as the whole-row steps apply them; None when a row's
+    kept set might reach past them. `log_total`: the rows' logsumexp (B, 1)."""
+    values, ids = best
+    size = values.shape[-1]
     if bool((ids < 0).any()):  # fewer than `size` values that are not NaN: the whole-row steps
         return None
     kept = torch.ones_like(values, dtype=torch.bool)
@@ -220,7 +253,7 @@ def _kept_among(scaled: torch.Tensor, size: int, params: SamplingParams):
         kept &= values >= kth
         narrowed = True
     if params.top_p < 1.0:
-        probs = _probs(scaled, values, kept, narrowed)
+        probs = _probs(log_total, values, kept, narrowed)
         if not narrowed and bool((probs.sum(-1) < params.top_p).any()):
             return None
         mass_above = probs.cumsum(-1) - probs
@@ -229,7 +262,7 @@ def _kept_among(scaled: torch.Tensor, size: int, params: SamplingParams):
         kept &= ~drop
         narrowed = True
     if params.min_p > 0.0:
-        probs = _probs(scaled, values, kept, narrowed)
+        probs = _probs(log_total, values, kept, narrowed)
         threshold = params.min_p * probs[:, :1]
         if not narrowed and bool((probs[:, -1:] >= threshold).any()):
             return None
@@ -237,10 +270,11 @@ def _kept_among(scaled: torch.Tensor, size: int, params: SamplingParams):
     return values, ids, kept
 
 
-def _probs(scaled: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, narrowed: bool) -> torch.Tensor:
-    """The candidates' probabilities under the row's distribution so far (kept tokens only)."""
+def _probs(log_total: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, narrowed: bool) -> torch.Tensor:
+    """The candidates' probabilities under the row's distribution so far (kept tokens only; the
+    whole row's logsumexp `log_total` until a step has narrowed it to the candidates)."""
     masked = values.masked_fill(~kept, -math.inf)
-    total = torch.logsumexp(masked if narrowed else scaled, dim=-1, keepdim=True)
+    total = torch.logsumexp(masked, dim=-1, keepdim=True) if narrowed else log_total
     return (masked - total).exp()
 
 

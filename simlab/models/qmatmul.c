@@ -671,6 +671,28 @@ int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, 
     return 0;
 }
 
+/* ---- the cdf draw (logits.sample): the kept tokens' (probs != 0) cumulative mass in id order,
+ * summed in double one after another as torch's cumsum sums it; the total, then the first token
+ * whose cumulative mass passes u (torch.searchsorted(right=True)), or the last kept one */
+double simlab_cdf_total(const float *probs, int64_t n) {
+    double mass = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        if (probs[i] != 0.0f) mass += (double)probs[i];
+    return mass;
+}
+
+int64_t simlab_cdf_pick(const float *probs, int64_t n, double u) {
+    double mass = 0.0;
+    int64_t last = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (probs[i] == 0.0f) continue;
+        mass += (double)probs[i];
+        last = i;
+        if (mass > u) return i;
+    }
+    return last;
+}
+
 /* ---- attention: each query's output computed alone, in one fixed order ----
  *
  * out = softmax(scale q K^T (+ mask)) V for every (batch row, head, query), float32. What a query's

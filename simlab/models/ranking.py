@@ -1,7 +1,9 @@
-"""The sampler's selections in simlab's C library (models.native): a row's k best tokens, and the
-tokens top-p keeps, each the very result torch's ops give (tested), in one pass."""
+"""The sampler's selections in simlab's C library (models.native): a row's k best tokens, the
+tokens top-p keeps and the cdf draw, each the very result torch's ops give (tested), in one pass."""
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 
@@ -38,3 +40,25 @@ def nucleus(values: torch.Tensor, probs: torch.Tensor, p: float) -> torch.Tensor
     if lib.simlab_nucleus(_ptr(values), _ptr(probs), values.numel(), p, _ptr(kept)) != 0:
         raise MemoryError("simlab_nucleus could not allocate its buffers")
     return kept
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> int | None:
+    """`logits.sample`'s cdf draw from one row's probabilities (V,) float32 on the CPU: one uniform
+    from the generator times the kept tokens' (probs != 0) total, and the first token whose
+    cumulative mass in id order passes it; the sums torch's double cumsum makes, the token its
+    searchsorted finds (tested), in two passes (a 151,936-token row: ~0.1 ms, torch's steps ~0.6).
+    None without the library."""
+    lib = native.library()
+    if lib is None or probs.dtype != torch.float32 or probs.device.type != "cpu":
+        return None
+    if not getattr(lib, "_cdf_declared", False):
+        lib.simlab_cdf_total.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        lib.simlab_cdf_total.restype = ctypes.c_double
+        lib.simlab_cdf_pick.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double]
+        lib.simlab_cdf_pick.restype = ctypes.c_int64
+        lib._cdf_declared = True
+    probs = probs.contiguous()
+    total = lib.simlab_cdf_total(_ptr(probs), probs.numel())
+    u = torch.rand(1, generator=generator, dtype=torch.float64) * total
+    pick = lib.simlab_cdf_pick(_ptr(probs), probs.numel(), float(u))
+    return None if pick < 0 else pick

@@ -259,7 +259,8 @@ def test_choosing_among_the_best_candidates_keeps_and_draws_what_the_whole_row_d
         scaled = sampling.apply_temperature(
             sampling.apply_repetition_penalty(logits, context, params.repetition_penalty), params.temperature
         )
-        values, ids, kept = sampling._kept_among(scaled, 256, params)
+        log_total = torch.logsumexp(scaled, -1, keepdim=True)
+        values, ids, kept = sampling._kept_among(scaled, sampling.best_of(scaled, 256), params, log_total)
         mask = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, kept)
         assert torch.equal(mask, processed.isfinite()), trial
         ours = [torch.Generator().manual_seed(100 * trial + r) for r in range(3)]
@@ -287,6 +288,30 @@ def test_choosing_falls_back_to_the_whole_row_where_the_candidates_may_not_hold_
     assert int(processed.isfinite().sum()) > 4096 or params.typical_p < 1 or params.sampler != "cdf"
     picked = sampling.choose(logits, None, params, ours)
     assert picked.tolist() == sampling.sample(processed, theirs, False, params.sampler).tolist()
+
+
+def test_a_flat_row_skips_the_larger_candidate_search_and_a_wide_one_still_takes_it(monkeypatch):
+    """Where the best 256 tokens and the rest at the 256th's probability cannot reach top-p, the
+    4,096-token search is skipped (it could not hold the nucleus); where they can, it runs and the
+    draw stays among the candidates."""
+    sizes = []
+    best = sampling.best_of
+    monkeypatch.setattr(sampling, "best_of", lambda x, k: sizes.append(k) or best(x, k))
+    params = SamplingParams(temperature=1.0, top_p=0.95)
+    g = torch.Generator().manual_seed(5)
+    flat = torch.randn(1, 50_000, generator=g) * 0.2
+    theirs = sampling.sample(
+        sampling.process_logits(flat, None, params), [torch.Generator().manual_seed(1)], False
+    )
+    sizes.clear()
+    assert sampling.choose(flat, None, params, [torch.Generator().manual_seed(1)]).tolist() == theirs.tolist()
+    assert 4096 not in sizes and 256 in sizes
+    wide = torch.full((1, 50_000), -30.0)
+    wide[0, :2000] = torch.randn(2000, generator=g) * 0.3  # ~2,000 tokens hold nearly all the mass
+    monkeypatch.setattr(sampling, "sample", lambda *a: pytest.fail("left the candidates"))
+    sizes.clear()
+    sampling.choose(wide, None, params, [torch.Generator().manual_seed(1)])
+    assert sizes == [256, 4096]
 
 
 def test_choosing_greedily_is_the_best_token_after_the_penalty():
@@ -351,3 +376,28 @@ def test_a_wide_nucleus_keeps_what_the_torch_path_keeps(monkeypatch):
     monkeypatch.setattr(ranking, "nucleus", lambda *args: None)
     assert torch.equal(fast, sampling.apply_top_p(logits, 0.95))
     assert (fast.isfinite().sum(-1) > 1024).all()  # (the wide path ran)
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked", "filtered"])
+def test_the_c_draw_is_torchs_cumsum_and_searchsorted(kind):
+    """`sample`'s draw in C: the same token as torch's double cumsum and searchsorted over the kept
+    tokens, and the same one uniform taken from the generator."""
+    from simlab.models import native, ranking
+
+    if native.library() is None:
+        pytest.skip(f"no simlab kernel here ({native.why()})")
+    g = torch.Generator().manual_seed(len(kind))
+    for trial in range(40):
+        n = 151_936 if trial % 10 == 0 else int(torch.randint(1, 60_000, (1,), generator=g))
+        logits = torch.randn(n, generator=g) * (0.2 if kind == "flat" else 6.0)
+        if kind == "filtered":  # most tokens dropped, their probability 0
+            logits[torch.rand(n, generator=g) < 0.9] = -float("inf")
+            logits[0] = 0.0
+        probs = logits.softmax(-1)
+        ours, theirs = torch.Generator().manual_seed(trial), torch.Generator().manual_seed(trial)
+        kept = probs.nonzero().squeeze(-1)
+        cdf = probs[kept].double().cumsum(0)
+        u = torch.rand(1, generator=theirs, dtype=torch.float64) * cdf[-1]
+        want = int(kept[torch.searchsorted(cdf, u, right=True).clamp(max=len(kept) - 1)])
+        assert ranking.draw(probs, ours) == want, trial
+        assert torch.equal(ours.get_state(), theirs.get_state())
