@@ -86,19 +86,16 @@ def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: flo
     cut = least
     while True:
         cut = max(cut - math.log(_CUT_STEP), lowest)
-        above = row >= cut
-        values = row[above]  # (in the order of their ids, as `ids` below lists them)
+        values = ranking.above(row, cut)  # row[row >= cut], in the order of their ids
         probs = (values - log_total).exp()
         if cut == lowest or float(probs.sum()) >= p:
             break
-    ids = above.nonzero().squeeze(-1)
-    among = ranking.nucleus(values, probs, p) if row.device.type == "cpu" else None
-    if among is None:
+    dropped = ranking.nucleus_row(row, cut, values, probs, p)  # (one pass in C, the same mask)
+    if dropped is None:
+        ids = (row >= cut).nonzero().squeeze(-1)
         order = descending(values)
-        kept = _nucleus(row, probs[order], ids[order], p)
-    else:  # the same mask, from one pass in C
-        kept = torch.zeros_like(row, dtype=torch.bool).index_put_((ids,), among)
-    return row.masked_fill(~kept, -math.inf)
+        dropped = ~_nucleus(row, probs[order], ids[order], p)
+    return row.masked_fill(dropped, -math.inf)
 
 
 def descending(values: torch.Tensor) -> torch.Tensor:

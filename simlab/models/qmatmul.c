@@ -634,24 +634,19 @@ int simlab_top_k(const float *x, int64_t rows, int64_t n, int64_t k, float *vals
  * that rank order, the cumulative mass summed in double and rounded to float as torch's CPU cumsum
  * does, less the token's own probability in float, and a token is dropped when that mass above it
  * reaches p (the first never is): transformers' top-p rule, the same bits as torch's ops for it.
- * kept[i] is 1 or 0 for values[i]. Returns -1 when it cannot allocate. */
-int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, uint8_t *kept) {
-    /* each item: the key in the high 32 bits, its position in the low ones (n < 2^32) */
-    uint64_t *item = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
-    uint64_t *spare = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
-    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * 2049);
-    if (!item || !spare || !count) {
-        free(item), free(spare), free(count);
-        return -1;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        float v = values[i] == 0.0f ? 0.0f : values[i]; /* -0 ranks as 0, its equal */
-        uint32_t b;
-        memcpy(&b, &v, sizeof b);
-        b = (b & 0x80000000u) ? ~b : (b | 0x80000000u); /* floats' order as unsigned integers */
-        item[i] = ((uint64_t)~b << 32) | (uint64_t)i;  /* larger values first */
-    }
-    for (int shift = 32; shift < 64; shift += 11) { /* the key's low digits first: stable */
+ * kept[i] is 1 or 0 for values[i]. A long row whose sums are exact ranks only the tokens near the
+ * cut (nucleus_near). Returns -1 when it cannot allocate. */
+static uint64_t rank_item(float value, int64_t i) { /* its key in the high 32 bits, its position low */
+    float v = value == 0.0f ? 0.0f : value; /* -0 ranks as 0, its equal */
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u); /* floats' order as unsigned integers */
+    return ((uint64_t)~b << 32) | (uint64_t)i;      /* larger values first */
+}
+
+/* the items ranked (a stable radix sort of the keys' digits, low first): returns item or spare */
+static uint64_t *rank_sort(uint64_t *item, uint64_t *spare, int64_t n, int64_t *count) {
+    for (int shift = 32; shift < 64; shift += 11) {
         memset(count, 0, sizeof(int64_t) * 2049);
         for (int64_t i = 0; i < n; i++) count[((item[i] >> shift) & 2047u) + 1]++;
         for (int d = 0; d < 2048; d++) count[d + 1] += count[d];
@@ -660,14 +655,135 @@ int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, 
         item = spare;
         spare = t;
     }
-    double mass = 0.0;
+    return item;
+}
+
+/* kept for ranked items after `mass`, the mass ranked above them all; `first`: whether the first
+ * item is the row's first */
+static void rank_keep(const uint64_t *item, int64_t n, const float *probs, double mass, int first, float p,
+                      uint8_t *kept) {
     for (int64_t r = 0; r < n; r++) {
         int64_t i = (int64_t)(item[r] & 0xFFFFFFFFu);
         mass += (double)probs[i];
         float above = (float)mass - probs[i];
-        kept[i] = (uint8_t)(r == 0 || !(above >= p));
+        kept[i] = (uint8_t)((r == 0 && first) || !(above >= p));
     }
-    free(item), free(spare), free(count);
+}
+
+/* Probabilities whose sums are exact: each 0 or >= 2^-29 (a multiple of 2^-52) and all of them
+ * < 2 together, so every partial sum in double is exact, in any order, and equals the one-after-
+ * another sum torch's cumsum makes. Returns the total, or -1 where they are not (or not finite). */
+static double exact_total(const float *probs, int64_t n) {
+    double total = 0.0;
+    float least = INFINITY; /* the least that is not 0 (a NaN makes the total NaN) */
+#pragma omp simd reduction(+ : total) reduction(min : least)
+    for (int64_t i = 0; i < n; i++) {
+        total += (double)probs[i];
+        least = probs[i] != 0.0f && probs[i] < least ? probs[i] : least;
+    }
+    return least < 0x1p-29f || !(total < 2.0) ? -1.0 : total;
+}
+
+/* the mass and count of the values > t1, and of those >= t2 (exact sums: any order) */
+static void above_two(const float *v, const float *pr, int64_t n, float t1, float t2, double *m, int64_t *c) {
+    double m1 = 0.0, m2 = 0.0;
+    int64_t c1 = 0, c2 = 0;
+#pragma omp simd reduction(+ : m1, m2, c1, c2)
+    for (int64_t i = 0; i < n; i++) {
+        double q = (double)pr[i];
+        m1 += v[i] > t1 ? q : 0.0;
+        c1 += v[i] > t1;
+        m2 += v[i] >= t2 ? q : 0.0;
+        c2 += v[i] >= t2;
+    }
+    m[0] = m1, m[1] = m2, c[0] = c1, c[1] = c2;
+}
+
+#define SURE 1e-6 /* far more than the float roundings of a token's mass above it */
+#define NEAR 2048 /* tokens near the cut ranked one by one, at most (where values allow) */
+
+/* A long row's kept tokens with exact sums (exact_total), ranking only the tokens near the cut: a
+ * bound a with the mass of the values above it SURE below p (those are kept: the mass above each is
+ * less), a bound b with the mass of the values at or above it SURE above p (the values below it
+ * are dropped), both moved in by halving; the values between are ranked after the exact mass above
+ * a. The same kept tokens as ranking them all. 1: done, 0: not here, -1: no memory. */
+static int nucleus_near(const float *values, const float *probs, int64_t n, float p, uint8_t *kept) {
+    double total = exact_total(probs, n);
+    if (total < (double)p + SURE || (double)p < 2 * SURE) return 0;
+    float lo = INFINITY, hi = -INFINITY;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+    for (int64_t i = 0; i < n; i++) {
+        lo = values[i] < lo ? values[i] : lo;
+        hi = values[i] > hi ? values[i] : hi;
+    }
+    if (!isfinite(lo) || !isfinite(hi)) return 0;
+    float a = hi, x = lo, b = lo, y = hi; /* the mass above a < p - SURE; at or above b >= p + SURE */
+    double above_a = 0.0;
+    int64_t count_a = 0, count_b = n;
+    for (int step = 0; step < 64 && count_b - count_a > NEAR; step++) {
+        float t1 = x + (a - x) / 2, t2 = b + (y - b) / 2;
+        int moves1 = t1 > x && t1 < a, moves2 = t2 > b && t2 < y;
+        if (!moves1 && !moves2) break;
+        double m[2];
+        int64_t c[2];
+        above_two(values, probs, n, t1, t2, m, c);
+        if (moves1 && m[0] < (double)p - SURE) a = t1, above_a = m[0], count_a = c[0];
+        else if (moves1) x = t1;
+        if (moves2 && m[1] >= (double)p + SURE) b = t2, count_b = c[1];
+        else if (moves2) y = t2;
+    }
+    int64_t near = count_b - count_a;
+    uint64_t *item = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(2 * near + 2));
+    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * 2049);
+    if (!item || !count) {
+        free(item), free(count);
+        return -1;
+    }
+    int64_t z = 0;
+    for (int64_t i = 0; i < n; i++) kept[i] = (uint8_t)(values[i] > a);
+    for (int64_t i = 0; i < n; i++)
+        if (values[i] >= b && !kept[i] && z < near) item[z++] = rank_item(values[i], i);
+    rank_keep(rank_sort(item, item + z, z, count), z, probs, above_a, count_a == 0, p, kept);
+    free(item), free(count);
+    return 1;
+}
+
+int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, uint8_t *kept) {
+    if (n > 4 * NEAR) {
+        int done = nucleus_near(values, probs, n, p, kept);
+        if (done) return done < 0 ? -1 : 0;
+    }
+    uint64_t *item = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(n ? 2 * n : 1));
+    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * 2049);
+    if (!item || !count) {
+        free(item), free(count);
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) item[i] = rank_item(values[i], i);
+    rank_keep(rank_sort(item, item + n, n, count), n, probs, 0.0, 1, p, kept);
+    free(item), free(count);
+    return 0;
+}
+
+/* The values of a row at or above a cut, in order (torch's row[row >= cut]): out, their count. */
+int64_t simlab_above(const float *row, int64_t n, float cut, float *out) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (row[i] >= cut) out[m++] = row[i];
+    return m;
+}
+
+/* simlab_nucleus of a row's values at or above a cut (values, probs: m of them, as simlab_above
+ * gives them), told for the whole row: dropped[i] is 1 for a token below the cut or not kept. */
+int simlab_nucleus_row(const float *row, int64_t n, float cut, const float *values, const float *probs,
+                       int64_t m, float p, uint8_t *dropped) {
+    uint8_t *kept = (uint8_t *)malloc((size_t)(m ? m : 1));
+    if (!kept || simlab_nucleus(values, probs, m, p, kept) != 0) {
+        free(kept);
+        return -1;
+    }
+    for (int64_t i = 0, j = 0; i < n; i++) dropped[i] = (uint8_t)!(row[i] >= cut && kept[j++]);
+    free(kept);
     return 0;
 }
 
@@ -675,7 +791,9 @@ int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, 
  * summed in double one after another as torch's cumsum sums it; the total, then the first token
  * whose cumulative mass passes u (torch.searchsorted(right=True)), or the last kept one */
 double simlab_cdf_total(const float *probs, int64_t n) {
-    double mass = 0.0;
+    double mass = exact_total(probs, n); /* (where exact: the same sum, vectorized) */
+    if (mass >= 0.0) return mass;
+    mass = 0.0;
     for (int64_t i = 0; i < n; i++)
         if (probs[i] != 0.0f) mass += (double)probs[i];
     return mass;
@@ -683,13 +801,23 @@ double simlab_cdf_total(const float *probs, int64_t n) {
 
 int64_t simlab_cdf_pick(const float *probs, int64_t n, double u) {
     double mass = 0.0;
-    int64_t last = -1;
-    for (int64_t i = 0; i < n; i++) {
+    int64_t i = 0, last = -1;
+    if (exact_total(probs, n) >= 0.0) /* exact sums: whole blocks passed over by their sums */
+        for (; i + 1024 <= n; i += 1024) {
+            double block = 0.0;
+#pragma omp simd reduction(+ : block)
+            for (int64_t j = i; j < i + 1024; j++) block += (double)probs[j];
+            if (mass + block > u) break;
+            mass += block;
+        }
+    for (; i < n; i++) {
         if (probs[i] == 0.0f) continue;
         mass += (double)probs[i];
         last = i;
         if (mass > u) return i;
     }
+    if (last < 0) /* the blocks passed over hold the last kept token */
+        for (int64_t j = n - 1; j >= 0 && last < 0; j--) last = probs[j] != 0.0f ? j : -1;
     return last;
 }
 

@@ -42,6 +42,49 @@ def nucleus(values: torch.Tensor, probs: torch.Tensor, p: float) -> torch.Tensor
     return kept
 
 
+def _declared(lib):
+    """The library with the sampler's later calls declared (native declares the first ones)."""
+    if not getattr(lib, "_sampler_declared", False):
+        p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+        lib.simlab_cdf_total.argtypes = [p, i64]
+        lib.simlab_cdf_total.restype = ctypes.c_double
+        lib.simlab_cdf_pick.argtypes = [p, i64, ctypes.c_double]
+        lib.simlab_cdf_pick.restype = i64
+        lib.simlab_above.argtypes = [p, i64, f32, p]
+        lib.simlab_above.restype = i64
+        lib.simlab_nucleus_row.argtypes = [p, i64, f32, p, p, i64, f32, p]
+        lib.simlab_nucleus_row.restype = ctypes.c_int
+        lib._sampler_declared = True
+    return lib
+
+
+def above(row: torch.Tensor, cut: float) -> torch.Tensor:
+    """`row[row >= cut]` for a row (V,) of float32 on the CPU, in one pass in C (torch's mask and
+    index take three); torch's where the library is not here."""
+    lib = native.library()
+    if lib is None or row.dtype != torch.float32 or row.device.type != "cpu" or row.dim() != 1:
+        return row[row >= cut]
+    row = row.contiguous()
+    out = torch.empty_like(row)
+    return out[: _declared(lib).simlab_above(_ptr(row), row.numel(), cut, _ptr(out))]
+
+
+def nucleus_row(row: torch.Tensor, cut: float, values: torch.Tensor, probs: torch.Tensor, p: float):
+    """The tokens of `row` (V,) that top-p drops, as a bool (V,): those below `cut` and those
+    `nucleus` drops among `values` = above(row, cut) with probabilities `probs`. None without the
+    library (or off the CPU, or not float32)."""
+    lib = native.library()
+    tensors = (row, values, probs)
+    if lib is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        return None
+    row, values, probs = (t.contiguous() for t in tensors)
+    dropped = torch.empty(row.shape, dtype=torch.bool)
+    args = (_ptr(row), row.numel(), cut, _ptr(values), _ptr(probs), values.numel(), p, _ptr(dropped))
+    if _declared(lib).simlab_nucleus_row(*args) != 0:
+        raise MemoryError("simlab_nucleus could not allocate its buffers")
+    return dropped
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator) -> int | None:
     """`logits.sample`'s cdf draw from one row's probabilities (V,) float32 on the CPU: one uniform
     from the generator times the kept tokens' (probs != 0) total, and the first token whose
@@ -51,12 +94,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> int | None:
     lib = native.library()
     if lib is None or probs.dtype != torch.float32 or probs.device.type != "cpu":
         return None
-    if not getattr(lib, "_cdf_declared", False):
-        lib.simlab_cdf_total.argtypes = [ctypes.c_void_p, ctypes.c_int64]
-        lib.simlab_cdf_total.restype = ctypes.c_double
-        lib.simlab_cdf_pick.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double]
-        lib.simlab_cdf_pick.restype = ctypes.c_int64
-        lib._cdf_declared = True
+    lib = _declared(lib)
     probs = probs.contiguous()
     total = lib.simlab_cdf_total(_ptr(probs), probs.numel())
     u = torch.rand(1, generator=generator, dtype=torch.float64) * total

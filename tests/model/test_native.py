@@ -143,6 +143,13 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
         monkeypatch.setitem(native._state, "lib", other)
         assert torch.equal(ranking.top_k(logits, k)[1], ids), k
         monkeypatch.undo()
+    flat = torch.randn(60_000) * 0.3  # top-p's nucleus near the cut and the cdf draw: exact sums
+    probs = flat.softmax(-1)
+    ours = ranking.nucleus(flat, probs, 0.95), ranking.draw(probs, torch.Generator().manual_seed(3))
+    monkeypatch.setitem(native._state, "lib", other)
+    theirs = ranking.nucleus(flat, probs, 0.95), ranking.draw(probs, torch.Generator().manual_seed(3))
+    assert torch.equal(theirs[0], ours[0]) and theirs[1] == ours[1]
+    monkeypatch.undo()
     normed = native.rms_norm(x, x[0], 1e-6)
     monkeypatch.setitem(native._state, "lib", other)
     assert torch.equal(native.rms_norm(x, x[0], 1e-6), normed)  # the sums run in one order everywhere

@@ -373,7 +373,8 @@ def test_a_wide_nucleus_keeps_what_the_torch_path_keeps(monkeypatch):
 
     logits = torch.randn(3, 151_936, generator=torch.Generator().manual_seed(1))  # flat: wide nuclei
     fast = sampling.apply_top_p(logits, 0.95)
-    monkeypatch.setattr(ranking, "nucleus", lambda *args: None)
+    monkeypatch.setattr(ranking, "nucleus_row", lambda *args: None)
+    monkeypatch.setattr(ranking, "above", lambda row, cut: row[row >= cut])
     assert torch.equal(fast, sampling.apply_top_p(logits, 0.95))
     assert (fast.isfinite().sum(-1) > 1024).all()  # (the wide path ran)
 
@@ -401,3 +402,29 @@ def test_the_c_draw_is_torchs_cumsum_and_searchsorted(kind):
         want = int(kept[torch.searchsorted(cdf, u, right=True).clamp(max=len(kept) - 1)])
         assert ranking.draw(probs, ours) == want, trial
         assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_the_c_nucleus_ranks_only_near_the_cut_where_the_sums_are_exact():
+    """A long row whose probabilities sum exactly (each >= 2^-29) ranks only the tokens near the cut;
+    the kept tokens are the full ranking's, also where a run of ties straddles the cut, and where a
+    tiny probability makes the sums inexact (then the row is ranked whole)."""
+    from simlab.models import native, ranking
+
+    if native.library() is None:
+        pytest.skip(f"no simlab kernel here ({native.why()})")
+    g = torch.Generator().manual_seed(7)
+    for trial in range(30):
+        n = int(torch.randint(8193, 160_000, (1,), generator=g))
+        v = torch.randn(n, generator=g) * float(torch.rand(1, generator=g) * 0.8 + 0.05)
+        if trial % 3 == 0:  # coarse values: runs of ties, one of them at the cut
+            v = (v * 8).round() / 8
+        if trial % 5 == 1:  # one token holds nearly all: the others far below 2^-29 each
+            v[0] = 40.0
+        probs = (v - torch.logsumexp(v, -1, keepdim=True)).exp()
+        for p in (0.3, 0.9, 0.95, 0.999):
+            order = sampling.descending(v)
+            want = sampling._nucleus(v, probs[order], torch.arange(n)[order], p)
+            assert torch.equal(ranking.nucleus(v, probs, p), want), (trial, p)
+            cut = float(v.min())
+            dropped = ranking.nucleus_row(v, cut, ranking.above(v, cut), probs, p)
+            assert torch.equal(dropped, ~want), (trial, p)
