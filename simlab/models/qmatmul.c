@@ -626,16 +626,8 @@ int simlab_top_k(const float *x, int64_t rows, int64_t n, int64_t k, float *vals
 }
 
 
-/* ---- top-p's nucleus, as torch computes it ----
- *
- * values (n,): a row's logits (those above a cut, in the order of their ids); probs (n,) their
- * probabilities. Ranks them by value, larger first, equal values in the order given (what
- * torch.sort(descending=True, stable=True) gives), by a stable radix sort of 32-bit keys; then, in
- * that rank order, the cumulative mass summed in double and rounded to float as torch's CPU cumsum
- * does, less the token's own probability in float, and a token is dropped when that mass above it
- * reaches p (the first never is): transformers' top-p rule, the same bits as torch's ops for it.
- * kept[i] is 1 or 0 for values[i]. A long row whose sums are exact ranks only the tokens near the
- * cut (nucleus_near). Returns -1 when it cannot allocate. */
+/* ---- top-p's nucleus ---- */
+
 static uint64_t rank_item(float value, int64_t i) { /* its key in the high 32 bits, its position low */
     float v = value == 0.0f ? 0.0f : value; /* -0 ranks as 0, its equal */
     uint32_t b;
@@ -711,12 +703,14 @@ static int nucleus_near(const float *values, const float *probs, int64_t n, floa
     double total = exact_total(probs, n);
     if (total < (double)p + SURE || (double)p < 2 * SURE) return 0;
     float lo = INFINITY, hi = -INFINITY;
-#pragma omp simd reduction(min : lo) reduction(max : hi)
+    int nan = 0; /* (a NaN value ranks first in the full ranking: left to it) */
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : nan)
     for (int64_t i = 0; i < n; i++) {
         lo = values[i] < lo ? values[i] : lo;
         hi = values[i] > hi ? values[i] : hi;
+        nan |= values[i] != values[i];
     }
-    if (!isfinite(lo) || !isfinite(hi)) return 0;
+    if (nan || !isfinite(lo) || !isfinite(hi)) return 0;
     float a = hi, x = lo, b = lo, y = hi; /* the mass above a < p - SURE; at or above b >= p + SURE */
     double above_a = 0.0;
     int64_t count_a = 0, count_b = n;
@@ -748,10 +742,18 @@ static int nucleus_near(const float *values, const float *probs, int64_t n, floa
     return 1;
 }
 
+/* Top-p's nucleus as torch computes it: values (n,): a row's logits (those above a cut, in the order of their ids); probs (n,) their
+ * probabilities. Ranks them by value, larger first, equal values in the order given (what
+ * torch.sort(descending=True, stable=True) gives), by a stable radix sort of 32-bit keys; then, in
+ * that rank order, the cumulative mass summed in double and rounded to float as torch's CPU cumsum
+ * does, less the token's own probability in float, and a token is dropped when that mass above it
+ * reaches p (the first never is): transformers' top-p rule, the same bits as torch's ops for it.
+ * kept[i] is 1 or 0 for values[i]. A long row whose sums are exact ranks only the tokens near the
+ * cut (nucleus_near). Returns 1 when it did, 0 when it ranked them all, -1 when it cannot allocate. */
 int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, uint8_t *kept) {
     if (n > 4 * NEAR) {
         int done = nucleus_near(values, probs, n, p, kept);
-        if (done) return done < 0 ? -1 : 0;
+        if (done) return done;
     }
     uint64_t *item = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(n ? 2 * n : 1));
     int64_t *count = (int64_t *)malloc(sizeof(int64_t) * 2049);
@@ -778,7 +780,7 @@ int64_t simlab_above(const float *row, int64_t n, float cut, float *out) {
 int simlab_nucleus_row(const float *row, int64_t n, float cut, const float *values, const float *probs,
                        int64_t m, float p, uint8_t *dropped) {
     uint8_t *kept = (uint8_t *)malloc((size_t)(m ? m : 1));
-    if (!kept || simlab_nucleus(values, probs, m, p, kept) != 0) {
+    if (!kept || simlab_nucleus(values, probs, m, p, kept) < 0) {
         free(kept);
         return -1;
     }

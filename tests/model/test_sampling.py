@@ -421,10 +421,14 @@ def test_the_c_nucleus_ranks_only_near_the_cut_where_the_sums_are_exact():
         if trial % 5 == 1:  # one token holds nearly all: the others far below 2^-29 each
             v[0] = 40.0
         probs = (v - torch.logsumexp(v, -1, keepdim=True)).exp()
+        exact = bool((probs >= 2**-29).all())
         for p in (0.3, 0.9, 0.95, 0.999):
+            kept = torch.empty(n, dtype=torch.bool)
+            args = (v.data_ptr(), probs.data_ptr(), n, p, kept.data_ptr())
+            assert native.library().simlab_nucleus(*args) == (1 if exact else 0)  # (the way it took)
             order = sampling.descending(v)
             want = sampling._nucleus(v, probs[order], torch.arange(n)[order], p)
-            assert torch.equal(ranking.nucleus(v, probs, p), want), (trial, p)
+            assert torch.equal(kept, want) and torch.equal(ranking.nucleus(v, probs, p), want), (trial, p)
             cut = float(v.min())
             dropped = ranking.nucleus_row(v, cut, ranking.above(v, cut), probs, p)
             assert torch.equal(dropped, ~want), (trial, p)
