@@ -30,9 +30,9 @@ class Growing:
             self._restart(kept, new)
         if self.end + new.shape[-2] > self.buffer.shape[-2]:
             self._make_room(new.shape[-2])
-        self.buffer[:, :, self.end : self.end + new.shape[-2]] = new
+        self.buffer.narrow(2, self.end, new.shape[-2]).copy_(new)  # (narrow: fewer steps than [:, :, a:b])
         self.end += new.shape[-2]
-        self.view = self.buffer[:, :, self.start : self.end]
+        self.view = self.buffer.narrow(2, self.start, self.end - self.start)
         return self.view
 
     def _restart(self, kept: torch.Tensor | None, new: torch.Tensor) -> None:

@@ -464,6 +464,15 @@ def test_an_activation_goes_row_by_row_and_a_model_with_torchs_goes_one_by_one(t
     act = lean.RowActivation(torch.nn.GELU(approximate="tanh"))
     x = torch.randn(7, 10240)
     assert torch.equal(act(x), torch.cat([act.act(x[i : i + 1]) for i in range(7)]))
+    for f in (640, 1536, 2048, 4864, 5632, 8960):  # under 32,768 values in all: one call, the same bits
+        for act in (
+            lean.RowActivation(torch.nn.SiLU()),
+            lean.RowActivation(torch.nn.GELU(approximate="tanh")),
+        ):
+            for b in range(2, min(5, 32768 // f)):
+                gate = (torch.randn(b, 1, 2 * f) * 3).split([f, f], dim=-1)[0]  # as the MLP's product lies
+                for x in (gate, gate.contiguous()):
+                    assert torch.equal(act(x), torch.cat([act.act(x[i : i + 1]) for i in range(b)])), (f, b)
     from transformers import AutoModelForCausalLM
 
     folder = tiny_llama_style(tmp_path / "llama", "llama", tiny_dir)
