@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from simlab.models import masks
+
 SOURCE = Path(__file__).with_name("qmatmul.c")
 QK = 32
 
@@ -305,11 +307,8 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     t, length = query.shape[2], key.shape[2]
     is_causal = kwargs.get("is_causal")
     causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and t > 1
-    offset = -1
-    if causal and attention_mask is None:
-        if length > t:  # sdpa's is_causal is aligned top-left: the first t keys (as transformers crops)
-            key, value = key[:, :, :t], value[:, :, :t]
-        offset = 0
+    attention_mask, offset, keys = masks.for_kernel(attention_mask, causal, t, length)
+    key, value = (key, value) if keys == length else (key[:, :, :keys], value[:, :, :keys])
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     softcap = kwargs.get("softcap") or 0.0
     return attend(query, key, value, attention_mask, scale, float(softcap), offset), None

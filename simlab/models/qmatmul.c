@@ -1046,6 +1046,14 @@ static void attention_parts(const float *q, const int64_t *qs, const float *k, c
         int64_t tq = T - t0 < QB ? T - t0 : QB, j0 = c * CHUNK, j1 = j0 + CHUNK < L ? j0 + CHUNK : L;
         float *part = work + task * per_task;
         int64_t nq = group * tq; /* this key head's queries in the block: (g, i) as g * tq + i */
+        if (causal_offset >= 0 && j0 > t0 + tq - 1 + causal_offset) { /* past every query's last key */
+            for (int64_t x = 0; x < nq; x++) { /* what the loop below makes of it: nothing seen */
+                float *mine = part + ((x / tq) * qb + x % tq) * per_query;
+                mine[0] = -INFINITY;
+                mine[1] = 0.0f;
+            }
+            continue;
+        }
         const float *qrows[MAXQ];
         for (int64_t x = 0; x < nq; x++)
             qrows[x] = q + b * qs[0] + (kh * group + x / tq) * qs[1] + (t0 + x % tq) * qs[2];
@@ -1059,7 +1067,27 @@ static void attention_parts(const float *q, const int64_t *qs, const float *k, c
                 if (causal_offset >= 0) last[u] = t + causal_offset;
                 mrow[u] = kind ? b * ms[0] + h * ms[1] + t * ms[2] : 0;
             }
-            for (int64_t j = j0; j < j1; j++) {
+            /* the keys all four queries see, where nothing is decided per key (no boolean mask, no
+             * softcap): their scores first, then scaled (and the float mask added) a row at a time,
+             * the very operations the loop below makes on each */
+            int64_t open = j0;
+            if (n4 == 4 && kind != 1 && !(softcap > 0.0f)) {
+                open = j1;
+                for (int u = 0; u < 4; u++) open = last[u] < open - 1 ? last[u] + 1 : open;
+                open = open > j0 ? open : j0;
+                for (int64_t j = j0; j < open; j++) {
+                    float d4[4];
+                    dot4_fixed(qrows + x0, row_at(k, ks, k0, k0s, L0, b, kh, j), D, d4);
+                    for (int u = 0; u < 4; u++) s[u][j - j0] = d4[u];
+                }
+                for (int u = 0; u < 4; u++) {
+                    float *row = s[u];
+                    for (int64_t j = 0; j < open - j0; j++) row[j] *= scale;
+                    if (kind == 2)
+                        for (int64_t j = j0; j < open; j++) row[j - j0] += ((const float *)mask)[mrow[u] + j * ms[3]];
+                }
+            }
+            for (int64_t j = open; j < j1; j++) {
                 const float *kr = row_at(k, ks, k0, k0s, L0, b, kh, j);
                 int any = 0, seen[4] = {0, 0, 0, 0};
                 for (int64_t u = 0; u < n4; u++) {

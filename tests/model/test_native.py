@@ -491,3 +491,29 @@ def test_the_attention_working_memory_is_what_the_kernel_counts(b, h, kh, t, len
     qb = min(t, 8)
     ours = b * kh * -(-t // 8) * -(-length // 128) * (h // kh) * qb * (2 + dv)
     assert ours == lib.simlab_attention_work(b, h, kh, t, length, dv)
+
+
+def test_a_mask_that_is_only_causal_goes_to_the_kernel_as_its_offset_with_the_same_bits():
+    """A pass after a cache gets a boolean mask from transformers; where it is exactly causal the
+    attention passes the offset instead (the keys no query sees skipped, those all see taken without
+    a test each): the same bits as the mask gives. Any other mask (a sliding window, padding) stays."""
+    from simlab.models import masks
+
+    g = torch.Generator().manual_seed(4)
+    for t, length, kh in ((32, 200, 3), (64, 64, 1), (32, 1000, 2), (5, 300, 2)):
+        q, k, v = torch.randn(1, 6, t, 64, generator=g), *torch.randn(2, 1, kh, length, 64, generator=g)
+        causal = torch.ones(t, length, dtype=torch.bool).tril(length - t)[None, None]
+        window = causal & ~torch.ones(t, length, dtype=torch.bool).tril(length - t - 100)[None, None]
+        padded = causal.clone()
+        padded[..., 0] = False
+        assert masks.causal_offset(causal, t, length) == length - t
+        for mask in (causal, window, padded):
+            module = torch.nn.Module()
+            module.is_causal = True
+            ours = native.attention(module, q, k, v, mask, 0.125)[0]
+            with patch.object(masks, "causal_offset", lambda *a: None):  # the mask as the kernel reads it
+                theirs = native.attention(module, q, k, v, mask, 0.125)[0]
+            assert torch.equal(ours, theirs), (t, length)
+        if length - t > 100:
+            assert masks.causal_offset(window, t, length) is None
+        assert masks.causal_offset(padded, t, length) is None
