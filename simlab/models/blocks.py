@@ -131,7 +131,7 @@ class Block:
         """The layer's output for h (B, 1, D) after `cache` (its keys and values appended), or None
         (nothing done) where these tensors are not what the calls take."""
         b, d = h.shape[0], h.shape[-1]
-        floats = all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (h, cos, sin))
+        floats = h.dtype == cos.dtype == sin.dtype == torch.float32 and h.is_cpu and cos.is_cpu and sin.is_cpu
         if not floats or h.dim() != 3 or h.shape[1] != 1 or not h.is_contiguous():
             return None
         if cos.dim() != 3 or cos.shape[0] not in (1, b) or cos.shape[1:] != (1, self.head_dim):
@@ -156,8 +156,12 @@ class Block:
         if hasattr(layer, "update_own"):  # siblings' layer holding the prompt's keys once (engine.kvcache)
             k, v = layer.update_own(k, v)
             prefix = layer.shared
-        else:
-            k, v = cache.update(k, v, i)
+        else:  # (the layer's own update where the cache only hands it on: no offloading)
+            k, v = (
+                layer.update(k, v)
+                if layer is not None and not getattr(cache, "offloading", False)
+                else cache.update(k, v, i)
+            )
             prefix = None
         if k.stride(-1) != 1 or v.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()
@@ -194,7 +198,10 @@ class Block:
             o.bits, o.group, _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps, h.data_ptr(), d,
             ws, scales, offsets, ns, first.bits, first.group, h2.data_ptr(), gu.data_ptr(), scratch, threads,
         ))  # fmt: skip
-        gate, up = gu.split(self.sizes, dim=-1)  # the activation and product as the modules make them
+        gate, up = (
+            gu.narrow(-1, 0, self.sizes[0]),
+            gu.narrow(-1, self.sizes[0], self.sizes[1]),
+        )  # as the modules
         x = (self.act.forward(gate) * up).contiguous()
         h3, down = torch.empty_like(h), self.down
         _ok(lib.simlab_block_out(
