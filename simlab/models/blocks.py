@@ -32,7 +32,7 @@ def _lib():
         return lib
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.simlab_block_qkv.argtypes = [
-        p, i64, i64, p, f32, p, p, p, p, p, i32, i32, p, p, f32, i64, i64, i64, p, p, i32, p, p, p, p, i32,
+        p, i64, i64, p, f32, p, p, p, p, p, p, p, p, p, f32, i64, i64, i64, p, p, i32, p, p, p, p, i32,
     ]  # fmt: skip
     lib.simlab_block_mid.argtypes = [
         p, p, p, p, p, p, p, p, p, p, i64, p, i32, p, i64, i64, i64, i64, i64, f32, f32, p, p, p, i32, i32,
@@ -62,7 +62,12 @@ class Block:
         parts = layer._modules
         attn, mlp = parts["self_attn"], parts["mlp"]
         a, m = attn._modules, mlp._modules
-        self.qkv, self.gate_up = a["fused_q_proj_k_proj_v_proj"], m["fused_gate_proj_up_proj"]
+        self.fused = a.get("fused_q_proj_k_proj_v_proj")  # (or q, k and v in layouts of their own)
+        own = [a[n] for n in ("q_proj", "k_proj", "v_proj")]
+        self.qkv_layers, self._arrays = own if self.fused is None else self.fused._layers, (None, None)
+        self.qkv_kinds = [(ctypes.c_int * 3)(*(x.bits for x in self.qkv_layers))]
+        self.qkv_kinds.append((ctypes.c_int * 3)(*(x.group for x in self.qkv_layers)))
+        self.gate_up = m["fused_gate_proj_up_proj"]
         self.biases = [a[name].bias for name in ("q_proj", "k_proj", "v_proj")]
         self.o, self.down, self.act = a["o_proj"], m["down_proj"], m["act_fn"]
         self.norm_in = parts["input_layernorm"]
@@ -80,7 +85,7 @@ class Block:
         self.head_dim, self.scaling = attn.head_dim, float(attn.scaling)
         self.softcap = float(getattr(attn, "attn_logit_softcapping", None) or 0.0)
         self.sizes = [part.out_features for part in self.gate_up._layers]
-        self.widest = max(self.qkv.in_features, self.down.in_features, self.o.in_features)
+        self.widest = max(self.qkv_layers[0].in_features, self.down.in_features, self.o.in_features)
 
     @staticmethod
     def of(layer: torch.nn.Module, config, gemma: bool) -> Block | None:
@@ -100,9 +105,10 @@ class Block:
         if len({n.eps for n in norms[1:]}) != 1 or len({n.eps for n in heads}) > 1 or len(heads) == 1:
             return None
         qkv, gate_up = a.get("fused_q_proj_k_proj_v_proj"), m.get("fused_gate_proj_up_proj")
-        if not (isinstance(qkv, NativeGroup) and isinstance(gate_up, NativeGroup)):
+        kind = FusedPart if isinstance(qkv, NativeGroup) else NativeLinear  # (fused, or each its own)
+        if not isinstance(gate_up, NativeGroup):
             return None
-        if not all(isinstance(a.get(name), FusedPart) for name in ("q_proj", "k_proj", "v_proj")):
+        if not all(isinstance(a.get(name), kind) for name in ("q_proj", "k_proj", "v_proj")):
             return None
         if not all(
             isinstance(m.get(name), FusedPart) and m[name].bias is None for name in ("gate_proj", "up_proj")
@@ -119,7 +125,7 @@ class Block:
         if any(w is not None and (w.dtype != torch.float32 or not w.is_contiguous()) for w in weights):
             return None  # (the calls read them as they lie, float32)
         block = Block(layer, config, gemma)
-        sizes = [part.out_features for part in qkv._layers]
+        sizes = [part.out_features for part in block.qkv_layers]
         d = block.head_dim
         if sizes != [block.heads * d, block.kv_heads * d, block.kv_heads * d] or block.heads % block.kv_heads:
             return None
@@ -142,13 +148,13 @@ class Block:
         scratch = held.data_ptr()
         q = torch.empty((b, self.heads, 1, self.head_dim))
         k, v = (torch.empty((b, self.kv_heads, 1, self.head_dim)) for _ in range(2))
-        ws, scales, offsets, ns, _ = self.qkv.arrays()
+        ws, scales, offsets, ns, _ = self._qkv_arrays()
         biases = (ctypes.c_void_p * 3)(*(None if x is None else x.data_ptr() for x in self.biases))
-        first, qn = self.qkv._layers[0], self.q_norm
+        qn = self.q_norm
         rows_own = int(cos.shape[0] == b and b > 1)  # a rotary table for each row (ragged rows)
         _ok(lib.simlab_block_qkv(
             h.data_ptr(), b, d, _scale(self.norm_in), self.norm_in.eps, ws, scales, offsets, ns, biases,
-            first.bits, first.group, _scale(qn), _scale(self.k_norm), qn.eps if qn is not None else 0.0,
+            *self.qkv_kinds, _scale(qn), _scale(self.k_norm), qn.eps if qn is not None else 0.0,
             self.heads, self.kv_heads, self.head_dim, cos.data_ptr(), sin.data_ptr(), rows_own,
             q.data_ptr(), k.data_ptr(), v.data_ptr(), scratch, threads,
         ))  # fmt: skip
@@ -166,6 +172,16 @@ class Block:
         if k.stride(-1) != 1 or v.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()
         return self._rest(lib, h, q, (k, v, prefix), mask, scratch, threads)
+
+    def _qkv_arrays(self) -> tuple:
+        """`native.part_arrays` of q, k and v: the fused group's, or made again when a layer's
+        buffers have moved."""
+        if self.fused is not None:
+            return self.fused.arrays()
+        where = tuple(x.addresses() for x in self.qkv_layers)
+        if self._arrays[0] != where:
+            self._arrays = (where, native.part_arrays(self.qkv_layers))
+        return self._arrays[1]
 
     def _rest(self, lib, h, q, kv, mask, scratch: int, threads: int) -> torch.Tensor:
         """Attention on, then the MLP: simlab_block_mid, the activation, simlab_block_out. kv: the

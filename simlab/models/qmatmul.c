@@ -1254,7 +1254,8 @@ void simlab_rotary(const float *x, int64_t B, int64_t H, int64_t T, int64_t D, c
  * given); q, k rotated. q (M, H, hd), k and v (M, KH, hd), contiguous (the (B, H, 1, hd) tensors). */
 int simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, float eps, const void *const *ws,
                       const float *const *scales, const float *const *offsets, const int64_t *ns,
-                      const float *const *biases, int bits, int group, const float *qnorm, const float *knorm,
+                      const float *const *biases, const int *bits, const int *group, const float *qnorm,
+                      const float *knorm,
                       float qk_eps, int64_t H, int64_t KH, int64_t hd, const float *cos_, const float *sin_,
                       int cs_batch, float *q, float *k, float *v, void *scratch, int threads) {
     int64_t n = ns[0] + ns[1] + ns[2], sizes[3] = {H * hd, KH * hd, KH * hd};
@@ -1263,11 +1264,20 @@ int simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, fl
     float *y = x + m * d, *a = y + m * n, *b = a + m * H * hd;
     float *outs[3] = {a, b, v};
     simlab_rms_norm(h, m, d, norm, eps, x);
-    simlab_qlinear_parts(x, m, d, 3, ws, scales, offsets, ns, bits, group, y, scratch, threads);
-    for (int p = 0, at = 0; p < 3; at += (int)sizes[p], p++) /* each part out of the rows, plus its bias */
+    /* one product of the three where they share a layout; else each its own (a Q4_K_M file's Q6_K
+     * v beside Q4_K q and k), the very product a layer of that layout makes alone */
+    int one = bits[1] == bits[0] && bits[2] == bits[0] && group[1] == group[0] && group[2] == group[0];
+    if (one) simlab_qlinear_parts(x, m, d, 3, ws, scales, offsets, ns, bits[0], group[0], y, scratch, threads);
+    for (int p = 0, at = 0; !one && p < 3; at += (int)ns[p], p++)
+        simlab_qlinear_parts(x, m, d, 1, ws + p, scales + p, offsets + p, ns + p, bits[p], group[p], y + m * at,
+                             scratch, threads);
+    for (int p = 0, at = 0; p < 3; at += (int)sizes[p], p++) { /* each part out of the rows, plus its bias */
+        const float *from = one ? y + at : y + m * at;
+        int64_t stride = one ? n : sizes[p];
         for (int64_t r = 0; r < m; r++)
             for (int64_t j = 0; j < sizes[p]; j++)
-                outs[p][r * sizes[p] + j] = biases[p] ? y[r * n + at + j] + biases[p][j] : y[r * n + at + j];
+                outs[p][r * sizes[p] + j] = biases[p] ? from[r * stride + j] + biases[p][j] : from[r * stride + j];
+    }
     if (qnorm) { /* each head's row normed */
         simlab_rms_norm(a, m * H, hd, qnorm, qk_eps, a);
         simlab_rms_norm(b, m * KH, hd, knorm, qk_eps, b);

@@ -91,11 +91,15 @@ def counted(ran: list):
 
 
 def on_the_kernel(model, layers: str):
-    if layers == "gguf":
+    if layers in ("gguf", "gguf-mixed"):
         if native.library() is None:
             pytest.skip(f"simlab's GGUF kernel is not built here ({native.why()})")
-        model = native_copy(model)
+        # mixed: v in another layout than q and k, as a Q4_K_M file's Q6_K v beside Q4_K q and k
+        q4 = ("o_proj", "down_proj") + (("q_proj", "k_proj") if layers == "gguf-mixed" else ())
+        model = native_copy(model, q4=q4)
         assert lean.fuse(model) and lean.fuse_norms(model)
+        fused_qkv = any(hasattr(m, "fused_q_proj_k_proj_v_proj") for m in model.modules())
+        assert fused_qkv == (layers == "gguf")
     return model
 
 
@@ -105,7 +109,7 @@ def test_the_lean_step_is_gemma3s_forward_bit_for_bit(layers, tiny_dir, tmp_path
     assert steps_agree(on_the_kernel(model, layers)) == 20
 
 
-@pytest.mark.parametrize("layers", ["float", "gguf"])
+@pytest.mark.parametrize("layers", ["float", "gguf", "gguf-mixed"])
 @pytest.mark.parametrize("kind", sorted(FAMILY))
 def test_the_lean_step_is_each_familys_forward_bit_for_bit(kind, layers):
     model = on_the_kernel(family_model(kind), layers)
