@@ -90,7 +90,26 @@ def own_attention(model: torch.nn.Module) -> None:
 
         AttentionInterface.register("simlab", native.attention)
         AttentionMaskInterface.register("simlab", sdpa_mask)
+        _own_rotary(model)
     config._attn_implementation = "simlab"
+
+
+def _own_rotary(model: torch.nn.Module) -> None:
+    """A pass's rotary in one kernel call (models.native.rotary: torch's bits; torch's ops where it
+    does not apply) for the families whose rotary is Llama's: their modeling module's function,
+    which every model of that family in the process then calls, to the same bits."""
+    import sys
+
+    from simlab.models import gemma3
+
+    if model.config.model_type not in FAMILY and model.config.model_type != "gemma2":
+        return
+    for module in model.modules():
+        if type(module).__name__.endswith("Attention"):
+            owner = sys.modules.get(type(module).__module__)
+            if owner is not None and hasattr(owner, "apply_rotary_pos_emb"):
+                owner.apply_rotary_pos_emb = gemma3.apply_rotary_pos_emb
+            return
 
 
 def rows_alone(model: torch.nn.Module) -> bool:

@@ -212,3 +212,34 @@ def test_a_steered_block_step_is_the_modules_steered_step():
         assert bool(ran) == (path != "modules")
     assert all(torch.equal(a, b) for a, b in zip(got["blocks"], got["modules"]))
     assert not torch.equal(got["blocks"][-1], got["unsteered"][-1])
+
+
+def _torch_rotary(x, cos, sin):
+    """transformers' Llama rotary, as its modeling module writes it: torch's ops."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos.unsqueeze(1)) + (rotated * sin.unsqueeze(1))
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILY))
+def test_a_family_passes_rotary_gets_torchs_bits_from_one_kernel_call(kind):
+    """own_attention points the family's modeling module at simlab's rotary (one kernel call where
+    it applies): the bits of transformers' torch ops, for a pass of many tokens and for one."""
+    import sys
+
+    from simlab.models import gemma3
+
+    if native.library() is None:
+        pytest.skip(f"simlab's GGUF kernel is not built here ({native.why()})")
+    model = family_model(kind)
+    lean.own_attention(model)
+    owner = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    assert owner.apply_rotary_pos_emb is gemma3.apply_rotary_pos_emb
+    g = torch.Generator().manual_seed(3)
+    for b, h, t, d in ((1, 9, 64, 64), (2, 4, 1, 128), (3, 14, 17, 64), (1, 8, 130, 256)):
+        q, k = torch.randn(b, h, t, d, generator=g), torch.randn(b, 2, t, d, generator=g)
+        cos, sin = (torch.randn(b, t, d, generator=g) for _ in range(2))
+        got = owner.apply_rotary_pos_emb(q, k, cos, sin)
+        assert torch.equal(got[0], _torch_rotary(q, cos, sin)) and torch.equal(
+            got[1], _torch_rotary(k, cos, sin)
+        )
