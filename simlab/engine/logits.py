@@ -202,7 +202,8 @@ def choose(
     scaled = apply_temperature(logits, params.temperature)
     log_total = None
     if params.sampler == "cdf" and params.typical_p >= 1.0:
-        log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
+        if params.top_p < 1.0 or params.min_p > 0.0:  # (what top-p and min-p measure against)
+            log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
         best = None
         for size in _CANDIDATES:
             if size >= scaled.shape[-1] or (
@@ -230,10 +231,11 @@ def _too_flat(
     return bool((reach < params.top_p - 1e-3).any())
 
 
-def _kept_among(scaled: torch.Tensor, best, params: SamplingParams, log_total: torch.Tensor):
+def _kept_among(scaled: torch.Tensor, best, params: SamplingParams, log_total: torch.Tensor | None):
     """(values, ids, kept) of each row's best tokens (`best`: values and ids, (B, size) each,
     descending) after top-k, top-p and min-p as the whole-row steps apply them; None when a row's
-    kept set might reach past them. `log_total`: the rows' logsumexp (B, 1)."""
+    kept set might reach past them. `log_total`: the rows' logsumexp (B, 1) (None where neither
+    top-p nor min-p asks for it)."""
     values, ids = best
     size = values.shape[-1]
     if bool((ids < 0).any()):  # fewer than `size` values that are not NaN: the whole-row steps
