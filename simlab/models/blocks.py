@@ -50,6 +50,14 @@ def _ok(status: int) -> None:
         raise MemoryError("simlab's decode step could not allocate its working memory")
 
 
+def _hands_on(cache) -> bool:
+    """Whether the cache's update only hands the keys to its layer: transformers' own Cache.update
+    (a subclass may do more: engine.ragged's), not offloading."""
+    from transformers.cache_utils import Cache
+
+    return type(cache).update is Cache.update and not getattr(cache, "offloading", False)
+
+
 def _scale(norm: FusedRMSNorm | None) -> int | None:
     """The address of what the norm multiplies by, or None for a norm that is not there."""
     return None if norm is None else norm.scale().data_ptr()
@@ -162,12 +170,8 @@ class Block:
         if hasattr(layer, "update_own"):  # siblings' layer holding the prompt's keys once (engine.kvcache)
             k, v = layer.update_own(k, v)
             prefix = layer.shared
-        else:  # (the layer's own update where the cache only hands it on: no offloading)
-            k, v = (
-                layer.update(k, v)
-                if layer is not None and not getattr(cache, "offloading", False)
-                else cache.update(k, v, i)
-            )
+        else:  # (the layer's own update where the cache only hands it on)
+            k, v = layer.update(k, v) if layer is not None and _hands_on(cache) else cache.update(k, v, i)
             prefix = None
         if k.stride(-1) != 1 or v.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()

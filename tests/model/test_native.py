@@ -464,15 +464,21 @@ def test_an_activation_goes_row_by_row_and_a_model_with_torchs_goes_one_by_one(t
     act = lean.RowActivation(torch.nn.GELU(approximate="tanh"))
     x = torch.randn(7, 10240)
     assert torch.equal(act(x), torch.cat([act.act(x[i : i + 1]) for i in range(7)]))
-    for f in (640, 1536, 2048, 4864, 5632, 8960):  # under 32,768 values in all: one call, the same bits
-        for act in (
-            lean.RowActivation(torch.nn.SiLU()),
-            lean.RowActivation(torch.nn.GELU(approximate="tanh")),
-        ):
-            for b in range(2, min(5, 32768 // f)):
+    threads = torch.get_num_threads()
+    acts = (lean.RowActivation(torch.nn.SiLU()), lean.RowActivation(torch.nn.GELU(approximate="tanh")))
+    try:  # one call only where it is serial on any number of threads (GELU splits from 16,384 values)
+        for count in (2, 3, 6, 16):
+            torch.set_num_threads(count)
+            for f, b in [(f, b) for f in (640, 2048, 5632, 6912, 8960) for b in (2, 3, 5, 14)]:
                 gate = (torch.randn(b, 1, 2 * f) * 3).split([f, f], dim=-1)[0]  # as the MLP's product lies
-                for x in (gate, gate.contiguous()):
-                    assert torch.equal(act(x), torch.cat([act.act(x[i : i + 1]) for i in range(b)])), (f, b)
+                for act, x in [(act, x) for act in acts for x in (gate, gate.contiguous())]:
+                    assert torch.equal(act(x), torch.cat([act.act(x[i : i + 1]) for i in range(b)])), (
+                        count,
+                        f,
+                        b,
+                    )
+    finally:
+        torch.set_num_threads(threads)
     from transformers import AutoModelForCausalLM
 
     folder = tiny_llama_style(tmp_path / "llama", "llama", tiny_dir)
@@ -517,3 +523,5 @@ def test_a_mask_that_is_only_causal_goes_to_the_kernel_as_its_offset_with_the_sa
         if length - t > 100:
             assert masks.causal_offset(window, t, length) is None
         assert masks.causal_offset(padded, t, length) is None
+    more = torch.ones(8, 5, dtype=torch.bool).tril(-3)[None, None]  # more queries than keys: some see none
+    assert masks.causal_offset(more, 8, 5) is None
