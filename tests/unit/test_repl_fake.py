@@ -395,7 +395,9 @@ def test_the_toolbar_is_redrawn_when_the_model_finishes_loading(fake_engine, sto
         def later() -> None:
             time.sleep(0.5)
             loading.set_result(fake_engine)
-            time.sleep(0.5)
+            deadline = time.monotonic() + 5.0  # (a busy machine redraws late: wait for it, not a fixed time)
+            while len(drawn) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
             sent.append(time.monotonic())
             pipe.send_text("/quit\r")
 
