@@ -742,8 +742,8 @@ static int nucleus_near(const float *values, const float *probs, int64_t n, floa
     return 1;
 }
 
-/* Top-p's nucleus as torch computes it: values (n,): a row's logits (those above a cut, in the order of their ids); probs (n,) their
- * probabilities. Ranks them by value, larger first, equal values in the order given (what
+/* Top-p's nucleus as torch computes it. values (n,): a row's logits (those above a cut, in the
+ * order of their ids); probs (n,) their probabilities. Ranks them by value, larger first, equal values in the order given (what
  * torch.sort(descending=True, stable=True) gives), by a stable radix sort of 32-bit keys; then, in
  * that rank order, the cumulative mass summed in double and rounded to float as torch's CPU cumsum
  * does, less the token's own probability in float, and a token is dropped when that mass above it
