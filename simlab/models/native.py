@@ -101,10 +101,6 @@ def _declare(lib) -> None:
     lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
     for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
         fn.restype = None
-    lib.simlab_top_k.argtypes = [p, i64, i64, i64, p, p, i32]
-    lib.simlab_top_k.restype = i32
-    lib.simlab_nucleus.argtypes = [p, p, i64, ctypes.c_float, p]
-    lib.simlab_nucleus.restype = i32
     lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
     lib.simlab_rms_norm.restype = None
     f32 = ctypes.c_float

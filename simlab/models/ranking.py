@@ -23,7 +23,7 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     vals = torch.empty((x.shape[0], k), dtype=torch.float32)
     ids = torch.empty((x.shape[0], k), dtype=torch.int64)
     threads = torch.get_num_threads()
-    if lib.simlab_top_k(_ptr(x), x.shape[0], x.shape[1], k, _ptr(vals), _ptr(ids), threads) != 0:
+    if _declared(lib).simlab_top_k(_ptr(x), x.shape[0], x.shape[1], k, _ptr(vals), _ptr(ids), threads) != 0:
         raise MemoryError("simlab_top_k could not allocate its buffer")
     return vals, ids
 
@@ -38,15 +38,19 @@ def nucleus(values: torch.Tensor, probs: torch.Tensor, p: float) -> torch.Tensor
         return None
     values, probs = values.contiguous(), probs.contiguous()
     kept = torch.empty(values.shape, dtype=torch.bool)
-    if lib.simlab_nucleus(_ptr(values), _ptr(probs), values.numel(), p, _ptr(kept)) < 0:
+    if _declared(lib).simlab_nucleus(_ptr(values), _ptr(probs), values.numel(), p, _ptr(kept)) < 0:
         raise MemoryError("simlab_nucleus could not allocate its buffers")
     return kept
 
 
 def _declared(lib):
-    """The library with the sampler's later calls declared (native declares the first ones)."""
+    """The library with the sampler's calls' argument types declared (once per library)."""
     if not getattr(lib, "_sampler_declared", False):
         p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+        lib.simlab_top_k.argtypes = [p, i64, i64, i64, p, p, ctypes.c_int]
+        lib.simlab_top_k.restype = ctypes.c_int
+        lib.simlab_nucleus.argtypes = [p, p, i64, f32, p]
+        lib.simlab_nucleus.restype = ctypes.c_int
         lib.simlab_cdf_total.argtypes = [p, i64]
         lib.simlab_cdf_total.restype = ctypes.c_double
         lib.simlab_cdf_pick.argtypes = [p, i64, ctypes.c_double]
