@@ -176,7 +176,7 @@ def _embedded(settings) -> Check:
         return (
             "warn",
             "embedded model",
-            "not converted yet: the first `simlab` converts it (about two minutes)",
+            "not converted yet: the first `simlab` reads it into a cache (about 30 s)",
         )
     variants = [p.name for p in folder.iterdir() if p.is_dir() and gguf.dtype_variant(folder, p.name)]
     extra = f"; also kept in {', '.join(variants)}" if variants else ""

@@ -37,7 +37,7 @@ def list_models(settings: Settings) -> list[dict]:
     state = (
         f"converted, {_human(_size(embedded))} at {embedded}"
         if gguf.read_marker(embedded)
-        else "not converted yet (the first start converts it, about two minutes)"
+        else "not converted yet (the first start reads it into a cache, about 30 s)"
     )
     rows.append({"spec": "embedded", "kind": "embedded", "state": "default; " + state, "path": str(embedded)})
     if settings.models_dir.is_dir():

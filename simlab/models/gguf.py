@@ -52,7 +52,7 @@ def cached_conversion(spec: str, settings: Settings, say: Callable[[str], None])
     """(folder, GGUF sha256, was already cached); converts on first use."""
     folder = cache_folder(spec, settings)
     marker = read_marker(folder)
-    if marker and marker.get("format") == CACHE_FORMAT:
+    if marker and marker.get("format") == CACHE_FORMAT and marker.get("weights", "float") == "float":
         return folder, marker["gguf_sha256"], True
     convert(spec, folder, say)
     return folder, read_marker(folder)["gguf_sha256"], False
@@ -91,7 +91,7 @@ def discard(folder: Path) -> None:
 
 def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
     """Convert a GGUF into a safetensors folder at `folder`, atomically (temp folder + rename)."""
-    weights = 0 if spec == "embedded" else _weights_in(Path(spec).expanduser().resolve(), spec)
+    weights = 0 if spec == "embedded" else weights_in(Path(spec).expanduser().resolve(), spec)
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = folder.parent / f".converting-{folder.name}-{os.getpid()}"
     discard(work)
@@ -115,7 +115,7 @@ def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
             )
             gguf_path = Path(spec).expanduser().resolve()
             with stage("hashing the GGUF", say):
-                sha = _sha256(gguf_path)
+                sha = sha256_of(gguf_path)
         out = work / "model"
         _convert_file(gguf_path, out, say)
         record = {
@@ -144,7 +144,7 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
 
     quiet_transformers()
     where, name = str(gguf_path.parent), gguf_path.name
-    with _one_reader_per_file(), _no_progress_bars():
+    with one_reader_per_file(), no_progress_bars():
         with stage("reading the GGUF metadata and building the tokenizer", say):
             tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
         with stage("dequantizing the weights to float32", say):
@@ -153,12 +153,12 @@ def _convert_file(gguf_path: Path, out: Path, say: Callable[[str], None]) -> Non
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # the weights are plain tensors now; drop the GGUF bookkeeping
         quantizer.remove_quantization_config(model)
-    with stage("saving safetensors and tokenizer files", say), _no_progress_bars():
+    with stage("saving safetensors and tokenizer files", say), no_progress_bars():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
 
-def _weights_in(path: Path, spec: str) -> int:
+def weights_in(path: Path, spec: str) -> int:
     """How many weights the file holds, from its header alone (no tensor data read); a file that is
     not a GGUF, or is cut short, is one line."""
     from math import prod
@@ -244,7 +244,7 @@ def llama_cpp_reads(path: Path) -> dict:
 
 
 @contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """transformers' own progress bars off while simlab's stage lines say what runs (they drew over
     those lines on a terminal): its logging's bars, and the GGUF loader's plain tqdm."""
     from functools import partial
@@ -264,8 +264,9 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 @contextmanager
-def _one_reader_per_file() -> Iterator[None]:
-    """Share one gguf.GGUFReader per file while converting.
+def one_reader_per_file(header_only: bool = False) -> Iterator[None]:
+    """Share one gguf.GGUFReader per file while converting (`header_only`: its tensors' bytes are
+    left unread, zeros, for readers of the metadata alone).
 
     transformers parses the file's metadata (a 262k-entry vocabulary, ~25 s in pure Python) once
     for the tokenizer's config, once for the model's config and once for the weights. The one
@@ -285,7 +286,7 @@ def _one_reader_per_file() -> Iterator[None]:
             if mode != "r":
                 readers[key] = original(path, mode)
             else:
-                reader_module.np = _InMemory()
+                reader_module.np = _InMemory(header_only)
                 try:
                     readers[key] = original(path, mode)
                 finally:
@@ -300,21 +301,31 @@ def _one_reader_per_file() -> Iterator[None]:
 
 
 class _InMemory:
-    """numpy, except that memmap(path) reads the whole file into an ordinary array."""
+    """numpy, except that memmap(path) reads the whole file into an ordinary array (`header_only`:
+    the header, the rest zeros never touched, so never resident)."""
+
+    def __init__(self, header_only: bool) -> None:
+        self.header_only = header_only
 
     def __getattr__(self, name: str):
         import numpy
 
         return getattr(numpy, name)
 
-    @staticmethod
-    def memmap(path, mode: str = "r", **kwargs):
+    def memmap(self, path, mode: str = "r", **kwargs):
         import numpy
 
-        return numpy.fromfile(path, dtype=numpy.uint8)
+        from simlab.models.gguf_groups import header_size
+
+        if not self.header_only:
+            return numpy.fromfile(path, dtype=numpy.uint8)
+        blob = numpy.zeros(os.path.getsize(path), numpy.uint8)  # (calloc: pages mapped as read)
+        head = header_size(path)
+        blob[:head] = numpy.fromfile(path, dtype=numpy.uint8, count=head)
+        return blob
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 GROUP = 32
+SLICE = 1 << 22  # values read at once: a 262,144-row table is not one float32 copy and its temporaries
 
 
 @dataclass
@@ -82,77 +83,173 @@ FORMATS = {
 def read(tensor, rows_order: np.ndarray | None = None) -> Groups | None:
     """The groups of a `gguf.ReaderTensor`, or None when its format is not one read here; `rows_order`:
     the order the loaded weight holds the file's rows in (`by_module`), None for the file's own."""
-    from gguf.quants import dequantize
 
     name = tensor.tensor_type.name
     if name not in FORMATS:
         return None
     bits, scales_of, bias, group = FORMATS[name]
     cols, rows = (int(n) for n in tensor.shape)  # GGUF lists the fastest-varying dimension first
-    order = rows_order
     if cols % GROUP:
         return None
-    raw = np.asarray(tensor.data)
-    blocks = np.ascontiguousarray(raw).reshape(rows * cols // _block_size(name), -1)
+    raw = np.asarray(tensor.data).reshape(rows, -1)  # one row of blocks per weight row
+    codes = np.empty((rows, cols), np.uint8)
+    scale = np.empty((rows, cols // group), np.float32)
+    offset = np.empty((rows, cols // group), np.float32)
+    step = max(1, SLICE // cols)  # rows at a time: the float temporaries stay SLICE values long
+    for at in range(0, rows, step):
+        got = _read_rows(raw[at : at + step], tensor.tensor_type, name)
+        if got is None:
+            return None  # a layout this reading does not know; the caller keeps the float weights
+        codes[at : at + step], scale[at : at + step], offset[at : at + step] = got
+    if rows_order is not None:
+        codes, scale, offset = codes[rows_order], scale[rows_order], offset[rows_order]
+    return Groups(codes, scale, offset, bits, bias, group)
+
+
+def _read_rows(raw: np.ndarray, kind, name: str) -> tuple | None:
+    """Codes, scales and offsets of some whole rows of blocks, or None when the codes do not give
+    `gguf`'s dequantization back."""
+    from gguf.quants import dequantize
+
+    bits, scales_of, _, group = FORMATS[name]
+    rows = raw.shape[0]
+    blocks = np.ascontiguousarray(raw).reshape(-1, _block_bytes(name))
     scale, offset = scales_of(blocks)  # (blocks, groups per block)
-    scale = np.broadcast_to(scale, offset.shape).copy().reshape(rows, cols // group)
-    offset = offset.reshape(rows, cols // group)
-    values = dequantize(raw, tensor.tensor_type).reshape(rows, cols // group, group)
+    scale = np.broadcast_to(scale, offset.shape).reshape(rows, -1).astype(np.float32)
+    offset = offset.reshape(rows, -1).astype(np.float32, copy=False)
+    values = dequantize(raw, kind).reshape(rows, -1, group)
     safe = np.where(scale == 0, 1, scale)[..., None]
     codes = np.rint((values - offset[..., None]) / safe).clip(0, 2**bits - 1)
     back = (scale[..., None] * codes.astype(np.float32) + offset[..., None]).astype(np.float32)
     if not np.allclose(back, values, rtol=1e-6, atol=1e-7):
-        return None  # a layout this reading does not know; the caller keeps the float weights
-    codes = codes.reshape(rows, cols).astype(np.uint8)
-    if order is not None:
-        codes, scale, offset = codes[order], scale[order], offset[order]
-    return Groups(codes, scale, offset, bits, bias, group)
+        return None
+    return codes.reshape(rows, -1).astype(np.uint8), scale, offset
 
 
-def _block_size(name: str) -> int:
+def _block_bytes(name: str) -> int:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    return GGML_QUANT_SIZES[GGMLQuantizationType[name]][0]
+    return GGML_QUANT_SIZES[GGMLQuantizationType[name]][1]
 
 
-def by_module(path, model) -> dict[str, tuple]:
+@dataclass
+class FileTensor:
+    """A GGUF tensor as `gguf.ReaderTensor` has it: shape fastest dimension first, data memory-mapped."""
+
+    name: str
+    shape: tuple[int, ...]
+    tensor_type: object  # gguf.GGMLQuantizationType
+    data: np.ndarray
+    mapped: object = None  # (the file's mmap.mmap, where the data starts)
+    at: int = 0
+
+    def release(self) -> None:
+        """Give back the pages of the file read for this tensor (read again if used again)."""
+        import mmap
+
+        if self.mapped is not None and self.data.nbytes:
+            start = self.at // mmap.PAGESIZE * mmap.PAGESIZE
+            self.mapped.madvise(mmap.MADV_DONTNEED, start, self.at + self.data.nbytes - start)
+
+
+def file_tensors(path) -> tuple[str, list]:
+    """(the file's architecture, its tensors), from transformers' header reader: 0.04 s, where
+    `gguf.GGUFReader` makes an object per slice of the vocabulary (about 0.5 GB and 10-20 s for
+    262,144 tokens); that reader only when transformers' private one is gone or refuses the file."""
+    import mmap
+    from math import prod
+
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import quant_shape_to_byte_shape
+
+    try:
+        from transformers.integrations.gguf import reader
+
+        blob = reader._mapped(str(path))
+        metadata, count, at = reader._read_metadata(blob, str(path))
+        entries, at = reader._read_tensor_table(blob, count, at)
+    except Exception:  # noqa: BLE001 - another transformers: gguf's own reader
+        file = GGUFReader(str(path))
+        field = file.fields.get("general.architecture")
+        return (bytes(field.parts[-1]).decode("utf-8") if field else ""), list(file.tensors)
+    start = _aligned(at, metadata)
+    with open(path, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    blob = np.frombuffer(mapped, np.uint8)
+    floats = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
+    tensors = []
+    for name, dims, kind, offset in entries:  # dims slowest first, as numpy's
+        kind = GGMLQuantizationType(kind)
+        dtype = floats.get(kind, np.uint8)
+        shape = dims if dtype is not np.uint8 else quant_shape_to_byte_shape(dims, kind)
+        size = prod(shape) * np.dtype(dtype).itemsize
+        data = blob[start + offset : start + offset + size].view(dtype).reshape(shape)
+        tensors.append(FileTensor(name, tuple(reversed(dims)), kind, data, mapped, start + offset))
+    return str(metadata.get("general.architecture", "")), tensors
+
+
+def header_size(path) -> int:
+    """Where the file's tensor data begins (its size, when transformers' header reader fails)."""
+    import os
+
+    try:
+        from transformers.integrations.gguf import reader
+
+        blob = reader._mapped(str(path))
+        metadata, count, at = reader._read_metadata(blob, str(path))
+        return _aligned(reader._read_tensor_table(blob, count, at)[1], metadata)
+    except Exception:  # noqa: BLE001 - another transformers: the whole file
+        return os.path.getsize(path)
+
+
+def _aligned(at: int, metadata: dict) -> int:
+    alignment = metadata.get("general.alignment", 32)
+    return (at + alignment - 1) // alignment * alignment
+
+
+def by_module(path, model, strict: bool = False) -> dict[str, tuple]:
     """(the file's quantized tensor, the order of its rows in the loaded weight or None) by the name
     of the model's linear module that holds it (`lm_head` reads `token_embd` when the file has no
     separate output matrix, as tied models do). transformers reorders some tensors' rows as it
     loads them (Llama files store q and k with each head's rotary halves interleaved); the order is
-    that of its own processor for the file's architecture, applied to the row numbers."""
-    from gguf import GGUFReader
+    that of its own processor for the file's architecture, applied to the row numbers. `strict`:
+    leave out tensors whose processor does more than reorder rows (else they are read in the file's
+    order, for the caller to check against its floats)."""
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
         TensorProcessor,
         get_gguf_hf_weights_map,
     )
 
-    reader = GGUFReader(str(path))
-    field = reader.fields.get("general.architecture")
-    arch = bytes(field.parts[-1]).decode("utf-8") if field else ""
+    arch, listed = file_tensors(path)
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=model.config.to_dict())
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = {t.name: t for t in listed}
     names = get_gguf_hf_weights_map(model, TensorProcessor())
     out = {
         hf[: -len(".weight")]: (tensors[name], _rows_order(processor, tensors[name]))
         for name, hf in names.items()
         if name in tensors and hf.endswith(".weight")
     }
+    out = {key: (t, order) for key, (t, order) in out.items() if not (strict and order is MOVED)}
+    out = {key: (t, None if order is MOVED else order) for key, (t, order) in out.items()}
     if "output.weight" not in tensors and "token_embd.weight" in tensors:
         out["lm_head"] = (tensors["token_embd.weight"], None)
     return out
 
 
-def _rows_order(processor, tensor) -> np.ndarray | None:
-    """The row numbers as `processor` leaves them, when it only reorders rows; else None."""
+MOVED = object()  # a processor that changes a tensor otherwise than by reordering its rows
+
+
+def _rows_order(processor, tensor) -> np.ndarray | object | None:
+    """The row numbers as `processor` leaves them when it reorders rows, None when it leaves them
+    in the file's order, else MOVED."""
     rows = int(tensor.shape[-1])
     index = np.arange(rows, dtype=np.float64).reshape(rows, 1)
     try:
         moved = np.asarray(processor.process(weights=index, name=tensor.name).weights)
-    except Exception:  # a processor that needs more than a name; the codes are checked later anyway
-        return None
+    except Exception:  # a processor that needs more than a name
+        return MOVED
     if moved.shape != (rows, 1) or not np.array_equal(np.sort(moved[:, 0]), index[:, 0]):
-        return None
+        return MOVED
     order = moved[:, 0].astype(np.int64)
     return None if np.array_equal(order, np.arange(rows)) else order

@@ -7,12 +7,11 @@ Face hub id loaded with ``from_pretrained``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from simlab.config import Settings
@@ -142,12 +141,20 @@ def load_tokenizer(spec: str, settings: Settings, *, trust_remote_code: bool = F
 
 def _from_codes(spec: str, settings: Settings, say: Progress) -> LoadedModel | None:
     """The GGUF model built from its cached codes alone (models.from_codes), when they are cached."""
-    from simlab.models import from_codes, gguf
+    from simlab.models import from_codes, gguf, gguf_codes
     from simlab.models.device import pick_device
 
     if pick_device(settings.device).type != "cpu":
         return None
-    folder, revision, _ = gguf.cached_conversion(spec, settings, say)
+    folder = gguf.cache_folder(spec, settings)
+    marker = gguf.read_marker(folder) or {}
+    revision = marker.get("gguf_sha256") if marker.get("format") == gguf.CACHE_FORMAT else None
+    codes_of = partial(_codes_path, settings, dtype="float32", weights="gguf", kernel="native")
+    if revision is None or (marker.get("weights") == gguf_codes.CODES and not codes_of(revision).is_file()):
+        # first use: the codes and the few float tensors straight from the file, where it can
+        revision = gguf_codes.build(spec, folder, codes_of, say)
+    if revision is None:  # a file read the full way (a full conversion kept from before is used as is)
+        folder, revision, _ = gguf.cached_conversion(spec, settings, say)
     kind = classify_spec(spec)
     return from_codes.load(
         folder,
@@ -211,7 +218,7 @@ def _with_weights(
 ) -> LoadedModel:
     """The model with int8/int4 linear layers, quantized once and then read from a cache (keyed by the
     model's revision and dtype, so a replay gets the very same weights)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from simlab.models import quant
 
@@ -248,15 +255,9 @@ def _with_weights(
     else:
         tensors = quant.quantize(loaded.model, weights, stored)
     if stored is None:
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
-            os.replace(partial, path)
-        except OSError as exc:  # the cache only saves time: go on without it
-            say(f"note: could not cache the {weights} weights in {path.parent} ({exc.strerror or exc})")
-            with contextlib.suppress(OSError):
-                partial.unlink()
+        from simlab.models.gguf_codes import save_codes
+
+        save_codes(tensors, path, say, weights)
     if kernel == "native":
         from simlab.models import lean
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from simlab.models import native
@@ -138,6 +139,7 @@ def quantize(
     weights: str,
     stored: dict[str, torch.Tensor] | None = None,
     groups_of: Callable[[str], object] | None = None,
+    trust_file: bool = False,
 ) -> dict:
     """Replace the model's linear layers (and its unembedding) by `weights` ones, in place. Layers the
     int4 kernel cannot take (shapes) become int8. Returns the quantized tensors by name; given them
@@ -147,12 +149,17 @@ def quantize(
     (`models.gguf_groups.Groups`, or None): a layer whose file format is not read that way (Q6_K's
     groups of 16, say), or whose codes do not give the loaded weight back, becomes int8. No layer stays
     float: torch's float matrix product sums a one-row product in another order than a batch's rows,
-    and siblings must equal their seeds sampled alone; the two kernels compute each row alone."""
+    and siblings must equal their seeds sampled alone; the two kernels compute each row alone.
+
+    `trust_file`: the model's weights are not loaded (`models.gguf_codes`: on the meta device), so the
+    codes are not checked against them, and a layer that cannot be read from the file raises
+    LookupError instead of becoming int8."""
     if weights == "float":
         return {}
     native_kernel = weights == "gguf" and native.library() is not None
     # Replacing the unembedding module unties it from the embedding, which stays an exact lookup;
     # the config says so, so that nothing ties them again.
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
     model.config.tie_word_embeddings = False
     out: dict[str, torch.Tensor] = {}
     for path, parent in list(model.named_modules()):
@@ -163,20 +170,23 @@ def quantize(
             key, bias = f"{path}.{name}".lstrip("."), getattr(child, "bias", None)
             layer = _stored_layer(stored, key, bias) if stored else None
             if layer is None and weights == "gguf" and groups_of and not stored:
-                layer = _from_file(groups_of(key), weight, bias, native_kernel)
+                layer = _from_file(groups_of(key), weight, bias, native_kernel, check=not trust_file)
+            if layer is None and trust_file:
+                raise LookupError(f"{key} is not read from the file")
             if layer is None:
                 use4 = weights == "int4" and Int4Linear.fits(weight)
                 layer = (Int4Linear if use4 else Int8Linear).of(weight, bias)
             setattr(parent, name, layer)
             out.update({f"{key}.{k}": v for k, v in layer.named_buffers()})
     if native_kernel or (stored and "embedding.shared" in stored):
-        out.update(_shared_embedding(model, stored))
+        out.update(_shared_embedding(model, stored, check=not trust_file, tied=tied))
     return out
 
 
-def _shared_embedding(model: torch.nn.Module, stored) -> dict[str, torch.Tensor]:
+def _shared_embedding(model: torch.nn.Module, stored, check: bool, tied: bool) -> dict[str, torch.Tensor]:
     """A tied model's input embedding read from the unembedding's own 8-bit codes (no float copy of
-    the table), when those codes give the loaded table back (checked on a few rows)."""
+    the table), when those codes give the loaded table back (checked on a few rows; unless `check`
+    is off, when the model's config is to say that it is tied)."""
     if not hasattr(model, "get_output_embeddings"):
         return {}
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
@@ -186,23 +196,27 @@ def _shared_embedding(model: torch.nn.Module, stored) -> dict[str, torch.Tensor]
         weight = getattr(embedding, "weight", None)
         if weight is None or tuple(weight.shape) != (head.out_features, head.in_features):
             return {}
+        if not (check or tied):
+            return {}
         ids = torch.tensor(list(range(16)) + [weight.shape[0] - 1])
-        got = native.rows(ids, head.codes, head.scale, head.offset, head.group)
-        if not torch.allclose(got, weight[ids].float(), rtol=2**-7, atol=1e-6):
+        got = native.rows(ids, head.codes, head.scale, head.offset, head.group) if check else None
+        if check and not torch.allclose(got, weight[ids].float(), rtol=2**-7, atol=1e-6):
             return {}
     scale = getattr(embedding, "embed_scale", None)
     model.set_input_embeddings(native.NativeEmbedding(head, scale, embedding.weight.dtype))
     return {"embedding.shared": torch.tensor(1)}
 
 
-def _from_file(groups, weight: torch.Tensor, bias, native_kernel: bool) -> torch.nn.Module | None:
+def _from_file(groups, weight: torch.Tensor, bias, native_kernel: bool, check: bool = True):
     """The file's own codes as a layer of simlab's kernel (or torch's int4 one), if they give back the
     loaded weight (some architectures' loaders permute rows; those layers become int8) and fit the
-    kernel. Checked on a few rows."""
+    kernel. Checked on a few rows, unless `check` is off (the weight is not loaded)."""
     if groups is None or groups.codes.shape != tuple(weight.shape):
         return None
     if not native_kernel and (groups.group != GROUP or not Int4Linear.fits(weight)):
         return None
+    if not check:
+        return _native_layer(groups, bias) if native_kernel else None
     rows = list(range(min(16, weight.shape[0]))) + [weight.shape[0] - 1]
     codes = torch.from_numpy(groups.codes[rows]).float().unflatten(-1, (-1, groups.group))
     values = codes * torch.from_numpy(groups.scale[rows]).unsqueeze(-1)
@@ -221,8 +235,8 @@ def _native_layer(groups, bias) -> torch.nn.Module | None:
         pairs = codes.reshape(n, -1, GROUP)
         packed = (pairs[..., : GROUP // 2] | (pairs[..., GROUP // 2 :] << 4)).reshape(n, -1)
         return native.NativeLinear(packed, scale, torch.from_numpy(groups.offset), 4, GROUP, bias)
-    if groups.bias is not None:
-        signed = (codes.to(torch.int16) - groups.bias).to(torch.int8)
+    if groups.bias is not None:  # code - bias fits a signed byte: the difference mod 256, read signed
+        signed = torch.from_numpy((groups.codes - np.uint8(groups.bias)).view(np.int8))
         return native.NativeLinear(signed, scale, None, 8, groups.group, bias)
     if groups.bits < 8 and groups.group == GROUP:
         offset = torch.from_numpy(groups.offset)

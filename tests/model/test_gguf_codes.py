@@ -1,0 +1,120 @@
+"""A GGUF's first use on the kernel read straight from the file (models.gguf_codes): the very model the
+full float conversion gives, with no float copy of its weights written or held."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from simlab.config import load_settings
+from simlab.models import gguf, native
+from simlab.models.load import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from gguf_shapes import make  # noqa: E402
+from test_gguf_archs import TINY  # noqa: E402
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no GGUF kernel here ({native.why()})")
+
+
+@pytest.fixture(scope="module", params=[f"{arch}:{quant}" for arch in TINY for quant in ("Q8_0", "Q4_0")])
+def gguf_file(request, tmp_path_factory) -> Path:
+    arch, quant = request.param.split(":")
+    return make(arch, quant, tmp_path_factory.mktemp("gguf"), shapes=TINY)
+
+
+def _caches(home: Path) -> tuple[dict, dict, dict]:
+    """(the codes cache, the folder's float tensors, its config) under a simlab home."""
+    [codes] = (home / "models" / "quantized").glob("*.safetensors")
+    [folder] = (home / "models").glob("gguf-*")
+    floats = {}
+    for file in folder.glob("*.safetensors"):
+        floats.update(load_file(str(file)))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return load_file(str(codes)), floats, config
+
+
+def _logits(model) -> torch.Tensor:
+    ids = torch.randint(0, 399, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        return model(input_ids=ids).logits
+
+
+def test_the_first_use_reads_the_model_the_full_conversion_gives(gguf_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "full"))
+    gguf.cached_conversion(str(gguf_file), load_settings(), print)  # the float32 folder first: the old way
+    full = load_model(str(gguf_file), load_settings(weights="gguf"))
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "codes"))
+    said = []
+    read = load_model(str(gguf_file), load_settings(weights="gguf"), progress=said.append)
+    assert "reading its codes into a cache" in said[0] and not any("float32" in line for line in said)
+    assert torch.equal(_logits(read.model), _logits(full.model))
+    codes, floats, config = _caches(tmp_path / "codes")
+    full_codes, full_floats, full_config = _caches(tmp_path / "full")
+    assert codes.keys() == full_codes.keys() and all(torch.equal(codes[k], full_codes[k]) for k in codes)
+    assert config == full_config
+    # only what the codes do not replace is kept as floats (norms, biases, an embedding not shared)
+    assert floats and all(torch.equal(v, full_floats[k]) for k, v in floats.items())
+    assert not any(k.endswith("proj.weight") or k.startswith("lm_head") for k in floats)
+    assert sum(v.numel() for v in floats.values()) < sum(v.numel() for v in full_floats.values()) / 2
+
+
+def test_the_codes_cache_is_read_again_from_the_file_when_deleted(gguf_file, isolated_home):
+    first = load_model(str(gguf_file), load_settings(weights="gguf"))
+    [codes] = (isolated_home / "models" / "quantized").glob("*.safetensors")
+    codes.unlink()
+    said = []
+    again = load_model(str(gguf_file), load_settings(weights="gguf"), progress=said.append)
+    assert codes.is_file() and any("reading the GGUF's own codes" in line for line in said)
+    assert torch.equal(_logits(again.model), _logits(first.model))
+
+
+def test_float_weights_after_the_codes_convert_the_whole_file_and_the_kernel_still_loads(
+    gguf_file, isolated_home
+):
+    kernel = _logits(load_model(str(gguf_file), load_settings(weights="gguf")).model)
+    floats = load_model(str(gguf_file), load_settings(weights="float", dtype="float32"))
+    assert type(floats.model.model.layers[0].self_attn.q_proj).__name__ == "Linear"
+    [folder] = (isolated_home / "models").glob("gguf-*")
+    assert gguf.read_marker(folder).get("weights", "float") == "float"
+    assert torch.equal(_logits(load_model(str(gguf_file), load_settings(weights="gguf")).model), kernel)
+
+
+def test_a_file_whose_weights_the_kernel_does_not_read_is_converted_the_full_way(tmp_path, isolated_home):
+    f16 = make("llama", "F16", tmp_path, shapes=TINY)  # float16 weights: no codes to read
+    said = []
+    loaded = load_model(str(f16), load_settings(weights="gguf"), progress=said.append)
+    [folder] = (isolated_home / "models").glob("gguf-*")
+    assert gguf.read_marker(folder).get("weights", "float") == "float"
+    assert any("float32" in line for line in said)
+    assert type(loaded.model.model.layers[0].mlp.down_proj).__name__ == "Int8Linear"
+
+
+@pytest.mark.slow
+def test_the_embedded_models_first_start_reads_what_the_full_conversion_gave(tmp_path, monkeypatch):
+    """At its real size: every code, scale and float tensor, and the config, as the full way's."""
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "full"))
+    gguf.cached_conversion("embedded", load_settings(), print)
+    full = load_model("embedded", load_settings(weights="gguf"))
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "codes"))
+    read = load_model("embedded", load_settings(weights="gguf"))
+    ids = torch.tensor([[2, 818, 5279, 529, 7001, 563]])
+    with torch.inference_mode():
+        assert torch.equal(read.model(input_ids=ids).logits, full.model(input_ids=ids).logits)
+    folders = {}
+    for name in ("full", "codes"):
+        [folder] = (tmp_path / name / "models").glob("embedded-*")
+        [codes] = (tmp_path / name / "models" / "quantized").glob("*.safetensors")
+        folders[name] = folder, load_file(str(codes))
+    (full_folder, full_codes), (folder, codes) = folders["full"], folders["codes"]
+    assert codes.keys() == full_codes.keys() and all(torch.equal(codes[k], full_codes[k]) for k in codes)
+    floats = load_file(str(folder / "model.safetensors"))
+    full_floats = {}
+    for file in full_folder.glob("*.safetensors"):
+        full_floats.update(load_file(str(file)))
+    assert all(torch.equal(v, full_floats[k]) for k, v in floats.items())
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (folder / name).read_bytes() == (full_folder / name).read_bytes(), name
