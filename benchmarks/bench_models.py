@@ -4,7 +4,8 @@ For each model shape x quant type (files made by gguf_shapes.py, random weights,
 vocabulary sizes; `embedded` is the embedded Gemma 3 270M Q4_K_M itself): prefill tokens/s at each
 --prefill length (a fresh cache, as llama-bench's pp), decode tok/s for n=1 and n=4 (temperature
 0.8, top-p 0.95, --tokens new tokens; llama.cpp's n=4 is four generations one after another), and
-the peak RSS of a fresh process that loads the model and samples an 8-token reply. simlab and
+the peak RSS of a fresh process that loads the model and samples an 8-token reply (and simlab's
+the first time, in an empty simlab home, as the file is read into its cache). simlab and
 llama.cpp alternate in one process, medians of --repeats. Also: which kernels simlab ran, and
 whether greedy decoding on the GGUF kernel gives the float model's first 32 tokens (else the first
 difference and the float model's logit margin there).
@@ -16,8 +17,10 @@ difference and the float model's logit margin there).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -60,10 +63,15 @@ RSS = {
 }
 
 
-def peak_rss(name: str, spec: str, path: Path) -> float:
-    """MiB: peak RSS of a fresh process that loads the model and samples an 8-token reply."""
+def peak_rss(name: str, spec: str, path: Path, first_use: bool = False) -> float:
+    """MiB: peak RSS of a fresh process that loads the model and samples an 8-token reply (`first_use`:
+    in an empty simlab home, so the process first reads the file into its cache)."""
     code = PEAK + RSS[name].format(spec=spec, path=str(path), prompt=PROMPT, threads=torch.get_num_threads())
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory(prefix="simlab-first-use-") as home:
+        env = {**os.environ, "SIMLAB_HOME": home} if first_use else None
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        )
     return int(out.stdout.split()[-1]) / 1024
 
 
@@ -120,6 +128,8 @@ def one_model(spec: str, args, llama_cpp) -> list[str]:
     del llm
     a, b = peak_rss("simlab", spec, path), peak_rss("llama.cpp", spec, path)
     rows.append(f"peak RSS: {a:.0f} / {b:.0f} MiB = {a / b:.2f}x")
+    a = peak_rss("simlab", spec, path, first_use=True)
+    rows.append(f"first use (empty simlab home: the file read into its cache), peak RSS: {a:.0f} MiB")
     rows.append(f"kernels: {kernels(engine)}")
     rows.append(f"greedy vs float: {greedy_check(spec, engine)}")
     return rows
