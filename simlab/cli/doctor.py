@@ -180,7 +180,8 @@ def _embedded(settings) -> Check:
         )
     variants = [p.name for p in folder.iterdir() if p.is_dir() and gguf.dtype_variant(folder, p.name)]
     extra = f"; also kept in {', '.join(variants)}" if variants else ""
-    return ("ok", "embedded model", f"converted at {folder}{extra}")
+    kept = "cached for the kernel" if gguf.read_marker(folder).get("weights") == "codes" else "converted"
+    return ("ok", "embedded model", f"{kept} at {folder}{extra}")
 
 
 def _generation(settings, say: Callable[[str], None]) -> Check:

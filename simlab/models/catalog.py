@@ -28,6 +28,16 @@ DERIVED = {
 }
 
 
+def _kept(marker: dict) -> str:
+    """What a model's cache folder holds: its float32 conversion, or (read straight from the file for
+    simlab's kernel) config, tokenizer and norms, its codes in the quantized cache."""
+    return (
+        "cached for the kernel (codes in the quantized cache)"
+        if marker.get("weights") == "codes"
+        else "converted"
+    )
+
+
 def list_models(settings: Settings) -> list[dict]:
     """One row per model: spec to pass to --model, kind, and its local state. Imports no torch."""
     from simlab.models import gguf
@@ -35,7 +45,7 @@ def list_models(settings: Settings) -> list[dict]:
     rows = []
     embedded = gguf.cache_folder("embedded", settings)
     state = (
-        f"converted, {_human(_size(embedded))} at {embedded}"
+        f"{_kept(gguf.read_marker(embedded))}, {_human(_size(embedded))} at {embedded}"
         if gguf.read_marker(embedded)
         else "not converted yet (the first start reads it into a cache, about 30 s)"
     )
@@ -48,7 +58,7 @@ def list_models(settings: Settings) -> list[dict]:
                     {
                         "spec": marker["source"],
                         "kind": "gguf",
-                        "state": f"converted, {_human(_size(folder))}",
+                        "state": f"{_kept(marker)}, {_human(_size(folder))}",
                         "path": str(folder),
                     }
                 )

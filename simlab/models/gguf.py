@@ -172,7 +172,10 @@ def weights_in(path: Path, spec: str) -> int:
 
     with path.open("rb") as file:
         if file.read(4) != b"GGUF":
-            raise unreadable("it does not start with GGUF's magic bytes")
+            raise ModelUnavailableError(
+                f"{spec} is not a GGUF file (it does not start with GGUF's magic bytes); pass a .gguf "
+                "file as llama.cpp writes it, a model folder or a Hugging Face id"
+            )
     try:
         start, tensors = _tensor_table(path)
     except Exception:  # noqa: BLE001 - the readers raise what numpy and struct raise, which says little

@@ -55,7 +55,7 @@ def build(
         say(
             "First start: reading the embedded model (Gemma 3 270M base) into a cache; once, about 30 s."
             if spec == "embedded"
-            else f"First use of {spec}: reading its codes into a cache (about the file's size); once."
+            else f"First use of {spec}: reading its codes into a cache (1.2-1.4x the file's size); once."
         )
         if spec == "embedded":
             sha = gguf.embedded_sha256()
