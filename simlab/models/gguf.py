@@ -127,10 +127,10 @@ def convert(spec: str, folder: Path, say: Callable[[str], None]) -> None:
         (out / MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
         discard(folder)  # a half-written earlier attempt, if any
         os.replace(out, folder)
-    except Exception as exc:  # noqa: BLE001 - a file transformers cannot convert, or a full disk
-        raise ModelUnavailableError(
-            f"converting {spec} failed ({exc}); check free disk space under {folder.parent} and retry"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - a full disk, or a file transformers cannot convert
+        other = "transformers reads GGUFs of llama, mistral, qwen2/3, gemma2/3, phi3 and a few more"
+        hint = f"check free disk space under {folder.parent} and retry" if isinstance(exc, OSError) else other
+        raise ModelUnavailableError(f"converting {spec} failed ({exc}); {hint}") from None
     finally:
         discard(work)
     say(f"Converted in {time.monotonic() - started:.0f} s; cached at {folder}")
@@ -322,7 +322,10 @@ class _InMemory:
 
         if not self.header_only:
             return numpy.fromfile(path, dtype=numpy.uint8)
-        blob = numpy.zeros(os.path.getsize(path), numpy.uint8)  # (calloc: pages mapped as read)
+        try:
+            blob = numpy.zeros(os.path.getsize(path), numpy.uint8)  # (calloc: pages mapped as read)
+        except MemoryError:  # a file larger than the memory: mapped, its parse slower
+            return numpy.memmap(path, mode="r", dtype=numpy.uint8)
         head = header_size(path)
         blob[:head] = numpy.fromfile(path, dtype=numpy.uint8, count=head)
         return blob

@@ -32,25 +32,15 @@ def build(
     """Write `folder` (config, tokenizer, float tensors) and the codes cache at `codes_path_of(sha256)`;
     the GGUF's sha256, or None when this file is to be converted the full way."""
     from safetensors.torch import save_file
-    from transformers.integrations.gguf import GGUF_ARCHS, read_gguf_metadata
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        Gemma2TensorProcessor,
-        LlamaTensorProcessor,
-        TensorProcessor,
-    )
 
     if spec != "embedded":
         gguf.weights_in(Path(spec).expanduser().resolve(), spec)  # a cut or foreign file: one line
     with gguf.source_file(spec) as path:
-        arch = read_gguf_metadata(str(path))[0].get("general.architecture")
-        processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)
-        # the processors that only move rows by a tensor's name (Llama's q and k) or change norms
-        if arch in GGUF_ARCHS or processor not in (
-            TensorProcessor,
-            LlamaTensorProcessor,
-            Gemma2TensorProcessor,
-        ):
+        try:
+            processor = _processor(path)
+        except Exception:  # noqa: BLE001 - metadata transformers' reader cannot read: the full way says it
+            processor = None
+        if processor is None:
             return None
         say(
             "First start: reading the embedded model (Gemma 3 270M base) into a cache; once, about 30 s."
@@ -74,11 +64,57 @@ def build(
             source = spec if spec == "embedded" else str(Path(spec).expanduser().resolve())
             record = {"format": gguf.CACHE_FORMAT, "weights": CODES, "gguf_sha256": sha, "source": source}
             (work / gguf.MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
-            gguf.discard(folder)  # a half-written earlier attempt, if any
-            os.replace(work, folder)
+            _move(work, folder)
+        except Exception:  # noqa: BLE001 - what transformers cannot read this way: the full way says it
+            return None
         finally:
             gguf.discard(work)
     return sha
+
+
+def _move(work: Path, folder: Path) -> None:
+    """`work` becomes `folder`, unless another process has written a complete one meanwhile (a
+    float32 conversion holds all a codes folder does, and a process may be loading it): that one
+    stays. Only a folder left half-written (no marker) is replaced."""
+    if gguf.read_marker(folder) is None:
+        gguf.discard(folder)
+    try:
+        os.rename(work, folder)
+    except OSError:
+        if gguf.read_marker(folder) is None:
+            raise
+
+
+def _processor(path: Path):
+    """transformers' tensor processor for the file, or None when the file goes the full way: an
+    architecture its loader reads another way, a processor that does more than move rows by a
+    tensor's name (Llama's q and k) or change norms, or a tensor format the codes are not read from."""
+    from transformers.integrations.gguf import GGUF_ARCHS, read_gguf_metadata
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        Gemma2TensorProcessor,
+        LlamaTensorProcessor,
+        TensorProcessor,
+    )
+
+    arch = read_gguf_metadata(str(path))[0].get("general.architecture")
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)
+    simple = processor in (TensorProcessor, LlamaTensorProcessor, Gemma2TensorProcessor)
+    return processor if simple and arch not in GGUF_ARCHS and _all_read(path) else None
+
+
+def _all_read(path: Path) -> bool:
+    """Whether every tensor is in a format the codes are read from, or float (norms, biases): a
+    float16 file, or one holding Q3_K or IQ formats, is converted the full way, told so at once."""
+    from gguf import GGMLQuantizationType as Kind
+
+    from simlab.models import gguf_groups
+
+    floats = (Kind.F32, Kind.F16, Kind.BF16)
+    listed = gguf_groups.file_tensors(path)[1]
+    if any(t.tensor_type not in floats and t.tensor_type.name not in gguf_groups.FORMATS for t in listed):
+        return False
+    return any(t.tensor_type not in floats for t in listed)
 
 
 def _contents(path: Path, processor_class, work: Path, say) -> tuple[dict, dict | None]:
@@ -95,6 +131,7 @@ def _contents(path: Path, processor_class, work: Path, say) -> tuple[dict, dict 
         with gguf.stage("reading the GGUF metadata and building the tokenizer", say):
             AutoTokenizer.from_pretrained(where, gguf_file=name).save_pretrained(work)
             config = AutoConfig.from_pretrained(where, gguf_file=name, **gguf.llama_cpp_reads(path))
+            parsed = loader_config(path)  # (the same parse: inside its context)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if getattr(config.get_text_config(), "tie_word_embeddings", False):
@@ -107,7 +144,7 @@ def _contents(path: Path, processor_class, work: Path, say) -> tuple[dict, dict 
     if tied == any(t.name == "output.weight" for t in gguf_groups.file_tensors(path)[1]):
         return {}, None  # a tied model with its own unembedding, or an untied one without: as transformers
     with gguf.stage("reading the GGUF's own codes for simlab's kernel", say):
-        found = gguf_groups.by_module(path, model, strict=True)
+        found = gguf_groups.by_module(path, model, parsed, strict=True)
         try:
             codes = quant.quantize(
                 model,
@@ -115,10 +152,20 @@ def _contents(path: Path, processor_class, work: Path, say) -> tuple[dict, dict 
                 groups_of=lambda key: _groups(*found[key]) if key in found else None,
                 trust_file=True,
             )
-            floats = _floats(path, model, processor_class(config=model.config.to_dict()))
+            floats = _floats(path, model, processor_class(config=parsed))
         except LookupError:
             return {}, None  # a weight the kernel does not read from this file, or one it lacks
     return floats, codes
+
+
+def loader_config(path) -> dict:
+    """The config transformers' GGUF loader gives its tensor processors: the file's own keys, without
+    the model config's defaults (Llama's q and k rows are moved only where the file gives its
+    key-value heads)."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    with gguf.one_reader_per_file(header_only=True):
+        return load_gguf_checkpoint(str(path), return_tensors=False)["config"]
 
 
 def _groups(tensor, order):

@@ -207,14 +207,15 @@ def _aligned(at: int, metadata: dict) -> int:
     return (at + alignment - 1) // alignment * alignment
 
 
-def by_module(path, model, strict: bool = False) -> dict[str, tuple]:
+def by_module(path, model, processor_config: dict, strict: bool = False) -> dict[str, tuple]:
     """(the file's quantized tensor, the order of its rows in the loaded weight or None) by the name
     of the model's linear module that holds it (`lm_head` reads `token_embd` when the file has no
     separate output matrix, as tied models do). transformers reorders some tensors' rows as it
     loads them (Llama files store q and k with each head's rotary halves interleaved); the order is
     that of its own processor for the file's architecture, applied to the row numbers. `strict`:
     leave out tensors whose processor does more than reorder rows (else they are read in the file's
-    order, for the caller to check against its floats)."""
+    order, for the caller to check against its floats). `processor_config`: the config the processor
+    is given, as transformers' loader gives it (`models.gguf_codes.loader_config`)."""
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
         TensorProcessor,
@@ -222,7 +223,7 @@ def by_module(path, model, strict: bool = False) -> dict[str, tuple]:
     )
 
     arch, listed = file_tensors(path)
-    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=model.config.to_dict())
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=processor_config)
     tensors = {t.name: t for t in listed}
     names = get_gguf_hf_weights_map(model, TensorProcessor())
     out = {

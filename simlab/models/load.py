@@ -238,13 +238,14 @@ def _with_weights(
             "noticeably (see docs/models.md's --weights figures): for throughput, not faithful samples"
         )
     if weights == "gguf" and stored is None:
-        from simlab.models import gguf, gguf_groups
+        from simlab.models import gguf, gguf_codes, gguf_groups
 
         with (
             gguf.source_file(spec) as source,
             gguf.stage(f"reading the GGUF's own codes for {KERNELS[kernel]}", say),
         ):
-            tensors_by_module = gguf_groups.by_module(source, loaded.model)
+            config = gguf_codes.loader_config(source)
+            tensors_by_module = gguf_groups.by_module(source, loaded.model, config)
             tensors = quant.quantize(
                 loaded.model,
                 weights,

@@ -62,6 +62,68 @@ def test_the_first_use_reads_the_model_the_full_conversion_gives(gguf_file, tmp_
     assert sum(v.numel() for v in floats.values()) < sum(v.numel() for v in full_floats.values()) / 2
 
 
+def _without(source: Path, target: Path, key: str) -> Path:
+    """The GGUF with one metadata key left out (as older converters wrote some files)."""
+    import gguf as gguf_py
+    import numpy as np
+
+    reader = gguf_py.GGUFReader(str(source))
+    writer = gguf_py.GGUFWriter(str(target), "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in ("general.architecture", key):
+            continue
+        kind = field.types[0]
+        sub = {"sub_type": field.types[-1]} if kind == gguf_py.GGUFValueType.ARRAY else {}
+        writer.add_key_value(field.name, field.contents(), kind, **sub)
+    for t in reader.tensors:
+        data = np.asarray(t.data)
+        if t.tensor_type in (gguf_py.GGMLQuantizationType.F32, gguf_py.GGMLQuantizationType.F16):
+            writer.add_tensor(t.name, data)
+        else:
+            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
+def test_a_llama_file_without_its_key_value_heads_is_one_model_both_ways(tmp_path, monkeypatch):
+    """transformers' loader moves q and k rows only when the file names its key-value heads; both
+    ways read the rows as it does (the full way once put q and k in int8, its check failing)."""
+    from gguf_shapes import Shape
+
+    shape = {"mha": Shape("llama", 64, 2, 4, 4, 128, 400, False)}
+    source = _without(
+        make("mha", "Q8_0", tmp_path, shapes=shape), tmp_path / "old.gguf", "llama.attention.head_count_kv"
+    )
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "full"))
+    gguf.cached_conversion(str(source), load_settings(), print)
+    full = load_model(str(source), load_settings(weights="gguf")).model
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "codes"))
+    read = load_model(str(source), load_settings(weights="gguf")).model
+    for model in (full, read):
+        assert not any(type(m).__name__ == "Int8Linear" for m in model.modules())
+    assert torch.equal(_logits(read), _logits(full))
+
+
+def test_a_complete_folder_written_meanwhile_is_kept(gguf_file, isolated_home):
+    """Another process's float32 conversion, which a process may be loading, is not replaced by the
+    codes folder this one finishes later."""
+    from functools import partial
+
+    from simlab.models import gguf_codes
+    from simlab.models.load import _codes_path
+
+    settings = load_settings()
+    folder, sha, _ = gguf.cached_conversion(str(gguf_file), settings, print)
+    codes_of = partial(_codes_path, settings, dtype="float32", weights="gguf", kernel="native")
+    assert gguf_codes.build(str(gguf_file), folder, codes_of, print) == sha
+    assert gguf.read_marker(folder).get("weights", "float") == "float" and codes_of(sha).is_file()
+    floats = load_model(str(gguf_file), load_settings(weights="float", dtype="float32"))
+    assert type(floats.model.model.layers[0].self_attn.q_proj).__name__ == "Linear"
+
+
 def test_the_codes_cache_is_read_again_from_the_file_when_deleted(gguf_file, isolated_home):
     first = load_model(str(gguf_file), load_settings(weights="gguf"))
     [codes] = (isolated_home / "models" / "quantized").glob("*.safetensors")
@@ -89,7 +151,7 @@ def test_a_file_whose_weights_the_kernel_does_not_read_is_converted_the_full_way
     loaded = load_model(str(f16), load_settings(weights="gguf"), progress=said.append)
     [folder] = (isolated_home / "models").glob("gguf-*")
     assert gguf.read_marker(folder).get("weights", "float") == "float"
-    assert any("float32" in line for line in said)
+    assert any("float32" in line for line in said) and not any("reading its codes" in line for line in said)
     assert type(loaded.model.model.layers[0].mlp.down_proj).__name__ == "Int8Linear"
 
 
