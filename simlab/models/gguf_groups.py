@@ -226,13 +226,12 @@ def by_module(path, model, processor_config: dict, strict: bool = False) -> dict
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=processor_config)
     tensors = {t.name: t for t in listed}
     names = get_gguf_hf_weights_map(model, TensorProcessor())
-    out = {
-        hf[: -len(".weight")]: (tensors[name], _rows_order(processor, tensors[name]))
-        for name, hf in names.items()
-        if name in tensors and hf.endswith(".weight")
-    }
-    out = {key: (t, order) for key, (t, order) in out.items() if not (strict and order is MOVED)}
-    out = {key: (t, None if order is MOVED else order) for key, (t, order) in out.items()}
+    out = {}
+    for name, hf in names.items():
+        if name in tensors and hf.endswith(".weight"):
+            order = _rows_order(processor, tensors[name])
+            if not (strict and order is MOVED):
+                out[hf[: -len(".weight")]] = (tensors[name], None if order is MOVED else order)
     if "output.weight" not in tensors and "token_embd.weight" in tensors:
         out["lm_head"] = (tensors["token_embd.weight"], None)
     return out
