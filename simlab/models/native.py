@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from simlab.models import masks
+from simlab.models.layout import pack
 
 SOURCE = Path(__file__).with_name("qmatmul.c")
 QK = 32
@@ -127,19 +128,13 @@ def _scratch(m: int, k: int) -> torch.Tensor:
     """The kernel's working memory for M rows of K (simlab_qlinear_parts says how it is laid out):
     this thread's, grown when a call needs more (a decode step's products then allocate nothing).
     A caller holds the tensor until its C call returns: one over 16 MiB is not kept here."""
-    size = 5 * m * k + 12 * m * (k // QK) + 16 * -(-m // 4) * (k // QK)
+    size = 2 * m * k + 20 * m * (k // QK)  # (simlab_qlinear_scratch)
     held = getattr(_local, "scratch", None)
     if held is None or held.numel() < size:
         held = torch.empty(size, dtype=torch.int8)
         if size <= 1 << 24:  # a long prefill's need is not kept
             _local.scratch = held
     return held
-
-
-def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torch.Tensor:
-    """x (M, K) float32 times the quantized (N, K) weight, transposed: (M, N) float32."""
-    weight = (codes.data_ptr(), scale.data_ptr(), None if offset is None else offset.data_ptr())
-    return _product(x, weight, bits, group, scale.shape[0])
 
 
 def _product(x: torch.Tensor, weight: tuple, bits: int, group: int, n: int) -> torch.Tensor:
@@ -184,16 +179,16 @@ def part_arrays(layers) -> tuple:
     )
 
 
-def rows(ids: torch.Tensor, codes, scale, offset, group: int) -> torch.Tensor:
-    """The q8 table's rows `ids` as float32, (len(ids), K)."""
+def rows(ids: torch.Tensor, table: NativeLinear) -> torch.Tensor:
+    """The q8 layer's rows `ids` as float32, (len(ids), K)."""
     flat = ids.reshape(-1).to(torch.int64).contiguous()
-    k = codes.shape[1]
+    n, k = table.out_features, table.in_features
     low, high = (int(flat.min()), int(flat.max())) if flat.numel() else (0, 0)
-    if low < 0 or high >= codes.shape[0]:
-        raise IndexError(f"token ids must be in 0..{codes.shape[0] - 1}; got {low}..{high}")
+    if low < 0 or high >= n:
+        raise IndexError(f"token ids must be in 0..{n - 1}; got {low}..{high}")
     out = torch.empty((flat.numel(), k), dtype=torch.float32)
-    lib = _state["lib"]
-    lib.simlab_q8_rows(_ptr(codes), _ptr(scale), _ptr(offset), group, k, _ptr(flat), flat.numel(), _ptr(out))
+    codes, scale, offset = (_ptr(t) for t in (table.codes, table.scale, table.offset))
+    _state["lib"].simlab_q8_rows(codes, scale, offset, table.group, k, _ptr(flat), flat.numel(), _ptr(out))
     return out.reshape(*ids.shape, k)
 
 
@@ -311,21 +306,28 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
 
 
 class NativeLinear(torch.nn.Module):
-    """y = x W^T + b with W as a GGUF tensor's own codes (`bits` 4: packed nibbles with a scale and
-    offset per 32; 8: signed codes with a scale per `group` of 16 or 32), through `matmul`."""
+    """y = x W^T + b with W as a GGUF tensor's own codes (`bits` 4: 4-bit codes with a scale and
+    offset per 32; 8: signed codes with a scale per `group` of 16 or 32), in the kernel's layout
+    (`pack`; `layout`: bits, group, N, K), through the kernel."""
 
-    def __init__(self, codes, scale, offset, bits: int, group: int, bias=None):
+    def __init__(self, codes, scale, offset, layout: tuple[int, int, int, int], bias=None):
         super().__init__()
+        bits, group, n, k = (int(v) for v in layout)
         self.register_buffer("codes", codes.contiguous())
         self.register_buffer("scale", scale.float().contiguous())
         self.register_buffer("offset", None if offset is None else offset.float().contiguous())
-        self.register_buffer("layout", torch.tensor([bits, group]))
+        self.register_buffer("layout", torch.tensor([bits, group, n, k]))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.bits, self.group = bits, group
-        self.out_features = scale.shape[0]
-        self._layout = (bits, group, self.out_features)
+        self.out_features, self.in_features = n, k
+        self._layout = (bits, group, n)
         self._weight: tuple | None = None  # the buffers' addresses for C, taken on first use
-        self.in_features = codes.shape[1] * (2 if bits == 4 else 1)
+
+    @classmethod
+    def of(cls, codes, scale, offset, bits: int, group: int, bias=None) -> NativeLinear:
+        """The layer of a weight given as its file has it (`pack`)."""
+        k = codes.shape[1] * (2 if bits == 4 else 1)
+        return cls(*pack(codes, scale, offset, bits, group), (bits, group, scale.shape[0], k), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _product(x if x.dtype == torch.float32 else x.float(), self.addresses(), *self._layout)
@@ -389,7 +391,7 @@ class NativeEmbedding(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         t = self.table
-        out = rows(input_ids, t.codes, t.scale, t.offset, t.group)
+        out = rows(input_ids, t)
         if self.embed_scale is not None:
             out = out * self.embed_scale.to(self.dtype)
         return out.to(self.dtype)

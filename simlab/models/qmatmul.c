@@ -1,13 +1,14 @@
 /* Quantized matrix products for simlab's CPU decode: y = x W^T with W kept as a GGUF file's own codes.
  *
  * Built once per machine by simlab.models.native (cc -O3 -march=native -fopenmp) and called through
- * ctypes. Two weight layouts, both "w = scale * code + offset" per group of weights along the input:
- *   q4: 4-bit codes 0..15, two per byte (byte j of a group of 32 holds code j in its low nibble and
- *       code 16 + j in its high one), one float scale and offset per 32 weights (Q4_K, Q4_0, Q4_1);
- *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K).
- * Activations are rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first
- * left: ~15 bits, where llama.cpp keeps 8), the products summed in integers per group, then scaled. Every output row is computed alone, in one fixed
- * order, so a row's result does not depend on how many rows are in the batch.
+ * ctypes. Two kinds of weights, both "w = scale * code + offset" per group of weights along the input:
+ *   q4: 4-bit codes 0..15, one float scale and offset per 32 weights (Q4_K, Q4_0, Q4_1);
+ *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K);
+ * each in the layout native.pack gives it (16 weight rows side by side, below). Activations are
+ * rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first left: ~15
+ * bits, where llama.cpp keeps 8); each output's products are summed in integers per scale group,
+ * then scaled and added in floats, one group after another. Every output row is computed alone, in
+ * one fixed order, so a row's result does not depend on how many rows are in the batch.
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,7 +32,7 @@
 
 #define QK 32
 
-int simlab_qmatmul_version(void) { return 12; }
+int simlab_qmatmul_version(void) { return 13; }
 
 int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte dot products, 4: AVX-512 */
 #if defined(SIMLAB_AVX512)
@@ -45,9 +46,11 @@ int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte d
 #endif
 }
 
-/* Weight bytes read ahead of the row being summed: the hardware prefetcher stops at each 4 KiB page,
+/* Weight bytes read ahead of the ones being summed: the hardware prefetcher stops at each 4 KiB page,
  * and a weight larger than the cache (the unembedding) then ran at half the memory's rate. */
 #define PREFETCH 4096
+#define STEPS 8 /* steps of four inputs per block of 32 */
+#define RM 8    /* input rows summed against each step's codes at once */
 
 #ifndef SIMLAB_AVX512 /* (the AVX-512 build rounds with quantize_row512) */
 /* One block of 32 floats as signed 8-bit codes q with scale d = max|v| / 127. */
@@ -92,19 +95,15 @@ static void quantize_row(const float *x, int64_t k, int8_t *q1, int8_t *q2, floa
     }
 }
 
-#endif
-
-#ifdef SIMLAB_AVX512
+#else
 /* quantize_row's arithmetic 16 values at a time: the same operations on each value (a max is a max
- * in any order, the code sums are integers), so the same bits (tested against the other builds);
- * for q8 weights also 256 q1 + q2 as 16-bit pairs into x16, for the AVX-512 product. */
+ * in any order, the code sums are integers), so the same bits (tested against the other builds). */
 static inline __m512i codes16(__m512 v, float inv) {
     __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv))); /* nearbyintf's rounding */
     return _mm512_min_epi32(_mm512_max_epi32(c, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
 }
 
-static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, float *d1, float *d2, float *sx,
-                            int16_t *x16) {
+static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, float *d1, float *d2, float *sx) {
     const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < k / QK; b++) {
         int64_t at = b * QK;
@@ -129,346 +128,261 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
         _mm_storeu_si128((__m128i *)(q1 + at + 16), _mm512_cvtepi32_epi8(a1));
         _mm_storeu_si128((__m128i *)(q2 + at), _mm512_cvtepi32_epi8(b0));
         _mm_storeu_si128((__m128i *)(q2 + at + 16), _mm512_cvtepi32_epi8(b1));
-        if (x16) { /* 256 q1 + q2 as one 16-bit integer (|.| <= 32639), natural order for now */
-            __m512i w0 = _mm512_add_epi32(_mm512_slli_epi32(a0, 8), b0);
-            __m512i w1 = _mm512_add_epi32(_mm512_slli_epi32(a1, 8), b1);
-            _mm256_storeu_si256((__m256i *)(x16 + at), _mm512_cvtepi32_epi16(w0));
-            _mm256_storeu_si256((__m256i *)(x16 + at + 16), _mm512_cvtepi32_epi16(w1));
+    }
+}
+#endif
+
+/* The weights' layout (native.pack makes it from a file's codes): rows in groups of 16 (the last
+ * padded with zero codes and scales), each group's codes block by block, a block's 32 inputs in
+ * STEPS steps of four, a step holding the 16 rows' four codes each:
+ *   q4: 32 bytes a step, byte i: low nibble row i / 4, high nibble row 8 + i / 4, input i % 4;
+ *   q8: 64 bytes a step, byte i: row i / 4, input i % 4 (signed).
+ * Scales per group, block and scale group (per = 32 / group of them) of the 16 rows side by side;
+ * offsets per group and block likewise. Every output (input row r, weight row c) is, in every
+ * build and for any batch:
+ *   I(g) = sum over scale group g's inputs j of code(c, j) (256 q1(r, j) + q2(r, j)), an int32;
+ *   acc = fma(scale(c, g) d2(r, b), (float) I(g), acc) over the scale groups in order, from 0;
+ *   off = off + offset(c, b) sx(r, b) over the blocks in order, from 0 (0 without offsets);
+ *   out = acc + off.
+ * The integers are exact, so each build sums them its own way; the float part is these operations
+ * in this order everywhere. */
+
+#if defined(SIMLAB_AVX512)
+/* R input rows against a group of 16 weight rows: each lane one weight row. VNNI's byte products
+ * take q4's codes as they are and q8's plus 128 (less 128 times the inputs' sum, `gs`: per row and
+ * 16 inputs, the sum of 256 q1 + q2). */
+static inline __attribute__((always_inline)) void tile(int bits, int group, int R, const uint8_t *p,
+                                                       const float *ps, const float *po, const int8_t *q1,
+                                                       const int8_t *q2, const float *d2, const float *sx,
+                                                       const int32_t *gs, int64_t k, float *y, int64_t n,
+                                                       int lanes) {
+    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
+    const int per = QK / group, steps = group / 4;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc[RM], off[RM];
+    for (int r = 0; r < R; r++) acc[r] = off[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *pb = p + b * STEPS * step;
+        for (int64_t at = 0; at < STEPS * step; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
+        for (int q = 0; q < per; q++) {
+            __m512i a1[RM], a2[RM];
+            for (int r = 0; r < R; r++) a1[r] = a2[r] = _mm512_setzero_si512();
+            for (int s = q * steps; s < (q + 1) * steps; s++) {
+                __m512i c;
+                if (bits == 4) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
+                    c = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low)),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), low), 1);
+                } else {
+                    c = _mm512_xor_si512(_mm512_loadu_si512((const void *)(pb + s * 64)), flip);
+                }
+                for (int r = 0; r < R; r++) {
+                    int64_t at = r * k + b * QK + 4 * s;
+                    int32_t x1, x2;
+                    memcpy(&x1, q1 + at, 4);
+                    memcpy(&x2, q2 + at, 4);
+                    a1[r] = _mm512_dpbusd_epi32(a1[r], c, _mm512_set1_epi32(x1));
+                    a2[r] = _mm512_dpbusd_epi32(a2[r], c, _mm512_set1_epi32(x2));
+                }
+            }
+            __m512 sc = _mm512_loadu_ps(ps + (b * per + q) * 16);
+            for (int r = 0; r < R; r++) {
+                __m512i t = _mm512_add_epi32(_mm512_slli_epi32(a1[r], 8), a2[r]);
+                if (bits == 8) {
+                    const int32_t *g = gs + (r * blocks + b) * 2;
+                    t = _mm512_sub_epi32(t, _mm512_set1_epi32(128 * (per == 1 ? g[0] + g[1] : g[q])));
+                }
+                __m512 sd = _mm512_mul_ps(sc, _mm512_set1_ps(d2[r * blocks + b]));
+                acc[r] = _mm512_fmadd_ps(sd, _mm512_cvtepi32_ps(t), acc[r]);
+            }
+        }
+        if (po) {
+            __m512 o = _mm512_loadu_ps(po + b * 16);
+            for (int r = 0; r < R; r++) off[r] = _mm512_add_ps(off[r], _mm512_mul_ps(o, _mm512_set1_ps(sx[r * blocks + b])));
         }
     }
-    if (!x16) return; /* (q4 weights read q1 and q2 themselves) */
-    /* each two blocks' 64 values as pairs: the first 64 bytes hold values 4L, 4L + 1 in 32-bit lane L,
-     * the next 64 values 4L + 2, 4L + 3, so two vpdpwssd put a 256-bit lane's four products in lane L */
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    for (int64_t b = 0; b + 1 < k / QK; b += 2) {
-        __m512i lo = _mm512_loadu_si512((const void *)(x16 + b * QK)), hi = _mm512_loadu_si512((const void *)(x16 + b * QK + 32));
-        _mm512_storeu_si512((void *)(x16 + b * QK), _mm512_permutex2var_epi32(lo, even, hi));
-        _mm512_storeu_si512((void *)(x16 + b * QK + 32), _mm512_permutex2var_epi32(lo, odd, hi));
-    }
+    __mmask16 keep = (__mmask16)((1u << lanes) - 1);
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + r * n, keep, _mm512_add_ps(acc[r], off[r]));
 }
-#endif
 
-#ifdef SIMLAB_AVX2
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
-
-#define MAXR 4 /* input rows decoded against one weight row at once: its codes are unpacked once */
-
-#ifdef SIMLAB_AVX2
-/* Block b of one weight row against R input rows, added into acc[r] (the even or the odd blocks'
- * sums) and off[r]: the 256-bit path, one block at a time. */
-static inline __attribute__((always_inline)) void block256(int bits, const void *wv, const float *scale,
-                                                           const float *offset, int per, const int8_t *q1,
-                                                           const int8_t *q2, const float *d2, const float *sx,
-                                                           int64_t k, int R, int64_t b, __m256 *acc, float *off) {
-    int64_t blocks = k / QK;
-    const uint8_t *w4 = (const uint8_t *)wv;
-    const int8_t *w8 = (const int8_t *)wv;
+#elif defined(SIMLAB_AVX2)
+/* The same for 8 weight rows per vector, rows 0-7 then 8-15 of the group: AVX2's byte products
+ * (maddubs) take unsigned codes, so q8's signs move onto the inputs. */
+static inline __attribute__((always_inline)) void tile(int bits, int group, int R, const uint8_t *p,
+                                                       const float *ps, const float *po, const int8_t *q1,
+                                                       const int8_t *q2, const float *d2, const float *sx,
+                                                       const int32_t *gs, int64_t k, float *y, int64_t n,
+                                                       int lanes) {
+    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
+    const int per = QK / group, steps = group / 4;
     const __m256i low = _mm256_set1_epi8(0x0F);
 #ifndef SIMLAB_VNNI
-    const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256);
+    const __m256i ones = _mm256_set1_epi16(1);
 #endif
-    __m256i c, u; /* the codes, and what maddubs reads as unsigned: the codes or their size */
-    if (bits == 4) _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
-    else _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
-    if (bits == 4) {
-        __m128i p = _mm_loadu_si128((const __m128i *)(w4 + b * 16));
-        c = u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low);
-    } else {
-        c = _mm256_loadu_si256((const __m256i *)(w8 + b * QK));
-        u = _mm256_sign_epi8(c, c);
-    }
-    __m256 s = per == 1 ? _mm256_set1_ps(scale[b])
-                        : _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
-    for (int r = 0; r < R; r++) {
-        int64_t at = r * k + b * QK, g = r * blocks + b;
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(q1 + at));
-        __m256i x2 = _mm256_loadu_si256((const __m256i *)(q2 + at));
-        if (bits != 4) { /* signed codes: the sign moves onto the activations */
-            x1 = _mm256_sign_epi8(x1, c);
-            x2 = _mm256_sign_epi8(x2, c);
-        }
-#ifdef SIMLAB_VNNI /* the same integers: each lane sums the same four products, 256 x1 + x2 */
-        __m256i i = _mm256_slli_epi32(DPBUSD(_mm256_setzero_si256(), u, x1), 8);
-        __m256 f = _mm256_cvtepi32_ps(DPBUSD(i, u, x2));
-#else
-        __m256i i1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), high);
-        __m256i i2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x2), ones);
-        __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(i1, i2));
-#endif
-        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d2[g])), f, acc[r]);
-        if (offset) off[r] += offset[b] * sx[g];
-    }
-}
-#endif
-
-/* Outputs of W weight rows for R quantized input rows (R <= MAXR), into out[w][r * stride]: q4
- * rows (bits 4: K/2 bytes, a scale and offset per 32) or q8 ones (bits 8: K bytes, a scale per
- * `group` = 16 or 32, an offset per 32 or none). Each output is summed alone, in the one order every
- * build and every W and R give it: W > 1 only shares the loads of the inputs between weight rows
- * (the AVX-512 build). Called with constant bits, W and R, so each case compiles to its own loop
- * with the accumulators in registers. sxt: the inputs' sx, four rows side by side per block. */
-static inline __attribute__((always_inline)) void dot(int bits, int W, const void *const *wv,
-                                                      const float *const *scale, const float *const *offset,
-                                                      int group, const int8_t *q1, const int8_t *q2,
-                                                      const float *d2, const float *sx, const float *sxt,
-                                                      const float *pairs, const int16_t *x16, int64_t k,
-                                                      int R, float *const *out, int64_t stride) {
-    int64_t blocks = k / QK;
-    int per = QK / group; /* weight scales per activation block */
-#ifdef SIMLAB_AVX2
-    /* Two running float sums per row, one over the even blocks and one over the odd, added at the end:
-     * every build sums in this order, so each gives the same bits. */
-    __m256 even[4][MAXR], odd[4][MAXR];
-    float off[4][MAXR];
-    for (int w = 0; w < W; w++)
-        for (int r = 0; r < R; r++) {
-            even[w][r] = odd[w][r] = _mm256_setzero_ps();
-            off[w][r] = 0.0f;
-        }
-    int64_t b = 0;
-#ifdef SIMLAB_AVX512
-    /* Two blocks per step: lanes 0-7 are block b's and the even sums, 8-15 block b + 1's and the odd
-     * sums; each lane's integer is the one the 256-bit path makes for it (the same four products,
-     * summed as integers): q4's unsigned codes by each level's bytes (vpdpbusd), q8's signed codes
-     * as 16-bit values times the inputs' 256 q1 + q2 (`x16`, in pairs; vpdpwssd). The offsets' sums
-     * run for the R rows side by side, in block order. */
-    const __m512i low2 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
-    /* q8, per 128-bit lane: bytes 4L, 4L + 1 (then 4L + 2, 4L + 3) of each 32-bit lane L into the
-     * high bytes of 16-bit values, then shifted down with their sign */
-    const __m512i high_a = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13));
-    const __m512i high_b = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15));
-    __m512 both[4][MAXR];
-    __m128 offs[4];
-    for (int w = 0; w < W; w++) {
-        offs[w] = _mm_setzero_ps();
-        for (int r = 0; r < R; r++) both[w][r] = _mm512_setzero_ps();
-    }
-    for (; b + 1 < blocks; b += 2) {
-        __m512i ca[4], cb[4];
-        __m512 s01[4];
-        for (int w = 0; w < W; w++) {
-            const uint8_t *w4 = (const uint8_t *)wv[w];
-            const int8_t *w8 = (const int8_t *)wv[w];
-            const float *sc = scale[w];
-            if (bits == 4) {
-                _mm_prefetch((const char *)(w4 + b * 16) + PREFETCH / 2, _MM_HINT_T0);
-                __m256i p = _mm256_loadu_si256((const __m256i *)(w4 + b * 16)), h = _mm256_srli_epi16(p, 4);
-                __m512i two = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_permute2x128_si256(p, h, 0x20)), _mm256_permute2x128_si256(p, h, 0x31), 1
-                );
-                ca[w] = _mm512_and_si512(two, low2); /* the 64 codes in order, unsigned: vpdpbusd's */
-                cb[w] = zero;
-            } else { /* signed codes: into the high byte, then shifted down with their sign */
-                _mm_prefetch((const char *)(w8 + b * QK) + PREFETCH, _MM_HINT_T0);
-                __m512i c = _mm512_loadu_si512((const void *)(w8 + b * QK));
-                ca[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_a), 8);
-                cb[w] = _mm512_srai_epi16(_mm512_shuffle_epi8(c, high_b), 8);
-            }
-            __m256 s0 = per == 1 ? _mm256_set1_ps(sc[b])
-                                 : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 1]), _mm_set1_ps(sc[2 * b]));
-            __m256 s1 = per == 1 ? _mm256_set1_ps(sc[b + 1])
-                                 : _mm256_set_m128(_mm_set1_ps(sc[2 * b + 3]), _mm_set1_ps(sc[2 * b + 2]));
-            s01[w] = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
-            if (offset[w] && R == 1) { /* one row: scalar sums (as block256's), fewer instructions */
-                off[w][0] += offset[w][b] * sx[b];
-                off[w][0] += offset[w][b + 1] * sx[b + 1];
-            } else if (offset[w]) {
-                __m128 o0 = _mm_mul_ps(_mm_set1_ps(offset[w][b]), _mm_loadu_ps(sxt + b * 4));
-                offs[w] = _mm_add_ps(offs[w], o0);
-                __m128 o1 = _mm_mul_ps(_mm_set1_ps(offset[w][b + 1]), _mm_loadu_ps(sxt + (b + 1) * 4));
-                offs[w] = _mm_add_ps(offs[w], o1);
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            __m512i xa, xb;
-            if (bits == 4) { /* the two levels' bytes: 256 (c . q1) + c . q2 */
-                xa = _mm512_loadu_si512((const void *)(q1 + r * k + b * QK));
-                xb = _mm512_loadu_si512((const void *)(q2 + r * k + b * QK));
-            } else {
-                const int16_t *row = x16 + r * k + b * QK;
-                xa = _mm512_loadu_si512((const void *)row);
-                xb = _mm512_loadu_si512((const void *)(row + 32));
-            }
-            __m512 d = _mm512_loadu_ps(pairs + (r * (blocks / 2) + b / 2) * 16);
-            for (int w = 0; w < W; w++) {
-                __m512i t = bits == 4
-                    ? _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ca[w], xa), 8), ca[w], xb)
-                    : _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, ca[w], xa), cb[w], xb);
-                /* s0 d2[g] in lanes 0-7, s1 d2[g + 1] in 8-15: the products the 256-bit path makes */
-                both[w][r] = _mm512_fmadd_ps(_mm512_mul_ps(s01[w], d), _mm512_cvtepi32_ps(t), both[w][r]);
-            }
-        }
-    }
-    for (int w = 0; w < W; w++) {
-        float lanes[4];
-        _mm_storeu_ps(lanes, offs[w]);
-        for (int r = 0; r < R; r++) {
-            even[w][r] = _mm512_castps512_ps256(both[w][r]);
-            odd[w][r] = _mm512_extractf32x8_ps(both[w][r], 1);
-            if (offset[w] && R > 1) off[w][r] = lanes[r];
-        }
-    }
-#endif
-    for (int w = 0; w < W; w++) {
-        int64_t e = b;
-        for (; e + 1 < blocks; e += 2) { /* an even block, then an odd one: each into its own sums */
-            block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
-            block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e + 1, odd[w], off[w]);
-        }
-        if (e < blocks) block256(bits, wv[w], scale[w], offset[w], per, q1, q2, d2, sx, k, R, e, even[w], off[w]);
-        for (int r = 0; r < R; r++) out[w][r * stride] = hsum(_mm256_add_ps(even[w][r], odd[w][r])) + off[w][r];
-    }
-#else
-    /* The 256-bit path's arithmetic written out: 8 lanes, each the integer of four products, the
-     * even and odd blocks' float sums, then its horizontal sum's tree, so a CPU without AVX2 (or
-     * another architecture) gives the same bits. */
-    (void)sxt, (void)pairs, (void)x16;
-    for (int w = 0; w < W; w++) {
-        const uint8_t *w4 = (const uint8_t *)wv[w];
-        const int8_t *w8 = (const int8_t *)wv[w];
-        const float *sc = scale[w], *of = offset[w];
-        for (int r = 0; r < R; r++) {
-            float sums[2][8] = {{0}}, off = 0.0f;
-            for (int64_t b = 0; b < blocks; b++) {
-                int64_t at = r * k + b * QK, g = r * blocks + b;
-                for (int lane = 0; lane < 8; lane++) {
-                    int32_t dot = 0;
-                    for (int j = 4 * lane; j < 4 * lane + 4; j++) {
-                        int code = bits == 4 ? (j < 16 ? w4[b * 16 + j] & 15 : w4[b * 16 + j - 16] >> 4)
-                                             : w8[b * QK + j];
-                        dot += code * (256 * q1[at + j] + q2[at + j]);
+    (void)gs;
+    for (int h = 0; h < 2 && 8 * h < lanes; h++) {
+        __m256 acc[RM], off[RM];
+        for (int r = 0; r < R; r++) acc[r] = off[r] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint8_t *pb = p + b * STEPS * step;
+            if (h == 0)
+                for (int64_t at = 0; at < STEPS * step; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
+            for (int q = 0; q < per; q++) {
+                __m256i a1[RM], a2[RM];
+                for (int r = 0; r < R; r++) a1[r] = a2[r] = _mm256_setzero_si256();
+                for (int s = q * steps; s < (q + 1) * steps; s++) {
+                    __m256i c, u;
+                    if (bits == 4) {
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
+                        c = u = _mm256_and_si256(h == 0 ? v : _mm256_srli_epi16(v, 4), low);
+                    } else {
+                        c = _mm256_loadu_si256((const __m256i *)(pb + s * 64 + h * 32));
+                        u = _mm256_sign_epi8(c, c);
                     }
-                    float sd = (per == 1 ? sc[b] : sc[2 * b + lane / 4]) * d2[g];
-                    sums[b & 1][lane] = fmaf(sd, (float)dot, sums[b & 1][lane]);
-                }
-                if (of) off += of[b] * sx[g];
-            }
-            float v[8], h[4];
-            for (int l = 0; l < 8; l++) v[l] = sums[0][l] + sums[1][l];
-            for (int l = 0; l < 4; l++) h[l] = v[l] + v[l + 4];
-            out[w][r * stride] = ((h[0] + h[2]) + (h[1] + h[3])) + off;
-        }
-    }
+                    for (int r = 0; r < R; r++) {
+                        int64_t at = r * k + b * QK + 4 * s;
+                        int32_t v1, v2;
+                        memcpy(&v1, q1 + at, 4);
+                        memcpy(&v2, q2 + at, 4);
+                        __m256i x1 = _mm256_set1_epi32(v1), x2 = _mm256_set1_epi32(v2);
+                        if (bits == 8) {
+                            x1 = _mm256_sign_epi8(x1, c);
+                            x2 = _mm256_sign_epi8(x2, c);
+                        }
+#ifdef SIMLAB_VNNI
+                        a1[r] = DPBUSD(a1[r], u, x1);
+                        a2[r] = DPBUSD(a2[r], u, x2);
+#else
+                        a1[r] = _mm256_add_epi32(a1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), ones));
+                        a2[r] = _mm256_add_epi32(a2[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x2), ones));
 #endif
+                    }
+                }
+                __m256 sc = _mm256_loadu_ps(ps + (b * per + q) * 16 + h * 8);
+                for (int r = 0; r < R; r++) {
+                    __m256i t = _mm256_add_epi32(_mm256_slli_epi32(a1[r], 8), a2[r]);
+                    __m256 sd = _mm256_mul_ps(sc, _mm256_set1_ps(d2[r * blocks + b]));
+                    acc[r] = _mm256_fmadd_ps(sd, _mm256_cvtepi32_ps(t), acc[r]);
+                }
+            }
+            if (po) {
+                __m256 o = _mm256_loadu_ps(po + b * 16 + h * 8);
+                for (int r = 0; r < R; r++) off[r] = _mm256_add_ps(off[r], _mm256_mul_ps(o, _mm256_set1_ps(sx[r * blocks + b])));
+            }
+        }
+        int here = lanes - 8 * h < 8 ? lanes - 8 * h : 8;
+        __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(here), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int r = 0; r < R; r++) _mm256_maskstore_ps(y + r * n + 8 * h, keep, _mm256_add_ps(acc[r], off[r]));
+    }
 }
 
-#ifdef SIMLAB_AVX512
-#define TILE_W 2 /* weight rows that share each load of the inputs */
 #else
-#define TILE_W 1
+/* The definition written out, one output at a time. */
+static void tile(int bits, int group, int R, const uint8_t *p, const float *ps, const float *po, const int8_t *q1,
+                 const int8_t *q2, const float *d2, const float *sx, const int32_t *gs, int64_t k, float *y,
+                 int64_t n, int lanes) {
+    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
+    const int per = QK / group;
+    (void)gs;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < lanes; c++) {
+            float acc = 0.0f, off = 0.0f;
+            for (int64_t b = 0; b < blocks; b++) {
+                const uint8_t *pb = p + b * STEPS * step;
+                for (int q = 0; q < per; q++) {
+                    int32_t sum = 0;
+                    for (int j = q * group; j < (q + 1) * group; j++) {
+                        const uint8_t *at = pb + (j / 4) * step;
+                        int i = (c % 8) * 4 + j % 4;
+                        int code = bits == 8 ? (int)(int8_t)at[c * 4 + j % 4] : (c < 8 ? at[i] & 15 : at[i] >> 4);
+                        sum += code * (256 * q1[r * k + b * QK + j] + q2[r * k + b * QK + j]);
+                    }
+                    acc = fmaf(ps[(b * per + q) * 16 + c] * d2[r * blocks + b], (float)sum, acc);
+                }
+                if (po) off += po[b * 16 + c] * sx[r * blocks + b];
+            }
+            y[r * n + c] = acc + off;
+        }
+}
 #endif
 
-/* W weight rows from `at` against R input rows (both constants in each case) */
-#define DOTS(BITS, GROUP, OFFSETS)                                                                         \
+/* R rows (a constant in each case, up to RM) */
+#define ROWS(BITS, GROUP)                                                                                  \
     switch (R) {                                                                                           \
-    case 4: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 4, op, n); break;          \
-    case 3: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 3, op, n); break;          \
-    case 2: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 2, op, n); break;          \
-    default: dot(BITS, W, wp, sp, OFFSETS, GROUP, a1, a2, e2, sr, st, pr, br, k, 1, op, n);                \
+    case 8: tile(BITS, GROUP, 8, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
+    case 7: tile(BITS, GROUP, 7, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
+    case 6: tile(BITS, GROUP, 6, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
+    case 5: tile(BITS, GROUP, 5, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
+    case 4: tile(BITS, GROUP, 4, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
+    case 3: tile(BITS, GROUP, 3, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
+    case 2: tile(BITS, GROUP, 2, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
+    default: tile(BITS, GROUP, 1, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes);                        \
     }
 
-/* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows, given as `parts` weights
- * of one layout whose rows follow one another (q/k/v read from where each lies, not copied together:
- * ws, scales, offsets (an offset may be null), ns their row counts). x (M, K) float is first
- * rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32 floats, then 4 (M + 4)
- * K/32 floats of sx four rows side by side; then for the AVX-512 path M K bytes of paired scales and
- * 2 M K of 16-bit 256 q1 + q2 for q8 weights). Weight rows split over threads; each meets the inputs MAXR at
- * a time (the same arithmetic per input row whatever M is). */
+/* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows in the layout above,
+ * given as `parts` weights of one layout whose rows follow one another (q/k/v read from where each
+ * lies, not copied together: ws, scales, offsets (an offset may be null), ns their row counts). x
+ * (M, K) float is first rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32
+ * floats and 2 M K/32 ints: simlab_qlinear_scratch bytes). Groups of 16 weight rows split over
+ * threads; each meets the inputs RM rows at a time (the same arithmetic per input row whatever M
+ * is). */
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
                           const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
                           int group, float *y, void *scratch, int threads) {
-    int64_t blocks = k / QK, groups = k / group, blocks_all = m * blocks;
+    int64_t blocks = k / QK, blocks_all = m * blocks;
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
     float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
-    float *sxt = sx + blocks_all; /* per four rows and block: the four rows' sx */
-    float *pairs = sxt + (m + 3) / 4 * 4 * blocks; /* per row and two blocks: d2 of the first eight times, of the second eight times */
-    int16_t *x16 = (int16_t *)(pairs + m * (blocks / 2) * 16); /* per row: 256 q1 + q2, in pairs (q8) */
+    int32_t *gs = (int32_t *)(sx + blocks_all); /* per row and 16 inputs: the sum of 256 q1 + q2 */
 #pragma omp parallel for num_threads(threads) schedule(static) if (m * k >= 16384 && threads > 1)
     for (int64_t r = 0; r < m; r++) {
-        const float *xr = x + r * k;
         int8_t *a = q1 + r * k, *c = q2 + r * k;
-        float *e1 = d1 + r * blocks, *e2 = d2 + r * blocks, *s = sx + r * blocks;
 #ifdef SIMLAB_AVX512
-        quantize_row512(xr, k, a, c, e1, e2, s, bits == 8 ? x16 + r * k : 0);
-        for (int64_t p = 0; p < blocks / 2; p++) /* e2 of the pair's first block eight times, then its second's */
-            _mm512_storeu_ps(pairs + (r * (blocks / 2) + p) * 16,
-                             _mm512_insertf32x8(_mm512_set1_ps(e2[2 * p]), _mm256_set1_ps(e2[2 * p + 1]), 1));
+        quantize_row512(x + r * k, k, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
 #else
-        quantize_row(xr, k, a, c, e1, e2, s);
+        quantize_row(x + r * k, k, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
 #endif
-        for (int64_t b = 0; b < blocks; b++) sxt[((r / 4) * blocks + b) * 4 + r % 4] = s[b];
+        for (int64_t g = 0; g < k / 16; g++) {
+            int32_t sum = 0;
+            for (int j = 0; j < 16; j++) sum += 256 * a[g * 16 + j] + c[g * 16 + j];
+            gs[r * (k / 16) + g] = sum;
+        }
     }
-    for (int64_t r = m; r < (m + 3) / 4 * 4; r++) /* the last four's missing rows */
-        for (int64_t b = 0; b < blocks; b++) sxt[((r / 4) * blocks + b) * 4 + r % 4] = 0.0f;
-    int64_t n = 0; /* the parts' rows, one after another, make the outputs */
-    for (int p = 0; p < parts; p++) n += ns[p];
-    int64_t tile = 16; /* weight rows per task: they stay in cache across the M inputs */
-    int64_t tiles = (n + tile - 1) / tile;
-    /* tasks handed out in runs of about a sixteenth of a thread's share (at least 4): each thread
-     * streams longer stretches of the weight (a 262k-row unembedding, one row: 6.8 ms where runs of
-     * 4 took 7.7), and a thread slowed by others still gets less. Which thread sums a row does not
-     * change its sum. */
-    int64_t share = tiles / ((threads > 1 ? threads : 1) * 16), run = share > 4 ? share : 4;
+    int64_t n = 0, groups = 0; /* the parts' rows, one after another, make the outputs */
+    for (int p = 0; p < parts; p++) n += ns[p], groups += (ns[p] + 15) / 16;
+    int64_t step = bits == 4 ? 32 : 64, per = QK / group;
+    /* groups handed out in runs of about a sixteenth of a thread's share (at least 4): each thread
+     * streams longer stretches of the weight, and a thread slowed by others still gets less. Which
+     * thread sums a row does not change its sum. */
+    int64_t share = groups / ((threads > 1 ? threads : 1) * 16), run = share > 4 ? share : 4;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, run) if (n * k >= 65536 && threads > 1)
-    for (int64_t t = 0; t < tiles; t++) {
-        int64_t end = (t + 1) * tile < n ? (t + 1) * tile : n;
-        for (int64_t r = 0; r < m; r += MAXR) {
-            int R = m - r < MAXR ? (int)(m - r) : MAXR;
+    for (int64_t t = 0; t < groups; t++) {
+        int part = 0;
+        int64_t g = t, first = 0; /* the group within its part, and the part's first output */
+        while (g >= (ns[part] + 15) / 16) g -= (ns[part] + 15) / 16, first += ns[part++];
+        int lanes = ns[part] - 16 * g < 16 ? (int)(ns[part] - 16 * g) : 16;
+        const uint8_t *p = (const uint8_t *)ws[part] + g * blocks * STEPS * step;
+        const float *ps = scales[part] + g * blocks * per * 16;
+        const float *po = offsets[part] ? offsets[part] + g * blocks * 16 : 0;
+        for (int64_t r = 0; r < m; r += RM) {
+            int R = m - r < RM ? (int)(m - r) : RM;
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
-            const float *e2 = d2 + r * blocks, *sr = sx + r * blocks, *pr = pairs + r * (blocks / 2) * 16;
-            const float *st = sxt + (r / 4) * blocks * 4;
-            const int16_t *br = x16 + r * k;
-            for (int64_t at = t * tile; at < end;) {
-                int W = m >= 8 && end - at >= TILE_W ? TILE_W : 1; /* a decode step's rows alone stream faster */
-                const void *wp[TILE_W];
-                const float *sp[TILE_W], *oo[TILE_W];
-                float *op[TILE_W];
-                int any = 0;
-                for (int w = 0; w < W; w++) {
-                    int p = 0;
-                    int64_t o = at + w; /* the row within its part */
-                    while (o >= ns[p]) o -= ns[p++];
-                    wp[w] = (const char *)ws[p] + o * (bits == 4 ? k / 2 : k);
-                    sp[w] = scales[p] + o * groups;
-                    oo[w] = offsets[p] ? offsets[p] + o * blocks : 0;
-                    any |= oo[w] != 0;
-                    op[w] = y + r * n + at + w;
-                }
-                if (W == TILE_W && TILE_W > 1) {
-#if TILE_W > 1
-                    enum { W = TILE_W };
-                    if (bits == 4) {
-                        DOTS(4, QK, oo)
-                    } else if (group == QK && !any) { /* Q8_0, Q5_0: the common case, with no offset */
-                        const float *none[TILE_W] = {0};
-                        DOTS(8, QK, none)
-                    } else {
-                        DOTS(8, group, oo)
-                    }
-#endif
-                } else {
-                    enum { W = 1 };
-                    if (bits == 4) {
-                        DOTS(4, QK, oo)
-                    } else if (group == QK && !any) {
-                        const float *none[1] = {0};
-                        DOTS(8, QK, none)
-                    } else {
-                        DOTS(8, group, oo)
-                    }
-                }
-                at += W;
+            const float *e2 = d2 + r * blocks, *sr = sx + r * blocks;
+            const int32_t *g2 = gs + r * blocks * 2;
+            float *o = y + r * n + first + 16 * g;
+            if (bits == 4) {
+                ROWS(4, QK)
+            } else if (group == QK) {
+                ROWS(8, QK)
+            } else {
+                ROWS(8, 16)
             }
         }
     }
 }
+
+/* The working memory simlab_qlinear_parts needs for M rows of K. */
+int64_t simlab_qlinear_scratch(int64_t m, int64_t k) { return 2 * m * k + 20 * m * (k / QK); }
 
 /* One weight: simlab_qlinear_parts with one part. */
 void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const float *scale,
@@ -476,16 +390,19 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
     simlab_qlinear_parts(x, m, k, 1, &w, &scale, &offset, &n, bits, group, y, scratch, threads);
 }
 
-/* Rows of a q8 table (an embedding) as floats: out (R, K) = scale * code (+ offset) for each id. */
+/* Rows of a q8 table (an embedding, in the layout above) as floats: out (R, K) = scale * code
+ * (+ offset) for each id. */
 void simlab_q8_rows(const int8_t *w, const float *scale, const float *offset, int group, int64_t k,
                     const int64_t *ids, int64_t count, float *out) {
-    int64_t groups = k / group;
+    int64_t blocks = k / QK, per = QK / group;
     for (int64_t i = 0; i < count; i++) {
-        const int8_t *row = w + ids[i] * k;
-        const float *s = scale + ids[i] * groups;
+        int64_t g = ids[i] / 16, c = ids[i] % 16;
+        const int8_t *p = w + g * blocks * STEPS * 64;
+        const float *ps = scale + g * blocks * per * 16, *po = offset ? offset + g * blocks * 16 : 0;
         for (int64_t j = 0; j < k; j++) {
-            float v = s[j / group] * (float)row[j];
-            if (offset) v += offset[ids[i] * (k / QK) + j / QK];
+            int64_t b = j / QK, e = j % QK;
+            float v = ps[(b * per + e / group) * 16 + c] * (float)p[(b * STEPS + e / 4) * 64 + c * 4 + e % 4];
+            if (po) v += po[b * 16 + c];
             out[i * k + j] = v;
         }
     }

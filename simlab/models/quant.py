@@ -199,7 +199,7 @@ def _shared_embedding(model: torch.nn.Module, stored, check: bool, tied: bool) -
         if not (check or tied):
             return {}
         ids = torch.tensor(list(range(16)) + [weight.shape[0] - 1])
-        got = native.rows(ids, head.codes, head.scale, head.offset, head.group) if check else None
+        got = native.rows(ids, head) if check else None
         if check and not torch.allclose(got, weight[ids].float(), rtol=2**-7, atol=1e-6):
             return {}
     scale = getattr(embedding, "embed_scale", None)
@@ -234,21 +234,21 @@ def _native_layer(groups, bias) -> torch.nn.Module | None:
     if groups.bits == 4 and groups.group == GROUP:
         pairs = codes.reshape(n, -1, GROUP)
         packed = (pairs[..., : GROUP // 2] | (pairs[..., GROUP // 2 :] << 4)).reshape(n, -1)
-        return native.NativeLinear(packed, scale, torch.from_numpy(groups.offset), 4, GROUP, bias)
+        return native.NativeLinear.of(packed, scale, torch.from_numpy(groups.offset), 4, GROUP, bias)
     if groups.bias is not None:  # code - bias fits a signed byte: the difference mod 256, read signed
         signed = torch.from_numpy((groups.codes - np.uint8(groups.bias)).view(np.int8))
-        return native.NativeLinear(signed, scale, None, 8, groups.group, bias)
+        return native.NativeLinear.of(signed, scale, None, 8, groups.group, bias)
     if groups.bits < 8 and groups.group == GROUP:
         offset = torch.from_numpy(groups.offset)
-        return native.NativeLinear(codes.to(torch.int8), scale, offset, 8, GROUP, bias)
+        return native.NativeLinear.of(codes.to(torch.int8), scale, offset, 8, GROUP, bias)
     return None
 
 
 def _stored_layer(stored: dict[str, torch.Tensor], key: str, bias) -> torch.nn.Module | None:
     if f"{key}.codes" in stored:
-        bits, group = (int(v) for v in stored[f"{key}.layout"])
+        layout = [int(v) for v in stored[f"{key}.layout"]]  # (bits, group, N, K): the kernel's layout
         offset = stored.get(f"{key}.offset")
-        return native.NativeLinear(stored[f"{key}.codes"], stored[f"{key}.scale"], offset, bits, group, bias)
+        return native.NativeLinear(stored[f"{key}.codes"], stored[f"{key}.scale"], offset, layout, bias)
     if f"{key}.packed" in stored:
         parts = int(stored.get(f"{key}.parts", torch.tensor(1)))
         return Int4Linear(stored[f"{key}.packed"], stored[f"{key}.scale_zero"], bias, parts)

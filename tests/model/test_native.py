@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_llama_style
 from test_gguf_weights import COLS, ROWS, random_tensor, reference
 
-from simlab.models import gguf_groups, lean, native, ranking
+from simlab.models import gguf_groups, layout, lean, native, ranking
 from simlab.models.quant import _native_layer
 
 FORMATS = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
@@ -30,18 +30,36 @@ def kernel():
 
 
 def unpacked(layer: native.NativeLinear) -> torch.Tensor:
-    """The (N, K) weight a layer's buffers hold, in float64. 4 bits: byte j of a group of 32 holds
-    code j (low nibble) and code 16 + j (high nibble)."""
+    """The (N, K) weight a layer's buffers hold, in float64, read back through `layout.unpack`. 4 bits:
+    byte j of a group of 32 holds code j (low nibble) and code 16 + j (high nibble)."""
+    codes, scale, offset = layout.unpack(layer)
     if layer.bits != 4:
-        values = layer.codes.double().unflatten(-1, (-1, layer.group)) * layer.scale.double().unsqueeze(-1)
-        if layer.offset is not None:  # Q5_1, Q5_K: unsigned codes and an offset per 32
-            values = values.flatten(-2).unflatten(-1, (-1, 32)) + layer.offset.double().unsqueeze(-1)
+        values = codes.double().unflatten(-1, (-1, layer.group)) * scale.double().unsqueeze(-1)
+        if offset is not None:  # Q5_1, Q5_K: unsigned codes and an offset per 32
+            values = values.flatten(-2).unflatten(-1, (-1, 32)) + offset.double().unsqueeze(-1)
         return values.flatten(-2)
     n = layer.out_features
-    packed = layer.codes.reshape(n, -1, 16)
+    packed = codes.reshape(n, -1, 16)
     codes = torch.cat([packed & 15, packed >> 4], dim=-1).reshape(n, -1)
-    values = codes.double().unflatten(-1, (-1, 32)) * layer.scale.double().unsqueeze(-1)
-    return (values + layer.offset.double().unsqueeze(-1)).flatten(-2)
+    values = codes.double().unflatten(-1, (-1, 32)) * scale.double().unsqueeze(-1)
+    return (values + offset.double().unsqueeze(-1)).flatten(-2)
+
+
+def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torch.Tensor:
+    """x times a weight given as its file has it (`layout.pack`), transposed."""
+    return native.NativeLinear.of(codes, scale, offset, bits, group)(x)
+
+
+def file_layout(layer: native.NativeLinear, rows: int | None = None, blocks: int | None = None) -> tuple:
+    """The layer's codes, scales and offsets as its file has them, cut to its first rows and blocks."""
+    codes, scale, offset = layout.unpack(layer)
+    per, width = 32 // layer.group, (16 if layer.bits == 4 else 32)
+    cols = slice(None) if blocks is None else slice(0, blocks)
+    return (
+        codes[:rows, : None if blocks is None else blocks * width].contiguous(),
+        scale[:rows, : None if blocks is None else blocks * per].contiguous(),
+        None if offset is None else offset[:rows, cols].contiguous(),
+    )
 
 
 def rounded(blocks: torch.Tensor, d: torch.Tensor):
@@ -94,10 +112,10 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
     for size in (2, 3, 4, 5, 9):  # batches of 4 rows share the weights' unpacking; the rest go alone
         together = torch.cat([layer(x[i : i + size]) for i in range(0, 9, size)])
         assert torch.equal(together, alone), size
-    # 37 weight rows: from 8 inputs AVX-512 takes weight rows two at a time, and the odd one alone
-    cut = (layer.codes[:37], layer.scale[:37], None if layer.offset is None else layer.offset[:37])
-    alone = torch.cat([native.matmul(x[i : i + 1], *cut, layer.bits, layer.group) for i in range(9)])
-    assert torch.equal(native.matmul(x, *cut, layer.bits, layer.group), alone)
+    # 37 weight rows: two groups of 16 and a last one of 5 (padded), from 8 inputs taken 8 at a time
+    cut = file_layout(layer, rows=37)
+    alone = torch.cat([matmul(x[i : i + 1], *cut, layer.bits, layer.group) for i in range(9)])
+    assert torch.equal(matmul(x, *cut, layer.bits, layer.group), alone)
 
 
 @pytest.mark.parametrize(
@@ -110,10 +128,11 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
     ids=["no-avx512", "avx2-only", "portable-c"],
 )
 def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, without, simd):
-    """AVX-512 sums two blocks' bytes at once and VNNI sums them in one instruction; the integers
-    are the AVX2 path's and the float part runs in the same order, and the portable C writes that
-    order out, so replies stay the same bit for bit on every machine. A build for an instruction set
-    this CPU lacks cannot run here: the paths below it are the ones checked."""
+    """AVX-512 sums 16 weight rows' bytes per vector with VNNI (q8's codes plus 128), AVX2 8 with
+    maddubs (q8's signs moved onto the inputs): the integers of each scale group are exact, the
+    float part runs in the same order, and the portable C writes that order out, so replies stay the
+    same bit for bit on every machine. A build for an instruction set this CPU lacks cannot run
+    here: the paths below it are the ones checked."""
     import ctypes
 
     if native.library().simlab_qmatmul_simd() <= max(simd):
@@ -122,19 +141,14 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
     native._declare(other)
     assert other.simlab_qmatmul_simd() in simd
     torch.manual_seed(2)
-    x = torch.randn(11, COLS)  # from 8 rows, AVX-512 takes two weight rows per pass over the inputs
-    blocks = 7  # an odd count of 32-wide blocks: the last goes through the one-block path
+    x = torch.randn(11, COLS)  # 8 input rows at a time, then 3
+    blocks = 7  # an odd count of 32-wide blocks, and 37 weight rows: a last group of 5
     for kind in FORMATS:
         layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=9)), None)
-        per = 32 // layer.group
-        cut = (
-            layer.codes[:, : blocks * (16 if layer.bits == 4 else 32)].contiguous(),
-            layer.scale[:, : blocks * per].contiguous(),
-            None if layer.offset is None else layer.offset[:, :blocks].contiguous(),
-        )
-        fast = layer(x), native.matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
+        cut = file_layout(layer, rows=37, blocks=blocks)
+        fast = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
         monkeypatch.setitem(native._state, "lib", other)
-        again = layer(x), native.matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
+        again = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
         assert torch.equal(again[0], fast[0]) and torch.equal(again[1], fast[1]), kind
         monkeypatch.undo()
     logits = torch.randn(3, 262144) * 3
@@ -173,15 +187,16 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
 def test_a_product_too_big_to_keep_its_working_memory_holds_it_while_it_runs():
     """Working memory over 16 MiB is not kept between calls (a long prefill's): the call holds it
     until the kernel returns. It was freed as its address was taken, and a 1,700-row product of
-    2,048 wrote into unmapped memory (a crash)."""
+    2,048 wrote into unmapped memory (a crash; 4,200 rows now need that much)."""
     torch.manual_seed(3)
     codes = torch.randint(-127, 128, (64, 2048), dtype=torch.int8)
     scale = torch.rand(64, 2048 // 32) / 100
-    x = torch.randn(1700, 2048)
-    assert 5 * 1700 * 2048 > 1 << 24  # past what native._scratch keeps
-    whole = native.matmul(x, codes, scale, None, 8, 32)
-    for row in (0, 977, 1699):
-        assert torch.equal(whole[row : row + 1], native.matmul(x[row : row + 1], codes, scale, None, 8, 32))
+    x = torch.randn(4200, 2048)
+    assert native._scratch(4200, 2048).numel() > 1 << 24  # past what native._scratch keeps
+    layer = native.NativeLinear.of(codes, scale, None, 8, 32)
+    whole = layer(x)
+    for row in (0, 977, 4199):
+        assert torch.equal(whole[row : row + 1], layer(x[row : row + 1]))
 
 
 def test_a_row_of_zeros_gives_the_bias_alone():

@@ -1,0 +1,57 @@
+"""The weight layout of simlab's kernel (qmatmul.c): a GGUF tensor's codes with 16 rows side by side.
+
+Each step of the kernel's sums reads the next four codes of 16 weight rows in one load and sums them
+against four inputs of a row, so each output gathers its group's integer sum in one lane, and the
+float part runs once per output and scale group. The codes cache keeps this layout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+QK = 32
+
+
+def pack(codes: torch.Tensor, scale: torch.Tensor, offset, bits: int, group: int) -> tuple:
+    """A weight's codes, scales and offsets as its file has them (q4: (N, K/2) bytes, byte j of each
+    32 holding code j in its low nibble and code 16 + j in its high one; q8: (N, K) signed bytes;
+    scales (N, K/group), offsets (N, K/32) or None) in the kernel's layout (qmatmul.c): rows in
+    groups of 16 side by side, the last group padded with zero codes and scales. Each is (G, ...)."""
+    n, k = scale.shape[0], codes.shape[1] * (2 if bits == 4 else 1)
+    groups, blocks, per = -(-n // 16), k // QK, QK // group
+    if bits == 4:
+        halves = codes.reshape(n, blocks, QK // 2)
+        codes = torch.cat([halves & 15, halves >> 4], dim=-1)
+    pad = groups * 16 - n
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # padded to whole groups, (G, 16, ...)
+        t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))]) if pad else t
+        return t.reshape(groups, 16, *t.shape[1:])
+
+    steps = rows(codes.reshape(n, blocks, 8, 4)).permute(0, 2, 3, 1, 4)  # (G, blocks, step, row, 4)
+    if bits == 4:
+        steps = steps[:, :, :, :8] | (steps[:, :, :, 8:] << 4)
+    scales = rows(scale.float().reshape(n, blocks, per)).permute(0, 2, 3, 1)
+    offsets = None if offset is None else rows(offset.float()).permute(0, 2, 1)
+    return tuple(None if t is None else t.contiguous().reshape(groups, -1) for t in (steps, scales, offsets))
+
+
+def unpack(layer) -> tuple:
+    """`pack` undone: a `native.NativeLinear`'s codes, scales and offsets as its file has them."""
+    bits, group, n, k = layer.layout.tolist()
+    groups, blocks, per = -(-n // 16), k // QK, QK // group
+    steps = layer.codes.reshape(groups, blocks, 8, -1, 4)
+    if bits == 4:
+        steps = torch.cat([steps & 15, steps >> 4], dim=3)
+    codes = steps.permute(0, 3, 1, 2, 4).reshape(groups * 16, blocks, QK)[:n]
+    if bits == 4:
+        codes = codes[..., : QK // 2] | (codes[..., QK // 2 :] << 4)
+    scale = layer.scale.reshape(groups, blocks, per, 16).permute(0, 3, 1, 2).reshape(groups * 16, -1)[:n]
+    offset = layer.offset
+    if offset is not None:
+        offset = offset.reshape(groups, blocks, 16).permute(0, 2, 1).reshape(groups * 16, -1)[:n]
+    return (
+        codes.reshape(n, -1).contiguous(),
+        scale.contiguous(),
+        None if offset is None else offset.contiguous(),
+    )
