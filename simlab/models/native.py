@@ -128,7 +128,7 @@ def _scratch(m: int, k: int) -> torch.Tensor:
     """The kernel's working memory for M rows of K (simlab_qlinear_parts says how it is laid out):
     this thread's, grown when a call needs more (a decode step's products then allocate nothing).
     A caller holds the tensor until its C call returns: one over 16 MiB is not kept here."""
-    size = 2 * m * k + 20 * m * (k // QK)  # (simlab_qlinear_scratch)
+    size = 4 * m * k + 20 * m * (k // QK)  # (simlab_qlinear_scratch)
     held = getattr(_local, "scratch", None)
     if held is None or held.numel() < size:
         held = torch.empty(size, dtype=torch.int8)

@@ -20,13 +20,13 @@
 #define SIMLAB_AVX2 1
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define SIMLAB_VNNI 1
-#define DPBUSD _mm256_dpbusd_epi32
+#define DPWSSD _mm256_dpwssd_epi32
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #define SIMLAB_AVX512 1 /* the integer sums of two blocks at once; the float part stays per block */
 #endif
 #elif defined(__AVXVNNI__)
 #define SIMLAB_VNNI 1
-#define DPBUSD _mm256_dpbusd_avx_epi32
+#define DPWSSD _mm256_dpwssd_avx_epi32
 #endif
 #endif
 
@@ -50,7 +50,11 @@ int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte d
  * and a weight larger than the cache (the unembedding) then ran at half the memory's rate. */
 #define PREFETCH 4096
 #define STEPS 8 /* steps of four inputs per block of 32 */
-#define RM 8    /* input rows summed against each step's codes at once */
+#ifdef SIMLAB_AVX512 /* input rows summed against each step's codes at once */
+#define RM 8
+#else
+#define RM 4
+#endif
 
 #ifndef SIMLAB_AVX512 /* (the AVX-512 build rounds with quantize_row512) */
 /* One block of 32 floats as signed 8-bit codes q with scale d = max|v| / 127. */
@@ -153,13 +157,14 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
  * 16 inputs, the sum of 256 q1 + q2). */
 static inline __attribute__((always_inline)) void tile(int bits, int group, int R, const uint8_t *p,
                                                        const float *ps, const float *po, const int8_t *q1,
-                                                       const int8_t *q2, const float *d2, const float *sx,
-                                                       const int32_t *gs, int64_t k, float *y, int64_t n,
-                                                       int lanes) {
+                                                       const int8_t *q2, const int16_t *x16, const float *d2,
+                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
+                                                       int64_t n, int lanes) {
     int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
     const int per = QK / group, steps = group / 4;
     const __m256i low = _mm256_set1_epi8(0x0F);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
+    (void)x16;
     __m512 acc[RM], off[RM];
     for (int r = 0; r < R; r++) acc[r] = off[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
@@ -207,20 +212,92 @@ static inline __attribute__((always_inline)) void tile(int bits, int group, int 
 }
 
 #elif defined(SIMLAB_AVX2)
-/* The same for 8 weight rows per vector, rows 0-7 then 8-15 of the group: AVX2's byte products
- * (maddubs) take unsigned codes, so q8's signs move onto the inputs. */
-static inline __attribute__((always_inline)) void tile(int bits, int group, int R, const uint8_t *p,
+/* The same for 8 weight rows per vector (a group's rows 0-7 and 8-15 in two), on 16-bit values: the
+ * codes widened, times the inputs' 256 q1 + q2 (`x16`) in pairs (vpmaddwd, or VNNI's vpdpwssd), a
+ * row's two pairs of a step in two lanes, added when its scale group is done. One pass over the
+ * codes for both halves: a decode step's few rows stream the weight once. */
+static inline __attribute__((always_inline)) void tile_both(int bits, int group, int R, const uint8_t *p,
                                                        const float *ps, const float *po, const int8_t *q1,
-                                                       const int8_t *q2, const float *d2, const float *sx,
-                                                       const int32_t *gs, int64_t k, float *y, int64_t n,
-                                                       int lanes) {
+                                                       const int8_t *q2, const int16_t *x16, const float *d2,
+                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
+                                                       int64_t n, int lanes) {
     int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
     const int per = QK / group, steps = group / 4;
-    const __m256i low = _mm256_set1_epi8(0x0F);
-#ifndef SIMLAB_VNNI
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    (void)q1, (void)q2, (void)gs;
+    __m256 acc[2][RM], off[2][RM];
+    for (int h = 0; h < 2; h++)
+        for (int r = 0; r < R; r++) acc[h][r] = off[h][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *pb = p + b * STEPS * step;
+        for (int64_t at = 0; at < STEPS * step; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
+        for (int q = 0; q < per; q++) {
+            __m256i lo[2][RM], hi[2][RM]; /* of each eight weight rows, rows 0-3 and 4-7: two lanes each */
+            for (int h = 0; h < 2; h++)
+                for (int r = 0; r < R; r++) lo[h][r] = hi[h][r] = _mm256_setzero_si256();
+            for (int s = q * steps; s < (q + 1) * steps; s++) {
+                __m256i ca[2], cb[2];
+                if (bits == 4) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
+                    for (int h = 0; h < 2; h++) {
+                        __m256i c = _mm256_and_si256(h == 0 ? v : _mm256_srli_epi16(v, 4), low);
+                        ca[h] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
+                        cb[h] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
+                    }
+                } else {
+                    for (int h = 0; h < 2; h++) {
+                        __m256i c = _mm256_loadu_si256((const __m256i *)(pb + s * 64 + h * 32));
+                        ca[h] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(c));
+                        cb[h] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1));
+                    }
+                }
+                for (int r = 0; r < R; r++) {
+                    int64_t four;
+                    memcpy(&four, x16 + r * k + b * QK + 4 * s, 8);
+                    __m256i x = _mm256_set1_epi64x(four);
+                    for (int h = 0; h < 2; h++) {
+#ifdef SIMLAB_VNNI
+                        lo[h][r] = DPWSSD(lo[h][r], ca[h], x);
+                        hi[h][r] = DPWSSD(hi[h][r], cb[h], x);
+#else
+                        lo[h][r] = _mm256_add_epi32(lo[h][r], _mm256_madd_epi16(ca[h], x));
+                        hi[h][r] = _mm256_add_epi32(hi[h][r], _mm256_madd_epi16(cb[h], x));
 #endif
-    (void)gs;
+                    }
+                }
+            }
+            for (int h = 0; h < 2; h++) {
+                __m256 sc = _mm256_loadu_ps(ps + (b * per + q) * 16 + h * 8);
+                for (int r = 0; r < R; r++) {
+                    __m256i t = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[h][r], hi[h][r]), order);
+                    __m256 sd = _mm256_mul_ps(sc, _mm256_set1_ps(d2[r * blocks + b]));
+                    acc[h][r] = _mm256_fmadd_ps(sd, _mm256_cvtepi32_ps(t), acc[h][r]);
+                }
+            }
+        }
+        for (int h = 0; po && h < 2; h++) {
+            __m256 o = _mm256_loadu_ps(po + b * 16 + h * 8);
+            for (int r = 0; r < R; r++)
+                off[h][r] = _mm256_add_ps(off[h][r], _mm256_mul_ps(o, _mm256_set1_ps(sx[r * blocks + b])));
+        }
+    }
+    for (int h = 0; h < 2 && 8 * h < lanes; h++) {
+        int here = lanes - 8 * h < 8 ? lanes - 8 * h : 8;
+        __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(here), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int r = 0; r < R; r++) _mm256_maskstore_ps(y + r * n + 8 * h, keep, _mm256_add_ps(acc[h][r], off[h][r]));
+    }
+}
+
+/* tile_both's sums with the group's rows 0-7 first, then 8-15: fewer registers a row, for more rows */
+static inline __attribute__((always_inline)) void tile_apart(int bits, int group, int R, const uint8_t *p,
+                                                       const float *ps, const float *po, const int8_t *q1,
+                                                       const int8_t *q2, const int16_t *x16, const float *d2,
+                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
+                                                       int64_t n, int lanes) {
+    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
+    const int per = QK / group, steps = group / 4;
+    const __m256i low = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    (void)q1, (void)q2, (void)gs;
     for (int h = 0; h < 2 && 8 * h < lanes; h++) {
         __m256 acc[RM], off[RM];
         for (int r = 0; r < R; r++) acc[r] = off[r] = _mm256_setzero_ps();
@@ -229,39 +306,36 @@ static inline __attribute__((always_inline)) void tile(int bits, int group, int 
             if (h == 0)
                 for (int64_t at = 0; at < STEPS * step; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
             for (int q = 0; q < per; q++) {
-                __m256i a1[RM], a2[RM];
-                for (int r = 0; r < R; r++) a1[r] = a2[r] = _mm256_setzero_si256();
+                __m256i lo[RM], hi[RM]; /* rows 0-3 and 4-7 of the eight: two lanes each */
+                for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256();
                 for (int s = q * steps; s < (q + 1) * steps; s++) {
-                    __m256i c, u;
+                    __m256i c16a, c16b;
                     if (bits == 4) {
                         __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
-                        c = u = _mm256_and_si256(h == 0 ? v : _mm256_srli_epi16(v, 4), low);
+                        __m256i c = _mm256_and_si256(h == 0 ? v : _mm256_srli_epi16(v, 4), low);
+                        c16a = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
+                        c16b = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
                     } else {
-                        c = _mm256_loadu_si256((const __m256i *)(pb + s * 64 + h * 32));
-                        u = _mm256_sign_epi8(c, c);
+                        __m256i c = _mm256_loadu_si256((const __m256i *)(pb + s * 64 + h * 32));
+                        c16a = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(c));
+                        c16b = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1));
                     }
                     for (int r = 0; r < R; r++) {
-                        int64_t at = r * k + b * QK + 4 * s;
-                        int32_t v1, v2;
-                        memcpy(&v1, q1 + at, 4);
-                        memcpy(&v2, q2 + at, 4);
-                        __m256i x1 = _mm256_set1_epi32(v1), x2 = _mm256_set1_epi32(v2);
-                        if (bits == 8) {
-                            x1 = _mm256_sign_epi8(x1, c);
-                            x2 = _mm256_sign_epi8(x2, c);
-                        }
+                        int64_t four;
+                        memcpy(&four, x16 + r * k + b * QK + 4 * s, 8);
+                        __m256i x = _mm256_set1_epi64x(four);
 #ifdef SIMLAB_VNNI
-                        a1[r] = DPBUSD(a1[r], u, x1);
-                        a2[r] = DPBUSD(a2[r], u, x2);
+                        lo[r] = DPWSSD(lo[r], c16a, x);
+                        hi[r] = DPWSSD(hi[r], c16b, x);
 #else
-                        a1[r] = _mm256_add_epi32(a1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), ones));
-                        a2[r] = _mm256_add_epi32(a2[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x2), ones));
+                        lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(c16a, x));
+                        hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(c16b, x));
 #endif
                     }
                 }
                 __m256 sc = _mm256_loadu_ps(ps + (b * per + q) * 16 + h * 8);
                 for (int r = 0; r < R; r++) {
-                    __m256i t = _mm256_add_epi32(_mm256_slli_epi32(a1[r], 8), a2[r]);
+                    __m256i t = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order);
                     __m256 sd = _mm256_mul_ps(sc, _mm256_set1_ps(d2[r * blocks + b]));
                     acc[r] = _mm256_fmadd_ps(sd, _mm256_cvtepi32_ps(t), acc[r]);
                 }
@@ -277,14 +351,24 @@ static inline __attribute__((always_inline)) void tile(int bits, int group, int 
     }
 }
 
+/* Both halves in one pass for one or two rows (a decode step's), one after the other for more. */
+static inline __attribute__((always_inline)) void tile(int bits, int group, int R, const uint8_t *p,
+                                                       const float *ps, const float *po, const int8_t *q1,
+                                                       const int8_t *q2, const int16_t *x16, const float *d2,
+                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
+                                                       int64_t n, int lanes) {
+    if (R <= 2) tile_both(bits, group, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
+    else tile_apart(bits, group, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
+}
+
 #else
 /* The definition written out, one output at a time. */
 static void tile(int bits, int group, int R, const uint8_t *p, const float *ps, const float *po, const int8_t *q1,
-                 const int8_t *q2, const float *d2, const float *sx, const int32_t *gs, int64_t k, float *y,
-                 int64_t n, int lanes) {
+                 const int8_t *q2, const int16_t *x16, const float *d2, const float *sx, const int32_t *gs, int64_t k,
+                 float *y, int64_t n, int lanes) {
     int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
     const int per = QK / group;
-    (void)gs;
+    (void)x16, (void)gs;
     for (int r = 0; r < R; r++)
         for (int c = 0; c < lanes; c++) {
             float acc = 0.0f, off = 0.0f;
@@ -308,23 +392,25 @@ static void tile(int bits, int group, int R, const uint8_t *p, const float *ps, 
 #endif
 
 /* R rows (a constant in each case, up to RM) */
+#define TILE(BITS, GROUP, RR)                                                                              \
+    if (RR <= RM) tile(BITS, GROUP, RR, p, ps, po, a1, a2, b16, e2, sr, g2, k, o, n, lanes)
 #define ROWS(BITS, GROUP)                                                                                  \
     switch (R) {                                                                                           \
-    case 8: tile(BITS, GROUP, 8, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
-    case 7: tile(BITS, GROUP, 7, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
-    case 6: tile(BITS, GROUP, 6, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
-    case 5: tile(BITS, GROUP, 5, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
-    case 4: tile(BITS, GROUP, 4, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
-    case 3: tile(BITS, GROUP, 3, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
-    case 2: tile(BITS, GROUP, 2, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes); break;                  \
-    default: tile(BITS, GROUP, 1, p, ps, po, a1, a2, e2, sr, g2, k, o, n, lanes);                        \
+    case 8: TILE(BITS, GROUP, 8); break;                                                                   \
+    case 7: TILE(BITS, GROUP, 7); break;                                                                   \
+    case 6: TILE(BITS, GROUP, 6); break;                                                                   \
+    case 5: TILE(BITS, GROUP, 5); break;                                                                   \
+    case 4: TILE(BITS, GROUP, 4); break;                                                                   \
+    case 3: TILE(BITS, GROUP, 3); break;                                                                   \
+    case 2: TILE(BITS, GROUP, 2); break;                                                                   \
+    default: TILE(BITS, GROUP, 1);                                                                         \
     }
 
 /* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows in the layout above,
  * given as `parts` weights of one layout whose rows follow one another (q/k/v read from where each
  * lies, not copied together: ws, scales, offsets (an offset may be null), ns their row counts). x
- * (M, K) float is first rounded into two levels of codes in `scratch` (2 M K bytes, then 3 M K/32
- * floats and 2 M K/32 ints: simlab_qlinear_scratch bytes). Groups of 16 weight rows split over
+ * (M, K) float is first rounded into two levels of codes in `scratch` (2 M K bytes, 256 q1 + q2 as
+ * M K 16-bit ints, then 3 M K/32 floats and 2 M K/32 ints: simlab_qlinear_scratch bytes). Groups of 16 weight rows split over
  * threads; each meets the inputs RM rows at a time (the same arithmetic per input row whatever M
  * is). */
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
@@ -332,7 +418,8 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
                           int group, float *y, void *scratch, int threads) {
     int64_t blocks = k / QK, blocks_all = m * blocks;
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
-    float *d1 = (float *)(q2 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
+    int16_t *x16 = (int16_t *)(q2 + m * k); /* 256 q1 + q2 */
+    float *d1 = (float *)(x16 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
     int32_t *gs = (int32_t *)(sx + blocks_all); /* per row and 16 inputs: the sum of 256 q1 + q2 */
 #pragma omp parallel for num_threads(threads) schedule(static) if (m * k >= 16384 && threads > 1)
     for (int64_t r = 0; r < m; r++) {
@@ -344,7 +431,11 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
 #endif
         for (int64_t g = 0; g < k / 16; g++) {
             int32_t sum = 0;
-            for (int j = 0; j < 16; j++) sum += 256 * a[g * 16 + j] + c[g * 16 + j];
+            for (int j = 0; j < 16; j++) {
+                int16_t v = (int16_t)(256 * a[g * 16 + j] + c[g * 16 + j]);
+                x16[r * k + g * 16 + j] = v;
+                sum += v;
+            }
             gs[r * (k / 16) + g] = sum;
         }
     }
@@ -367,6 +458,7 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
         for (int64_t r = 0; r < m; r += RM) {
             int R = m - r < RM ? (int)(m - r) : RM;
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
+            const int16_t *b16 = x16 + r * k;
             const float *e2 = d2 + r * blocks, *sr = sx + r * blocks;
             const int32_t *g2 = gs + r * blocks * 2;
             float *o = y + r * n + first + 16 * g;
@@ -382,7 +474,7 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
 }
 
 /* The working memory simlab_qlinear_parts needs for M rows of K. */
-int64_t simlab_qlinear_scratch(int64_t m, int64_t k) { return 2 * m * k + 20 * m * (k / QK); }
+int64_t simlab_qlinear_scratch(int64_t m, int64_t k) { return 4 * m * k + 20 * m * (k / QK); }
 
 /* One weight: simlab_qlinear_parts with one part. */
 void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const float *scale,

@@ -146,10 +146,11 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
     for kind in FORMATS:
         layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=9)), None)
         cut = file_layout(layer, rows=37, blocks=blocks)
-        fast = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
+        # (AVX2 takes one or two rows with both halves of a group in one pass, more rows half by half)
+        fast = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
         monkeypatch.setitem(native._state, "lib", other)
-        again = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group)
-        assert torch.equal(again[0], fast[0]) and torch.equal(again[1], fast[1]), kind
+        again = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
+        assert all(torch.equal(a, b) for a, b in zip(again, fast)), kind
         monkeypatch.undo()
     logits = torch.randn(3, 262144) * 3
     for k in (5, 256):
