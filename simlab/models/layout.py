@@ -12,13 +12,27 @@ import torch
 QK = 32
 
 
-def pack(codes: torch.Tensor, scale: torch.Tensor, offset, bits: int, group: int) -> tuple:
+def pack(codes: torch.Tensor, scale: torch.Tensor, offset, bits: int, group: int, lib=None) -> tuple:
     """A weight's codes, scales and offsets as its file has them (q4: (N, K/2) bytes, byte j of each
     32 holding code j in its low nibble and code 16 + j in its high one; q8: (N, K) signed bytes;
     scales (N, K/group), offsets (N, K/32) or None) in the kernel's layout (qmatmul.c): rows in
-    groups of 16 side by side, the last group padded with zero codes and scales. Each is (G, ...)."""
+    groups of 16 side by side, the last group padded with zero codes and scales. Each is (G, ...).
+    With the kernel's library (`lib`), in one pass in C (no copies on the way: a file's first use
+    packs every layer); else with torch's ops (the same bytes, tested)."""
     n, k = scale.shape[0], codes.shape[1] * (2 if bits == 4 else 1)
     groups, blocks, per = -(-n // 16), k // QK, QK // group
+    if lib is not None:
+        codes, scale = codes.contiguous(), scale.float().contiguous()
+        offset = None if offset is None else offset.float().contiguous()
+        out = torch.empty((groups, blocks * 8 * (32 if bits == 4 else 64)), dtype=codes.dtype)
+        scales = torch.empty((groups, blocks * per * 16), dtype=torch.float32)
+        offsets = None if offset is None else torch.empty((groups, blocks * 16), dtype=torch.float32)
+        given, made = (
+            [None if t is None else t.data_ptr() for t in ts]
+            for ts in ((codes, scale, offset), (out, scales, offsets))
+        )
+        lib.simlab_pack(bits, group, *given, n, k, *made)
+        return out, scales, offsets
     if bits == 4:
         halves = codes.reshape(n, blocks, QK // 2)
         codes = torch.cat([halves & 15, halves >> 4], dim=-1)

@@ -153,6 +153,8 @@ def _from_codes(spec: str, settings: Settings, say: Progress) -> LoadedModel | N
     if revision is None or (marker.get("weights") == gguf_codes.CODES and not codes_of(revision).is_file()):
         # first use: the codes and the few float tensors straight from the file, where it can
         revision = gguf_codes.build(spec, folder, codes_of, say)
+        if revision is not None:
+            _drop_superseded(settings, revision)
     if revision is None:  # a file read the full way (a full conversion kept from before is used as is)
         folder, revision, _ = gguf.cached_conversion(spec, settings, say)
     kind = classify_spec(spec)
@@ -179,6 +181,13 @@ def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, ker
     made = (":rows" if weights == "gguf" else "") + (":16" if kernel == "native" else "")
     key = hashlib.sha256(f"{revision}:{dtype}:{weights}:{kernel}{made}".encode()).hexdigest()[:16]
     return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
+
+
+def _drop_superseded(settings: Settings, revision: str) -> None:
+    """The codes cache simlab's kernel kept for this model before its codes went 16 rows side by side
+    (layout.pack): never read again, so removed as the new one is made."""
+    key = hashlib.sha256(f"{revision}:any:gguf:native:rows".encode()).hexdigest()[:16]
+    (settings.models_dir / "quantized" / f"{key}-gguf.safetensors").unlink(missing_ok=True)
 
 
 def _is_gemma(spec: str) -> bool:
@@ -260,6 +269,8 @@ def _with_weights(
         from simlab.models.gguf_codes import save_codes
 
         save_codes(tensors, path, say, weights)
+        if kernel == "native":
+            _drop_superseded(settings, info.revision)
     if kernel == "native":
         from simlab.models import lean
 

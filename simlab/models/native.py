@@ -100,6 +100,8 @@ def _declare(lib) -> None:
     lib.simlab_qlinear_parts.argtypes = [p, i64, i64, i32, p, p, p, p, i32, i32, p, p, i32]
     lib.simlab_qlinear_parts.restype = None
     lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
+    lib.simlab_pack.argtypes = [i32, i32, p, p, p, i64, i64, p, p, p]
+    lib.simlab_pack.restype = None
     for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
         fn.restype = None
     lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
@@ -327,7 +329,8 @@ class NativeLinear(torch.nn.Module):
     def of(cls, codes, scale, offset, bits: int, group: int, bias=None) -> NativeLinear:
         """The layer of a weight given as its file has it (`pack`)."""
         k = codes.shape[1] * (2 if bits == 4 else 1)
-        return cls(*pack(codes, scale, offset, bits, group), (bits, group, scale.shape[0], k), bias)
+        packed = pack(codes, scale, offset, bits, group, _state.get("lib"))
+        return cls(*packed, (bits, group, scale.shape[0], k), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _product(x if x.dtype == torch.float32 else x.float(), self.addresses(), *self._layout)

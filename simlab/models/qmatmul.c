@@ -482,6 +482,38 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
     simlab_qlinear_parts(x, m, k, 1, &w, &scale, &offset, &n, bits, group, y, scratch, threads);
 }
 
+/* A weight as its file has it (q4: K/2 bytes a row, byte j of each 32 holding code j in its low nibble
+ * and code 16 + j in its high one; q8: K signed bytes a row; scales N x K/group, offsets N x K/32 or
+ * none) into the layout above (native.pack: pc, ps, po hold ceil(N / 16) whole groups). */
+void simlab_pack(int bits, int group, const uint8_t *codes, const float *scale, const float *offset, int64_t n,
+                 int64_t k, uint8_t *pc, float *ps, float *po) {
+    int64_t blocks = k / QK, per = QK / group, groups = (n + 15) / 16, step = bits == 4 ? 32 : 64;
+    int64_t rowb = bits == 4 ? k / 2 : k;
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < groups; g++) {
+        uint8_t *slab = pc + g * blocks * STEPS * step;
+        memset(slab, 0, (size_t)(blocks * STEPS * step));
+        for (int c = 0; c < 16; c++) {
+            int64_t row = g * 16 + c;
+            for (int64_t b = 0; b < blocks; b++) {
+                for (int q = 0; q < per; q++)
+                    ps[((g * blocks + b) * per + q) * 16 + c] = row < n ? scale[row * (k / group) + b * per + q] : 0.0f;
+                if (po) po[(g * blocks + b) * 16 + c] = row < n ? offset[row * blocks + b] : 0.0f;
+                if (row >= n) continue;
+                const uint8_t *from = codes + row * rowb + b * (bits == 4 ? 16 : 32);
+                for (int j = 0; j < QK; j++) {
+                    uint8_t *to = slab + (b * STEPS + j / 4) * step;
+                    if (bits == 8) to[c * 4 + j % 4] = from[j];
+                    else {
+                        int code = j < 16 ? from[j] & 15 : from[j - 16] >> 4;
+                        to[(c % 8) * 4 + j % 4] |= (uint8_t)(c < 8 ? code : code << 4);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* Rows of a q8 table (an embedding, in the layout above) as floats: out (R, K) = scale * code
  * (+ offset) for each id. */
 void simlab_q8_rows(const int8_t *w, const float *scale, const float *offset, int group, int64_t k,

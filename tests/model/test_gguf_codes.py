@@ -134,6 +134,24 @@ def test_the_codes_cache_is_read_again_from_the_file_when_deleted(gguf_file, iso
     assert torch.equal(_logits(again.model), _logits(first.model))
 
 
+def test_the_codes_cache_kept_before_the_16_row_layout_goes_when_the_new_one_is_made(
+    gguf_file, isolated_home
+):
+    """The codes cache of kernels before 13 (each weight row's codes in a row) is never read again:
+    reading the file into the new one removes it, and nothing else in the cache."""
+    import hashlib
+
+    first = load_model(str(gguf_file), load_settings(weights="gguf"))
+    folder = isolated_home / "models" / "quantized"
+    [codes] = folder.glob("*.safetensors")
+    key = hashlib.sha256(f"{first.info.revision}:any:gguf:native:rows".encode()).hexdigest()[:16]
+    old, other = folder / f"{key}-gguf.safetensors", folder / "0123456789abcdef-gguf.safetensors"
+    old.write_bytes(b"the old layout"), other.write_bytes(b"another model's")
+    codes.unlink()
+    load_model(str(gguf_file), load_settings(weights="gguf"))
+    assert codes.is_file() and not old.exists() and other.exists()
+
+
 def test_float_weights_after_the_codes_convert_the_whole_file_and_the_kernel_still_loads(
     gguf_file, isolated_home
 ):

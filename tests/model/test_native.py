@@ -91,6 +91,22 @@ def test_the_layer_holds_the_files_weights_exactly(kind):
 
 
 @pytest.mark.parametrize("kind", FORMATS)
+def test_the_kernels_layout_is_made_alike_in_c_and_torch_and_gives_the_file_back(kind):
+    """`layout.pack` in one C pass (what loading does) and with torch's ops make the same bytes,
+    37 rows included (a last group of 5, padded); `layout.unpack` gives the file's layout back."""
+    layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=11)), None)
+    given = file_layout(layer, rows=37)
+    in_c = layout.pack(*given, layer.bits, layer.group, native.library())
+    in_torch = layout.pack(*given, layer.bits, layer.group)
+    assert in_c[0].shape == (3, COLS * 16 * (2 if layer.bits == 8 else 1) // 2)
+    for ours, theirs in zip(in_c, in_torch):
+        assert (ours is None and theirs is None) or torch.equal(ours, theirs)
+    back = layout.unpack(native.NativeLinear(*in_c, (layer.bits, layer.group, 37, COLS)))
+    for ours, theirs in zip(back, given):
+        assert (ours is None and theirs is None) or torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", FORMATS)
 def test_the_product_is_the_weights_times_the_rounded_activations(kind):
     tensor = random_tensor(kind, seed=6)
     layer = _native_layer(gguf_groups.read(tensor), None)
