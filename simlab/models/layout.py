@@ -1,8 +1,8 @@
 """The weight layout of simlab's kernel (qmatmul.c): a GGUF tensor's codes with 16 rows side by side.
 
-Each step of the kernel's sums reads the next four codes of 16 weight rows in one load and sums them
-against four inputs of a row, so each output gathers its group's integer sum in one lane, and the
-float part runs once per output and scale group. The codes cache keeps this layout.
+Each step of the kernel's sums reads the next four codes of 16 weight rows (AVX2's 8-bit codes: 8 rows)
+in one load and sums them against four inputs of a row, so each output gathers its group's integer sum
+in one lane, and the float part runs once per output and scale group. The codes cache keeps this layout.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, offset, bits: int, group: int
     packs every layer); else with torch's ops (the same bytes, tested)."""
     n, k = scale.shape[0], codes.shape[1] * (2 if bits == 4 else 1)
     groups, blocks, per = -(-n // 16), k // QK, QK // group
+    if codes.shape[0] != n or k % QK or tuple(scale.shape) != (n, k // group):
+        raise ValueError(
+            f"codes {tuple(codes.shape)} and scales {tuple(scale.shape)} are not one {bits}-bit weight"
+        )
     if lib is not None:
         codes, scale = codes.contiguous(), scale.float().contiguous()
         offset = None if offset is None else offset.float().contiguous()

@@ -4,7 +4,7 @@
  * ctypes. Two kinds of weights, both "w = scale * code + offset" per group of weights along the input:
  *   q4: 4-bit codes 0..15, one float scale and offset per 32 weights (Q4_K, Q4_0, Q4_1);
  *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K);
- * each in the layout native.pack gives it (16 weight rows side by side, below). Activations are
+ * each in the layout layout.pack gives it (16 weight rows side by side, below). Activations are
  * rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first left: ~15
  * bits, where llama.cpp keeps 8); each output's products are summed in integers per scale group,
  * then scaled and added in floats, one group after another. Every output row is computed alone, in
@@ -34,7 +34,7 @@
 
 int simlab_qmatmul_version(void) { return 13; }
 
-int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's byte dot products, 4: AVX-512 */
+int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's 16-bit dot products, 4: AVX-512 */
 #if defined(SIMLAB_AVX512)
     return 4;
 #elif defined(SIMLAB_VNNI)
@@ -136,7 +136,7 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
 }
 #endif
 
-/* The weights' layout (native.pack makes it from a file's codes): rows in groups of 16 (the last
+/* The weights' layout (layout.pack and simlab_pack make it from a file's codes): rows in groups of 16 (the last
  * padded with zero codes and scales), each group's codes block by block, a block's 32 inputs in
  * STEPS steps of four, a step holding the 16 rows' four codes each:
  *   q4: 32 bytes a step, byte i: low nibble row i / 4, high nibble row 8 + i / 4, input i % 4;
@@ -484,7 +484,7 @@ void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const f
 
 /* A weight as its file has it (q4: K/2 bytes a row, byte j of each 32 holding code j in its low nibble
  * and code 16 + j in its high one; q8: K signed bytes a row; scales N x K/group, offsets N x K/32 or
- * none) into the layout above (native.pack: pc, ps, po hold ceil(N / 16) whole groups). */
+ * none) into the layout above (layout.pack: pc, ps, po hold ceil(N / 16) whole groups). */
 void simlab_pack(int bits, int group, const uint8_t *codes, const float *scale, const float *offset, int64_t n,
                  int64_t k, uint8_t *pc, float *ps, float *po) {
     int64_t blocks = k / QK, per = QK / group, groups = (n + 15) / 16, step = bits == 4 ? 32 : 64;

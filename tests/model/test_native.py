@@ -138,14 +138,15 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
     "without, simd",
     [
         (("-mno-avx512f",), (2, 3)),
+        (("-mno-avx512dq",), (3,)),  # AVX2 with AVX-512's 256-bit vpdpwssd, on a CPU with VNNI
         (("-mno-avx512f", "-mno-avxvnni", "-mno-avx512vnni"), (2,)),
         (("-mno-avx512f", "-mno-avx2", "-mno-fma"), (0,)),
     ],
-    ids=["no-avx512", "avx2-only", "portable-c"],
+    ids=["no-avx512", "avx2-vnni", "avx2-only", "portable-c"],
 )
 def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, without, simd):
-    """AVX-512 sums 16 weight rows' bytes per vector with VNNI (q8's codes plus 128), AVX2 8 with
-    maddubs (q8's signs moved onto the inputs): the integers of each scale group are exact, the
+    """AVX-512 sums 16 weight rows' bytes per vector with VNNI (q8's codes plus 128), AVX2 8 on
+    16-bit values (vpmaddwd, or VNNI's vpdpwssd): the integers of each scale group are exact, the
     float part runs in the same order, and the portable C writes that order out, so replies stay the
     same bit for bit on every machine. A build for an instruction set this CPU lacks cannot run
     here: the paths below it are the ones checked."""
