@@ -28,14 +28,17 @@ DERIVED = {
 }
 
 
-def _kept(marker: dict) -> str:
+def _kept(marker: dict, settings: Settings) -> str:
     """What a model's cache folder holds: its float32 conversion, or (read straight from the file for
-    simlab's kernel) config, tokenizer and norms, its codes in the quantized cache."""
-    return (
-        "cached for the kernel (codes in the quantized cache)"
-        if marker.get("weights") == "codes"
-        else "converted"
-    )
+    simlab's kernel) config, tokenizer and norms, its codes in the quantized cache (if still there)."""
+    from simlab.models.load import kernel_codes
+
+    if marker.get("weights") != "codes":
+        return "converted"
+    codes = kernel_codes(settings, str(marker.get("gguf_sha256", "")))
+    if not codes.is_file():
+        return "its codes not cached (read from the file again at the next start, as at the first)"
+    return f"cached for the kernel ({_human(codes.stat().st_size)} of codes in the quantized cache)"
 
 
 def list_models(settings: Settings) -> list[dict]:
@@ -45,7 +48,7 @@ def list_models(settings: Settings) -> list[dict]:
     rows = []
     embedded = gguf.cache_folder("embedded", settings)
     state = (
-        f"{_kept(gguf.read_marker(embedded))}, {_human(_size(embedded))} at {embedded}"
+        f"{_kept(gguf.read_marker(embedded), settings)}, {_human(_size(embedded))} at {embedded}"
         if gguf.read_marker(embedded)
         else "not converted yet (the first start reads it into a cache, about 30 s)"
     )
@@ -58,7 +61,7 @@ def list_models(settings: Settings) -> list[dict]:
                     {
                         "spec": marker["source"],
                         "kind": "gguf",
-                        "state": f"{_kept(marker)}, {_human(_size(folder))}",
+                        "state": f"{_kept(marker, settings)}, {_human(_size(folder))}",
                         "path": str(folder),
                     }
                 )

@@ -45,7 +45,8 @@ def build(
         say(
             "First start: reading the embedded model (Gemma 3 270M base) into a cache; once, about 30 s."
             if spec == "embedded"
-            else f"First use of {spec}: reading its codes into a cache (1.2-1.4x the file's size); once."
+            else f"First use of {spec}: reading its codes into a cache "
+            "(1.2-1.4x the file's size, more for an untied model); once."
         )
         if spec == "embedded":
             sha = gguf.embedded_sha256()

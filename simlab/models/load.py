@@ -183,6 +183,11 @@ def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, ker
     return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
 
 
+def kernel_codes(settings: Settings, revision: str) -> Path:
+    """Where simlab's kernel keeps a GGUF's codes (the file's sha256 as its revision)."""
+    return _codes_path(settings, revision, "float32", "gguf", "native")
+
+
 def _drop_superseded(settings: Settings, revision: str) -> None:
     """The codes cache simlab's kernel kept for this model before its codes went 16 rows side by side
     (layout.pack): never read again, so removed as the new one is made."""

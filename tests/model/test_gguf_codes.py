@@ -152,6 +152,20 @@ def test_the_codes_cache_kept_before_the_16_row_layout_goes_when_the_new_one_is_
     assert codes.is_file() and not old.exists() and other.exists()
 
 
+def test_models_say_whether_a_files_codes_are_still_cached(gguf_file, isolated_home):
+    """`simlab models` counts a codes-only folder as cached only while its codes are there (the
+    quantized cache is safe to delete), with their size."""
+    from simlab.models.catalog import list_models
+
+    load_model(str(gguf_file), load_settings(weights="gguf"))
+    [row] = [r for r in list_models(load_settings()) if r["kind"] == "gguf"]
+    assert "MiB of codes in the quantized cache" in row["state"] or "KiB of codes" in row["state"]
+    [codes] = (isolated_home / "models" / "quantized").glob("*.safetensors")
+    codes.unlink()
+    [row] = [r for r in list_models(load_settings()) if r["kind"] == "gguf"]
+    assert row["state"].startswith("its codes not cached (read from the file again")
+
+
 def test_float_weights_after_the_codes_convert_the_whole_file_and_the_kernel_still_loads(
     gguf_file, isolated_home
 ):
