@@ -56,19 +56,29 @@ int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's 16-bit
 #define RM 4
 #endif
 
+/* 1 / d for a block's scale, or 0 where that is not a number (a block of zeros, one too small for its
+ * inverse to be a float, or a NaN or infinite one): its codes are then all 0. */
+static inline float inverse(float d) {
+    float inv = d != 0.0f ? 1.0f / d : 0.0f;
+    return inv - inv == 0.0f ? inv : 0.0f;
+}
+
 #ifndef SIMLAB_AVX512 /* (the AVX-512 build rounds with quantize_row512) */
-/* One block of 32 floats as signed 8-bit codes q with scale d = max|v| / 127. */
+/* One block of 32 floats as signed 8-bit codes q with scale d = max|v| / 127 (NaN where a value is
+ * NaN or infinite: every output it goes into is then NaN, as the float product's would be). */
 static float round_block(const float *v, int8_t *q, int *sum) {
     float amax = 0.0f;
+    int finite = 1;
     for (int i = 0; i < QK; i++) {
         float a = fabsf(v[i]);
+        finite &= a <= 3.402823466e+38f;
         amax = a > amax ? a : amax;
     }
-    float d = amax / 127.0f;
-    float inv = d != 0.0f ? 1.0f / d : 0.0f;
+    float d = finite ? amax / 127.0f : NAN;
+    float inv = inverse(d);
     *sum = 0;
     for (int i = 0; i < QK; i++) {
-        int c = (int)nearbyintf(v[i] * inv);
+        int c = inv != 0.0f ? (int)nearbyintf(v[i] * inv) : 0;
         c = c > 127 ? 127 : (c < -127 ? -127 : c);
         q[i] = (int8_t)c;
         *sum += c;
@@ -87,10 +97,10 @@ static void quantize_row(const float *x, int64_t k, int8_t *q1, int8_t *q2, floa
         d1[b] = round_block(x + at, q1 + at, &s1);
         for (int i = 0; i < QK; i++) rest[i] = x[at + i] - d1[b] * (float)q1[at + i];
         d2[b] = d1[b] / 256.0f;
-        float inv = d2[b] != 0.0f ? 1.0f / d2[b] : 0.0f;
+        float inv = inverse(d2[b]);
         s2 = 0;
         for (int i = 0; i < QK; i++) {
-            int c = (int)nearbyintf(rest[i] * inv);
+            int c = inv != 0.0f ? (int)nearbyintf(rest[i] * inv) : 0;
             c = c > 127 ? 127 : (c < -127 ? -127 : c);
             q2[at + i] = (int8_t)c;
             s2 += c;
@@ -103,6 +113,7 @@ static void quantize_row(const float *x, int64_t k, int8_t *q1, int8_t *q2, floa
 /* quantize_row's arithmetic 16 values at a time: the same operations on each value (a max is a max
  * in any order, the code sums are integers), so the same bits (tested against the other builds). */
 static inline __m512i codes16(__m512 v, float inv) {
+    if (inv == 0.0f) return _mm512_setzero_si512();
     __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv))); /* nearbyintf's rounding */
     return _mm512_min_epi32(_mm512_max_epi32(c, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
 }
@@ -112,16 +123,17 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
     for (int64_t b = 0; b < k / QK; b++) {
         int64_t at = b * QK;
         __m512 v0 = _mm512_loadu_ps(x + at), v1 = _mm512_loadu_ps(x + at + 16);
-        __m512 big = _mm512_max_ps(_mm512_and_ps(v0, sign), _mm512_setzero_ps()); /* NaN: passed over */
+        __m512 big = _mm512_max_ps(_mm512_and_ps(v0, sign), _mm512_setzero_ps()); /* NaN: passed over, */
         big = _mm512_max_ps(_mm512_and_ps(v1, sign), big);
-        float d = _mm512_reduce_max_ps(big) / 127.0f;
-        float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        int odd = _mm512_fpclass_ps_mask(v0, 0x99) | _mm512_fpclass_ps_mask(v1, 0x99); /* and made d */
+        float d = odd ? NAN : _mm512_reduce_max_ps(big) / 127.0f;
+        float inv = inverse(d);
         __m512i a0 = codes16(v0, inv), a1 = codes16(v1, inv);
         __m512 dd = _mm512_set1_ps(d);
         __m512 r0 = _mm512_sub_ps(v0, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(a0)));
         __m512 r1 = _mm512_sub_ps(v1, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(a1)));
         float e = d / 256.0f;
-        float inv2 = e != 0.0f ? 1.0f / e : 0.0f;
+        float inv2 = inverse(e);
         __m512i b0 = codes16(r0, inv2), b1 = codes16(r1, inv2);
         int s1 = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
         int s2 = _mm512_reduce_add_epi32(_mm512_add_epi32(b0, b1));

@@ -120,6 +120,22 @@ def test_the_product_is_the_weights_times_the_rounded_activations(kind):
 
 
 @pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K"])
+def test_a_nan_or_infinite_input_gives_nan_and_a_tiny_one_no_garbage(kind):
+    """A NaN or infinite activation makes every output it goes into NaN, as the float product's would
+    be (a diverging model shows as NaN, not as plausible numbers); a block too small for its scale's
+    inverse to be a float counts as zeros (it gave codes of -127 before)."""
+    layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=12)), None)
+    torch.manual_seed(4)
+    x = torch.randn(5, COLS)
+    x[1, 40], x[2, 7], x[3, :32] = float("nan"), float("inf"), 1e-38
+    y = layer(x)
+    assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all() and torch.isnan(y[2]).all()
+    clean = x.clone()
+    clean[3, :32] = 0
+    assert torch.equal(y[3], layer(clean[3:4])[0]) and torch.equal(y[4], layer(x[4:5])[0])
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K"])
 def test_each_row_is_the_same_alone_or_in_any_batch(kind):
     layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=7)), None)
     torch.manual_seed(1)
@@ -159,15 +175,18 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
     assert other.simlab_qmatmul_simd() in simd
     torch.manual_seed(2)
     x = torch.randn(11, COLS)  # 8 input rows at a time, then 3
+    odd = x.clone()
+    odd[9, 3], odd[10, 33], odd[10, 64:96] = float("nan"), float("-inf"), 1e-38  # NaN outputs, a tiny block
     blocks = 7  # an odd count of 32-wide blocks, and 37 weight rows: a last group of 5
     for kind in FORMATS:
         layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=9)), None)
         cut = file_layout(layer, rows=37, blocks=blocks)
         # (AVX2 takes one or two rows with both halves of a group in one pass, more rows half by half)
-        fast = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
+        fast = layer(odd), matmul(odd[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
         monkeypatch.setitem(native._state, "lib", other)
-        again = layer(x), matmul(x[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
-        assert all(torch.equal(a, b) for a, b in zip(again, fast)), kind
+        again = layer(odd), matmul(odd[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
+        for a, b in zip(again, fast):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=kind)
         monkeypatch.undo()
     logits = torch.randn(3, 262144) * 3
     for k in (5, 256):
