@@ -163,15 +163,20 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
  * The integers are exact, so each build sums them its own way; the float part is these operations
  * in this order everywhere. */
 
+/* Every build's tile: R input rows (quantized: q1, q2, 256 q1 + q2 as x16, d2 and sx per block, gs the
+ * sums of 256 q1 + q2 per 16) against the group of 16 weight rows at p (scales ps, offsets po), into
+ * y's first `lanes` columns (rows n apart). A list, not a struct: passing the inputs as one made the
+ * AVX-512 Q6_K product 12% slower (its registers allocated otherwise). */
+#define TILE_PARAMS                                                                                        \
+    int bits, int group, int R, const uint8_t *p, const float *ps, const float *po, const int8_t *q1,      \
+        const int8_t *q2, const int16_t *x16, const float *d2, const float *sx, const int32_t *gs, int64_t k, \
+        float *y, int64_t n, int lanes
+
 #if defined(SIMLAB_AVX512)
 /* R input rows against a group of 16 weight rows: each lane one weight row. VNNI's byte products
  * take q4's codes as they are and q8's plus 128 (less 128 times the inputs' sum, `gs`: per row and
  * 16 inputs, the sum of 256 q1 + q2). */
-static inline __attribute__((always_inline)) void tile(int bits, int group, int R, const uint8_t *p,
-                                                       const float *ps, const float *po, const int8_t *q1,
-                                                       const int8_t *q2, const int16_t *x16, const float *d2,
-                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
-                                                       int64_t n, int lanes) {
+static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
     int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
     const int per = QK / group, steps = group / 4;
     const __m256i low = _mm256_set1_epi8(0x0F);
@@ -228,11 +233,7 @@ static inline __attribute__((always_inline)) void tile(int bits, int group, int 
  * codes widened, times the inputs' 256 q1 + q2 (`x16`) in pairs (vpmaddwd, or VNNI's vpdpwssd), a
  * row's two pairs of a step in two lanes, added when its scale group is done. One pass over the
  * codes for both halves: a decode step's few rows stream the weight once. */
-static inline __attribute__((always_inline)) void tile_both(int bits, int group, int R, const uint8_t *p,
-                                                       const float *ps, const float *po, const int8_t *q1,
-                                                       const int8_t *q2, const int16_t *x16, const float *d2,
-                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
-                                                       int64_t n, int lanes) {
+static inline __attribute__((always_inline)) void tile_both(TILE_PARAMS) {
     int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
     const int per = QK / group, steps = group / 4;
     const __m256i low = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
@@ -301,11 +302,7 @@ static inline __attribute__((always_inline)) void tile_both(int bits, int group,
 }
 
 /* tile_both's sums with the group's rows 0-7 first, then 8-15: fewer registers a row, for more rows */
-static inline __attribute__((always_inline)) void tile_apart(int bits, int group, int R, const uint8_t *p,
-                                                       const float *ps, const float *po, const int8_t *q1,
-                                                       const int8_t *q2, const int16_t *x16, const float *d2,
-                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
-                                                       int64_t n, int lanes) {
+static inline __attribute__((always_inline)) void tile_apart(TILE_PARAMS) {
     int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
     const int per = QK / group, steps = group / 4;
     const __m256i low = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
@@ -364,20 +361,14 @@ static inline __attribute__((always_inline)) void tile_apart(int bits, int group
 }
 
 /* Both halves in one pass for one or two rows (a decode step's), one after the other for more. */
-static inline __attribute__((always_inline)) void tile(int bits, int group, int R, const uint8_t *p,
-                                                       const float *ps, const float *po, const int8_t *q1,
-                                                       const int8_t *q2, const int16_t *x16, const float *d2,
-                                                       const float *sx, const int32_t *gs, int64_t k, float *y,
-                                                       int64_t n, int lanes) {
+static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
     if (R <= 2) tile_both(bits, group, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
     else tile_apart(bits, group, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
 }
 
 #else
 /* The definition written out, one output at a time. */
-static void tile(int bits, int group, int R, const uint8_t *p, const float *ps, const float *po, const int8_t *q1,
-                 const int8_t *q2, const int16_t *x16, const float *d2, const float *sx, const int32_t *gs, int64_t k,
-                 float *y, int64_t n, int lanes) {
+static void tile(TILE_PARAMS) {
     int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
     const int per = QK / group;
     (void)x16, (void)gs;
