@@ -21,7 +21,8 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, offset, bits: int, group: int
     packs every layer); else with torch's ops (the same bytes, tested)."""
     n, k = scale.shape[0], codes.shape[1] * (2 if bits == 4 else 1)
     groups, blocks, per = -(-n // 16), k // QK, QK // group
-    if codes.shape[0] != n or k % QK or tuple(scale.shape) != (n, k // group):
+    shapes = (tuple(scale.shape), None if offset is None else tuple(offset.shape))
+    if codes.shape[0] != n or k % QK or shapes[0] != (n, k // group) or shapes[1] not in (None, (n, k // QK)):
         raise ValueError(
             f"codes {tuple(codes.shape)} and scales {tuple(scale.shape)} are not one {bits}-bit weight"
         )

@@ -177,7 +177,7 @@ def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, ker
     dtype for simlab's kernel: it keeps the file's codes with float32 scales whatever the dtype)."""
     dtype = "any" if kernel == "native" else dtype
     # gguf layers read since Llama's q/k rows are put in the loaded order (gguf_groups.by_module);
-    # simlab's kernel's since it keeps 16 rows side by side (native.pack)
+    # simlab's kernel's since it keeps 16 rows side by side (layout.pack)
     made = (":rows" if weights == "gguf" else "") + (":16" if kernel == "native" else "")
     key = hashlib.sha256(f"{revision}:{dtype}:{weights}:{kernel}{made}".encode()).hexdigest()[:16]
     return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"

@@ -140,7 +140,7 @@ def _scratch(m: int, k: int) -> torch.Tensor:
 
 
 def _product(x: torch.Tensor, weight: tuple, bits: int, group: int, n: int) -> torch.Tensor:
-    """`matmul` with the weight's addresses (codes, scale, offset) given: (..., K) in, (..., N) out.
+    """x (..., K) times a weight given by its addresses (codes, scale, offset), transposed: (..., N).
     Addresses go to C as plain ints (a ctypes object each cost ~0.2 us, ~6 us a call in all)."""
     x = x.contiguous()
     k = x.shape[-1]
