@@ -16,7 +16,7 @@ from simlab.engine.open import open_engine
 from simlab.engine.params import SamplingParams
 from simlab.engine.probe import probe
 from simlab.errors import SimlabError
-from simlab.models import gguf
+from simlab.models import catalog, gguf
 
 Check = tuple[str, str, str]  # (status: ok | warn | fail, what, detail)
 
@@ -172,7 +172,8 @@ def _folders(settings) -> list[Check]:
 
 def _embedded(settings) -> Check:
     folder = gguf.cache_folder("embedded", settings)
-    if not gguf.read_marker(folder):
+    marker = gguf.read_marker(folder)
+    if not marker:
         return (
             "warn",
             "embedded model",
@@ -180,8 +181,7 @@ def _embedded(settings) -> Check:
         )
     variants = [p.name for p in folder.iterdir() if p.is_dir() and gguf.dtype_variant(folder, p.name)]
     extra = f"; also kept in {', '.join(variants)}" if variants else ""
-    kept = "cached for the kernel" if gguf.read_marker(folder).get("weights") == "codes" else "converted"
-    return ("ok", "embedded model", f"{kept} at {folder}{extra}")
+    return ("ok", "embedded model", f"{catalog.kept(marker, settings)} at {folder}{extra}")
 
 
 def _generation(settings, say: Callable[[str], None]) -> Check:

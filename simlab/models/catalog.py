@@ -28,7 +28,7 @@ DERIVED = {
 }
 
 
-def _kept(marker: dict, settings: Settings) -> str:
+def kept(marker: dict, settings: Settings) -> str:
     """What a model's cache folder holds: its float32 conversion, or (read straight from the file for
     simlab's kernel) config, tokenizer and norms, its codes in the quantized cache (if still there)."""
     from simlab.models.load import kernel_codes
@@ -48,7 +48,7 @@ def list_models(settings: Settings) -> list[dict]:
     rows = []
     embedded = gguf.cache_folder("embedded", settings)
     state = (
-        f"{_kept(gguf.read_marker(embedded), settings)}, {_human(_size(embedded))} at {embedded}"
+        f"{kept(gguf.read_marker(embedded), settings)}, {_human(_size(embedded))} at {embedded}"
         if gguf.read_marker(embedded)
         else "not converted yet (the first start reads it into a cache, about 30 s)"
     )
@@ -61,7 +61,7 @@ def list_models(settings: Settings) -> list[dict]:
                     {
                         "spec": marker["source"],
                         "kind": "gguf",
-                        "state": f"{_kept(marker, settings)}, {_human(_size(folder))}",
+                        "state": f"{kept(marker, settings)}, {_human(_size(folder))}",
                         "path": str(folder),
                     }
                 )

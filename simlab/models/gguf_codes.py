@@ -35,9 +35,12 @@ def build(
 
     if spec != "embedded":
         gguf.weights_in(Path(spec).expanduser().resolve(), spec)  # a cut or foreign file: one line
+    from simlab.models import gguf_groups
+
     with gguf.source_file(spec) as path:
         try:
-            processor = _processor(path)
+            listed = gguf_groups.file_tensors(path)[1]
+            processor = _processor(path, listed)
         except Exception:  # noqa: BLE001 - metadata transformers' reader cannot read: the full way says it
             processor = None
         if processor is None:
@@ -57,7 +60,7 @@ def build(
         gguf.discard(work)
         work.mkdir(parents=True)
         try:
-            floats, codes = _contents(path, processor, work, say)
+            floats, codes = _contents(path, listed, processor, work, say)
             if codes is None:
                 return None
             save_codes(codes, codes_path_of(sha), say)
@@ -86,7 +89,7 @@ def _move(work: Path, folder: Path) -> None:
             raise
 
 
-def _processor(path: Path):
+def _processor(path: Path, listed: list):
     """transformers' tensor processor for the file, or None when the file goes the full way: an
     architecture its loader reads another way, a processor that does more than move rows by a
     tensor's name (Llama's q and k) or change norms, or a tensor format the codes are not read from."""
@@ -101,10 +104,10 @@ def _processor(path: Path):
     arch = read_gguf_metadata(str(path))[0].get("general.architecture")
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)
     simple = processor in (TensorProcessor, LlamaTensorProcessor, Gemma2TensorProcessor)
-    return processor if simple and arch not in GGUF_ARCHS and _all_read(path) else None
+    return processor if simple and arch not in GGUF_ARCHS and _all_read(listed) else None
 
 
-def _all_read(path: Path) -> bool:
+def _all_read(listed: list) -> bool:
     """Whether every tensor is in a format the codes are read from, or float (norms, biases): a
     float16 file, or one holding Q3_K or IQ formats, is converted the full way, told so at once."""
     from gguf import GGMLQuantizationType as Kind
@@ -112,15 +115,15 @@ def _all_read(path: Path) -> bool:
     from simlab.models import gguf_groups
 
     floats = (Kind.F32, Kind.F16, Kind.BF16)
-    listed = gguf_groups.file_tensors(path)[1]
     if any(t.tensor_type not in floats and t.tensor_type.name not in gguf_groups.FORMATS for t in listed):
         return False
     return any(t.tensor_type not in floats for t in listed)
 
 
-def _contents(path: Path, processor_class, work: Path, say) -> tuple[dict, dict | None]:
+def _contents(path: Path, listed: list, processor_class, work: Path, say) -> tuple[dict, dict | None]:
     """(the float tensors by name, the codes as `quant.quantize` returns them), the config and
-    tokenizer saved into `work`; codes None when a weight cannot be read as codes."""
+    tokenizer saved into `work`; codes None when a weight cannot be read as codes. `listed`: the
+    file's tensors (`gguf_groups.file_tensors`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from simlab.models import gguf_groups, quant
@@ -135,14 +138,14 @@ def _contents(path: Path, processor_class, work: Path, say) -> tuple[dict, dict 
             parsed = loader_config(path)  # (the same parse: inside its context)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if getattr(config.get_text_config(), "tie_word_embeddings", False):
+    tied = bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
+    if tied:
         model.tie_weights()  # as from_pretrained does
     config.architectures, config.dtype = [type(model).__name__], torch.float32  # as it saves them
     config.save_pretrained(work)
     if model.can_generate():
         model.generation_config.save_pretrained(work)
-    tied = bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
-    if tied == any(t.name == "output.weight" for t in gguf_groups.file_tensors(path)[1]):
+    if tied == any(t.name == "output.weight" for t in listed):
         return {}, None  # a tied model with its own unembedding, or an untied one without: as transformers
     with gguf.stage("reading the GGUF's own codes for simlab's kernel", say):
         found = gguf_groups.by_module(path, model, parsed, strict=True)
@@ -153,7 +156,7 @@ def _contents(path: Path, processor_class, work: Path, say) -> tuple[dict, dict 
                 groups_of=lambda key: _groups(*found[key]) if key in found else None,
                 trust_file=True,
             )
-            floats = _floats(path, model, processor_class(config=parsed))
+            floats = _floats(listed, model, processor_class(config=parsed))
         except LookupError:
             return {}, None  # a weight the kernel does not read from this file, or one it lacks
     return floats, codes
@@ -179,18 +182,16 @@ def _groups(tensor, order):
         getattr(tensor, "release", lambda: None)()
 
 
-def _floats(path: Path, model: torch.nn.Module, processor) -> dict[str, torch.Tensor]:
+def _floats(listed: list, model: torch.nn.Module, processor) -> dict[str, torch.Tensor]:
     """The model's parameters the codes left unset, each dequantized and processed as transformers'
     GGUF loader does (`load_gguf_checkpoint`: float32, its processor, its name map)."""
     import numpy as np
     from gguf.quants import dequantize
     from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
 
-    from simlab.models import gguf_groups
-
     wanted = {n: p for n, p in model.named_parameters() if p.is_meta}
     to_file = {hf: name for name, hf in get_gguf_hf_weights_map(model, TensorProcessor()).items()}
-    tensors = {t.name: t for t in gguf_groups.file_tensors(path)[1]}
+    tensors = {t.name: t for t in listed}
     out = {}
     for hf, param in wanted.items():
         tensor = tensors.get(to_file.get(hf, ""))

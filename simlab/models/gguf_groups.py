@@ -163,16 +163,11 @@ def file_tensors(path) -> tuple[str, list]:
     from gguf.quants import quant_shape_to_byte_shape
 
     try:
-        from transformers.integrations.gguf import reader
-
-        blob = reader._mapped(str(path))
-        metadata, count, at = reader._read_metadata(blob, str(path))
-        entries, at = reader._read_tensor_table(blob, count, at)
+        metadata, entries, start = _table(path)
     except Exception:  # noqa: BLE001 - another transformers: gguf's own reader
         file = GGUFReader(str(path))
         field = file.fields.get("general.architecture")
         return (bytes(field.parts[-1]).decode("utf-8") if field else ""), list(file.tensors)
-    start = _aligned(at, metadata)
     with open(path, "rb") as file:
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     blob = np.frombuffer(mapped, np.uint8)
@@ -193,18 +188,21 @@ def header_size(path) -> int:
     import os
 
     try:
-        from transformers.integrations.gguf import reader
-
-        blob = reader._mapped(str(path))
-        metadata, count, at = reader._read_metadata(blob, str(path))
-        return _aligned(reader._read_tensor_table(blob, count, at)[1], metadata)
+        return _table(path)[2]
     except Exception:  # noqa: BLE001 - another transformers: the whole file
         return os.path.getsize(path)
 
 
-def _aligned(at: int, metadata: dict) -> int:
+def _table(path) -> tuple[dict, list, int]:
+    """(the metadata, the tensor table's entries, where the tensor data begins), by transformers'
+    private header reader (raises where that reader is gone or refuses the file)."""
+    from transformers.integrations.gguf import reader
+
+    blob = reader._mapped(str(path))
+    metadata, count, at = reader._read_metadata(blob, str(path))
+    entries, at = reader._read_tensor_table(blob, count, at)
     alignment = metadata.get("general.alignment", 32)
-    return (at + alignment - 1) // alignment * alignment
+    return metadata, entries, (at + alignment - 1) // alignment * alignment
 
 
 def by_module(path, model, processor_config: dict, strict: bool = False) -> dict[str, tuple]:

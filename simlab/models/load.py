@@ -149,7 +149,7 @@ def _from_codes(spec: str, settings: Settings, say: Progress) -> LoadedModel | N
     folder = gguf.cache_folder(spec, settings)
     marker = gguf.read_marker(folder) or {}
     revision = marker.get("gguf_sha256") if marker.get("format") == gguf.CACHE_FORMAT else None
-    codes_of = partial(_codes_path, settings, dtype="float32", weights="gguf", kernel="native")
+    codes_of = partial(kernel_codes, settings)
     if revision is None or (marker.get("weights") == gguf_codes.CODES and not codes_of(revision).is_file()):
         # first use: the codes and the few float tensors straight from the file, where it can
         revision = gguf_codes.build(spec, folder, codes_of, say)
@@ -160,7 +160,7 @@ def _from_codes(spec: str, settings: Settings, say: Progress) -> LoadedModel | N
     kind = classify_spec(spec)
     return from_codes.load(
         folder,
-        _codes_path(settings, revision, "float32", "gguf", "native"),
+        kernel_codes(settings, revision),
         spec=spec,
         name=_display_name(spec, kind),
         revision=revision,
