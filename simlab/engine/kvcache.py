@@ -6,13 +6,104 @@ very values `torch.cat` would, as a view of it: the logits are the same bit for 
 
 Anything that replaces a layer's keys from outside (crop, a batch select or repeat, a prefix read
 from disk) is taken as it is: the next step starts a new buffer from it.
+
+A prompt's sliding-window layers keep their past so that a later prompt can be cut back to a shared
+prefix, but decoding reads only the window: past the window and _KEEP more tokens, that past moves
+out of memory into a temporary file (`Spill`), and only a cut back further than memory holds reads
+it back, the same bytes (Gemma 3 270M at 20,000 tokens: its 15 sliding layers' 600 MB).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
 import torch
 
 _ROOM = 64  # tokens of room a buffer has past what it holds, at least (else a quarter of that)
+_KEEP = 256  # a sliding layer's past kept in memory beyond its window (a short cut back reads nothing)
+_SPILL = 512  # tokens moved out at a time, at least
+_FOLDER: list[Path | None] = [None]  # where spills go (spill_into); None: the system's temporary folder
+
+
+def spill_into(folder: Path | None) -> None:
+    """Put sliding layers' spilled past in `folder` (made when first needed), not the system's
+    temporary folder (often a tmpfs, which would keep it in memory)."""
+    _FOLDER[0] = folder
+
+
+class Spill:
+    """The oldest keys and values of a sliding-window layer, moved out of memory into a temporary file
+    (deleted by the system when it is closed), position after position; `take` gives back the newest
+    it holds, the very bytes, and forgets them."""
+
+    def __init__(self, like: torch.Tensor, values_like: torch.Tensor) -> None:
+        folder = _FOLDER[0]
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.TemporaryFile(dir=folder)
+        self.count = 0  # positions held
+        self.shapes = (like.shape[:2] + like.shape[3:], values_like.shape[:2] + values_like.shape[3:])
+        self.dtype, self.device = like.dtype, like.device
+        self.row = sum(torch.Size(s).numel() for s in self.shapes) * like.element_size()  # bytes a position
+
+    def put(self, keys: torch.Tensor, values: torch.Tensor) -> bool:
+        """Append positions (B, H, n, D) of keys and values; False (nothing kept) where they are not
+        this spill's shape or the disk refuses them."""
+        if (keys.shape[:2] + keys.shape[3:], values.shape[:2] + values.shape[3:]) != self.shapes:
+            return False
+        n = keys.shape[-2]
+        rows = torch.cat([t.permute(2, 0, 1, 3).reshape(n, -1) for t in (keys, values)], dim=1)
+        data = rows.cpu().contiguous().view(torch.uint8).numpy()
+        try:
+            written = os.pwrite(self.file.fileno(), data, self.count * self.row)
+        except OSError:
+            written = -1
+        if written != data.nbytes:
+            return False
+        self.count += n
+        return True
+
+    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The newest n positions' keys and values (B, H, n, D), no longer held here."""
+        data = bytearray(n * self.row)
+        got = os.preadv(self.file.fileno(), [data], (self.count - n) * self.row)
+        if got != len(data):
+            raise OSError(f"a spilled KV cache came back short ({got} of {len(data)} bytes)")
+        self.truncate(self.count - n)
+        rows = torch.frombuffer(data, dtype=torch.uint8).view(self.dtype).view(n, -1)
+        width = torch.Size(self.shapes[0]).numel()
+        keys, values = rows[:, :width], rows[:, width:]
+        return tuple(  # type: ignore[return-value]
+            part.reshape(n, *shape[:2], *shape[2:]).permute(1, 2, 0, 3).contiguous().to(self.device)
+            for part, shape in ((keys, self.shapes[0]), (values, self.shapes[1]))
+        )
+
+    def truncate(self, count: int) -> None:
+        """Forget every position from `count` on (the file shrinks with them)."""
+        self.count = min(self.count, count)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.file.fileno(), self.count * self.row)
+
+    def __deepcopy__(self, memo) -> Spill:
+        """A copy in a file of its own (copied by the system, through no memory of this process)."""
+        twin = object.__new__(Spill)
+        twin.__dict__.update(self.__dict__)
+        folder = _FOLDER[0]
+        twin.file = tempfile.TemporaryFile(dir=folder)
+        size, at = self.count * self.row, 0
+        source, target = self.file.fileno(), twin.file.fileno()
+        while at < size:
+            try:
+                done = os.copy_file_range(source, target, size - at, at, at)
+            except OSError:  # (a file system that cannot): through a small buffer instead
+                done = os.pwrite(target, os.pread(source, min(size - at, 1 << 24), at), at)
+            if done <= 0:
+                raise OSError("a spilled KV cache could not be copied")
+            at += done
+        return twin
 
 
 class Growing:
@@ -42,6 +133,13 @@ class Growing:
         if length:
             self.buffer[:, :, :length] = kept
         self.start, self.end = 0, length
+
+    def drop_oldest(self, count: int) -> torch.Tensor:
+        """The view without its oldest `count` positions (they stay in the buffer until it is next
+        replaced)."""
+        self.start += count
+        self.view = self.buffer.narrow(2, self.start, self.end - self.start)
+        return self.view
 
     def _make_room(self, more: int) -> None:
         live = self.end - self.start
@@ -77,19 +175,55 @@ def _sliding_update(self, key_states, value_states, *args, **kwargs):
         return full_keys, full_values
     self.keys, self.values = full_keys, full_values
     visible = self.sliding_window - 1 + key_states.shape[-2]
-    return full_keys[:, :, -visible:, :], full_values[:, :, -visible:, :]
+    out = full_keys[:, :, -visible:, :], full_values[:, :, -visible:, :]
+    _spill_past(self)
+    return out
+
+
+def _spill_past(layer) -> None:
+    """Move a recording sliding layer's keys and values older than its window and _KEEP more out to
+    its Spill, _SPILL tokens or more at a time (memory keeps them where the disk refuses them)."""
+    extra = layer.keys.shape[-2] - (layer.sliding_window - 1 + _KEEP)
+    spill = getattr(layer, "_spill", None)
+    whole = layer.cumulative_length == layer.keys.shape[-2] + (spill.count if spill else 0)
+    grown = layer.keys is layer._grown_keys.view
+    if extra < _SPILL or not whole or not grown or getattr(layer, "_refused", False):
+        return  # (siblings' layers hold only their window; a full or read-only disk is not asked again)
+    try:
+        spill = spill or Spill(layer.keys, layer.values)
+    except OSError:
+        spill = None
+    if spill is None or not spill.put(layer.keys[:, :, :extra], layer.values[:, :, :extra]):
+        layer._refused = True
+        return
+    layer._spill = spill
+    layer.keys = layer._grown_keys.drop_oldest(extra)
+    layer.values = layer._grown_values.drop_oldest(extra)
 
 
 def _sliding_crop(self, tokens_to_remove: int) -> None:
     """DynamicSlidingWindowLayer.crop, keeping the past: transformers' own, past the window, keeps only
     the last window - 1 keys, so a second crop further back (a later prompt that shares less: a
     replay of a path's third reply) left fewer keys than the masks count (a replay failed: mask 575
-    against 561 keys). Recording layers keep every key, and a crop only drops the newest."""
+    against 561 keys). Recording layers keep every key (the oldest in their Spill, which gives back
+    what the window and _KEEP need), and a crop only drops the newest."""
     if not self.record_past or not self.is_initialized or tokens_to_remove >= 0:
         return type(self).__mro__[1].crop(self, tokens_to_remove)
-    self.keys = self.keys[:, :, :tokens_to_remove, :]
-    self.values = self.values[:, :, :tokens_to_remove, :]
-    self.cumulative_length = self.keys.shape[-2]
+    spill = getattr(self, "_spill", None)
+    if spill is None:
+        self.keys = self.keys[:, :, :tokens_to_remove, :]
+        self.values = self.values[:, :, :tokens_to_remove, :]
+        self.cumulative_length = self.keys.shape[-2]
+        return
+    total = max(self.cumulative_length + tokens_to_remove, 0)  # what the spill and memory hold after
+    in_memory = max(total - spill.count, 0)
+    keys, values = self.keys[:, :, :in_memory, :], self.values[:, :, :in_memory, :]
+    spill.truncate(total)
+    back = min(total, self.sliding_window - 1 + _KEEP) - in_memory
+    if back > 0:  # memory keeps the window and _KEEP: the rest of them comes back from the spill
+        old_keys, old_values = spill.take(back)
+        keys, values = torch.cat([old_keys, keys], dim=-2), torch.cat([old_values, values], dim=-2)
+    self.keys, self.values, self.cumulative_length = keys, values, total
 
 
 def _subclass(base, update, crop=None):
@@ -201,7 +335,8 @@ def joined(caches: list, share: bool = False):
     share = share and all(c is first for c in caches)
     held = []
     for layer in first.layers:  # the tensors stay out of the deep copy, then come back
-        held.append({k: getattr(layer, k, None) for k in ("keys", "values", "_grown_keys", "_grown_values")})
+        names = ("keys", "values", "_grown_keys", "_grown_values", "_spill")
+        held.append({k: getattr(layer, k, None) for k in names})
         for name in held[-1]:
             if hasattr(layer, name):
                 setattr(layer, name, None)

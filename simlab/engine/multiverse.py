@@ -7,12 +7,12 @@ level's open prefixes then go in as batches on copies of its cache, a pass a bat
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from simlab.engine import kvcache
 from simlab.engine import prefix as prefixes
 from simlab.engine.logits import process_logits
 from simlab.engine.params import SamplingParams
@@ -106,10 +106,9 @@ def grow(
             if d == depth - 1 or not opened:
                 break
             rows_logits = []
-            for at in range(0, len(opened), rows):  # each batch on a copy of the prompt's cache
+            for at in range(0, len(opened), rows):  # each batch on copies of the prompt's cache
                 group = opened[at : at + rows]
-                batch = copy.deepcopy(cache)
-                batch.batch_repeat_interleave(len(group))
+                batch = kvcache.repeated(cache, len(group))  # (sliding layers: their window only)
                 ids = torch.tensor([list(b.ids) for b in group], device=engine.device)
                 out = model(input_ids=ids, cache=batch, use_cache=True, logits_to_keep=1).logits[:, -1]
                 rows_logits.extend(out)

@@ -196,7 +196,9 @@ class DiskPrefixes:
         for i, layer in enumerate(cache.layers):
             if not plain_dynamic(layer):
                 return  # a cache this file format does not describe
-            if layer.keys is None or layer.keys.shape[-2] != len(ids) or layer.keys.shape[0] != 1:
+            if layer.keys is None or layer.get_seq_length() != len(ids) or layer.keys.shape[0] != 1:
+                return
+            if layer.keys.shape[-2] < CHUNK:  # the rest in its spill (engine.kvcache): not whole here
                 return
             tensors[f"{i}.keys"] = layer.keys[:, :, -CHUNK:].contiguous()
             tensors[f"{i}.values"] = layer.values[:, :, -CHUNK:].contiguous()

@@ -30,8 +30,22 @@ def steps(model, cache, tokens):
     )
 
 
+@pytest.fixture
+def spill_soon(monkeypatch, tmp_path):
+    """Sliding layers spill their past 2 tokens beyond the window, 3 or more at a time, into tmp_path."""
+    monkeypatch.setattr(kvcache, "_KEEP", 2)
+    monkeypatch.setattr(kvcache, "_SPILL", 3)
+    monkeypatch.setattr(kvcache, "_FOLDER", [tmp_path / "spill"])
+    return tmp_path / "spill"
+
+
+@pytest.mark.parametrize("spilling", [False, True])
 @pytest.mark.parametrize("kind", ["gemma3", "llama"])
-def test_a_cache_grown_in_place_gives_the_plain_caches_logits_bit_for_bit(kind, tiny_dir, tmp_path):
+def test_a_cache_grown_in_place_gives_the_plain_caches_logits_bit_for_bit(
+    kind, spilling, tiny_dir, tmp_path, request
+):
+    if spilling:
+        request.getfixturevalue("spill_soon")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / kind, kind, tiny_dir)).eval()
     torch.manual_seed(0)
     ids = torch.randint(3, 300, (1, 50))
@@ -62,6 +76,52 @@ def test_a_cache_grown_in_place_gives_the_plain_caches_logits_bit_for_bit(kind, 
         assert torch.equal(a, b)
         layer = next(layer for layer in caches[1].layers if not layer.is_sliding)
         assert layer.keys.shape[-2] == layer.get_seq_length() == 50 + STEPS - 7 + 9 + 12 + 12
+
+
+def test_a_sliding_layers_spilled_past_comes_back_when_a_prompt_is_cut_back_into_it(
+    tiny_dir, tmp_path, spill_soon, monkeypatch
+):
+    """Past its window and _KEEP, a recording sliding layer's keys go to a file (memory holds the
+    window and _KEEP only); cut back into them, twice, then deep-copied and cut back again, the cache
+    gives the logits of one that kept everything in memory, bit for bit."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / "g", "gemma3", tiny_dir)).eval()
+    torch.manual_seed(3)
+    ids = torch.randint(3, 300, (1, 80))
+
+    def run(check):
+        out = []
+        cache = prefix.new_cache(model)
+        for at in range(0, 70, 10):
+            model(input_ids=ids[:, at : at + 10], cache=cache, use_cache=True)
+        sliding = [layer for layer in cache.layers if layer.is_sliding]
+        check(sliding, 70)
+        cache.crop(-4)  # a little: memory keeps its 9 with 4 read back
+        check(sliding, 66)
+        out.append(model(input_ids=ids[:, 66:70], cache=cache, use_cache=True).logits)
+        cache.crop(-45)  # far into the spill
+        check(sliding, 25)
+        out.append(model(input_ids=ids[:, 25:31], cache=cache, use_cache=True).logits)
+        twin = copy.deepcopy(cache)  # (a kept prefix): its own spill
+        twin.crop(-20)
+        check([layer for layer in twin.layers if layer.is_sliding], 11)
+        out.append(model(input_ids=ids[:, 11:40], cache=twin, use_cache=True).logits)
+        cache.crop(-26)  # the first: untouched by its copy's cut, cut back to its first 5 tokens
+        check(sliding, 5)
+        out.append(model(input_ids=ids[:, 5:20], cache=cache, use_cache=True).logits)
+        return out
+
+    def spilled(layers, total):
+        assert layers and spill_soon.is_dir()
+        for layer in layers:  # memory: the window - 1 and _KEEP (9), and under _SPILL (3) more
+            held = layer.keys.shape[-2]
+            assert layer.get_seq_length() == total == layer._spill.count + held
+            assert min(total, 9) <= held < 9 + 3
+
+    with torch.inference_mode():
+        spilling = run(spilled)
+        monkeypatch.setattr(kvcache, "_SPILL", 10**9)
+        kept = run(lambda layers, total: None)
+    assert all(torch.equal(a, b) for a, b in zip(spilling, kept, strict=True))
 
 
 def test_growing_is_what_cat_gives_and_copies_only_when_the_room_runs_out():

@@ -160,3 +160,28 @@ def test_a_prompt_longer_than_the_disk_keeps_keeps_its_first_chunks(loaded, tmp_
     assert len(list(tmp_path.glob("*.safetensors"))) == 2  # its first two; the other prompt's went
     again = run_of(Engine(loaded, prefix_dir=tmp_path), long, params)
     assert again.stats.reused_tokens == 2 * CHUNK
+
+
+def test_a_prompt_cut_back_into_its_spilled_past_replays_to_the_last_bit(loaded, tmp_path, monkeypatch):
+    """A long prompt's sliding layers hold only their window and _KEEP in memory (the rest in their
+    spill): a later prompt that shares only its start reads the past back, and its reply is a fresh
+    engine's given the same passes, tokens and log-probabilities to the last bit; so is a chunk the
+    disk keeps from such a prompt."""
+    from simlab.engine import kvcache
+    from simlab.engine.prefix import pack, unpack
+
+    monkeypatch.setattr(kvcache, "_KEEP", 60)  # (memory holds a whole chunk: the disk keeps it)
+    monkeypatch.setattr(kvcache, "_SPILL", 3)
+    monkeypatch.setattr(kvcache, "_FOLDER", [tmp_path / "spill"])
+    engine, fresh = Engine(loaded, prefix_dir=tmp_path / "disk"), Engine(loaded, reuse_prefix=False)
+    params = SamplingParams(temperature=1.0, max_new_tokens=5, seed=12)
+    long = list(range(3, 3 + min(150, loaded.info.context_length - 8)))  # 2 whole chunks; 82 go out
+    for prompt in (long, long[:70] + [5, 6, 7], long[:20] + [9] * 12, long):  # the 2nd: all 64 back
+        run = run_of(engine, prompt, params)
+        again = run_of(fresh, prompt, params, passes=unpack(list(pack(run.passes))))
+        [c], [d] = run.completions, again.completions
+        assert d.token_ids == c.token_ids and [t.logprob for t in d.tokens] == [t.logprob for t in c.tokens]
+    if loaded.model.config.model_type.startswith("gemma3"):  # the kept prompt's sliding layers spilled
+        sliding = [layer for layer in engine.prefix.cache.layers if getattr(layer, "is_sliding", False)]
+        assert sliding and all(layer._spill.count > 0 and layer.keys.shape[-2] < 70 for layer in sliding)
+    assert run.stats.reused_tokens == (len(long) - 1) // 64 * 64  # the first chunks: from the disk

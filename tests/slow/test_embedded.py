@@ -199,3 +199,31 @@ def test_the_lean_decode_step_gives_the_same_replies_as_the_models_forward(embed
     own = embedded_engine.generate(prompt, params, n=2)
     for a, b in zip(lean, own):
         assert a.token_ids == b.token_ids and [t.logprob for t in a.tokens] == [t.logprob for t in b.tokens]
+
+
+def test_a_long_prompt_cut_back_into_its_spilled_past_replays_exactly_on_the_real_model(
+    embedded, tmp_path, monkeypatch
+):
+    """At the real model's window (512) a prompt of 1,500 tokens spills its sliding layers' past
+    (engine.kvcache); a next prompt that shares only its first 700 tokens reads the past back and
+    replies as a fresh engine given the same passes, tokens and log-probabilities to the last bit."""
+    from simlab.engine import kvcache
+    from simlab.engine.local import Engine
+    from simlab.engine.prefix import pack, unpack
+
+    monkeypatch.setattr(kvcache, "_FOLDER", [tmp_path])
+    engine, fresh = Engine(embedded), Engine(embedded, reuse_prefix=False)
+    words = "The keeper climbed the stair at dusk and lit the lamp, and wrote down the ships he saw. "
+    ids = engine.encode(words * 80)[:1500]
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=8, seed=21)
+    for prompt in (ids, ids[:700] + engine.encode(" Then the storm came.")):
+        run = engine.start(prompt, params)
+        list(run)
+        again = fresh.start(prompt, params, passes=unpack(list(pack(run.passes))))
+        list(again)
+        [c], [d] = run.completions, again.completions
+        assert d.token_ids == c.token_ids and [t.logprob for t in d.tokens] == [t.logprob for t in c.tokens]
+        if len(prompt) == 1500:  # memory holds the window - 1, 256 more and under 512 more
+            sliding = [layer for layer in engine.prefix.cache.layers if layer.is_sliding]
+            assert all(layer._spill.count > 0 and layer.keys.shape[-2] < 511 + 256 + 512 for layer in sliding)
+    assert run.stats.reused_tokens == 640  # the whole chunks of the shared start, read back from the spill
