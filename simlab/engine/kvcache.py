@@ -15,95 +15,13 @@ it back, the same bytes (Gemma 3 270M at 20,000 tokens: its 15 sliding layers' 6
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from pathlib import Path
-
 import torch
+
+from simlab.engine.spill import Spill
 
 _ROOM = 64  # tokens of room a buffer has past what it holds, at least (else a quarter of that)
 _KEEP = 256  # a sliding layer's past kept in memory beyond its window (a short cut back reads nothing)
 _SPILL = 512  # tokens moved out at a time, at least
-_FOLDER: list[Path | None] = [None]  # where spills go (spill_into); None: the system's temporary folder
-
-
-def spill_into(folder: Path | None) -> None:
-    """Put sliding layers' spilled past in `folder` (made when first needed), not the system's
-    temporary folder (often a tmpfs, which would keep it in memory)."""
-    _FOLDER[0] = folder
-
-
-class Spill:
-    """The oldest keys and values of a sliding-window layer, moved out of memory into a temporary file
-    (deleted by the system when it is closed), position after position; `take` gives back the newest
-    it holds, the very bytes, and forgets them."""
-
-    def __init__(self, like: torch.Tensor, values_like: torch.Tensor) -> None:
-        folder = _FOLDER[0]
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-        self.file = tempfile.TemporaryFile(dir=folder)
-        self.count = 0  # positions held
-        self.shapes = (like.shape[:2] + like.shape[3:], values_like.shape[:2] + values_like.shape[3:])
-        self.dtype, self.device = like.dtype, like.device
-        self.row = sum(torch.Size(s).numel() for s in self.shapes) * like.element_size()  # bytes a position
-
-    def put(self, keys: torch.Tensor, values: torch.Tensor) -> bool:
-        """Append positions (B, H, n, D) of keys and values; False (nothing kept) where they are not
-        this spill's shape or the disk refuses them."""
-        if (keys.shape[:2] + keys.shape[3:], values.shape[:2] + values.shape[3:]) != self.shapes:
-            return False
-        n = keys.shape[-2]
-        rows = torch.cat([t.permute(2, 0, 1, 3).reshape(n, -1) for t in (keys, values)], dim=1)
-        data = rows.cpu().contiguous().view(torch.uint8).numpy()
-        try:
-            written = os.pwrite(self.file.fileno(), data, self.count * self.row)
-        except OSError:
-            written = -1
-        if written != data.nbytes:
-            return False
-        self.count += n
-        return True
-
-    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The newest n positions' keys and values (B, H, n, D), no longer held here."""
-        data = bytearray(n * self.row)
-        got = os.preadv(self.file.fileno(), [data], (self.count - n) * self.row)
-        if got != len(data):
-            raise OSError(f"a spilled KV cache came back short ({got} of {len(data)} bytes)")
-        self.truncate(self.count - n)
-        rows = torch.frombuffer(data, dtype=torch.uint8).view(self.dtype).view(n, -1)
-        width = torch.Size(self.shapes[0]).numel()
-        keys, values = rows[:, :width], rows[:, width:]
-        return tuple(  # type: ignore[return-value]
-            part.reshape(n, *shape[:2], *shape[2:]).permute(1, 2, 0, 3).contiguous().to(self.device)
-            for part, shape in ((keys, self.shapes[0]), (values, self.shapes[1]))
-        )
-
-    def truncate(self, count: int) -> None:
-        """Forget every position from `count` on (the file shrinks with them)."""
-        self.count = min(self.count, count)
-        with contextlib.suppress(OSError):
-            os.ftruncate(self.file.fileno(), self.count * self.row)
-
-    def __deepcopy__(self, memo) -> Spill:
-        """A copy in a file of its own (copied by the system, through no memory of this process)."""
-        twin = object.__new__(Spill)
-        twin.__dict__.update(self.__dict__)
-        folder = _FOLDER[0]
-        twin.file = tempfile.TemporaryFile(dir=folder)
-        size, at = self.count * self.row, 0
-        source, target = self.file.fileno(), twin.file.fileno()
-        while at < size:
-            try:
-                done = os.copy_file_range(source, target, size - at, at, at)
-            except OSError:  # (a file system that cannot): through a small buffer instead
-                done = os.pwrite(target, os.pread(source, min(size - at, 1 << 24), at), at)
-            if done <= 0:
-                raise OSError("a spilled KV cache could not be copied")
-            at += done
-        return twin
 
 
 class Growing:
@@ -135,10 +53,16 @@ class Growing:
         self.start, self.end = 0, length
 
     def drop_oldest(self, count: int) -> torch.Tensor:
-        """The view without its oldest `count` positions (they stay in the buffer until it is next
-        replaced)."""
+        """The view without its oldest `count` positions; the buffer is made anew, smaller, once what
+        it no longer holds outgrows what it holds (after a long pass)."""
         self.start += count
-        self.view = self.buffer.narrow(2, self.start, self.end - self.start)
+        live = self.end - self.start
+        if self.start > live:
+            kept = self.buffer.narrow(2, self.start, live)
+            self.buffer = kept.new_empty((*kept.shape[:2], _room(live), kept.shape[-1]))
+            self.buffer.narrow(2, 0, live).copy_(kept)
+            self.start, self.end = 0, live
+        self.view = self.buffer.narrow(2, self.start, live)
         return self.view
 
     def _make_room(self, more: int) -> None:
@@ -188,7 +112,7 @@ def _spill_past(layer) -> None:
     whole = layer.cumulative_length == layer.keys.shape[-2] + (spill.count if spill else 0)
     grown = layer.keys is layer._grown_keys.view
     if extra < _SPILL or not whole or not grown or getattr(layer, "_refused", False):
-        return  # (siblings' layers hold only their window; a full or read-only disk is not asked again)
+        return  # (a full or read-only disk is not asked again)
     try:
         spill = spill or Spill(layer.keys, layer.values)
     except OSError:
@@ -226,8 +150,24 @@ def _sliding_crop(self, tokens_to_remove: int) -> None:
     self.keys, self.values, self.cumulative_length = keys, values, total
 
 
-def _subclass(base, update, crop=None):
-    return type("Growing" + base.__name__, (base,), {"update": update, **({"crop": crop} if crop else {})})
+def _folding_back(name: str):
+    """The base layer's `name`, after a spilled past comes back into memory (what changes the rows
+    needs them all), or is forgotten (`reset`)."""
+
+    def method(self, *args, **kwargs):
+        spill = self.__dict__.pop("_spill", None)
+        if spill is not None and spill.count and name != "reset":
+            old_keys, old_values = spill.take(spill.count)
+            self.keys = torch.cat([old_keys, self.keys], dim=-2)
+            self.values = torch.cat([old_values, self.values], dim=-2)
+        return getattr(type(self).__mro__[1], name)(self, *args, **kwargs)
+
+    return method
+
+
+def _subclass(base, update, crop=None, extra=()):
+    methods = {"update": update, **({"crop": crop} if crop else {}), **{n: _folding_back(n) for n in extra}}
+    return type("Growing" + base.__name__, (base,), methods)
 
 
 _CLASSES: dict[type, type] = {}
@@ -242,7 +182,10 @@ def grow_in_place(cache) -> None:
     if not _CLASSES:
         _CLASSES[DynamicLayer] = _subclass(DynamicLayer, _full_update)
         _CLASSES[DynamicSlidingWindowLayer] = _subclass(
-            DynamicSlidingWindowLayer, _sliding_update, _sliding_crop
+            DynamicSlidingWindowLayer,
+            _sliding_update,
+            _sliding_crop,
+            ("batch_repeat_interleave", "batch_select_indices", "reorder_cache", "reset"),
         )
     for layer in getattr(cache, "layers", []):
         grown = _CLASSES.get(type(layer))
@@ -356,6 +299,7 @@ def joined(caches: list, share: bool = False):
             layer.values = torch.cat([v for _, v in rows]) if len(rows) > 1 else rows[0][1].clone()
         if kept["_grown_keys"] is not None:
             layer._grown_keys, layer._grown_values = Growing(), Growing()
+        layer._refused = True  # (siblings' caches are not cut back: their past needs no spill)
     return twin
 
 

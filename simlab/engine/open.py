@@ -39,12 +39,10 @@ def open_engine(
             ),
             load_hf=load_hf,
         )
-    from simlab.engine import kvcache
     from simlab.engine.local import Engine
     from simlab.models.load import load_model
 
     loaded = load_model(spec, settings, trust_remote_code=trust_remote_code, progress=progress)
-    kvcache.spill_into(settings.home / "spill")  # (long prompts' sliding-window past: on disk, not tmpfs)
     return Engine(loaded, prefix_dir=prefix_folder(settings, loaded.info))
 
 

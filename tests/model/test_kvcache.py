@@ -10,7 +10,7 @@ from conftest import tiny_llama_style
 from test_native import native_copy
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from simlab.engine import kvcache, prefix
+from simlab.engine import kvcache, prefix, spill
 from simlab.models import lean, native
 
 STEPS = 30  # past the tiny Gemma's sliding window of 8, and past a buffer's first room of 64 with the prompt
@@ -35,7 +35,7 @@ def spill_soon(monkeypatch, tmp_path):
     """Sliding layers spill their past 2 tokens beyond the window, 3 or more at a time, into tmp_path."""
     monkeypatch.setattr(kvcache, "_KEEP", 2)
     monkeypatch.setattr(kvcache, "_SPILL", 3)
-    monkeypatch.setattr(kvcache, "_FOLDER", [tmp_path / "spill"])
+    monkeypatch.setattr(spill, "_FOLDER", [tmp_path / "spill"])
     return tmp_path / "spill"
 
 
@@ -102,12 +102,26 @@ def test_a_sliding_layers_spilled_past_comes_back_when_a_prompt_is_cut_back_into
         check(sliding, 25)
         out.append(model(input_ids=ids[:, 25:31], cache=cache, use_cache=True).logits)
         twin = copy.deepcopy(cache)  # (a kept prefix): its own spill
+        with monkeypatch.context() as refusing:  # and where the disk refuses one: in memory
+            refusing.setattr(spill, "_open", lambda: open("/", "rb"))
+            held = copy.deepcopy(cache)
         twin.crop(-20)
         check([layer for layer in twin.layers if layer.is_sliding], 11)
         out.append(model(input_ids=ids[:, 11:40], cache=twin, use_cache=True).logits)
-        cache.crop(-26)  # the first: untouched by its copy's cut, cut back to its first 5 tokens
+        held.crop(-21)
+        out.append(model(input_ids=ids[:, 10:40], cache=held, use_cache=True).logits)
+        rows = copy.deepcopy(cache)  # rows repeated, then cut: the past came back before the repeat
+        rows.batch_repeat_interleave(2)
+        rows.crop(-12)
+        out.append(model(input_ids=ids[:, 13:30].repeat(2, 1), cache=rows, use_cache=True).logits)
+        cache.crop(-26)  # the first: untouched by its copies' cuts, cut back to its first 5 tokens
         check(sliding, 5)
         out.append(model(input_ids=ids[:, 5:20], cache=cache, use_cache=True).logits)
+        cache.reset()  # emptied and fed anew: nothing of its old past comes back
+        model(input_ids=ids[:, 40:80], cache=cache, use_cache=True)
+        check(sliding, 40)
+        cache.crop(-5)
+        out.append(model(input_ids=ids[:, 75:80], cache=cache, use_cache=True).logits)
         return out
 
     def spilled(layers, total):
@@ -116,6 +130,7 @@ def test_a_sliding_layers_spilled_past_comes_back_when_a_prompt_is_cut_back_into
             held = layer.keys.shape[-2]
             assert layer.get_seq_length() == total == layer._spill.count + held
             assert min(total, 9) <= held < 9 + 3
+            assert layer._grown_keys.buffer.shape[-2] <= 64 + 12 + 10  # not a 40-token pass's 104
 
     with torch.inference_mode():
         spilling = run(spilled)

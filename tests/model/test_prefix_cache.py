@@ -167,12 +167,12 @@ def test_a_prompt_cut_back_into_its_spilled_past_replays_to_the_last_bit(loaded,
     spill): a later prompt that shares only its start reads the past back, and its reply is a fresh
     engine's given the same passes, tokens and log-probabilities to the last bit; so is a chunk the
     disk keeps from such a prompt."""
-    from simlab.engine import kvcache
+    from simlab.engine import kvcache, spill
     from simlab.engine.prefix import pack, unpack
 
     monkeypatch.setattr(kvcache, "_KEEP", 60)  # (memory holds a whole chunk: the disk keeps it)
     monkeypatch.setattr(kvcache, "_SPILL", 3)
-    monkeypatch.setattr(kvcache, "_FOLDER", [tmp_path / "spill"])
+    monkeypatch.setattr(spill, "_FOLDER", [tmp_path / "spill"])
     engine, fresh = Engine(loaded, prefix_dir=tmp_path / "disk"), Engine(loaded, reuse_prefix=False)
     params = SamplingParams(temperature=1.0, max_new_tokens=5, seed=12)
     long = list(range(3, 3 + min(150, loaded.info.context_length - 8)))  # 2 whole chunks; 82 go out

@@ -207,11 +207,11 @@ def test_a_long_prompt_cut_back_into_its_spilled_past_replays_exactly_on_the_rea
     """At the real model's window (512) a prompt of 1,500 tokens spills its sliding layers' past
     (engine.kvcache); a next prompt that shares only its first 700 tokens reads the past back and
     replies as a fresh engine given the same passes, tokens and log-probabilities to the last bit."""
-    from simlab.engine import kvcache
+    from simlab.engine import spill
     from simlab.engine.local import Engine
     from simlab.engine.prefix import pack, unpack
 
-    monkeypatch.setattr(kvcache, "_FOLDER", [tmp_path])
+    monkeypatch.setattr(spill, "_FOLDER", [tmp_path])
     engine, fresh = Engine(embedded), Engine(embedded, reuse_prefix=False)
     words = "The keeper climbed the stair at dusk and lit the lamp, and wrote down the ships he saw. "
     ids = engine.encode(words * 80)[:1500]
