@@ -223,14 +223,15 @@ class Run(RunControl):
             self.stats.decode_seconds = time.perf_counter() - started - self.stats.prefill_seconds
 
     def _reused(self, model):
-        """(cache, tokens it holds, their passes): the last run's, or kept on disk, or a new one."""
+        """(cache, tokens it holds, their passes): the last run's or the chunks kept on disk, whichever
+        holds more of the prompt (the last run's on a tie), or a new one."""
         engine, recorder = self.engine, self.recorder
         # a trace of the whole prompt feeds all of it; a steered prompt's cache is its own
         if not (recorder and recorder.config.prompt) and self.cache_key is not False:
-            for store in (s for s in (engine.prefix, engine.disk) if s is not None):
-                cache, start, done = store.take(self.prompt_ids, self.wanted, self.cache_key)
-                if cache is not None:
-                    return cache, start, done
+            stores = [s for s in (engine.prefix, engine.disk) if s is not None]
+            cache, start, done = prefixes.take_longest(stores, self.prompt_ids, self.wanted, self.cache_key)
+            if cache is not None:
+                return cache, start, done
         return prefixes.new_cache(model), 0, []
 
     def _feeding(self):

@@ -8,7 +8,10 @@ pass ended, and a replay given the recorded passes builds the very same cache, r
 
 A fresh prompt goes in as whole CHUNKs from its start, then the rest but its last token, then that
 token alone. Chunks end at the same places in every prompt, so two prompts that share their first
-CHUNK tokens (two chats with one persona) share those passes, and the disk keeps them.
+CHUNK tokens (two chats with one persona) share those passes, and the disk keeps them. After a kept
+prefix that ends between chunks, a new part longer than LONG goes in to the next chunk's end first,
+then in chunks (in one pass, a long document after a short reused start took gigabytes, showed no
+progress and ignored Ctrl-C); a shorter one goes in whole.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 from pathlib import Path
 
 CHUNK = 64  # tokens per pass at the start of a fresh prompt
+LONG = 8 * CHUNK  # tokens after an unaligned kept prefix past which they go in chunks too
 MIN_REUSE = 8  # tokens; below this a fresh prefill costs as little as the bookkeeping
 
 
@@ -26,7 +30,10 @@ def plan(start: int, total: int) -> list[int]:
     """The passes that feed tokens start..total-1 after a cache holding the first `start`."""
     passes: list[int] = []
     at = start
-    if start % CHUNK == 0:
+    if at % CHUNK and total - 1 - at > LONG:  # to the next chunk's end, then chunks
+        passes.append(CHUNK - at % CHUNK)
+        at += passes[-1]
+    if at % CHUNK == 0:
         while at + CHUNK <= total - 1:
             passes.append(CHUNK)
             at += CHUNK
@@ -106,18 +113,23 @@ class PrefixCache:
         self.cache = None
         self.key: str | None = None  # what was added to the residual stream as it was built (steering)
 
+    def reusable(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None) -> int:
+        """How many of the prompt's tokens `take` would give (0: none)."""
+        if self.cache is None or self.key != key:
+            return 0
+        common = min(_common(self.ids, ids), len(ids) - 1)  # one token at least goes through for logits
+        at = sum(self.passes[: shared_passes(self.passes, common, wanted)])
+        return at if at >= MIN_REUSE else 0
+
     def take(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None):
         """(cache, tokens it holds, their passes) for the longest usable shared prefix, or (None, 0, []);
         only a cache built with the same `key` (the same steering at every position, or none)."""
-        cache, kept, passes, built = self.cache, self.ids, self.passes, self.key
+        at = self.reusable(ids, wanted, key)
+        cache, kept, passes = self.cache, self.ids, self.passes
         self.clear()  # the run owns it now
-        if cache is None or built != key:
+        if not at:
             return None, 0, []
-        common = min(_common(kept, ids), len(ids) - 1)  # one token at least goes through for logits
-        count = shared_passes(passes, common, wanted)
-        at = sum(passes[:count])
-        if at < MIN_REUSE:
-            return None, 0, []
+        count = shared_passes(passes, at, wanted)
         if len(kept) > at:
             cache.crop(at - len(kept))  # a negative count: the tokens to drop
         return cache, at, passes[:count]
@@ -145,6 +157,21 @@ class DiskPrefixes:
         digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:32]
         return self.folder / f"{digest}-{len(ids)}.safetensors"
 
+    def _chunks(self, ids: list[int], wanted: list[int] | None) -> int:
+        chunks = (len(ids) - 1) // CHUNK
+        if wanted is not None:
+            chunks = min(chunks, next((i for i, p in enumerate(wanted) if p != CHUNK), len(wanted)))
+        return chunks
+
+    def reusable(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None) -> int:
+        """How many of the prompt's tokens the chain of kept chunks holds (its files, not yet read)."""
+        if key is not None:
+            return 0
+        count = 0
+        while count < self._chunks(ids, wanted) and self._path(ids[: (count + 1) * CHUNK]).exists():
+            count += 1
+        return count * CHUNK
+
     def take(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None):
         """(cache, tokens, passes) for the longest chain of kept chunks the prompt starts with; none
         for a steered prompt (`key`: the disk keeps unsteered prompts only)."""
@@ -153,9 +180,7 @@ class DiskPrefixes:
         self._chain = set()  # a new prompt: its own chain from here on
         if key is not None:
             return None, 0, []
-        chunks = (len(ids) - 1) // CHUNK
-        if wanted is not None:
-            chunks = min(chunks, next((i for i, p in enumerate(wanted) if p != CHUNK), len(wanted)))
+        chunks = self._chunks(ids, wanted)
         device = str(next(self.model.parameters()).device)
         parts = []
         for k in range(1, chunks + 1):
@@ -219,6 +244,19 @@ class DiskPrefixes:
         for old in others[max(0, self.MAX_FILES - len(self._chain)) :]:
             with contextlib.suppress(OSError):
                 old.unlink()
+
+
+def take_longest(stores: list, ids: list[int], wanted: list[int] | None, key: str | None):
+    """`take` from whichever store (a PrefixCache first, then DiskPrefixes) holds more of the prompt,
+    the first on a tie; the PrefixCache is emptied when it is not the one (its cache would stay
+    beside the new one)."""
+    if not stores:
+        return None, 0, []
+    best = max(stores, key=lambda store: store.reusable(ids, wanted, key))
+    for store in stores:
+        if store is not best and isinstance(store, PrefixCache):
+            store.clear()
+    return best.take(ids, wanted, key)
 
 
 def feed(

@@ -185,3 +185,37 @@ def test_a_prompt_cut_back_into_its_spilled_past_replays_to_the_last_bit(loaded,
         sliding = [layer for layer in engine.prefix.cache.layers if getattr(layer, "is_sliding", False)]
         assert sliding and all(layer._spill.count > 0 and layer.keys.shape[-2] < 70 for layer in sliding)
     assert run.stats.reused_tokens == (len(long) - 1) // 64 * 64  # the first chunks: from the disk
+
+
+def test_a_long_rest_after_an_unaligned_reuse_goes_in_chunks_and_the_disk_gives_more(
+    loaded, tmp_path, monkeypatch
+):
+    """A Loom user's `g` on an early node, then on the long document's end: the last run's cache
+    holds the early node's prompt (ending between chunks), the disk the document's chunks. The disk
+    gives more, so it is read (the last run's cache was taken, and the rest went in as one pass:
+    gigabytes, no progress, no Ctrl-C); without it, the rest goes in chunks, each told as it goes,
+    and a fresh engine given the passes replies the same to the last bit."""
+    from simlab.engine import prefix
+
+    if loaded.info.context_length < 240:
+        pytest.skip("needs a context of 240 tokens")
+    monkeypatch.setattr(prefix, "LONG", prefix.CHUNK)
+    params = SamplingParams(temperature=1.0, max_new_tokens=3, seed=4)
+    document = list(range(3, 3 + 230))
+    engine = Engine(loaded, prefix_dir=tmp_path)
+    run_of(engine, document[:200], params)  # the document: its three whole chunks go to the disk
+    early = run_of(engine, document[:100], params)  # the early node: after the first chunk, 35 + 1
+    assert early.passes[:3] == [64, 35, 1]
+    again = run_of(engine, document[:200], params)
+    assert again.stats.reused_tokens == 192  # the disk's 192, not the last run's 100
+    alone = Engine(loaded)  # no disk: the last run's 100, then to 128, then chunks
+    run_of(alone, document[:100], params)
+    run = alone.start(document, params)
+    seen = []
+    run.on_prefill = lambda at, total: seen.append(at)
+    list(run)
+    assert run.stats.reused_tokens == 100 and run.passes[:7] == [64, 35, 1, 28, 64, 37, 1]
+    assert seen == [100, 128, 192, 229, 230]
+    fresh = run_of(Engine(loaded, reuse_prefix=False), document, params, passes=run.passes[:7])
+    [c], [d] = run.completions, fresh.completions
+    assert d.token_ids == c.token_ids and [t.logprob for t in d.tokens] == [t.logprob for t in c.tokens]

@@ -4,7 +4,7 @@ of a kept cache a new prompt may reuse. No torch here."""
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simlab.engine.prefix import CHUNK, pack, plan, shared_passes, unpack, usable
+from simlab.engine.prefix import CHUNK, LONG, pack, plan, shared_passes, unpack, usable
 
 
 def test_a_fresh_prompt_goes_in_as_whole_chunks_then_the_rest_then_its_last_token_alone():
@@ -14,13 +14,19 @@ def test_a_fresh_prompt_goes_in_as_whole_chunks_then_the_rest_then_its_last_toke
     assert plan(0, 2 * CHUNK + 5) == [CHUNK, CHUNK, 4, 1]
     assert plan(CHUNK, 2 * CHUNK + 5) == [CHUNK, 4, 1]  # after a kept chunk, the chunks go on
     assert plan(70, 100) == [29, 1]  # after a reused turn: the new tokens, then the last alone
+    # a long document after a short reused start: to the next chunk's end, then chunks
+    assert plan(70, 70 + 600) == [58] + [CHUNK] * 8 + [29, 1]
+    assert plan(70, 70 + LONG + 1) == [LONG, 1]  # (no longer than LONG: whole)
 
 
-@given(st.integers(0, 500), st.integers(1, 500))
+@given(st.integers(0, 500), st.integers(1, 3000))
 def test_a_plan_feeds_every_token_once_and_the_last_alone(start, extra):
     total = start + extra
     passes = plan(start, total)
     assert sum(passes) == total - start and passes[-1] == 1 and min(passes) > 0
+    assert max(passes) <= max(CHUNK, LONG)  # never one long pass
+    ends = [start + sum(passes[: i + 1]) for i in range(len(passes))]
+    assert all(end % CHUNK == 0 for end, length in zip(ends, passes) if length == CHUNK and end < total - 1)
 
 
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=40))
