@@ -229,7 +229,8 @@ class Run(RunControl):
         # a trace of the whole prompt feeds all of it; a steered prompt's cache is its own
         if not (recorder and recorder.config.prompt) and self.cache_key is not False:
             stores = [s for s in (engine.prefix, engine.disk) if s is not None]
-            cache, start, done = prefixes.take_longest(stores, self.prompt_ids, self.wanted, self.cache_key)
+            ids, wanted, told = self.prompt_ids, self.wanted, self._feeding()  # (the disk's read is told)
+            cache, start, done = prefixes.take_longest(stores, ids, wanted, self.cache_key, told)
             if cache is not None:
                 return cache, start, done
         return prefixes.new_cache(model), 0, []

@@ -172,36 +172,38 @@ class DiskPrefixes:
             count += 1
         return count * CHUNK
 
-    def take(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None):
+    def take(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None, on_chunk=None):
         """(cache, tokens, passes) for the longest chain of kept chunks the prompt starts with; none
-        for a steered prompt (`key`: the disk keeps unsteered prompts only)."""
+        for a steered prompt (`key`: the disk keeps unsteered prompts only). The chunks are read one
+        at a time into the cache, and `on_chunk(read, total)` is told after each: when it returns
+        False the reading stops there (the cache holds whole chunks)."""
         from safetensors.torch import load_file
 
         self._chain = set()  # a new prompt: its own chain from here on
         if key is not None:
             return None, 0, []
-        chunks = self._chunks(ids, wanted)
         device = str(next(self.model.parameters()).device)
-        parts = []
-        for k in range(1, chunks + 1):
+        cache, read = new_cache(self.model), 0
+        for k in range(1, self._chunks(ids, wanted) + 1):
             path = self._path(ids[: k * CHUNK])
             try:
-                parts.append(load_file(str(path), device=device))
+                part = load_file(str(path), device=device)
             except Exception:  # noqa: BLE001 - absent, damaged or foreign: the chain ends here
                 break
+            try:
+                for i, layer in enumerate(cache.layers):
+                    layer.update(part[f"{i}.keys"], part[f"{i}.values"])
+            except (KeyError, RuntimeError):  # files of another model shape: ignore them
+                return None, 0, []
             self._chain.add(path)
             with contextlib.suppress(OSError):
                 os.utime(path)
-        if not parts:
+            read = k * CHUNK
+            if on_chunk is not None and not on_chunk(read, len(ids)):
+                break
+        if not read:
             return None, 0, []
-        cache = new_cache(self.model)
-        try:
-            for part in parts:
-                for i, layer in enumerate(cache.layers):
-                    layer.update(part[f"{i}.keys"], part[f"{i}.values"])
-        except (KeyError, RuntimeError):  # files of another model shape: ignore them
-            return None, 0, []
-        return cache, len(parts) * CHUNK, [CHUNK] * len(parts)
+        return cache, read, [CHUNK] * (read // CHUNK)
 
     def keep(self, ids: list[int], cache) -> None:
         """Save the last CHUNK positions of the cache, which holds exactly `ids`. A prompt longer than
@@ -246,16 +248,18 @@ class DiskPrefixes:
                 old.unlink()
 
 
-def take_longest(stores: list, ids: list[int], wanted: list[int] | None, key: str | None):
+def take_longest(stores: list, ids: list[int], wanted: list[int] | None, key: str | None, on_chunk=None):
     """`take` from whichever store (a PrefixCache first, then DiskPrefixes) holds more of the prompt,
     the first on a tie; the PrefixCache is emptied when it is not the one (its cache would stay
-    beside the new one)."""
+    beside the new one). `on_chunk`: told as the disk's chunks are read (DiskPrefixes.take)."""
     if not stores:
         return None, 0, []
     best = max(stores, key=lambda store: store.reusable(ids, wanted, key))
     for store in stores:
         if store is not best and isinstance(store, PrefixCache):
             store.clear()
+    if isinstance(best, DiskPrefixes):
+        return best.take(ids, wanted, key, on_chunk)
     return best.take(ids, wanted, key)
 
 

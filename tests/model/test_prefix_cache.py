@@ -208,6 +208,17 @@ def test_a_long_rest_after_an_unaligned_reuse_goes_in_chunks_and_the_disk_gives_
     assert early.passes[:3] == [64, 35, 1]
     again = run_of(engine, document[:200], params)
     assert again.stats.reused_tokens == 192  # the disk's 192, not the last run's 100
+    later = Engine(loaded, prefix_dir=tmp_path)  # another process: the disk's chunks, told as read
+    seen = []
+    stopped = later.start(document[:200], params)
+    stopped.on_prefill = lambda at, total: seen.append(at) or stopped.interrupt()
+    assert list(stopped) == [] and stopped.completions[0].finish_reason == "interrupted"
+    assert seen and max(seen) == 64  # Ctrl-C while the disk's chunks are read: stopped after one
+    told = []
+    reading = later.start(document[:200], params)
+    reading.on_prefill = lambda at, total: told.append(at)
+    list(reading)
+    assert told == [64, 128, 192, 192, 199, 200] and reading.stats.reused_tokens == 192
     alone = Engine(loaded)  # no disk: the last run's 100, then to 128, then chunks
     run_of(alone, document[:100], params)
     run = alone.start(document, params)
