@@ -57,7 +57,7 @@ def info_lines(chat: Chat) -> list[str]:
     if chat.last:
         last = chat.last
         lines.append(
-            f"last      {last.tokens_per_second:.1f} tok/s, first token {last.first_token_ms:.0f} ms"
+            f"last      {last.tokens_per_second:.1f} tok/s, first token {waited(last.first_token_ms)}"
         )
         label = "context  " if local else "used     "
         if context_known(info):
@@ -141,7 +141,7 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
         (1, describe(chat) if chat.steer_uses else ""),  # (what the replies are steered with stays)
         (0, where),
         (5, f"{last.tokens_per_second:.1f} tok/s" if last else ""),
-        (7, f"first token {last.first_token_ms:.0f} ms" if last else ""),
+        (7, f"first token {waited(last.first_token_ms)}" if last else ""),
         (1, context_text(used, info) if used else ""),
     ]
     parts = [(rank, text) for rank, text in parts if text]
@@ -161,3 +161,8 @@ def probability_style(logprob: float | None) -> str:
         return "class:current"
     p = math.exp(logprob)
     return "class:p-high" if p >= 0.5 else "class:p-mid" if p >= 0.1 else "class:p-low"
+
+
+def waited(ms: float) -> str:
+    """A wait as people read it: milliseconds under 10 s (`914 ms`), else seconds (`398.9 s`)."""
+    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"

@@ -719,3 +719,10 @@ def test_a_batch_of_siblings_moves_the_live_bar_with_their_tokens():
         going[0].finish_reason = "eos"
         wait.follow(None, going, limit=20)
         assert wait.done == 1 and wait._live.tasks[0].completed == pytest.approx(1.5)
+
+
+def test_a_long_wait_for_the_first_token_reads_in_seconds():
+    from simlab.repl.views import waited
+
+    assert waited(914.2) == "914 ms" and waited(9_999) == "9999 ms"
+    assert waited(398_879) == "398.9 s"  # (a long document's prefill: `398879 ms` was hard to read)
