@@ -16,11 +16,17 @@ import torch
 from simlab.config import simlab_home
 
 _FOLDER: list[Path | None] = [None]  # where spills go; None: the simlab home's spill folder
+_MAX_OPEN = 256  # spill files open at once, at most (each holds a descriptor; past it: memory)
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # the spills whose file is open
 
 
 def _open() -> IO[bytes]:
     """A new spill file, in the simlab home (not the system's temporary folder: often a tmpfs, which
-    would keep it in memory), unnamed where the system allows, so nothing stays behind."""
+    would keep it in memory), unnamed where the system allows, so nothing stays behind. OSError past
+    _MAX_OPEN files (a sweep of long prompts on a model of many layers would otherwise take the
+    descriptors a session's own files need)."""
+    if len(_OPEN) >= _MAX_OPEN:
+        raise OSError(f"{_MAX_OPEN} spill files are open already")
     folder = _FOLDER[0] or simlab_home() / "spill"
     folder.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryFile(dir=folder)
@@ -35,6 +41,7 @@ class Spill:
     def __init__(self, like: torch.Tensor, values_like: torch.Tensor) -> None:
         self.file, self.memory = _open(), None
         weakref.finalize(self, self.file.close)
+        _OPEN.add(self)
         self.count = 0  # positions held
         self.shapes = (like.shape[:2] + like.shape[3:], values_like.shape[:2] + values_like.shape[3:])
         self.dtype, self.device = like.dtype, like.device
@@ -99,12 +106,14 @@ class Spill:
         try:
             twin.file = _open()
             weakref.finalize(twin, twin.file.close)
+            _OPEN.add(twin)
             if self.memory is None:
                 _copy(self.file.fileno(), twin.file.fileno(), size)
             elif os.pwrite(twin.file.fileno(), self.memory, 0) != size:
                 raise OSError("a spilled KV cache could not be copied")
             twin.memory = None
         except (OSError, AttributeError):
+            _OPEN.discard(twin)
             twin.file, twin.memory = None, bytearray(self._read(size, 0))
         return twin
 

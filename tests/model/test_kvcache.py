@@ -139,6 +139,32 @@ def test_a_sliding_layers_spilled_past_comes_back_when_a_prompt_is_cut_back_into
     assert all(torch.equal(a, b) for a, b in zip(spilling, kept, strict=True))
 
 
+def test_past_the_open_spill_files_allowed_a_layer_keeps_its_past_in_memory(
+    tiny_dir, tmp_path, spill_soon, monkeypatch
+):
+    """A spill holds a file descriptor; past _MAX_OPEN of them a sliding layer keeps its past in
+    memory, and the logits are the same."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_style(tmp_path / "g", "gemma3", tiny_dir)).eval()
+    ids = torch.randint(3, 300, (1, 70), generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(spill, "_MAX_OPEN", len(spill._OPEN) + 1)
+    with torch.inference_mode():
+        cache = prefix.new_cache(model)
+        out = [
+            model(input_ids=ids[:, at : at + 10], cache=cache, use_cache=True).logits
+            for at in range(0, 70, 10)
+        ]
+        sliding = [layer for layer in cache.layers if layer.is_sliding]
+        assert len(sliding) == 2 and sum(hasattr(layer, "_spill") for layer in sliding) == 1
+        assert sorted(layer.keys.shape[-2] for layer in sliding) == [9, 70]  # one spilled, one refused
+        monkeypatch.setattr(kvcache, "_SPILL", 10**9)
+        plain = prefix.new_cache(model)
+        kept = [
+            model(input_ids=ids[:, at : at + 10], cache=plain, use_cache=True).logits
+            for at in range(0, 70, 10)
+        ]
+    assert all(torch.equal(a, b) for a, b in zip(out, kept, strict=True))
+
+
 def test_growing_is_what_cat_gives_and_copies_only_when_the_room_runs_out():
     grown = kvcache.Growing()
     kept = None
