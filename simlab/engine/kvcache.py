@@ -156,7 +156,9 @@ def _folding_back(name: str):
 
     def method(self, *args, **kwargs):
         spill = self.__dict__.pop("_spill", None)
-        if spill is not None and spill.count and name != "reset":
+        if name == "reset":  # (emptied: a disk that refused it may take the next past)
+            self.__dict__.pop("_refused", None)
+        elif spill is not None and spill.count:
             old_keys, old_values = spill.take(spill.count)
             self.keys = torch.cat([old_keys, self.keys], dim=-2)
             self.values = torch.cat([old_values, self.values], dim=-2)

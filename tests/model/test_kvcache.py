@@ -117,7 +117,9 @@ def test_a_sliding_layers_spilled_past_comes_back_when_a_prompt_is_cut_back_into
         cache.crop(-26)  # the first: untouched by its copies' cuts, cut back to its first 5 tokens
         check(sliding, 5)
         out.append(model(input_ids=ids[:, 5:20], cache=cache, use_cache=True).logits)
-        cache.reset()  # emptied and fed anew: nothing of its old past comes back
+        for layer in sliding:  # (as after a full disk)
+            layer._refused = True
+        cache.reset()  # emptied and fed anew: nothing of its old past comes back, and it spills again
         model(input_ids=ids[:, 40:80], cache=cache, use_cache=True)
         check(sliding, 40)
         cache.crop(-5)
