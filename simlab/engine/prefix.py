@@ -163,12 +163,23 @@ class DiskPrefixes:
             chunks = min(chunks, next((i for i, p in enumerate(wanted) if p != CHUNK), len(wanted)))
         return chunks
 
+    def _chunk_paths(self, ids: list[int], wanted: list[int] | None):
+        """The paths of the prompt's chunks in order, `_path` of each prefix, from one running hash
+        (hashing each prefix anew took 0.3 s for a 20,000-token prompt)."""
+        digest = hashlib.sha256()
+        for k in range(self._chunks(ids, wanted)):
+            part = ",".join(map(str, ids[k * CHUNK : (k + 1) * CHUNK]))
+            digest.update(("," + part if k else part).encode())
+            yield self.folder / f"{digest.hexdigest()[:32]}-{(k + 1) * CHUNK}.safetensors"
+
     def reusable(self, ids: list[int], wanted: list[int] | None = None, key: str | None = None) -> int:
         """How many of the prompt's tokens the chain of kept chunks holds (its files, not yet read)."""
         if key is not None:
             return 0
         count = 0
-        while count < self._chunks(ids, wanted) and self._path(ids[: (count + 1) * CHUNK]).exists():
+        for path in self._chunk_paths(ids, wanted):
+            if not path.exists():
+                break
             count += 1
         return count * CHUNK
 
@@ -184,8 +195,7 @@ class DiskPrefixes:
             return None, 0, []
         device = str(next(self.model.parameters()).device)
         cache, read = new_cache(self.model), 0
-        for k in range(1, self._chunks(ids, wanted) + 1):
-            path = self._path(ids[: k * CHUNK])
+        for k, path in enumerate(self._chunk_paths(ids, wanted), start=1):
             try:
                 part = load_file(str(path), device=device)
             except Exception:  # noqa: BLE001 - absent, damaged or foreign: the chain ends here
