@@ -8,7 +8,8 @@ the peak RSS of a fresh process that loads the model and samples an 8-token repl
 the first time, in an empty simlab home, as the file is read into its cache). simlab and
 llama.cpp alternate in one process, medians of --repeats. Also: which kernels simlab ran, and
 whether greedy decoding on the GGUF kernel gives the float model's first 32 tokens (else the first
-difference and the float model's logit margin there).
+difference and the float model's logit margin there). Each of --weights (default gguf and gguf-a8,
+activations to ~15 and to 8 bits) gets its own speed rows against llama.cpp.
 
     python benchmarks/bench_models.py --quantize PATH/llama-quantize \
         [--models embedded,smollm2-135m:Q4_K_M,qwen2.5-0.5b:Q8_0] [--prefill 512,2048] [--repeats 3]
@@ -101,12 +102,24 @@ def kernels(engine: Engine) -> str:
 
 
 def one_model(spec: str, args, llama_cpp) -> list[str]:
-    path = gguf_path(spec)
-    engine = Engine(load_model(spec, load_settings()))
-    engine.eos_ids = frozenset()
-    ids = engine.encode(PROMPT)
-    threads = torch.get_num_threads()
-    rows = []
+    path, rows = gguf_path(spec), []
+    for weights in args.weights.split(","):
+        engine = Engine(load_model(spec, load_settings(weights=weights)))
+        engine.eos_ids = frozenset()
+        rows += [f"{weights} {row}" for row in speeds(engine, path, args, llama_cpp)]
+        rows.append(f"{weights} kernels: {kernels(engine)}")
+        rows.append(f"{weights} greedy vs float: {greedy_check(spec, engine)}")
+        del engine
+    a, b = peak_rss("simlab", spec, path), peak_rss("llama.cpp", spec, path)
+    rows.append(f"peak RSS: {a:.0f} / {b:.0f} MiB = {a / b:.2f}x")
+    a = peak_rss("simlab", spec, path, first_use=True)
+    rows.append(f"first use (empty simlab home: the file read into its cache), peak RSS: {a:.0f} MiB")
+    return rows
+
+
+def speeds(engine: Engine, path: Path, args, llama_cpp) -> list[str]:
+    """Prefill and decode against llama.cpp's, alternating, and four siblings against one reply."""
+    ids, threads, rows, rates = engine.encode(PROMPT), torch.get_num_threads(), [], {}
     for length in (int(x) for x in args.prefill.split(",") if x):
         prompt = prompt_of(engine, length)
         a, b = alternating(
@@ -124,14 +137,9 @@ def one_model(spec: str, args, llama_cpp) -> list[str]:
             partial(time_llama, llm, ids, n, args.tokens),
             args.repeats,
         )
+        rates[n] = a
         rows.append(f"decode n={n}: {a:.1f} / {b:.1f} tok/s = {a / b:.2f}x")
-    del llm
-    a, b = peak_rss("simlab", spec, path), peak_rss("llama.cpp", spec, path)
-    rows.append(f"peak RSS: {a:.0f} / {b:.0f} MiB = {a / b:.2f}x")
-    a = peak_rss("simlab", spec, path, first_use=True)
-    rows.append(f"first use (empty simlab home: the file read into its cache), peak RSS: {a:.0f} MiB")
-    rows.append(f"kernels: {kernels(engine)}")
-    rows.append(f"greedy vs float: {greedy_check(spec, engine)}")
+    rows.append(f"four siblings' time / one reply's: {4 * rates[1] / rates[4]:.2f}x")
     return rows
 
 
@@ -143,6 +151,7 @@ def main() -> None:
     parser.add_argument("--prefill", default="512,2048")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--weights", default="gguf,gguf-a8", help="simlab's --weights, comma-separated")
     args = parser.parse_args()
     import llama_cpp
 

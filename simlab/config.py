@@ -17,7 +17,7 @@ from simlab.errors import BadInput, ConfigError
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-WEIGHTS = ("auto", "float", "int8", "int4", "gguf")  # auto: gguf for a GGUF on the CPU, else float
+WEIGHTS = ("auto", "float", "int8", "int4", "gguf", "gguf-a8")  # auto: gguf for a GGUF on the CPU, else float
 
 
 def simlab_home() -> Path:

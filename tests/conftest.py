@@ -220,6 +220,21 @@ def embedded_engine(embedded):
     return Engine(embedded)
 
 
+@pytest.fixture(scope="session")
+def embedded_a8_engine():
+    """The embedded model with `--weights gguf-a8` (activations rounded to 8 bits), from the same cache."""
+    from simlab.config import Settings
+    from simlab.engine.local import Engine
+    from simlab.models.load import load_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        if _REAL_HOME:
+            patch.setenv("SIMLAB_HOME", _REAL_HOME)
+        else:
+            patch.delenv("SIMLAB_HOME", raising=False)
+        return Engine(load_model("embedded", Settings(device="cpu", dtype="float32", weights="gguf-a8")))
+
+
 def png_with_card(card: dict, key: str = "chara") -> bytes:
     """A 1x1 PNG carrying a card in a tEXt chunk, as Tavern writes one."""
     import base64

@@ -55,9 +55,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto")
     group.add_argument(
         "--weights",
-        choices=["auto", "float", "int8", "int4", "gguf"],
+        choices=["auto", "float", "int8", "int4", "gguf", "gguf-a8"],
         help="how the linear layers keep their weights: float, int8/int4 weight-only on the CPU, or gguf "
-        "(a GGUF's own quantization; auto picks it for a GGUF on the CPU, else float)",
+        "(a GGUF's own quantization; auto picks it for a GGUF on the CPU, else float); gguf-a8: gguf with "
+        "activations rounded to 8 bits as llama.cpp does (faster products, further from float)",
     )
     group.add_argument(
         "--offline",

@@ -55,7 +55,7 @@ def prefix_folder(settings: Settings, info):
     if not info.revision:
         return None
     key = f"{info.revision}:{info.weights}:{info.dtype}:{info.device}"
-    if info.weights == "gguf":  # simlab's kernel computes the cache: a new version, other bits
+    if info.weights.startswith("gguf"):  # simlab's kernel computes the cache: a new version, other bits
         from simlab.models import native
 
         lib = native.library()

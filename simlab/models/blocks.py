@@ -73,7 +73,7 @@ class Block:
         self.fused = a.get("fused_q_proj_k_proj_v_proj")  # (or q, k and v in layouts of their own)
         own = [a[n] for n in ("q_proj", "k_proj", "v_proj")]
         self.qkv_layers, self._arrays = own if self.fused is None else self.fused._layers, (None, None)
-        self.qkv_kinds = [(ctypes.c_int * 3)(*(x.bits for x in self.qkv_layers))]
+        self.qkv_kinds = [(ctypes.c_int * 3)(*(x.kernel_bits for x in self.qkv_layers))]
         self.qkv_kinds.append((ctypes.c_int * 3)(*(x.group for x in self.qkv_layers)))
         self.gate_up = m["fused_gate_proj_up_proj"]
         self.biases = [a[name].bias for name in ("q_proj", "k_proj", "v_proj")]
@@ -215,8 +215,9 @@ class Block:
             q.data_ptr(), native._strides(q, 3), k.data_ptr(), native._strides(k, 3), v.data_ptr(),
             native._strides(v, 3), *shared, None if held is None else held.data_ptr(), kind, strides, b,
             self.heads, self.kv_heads, length, self.head_dim, self.scaling, self.softcap, *o.addresses(),
-            o.bits, o.group, _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps, h.data_ptr(), d,
-            ws, scales, offsets, ns, first.bits, first.group, h2.data_ptr(), gu.data_ptr(), scratch, threads,
+            o.kernel_bits, o.group, _scale(self.post_attn), _scale(self.pre_mlp), self.pre_mlp.eps,
+            h.data_ptr(), d, ws, scales, offsets, ns, first.kernel_bits, first.group, h2.data_ptr(),
+            gu.data_ptr(), scratch, threads,
         ))  # fmt: skip
         gate, up = (
             gu.narrow(-1, 0, self.sizes[0]),
@@ -225,8 +226,8 @@ class Block:
         x = (self.act.forward(gate) * up).contiguous()
         h3, down = torch.empty_like(h), self.down
         _ok(lib.simlab_block_out(
-            x.data_ptr(), b, x.shape[-1], *down.addresses(), down.bits, down.group, _scale(self.post_mlp),
-            self.pre_mlp.eps, h2.data_ptr(), d, h3.data_ptr(), scratch, threads,
+            x.data_ptr(), b, x.shape[-1], *down.addresses(), down.kernel_bits, down.group,
+            _scale(self.post_mlp), self.pre_mlp.eps, h2.data_ptr(), d, h3.data_ptr(), scratch, threads,
         ))  # fmt: skip
         return h3
 

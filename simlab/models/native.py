@@ -26,6 +26,7 @@ from simlab.models.layout import pack
 
 SOURCE = Path(__file__).with_name("qmatmul.c")
 QK = 32
+ONE_LEVEL = 256  # added to a product's bits: its activations rounded to one level of codes
 
 _state: dict[str, object] = {}
 
@@ -98,25 +99,16 @@ def _declare(lib) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.simlab_qlinear.argtypes = [p, i64, i64, p, p, p, i32, i32, i64, p, p, i32]
     lib.simlab_qlinear_parts.argtypes = [p, i64, i64, i32, p, p, p, p, i32, i32, p, p, i32]
-    lib.simlab_qlinear_parts.restype = None
     lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
     lib.simlab_pack.argtypes = [i32, i32, p, p, p, i64, i64, p, p, p]
-    lib.simlab_pack.restype = None
-    for fn in (lib.simlab_qlinear, lib.simlab_q8_rows):
-        fn.restype = None
     lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
-    lib.simlab_rms_norm.restype = None
     f32 = ctypes.c_float
     lib.simlab_attention.argtypes = [p, p, p, p, p, p, p, i32, p, *[i64] * 7, f32, f32, i64, p, p, i32]
-    lib.simlab_attention.restype = None
     lib.simlab_attention_work.argtypes = [i64] * 6
     lib.simlab_attention_work.restype = i64
     lib.simlab_rotary.argtypes = [p, i64, i64, i64, i64, p, p, i32, p]
-    lib.simlab_rotary.restype = None
-
-
-def _address(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+    for name in ("qlinear", "qlinear_parts", "q8_rows", "pack", "rms_norm", "attention", "rotary"):
+        getattr(lib, f"simlab_{name}").restype = None
 
 
 def _ptr(t: torch.Tensor | None):
@@ -162,7 +154,7 @@ def matmul_parts(x: torch.Tensor, layers, arrays: tuple | None = None) -> torch.
     held = _scratch(m, k)  # (held until C returns: a large one is this call's alone)
     y = torch.empty((m, total), dtype=torch.float32)
     first = layers[0]
-    args = (ws, scales, offsets, ns, first.bits, first.group, y.data_ptr(), held.data_ptr())
+    args = (ws, scales, offsets, ns, first.kernel_bits, first.group, y.data_ptr(), held.data_ptr())
     _state["lib"].simlab_qlinear_parts(x.data_ptr(), m, k, len(layers), *args, torch.get_num_threads())
     return y
 
@@ -322,6 +314,7 @@ class NativeLinear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.bits, self.group = bits, group
         self.out_features, self.in_features = n, k
+        self.kernel_bits = bits  # what C is told: bits, plus ONE_LEVEL for activations to 8 bits
         self._layout = (bits, group, n)
         self._weight: tuple | None = None  # the buffers' addresses for C, taken on first use
 
@@ -332,6 +325,11 @@ class NativeLinear(torch.nn.Module):
         packed = pack(codes, scale, offset, bits, group, _state.get("lib"))
         return cls(*packed, (bits, group, scale.shape[0], k), bias)
 
+    def round_to(self, levels: int) -> None:
+        """Activations rounded to `levels` of 8-bit codes per 32: 2 (~15 bits, the default) or 1."""
+        self.kernel_bits = self.bits + (ONE_LEVEL if levels == 1 else 0)
+        self._layout = (self.kernel_bits, self.group, self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _product(x if x.dtype == torch.float32 else x.float(), self.addresses(), *self._layout)
         y = y if y.dtype == x.dtype else y.to(x.dtype)
@@ -340,7 +338,8 @@ class NativeLinear(torch.nn.Module):
     def addresses(self) -> tuple:
         """The buffers' addresses for C (codes, scale, offset), taken on first use."""
         if self._weight is None:
-            self._weight = (self.codes.data_ptr(), self.scale.data_ptr(), _address(self.offset))
+            offset = None if self.offset is None else self.offset.data_ptr()
+            self._weight = (self.codes.data_ptr(), self.scale.data_ptr(), offset)
         return self._weight
 
     def _apply(self, fn, recurse=True):  # .to(), .float() and the like may move the buffers

@@ -31,6 +31,7 @@
 #endif
 
 #define QK 32
+#define ONE_LEVEL 256 /* added to a product's bits: its activations rounded to one level of codes */
 
 int simlab_qmatmul_version(void) { return 13; }
 
@@ -88,8 +89,10 @@ static float round_block(const float *v, int8_t *q, int *sum) {
 
 /* One row of K floats -> two levels of 8-bit codes per block of 32: x ~ d1 q1 + d2 q2 with
  * d2 = d1 / 256, where q2 rounds what q1 left (so about 15 bits per value, and 256 q1 + q2 is one
- * integer). q1, q2 (K); d1, d2, sx (K/32), sx = d2 sum(256 q1 + q2), for the weights' offsets. */
-static void quantize_row(const float *x, int64_t k, int8_t *q1, int8_t *q2, float *d1, float *d2, float *sx) {
+ * integer). q1, q2 (K); d1, d2, sx (K/32), sx = d2 sum(256 q1 + q2), for the weights' offsets.
+ * `levels` 1: q2's codes are all 0 (x ~ d1 q1, llama.cpp's Q8_0 rounding of its activations). */
+static void quantize_row(const float *x, int64_t k, int levels, int8_t *q1, int8_t *q2, float *d1, float *d2,
+                         float *sx) {
     for (int64_t b = 0; b < k / QK; b++) {
         int64_t at = b * QK;
         float rest[QK];
@@ -97,7 +100,7 @@ static void quantize_row(const float *x, int64_t k, int8_t *q1, int8_t *q2, floa
         d1[b] = round_block(x + at, q1 + at, &s1);
         for (int i = 0; i < QK; i++) rest[i] = x[at + i] - d1[b] * (float)q1[at + i];
         d2[b] = d1[b] / 256.0f;
-        float inv = inverse(d2[b]);
+        float inv = levels == 2 ? inverse(d2[b]) : 0.0f; /* one level: q2's codes all 0 */
         s2 = 0;
         for (int i = 0; i < QK; i++) {
             int c = inv != 0.0f ? (int)nearbyintf(rest[i] * inv) : 0;
@@ -118,7 +121,8 @@ static inline __m512i codes16(__m512 v, float inv) {
     return _mm512_min_epi32(_mm512_max_epi32(c, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
 }
 
-static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, float *d1, float *d2, float *sx) {
+static void quantize_row512(const float *x, int64_t k, int levels, int8_t *q1, int8_t *q2, float *d1, float *d2,
+                            float *sx) {
     const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < k / QK; b++) {
         int64_t at = b * QK;
@@ -134,7 +138,8 @@ static void quantize_row512(const float *x, int64_t k, int8_t *q1, int8_t *q2, f
         __m512 r1 = _mm512_sub_ps(v1, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(a1)));
         float e = d / 256.0f;
         float inv2 = inverse(e);
-        __m512i b0 = codes16(r0, inv2), b1 = codes16(r1, inv2);
+        __m512i b0 = _mm512_setzero_si512(), b1 = b0;
+        if (levels == 2) b0 = codes16(r0, inv2), b1 = codes16(r1, inv2);
         int s1 = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
         int s2 = _mm512_reduce_add_epi32(_mm512_add_epi32(b0, b1));
         d1[b] = d;
@@ -203,9 +208,11 @@ static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
                     int64_t at = r * k + b * QK + 4 * s;
                     int32_t x1, x2;
                     memcpy(&x1, q1 + at, 4);
-                    memcpy(&x2, q2 + at, 4);
                     a1[r] = _mm512_dpbusd_epi32(a1[r], c, _mm512_set1_epi32(x1));
-                    a2[r] = _mm512_dpbusd_epi32(a2[r], c, _mm512_set1_epi32(x2));
+                    if (q2) { /* (null for one level: its codes are 0) */
+                        memcpy(&x2, q2 + at, 4);
+                        a2[r] = _mm512_dpbusd_epi32(a2[r], c, _mm512_set1_epi32(x2));
+                    }
                 }
             }
             __m512 sc = _mm512_loadu_ps(ps + (b * per + q) * 16);
@@ -395,30 +402,43 @@ static void tile(TILE_PARAMS) {
 #endif
 
 /* R rows (a constant in each case, up to RM) */
-#define TILE(BITS, GROUP, RR)                                                                              \
-    if (RR <= RM) tile(BITS, GROUP, RR, p, ps, po, a1, a2, b16, e2, sr, g2, k, o, n, lanes)
-#define ROWS(BITS, GROUP)                                                                                  \
+#define TILE(BITS, GROUP, RR, A2)                                                                          \
+    if (RR <= RM) tile(BITS, GROUP, RR, p, ps, po, a1, A2, b16, e2, sr, g2, k, o, n, lanes)
+#define ROWS(BITS, GROUP, A2)                                                                              \
     switch (R) {                                                                                           \
-    case 8: TILE(BITS, GROUP, 8); break;                                                                   \
-    case 7: TILE(BITS, GROUP, 7); break;                                                                   \
-    case 6: TILE(BITS, GROUP, 6); break;                                                                   \
-    case 5: TILE(BITS, GROUP, 5); break;                                                                   \
-    case 4: TILE(BITS, GROUP, 4); break;                                                                   \
-    case 3: TILE(BITS, GROUP, 3); break;                                                                   \
-    case 2: TILE(BITS, GROUP, 2); break;                                                                   \
-    default: TILE(BITS, GROUP, 1);                                                                         \
+    case 8: TILE(BITS, GROUP, 8, A2); break;                                                               \
+    case 7: TILE(BITS, GROUP, 7, A2); break;                                                               \
+    case 6: TILE(BITS, GROUP, 6, A2); break;                                                               \
+    case 5: TILE(BITS, GROUP, 5, A2); break;                                                               \
+    case 4: TILE(BITS, GROUP, 4, A2); break;                                                               \
+    case 3: TILE(BITS, GROUP, 3, A2); break;                                                               \
+    case 2: TILE(BITS, GROUP, 2, A2); break;                                                               \
+    default: TILE(BITS, GROUP, 1, A2);                                                                     \
     }
+#ifdef SIMLAB_AVX512 /* one level: the tile made without the second level's dot products */
+#define LEVELS(BITS, GROUP)                                                                                \
+    if (levels == 1) {                                                                                     \
+        ROWS(BITS, GROUP, 0)                                                                               \
+    } else {                                                                                               \
+        ROWS(BITS, GROUP, a2)                                                                              \
+    }
+#else /* (the other builds sum 256 q1 + q2 as one 16-bit value: q2's zeros cost the same) */
+#define LEVELS(BITS, GROUP) ROWS(BITS, GROUP, a2)
+#endif
 
 /* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows in the layout above,
  * given as `parts` weights of one layout whose rows follow one another (q/k/v read from where each
  * lies, not copied together: ws, scales, offsets (an offset may be null), ns their row counts). x
  * (M, K) float is first rounded into two levels of codes in `scratch` (2 M K bytes, 256 q1 + q2 as
- * M K 16-bit ints, then 3 M K/32 floats and 2 M K/32 ints: simlab_qlinear_scratch bytes). Groups of 16 weight rows split over
+ * M K 16-bit ints, then 3 M K/32 floats and 2 M K/32 ints: simlab_qlinear_scratch bytes); into one
+ * (q2's codes all 0) where bits has ONE_LEVEL added. Groups of 16 weight rows split over
  * threads; each meets the inputs RM rows at a time (the same arithmetic per input row whatever M
  * is). */
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
                           const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
                           int group, float *y, void *scratch, int threads) {
+    const int levels = bits & ONE_LEVEL ? 1 : 2;
+    bits &= ~ONE_LEVEL;
     int64_t blocks = k / QK, blocks_all = m * blocks;
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
     int16_t *x16 = (int16_t *)(q2 + m * k); /* 256 q1 + q2 */
@@ -428,9 +448,9 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
     for (int64_t r = 0; r < m; r++) {
         int8_t *a = q1 + r * k, *c = q2 + r * k;
 #ifdef SIMLAB_AVX512
-        quantize_row512(x + r * k, k, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
+        quantize_row512(x + r * k, k, levels, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
 #else
-        quantize_row(x + r * k, k, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
+        quantize_row(x + r * k, k, levels, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
 #endif
         for (int64_t g = 0; g < k / 16; g++) {
             int32_t sum = 0;
@@ -466,11 +486,11 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
             const int32_t *g2 = gs + r * blocks * 2;
             float *o = y + r * n + first + 16 * g;
             if (bits == 4) {
-                ROWS(4, QK)
+                LEVELS(4, QK)
             } else if (group == QK) {
-                ROWS(8, QK)
+                LEVELS(8, QK)
             } else {
-                ROWS(8, 16)
+                LEVELS(8, 16)
             }
         }
     }

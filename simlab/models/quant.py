@@ -244,6 +244,15 @@ def _native_layer(groups, bias) -> torch.nn.Module | None:
     return None
 
 
+def round_activations(model: torch.nn.Module, levels: int) -> int:
+    """Every kernel layer of the model rounds its activations to `levels` of 8-bit codes per 32 (2:
+    about 15 bits, the default; 1: 8 bits, as llama.cpp rounds them): how many layers there are."""
+    layers = [m for m in model.modules() if isinstance(m, native.NativeLinear)]
+    for layer in layers:
+        layer.round_to(levels)
+    return len(layers)
+
+
 def _stored_layer(stored: dict[str, torch.Tensor], key: str, bias) -> torch.nn.Module | None:
     if f"{key}.codes" in stored:
         layout = [int(v) for v in stored[f"{key}.layout"]]  # (bits, group, N, K): the kernel's layout

@@ -27,7 +27,7 @@ def info_lines(chat: Chat) -> list[str]:
             f"model     {info.spec} ({info.name}, {info.revision[:12] if info.revision else '?'})",
             f"device    {info.device} {info.dtype}"
             + (f" weights {info.weights}" if info.weights != "float" else "")
-            + (f" ({kernel_text()})" if info.weights == "gguf" else ""),
+            + (f" ({kernel_text()})" if info.weights.startswith("gguf") else ""),
             "siblings  "
             + (
                 "one batch (simlab's kernel: each row its bits alone)"

@@ -65,8 +65,35 @@ def test_the_kernel_gives_the_float_models_logits_to_its_rounding(gguf_file):
     assert (a - b).abs().max() < 0.05 * b.abs().max()
 
 
-def test_siblings_are_their_seeds_alone(gguf_file):
-    engine = Engine(load_model(str(gguf_file), load_settings(weights="gguf")))
+def test_gguf_a8_rounds_every_products_activations_once_and_keeps_apart(gguf_file, tmp_path):
+    """`--weights gguf-a8`: the same codes, every product's activations rounded to one level of 8-bit
+    codes (llama.cpp's precision): close to the float model, further from it than two levels, and
+    its kept prompt chunks in a folder of their own (other bits)."""
+    from simlab.engine.open import prefix_folder
+
+    once = load_model(str(gguf_file), load_settings(weights="gguf-a8"))
+    layers = [m for m in once.model.modules() if isinstance(m, native.NativeLinear)]
+    assert layers and all(m.kernel_bits == m.bits + native.ONE_LEVEL for m in layers)
+    twice = load_model(str(gguf_file), load_settings(weights="gguf"))
+    floats = load_model(str(gguf_file), load_settings(weights="float", dtype="float32")).model
+    ids = torch.randint(0, 399, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b, want = (
+            once.model(input_ids=ids).logits,
+            twice.model(input_ids=ids).logits,
+            floats(input_ids=ids).logits,
+        )
+    assert (a - want).abs().max() < 0.05 * want.abs().max()
+    assert (a - want).abs().mean() > 4 * (b - want).abs().mean()
+    settings = load_settings()
+    assert once.info.revision == twice.info.revision
+    assert prefix_folder(settings, once.info) != prefix_folder(settings, twice.info)
+
+
+@pytest.mark.parametrize("weights", ["gguf", "gguf-a8"])
+def test_siblings_are_their_seeds_alone(gguf_file, weights):
+    engine = Engine(load_model(str(gguf_file), load_settings(weights=weights)))
+    assert engine.rows_alone and engine.info.weights == weights
     engine.eos_ids = frozenset()
     params = SamplingParams(temperature=1.0, max_new_tokens=30, seed=7)
     together = engine.generate("The keeper wrote", params, n=3)

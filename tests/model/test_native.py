@@ -68,13 +68,21 @@ def rounded(blocks: torch.Tensor, d: torch.Tensor):
     return torch.round(blocks * inverse).clamp(-127, 127) * d
 
 
-def quantized_rows(x: torch.Tensor):
+def quantized_rows(x: torch.Tensor, levels: int = 2):
     """The activations as the kernel rounds them: per 32, codes with scale max|x| / 127, then codes
-    with 1/256 of that scale for what the first left."""
+    with 1/256 of that scale for what the first left (`levels` 1: the first codes alone)."""
     blocks = x.float().unflatten(-1, (-1, 32))
     d = blocks.abs().amax(-1, keepdim=True) / 127
     first = rounded(blocks, d)
+    if levels == 1:
+        return first.double().flatten(-2)
     return (first.double() + rounded(blocks - first, d / 256).double()).flatten(-2)
+
+
+def one_level(layer: native.NativeLinear) -> native.NativeLinear:
+    """The layer with its activations rounded to one level of codes (`--weights gguf-a8`)."""
+    layer.round_to(1)
+    return layer
 
 
 @pytest.mark.parametrize("kind", FORMATS)
@@ -119,6 +127,24 @@ def test_the_product_is_the_weights_times_the_rounded_activations(kind):
     assert (got - plain).abs().max() < 2e-4 * plain.abs().max()
 
 
+@pytest.mark.parametrize("kind", FORMATS)
+def test_one_level_is_the_weights_times_the_activations_rounded_once(kind):
+    """`--weights gguf-a8`: each block of 32 activations as one level of 8-bit codes, as llama.cpp's
+    Q8_0 rounds them (where two levels keep ~15 bits); the layer's own codes are untouched."""
+    tensor = random_tensor(kind, seed=6)
+    layer = one_level(_native_layer(gguf_groups.read(tensor), None))
+    assert layer.kernel_bits == layer.bits + native.ONE_LEVEL
+    torch.manual_seed(0)
+    x = torch.randn(5, COLS)
+    got = layer(x).double()
+    exact = quantized_rows(x, levels=1) @ reference(tensor).double().t()
+    assert torch.allclose(got, exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+    two = quantized_rows(x) @ reference(tensor).double().t()
+    assert (got - two).abs().max() > 1e-3 * two.abs().max()  # (not the two levels' product)
+    layer.round_to(2)
+    assert layer.kernel_bits == layer.bits and torch.allclose(layer(x).double(), two, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K"])
 def test_a_nan_or_infinite_input_gives_nan_and_a_tiny_one_no_garbage(kind):
     """A NaN or infinite activation makes every output it goes into NaN, as the float product's would
@@ -135,9 +161,11 @@ def test_a_nan_or_infinite_input_gives_nan_and_a_tiny_one_no_garbage(kind):
     assert torch.equal(y[3], layer(clean[3:4])[0]) and torch.equal(y[4], layer(x[4:5])[0])
 
 
+@pytest.mark.parametrize("levels", [2, 1])
 @pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K"])
-def test_each_row_is_the_same_alone_or_in_any_batch(kind):
+def test_each_row_is_the_same_alone_or_in_any_batch(kind, levels):
     layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=7)), None)
+    layer.round_to(levels)
     torch.manual_seed(1)
     x = torch.randn(9, COLS)
     alone = torch.cat([layer(x[i : i + 1]) for i in range(9)])
@@ -146,8 +174,10 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind):
         assert torch.equal(together, alone), size
     # 37 weight rows: two groups of 16 and a last one of 5 (padded), from 8 inputs taken 8 at a time
     cut = file_layout(layer, rows=37)
-    alone = torch.cat([matmul(x[i : i + 1], *cut, layer.bits, layer.group) for i in range(9)])
-    assert torch.equal(matmul(x, *cut, layer.bits, layer.group), alone)
+    cut_layer = native.NativeLinear.of(*cut, layer.bits, layer.group)
+    cut_layer.round_to(levels)
+    alone = torch.cat([cut_layer(x[i : i + 1]) for i in range(9)])
+    assert torch.equal(cut_layer(x), alone)
 
 
 @pytest.mark.parametrize(
@@ -178,13 +208,21 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
     odd = x.clone()
     odd[9, 3], odd[10, 33], odd[10, 64:96] = float("nan"), float("-inf"), 1e-38  # NaN outputs, a tiny block
     blocks = 7  # an odd count of 32-wide blocks, and 37 weight rows: a last group of 5
+    part = odd[:, : blocks * 32]
     for kind in FORMATS:
         layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=9)), None)
         cut = file_layout(layer, rows=37, blocks=blocks)
-        # (AVX2 takes one or two rows with both halves of a group in one pass, more rows half by half)
-        fast = layer(odd), matmul(odd[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
+        # (AVX2 takes one or two rows with both halves of a group in one pass, more rows half by half;
+        # one level of activation codes: AVX-512 leaves out the second level's products)
+        once = one_level(native.NativeLinear.of(*file_layout(layer), layer.bits, layer.group))
+
+        def products(layer=layer, once=once, cut=cut):
+            cut_product = matmul(part, *cut, layer.bits, layer.group)
+            return [layer(odd), cut_product, layer(x[:2]), once(odd), once(x[:1])]
+
+        fast = products()
         monkeypatch.setitem(native._state, "lib", other)
-        again = layer(odd), matmul(odd[:, : blocks * 32], *cut, layer.bits, layer.group), layer(x[:2])
+        again = products()
         for a, b in zip(again, fast):
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=kind)
         monkeypatch.undo()

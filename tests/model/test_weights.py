@@ -104,6 +104,9 @@ def test_gguf_weights_need_a_gguf_and_auto_keeps_other_models_float(tiny_dir, ca
     assert code == 2 and not out and len(err.strip().splitlines()) == 1
     assert "weights gguf (--weights, SIMLAB_WEIGHTS or the config file) reads a GGUF" in err
     assert "use int8 or int4" in err
+    code, out, err = run_cli(capsys, "generate", "hi", "--model", tiny_dir, "--weights", "gguf-a8")
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1
+    assert "weights gguf-a8 (--weights, SIMLAB_WEIGHTS or the config file) reads a GGUF" in err
 
 
 @pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])

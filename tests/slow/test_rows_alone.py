@@ -78,3 +78,32 @@ def test_replay_reproduces_every_sibling_exactly(kind, tmp_path, embedded_engine
         for node in siblings:
             [check] = check_path(engine, session, session.tree.path(node.id))
             assert check.reproduced, (node.seed, check.first_difference, check.expected, check.got)
+
+
+def test_gguf_a8_siblings_are_their_seeds_alone_and_replay_exactly(
+    embedded_a8_engine, embedded_engine, tmp_path
+):
+    """`--weights gguf-a8` (one level of 8-bit activation codes, a kernel path of its own): siblings
+    are one batch and each its seed alone, replies record the weights, and `replay` reproduces them."""
+    engine = embedded_a8_engine
+    assert engine.info.weights == "gguf-a8" and engine.rows_alone
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=11)
+    prompt = "The keeper wrote in his log that night:"
+    together = engine.generate(prompt, params, n=3)
+    for k, sibling in enumerate(together):
+        [alone] = engine.generate(prompt, params.with_overrides(seed=11 + k))
+        assert sibling.token_ids == alone.token_ids, f"seed {11 + k}"
+        assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens], f"seed {11 + k}"
+    [precise] = embedded_engine.generate(prompt, params)
+    assert [t.logprob for t in precise.tokens][:8] != [t.logprob for t in together[0].tokens][:8]
+    persona = find("interview")
+    store = SessionStore(tmp_path / "sessions")
+    with start_session(store, persona, "a8") as session:
+        user = session.add_child(session.tree.cursor, "user", "What did you see?", speaker=persona.user)
+        siblings = sample_replies(
+            engine, session, user.id, params.with_overrides(seed=40), n=4, speaker=persona.model
+        )
+        for node in siblings:
+            assert node.weights == "gguf-a8"
+            [check] = check_path(engine, session, session.tree.path(node.id))
+            assert check.reproduced, (node.seed, check.first_difference)
