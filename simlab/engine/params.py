@@ -208,3 +208,8 @@ class SeedCounter:
         if self.next is not None:
             self.next += n
         return seed
+
+    def give_back(self, n: int) -> None:
+        """The last `take(n)`'s seeds unused (a run stopped before it saved anything): next again."""
+        if self.next is not None:
+            self.next -= n

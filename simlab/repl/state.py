@@ -248,7 +248,10 @@ class Chat(Notes):
     def kept(self, replies: Replies, keep=has_output) -> list[Node]:
         """A decoded run's replies saved with their traces, its toolbar figures, a cut stream said."""
         nodes = replies.save(keep, on_trace_error=self._trace_failed)
-        self.last = LastReply.of(replies)
+        if nodes:  # (a run stopped before its first token keeps the figures of the one before)
+            self.last = LastReply.of(replies)
+        elif replies.run.interrupted:  # and its seeds: the next run takes them again
+            self.seeds.give_back(len(replies.run.completions))
         if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply
             self.view.note(f"simlab: {replies.run.problem}")
         return nodes

@@ -726,3 +726,32 @@ def test_a_long_wait_for_the_first_token_reads_in_seconds():
 
     assert waited(914.2) == "914 ms" and waited(9_999) == "9999 ms"
     assert waited(398_879) == "398.9 s"  # (a long document's prefill: `398879 ms` was hard to read)
+
+
+def test_a_run_stopped_before_its_first_token_leaves_the_figures_and_the_seed_as_they_were(
+    fake_engine, store
+):
+    """A Ctrl-C while a long prompt is read saves nothing; the toolbar went on to show `0.0 tok/s ·
+    first token 0 ms` for it, and the next reply took the next seed. Both stay as they were."""
+    from simlab.repl.views import toolbar_text
+
+    chat = new_chat(fake_engine, store)
+    chat.user_turn("hello")
+    before = chat.last
+    assert before is not None and before.stats.generated_tokens > 0
+    start = fake_engine.start
+
+    def stopped_at_once(*args, **kwargs):
+        run = start(*args, **kwargs)
+        run.interrupt()
+        return run
+
+    fake_engine.start = stopped_at_once
+    count = len(chat.tree.nodes)
+    chat.user_turn("and then?")
+    assert len(chat.tree.nodes) == count + 1  # (the turn of yours alone)
+    assert chat.last is before and f"{before.tokens_per_second:.1f} tok/s" in toolbar_text(chat, 200)
+    assert chat.seed == 8  # (seed 7 took the first reply; the stopped run's seed 8 is taken again)
+    fake_engine.start = start
+    [reply] = chat.reply(chat.tree.cursor)
+    assert reply.seed == 8 and chat.seed == 9
