@@ -161,6 +161,34 @@ def compare_weights(args, float_engine: Engine, ids: list[int]) -> None:
         f"{'float':>8} quality vs float32 weights: mean |delta logprob| {delta:.4f} nats/token; "
         f"greedy identical on {same}/{runs} prompts"
     )
+    print(llama_quality(reference, gguf_path(args.model)))
+
+
+def llama_quality(reference: Engine, path: Path | None) -> str:
+    """llama.cpp's mean |delta logprob| from the float32 model on `quality`'s 2,000 tokens (the
+    same file, its own activations' rounding), for the weights' lines above."""
+    try:
+        import llama_cpp
+        import numpy as np
+    except ImportError:
+        return "llama.cpp quality: not measured (pip install '.[bench]' to build llama-cpp-python)"
+    if path is None:
+        return "llama.cpp quality: not measured (--model is not a GGUF)"
+    ids = reference.encode(corpus())[:2000]
+    want = np.array(reference.score(ids))
+    threads = torch.get_num_threads()
+    llm = llama_cpp.Llama(
+        str(path), n_ctx=len(ids) + 8, n_batch=512, logits_all=True, n_threads=threads, verbose=False
+    )
+    llm.eval(ids)
+    got = []
+    for start in range(0, len(ids) - 1, 128):  # (a 262,144-token row in float64 is 2 MB: 128 at a time)
+        rows = llm.scores[start : min(start + 128, len(ids) - 1)].astype(np.float64)
+        top = rows.max(-1, keepdims=True)
+        total = np.log(np.exp(rows - top).sum(-1)) + top[:, 0]
+        got.extend(rows[np.arange(len(rows)), ids[start + 1 : start + 1 + len(rows)]] - total)
+    delta = float(np.abs(np.array(got) - want).mean())
+    return f"{'llama.cpp':>8} quality vs float32 weights: mean |delta logprob| {delta:.4f} nats/token"
 
 
 def against_generate(args, auto: Engine, model, ids: list[int]) -> None:

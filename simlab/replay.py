@@ -31,6 +31,7 @@ class ReplyCheck:
     chosen: bool = False  # a block kept from a multiverse: read again, not sampled
     drift: Drift | None = None  # a server's reply that differs: its stored tokens scored there
     scored: str = ""  # why a differing server reply was not scored
+    moved: float = 0.0  # the same tokens, their log-probabilities by up to this (0: bit for bit)
 
 
 RECORDED = object()  # replay_branch's default steering: each reply's own, as recorded
@@ -170,9 +171,11 @@ def _check_one(engine: Engine, session: Session, node: Node, tracer) -> ReplyChe
     if not node.token_ids or c.token_ids and c.token_ids[0] < 0:  # a server's reply: compare text
         return _text_check(node, c, path_before)
     if c.token_ids[: len(sampled)] == list(sampled) and (cut or len(c.token_ids) == len(sampled)):
+        pairs = zip(node.logprobs[given:], c.tokens[: len(sampled)])  # (none stored: none compared)
+        moved = max((abs(a - t.logprob) for a, t in pairs), default=0.0)
         if recorder is not None and not cut and not given:
             tracer.save_node(session, node.id, recorder, run, c)
-        return ReplyCheck(node, True)
+        return ReplyCheck(node, True, moved=moved)
     k = next(
         (i for i, (a, b) in enumerate(zip(c.token_ids, sampled)) if a != b),
         min(len(c.token_ids), len(sampled)),

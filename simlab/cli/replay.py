@@ -180,9 +180,15 @@ def _engine_for(args: argparse.Namespace, replies, session):
     if args.dtype is None and dtypes:
         args.dtype = dtypes[0]  # the dtype the replies were sampled in, or they cannot reproduce
     if args.weights is None:  # and their weights: int8 and int4 draw differently from float
-        args.weights = sorted(
+        kinds = sorted(
             {n.weights or "float" for n in replies if n.params is not None or n.origin == "chosen"}
-        )[0]
+        )
+        args.weights = kinds[0]
+        if len(kinds) > 1:
+            say(
+                f"simlab: note: replies on this path came from weights {', '.join(kinds)}; replaying "
+                f"with {kinds[0]} (--weights for another: the others' replies will differ)"
+            )
     server = recorded_server(settings_of(args), replies, args.backend)
     args.backend, args.base_url = server.backend, server.base_url or args.base_url
     engine = load_engine(args, spec=spec)
@@ -237,25 +243,7 @@ def _check(engine, session, path, replies, tracer) -> int:
         )
         wait.advance(1)
     for check in checks:
-        if check.not_replayable:
-            print(f"{session.tree.short(check.node.id)} not replayable: {check.not_replayable}")
-        elif check.chosen:
-            p = (check.node.forced or {}).get("p", 0)
-            how = "the same" if check.reproduced else f"differ from token {check.first_difference}"
-            print(
-                f"{session.tree.short(check.node.id)} kept from a multiverse (p {100 * p:.1f}%"
-                f", chosen, not sampled): its {_tokens(len(check.node.token_ids))} read again, "
-                f"log-probabilities {how}"
-            )
-        elif not check.reproduced:
-            print(
-                f"{session.tree.short(check.node.id)} differs at {check.unit} {check.first_difference}: "
-                f"stored {check.expected!r}, replayed {check.got!r}"
-            )
-            if check.drift or check.scored:
-                print(
-                    "  stored tokens scored there: " + (check.drift.line() if check.drift else check.scored)
-                )
+        _say(session, check)
     rerun = [c for c in checks if not c.not_replayable and not c.chosen]
     kept = [c for c in checks if c.chosen]
     same = sum(c.reproduced for c in rerun)
@@ -266,8 +254,12 @@ def _check(engine, session, path, replies, tracer) -> int:
     if not rerun and kept:
         print(kept_line)
     else:
+        moved = [c.moved for c in rerun if c.reproduced and c.moved]
+        exactly = (
+            f", {len(moved)} of them with moved log-probabilities (listed above)" if moved else " exactly"
+        )
         print(
-            f"reproduced {same}/{len(rerun)} replies exactly"
+            f"reproduced {same}/{len(rerun)} replies{exactly}"
             + (f" ({cut} interrupted: checked over the part they stored)" if cut else "")
             + (f"; {skipped} not replayable (listed above)" if skipped else "")
             + (f"; {kept_line}" if kept else "")
@@ -278,6 +270,32 @@ def _check(engine, session, path, replies, tracer) -> int:
             f"this is {engine.info.revision}"
         )
     return 0 if same == len(rerun) and all(c.reproduced for c in kept) else 1
+
+
+def _say(session, check) -> None:
+    """One check's line (none for a reply that came back exactly)."""
+    if check.not_replayable:
+        print(f"{session.tree.short(check.node.id)} not replayable: {check.not_replayable}")
+    elif check.chosen:
+        p = (check.node.forced or {}).get("p", 0)
+        how = "the same" if check.reproduced else f"differ from token {check.first_difference}"
+        print(
+            f"{session.tree.short(check.node.id)} kept from a multiverse (p {100 * p:.1f}%"
+            f", chosen, not sampled): its {_tokens(len(check.node.token_ids))} read again, "
+            f"log-probabilities {how}"
+        )
+    elif check.moved:  # (float products sum otherwise on another CPU: the last bits move)
+        print(
+            f"{session.tree.short(check.node.id)} the same tokens; log-probabilities moved by up "
+            f"to {check.moved:.2g}"
+        )
+    elif not check.reproduced:
+        print(
+            f"{session.tree.short(check.node.id)} differs at {check.unit} {check.first_difference}: "
+            f"stored {check.expected!r}, replayed {check.got!r}"
+        )
+        if check.drift or check.scored:
+            print("  stored tokens scored there: " + (check.drift.line() if check.drift else check.scored))
 
 
 def _tokens(count: int) -> str:

@@ -76,6 +76,8 @@ def _load_model(
     spec: str, settings: Settings, trust_remote_code: bool, progress: Progress | None, asked: str = ""
 ):
     if settings.weights == "gguf-a8":  # gguf's model, then its activations rounded once
+        if classify_spec(spec) in ("embedded", "gguf") and not _native():  # (said before loading)
+            _one_level(spec, None)
         gguf = _load_model(spec, replace(settings, weights="gguf"), trust_remote_code, progress, "gguf-a8")
         return _one_level(spec, gguf)
     weights = settings.weights
@@ -110,18 +112,18 @@ def _load_model(
         if settings.weights == "auto":
             return loaded
         raise ModelUnavailableError(
-            f"--weights {weights} runs on the CPU; this model loaded on {loaded.info.device}: "
+            f"--weights {asked} runs on the CPU; this model loaded on {loaded.info.device}: "
             "add --device cpu, or use --weights float"
         )
     return _with_weights(spec, loaded, weights, settings, progress or (lambda message: None))
 
 
-def _one_level(spec: str, loaded: LoadedModel) -> LoadedModel:
+def _one_level(spec: str, loaded: LoadedModel | None) -> LoadedModel:
     """`--weights gguf-a8`: the gguf model with its activations rounded to one level of 8-bit codes
     per 32, as llama.cpp rounds them (its products about twice as fast on AVX-512 VNNI)."""
     from simlab.models import native, quant
 
-    if native.library() is None or not quant.round_activations(loaded.model, 1):
+    if native.library() is None or loaded is None or not quant.round_activations(loaded.model, 1):
         why = native.why() if native.library() is None else f"{spec} does not run on it"
         raise ModelUnavailableError(
             f"--weights gguf-a8 rounds activations in simlab's kernel ({why}); use --weights gguf"

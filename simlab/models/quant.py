@@ -250,6 +250,7 @@ def round_activations(model: torch.nn.Module, levels: int) -> int:
     layers = [m for m in model.modules() if isinstance(m, native.NativeLinear)]
     for layer in layers:
         layer.round_to(levels)
+    model.__dict__.pop("_simlab_blocks", None)  # (the decode step's calls, made again with the new bits)
     return len(layers)
 
 

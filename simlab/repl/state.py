@@ -229,12 +229,8 @@ class Chat(Notes):
         added = self._finish(replies, head, keep=lambda c: bool(c.text.strip()))
         self._check_pipe()
         if not added:  # (a copy of the reply would be a sibling saying nothing new)
-            cut = replies.run.completions[0].finish_reason == "interrupted"
-            why = (
-                "interrupted before the first token"
-                if cut
-                else "the model adds nothing: it ends the reply again"
-            )
+            ends = "the model adds nothing: it ends the reply again"
+            why = "interrupted before the first token" if replies.run.interrupted else ends
             self.view.note(f"({why}; nothing saved)")
             return node
         self.session.goto(added[0].id)
@@ -248,9 +244,9 @@ class Chat(Notes):
     def kept(self, replies: Replies, keep=has_output) -> list[Node]:
         """A decoded run's replies saved with their traces, its toolbar figures, a cut stream said."""
         nodes = replies.save(keep, on_trace_error=self._trace_failed)
-        if nodes:  # (a run stopped before its first token keeps the figures of the one before)
-            self.last = LastReply.of(replies)
-        elif replies.run.interrupted:  # and its seeds: the next run takes them again
+        if replies.run.stats.generated_tokens:  # (a run stopped before its first token keeps the
+            self.last = LastReply.of(replies)  # figures of the one before)
+        if not nodes and replies.run.interrupted:  # and gives its seeds back: the next run takes them
             self.seeds.give_back(len(replies.run.completions))
         if getattr(replies.run, "problem", None):  # a server's stream cut mid-reply
             self.view.note(f"simlab: {replies.run.problem}")

@@ -168,3 +168,45 @@ def test_a_gemma2_on_the_kernel_caps_its_logits_once_as_transformers_does(tmp_pa
         got, want = kernel(input_ids=ids).logits, floats(input_ids=ids).logits
     assert want.abs().max() > 25.0  # the cap bites: tanh(x / 30) * 30 near its bound
     assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_replay_loads_the_weights_a_reply_was_sampled_with_and_names_a_mix(tmp_path, capsys, store):
+    """A chat sampled under `--weights gguf-a8` replays under it (the session says so, no flag);
+    a path whose replies came from gguf and gguf-a8 says which one the replay takes."""
+    from conftest import run_cli
+
+    from simlab.persona.schema import Persona
+    from simlab.turns import sample_replies, start_session
+
+    path = make("llama", "Q8_0", tmp_path / "gguf", shapes=TINY)
+    persona = Persona(name="p", frame="A chat.\n\n", sampling={"max_tokens": 12, "temperature": 1.0})
+    with start_session(store, persona, "a8") as session:
+        parent = session.tree.cursor
+        for weights in ("gguf-a8", "gguf-a8", "gguf"):
+            engine = Engine(load_model(str(path), load_settings(weights=weights)))
+            user = session.add_child(parent, "user", "hi", speaker="User")
+            [reply] = sample_replies(engine, session, user.id, persona.sampling_params(seed=3))
+            assert reply.weights == weights
+            parent = reply.id
+            if weights == "gguf-a8":
+                session.goto(reply.id)
+    code, out, err = run_cli(capsys, "replay", "a8", "--sessions-dir", store.folder)
+    assert code == 0 and "reproduced 2/2 replies exactly" in out and "note" not in err, (out, err)
+    session = store.open("a8")
+    session.goto(parent)
+    session.close()
+    code, out, err = run_cli(capsys, "replay", "a8", "--sessions-dir", store.folder)
+    assert "replies on this path came from weights gguf, gguf-a8; replaying with gguf" in err
+
+
+def test_gguf_a8_without_the_kernel_is_one_line_before_anything_loads(tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    path = make("llama", "Q8_0", tmp_path / "gguf", shapes=TINY)
+    monkeypatch.setenv("SIMLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(native._state, "lib", None)
+    monkeypatch.setitem(native._state, "why", "SIMLAB_NATIVE=0")
+    code, out, err = run_cli(capsys, "generate", "hi", "--model", str(path), "--weights", "gguf-a8")
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert "--weights gguf-a8 rounds activations in simlab's kernel (SIMLAB_NATIVE=0)" in err
+    assert not (tmp_path / "home" / "models").exists()  # nothing read or converted first

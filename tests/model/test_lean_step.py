@@ -91,16 +91,17 @@ def counted(ran: list):
 
 
 def on_the_kernel(model, layers: str):
-    if layers in ("gguf", "gguf-mixed", "gguf-a8"):
+    if layers.startswith("gguf"):
         if native.library() is None:
             pytest.skip(f"simlab's GGUF kernel is not built here ({native.why()})")
         # mixed: v in another layout than q and k, as a Q4_K_M file's Q6_K v beside Q4_K q and k
-        q4 = ("o_proj", "down_proj") + (("q_proj", "k_proj") if layers == "gguf-mixed" else ())
+        mixed = layers.startswith("gguf-mixed")
+        q4 = ("o_proj", "down_proj") + (("q_proj", "k_proj") if mixed else ())
         model = native_copy(model, q4=q4)
         assert lean.fuse(model) and lean.fuse_norms(model)
         fused_qkv = any(hasattr(m, "fused_q_proj_k_proj_v_proj") for m in model.modules())
-        assert fused_qkv == (layers != "gguf-mixed")
-        if layers == "gguf-a8":  # one level of activation codes: the blocks' calls must say so too
+        assert fused_qkv == (not mixed)
+        if layers.endswith("a8"):  # one level of activation codes: the blocks' calls must say so too
             assert quant.round_activations(model, 1) > 0
     return model
 
@@ -111,7 +112,7 @@ def test_the_lean_step_is_gemma3s_forward_bit_for_bit(layers, tiny_dir, tmp_path
     assert steps_agree(on_the_kernel(model, layers)) == 20
 
 
-@pytest.mark.parametrize("layers", ["float", "gguf", "gguf-mixed", "gguf-a8"])
+@pytest.mark.parametrize("layers", ["float", "gguf", "gguf-mixed", "gguf-a8", "gguf-mixed-a8"])
 @pytest.mark.parametrize("kind", sorted(FAMILY))
 def test_the_lean_step_is_each_familys_forward_bit_for_bit(kind, layers):
     model = on_the_kernel(family_model(kind), layers)

@@ -214,11 +214,11 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
         cut = file_layout(layer, rows=37, blocks=blocks)
         # (AVX2 takes one or two rows with both halves of a group in one pass, more rows half by half;
         # one level of activation codes: AVX-512 leaves out the second level's products)
-        once = one_level(native.NativeLinear.of(*file_layout(layer), layer.bits, layer.group))
+        once = one_level(native.NativeLinear.of(*cut, layer.bits, layer.group))
 
         def products(layer=layer, once=once, cut=cut):
             cut_product = matmul(part, *cut, layer.bits, layer.group)
-            return [layer(odd), cut_product, layer(x[:2]), once(odd), once(x[:1])]
+            return [layer(odd), cut_product, layer(x[:2]), once(part), once(part[:1])]
 
         fast = products()
         monkeypatch.setitem(native._state, "lib", other)

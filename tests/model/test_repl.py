@@ -407,7 +407,7 @@ def test_tokens_scores_typed_text_and_fork_branches_a_reply_at_a_token(tiny_engi
     # replay knows what was given and what was sampled: both re-run exactly
     for node in (forked, typed):
         [check] = check_path(tiny_engine, chat.session, chat.tree.path(node.id))
-        assert check.node.id == node.id and check.reproduced, check
+        assert check.node.id == node.id and check.reproduced and check.moved == 0, check
     with pytest.raises(SimlabError, match="this reply has tokens 0 to"):
         handle(chat, "/fork 999")
 

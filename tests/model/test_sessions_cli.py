@@ -174,6 +174,24 @@ def test_replay_shows_the_first_differing_token(capsys, store, tiny_engine):
     assert code == 1 and "differs at token 2" in out and "reproduced 0/1 replies exactly" in out
 
 
+def test_replay_names_a_reply_whose_tokens_came_back_with_other_last_bits(capsys, store, tiny_engine):
+    """The same tokens with log-probabilities that moved (float products sum otherwise on another
+    CPU; a batch that changed a row's bits) still reproduce the reply's text, but not exactly: said."""
+    chat(tiny_engine, store)
+    lines = (store.folder / "chat.jsonl").read_text().splitlines()
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if record.get("type") == "node" and record["node"]["role"] == "model":
+            record["node"]["logprobs"][3] += 2e-6
+            lines[i] = json.dumps(record)
+            break
+    (store.folder / "chat.jsonl").write_text("\n".join(lines) + "\n")
+    short = record["node"]["id"][:8]
+    code, out, _ = run_cli(capsys, "replay", "chat", "--node", short)
+    assert code == 0 and "the same tokens; log-probabilities moved by up to 2e-06" in out
+    assert "reproduced 1/1 replies, 1 of them with moved log-probabilities (listed above)" in out
+
+
 def test_replay_with_overrides_adds_a_branch_and_compare_shows_both(capsys, store, tiny_engine):
     session = chat(tiny_engine, store)
     before = set(session.tree.nodes)

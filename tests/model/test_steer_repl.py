@@ -57,7 +57,7 @@ def test_a_steered_reply_replays_exactly_and_differs_from_its_seed_unsteered(cha
     handle(chat, "/steer v:4")
     [steered] = chat.user_turn("hello there")
     [check] = check_path(tiny_engine, chat.session, chat.tree.path(steered.id))
-    assert check.reproduced, check
+    assert check.reproduced and check.moved == 0, check
     unsteered = chat.session.tree.get(steered.id)
     handle(chat, "/steer off")
     chat.session.goto(steered.parent)
@@ -150,7 +150,7 @@ def test_a_sweep_of_strengths_is_one_sibling_each_recorded_and_replayed(chat, ti
     assert f"(seed {seed}, v:2@1," in said and f"(seed {seed}, v:4@1," in said
     for sibling in siblings:
         [check] = check_path(tiny_engine, chat.session, chat.tree.path(sibling.id))
-        assert check.reproduced, (sibling.steer, check)
+        assert check.reproduced and check.moved == 0, (sibling.steer, check)
 
 
 def test_a_vector_that_does_not_fit_is_refused_before_the_turn_and_taken_off(chat):

@@ -58,5 +58,5 @@ def test_the_autoloom_cuts_at_the_thresholds_and_replays(embedded_engine, tmp_pa
         start = max(knobs.min_tokens, (node.forced or {}).get("tokens", 0) + 1)
         assert all(lp >= -1.2039728043259361 - 1e-9 for lp in tops[start:])  # log 0.3
         [check] = [c for c in check_path(engine, session, session.tree.path(node.id)) if c.node.id == node.id]
-        assert check.reproduced, check
+        assert check.reproduced and check.moved == 0, check
     session.close()

@@ -752,6 +752,10 @@ def test_a_run_stopped_before_its_first_token_leaves_the_figures_and_the_seed_as
     assert len(chat.tree.nodes) == count + 1  # (the turn of yours alone)
     assert chat.last is before and f"{before.tokens_per_second:.1f} tok/s" in toolbar_text(chat, 200)
     assert chat.seed == 8  # (seed 7 took the first reply; the stopped run's seed 8 is taken again)
+    chat.reply(chat.tree.cursor, n=3)  # three siblings stopped before their first token: all given back
+    assert chat.seed == 8
     fake_engine.start = start
     [reply] = chat.reply(chat.tree.cursor)
     assert reply.seed == 8 and chat.seed == 9
+    fake_engine.enqueue([" a", " b", " c"])
+    assert [n.seed for n in chat.reply(reply.parent, n=3)] == [9, 10, 11] and chat.seed == 12
