@@ -199,9 +199,9 @@ def tiny_engine(tiny):
     return Engine(tiny)
 
 
-@pytest.fixture(scope="session")
-def embedded():
-    """The real embedded model (Gemma 3 270M base), converted once into the user's cache."""
+def load_embedded(weights: str = "auto"):
+    """The real embedded model (Gemma 3 270M base) with these `--weights`, from the user's cache
+    (converted there once)."""
     from simlab.config import Settings
     from simlab.models.load import load_model
 
@@ -210,7 +210,14 @@ def embedded():
             patch.setenv("SIMLAB_HOME", _REAL_HOME)
         else:
             patch.delenv("SIMLAB_HOME", raising=False)
-        return load_model("embedded", Settings(device="cpu", dtype="float32"), progress=print)
+        return load_model(
+            "embedded", Settings(device="cpu", dtype="float32", weights=weights), progress=print
+        )
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    return load_embedded()
 
 
 @pytest.fixture(scope="session")
@@ -222,17 +229,10 @@ def embedded_engine(embedded):
 
 @pytest.fixture(scope="session")
 def embedded_a8_engine():
-    """The embedded model with `--weights gguf-a8` (activations rounded to 8 bits), from the same cache."""
-    from simlab.config import Settings
+    """The embedded model with `--weights gguf-a8` (activations rounded to 8 bits)."""
     from simlab.engine.local import Engine
-    from simlab.models.load import load_model
 
-    with pytest.MonkeyPatch.context() as patch:
-        if _REAL_HOME:
-            patch.setenv("SIMLAB_HOME", _REAL_HOME)
-        else:
-            patch.delenv("SIMLAB_HOME", raising=False)
-        return Engine(load_model("embedded", Settings(device="cpu", dtype="float32", weights="gguf-a8")))
+    return Engine(load_embedded("gguf-a8"))
 
 
 def png_with_card(card: dict, key: str = "chara") -> bytes:

@@ -92,6 +92,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         params = persona.sampling_params(**{"stop": stops_of(session, persona), **chosen})
         if session is not None:
             settings = recorded_server(settings, session.tree.nodes.values(), args.backend)
+            settings = _recorded_weights(args, settings, session)
         spec = _model_spec(args, settings, session)
         if settings.backend == "local":
             classify_spec(spec)  # a spec that names nothing fails now, not after the prompt is up
@@ -345,6 +346,15 @@ def _last(store: SessionStore) -> str:
     if not sessions:
         raise SimlabError(f"no saved sessions in {store.folder} to resume; start one with `simlab chat`")
     return sessions[-1].name
+
+
+def _recorded_weights(args: argparse.Namespace, settings, session: Session):
+    """A resumed session samples with the weights its last reply was sampled with (gguf-a8 and gguf
+    draw apart), unless --weights says otherwise."""
+    if args.weights is not None or settings.backend != "local":
+        return settings
+    recorded = [n.weights for n in session.tree.nodes.values() if n.weights and n.params is not None]
+    return replace(settings, weights=recorded[-1]) if recorded else settings
 
 
 def _model_spec(args: argparse.Namespace, settings, session: Session | None) -> str:

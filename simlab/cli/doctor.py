@@ -64,7 +64,7 @@ def checks(settings, load: bool = False, say: Callable[[str], None] = lambda m: 
         out.append(("fail", "torch/transformers", f"cannot be imported: {exc}; reinstall with `make run`"))
         return out
     out.append(_device(settings))
-    out.append(_kernel())
+    out.append(_kernel(settings.weights))
     out += _folders(settings)
     out.append(_embedded(settings))
     offline = settings.offline or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
@@ -144,12 +144,18 @@ def _device(settings) -> Check:
     )
 
 
-def _kernel() -> Check:
-    """simlab's own kernel for GGUF weights: built here (once), or why torch's int4 kernel stands in."""
+def _kernel(weights: str) -> Check:
+    """simlab's own kernel for GGUF weights: built here (once), or why torch's int4 kernel stands in;
+    how it rounds activations (`weights`: gguf-a8 to 8 bits)."""
     from simlab.models import native
 
     if native.library() is not None:
-        return ("ok", "gguf kernel", f"simlab's own, {native.why()}; float32 activations")
+        rounded = "8 bits (gguf-a8)" if weights == "gguf-a8" else "about 15 bits (two 8-bit levels)"
+        return (
+            "ok",
+            "gguf kernel",
+            f"simlab's own, {native.why()}; float32 activations rounded to {rounded}",
+        )
     if native.why() == "SIMLAB_NATIVE=0":
         return ("warn", "gguf kernel", "torch's int4 kernel: simlab's own is turned off by SIMLAB_NATIVE=0")
     return (

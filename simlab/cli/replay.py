@@ -243,7 +243,7 @@ def _check(engine, session, path, replies, tracer) -> int:
         )
         wait.advance(1)
     for check in checks:
-        _say(session, check)
+        _say(session, check, engine.info.weights if engine.capabilities.local else None)
     rerun = [c for c in checks if not c.not_replayable and not c.chosen]
     kept = [c for c in checks if c.chosen]
     same = sum(c.reproduced for c in rerun)
@@ -272,8 +272,17 @@ def _check(engine, session, path, replies, tracer) -> int:
     return 0 if same == len(rerun) and all(c.reproduced for c in kept) else 1
 
 
-def _say(session, check) -> None:
-    """One check's line (none for a reply that came back exactly)."""
+def _say(session, check, weights: str | None) -> None:
+    """One check's line (none for a reply that came back exactly); a local reply sampled with other
+    weights than `weights` says so."""
+    was = (
+        (check.node.weights or "float") if check.node.params is not None and not check.node.backend else None
+    )
+    other = (
+        f" (sampled with weights {was}, replayed with {weights})"
+        if weights and was not in (None, weights)
+        else ""
+    )
     if check.not_replayable:
         print(f"{session.tree.short(check.node.id)} not replayable: {check.not_replayable}")
     elif check.chosen:
@@ -287,12 +296,12 @@ def _say(session, check) -> None:
     elif check.moved:  # (float products sum otherwise on another CPU: the last bits move)
         print(
             f"{session.tree.short(check.node.id)} the same tokens; log-probabilities moved by up "
-            f"to {check.moved:.2g}"
+            f"to {check.moved:.2g}{other}"
         )
     elif not check.reproduced:
         print(
             f"{session.tree.short(check.node.id)} differs at {check.unit} {check.first_difference}: "
-            f"stored {check.expected!r}, replayed {check.got!r}"
+            f"stored {check.expected!r}, replayed {check.got!r}{other}"
         )
         if check.drift or check.scored:
             print("  stored tokens scored there: " + (check.drift.line() if check.drift else check.scored))

@@ -91,7 +91,7 @@ def _load_model(
         )
     if weights != "float" and settings.device not in ("auto", "cpu"):
         raise ModelUnavailableError(
-            f"--weights {asked} runs on the CPU (torch's weight-only kernels); use --weights float "
+            f"--weights {asked} runs on the CPU (its kernels are CPU ones); use --weights float "
             f"on {settings.device}"
         )
     if settings.dtype == "float16" and _is_gemma(spec):

@@ -184,7 +184,8 @@ class Loom:
         document = self.chat.framing.mode == "document"
         parent = node.parent if not document and node.role == "model" else node.id
         k = self.children
-        return self._start(f"sampling {k}", lambda: self.chat.reply(parent, k) and None)
+        # (the reply says what came of it; an empty list, nothing saved, was once shown over that)
+        return self._start(f"sampling {k}", lambda: [self.chat.reply(parent, k), None][1])
 
     def fork_here(self, alternative: int | None = None) -> bool:
         """Loom's counterfactual: the reply again from the token under the cursor, with an alternative."""

@@ -18,6 +18,13 @@ def test_doctor_reports_each_part_and_loads_a_model(capsys, tmp_path, tiny_dir, 
     )  # a fresh home
     assert lines["generation"].startswith("ok") and "tiny-gpt2" in lines["generation"]
     assert "offline" in lines["network"]  # HF_HUB_OFFLINE=1 in the tests
+    assert "activations rounded to about 15 bits" in lines["gguf kernel"]
+
+
+def test_doctor_says_how_gguf_a8_rounds_activations(capsys, tmp_path):
+    assert main(["doctor", "--weights", "gguf-a8", "--sessions-dir", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "activations rounded to 8 bits (gguf-a8)" in out
 
 
 def test_a_sessions_folder_that_cannot_be_written_is_a_warning(capsys, tmp_path):

@@ -197,6 +197,7 @@ def test_replay_loads_the_weights_a_reply_was_sampled_with_and_names_a_mix(tmp_p
     session.close()
     code, out, err = run_cli(capsys, "replay", "a8", "--sessions-dir", store.folder)
     assert "replies on this path came from weights gguf, gguf-a8; replaying with gguf" in err
+    assert out.count("(sampled with weights gguf-a8, replayed with gguf)") == 2, out
 
 
 def test_gguf_a8_without_the_kernel_is_one_line_before_anything_loads(tmp_path, monkeypatch, capsys):
@@ -210,3 +211,38 @@ def test_gguf_a8_without_the_kernel_is_one_line_before_anything_loads(tmp_path, 
     assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
     assert "--weights gguf-a8 rounds activations in simlab's kernel (SIMLAB_NATIVE=0)" in err
     assert not (tmp_path / "home" / "models").exists()  # nothing read or converted first
+
+
+def test_a_resumed_chat_samples_with_the_weights_its_replies_were_sampled_with(tmp_path, capsys, monkeypatch):
+    from conftest import run_cli
+
+    path = make("llama", "Q8_0", tmp_path / "gguf", shapes=TINY)
+    common = ["--model", str(path), "--sessions-dir", str(tmp_path / "s"), "--max-tokens", "4"]
+    code, _, err = run_cli(
+        capsys,
+        "chat",
+        "--session",
+        "a8",
+        "--weights",
+        "gguf-a8",
+        *common,
+        stdin="hi\n",
+        monkeypatch=monkeypatch,
+    )
+    assert code == 0, err
+    code, out, err = run_cli(
+        capsys, "chat", "--resume", "a8", *common, stdin="/info\n", monkeypatch=monkeypatch
+    )
+    assert code == 0 and "weights gguf-a8" in out, (out, err)
+    code, out, _ = run_cli(
+        capsys,
+        "chat",
+        "--resume",
+        "a8",
+        "--weights",
+        "gguf",
+        *common,
+        stdin="/info\n",
+        monkeypatch=monkeypatch,
+    )
+    assert code == 0 and "weights gguf (" in out

@@ -504,3 +504,35 @@ def test_a_model_named_by_its_path_leaves_the_toolbar_room_for_the_speed(tiny_en
     monkeypatch.setattr(chat.engine, "info", named)
     text = toolbar_text(chat, width=110)
     assert "gemma-3-270m-q4_k_m.gguf" in text and "/root/.cache" not in text and "tok/s" in text
+
+
+def test_a_loom_g_stopped_while_the_text_is_read_says_so_and_keeps_its_seeds(tiny_engine, store):
+    """Ctrl-C while a document is read (before the first token): the status says nothing was saved
+    (an empty list was shown over that), and the next g samples the seeds the stopped one had."""
+    from simlab.repl.loom import Loom
+
+    persona = Persona(
+        name="doc", frame="The log. " * 20 + "\n\n", mode="document", sampling={"max_tokens": 8}
+    )
+    session = start_session(store, persona, "doc")
+    chat = Chat(
+        tiny_engine, store, session, persona, persona.sampling_params(seed=40), LineView(io.StringIO())
+    )
+    loom = Loom(chat)
+    reading, seen = loom.view.reading, []
+
+    def stopped_after_a_chunk(at, total):
+        reading(at, total)
+        seen.append(at)
+        if at >= 64:
+            loom.stop()
+
+    loom.view.reading = stopped_after_a_chunk
+    assert loom.generate()
+    loom.wait()
+    assert seen[-1] == 64 and len(chat.tree.nodes) == 1 and chat.seed == 40
+    assert loom.message == "stopped before the first token; nothing saved"
+    loom.view.reading = reading
+    assert loom.generate()
+    loom.wait()
+    assert sorted(n.seed for n in chat.tree.children(chat.tree.roots[0].id)) == [40, 41, 42]

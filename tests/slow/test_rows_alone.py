@@ -23,17 +23,26 @@ pytestmark = pytest.mark.slow
 TOKENS = 64
 
 
-def test_siblings_are_their_seeds_alone_token_and_logprob(embedded_engine):
-    engine = embedded_engine
-    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=11)
-    prompt = "The keeper wrote in his log that night:"
+def siblings_as_alone(
+    engine, params: SamplingParams, prompt: str = "The keeper wrote in his log that night:"
+):
+    """Three siblings as one batch, each checked against its seed sampled alone: the batch."""
     together = engine.generate(prompt, params, n=3)
     for k, sibling in enumerate(together):
-        [alone] = engine.generate(prompt, params.with_overrides(seed=11 + k))
-        assert sibling.token_ids == alone.token_ids, f"seed {11 + k}"
-        assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens], f"seed {11 + k}"
+        [alone] = engine.generate(prompt, params.with_overrides(seed=params.seed + k))
+        assert sibling.token_ids == alone.token_ids, f"seed {params.seed + k}"
+        assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens], (
+            f"seed {params.seed + k}"
+        )
         assert len(sibling.token_ids) > 40 or sibling.finish_reason == "eos"
     assert engine.rows_alone  # and they were one batch: the embedded model on simlab's kernel
+    return together
+
+
+def test_siblings_are_their_seeds_alone_token_and_logprob(embedded_engine):
+    siblings_as_alone(
+        embedded_engine, SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=11)
+    )
 
 
 def test_siblings_after_a_long_prompt_share_its_keys_and_are_their_seeds_alone(embedded_engine, monkeypatch):
@@ -86,15 +95,10 @@ def test_gguf_a8_siblings_are_their_seeds_alone_and_replay_exactly(
     """`--weights gguf-a8` (one level of 8-bit activation codes, a kernel path of its own): siblings
     are one batch and each its seed alone, replies record the weights, and `replay` reproduces them."""
     engine = embedded_a8_engine
-    assert engine.info.weights == "gguf-a8" and engine.rows_alone
+    assert engine.info.weights == "gguf-a8"
     params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=11)
-    prompt = "The keeper wrote in his log that night:"
-    together = engine.generate(prompt, params, n=3)
-    for k, sibling in enumerate(together):
-        [alone] = engine.generate(prompt, params.with_overrides(seed=11 + k))
-        assert sibling.token_ids == alone.token_ids, f"seed {11 + k}"
-        assert [t.logprob for t in sibling.tokens] == [t.logprob for t in alone.tokens], f"seed {11 + k}"
-    [precise] = embedded_engine.generate(prompt, params)
+    together = siblings_as_alone(engine, params)
+    [precise] = embedded_engine.generate("The keeper wrote in his log that night:", params)
     assert [t.logprob for t in precise.tokens][:8] != [t.logprob for t in together[0].tokens][:8]
     persona = find("interview")
     store = SessionStore(tmp_path / "sessions")
