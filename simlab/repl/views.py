@@ -135,7 +135,7 @@ def toolbar_text(chat: Chat, width: int | None = None) -> str:
     parts = [  # (priority: lower stays longer, text)
         (0, f"NOT SAVED: {len(chat.session.unsaved)} change(s)" if chat.session.unsaved else ""),
         (4, Path(info.name).name if info.name.startswith(("/", "~")) else info.name),  # (a path: its file)
-        (6, info.device),
+        (6, info.device + ("" if info.weights in ("gguf", "float") else f" {info.weights}")),  # int8, gguf-a8
         (3, chat.persona_name() or ""),
         (2, f"T {p.temperature} top-p {p.top_p} seed {seed}"),
         (1, describe(chat) if chat.steer_uses else ""),  # (what the replies are steered with stays)

@@ -759,3 +759,15 @@ def test_a_run_stopped_before_its_first_token_leaves_the_figures_and_the_seed_as
     assert reply.seed == 8 and chat.seed == 9
     fake_engine.enqueue([" a", " b", " c"])
     assert [n.seed for n in chat.reply(reply.parent, n=3)] == [9, 10, 11] and chat.seed == 12
+
+
+def test_the_toolbar_names_weights_other_than_the_usual_ones(fake_engine, store):
+    """gguf (a GGUF's default) and float go unsaid; gguf-a8, int8 or int4 sample other numbers: said."""
+    from dataclasses import replace
+
+    from simlab.repl.views import toolbar_text
+
+    chat = new_chat(fake_engine, store)
+    assert " cpu · " in toolbar_text(chat, 300) and "gguf" not in toolbar_text(chat, 300)
+    fake_engine.info = replace(fake_engine.info, weights="gguf-a8")
+    assert " cpu gguf-a8 · " in toolbar_text(chat, 300)
