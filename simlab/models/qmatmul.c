@@ -6,7 +6,8 @@
  *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K);
  * each in the layout layout.pack gives it (16 weight rows side by side, below). Activations are
  * rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first left: ~15
- * bits, where llama.cpp keeps 8); each output's products are summed in integers per scale group,
+ * bits, where llama.cpp keeps 8), or to one where a product's bits say ONE_LEVEL (--weights gguf-a8,
+ * llama.cpp's rounding); each output's products are summed in integers per scale group,
  * then scaled and added in floats, one group after another. Every output row is computed alone, in
  * one fixed order, so a row's result does not depend on how many rows are in the batch.
  */
