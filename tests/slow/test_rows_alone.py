@@ -35,14 +35,13 @@ def siblings_as_alone(
             f"seed {params.seed + k}"
         )
         assert len(sibling.token_ids) > 40 or sibling.finish_reason == "eos"
-    assert engine.rows_alone  # and they were one batch: the embedded model on simlab's kernel
     return together
 
 
 def test_siblings_are_their_seeds_alone_token_and_logprob(embedded_engine):
-    siblings_as_alone(
-        embedded_engine, SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=11)
-    )
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=11)
+    assert len(siblings_as_alone(embedded_engine, params)) == 3
+    assert embedded_engine.rows_alone  # and they were one batch: the embedded model on simlab's kernel
 
 
 def test_siblings_after_a_long_prompt_share_its_keys_and_are_their_seeds_alone(embedded_engine, monkeypatch):
@@ -98,6 +97,7 @@ def test_gguf_a8_siblings_are_their_seeds_alone_and_replay_exactly(
     assert engine.info.weights == "gguf-a8"
     params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=11)
     together = siblings_as_alone(engine, params)
+    assert engine.rows_alone
     [precise] = embedded_engine.generate("The keeper wrote in his log that night:", params)
     assert [t.logprob for t in precise.tokens][:8] != [t.logprob for t in together[0].tokens][:8]
     persona = find("interview")
