@@ -90,12 +90,12 @@ def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: flo
         probs = (values - log_total).exp()
         if cut == lowest or float(probs.sum()) >= p:
             break
-    dropped = ranking.nucleus_row(row, cut, values, probs, p)  # (one pass in C, the same mask)
-    if dropped is None:
-        ids = (row >= cut).nonzero().squeeze(-1)
-        order = descending(values)
-        dropped = ~_nucleus(row, probs[order], ids[order], p)
-    return row.masked_fill(dropped, -math.inf)
+    kept = ranking.nucleus_row(row, cut, values, probs, p)  # (one pass in C, the same row)
+    if kept is not None:
+        return kept
+    ids = (row >= cut).nonzero().squeeze(-1)
+    order = descending(values)
+    return row.masked_fill(~_nucleus(row, probs[order], ids[order], p), -math.inf)
 
 
 def descending(values: torch.Tensor) -> torch.Tensor:

@@ -741,29 +741,16 @@ static double exact_total(const float *probs, int64_t n) {
     return least < 0x1p-29f || !(total < 2.0) ? -1.0 : total;
 }
 
-/* the mass and count of the values > t1, and of those >= t2 (exact sums: any order) */
-static void above_two(const float *v, const float *pr, int64_t n, float t1, float t2, double *m, int64_t *c) {
-    double m1 = 0.0, m2 = 0.0;
-    int64_t c1 = 0, c2 = 0;
-#pragma omp simd reduction(+ : m1, m2, c1, c2)
-    for (int64_t i = 0; i < n; i++) {
-        double q = (double)pr[i];
-        m1 += v[i] > t1 ? q : 0.0;
-        c1 += v[i] > t1;
-        m2 += v[i] >= t2 ? q : 0.0;
-        c2 += v[i] >= t2;
-    }
-    m[0] = m1, m[1] = m2, c[0] = c1, c[1] = c2;
-}
-
 #define SURE 1e-6 /* far more than the float roundings of a token's mass above it */
-#define NEAR 2048 /* tokens near the cut ranked one by one, at most (where values allow) */
+#define BINS 4096  /* the value range's slices, for the mass above each */
 
-/* A long row's kept tokens with exact sums (exact_total), ranking only the tokens near the cut: a
- * bound a with the mass of the values above it SURE below p (those are kept: the mass above each is
- * less), a bound b with the mass of the values at or above it SURE above p (the values below it
- * are dropped), both moved in by halving; the values between are ranked after the exact mass above
- * a. The same kept tokens as ranking them all. 1: done, 0: not here, -1: no memory. */
+/* A long row's kept tokens with exact sums (exact_total), ranking only the tokens near the cut. The
+ * values go into BINS slices of their range, larger values in lower slices (bin(v) never rises as v
+ * does, so a value in a lower slice is larger and ranks above); one pass sums each slice's mass.
+ * The slices whose mass above them is SURE below p are kept whole (the mass above each of their
+ * tokens is less), those with SURE above p at or above them are dropped whole, and the tokens of the
+ * slices between are ranked after the exact mass above them: the same kept tokens as ranking them
+ * all. 1: done, 0: not here, -1: no memory. */
 static int nucleus_near(const float *values, const float *probs, int64_t n, float p, uint8_t *kept) {
     double total = exact_total(probs, n);
     if (total < (double)p + SURE || (double)p < 2 * SURE) return 0;
@@ -775,36 +762,46 @@ static int nucleus_near(const float *values, const float *probs, int64_t n, floa
         hi = values[i] > hi ? values[i] : hi;
         nan |= values[i] != values[i];
     }
-    if (nan || !isfinite(lo) || !isfinite(hi)) return 0;
-    float a = hi, x = lo, b = lo, y = hi; /* the mass above a < p - SURE; at or above b >= p + SURE */
-    double above_a = 0.0;
-    int64_t count_a = 0, count_b = n;
-    for (int step = 0; step < 64 && count_b - count_a > NEAR; step++) {
-        float t1 = x + (a - x) / 2, t2 = b + (y - b) / 2;
-        int moves1 = t1 > x && t1 < a, moves2 = t2 > b && t2 < y;
-        if (!moves1 && !moves2) break;
-        double m[2];
-        int64_t c[2];
-        above_two(values, probs, n, t1, t2, m, c);
-        if (moves1 && m[0] < (double)p - SURE) a = t1, above_a = m[0], count_a = c[0];
-        else if (moves1) x = t1;
-        if (moves2 && m[1] >= (double)p + SURE) b = t2, count_b = c[1];
-        else if (moves2) y = t2;
+    float scale = (float)(BINS - 1) / (hi - lo);
+#define SLICE(v) ((int)((hi - (v)) * scale) < BINS - 1 ? (int)((hi - (v)) * scale) : BINS - 1)
+    if (nan || !isfinite(lo) || !isfinite(hi) || !(hi > lo) || !isfinite(scale)) return 0;
+    double *mass = (double *)calloc(BINS + 1, sizeof(double));
+    int64_t *tally = (int64_t *)calloc(BINS + 1, sizeof(int64_t));
+    if (!mass || !tally) {
+        free(mass), free(tally);
+        return -1;
     }
-    int64_t near = count_b - count_a;
+    for (int64_t i = 0; i < n; i++) {
+        int b = SLICE(values[i]);
+        mass[b] += (double)probs[i];
+        tally[b]++;
+    }
+    int ka = 0, kb = 0; /* the slices below ka are kept; those above kb dropped */
+    double above_a = 0.0, reach = 0.0;
+    int64_t count_a = 0, near = 0;
+    while (ka < BINS && above_a + mass[ka] < (double)p - SURE) above_a += mass[ka], count_a += tally[ka++];
+    for (reach = above_a, kb = ka; kb < BINS - 1 && reach + mass[kb] < (double)p + SURE; kb++)
+        reach += mass[kb];
+    for (int k = ka; k <= kb; k++) near += tally[k];
     uint64_t *item = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(2 * near + 2));
     int64_t *count = (int64_t *)malloc(sizeof(int64_t) * 2049);
     if (!item || !count) {
-        free(item), free(count);
+        free(mass), free(tally), free(item), free(count);
         return -1;
     }
     int64_t z = 0;
-    for (int64_t i = 0; i < n; i++) kept[i] = (uint8_t)(values[i] > a);
-    for (int64_t i = 0; i < n; i++)
-        if (values[i] >= b && !kept[i] && z < near) item[z++] = rank_item(values[i], i);
+    for (int64_t i = 0; i < n; i++) { /* 1: kept, 2: to rank, 0: dropped (a pass without branches) */
+        int s = SLICE(values[i]);
+        kept[i] = (uint8_t)(s < ka ? 1 : s <= kb ? 2 : 0);
+    }
+    for (uint8_t *c = memchr(kept, 2, (size_t)n); c; c = memchr(c, 2, (size_t)(kept + n - c))) {
+        int64_t i = c - kept; /* (memchr: the few tokens to rank found a vector at a time) */
+        kept[i] = 0, item[z++] = rank_item(values[i], i);
+    }
     rank_keep(rank_sort(item, item + z, z, count), z, probs, above_a, count_a == 0, p, kept);
-    free(item), free(count);
+    free(mass), free(tally), free(item), free(count);
     return 1;
+#undef SLICE
 }
 
 /* Top-p's nucleus as torch computes it. values (n,): a row's logits (those above a cut, in the
@@ -816,7 +813,7 @@ static int nucleus_near(const float *values, const float *probs, int64_t n, floa
  * kept[i] is 1 or 0 for values[i]. A long row whose sums are exact ranks only the tokens near the
  * cut (nucleus_near). Returns 1 when it did, 0 when it ranked them all, -1 when it cannot allocate. */
 int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, uint8_t *kept) {
-    if (n > 4 * NEAR) {
+    if (n > 8192) { /* (a shorter row is ranked whole as fast) */
         int done = nucleus_near(values, probs, n, p, kept);
         if (done) return done;
     }
@@ -835,21 +832,52 @@ int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, 
 /* The values of a row at or above a cut, in order (torch's row[row >= cut]): out, their count. */
 int64_t simlab_above(const float *row, int64_t n, float cut, float *out) {
     int64_t m = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (row[i] >= cut) out[m++] = row[i];
+    for (int64_t i = 0; i < n; i++) { /* (without a branch: one that half the values take is slow) */
+        out[m] = row[i];
+        m += row[i] >= cut;
+    }
     return m;
 }
 
 /* simlab_nucleus of a row's values at or above a cut (values, probs: m of them, as simlab_above
- * gives them), told for the whole row: dropped[i] is 1 for a token below the cut or not kept. */
+ * gives them), told for the whole row: out (n,) is the row with -inf for a token below the cut or
+ * not kept (torch's row.masked_fill(dropped, -inf)). */
 int simlab_nucleus_row(const float *row, int64_t n, float cut, const float *values, const float *probs,
-                       int64_t m, float p, uint8_t *dropped) {
-    uint8_t *kept = (uint8_t *)malloc((size_t)(m ? m : 1));
+                       int64_t m, float p, float *out) {
+    uint8_t *kept = (uint8_t *)malloc((size_t)m + 1);
     if (!kept || simlab_nucleus(values, probs, m, p, kept) < 0) {
         free(kept);
         return -1;
     }
-    for (int64_t i = 0, j = 0; i < n; i++) dropped[i] = (uint8_t)!(row[i] >= cut && kept[j++]);
+    float last = INFINITY; /* the kept tokens' least value, and the place of the last with it */
+    int64_t at = -1, ties = 0;
+#pragma omp simd reduction(min : last)
+    for (int64_t j = 0; j < m; j++) last = kept[j] & (values[j] < last) ? values[j] : last;
+#pragma omp simd reduction(max : at)
+    for (int64_t j = 0; j < m; j++) at = kept[j] & (values[j] == last) & (j > at) ? j : at;
+    int64_t unlike = at < 0; /* whether kept is not the tokens above last and those at it up to at */
+#pragma omp simd reduction(+ : unlike, ties)
+    for (int64_t j = 0; j < m; j++) {
+        int tie = (values[j] == last) & (j <= at); /* (& and |, not && and ||: no branches) */
+        unlike += kept[j] != ((values[j] > last) | tie);
+        ties += tie;
+    }
+    if (unlike) { /* (top-p's masses rounded out of order: each value's place walked) */
+        kept[m] = 0; /* (read past the last value, never used) */
+        for (int64_t i = 0, j = 0; i < n; i++) {
+            int in = row[i] >= cut;
+            out[i] = in & kept[j] ? row[i] : -INFINITY;
+            j += in;
+        }
+        free(kept);
+        return 0;
+    }
+    int64_t place = -1; /* the row's place of the ties-th value equal to last (all >= cut) */
+    for (int64_t i = 0; i < n && ties > 0; i++)
+        if (row[i] == last && --ties == 0) place = i;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++)
+        out[i] = (row[i] > last) | ((row[i] == last) & (i <= place)) ? row[i] : -INFINITY;
     free(kept);
     return 0;
 }

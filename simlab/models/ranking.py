@@ -75,19 +75,19 @@ def above(row: torch.Tensor, cut: float) -> torch.Tensor:
 
 
 def nucleus_row(row: torch.Tensor, cut: float, values: torch.Tensor, probs: torch.Tensor, p: float):
-    """The tokens of `row` (V,) that top-p drops, as a bool (V,): those below `cut` and those
-    `nucleus` drops among `values` = above(row, cut) with probabilities `probs`. None without the
-    library (or off the CPU, or not float32)."""
+    """`row` (V,) with -inf for the tokens top-p drops (torch's masked_fill of them): those below
+    `cut` and those `nucleus` drops among `values` = above(row, cut) with probabilities `probs`. None
+    without the library (or off the CPU, or not float32)."""
     lib = native.library()
     tensors = (row, values, probs)
     if lib is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
         return None
     row, values, probs = (t.contiguous() for t in tensors)
-    dropped = torch.empty(row.shape, dtype=torch.bool)
-    args = (_ptr(row), row.numel(), cut, _ptr(values), _ptr(probs), values.numel(), p, _ptr(dropped))
+    out = torch.empty_like(row)
+    args = (_ptr(row), row.numel(), cut, _ptr(values), _ptr(probs), values.numel(), p, _ptr(out))
     if _declared(lib).simlab_nucleus_row(*args) != 0:
         raise MemoryError("simlab_nucleus could not allocate its buffers")
-    return dropped
+    return out
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> int | None:

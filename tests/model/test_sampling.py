@@ -431,6 +431,22 @@ def test_the_c_nucleus_ranks_only_near_the_cut_where_the_sums_are_exact():
             order = sampling.descending(v)
             want = sampling._nucleus(v, probs[order], torch.arange(n)[order], p)
             assert torch.equal(kept, want) and torch.equal(ranking.nucleus(v, probs, p), want), (trial, p)
-            cut = float(v.min())
-            dropped = ranking.nucleus_row(v, cut, ranking.above(v, cut), probs, p)
-            assert torch.equal(dropped, ~want), (trial, p)
+            for cut in (float(v.min()), float(v[want].min())):  # (all in; the least kept: ties cut)
+                kept_row = ranking.nucleus_row(v, cut, ranking.above(v, cut), probs[v >= cut], p)
+                assert torch.equal(kept_row, v.masked_fill(~want, -float("inf"))), (trial, p)
+
+
+def test_a_kept_set_out_of_rank_order_is_told_token_by_token():
+    """Top-p's masses rounded to float can keep a token ranked below one it drops (here the third
+    of four is dropped, the fourth kept); the row nucleus_row gives is still torch's rule's, not
+    the tokens down to the least kept value."""
+    from simlab.models import native, ranking
+
+    if native.library() is None:
+        pytest.skip(f"no simlab kernel here ({native.why()})")
+    v = torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0])
+    probs = torch.tensor([0.8999999165534973, 1.524048620638041e-08, 1.6203268060621667e-08, 0.05, 0.04])
+    want = sampling._nucleus(v, probs, torch.arange(5), 0.9)
+    assert want.tolist() == [True, True, False, True, False]
+    kept_row = ranking.nucleus_row(v, 0.0, ranking.above(v, 0.0), probs[:4], 0.9)
+    assert kept_row.tolist() == [3.0, 2.0, -float("inf"), 0.5, -float("inf")]
