@@ -122,6 +122,7 @@ def load_settings(**flags: object) -> Settings:
     """Merge the layers; flags that are None are treated as not given."""
     kinds = {f.name: (bool if f.type in ("bool", bool) else str) for f in fields(Settings)}
     values: dict[str, object] = {}
+    origin: dict[str, str] = {}  # where each value was set, for the error that names it
     path = simlab_home() / "config.yaml"
     if path.exists():
         from simlab import safe_yaml
@@ -135,21 +136,23 @@ def load_settings(**flags: object) -> Settings:
         for key, value in data.items():
             if key not in kinds:
                 raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(kinds)}")
-            values[key] = _coerce(key, value, kinds[key], str(path))
+            values[key], origin[key] = _coerce(key, value, kinds[key], str(path)), str(path)
     for name, var in _ENV.items():
         if var in os.environ:
             values[name] = _coerce(name, os.environ[var], kinds[name], f"environment {var}")
+            origin[name] = f"the environment variable {var}"
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         values["offline"] = True
     for name, value in flags.items():
         if name not in kinds:
             raise TypeError(f"unknown setting {name}")
         if value is not None:
-            values[name] = value
+            values[name], origin[name] = value, f"--{name.replace('_', '-')}"
     try:
         return dataclasses.replace(Settings(), **values)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (set in {path}, the environment or a flag)") from None
+        where = origin.get(str(exc).split(" ", 1)[0], f"{path}, the environment or a flag")
+        raise ConfigError(f"{exc} (set by {where})") from None
 
 
 def invoked_as(argv0: str | None = None) -> str:

@@ -368,6 +368,9 @@ class FakeRun(RunControl):
         self.scripts = [t if t is not None else f"reply {c.seed}" for t, c in zip(texts, self.completions)]
 
     def __iter__(self):
+        told, total = getattr(self, "on_prefill", None), len(self.prompt_ids)
+        for at in [*range(0, total, 512), total] if told else ():  # (as the engine's passes tell it)
+            told(at, total)
         for completion, script in zip(self.completions, self.scripts):
             stops = TextStops(self.params.stop)
             for char in script[: self.params.max_new_tokens]:

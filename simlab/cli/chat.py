@@ -18,6 +18,7 @@ from simlab.cli.common import (
     make_tracer,
     on_end_signals,
     open_store,
+    refuse_idle_flags,
     sampling_overrides,
     say,
     settings_flags,
@@ -93,6 +94,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if session is not None:
             settings = recorded_server(settings, session.tree.nodes.values(), args.backend)
             settings = _recorded_weights(args, settings, session)
+        refuse_idle_flags(args, settings)
         spec = _model_spec(args, settings, session)
         if settings.backend == "local":
             classify_spec(spec)  # a spec that names nothing fails now, not after the prompt is up

@@ -16,7 +16,7 @@ from typing import Any
 
 from simlab.config import Settings, load_settings, validate_device
 from simlab.engine.params import KNOBS, SamplingParams, decode_escapes
-from simlab.errors import EXIT_BAD_INPUT, needs_local
+from simlab.errors import EXIT_BAD_INPUT, NeedsLocalModel, needs_local
 from simlab.session.store import SessionStore
 from simlab.trace.config import TraceConfig, from_flags
 
@@ -222,6 +222,16 @@ def settings_of(args: argparse.Namespace) -> Settings:
     if getattr(args, "device", None) is not None:
         validate_device(args.device)
     return load_settings(**settings_flags(args))
+
+
+def refuse_idle_flags(args: argparse.Namespace, settings: Settings) -> None:
+    """A run all on a server takes no --weights, --device or --dtype: they would do nothing."""
+    given = [name for name in ("weights", "device", "dtype") if getattr(args, name, None)]
+    if settings.backend == "openai" and given:
+        raise NeedsLocalModel(
+            f"--{given[0]} {getattr(args, given[0])} is for a model run here; with --backend openai the "
+            f"server keeps its own weights and device: drop --{given[0]}, or run without --backend openai"
+        )
 
 
 def load_engine(

@@ -19,6 +19,7 @@ from simlab.cli.common import (
     color_on,
     load_engine,
     make_tracer,
+    refuse_idle_flags,
     sampling_params,
     say,
     settings_of,
@@ -60,6 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise SimlabError(f"generate: -n {args.n} is invalid; use 1 or more")
     settings = settings_of(args)
+    refuse_idle_flags(args, settings)
     tracer = make_tracer(trace_config(args), settings)
     prompt = _read_prompt(args)
     if args.steer and settings.backend == "openai":  # (said before any server is asked)

@@ -38,6 +38,7 @@ class LineView:
         self._head: str | None = None  # what the reply streaming now follows (None: several at once)
         self._streamed = False  # whether any of its text is on the line yet
         self._wait: Waiting | None = None
+        self._reading = 0  # the width of a long turn's "(reading …)" after the label, erased as text comes
 
     def attach(self, chat) -> None:
         self.chat = chat
@@ -131,9 +132,28 @@ class LineView:
         write(self.out, head)
 
     def reading(self, at: int, total: int) -> None:
-        """(The line REPL shows no prefill progress: the reply's label is already on its line.)"""
+        """A long turn going in (512 tokens or more to read): `(reading 1,024/6,000 tokens)` after
+        the reply's label on a terminal, written over as it moves and erased before the reply's
+        first word. (Several replies at once, or piped: nothing here.)"""
+        if self._wrap is None or self._streamed:
+            return
+        shown = self._reading
+        self._unread()
+        if at < total and (shown or total - at >= 512):
+            text = f" (reading {at:,}/{total:,} tokens)"
+            if self._wrap.column + len(text) >= self._wrap.width:  # (a backspace goes back on one line only)
+                return
+            write(self.out, self.style.dim(text))
+            self._reading = len(text)
+
+    def _unread(self) -> None:
+        """Erase the "(reading …)" note, the cursor back where it began."""
+        width, self._reading = self._reading, 0
+        if width:
+            write(self.out, "\b" * width + " " * width + "\b" * width)
 
     def delta(self, delta: Delta, replies: Replies) -> None:
+        self._unread()
         if self._wait is not None:
             self._wait.follow(delta, replies.run.completions, getattr(replies.run, "max_new", None))
         if self._head is not None and delta.text:
@@ -146,6 +166,7 @@ class LineView:
 
     def end(self, replies: Replies, outcome: str = "ended") -> None:
         """outcome: "ended", "failed" (an error follows) or "cut" (interrupted outside the engine)."""
+        self._unread()
         wait, self._wait = self._wait, None
         if wait is not None:
             if outcome == "ended":

@@ -117,6 +117,34 @@ def test_bad_config_file_is_reported_with_its_path(capsys, isolated_home):
     assert code == 2 and "config.yaml:2: invalid YAML" in err and "delete the file" in err
 
 
+def test_a_bad_value_in_the_config_file_names_the_file(capsys, isolated_home):
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "config.yaml").write_text("weights: gguf-a9\n")
+    code, _, err = run_cli(capsys, "generate", "hi")
+    assert code == 2 and err.count("\n") == 1
+    assert "weights 'gguf-a9' is not one of" in err and f"(set by {isolated_home / 'config.yaml'})" in err
+
+
+@pytest.mark.parametrize("flag", [["--weights", "gguf-a8"], ["--device", "cpu"], ["--dtype", "float32"]])
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_a_server_run_refuses_the_flags_that_would_do_nothing(capsys, isolated_home, flag, command):
+    """--weights, --device and --dtype say how a model run here is kept; on a server they would be
+    dropped without a word, so the run says so before anything is asked of the server."""
+    url = "http://127.0.0.1:9/v1"  # (nothing listens: the refusal comes first)
+    argv = [
+        command,
+        *(["hi"] if command == "generate" else []),
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        *flag,
+    ]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and not out and err.count("\n") == 1
+    assert f"{' '.join(flag)} is for a model run here" in err and f"drop {flag[0]}" in err
+
+
 def test_unknown_config_key_is_reported(capsys, isolated_home):
     isolated_home.mkdir(parents=True, exist_ok=True)
     (isolated_home / "config.yaml").write_text("modle: gpt2\n")

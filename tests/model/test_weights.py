@@ -90,9 +90,13 @@ def test_weights_are_a_setting_with_one_line_errors(capsys, monkeypatch, tiny_di
     monkeypatch.setenv("SIMLAB_WEIGHTS", "int4")
     assert load_settings().weights == "int4"
     monkeypatch.setenv("SIMLAB_WEIGHTS", "int3")
-    with pytest.raises(ConfigError, match="weights 'int3' is not one of auto, float, int8, int4"):
+    with pytest.raises(ConfigError, match="weights 'int3' is not one of auto, float, int8, int4") as bad:
         load_settings()
+    assert str(bad.value).endswith("(set by the environment variable SIMLAB_WEIGHTS)")  # (not a file)
     monkeypatch.delenv("SIMLAB_WEIGHTS")
+    with pytest.raises(ConfigError) as bad:
+        load_settings(dtype="float99")
+    assert str(bad.value).endswith("(set by --dtype)")
     argv = ["generate", "x", "--model", tiny_dir, "--weights", "int4", "--device", "cuda:0"]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and "runs on the CPU" in err

@@ -547,6 +547,42 @@ def test_a_reply_streamed_to_a_terminal_breaks_lines_between_words(fake_engine, 
     assert marker.end(" [length]") == "\n[length]"  # the finish marker is laid out like a word
 
 
+def as_seen(written: str) -> str:
+    """What a terminal's lines show after `written`: a backspace moves back, text overwrites."""
+    lines = []
+    for line in written.split("\n"):
+        cells, col = [], 0
+        for ch in line:
+            if ch == "\b":
+                col = max(col - 1, 0)
+                continue
+            cells[col : col + 1] = [ch]
+            col += 1
+        lines.append("".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def test_a_long_turn_shows_its_reading_after_the_label_then_the_reply_over_it(fake_engine, store):
+    """A turn of 1,500 tokens takes seconds to read: `(reading 512/1,504 tokens)` after the label
+    on a terminal, moving, then erased by the reply's first word; a short turn shows nothing."""
+    out = Terminal()
+    chat = Chat.new(
+        fake_engine.enqueue([" Aye.", " Yes."]),
+        store,
+        PERSONA,
+        PERSONA.sampling_params(seed=1),
+        LineView(out),
+    )
+    chat.user_turn("x" * 1500)
+    written = out.getvalue()
+    assert "(reading 0/" in written and "(reading 1,024/" in written  # (its figures move)
+    assert "\b" in written and as_seen(written).splitlines()[-1] == "Bo: Aye. [eos]"
+    short = Terminal()
+    chat = Chat.new(fake_engine, store, PERSONA, PERSONA.sampling_params(seed=1), LineView(short))
+    chat.user_turn("short")
+    assert "reading" not in short.getvalue() and short.getvalue().splitlines()[-1] == "Bo: Yes. [eos]"
+
+
 def test_a_turn_shown_again_on_a_terminal_breaks_between_words_too(fake_engine, store, monkeypatch):
     """On resume and /path the turns are laid out as when they streamed: no word cut at the edge."""
     import os
