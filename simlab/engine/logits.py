@@ -60,8 +60,14 @@ def apply_top_p(logits: torch.Tensor, p: float, log_total: torch.Tensor | None =
     # ties come in), enough to tell a wide nucleus; torch's ids (its order of ties) where it is not
     best = best_of(logits, k)[0] if k < vocab else None
     if best is not None and bool(((best - log_total).exp().sum(-1) < p).any()):
-        rows = zip(logits, log_total, best[:, -1])
-        return torch.stack([_top_p_wide(row, total, p, float(least)) for row, total, least in rows])
+        found = [
+            _wide_cut(row, total, p, float(least))
+            for row, total, least in zip(logits, log_total, best[:, -1])
+        ]
+        kept = ranking.nucleus_rows(logits, found, p)  # (the rows' passes in C, over the threads)
+        if kept is not None:
+            return kept
+        return torch.stack([_top_p_wide(row, p, *cut) for row, cut in zip(logits, found)])
     best, best_ids = torch.topk(logits, k, dim=-1)  # (B, k), descending
     best_probs = (best - log_total).exp()
     return logits.masked_fill(~_nucleus(logits, best_probs, best_ids, p), -math.inf)
@@ -77,9 +83,10 @@ def _nucleus(logits: torch.Tensor, probs: torch.Tensor, ids: torch.Tensor, p: fl
     return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, ~drop)
 
 
-def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: float) -> torch.Tensor:
-    """One row (V,) whose nucleus is wider than the prefilter: the tokens at or above a logit cut,
-    lowered until they hold p (every token above the cut is in, so the nucleus is among them)."""
+def _wide_cut(row: torch.Tensor, log_total: torch.Tensor, p: float, least: float):
+    """A row (V,) whose nucleus is wider than the prefilter: (cut, values, probs), a logit cut lowered
+    from the prefilter's `least` until the tokens at or above it (`values`, in the order of their
+    ids, and their `probs`) hold p (every token above the cut is in, so the nucleus is among them)."""
     lowest = float(row.amin())  # the least finite value: one pass where no token is filtered out
     if not math.isfinite(lowest):
         lowest = float(torch.where(row.isfinite(), row, math.inf).amin())
@@ -89,10 +96,11 @@ def _top_p_wide(row: torch.Tensor, log_total: torch.Tensor, p: float, least: flo
         values = ranking.above(row, cut)  # row[row >= cut], in the order of their ids
         probs = (values - log_total).exp()
         if cut == lowest or float(probs.sum()) >= p:
-            break
-    kept = ranking.nucleus_row(row, cut, values, probs, p)  # (one pass in C, the same row)
-    if kept is not None:
-        return kept
+            return cut, values, probs
+
+
+def _top_p_wide(row: torch.Tensor, p: float, cut: float, values: torch.Tensor, probs: torch.Tensor):
+    """The row with -inf past its nucleus, found among the tokens at or above `cut` in torch."""
     ids = (row >= cut).nonzero().squeeze(-1)
     order = descending(values)
     return row.masked_fill(~_nucleus(row, probs[order], ids[order], p), -math.inf)
@@ -170,9 +178,8 @@ def sample(
     probs = logits.float().softmax(dim=-1)  # (B, V)
     if method == "multinomial":
         return torch.cat([torch.multinomial(row, 1, generator=gen) for row, gen in zip(probs, generators)])
-    picks = []
-    for row, gen in zip(probs, generators):
-        pick = ranking.draw(row, gen)
+    picks, drawn = [], ranking.draws(probs, generators) or [None] * len(probs)  # (the rows' passes in C)
+    for row, gen, pick in zip(probs, generators, drawn):
         if pick is not None:
             picks.append(torch.tensor([pick], device=row.device))
             continue

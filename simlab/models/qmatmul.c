@@ -882,6 +882,17 @@ int simlab_nucleus_row(const float *row, int64_t n, float cut, const float *valu
     return 0;
 }
 
+/* simlab_nucleus_row for b rows of n (row r: its cut, m[r] values and probs) into out (b, n), rows
+ * spread over threads: each row's the bits it gets alone. */
+int simlab_nucleus_rows(int64_t b, const float *rows, int64_t n, const float *cuts, const float *const *values,
+                        const float *const *probs, const int64_t *m, float p, float *out, int threads) {
+    int failed = 0;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed) if (b > 1 && threads > 1)
+    for (int64_t r = 0; r < b; r++)
+        failed |= simlab_nucleus_row(rows + r * n, n, cuts[r], values[r], probs[r], m[r], p, out + r * n) != 0;
+    return failed ? -1 : 0;
+}
+
 /* ---- the cdf draw (logits.sample): the kept tokens' (probs != 0) cumulative mass in id order,
  * summed in double one after another as torch's cumsum sums it; the total, then the first token
  * whose cumulative mass passes u (torch.searchsorted(right=True)), or the last kept one */
@@ -914,6 +925,18 @@ int64_t simlab_cdf_pick(const float *probs, int64_t n, double u) {
     if (last < 0) /* the blocks passed over hold the last kept token */
         for (int64_t j = n - 1; j >= 0 && last < 0; j--) last = probs[j] != 0.0f ? j : -1;
     return last;
+}
+
+/* The cdf draw for b rows of n probabilities at once, rows spread over threads: each row's total
+ * (simlab_cdf_total), then, with u[r] drawn from it, each row's pick (-1 where u[r] < 0) */
+void simlab_cdf_totals(int64_t b, const float *probs, int64_t n, double *totals, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (b > 1 && threads > 1)
+    for (int64_t r = 0; r < b; r++) totals[r] = simlab_cdf_total(probs + r * n, n);
+}
+
+void simlab_cdf_picks(int64_t b, const float *probs, int64_t n, const double *u, int64_t *picks, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (b > 1 && threads > 1)
+    for (int64_t r = 0; r < b; r++) picks[r] = u[r] < 0.0 ? -1 : simlab_cdf_pick(probs + r * n, n, u[r]);
 }
 
 /* ---- attention: each query's output computed alone, in one fixed order ----

@@ -51,14 +51,14 @@ def _declared(lib):
         lib.simlab_top_k.restype = ctypes.c_int
         lib.simlab_nucleus.argtypes = [p, p, i64, f32, p]
         lib.simlab_nucleus.restype = ctypes.c_int
-        lib.simlab_cdf_total.argtypes = [p, i64]
-        lib.simlab_cdf_total.restype = ctypes.c_double
-        lib.simlab_cdf_pick.argtypes = [p, i64, ctypes.c_double]
-        lib.simlab_cdf_pick.restype = i64
+        lib.simlab_cdf_totals.argtypes = [i64, p, i64, p, ctypes.c_int]
+        lib.simlab_cdf_totals.restype = None
+        lib.simlab_cdf_picks.argtypes = [i64, p, i64, p, p, ctypes.c_int]
+        lib.simlab_cdf_picks.restype = None
         lib.simlab_above.argtypes = [p, i64, f32, p]
         lib.simlab_above.restype = i64
-        lib.simlab_nucleus_row.argtypes = [p, i64, f32, p, p, i64, f32, p]
-        lib.simlab_nucleus_row.restype = ctypes.c_int
+        lib.simlab_nucleus_rows.argtypes = [i64, p, i64, p, p, p, p, f32, p, ctypes.c_int]
+        lib.simlab_nucleus_rows.restype = ctypes.c_int
         lib._sampler_declared = True
     return lib
 
@@ -78,14 +78,25 @@ def nucleus_row(row: torch.Tensor, cut: float, values: torch.Tensor, probs: torc
     """`row` (V,) with -inf for the tokens top-p drops (torch's masked_fill of them): those below
     `cut` and those `nucleus` drops among `values` = above(row, cut) with probabilities `probs`. None
     without the library (or off the CPU, or not float32)."""
+    kept = nucleus_rows(row[None], [(cut, values, probs)], p)
+    return None if kept is None else kept[0]
+
+
+def nucleus_rows(rows: torch.Tensor, found, p: float) -> torch.Tensor | None:
+    """`nucleus_row` of each row of `rows` (B, V), found[r] = (cut, values, probs) of row r, the rows
+    spread over torch's threads (each one's bits as alone): (B, V), or None as `nucleus_row`."""
     lib = native.library()
-    tensors = (row, values, probs)
+    tensors = [rows, *(t for _, values, probs in found for t in (values, probs))]
     if lib is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
         return None
-    row, values, probs = (t.contiguous() for t in tensors)
-    out = torch.empty_like(row)
-    args = (_ptr(row), row.numel(), cut, _ptr(values), _ptr(probs), values.numel(), p, _ptr(out))
-    if _declared(lib).simlab_nucleus_row(*args) != 0:
+    rows = rows.contiguous()
+    held = [(values.contiguous(), probs.contiguous()) for _, values, probs in found]  # (alive for the call)
+    b, out = len(found), torch.empty_like(rows)
+    cuts = (ctypes.c_float * b)(*(cut for cut, _, _ in found))
+    values, probs = ((ctypes.c_void_p * b)(*(pair[i].data_ptr() for pair in held)) for i in (0, 1))
+    counts = (ctypes.c_int64 * b)(*(v.numel() for v, _ in held))
+    args = (b, _ptr(rows), rows.shape[-1], cuts, values, probs, counts, p, _ptr(out), torch.get_num_threads())
+    if _declared(lib).simlab_nucleus_rows(*args) != 0:
         raise MemoryError("simlab_nucleus could not allocate its buffers")
     return out
 
@@ -96,14 +107,23 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> int | None:
     cumulative mass in id order passes it; the sums torch's double cumsum makes, the token its
     searchsorted finds (tested), in a few passes (a 262,144-token row: ~0.2 ms, torch's steps ~0.9).
     None without the library, or where no token is kept (nothing drawn then)."""
+    picks = draws(probs[None], [generator])
+    return None if picks is None else picks[0]
+
+
+def draws(probs: torch.Tensor, generators) -> list[int | None] | None:
+    """`draw` for each row of probs (B, V) with its own generator, the rows' passes spread over
+    torch's threads; None without the library (or off the CPU, or not float32)."""
     lib = native.library()
-    if lib is None or probs.dtype != torch.float32 or probs.device.type != "cpu":
+    if lib is None or probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.dim() != 2:
         return None
-    lib = _declared(lib)
-    probs = probs.contiguous()
-    total = lib.simlab_cdf_total(_ptr(probs), probs.numel())
-    if total == 0.0:
-        return None
-    u = torch.rand(1, generator=generator, dtype=torch.float64) * total
-    pick = lib.simlab_cdf_pick(_ptr(probs), probs.numel(), float(u))
-    return None if pick < 0 else pick
+    lib, probs, threads = _declared(lib), probs.contiguous(), torch.get_num_threads()
+    b, n = probs.shape
+    totals, u, picks = (ctypes.c_double * b)(), (ctypes.c_double * b)(), (ctypes.c_int64 * b)()
+    lib.simlab_cdf_totals(b, _ptr(probs), n, totals, threads)
+    for r, generator in enumerate(generators):  # (a row that keeps nothing draws nothing)
+        u[r] = (
+            float(torch.rand(1, generator=generator, dtype=torch.float64) * totals[r]) if totals[r] else -1.0
+        )
+    lib.simlab_cdf_picks(b, _ptr(probs), n, u, picks, threads)
+    return [None if pick < 0 else pick for pick in picks]

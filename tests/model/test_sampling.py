@@ -373,7 +373,7 @@ def test_a_wide_nucleus_keeps_what_the_torch_path_keeps(monkeypatch):
 
     logits = torch.randn(3, 151_936, generator=torch.Generator().manual_seed(1))  # flat: wide nuclei
     fast = sampling.apply_top_p(logits, 0.95)
-    monkeypatch.setattr(ranking, "nucleus_row", lambda *args: None)
+    monkeypatch.setattr(ranking, "nucleus_rows", lambda *args: None)
     monkeypatch.setattr(ranking, "above", lambda row, cut: row[row >= cut])
     assert torch.equal(fast, sampling.apply_top_p(logits, 0.95))
     assert (fast.isfinite().sum(-1) > 1024).all()  # (the wide path ran)
@@ -450,3 +450,28 @@ def test_a_kept_set_out_of_rank_order_is_told_token_by_token():
     assert want.tolist() == [True, True, False, True, False]
     kept_row = ranking.nucleus_row(v, 0.0, ranking.above(v, 0.0), probs[:4], 0.9)
     assert kept_row.tolist() == [3.0, 2.0, -float("inf"), 0.5, -float("inf")]
+
+
+def test_wide_rows_sampled_together_are_each_row_alone(monkeypatch):
+    """Four flat rows (random weights' nuclei: most of the vocabulary) go through top-p and the draw
+    with their passes spread over the threads: each row's kept tokens and token are what it gets
+    alone, and what torch's whole-row steps give."""
+    from simlab.models import ranking
+
+    logits = torch.randn(4, 151_936, generator=torch.Generator().manual_seed(5)) * 0.5
+    together = sampling.apply_top_p(logits, 0.95)
+    for i, row in enumerate(logits):
+        assert torch.equal(together[i], sampling.apply_top_p(row[None], 0.95)[0]), i
+    probs = together.softmax(-1)
+    picks = ranking.draws(probs, [torch.Generator().manual_seed(s) for s in range(4)])
+    assert picks == [ranking.draw(probs[i], torch.Generator().manual_seed(i)) for i in range(4)]
+    params = SamplingParams(temperature=1.0, top_p=0.95)
+    drawn = sampling.choose(logits, None, params, [torch.Generator().manual_seed(s) for s in range(4)])
+    for i in range(4):
+        alone = sampling.choose(logits[i : i + 1], None, params, [torch.Generator().manual_seed(i)])
+        assert int(alone) == int(drawn[i]), i
+    monkeypatch.setattr(ranking, "nucleus_rows", lambda *args: None)  # torch's steps
+    monkeypatch.setattr(ranking, "draws", lambda *args: None)
+    assert torch.equal(sampling.apply_top_p(logits, 0.95), together)
+    again = sampling.choose(logits, None, params, [torch.Generator().manual_seed(s) for s in range(4)])
+    assert torch.equal(again, drawn)
