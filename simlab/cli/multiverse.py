@@ -18,6 +18,7 @@ from simlab.cli.common import (
     say,
     warn,
 )
+from simlab.config import invoked_as
 from simlab.engine.params import SamplingParams
 from simlab.errors import SimlabError, needs_local
 from simlab.session import multiverse as saved_multiverse
@@ -138,7 +139,7 @@ def _of_session(args: argparse.Namespace, params: SamplingParams) -> int:
         if not args.no_save and not args.json:
             print(
                 f"saved in {session.name}; keep a block as a reply: "
-                f"simlab multiverse {session.name} --node {tree.short(node.id)} --keep N"
+                f"{invoked_as()} multiverse {session.name} --node {tree.short(node.id)} --keep N"
             )
     return 0
 

@@ -135,6 +135,7 @@ def run_interactive(
         try:
             with ends_on_signal(chat, prompt.app, EOFError) as pre_run:
                 line = prompt.prompt(_prompt_text(chat), pre_run=pre_run)
+            chat.view.typed(_prompt_text(chat), line)  # (prompt-toolkit erased it: a tall one lost its top)
         except EOFError:
             if chat.loading.failed:
                 return _load_failed(chat)
@@ -211,6 +212,7 @@ def _prompt_session(chat: Chat, history: Path | None, input, output):
         key_bindings=_bindings(editing),
         bottom_toolbar=lambda: toolbar_text(chat),
         complete_while_typing=False,
+        erase_when_done=True,  # (the line goes into the transcript whole: Screen.typed)
         input=input,
         output=output,
     )

@@ -74,13 +74,13 @@ class PaneView(LineView):
             self.loom.say("stopped before the first token; nothing saved")
             return
         cut = sum(n.finish_reason == "interrupted" for n in nodes)
-        stopped = f"stopped: {cut} interrupted, " if cut else ""
+        saved = f"{len(nodes)} saved"
+        if cut:  # (one count of the replies: those cut short are among those saved)
+            saved = f"stopped: {saved}, " + ("all" if cut == len(nodes) else f"{cut} of them") + " cut short"
         speed = replies.run.stats.tokens_per_second
         choose = "; ↑↓ chooses among them" if len(nodes) > 1 else ""
         same = repeated_siblings(self.loom.chat.session, nodes)  # (a greedy server, say)
-        self.loom.say(
-            f"{stopped}{len(nodes)} saved ({speed:.1f} tok/s){choose}" + (f"; {same}" if same else "")
-        )
+        self.loom.say(f"{saved} ({speed:.1f} tok/s){choose}" + (f"; {same}" if same else ""))
 
 
 class Busy:

@@ -118,6 +118,14 @@ class LineView:
             whole = replace(group[-1], text="".join(n.text for n in group), tags=frozenset())
             self.say(self.turn_text(whole) + self.ending(whole), labels=False)
 
+    def typed(self, head: str, line: str) -> None:
+        """What was typed at the prompt, written into the transcript once prompt-toolkit has erased
+        its input: all of it (a turn taller than the screen kept only its last rows there), laid out
+        between words as replies are. (Elsewhere prompt-toolkit's output is not this stream.)"""
+        if is_terminal(self.out):
+            wrap = WordWrap(shutil.get_terminal_size().columns, width_of(head))
+            write(self.out, head + wrap.feed(for_terminal(self.out, line)) + wrap.end() + "\n")
+
     # -- a reply as it is decoded -----------------------------------------------------------------
     def begin(self, replies: Replies, head: str | None) -> None:
         """One reply streams after `head`, its words laid out to a terminal's width (a word that

@@ -55,6 +55,11 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
         rows = [(t.text, t.logprob, t.top) for t in scored(chat, node)]
         lines[1] = style.dim("(text you typed or edited, scored by the model: how surprising it is)")
     kept = _in_reply(chat, node, [text for text, _, _ in rows])
+    left_out = (  # (a reply cut off in the next speaker's label does not keep the label's start)
+        "stop string: ended the reply, not in its text"
+        if node.finish_reason == "stop"
+        else f"not in its text: a label's start or white space where the reply ended ({node.finish_reason})"
+    )
     pieces = []
     for k, (text, lp, _) in enumerate(rows):
         p = math.exp(lp)
@@ -64,7 +69,7 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
     lines[0] = "".join(pieces)
     for k, (text, lp, alts) in enumerate(rows):
         others = "  ".join(f"{i}:{alt[1]!r} {math.exp(alt[2]):.2f}" for i, alt in enumerate(alts, 1))
-        after = "   (stop string: ended the reply, not in its text)" if k >= kept else ""
+        after = f"   ({left_out})" if k >= kept else ""
         lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}{after}")
     return lines
 

@@ -405,7 +405,7 @@ def test_ctrl_c_in_the_editor_stops_the_reply_a_command_streams(fake_engine, sto
     assert (
         reply.finish_reason == "interrupted" and reply.text.startswith("word word w") and len(reply.text) < 20
     )
-    assert loom.message.startswith("stopped: 1 interrupted, 1 saved")
+    assert loom.message.startswith("stopped: 1 saved, all cut short")
 
 
 def test_a_deep_node_keeps_room_for_its_text_in_the_tree_pane(fake_engine, store):

@@ -583,6 +583,28 @@ def test_a_long_turn_shows_its_reading_after_the_label_then_the_reply_over_it(fa
     assert "reading" not in short.getvalue() and short.getvalue().splitlines()[-1] == "Bo: Yes. [eos]"
 
 
+def test_a_typed_turn_goes_into_the_transcript_whole_between_words(fake_engine, store, monkeypatch):
+    """prompt-toolkit shows a turn taller than the screen by its last rows only and never writes its
+    top: it erases what it drew, and the turn is written whole, with its label, broken between words
+    at the terminal's width, as replies are."""
+    import os
+
+    words = " ".join(f"word{i}" for i in range(60))  # (taller than a 30 x 8 screen)
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a: os.terminal_size((30, 8)))
+    out = Terminal()
+    chat = Chat.new(
+        fake_engine.enqueue([" Noted."]), store, PERSONA, PERSONA.sampling_params(seed=1), LineView(out)
+    )
+    with create_pipe_input() as pipe:
+        pipe.send_text(words + "\r/quit\r")
+        assert run_interactive(chat, resumed=False, input=pipe, output=DummyOutput()) == 0
+    shown = out.getvalue()
+    turn = shown[shown.index("Ann: ") : shown.index("Bo: Noted.")].rstrip("\n").split("\n")
+    assert len(turn) > 8 and all(len(line) <= 30 for line in turn)
+    assert " ".join(" ".join(turn).split()[1:]) == words  # every word, none cut, after the label
+    assert "Ann: /quit" in shown  # (a command too)
+
+
 def test_a_turn_shown_again_on_a_terminal_breaks_between_words_too(fake_engine, store, monkeypatch):
     """On resume and /path the turns are laid out as when they streamed: no word cut at the edge."""
     import os
@@ -807,3 +829,19 @@ def test_the_toolbar_names_weights_other_than_the_usual_ones(fake_engine, store)
     assert " cpu · " in toolbar_text(chat, 300) and "gguf" not in toolbar_text(chat, 300)
     fake_engine.info = replace(fake_engine.info, weights="gguf-a8")
     assert " cpu gguf-a8 · " in toolbar_text(chat, 300)
+
+
+def test_tokens_tells_a_label_cut_off_at_the_length_limit_from_a_stop_string(fake_engine, store):
+    """A reply cut off by the length limit in the next speaker's label ("\\nA" of "\\nAnn:") keeps the
+    text before it; /tokens marks those tokens as left out where the reply ended, not as a stop
+    string that ended it (it ended at the limit)."""
+    from simlab.repl.tokens import token_lines
+
+    chat = new_chat(fake_engine.enqueue([" Fine.\nAnn: more"]), store)
+    chat.params = chat.params.with_overrides(max_new_tokens=8)  # " Fine.\nA": the limit in the label
+    [reply] = chat.user_turn("how are you")
+    assert (reply.text, reply.finish_reason) == ("Fine.", "length")
+    lines = token_lines(chat)
+    left = [line for line in lines if "not in its text" in line]
+    assert len(left) == 2 and all("where the reply ended (length)" in line for line in left)  # "\n", "A"
+    assert not any("stop string" in line for line in lines)
