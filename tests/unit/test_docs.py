@@ -63,7 +63,7 @@ def test_links_between_pages_land():
 def test_the_readme_holds_the_two_commands_a_tour_and_the_layout():
     assert "make run" in README and "make test" in README
     assert "## A short tour" in README and "## Layout" in README
-    assert len(README.splitlines()) < 250  # a guide to start with, not the reference
+    assert len(README.splitlines()) < 270  # a guide to start with, not the reference
 
 
 def linked(page: str) -> str:
