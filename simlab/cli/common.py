@@ -226,11 +226,13 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 def refuse_idle_flags(args: argparse.Namespace, settings: Settings) -> None:
     """A run all on a server takes no --weights, --device or --dtype: they would do nothing."""
-    given = [name for name in ("weights", "device", "dtype") if getattr(args, name, None)]
+    given = [
+        name for name in ("weights", "device", "dtype") if getattr(args, name, None) not in (None, "auto")
+    ]
     if settings.backend == "openai" and given:
         raise NeedsLocalModel(
-            f"--{given[0]} {getattr(args, given[0])} is for a model run here; with --backend openai the "
-            f"server keeps its own weights and device: drop --{given[0]}, or run without --backend openai"
+            f"--{given[0]} {getattr(args, given[0])} is for a model run here; a run on a server (backend "
+            f"openai) has the server's own weights and device: drop --{given[0]}, or use --backend local"
         )
 
 

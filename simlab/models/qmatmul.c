@@ -764,7 +764,7 @@ static int nucleus_near(const float *values, const float *probs, int64_t n, floa
     }
     float scale = (float)(BINS - 1) / (hi - lo);
 #define SLICE(v) ((int)((hi - (v)) * scale) < BINS - 1 ? (int)((hi - (v)) * scale) : BINS - 1)
-    if (nan || !isfinite(lo) || !isfinite(hi) || !(hi > lo) || !isfinite(scale)) return 0;
+    if (nan || !isfinite(hi - lo) || !(hi > lo) || !(scale > 0.0f) || !isfinite(scale)) return 0;
     double *mass = (double *)calloc(BINS + 1, sizeof(double));
     int64_t *tally = (int64_t *)calloc(BINS + 1, sizeof(int64_t));
     if (!mass || !tally) {

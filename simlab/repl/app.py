@@ -135,7 +135,6 @@ def run_interactive(
         try:
             with ends_on_signal(chat, prompt.app, EOFError) as pre_run:
                 line = prompt.prompt(_prompt_text(chat), pre_run=pre_run)
-            chat.view.typed(_prompt_text(chat), line)  # (prompt-toolkit erased it: a tall one lost its top)
         except EOFError:
             if chat.loading.failed:
                 return _load_failed(chat)
@@ -145,6 +144,7 @@ def run_interactive(
             continue
         if chat.stopping is not None:  # the signal came as the line was entered: it is not sent
             break
+        chat.view.typed(_prompt_text(chat), line)  # (prompt-toolkit erased it: a tall one lost its top)
         if not line.strip():
             if chat.cursor.role != "user":
                 continue

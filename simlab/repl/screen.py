@@ -50,6 +50,7 @@ class LineView:
     def note(self, text: str) -> None:
         opened = self._head is not None and not self._streamed  # (a label on its line, no text yet)
         if opened:  # the note on lines of its own, then the label again for the reply
+            self._unread()
             write(self.out, "\n")
         write(self.err, self.laid_out(self.style.dim(text), self.err) + "\n")
         if opened:
@@ -151,8 +152,8 @@ class LineView:
             text = f" (reading {at:,}/{total:,} tokens)"
             if self._wrap.column + len(text) >= self._wrap.width:  # (a backspace goes back on one line only)
                 return
+            self._reading = len(text)  # (before it is written: a stop between the two still erases it)
             write(self.out, self.style.dim(text))
-            self._reading = len(text)
 
     def _unread(self) -> None:
         """Erase the "(reading …)" note, the cursor back where it began."""

@@ -475,3 +475,18 @@ def test_wide_rows_sampled_together_are_each_row_alone(monkeypatch):
     assert torch.equal(sampling.apply_top_p(logits, 0.95), together)
     again = sampling.choose(logits, None, params, [torch.Generator().manual_seed(s) for s in range(4)])
     assert torch.equal(again, drawn)
+
+
+def test_the_c_nucleus_takes_values_whose_range_overflows_a_float():
+    """Logits at +-2e38 with exact sums: their range (4e38) is past float's, so the value slices that
+    find the tokens near the cut cannot be cut; the row is ranked whole (it wrote out of bounds)."""
+    from simlab.models import native, ranking
+
+    if native.library() is None:
+        pytest.skip(f"no simlab kernel here ({native.why()})")
+    v = torch.zeros(10_000)
+    v[0], v[1] = 2e38, -2e38
+    probs = torch.zeros(10_000)
+    probs[0] = 1.0
+    want = sampling._nucleus(v, probs[sampling.descending(v)], sampling.descending(v), 0.9)
+    assert torch.equal(ranking.nucleus(v, probs, 0.9), want) and int(want.sum()) == 1

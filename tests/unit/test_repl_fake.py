@@ -577,8 +577,16 @@ def test_a_long_turn_shows_its_reading_after_the_label_then_the_reply_over_it(fa
     written = out.getvalue()
     assert "(reading 0/" in written and "(reading 1,024/" in written  # (its figures move)
     assert "\b" in written and as_seen(written).splitlines()[-1] == "Bo: Aye. [eos]"
+    noted = Terminal()  # a note while the turn is read: the "(reading …)" erased first, the label kept
+    view = LineView(noted)
+    chat = Chat.new(fake_engine, store, PERSONA, PERSONA.sampling_params(seed=1), view)  # (" Yes." next)
+    view.reading = lambda at, total, read=view.reading: [read(at, total), at == 512 and view.note("a note")]
+    chat.user_turn("x" * 1500)
+    assert as_seen(noted.getvalue()).splitlines()[-2:] == ["a note", "Bo: Yes. [eos]"]
     short = Terminal()
-    chat = Chat.new(fake_engine, store, PERSONA, PERSONA.sampling_params(seed=1), LineView(short))
+    chat = Chat.new(
+        fake_engine.enqueue([" Yes."]), store, PERSONA, PERSONA.sampling_params(seed=1), LineView(short)
+    )
     chat.user_turn("short")
     assert "reading" not in short.getvalue() and short.getvalue().splitlines()[-1] == "Bo: Yes. [eos]"
 
