@@ -842,7 +842,7 @@ int64_t simlab_above(const float *row, int64_t n, float cut, float *out) {
 /* simlab_nucleus of a row's values at or above a cut (values, probs: m of them, as simlab_above
  * gives them), told for the whole row: out (n,) is the row with -inf for a token below the cut or
  * not kept (torch's row.masked_fill(dropped, -inf)). */
-int simlab_nucleus_row(const float *row, int64_t n, float cut, const float *values, const float *probs,
+static int nucleus_row(const float *row, int64_t n, float cut, const float *values, const float *probs,
                        int64_t m, float p, float *out) {
     uint8_t *kept = (uint8_t *)malloc((size_t)m + 1);
     if (!kept || simlab_nucleus(values, probs, m, p, kept) < 0) {
@@ -882,21 +882,21 @@ int simlab_nucleus_row(const float *row, int64_t n, float cut, const float *valu
     return 0;
 }
 
-/* simlab_nucleus_row for b rows of n (row r: its cut, m[r] values and probs) into out (b, n), rows
+/* nucleus_row for b rows of n (row r: its cut, m[r] values and probs) into out (b, n), rows
  * spread over threads: each row's the bits it gets alone. */
 int simlab_nucleus_rows(int64_t b, const float *rows, int64_t n, const float *cuts, const float *const *values,
                         const float *const *probs, const int64_t *m, float p, float *out, int threads) {
     int failed = 0;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed) if (b > 1 && threads > 1)
     for (int64_t r = 0; r < b; r++)
-        failed |= simlab_nucleus_row(rows + r * n, n, cuts[r], values[r], probs[r], m[r], p, out + r * n) != 0;
+        failed |= nucleus_row(rows + r * n, n, cuts[r], values[r], probs[r], m[r], p, out + r * n) != 0;
     return failed ? -1 : 0;
 }
 
 /* ---- the cdf draw (logits.sample): the kept tokens' (probs != 0) cumulative mass in id order,
  * summed in double one after another as torch's cumsum sums it; the total, then the first token
  * whose cumulative mass passes u (torch.searchsorted(right=True)), or the last kept one */
-double simlab_cdf_total(const float *probs, int64_t n) {
+static double cdf_total(const float *probs, int64_t n) {
     double mass = exact_total(probs, n); /* (where exact: the same sum, vectorized) */
     if (mass >= 0.0) return mass;
     mass = 0.0;
@@ -905,7 +905,7 @@ double simlab_cdf_total(const float *probs, int64_t n) {
     return mass;
 }
 
-int64_t simlab_cdf_pick(const float *probs, int64_t n, double u) {
+static int64_t cdf_pick(const float *probs, int64_t n, double u) {
     double mass = 0.0;
     int64_t i = 0, last = -1;
     if (exact_total(probs, n) >= 0.0) /* exact sums: whole blocks passed over by their sums */
@@ -928,15 +928,15 @@ int64_t simlab_cdf_pick(const float *probs, int64_t n, double u) {
 }
 
 /* The cdf draw for b rows of n probabilities at once, rows spread over threads: each row's total
- * (simlab_cdf_total), then, with u[r] drawn from it, each row's pick (-1 where u[r] < 0) */
+ * (cdf_total), then, with u[r] drawn from it, each row's pick (-1 where u[r] < 0) */
 void simlab_cdf_totals(int64_t b, const float *probs, int64_t n, double *totals, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (b > 1 && threads > 1)
-    for (int64_t r = 0; r < b; r++) totals[r] = simlab_cdf_total(probs + r * n, n);
+    for (int64_t r = 0; r < b; r++) totals[r] = cdf_total(probs + r * n, n);
 }
 
 void simlab_cdf_picks(int64_t b, const float *probs, int64_t n, const double *u, int64_t *picks, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (b > 1 && threads > 1)
-    for (int64_t r = 0; r < b; r++) picks[r] = u[r] < 0.0 ? -1 : simlab_cdf_pick(probs + r * n, n, u[r]);
+    for (int64_t r = 0; r < b; r++) picks[r] = u[r] < 0.0 ? -1 : cdf_pick(probs + r * n, n, u[r]);
 }
 
 /* ---- attention: each query's output computed alone, in one fixed order ----

@@ -74,17 +74,11 @@ def above(row: torch.Tensor, cut: float) -> torch.Tensor:
     return out[: _declared(lib).simlab_above(_ptr(row), row.numel(), cut, _ptr(out))]
 
 
-def nucleus_row(row: torch.Tensor, cut: float, values: torch.Tensor, probs: torch.Tensor, p: float):
-    """`row` (V,) with -inf for the tokens top-p drops (torch's masked_fill of them): those below
-    `cut` and those `nucleus` drops among `values` = above(row, cut) with probabilities `probs`. None
-    without the library (or off the CPU, or not float32)."""
-    kept = nucleus_rows(row[None], [(cut, values, probs)], p)
-    return None if kept is None else kept[0]
-
-
 def nucleus_rows(rows: torch.Tensor, found, p: float) -> torch.Tensor | None:
-    """`nucleus_row` of each row of `rows` (B, V), found[r] = (cut, values, probs) of row r, the rows
-    spread over torch's threads (each one's bits as alone): (B, V), or None as `nucleus_row`."""
+    """Each row of `rows` (B, V) with -inf for the tokens top-p drops (torch's masked_fill of them):
+    with found[r] = (cut, values, probs) of row r, those below `cut` and those `nucleus` drops among
+    `values` = above(row, cut) with probabilities `probs`. The rows are spread over torch's threads,
+    each one's bits as alone: (B, V), or None without the library (or off the CPU, or not float32)."""
     lib = native.library()
     tensors = [rows, *(t for _, values, probs in found for t in (values, probs))]
     if lib is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
@@ -101,19 +95,13 @@ def nucleus_rows(rows: torch.Tensor, found, p: float) -> torch.Tensor | None:
     return out
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator) -> int | None:
-    """`logits.sample`'s cdf draw from one row's probabilities (V,) float32 on the CPU: one uniform
-    from the generator times the kept tokens' (probs != 0) total, and the first token whose
+def draws(probs: torch.Tensor, generators) -> list[int | None] | None:
+    """`logits.sample`'s cdf draw for each row of probs (B, V) float32 with its own generator: one
+    uniform from the generator times the kept tokens' (probs != 0) total, and the first token whose
     cumulative mass in id order passes it; the sums torch's double cumsum makes, the token its
     searchsorted finds (tested), in a few passes (a 262,144-token row: ~0.2 ms, torch's steps ~0.9).
-    None without the library, or where no token is kept (nothing drawn then)."""
-    picks = draws(probs[None], [generator])
-    return None if picks is None else picks[0]
-
-
-def draws(probs: torch.Tensor, generators) -> list[int | None] | None:
-    """`draw` for each row of probs (B, V) with its own generator, the rows' passes spread over
-    torch's threads; None without the library (or off the CPU, or not float32)."""
+    A row's pick is None where no token is kept (nothing drawn then); the rows' passes are spread
+    over torch's threads. None without the library (or off the CPU, or not float32)."""
     lib = native.library()
     if lib is None or probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.dim() != 2:
         return None

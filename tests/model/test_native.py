@@ -238,8 +238,12 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
 
     def sampler():
         above = ranking.above(flat, cut)
-        row = ranking.nucleus_row(flat, cut, above, probs[flat >= cut], 0.95)
-        return ranking.nucleus(flat, probs, 0.95), row, ranking.draw(probs, torch.Generator().manual_seed(3))
+        row = ranking.nucleus_rows(flat[None], [(cut, above, probs[flat >= cut])], 0.95)[0]
+        return (
+            ranking.nucleus(flat, probs, 0.95),
+            row,
+            ranking.draws(probs[None], [torch.Generator().manual_seed(3)])[0],
+        )
 
     ours = sampler()
     monkeypatch.setitem(native._state, "lib", other)

@@ -400,7 +400,7 @@ def test_the_c_draw_is_torchs_cumsum_and_searchsorted(kind):
         cdf = probs[kept].double().cumsum(0)
         u = torch.rand(1, generator=theirs, dtype=torch.float64) * cdf[-1]
         want = int(kept[torch.searchsorted(cdf, u, right=True).clamp(max=len(kept) - 1)])
-        assert ranking.draw(probs, ours) == want, trial
+        assert ranking.draws(probs[None], [ours])[0] == want, trial
         assert torch.equal(ours.get_state(), theirs.get_state())
 
 
@@ -432,13 +432,15 @@ def test_the_c_nucleus_ranks_only_near_the_cut_where_the_sums_are_exact():
             want = sampling._nucleus(v, probs[order], torch.arange(n)[order], p)
             assert torch.equal(kept, want) and torch.equal(ranking.nucleus(v, probs, p), want), (trial, p)
             for cut in (float(v.min()), float(v[want].min())):  # (all in; the least kept: ties cut)
-                kept_row = ranking.nucleus_row(v, cut, ranking.above(v, cut), probs[v >= cut], p)
+                kept_row = ranking.nucleus_rows(v[None], [(cut, ranking.above(v, cut), probs[v >= cut])], p)[
+                    0
+                ]
                 assert torch.equal(kept_row, v.masked_fill(~want, -float("inf"))), (trial, p)
 
 
 def test_a_kept_set_out_of_rank_order_is_told_token_by_token():
     """Top-p's masses rounded to float can keep a token ranked below one it drops (here the third
-    of four is dropped, the fourth kept); the row nucleus_row gives is still torch's rule's, not
+    of four is dropped, the fourth kept); the row nucleus_rows gives is still torch's rule's, not
     the tokens down to the least kept value."""
     from simlab.models import native, ranking
 
@@ -448,7 +450,7 @@ def test_a_kept_set_out_of_rank_order_is_told_token_by_token():
     probs = torch.tensor([0.8999999165534973, 1.524048620638041e-08, 1.6203268060621667e-08, 0.05, 0.04])
     want = sampling._nucleus(v, probs, torch.arange(5), 0.9)
     assert want.tolist() == [True, True, False, True, False]
-    kept_row = ranking.nucleus_row(v, 0.0, ranking.above(v, 0.0), probs[:4], 0.9)
+    kept_row = ranking.nucleus_rows(v[None], [(0.0, ranking.above(v, 0.0), probs[:4])], 0.9)[0]
     assert kept_row.tolist() == [3.0, 2.0, -float("inf"), 0.5, -float("inf")]
 
 
@@ -464,7 +466,7 @@ def test_wide_rows_sampled_together_are_each_row_alone(monkeypatch):
         assert torch.equal(together[i], sampling.apply_top_p(row[None], 0.95)[0]), i
     probs = together.softmax(-1)
     picks = ranking.draws(probs, [torch.Generator().manual_seed(s) for s in range(4)])
-    assert picks == [ranking.draw(probs[i], torch.Generator().manual_seed(i)) for i in range(4)]
+    assert picks == [ranking.draws(probs[i : i + 1], [torch.Generator().manual_seed(i)])[0] for i in range(4)]
     params = SamplingParams(temperature=1.0, top_p=0.95)
     drawn = sampling.choose(logits, None, params, [torch.Generator().manual_seed(s) for s in range(4)])
     for i in range(4):
