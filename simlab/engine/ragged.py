@@ -14,7 +14,7 @@ import torch
 from transformers.cache_utils import Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from simlab.models import gemma3, native
+from simlab.models import gemma3, native_attention
 
 # Families whose forward builds its masks with create_causal_mask (and, for sliding layers,
 # create_sliding_window_causal_mask) and whose attention goes through ALL_ATTENTION_FUNCTIONS.
@@ -61,7 +61,11 @@ class RaggedCache(Cache):
 
 def _base(module):
     """The attention function the module's model names: sdpa, or simlab's own."""
-    return native.attention if module.config._attn_implementation == "simlab" else sdpa_attention_forward
+    return (
+        native_attention.attention
+        if module.config._attn_implementation == "simlab"
+        else sdpa_attention_forward
+    )
 
 
 def attention(module, query, key, value, attention_mask, **kwargs):

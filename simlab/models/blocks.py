@@ -137,7 +137,7 @@ class Block:
         d = block.head_dim
         if sizes != [block.heads * d, block.kv_heads * d, block.kv_heads * d] or block.heads % block.kv_heads:
             return None
-        return block if block.heads // block.kv_heads <= 512 else None  # native._fits, one query
+        return block if block.heads // block.kv_heads <= 512 else None  # native_attention._fits, one query
 
     def run(
         self, h: torch.Tensor, cache, i: int, cos: torch.Tensor, sin: torch.Tensor, mask
@@ -204,7 +204,7 @@ class Block:
             )
         b, d, length = h.shape[0], h.shape[-1], shared[4] + k.shape[2]
         kind, held, strides = 0, None, None
-        if mask is not None:  # as native._attend passes it
+        if mask is not None:  # as native_attention._attend passes it
             kind = 1 if mask.dtype == torch.bool else 2
             held = (mask.to(torch.uint8) if kind == 1 else mask.float()).expand(b, self.heads, 1, length)
             strides = native._strides(held, 4)

@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from simlab.models import native
+from simlab.models import native, native_attention
 
 
 @strict(accept_kwargs=True)
@@ -224,8 +224,8 @@ class Gemma3RotaryEmbedding(nn.Module):
 
 
 # the attention function by the config's _attn_implementation (transformers' ALL_ATTENTION_FUNCTIONS):
-# "simlab" is models.native.attention; engine.ragged wraps each so rows attend to their own caches
-ATTENTION = {"sdpa": sdpa_attention_forward, "simlab": native.attention}
+# "simlab" is models.native_attention.attention; engine.ragged wraps each so rows attend to their own caches
+ATTENTION = {"sdpa": sdpa_attention_forward, "simlab": native_attention.attention}
 
 
 class Gemma3Attention(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from simlab.models import native
+from simlab.models import native, native_attention
 from simlab.models.fused import FusedPart, FusedRMSNorm, RowActivation, _Fused
 from simlab.models.native import NativeGroup, NativeLinear
 from simlab.models.softcap import RowSoftcap, cap_rows
@@ -29,8 +29,8 @@ def fuse(model: torch.nn.Module) -> int:
                 continue
             first = layers[0]
             if any(
-                (layer.bits, layer.group, layer.in_features, layer.offset is None)
-                != (first.bits, first.group, first.in_features, first.offset is None)
+                (layer.kernel_bits, layer.group, layer.in_features, layer.offset is None)
+                != (first.kernel_bits, first.group, first.in_features, first.offset is None)
                 for layer in layers
             ):
                 continue
@@ -70,7 +70,7 @@ def fuse_norms(model: torch.nn.Module) -> int:
 
 
 def own_attention(model: torch.nn.Module) -> None:
-    """Attention by simlab's kernel (`native.attention`: each query's output alone, the same bits
+    """Attention by simlab's kernel (`native_attention.attention`: each query's output alone, the same bits
     whatever the batch, threads or instruction set) in place of sdpa: in simlab's own Gemma 3 by
     its table, in transformers' models by theirs (with sdpa's masks under the same name); and each
     MLP's activation applied row by row (`RowActivation`)."""
@@ -88,7 +88,7 @@ def own_attention(model: torch.nn.Module) -> None:
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
         from transformers.modeling_utils import AttentionInterface
 
-        AttentionInterface.register("simlab", native.attention)
+        AttentionInterface.register("simlab", native_attention.attention)
         AttentionMaskInterface.register("simlab", sdpa_mask)
         _own_rotary(model)
     config._attn_implementation = "simlab"
@@ -124,7 +124,9 @@ def rows_alone(model: torch.nn.Module) -> bool:
         return False
     heads = getattr(config, "num_attention_heads", 1)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if heads % kv_heads or heads // kv_heads > 64:  # shapes the kernel leaves to sdpa (native._fits)
+    if (
+        heads % kv_heads or heads // kv_heads > 64
+    ):  # shapes the kernel leaves to sdpa (native_attention._fits)
         return False
     if getattr(config, "final_logit_softcapping", None):  # tanh over the whole vocabulary, batched
         return False  # (`cap_rows` moves it to the unembedding, row by row)

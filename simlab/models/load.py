@@ -198,8 +198,9 @@ def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, ker
     dtype for simlab's kernel: it keeps the file's codes with float32 scales whatever the dtype)."""
     dtype = "any" if kernel == "native" else dtype
     # gguf layers read since Llama's q/k rows are put in the loaded order (gguf_groups.by_module);
-    # simlab's kernel's since it keeps 16 rows side by side (layout.pack)
-    made = (":rows" if weights == "gguf" else "") + (":16" if kernel == "native" else "")
+    # simlab's kernel's since it keeps 16 rows side by side (layout.pack), and since it keeps 5- and
+    # 6-bit codes in 5 and 6 bits and float16 scales as float16 (":planes")
+    made = (":rows" if weights == "gguf" else "") + (":16:planes" if kernel == "native" else "")
     key = hashlib.sha256(f"{revision}:{dtype}:{weights}:{kernel}{made}".encode()).hexdigest()[:16]
     return settings.models_dir / "quantized" / f"{key}-{weights}.safetensors"
 
@@ -210,10 +211,12 @@ def kernel_codes(settings: Settings, revision: str) -> Path:
 
 
 def _drop_superseded(settings: Settings, revision: str) -> None:
-    """The codes cache simlab's kernel kept for this model before its codes went 16 rows side by side
-    (layout.pack): never read again, so removed as the new one is made."""
-    key = hashlib.sha256(f"{revision}:any:gguf:native:rows".encode()).hexdigest()[:16]
-    (settings.models_dir / "quantized" / f"{key}-gguf.safetensors").unlink(missing_ok=True)
+    """The codes caches simlab's kernel kept for this model in its earlier layouts (before its codes
+    went 16 rows side by side, and before 5- and 6-bit codes kept their own width): never read
+    again, so removed as the new one is made."""
+    for made in (":rows", ":rows:16"):
+        key = hashlib.sha256(f"{revision}:any:gguf:native{made}".encode()).hexdigest()[:16]
+        (settings.models_dir / "quantized" / f"{key}-gguf.safetensors").unlink(missing_ok=True)
 
 
 def _is_gemma(spec: str) -> bool:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from simlab.models import masks
 from simlab.models.layout import pack
 
 SOURCE = Path(__file__).with_name("qmatmul.c")
 QK = 32
 ONE_LEVEL = 256  # added to a product's bits: its activations rounded to one level of codes
+HALF = 512  # added to a product's bits: its scales and offsets are float16 (held as int16 bits)
 
 _state: dict[str, object] = {}
 
@@ -99,7 +99,7 @@ def _declare(lib) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.simlab_qlinear.argtypes = [p, i64, i64, p, p, p, i32, i32, i64, p, p, i32]
     lib.simlab_qlinear_parts.argtypes = [p, i64, i64, i32, p, p, p, p, i32, i32, p, p, i32]
-    lib.simlab_q8_rows.argtypes = [p, p, p, i32, i64, p, i64, p]
+    lib.simlab_rows.argtypes = [p, p, p, i32, i32, i64, p, i64, p]
     lib.simlab_pack.argtypes = [i32, i32, p, p, p, i64, i64, p, p, p]
     lib.simlab_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
     f32 = ctypes.c_float
@@ -107,7 +107,7 @@ def _declare(lib) -> None:
     lib.simlab_attention_work.argtypes = [i64] * 6
     lib.simlab_attention_work.restype = i64
     lib.simlab_rotary.argtypes = [p, i64, i64, i64, i64, p, p, i32, p]
-    for name in ("qlinear", "qlinear_parts", "q8_rows", "pack", "rms_norm", "attention", "rotary"):
+    for name in ("qlinear", "qlinear_parts", "rows", "pack", "rms_norm", "attention", "rotary"):
         getattr(lib, f"simlab_{name}").restype = None
 
 
@@ -174,7 +174,7 @@ def part_arrays(layers) -> tuple:
 
 
 def rows(ids: torch.Tensor, table: NativeLinear) -> torch.Tensor:
-    """The q8 layer's rows `ids` as float32, (len(ids), K)."""
+    """The layer's rows `ids` as float32, (len(ids), K)."""
     flat = ids.reshape(-1).to(torch.int64).contiguous()
     n, k = table.out_features, table.in_features
     low, high = (int(flat.min()), int(flat.max())) if flat.numel() else (0, 0)
@@ -182,7 +182,10 @@ def rows(ids: torch.Tensor, table: NativeLinear) -> torch.Tensor:
         raise IndexError(f"token ids must be in 0..{n - 1}; got {low}..{high}")
     out = torch.empty((flat.numel(), k), dtype=torch.float32)
     codes, scale, offset = (_ptr(t) for t in (table.codes, table.scale, table.offset))
-    _state["lib"].simlab_q8_rows(codes, scale, offset, table.group, k, _ptr(flat), flat.numel(), _ptr(out))
+    lib = _state["lib"]
+    lib.simlab_rows(
+        codes, scale, offset, table.kernel_bits, table.group, k, _ptr(flat), flat.numel(), _ptr(out)
+    )
     return out.reshape(*ids.shape, k)
 
 
@@ -216,118 +219,47 @@ def _strides(t: torch.Tensor, count: int):
     return (ctypes.c_int64 * count)(*t.stride()[:count])
 
 
-QUERIES = 32  # positions per kernel call: its working memory grows with them times the keys
-
-
-def attend(query, key, value, mask, scale: float, softcap: float = 0.0, causal_offset: int = -1):
-    """softmax(scale q K^T (+ mask)) V for query (B, H, T, D), key (B, KH, L, D), value (B, KH, L, Dv),
-    float32 on the CPU, as (B, T, H, Dv): each query's output alone, the same bits whatever the
-    batch, threads or instruction set (qmatmul.c's simlab_attention). mask: None, booleans (True:
-    attend) or floats added to the scores, broadcastable to (B, H, T, L); causal_offset >= 0: query t
-    sees keys j <= t + causal_offset. Long passes go QUERIES positions at a time (a query's output
-    does not depend on the others), so memory stays flat."""
-    if not _fits(query, key):
-        heads = f"{query.shape[1]} and {key.shape[1]}"
-        raise ValueError(f"attention: query heads a multiple of key heads, at most 64 each; got {heads}")
-    t = query.shape[2]
-    if t <= QUERIES:
-        return _attend(query, key, value, mask, scale, softcap, causal_offset)
-    parts = []
-    for start in range(0, t, QUERIES):
-        end = min(start + QUERIES, t)
-        part = None if mask is None else mask.expand(*mask.shape[:2], t, mask.shape[-1])[:, :, start:end]
-        offset = causal_offset + start if causal_offset >= 0 else -1
-        parts.append(_attend(query[:, :, start:end], key, value, part, scale, softcap, offset))
-    return torch.cat(parts, dim=1)
-
-
-def _attend(query, key, value, mask, scale: float, softcap: float, causal_offset: int):
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
-    b, h, t, d = q.shape
-    kh, length, dv = k.shape[1], k.shape[2], v.shape[-1]
-    kind, m, ms = 0, None, None
-    if mask is not None:
-        m = mask.to(torch.uint8) if mask.dtype == torch.bool else mask.float()
-        kind = 1 if mask.dtype == torch.bool else 2
-        m = m.expand(b, h, t, length)  # strides 0 where it broadcasts
-        ms = _strides(m, 4)
-    qb = min(t, 8)  # simlab_attention_work's count, without a call for it
-    work = b * kh * -(-t // 8) * -(-length // 128) * (h // kh) * qb * (2 + dv)
-    out = torch.empty((b, t, h, dv), dtype=torch.float32)
-    scratch = torch.empty(work, dtype=torch.float32)
-    _state["lib"].simlab_attention(
-        q.data_ptr(), _strides(q, 3), k.data_ptr(), _strides(k, 3), v.data_ptr(), _strides(v, 3),
-        None if m is None else m.data_ptr(), kind, ms, b, h, kh, t, length, d, dv, scale, softcap,
-        causal_offset, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
-    return out
-
-
-def _fits(query, key) -> bool:
-    """Whether the kernel takes these shapes: query heads a multiple of the key heads, at most 512
-    queries of one key head in a block (8 positions times the heads per key head)."""
-    heads, kv_heads = query.shape[1], key.shape[1]
-    return heads % kv_heads == 0 and heads // kv_heads * min(query.shape[2], 8) <= 512
-
-
-def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """An attention function as transformers' table holds them ("simlab"): `attend` where it runs
-    (float32 on the CPU, the library built, no dropout), else transformers' sdpa. The masks are
-    sdpa's: None means causal for a pass of several tokens (aligned as sdpa's is_causal is)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    tensors = (query, key, value)
-    usable = all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-    usable = (
-        usable and not dropout and kwargs.get("position_bias") is None and not kwargs.get("output_attentions")
-    )
-    if not usable or library() is None or not _fits(query, key):
-        if kwargs.get("softcap"):  # sdpa has none: transformers' eager attention, with sdpa's masks
-            from simlab.models.softcap import softcapped_eager
-
-            return softcapped_eager(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    if attention_mask is not None and attention_mask.dtype != torch.bool:
-        attention_mask = attention_mask.float()
-    t, length = query.shape[2], key.shape[2]
-    is_causal = kwargs.get("is_causal")
-    causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and t > 1
-    attention_mask, offset, keys = masks.for_kernel(attention_mask, causal, t, length)
-    key, value = (key, value) if keys == length else (key[:, :, :keys], value[:, :, :keys])
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    softcap = kwargs.get("softcap") or 0.0
-    return attend(query, key, value, attention_mask, scale, float(softcap), offset), None
-
-
 class NativeLinear(torch.nn.Module):
     """y = x W^T + b with W as a GGUF tensor's own codes (`bits` 4: 4-bit codes with a scale and
-    offset per 32; 8: signed codes with a scale per `group` of 16 or 32), in the kernel's layout
-    (`pack`; `layout`: bits, group, N, K), through the kernel."""
+    offset per 32; 5: 5-bit codes with a scale per 32, and an offset per 32 or none (code - 16);
+    6: 6-bit codes with a scale per 16, code - 32; 8: signed codes with a scale per `group` of 16
+    or 32), in the kernel's layout (`pack`; `layout`: bits, group, N, K), through the kernel. The
+    scales and offsets are float32, or float16 held as int16 bits (a file's own float16 ones, which
+    torch's dtype casts then leave alone)."""
 
     def __init__(self, codes, scale, offset, layout: tuple[int, int, int, int], bias=None):
         super().__init__()
         bits, group, n, k = (int(v) for v in layout)
+        half = scale.dtype == torch.int16
+        if offset is not None and (offset.dtype == torch.int16) != half:
+            raise ValueError("a layer's scales and offsets are both float16 or both float32")
         self.register_buffer("codes", codes.contiguous())
-        self.register_buffer("scale", scale.float().contiguous())
-        self.register_buffer("offset", None if offset is None else offset.float().contiguous())
+        self.register_buffer("scale", (scale if half else scale.float()).contiguous())
+        self.register_buffer(
+            "offset", None if offset is None else (offset if half else offset.float()).contiguous()
+        )
         self.register_buffer("layout", torch.tensor([bits, group, n, k]))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.bits, self.group = bits, group
         self.out_features, self.in_features = n, k
-        self.kernel_bits = bits  # what C is told: bits, plus ONE_LEVEL for activations to 8 bits
-        self._layout = (bits, group, n)
+        self._base = bits + (HALF if half else 0)
+        self.kernel_bits = self._base  # what C is told: bits, HALF, and ONE_LEVEL for activations to 8 bits
+        self._layout = (self._base, group, n)
         self._weight: tuple | None = None  # the buffers' addresses for C, taken on first use
 
     @classmethod
     def of(cls, codes, scale, offset, bits: int, group: int, bias=None) -> NativeLinear:
-        """The layer of a weight given as its file has it (`pack`)."""
+        """The layer of a weight given as its file has it (`pack`), its scales and offsets kept as
+        float16 where that holds them exactly (a file's float16 d: Q4_0, Q5_0, Q8_0 and the like)."""
         k = codes.shape[1] * (2 if bits == 4 else 1)
-        packed = pack(codes, scale, offset, bits, group, _state.get("lib"))
+        packed = list(pack(codes, scale, offset, bits, group, _state.get("lib")))
+        if all(t is None or _exact_in_half(t) for t in packed[1:]):
+            packed[1:] = [None if t is None else t.half().view(torch.int16) for t in packed[1:]]
         return cls(*packed, (bits, group, scale.shape[0], k), bias)
 
     def round_to(self, levels: int) -> None:
         """Activations rounded to `levels` of 8-bit codes per 32: 2 (~15 bits, the default) or 1."""
-        self.kernel_bits = self.bits + (ONE_LEVEL if levels == 1 else 0)
+        self.kernel_bits = self._base + (ONE_LEVEL if levels == 1 else 0)
         self._layout = (self.kernel_bits, self.group, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -349,6 +281,11 @@ class NativeLinear(torch.nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):  # a state dict copies into the buffers
         self._weight = None
         return super()._load_from_state_dict(*args, **kwargs)
+
+
+def _exact_in_half(t: torch.Tensor) -> bool:
+    """Whether float16 holds every value of a float32 tensor exactly (NaN never)."""
+    return bool(torch.equal(t.half().float(), t))
 
 
 class NativeGroup(torch.nn.Module):

@@ -1,10 +1,15 @@
 /* Quantized matrix products for simlab's CPU decode: y = x W^T with W kept as a GGUF file's own codes.
  *
  * Built once per machine by simlab.models.native (cc -O3 -march=native -fopenmp) and called through
- * ctypes. Two kinds of weights, both "w = scale * code + offset" per group of weights along the input:
- *   q4: 4-bit codes 0..15, one float scale and offset per 32 weights (Q4_K, Q4_0, Q4_1);
- *   q8: signed 8-bit codes, one float scale per 16 or 32 weights, offset optional (Q8_0, Q5_0, Q6_K);
- * each in the layout layout.pack gives it (16 weight rows side by side, below). Activations are
+ * ctypes. Weights are "w = scale * code + offset" per group of weights along the input:
+ *   q4: 4-bit codes 0..15, one scale and offset per 32 weights (Q4_K, Q4_0, Q4_1);
+ *   q5: 5-bit codes, one scale per 32: with an offset per 32 codes 0..31 (Q5_K, Q5_1), without one
+ *       code - 16 (Q5_0);
+ *   q6: 6-bit codes, one scale per 16, code - 32 (Q6_K);
+ *   q8: signed 8-bit codes, one scale per 16 or 32 weights, offset optional (Q8_0);
+ * each in the layout layout.pack gives it (16 weight rows side by side, below), its scales and
+ * offsets float32, or float16 where a product's bits say HALF (a file's own float16 ones: the same
+ * values, in half the bytes). Activations are
  * rounded per 32 to two levels of signed 8-bit codes (the second rounds what the first left: ~15
  * bits, where llama.cpp keeps 8), or to one where a product's bits say ONE_LEVEL (--weights gguf-a8,
  * llama.cpp's rounding); each output's products are summed in integers per scale group,
@@ -16,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define SIMLAB_AVX2 1
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -33,8 +38,9 @@
 
 #define QK 32
 #define ONE_LEVEL 256 /* added to a product's bits: its activations rounded to one level of codes */
+#define HALF 512      /* added to a product's bits: its scales and offsets are float16 */
 
-int simlab_qmatmul_version(void) { return 13; }
+int simlab_qmatmul_version(void) { return 14; }
 
 int simlab_qmatmul_simd(void) { /* 0: portable C, 2: AVX2, 3: with VNNI's 16-bit dot products, 4: AVX-512 */
 #if defined(SIMLAB_AVX512)
@@ -156,55 +162,117 @@ static void quantize_row512(const float *x, int64_t k, int levels, int8_t *q1, i
 
 /* The weights' layout (layout.pack and simlab_pack make it from a file's codes): rows in groups of 16 (the last
  * padded with zero codes and scales), each group's codes block by block, a block's 32 inputs in
- * STEPS steps of four, a step holding the 16 rows' four codes each:
- *   q4: 32 bytes a step, byte i: low nibble row i / 4, high nibble row 8 + i / 4, input i % 4;
- *   q8: 64 bytes a step, byte i: row i / 4, input i % 4 (signed).
+ * STEPS steps of four, a step holding the 16 rows' four codes each (position i = 4 row + input):
+ *   q4: 32 bytes a step, byte i: low nibble position i, high nibble position 32 + i;
+ *   q5, q6: a block's eight steps of q4's low four bits (256 bytes), then each step's higher bits
+ *       as bit planes of 8 bytes (q5: bit 4; q6: bit 4, then bit 5), bit i of a plane position i;
+ *   q8: 64 bytes a step, byte i: position i (signed).
  * Scales per group, block and scale group (per = 32 / group of them) of the 16 rows side by side;
  * offsets per group and block likewise. Every output (input row r, weight row c) is, in every
  * build and for any batch:
- *   I(g) = sum over scale group g's inputs j of code(c, j) (256 q1(r, j) + q2(r, j)), an int32;
+ *   I(g) = sum over scale group g's inputs j of code(c, j) (256 q1(r, j) + q2(r, j)), an int32
+ *          (q5 and q6 without offsets: code(c, j) - 2^(bits - 1), the same integers as q8's);
  *   acc = fma(scale(c, g) d2(r, b), (float) I(g), acc) over the scale groups in order, from 0;
  *   off = off + offset(c, b) sx(r, b) over the blocks in order, from 0 (0 without offsets);
  *   out = acc + off.
  * The integers are exact, so each build sums them its own way; the float part is these operations
  * in this order everywhere. */
 
+/* A block's bytes (its 16 rows' codes for 32 inputs): q4 256, q5 320, q6 384, q8 512. */
+static inline int64_t block_bytes(int bits) { return bits == 8 ? 512 : 256 + 64 * (bits - 4); }
+
+/* What a q5 or q6 weight without offsets takes from each code (its file's code - 16 or - 32). */
+static inline int code_bias(int bits, const void *po) { return bits > 4 && bits < 8 && !po ? 1 << (bits - 1) : 0; }
+
+/* float16 to float32 (exact: every float16 is a float32). */
+static inline float half_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
+    if (e == 31) bits = sign | 0x7f800000u | (m << 13); /* infinite or NaN */
+    else if (e) bits = sign | ((e + 112) << 23) | (m << 13);
+    else if (!m) bits = sign;
+    else { /* subnormal: m 2^-24, made normal */
+        e = 113;
+        while (!(m & 1024)) m <<= 1, e--;
+        bits = sign | (e << 23) | ((m & 1023) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* Scale or offset i of a list of float32 ones, or of float16 ones (`half`). */
+static inline float scale_at(const void *p, int64_t i, int half) {
+    return half ? half_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* Code j (0..31) of weight row c (0..15) in a block of the layout at pb, as the sums take it. */
+static inline int code_at(const uint8_t *pb, int bits, int c, int j, int bias) {
+    int at = (j / 4) * (bits == 8 ? 64 : 32), i = 4 * c + j % 4;
+    if (bits == 8) return (int8_t)pb[at + i];
+    int code = c < 8 ? pb[at + i] & 15 : pb[at + i - 32] >> 4;
+    for (int plane = 0; plane < bits - 4; plane++) {
+        const uint8_t *bitsat = pb + 256 + (j / 4) * 8 * (bits - 4) + 8 * plane;
+        code |= ((bitsat[i / 8] >> (i % 8)) & 1) << (4 + plane);
+    }
+    return code - bias;
+}
+
 /* Every build's tile: R input rows (quantized: q1, q2, 256 q1 + q2 as x16, d2 and sx per block, gs the
  * sums of 256 q1 + q2 per 16) against the group of 16 weight rows at p (scales ps, offsets po), into
  * y's first `lanes` columns (rows n apart). A list, not a struct: passing the inputs as one made the
  * AVX-512 Q6_K product 12% slower (its registers allocated otherwise). */
 #define TILE_PARAMS                                                                                        \
-    int bits, int group, int R, const uint8_t *p, const float *ps, const float *po, const int8_t *q1,      \
+    int bits, int group, int half, int R, const uint8_t *p, const void *ps, const void *po, const int8_t *q1, \
         const int8_t *q2, const int16_t *x16, const float *d2, const float *sx, const int32_t *gs, int64_t k, \
         float *y, int64_t n, int lanes
 
 #if defined(SIMLAB_AVX512)
-/* R input rows against a group of 16 weight rows: each lane one weight row. VNNI's byte products
- * take q4's codes as they are and q8's plus 128 (less 128 times the inputs' sum, `gs`: per row and
- * 16 inputs, the sum of 256 q1 + q2). */
-static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
-    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
-    const int per = QK / group, steps = group / 4;
+/* 16 scales or offsets from i on, float32 or float16 */
+static inline __m512 scales16(const void *p, int64_t i, int half) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)))
+                : _mm512_loadu_ps((const float *)p + i);
+}
+
+/* Step s's codes of a q4, q5 or q6 block at pb, positions 0 to 63 (unsigned). A code's bits above
+ * four are added from their planes by masked byte adds. */
+static inline __m512i codes64(const uint8_t *pb, int bits, int s) {
     const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
+    __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low)),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), low), 1);
+    if (bits > 4) {
+        const uint8_t *planes = pb + 256 + s * 8 * (bits - 4);
+        uint64_t m4, m5;
+        memcpy(&m4, planes, 8);
+        c = _mm512_mask_add_epi8(c, (__mmask64)m4, c, _mm512_set1_epi8(16));
+        if (bits == 6) {
+            memcpy(&m5, planes + 8, 8);
+            c = _mm512_mask_add_epi8(c, (__mmask64)m5, c, _mm512_set1_epi8(32));
+        }
+    }
+    return c;
+}
+
+/* R input rows against a group of 16 weight rows: each lane one weight row. VNNI's byte products
+ * take q4's, q5's and q6's codes as they are and q8's plus 128 (less 128 times the inputs' sum,
+ * `gs`: per row and 16 inputs, the sum of 256 q1 + q2; q5 and q6 without offsets less 16 or 32
+ * times it). */
+static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
+    int64_t blocks = k / QK, bytes = block_bytes(bits);
+    const int per = QK / group, steps = group / 4, bias = bits == 8 ? 128 : code_bias(bits, po);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     (void)x16;
     __m512 acc[RM], off[RM];
     for (int r = 0; r < R; r++) acc[r] = off[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
-        const uint8_t *pb = p + b * STEPS * step;
-        for (int64_t at = 0; at < STEPS * step; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
+        const uint8_t *pb = p + b * bytes;
+        for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
         for (int q = 0; q < per; q++) {
             __m512i a1[RM], a2[RM];
             for (int r = 0; r < R; r++) a1[r] = a2[r] = _mm512_setzero_si512();
             for (int s = q * steps; s < (q + 1) * steps; s++) {
-                __m512i c;
-                if (bits == 4) {
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
-                    c = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low)),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), low), 1);
-                } else {
-                    c = _mm512_xor_si512(_mm512_loadu_si512((const void *)(pb + s * 64)), flip);
-                }
+                __m512i c = bits == 8 ? _mm512_xor_si512(_mm512_loadu_si512((const void *)(pb + s * 64)), flip)
+                                      : codes64(pb, bits, s);
                 for (int r = 0; r < R; r++) {
                     int64_t at = r * k + b * QK + 4 * s;
                     int32_t x1, x2;
@@ -216,19 +284,19 @@ static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
                     }
                 }
             }
-            __m512 sc = _mm512_loadu_ps(ps + (b * per + q) * 16);
+            __m512 sc = scales16(ps, (b * per + q) * 16, half);
             for (int r = 0; r < R; r++) {
                 __m512i t = _mm512_add_epi32(_mm512_slli_epi32(a1[r], 8), a2[r]);
-                if (bits == 8) {
+                if (bias) {
                     const int32_t *g = gs + (r * blocks + b) * 2;
-                    t = _mm512_sub_epi32(t, _mm512_set1_epi32(128 * (per == 1 ? g[0] + g[1] : g[q])));
+                    t = _mm512_sub_epi32(t, _mm512_set1_epi32(bias * (per == 1 ? g[0] + g[1] : g[q])));
                 }
                 __m512 sd = _mm512_mul_ps(sc, _mm512_set1_ps(d2[r * blocks + b]));
                 acc[r] = _mm512_fmadd_ps(sd, _mm512_cvtepi32_ps(t), acc[r]);
             }
         }
         if (po) {
-            __m512 o = _mm512_loadu_ps(po + b * 16);
+            __m512 o = scales16(po, b * 16, half);
             for (int r = 0; r < R; r++) off[r] = _mm512_add_ps(off[r], _mm512_mul_ps(o, _mm512_set1_ps(sx[r * blocks + b])));
         }
     }
@@ -237,40 +305,61 @@ static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
 }
 
 #elif defined(SIMLAB_AVX2)
+/* 8 scales or offsets from i on, float32 or float16 */
+static inline __m256 scales8(const void *p, int64_t i, int half) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
+                : _mm256_loadu_ps((const float *)p + i);
+}
+
+/* The 32 bits at p as 32 bytes, all ones where a bit is set (bit i: byte i). */
+static inline __m256i bytes_of_bits(const uint8_t *p) {
+    uint32_t x;
+    memcpy(&x, p, 4);
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), spread);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
+/* Step s's codes of a group's rows 8h to 8h + 7 as signed bytes, as the sums take them (code_at). */
+static inline __m256i codes8(const uint8_t *pb, int bits, int s, int h, int bias) {
+    if (bits == 8) return _mm256_loadu_si256((const __m256i *)(pb + s * 64 + h * 32));
+    __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
+    __m256i c = _mm256_and_si256(h == 0 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+    if (bits > 4) {
+        const uint8_t *planes = pb + 256 + s * 8 * (bits - 4) + 4 * h;
+        c = _mm256_or_si256(c, _mm256_and_si256(bytes_of_bits(planes), _mm256_set1_epi8(16)));
+        if (bits == 6) c = _mm256_or_si256(c, _mm256_and_si256(bytes_of_bits(planes + 8), _mm256_set1_epi8(32)));
+        if (bias) c = _mm256_sub_epi8(c, _mm256_set1_epi8((char)bias));
+    }
+    return c;
+}
+
 /* The same for 8 weight rows per vector (a group's rows 0-7 and 8-15 in two), on 16-bit values: the
  * codes widened, times the inputs' 256 q1 + q2 (`x16`) in pairs (vpmaddwd, or VNNI's vpdpwssd), a
  * row's two pairs of a step in two lanes, added when its scale group is done. One pass over the
  * codes for both halves: a decode step's few rows stream the weight once. */
 static inline __attribute__((always_inline)) void tile_both(TILE_PARAMS) {
-    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
-    const int per = QK / group, steps = group / 4;
-    const __m256i low = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    int64_t blocks = k / QK, bytes = block_bytes(bits);
+    const int per = QK / group, steps = group / 4, bias = code_bias(bits, po);
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
     (void)q1, (void)q2, (void)gs;
     __m256 acc[2][RM], off[2][RM];
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < R; r++) acc[h][r] = off[h][r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
-        const uint8_t *pb = p + b * STEPS * step;
-        for (int64_t at = 0; at < STEPS * step; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
+        const uint8_t *pb = p + b * bytes;
+        for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
         for (int q = 0; q < per; q++) {
             __m256i lo[2][RM], hi[2][RM]; /* of each eight weight rows, rows 0-3 and 4-7: two lanes each */
             for (int h = 0; h < 2; h++)
                 for (int r = 0; r < R; r++) lo[h][r] = hi[h][r] = _mm256_setzero_si256();
             for (int s = q * steps; s < (q + 1) * steps; s++) {
                 __m256i ca[2], cb[2];
-                if (bits == 4) {
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
-                    for (int h = 0; h < 2; h++) {
-                        __m256i c = _mm256_and_si256(h == 0 ? v : _mm256_srli_epi16(v, 4), low);
-                        ca[h] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
-                        cb[h] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
-                    }
-                } else {
-                    for (int h = 0; h < 2; h++) {
-                        __m256i c = _mm256_loadu_si256((const __m256i *)(pb + s * 64 + h * 32));
-                        ca[h] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(c));
-                        cb[h] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1));
-                    }
+                for (int h = 0; h < 2; h++) {
+                    __m256i c = codes8(pb, bits, s, h, bias);
+                    ca[h] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(c));
+                    cb[h] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1));
                 }
                 for (int r = 0; r < R; r++) {
                     int64_t four;
@@ -288,7 +377,7 @@ static inline __attribute__((always_inline)) void tile_both(TILE_PARAMS) {
                 }
             }
             for (int h = 0; h < 2; h++) {
-                __m256 sc = _mm256_loadu_ps(ps + (b * per + q) * 16 + h * 8);
+                __m256 sc = scales8(ps, (b * per + q) * 16 + h * 8, half);
                 for (int r = 0; r < R; r++) {
                     __m256i t = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[h][r], hi[h][r]), order);
                     __m256 sd = _mm256_mul_ps(sc, _mm256_set1_ps(d2[r * blocks + b]));
@@ -297,7 +386,7 @@ static inline __attribute__((always_inline)) void tile_both(TILE_PARAMS) {
             }
         }
         for (int h = 0; po && h < 2; h++) {
-            __m256 o = _mm256_loadu_ps(po + b * 16 + h * 8);
+            __m256 o = scales8(po, b * 16 + h * 8, half);
             for (int r = 0; r < R; r++)
                 off[h][r] = _mm256_add_ps(off[h][r], _mm256_mul_ps(o, _mm256_set1_ps(sx[r * blocks + b])));
         }
@@ -311,32 +400,24 @@ static inline __attribute__((always_inline)) void tile_both(TILE_PARAMS) {
 
 /* tile_both's sums with the group's rows 0-7 first, then 8-15: fewer registers a row, for more rows */
 static inline __attribute__((always_inline)) void tile_apart(TILE_PARAMS) {
-    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
-    const int per = QK / group, steps = group / 4;
-    const __m256i low = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    int64_t blocks = k / QK, bytes = block_bytes(bits);
+    const int per = QK / group, steps = group / 4, bias = code_bias(bits, po);
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
     (void)q1, (void)q2, (void)gs;
     for (int h = 0; h < 2 && 8 * h < lanes; h++) {
         __m256 acc[RM], off[RM];
         for (int r = 0; r < R; r++) acc[r] = off[r] = _mm256_setzero_ps();
         for (int64_t b = 0; b < blocks; b++) {
-            const uint8_t *pb = p + b * STEPS * step;
+            const uint8_t *pb = p + b * bytes;
             if (h == 0)
-                for (int64_t at = 0; at < STEPS * step; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
+                for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch((const char *)pb + PREFETCH + at, _MM_HINT_T0);
             for (int q = 0; q < per; q++) {
                 __m256i lo[RM], hi[RM]; /* rows 0-3 and 4-7 of the eight: two lanes each */
                 for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256();
                 for (int s = q * steps; s < (q + 1) * steps; s++) {
-                    __m256i c16a, c16b;
-                    if (bits == 4) {
-                        __m256i v = _mm256_loadu_si256((const __m256i *)(pb + s * 32));
-                        __m256i c = _mm256_and_si256(h == 0 ? v : _mm256_srli_epi16(v, 4), low);
-                        c16a = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
-                        c16b = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
-                    } else {
-                        __m256i c = _mm256_loadu_si256((const __m256i *)(pb + s * 64 + h * 32));
-                        c16a = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(c));
-                        c16b = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1));
-                    }
+                    __m256i c = codes8(pb, bits, s, h, bias);
+                    __m256i c16a = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(c));
+                    __m256i c16b = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1));
                     for (int r = 0; r < R; r++) {
                         int64_t four;
                         memcpy(&four, x16 + r * k + b * QK + 4 * s, 8);
@@ -350,7 +431,7 @@ static inline __attribute__((always_inline)) void tile_apart(TILE_PARAMS) {
 #endif
                     }
                 }
-                __m256 sc = _mm256_loadu_ps(ps + (b * per + q) * 16 + h * 8);
+                __m256 sc = scales8(ps, (b * per + q) * 16 + h * 8, half);
                 for (int r = 0; r < R; r++) {
                     __m256i t = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order);
                     __m256 sd = _mm256_mul_ps(sc, _mm256_set1_ps(d2[r * blocks + b]));
@@ -358,7 +439,7 @@ static inline __attribute__((always_inline)) void tile_apart(TILE_PARAMS) {
                 }
             }
             if (po) {
-                __m256 o = _mm256_loadu_ps(po + b * 16 + h * 8);
+                __m256 o = scales8(po, b * 16 + h * 8, half);
                 for (int r = 0; r < R; r++) off[r] = _mm256_add_ps(off[r], _mm256_mul_ps(o, _mm256_set1_ps(sx[r * blocks + b])));
             }
         }
@@ -370,41 +451,58 @@ static inline __attribute__((always_inline)) void tile_apart(TILE_PARAMS) {
 
 /* Both halves in one pass for one or two rows (a decode step's), one after the other for more. */
 static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
-    if (R <= 2) tile_both(bits, group, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
-    else tile_apart(bits, group, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
+    if (R <= 2) tile_both(bits, group, half, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
+    else tile_apart(bits, group, half, R, p, ps, po, q1, q2, x16, d2, sx, gs, k, y, n, lanes);
 }
 
 #else
 /* The definition written out, one output at a time. */
 static void tile(TILE_PARAMS) {
-    int64_t blocks = k / QK, step = bits == 4 ? 32 : 64;
-    const int per = QK / group;
+    int64_t blocks = k / QK, bytes = block_bytes(bits);
+    const int per = QK / group, bias = code_bias(bits, po);
     (void)x16, (void)gs;
     for (int r = 0; r < R; r++)
         for (int c = 0; c < lanes; c++) {
             float acc = 0.0f, off = 0.0f;
             for (int64_t b = 0; b < blocks; b++) {
-                const uint8_t *pb = p + b * STEPS * step;
+                const uint8_t *pb = p + b * bytes;
                 for (int q = 0; q < per; q++) {
                     int32_t sum = 0;
-                    for (int j = q * group; j < (q + 1) * group; j++) {
-                        const uint8_t *at = pb + (j / 4) * step;
-                        int i = (c % 8) * 4 + j % 4;
-                        int code = bits == 8 ? (int)(int8_t)at[c * 4 + j % 4] : (c < 8 ? at[i] & 15 : at[i] >> 4);
-                        sum += code * (256 * q1[r * k + b * QK + j] + q2[r * k + b * QK + j]);
-                    }
-                    acc = fmaf(ps[(b * per + q) * 16 + c] * d2[r * blocks + b], (float)sum, acc);
+                    for (int j = q * group; j < (q + 1) * group; j++)
+                        sum += code_at(pb, bits, c, j, bias) * (256 * q1[r * k + b * QK + j] + q2[r * k + b * QK + j]);
+                    acc = fmaf(scale_at(ps, (b * per + q) * 16 + c, half) * d2[r * blocks + b], (float)sum, acc);
                 }
-                if (po) off += po[b * 16 + c] * sx[r * blocks + b];
+                if (po) off += scale_at(po, b * 16 + c, half) * sx[r * blocks + b];
             }
             y[r * n + c] = acc + off;
         }
 }
 #endif
 
+/* A group's q4, q5 or q6 codes (`blocks` blocks at p) in q8's layout, each the signed byte its sums
+ * take (code - bias): a prefill's many input rows then meet q8's tile, which sums the same integers
+ * with fewer instructions a step than q5's and q6's (their planes' masked adds, measured: 1.3x the
+ * time at 512 rows), and the codes are unpacked once instead of once per RM rows. */
+static void widen(const uint8_t *p, int bits, int bias, int64_t blocks, int8_t *out) {
+    int64_t bytes = block_bytes(bits);
+    for (int64_t b = 0; b < blocks; b++)
+        for (int s = 0; s < STEPS; s++) {
+            const uint8_t *pb = p + b * bytes;
+            int8_t *to = out + (b * STEPS + s) * 64;
+#if defined(SIMLAB_AVX512)
+            _mm512_storeu_si512((void *)to, _mm512_sub_epi8(codes64(pb, bits, s), _mm512_set1_epi8((char)bias)));
+#elif defined(SIMLAB_AVX2)
+            for (int h = 0; h < 2; h++) /* (codes8 takes the bias from q5's and q6's; q4's is 0) */
+                _mm256_storeu_si256((__m256i *)(to + 32 * h), codes8(pb, bits, s, h, bias));
+#else
+            for (int i = 0; i < 64; i++) to[i] = (int8_t)code_at(pb, bits, i / 4, 4 * s + i % 4, bias);
+#endif
+        }
+}
+
 /* R rows (a constant in each case, up to RM) */
 #define TILE(BITS, GROUP, RR, A2)                                                                          \
-    if (RR <= RM) tile(BITS, GROUP, RR, p, ps, po, a1, A2, b16, e2, sr, g2, k, o, n, lanes)
+    if (RR <= RM) tile(BITS, GROUP, half, RR, p, ps, po, a1, A2, b16, e2, sr, g2, k, o, n, lanes)
 #define ROWS(BITS, GROUP, A2)                                                                              \
     switch (R) {                                                                                           \
     case 8: TILE(BITS, GROUP, 8, A2); break;                                                               \
@@ -427,19 +525,20 @@ static void tile(TILE_PARAMS) {
 #define LEVELS(BITS, GROUP) ROWS(BITS, GROUP, a2)
 #endif
 
-/* y (M, N) = x W^T for a q4 (bits == 4) or q8 (bits == 8) weight of N rows in the layout above,
+/* y (M, N) = x W^T for a q4, q5, q6 or q8 weight (bits 4, 5, 6, 8) of N rows in the layout above,
  * given as `parts` weights of one layout whose rows follow one another (q/k/v read from where each
  * lies, not copied together: ws, scales, offsets (an offset may be null), ns their row counts). x
  * (M, K) float is first rounded into two levels of codes in `scratch` (2 M K bytes, 256 q1 + q2 as
  * M K 16-bit ints, then 3 M K/32 floats and 2 M K/32 ints: simlab_qlinear_scratch bytes); into one
- * (q2's codes all 0) where bits has ONE_LEVEL added. Groups of 16 weight rows split over
+ * (q2's codes all 0) where bits has ONE_LEVEL added; scales and offsets float16 where it has HALF
+ * added, else float32. Groups of 16 weight rows split over
  * threads; each meets the inputs RM rows at a time (the same arithmetic per input row whatever M
  * is). */
 void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const void *const *ws,
-                          const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
+                          const void *const *scales, const void *const *offsets, const int64_t *ns, int bits,
                           int group, float *y, void *scratch, int threads) {
-    const int levels = bits & ONE_LEVEL ? 1 : 2;
-    bits &= ~ONE_LEVEL;
+    const int levels = bits & ONE_LEVEL ? 1 : 2, half = bits & HALF ? 1 : 0, size = half ? 2 : 4;
+    bits &= ~(ONE_LEVEL | HALF);
     int64_t blocks = k / QK, blocks_all = m * blocks;
     int8_t *q1 = (int8_t *)scratch, *q2 = q1 + m * k;
     int16_t *x16 = (int16_t *)(q2 + m * k); /* 256 q1 + q2 */
@@ -465,20 +564,30 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
     }
     int64_t n = 0, groups = 0; /* the parts' rows, one after another, make the outputs */
     for (int p = 0; p < parts; p++) n += ns[p], groups += (ns[p] + 15) / 16;
-    int64_t step = bits == 4 ? 32 : 64, per = QK / group;
+    int64_t bytes = block_bytes(bits), per = QK / group;
     /* groups handed out in runs of about a sixteenth of a thread's share (at least 4): each thread
      * streams longer stretches of the weight, and a thread slowed by others still gets less. Which
      * thread sums a row does not change its sum. */
     int64_t share = groups / ((threads > 1 ? threads : 1) * 16), run = share > 4 ? share : 4;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, run) if (n * k >= 65536 && threads > 1)
+#pragma omp parallel num_threads(threads) if (n * k >= 65536 && threads > 1)
+    {
+    /* more input rows than one tile takes: q5's and q6's codes widened once a group (null: not, or no
+     * memory). q4's tile is faster than q8's (half the bytes a step, and no bias to take): kept. */
+    int8_t *wide = (bits == 5 || bits == 6) && m > RM ? malloc((size_t)(blocks * STEPS * 64)) : 0;
+#pragma omp for schedule(dynamic, run)
     for (int64_t t = 0; t < groups; t++) {
         int part = 0;
         int64_t g = t, first = 0; /* the group within its part, and the part's first output */
         while (g >= (ns[part] + 15) / 16) g -= (ns[part] + 15) / 16, first += ns[part++];
         int lanes = ns[part] - 16 * g < 16 ? (int)(ns[part] - 16 * g) : 16;
-        const uint8_t *p = (const uint8_t *)ws[part] + g * blocks * STEPS * step;
-        const float *ps = scales[part] + g * blocks * per * 16;
-        const float *po = offsets[part] ? offsets[part] + g * blocks * 16 : 0;
+        const uint8_t *p = (const uint8_t *)ws[part] + g * blocks * bytes;
+        const void *ps = (const char *)scales[part] + g * blocks * per * 16 * size;
+        const void *po = offsets[part] ? (const char *)offsets[part] + g * blocks * 16 * size : 0;
+        int read = bits;
+        if (wide) {
+            widen(p, bits, code_bias(bits, po), blocks, wide);
+            p = (const uint8_t *)wide, read = 8;
+        }
         for (int64_t r = 0; r < m; r += RM) {
             int R = m - r < RM ? (int)(m - r) : RM;
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
@@ -486,8 +595,12 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
             const float *e2 = d2 + r * blocks, *sr = sx + r * blocks;
             const int32_t *g2 = gs + r * blocks * 2;
             float *o = y + r * n + first + 16 * g;
-            if (bits == 4) {
+            if (read == 4) {
                 LEVELS(4, QK)
+            } else if (read == 5) {
+                LEVELS(5, QK)
+            } else if (read == 6) {
+                LEVELS(6, 16)
             } else if (group == QK) {
                 LEVELS(8, QK)
             } else {
@@ -495,28 +608,31 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
             }
         }
     }
+    free(wide);
+    }
 }
 
 /* The working memory simlab_qlinear_parts needs for M rows of K. */
 int64_t simlab_qlinear_scratch(int64_t m, int64_t k) { return 4 * m * k + 20 * m * (k / QK); }
 
 /* One weight: simlab_qlinear_parts with one part. */
-void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const float *scale,
-                    const float *offset, int bits, int group, int64_t n, float *y, void *scratch, int threads) {
+void simlab_qlinear(const float *x, int64_t m, int64_t k, const void *w, const void *scale,
+                    const void *offset, int bits, int group, int64_t n, float *y, void *scratch, int threads) {
     simlab_qlinear_parts(x, m, k, 1, &w, &scale, &offset, &n, bits, group, y, scratch, threads);
 }
 
 /* A weight as its file has it (q4: K/2 bytes a row, byte j of each 32 holding code j in its low nibble
- * and code 16 + j in its high one; q8: K signed bytes a row; scales N x K/group, offsets N x K/32 or
- * none) into the layout above (layout.pack: pc, ps, po hold ceil(N / 16) whole groups). */
+ * and code 16 + j in its high one; q5, q6: K bytes a row, a code each, 0..31 or 0..63; q8: K signed
+ * bytes a row; scales N x K/group, offsets N x K/32 or none, float32) into the layout above
+ * (layout.pack: pc, ps, po hold ceil(N / 16) whole groups). */
 void simlab_pack(int bits, int group, const uint8_t *codes, const float *scale, const float *offset, int64_t n,
                  int64_t k, uint8_t *pc, float *ps, float *po) {
-    int64_t blocks = k / QK, per = QK / group, groups = (n + 15) / 16, step = bits == 4 ? 32 : 64;
+    int64_t blocks = k / QK, per = QK / group, groups = (n + 15) / 16, bytes = block_bytes(bits);
     int64_t rowb = bits == 4 ? k / 2 : k;
 #pragma omp parallel for schedule(static)
     for (int64_t g = 0; g < groups; g++) {
-        uint8_t *slab = pc + g * blocks * STEPS * step;
-        memset(slab, 0, (size_t)(blocks * STEPS * step));
+        uint8_t *slab = pc + g * blocks * bytes;
+        memset(slab, 0, (size_t)(blocks * bytes));
         for (int c = 0; c < 16; c++) {
             int64_t row = g * 16 + c;
             for (int64_t b = 0; b < blocks; b++) {
@@ -525,12 +641,18 @@ void simlab_pack(int bits, int group, const uint8_t *codes, const float *scale, 
                 if (po) po[(g * blocks + b) * 16 + c] = row < n ? offset[row * blocks + b] : 0.0f;
                 if (row >= n) continue;
                 const uint8_t *from = codes + row * rowb + b * (bits == 4 ? 16 : 32);
+                uint8_t *block = slab + b * bytes;
                 for (int j = 0; j < QK; j++) {
-                    uint8_t *to = slab + (b * STEPS + j / 4) * step;
-                    if (bits == 8) to[c * 4 + j % 4] = from[j];
-                    else {
-                        int code = j < 16 ? from[j] & 15 : from[j - 16] >> 4;
-                        to[(c % 8) * 4 + j % 4] |= (uint8_t)(c < 8 ? code : code << 4);
+                    int i = 4 * c + j % 4; /* the position in its step */
+                    if (bits == 8) {
+                        block[(j / 4) * 64 + i] = from[j];
+                        continue;
+                    }
+                    int code = bits == 4 ? (j < 16 ? from[j] & 15 : from[j - 16] >> 4) : from[j];
+                    block[(j / 4) * 32 + i % 32] |= (uint8_t)(c < 8 ? code & 15 : (code & 15) << 4);
+                    for (int plane = 0; plane < bits - 4; plane++) {
+                        uint8_t *at = block + 256 + (j / 4) * 8 * (bits - 4) + 8 * plane;
+                        at[i / 8] |= (uint8_t)(((code >> (4 + plane)) & 1) << (i % 8));
                     }
                 }
             }
@@ -538,19 +660,24 @@ void simlab_pack(int bits, int group, const uint8_t *codes, const float *scale, 
     }
 }
 
-/* Rows of a q8 table (an embedding, in the layout above) as floats: out (R, K) = scale * code
- * (+ offset) for each id. */
-void simlab_q8_rows(const int8_t *w, const float *scale, const float *offset, int group, int64_t k,
-                    const int64_t *ids, int64_t count, float *out) {
-    int64_t blocks = k / QK, per = QK / group;
+/* Rows of a table (an embedding, in the layout above: bits 4, 5, 6 or 8, HALF added for float16
+ * scales and offsets) as floats: out (R, K) = scale * code (+ offset) for each id. */
+void simlab_rows(const uint8_t *w, const void *scale, const void *offset, int bits, int group, int64_t k,
+                 const int64_t *ids, int64_t count, float *out) {
+    const int half = bits & HALF ? 1 : 0, size = half ? 2 : 4;
+    bits &= ~(ONE_LEVEL | HALF);
+    int64_t blocks = k / QK, per = QK / group, bytes = block_bytes(bits);
+    const int bias = code_bias(bits, offset);
     for (int64_t i = 0; i < count; i++) {
-        int64_t g = ids[i] / 16, c = ids[i] % 16;
-        const int8_t *p = w + g * blocks * STEPS * 64;
-        const float *ps = scale + g * blocks * per * 16, *po = offset ? offset + g * blocks * 16 : 0;
+        int64_t g = ids[i] / 16;
+        int c = (int)(ids[i] % 16);
+        const uint8_t *p = w + g * blocks * bytes;
+        const char *ps = (const char *)scale + g * blocks * per * 16 * size;
+        const char *po = offset ? (const char *)offset + g * blocks * 16 * size : 0;
         for (int64_t j = 0; j < k; j++) {
             int64_t b = j / QK, e = j % QK;
-            float v = ps[(b * per + e / group) * 16 + c] * (float)p[(b * STEPS + e / 4) * 64 + c * 4 + e % 4];
-            if (po) v += po[b * 16 + c];
+            float v = scale_at(ps, (b * per + e / group) * 16 + c, half) * (float)code_at(p + b * bytes, bits, c, (int)e, bias);
+            if (po) v += scale_at(po, b * 16 + c, half);
             out[i * k + j] = v;
         }
     }
@@ -1369,7 +1496,7 @@ void simlab_rotary(const float *x, int64_t B, int64_t H, int64_t T, int64_t D, c
 /* x = norm(h); q, k, v = the parts of x W^T (+ each part's bias); q, k = their head norms (if
  * given); q, k rotated. q (M, H, hd), k and v (M, KH, hd), contiguous (the (B, H, 1, hd) tensors). */
 int simlab_block_qkv(const float *h, int64_t m, int64_t d, const float *norm, float eps, const void *const *ws,
-                      const float *const *scales, const float *const *offsets, const int64_t *ns,
+                      const void *const *scales, const void *const *offsets, const int64_t *ns,
                       const float *const *biases, const int *bits, const int *group, const float *qnorm,
                       const float *knorm,
                       float qk_eps, int64_t H, int64_t KH, int64_t hd, const float *cos_, const float *sin_,
@@ -1412,9 +1539,9 @@ int simlab_block_mid(const float *q, const int64_t *qs, const float *k, const in
                       const int64_t *vs, const float *k0, const int64_t *k0s, const float *v0,
                       const int64_t *v0s, int64_t L0, const void *mask, int kind, const int64_t *ms, int64_t m, int64_t H,
                       int64_t KH, int64_t L, int64_t hd, float scale, float softcap, const void *wo,
-                      const float *so, const float *oo, int obits, int ogroup, const float *post_attn,
+                      const void *so, const void *oo, int obits, int ogroup, const float *post_attn,
                       const float *pre_mlp, float eps, const float *h, int64_t d, const void *const *ws,
-                      const float *const *scales, const float *const *offsets, const int64_t *ns, int bits,
+                      const void *const *scales, const void *const *offsets, const int64_t *ns, int bits,
                       int group, float *h2, float *gu, void *scratch, int threads) {
     int64_t work = simlab_attention_work(m, H, KH, 1, L, hd);
     float *att = malloc(sizeof(float) * (m * H * hd + 3 * m * d + work));
@@ -1433,7 +1560,7 @@ int simlab_block_mid(const float *q, const int64_t *qs, const float *k, const in
 }
 
 /* h3 = h2 + x W^T (Gemma: h2 + post_mlp(x W^T)) for the MLP's down product. */
-int simlab_block_out(const float *x, int64_t m, int64_t f, const void *wd, const float *sd, const float *od,
+int simlab_block_out(const float *x, int64_t m, int64_t f, const void *wd, const void *sd, const void *od,
                       int bits, int group, const float *post_mlp, float eps, const float *h2, int64_t d,
                       float *h3, void *scratch, int threads) {
     float *y = malloc(sizeof(float) * 2 * m * d), *yn = y + m * d;

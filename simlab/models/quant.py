@@ -184,13 +184,13 @@ def quantize(
 
 
 def _shared_embedding(model: torch.nn.Module, stored, check: bool, tied: bool) -> dict[str, torch.Tensor]:
-    """A tied model's input embedding read from the unembedding's own 8-bit codes (no float copy of
+    """A tied model's input embedding read from the unembedding's own codes (no float copy of
     the table), when those codes give the loaded table back (checked on a few rows; unless `check`
     is off, when the model's config is to say that it is tied)."""
     if not hasattr(model, "get_output_embeddings"):
         return {}
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    if not isinstance(head, native.NativeLinear) or head.bits != 8:
+    if not isinstance(head, native.NativeLinear):
         return {}
     if not (stored and "embedding.shared" in stored):
         weight = getattr(embedding, "weight", None)
@@ -227,20 +227,25 @@ def _from_file(groups, weight: torch.Tensor, bias, native_kernel: bool, check: b
 
 
 def _native_layer(groups, bias) -> torch.nn.Module | None:
-    """The codes as they are: 4-bit ones packed two to a byte with their scales and offsets; wider
-    symmetric ones (Q5_0, Q6_K, Q8_0) as signed bytes code - bias, whose offset is then zero."""
+    """The codes as they are: 4-bit ones packed two to a byte with their scales and offsets; 5- and
+    6-bit ones a code a byte (the layout keeps their low four bits as 4-bit ones and the rest apart),
+    with their offsets (Q5_1, Q5_K) or, symmetric, without (Q5_0 and Q6_K: code - 16 or - 32);
+    Q8_0's as signed bytes code - 128."""
     codes, scale = torch.from_numpy(groups.codes), torch.from_numpy(groups.scale)
     n = codes.shape[0]
     if groups.bits == 4 and groups.group == GROUP:
         pairs = codes.reshape(n, -1, GROUP)
         packed = (pairs[..., : GROUP // 2] | (pairs[..., GROUP // 2 :] << 4)).reshape(n, -1)
         return native.NativeLinear.of(packed, scale, torch.from_numpy(groups.offset), 4, GROUP, bias)
-    if groups.bias is not None:  # code - bias fits a signed byte: the difference mod 256, read signed
+    if groups.bits == 8 and groups.bias == 128:  # code - bias fits a signed byte: the difference mod 256
         signed = torch.from_numpy((groups.codes - np.uint8(groups.bias)).view(np.int8))
         return native.NativeLinear.of(signed, scale, None, 8, groups.group, bias)
-    if groups.bits < 8 and groups.group == GROUP:
-        offset = torch.from_numpy(groups.offset)
-        return native.NativeLinear.of(codes.to(torch.int8), scale, offset, 8, GROUP, bias)
+    if (groups.bits, groups.group) not in ((5, GROUP), (6, 16)):
+        return None
+    if groups.bias == 2 ** (groups.bits - 1):  # the kernel takes that from a code without an offset
+        return native.NativeLinear.of(codes, scale, None, groups.bits, groups.group, bias)
+    if groups.bias is None and groups.bits == 5:
+        return native.NativeLinear.of(codes, scale, torch.from_numpy(groups.offset), 5, GROUP, bias)
     return None
 
 

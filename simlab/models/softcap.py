@@ -1,4 +1,4 @@
-"""Gemma 2's softcapping on simlab's kernel: the attention's (`native.attention` applies it; where
+"""Gemma 2's softcapping on simlab's kernel: the attention's (`native_attention.attention` applies it; where
 the kernel does not run, transformers' eager attention, not sdpa, which has none) and the final
 logits' (moved into the unembedding, row by row, so a batch gives each row its bits alone)."""
 
@@ -36,7 +36,7 @@ def cap_rows(model: torch.nn.Module) -> None:
 
 
 def softcapped_eager(module, query, key, value, mask, dropout, scaling, **kwargs):
-    """Softcapped attention (Gemma 2's) where simlab's kernel does not run (`native.attention`
+    """Softcapped attention (Gemma 2's) where simlab's kernel does not run (`native_attention.attention`
     falls back here, not to sdpa, which has no softcap): transformers' eager attention, given
     sdpa's masks as the additive masks it takes."""
     from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward

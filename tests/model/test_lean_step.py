@@ -10,7 +10,7 @@ from test_native import native_copy
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from simlab.engine import prefix
-from simlab.models import blocks, lean, native, quant
+from simlab.models import blocks, lean, native, native_attention, quant
 from simlab.models.softcap import cap_rows
 
 SHAPE = dict(
@@ -184,7 +184,7 @@ def test_softcapped_attention_off_the_kernel_is_eager_not_sdpa():
     q, k, v = (torch.randn(1, 4, 6, 8, generator=gen, dtype=torch.bfloat16) for _ in range(3))
     additive = torch.full((6, 6), torch.finfo(torch.bfloat16).min, dtype=torch.bfloat16).triu(1)
     want, _ = eager_attention_forward(attn, q, k[:, :2], v[:, :2], additive, 0.0, 0.5, 2.0)
-    got, _ = native.attention(attn, q, k[:, :2], v[:, :2], None, scaling=0.5, softcap=2.0)
+    got, _ = native_attention.attention(attn, q, k[:, :2], v[:, :2], None, scaling=0.5, softcap=2.0)
     assert torch.equal(got, want)
 
 

@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_llama_style
 from test_gguf_weights import COLS, ROWS, random_tensor, reference
 
-from simlab.models import gguf_groups, layout, lean, native, ranking
+from simlab.models import gguf_groups, layout, lean, native, native_attention, ranking
 from simlab.models.quant import _native_layer
 
 FORMATS = ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
@@ -31,18 +31,20 @@ def kernel():
 
 def unpacked(layer: native.NativeLinear) -> torch.Tensor:
     """The (N, K) weight a layer's buffers hold, in float64, read back through `layout.unpack`. 4 bits:
-    byte j of a group of 32 holds code j (low nibble) and code 16 + j (high nibble)."""
+    byte j of a group of 32 holds code j (low nibble) and code 16 + j (high nibble); 5 and 6 bits
+    without offsets: code - 16 and code - 32."""
     codes, scale, offset = layout.unpack(layer)
-    if layer.bits != 4:
-        values = codes.double().unflatten(-1, (-1, layer.group)) * scale.double().unsqueeze(-1)
-        if offset is not None:  # Q5_1, Q5_K: unsigned codes and an offset per 32
-            values = values.flatten(-2).unflatten(-1, (-1, 32)) + offset.double().unsqueeze(-1)
-        return values.flatten(-2)
     n = layer.out_features
-    packed = codes.reshape(n, -1, 16)
-    codes = torch.cat([packed & 15, packed >> 4], dim=-1).reshape(n, -1)
-    values = codes.double().unflatten(-1, (-1, 32)) * scale.double().unsqueeze(-1)
-    return (values + offset.double().unsqueeze(-1)).flatten(-2)
+    if layer.bits == 4:
+        packed = codes.reshape(n, -1, 16)
+        codes = torch.cat([packed & 15, packed >> 4], dim=-1).reshape(n, -1)
+    codes = codes.double()
+    if layer.bits in (5, 6) and offset is None:
+        codes = codes - 2 ** (layer.bits - 1)
+    values = codes.unflatten(-1, (-1, layer.group)) * scale.double().unsqueeze(-1)
+    if offset is not None:  # Q4_*, Q5_1, Q5_K: unsigned codes and an offset per 32
+        values = values.flatten(-2).unflatten(-1, (-1, 32)) + offset.double().unsqueeze(-1)
+    return values.flatten(-2)
 
 
 def matmul(x: torch.Tensor, codes, scale, offset, bits: int, group: int) -> torch.Tensor:
@@ -90,12 +92,15 @@ def test_the_layer_holds_the_files_weights_exactly(kind):
     tensor = random_tensor(kind, seed=5)
     layer = _native_layer(gguf_groups.read(tensor), None)
     assert isinstance(layer, native.NativeLinear)
-    assert layer.bits == (4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 8)
+    assert layer.bits == int(kind[1])
     assert layer.group == (16 if kind == "Q6_K" else 32)
-    # float32 scales: no rounding at all, where gguf rounds d sc q - dmin m once to float32 (Q5_K)
+    # no rounding at all, where gguf rounds d sc q - dmin m once to float32 (Q5_K); a file's float16
+    # scales (and Q4_1's and Q5_1's float16 offsets) stay float16, the K-quants' products d sc float32
     assert torch.equal(unpacked(layer).float(), reference(tensor))
+    assert (layer.scale.dtype == torch.int16) == (kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"))
+    assert layer.kernel_bits == layer.bits + (native.HALF if layer.scale.dtype == torch.int16 else 0)
     bytes_per_weight = layer.codes.numel() * layer.codes.element_size() / (ROWS * COLS)
-    assert bytes_per_weight == (0.5 if layer.bits == 4 else 1.0)
+    assert bytes_per_weight == layer.bits / 8  # q5 and q6: four bits a code, and one or two in planes
 
 
 @pytest.mark.parametrize("kind", FORMATS)
@@ -106,7 +111,7 @@ def test_the_kernels_layout_is_made_alike_in_c_and_torch_and_gives_the_file_back
     given = file_layout(layer, rows=37)
     in_c = layout.pack(*given, layer.bits, layer.group, native.library())
     in_torch = layout.pack(*given, layer.bits, layer.group)
-    assert in_c[0].shape == (3, COLS * 16 * (2 if layer.bits == 8 else 1) // 2)
+    assert in_c[0].shape == (3, COLS // 32 * layout.block_bytes(layer.bits))
     for ours, theirs in zip(in_c, in_torch):
         assert (ours is None and theirs is None) or torch.equal(ours, theirs)
     back = layout.unpack(native.NativeLinear(*in_c, (layer.bits, layer.group, 37, COLS)))
@@ -133,7 +138,7 @@ def test_one_level_is_the_weights_times_the_activations_rounded_once(kind):
     Q8_0 rounds them (where two levels keep ~15 bits); the layer's own codes are untouched."""
     tensor = random_tensor(kind, seed=6)
     layer = one_level(_native_layer(gguf_groups.read(tensor), None))
-    assert layer.kernel_bits == layer.bits + native.ONE_LEVEL
+    assert layer.kernel_bits & ~native.HALF == layer.bits + native.ONE_LEVEL
     torch.manual_seed(0)
     x = torch.randn(5, COLS)
     got = layer(x).double()
@@ -142,7 +147,9 @@ def test_one_level_is_the_weights_times_the_activations_rounded_once(kind):
     two = quantized_rows(x) @ reference(tensor).double().t()
     assert (got - two).abs().max() > 1e-3 * two.abs().max()  # (not the two levels' product)
     layer.round_to(2)
-    assert layer.kernel_bits == layer.bits and torch.allclose(layer(x).double(), two, rtol=1e-5, atol=1e-4)
+    assert layer.kernel_bits & ~native.HALF == layer.bits and torch.allclose(
+        layer(x).double(), two, rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K"])
@@ -162,7 +169,7 @@ def test_a_nan_or_infinite_input_gives_nan_and_a_tiny_one_no_garbage(kind):
 
 
 @pytest.mark.parametrize("levels", [2, 1])
-@pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K"])
+@pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K", "Q5_0", "Q5_K"])
 def test_each_row_is_the_same_alone_or_in_any_batch(kind, levels):
     layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=7)), None)
     layer.round_to(levels)
@@ -258,13 +265,13 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
         q, k, v = torch.randn(b, h, t, d), torch.randn(b, kh, length, d), torch.randn(b, kh, length, d)
         mask = torch.rand(1, 1, t, length) > 0.3
         ours = (
-            native.attend(q, k, v, mask, 0.1, softcap=30.0),
-            native.attend(q, k, v, None, 0.1, 0.0, length - t),
+            native_attention.attend(q, k, v, mask, 0.1, softcap=30.0),
+            native_attention.attend(q, k, v, None, 0.1, 0.0, length - t),
         )
         monkeypatch.setitem(native._state, "lib", other)
         theirs = (
-            native.attend(q, k, v, mask, 0.1, softcap=30.0),
-            native.attend(q, k, v, None, 0.1, 0.0, length - t),
+            native_attention.attend(q, k, v, mask, 0.1, softcap=30.0),
+            native_attention.attend(q, k, v, None, 0.1, 0.0, length - t),
         )
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), (t, d)
         monkeypatch.undo()
@@ -292,8 +299,9 @@ def test_a_row_of_zeros_gives_the_bias_alone():
     assert torch.equal(layer(torch.zeros(2, COLS)), bias.expand(2, -1))
 
 
-def test_an_embedding_reads_its_rows_from_the_codes():
-    tensor = random_tensor("Q8_0", seed=9)
+@pytest.mark.parametrize("kind", FORMATS)
+def test_an_embedding_reads_its_rows_from_the_codes(kind):
+    tensor = random_tensor(kind, seed=9)
     table = _native_layer(gguf_groups.read(tensor), None)
     embedding = native.NativeEmbedding(table, torch.tensor(2.5), torch.float32)
     ids = torch.tensor([[3, 0, ROWS - 1], [7, 7, 1]])
@@ -302,6 +310,36 @@ def test_an_embedding_reads_its_rows_from_the_codes():
     assert embedding.num_embeddings == ROWS and embedding.embedding_dim == COLS
     with pytest.raises(IndexError, match="token ids must be in 0..63"):
         embedding(torch.tensor([[ROWS]]))  # not a read past the table
+
+
+@pytest.mark.parametrize("kind", ["Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "Q4_0"])
+def test_five_and_six_bit_codes_and_half_scales_give_the_wide_layouts_bits(kind):
+    """q5 and q6 codes (their high bits in planes) and float16 scales hold what signed bytes and
+    float32 scales held, in 5/8 to 3/4 of the codes' bytes and half the scales': each product is
+    the same bits as before, so replies sampled before the change replay to the bit."""
+    groups = gguf_groups.read(random_tensor(kind, seed=13))
+    layer = _native_layer(groups, None)
+    wide_codes = groups.codes.astype(np.int16) - (groups.bias or 0)
+    bits = 4 if kind == "Q4_0" else 8
+    codes = torch.from_numpy(wide_codes.astype(np.int8 if bits == 8 else np.uint8))
+    if bits == 4:  # (the file's nibble pairs, as it had them)
+        pairs = torch.from_numpy(groups.codes).reshape(ROWS, -1, 32)
+        codes = (pairs[..., :16] | (pairs[..., 16:] << 4)).reshape(ROWS, -1)
+    offset = torch.from_numpy(groups.offset) if groups.bias is None or bits == 4 else None
+    wide = native.NativeLinear(
+        *layout.pack(codes, torch.from_numpy(groups.scale), offset, bits, groups.group, native.library()),
+        (bits, groups.group, ROWS, COLS),
+    )
+    assert wide.scale.dtype == torch.float32 and layer.codes.numel() * bits == wide.codes.numel() * layer.bits
+    torch.manual_seed(3)
+    x = torch.randn(9, COLS)
+    for levels in (2, 1):
+        layer.round_to(levels)
+        wide.round_to(levels)
+        for rows in (x[:1], x[:2], x):
+            assert torch.equal(layer(rows), wide(rows)), (levels, len(rows))
+    ids = torch.tensor([0, 5, ROWS - 1])
+    assert torch.equal(native.rows(ids, layer), native.rows(ids, wide))
 
 
 def native_copy(model, q4=("o_proj", "down_proj"), attention: bool = True):
@@ -492,10 +530,10 @@ def test_attention_is_softmax_of_the_scores_to_rounding(b, h, kh, t, length, d, 
         mask = torch.randn(1, 1, t, length, generator=gen)
     elif how == "causal":
         offset = length - t
-    got = native.attend(q, k, v, mask, d**-0.5, 0.0, offset)
+    got = native_attention.attend(q, k, v, mask, d**-0.5, 0.0, offset)
     assert got.shape == (b, t, h, d)
     assert torch.allclose(got.double(), reference_attention(q, k, v, mask, d**-0.5, 0.0, offset), atol=2e-6)
-    capped = native.attend(q, k, v, mask, 0.5, 2.0, offset)  # Gemma 2's softcapping
+    capped = native_attention.attend(q, k, v, mask, 0.5, 2.0, offset)  # Gemma 2's softcapping
     assert torch.allclose(capped.double(), reference_attention(q, k, v, mask, 0.5, 2.0, offset), atol=2e-6)
 
 
@@ -505,7 +543,9 @@ def test_attention_gives_each_row_its_bits_alone_whatever_the_batch_threads_or_a
     gen = torch.Generator().manual_seed(3)
     q, k, v = torch.randn(4, 4, 1, 256, generator=gen), torch.randn(4, 1, 600, 256, generator=gen), None
     v = torch.randn(4, 1, 600, 256, generator=gen)
-    alone = [native.attend(q[i : i + 1], k[i : i + 1], v[i : i + 1], None, 0.0625) for i in range(4)]
+    alone = [
+        native_attention.attend(q[i : i + 1], k[i : i + 1], v[i : i + 1], None, 0.0625) for i in range(4)
+    ]
 
     def shifted(x, by):  # the same values `by` floats further on in memory
         room = torch.empty(x.numel() + by)
@@ -515,12 +555,14 @@ def test_attention_gives_each_row_its_bits_alone_whatever_the_batch_threads_or_a
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            together = native.attend(q, k, v, None, 0.0625)
+            together = native_attention.attend(q, k, v, None, 0.0625)
             assert all(torch.equal(together[i : i + 1], alone[i]) for i in range(4)), count
     finally:
         torch.set_num_threads(threads)
     for by in (1, 3):
-        moved = native.attend(shifted(q[:1], by), shifted(k[:1], by), shifted(v[:1], by), None, 0.0625)
+        moved = native_attention.attend(
+            shifted(q[:1], by), shifted(k[:1], by), shifted(v[:1], by), None, 0.0625
+        )
         assert torch.equal(moved, alone[0]), by
 
 
@@ -551,12 +593,12 @@ def test_a_long_pass_attends_a_few_positions_at_a_time_with_the_same_bits():
     q, k, v = torch.randn(1, 4, 75, 64, generator=gen), torch.randn(1, 2, 90, 64, generator=gen), None
     v = torch.randn(1, 2, 90, 64, generator=gen)
     mask = torch.rand(1, 1, 75, 90, generator=gen) > 0.2
-    assert native.QUERIES < 75  # three calls
+    assert native_attention.QUERIES < 75  # three calls
     for m, offset in ((mask, -1), (None, 15)):
-        whole = native._attend(q, k, v, None if m is None else m.to(torch.bool), 0.125, 0.0, offset)
-        assert torch.equal(native.attend(q, k, v, m, 0.125, 0.0, offset), whole)
+        whole = native_attention._attend(q, k, v, None if m is None else m.to(torch.bool), 0.125, 0.0, offset)
+        assert torch.equal(native_attention.attend(q, k, v, m, 0.125, 0.0, offset), whole)
     with pytest.raises(ValueError, match="multiple of key heads"):
-        native.attend(torch.randn(1, 3, 1, 64), k, v, None, 0.125)
+        native_attention.attend(torch.randn(1, 3, 1, 64), k, v, None, 0.125)
 
 
 def test_an_activation_goes_row_by_row_and_a_model_with_torchs_goes_one_by_one(tiny_dir, tmp_path):
@@ -617,9 +659,9 @@ def test_a_mask_that_is_only_causal_goes_to_the_kernel_as_its_offset_with_the_sa
         for mask in (causal, window, padded):
             module = torch.nn.Module()
             module.is_causal = True
-            ours = native.attention(module, q, k, v, mask, 0.125)[0]
+            ours = native_attention.attention(module, q, k, v, mask, 0.125)[0]
             with patch.object(masks, "causal_offset", lambda *a: None):  # the mask as the kernel reads it
-                theirs = native.attention(module, q, k, v, mask, 0.125)[0]
+                theirs = native_attention.attention(module, q, k, v, mask, 0.125)[0]
             assert torch.equal(ours, theirs), (t, length)
         if length - t > 100:
             assert masks.causal_offset(window, t, length) is None

@@ -6,7 +6,7 @@ document) exactly.
 On an AMD EPYC with AVX-512 (VNNI, VBMI, BF16) torch's CPU attention gave row 0 of a batch other
 bits than that row alone (its sums change with the batch, the threads and where the tensors lie),
 and the seed-11 sibling below left its seed's reply at token 11; simlab's own attention
-(models.native.attend) sums each query alone."""
+(models.native_attention.attend) sums each query alone."""
 
 import pytest
 
