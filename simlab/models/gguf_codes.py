@@ -49,7 +49,7 @@ def build(
             "First start: reading the embedded model (Gemma 3 270M base) into a cache; once, about 30 s."
             if spec == "embedded"
             else f"First use of {spec}: reading its codes into a cache "
-            "(1.2-1.4x the file's size, more for an untied model); once."
+            "(1.0-1.35x the file's size, more for an untied model); once."
         )
         if spec == "embedded":
             sha = gguf.embedded_sha256()
