@@ -174,16 +174,17 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind, levels):
     layer = _native_layer(gguf_groups.read(random_tensor(kind, seed=7)), None)
     layer.round_to(levels)
     torch.manual_seed(1)
-    x = torch.randn(9, COLS)
-    alone = torch.cat([layer(x[i : i + 1]) for i in range(9)])
-    for size in (2, 3, 4, 5, 9):  # batches of 4 rows share the weights' unpacking; the rest go alone
-        together = torch.cat([layer(x[i : i + size]) for i in range(0, 9, size)])
+    x = torch.randn(40, COLS)
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(40)])
+    # batches of up to 8 rows share the weights' unpacking; past 32 q5's and q6's codes are widened
+    for size in (2, 3, 4, 5, 9, 40):
+        together = torch.cat([layer(x[i : i + size]) for i in range(0, 40, size)])
         assert torch.equal(together, alone), size
     # 37 weight rows: two groups of 16 and a last one of 5 (padded), from 8 inputs taken 8 at a time
     cut = file_layout(layer, rows=37)
     cut_layer = native.NativeLinear.of(*cut, layer.bits, layer.group)
     cut_layer.round_to(levels)
-    alone = torch.cat([cut_layer(x[i : i + 1]) for i in range(9)])
+    alone = torch.cat([cut_layer(x[i : i + 1]) for i in range(40)])
     assert torch.equal(cut_layer(x), alone)
 
 
@@ -212,6 +213,7 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
     assert other.simlab_qmatmul_simd() in simd
     torch.manual_seed(2)
     x = torch.randn(11, COLS)  # 8 input rows at a time, then 3
+    many = torch.randn(40, COLS)  # past 32 rows (16 on AVX2): q5's and q6's codes widened to bytes
     odd = x.clone()
     odd[9, 3], odd[10, 33], odd[10, 64:96] = float("nan"), float("-inf"), 1e-38  # NaN outputs, a tiny block
     blocks = 7  # an odd count of 32-wide blocks, and 37 weight rows: a last group of 5
@@ -225,7 +227,7 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
 
         def products(layer=layer, once=once, cut=cut):
             cut_product = matmul(part, *cut, layer.bits, layer.group)
-            return [layer(odd), cut_product, layer(x[:2]), once(part), once(part[:1])]
+            return [layer(odd), cut_product, layer(x[:2]), once(part), once(part[:1]), layer(many)]
 
         fast = products()
         monkeypatch.setitem(native._state, "lib", other)
@@ -332,11 +334,11 @@ def test_five_and_six_bit_codes_and_half_scales_give_the_wide_layouts_bits(kind)
     )
     assert wide.scale.dtype == torch.float32 and layer.codes.numel() * bits == wide.codes.numel() * layer.bits
     torch.manual_seed(3)
-    x = torch.randn(9, COLS)
+    x = torch.randn(40, COLS)  # (past 32 rows, 16 on AVX2: q5's and q6's codes widened to bytes)
     for levels in (2, 1):
         layer.round_to(levels)
         wide.round_to(levels)
-        for rows in (x[:1], x[:2], x):
+        for rows in (x[:1], x[:2], x[:9], x):
             assert torch.equal(layer(rows), wide(rows)), (levels, len(rows))
     ids = torch.tensor([0, 5, ROWS - 1])
     assert torch.equal(native.rows(ids, layer), native.rows(ids, wide))
