@@ -29,11 +29,14 @@ def fuse(model: torch.nn.Module) -> int:
                 continue
             first = layers[0]
             if any(
-                (layer.kernel_bits, layer.group, layer.in_features, layer.offset is None)
-                != (first.kernel_bits, first.group, first.in_features, first.offset is None)
+                (layer.kernel_bits & ~native.HALF, layer.group, layer.in_features, layer.offset is None)
+                != (first.kernel_bits & ~native.HALF, first.group, first.in_features, first.offset is None)
                 for layer in layers
             ):
                 continue
+            if len({layer.kernel_bits for layer in layers}) > 1:  # float16 scales beside float32 ones
+                for layer in layers:
+                    layer.float_scales()
             joined = NativeGroup(layers)
             sizes = [layer.out_features for layer in layers]
             fused = _Fused(joined, sizes)

@@ -278,9 +278,22 @@ class NativeLinear(torch.nn.Module):
         self._weight = None
         return super()._apply(fn, recurse)
 
-    def _load_from_state_dict(self, *args, **kwargs):  # a state dict copies into the buffers
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # it copies into the buffers
         self._weight = None
-        return super()._load_from_state_dict(*args, **kwargs)
+        for name in ("scale", "offset"):  # float16 ones held as int16 bits: a cast would garble them
+            given, held = state_dict.get(prefix + name), getattr(self, name)
+            if given is not None and held is not None and given.dtype != held.dtype:
+                raise ValueError(f"{prefix}{name}: {given.dtype} given for a layer holding {held.dtype}")
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def float_scales(self) -> None:
+        """The scales and offsets held as float32 (the same values), e.g. to join float32 ones."""
+        if self.scale.dtype == torch.int16:
+            self.scale = self.scale.view(torch.float16).float()
+            self.offset = None if self.offset is None else self.offset.view(torch.float16).float()
+            self._base -= HALF
+            self.round_to(1 if self.kernel_bits & ONE_LEVEL else 2)
+            self._weight = None
 
 
 def _exact_in_half(t: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define SIMLAB_AVX2 1
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -305,10 +305,16 @@ static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
 }
 
 #elif defined(SIMLAB_AVX2)
-/* 8 scales or offsets from i on, float32 or float16 */
+/* 8 scales or offsets from i on, float32 or float16 (with F16C's conversion where the CPU has it) */
 static inline __m256 scales8(const void *p, int64_t i, int half) {
-    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
-                : _mm256_loadu_ps((const float *)p + i);
+    if (!half) return _mm256_loadu_ps((const float *)p + i);
+#ifdef __F16C__
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+#else
+    float f[8];
+    for (int j = 0; j < 8; j++) f[j] = half_float(((const uint16_t *)p)[i + j]);
+    return _mm256_loadu_ps(f);
+#endif
 }
 
 /* The 32 bits at p as 32 bytes, all ones where a bit is set (bit i: byte i). */

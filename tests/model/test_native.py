@@ -176,7 +176,8 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind, levels):
     torch.manual_seed(1)
     x = torch.randn(40, COLS)
     alone = torch.cat([layer(x[i : i + 1]) for i in range(40)])
-    # batches of up to 8 rows share the weights' unpacking; past 32 q5's and q6's codes are widened
+    # batches of up to 8 rows (4 on AVX2) share the weights' unpacking; past 32 (16) q5's and q6's
+    # codes are widened
     for size in (2, 3, 4, 5, 9, 40):
         together = torch.cat([layer(x[i : i + size]) for i in range(0, 40, size)])
         assert torch.equal(together, alone), size
@@ -195,8 +196,9 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind, levels):
         (("-mno-avx512dq",), (3,)),  # AVX2 with AVX-512's 256-bit vpdpwssd, on a CPU with VNNI
         (("-mno-avx512f", "-mno-avxvnni", "-mno-avx512vnni"), (2,)),
         (("-mno-avx512f", "-mno-avx2", "-mno-fma"), (0,)),
+        (("-mno-avx512f", "-mno-f16c"), (2, 3)),  # float16 scales converted without F16C
     ],
-    ids=["no-avx512", "avx2-vnni", "avx2-only", "portable-c"],
+    ids=["no-avx512", "avx2-vnni", "avx2-only", "portable-c", "avx2-no-f16c"],
 )
 def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, without, simd):
     """AVX-512 sums 16 weight rows' bytes per vector with VNNI (q8's codes plus 128), AVX2 8 on
@@ -342,6 +344,50 @@ def test_five_and_six_bit_codes_and_half_scales_give_the_wide_layouts_bits(kind)
             assert torch.equal(layer(rows), wide(rows)), (levels, len(rows))
     ids = torch.tensor([0, 5, ROWS - 1])
     assert torch.equal(native.rows(ids, layer), native.rows(ids, wide))
+    # 256 rows: the product splits over the threads, each widening its own groups' codes
+    groups.codes, groups.scale, groups.offset = (
+        np.tile(t, (4, 1)) for t in (groups.codes, groups.scale, groups.offset)
+    )
+    big = _native_layer(groups, None)
+    layer.round_to(2)
+    assert torch.equal(big(x)[:, :ROWS], layer(x)) and torch.equal(big(x)[:, ROWS:], layer(x).repeat(1, 3))
+
+
+def test_float16_scales_are_read_exactly_subnormal_zero_and_largest_included():
+    scale = torch.tensor([2.0**-24, 3 * 2.0**-20, 0.0, -(2.0**-14), 1.5, 65504.0, -0.0, 2.0**-10] * 4)
+    scale = scale.reshape(16, 2)  # 16 rows, 2 scale groups of 32
+    codes = torch.randint(-127, 128, (16, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(1))
+    layer = native.NativeLinear.of(codes, scale, None, 8, 32)
+    assert layer.scale.dtype == torch.int16  # held as float16
+    exact = codes.float().unflatten(-1, (2, 32)) * scale.unsqueeze(-1)
+    assert torch.equal(native.rows(torch.arange(16), layer), exact.flatten(-2))
+    x = torch.zeros(1, 64)
+    x[0, 3], x[0, 40] = 1.0, 1.0  # each output: one code of each group times its scale
+    assert torch.equal(layer(x)[0], exact[:, 0, 3] + exact[:, 1, 8])
+
+
+def test_a_state_dict_with_scales_of_another_kind_is_refused_not_garbled():
+    layer = _native_layer(gguf_groups.read(random_tensor("Q8_0", seed=2)), None)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer.load_state_dict(state)  # its own kind: fine
+    state["scale"] = layout.unpack(layer)[1]  # the same values, as float32
+    with pytest.raises(ValueError, match="scale: torch.float32 given for a layer holding torch.int16"):
+        layer.load_state_dict(state)
+
+
+def test_float16_and_float32_scales_fuse_as_float32_with_the_same_bits():
+    """A Q5_1 gate (float16 scales) beside a Q5_K up (float32 ones): one product, as before."""
+    gate = _native_layer(gguf_groups.read(random_tensor("Q5_1", seed=3)), None)
+    up = _native_layer(gguf_groups.read(random_tensor("Q5_K", seed=4)), None)
+    assert gate.scale.dtype == torch.int16 and up.scale.dtype == torch.float32
+    torch.manual_seed(5)
+    x = torch.randn(3, COLS)
+    alone = (gate(x), up(x))
+    parent = torch.nn.Module()
+    parent.gate_proj, parent.up_proj = gate, up
+    assert lean.fuse(parent) == 1
+    assert gate.scale.dtype == torch.float32 and gate.kernel_bits == up.kernel_bits
+    assert torch.equal(parent.gate_proj(x), alone[0]) and torch.equal(parent.up_proj(x), alone[1])
 
 
 def native_copy(model, q4=("o_proj", "down_proj"), attention: bool = True):
