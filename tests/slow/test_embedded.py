@@ -147,11 +147,13 @@ def test_auto_decodes_from_the_ggufs_own_quantization_and_stays_with_the_float_m
     grouped = {id(layer) for group in groups for layer in group.parts}
     layers = [m for m in embedded.model.modules() if isinstance(m, NativeLinear) and id(m) not in grouped]
     bits = sorted(m.bits for m in layers) + sorted(group.parts[0].bits for group in groups)
-    # one product each: q/k/v and gate/up (Q5_0 with Q8_0 v: signed bytes), o (Q4_K), down (9 Q4_K,
-    # 9 Q6_K), the head
-    assert len(layers) + len(groups) == 18 * 4 + 1 and bits.count(4) == 18 + 9
-    assert len(grouped) == 18 * 5
-    assert sum(isinstance(m, FusedPart) for m in embedded.model.modules()) == 18 * 5
+    # one product each: gate/up (Q5_0), q/k/v where v is Q5_0 too (9 layers; a Q8_0 v beside Q5_0 q
+    # and k: three layers of their own layouts, one C call in the decode step), o (Q4_K), down (9
+    # Q4_K, 9 Q6_K), the head (Q8_0)
+    assert len(groups) == 18 + 9 and len(layers) == 9 * 3 + 18 * 2 + 1 and bits.count(4) == 18 + 9
+    assert sorted(m.bits for m in layers).count(5) == 9 * 2 and bits.count(6) == 9
+    assert len(grouped) == 18 * 2 + 9 * 3
+    assert sum(isinstance(m, FusedPart) for m in embedded.model.modules()) == 18 * 2 + 9 * 3
     embedding = embedded.model.get_input_embeddings()
     assert isinstance(embedding, NativeEmbedding) and embedding.table is embedded.model.lm_head
     float32 = Engine(load_model("embedded", Settings(device="cpu", dtype="float32", weights="float")))
