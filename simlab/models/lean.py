@@ -127,9 +127,8 @@ def rows_alone(model: torch.nn.Module) -> bool:
         return False
     heads = getattr(config, "num_attention_heads", 1)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if (
-        heads % kv_heads or heads // kv_heads > 64
-    ):  # shapes the kernel leaves to sdpa (native_attention._fits)
+    # (shapes the kernel leaves to sdpa: native_attention._fits)
+    if heads % kv_heads or heads // kv_heads > 64:
         return False
     if getattr(config, "final_logit_softcapping", None):  # tanh over the whole vocabulary, batched
         return False  # (`cap_rows` moves it to the unembedding, row by row)

@@ -195,7 +195,7 @@ def _display_name(spec: str, kind: str) -> str:
 
 def _codes_path(settings: Settings, revision: str, dtype: str, weights: str, kernel: str) -> Path:
     """Where the quantized layers of a model are cached: keyed by what makes them differ (not the
-    dtype for simlab's kernel: it keeps the file's codes with float32 scales whatever the dtype)."""
+    dtype for simlab's kernel: it keeps the file's codes and scales whatever the dtype)."""
     dtype = "any" if kernel == "native" else dtype
     # gguf layers read since Llama's q/k rows are put in the loaded order (gguf_groups.by_module);
     # simlab's kernel's since it keeps 16 rows side by side (layout.pack), and since it keeps 5- and
