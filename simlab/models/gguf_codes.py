@@ -27,10 +27,11 @@ CODES = "codes"  # the marker's "weights" for a folder of this kind (no float co
 
 
 def build(
-    spec: str, folder: Path, codes_path_of: Callable[[str], Path], say: Callable[[str], None]
+    spec: str, folder: Path, codes_path_of: Callable[[str], Path], say: Callable[[str], None], again=False
 ) -> str | None:
     """Write `folder` (config, tokenizer, float tensors) and the codes cache at `codes_path_of(sha256)`;
-    the GGUF's sha256, or None when this file is to be converted the full way."""
+    the GGUF's sha256, or None when this file is to be converted the full way. `again`: the folder
+    was written before and its codes are not there (a new layout, or a cache removed)."""
     from safetensors.torch import save_file
 
     if spec != "embedded":
@@ -45,12 +46,19 @@ def build(
             processor = None
         if processor is None:
             return None
-        say(
-            "First start: reading the embedded model (Gemma 3 270M base) into a cache; once, about 30 s."
-            if spec == "embedded"
-            else f"First use of {spec}: reading its codes into a cache "
-            "(1.0-1.35x the file's size, more for an untied model); once."
-        )
+        what = "the embedded model (Gemma 3 270M base)" if spec == "embedded" else spec
+        if again:
+            say(
+                f"Reading {what} into its cache again (this simlab keeps its codes in a new layout, "
+                "or the cache was removed); once."
+            )
+        elif spec == "embedded":
+            say(f"First start: reading {what} into a cache; once, about 30 s.")
+        else:
+            say(
+                f"First use of {spec}: reading its codes into a cache "
+                "(1.0-1.35x the file's size, more for an untied model); once."
+            )
         if spec == "embedded":
             sha = gguf.embedded_sha256()
         else:

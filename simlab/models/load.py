@@ -171,9 +171,14 @@ def _from_codes(spec: str, settings: Settings, say: Progress) -> LoadedModel | N
     marker = gguf.read_marker(folder) or {}
     revision = marker.get("gguf_sha256") if marker.get("format") == gguf.CACHE_FORMAT else None
     codes_of = partial(kernel_codes, settings)
-    if revision is None or (marker.get("weights") == gguf_codes.CODES and not codes_of(revision).is_file()):
+    again = (
+        revision is not None
+        and marker.get("weights") == gguf_codes.CODES
+        and not codes_of(revision).is_file()
+    )
+    if revision is None or again:
         # first use: the codes and the few float tensors straight from the file, where it can
-        revision = gguf_codes.build(spec, folder, codes_of, say)
+        revision = gguf_codes.build(spec, folder, codes_of, say, again=again)
         if revision is not None:
             _drop_superseded(settings, revision)
     if revision is None:  # a file read the full way (a full conversion kept from before is used as is)

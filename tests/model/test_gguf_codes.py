@@ -60,6 +60,13 @@ def test_the_first_use_reads_the_model_the_full_conversion_gives(gguf_file, tmp_
     assert floats and all(torch.equal(v, full_floats[k]) for k, v in floats.items())
     assert not any(k.endswith("proj.weight") or k.startswith("lm_head") for k in floats)
     assert sum(v.numel() for v in floats.values()) < sum(v.numel() for v in full_floats.values()) / 2
+    # the codes gone (a new layout's key, or removed): read again, and said so
+    [cached] = (tmp_path / "codes" / "models" / "quantized").glob("*.safetensors")
+    cached.unlink()
+    said.clear()
+    again = load_model(str(gguf_file), load_settings(weights="gguf"), progress=said.append)
+    assert "into its cache again" in said[0] and "First use" not in " ".join(said)
+    assert torch.equal(_logits(again.model), _logits(read.model)) and cached.is_file()
 
 
 def _without(source: Path, target: Path, key: str) -> Path:
