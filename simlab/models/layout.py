@@ -65,13 +65,13 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, offset, bits: int, group: int
     if bits < 8:
         low = steps & 15
         nibbles = (low[:, :, :, :8] | (low[:, :, :, 8:] << 4)).reshape(groups, blocks, -1)
-        weights = torch.arange(8, dtype=torch.int32)
+        wide, weights = steps.int(), torch.arange(8, dtype=torch.int32)
         planes = [  # bit 4 + p of the 64 positions of a step, eight to a byte
-            (((steps.int() >> (4 + p)) & 1).reshape(groups, blocks, 8, 1, 8, 8) << weights).sum(-1)
+            (((wide >> (4 + p)) & 1).reshape(groups, blocks, 8, 1, 8, 8) << weights).sum(-1)
             for p in range(bits - 4)
-        ]
-        high = torch.cat(planes, dim=3).to(codes.dtype).reshape(groups, blocks, -1) if planes else None
-        steps = nibbles if high is None else torch.cat([nibbles, high], dim=-1)
+        ]  # (each step's planes one after another: cat on the plane dimension)
+        high = [torch.cat(planes, dim=3).to(codes.dtype).reshape(groups, blocks, -1)] if planes else []
+        steps = torch.cat([nibbles, *high], dim=-1)
     scales = rows(scale.float().reshape(n, blocks, per)).permute(0, 2, 3, 1)
     offsets = None if offset is None else rows(offset.float()).permute(0, 2, 1)
     return tuple(None if t is None else t.contiguous().reshape(groups, -1) for t in (steps, scales, offsets))
