@@ -61,10 +61,10 @@ def load_model(
     from simlab.models import tokenizer_json
 
     if spec == EMBEDDED:  # before torch: its tokenizer's parse then adds nothing to the peak memory
-        from simlab.models import gguf
+        from simlab.models import bpe, gguf
 
         folder = gguf.cache_folder(spec, settings)
-        if (gguf.read_marker(folder) or {}).get("format") == gguf.CACHE_FORMAT:
+        if (gguf.read_marker(folder) or {}).get("format") == gguf.CACHE_FORMAT and not bpe.prepare(folder):
             tokenizer_json.parse_early(folder / "tokenizer.json")
     try:
         return _load_model(spec, settings, trust_remote_code, progress)

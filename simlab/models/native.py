@@ -10,17 +10,14 @@ says what happened.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
+from simlab.models import cbuild
 from simlab.models.layout import pack
 
 SOURCE = Path(__file__).with_name("qmatmul.c")
@@ -31,40 +28,12 @@ HALF = 512  # added to a product's bits: its scales and offsets are float16 (hel
 _state: dict[str, object] = {}
 
 
-def _cpu_id() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
-
-
 def _build(folder: Path, extra: tuple[str, ...] = ()) -> Path:
     """The library built for this CPU (`extra`: more compiler flags, e.g. to leave out an
     instruction set), or the one built before."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not compiler:
-        raise OSError("no C compiler (cc, gcc or clang) on PATH")
-    source = SOURCE.read_bytes() + " ".join(extra).encode()
-    key = hashlib.sha256(source + compiler.encode() + _cpu_id().encode() + platform.machine().encode())
-    target = folder / f"qmatmul-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        built = Path(scratch) / target.name
-        # -ffp-contract=off: no multiply and add fused where the source did not say so (gcc's
-        # default in -std=c99, not clang's), so every compiler and instruction set sums alike
-        flags = ["-O3", "-march=native", *extra, "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
-        flags.append("-std=c99")
-        command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise OSError(f"{Path(compiler).name} failed: {last}")
-        os.replace(built, target)
-    return target
+    # -ffp-contract=off: no multiply and add fused where the source did not say so (gcc's
+    # default in -std=c99, not clang's), so every compiler and instruction set sums alike
+    return cbuild.build(SOURCE, folder, ["-O3", "-march=native", *extra, "-ffp-contract=off", "-fopenmp"])
 
 
 def library(folder: Path | None = None):

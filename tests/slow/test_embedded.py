@@ -98,26 +98,41 @@ def test_sampled_siblings_equal_their_seeds_alone_on_the_real_model(embedded_eng
     assert all(c.text.strip() for c in together)
 
 
-def test_the_fast_tokenizer_of_the_cache_is_autotokenizer_exactly(embedded):
-    """simlab reads the embedded cache's tokenizer.json directly (2.5 s instead of 5.4 s); it must be
-    the tokenizer AutoTokenizer builds, token for token, both ways."""
+def test_the_own_tokenizer_of_the_cache_is_autotokenizer_exactly(embedded):
+    """simlab tokenizes for the embedded model with its own tables (models.bpe: about 100 MB less
+    than tokenizers holds); it must be the tokenizer AutoTokenizer builds, token for token and
+    offset for offset, both ways: on random characters, on random runs of the vocabulary's own
+    pieces (every merge path), on long runs of one character, and on a long document."""
     import random
 
     from transformers import AutoTokenizer
 
+    from simlab.models import bpe
+
     ours = embedded.tokenizer
     reference = AutoTokenizer.from_pretrained(embedded.info.source)
-    assert type(ours) is not type(reference)  # the fast path was taken (AutoTokenizer makes a GemmaTokenizer)
+    assert isinstance(ours, bpe.Tokenizer)  # simlab's own was taken
     rng = random.Random(0)
-    alphabet = "abc XYZ\n\t.,;:!?'\"<>{}[]()éü日本🐙0123456789_-"
+    alphabet = "abc XYZ\n\t.,;:!?'\"<>{}[]()éü日本🐙0123456789_-\u2581"
     texts = ["Hello world", "  spaces\n\nnewlines\t tabs  ", "<bos> <eos> <unk> <start_of_turn>user", "", " "]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(1000)]
+    size = len(reference)
+    texts += [reference.decode([rng.randrange(size) for _ in range(rng.randint(1, 40))]) for _ in range(1500)]
+    texts += [c * n for c in (" ", "a", "\n", "=", "\u2581", "🐙", "ab") for n in (1, 2, 3, 7, 16, 33, 257)]
+    texts.append(reference.decode([rng.randrange(size) for _ in range(20000)]))  # ~90,000 characters
     for text in texts:
-        ids = reference(text)["input_ids"]
-        assert ours(text)["input_ids"] == ids, text
+        want = reference(text, return_offsets_mapping=True)
+        got = ours(text, return_offsets_mapping=True)
+        assert got["input_ids"] == want["input_ids"], text[:200]
+        assert got["offset_mapping"] == [tuple(o) for o in want["offset_mapping"]], text[:200]
         assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False)
+        ids = want["input_ids"]
         assert ours.decode(ids) == reference.decode(ids)
         assert ours.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
+    for _ in range(2000):  # any ids: byte pieces that are not UTF-8, special tokens, ids past the end
+        kinds = (size + 2, 494, 12)  # any id, the <0x00>..<0xFF> pieces (238-493), the specials
+        ids = [rng.randrange(rng.choice(kinds)) for _ in range(9)]
+        assert ours.decode(ids) == reference.decode(ids), ids
     for attr in (
         "bos_token_id",
         "eos_token_id",
