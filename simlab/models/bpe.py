@@ -22,6 +22,7 @@ from array import array
 from pathlib import Path
 
 from simlab.models import cbuild
+from simlab.models.tokenizer_json import give_back_memory
 
 SOURCE = Path(__file__).with_name("bpe.c")
 TABLES = "tokenizer.simlab-bpe"
@@ -91,11 +92,11 @@ def _tables_of(folder: Path, config: dict) -> tuple[dict, bytearray] | None:
     tables = folder / TABLES
     read = _read(tables, stamp)
     if read is None:
-        made = _tables(json.loads(source.read_text(encoding="utf-8")))
-        _write(tables, stamp, made)  # (no tables: written as such, so later starts skip the parse)
-        if made is None:
-            return None
-        read = _read(tables, stamp)
+        header, chunks = _layout(stamp, _tables(json.loads(source.read_text(encoding="utf-8"))))
+        _write(tables, header, chunks)  # (no tables: written as such, so later starts skip the parse)
+        read = _read(tables, stamp) or (header, bytearray(b"".join(chunks)))  # (a folder it cannot write)
+        del chunks
+        give_back_memory()  # the parse's ~300 MB of scratch
     return None if read is None or not read[0].get("fits") else read
 
 
@@ -173,13 +174,17 @@ def _template(processor: dict | None, vocab: dict) -> tuple[list[int], list[int]
     return (before, after) if side is after else None
 
 
-def _write(path: Path, stamp: str, made) -> None:
+def _layout(stamp: str, made) -> tuple[dict, list[bytes]]:
+    """The header and the chunks after it (each array padded to 8 bytes, then the pieces' blob)."""
     header = {"stamp": stamp, "fits": made is not None}
-    chunks: list[bytes] = []
-    if made is not None:
-        more, arrays, blob = made
-        header |= more | {"sizes": {name: len(arrays[name]) for name, _ in _ARRAYS}, "blob": len(blob)}
-        chunks = [_padded(arrays[name].tobytes()) for name, _ in _ARRAYS] + [blob]
+    if made is None:
+        return header, []
+    more, arrays, blob = made
+    header |= more | {"sizes": {name: len(arrays[name]) for name, _ in _ARRAYS}, "blob": len(blob)}
+    return header, [_padded(arrays[name].tobytes()) for name, _ in _ARRAYS] + [blob]
+
+
+def _write(path: Path, header: dict, chunks: list[bytes]) -> None:
     head = json.dumps(header).encode("utf-8")
     work = path.with_name(f".{path.name}.{os.getpid()}")
     try:

@@ -197,3 +197,11 @@ def test_without_a_compiler_tokenizers_is_used(tmp_path, monkeypatch):
     tokenizer = hub._own_tokenizer(folder)
     assert not isinstance(tokenizer, bpe.Tokenizer)
     assert tokenizer("ab c")["input_ids"] == reference(folder).encode("ab c").ids
+
+
+def test_a_folder_it_cannot_write_still_gets_its_tables(tmp_path, monkeypatch):
+    folder = gemma_style(tmp_path / "t")
+    monkeypatch.setattr(bpe, "_write", lambda path, header, chunks: None)  # as a read-only folder
+    ours = hub._own_tokenizer(folder)
+    assert isinstance(ours, bpe.Tokenizer) and not (folder / bpe.TABLES).exists()
+    assert ours("ab c\n\n本日")["input_ids"] == reference(folder).encode("ab c\n\n本日").ids
