@@ -111,7 +111,7 @@ def read_text(args: argparse.Namespace) -> str:
         return sys.stdin.read()
     path = Path(where).expanduser()
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")  # as it is: a \r\n stays two characters
     except FileNotFoundError:
         raise BadInput(f"--file {where}: no such file") from None
     except UnicodeDecodeError as exc:

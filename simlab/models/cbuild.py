@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -21,9 +22,10 @@ def cpu_id() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def build(source: Path, folder: Path, flags: list[str]) -> Path:
-    """The shared library built from `source` with `flags`, or the one built before. OSError (or
-    subprocess's) when there is no compiler or it fails: the caller goes without."""
+def build(source: Path, folder: Path, flags: list[str], say: Callable[[], None] | None = None) -> Path:
+    """The shared library built from `source` with `flags`, or the one built before (`say`: called
+    when it is to be built now). OSError (or subprocess's) when there is no compiler or it fails:
+    the caller goes without."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         raise OSError("no C compiler (cc, gcc or clang) on PATH")
@@ -33,6 +35,8 @@ def build(source: Path, folder: Path, flags: list[str]) -> Path:
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
+    if say is not None:
+        say()
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         built = Path(scratch) / target.name
         command = [compiler, *flags, "-fPIC", "-shared", "-std=c99", str(source), "-o", str(built), "-lm"]

@@ -76,7 +76,7 @@ def _load_model(
     spec: str, settings: Settings, trust_remote_code: bool, progress: Progress | None, asked: str = ""
 ):
     if settings.weights == "gguf-a8":  # gguf's model, then its activations rounded once
-        if classify_spec(spec) in ("embedded", "gguf") and not _native():  # (said before loading)
+        if classify_spec(spec) in ("embedded", "gguf") and not _native(progress):  # (said before loading)
             _one_level(spec, None)
         gguf = _load_model(spec, replace(settings, weights="gguf"), trust_remote_code, progress, "gguf-a8")
         return _one_level(spec, gguf)
@@ -99,7 +99,7 @@ def _load_model(
             f"--dtype float16: {spec}'s Gemma activations outgrow float16's range (the replies come out "
             "as <pad>); use --dtype bfloat16 or float32 (or auto)"
         )
-    if weights == "gguf" and settings.dtype == "auto" and _native():
+    if weights == "gguf" and settings.dtype == "auto" and _native(progress):
         settings = replace(settings, dtype="float32")  # simlab's kernel reads float32 activations
     if weights == "gguf" and settings.dtype == "float32" and _native():
         quick = _from_codes(spec, settings, progress or (lambda message: None))
@@ -241,10 +241,10 @@ def _is_gemma(spec: str) -> bool:
     return False
 
 
-def _native() -> bool:
+def _native(say: Progress | None = None) -> bool:
     from simlab.models import native
 
-    return native.library() is not None
+    return native.library(say=say) is not None
 
 
 def _auto_gguf(spec: str, settings: Settings) -> bool:

@@ -28,16 +28,19 @@ HALF = 512  # added to a product's bits: its scales and offsets are float16 (hel
 _state: dict[str, object] = {}
 
 
-def _build(folder: Path, extra: tuple[str, ...] = ()) -> Path:
+def _build(folder: Path, extra: tuple[str, ...] = (), say=None) -> Path:
     """The library built for this CPU (`extra`: more compiler flags, e.g. to leave out an
     instruction set), or the one built before."""
     # -ffp-contract=off: no multiply and add fused where the source did not say so (gcc's
     # default in -std=c99, not clang's), so every compiler and instruction set sums alike
-    return cbuild.build(SOURCE, folder, ["-O3", "-march=native", *extra, "-ffp-contract=off", "-fopenmp"])
+    flags = ["-O3", "-march=native", *extra, "-ffp-contract=off", "-fopenmp"]
+    building = "Building simlab's kernel for this CPU (once for each version of it; about 15 s on 2 cores)."
+    return cbuild.build(SOURCE, folder, flags, (lambda: say(building)) if say else None)
 
 
-def library(folder: Path | None = None):
-    """The loaded library (ctypes.CDLL), built on first use; None when it cannot be built here."""
+def library(folder: Path | None = None, say=None):
+    """The loaded library (ctypes.CDLL), built on first use (`say`: told when it is built now);
+    None when it cannot be built here."""
     if "lib" in _state:
         return _state["lib"]
     if os.environ.get("SIMLAB_NATIVE", "1") == "0":
@@ -48,7 +51,7 @@ def library(folder: Path | None = None):
 
         folder = simlab_home() / "kernels"
     try:
-        lib = ctypes.CDLL(str(_build(folder)))
+        lib = ctypes.CDLL(str(_build(folder, say=say)))
         _declare(lib)
         simd = {4: "AVX-512 with VNNI", 3: "AVX2 with VNNI", 2: "AVX2"}.get(
             lib.simlab_qmatmul_simd(), "portable C"

@@ -205,3 +205,25 @@ def test_a_folder_it_cannot_write_still_gets_its_tables(tmp_path, monkeypatch):
     ours = hub._own_tokenizer(folder)
     assert isinstance(ours, bpe.Tokenizer) and not (folder / bpe.TABLES).exists()
     assert ours("ab c\n\n本日")["input_ids"] == reference(folder).encode("ab c\n\n本日").ids
+
+
+def test_a_c_build_is_said_when_it_runs_and_not_when_it_is_kept(tmp_path, monkeypatch):
+    from simlab.models import cbuild, native
+
+    said = []
+    first = cbuild.build(bpe.SOURCE, tmp_path, ["-O2"], lambda: said.append("built"))
+    again = cbuild.build(bpe.SOURCE, tmp_path, ["-O2"], lambda: said.append("again"))
+    assert first == again and said == ["built"]
+
+    def failing(source, folder, flags, say):  # the kernel's own build, said and then failing
+        say()
+        raise OSError("cc failed: no space")
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(cbuild, "build", failing)
+    messages = []
+    assert native.library(tmp_path, say=messages.append) is None
+    assert messages == [
+        "Building simlab's kernel for this CPU (once for each version of it; about 15 s on 2 cores)."
+    ]
+    assert native.why() == "cc failed: no space"

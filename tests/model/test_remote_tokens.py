@@ -301,3 +301,14 @@ def test_simlab_tokens_shows_what_it_can_when_one_tokenizer_fails(capsys, tiny_d
     assert err.count("\n") == 1 and err.startswith(
         "simlab: -m tiktoken:cl100k_base: tiktoken's cl100k_base file"
     )
+
+
+def test_simlab_tokens_reads_a_file_as_it_is(capsys, tiny_dir, tmp_path):
+    """A file with Windows line endings and a lone \\r: its characters are counted, not a newline-
+    translated copy of them."""
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"a\r\nb\rc\n")
+    code, out, _ = run_cli(capsys, "tokens", "--file", str(path), "-m", str(tiny_dir), "--json", "--offline")
+    assert code == 0
+    data = json.loads(out)
+    assert data["text"] == "a\r\nb\rc\n" and data["tokenizers"][0]["tokens"][-1]["end"] == 7
