@@ -313,10 +313,11 @@ class HFCounter(Counter):
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(encoded["input_ids"])
         offsets = list(encoded["offset_mapping"])
-        raw = [self.decode([i]).encode("utf-8") for i in ids]
+        own = getattr(self.tokenizer, "token_bytes", None)  # (simlab's own: a byte piece's byte)
+        raw = own(ids) if own is not None else [self.decode([i]).encode("utf-8") for i in ids]
         whole = spans(text, ids, raw, self.decode)
-        if "".join(p.text for p in whole) == text:  # the pieces spell the text: their own offsets
-            return whole
+        if b"".join(raw) == text.encode("utf-8") or "".join(p.text for p in whole) == text:
+            return whole  # the pieces spell the text: their own offsets
         return [Piece(i, text[a:b], a, b) for i, (a, b) in zip(ids, offsets)]
 
 

@@ -340,6 +340,16 @@ class Tokenizer:
     def _piece(self, token: int) -> str:
         return bytes(self._blob[self._offsets[token] : self._offsets[token + 1]]).decode("utf-8")
 
+    def token_bytes(self, ids) -> list[bytes]:
+        """Each token's bytes as the decoder gives them: a <0xNN> piece its byte (part of a
+        character), any other its text with ▁ as a space."""
+        out = []
+        for token in _ints(ids):
+            piece = self._piece(token).replace(SPACE, " ")
+            byte = _byte_of(piece)
+            out.append(piece.encode("utf-8") if byte is None else bytes([byte]))
+        return out
+
     def decode(self, ids, skip_special_tokens: bool = False, **_) -> str:
         """As tokenizers decodes: unknown ids left out, then ▁ as a space, runs of <0xNN> pieces
         as their bytes (each byte U+FFFD where the run is not UTF-8), all joined."""

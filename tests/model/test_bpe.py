@@ -227,3 +227,15 @@ def test_a_c_build_is_said_when_it_runs_and_not_when_it_is_kept(tmp_path, monkey
         "Building simlab's kernel for this CPU (once for each version of it; about 15 s on 2 cores)."
     ]
     assert native.why() == "cc failed: no space"
+
+
+def test_simlab_tokens_shows_a_characters_bytes_once_each(tmp_path):
+    """A character the vocabulary lacks is one <0xNN> piece per byte: `pieces` shows each byte
+    (\\xNN), not the whole character once per byte, and the pieces still cover the text."""
+    from simlab.engine.tokenizers import HFCounter
+
+    folder = gemma_style(tmp_path / "t")
+    counter = HFCounter(hub._own_tokenizer(folder), "t")
+    pieces = counter.pieces("ab 🐙c")
+    assert [p.text for p in pieces][-5:] == ["\\xf0", "\\x9f", "\\x90", "\\x99", "c"]
+    assert pieces[-2].end == pieces[-1].start == 4 and pieces[-1].end == 5
