@@ -33,7 +33,7 @@ from simlab.steer.use import no_server, steerings_of, sweep_of, uses_of
 
 def add_command(commands) -> None:
     gen = commands.add_parser("generate", help="continue a prompt (streamed), or N branches of it")
-    gen.add_argument("prompt", nargs="?", help="the text to continue (default: read from stdin)")
+    gen.add_argument("prompt", nargs="?", help="the text to continue (default, or -: read from stdin)")
     gen.add_argument("-n", type=int, default=1, help="number of sibling continuations (default 1)")
     gen.add_argument(
         "--json", action="store_true", help="print one JSON object with tokens and log-probabilities"
@@ -105,7 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
-    if args.prompt is not None:
+    if args.prompt is not None and args.prompt != "-":  # (-: stdin, as `simlab tokens -` reads it)
         return args.prompt
     if sys.stdin.isatty():
         raise SimlabError("generate: no prompt; give one as an argument or pipe it on stdin")

@@ -4,7 +4,7 @@ tokenizers holds the embedded model's 262,144 pieces twice (a map each way) and 
 merges in a hash map: about 100 MB of a chat's 600. This holds the pieces once, as one blob, and
 the merges as two sorted arrays (about 12 MB), and runs tokenizers' own algorithm (bpe.c): the
 same ids, offsets and text for every input, checked against tokenizers on the same file. It takes
-only the tokenizer.json shapes it was checked on (`_tables` says which); any other file, or a
+only the tokenizer.json shapes it was checked on (`bpe_tables.tables` says which); any other file, or a
 machine without a C compiler, gets tokenizers.
 
 The tables are made once from tokenizer.json (a few seconds), into `tokenizer.simlab-bpe` beside it.
@@ -14,31 +14,16 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import re
-import struct
 import subprocess
 from array import array
 from pathlib import Path
 
-from simlab.models import cbuild
+from simlab.models import bpe_tables, cbuild
 from simlab.models.tokenizer_json import give_back_memory
 
 SOURCE = Path(__file__).with_name("bpe.c")
-TABLES = "tokenizer.simlab-bpe"
-MAGIC = b"simlab-bpe 1\n"
-SPACE = "\u2581"  # SentencePiece's visible space
-NORMALIZER = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
-SPLIT = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
-DECODER = {
-    "type": "Sequence",
-    "decoders": [
-        {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
-        {"type": "ByteFallback"},
-        {"type": "Fuse"},
-    ],
-}
-_ARRAYS = (("chars", "I"), ("char_ids", "I"), ("offsets", "I"), ("keys", "Q"), ("values", "Q"))
+SPACE = bpe_tables.SPACE
 _HEX = frozenset("0123456789abcdefABCDEF")
 _state: dict[str, object] = {}
 
@@ -89,142 +74,16 @@ def _tables_of(folder: Path, config: dict) -> tuple[dict, bytearray] | None:
         return None
     stat = source.stat()
     stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-    tables = folder / TABLES
-    read = _read(tables, stamp)
+    tables = folder / bpe_tables.TABLES
+    read = bpe_tables.read(tables, stamp)
     if read is None:
-        header, chunks = _layout(stamp, _tables(json.loads(source.read_text(encoding="utf-8"))))
-        _write(tables, header, chunks)  # (no tables: written as such, so later starts skip the parse)
-        read = _read(tables, stamp) or (header, bytearray(b"".join(chunks)))  # (a folder it cannot write)
+        header, chunks = bpe_tables.layout(stamp, bpe_tables.parsed(source))
+        bpe_tables.write(tables, header, chunks)  # ("fits": false is written too: no parse next time)
+        # (a folder it cannot write: this start's own tables)
+        read = bpe_tables.read(tables, stamp) or (header, bytearray(b"".join(chunks)))
         del chunks
         give_back_memory()  # the parse's ~300 MB of scratch
     return None if read is None or not read[0].get("fits") else read
-
-
-def _tables(data: dict) -> tuple[dict, dict[str, array], bytes] | None:
-    """The header, arrays and piece blob of a tokenizer.json this encodes exactly, else None."""
-    model = data.get("model") or {}
-    fits = (
-        model.get("type") == "BPE"
-        and model.get("byte_fallback") is True
-        and not model.get("dropout")
-        and not model.get("continuing_subword_prefix")
-        and not model.get("end_of_word_suffix")
-        and not model.get("ignore_merges")
-        and data.get("normalizer") == NORMALIZER
-        and data.get("pre_tokenizer") in (None, SPLIT)  # (a no-op: no spaces are left to split on)
-        and data.get("decoder") == DECODER
-        and isinstance(model.get("vocab"), dict)
-    )
-    vocab = model.get("vocab") if fits else {}
-    pieces = sorted(vocab, key=vocab.get)
-    if not fits or [vocab[p] for p in pieces] != list(range(len(pieces))):
-        return None
-    byte_ids = [vocab.get(f"<0x{b:02X}>") for b in range(256)]
-    added = [(t.get("content"), t.get("id"), bool(t.get("special"))) for t in data.get("added_tokens", [])]
-    plain = all(
-        vocab.get(t.get("content")) == t.get("id")
-        and not (t.get("normalized") or t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
-        for t in data.get("added_tokens", [])
-    )
-    around = _template(data.get("post_processor"), vocab)
-    if None in byte_ids or not plain or around is None:
-        return None
-    merged: dict[int, int] = {}
-    for rank, merge in enumerate(model.get("merges") or []):
-        pair = merge.split(" ") if isinstance(merge, str) else merge
-        if len(pair) != 2 or "".join(pair) not in vocab or pair[0] not in vocab or pair[1] not in vocab:
-            return None  # (tokenizers refuses such a file)
-        merged[vocab[pair[0]] << 32 | vocab[pair[1]]] = rank << 32 | vocab["".join(pair)]  # the last wins
-    singles = sorted((ord(p), i) for p, i in vocab.items() if len(p) == 1)
-    blob = "".join(pieces).encode("utf-8")
-    offsets = array("I", [0])
-    for piece in pieces:
-        offsets.append(offsets[-1] + len(piece.encode("utf-8")))
-    keys = sorted(merged)
-    arrays = {
-        "chars": array("I", [c for c, _ in singles]),
-        "char_ids": array("I", [i for _, i in singles]),
-        "offsets": offsets,
-        "keys": array("Q", keys),
-        "values": array("Q", [merged[k] for k in keys]),
-    }
-    header = {"bytes": byte_ids, "added": added, "before": around[0], "after": around[1]}
-    return header, arrays, blob
-
-
-def _template(processor: dict | None, vocab: dict) -> tuple[list[int], list[int]] | None:
-    """The ids a single sequence gets before and after it (TemplateProcessing), or None."""
-    if processor is None:
-        return [], []
-    if processor.get("type") != "TemplateProcessing":
-        return None
-    special = processor.get("special_tokens") or {}
-    before: list[int] = []
-    after: list[int] = []
-    side = before
-    for item in processor.get("single") or []:
-        if "Sequence" in item:
-            if side is after or item["Sequence"].get("id") != "A":
-                return None
-            side = after
-        elif "SpecialToken" in item and item["SpecialToken"].get("id") in special:
-            side.extend(special[item["SpecialToken"]["id"]].get("ids") or [])
-        else:
-            return None
-    return (before, after) if side is after else None
-
-
-def _layout(stamp: str, made) -> tuple[dict, list[bytes]]:
-    """The header and the chunks after it (each array padded to 8 bytes, then the pieces' blob)."""
-    header = {"stamp": stamp, "fits": made is not None}
-    if made is None:
-        return header, []
-    more, arrays, blob = made
-    header |= more | {"sizes": {name: len(arrays[name]) for name, _ in _ARRAYS}, "blob": len(blob)}
-    return header, [_padded(arrays[name].tobytes()) for name, _ in _ARRAYS] + [blob]
-
-
-def _write(path: Path, header: dict, chunks: list[bytes]) -> None:
-    head = json.dumps(header).encode("utf-8")
-    work = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        with open(work, "wb") as out:
-            out.write(MAGIC + struct.pack("<Q", len(head)) + head)
-            for chunk in chunks:
-                out.write(chunk)
-        os.replace(work, path)
-    except OSError:
-        work.unlink(missing_ok=True)  # a folder it cannot write: each start makes them again
-
-
-def _padded(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 8)
-
-
-def _span(count: int, code: str) -> int:
-    """The bytes an array of `count` items takes in the file (padded to 8)."""
-    size = count * (8 if code == "Q" else 4)
-    return size + -size % 8
-
-
-def _read(path: Path, stamp: str) -> tuple[dict, bytearray] | None:
-    try:
-        with open(path, "rb") as file:
-            if file.read(len(MAGIC)) != MAGIC:
-                return None
-            (size,) = struct.unpack("<Q", file.read(8))
-            header = json.loads(file.read(size))
-            if header.get("stamp") != stamp:
-                return None
-            buffer = bytearray(path.stat().st_size - file.tell())  # (ctypes reads a bytearray in place)
-            if file.readinto(buffer) != len(buffer):
-                return None
-    except (OSError, ValueError, struct.error):
-        return None
-    arrays = sum(_span(header["sizes"][name], code) for name, code in _ARRAYS) if header.get("fits") else 0
-    if header.get("fits") and len(buffer) != arrays + header["blob"]:
-        return None
-    return header, buffer
 
 
 class Tokenizer:
@@ -238,11 +97,11 @@ class Tokenizer:
         self.name_or_path = name
         self._buffer = buffer
         at = 0
-        for field, code in _ARRAYS:
+        for field, code in bpe_tables.ARRAYS:
             count = header["sizes"][field]
             kind = ctypes.c_uint32 if code == "I" else ctypes.c_uint64
             setattr(self, "_" + field, (kind * count).from_buffer(buffer, at))
-            at += _span(count, code)
+            at += bpe_tables.span(count, code)
         self._blob = memoryview(buffer)[at:]
         self._bytes = (ctypes.c_uint32 * 256)(*header["bytes"])
         self._before, self._after = list(header["before"]), list(header["after"])
@@ -254,7 +113,8 @@ class Tokenizer:
         for first, lengths in self._lengths.items():
             self._lengths[first] = sorted(set(lengths), reverse=True)
         self._starts = re.compile("[" + "".join(map(re.escape, self._lengths)) + "]")
-        self.vocab_size = len(self._offsets) - 1
+        self.vocab_size = len(self._offsets) - 1  # (transformers': the model's, without added tokens past it)
+        self._past = {i: content for content, i in self._added.items() if i >= self.vocab_size}
         self.all_special_ids: list[int] = []  # (the named ones, in transformers' order)
         for role in ("bos", "eos", "unk", "sep", "pad", "cls", "mask"):
             token = config.get(f"{role}_token")
@@ -265,7 +125,7 @@ class Tokenizer:
                 self.all_special_ids.append(getattr(self, f"{role}_token_id"))
 
     def __len__(self) -> int:
-        return self.vocab_size
+        return self.vocab_size + len(self._past)
 
     def __call__(self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False):
         ids, spans = self._encode(text, return_offsets_mapping)
@@ -338,6 +198,8 @@ class Tokenizer:
         return [self._piece(i) for i in _ints(ids)]
 
     def _piece(self, token: int) -> str:
+        if token >= self.vocab_size:
+            return self._past[token]
         return bytes(self._blob[self._offsets[token] : self._offsets[token + 1]]).decode("utf-8")
 
     def token_bytes(self, ids) -> list[bytes]:
@@ -356,7 +218,8 @@ class Tokenizer:
         out: list[str] = []
         run = bytearray()
         for token in _ints(ids):
-            if not 0 <= token < self.vocab_size or (skip_special_tokens and token in self._special):
+            known = 0 <= token < self.vocab_size or token in self._past
+            if not known or (skip_special_tokens and token in self._special):
                 continue
             piece = self._piece(token).replace(SPACE, " ")
             byte = _byte_of(piece)

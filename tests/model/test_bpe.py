@@ -10,13 +10,15 @@ import random
 import pytest
 from tokenizers import Tokenizer
 
-from simlab.models import bpe, hub
+from simlab.models import bpe, bpe_tables, hub
 
 SPACE = "\u2581"
 SEQUENCE = {"id": "A", "type_id": 0}
 
 
-def gemma_style(folder, *, seed=0, letters="ab" + SPACE + "c", longest=4, duplicate=False, extra=None):
+def gemma_style(
+    folder, *, seed=0, letters="ab" + SPACE + "c", longest=4, duplicate=False, extra=None, past=False
+):
     """A tokenizer.json in the shape transformers writes for a Gemma GGUF, over a small alphabet:
     every string of the letters up to `longest` is a piece, merged from each of its splits in a
     random order (so one piece is reached by several merges, ranked apart)."""
@@ -42,21 +44,23 @@ def gemma_style(folder, *, seed=0, letters="ab" + SPACE + "c", longest=4, duplic
         "truncation": None,
         "padding": None,
         "added_tokens": added,
-        "normalizer": bpe.NORMALIZER,
-        "pre_tokenizer": bpe.SPLIT,
+        "normalizer": bpe_tables.NORMALIZER,
+        "pre_tokenizer": bpe_tables.SPLIT,
         "post_processor": {
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": SEQUENCE}],
             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {"<bos>": {"id": "<bos>", "ids": [vocab["<bos>"]], "tokens": ["<bos>"]}},
         },
-        "decoder": bpe.DECODER,
+        "decoder": bpe_tables.DECODER,
         "model": {
             "type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
             "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
             "vocab": vocab, "merges": merges,
         },
     }  # fmt: skip
+    if past:  # a special token past the vocabulary's end, as some converters write <mask>
+        data["added_tokens"].append(added[0] | {"id": len(vocab), "content": "<extra>"})
     data |= extra or {}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
@@ -105,6 +109,21 @@ def test_a_pair_listed_twice_takes_its_later_rank(tmp_path):
         same_as_tokenizers(ours, theirs, text)
 
 
+def test_an_added_token_past_the_vocabulary_is_one_on_top(tmp_path):
+    folder = gemma_style(tmp_path / "t", seed=5, past=True)
+    ours, theirs = hub._own_tokenizer(folder), reference(folder)
+    assert isinstance(ours, bpe.Tokenizer)
+    extra = theirs.token_to_id("<extra>")
+    for text in [*texts(5, "ab" + SPACE + "c")[:500], "a<extra>b", "<extra><extra>", "<extr a"]:
+        same_as_tokenizers(ours, theirs, text)
+    assert ours("a<extra>")["input_ids"][-1] == extra == theirs.get_vocab_size(with_added_tokens=False)
+    assert ours.convert_ids_to_tokens([extra]) == ["<extra>"] and ours.vocab_size == extra
+    assert len(ours) == theirs.get_vocab_size(with_added_tokens=True) == extra + 1
+    assert ours.decode([extra + 1, extra, 9]) == theirs.decode(
+        [extra + 1, extra, 9], skip_special_tokens=False
+    )
+
+
 def test_decoding_any_ids_gives_tokenizers_text(tmp_path):
     """Runs of <0xNN> pieces that are UTF-8, that are not (a U+FFFD each), ids past the vocabulary
     (left out), special tokens kept and skipped."""
@@ -151,7 +170,7 @@ def test_a_shape_it_was_not_checked_on_goes_to_tokenizers(tmp_path, change):
     folder = gemma_style(tmp_path / "t", extra=change)
     assert bpe.load(folder, {}) is None
     assert not isinstance(hub._own_tokenizer(folder), bpe.Tokenizer)
-    kept = (folder / bpe.TABLES).read_bytes()
+    kept = (folder / bpe_tables.TABLES).read_bytes()
     assert b'"fits": false' in kept  # said once: later starts do not parse tokenizer.json again
     assert not bpe.prepare(folder)
 
@@ -167,7 +186,7 @@ def test_a_chat_template_goes_to_transformers(tmp_path):
 def test_the_tables_are_made_once_and_again_when_tokenizer_json_changes(tmp_path):
     folder = gemma_style(tmp_path / "t", seed=1)
     assert bpe.prepare(folder)
-    tables = folder / bpe.TABLES
+    tables = folder / bpe_tables.TABLES
     made = tables.stat().st_mtime_ns
     assert bpe.prepare(folder) and tables.stat().st_mtime_ns == made  # read, not made again
     gemma_style(folder, seed=2)  # another tokenizer.json in its place
@@ -182,7 +201,7 @@ def test_the_tables_are_made_once_and_again_when_tokenizer_json_changes(tmp_path
 def test_damaged_tables_are_made_again(tmp_path, damage):
     folder = gemma_style(tmp_path / "t")
     assert bpe.prepare(folder)
-    tables = folder / bpe.TABLES
+    tables = folder / bpe_tables.TABLES
     data = tables.read_bytes()
     tables.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00" * 99, "empty": b""}[damage])
     ours = hub._own_tokenizer(folder)
@@ -201,9 +220,9 @@ def test_without_a_compiler_tokenizers_is_used(tmp_path, monkeypatch):
 
 def test_a_folder_it_cannot_write_still_gets_its_tables(tmp_path, monkeypatch):
     folder = gemma_style(tmp_path / "t")
-    monkeypatch.setattr(bpe, "_write", lambda path, header, chunks: None)  # as a read-only folder
+    monkeypatch.setattr(bpe_tables, "write", lambda path, header, chunks: None)  # as a read-only folder
     ours = hub._own_tokenizer(folder)
-    assert isinstance(ours, bpe.Tokenizer) and not (folder / bpe.TABLES).exists()
+    assert isinstance(ours, bpe.Tokenizer) and not (folder / bpe_tables.TABLES).exists()
     assert ours("ab c\n\n本日")["input_ids"] == reference(folder).encode("ab c\n\n本日").ids
 
 
@@ -239,3 +258,51 @@ def test_simlab_tokens_shows_a_characters_bytes_once_each(tmp_path):
     pieces = counter.pieces("ab 🐙c")
     assert [p.text for p in pieces][-5:] == ["\\xf0", "\\x9f", "\\x90", "\\x99", "c"]
     assert pieces[-2].end == pieces[-1].start == 4 and pieces[-1].end == 5
+
+
+def gguf_conversion_config(folder):
+    """tokenizer_config.json as transformers writes it for a Gemma GGUF's conversion."""
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config |= {"backend": "tokenizers", "is_local": True, "local_files_only": False}
+    config |= {"model_max_length": 10**30, "tokenizer_class": "GemmaTokenizer"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return config
+
+
+def test_a_gemma_ggufs_folder_gets_it_and_matches_autotokenizer(tmp_path):
+    """Another Gemma GGUF's converted folder (not the embedded model's): AutoTokenizer would make
+    transformers' GemmaTokenizer from it; simlab's own gives that tokenizer's ids and text."""
+    from transformers import AutoTokenizer
+
+    folder = gemma_style(tmp_path / "t", seed=3)
+    gguf_conversion_config(folder)
+    ours = hub.load_tokenizer(str(folder), spec="x.gguf", offline=True, trust_remote_code=False)
+    assert isinstance(ours, bpe.Tokenizer)
+    theirs = AutoTokenizer.from_pretrained(folder)
+    assert type(theirs).__name__ == "GemmaTokenizer"
+    for text in texts(3, "ab" + SPACE + "c")[:600]:
+        for special in (True, False):
+            want = theirs(text, add_special_tokens=special, return_offsets_mapping=True)
+            got = ours(text, add_special_tokens=special, return_offsets_mapping=True)
+            assert got["input_ids"] == want["input_ids"], text
+            assert got["offset_mapping"] == [tuple(o) for o in want["offset_mapping"]], text
+        assert ours.decode(want["input_ids"]) == theirs.decode(want["input_ids"])
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
+@pytest.mark.parametrize(
+    "more", [{"add_bos_token": False}, {"chat_template": "{{ x }}"}, {"tokenizer_class": "X"}]
+)
+def test_a_gemma_folder_configured_beyond_its_tokenizer_json_gets_autotokenizer(tmp_path, more):
+    folder = gemma_style(tmp_path / "t")
+    config = gguf_conversion_config(folder) | more
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert hub._lean_gemma(folder) is None
+
+
+def test_a_tokenizer_json_that_is_not_json_is_left_to_tokenizers(tmp_path):
+    folder = gemma_style(tmp_path / "t")
+    (folder / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": [1, 2')
+    assert not bpe.prepare(folder)  # no traceback here; tokenizers' own load says what is wrong
+    assert bpe.load(folder, {}) is None

@@ -62,10 +62,12 @@ def test_generate_with_an_empty_stdin_asks_for_a_prompt_instead_of_sampling(caps
     assert code == 2 and out == "" and "stdin was empty, so there is no prompt" in err
 
 
-def test_generate_reads_the_prompt_from_stdin(capsys, tiny_dir, monkeypatch):
+@pytest.mark.parametrize("dash", [[], ["-"]], ids=["no-prompt", "dash"])
+def test_generate_reads_the_prompt_from_stdin(capsys, tiny_dir, monkeypatch, dash):
     code, out, _ = run_cli(
         capsys,
         "generate",
+        *dash,
         "-m",
         str(tiny_dir),
         "--json",
