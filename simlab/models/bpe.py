@@ -24,6 +24,10 @@ from simlab.models.tokenizer_json import give_back_memory
 
 SOURCE = Path(__file__).with_name("bpe.c")
 SPACE = bpe_tables.SPACE
+ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+# files transformers reads beside tokenizer_config.json that this does not
+ELSEWHERE = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+ELSEWHERE += ("special_tokens_map.json", "added_tokens.json")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _state: dict[str, object] = {}
 
@@ -65,12 +69,28 @@ def load(folder: Path, config: dict) -> Tokenizer | None:
     """The folder's tokenizer, from its tables (made now when missing or older than tokenizer.json);
     None when its tokenizer.json is not a shape this takes, or bpe.c cannot be built here."""
     read = _tables_of(folder, config)
-    return None if read is None else Tokenizer(*read, config, str(folder))
+    if read is None or not _named_as_added(read[0], config):
+        return None
+    return Tokenizer(*read, config, str(folder))
+
+
+def _named_as_added(header: dict, config: dict) -> bool:
+    """Whether each token tokenizer_config.json names (bos, eos, ...) is a special added token of
+    tokenizer.json, as transformers makes it: else transformers' tokenizer would differ."""
+    special = {content for content, _, is_special in header["added"] if is_special}
+    for role in ROLES:
+        token = config.get(f"{role}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        if token is not None and token not in special:
+            return False
+    return True
 
 
 def _tables_of(folder: Path, config: dict) -> tuple[dict, bytearray] | None:
     source = folder / "tokenizer.json"
-    if config.get("chat_template") or not source.is_file() or library() is None:
+    if config.get("chat_template") or any((folder / name).exists() for name in ELSEWHERE):
+        return None  # (a chat template, or special tokens set outside tokenizer.json: transformers')
+    if not source.is_file() or library() is None:
         return None
     stat = source.stat()
     stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -112,11 +132,12 @@ class Tokenizer:
             self._lengths.setdefault(content[0], []).append(len(content))
         for first, lengths in self._lengths.items():
             self._lengths[first] = sorted(set(lengths), reverse=True)
-        self._starts = re.compile("[" + "".join(map(re.escape, self._lengths)) + "]")
+        firsts = "".join(map(re.escape, self._lengths))
+        self._starts = re.compile(f"[{firsts}]") if firsts else None
         self.vocab_size = len(self._offsets) - 1  # (transformers': the model's, without added tokens past it)
         self._past = {i: content for content, i in self._added.items() if i >= self.vocab_size}
         self.all_special_ids: list[int] = []  # (the named ones, in transformers' order)
-        for role in ("bos", "eos", "unk", "sep", "pad", "cls", "mask"):
+        for role in ROLES:
             token = config.get(f"{role}_token")
             token = token.get("content") if isinstance(token, dict) else token
             setattr(self, f"{role}_token", token)
@@ -157,7 +178,7 @@ class Tokenizer:
         """(start, end, id) of each added token in the text, leftmost and then longest first (as
         tokenizers' Aho-Corasick matcher finds them), not overlapping."""
         after = 0
-        for match in self._starts.finditer(text):
+        for match in self._starts.finditer(text) if self._starts is not None else ():
             at = match.start()
             if at < after:
                 continue
@@ -193,9 +214,13 @@ class Tokenizer:
             at += length
 
     def convert_ids_to_tokens(self, ids):
+        """Each id's piece; None for an id it does not have (as transformers gives)."""
         if isinstance(ids, int):
-            return self._piece(ids)
-        return [self._piece(i) for i in _ints(ids)]
+            return self._known(ids)
+        return [self._known(i) for i in _ints(ids)]
+
+    def _known(self, token: int) -> str | None:
+        return self._piece(token) if 0 <= token < self.vocab_size or token in self._past else None
 
     def _piece(self, token: int) -> str:
         if token >= self.vocab_size:

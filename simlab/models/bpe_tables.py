@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from array import array
 from pathlib import Path
 
 TABLES = "tokenizer.simlab-bpe"
-MAGIC = b"simlab-bpe 2\n"  # (a new number when the shapes it takes change: "fits": false is asked again)
+MAGIC = b"simlab-bpe 3\n"  # (a new number when the shapes it takes change: "fits": false is asked again)
 SPACE = "\u2581"  # SentencePiece's visible space
 NORMALIZER = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
 SPLIT = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
@@ -52,6 +53,8 @@ def tables(data: dict) -> tuple[dict, dict[str, array], bytes] | None:
         and data.get("normalizer") == NORMALIZER
         and data.get("pre_tokenizer") in (None, SPLIT)  # (a no-op: no spaces are left to split on)
         and data.get("decoder") == DECODER
+        and data.get("truncation") is None
+        and data.get("padding") is None
         and isinstance(model.get("vocab"), dict)
     )
     vocab = model.get("vocab") if fits else {}
@@ -59,8 +62,11 @@ def tables(data: dict) -> tuple[dict, dict[str, array], bytes] | None:
     if not fits or [vocab[p] for p in pieces] != list(range(len(pieces))):
         return None
     byte_ids = [vocab.get(f"<0x{b:02X}>") for b in range(256)]
-    added = [(t.get("content"), t.get("id"), bool(t.get("special"))) for t in data.get("added_tokens", [])]
-    plain = all(_plain(token, vocab) for token in data.get("added_tokens", []))
+    listed = data.get("added_tokens") or []
+    plain = all(_plain(token, vocab) for token in listed)
+    plain = plain and len({t["content"] for t in listed}) == len(listed)  # (each once)
+    past = [t["id"] for t in listed if plain and t["id"] >= len(vocab)]
+    plain = plain and past == list(range(len(vocab), len(vocab) + len(past)))  # (tokenizers numbers them so)
     around = _template(data.get("post_processor"), vocab)
     if None in byte_ids or not plain or around is None:
         return None
@@ -83,6 +89,7 @@ def tables(data: dict) -> tuple[dict, dict[str, array], bytes] | None:
         "keys": array("Q", keys),
         "values": array("Q", [merged[k] for k in keys]),
     }
+    added = [(t["content"], t["id"], bool(t.get("special"))) for t in listed]
     header = {"bytes": byte_ids, "added": added, "before": around[0], "after": around[1]}
     return header, arrays, blob
 
@@ -132,7 +139,7 @@ def layout(stamp: str, made) -> tuple[dict, list[bytes]]:
 
 def write(path: Path, header: dict, chunks: list[bytes]) -> None:
     head = json.dumps(header).encode("utf-8")
-    work = path.with_name(f".{path.name}.{os.getpid()}")
+    work = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         with open(work, "wb") as out:
             out.write(MAGIC + struct.pack("<Q", len(head)) + head)
@@ -160,14 +167,41 @@ def read(path: Path, stamp: str) -> tuple[dict, bytearray] | None:
                 return None
             (size,) = struct.unpack("<Q", file.read(8))
             header = json.loads(file.read(size))
-            if header.get("stamp") != stamp:
+            if not isinstance(header, dict) or header.get("stamp") != stamp:
                 return None
             buffer = bytearray(path.stat().st_size - file.tell())  # (ctypes reads a bytearray in place)
             if file.readinto(buffer) != len(buffer):
                 return None
     except (OSError, ValueError, struct.error):
         return None
-    arrays = sum(span(header["sizes"][name], code) for name, code in ARRAYS) if header.get("fits") else 0
-    if header.get("fits") and len(buffer) != arrays + header["blob"]:
+    if header.get("fits") is False:
+        return header, buffer
+    if (
+        not _whole(header)
+        or len(buffer) != sum(span(header["sizes"][n], c) for n, c in ARRAYS) + header["blob"]
+    ):
         return None
     return header, buffer
+
+
+def _whole(header) -> bool:
+    """A header with every field `models.bpe` reads, of its type (else the tables are made again)."""
+
+    def ints(items, width=None):
+        return isinstance(items, list) and all(type(i) is int for i in items) and width in (None, len(items))
+
+    sizes, added = header.get("sizes"), header.get("added")
+    return (
+        header.get("fits") is True
+        and isinstance(sizes, dict)
+        and all(type(sizes.get(name)) is int and sizes[name] >= 0 for name, _ in ARRAYS)
+        and type(header.get("blob")) is int
+        and ints(header.get("bytes"), 256)
+        and ints(header.get("before"))
+        and ints(header.get("after"))
+        and isinstance(added, list)
+        and all(
+            isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) and t[0] and type(t[1]) is int
+            for t in added
+        )
+    )

@@ -213,7 +213,7 @@ def load_tokenizer(
     quiet_transformers()
     if own_cache:
         return _own_tokenizer(Path(source))
-    lean = _lean_gemma(Path(source))
+    lean = _lean_gemma(Path(source)) if gguf_file is None else None  # (a GGUF's own: from its metadata)
     if lean is not None:
         return lean
     from transformers import AutoTokenizer  # (transformers.models: 0.2 s of imports)
@@ -313,7 +313,8 @@ def _lean_gemma(folder: Path):
         return None
     if not isinstance(config, dict) or config.get("tokenizer_class") != "GemmaTokenizer":
         return None
-    return bpe.load(folder, config) if set(config) <= _PLAIN_GEMMA else None
+    named = all(config.get(f"{role}_token") for role in ("bos", "eos", "unk", "pad", "mask"))
+    return bpe.load(folder, config) if set(config) <= _PLAIN_GEMMA and named else None
 
 
 def _hub_commit(model_id: str, cache_dir: str) -> str | None:

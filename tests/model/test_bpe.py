@@ -306,3 +306,67 @@ def test_a_tokenizer_json_that_is_not_json_is_left_to_tokenizers(tmp_path):
     (folder / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": [1, 2')
     assert not bpe.prepare(folder)  # no traceback here; tokenizers' own load says what is wrong
     assert bpe.load(folder, {}) is None
+
+
+def test_a_folder_transformers_saved_with_a_chat_template_keeps_transformers(tmp_path):
+    """transformers 5 writes a chat template to chat_template.jinja, not tokenizer_config.json:
+    such a folder (an instruction-tuned Gemma's) keeps transformers' tokenizer and its template."""
+    from transformers import AutoTokenizer
+
+    folder = gemma_style(tmp_path / "t")
+    gguf_conversion_config(folder)
+    saved = tmp_path / "saved"
+    AutoTokenizer.from_pretrained(folder, chat_template="{{ messages[0]['content'] }}").save_pretrained(saved)
+    assert (saved / "chat_template.jinja").is_file()
+    assert hub._lean_gemma(saved) is None
+    tokenizer = hub.load_tokenizer(str(saved), spec="x", offline=True, trust_remote_code=False)
+    assert not isinstance(tokenizer, bpe.Tokenizer) and tokenizer.chat_template
+    (saved / "chat_template.jinja").unlink()  # the same folder without it: simlab's own
+    assert isinstance(hub._lean_gemma(saved), bpe.Tokenizer)
+    (saved / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<end_of_turn>"}))
+    assert hub._lean_gemma(saved) is None  # special tokens set outside tokenizer.json
+
+
+def test_shapes_tokenizers_reads_otherwise_go_to_it(tmp_path):
+    """Added tokens past the vocabulary that are not numbered on from it (tokenizers renumbers
+    them), a token named in tokenizer_config.json that tokenizer.json does not make special, and
+    truncation set in tokenizer.json."""
+    gaps = gemma_style(tmp_path / "gap", past=True)
+    data = json.loads((gaps / "tokenizer.json").read_text())
+    data["added_tokens"][-1]["id"] += 3
+    (gaps / "tokenizer.json").write_text(json.dumps(data))
+    assert bpe.load(gaps, {}) is None
+    named = gemma_style(tmp_path / "named")
+    config = json.loads((named / "tokenizer_config.json").read_text())
+    assert isinstance(bpe.load(named, config), bpe.Tokenizer)
+    assert bpe.load(named, config | {"mask_token": "<b>"}) is None  # an added token, not a special one
+    cut = {"max_length": 4, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}
+    truncated = gemma_style(tmp_path / "cut", extra={"truncation": cut})
+    assert bpe.load(truncated, {}) is None
+
+
+def test_no_added_tokens_at_all(tmp_path):
+    folder = gemma_style(tmp_path / "t", extra={"added_tokens": []})
+    ours, theirs = bpe.load(folder, {}), reference(folder)
+    assert isinstance(ours, bpe.Tokenizer)
+    for text in texts(6, "ab" + SPACE + "c")[:300]:
+        same_as_tokenizers(ours, theirs, text)
+    assert ours.convert_ids_to_tokens([5, 10**6]) == [theirs.id_to_token(5), None]
+
+
+def test_tables_whose_header_is_damaged_are_made_again(tmp_path):
+    folder = gemma_style(tmp_path / "t")
+    assert bpe.prepare(folder)
+    tables = folder / bpe_tables.TABLES
+    data = tables.read_bytes()
+    size = int.from_bytes(data[len(bpe_tables.MAGIC) : len(bpe_tables.MAGIC) + 8], "little")
+    start = len(bpe_tables.MAGIC) + 8
+    header = json.loads(data[start : start + size])
+    header["bytes"] = header["bytes"][:5]  # the right stamp and size, a field cut short
+    head = json.dumps(header).encode()
+    tables.write_bytes(
+        data[: len(bpe_tables.MAGIC)] + len(head).to_bytes(8, "little") + head + data[start + size :]
+    )
+    ours = hub._own_tokenizer(folder)
+    assert isinstance(ours, bpe.Tokenizer) and tables.read_bytes() == data
+    assert ours("ab c\n\n🐙")["input_ids"] == reference(folder).encode("ab c\n\n🐙").ids
