@@ -16,7 +16,7 @@ from typing import Any
 
 from simlab.config import Settings, load_settings, validate_device
 from simlab.engine.params import KNOBS, SamplingParams, decode_escapes
-from simlab.errors import EXIT_BAD_INPUT, NeedsLocalModel, needs_local
+from simlab.errors import EXIT_BAD_INPUT, BadInput, NeedsLocalModel, needs_local
 from simlab.session.store import SessionStore
 from simlab.trace.config import TraceConfig, from_flags
 
@@ -36,6 +36,19 @@ class Parser(argparse.ArgumentParser):
 def say(message: str) -> None:
     """A line for the user that is not the command's output (stderr)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def utf8(text: str, what: str) -> str:
+    """The text as given, or BadInput where it holds bytes that are not UTF-8 (Python hands such
+    bytes of an argument or of stdin on as lone surrogates, which no tokenizer can encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput(
+            f"{what}: byte {exc.object[exc.start].encode('utf-8', 'surrogateescape')!r} at character "
+            f"{exc.start} is not UTF-8; give the text as UTF-8"
+        ) from None
+    return text
 
 
 def color_on(stream=None) -> bool:

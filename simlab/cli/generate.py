@@ -24,6 +24,7 @@ from simlab.cli.common import (
     say,
     settings_of,
     trace_config,
+    utf8,
 )
 from simlab.errors import EXIT_INTERRUPTED, SimlabError
 from simlab.repl.progress import Waiting
@@ -106,10 +107,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None and args.prompt != "-":  # (-: stdin, as `simlab tokens -` reads it)
-        return args.prompt
+        return utf8(args.prompt, "the prompt")
     if sys.stdin.isatty():
         raise SimlabError("generate: no prompt; give one as an argument or pipe it on stdin")
-    text = sys.stdin.read()
+    text = utf8(sys.stdin.read(), "the prompt on stdin")
     if not text:
         raise SimlabError(
             "generate: stdin was empty, so there is no prompt; pipe some text in or give it as an "

@@ -79,3 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except (UnicodeEncodeError, TypeError):  # (a tokenizer given bytes that are not UTF-8: either)
+        given = sys.argv[1:] if argv is None else argv
+        bad = next((a for a in given if isinstance(a, str) and not _is_utf8(a)), None)
+        if bad is None:
+            raise
+        print(f"simlab: the argument {ascii(bad)} holds bytes that are not UTF-8; give it as UTF-8",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_INPUT
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from simlab.cli.common import color_on, say, settings_of
+from simlab.cli.common import color_on, say, settings_of, utf8
 from simlab.config import Settings
 from simlab.errors import EXIT_BAD_INPUT, BadInput, SimlabError
 from simlab.session.views import Style
@@ -106,9 +106,9 @@ def read_text(args: argparse.Namespace) -> str:
     if where is None:
         if args.text is None:
             raise BadInput("give a text to split: simlab tokens 'some text' (or --file FILE, or - for stdin)")
-        return args.text
+        return utf8(args.text, "the text")
     if where == "-":
-        return sys.stdin.read()
+        return utf8(sys.stdin.read(), "stdin")
     path = Path(where).expanduser()
     try:
         return path.read_bytes().decode("utf-8")  # as it is: a \r\n stays two characters

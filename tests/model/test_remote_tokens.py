@@ -312,3 +312,17 @@ def test_simlab_tokens_reads_a_file_as_it_is(capsys, tiny_dir, tmp_path):
     assert code == 0
     data = json.loads(out)
     assert data["text"] == "a\r\nb\rc\n" and data["tokenizers"][0]["tokens"][-1]["end"] == 7
+
+
+@pytest.mark.parametrize("argv", [["tokens", "a\udcffb"], ["generate", "a\udcffb", "--max-tokens", "2"]])
+def test_a_text_with_a_byte_that_is_not_utf8_is_one_line(capsys, tiny_dir, argv):
+    """A shell passes `$'a\\xffb'` on as is; Python hands the byte on as a lone surrogate."""
+    code, out, err = run_cli(capsys, *argv, "-m", str(tiny_dir), "--offline")
+    assert code == 2 and err.count("\n") == 1 and "b'\\xff' at character 1 is not UTF-8" in err, err
+
+
+def test_any_argument_with_a_byte_that_is_not_utf8_is_one_line(capsys, tiny_dir):
+    """Wherever such a text reaches a tokenizer (here multiverse --text), one line names it."""
+    argv = ["multiverse", "--text", "a\udcffb", "-m", str(tiny_dir), "--depth", "1"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and "'a\\udcffb' holds bytes that are not UTF-8" in err, err
