@@ -17,17 +17,23 @@ typedef struct {
     uint32_t result;
 } Entry;
 
-/* the value of `pair` in the sorted keys (rank << 32 | result), or UINT64_MAX */
-static uint64_t lookup(const uint64_t *keys, const uint64_t *values, int64_t count, uint64_t pair) {
+/* where `key` is in the sorted keys, or -1 */
+static int64_t index_of(const uint64_t *keys, int64_t count, uint64_t key) {
     int64_t low = 0, high = count;
     while (low < high) {
         int64_t mid = low + (high - low) / 2;
-        if (keys[mid] < pair)
+        if (keys[mid] < key)
             low = mid + 1;
         else
             high = mid;
     }
-    return (low < count && keys[low] == pair) ? values[low] : UINT64_MAX;
+    return (low < count && keys[low] == key) ? low : -1;
+}
+
+/* the value of `pair` in the merges (rank << 32 | result), or UINT64_MAX */
+static uint64_t lookup(const uint64_t *keys, const uint64_t *values, int64_t count, uint64_t pair) {
+    int64_t at = index_of(keys, count, pair);
+    return at >= 0 ? values[at] : UINT64_MAX;
 }
 
 static void push(Entry *heap, int64_t *size, Entry entry) {
@@ -80,23 +86,16 @@ static uint32_t next_char(const uint8_t *text, int64_t *at) {
     return c;
 }
 
-static int64_t char_piece(const uint32_t *chars, const uint32_t *char_ids, int64_t count, uint32_t c) {
-    int64_t low = 0, high = count;
-    while (low < high) {
-        int64_t mid = low + (high - low) / 2;
-        if (chars[mid] < c)
-            low = mid + 1;
-        else
-            high = mid;
-    }
-    return (low < count && chars[low] == c) ? (int64_t)char_ids[low] : -1;
+static int64_t char_piece(const uint64_t *chars, const uint32_t *char_ids, int64_t count, uint32_t c) {
+    int64_t at = index_of(chars, count, c);
+    return at >= 0 ? (int64_t)char_ids[at] : -1;
 }
 
 /* Encode `size` bytes of text into ids and each id's length in bytes of the text; returns the
  * count of ids (at most `size`), or -1 when memory ran out. `chars` (sorted) and `char_ids`: the
  * pieces of one character; `byte_ids`: the 256 pieces <0x00>..<0xFF>; `keys` (sorted) and
  * `values`: the merges, left << 32 | right -> rank << 32 | result. */
-int64_t simlab_bpe_encode(const uint8_t *text, int64_t size, const uint32_t *chars,
+int64_t simlab_bpe_encode(const uint8_t *text, int64_t size, const uint64_t *chars,
                           const uint32_t *char_ids, int64_t char_count, const uint32_t *byte_ids,
                           const uint64_t *keys, const uint64_t *values, int64_t merge_count,
                           uint32_t *ids, uint32_t *lengths) {

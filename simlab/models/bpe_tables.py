@@ -1,8 +1,9 @@
 """The tables of simlab's own Gemma tokenizer (models.bpe): which tokenizer.json shapes it takes, and
 the file `tokenizer.simlab-bpe` it makes from one, beside it: a JSON header (the added tokens, the
 template's ids, the 256 byte pieces, the array sizes) after a magic line, then the one-character
-pieces and their ids, each piece's end in the blob (uint32), the merges' sorted keys (left << 32 |
-right) and values (rank << 32 | result, uint64), each padded to 8 bytes, and the pieces' UTF-8 blob.
+pieces' code points (sorted, uint64) and ids (uint32), each piece's end in the blob (uint32), the
+merges' sorted keys (left << 32 | right) and values (rank << 32 | result, uint64), each padded to 8
+bytes, and the pieces' UTF-8 blob.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from array import array
 from pathlib import Path
 
 TABLES = "tokenizer.simlab-bpe"
-MAGIC = b"simlab-bpe 3\n"  # (a new number when the shapes it takes change: "fits": false is asked again)
+MAGIC = b"simlab-bpe 4\n"  # (a new number when the shapes it takes change: "fits": false is asked again)
 SPACE = "\u2581"  # SentencePiece's visible space
 NORMALIZER = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
 SPLIT = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
@@ -27,7 +28,7 @@ DECODER = {
         {"type": "Fuse"},
     ],
 }
-ARRAYS = (("chars", "I"), ("char_ids", "I"), ("offsets", "I"), ("keys", "Q"), ("values", "Q"))
+ARRAYS = (("chars", "Q"), ("char_ids", "I"), ("offsets", "I"), ("keys", "Q"), ("values", "Q"))
 
 
 def parsed(source: Path):
@@ -83,7 +84,7 @@ def tables(data: dict) -> tuple[dict, dict[str, array], bytes] | None:
         offsets.append(offsets[-1] + len(piece.encode("utf-8")))
     keys = sorted(merged)
     arrays = {
-        "chars": array("I", [c for c, _ in singles]),
+        "chars": array("Q", [c for c, _ in singles]),
         "char_ids": array("I", [i for _, i in singles]),
         "offsets": offsets,
         "keys": array("Q", keys),
