@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = next((a for a in given if isinstance(a, str) and not _is_utf8(a)), None)
         if bad is None:
             raise
-        print(f"simlab: the argument {ascii(bad)} holds bytes that are not UTF-8; give it as UTF-8",
+        shown = ascii(bad[:60]) + ("..." if len(bad) > 60 else "")
+        print(f"simlab: the argument {shown} holds bytes that are not UTF-8; give it as UTF-8",
               file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
 

@@ -101,7 +101,7 @@ def _load_model(
         )
     if weights == "gguf" and settings.dtype == "auto" and _native(progress):
         settings = replace(settings, dtype="float32")  # simlab's kernel reads float32 activations
-    if weights == "gguf" and settings.dtype == "float32" and _native():
+    if weights == "gguf" and settings.dtype == "float32" and _native(progress):
         quick = _from_codes(spec, settings, progress or (lambda message: None))
         if quick is not None:
             return quick
