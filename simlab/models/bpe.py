@@ -35,10 +35,8 @@ _state: dict[str, object] = {}
 def library():
     """bpe.c built for this machine (ctypes.CDLL), or None without a compiler."""
     if "lib" not in _state:
-        from simlab.config import simlab_home
-
         try:
-            lib = ctypes.CDLL(str(cbuild.build(SOURCE, simlab_home() / "kernels", ["-O2"])))
+            lib = ctypes.CDLL(str(cbuild.build(SOURCE, cbuild.kernels_folder(), ["-O2"])))
             lib.simlab_bpe_encode.restype = ctypes.c_int64
             lib.simlab_bpe_encode.argtypes = (
                 [ctypes.c_void_p, ctypes.c_int64]
@@ -62,7 +60,7 @@ def prepare(folder: Path) -> bool:
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return _tables_of(folder, config) is not None
+    return _tables_of(folder, config, arrays=False) is not None  # (`load` reads the arrays)
 
 
 def load(folder: Path, config: dict) -> Tokenizer | None:
@@ -78,15 +76,16 @@ def _named_as_added(header: dict, config: dict) -> bool:
     """Whether each token tokenizer_config.json names (bos, eos, ...) is a special added token of
     tokenizer.json, as transformers makes it: else transformers' tokenizer would differ."""
     special = {content for content, _, is_special in header["added"] if is_special}
-    for role in ROLES:
-        token = config.get(f"{role}_token")
-        token = token.get("content") if isinstance(token, dict) else token
-        if token is not None and token not in special:
-            return False
-    return True
+    return all(_named(config, role) in special for role in ROLES if _named(config, role) is not None)
 
 
-def _tables_of(folder: Path, config: dict) -> tuple[dict, bytearray] | None:
+def _named(config: dict, role: str) -> str | None:
+    """The token tokenizer_config.json names for a role (a string, or an AddedToken's dict)."""
+    token = config.get(f"{role}_token")
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _tables_of(folder: Path, config: dict, arrays: bool = True) -> tuple[dict, bytearray | None] | None:
     source = folder / "tokenizer.json"
     if config.get("chat_template") or any((folder / name).exists() for name in ELSEWHERE):
         return None  # (a chat template, or special tokens set outside tokenizer.json: transformers')
@@ -95,12 +94,12 @@ def _tables_of(folder: Path, config: dict) -> tuple[dict, bytearray] | None:
     stat = source.stat()
     stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
     tables = folder / bpe_tables.TABLES
-    read = bpe_tables.read(tables, stamp)
+    read = bpe_tables.read(tables, stamp, arrays)
     if read is None:
         header, chunks = bpe_tables.layout(stamp, bpe_tables.parsed(source))
         bpe_tables.write(tables, header, chunks)  # ("fits": false is written too: no parse next time)
         # (a folder it cannot write: this start's own tables)
-        read = bpe_tables.read(tables, stamp) or (header, bytearray(b"".join(chunks)))
+        read = bpe_tables.read(tables, stamp, arrays) or (header, bytearray(b"".join(chunks)))
         del chunks
         give_back_memory()  # the parse's ~300 MB of scratch
     return None if read is None or not read[0].get("fits") else read
@@ -138,8 +137,7 @@ class Tokenizer:
         self._past = {i: content for content, i in self._added.items() if i >= self.vocab_size}
         self.all_special_ids: list[int] = []  # (the named ones, in transformers' order)
         for role in ROLES:
-            token = config.get(f"{role}_token")
-            token = token.get("content") if isinstance(token, dict) else token
+            token = _named(config, role)
             setattr(self, f"{role}_token", token)
             setattr(self, f"{role}_token_id", self._added.get(token) if token is not None else None)
             if getattr(self, f"{role}_token_id") is not None:
@@ -220,22 +218,26 @@ class Tokenizer:
         return [self._known(i) for i in _ints(ids)]
 
     def _known(self, token: int) -> str | None:
-        return self._piece(token) if 0 <= token < self.vocab_size or token in self._past else None
+        return self._piece(token) if self._has(token) else None
+
+    def _has(self, token: int) -> bool:
+        return 0 <= token < self.vocab_size or token in self._past
 
     def _piece(self, token: int) -> str:
         if token >= self.vocab_size:
             return self._past[token]
         return bytes(self._blob[self._offsets[token] : self._offsets[token + 1]]).decode("utf-8")
 
+    def _decoded(self, token: int) -> tuple[str, int | None]:
+        """A piece as the decoder reads it: ▁ as a space, and the byte a <0xNN> piece stands for."""
+        piece = self._piece(token).replace(SPACE, " ")
+        return piece, _byte_of(piece)
+
     def token_bytes(self, ids) -> list[bytes]:
         """Each token's bytes as the decoder gives them: a <0xNN> piece its byte (part of a
         character), any other its text with ▁ as a space."""
-        out = []
-        for token in _ints(ids):
-            piece = self._piece(token).replace(SPACE, " ")
-            byte = _byte_of(piece)
-            out.append(piece.encode("utf-8") if byte is None else bytes([byte]))
-        return out
+        decoded = [self._decoded(token) for token in _ints(ids)]
+        return [piece.encode("utf-8") if byte is None else bytes([byte]) for piece, byte in decoded]
 
     def decode(self, ids, skip_special_tokens: bool = False, **_) -> str:
         """As tokenizers decodes: unknown ids left out, then ▁ as a space, runs of <0xNN> pieces
@@ -243,11 +245,9 @@ class Tokenizer:
         out: list[str] = []
         run = bytearray()
         for token in _ints(ids):
-            known = 0 <= token < self.vocab_size or token in self._past
-            if not known or (skip_special_tokens and token in self._special):
+            if not self._has(token) or (skip_special_tokens and token in self._special):
                 continue
-            piece = self._piece(token).replace(SPACE, " ")
-            byte = _byte_of(piece)
+            piece, byte = self._decoded(token)
             if byte is not None:
                 run.append(byte)
                 continue

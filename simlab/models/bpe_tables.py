@@ -68,7 +68,7 @@ def tables(data: dict) -> tuple[dict, dict[str, array], bytes] | None:
     plain = plain and len({t["content"] for t in listed}) == len(listed)  # (each once)
     past = [t["id"] for t in listed if plain and t["id"] >= len(vocab)]
     plain = plain and past == list(range(len(vocab), len(vocab) + len(past)))  # (tokenizers numbers them so)
-    around = _template(data.get("post_processor"), vocab)
+    around = _template(data.get("post_processor"))
     if None in byte_ids or not plain or around is None:
         return None
     merged: dict[int, int] = {}
@@ -106,7 +106,7 @@ def _plain(token: dict, vocab: dict) -> bool:
     return vocab.get(content) == at or (content not in vocab and at >= len(vocab))
 
 
-def _template(processor: dict | None, vocab: dict) -> tuple[list[int], list[int]] | None:
+def _template(processor: dict | None) -> tuple[list[int], list[int]] | None:
     """The ids a single sequence gets before and after it (TemplateProcessing), or None."""
     if processor is None:
         return [], []
@@ -161,7 +161,9 @@ def span(count: int, code: str) -> int:
     return size + -size % 8
 
 
-def read(path: Path, stamp: str) -> tuple[dict, bytearray] | None:
+def read(path: Path, stamp: str, arrays: bool = True) -> tuple[dict, bytearray | None] | None:
+    """The header and the arrays after it (None with `arrays` false: the header alone, checked), or
+    None for a file that is missing, stale or damaged."""
     try:
         with open(path, "rb") as file:
             if file.read(len(MAGIC)) != MAGIC:
@@ -170,17 +172,15 @@ def read(path: Path, stamp: str) -> tuple[dict, bytearray] | None:
             header = json.loads(file.read(size))
             if not isinstance(header, dict) or header.get("stamp") != stamp:
                 return None
-            buffer = bytearray(path.stat().st_size - file.tell())  # (ctypes reads a bytearray in place)
-            if file.readinto(buffer) != len(buffer):
+            rest = path.stat().st_size - file.tell()
+            buffer = bytearray(rest) if arrays else None  # (ctypes reads a bytearray in place)
+            if buffer is not None and file.readinto(buffer) != rest:
                 return None
     except (OSError, ValueError, struct.error):
         return None
     if header.get("fits") is False:
         return header, buffer
-    if (
-        not _whole(header)
-        or len(buffer) != sum(span(header["sizes"][n], c) for n, c in ARRAYS) + header["blob"]
-    ):
+    if not _whole(header) or rest != sum(span(header["sizes"][n], c) for n, c in ARRAYS) + header["blob"]:
         return None
     return header, buffer
 

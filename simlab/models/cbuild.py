@@ -22,6 +22,13 @@ def cpu_id() -> str:
     return "\n".join(sorted(set(lines)))
 
 
+def kernels_folder() -> Path:
+    """Where the built libraries are kept: the simlab home's kernels folder."""
+    from simlab.config import simlab_home
+
+    return simlab_home() / "kernels"
+
+
 def build(source: Path, folder: Path, flags: list[str], say: Callable[[], None] | None = None) -> Path:
     """The shared library built from `source` with `flags`, or the one built before (`say`: called
     when it is to be built now). OSError (or subprocess's) when there is no compiler or it fails:

@@ -46,10 +46,7 @@ def library(folder: Path | None = None, say=None):
     if os.environ.get("SIMLAB_NATIVE", "1") == "0":
         _state.update(lib=None, why="SIMLAB_NATIVE=0")
         return None
-    if folder is None:
-        from simlab.config import simlab_home
-
-        folder = simlab_home() / "kernels"
+    folder = cbuild.kernels_folder() if folder is None else folder
     try:
         lib = ctypes.CDLL(str(_build(folder, say=say)))
         _declare(lib)
