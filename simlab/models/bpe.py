@@ -19,8 +19,7 @@ import subprocess
 from array import array
 from pathlib import Path
 
-from simlab.models import bpe_tables, cbuild
-from simlab.models.tokenizer_json import give_back_memory
+from simlab.models import bpe_tables, cbuild, heap
 
 SOURCE = Path(__file__).with_name("bpe.c")
 SPACE = bpe_tables.SPACE
@@ -101,7 +100,7 @@ def _tables_of(folder: Path, config: dict, arrays: bool = True) -> tuple[dict, b
         # (a folder it cannot write: this start's own tables)
         read = bpe_tables.read(tables, stamp, arrays) or (header, bytearray(b"".join(chunks)))
         del chunks
-        give_back_memory()  # the parse's ~300 MB of scratch
+        heap.give_back()  # the parse's ~300 MB of scratch
     return None if read is None or not read[0].get("fits") else read
 
 

@@ -24,7 +24,7 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from simlab.models import gemma3, hub, lean, quant, tokenizer_json
+    from simlab.models import gemma3, heap, hub, lean, quant
 
     hub.quiet_transformers()
     files = sorted(folder.glob("*.safetensors"))
@@ -35,7 +35,7 @@ def load(folder: Path, stored_path: Path, *, spec: str, name: str, revision: str
     tokenizer = hub.load_tokenizer(
         str(folder), spec=spec, offline=True, trust_remote_code=False, own_cache=own_cache
     )
-    tokenizer_json.give_back_memory()  # the parse's scratch, if it ran here
+    heap.give_back()  # the parse's scratch, if it ran here
     try:
         stored = load_file(str(stored_path))
     except Exception:  # noqa: BLE001 - a damaged cache: the full load rebuilds it

@@ -58,7 +58,7 @@ def load_model(
     progress: Progress | None = None,
 ) -> LoadedModel:
     """Load the model a spec names, on the settings' device and dtype, with its weights as asked."""
-    from simlab.models import tokenizer_json
+    from simlab.models import heap, tokenizer_json
 
     if spec == EMBEDDED:  # before torch: its tokenizer's parse then adds nothing to the peak memory
         from simlab.models import bpe, gguf
@@ -67,9 +67,11 @@ def load_model(
         if (gguf.read_marker(folder) or {}).get("format") == gguf.CACHE_FORMAT and not bpe.prepare(folder):
             tokenizer_json.parse_early(folder / "tokenizer.json")
     try:
-        return _load_model(spec, settings, trust_remote_code, progress)
+        loaded = _load_model(spec, settings, trust_remote_code, progress)
     finally:
         tokenizer_json.forget()  # a parse this load did not take (another folder's tokenizer)
+    heap.keep_freed()  # (after the load: its own scratch was handed back as before)
+    return loaded
 
 
 def _load_model(

@@ -4,7 +4,7 @@ the file does."""
 
 import shutil
 
-from simlab.models import hub, tokenizer_json
+from simlab.models import heap, hub, tokenizer_json
 
 
 def test_a_tokenizer_parsed_early_is_the_one_the_model_gets(tiny_dir, tmp_path):
@@ -34,4 +34,4 @@ def test_a_parse_not_taken_is_forgotten(tiny_dir):
 def test_parsing_early_is_nothing_without_the_file(tmp_path):
     tokenizer_json.parse_early(tmp_path / "tokenizer.json")
     assert tokenizer_json.take(tmp_path / "tokenizer.json") is None
-    tokenizer_json.give_back_memory()  # harmless at any time
+    heap.give_back()  # harmless at any time
