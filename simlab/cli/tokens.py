@@ -11,6 +11,7 @@ from pathlib import Path
 from simlab.cli.common import color_on, say, settings_of, utf8
 from simlab.config import Settings
 from simlab.errors import EXIT_BAD_INPUT, BadInput, SimlabError
+from simlab.repl.screen import for_terminal
 from simlab.session.views import Style
 
 UNUSED = ("model", "device", "dtype", "weights", "allow_pickle", "concurrency", "tokenizer", "context")
@@ -153,7 +154,9 @@ def counter_for(spec: str, settings: Settings, args: argparse.Namespace):
 
 
 def print_side_by_side(text: str, rows: list[dict], style: Style) -> None:
-    """Each tokenizer's count, the text with its tokens told apart, then one column per tokenizer."""
+    """Each tokenizer's count, the text with its tokens told apart (on a terminal its control
+    characters but tab and line feed as their pictures, as the chat shows them: a carriage return
+    would write over the line), then one column per tokenizer."""
     for row in rows:
         per = len(text) / row["count"] if row["count"] else 0.0
         print(
@@ -162,7 +165,9 @@ def print_side_by_side(text: str, rows: list[dict], style: Style) -> None:
         )
         shades = ("36", "35")
         marked = "".join(
-            style.wrap(shades[k % 2], p.text) if style.color else f"[{p.text}]"
+            style.wrap(shades[k % 2], for_terminal(sys.stdout, p.text))
+            if style.color
+            else f"[{for_terminal(sys.stdout, p.text)}]"
             for k, p in enumerate(row["pieces"])
         )
         print("  " + marked.replace("\n", "\n  "))

@@ -7,6 +7,8 @@ A line that starts with "/" is a command and is never sent to the model; "//text
 from __future__ import annotations
 
 import difflib
+import shutil
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,13 +72,29 @@ def _int(rest: str, usage: str) -> int:
         raise SimlabError(f"usage: {usage} (a whole number)") from None
 
 
+KEYS = (
+    "Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line, Alt+] Alt+[ steer"
+    " stronger/weaker. Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or"
+    " /quit leaves. //text sends /text."
+)
+
+
 def _help(chat: Chat, rest: str, ctx: Context) -> None:
-    width = max(len(f"/{c.name} {c.args}") for c in COMMANDS.values())
+    """Each command and what it does, as argparse lays out its help: descriptions in one column
+    (a command too long for it has its own line), wrapped to the terminal under that column."""
+    names = {c.name: f"/{c.name} {c.args}".rstrip() for c in COMMANDS.values()}
+    width = min(max(len(n) for n in names.values()), 22)
+    columns = max(shutil.get_terminal_size((100, 24)).columns - 1, width + 30)
+    hanging = " " * (width + 4)
     for c in COMMANDS.values():
-        chat.view.say(f"  {f'/{c.name} {c.args}':<{width}}  {c.help}")
-    chat.view.say("  Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line,")
-    chat.view.say("  Alt+] Alt+[ steer stronger/weaker. Ctrl-C stops a reply (the partial reply is saved)")
-    chat.view.say("  or clears the line; Ctrl-D or /quit leaves. //text sends /text.")
+        name = names[c.name]
+        if len(name) > width:
+            chat.view.say(f"  {name}")
+            first = hanging
+        else:
+            first = f"  {name:<{width}}  "
+        chat.view.say(textwrap.fill(c.help, columns, initial_indent=first, subsequent_indent=hanging))
+    chat.view.say(textwrap.fill(KEYS, columns, initial_indent="  ", subsequent_indent="    "))
 
 
 # -- settings ---------------------------------------------------------------------------------

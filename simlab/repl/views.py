@@ -94,9 +94,11 @@ def server_lines(engine) -> list[str]:
 
 def _context_at(node) -> int:
     """Tokens the model held at the end of a reply sampled here: the prompt it read (its recorded
-    passes) and its own tokens; 0 where the node does not say (a typed turn, a server's reply)."""
+    passes, which hold a forked reply's given tokens) and the tokens it sampled; 0 where the node
+    does not say (a typed turn, a server's reply)."""
     passes = unpack(node.prefill) if node.role == "model" else None
-    return sum(passes) + len(node.logprobs) if passes else 0
+    given = int((node.forced or {}).get("tokens", 0))  # (in the passes and in the reply's tokens)
+    return sum(passes) + len(node.logprobs) - given if passes else 0
 
 
 def context_text(used: int, info) -> str:

@@ -296,7 +296,7 @@ class SessionStore:
         path = self.path(name)
         if not path.exists():
             where = Path(self.folder).resolve()  # (a relative folder says where it was looked for)
-            listing = f"simlab sessions list --sessions-dir {shlex.quote(str(where))}"
+            listing = f"{invoked_as()} sessions list --sessions-dir {shlex.quote(str(where))}"
             raise SessionError(f"no session {name!r} in {where} (see `{listing}`)")
         handle = None
         if not read_only:

@@ -264,6 +264,41 @@ def test_the_toolbars_context_is_the_reply_under_the_cursor(tiny_engine, store, 
     assert chat.cursor.id == short.id and at_long - used() == 9  # each sibling's own context
 
 
+def test_a_forked_replys_context_counts_its_given_tokens_once(tiny_engine, store, monkeypatch):
+    from simlab.engine.params import SamplingParams
+    from simlab.repl.app import toolbar_text
+
+    monkeypatch.setattr(tiny_engine, "eos_ids", frozenset())
+    chat = new_chat(tiny_engine, store)
+    chat.params = SamplingParams(max_new_tokens=6, seed=1)
+    chat.user_turn("hi")
+    handle(chat, "/fork 3")  # tokens 0-3 given: in the prompt the model read and in the reply's tokens
+    forked = chat.cursor
+    assert forked.forced["tokens"] == 4
+    used = int(toolbar_text(chat, width=200).split("context ")[1].split("/")[0])
+    assert used == chat.last.context_used  # /info's figure: the prompt with the given tokens, and what was sampled
+    assert f"context   {used} of 128 tokens" in "\n".join(info_lines(chat))
+
+
+def test_help_wraps_each_description_under_its_own_column(tiny_engine, store, monkeypatch):
+    from simlab.repl.commands import COMMANDS
+
+    monkeypatch.setenv("COLUMNS", "72")
+    chat = new_chat(tiny_engine, store)
+    start = len(chat.view.out.getvalue())
+    handle(chat, "/help")
+    lines = chat.view.out.getvalue()[start:].splitlines()
+    assert lines and all(len(line) <= 71 for line in lines)
+    keys = next(i for i, line in enumerate(lines) if line.startswith("  Keys:"))
+    named = [line for line in lines[:keys] if line.startswith("  /")]
+    assert len(named) == len(COMMANDS)  # (a long one alone on its line, its description under it)
+    carried = [line for line in lines[:keys] if not line.startswith("  /")]
+    assert len(carried) > 5 and len({len(line) - len(line.lstrip()) for line in carried}) == 1  # one column
+    assert all(line.startswith("    ") for line in lines[keys + 1 :])
+    words = " ".join(line.strip() for line in lines)
+    assert all(" ".join(c.help.split()) in words for c in COMMANDS.values())
+
+
 def test_edit_in_the_editor(tiny_engine, store, tmp_path, monkeypatch):
     from simlab.repl.app import edit_in_editor
     from simlab.repl.commands import Context

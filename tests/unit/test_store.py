@@ -195,6 +195,9 @@ def test_a_missing_session_names_the_folder_it_was_looked_for_in(tmp_path, monke
         SessionStore(Path("my sessions")).open("nope")
     assert f"no session 'nope' in {tmp_path / 'my sessions'}" in str(raised.value)
     assert f"simlab sessions list --sessions-dir '{tmp_path / 'my sessions'}'" in str(raised.value)
+    monkeypatch.setattr("sys.argv", [".venv/bin/simlab", "replay", "nope"])  # as the README runs it
+    with pytest.raises(SessionError, match=r"see `\.venv/bin/simlab sessions list --sessions-dir"):
+        SessionStore(Path("my sessions")).open("nope")
 
 
 def test_remove(store):
