@@ -11,7 +11,6 @@ from pathlib import Path
 from simlab.cli.common import color_on, say, settings_of, utf8
 from simlab.config import Settings
 from simlab.errors import EXIT_BAD_INPUT, BadInput, SimlabError
-from simlab.repl.screen import for_terminal
 from simlab.session.views import Style
 
 UNUSED = ("model", "device", "dtype", "weights", "allow_pickle", "concurrency", "tokenizer", "context")
@@ -157,6 +156,8 @@ def print_side_by_side(text: str, rows: list[dict], style: Style) -> None:
     """Each tokenizer's count, the text with its tokens told apart (on a terminal its control
     characters but tab and line feed as their pictures, as the chat shows them: a carriage return
     would write over the line), then one column per tokenizer."""
+    from simlab.repl.screen import for_terminal
+
     for row in rows:
         per = len(text) / row["count"] if row["count"] else 0.0
         print(

@@ -70,7 +70,8 @@ def load_model(
         loaded = _load_model(spec, settings, trust_remote_code, progress)
     finally:
         tokenizer_json.forget()  # a parse this load did not take (another folder's tokenizer)
-    heap.keep_freed()  # (after the load: its own scratch was handed back as before)
+    heap.give_back()  # the load's scratch (a later load's too, under the setting below)
+    heap.keep_freed()  # for the steps to come
     return loaded
 
 

@@ -93,8 +93,12 @@ def _help(chat: Chat, rest: str, ctx: Context) -> None:
             first = hanging
         else:
             first = f"  {name:<{width}}  "
-        chat.view.say(textwrap.fill(c.help, columns, initial_indent=first, subsequent_indent=hanging))
-    chat.view.say(textwrap.fill(KEYS, columns, initial_indent="  ", subsequent_indent="    "))
+        chat.view.say(_filled(c.help, columns, first, hanging))
+    chat.view.say(_filled(KEYS, columns, "  ", "    "))
+
+
+def _filled(text: str, columns: int, first: str, rest: str) -> str:
+    return textwrap.fill(text, columns, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False)
 
 
 # -- settings ---------------------------------------------------------------------------------

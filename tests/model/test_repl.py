@@ -276,7 +276,7 @@ def test_a_forked_replys_context_counts_its_given_tokens_once(tiny_engine, store
     forked = chat.cursor
     assert forked.forced["tokens"] == 4
     used = int(toolbar_text(chat, width=200).split("context ")[1].split("/")[0])
-    assert used == chat.last.context_used  # /info's figure: the prompt with the given tokens, and what was sampled
+    assert used == chat.last.context_used  # /info: the prompt with the given tokens, then what was sampled
     assert f"context   {used} of 128 tokens" in "\n".join(info_lines(chat))
 
 
