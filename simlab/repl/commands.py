@@ -7,8 +7,6 @@ A line that starts with "/" is a command and is never sent to the model; "//text
 from __future__ import annotations
 
 import difflib
-import shutil
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +21,7 @@ from simlab.repl.state import SETTABLE, Chat
 from simlab.repl.steering import steer
 from simlab.repl.tokens import fork, token_lines
 from simlab.repl.view import Progress
-from simlab.repl.views import info_lines, params_text
+from simlab.repl.views import help_lines, info_lines, params_text
 from simlab.replay import replay_branch
 from simlab.session.views import render_tree
 from simlab.trace.config import TraceConfig
@@ -72,33 +70,9 @@ def _int(rest: str, usage: str) -> int:
         raise SimlabError(f"usage: {usage} (a whole number)") from None
 
 
-KEYS = (
-    "Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line, Alt+] Alt+[ steer"
-    " stronger/weaker. Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or"
-    " /quit leaves. //text sends /text."
-)
-
-
 def _help(chat: Chat, rest: str, ctx: Context) -> None:
-    """Each command and what it does, as argparse lays out its help: descriptions in one column
-    (a command too long for it has its own line), wrapped to the terminal under that column."""
-    names = {c.name: f"/{c.name} {c.args}".rstrip() for c in COMMANDS.values()}
-    width = min(max(len(n) for n in names.values()), 22)
-    columns = max(shutil.get_terminal_size((100, 24)).columns - 1, width + 30)
-    hanging = " " * (width + 4)
-    for c in COMMANDS.values():
-        name = names[c.name]
-        if len(name) > width:
-            chat.view.say(f"  {name}")
-            first = hanging
-        else:
-            first = f"  {name:<{width}}  "
-        chat.view.say(_filled(c.help, columns, first, hanging))
-    chat.view.say(_filled(KEYS, columns, "  ", "    "))
-
-
-def _filled(text: str, columns: int, first: str, rest: str) -> str:
-    return textwrap.fill(text, columns, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False)
+    for line in help_lines([(f"/{c.name} {c.args}".rstrip(), c.help) for c in COMMANDS.values()]):
+        chat.view.say(line)
 
 
 # -- settings ---------------------------------------------------------------------------------

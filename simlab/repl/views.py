@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import textwrap
 from pathlib import Path
 
 from simlab.engine.prefix import unpack
@@ -168,3 +169,30 @@ def probability_style(logprob: float | None) -> str:
 def waited(ms: float) -> str:
     """A wait as people read it: milliseconds under 10 s (`914 ms`), else seconds (`398.9 s`)."""
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
+
+
+KEYS = (
+    "Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line, Alt+] Alt+[ steer"
+    " stronger/weaker. Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or"
+    " /quit leaves. //text sends /text."
+)
+
+
+def help_lines(commands: list[tuple[str, str]]) -> list[str]:
+    """/help: each (command with its arguments, what it does) as argparse lays out its help, the
+    descriptions in one column (a command too long for it has its own line) wrapped to the terminal
+    under that column (the terminal would carry them on at the line's start), then the keys."""
+    width = min(max(len(name) for name, _ in commands), 22)
+    columns = max(shutil.get_terminal_size((100, 24)).columns - 1, width + 30)
+    hanging = " " * (width + 4)
+    lines = []
+    for name, text in commands:
+        if len(name) > width:
+            lines.append(f"  {name}")
+        first = hanging if len(name) > width else f"  {name:<{width}}  "
+        lines.append(_filled(text, columns, first, hanging))
+    return [*lines, _filled(KEYS, columns, "  ", "    ")]
+
+
+def _filled(text: str, columns: int, first: str, rest: str) -> str:
+    return textwrap.fill(text, columns, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False)
