@@ -153,10 +153,10 @@ def counter_for(spec: str, settings: Settings, args: argparse.Namespace):
 
 
 def print_side_by_side(text: str, rows: list[dict], style: Style) -> None:
-    """Each tokenizer's count, the text with its tokens told apart (on a terminal its control
-    characters but tab and line feed as their pictures, as the chat shows them: a carriage return
-    would write over the line), then one column per tokenizer."""
-    from simlab.repl.screen import for_terminal
+    """Each tokenizer's count, the text with its tokens told apart (its control characters but tab
+    and line feed as their pictures, ␍ and ␛, piped too: a carriage return would write over the line
+    wherever it is shown; `--json` has the very text), then one column per tokenizer."""
+    from simlab.repl.screen import pictured
 
     for row in rows:
         per = len(text) / row["count"] if row["count"] else 0.0
@@ -166,9 +166,7 @@ def print_side_by_side(text: str, rows: list[dict], style: Style) -> None:
         )
         shades = ("36", "35")
         marked = "".join(
-            style.wrap(shades[k % 2], for_terminal(sys.stdout, p.text))
-            if style.color
-            else f"[{for_terminal(sys.stdout, p.text)}]"
+            style.wrap(shades[k % 2], pictured(p.text)) if style.color else f"[{pictured(p.text)}]"
             for k, p in enumerate(row["pieces"])
         )
         print("  " + marked.replace("\n", "\n  "))

@@ -51,6 +51,7 @@ def info_lines(chat: Chat) -> list[str]:
         f"sampling  {params_text(chat)}",
         f"node      {chat.tree.short(node.id)} {node.role} depth {depth} sibling {i}/{n} origin {node.origin}"
         + (f" seed {node.seed}" if node.seed is not None else "")
+        + (f" (its first {node.forced.get('tokens')} tokens given)" if node.forced else "")
         + (f" finish {node.finish_reason}" if node.finish_reason else ""),
     ]
     if not local:
@@ -60,16 +61,18 @@ def info_lines(chat: Chat) -> list[str]:
         lines.append(
             f"last      {last.tokens_per_second:.1f} tok/s, first token {waited(last.first_token_ms)}"
         )
-        label = "context  " if local else "used     "
-        if context_known(info):
-            share = last.context_used / info.context_length
-            used = f"{last.context_used} of {info.context_length} tokens"
-            lines.append(f"{label} {used} ({share:.0%}) at the last reply")
-        elif last.context_used:
-            lines.append(
-                f"{label} {last.context_used} tokens at the last reply (the server's context: unknown)"
-            )
-    return lines
+    return lines + _context_line(chat, node, local)
+
+
+def _context_line(chat: Chat, node, local: bool) -> list[str]:
+    """The context the reply under the cursor used (the toolbar's figure), else the last reply's."""
+    info, here = chat.engine.info, _context_at(node)
+    last = chat.last.context_used if chat.last else 0
+    used, at = (here, "this reply") if here else (last, "the last reply")
+    label = "context  " if local else "used     "
+    if used and context_known(info):
+        return [f"{label} {used} of {info.context_length} tokens ({used / info.context_length:.0%}) at {at}"]
+    return [f"{label} {used} tokens at {at} (the server's context: unknown)"] if used else []
 
 
 def context_known(info) -> bool:

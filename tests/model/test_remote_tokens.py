@@ -315,20 +315,17 @@ def test_simlab_tokens_reads_a_file_as_it_is(capsys, tiny_dir, tmp_path):
     assert data["text"] == "a\r\nb\rc\n" and data["tokenizers"][0]["tokens"][-1]["end"] == 7
 
 
-def test_simlab_tokens_shows_control_characters_as_pictures_on_a_terminal(
-    capsys, tiny_dir, tmp_path, monkeypatch
-):
-    """A carriage return or ESC in the text would move a terminal's cursor: the bracket line shows
-    them as the chat does (a pipe gets the very text)."""
+def test_simlab_tokens_shows_control_characters_as_pictures(capsys, tiny_dir, tmp_path, monkeypatch):
+    """A carriage return or ESC in the text would move a terminal's cursor (piped to `head` too): the
+    bracket line shows them as pictures, on a terminal and in a pipe; --json keeps the very text."""
     path = tmp_path / "crlf.txt"
     path.write_bytes(b"a\r\nb\x1b[2Jc\td\n")
-    code, piped, _ = run_cli(capsys, "tokens", "--file", str(path), "-m", str(tiny_dir), "--offline")
-    assert code == 0 and "\r" in piped.split("\n\n")[0]
-    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
-    code, shown, _ = run_cli(capsys, "tokens", "--file", str(path), "-m", str(tiny_dir), "--offline")
-    marked = re.sub(r"\x1b\[[0-9;]*m", "", shown.split("\n\n")[0])  # (simlab's own colours: a terminal)
-    assert code == 0 and "\r" not in marked and "\x1b" not in marked
-    assert "\u240d" in marked and "\u241b" in marked and "\t" in marked  # ␍ and ␛; a tab stays a tab
+    for terminal in (False, True):
+        monkeypatch.setattr("sys.stdout.isatty", lambda terminal=terminal: terminal, raising=False)
+        code, shown, _ = run_cli(capsys, "tokens", "--file", str(path), "-m", str(tiny_dir), "--offline")
+        marked = re.sub(r"\x1b\[[0-9;]*m", "", shown.split("\n\n")[0])  # (simlab's own colours: a terminal)
+        assert code == 0 and "\r" not in marked and "\x1b" not in marked
+        assert "\u240d" in marked and "\u241b" in marked and "\t" in marked  # ␍ and ␛; a tab stays a tab
 
 
 @pytest.mark.parametrize("argv", [["tokens", "a\udcffb"], ["generate", "a\udcffb", "--max-tokens", "2"]])

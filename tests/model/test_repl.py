@@ -262,6 +262,8 @@ def test_the_toolbars_context_is_the_reply_under_the_cursor(tiny_engine, store, 
     at_long = used()
     chat.move("prev")
     assert chat.cursor.id == short.id and at_long - used() == 9  # each sibling's own context
+    assert f"context   {used()} of 128 tokens" in "\n".join(info_lines(chat))  # /info: the same reply's
+    assert "at this reply" in "\n".join(info_lines(chat))
 
 
 def test_a_forked_replys_context_counts_its_given_tokens_once(tiny_engine, store, monkeypatch):
@@ -278,6 +280,7 @@ def test_a_forked_replys_context_counts_its_given_tokens_once(tiny_engine, store
     used = int(toolbar_text(chat, width=200).split("context ")[1].split("/")[0])
     assert used == chat.last.context_used  # /info: the prompt with the given tokens, then what was sampled
     assert f"context   {used} of 128 tokens" in "\n".join(info_lines(chat))
+    assert "(its first 4 tokens given)" in "\n".join(info_lines(chat))
 
 
 def test_help_wraps_each_description_under_its_own_column(tiny_engine, store, monkeypatch):
