@@ -174,10 +174,10 @@ def waited(ms: float) -> str:
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
-KEYS = (
-    "Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc Enter new line, Alt+] Alt+[ steer"
-    " stronger/weaker. Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D or"
-    " /quit leaves. //text sends /text."
+KEYS = (  # (a key of two presses held on one line: joined by a no-break space, which wrapping keeps)
+    "Keys: Alt+Left/Right siblings, Alt+Up parent, Alt+Down child, Esc\u00a0Enter new line, Alt+]\u00a0Alt+["
+    " steer stronger/weaker. Ctrl-C stops a reply (the partial reply is saved) or clears the line; Ctrl-D"
+    " or /quit leaves. //text sends /text."
 )
 
 

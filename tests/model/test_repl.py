@@ -298,6 +298,7 @@ def test_help_wraps_each_description_under_its_own_column(tiny_engine, store, mo
     carried = [line for line in lines[:keys] if not line.startswith("  /")]
     assert len(carried) > 5 and len({len(line) - len(line.lstrip()) for line in carried}) == 1  # one column
     assert all(line.startswith("    ") for line in lines[keys + 1 :])
+    assert "Esc\u00a0Enter" in "\n".join(lines[keys:])  # (a key of two presses is not split)
     words = " ".join(line.strip() for line in lines)
     assert all(" ".join(c.help.split()) in words for c in COMMANDS.values())
 
