@@ -101,7 +101,8 @@ def _context_at(node) -> int:
     passes, which hold a forked reply's given tokens) and the tokens it sampled; 0 where the node
     does not say (a typed turn, a server's reply)."""
     passes = unpack(node.prefill) if node.role == "model" else None
-    given = int((node.forced or {}).get("tokens", 0))  # (in the passes and in the reply's tokens)
+    given = (node.forced or {}).get("tokens")  # (in the passes and in the reply's tokens)
+    given = given if isinstance(given, int) and not isinstance(given, bool) else 0  # (a file's odd value)
     return sum(passes) + len(node.logprobs) - given if passes else 0
 
 

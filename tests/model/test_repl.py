@@ -281,6 +281,12 @@ def test_a_forked_replys_context_counts_its_given_tokens_once(tiny_engine, store
     assert used == chat.last.context_used  # /info: the prompt with the given tokens, then what was sampled
     assert f"context   {used} of 128 tokens" in "\n".join(info_lines(chat))
     assert "(its first 4 tokens given)" in "\n".join(info_lines(chat))
+    from dataclasses import replace
+
+    from simlab.repl.views import _context_at
+
+    odd = replace(forked, forced={"tokens": "4"})  # (a session file's odd value: counted as none given)
+    assert _context_at(odd) == used + 4
 
 
 def test_help_wraps_each_description_under_its_own_column(tiny_engine, store, monkeypatch):
