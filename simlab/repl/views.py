@@ -191,9 +191,10 @@ def help_lines(commands: list[tuple[str, str]]) -> list[str]:
     hanging = " " * (width + 4)
     lines = []
     for name, text in commands:
-        if len(name) > width:
+        first = f"  {name:<{width}}  "
+        if len(name) > width:  # (its own line, the description under it)
             lines.append(f"  {name}")
-        first = hanging if len(name) > width else f"  {name:<{width}}  "
+            first = hanging
         lines.append(_filled(text, columns, first, hanging))
     return [*lines, _filled(KEYS, columns, "  ", "    ")]
 
