@@ -24,6 +24,9 @@ _CUT_STEP = 16.0
 # `choose` works on each row's best tokens, this many first, then more, while they hold every token
 # the filters keep (nearly always: a step's nucleus is a few to a few hundred tokens)
 _CANDIDATES = (256, 4096)
+# `_reach` counts a row's values in levels this far apart (a tenth in probability), this many of them
+_LEVEL_STEP = math.log(1.1)
+_LEVELS = 96
 
 
 def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -214,7 +217,7 @@ def choose(
         best = None
         for size in _CANDIDATES:
             if size >= scaled.shape[-1] or (
-                best is not None and _too_flat(best[0], log_total, size, params, scaled.shape[-1])
+                best is not None and _too_flat(scaled, best[0], log_total, size, params)
             ):
                 break
             best = best_of(scaled, size)  # descending
@@ -225,17 +228,34 @@ def choose(
 
 
 def _too_flat(
-    values: torch.Tensor, log_total: torch.Tensor, size: int, params: SamplingParams, vocab: int
+    scaled: torch.Tensor, values: torch.Tensor, log_total: torch.Tensor, size: int, params: SamplingParams
 ) -> bool:
-    """Whether some row's `size` best tokens surely hold less than top-p's mass, from its best
-    `values` (B, n < size): their mass plus the rest at the n-th's probability each (a margin of
-    1e-3 over the sum's rounding), so that `_kept_among` would give up on them too. A flat row
-    (random weights: thousands of tokens in the nucleus) then skips the 4,096-token search."""
-    if params.top_p >= 1.0 or 0 < params.top_k < vocab:  # (a top-k narrows where top-p does not)
+    """Whether some row's `size` best tokens surely hold less than top-p's mass (a margin of 1e-3 over
+    the sum's rounding), so that `_kept_among` would give up on them too: first from its best
+    `values` (B, n < size), their mass plus the rest at the n-th's probability each; where that
+    does not tell, from how the row's values lie below its best (`_reach`). A flat row (random
+    weights: thousands of tokens in the nucleus) then skips the 4,096-token search."""
+    if params.top_p >= 1.0 or 0 < params.top_k < scaled.shape[-1]:  # (a top-k narrows where top-p does not)
         return False
     probs = (values - log_total).exp()
     reach = probs.sum(-1) + (size - values.shape[-1]) * probs[:, -1]
-    return bool((reach < params.top_p - 1e-3).any())
+    if bool((reach < params.top_p - 1e-3).any()):
+        return True
+    return bool((_reach(scaled, values[:, 0], log_total, size) < params.top_p - 1e-3).any())
+
+
+def _reach(scaled: torch.Tensor, top: torch.Tensor, log_total: torch.Tensor, size: int) -> torch.Tensor:
+    """At least the mass of each row's `size` best tokens (B,), float64: from the rows' values in
+    levels of `_LEVEL_STEP` below their best `top` (one pass, `ranking.levels`), each of the best
+    at its level's upper edge and those past the levels at their edge, with a margin for the
+    levels' float arithmetic. Where a row's best or total is not finite, more than any mass."""
+    counts = ranking.levels(scaled, top, _LEVEL_STEP, _LEVELS).cpu().double()  # (B, levels)
+    upto = counts.cumsum(-1).clamp(max=size)
+    taken = torch.diff(upto, dim=-1, prepend=torch.zeros_like(upto[:, :1]))  # the best, in each level
+    below = torch.arange(_LEVELS + 1, dtype=torch.float64) * _LEVEL_STEP
+    edges = (top.cpu().double()[:, None] - below - log_total.cpu().double()).exp()  # (B, levels + 1)
+    reach = ((taken * edges[:, :-1]).sum(-1) + (size - upto[:, -1]) * edges[:, -1]) * (1 + 1e-4)
+    return torch.where(reach.isnan(), math.inf, reach)
 
 
 def _kept_among(scaled: torch.Tensor, best, params: SamplingParams, log_total: torch.Tensor | None):

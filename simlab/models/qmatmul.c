@@ -966,6 +966,32 @@ int simlab_nucleus(const float *values, const float *probs, int64_t n, float p, 
     return 0;
 }
 
+/* How a row's values lie below its largest, top[r], in levels of `step`: counts[r * levels + j] =
+ * how many values v of row r have floor((top - v) / step) = j (in float arithmetic), for j <
+ * levels; values further below, -inf and NaN are not counted. A pass over the row, sixteen values
+ * at a time passed over where none is within reach (a peaked row's tail); rows over the threads. */
+void simlab_levels(const float *x, int64_t rows, int64_t n, const float *top, float step, int levels,
+                   int64_t *counts, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1 && threads > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * n;
+        int64_t *c = counts + r * levels;
+        for (int j = 0; j < levels; j++) c[j] = 0;
+        const float least = top[r] - (float)levels * step, inv = 1.0f / step;
+        for (int64_t at = 0; at < n; at += 16) {
+            int64_t end = at + 16 < n ? at + 16 : n;
+            int any = 0;
+            for (int64_t i = at; i < end; i++) any |= row[i] > least;
+            if (!any) continue;
+            for (int64_t i = at; i < end; i++) {
+                float d = (top[r] - row[i]) * inv;
+                if (!(row[i] > least) || !(d >= 0.0f) || !(d < (float)levels)) continue;
+                c[(int64_t)d]++;
+            }
+        }
+    }
+}
+
 /* The values of a row at or above a cut, in order (torch's row[row >= cut]): out, their count. */
 int64_t simlab_above(const float *row, int64_t n, float cut, float *out) {
     int64_t m = 0;

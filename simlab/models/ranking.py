@@ -59,8 +59,31 @@ def _declared(lib):
         lib.simlab_above.restype = i64
         lib.simlab_nucleus_rows.argtypes = [i64, p, i64, p, p, p, p, f32, p, ctypes.c_int]
         lib.simlab_nucleus_rows.restype = ctypes.c_int
+        lib.simlab_levels.argtypes = [p, i64, i64, p, f32, ctypes.c_int, p, ctypes.c_int]
+        lib.simlab_levels.restype = None
         lib._sampler_declared = True
     return lib
+
+
+def levels(x: torch.Tensor, top: torch.Tensor, step: float, count: int) -> torch.Tensor:
+    """How the values of each row of x (B, V) float32 lie below the row's `top` (B,): (B, count) int64,
+    [r, j] = how many values v of row r have floor((top - v) / step) = j in float32 arithmetic
+    (those further below, -inf and NaN not counted). One pass in C over the threads; torch where the
+    library is not here (the same counts)."""
+    x, top = x.float().contiguous(), top.float().contiguous()
+    lib = native.library()
+    if lib is None or x.device.type != "cpu" or x.dim() != 2:
+        step32 = torch.tensor(step, dtype=torch.float32)
+        d = (top[:, None] - x) * (1.0 / step32)
+        d = torch.where((x > top[:, None] - count * step32) & (d >= 0) & (d < count), d, count)
+        rows = d.floor().long() + torch.arange(x.shape[0], device=x.device)[:, None] * (count + 1)
+        return torch.bincount(rows.flatten(), minlength=x.shape[0] * (count + 1)).view(-1, count + 1)[
+            :, :count
+        ]
+    out = torch.empty((x.shape[0], count), dtype=torch.int64)
+    args = (_ptr(x), x.shape[0], x.shape[1], _ptr(top), step, count, _ptr(out), torch.get_num_threads())
+    _declared(lib).simlab_levels(*args)
+    return out
 
 
 def above(row: torch.Tensor, cut: float) -> torch.Tensor:

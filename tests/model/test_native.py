@@ -539,6 +539,28 @@ def test_top_k_without_the_library_is_torchs():
     assert torch.equal(values, torch.topk(x, 7).values) and torch.equal(ids, torch.topk(x, 7).indices)
 
 
+def test_levels_count_each_rows_values_below_its_best_in_float_arithmetic():
+    """The C pass and torch's (no library) give the counts a float32 (top - v) / step floors to:
+    ties at the top in level 0, -inf, NaN and values past the last level nowhere."""
+    g = torch.Generator().manual_seed(2)
+    rows = torch.randn(3, 40000, generator=g) * 2
+    rows[0, :100] = -math.inf
+    rows[0, 100:110] = math.nan
+    rows[1, 7] = rows[1].max()  # a tie with the best
+    step, count = math.log(1.1), 96
+    rows[2, :50] = rows[2].max() - torch.arange(50) * torch.tensor(step, dtype=torch.float32)  # on edges
+    top = torch.stack([r[r.isfinite()].max() for r in rows])
+    counts = ranking.levels(rows, top, step, count)
+    step32 = torch.tensor(step, dtype=torch.float32)
+    d = ((top[:, None] - rows) * (1.0 / step32)).floor()
+    for r in range(3):
+        inside = d[r][(d[r] >= 0) & (d[r] < count) & (rows[r] > top[r] - count * step32)].long()
+        assert torch.equal(counts[r], torch.bincount(inside, minlength=count)), r
+    assert int(counts[1, 0]) >= 2 and int(counts[0].sum()) < 40000 - 110
+    with patch.dict(native._state, {"lib": None}):
+        assert torch.equal(ranking.levels(rows, top, step, count), counts)
+
+
 def reference_attention(q, k, v, mask, scale, softcap=0.0, causal_offset=-1):
     """softmax(scale q K^T) V in float64, keys shared by their heads' groups, (B, T, H, Dv)."""
     group = q.shape[1] // k.shape[1]

@@ -314,6 +314,54 @@ def test_a_flat_row_skips_the_larger_candidate_search_and_a_wide_one_still_takes
     assert sizes == [256, 4096]
 
 
+def test_a_row_whose_best_256_cannot_tell_skips_the_larger_search_by_its_levels(monkeypatch):
+    """A row like a random-weights model's at temperature 0.8 (32,000 tokens): its best 256 and the
+    rest at the 256th's probability would pass top-p, but its best 4,096 hold about half the mass;
+    the levels tell, the search is skipped, and the draw is the whole row's, as with the search."""
+    sizes = []
+    best = sampling.best_of
+    monkeypatch.setattr(sampling, "best_of", lambda x, k: sizes.append(k) or best(x, k))
+    params = SamplingParams(temperature=0.8, top_p=0.95)
+    rows = torch.randn(2, 32000, generator=torch.Generator().manual_seed(6)) * 1.2 * 0.8
+    theirs = sampling.sample(
+        sampling.process_logits(rows, None, params),
+        [torch.Generator().manual_seed(r) for r in range(2)],
+        False,
+    )
+    sizes.clear()
+    assert (
+        sampling.choose(rows, None, params, [torch.Generator().manual_seed(r) for r in range(2)]).tolist()
+        == theirs.tolist()
+    )
+    assert sizes[0] == 256 and 4096 not in sizes
+    monkeypatch.setattr(sampling, "_reach", lambda *a: torch.full((2,), math.inf))  # as before the levels
+    sizes.clear()
+    assert (
+        sampling.choose(rows, None, params, [torch.Generator().manual_seed(r) for r in range(2)]).tolist()
+        == theirs.tolist()
+    )
+    assert sizes[:2] == [256, 4096]
+
+
+@pytest.mark.parametrize("size", [256, 4096])
+def test_reach_is_at_least_the_mass_of_the_best_tokens(size):
+    """`_reach` bounds the best `size` tokens' mass from above on rows from peaked to flat, with a
+    -inf tail (top-k's), ties, and more than the levels span; a row with no finite best is unbounded."""
+    g = torch.Generator().manual_seed(size)
+    rows = torch.cat([torch.randn(1, 30000, generator=g) * scale for scale in (0.05, 0.5, 1.5, 4.0, 12.0)])
+    rows[1, 20000:] = -math.inf
+    rows[2, :3000] = rows[2].max()
+    total = torch.logsumexp(rows, -1, keepdim=True)
+    ordered = rows.sort(descending=True).values
+    mass = (ordered[:, :size].double() - total.double()).exp().sum(-1)
+    reach = sampling._reach(rows, ordered[:, 0], total, size)
+    assert bool((reach >= mass).all()) and bool((reach < mass * 1.2 + 1e-9).any())
+    dead = torch.full((1, 100), -math.inf)
+    assert math.isinf(
+        float(sampling._reach(dead, dead[:, 0], torch.logsumexp(dead, -1, keepdim=True), size)[0])
+    )
+
+
 def test_choosing_greedily_is_the_best_token_after_the_penalty():
     logits = torch.tensor([[1.0, 3.0, 2.9, 0.0]])
     params = SamplingParams(temperature=0.0, repetition_penalty=2.0)
