@@ -5,6 +5,8 @@ counterfactual: branch a reply at a token, with an alternative or text of your o
 from __future__ import annotations
 
 import math
+import shutil
+import textwrap
 
 from simlab.engine.results import TokenInfo
 from simlab.errors import SimlabError
@@ -67,11 +69,36 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
         piece = style.wrap(code, text) if style.color else f"[{text}|{p:.2f}]"
         pieces.append(piece if k < kept else style.dim(piece if style.color else f"({text!r})"))
     lines[0] = "".join(pieces)
+    columns = max(shutil.get_terminal_size((100, 24)).columns - 1, _ALTERNATIVES + 24)
     for k, (text, lp, alts) in enumerate(rows):
-        others = "  ".join(f"{i}:{alt[1]!r} {math.exp(alt[2]):.2f}" for i, alt in enumerate(alts, 1))
-        after = f"   ({left_out})" if k >= kept else ""
-        lines.append(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   {others}{after}")
+        others = [f"{i}:{alt[1]!r} {math.exp(alt[2]):.2f}" for i, alt in enumerate(alts, 1)]
+        after = [f"({left_out})"] if k >= kept else []
+        lines.append(_row(f"{k:>4} {text!r:<16} {math.exp(lp):.3f}   ", others, after, columns))
     return lines
+
+
+_ALTERNATIVES = 30  # the column a row's alternatives start at, and its carried-on lines
+
+
+def _row(head: str, others: list[str], notes: list[str], columns: int) -> str:
+    """A token's row: `head`, then its alternatives two spaces apart, carried on under their column
+    where the terminal is too narrow (an alternative is never split; a note's words may be), the
+    notes last: the lines of one row, joined."""
+    lines, line = [], head
+    for unit in others:
+        if len(line) + 2 + len(unit) > columns and len(line) > _ALTERNATIVES:
+            lines.append(line.rstrip())
+            line = " " * _ALTERNATIVES
+        line += ("  " if line.strip() and len(line) > len(head) else "") + unit
+    for note in notes:
+        gap = "   " if line.strip() and len(line) > len(head) else ""
+        if len(line) + len(gap) + len(note) > columns and len(line) > _ALTERNATIVES:
+            lines.append(line.rstrip())
+            line, gap = " " * _ALTERNATIVES, ""
+        first, *rest = textwrap.wrap(note, max(columns - len(line) - len(gap), 20), break_on_hyphens=False)
+        lines += [line + gap + first] + [" " * _ALTERNATIVES + more for more in rest[:-1]]
+        line = " " * _ALTERNATIVES + rest[-1] if rest else lines.pop()
+    return "\n".join([*lines, line.rstrip()])
 
 
 def served_caption(chat: Chat, node, count: int) -> str:

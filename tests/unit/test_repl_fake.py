@@ -429,6 +429,26 @@ def test_tokens_marks_the_stop_string_that_ended_a_reply(fake_engine, store):
     )
 
 
+def test_tokens_rows_carry_on_under_the_alternatives_in_a_narrow_terminal(fake_engine, store, monkeypatch):
+    """At 70 columns a row does not run past the terminal's edge (which would carry it on at column
+    0, inside a quoted token): its alternatives and the stop-string note carry on under the
+    alternatives' column, in the row's own entry, and a new row still starts with its position."""
+    from simlab.repl.tokens import token_lines
+
+    monkeypatch.setenv("COLUMNS", "70")
+    chat = new_chat(fake_engine.enqueue([" Fine.\nAnn:"]), store)
+    chat.user_turn("how are you")
+    rows = token_lines(chat)[2:]
+    assert len(rows) == len(" Fine.\nAnn:")
+    for k, row in enumerate(rows):
+        first, *more = row.split("\n")
+        assert first.startswith(f"{k:>4} ") and all(len(line) <= 69 for line in [first, *more]), row
+        assert all(line.startswith(" " * 30) and line[30] != " " for line in more), row
+    marked = rows[-1].split("\n")
+    assert "stop string" not in marked[0] and len(marked) >= 2
+    assert " ".join(line.strip() for line in marked[1:]) == "(stop string: ended the reply, not in its text)"
+
+
 def test_tokens_takes_a_node_id(fake_engine, store):
     chat = new_chat(fake_engine.enqueue([" One.", " Two."]), store)
     [first] = chat.user_turn("a")
@@ -850,6 +870,6 @@ def test_tokens_tells_a_label_cut_off_at_the_length_limit_from_a_stop_string(fak
     [reply] = chat.user_turn("how are you")
     assert (reply.text, reply.finish_reason) == ("Fine.", "length")
     lines = token_lines(chat)
-    left = [line for line in lines if "not in its text" in line]
+    left = [" ".join(line.split()) for line in lines if "not in its text" in line]  # (a row's lines, as one)
     assert len(left) == 2 and all("where the reply ended (length)" in line for line in left)  # "\n", "A"
     assert not any("stop string" in line for line in lines)
