@@ -255,13 +255,31 @@ static inline __m512i codes64(const uint8_t *pb, int bits, int s) {
     return c;
 }
 
+/* Row r's two levels of codes (q1, q2: K each; q2 null for one level) into `packed` as the AVX-512
+ * tile reads a whole tile of RM rows: the tile's rows side by side, a step of four inputs at a time,
+ * w = 8 bytes a row (q1's four, then q2's; one level: 4, q1's): ((tile K / 4 + block STEPS + step)
+ * RM + row) w bytes in. A product of many rows then reads one stream of inputs, not two a row (16
+ * streams for eight rows: Q4_0's 8,192-input product of 64 rows ran at half the rate). A last tile
+ * of fewer rows, and a decode step's few, read q1 and q2 as they are (packed, four rows' products
+ * took 8% longer). */
+static void pack_row(const int8_t *q1, const int8_t *q2, int64_t k, int64_t r, int8_t *packed) {
+    const int64_t w = q2 ? 8 : 4;
+    int8_t *to = packed + w / 4 * (r - r % RM) * k + (r % RM) * w;
+    for (int64_t j = 0; j < k / 4; j++) {
+        memcpy(to + j * RM * w, q1 + 4 * j, 4);
+        if (q2) memcpy(to + j * RM * w + 4, q2 + 4 * j, 4);
+    }
+}
+
 /* R input rows against a group of 16 weight rows: each lane one weight row. VNNI's byte products
  * take q4's, q5's and q6's codes as they are and q8's plus 128 (less 128 times the inputs' sum,
- * `gs`: per row and 16 inputs, the sum of 256 q1 + q2; q5 and q6 without offsets less 16 or 32
- * times it). */
+ * `gs`: per row and 16 inputs, the sum of 256 q1 + q2, the first of a block's two its whole sum
+ * where the block has one scale group; q5 and q6 without offsets less 16 or 32 times it). */
 static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
     int64_t blocks = k / QK, bytes = block_bytes(bits);
     const int per = QK / group, steps = group / 4, bias = bits == 8 ? 128 : code_bias(bits, po);
+    const int shift = bias == 128 ? 7 : bias == 32 ? 5 : 4;
+    const int packed = R == RM; /* (pack_row's rows) */
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     (void)x16;
     __m512 acc[RM], off[RM];
@@ -276,22 +294,27 @@ static inline __attribute__((always_inline)) void tile(TILE_PARAMS) {
                 __m512i c = bits == 8 ? _mm512_xor_si512(_mm512_loadu_si512((const void *)(pb + s * 64)), flip)
                                       : codes64(pb, bits, s);
                 for (int r = 0; r < R; r++) {
-                    int64_t at = r * k + b * QK + 4 * s;
                     int32_t x1, x2;
-                    memcpy(&x1, q1 + at, 4);
-                    a1[r] = _mm512_dpbusd_epi32(a1[r], c, _mm512_set1_epi32(x1));
                     if (q2) { /* (null for one level: its codes are 0) */
+                        int64_t at = packed ? ((b * STEPS + s) * R + r) * 8 : r * k + b * QK + 4 * s;
+                        memcpy(&x1, q1 + at, 4);
                         memcpy(&x2, q2 + at, 4);
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], c, _mm512_set1_epi32(x1));
                         a2[r] = _mm512_dpbusd_epi32(a2[r], c, _mm512_set1_epi32(x2));
+                    } else {
+                        int64_t at = packed ? ((b * STEPS + s) * R + r) * 4 : r * k + b * QK + 4 * s;
+                        memcpy(&x1, q1 + at, 4);
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], c, _mm512_set1_epi32(x1));
                     }
                 }
             }
             __m512 sc = scales16(ps, (b * per + q) * 16, half);
             for (int r = 0; r < R; r++) {
                 __m512i t = _mm512_add_epi32(_mm512_slli_epi32(a1[r], 8), a2[r]);
-                if (bias) {
+                if (bias) { /* bias times the scale group's sum: a power of two, shifted (a product made
+                             * in a general register and moved over took Q8_0's prefill 1.6x as long) */
                     const int32_t *g = gs + (r * blocks + b) * 2;
-                    t = _mm512_sub_epi32(t, _mm512_set1_epi32(bias * (per == 1 ? g[0] + g[1] : g[q])));
+                    t = _mm512_sub_epi32(t, _mm512_slli_epi32(_mm512_set1_epi32(g[per == 1 ? 0 : q]), shift));
                 }
                 __m512 sd = _mm512_mul_ps(sc, _mm512_set1_ps(d2[r * blocks + b]));
                 acc[r] = _mm512_fmadd_ps(sd, _mm512_cvtepi32_ps(t), acc[r]);
@@ -537,7 +560,8 @@ static void widen(const uint8_t *p, int bits, int bias, int64_t blocks, int8_t *
  * given as `parts` weights of one layout whose rows follow one another (q/k/v read from where each
  * lies, not copied together: ws, scales, offsets (an offset may be null), ns their row counts). x
  * (M, K) float is first rounded into two levels of codes in `scratch` (2 M K bytes, 256 q1 + q2 as
- * M K 16-bit ints, then 3 M K/32 floats and 2 M K/32 ints: simlab_qlinear_scratch bytes); into one
+ * M K 16-bit ints (AVX-512: the whole tiles' codes packed there instead, pack_row), then 3 M K/32
+ * floats and 2 M K/32 ints: simlab_qlinear_scratch bytes); into one
  * (q2's codes all 0) where bits has ONE_LEVEL added; scales and offsets float16 where it has HALF
  * added, else float32. Groups of 16 weight rows split over
  * threads; each meets the inputs RM rows at a time (the same arithmetic per input row whatever M
@@ -557,6 +581,7 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
         int8_t *a = q1 + r * k, *c = q2 + r * k;
 #ifdef SIMLAB_AVX512
         quantize_row512(x + r * k, k, levels, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
+        if (r < m - m % RM) pack_row(a, levels == 2 ? c : 0, k, r, (int8_t *)x16);
 #else
         quantize_row(x + r * k, k, levels, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
 #endif
@@ -564,11 +589,15 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
             int32_t sum = 0;
             for (int j = 0; j < 16; j++) {
                 int16_t v = (int16_t)(256 * a[g * 16 + j] + c[g * 16 + j]);
+#ifndef SIMLAB_AVX512
                 x16[r * k + g * 16 + j] = v;
+#endif
                 sum += v;
             }
             gs[r * (k / 16) + g] = sum;
         }
+        if (group == QK) /* a block's one scale group: its first sum made the block's, as the tile takes it */
+            for (int64_t b = 0; b < blocks; b++) gs[r * (k / 16) + 2 * b] += gs[r * (k / 16) + 2 * b + 1];
     }
     int64_t n = 0, groups = 0; /* the parts' rows, one after another, make the outputs */
     for (int p = 0; p < parts; p++) n += ns[p], groups += (ns[p] + 15) / 16;
@@ -602,6 +631,9 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
             int R = m - r < RM ? (int)(m - r) : RM;
             const int8_t *a1 = q1 + r * k, *a2 = q2 + r * k;
             const int16_t *b16 = x16 + r * k;
+#ifdef SIMLAB_AVX512 /* (a whole tile's rows' codes side by side, pack_row) */
+            if (R == RM) a1 = (const int8_t *)x16 + levels * r * k, a2 = a1 + 4;
+#endif
             const float *e2 = d2 + r * blocks, *sr = sx + r * blocks;
             const int32_t *g2 = gs + r * blocks * 2;
             float *o = y + r * n + first + 16 * g;
