@@ -427,6 +427,11 @@ def test_tokens_marks_the_stop_string_that_ended_a_reply(fake_engine, store):
     assert len(marked) == len("\nAnn:") and all(
         line.split()[1] in ("'\\n'", "'A'", "'n'", "':'") for line in marked
     )
+    chat.view.style.color = (
+        True  # in colour the stop string is quoted too: no newline, no "Ann:" to read as a prompt
+    )
+    coloured = token_lines(chat)[0]
+    assert "\n" not in coloured and "\x1b[2m('A')\x1b[0m" in coloured and "\x1b[2m('\\n')\x1b[0m" in coloured
 
 
 def test_tokens_rows_carry_on_under_the_alternatives_in_a_narrow_terminal(fake_engine, store, monkeypatch):
