@@ -281,12 +281,7 @@ COMMANDS: dict[str, Command] = {
         Command("prev", "", "the previous sibling", lambda chat, rest, ctx: chat.move("prev")),
         Command("next", "", "the next sibling", lambda chat, rest, ctx: chat.move("next")),
         Command("up", "", "the parent turn", lambda chat, rest, ctx: chat.move("parent")),
-        Command(
-            "down",
-            "",
-            "back to the child you came from (else the latest)",
-            lambda chat, rest, ctx: chat.move("child"),
-        ),
+        Command("down", "", "the child you came from, or the latest", lambda chat, r, c: chat.move("child")),
         Command("tree", "[all]", "the whole tree, current path marked ('all': with deleted nodes)", _tree),
         Command("goto", "ID", "jump to a node (an id prefix is enough)", _goto),
         Command(

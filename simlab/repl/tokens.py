@@ -67,8 +67,7 @@ def token_lines(chat: Chat, node_id: str | None = None) -> list[str]:
         p = math.exp(lp)
         code = "32" if p >= 0.5 else "33" if p >= 0.1 else "31"
         piece = style.wrap(code, text) if style.color else f"[{text}|{p:.2f}]"
-        left = style.dim(f"({text!r})")  # (quoted, in colour too: not read as the reply's text)
-        pieces.append(piece if k < kept else left)
+        pieces.append(piece if k < kept else style.dim(f"({text!r})"))  # (quoted in colour too)
     lines[0] = "".join(pieces)
     columns = max(shutil.get_terminal_size((100, 24)).columns - 1, _ALTERNATIVES + 24)
     for k, (text, lp, alts) in enumerate(rows):
