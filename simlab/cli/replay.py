@@ -32,7 +32,7 @@ def add_command(commands) -> None:
     replay = add_sessions_dir(
         commands.add_parser("replay", help="re-run a saved path: check it reproduces, or re-sample it")
     )
-    replay.add_argument("id")
+    replay.add_argument("id", metavar="NAME")
     replay.add_argument("--node", help="replay the path to this node (default: the cursor)")
     group = replay.add_argument_group("overrides (any of them makes a new branch)")
     group.add_argument(

@@ -28,7 +28,7 @@ def add_command(commands) -> None:
     show = add_sessions_dir(
         sub.add_parser("show", help="a session's transcript, tree, or two branches side by side")
     )
-    show.add_argument("id")
+    show.add_argument("id", metavar="NAME")
     show.add_argument("--tree", action="store_true", help="the whole tree, current path highlighted")
     show.add_argument("--node", help="show the path to this node (default: the cursor)")
     show.add_argument("--compare", nargs=2, metavar=("NODE_A", "NODE_B"), help="two branches side by side")
@@ -36,7 +36,7 @@ def add_command(commands) -> None:
     export = add_sessions_dir(
         sub.add_parser("export", help="write a session as Markdown, YAML, Loom JSON or one HTML page")
     )
-    export.add_argument("id")
+    export.add_argument("id", metavar="NAME")
     export.add_argument("--format", choices=["md", "yaml", "loom", "html"], default="md")
     export.add_argument("--node", help="for md: the path to this node (default: the cursor)")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -47,15 +47,15 @@ def add_command(commands) -> None:
     )
     imp.add_argument("file")
     imp.add_argument("--name", help="session name (default: from the file name)")
-    add_sessions_dir(sub.add_parser("rm", help="delete a session file")).add_argument("id")
+    add_sessions_dir(sub.add_parser("rm", help="delete a session file")).add_argument("id", metavar="NAME")
     add_sessions_dir(
         sub.add_parser("compact", help="rewrite a session file as its current state")
-    ).add_argument("id")
+    ).add_argument("id", metavar="NAME")
     for verb, what in MARKS.items():
         mark = add_sessions_dir(sub.add_parser(verb, help=what[0]))
-        mark.add_argument("id", help="the session")
+        mark.add_argument("id", metavar="NAME", help="the session")
         mark.add_argument(
-            "node", nargs="+", help="node ids (a prefix is enough; see `sessions show ID --tree`)"
+            "node", nargs="+", help="node ids (a prefix is enough; see `sessions show NAME --tree`)"
         )
     sessions.set_defaults(run=cmd_sessions)
 

@@ -28,3 +28,14 @@ def test_a_nested_commands_unknown_flag_names_that_command(capsys):
         run_cli(capsys, "sessions", "list", "--nosuch")
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.startswith("simlab sessions list: unrecognized arguments: --nosuch")
+
+
+@pytest.mark.parametrize(
+    "argv", [["replay"], ["sessions", "show"], ["sessions", "rm"], ["sessions", "bookmark"]]
+)
+def test_a_missing_session_name_is_called_name_as_the_docs_call_it(capsys, argv):
+    with pytest.raises(SystemExit) as exit:
+        run_cli(capsys, *argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "the following arguments are required: NAME" in err
+    assert len(err.strip().splitlines()) == 1
