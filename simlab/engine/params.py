@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -157,11 +158,13 @@ def from_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def parse_setting(key: str, text: str) -> tuple[str, Any]:
-    """A typed `/set KEY VALUE` -> (SamplingParams field, value); raises SamplingError."""
+def parse_setting(key: str, text: str, others: Sequence[str] = ()) -> tuple[str, Any]:
+    """A typed `/set KEY VALUE` -> (SamplingParams field, value); raises SamplingError (`others`: the
+    caller's own settings, named with these where the key is none of them)."""
     knob = BY_KEY.get(key.replace("-", "_")) or BY_FIELD.get(key.replace("-", "_"))
     if knob is None:
-        raise SamplingError(f"/set {key}: unknown setting; use one of {', '.join([*BY_KEY, 'stop'])}")
+        known = ", ".join([*BY_KEY, "stop", *others])
+        raise SamplingError(f"/set {key}: unknown setting; use one of {known}")
     try:
         value = knob.type(text)
     except ValueError:

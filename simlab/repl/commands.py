@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simlab.engine.params import BY_FIELD, decode_escapes, parse_setting
+from simlab.engine.params import decode_escapes, parse_setting
 from simlab.errors import SimlabError, needs_local
 from simlab.persona.library import find
 from simlab.repl.autoloom import KNOBS, grow_here, knobs_line, set_knob
@@ -104,9 +104,7 @@ def _set(chat: Chat, rest: str, ctx: Context) -> None:
         chat.view.note(f"stop = {list(stops)}")
         chat.remember()
         return
-    if key.replace("-", "_") not in (*SETTABLE, *BY_FIELD):  # (the grow settings are /set's too)
-        raise SimlabError(f"/set {key}: unknown setting; use one of {', '.join(SETTABLE + KNOBS)}")
-    field, number = parse_setting(key, value)
+    field, number = parse_setting(key, value, KNOBS)  # (the grow settings are /set's too)
     chat.params = chat.params.with_overrides(**{field: number})
     chat.user_set[field] = number
     chat.remember()

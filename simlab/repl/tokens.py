@@ -84,20 +84,21 @@ def _row(head: str, others: list[str], notes: list[str], columns: int) -> str:
     """A token's row: `head`, then its alternatives two spaces apart, carried on under their column
     where the terminal is too narrow (an alternative is never split; a note's words may be), the
     notes last: the lines of one row, joined."""
-    lines, line = [], head
+    lines, line, pad = [], head, " " * _ALTERNATIVES
     for unit in others:
         if len(line) + 2 + len(unit) > columns and len(line) > _ALTERNATIVES:
             lines.append(line.rstrip())
-            line = " " * _ALTERNATIVES
-        line += ("  " if line.strip() and len(line) > len(head) else "") + unit
+            line = pad
+        line += ("" if line.endswith(" ") else "  ") + unit
     for note in notes:
-        gap = "   " if line.strip() and len(line) > len(head) else ""
+        gap = "" if line.endswith(" ") else "   "
         if len(line) + len(gap) + len(note) > columns and len(line) > _ALTERNATIVES:
             lines.append(line.rstrip())
-            line, gap = " " * _ALTERNATIVES, ""
-        first, *rest = textwrap.wrap(note, max(columns - len(line) - len(gap), 20), break_on_hyphens=False)
-        lines += [line + gap + first] + [" " * _ALTERNATIVES + more for more in rest[:-1]]
-        line = " " * _ALTERNATIVES + rest[-1] if rest else lines.pop()
+            line, gap = pad, ""
+        *more, line = textwrap.wrap(
+            note, columns, initial_indent=line + gap, subsequent_indent=pad, break_on_hyphens=False
+        )
+        lines += more
     return "\n".join([*lines, line.rstrip()])
 
 
