@@ -46,8 +46,8 @@ class Engine:
         self.prefix = prefixes.PrefixCache() if reuse_prefix else None
         self.disk = prefixes.DiskPrefixes(prefix_dir, self.model) if reuse_prefix and prefix_dir else None
         self.lean = lean.steps_lean(self.model)  # decode steps without the module machinery (models.lean)
-        # whether a batch gives each row its bits alone: else siblings and sweeps decode row by row
-        self.rows_alone = lean.rows_alone(self.model)
+        self.rows_alone = lean.rows_alone(self.model)  # a batch gives each row its bits alone (else: apart)
+        self.upto = prefixes.shared_up_to(self.model, self.rows_alone)  # (a prompt's passes share calls)
         self.steered = Steered(self.model)  # vectors added at blocks' outputs (models.steering)
 
     def step(self, tokens, cache, traced: bool = False, adds=None):
@@ -255,7 +255,7 @@ class Run(RunControl):
         fed = self._feeding()
         disk = None if self.prompt_adds else engine.disk  # (no steered prompt is kept for another run)
         with engine.steered.adding(self.prompt_adds):
-            logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, disk, fed)
+            logits = prefixes.feed(model, cache, self.prompt_ids, done, todo, disk, fed, engine.upto)
         if logits is None:
             return None, None
         self.passes = done + todo
@@ -285,7 +285,8 @@ class Run(RunControl):
             if key not in caches:
                 caches[key] = prefixes.new_cache(model)
                 with self.engine.steered.adding(steering.adds(model.dtype, device) if key else None):
-                    done = prefixes.feed(model, caches[key], self.prompt_ids, [], self.passes, None, fed)
+                    ids, upto = self.prompt_ids, self.engine.upto
+                    done = prefixes.feed(model, caches[key], ids, [], self.passes, None, fed, upto)
                 if done is None:
                     return None, None
                 logits[key] = done

@@ -87,7 +87,8 @@ def grow(
     with torch.inference_mode():
         cache = prefixes.new_cache(model)
         passes = prefixes.plan(0, len(prompt))
-        logits = prefixes.feed(model, cache, prompt, [], passes, None)[0]
+        upto = getattr(engine, "upto", 0)  # (a scripted engine's: none)
+        logits = prefixes.feed(model, cache, prompt, [], passes, None, upto=upto)[0]
         count = len(passes)
         level = [(root, logits)]
         for d in range(depth):

@@ -90,6 +90,63 @@ def test_gguf_a8_rounds_every_products_activations_once_and_keeps_apart(gguf_fil
     assert prefix_folder(settings, once.info) != prefix_folder(settings, twice.info)
 
 
+def test_a_long_prompts_chunks_go_in_together_with_the_bits_of_a_call_each(gguf_file, tmp_path, monkeypatch):
+    """On the kernel every row is computed alone, so a prompt's chunks go through the model four at a
+    time (a 1B model's prefill: each call reads the weights once for 256 tokens, not 64): the passes
+    recorded, the chunks the disk keeps, the progress told after each call, and the reply are what
+    a call for each pass gives, bit for bit. A sliding window's keys start where the window does, so
+    Gemma 2's layers with a window of 8 take one pass a call (together, they gave other bits)."""
+    from simlab.engine import prefix
+
+    ids = list(range(3, 3 + 5 * prefix.CHUNK + 10))  # five whole chunks, 9 tokens, the last alone
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)
+    runs, kept, told = {}, {}, {}
+    for together in (prefix.TOGETHER, prefix.CHUNK):
+        monkeypatch.setattr(prefix, "TOGETHER", together)
+        disk = tmp_path / str(together)
+        engine = Engine(load_model(str(gguf_file), load_settings(weights="gguf")), prefix_dir=disk)
+        engine.eos_ids = frozenset()
+        run, told[together] = engine.start(ids, params), []
+        run.on_prefill = lambda at, total, seen=told[together]: seen.append(at)
+        list(run)
+        runs[together] = run
+        kept[together] = {path.name: path.read_bytes() for path in disk.rglob("*.safetensors")}
+    four, one = runs[4 * prefix.CHUNK], runs[prefix.CHUNK]
+    assert four.passes == one.passes == [prefix.CHUNK] * 5 + [9, 1]
+    assert told[prefix.CHUNK] == [0, 64, 128, 192, 256, 320, 329, 330]
+    sliding = "gemma2" in gguf_file.name
+    assert told[4 * prefix.CHUNK] == (told[prefix.CHUNK] if sliding else [0, 256, 329, 330])
+    [a], [b] = four.completions, one.completions
+    assert a.token_ids == b.token_ids and [t.logprob for t in a.tokens] == [t.logprob for t in b.tokens]
+    assert len(kept[prefix.CHUNK]) == 5 and kept[4 * prefix.CHUNK] == kept[prefix.CHUNK]
+
+
+def test_a_sliding_windows_passes_share_calls_within_the_window_only(gguf_file, tmp_path, monkeypatch):
+    """With a window of 200 the first three chunks go in one call, the rest one a call, and the
+    reply is what one call a pass gives, bit for bit (the window is read from the model's config)."""
+    from simlab.engine import prefix
+
+    if "gemma2" not in gguf_file.name:
+        pytest.skip("a model with sliding-window layers")
+    loaded = load_model(str(gguf_file), load_settings(weights="gguf"))
+    loaded.model.config.sliding_window = 200
+    assert prefix.shared_up_to(loaded.model, True) == 200 and prefix.shared_up_to(loaded.model, False) == 0
+    ids = list(range(3, 3 + 5 * prefix.CHUNK + 10))
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)
+    replies, told = {}, {}
+    for together in (prefix.TOGETHER, prefix.CHUNK):
+        monkeypatch.setattr(prefix, "TOGETHER", together)
+        engine = Engine(loaded, reuse_prefix=False)
+        engine.eos_ids = frozenset()
+        run, told[together] = engine.start(ids, params), []
+        run.on_prefill = lambda at, total, seen=told[together]: seen.append(at)
+        list(run)
+        [replies[together]] = run.completions
+    assert told[4 * prefix.CHUNK] == [0, 192, 256, 320, 329, 330]
+    a, b = replies[4 * prefix.CHUNK], replies[prefix.CHUNK]
+    assert a.token_ids == b.token_ids and [t.logprob for t in a.tokens] == [t.logprob for t in b.tokens]
+
+
 @pytest.mark.parametrize("weights", ["gguf", "gguf-a8"])
 def test_siblings_are_their_seeds_alone(gguf_file, weights):
     engine = Engine(load_model(str(gguf_file), load_settings(weights=weights)))

@@ -111,3 +111,26 @@ def test_gguf_a8_siblings_are_their_seeds_alone_and_replay_exactly(
             assert node.weights == "gguf-a8"
             [check] = check_path(engine, session, session.tree.path(node.id))
             assert check.reproduced and check.moved == 0, (node.seed, check.first_difference, check.moved)
+
+
+def test_a_prompt_past_the_window_gives_the_bits_of_a_call_for_each_pass(embedded, monkeypatch):
+    """The prompt's first chunks share model calls (engine.prefix.calls) up to the sliding window
+    (512 tokens here), one call a pass after it: a 700-token prompt's reply is, token and
+    log-probability, what one call for each pass gives."""
+    from simlab.engine import prefix
+    from simlab.engine.local import Engine
+
+    engine = Engine(embedded, reuse_prefix=False)
+    assert prefix.shared_up_to(engine.model, engine.rows_alone) == engine.model.config.sliding_window == 512
+    ids = engine.encode("The keeper wrote in his log, night after night, what the sea did. " * 60)[:700]
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=TOKENS, seed=5)
+    replies, told = {}, {}
+    for together in (prefix.TOGETHER, prefix.CHUNK):
+        monkeypatch.setattr(prefix, "TOGETHER", together)
+        run, told[together] = engine.start(ids, params), []
+        run.on_prefill = lambda at, total, seen=told[together]: seen.append(at)
+        list(run)
+        [replies[together]] = run.completions
+    assert told[4 * prefix.CHUNK][:4] == [0, 256, 512, 576] and told[prefix.CHUNK][:3] == [0, 64, 128]
+    a, b = replies[4 * prefix.CHUNK], replies[prefix.CHUNK]
+    assert a.token_ids == b.token_ids and [t.logprob for t in a.tokens] == [t.logprob for t in b.tokens]

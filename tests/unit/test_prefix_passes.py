@@ -4,7 +4,7 @@ of a kept cache a new prompt may reuse. No torch here."""
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simlab.engine.prefix import CHUNK, LONG, pack, plan, shared_passes, unpack, usable
+from simlab.engine.prefix import CHUNK, LONG, TOGETHER, calls, pack, plan, shared_passes, unpack, usable
 
 
 def test_a_fresh_prompt_goes_in_as_whole_chunks_then_the_rest_then_its_last_token_alone():
@@ -17,6 +17,32 @@ def test_a_fresh_prompt_goes_in_as_whole_chunks_then_the_rest_then_its_last_toke
     # a long document after a short reused start: to the next chunk's end, then chunks
     assert plan(70, 70 + 600) == [58] + [CHUNK] * 8 + [29, 1]
     assert plan(70, 70 + LONG + 1) == [LONG, 1]  # (no longer than LONG: whole)
+
+
+def test_passes_go_through_the_model_one_a_call_or_in_runs_where_the_cut_changes_nothing():
+    passes = [CHUNK] * 5 + [9, 1]
+    assert calls(passes) == [1] * 7  # (upto 0: each alone)
+    assert TOGETHER == 4 * CHUNK and calls(passes, 0, 10**9) == [4, 2, 1]  # never the last token's pass
+    assert calls([58] + [CHUNK] * 8 + [29, 1], 70, 10**9) == [4, 4, 2, 1]  # (58 + 3 chunks: 250 tokens)
+    assert calls([LONG, 1], 0, 10**9) == [1, 1] and calls([1], 0, 10**9) == [1]
+    # within a sliding window only: the calls end by `upto`
+    assert calls(passes, 0, 200) == [3, 1, 1, 1, 1] and calls(passes, 64, 200) == [2, 1, 1, 1, 1, 1]
+
+
+@given(
+    st.lists(st.integers(1, 600), min_size=1, max_size=40),
+    st.integers(0, 5000),
+    st.integers(0, 20000),
+)
+def test_calls_take_every_pass_once_in_order_within_their_bounds(passes, at, upto):
+    counts = calls(passes, at, upto)
+    assert sum(counts) == len(passes) and min(counts) >= 1 and counts[-1] == 1
+    first = 0
+    for count in counts:
+        tokens = sum(passes[first : first + count])
+        assert count == 1 or (tokens <= TOGETHER and at + tokens <= upto)
+        at += tokens
+        first += count
 
 
 @given(st.integers(0, 500), st.integers(1, 3000))
