@@ -682,19 +682,15 @@ void simlab_qlinear_parts(const float *x, int64_t m, int64_t k, int parts, const
     int16_t *x16 = (int16_t *)(q2 + m * k); /* 256 q1 + q2 */
     float *d1 = (float *)(x16 + m * k), *d2 = d1 + blocks_all, *sx = d2 + blocks_all;
     int32_t *gs = (int32_t *)(sx + blocks_all); /* per row and 16 inputs: the sum of 256 q1 + q2 */
-#ifdef SIMLAB_AMX
-    const int amx = m >= 16 && amx_granted(); /* rows 16 at a time through AMX's tiles, the rest tile() */
-    const int64_t packs = amx ? m - m % 16 : 0; /* (rows the tiles take, read row by row) */
-#else
-    const int64_t packs = 0;
+#ifdef SIMLAB_AMX /* rows 16 at a time through AMX's tiles, the rest tile() (all packed: a thread */
+    const int amx = m >= 16 && amx_granted(); /* that finds no memory to widen codes takes all) */
 #endif
-    (void)packs;
 #pragma omp parallel for num_threads(threads) schedule(static) if (m * k >= 16384 && threads > 1)
     for (int64_t r = 0; r < m; r++) {
         int8_t *a = q1 + r * k, *c = q2 + r * k;
 #ifdef SIMLAB_AVX512
         quantize_row512(x + r * k, k, levels, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
-        if (r >= packs && r < m - m % RM) pack_row(a, levels == 2 ? c : 0, k, r, (int8_t *)x16);
+        if (r < m - m % RM) pack_row(a, levels == 2 ? c : 0, k, r, (int8_t *)x16);
 #else
         quantize_row(x + r * k, k, levels, a, c, d1 + r * blocks, d2 + r * blocks, sx + r * blocks);
 #endif
