@@ -89,7 +89,7 @@ def grow(
         passes = prefixes.plan(0, len(prompt))
         upto = getattr(engine, "upto", 0)  # (a scripted engine's: none)
         logits = prefixes.feed(model, cache, prompt, [], passes, None, upto=upto)[0]
-        count = len(passes)
+        count = len(prefixes.calls(passes, 0, upto))  # (the prompt's model calls)
         level = [(root, logits)]
         for d in range(depth):
             opened, ends = [], set(getattr(engine, "eos_ids", ()))

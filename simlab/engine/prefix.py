@@ -218,11 +218,11 @@ class DiskPrefixes:
             return None, 0, []
         return cache, read, [CHUNK] * (read // CHUNK)
 
-    def keep(self, ids: list[int], cache) -> None:
-        """Save the CHUNK positions of the cache that end `ids` (it holds `ids`, and after them any
-        passes fed in the same call). A prompt longer than MAX_FILES chunks keeps its first MAX_FILES:
-        a chain is read from its start, so its start is what must stay (the oldest files of other
-        prompts go first)."""
+    def keep(self, ids: list[int], cache, held: int | None = None) -> None:
+        """Save the CHUNK positions of the cache that end `ids`; it holds `held` tokens (default: just
+        `ids`; more where later passes went in the same call). A prompt longer than MAX_FILES chunks
+        keeps its first MAX_FILES: a chain is read from its start, so its start is what must stay
+        (the oldest files of other prompts go first)."""
         from safetensors.torch import save_file
 
         from simlab.engine.kvcache import plain_dynamic
@@ -237,7 +237,8 @@ class DiskPrefixes:
         for i, layer in enumerate(cache.layers):
             if not plain_dynamic(layer):
                 return  # a cache this file format does not describe
-            if layer.keys is None or layer.get_seq_length() < len(ids) or layer.keys.shape[0] != 1:
+            total = len(ids) if held is None else held
+            if layer.keys is None or layer.get_seq_length() != total or layer.keys.shape[0] != 1:
                 return
             end = layer.keys.shape[-2] - (layer.get_seq_length() - len(ids))  # where `ids` end in it
             if end < CHUNK:  # the rest in its spill (engine.kvcache): not whole here
@@ -301,16 +302,21 @@ def shared_up_to(model, rows_alone: bool) -> int:
     model gives every row the bits it gets alone (Engine.rows_alone) every query is summed alone,
     over keys from the prompt's start; but a sliding-window layer's keys start where its window
     does, which moves with where the passes end, and its sums with them: such a model shares calls
-    only within its window (measured: a Gemma 2 with a window of 8 gave other log-probabilities)."""
+    only within its window (measured: a Gemma 2 with a window of 8 gave other log-probabilities).
+    Layers of any other kind (chunked attention, ...) share none."""
     if not rows_alone:
         return 0
     config = getattr(model, "config", None)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
     window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None)
-    sliding = any("sliding" in str(t) for t in types) if types else bool(window)
-    if not sliding:
+    window = window if isinstance(window, int) and window > 0 else 0
+    if getattr(config, "attention_chunk_size", None):
+        return 0
+    kinds = set(getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"])
+    if kinds == {"full_attention"}:
         return 1 << 62
-    return int(window) if isinstance(window, int) else 0
+    return window if kinds <= {"full_attention", "sliding_attention"} else 0
 
 
 def feed(
@@ -344,11 +350,12 @@ def feed(
         last = first + count == len(passes)
         out = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1 if last else nothing)
         logits = out.logits[:, -1, :] if last else None
+        held = at + sum(passes[first : first + count])  # what the cache holds after this call
         for length in passes[first : first + count]:
             at += length
             aligned = aligned and length == CHUNK
             if disk is not None and aligned:
-                disk.keep(ids[:at], cache)
+                disk.keep(ids[:at], cache, held)
         first += count
         if on_pass is not None and not on_pass(at, len(ids)):
             return None

@@ -123,7 +123,8 @@ def test_a_long_prompts_chunks_go_in_together_with_the_bits_of_a_call_each(gguf_
 
 def test_a_sliding_windows_passes_share_calls_within_the_window_only(gguf_file, tmp_path, monkeypatch):
     """With a window of 200 the first three chunks go in one call, the rest one a call, and the
-    reply is what one call a pass gives, bit for bit (the window is read from the model's config)."""
+    reply and the chunks kept on disk are what one call a pass gives, bit for bit (the window is
+    read from the model's config)."""
     from simlab.engine import prefix
 
     if "gemma2" not in gguf_file.name:
@@ -133,16 +134,21 @@ def test_a_sliding_windows_passes_share_calls_within_the_window_only(gguf_file, 
     assert prefix.shared_up_to(loaded.model, True) == 200 and prefix.shared_up_to(loaded.model, False) == 0
     ids = list(range(3, 3 + 5 * prefix.CHUNK + 10))
     params = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)
-    replies, told = {}, {}
+    replies, told, kept = {}, {}, {}
     for together in (prefix.TOGETHER, prefix.CHUNK):
         monkeypatch.setattr(prefix, "TOGETHER", together)
-        engine = Engine(loaded, reuse_prefix=False)
+        disk = tmp_path / str(together)
+        engine = Engine(loaded, prefix_dir=disk)
         engine.eos_ids = frozenset()
         run, told[together] = engine.start(ids, params), []
         run.on_prefill = lambda at, total, seen=told[together]: seen.append(at)
         list(run)
         [replies[together]] = run.completions
+        kept[together] = {path.name: path.read_bytes() for path in disk.rglob("*.safetensors")}
     assert told[4 * prefix.CHUNK] == [0, 192, 256, 320, 329, 330]
+    assert (
+        len(kept[prefix.CHUNK]) == 5 and kept[4 * prefix.CHUNK] == kept[prefix.CHUNK]
+    )  # (sliding layers too)
     a, b = replies[4 * prefix.CHUNK], replies[prefix.CHUNK]
     assert a.token_ids == b.token_ids and [t.logprob for t in a.tokens] == [t.logprob for t in b.tokens]
 
