@@ -234,13 +234,13 @@ class DiskPrefixes:
         if path.exists():
             return
         tensors = {}
+        total = len(ids) if held is None else held
         for i, layer in enumerate(cache.layers):
             if not plain_dynamic(layer):
                 return  # a cache this file format does not describe
-            total = len(ids) if held is None else held
             if layer.keys is None or layer.get_seq_length() != total or layer.keys.shape[0] != 1:
                 return
-            end = layer.keys.shape[-2] - (layer.get_seq_length() - len(ids))  # where `ids` end in it
+            end = layer.keys.shape[-2] - (total - len(ids))  # where `ids` end in it
             if end < CHUNK:  # the rest in its spill (engine.kvcache): not whole here
                 return
             tensors[f"{i}.keys"] = layer.keys[:, :, end - CHUNK : end].contiguous()
@@ -350,10 +350,10 @@ def feed(
         last = first + count == len(passes)
         out = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1 if last else nothing)
         logits = out.logits[:, -1, :] if last else None
-        held = at + sum(passes[first : first + count])  # what the cache holds after this call
-        for length in passes[first : first + count]:
-            at += length
-            aligned = aligned and length == CHUNK
+        held = at + length  # what the cache holds after this call
+        for part in passes[first : first + count]:
+            at += part
+            aligned = aligned and part == CHUNK
             if disk is not None and aligned:
                 disk.keep(ids[:at], cache, held)
         first += count
