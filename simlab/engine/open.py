@@ -60,6 +60,7 @@ def prefix_folder(settings: Settings, info):
 
         lib = native.library()
         key += f":kernel-{lib.simlab_qmatmul_version() if lib is not None else 'torch'}"
+        key += ":tables-here"  # (models.lean.tables_here: chunks kept before may hold coarse rotary tables)
     return settings.models_dir / "prefixes" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

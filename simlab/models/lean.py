@@ -157,6 +157,42 @@ def on_the_kernel(model: torch.nn.Module) -> None:
     fuse_norms(model)
     own_attention(model)
     cap_rows(model)
+    for module in model.modules():
+        if type(module).__name__.endswith("RotaryEmbedding") and not hasattr(module.forward, "whole"):
+            module.forward = tables_here(module)
+
+
+TABLE = 2048  # values of one cos or sin call torch computes on the calling thread (its MKL grain)
+
+
+def tables_here(module: torch.nn.Module):
+    """The rotary module's forward, its cos and sin tables made a few positions at a time, each
+    call small enough that torch computes it on the calling thread. torch's cos over more than
+    TABLE values hands the rest to a thread of its pool, through MKL's vector math, and there it
+    sometimes came out far coarser (the values past the first TABLE off by up to 1.5e-4, as
+    MKL's low-accuracy mode gives them): about one test process in twenty gave a 256-token call
+    other bits than four 64-token ones. The same values on the calling thread are the table's
+    values alone (cos and sin are elementwise), so its bits are what one call gives there. Not
+    for rope types that rescale with the longest position (dynamic, longrope): they stay whole."""
+    forward = module.forward
+    if any(kind in str(getattr(module, "rope_type", "")) for kind in ("dynamic", "longrope")):
+        return forward
+    width = 2 * max((b.numel() for n, b in module.named_buffers() if n.endswith("inv_freq")), default=1)
+
+    def here(x, position_ids, *args, **kwargs):
+        if position_ids.dim() != 2 or position_ids.numel() * width <= TABLE:
+            return forward(x, position_ids, *args, **kwargs)
+        rows = max(1, TABLE // width)  # batch rows a call, then positions a call
+        parts = []
+        for r in range(0, position_ids.shape[0], rows):
+            ids = position_ids[r : r + rows]
+            step = max(1, TABLE // (ids.shape[0] * width))
+            pieces = [forward(x, ids[:, t : t + step], *args, **kwargs) for t in range(0, ids.shape[1], step)]
+            parts.append([torch.cat(tables, dim=1) for tables in zip(*pieces)])
+        return tuple(torch.cat(tables, dim=0) for tables in zip(*parts))
+
+    here.whole = forward  # (the forward it calls)
+    return here
 
 
 # transformers' model types whose forward `decode_step` writes out: Llama's decoder (pre-norm
