@@ -162,18 +162,18 @@ def on_the_kernel(model: torch.nn.Module) -> None:
             module.forward = tables_here(module)
 
 
-TABLE = 2048  # values of one cos or sin call torch computes on the calling thread (its MKL grain)
+TABLE = 2048  # values of one cos or sin call that torch computes on the calling thread (its unary grain)
 
 
 def tables_here(module: torch.nn.Module):
-    """The rotary module's forward, its cos and sin tables made a few positions at a time, each
-    call small enough that torch computes it on the calling thread. torch's cos over more than
-    TABLE values hands the rest to a thread of its pool, through MKL's vector math, and there it
-    sometimes came out far coarser (the values past the first TABLE off by up to 1.5e-4, as
-    MKL's low-accuracy mode gives them): about one test process in twenty gave a 256-token call
-    other bits than four 64-token ones. The same values on the calling thread are the table's
-    values alone (cos and sin are elementwise), so its bits are what one call gives there. Not
-    for rope types that rescale with the longest position (dynamic, longrope): they stay whole."""
+    """The rotary module's forward, its cos and sin tables made a few rows and positions a call,
+    each call at most TABLE values, which torch computes on the thread that calls it. Over TABLE,
+    torch splits the values among its threads (each calling MKL's vector math), and on the pool's
+    other thread they sometimes came out coarse: a tiny Llama's 256-token call had its table's
+    second half off by up to 1.5e-4 (what MKL's low-accuracy mode gives; why that thread did so
+    was not found) in about one test process in twenty, so that call gave other bits than four
+    64-token calls. cos and sin are elementwise, so the pieces are one call's bits. Not for rope
+    types that rescale with the longest position (dynamic, longrope): they stay whole."""
     forward = module.forward
     if any(kind in str(getattr(module, "rope_type", "")) for kind in ("dynamic", "longrope")):
         return forward

@@ -1,7 +1,7 @@
-"""The rotary tables of a model on simlab's kernel are made on the calling thread: torch's cos over
-more than 2,048 values hands the rest to a thread of its pool through MKL's vector math, and there
-about one test process in twenty got values off by up to 1.5e-4 (a 256-token call then gave other
-bits than four 64-token calls). The tables made a few positions at a time are the same bits."""
+"""The rotary tables of a model on simlab's kernel are made at most 2,048 values a call, on the
+calling thread: over that, torch splits cos among its threads (MKL's vector math), and on the other
+one about one test process in twenty got values off by up to 1.5e-4 (a 256-token call then gave
+other bits than four 64-token calls). The tables made in pieces are one call's bits."""
 
 import sys
 from pathlib import Path
@@ -70,3 +70,39 @@ def test_a_gemma3_table_of_256_values_a_position_is_made_in_pieces_too():
         torch.Tensor.cos = real
     assert max(calls) <= lean.TABLE and len(calls) == 64 * 256 // lean.TABLE
     assert all(torch.equal(a, b) for a, b in zip(pieces, forward(x, ids, "full_attention"), strict=True))
+
+
+@pytest.mark.parametrize("rows, positions", [(300, 1), (40, 3), (33, 70), (2, 129)])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        None,
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ],
+)
+def test_a_llama_table_of_128_values_a_position_splits_rows_and_positions(rows, positions, rope):
+    """Many rows of one position each (siblings, ragged decode) go in groups of rows; each call at
+    most TABLE values, and the tables are one call's bits (default and Llama 3's rope)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    params = {"rope_theta": 500_000.0, **(rope or {"rope_type": "default"})}
+    config = LlamaConfig(hidden_size=256, num_attention_heads=2, head_dim=128, rope_parameters=params)
+    rotary = LlamaRotaryEmbedding(config)
+    here = lean.tables_here(rotary)
+    ids = torch.arange(positions).repeat(rows, 1) + 11 * torch.arange(rows)[:, None]
+    x, calls, real = torch.zeros(rows, positions, 256), [], torch.Tensor.cos
+    try:
+        torch.Tensor.cos = lambda t: calls.append(t.numel()) or real(t)
+        pieces = here(x, position_ids=ids)  # (as transformers calls it)
+    finally:
+        torch.Tensor.cos = real
+    assert max(calls) <= lean.TABLE and len(calls) > 1
+    whole = rotary.forward(x, ids)
+    assert all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(pieces, whole, strict=True))
