@@ -50,9 +50,8 @@ def library(folder: Path | None = None, say=None):
     try:
         lib = ctypes.CDLL(str(_build(folder, say=say)))
         _declare(lib)
-        simd = {4: "AVX-512 with VNNI", 3: "AVX2 with VNNI", 2: "AVX2"}.get(
-            lib.simlab_qmatmul_simd(), "portable C"
-        )
+        names = {5: "AVX-512 with VNNI and AMX", 4: "AVX-512 with VNNI", 3: "AVX2 with VNNI", 2: "AVX2"}
+        simd = names.get(lib.simlab_qmatmul_simd(), "portable C")
         _state.update(lib=lib, why=f"built ({simd})")
     except (OSError, subprocess.SubprocessError) as exc:
         _state.update(lib=None, why=str(exc))

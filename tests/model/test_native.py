@@ -197,15 +197,17 @@ def test_each_row_is_the_same_alone_or_in_any_batch(kind, levels):
         (("-mno-avx512f", "-mno-avxvnni", "-mno-avx512vnni"), (2,)),
         (("-mno-avx512f", "-mno-avx2", "-mno-fma"), (0,)),
         (("-mno-avx512f", "-mno-f16c"), (2, 3)),  # float16 scales converted without F16C
+        (("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"), (4,)),  # AVX-512's tile for AMX's 16 rows
     ],
-    ids=["no-avx512", "avx2-vnni", "avx2-only", "portable-c", "avx2-no-f16c"],
+    ids=["no-avx512", "avx2-vnni", "avx2-only", "portable-c", "avx2-no-f16c", "avx512-no-amx"],
 )
 def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, without, simd):
     """AVX-512 sums 16 weight rows' bytes per vector with VNNI (q8's codes plus 128), AVX2 8 on
     16-bit values (vpmaddwd, or VNNI's vpdpwssd): the integers of each scale group are exact, the
     float part runs in the same order, and the portable C writes that order out, so replies stay the
-    same bit for bit on every machine. A build for an instruction set this CPU lacks cannot run
-    here: the paths below it are the ones checked."""
+    same bit for bit on every machine; AMX's tiles (a prefill's rows 16 at a time, on CPUs that have
+    them) sum the same integers. A build for an instruction set this CPU lacks cannot run here: the
+    paths below it are the ones checked."""
     import ctypes
 
     if native.library().simlab_qmatmul_simd() <= max(simd):
@@ -214,7 +216,7 @@ def test_every_instruction_set_gives_the_same_bits(monkeypatch, tmp_path, withou
     native._declare(other)
     assert other.simlab_qmatmul_simd() in simd
     torch.manual_seed(2)
-    x = torch.randn(11, COLS)  # 8 input rows at a time, then 3
+    x = torch.randn(19, COLS)  # 8 input rows at a time, then 3 (AMX: 16, then 3)
     many = torch.randn(40, COLS)  # past 32 rows (16 on AVX2): q5's and q6's codes widened to bytes
     odd = x.clone()
     odd[9, 3], odd[10, 33], odd[10, 64:96] = float("nan"), float("-inf"), 1e-38  # NaN outputs, a tiny block
