@@ -180,7 +180,11 @@ def tables_here(module: torch.nn.Module):
     width = 2 * max((b.numel() for n, b in module.named_buffers() if n.endswith("inv_freq")), default=1)
 
     def here(x, position_ids, *args, **kwargs):
-        if position_ids.dim() != 2 or position_ids.numel() * width <= TABLE:
+        if (
+            not isinstance(position_ids, torch.Tensor)
+            or position_ids.dim() != 2
+            or position_ids.numel() * width <= TABLE
+        ):
             return forward(x, position_ids, *args, **kwargs)
         rows = max(1, TABLE // width)  # batch rows a call, then positions a call
         parts = []
